@@ -1,0 +1,495 @@
+//! Envelope format v1: the self-describing binary value stored for every sealed field.
+//!
+//! The byte layout, the associated data of both AEAD calls and the test vectors are specified in
+//! `docs/envelope-format.md`; this module is the reference implementation of that document.
+//!
+//! ```text
+//! off       len   field
+//! 0         2     magic "LK" (0x4c 0x4b)
+//! 2         1     format version (0x01)
+//! 3         1     data AEAD id (0x01 XChaCha20-Poly1305, 0x02 AES-256-GCM)
+//! 4         1     padding id (0x01: 0x80 marker then zeros)
+//! 5         1     Ls, key scope length (1..=64)
+//! 6         Ls    key scope (ASCII)
+//! 6+Ls      4     KEK version, u32 big-endian (>= 1)
+//! 10+Ls     24    DEK wrap nonce
+//! 34+Ls     48    wrapped DEK: XChaCha20-Poly1305(KEK) of the 32-byte DEK, with its tag
+//! 82+Ls     Nd    data nonce (24 or 12 bytes, by data AEAD)
+//! 82+Ls+Nd  rest  data ciphertext of the padded plaintext, then its 16-byte tag
+//! ```
+//!
+//! The DEK wrap's associated data is bytes `0 .. 10+Ls` (header, scope, KEK version) followed
+//! by the canonical field context; the data AEAD's associated data is bytes `0 .. 5` followed by
+//! the same context. Re-wrapping a DEK under another KEK therefore leaves the data ciphertext
+//! untouched.
+
+use rand::RngCore;
+use zeroize::Zeroize;
+
+use crate::aead::{self, Algorithm, TAG_LEN};
+use crate::context::{FieldContext, FieldLocation};
+use crate::error::Error;
+use crate::keyring::{KekVersion, KeyScope};
+use crate::padding::{self, MAX_PLAINTEXT_LEN, PADDING_ISO7816, PaddingPolicy};
+use crate::secret::{Dek, KEY_LEN, Kek, Plaintext};
+
+/// The magic bytes every envelope starts with: ASCII `"LK"`.
+pub const MAGIC: [u8; 2] = *b"LK";
+/// The format version this module writes.
+pub const FORMAT_V1: u8 = 0x01;
+/// Length of the fixed header (magic, version, data AEAD id, padding id).
+pub const HEADER_LEN: usize = 5;
+/// Length of the DEK wrap nonce (XChaCha20-Poly1305).
+pub const WRAP_NONCE_LEN: usize = 24;
+/// Length of the wrapped DEK: a 32-byte key plus a 16-byte tag.
+pub const WRAPPED_DEK_LEN: usize = KEY_LEN + TAG_LEN;
+
+/// Why an envelope could not be parsed, before any key is involved. Turned into an [`Error`]
+/// that names the field with [`ParseError::at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// The value does not start with [`MAGIC`].
+    NotAnEnvelope,
+    /// The format version byte is unknown.
+    UnknownFormatVersion(u8),
+    /// An algorithm identifier byte is unknown.
+    UnknownAlgorithm {
+        /// `"data AEAD"` or `"padding"`.
+        kind: &'static str,
+        /// The byte found.
+        id: u8,
+    },
+    /// The value ends inside `part`.
+    Truncated {
+        /// The part that did not fit.
+        part: &'static str,
+        /// Bytes it needs.
+        needed: usize,
+        /// Bytes that were left.
+        available: usize,
+    },
+    /// Another structural problem.
+    Malformed(&'static str),
+}
+
+impl ParseError {
+    /// Attaches the field's location, giving the public error.
+    #[must_use]
+    pub fn at(self, location: FieldLocation) -> Error {
+        match self {
+            ParseError::NotAnEnvelope => Error::NotAnEnvelope { location },
+            ParseError::UnknownFormatVersion(version) => {
+                Error::UnknownFormatVersion { location, version }
+            }
+            ParseError::UnknownAlgorithm { kind, id } => {
+                Error::UnknownAlgorithm { location, kind, id }
+            }
+            ParseError::Truncated {
+                part,
+                needed,
+                available,
+            } => Error::Truncated {
+                location,
+                part,
+                needed,
+                available,
+            },
+            ParseError::Malformed(problem) => Error::Malformed { location, problem },
+        }
+    }
+}
+
+/// The public facts of an envelope, readable without any key: which algorithm sealed it and
+/// which KEK version wraps its DEK. The migrator's `status` counts rows by these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvelopeInfo {
+    /// The data AEAD.
+    pub algorithm: Algorithm,
+    /// The key scope of the wrapping KEK.
+    pub scope: KeyScope,
+    /// The version of the wrapping KEK.
+    pub kek_version: KekVersion,
+    /// Total envelope length in bytes.
+    pub len: usize,
+    /// Padded plaintext length (the size class; the exact length is hidden inside).
+    pub padded_len: usize,
+}
+
+/// A parsed envelope borrowing from the input.
+pub(crate) struct Parsed<'a> {
+    pub(crate) algorithm: Algorithm,
+    pub(crate) scope: &'a str,
+    pub(crate) kek_version: KekVersion,
+    /// Bytes `0 .. 10+Ls`: header, scope and KEK version (the DEK wrap's AAD prefix).
+    pub(crate) key_prefix: &'a [u8],
+    pub(crate) wrap_nonce: &'a [u8],
+    pub(crate) wrapped_dek: &'a [u8],
+    pub(crate) data_nonce: &'a [u8],
+    pub(crate) ciphertext_and_tag: &'a [u8],
+}
+
+impl Parsed<'_> {
+    fn header(&self) -> &[u8] {
+        self.key_prefix.get(..HEADER_LEN).unwrap_or_default()
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, part: &'static str) -> Result<&'a [u8], ParseError> {
+        let available = self.bytes.len().saturating_sub(self.pos);
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end.and_then(|end| self.bytes.get(self.pos..end).map(|s| (s, end))) {
+            Some((slice, end)) => {
+                self.pos = end;
+                Ok(slice)
+            }
+            None => Err(ParseError::Truncated {
+                part,
+                needed: n,
+                available,
+            }),
+        }
+    }
+
+    fn byte(&mut self, part: &'static str) -> Result<u8, ParseError> {
+        let s = self.take(1, part)?;
+        s.first()
+            .copied()
+            .ok_or(ParseError::Malformed("empty read"))
+    }
+}
+
+/// Parses an envelope's structure. Checks lengths and identifiers only; no key is used.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>, ParseError> {
+    let mut r = Reader { bytes, pos: 0 };
+    // A value shorter than the magic, or with other first bytes, is not an envelope at all.
+    if bytes.get(..2) != Some(&MAGIC[..]) {
+        return Err(ParseError::NotAnEnvelope);
+    }
+    r.take(2, "magic")?;
+    let version = r.byte("format version")?;
+    if version != FORMAT_V1 {
+        return Err(ParseError::UnknownFormatVersion(version));
+    }
+    let alg_id = r.byte("data AEAD id")?;
+    let algorithm = Algorithm::from_id(alg_id).ok_or(ParseError::UnknownAlgorithm {
+        kind: "data AEAD",
+        id: alg_id,
+    })?;
+    let pad_id = r.byte("padding id")?;
+    if pad_id != PADDING_ISO7816 {
+        return Err(ParseError::UnknownAlgorithm {
+            kind: "padding",
+            id: pad_id,
+        });
+    }
+    let scope_len = usize::from(r.byte("key scope length")?);
+    let scope_bytes = r.take(scope_len, "key scope")?;
+    let scope = std::str::from_utf8(scope_bytes)
+        .ok()
+        .filter(|s| KeyScope::is_valid(s))
+        .ok_or(ParseError::Malformed("invalid key scope name"))?;
+    let version_bytes = r.take(4, "KEK version")?;
+    let kek_version = version_bytes
+        .try_into()
+        .ok()
+        .map(u32::from_be_bytes)
+        .and_then(|v| KekVersion::new(v).ok())
+        .ok_or(ParseError::Malformed("KEK version 0"))?;
+    let key_prefix = bytes.get(..r.pos).unwrap_or_default();
+    let wrap_nonce = r.take(WRAP_NONCE_LEN, "DEK wrap nonce")?;
+    let wrapped_dek = r.take(WRAPPED_DEK_LEN, "wrapped DEK")?;
+    let data_nonce = r.take(algorithm.nonce_len(), "data nonce")?;
+    let rest = bytes.get(r.pos..).unwrap_or_default();
+    // The padded plaintext is at least one byte (the 0x80 marker).
+    if rest.len() < TAG_LEN + 1 {
+        return Err(ParseError::Truncated {
+            part: "data ciphertext and tag",
+            needed: TAG_LEN + 1,
+            available: rest.len(),
+        });
+    }
+    Ok(Parsed {
+        algorithm,
+        scope,
+        kek_version,
+        key_prefix,
+        wrap_nonce,
+        wrapped_dek,
+        data_nonce,
+        ciphertext_and_tag: rest,
+    })
+}
+
+/// Reads an envelope's public facts without any key.
+///
+/// # Errors
+/// The [`ParseError`] describing the first structural problem.
+pub fn inspect(bytes: &[u8]) -> Result<EnvelopeInfo, ParseError> {
+    let p = parse(bytes)?;
+    Ok(EnvelopeInfo {
+        algorithm: p.algorithm,
+        scope: KeyScope::new(p.scope)
+            .map_err(|_| ParseError::Malformed("invalid key scope name"))?,
+        kek_version: p.kek_version,
+        len: bytes.len(),
+        padded_len: p.ciphertext_and_tag.len().saturating_sub(TAG_LEN),
+    })
+}
+
+/// Whether `bytes` starts like a leakless envelope (magic and any version byte). Adoption mode
+/// uses it to tell sealed values from legacy plaintext; everything else must [`inspect`].
+#[must_use]
+pub fn looks_like_envelope(bytes: &[u8]) -> bool {
+    bytes.get(..2) == Some(&MAGIC[..])
+}
+
+/// The random values one seal consumes. Only [`seal`] makes them, fresh each time, except for
+/// the known-answer tests, which fix them to reproduce the published vectors.
+pub(crate) struct SealRandomness {
+    pub(crate) dek: Dek,
+    pub(crate) wrap_nonce: [u8; WRAP_NONCE_LEN],
+    pub(crate) data_nonce: [u8; 24],
+}
+
+impl SealRandomness {
+    fn fresh() -> Self {
+        let mut rng = rand::thread_rng();
+        let mut dek = [0u8; KEY_LEN];
+        rng.fill_bytes(&mut dek);
+        let mut wrap_nonce = [0u8; WRAP_NONCE_LEN];
+        rng.fill_bytes(&mut wrap_nonce);
+        let mut data_nonce = [0u8; 24];
+        rng.fill_bytes(&mut data_nonce);
+        let r = Self {
+            dek: Dek::from_bytes(dek),
+            wrap_nonce,
+            data_nonce,
+        };
+        dek.zeroize();
+        r
+    }
+}
+
+/// Everything [`seal`] needs besides the plaintext and the randomness.
+pub(crate) struct SealParams<'a> {
+    pub(crate) kek: &'a Kek,
+    pub(crate) scope: &'a KeyScope,
+    pub(crate) kek_version: KekVersion,
+    pub(crate) ctx: &'a FieldContext<'a>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) padding: PaddingPolicy,
+}
+
+/// Seals `plaintext` with fresh randomness.
+pub(crate) fn seal(params: &SealParams<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    seal_with_randomness(params, plaintext, &SealRandomness::fresh())
+}
+
+/// Seals with the given randomness. Reusing randomness across values destroys the scheme's
+/// security; only [`seal`] and the known-answer tests call this.
+pub(crate) fn seal_with_randomness(
+    params: &SealParams<'_>,
+    plaintext: &[u8],
+    rnd: &SealRandomness,
+) -> Result<Vec<u8>, Error> {
+    let location = || params.ctx.location();
+    if plaintext.len() > MAX_PLAINTEXT_LEN {
+        return Err(Error::InvalidInput {
+            what: "plaintext",
+            problem: format!(
+                "{} bytes is more than the {MAX_PLAINTEXT_LEN}-byte limit",
+                plaintext.len()
+            ),
+        });
+    }
+    let padded_len =
+        params
+            .padding
+            .padded_len(plaintext.len())
+            .ok_or_else(|| Error::InvalidInput {
+                what: "padding policy",
+                problem: params
+                    .padding
+                    .validate()
+                    .err()
+                    .unwrap_or("padded length overflows")
+                    .to_owned(),
+            })?;
+    let scope = params.scope.as_str().as_bytes();
+    let scope_len = u8::try_from(scope.len()).map_err(|_| Error::InvalidInput {
+        what: "key scope",
+        problem: "longer than 255 bytes".into(),
+    })?;
+    let alg = params.algorithm;
+    let nonce_len = alg.nonce_len();
+    let data_nonce = rnd.data_nonce.get(..nonce_len).ok_or(Error::Malformed {
+        location: location(),
+        problem: "data nonce length",
+    })?;
+
+    let mut out = Vec::with_capacity(
+        HEADER_LEN
+            + 1
+            + scope.len()
+            + 4
+            + WRAP_NONCE_LEN
+            + WRAPPED_DEK_LEN
+            + nonce_len
+            + padded_len
+            + TAG_LEN,
+    );
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_V1);
+    out.push(alg.id());
+    out.push(PADDING_ISO7816);
+    out.push(scope_len);
+    out.extend_from_slice(scope);
+    out.extend_from_slice(&params.kek_version.get().to_be_bytes());
+    let key_prefix_len = out.len();
+
+    // Associated data: key prefix (or header) followed by the canonical context.
+    let mut aad = Vec::with_capacity(key_prefix_len + 64);
+    aad.extend_from_slice(&out);
+    params.ctx.encode_into(&mut aad)?;
+
+    let wrapped = aead::encrypt(
+        Algorithm::XChaCha20Poly1305,
+        params.kek.expose_secret(),
+        &rnd.wrap_nonce,
+        &aad,
+        rnd.dek.expose_secret(),
+    )
+    .map_err(|_| Error::Malformed {
+        location: location(),
+        problem: "DEK wrap failed",
+    })?;
+    out.extend_from_slice(&rnd.wrap_nonce);
+    out.extend_from_slice(&wrapped);
+    out.extend_from_slice(data_nonce);
+
+    // Data AAD: drop the scope and version from the prefix, keep the context.
+    aad.drain(HEADER_LEN..key_prefix_len);
+
+    let body_start = out.len();
+    out.extend_from_slice(plaintext);
+    padding::pad(&mut out, body_start + padded_len);
+    let body = out.get_mut(body_start..).unwrap_or_default();
+    let tag = aead::encrypt_in_place(alg, rnd.dek.expose_secret(), data_nonce, &aad, body)
+        .map_err(|_| Error::Malformed {
+            location: location(),
+            problem: "data encryption failed",
+        })?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Unwraps the DEK of a parsed envelope with `kek`.
+pub(crate) fn unwrap_dek(
+    kek: &Kek,
+    parsed: &Parsed<'_>,
+    ctx: &FieldContext<'_>,
+) -> Result<Dek, Error> {
+    let mut aad = Vec::with_capacity(parsed.key_prefix.len() + 64);
+    aad.extend_from_slice(parsed.key_prefix);
+    ctx.encode_into(&mut aad)?;
+    let dek = aead::decrypt(
+        Algorithm::XChaCha20Poly1305,
+        kek.expose_secret(),
+        parsed.wrap_nonce,
+        &aad,
+        parsed.wrapped_dek,
+    )
+    .map_err(|_| Error::DecryptionFailed {
+        location: ctx.location(),
+    })?;
+    Dek::try_from_slice(dek.expose_secret()).ok_or_else(|| Error::DecryptionFailed {
+        location: ctx.location(),
+    })
+}
+
+/// Opens a parsed envelope with `kek`.
+pub(crate) fn open(
+    kek: &Kek,
+    parsed: &Parsed<'_>,
+    ctx: &FieldContext<'_>,
+) -> Result<Plaintext, Error> {
+    let dek = unwrap_dek(kek, parsed, ctx)?;
+    let mut aad = Vec::with_capacity(HEADER_LEN + 64);
+    aad.extend_from_slice(parsed.header());
+    ctx.encode_into(&mut aad)?;
+    let mut pt = aead::decrypt(
+        parsed.algorithm,
+        dek.expose_secret(),
+        parsed.data_nonce,
+        &aad,
+        parsed.ciphertext_and_tag,
+    )
+    .map_err(|_| Error::DecryptionFailed {
+        location: ctx.location(),
+    })?;
+    let len = padding::unpadded_len(pt.expose_secret()).ok_or_else(|| Error::Malformed {
+        location: ctx.location(),
+        problem: "padding marker missing",
+    })?;
+    pt.truncate_zeroizing(len);
+    Ok(pt)
+}
+
+/// Re-wraps the DEK of `parsed` (opened with `old_kek`) under `new_kek` as `new_scope`
+/// `new_version`, with a fresh wrap nonce. The data nonce and ciphertext are copied unchanged.
+pub(crate) fn rewrap(
+    old_kek: &Kek,
+    new_kek: &Kek,
+    new_scope: &KeyScope,
+    new_version: KekVersion,
+    parsed: &Parsed<'_>,
+    ctx: &FieldContext<'_>,
+) -> Result<Vec<u8>, Error> {
+    let dek = unwrap_dek(old_kek, parsed, ctx)?;
+    let mut wrap_nonce = [0u8; WRAP_NONCE_LEN];
+    rand::thread_rng().fill_bytes(&mut wrap_nonce);
+    let scope = new_scope.as_str().as_bytes();
+    let scope_len = u8::try_from(scope.len()).map_err(|_| Error::InvalidInput {
+        what: "key scope",
+        problem: "longer than 255 bytes".into(),
+    })?;
+    let mut out = Vec::with_capacity(
+        HEADER_LEN
+            + 1
+            + scope.len()
+            + 4
+            + WRAP_NONCE_LEN
+            + WRAPPED_DEK_LEN
+            + parsed.data_nonce.len()
+            + parsed.ciphertext_and_tag.len(),
+    );
+    out.extend_from_slice(parsed.header());
+    out.push(scope_len);
+    out.extend_from_slice(scope);
+    out.extend_from_slice(&new_version.get().to_be_bytes());
+    let mut aad = out.clone();
+    ctx.encode_into(&mut aad)?;
+    let wrapped = aead::encrypt(
+        Algorithm::XChaCha20Poly1305,
+        new_kek.expose_secret(),
+        &wrap_nonce,
+        &aad,
+        dek.expose_secret(),
+    )
+    .map_err(|_| Error::Malformed {
+        location: ctx.location(),
+        problem: "DEK wrap failed",
+    })?;
+    out.extend_from_slice(&wrap_nonce);
+    out.extend_from_slice(&wrapped);
+    out.extend_from_slice(parsed.data_nonce);
+    out.extend_from_slice(parsed.ciphertext_and_tag);
+    Ok(out)
+}

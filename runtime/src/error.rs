@@ -1,0 +1,181 @@
+//! The one error type of the runtime.
+//!
+//! Every variant names what failed and where (table, column and row for field operations; key
+//! scope and version for key operations). No variant carries plaintext or key bytes, and the
+//! decryption failure is deliberately opaque: it never says whether the tag, the key or the
+//! context was wrong, so it cannot serve as an oracle.
+
+use std::path::PathBuf;
+
+use crate::context::FieldLocation;
+use crate::keyring::{KekState, KekVersion, KeyScope};
+
+/// Everything that can go wrong in leakless.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The value does not start with the leakless envelope magic bytes `"LK"`. It is not an
+    /// envelope at all (plaintext, another format, or a truncated prefix).
+    #[error("{location}: not a leakless envelope (bad magic bytes)")]
+    NotAnEnvelope {
+        /// The field that was being opened.
+        location: FieldLocation,
+    },
+
+    /// The envelope's format version byte is one this build does not know.
+    #[error("{location}: unknown envelope format version {version}")]
+    UnknownFormatVersion {
+        /// The field that was being opened.
+        location: FieldLocation,
+        /// The version byte found.
+        version: u8,
+    },
+
+    /// The envelope names an AEAD, key-wrap or padding algorithm this build does not know.
+    #[error("{location}: unknown {kind} algorithm id 0x{id:02x}")]
+    UnknownAlgorithm {
+        /// The field that was being opened.
+        location: FieldLocation,
+        /// Which algorithm slot: `"data AEAD"` or `"padding"`.
+        kind: &'static str,
+        /// The identifier byte found.
+        id: u8,
+    },
+
+    /// The envelope ends before a field its header announces.
+    #[error("{location}: truncated envelope: {part} needs {needed} more bytes, {available} left")]
+    Truncated {
+        /// The field that was being opened.
+        location: FieldLocation,
+        /// The envelope part that did not fit.
+        part: &'static str,
+        /// Bytes the part needs.
+        needed: usize,
+        /// Bytes that were left.
+        available: usize,
+    },
+
+    /// The envelope is structurally invalid in another way (bad key-scope name, padding).
+    #[error("{location}: malformed envelope: {problem}")]
+    Malformed {
+        /// The field that was being opened.
+        location: FieldLocation,
+        /// What is wrong, without any value bytes.
+        problem: &'static str,
+    },
+
+    /// Authentication failed: wrong key, wrong context, or tampered ciphertext. Deliberately
+    /// says no more than that.
+    #[error("{location}: decryption failed (wrong key, wrong context, or tampered data)")]
+    DecryptionFailed {
+        /// The field that was being opened.
+        location: FieldLocation,
+    },
+
+    /// The key store holds no such KEK version for the scope.
+    #[error("key {scope} {version}: no such KEK version in the key store")]
+    KeyVersionNotFound {
+        /// Key scope.
+        scope: KeyScope,
+        /// The version asked for.
+        version: KekVersion,
+    },
+
+    /// The key store holds no KEK at all for the scope.
+    #[error("key scope {scope}: not found in the key store (create it first)")]
+    ScopeNotFound {
+        /// Key scope.
+        scope: KeyScope,
+    },
+
+    /// The scope already exists (on create).
+    #[error("key scope {scope}: already exists")]
+    ScopeExists {
+        /// Key scope.
+        scope: KeyScope,
+    },
+
+    /// The KEK version was destroyed: its material is gone and what it sealed is unreadable.
+    #[error("key {scope} {version}: destroyed (crypto-shredded); values under it cannot be opened")]
+    KeyDestroyed {
+        /// Key scope.
+        scope: KeyScope,
+        /// The destroyed version.
+        version: KekVersion,
+    },
+
+    /// The KEK version exists but its state forbids the operation (e.g. opening under a
+    /// retired key, or a grace period that has ended).
+    #[error("key {scope} {version}: is {state}, which does not allow {operation}")]
+    KeyWrongState {
+        /// Key scope.
+        scope: KeyScope,
+        /// The version.
+        version: KekVersion,
+        /// Its effective state now.
+        state: KekState,
+        /// What was attempted (`"open"`, `"seal"`, `"retire"`, ...).
+        operation: &'static str,
+    },
+
+    /// The scope has no active KEK version to seal with.
+    #[error("key scope {scope}: has no active KEK version")]
+    NoActiveKey {
+        /// Key scope.
+        scope: KeyScope,
+    },
+
+    /// Another process changed the key record between our read and our write; nothing was
+    /// written. Retry the operation.
+    #[error("key {scope} {version}: changed concurrently; nothing was written, retry")]
+    ConcurrentModification {
+        /// Key scope.
+        scope: KeyScope,
+        /// The version.
+        version: KekVersion,
+    },
+
+    /// A KMS backend failed. `detail` comes from the backend and never holds key bytes or
+    /// credentials.
+    #[error("KMS {backend}: {operation} failed: {detail}")]
+    Kms {
+        /// Backend name (`"local"`, ...).
+        backend: &'static str,
+        /// Operation (`"wrap KEK"`, `"unwrap KEK"`, ...).
+        operation: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// A key store failed.
+    #[error("key store {store}: {operation} failed: {detail}")]
+    KeyStore {
+        /// Store name (`"file"`, `"sqlite"`, `"postgres"`, `"mysql"`).
+        store: &'static str,
+        /// Operation.
+        operation: &'static str,
+        /// What went wrong (never a connection password).
+        detail: String,
+    },
+
+    /// A key file could not be used (missing, wrong size, or readable by group or others).
+    #[error("key file {}: {problem}", path.display())]
+    KeyFile {
+        /// The file's path.
+        path: PathBuf,
+        /// What is wrong with it, and what to do.
+        problem: String,
+    },
+
+    /// An argument was invalid (scope name, context, policy).
+    #[error("invalid {what}: {problem}")]
+    InvalidInput {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        problem: String,
+    },
+}
+
+/// The runtime's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,202 @@
+//! The in-memory KEK cache: unwrapped KEKs with a bounded age and use count.
+//!
+//! The cache is what keeps KMS calls proportional to KEK versions rather than rows: a KEK is
+//! unwrapped once, then wraps and unwraps DEKs locally until it is `max_age` old or has been used
+//! `max_uses` times, whichever comes first. Evicted KEKs are zeroized as soon as the last
+//! in-flight operation holding them finishes ([`Kek`] zeroizes on drop).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use crate::keyring::{KekState, KekVersion, KeyScope, UnixTime};
+use crate::secret::Kek;
+
+/// Bounds of the KEK cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// How long an unwrapped KEK stays usable before it is fetched again. This is also how long
+    /// another process's key-state change (rotate, retire) can take to reach this one.
+    /// Default: 5 minutes.
+    pub max_age: Duration,
+    /// How many DEK wraps and unwraps one cached KEK serves before it is fetched again.
+    /// Default: 2^24 (about 16.8 million).
+    pub max_uses: u64,
+    /// How many KEK versions are held at once; the oldest fetch is evicted first. Default: 256.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(300),
+            max_uses: 1 << 24,
+            max_entries: 256,
+        }
+    }
+}
+
+/// One unwrapped KEK in the cache.
+pub(crate) struct CachedKek {
+    pub(crate) kek: Kek,
+    pub(crate) version: KekVersion,
+    /// The state when fetched; a `Grace` deadline is checked again on every use.
+    pub(crate) state: KekState,
+    fetched_at: UnixTime,
+    uses: AtomicU64,
+}
+
+impl CachedKek {
+    pub(crate) fn new(kek: Kek, version: KekVersion, state: KekState, now: UnixTime) -> Self {
+        Self {
+            kek,
+            version,
+            state,
+            fetched_at: now,
+            uses: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ScopeSlot {
+    active: Option<KekVersion>,
+    versions: HashMap<KekVersion, Arc<CachedKek>>,
+}
+
+/// The KEK cache. One per [`KeyRing`](crate::KeyRing); not shared between processes.
+pub struct KekCache {
+    config: CacheConfig,
+    slots: RwLock<HashMap<KeyScope, ScopeSlot>>,
+    evictions: AtomicU64,
+}
+
+impl std::fmt::Debug for KekCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KekCache")
+            .field("config", &self.config)
+            .field("entries", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KekCache {
+    /// An empty cache with these bounds.
+    #[must_use]
+    pub fn new(config: CacheConfig) -> Self {
+        Self {
+            config,
+            slots: RwLock::new(HashMap::new()),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// The bounds.
+    #[must_use]
+    pub fn config(&self) -> CacheConfig {
+        self.config
+    }
+
+    /// How many KEK versions are cached.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        slots.values().map(|s| s.versions.len()).sum()
+    }
+
+    /// Whether the cache is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many entries have been evicted for age, use count or size so far.
+    #[must_use]
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    fn fresh(&self, entry: &CachedKek, now: UnixTime) -> bool {
+        let age_ok = u128::from(now.seconds_since(entry.fetched_at))
+            < self.config.max_age.as_secs().max(1).into();
+        age_ok && entry.uses.load(Ordering::Relaxed) < self.config.max_uses
+    }
+
+    /// A fresh cached KEK for `scope`/`version`, counting one use.
+    pub(crate) fn get(
+        &self,
+        scope: &str,
+        version: KekVersion,
+        now: UnixTime,
+    ) -> Option<Arc<CachedKek>> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = slots.get(scope)?.versions.get(&version)?;
+        if self.fresh(entry, now) {
+            entry.uses.fetch_add(1, Ordering::Relaxed);
+            Some(Arc::clone(entry))
+        } else {
+            None
+        }
+    }
+
+    /// The fresh cached active KEK of `scope`, counting one use.
+    pub(crate) fn get_active(&self, scope: &str, now: UnixTime) -> Option<Arc<CachedKek>> {
+        let version = {
+            let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+            slots.get(scope)?.active?
+        };
+        self.get(scope, version, now)
+    }
+
+    /// Caches `entry` (replacing a stale one), marking it active for its scope if `active`.
+    pub(crate) fn insert(&self, scope: &KeyScope, entry: Arc<CachedKek>, active: bool) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.entry(scope.clone()).or_default();
+        if active {
+            slot.active = Some(entry.version);
+        }
+        if slot.versions.insert(entry.version, entry).is_some() {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        let total: usize = slots.values().map(|s| s.versions.len()).sum();
+        if total > self.config.max_entries {
+            // Evict the entry fetched longest ago.
+            let oldest = slots
+                .iter()
+                .flat_map(|(s, slot)| {
+                    slot.versions
+                        .values()
+                        .map(move |e| (s.clone(), e.version, e.fetched_at))
+                })
+                .min_by_key(|(_, _, t)| *t);
+            if let Some((s, v, _)) = oldest {
+                if let Some(slot) = slots.get_mut(&s) {
+                    slot.versions.remove(&v);
+                    if slot.active == Some(v) {
+                        slot.active = None;
+                    }
+                }
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops every cached KEK of `scope` (after a key-state change in this process).
+    pub fn invalidate_scope(&self, scope: &str) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.remove(scope) {
+            let n = u64::try_from(slot.versions.len()).unwrap_or(u64::MAX);
+            self.evictions.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops every cached KEK.
+    pub fn clear(&self) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let n: usize = slots.values().map(|s| s.versions.len()).sum();
+        slots.clear();
+        self.evictions
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}

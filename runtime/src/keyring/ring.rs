@@ -1,0 +1,645 @@
+//! The [`KeyRing`]: seals and opens field values, and runs every KEK lifecycle transition.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tracing::{debug, info};
+
+use crate::aead::Algorithm;
+use crate::context::FieldContext;
+use crate::envelope::{self, SealParams};
+use crate::error::Error;
+use crate::keyring::cache::CachedKek;
+use crate::keyring::{
+    AuditInfo, AuditRecord, CacheConfig, Clock, KekCache, KekRecord, KekState, KekVersion,
+    KeyAction, KeyScope, RecordUpdate, StoreChange, SystemClock, UnixTime,
+};
+use crate::kms::{KekBinding, Kms};
+use crate::padding::PaddingPolicy;
+use crate::secret::{Kek, Plaintext};
+use crate::store::KeyStore;
+
+/// How one field is sealed: its AEAD and its padding policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldPolicy {
+    /// The data AEAD.
+    pub algorithm: Algorithm,
+    /// The length-bucket padding.
+    pub padding: PaddingPolicy,
+}
+
+/// How many times the ring has called its KMS backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KmsCallCounts {
+    /// `wrap_kek` calls (new versions, root rotation).
+    pub wraps: u64,
+    /// `unwrap_kek` calls (cache misses).
+    pub unwraps: u64,
+}
+
+/// Builds a [`KeyRing`]. Obtained from [`KeyRing::builder`].
+pub struct KeyRingBuilder {
+    kms: Arc<dyn Kms>,
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    cache: CacheConfig,
+}
+
+impl std::fmt::Debug for KeyRingBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRingBuilder")
+            .field("kms", &self.kms)
+            .field("store", &self.store.name())
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRingBuilder {
+    /// Uses `clock` for grace deadlines, audit times and cache ages (default: the system clock).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the KEK cache bounds (default: [`CacheConfig::default`]).
+    #[must_use]
+    pub fn cache(mut self, config: CacheConfig) -> Self {
+        self.cache = config;
+        self
+    }
+
+    /// Builds the ring. Does not contact the KMS or the store yet.
+    #[must_use]
+    pub fn build(self) -> KeyRing {
+        KeyRing {
+            inner: Arc::new(Inner {
+                kms: self.kms,
+                store: self.store,
+                clock: self.clock,
+                cache: KekCache::new(self.cache),
+                wraps: AtomicU64::new(0),
+                unwraps: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+struct Inner {
+    kms: Arc<dyn Kms>,
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    cache: KekCache,
+    wraps: AtomicU64,
+    unwraps: AtomicU64,
+}
+
+/// Seals and opens field values, and manages KEK versions.
+///
+/// Cheap to clone (an `Arc` inside) and safe to share between threads. Holds a KMS backend, a
+/// key store, a clock and the KEK cache.
+#[derive(Clone)]
+pub struct KeyRing {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("kms", &self.inner.kms)
+            .field("store", &self.inner.store.name())
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// Starts building a ring over a KMS backend and a key store.
+    #[must_use]
+    pub fn builder(kms: Arc<dyn Kms>, store: Arc<dyn KeyStore>) -> KeyRingBuilder {
+        KeyRingBuilder {
+            kms,
+            store,
+            clock: Arc::new(SystemClock),
+            cache: CacheConfig::default(),
+        }
+    }
+
+    /// The KMS backend.
+    #[must_use]
+    pub fn kms(&self) -> &Arc<dyn Kms> {
+        &self.inner.kms
+    }
+
+    /// The key store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.inner.store
+    }
+
+    /// The KEK cache (for its counters and for invalidation).
+    #[must_use]
+    pub fn cache(&self) -> &KekCache {
+        &self.inner.cache
+    }
+
+    /// How many KMS calls this ring has made so far.
+    #[must_use]
+    pub fn kms_calls(&self) -> KmsCallCounts {
+        KmsCallCounts {
+            wraps: self.inner.wraps.load(Ordering::Relaxed),
+            unwraps: self.inner.unwraps.load(Ordering::Relaxed),
+        }
+    }
+
+    fn now(&self) -> UnixTime {
+        self.inner.clock.now()
+    }
+
+    // ----- sealing and opening -------------------------------------------------------------
+
+    /// Seals `plaintext` for the field at `ctx` under the active KEK of `scope`.
+    ///
+    /// # Errors
+    /// [`Error::ScopeNotFound`] or [`Error::NoActiveKey`] when there is nothing to seal with,
+    /// [`Error::Kms`] / [`Error::KeyStore`] on a cache miss that cannot be served,
+    /// [`Error::InvalidInput`] for a bad context or policy.
+    pub fn seal(
+        &self,
+        scope: &KeyScope,
+        ctx: &FieldContext<'_>,
+        plaintext: &[u8],
+        policy: &FieldPolicy,
+    ) -> Result<Vec<u8>, Error> {
+        let cached = self.active_kek(scope)?;
+        envelope::seal(
+            &SealParams {
+                kek: &cached.kek,
+                scope,
+                kek_version: cached.version,
+                ctx,
+                algorithm: policy.algorithm,
+                padding: policy.padding,
+            },
+            plaintext,
+        )
+    }
+
+    /// Opens an envelope sealed for the field at `ctx`.
+    ///
+    /// # Errors
+    /// A parse error ([`Error::NotAnEnvelope`], [`Error::UnknownFormatVersion`],
+    /// [`Error::UnknownAlgorithm`], [`Error::Truncated`], [`Error::Malformed`]), a key error
+    /// ([`Error::KeyVersionNotFound`], [`Error::KeyDestroyed`], [`Error::KeyWrongState`]), or
+    /// the opaque [`Error::DecryptionFailed`]. All name the field.
+    pub fn open(&self, ctx: &FieldContext<'_>, envelope_bytes: &[u8]) -> Result<Plaintext, Error> {
+        let parsed = envelope::parse(envelope_bytes).map_err(|e| e.at(ctx.location()))?;
+        let cached = self.kek_for_open(parsed.scope, parsed.kek_version, "open")?;
+        envelope::open(&cached.kek, &parsed, ctx)
+    }
+
+    /// Moves an envelope's DEK onto the active KEK version of its scope, leaving the data
+    /// ciphertext untouched. Returns `None` when it already is on the active version.
+    ///
+    /// # Errors
+    /// As [`Self::open`] for the old version, and as [`Self::seal`] for the active one.
+    pub fn rewrap(
+        &self,
+        ctx: &FieldContext<'_>,
+        envelope_bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let parsed = envelope::parse(envelope_bytes).map_err(|e| e.at(ctx.location()))?;
+        let scope = KeyScope::new(parsed.scope)?;
+        let active = self.active_kek(&scope)?;
+        if active.version == parsed.kek_version {
+            return Ok(None);
+        }
+        let old = self.kek_for_open(parsed.scope, parsed.kek_version, "rewrap")?;
+        envelope::rewrap(&old.kek, &active.kek, &scope, active.version, &parsed, ctx).map(Some)
+    }
+
+    fn active_kek(&self, scope: &KeyScope) -> Result<Arc<CachedKek>, Error> {
+        let now = self.now();
+        if let Some(c) = self.inner.cache.get_active(scope.as_str(), now) {
+            return Ok(c);
+        }
+        let records = self.inner.store.list(scope)?;
+        if records.is_empty() {
+            return Err(Error::ScopeNotFound {
+                scope: scope.clone(),
+            });
+        }
+        let record = records
+            .into_iter()
+            .find(|r| r.state == KekState::Active)
+            .ok_or_else(|| Error::NoActiveKey {
+                scope: scope.clone(),
+            })?;
+        let kek = self.unwrap_record(&record)?;
+        let entry = Arc::new(CachedKek::new(kek, record.version, record.state, now));
+        self.inner.cache.insert(scope, Arc::clone(&entry), true);
+        Ok(entry)
+    }
+
+    fn kek_for_open(
+        &self,
+        scope: &str,
+        version: KekVersion,
+        operation: &'static str,
+    ) -> Result<Arc<CachedKek>, Error> {
+        let now = self.now();
+        if let Some(c) = self.inner.cache.get(scope, version, now) {
+            if c.state.opens_at(now) {
+                return Ok(c);
+            }
+            return Err(Error::KeyWrongState {
+                scope: KeyScope::new(scope)?,
+                version,
+                state: c.state,
+                operation,
+            });
+        }
+        let scope = KeyScope::new(scope)?;
+        let record =
+            self.inner
+                .store
+                .get(&scope, version)?
+                .ok_or_else(|| Error::KeyVersionNotFound {
+                    scope: scope.clone(),
+                    version,
+                })?;
+        match record.state {
+            KekState::Destroyed => {
+                return Err(Error::KeyDestroyed { scope, version });
+            }
+            state if !state.opens_at(now) => {
+                return Err(Error::KeyWrongState {
+                    scope,
+                    version,
+                    state,
+                    operation,
+                });
+            }
+            _ => {}
+        }
+        let kek = self.unwrap_record(&record)?;
+        let entry = Arc::new(CachedKek::new(kek, version, record.state, now));
+        self.inner
+            .cache
+            .insert(&scope, Arc::clone(&entry), record.state == KekState::Active);
+        Ok(entry)
+    }
+
+    fn unwrap_record(&self, record: &KekRecord) -> Result<Kek, Error> {
+        let wrapped = record.wrapped.as_ref().ok_or_else(|| Error::KeyDestroyed {
+            scope: record.scope.clone(),
+            version: record.version,
+        })?;
+        self.inner.unwraps.fetch_add(1, Ordering::Relaxed);
+        debug!(scope = %record.scope, version = %record.version, backend = self.inner.kms.backend(), "KMS unwrap of KEK");
+        self.inner.kms.unwrap_kek(
+            wrapped,
+            &KekBinding {
+                scope: &record.scope,
+                version: record.version,
+            },
+        )
+    }
+
+    fn new_record(
+        &self,
+        kms: &dyn Kms,
+        scope: &KeyScope,
+        version: KekVersion,
+        now: UnixTime,
+    ) -> Result<KekRecord, Error> {
+        let kek = Kek::generate();
+        self.inner.wraps.fetch_add(1, Ordering::Relaxed);
+        let wrapped = kms.wrap_kek(&kek, &KekBinding { scope, version })?;
+        Ok(KekRecord {
+            scope: scope.clone(),
+            version,
+            state: KekState::Active,
+            wrapped: Some(wrapped),
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    // ----- lifecycle -----------------------------------------------------------------------
+
+    /// The versions of `scope`, oldest first, with their states (no key material).
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the store cannot be read.
+    pub fn versions(&self, scope: &KeyScope) -> Result<Vec<KekRecord>, Error> {
+        self.inner.store.list(scope)
+    }
+
+    /// The audit log, oldest first; all scopes when `scope` is `None`.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the store cannot be read.
+    pub fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {
+        self.inner.store.audit_log(scope)
+    }
+
+    fn audit(
+        &self,
+        who: &AuditInfo,
+        action: KeyAction,
+        record: &KekRecord,
+        from: Option<KekState>,
+        now: UnixTime,
+    ) -> AuditRecord {
+        AuditRecord {
+            at: now,
+            actor: who.actor.clone(),
+            reason: who.reason.clone(),
+            action,
+            scope: record.scope.clone(),
+            version: record.version,
+            from,
+            to: record.state,
+        }
+    }
+
+    fn apply(&self, scope: &KeyScope, change: StoreChange) -> Result<(), Error> {
+        let result = self.inner.store.apply(change);
+        self.inner.cache.invalidate_scope(scope.as_str());
+        result
+    }
+
+    /// Creates `scope` with an active version 1.
+    ///
+    /// # Errors
+    /// [`Error::ScopeExists`] when the scope has versions already.
+    pub fn create_scope(&self, scope: &KeyScope, who: &AuditInfo) -> Result<KekVersion, Error> {
+        if !self.inner.store.list(scope)?.is_empty() {
+            return Err(Error::ScopeExists {
+                scope: scope.clone(),
+            });
+        }
+        let now = self.now();
+        let record = self.new_record(&*self.inner.kms, scope, KekVersion::FIRST, now)?;
+        let audit = self.audit(who, KeyAction::CreateScope, &record, None, now);
+        self.apply(
+            scope,
+            StoreChange {
+                inserts: vec![record],
+                updates: vec![],
+                audit: vec![audit],
+            },
+        )?;
+        info!(%scope, actor = %who.actor, "created key scope with active KEK v1");
+        Ok(KekVersion::FIRST)
+    }
+
+    /// Makes a new active version of `scope`. The previous active version moves to
+    /// `Grace { until: now + grace }`, or straight to `Retired` when `grace` is zero.
+    ///
+    /// # Errors
+    /// [`Error::ScopeNotFound`], [`Error::NoActiveKey`], or [`Error::ConcurrentModification`]
+    /// when another process rotated at the same time (nothing is written; retry).
+    pub fn rotate(
+        &self,
+        scope: &KeyScope,
+        grace: Duration,
+        who: &AuditInfo,
+    ) -> Result<KekVersion, Error> {
+        let records = self.inner.store.list(scope)?;
+        let Some(latest) = records.iter().map(|r| r.version).max() else {
+            return Err(Error::ScopeNotFound {
+                scope: scope.clone(),
+            });
+        };
+        let old = records
+            .iter()
+            .find(|r| r.state == KekState::Active)
+            .ok_or_else(|| Error::NoActiveKey {
+                scope: scope.clone(),
+            })?;
+        let next = latest.next().ok_or_else(|| Error::InvalidInput {
+            what: "KEK version",
+            problem: format!("{scope} has used every version number"),
+        })?;
+        let now = self.now();
+        let new = self.new_record(&*self.inner.kms, scope, next, now)?;
+        let mut demoted = old.clone();
+        demoted.state = if grace.is_zero() {
+            KekState::Retired
+        } else {
+            KekState::Grace {
+                until: now.plus(grace),
+            }
+        };
+        demoted.updated_at = now;
+        let audit = vec![
+            self.audit(who, KeyAction::Rotate, &new, None, now),
+            self.audit(who, KeyAction::Rotate, &demoted, Some(old.state), now),
+        ];
+        self.apply(
+            scope,
+            StoreChange {
+                inserts: vec![new],
+                updates: vec![RecordUpdate {
+                    before: old.clone(),
+                    after: demoted,
+                }],
+                audit,
+            },
+        )?;
+        info!(%scope, new = %next, old = %old.version, actor = %who.actor, "rotated KEK");
+        Ok(next)
+    }
+
+    fn record(&self, scope: &KeyScope, version: KekVersion) -> Result<KekRecord, Error> {
+        self.inner
+            .store
+            .get(scope, version)?
+            .ok_or_else(|| Error::KeyVersionNotFound {
+                scope: scope.clone(),
+                version,
+            })
+    }
+
+    fn transition(
+        &self,
+        before: KekRecord,
+        to: KekState,
+        action: KeyAction,
+        who: &AuditInfo,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let mut after = before.clone();
+        after.state = to;
+        after.updated_at = now;
+        if to == KekState::Destroyed {
+            after.wrapped = None;
+        }
+        let audit = self.audit(who, action, &after, Some(before.state), now);
+        let scope = before.scope.clone();
+        info!(%scope, version = %before.version, from = before.state.name(), to = to.name(), action = action.name(), actor = %who.actor, "KEK state change");
+        self.apply(
+            &scope,
+            StoreChange {
+                inserts: vec![],
+                updates: vec![RecordUpdate { before, after }],
+                audit: vec![audit],
+            },
+        )
+    }
+
+    fn wrong_state(record: &KekRecord, operation: &'static str) -> Error {
+        Error::KeyWrongState {
+            scope: record.scope.clone(),
+            version: record.version,
+            state: record.state,
+            operation,
+        }
+    }
+
+    /// Retires a `Grace` version now: it stops opening anything.
+    ///
+    /// # Errors
+    /// [`Error::KeyWrongState`] unless the version is in `Grace` (an `Active` version leaves
+    /// only by [`Self::rotate`]).
+    pub fn retire(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        who: &AuditInfo,
+    ) -> Result<(), Error> {
+        let record = self.record(scope, version)?;
+        match record.state {
+            KekState::Grace { .. } => {
+                self.transition(record, KekState::Retired, KeyAction::Retire, who)
+            }
+            _ => Err(Self::wrong_state(&record, "retire")),
+        }
+    }
+
+    /// Puts a `Retired` version back into `Grace` until `now + grace`, or moves a `Grace`
+    /// version's deadline there. For undoing a retirement that came too early.
+    ///
+    /// # Errors
+    /// [`Error::KeyWrongState`] for an `Active` or `Destroyed` version;
+    /// [`Error::InvalidInput`] for a zero grace.
+    pub fn reinstate(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        grace: Duration,
+        who: &AuditInfo,
+    ) -> Result<(), Error> {
+        if grace.is_zero() {
+            return Err(Error::InvalidInput {
+                what: "grace period",
+                problem: "reinstating needs a grace period longer than zero".into(),
+            });
+        }
+        let record = self.record(scope, version)?;
+        match record.state {
+            KekState::Retired | KekState::Grace { .. } => {
+                let until = self.now().plus(grace);
+                self.transition(record, KekState::Grace { until }, KeyAction::Reinstate, who)
+            }
+            _ => Err(Self::wrong_state(&record, "reinstate")),
+        }
+    }
+
+    /// Destroys a `Retired` version: its wrapped material is erased from the key store and
+    /// every value sealed under it becomes unreadable for good (crypto-shredding). Check first
+    /// that no row still needs it (the migrator's `status` and `destroy` do).
+    ///
+    /// # Errors
+    /// [`Error::KeyWrongState`] unless the version is `Retired`.
+    pub fn destroy(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        who: &AuditInfo,
+    ) -> Result<(), Error> {
+        let record = self.record(scope, version)?;
+        match record.state {
+            KekState::Retired => {
+                self.transition(record, KekState::Destroyed, KeyAction::Destroy, who)
+            }
+            _ => Err(Self::wrong_state(&record, "destroy")),
+        }
+    }
+
+    /// Retires every `Grace` version whose deadline has passed, in every scope, writing one
+    /// audit record each. Returns what it retired. Run it from a scheduler; opening already
+    /// refuses expired versions whether or not the sweep ran.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`], or [`Error::ConcurrentModification`] if another process changed a
+    /// record meanwhile (the rest stays for the next sweep).
+    pub fn expire_grace(&self, who: &AuditInfo) -> Result<Vec<(KeyScope, KekVersion)>, Error> {
+        let now = self.now();
+        let mut done = Vec::new();
+        for scope in self.inner.store.scopes()? {
+            for record in self.inner.store.list(&scope)? {
+                if let KekState::Grace { until } = record.state
+                    && now >= until
+                {
+                    let version = record.version;
+                    self.transition(record, KekState::Retired, KeyAction::ExpireGrace, who)?;
+                    done.push((scope.clone(), version));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Re-wraps every KEK record that still has material under the root key of `new_kms`
+    /// (root-key rotation). Records already under it are skipped, so an interrupted run can
+    /// simply be repeated. Returns how many records were re-wrapped. Afterwards build a new
+    /// ring with `new_kms`; the old root key is no longer needed.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] from either backend (e.g. a record wrapped under a third root key), or
+    /// [`Error::ConcurrentModification`].
+    pub fn rotate_root(&self, new_kms: &dyn Kms, who: &AuditInfo) -> Result<usize, Error> {
+        let mut count = 0usize;
+        for scope in self.inner.store.scopes()? {
+            for record in self.inner.store.list(&scope)? {
+                let Some(wrapped) = &record.wrapped else {
+                    continue;
+                };
+                if wrapped.root_key_id == new_kms.root_key_id() {
+                    continue;
+                }
+                let kek = self.unwrap_record(&record)?;
+                let binding = KekBinding {
+                    scope: &record.scope,
+                    version: record.version,
+                };
+                self.inner.wraps.fetch_add(1, Ordering::Relaxed);
+                let rewrapped = new_kms.wrap_kek(&kek, &binding)?;
+                let now = self.now();
+                let mut after = record.clone();
+                after.wrapped = Some(rewrapped);
+                after.updated_at = now;
+                let audit = self.audit(who, KeyAction::RewrapRoot, &after, Some(record.state), now);
+                self.apply(
+                    &scope,
+                    StoreChange {
+                        inserts: vec![],
+                        updates: vec![RecordUpdate {
+                            before: record,
+                            after,
+                        }],
+                        audit: vec![audit],
+                    },
+                )?;
+                count = count.saturating_add(1);
+            }
+        }
+        info!(records = count, new_root = new_kms.root_key_id(), actor = %who.actor, "re-wrapped KEKs under a new root key");
+        Ok(count)
+    }
+}

@@ -1,0 +1,347 @@
+//! Plain data types of the key hierarchy: scopes, versions, states, records, audit entries.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::keyring::UnixTime;
+
+/// The name of a key scope: the unit that owns one KEK lineage (a table, a tenant, a subject).
+///
+/// 1 to 64 bytes of ASCII letters, digits and `_ - . : /`. Destroying a scope's KEK versions
+/// crypto-shreds everything sealed under it, so per-tenant scopes make per-tenant erasure cheap.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyScope(Arc<str>);
+
+impl KeyScope {
+    /// The longest scope name, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Validates and wraps a scope name.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the rule the name breaks.
+    pub fn new(name: &str) -> Result<Self, Error> {
+        if Self::is_valid(name) {
+            Ok(Self(Arc::from(name)))
+        } else {
+            Err(Error::InvalidInput {
+                what: "key scope name",
+                problem: format!(
+                    "{:?} must be 1 to {} bytes of ASCII letters, digits and _ - . : /",
+                    name.escape_debug().to_string(),
+                    Self::MAX_LEN
+                ),
+            })
+        }
+    }
+
+    /// Whether `name` is a valid scope name.
+    #[must_use]
+    pub fn is_valid(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= Self::MAX_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b))
+    }
+
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for KeyScope {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyScope({:?})", &*self.0)
+    }
+}
+
+/// A KEK version number within a scope, starting at 1. Printed as `v1`, `v2`, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KekVersion(u32);
+
+impl KekVersion {
+    /// The first version of every scope.
+    pub const FIRST: KekVersion = KekVersion(1);
+
+    /// Wraps a version number.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for 0, which is never a version.
+    pub fn new(v: u32) -> Result<Self, Error> {
+        if v == 0 {
+            Err(Error::InvalidInput {
+                what: "KEK version",
+                problem: "versions start at 1".into(),
+            })
+        } else {
+            Ok(Self(v))
+        }
+    }
+
+    /// The number.
+    #[must_use]
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The next version, or `None` after `u32::MAX`.
+    #[must_use]
+    pub fn next(self) -> Option<Self> {
+        self.0.checked_add(1).map(Self)
+    }
+}
+
+impl fmt::Display for KekVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// The lifecycle state of one KEK version (see the [module docs](crate::keyring)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KekState {
+    /// Seals and opens. One per scope.
+    Active,
+    /// Opens (and can be re-wrapped from) until `until`; never seals.
+    Grace {
+        /// The deadline; from this second on the version opens nothing.
+        until: UnixTime,
+    },
+    /// Opens nothing; material kept so the migrator can report and a mistake can be undone.
+    Retired,
+    /// Material erased. Terminal.
+    Destroyed,
+}
+
+impl KekState {
+    /// The state's stored name: `active`, `grace`, `retired` or `destroyed`.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            KekState::Active => "active",
+            KekState::Grace { .. } => "grace",
+            KekState::Retired => "retired",
+            KekState::Destroyed => "destroyed",
+        }
+    }
+
+    /// Rebuilds a state from its stored name and grace deadline.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an unknown name, or `grace` without a deadline.
+    pub fn from_parts(name: &str, grace_until: Option<i64>) -> Result<Self, Error> {
+        match (name, grace_until) {
+            ("active", _) => Ok(KekState::Active),
+            ("grace", Some(t)) => Ok(KekState::Grace { until: UnixTime(t) }),
+            ("retired", _) => Ok(KekState::Retired),
+            ("destroyed", _) => Ok(KekState::Destroyed),
+            _ => Err(Error::InvalidInput {
+                what: "stored KEK state",
+                problem: format!("unknown state {name:?} (grace deadline: {grace_until:?})"),
+            }),
+        }
+    }
+
+    /// The grace deadline, for `Grace`.
+    #[must_use]
+    pub fn grace_until(&self) -> Option<UnixTime> {
+        match self {
+            KekState::Grace { until } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// Whether a value under this version may be opened at `now`.
+    #[must_use]
+    pub fn opens_at(&self, now: UnixTime) -> bool {
+        match self {
+            KekState::Active => true,
+            KekState::Grace { until } => now < *until,
+            KekState::Retired | KekState::Destroyed => false,
+        }
+    }
+}
+
+impl fmt::Display for KekState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KekState::Grace { until } => write!(f, "grace until {until}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// A KEK wrapped by a root key: what a key store holds. Not secret on its own, but `Debug`
+/// prints only the root key id and the length anyway.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKek {
+    /// Which root key wrapped it (the [`Kms::root_key_id`](crate::kms::Kms::root_key_id) of
+    /// the backend that made it).
+    pub root_key_id: String,
+    /// The backend's ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedKek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "WrappedKek {{ root_key_id: {:?}, {} bytes }}",
+            self.root_key_id,
+            self.ciphertext.len()
+        )
+    }
+}
+
+/// One KEK version as a key store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KekRecord {
+    /// Its scope.
+    pub scope: KeyScope,
+    /// Its version.
+    pub version: KekVersion,
+    /// Its lifecycle state.
+    pub state: KekState,
+    /// The wrapped material; `None` once destroyed.
+    pub wrapped: Option<WrappedKek>,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When its state or wrapping last changed.
+    pub updated_at: UnixTime,
+}
+
+/// What a key-management call did, as the audit log names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyAction {
+    /// A scope was created with its first active version.
+    CreateScope,
+    /// A new active version was made; the old one moved to grace or retired.
+    Rotate,
+    /// A grace version was retired by hand.
+    Retire,
+    /// A grace version's deadline passed and it was retired by the sweep.
+    ExpireGrace,
+    /// A retired version was put back into grace, or a grace deadline was moved.
+    Reinstate,
+    /// A retired version's material was erased.
+    Destroy,
+    /// The version was re-wrapped under a new root key.
+    RewrapRoot,
+}
+
+impl KeyAction {
+    /// The action's stored name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAction::CreateScope => "create_scope",
+            KeyAction::Rotate => "rotate",
+            KeyAction::Retire => "retire",
+            KeyAction::ExpireGrace => "expire_grace",
+            KeyAction::Reinstate => "reinstate",
+            KeyAction::Destroy => "destroy",
+            KeyAction::RewrapRoot => "rewrap_root",
+        }
+    }
+
+    /// Parses [`Self::name`]'s output.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "create_scope" => KeyAction::CreateScope,
+            "rotate" => KeyAction::Rotate,
+            "retire" => KeyAction::Retire,
+            "expire_grace" => KeyAction::ExpireGrace,
+            "reinstate" => KeyAction::Reinstate,
+            "destroy" => KeyAction::Destroy,
+            "rewrap_root" => KeyAction::RewrapRoot,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for KeyAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who asks for a key-management change, and why. Recorded in the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditInfo {
+    /// The person or system acting (a user name, a service account, `"ci"`).
+    pub actor: String,
+    /// Why (a ticket, "scheduled rotation", "suspected exposure").
+    pub reason: String,
+}
+
+impl AuditInfo {
+    /// Builds an audit info.
+    #[must_use]
+    pub fn new(actor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One line of the key audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When.
+    pub at: UnixTime,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// What.
+    pub action: KeyAction,
+    /// The scope.
+    pub scope: KeyScope,
+    /// The version whose state changed.
+    pub version: KekVersion,
+    /// Its state before (`None` when it was created).
+    pub from: Option<KekState>,
+    /// Its state after.
+    pub to: KekState,
+}
+
+/// An update of one existing record, applied only if the stored record still equals `before`
+/// in state, grace deadline and wrapped material (compare-and-swap).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordUpdate {
+    /// The record as read.
+    pub before: KekRecord,
+    /// The record to write.
+    pub after: KekRecord,
+}
+
+/// One atomic key-store change: all of it is written, or none of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreChange {
+    /// New records; each must not exist yet.
+    pub inserts: Vec<KekRecord>,
+    /// Compare-and-swap updates of existing records.
+    pub updates: Vec<RecordUpdate>,
+    /// The audit records describing the change.
+    pub audit: Vec<AuditRecord>,
+}

@@ -1,0 +1,76 @@
+//! The [`Kms`] trait: the one place a root key is used.
+//!
+//! A KMS backend holds a root key and does exactly two things with it: wrap a freshly made KEK
+//! so the key store can keep it, and unwrap a stored KEK so the key ring can cache it. The root
+//! key itself never leaves the backend (for the local backend, it never leaves this process and
+//! is zeroized on drop).
+//!
+//! # Who calls what
+//!
+//! * [`KeyRing`](crate::KeyRing) calls [`Kms::wrap_kek`] when a scope is created or rotated
+//!   (one call per new KEK version), and during `rotate_root` on the *new* backend.
+//! * [`KeyRing`](crate::KeyRing) calls [`Kms::unwrap_kek`] on a KEK cache miss: once per KEK
+//!   version per cache lifetime, never per row.
+//! * Applications never call either; they hand a backend to
+//!   [`KeyRing::builder`](crate::KeyRing::builder).
+//!
+//! Both calls take a [`KekBinding`] (scope and version). A backend must bind the wrapped KEK to
+//! it (as AEAD associated data, or an encryption context), so that a wrapped KEK copied to
+//! another scope or version fails to unwrap.
+
+mod local;
+
+pub use local::{LocalKms, ROOT_KEY_ENV};
+
+use crate::error::Error;
+use crate::keyring::{KekVersion, KeyScope, WrappedKek};
+use crate::secret::Kek;
+
+/// What a wrapped KEK is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KekBinding<'a> {
+    /// The KEK's scope.
+    pub scope: &'a KeyScope,
+    /// The KEK's version.
+    pub version: KekVersion,
+}
+
+/// A holder of a root key that wraps and unwraps KEKs. Object-safe: the key ring holds an
+/// `Arc<dyn Kms>`.
+///
+/// Implementations must be safe to call from many threads at once, must never log or return
+/// key bytes or credentials in errors, and must fail (not guess) on a wrapped KEK that was made
+/// by another root key or for another binding.
+pub trait Kms: Send + Sync {
+    /// A short name of the backend kind (`"local"`, `"pkcs11"`, `"aws-kms"`, ...) for errors
+    /// and logs.
+    fn backend(&self) -> &'static str;
+
+    /// A stable, non-secret identifier of the root key (e.g. `local:3f2a...`, a KMS key ARN).
+    /// Stored beside every wrapped KEK, so the ring can say which root key a record needs.
+    fn root_key_id(&self) -> &str;
+
+    /// Wraps `kek` under the root key, bound to `binding`.
+    ///
+    /// Returns the wrapped form that the key store will keep. Called rarely: once per new KEK
+    /// version.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] when the backend cannot be reached or refuses.
+    fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error>;
+
+    /// Unwraps a KEK made by [`Kms::wrap_kek`] with the same `binding`.
+    ///
+    /// Returns the KEK, which the ring caches. Returns an error, never a wrong key, when
+    /// `wrapped` came from another root key, another binding, or was altered.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] naming the backend and the operation.
+    fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error>;
+}
+
+impl std::fmt::Debug for dyn Kms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kms({}, {})", self.backend(), self.root_key_id())
+    }
+}

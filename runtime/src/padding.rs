@@ -1,0 +1,171 @@
+//! Length-bucket padding, applied to a plaintext before encryption.
+//!
+//! Without padding a ciphertext's length gives away its plaintext's length exactly, and for a
+//! postal address or a transcript that is a real leak (a short street name, a long confession).
+//! leakless appends the byte `0x80` and then zero bytes up to a bucket size (ISO/IEC 7816-4
+//! padding), so an envelope's length reveals only the bucket. The bucket rule is the writer's
+//! choice and is not stored: the reader strips the padding by finding the last `0x80`, so a
+//! changed policy never breaks old values. See `docs/envelope-format.md` § "Padding".
+
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+/// Identifier byte of the only padding scheme of format v1 (`0x80` marker then zeros).
+pub const PADDING_ISO7816: u8 = 0x01;
+
+/// The largest plaintext leakless seals: 1 GiB minus one byte, PostgreSQL's `bytea` limit.
+pub const MAX_PLAINTEXT_LEN: usize = (1 << 30) - 1;
+
+/// How far a plaintext is padded before encryption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PaddingPolicy {
+    /// Only the one-byte `0x80` marker: the ciphertext length reveals the exact plaintext length.
+    /// Use only for values whose length is public anyway (fixed-size values).
+    MarkerOnly,
+    /// Pad `len + 1` up to the next power of two, but at least `min`; above `cap`, pad up to the
+    /// next multiple of `cap` instead (so a 64 KiB transcript costs at most `cap - 1` extra
+    /// bytes, not 64 KiB). Both must be powers of two with `min <= cap`.
+    PowerOfTwo {
+        /// The smallest bucket, in bytes.
+        min: u32,
+        /// The largest power-of-two bucket, in bytes; beyond it buckets are multiples of `cap`.
+        cap: u32,
+    },
+    /// Pad `len + 1` up to the next multiple of `block` bytes (`block >= 1`).
+    Multiple {
+        /// The bucket granularity, in bytes.
+        block: u32,
+    },
+}
+
+impl Default for PaddingPolicy {
+    /// `PowerOfTwo { min: 32, cap: 4096 }`: buckets 32, 64, 128, ..., 4096, then multiples of
+    /// 4096.
+    fn default() -> Self {
+        PaddingPolicy::PowerOfTwo { min: 32, cap: 4096 }
+    }
+}
+
+impl PaddingPolicy {
+    /// Checks the policy's parameters.
+    ///
+    /// # Errors
+    /// A message saying which parameter is out of range.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        match *self {
+            PaddingPolicy::MarkerOnly => Ok(()),
+            PaddingPolicy::PowerOfTwo { min, cap } => {
+                if !min.is_power_of_two() || !cap.is_power_of_two() {
+                    Err("PowerOfTwo padding needs min and cap to be powers of two")
+                } else if min > cap {
+                    Err("PowerOfTwo padding needs min <= cap")
+                } else {
+                    Ok(())
+                }
+            }
+            PaddingPolicy::Multiple { block: 0 } => Err("Multiple padding needs block >= 1"),
+            PaddingPolicy::Multiple { .. } => Ok(()),
+        }
+    }
+
+    /// The padded length for a plaintext of `len` bytes (always at least `len + 1`), or `None`
+    /// when the policy is invalid or the result would overflow.
+    #[must_use]
+    pub fn padded_len(&self, len: usize) -> Option<usize> {
+        self.validate().ok()?;
+        let need = len.checked_add(1)?;
+        match *self {
+            PaddingPolicy::MarkerOnly => Some(need),
+            PaddingPolicy::PowerOfTwo { min, cap } => {
+                let (min, cap) = (min as usize, cap as usize);
+                if need <= cap {
+                    Some(need.checked_next_power_of_two()?.max(min))
+                } else {
+                    need.checked_next_multiple_of(cap)
+                }
+            }
+            PaddingPolicy::Multiple { block } => need.checked_next_multiple_of(block as usize),
+        }
+    }
+}
+
+/// Appends the marker and zeros to `buf` (which holds the plaintext) up to `padded_len`.
+pub(crate) fn pad(buf: &mut Vec<u8>, padded_len: usize) {
+    buf.push(0x80);
+    buf.resize(padded_len.max(buf.len()), 0);
+}
+
+/// Finds the plaintext length inside a padded buffer, in time that depends only on the buffer's
+/// length. Returns `None` when no `0x80` marker follows the last non-zero byte.
+pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
+    let mut found = Choice::from(0);
+    let mut bad = Choice::from(0);
+    let mut pos: u64 = 0;
+    for (i, &b) in buf.iter().enumerate().rev() {
+        let is_zero = b.ct_eq(&0);
+        let is_marker = b.ct_eq(&0x80);
+        let searching = !found;
+        pos.conditional_assign(&(i as u64), searching & is_marker);
+        bad |= searching & !is_zero & !is_marker;
+        found |= searching & is_marker;
+    }
+    if bool::from(found & !bad) {
+        usize::try_from(pos).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_buckets() {
+        let p = PaddingPolicy::default();
+        assert_eq!(p.padded_len(0), Some(32));
+        assert_eq!(p.padded_len(31), Some(32));
+        assert_eq!(p.padded_len(32), Some(64));
+        assert_eq!(p.padded_len(100), Some(128));
+        assert_eq!(p.padded_len(4095), Some(4096));
+        assert_eq!(p.padded_len(4096), Some(8192));
+        assert_eq!(p.padded_len(65536), Some(69632));
+    }
+
+    #[test]
+    fn other_policies() {
+        assert_eq!(PaddingPolicy::MarkerOnly.padded_len(5), Some(6));
+        assert_eq!(
+            PaddingPolicy::Multiple { block: 16 }.padded_len(15),
+            Some(16)
+        );
+        assert_eq!(
+            PaddingPolicy::Multiple { block: 16 }.padded_len(16),
+            Some(32)
+        );
+        assert_eq!(PaddingPolicy::Multiple { block: 0 }.padded_len(1), None);
+        assert_eq!(
+            PaddingPolicy::PowerOfTwo { min: 3, cap: 8 }.padded_len(1),
+            None
+        );
+        assert_eq!(
+            PaddingPolicy::PowerOfTwo { min: 64, cap: 32 }.padded_len(1),
+            None
+        );
+    }
+
+    #[test]
+    fn pad_then_unpad() {
+        for len in [0usize, 1, 5, 31, 32, 100] {
+            let mut buf = vec![0x80; len];
+            let target = PaddingPolicy::default().padded_len(len).unwrap_or(0);
+            pad(&mut buf, target);
+            assert_eq!(buf.len(), target);
+            assert_eq!(unpadded_len(&buf), Some(len));
+        }
+        assert_eq!(unpadded_len(&[]), None);
+        assert_eq!(unpadded_len(&[0, 0]), None);
+        assert_eq!(unpadded_len(&[0x80, 1]), None);
+        assert_eq!(unpadded_len(&[1, 0x80, 0]), Some(1));
+    }
+}

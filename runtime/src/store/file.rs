@@ -1,0 +1,269 @@
+//! A key store in one JSON file, for single-host use.
+//!
+//! Every change takes an exclusive lock on a sidecar `<file>.lock`, reads the file, checks the
+//! change's preconditions, writes a temporary file, syncs it and renames it over the original,
+//! so a crash leaves either the old or the new store, never half of one. Several processes on
+//! the same host may share the file. The file holds only wrapped KEKs and the audit log; it is
+//! created with mode `0600` all the same.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::keyring::{
+    AuditRecord, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
+    WrappedKek,
+};
+use crate::store::{KeyStore, StoreState};
+
+const STORE: &str = "file";
+const FORMAT: &str = "leakless-keystore-v1";
+
+/// A key store in a JSON file.
+#[derive(Debug)]
+pub struct FileKeyStore {
+    path: PathBuf,
+    lock_path: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileDoc {
+    format: String,
+    records: Vec<RecordDto>,
+    audit: Vec<AuditDto>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordDto {
+    scope: String,
+    version: u32,
+    state: String,
+    grace_until: Option<i64>,
+    root_key_id: Option<String>,
+    wrapped_kek_hex: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AuditDto {
+    at: i64,
+    actor: String,
+    reason: String,
+    action: String,
+    scope: String,
+    version: u32,
+    from_state: Option<String>,
+    from_grace_until: Option<i64>,
+    to_state: String,
+    to_grace_until: Option<i64>,
+}
+
+fn err(operation: &'static str, detail: impl std::fmt::Display) -> Error {
+    Error::KeyStore {
+        store: STORE,
+        operation,
+        detail: detail.to_string(),
+    }
+}
+
+impl FileKeyStore {
+    /// Opens the store at `path`, creating an empty one (mode `0600`) if the file is missing.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the file cannot be created or is not a leakless key store.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let mut lock_name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        lock_name.push(".lock");
+        let lock_path = path.with_file_name(lock_name);
+        let store = Self { path, lock_path };
+        let _guard = store.lock()?;
+        if !store.path.exists() {
+            store.write(&StoreState::default())?;
+        } else {
+            store.read()?;
+        }
+        Ok(store)
+    }
+
+    /// The store file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> Result<File, Error> {
+        let file = private_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.lock_path)
+            .map_err(|e| err("lock", format!("{}: {e}", self.lock_path.display())))?;
+        file.lock()
+            .map_err(|e| err("lock", format!("{}: {e}", self.lock_path.display())))?;
+        // The lock is released when the returned file is closed.
+        Ok(file)
+    }
+
+    fn read(&self) -> Result<StoreState, Error> {
+        let text = fs::read_to_string(&self.path)
+            .map_err(|e| err("read", format!("{}: {e}", self.path.display())))?;
+        let doc: FileDoc = serde_json::from_str(&text).map_err(|e| {
+            err(
+                "read",
+                format!("{}: not a key store: {e}", self.path.display()),
+            )
+        })?;
+        if doc.format != FORMAT {
+            return Err(err(
+                "read",
+                format!("{}: unknown format {:?}", self.path.display(), doc.format),
+            ));
+        }
+        let mut state = StoreState::default();
+        for r in doc.records {
+            let rec = record_from_dto(r)?;
+            state.records.insert((rec.scope.clone(), rec.version), rec);
+        }
+        for a in doc.audit {
+            state.audit.push(audit_from_dto(a)?);
+        }
+        Ok(state)
+    }
+
+    fn write(&self, state: &StoreState) -> Result<(), Error> {
+        let doc = FileDoc {
+            format: FORMAT.into(),
+            records: state.records.values().map(record_to_dto).collect(),
+            audit: state.audit.iter().map(audit_to_dto).collect(),
+        };
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| err("write", e))?;
+        let tmp = self.path.with_extension("tmp");
+        let mut file = private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| err("write", format!("{}: {e}", tmp.display())))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| err("write", format!("{}: {e}", tmp.display())))?;
+        fs::rename(&tmp, &self.path)
+            .map_err(|e| err("write", format!("{}: {e}", self.path.display())))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Make the rename durable; a failure here only weakens crash durability.
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+}
+
+fn private_options() -> OpenOptions {
+    let mut opts = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts
+}
+
+fn record_to_dto(r: &KekRecord) -> RecordDto {
+    RecordDto {
+        scope: r.scope.to_string(),
+        version: r.version.get(),
+        state: r.state.name().into(),
+        grace_until: r.state.grace_until().map(|t| t.0),
+        root_key_id: r.wrapped.as_ref().map(|w| w.root_key_id.clone()),
+        wrapped_kek_hex: r.wrapped.as_ref().map(|w| hex::encode(&w.ciphertext)),
+        created_at: r.created_at.0,
+        updated_at: r.updated_at.0,
+    }
+}
+
+fn record_from_dto(r: RecordDto) -> Result<KekRecord, Error> {
+    let wrapped = match (r.root_key_id, r.wrapped_kek_hex) {
+        (Some(root_key_id), Some(h)) => Some(WrappedKek {
+            root_key_id,
+            ciphertext: hex::decode(h).map_err(|e| err("read", format!("wrapped KEK: {e}")))?,
+        }),
+        _ => None,
+    };
+    Ok(KekRecord {
+        scope: KeyScope::new(&r.scope)?,
+        version: KekVersion::new(r.version)?,
+        state: KekState::from_parts(&r.state, r.grace_until)?,
+        wrapped,
+        created_at: UnixTime(r.created_at),
+        updated_at: UnixTime(r.updated_at),
+    })
+}
+
+fn audit_to_dto(a: &AuditRecord) -> AuditDto {
+    AuditDto {
+        at: a.at.0,
+        actor: a.actor.clone(),
+        reason: a.reason.clone(),
+        action: a.action.name().into(),
+        scope: a.scope.to_string(),
+        version: a.version.get(),
+        from_state: a.from.map(|s| s.name().into()),
+        from_grace_until: a.from.and_then(|s| s.grace_until()).map(|t| t.0),
+        to_state: a.to.name().into(),
+        to_grace_until: a.to.grace_until().map(|t| t.0),
+    }
+}
+
+fn audit_from_dto(a: AuditDto) -> Result<AuditRecord, Error> {
+    Ok(AuditRecord {
+        at: UnixTime(a.at),
+        actor: a.actor,
+        reason: a.reason,
+        action: KeyAction::from_name(&a.action)
+            .ok_or_else(|| err("read", format!("unknown audit action {:?}", a.action)))?,
+        scope: KeyScope::new(&a.scope)?,
+        version: KekVersion::new(a.version)?,
+        from: a
+            .from_state
+            .map(|s| KekState::from_parts(&s, a.from_grace_until))
+            .transpose()?,
+        to: KekState::from_parts(&a.to_state, a.to_grace_until)?,
+    })
+}
+
+impl KeyStore for FileKeyStore {
+    fn name(&self) -> &'static str {
+        STORE
+    }
+
+    fn list(&self, scope: &KeyScope) -> Result<Vec<KekRecord>, Error> {
+        Ok(self.read()?.list(scope))
+    }
+
+    fn get(&self, scope: &KeyScope, version: KekVersion) -> Result<Option<KekRecord>, Error> {
+        Ok(self.read()?.records.remove(&(scope.clone(), version)))
+    }
+
+    fn scopes(&self) -> Result<Vec<KeyScope>, Error> {
+        Ok(self.read()?.scopes())
+    }
+
+    fn apply(&self, change: StoreChange) -> Result<(), Error> {
+        let _guard = self.lock()?;
+        let mut state = self.read()?;
+        state.apply(change)?;
+        self.write(&state)
+    }
+
+    fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {
+        Ok(self.read()?.audit_log(scope))
+    }
+}

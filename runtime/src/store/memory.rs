@@ -1,0 +1,52 @@
+//! An in-memory key store: for tests and throwaway processes. It forgets everything on drop,
+//! which crypto-shreds every value sealed under it.
+
+use std::sync::{Mutex, PoisonError};
+
+use crate::error::Error;
+use crate::keyring::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
+use crate::store::{KeyStore, StoreState};
+
+/// Wrapped KEK records in memory. Nothing persists.
+#[derive(Debug, Default)]
+pub struct MemoryKeyStore {
+    state: Mutex<StoreState>,
+}
+
+impl MemoryKeyStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, StoreState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl KeyStore for MemoryKeyStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn list(&self, scope: &KeyScope) -> Result<Vec<KekRecord>, Error> {
+        Ok(self.state().list(scope))
+    }
+
+    fn get(&self, scope: &KeyScope, version: KekVersion) -> Result<Option<KekRecord>, Error> {
+        Ok(self.state().records.get(&(scope.clone(), version)).cloned())
+    }
+
+    fn scopes(&self) -> Result<Vec<KeyScope>, Error> {
+        Ok(self.state().scopes())
+    }
+
+    fn apply(&self, change: StoreChange) -> Result<(), Error> {
+        self.state().apply(change)
+    }
+
+    fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {
+        Ok(self.state().audit_log(scope))
+    }
+}

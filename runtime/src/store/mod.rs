@@ -1,0 +1,141 @@
+//! Key stores: where wrapped KEK records and the key audit log rest.
+//!
+//! A store keeps only what a KMS wrapped; it never sees a KEK in the clear. Stores are dumb on
+//! purpose: the [`KeyRing`](crate::KeyRing) decides which transitions are legal, and a store
+//! applies each [`StoreChange`] atomically with compare-and-swap on the records it updates, so
+//! two processes rotating at once cannot both win.
+//!
+//! | store | feature | for |
+//! |---|---|---|
+//! | [`FileKeyStore`] | `file-store` (default) | one host; a JSON file beside the app |
+//! | [`MemoryKeyStore`] | always | tests and throwaway processes; forgets everything on drop |
+//! | `SqlKeyStore` | `sqlite`, `postgres`, `mysql` | the application's own database |
+
+#[cfg(feature = "file-store")]
+mod file;
+mod memory;
+#[cfg(feature = "sql-store")]
+pub mod sql;
+
+#[cfg(feature = "file-store")]
+pub use file::FileKeyStore;
+pub use memory::MemoryKeyStore;
+
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+use crate::keyring::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
+
+/// Persistent storage of KEK records and the audit log.
+///
+/// # Contract
+/// * [`KeyStore::apply`] writes a whole [`StoreChange`] or nothing. An insert of an existing
+///   `(scope, version)` and an update whose stored record no longer equals `before` (state,
+///   grace deadline, wrapped material) fail with [`Error::ConcurrentModification`].
+/// * [`KeyStore::list`] returns a scope's records ordered by version, or nothing for an
+///   unknown scope.
+/// * Errors never contain connection passwords.
+pub trait KeyStore: Send + Sync {
+    /// A short name for errors and logs (`"file"`, `"memory"`, `"postgres"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// All records of `scope`, ordered by version.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the store cannot be read.
+    fn list(&self, scope: &KeyScope) -> Result<Vec<KekRecord>, Error>;
+
+    /// One record.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the store cannot be read.
+    fn get(&self, scope: &KeyScope, version: KekVersion) -> Result<Option<KekRecord>, Error>;
+
+    /// Every scope that has at least one record, sorted.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the store cannot be read.
+    fn scopes(&self) -> Result<Vec<KeyScope>, Error>;
+
+    /// Applies `change` atomically (see the trait docs).
+    ///
+    /// # Errors
+    /// [`Error::ConcurrentModification`] on a lost race, [`Error::KeyStore`] otherwise.
+    fn apply(&self, change: StoreChange) -> Result<(), Error>;
+
+    /// The audit log in the order it was written; one scope's or all.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the store cannot be read.
+    fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error>;
+}
+
+/// Whether two records agree on what compare-and-swap compares.
+pub(crate) fn cas_matches(stored: &KekRecord, expected: &KekRecord) -> bool {
+    stored.state == expected.state && stored.wrapped == expected.wrapped
+}
+
+/// The state of an in-memory or file store.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StoreState {
+    pub(crate) records: BTreeMap<(KeyScope, KekVersion), KekRecord>,
+    pub(crate) audit: Vec<AuditRecord>,
+}
+
+impl StoreState {
+    pub(crate) fn list(&self, scope: &KeyScope) -> Vec<KekRecord> {
+        self.records
+            .values()
+            .filter(|r| &r.scope == scope)
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn scopes(&self) -> Vec<KeyScope> {
+        let mut scopes: Vec<KeyScope> = self.records.keys().map(|(s, _)| s.clone()).collect();
+        scopes.dedup();
+        scopes
+    }
+
+    pub(crate) fn audit_log(&self, scope: Option<&KeyScope>) -> Vec<AuditRecord> {
+        self.audit
+            .iter()
+            .filter(|a| scope.is_none_or(|s| &a.scope == s))
+            .cloned()
+            .collect()
+    }
+
+    /// Checks every precondition first, then writes, so a failed change leaves no trace.
+    pub(crate) fn apply(&mut self, change: StoreChange) -> Result<(), Error> {
+        for r in &change.inserts {
+            if self.records.contains_key(&(r.scope.clone(), r.version)) {
+                return Err(Error::ConcurrentModification {
+                    scope: r.scope.clone(),
+                    version: r.version,
+                });
+            }
+        }
+        for u in &change.updates {
+            let key = (u.before.scope.clone(), u.before.version);
+            if !self
+                .records
+                .get(&key)
+                .is_some_and(|s| cas_matches(s, &u.before))
+            {
+                return Err(Error::ConcurrentModification {
+                    scope: u.before.scope.clone(),
+                    version: u.before.version,
+                });
+            }
+        }
+        for r in change.inserts {
+            self.records.insert((r.scope.clone(), r.version), r);
+        }
+        for u in change.updates {
+            self.records
+                .insert((u.after.scope.clone(), u.after.version), u.after);
+        }
+        self.audit.extend(change.audit);
+        Ok(())
+    }
+}

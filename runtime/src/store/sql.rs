@@ -1,0 +1,1 @@
+//! Key stores in a database table through diesel (being written).
