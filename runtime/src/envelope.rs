@@ -493,3 +493,6 @@ pub(crate) fn rewrap(
     out.extend_from_slice(parsed.ciphertext_and_tag);
     Ok(out)
 }
+
+#[cfg(test)]
+mod kat;
