@@ -1,4 +1,5 @@
 # Shared shell helpers for scripts/test, scripts/pg-cluster and scripts/mariadb-server.
+# shellcheck shell=bash
 # Sourced, never executed. Everything here writes diagnostics to stderr only, so a helper's
 # stdout stays reserved for the one line (a URL) that callers capture.
 
@@ -102,6 +103,7 @@ start_watchdog() {
     printf -v cmd '%q ' "$@"
     # The watchdog's output goes to DIR/watchdog.log while DIR exists; never to our caller's
     # pipes, or a caller reading our stdout to EOF would wait for the watchdog to exit.
+    # shellcheck disable=SC2016 # the script is expanded by the watchdog shell, not here
     setsid nohup bash -c '
         owner=$1 dir=$2 cmd=$3
         alive() {
