@@ -1,2 +1,979 @@
-//! quickstart (being written).
-fn main() {}
+//! quickstart: leakless end to end on an embedded SQLite file; no database server needed.
+//!
+//! It seals the sensitive fields of five fictional patients (a postal address under
+//! AES-256-GCM; a GPS point and a consultation transcript under XChaCha20-Poly1305) into a
+//! SQLite file through diesel, reads every row back and opens every field, rotates the KEK and
+//! re-wraps every row onto the new version, retires and destroys the old version to show
+//! crypto-shredding, and finally scans the raw database, its WAL and the key-store file for
+//! every plaintext in several encodings, after proving with a planted canary that the scanner
+//! finds what it looks for. It exits non-zero if any plaintext is found.
+//!
+//! ```text
+//! cargo run --release -p leakless-examples --bin quickstart [-- --dir PATH]
+//! ```
+//!
+//! With `--dir` the files stay in PATH (created if missing; the root key and key store there
+//! are reused on the next run, the demo database is replaced); without it they live in a
+//! temporary folder that is removed at exit. The output holds counts, lengths, key versions,
+//! file sizes and timings, never a plaintext or a key byte.
+//!
+//! The `name` column stays unsealed on purpose: it is the demo's one visible, non-sensitive
+//! column (a made-up display label), and the scan does not look for it. In a real clinic
+//! application a patient's name is personal data and would be sealed as well, with a blind
+//! index for look-ups (that comes with the derive issue).
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error;
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use zeroize::Zeroizing;
+
+use leakless::envelope;
+use leakless::kms::LocalKms;
+use leakless::store::FileKeyStore;
+use leakless::{
+    Algorithm, AuditInfo, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope, PaddingPolicy,
+    RowId,
+};
+use leakless_examples::demo_data::{self, DemoPatient};
+use leakless_examples::leakscan::{Encoding, Finding, Needles, base64};
+use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
+
+/// `writeln!` to stdout, returning the error (a closed pipe, say) instead of panicking the
+/// way `println!` does.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
+
+const ROOT_KEY_FILE: &str = "root.key";
+const KEY_STORE_FILE: &str = "keystore.json";
+const DB_FILE: &str = "patients.db";
+const TABLE: &str = "patients";
+const SCOPE: &str = "patients";
+const SCHEMA_VERSION: u32 = 1;
+const GRACE: Duration = Duration::from_secs(3600);
+
+diesel::table! {
+    /// The demo table: `name` in the clear, the three sensitive fields as sealed envelopes.
+    patients (id) {
+        /// A random UUID, 16 bytes; also the row identity bound into every envelope.
+        id -> Binary,
+        /// A made-up display label, unsealed (the demo's visible column).
+        name -> Text,
+        /// Sealed postal address (AES-256-GCM).
+        address -> Binary,
+        /// Sealed GPS point: 16 bytes, latitude then longitude as big-endian f64
+        /// (XChaCha20-Poly1305).
+        gps -> Binary,
+        /// Sealed transcript (XChaCha20-Poly1305).
+        transcript -> Binary,
+    }
+}
+
+/// One row as stored: the three sensitive columns hold leakless envelopes.
+#[derive(Clone, Insertable, Queryable, Selectable)]
+#[diesel(table_name = patients, check_for_backend(diesel::sqlite::Sqlite))]
+struct PatientRow {
+    id: Vec<u8>,
+    name: String,
+    address: Vec<u8>,
+    gps: Vec<u8>,
+    transcript: Vec<u8>,
+}
+
+impl PatientRow {
+    fn sealed(&self, column: Column) -> &[u8] {
+        match column {
+            Column::Address => &self.address,
+            Column::Gps => &self.gps,
+            Column::Transcript => &self.transcript,
+        }
+    }
+
+    fn sealed_mut(&mut self, column: Column) -> &mut Vec<u8> {
+        match column {
+            Column::Address => &mut self.address,
+            Column::Gps => &mut self.gps,
+            Column::Transcript => &mut self.transcript,
+        }
+    }
+
+    fn uuid(&self) -> Result<[u8; 16], Box<dyn Error>> {
+        <[u8; 16]>::try_from(self.id.as_slice())
+            .map_err(|_| fail("a row id is not 16 bytes", HINT_BUG))
+    }
+}
+
+/// The one-row answer of `PRAGMA journal_mode`.
+#[derive(QueryableByName)]
+struct JournalMode {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    journal_mode: String,
+}
+
+/// The sealed columns and how each is sealed: the AEAD is chosen per field.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Column {
+    Address,
+    Gps,
+    Transcript,
+}
+
+impl Column {
+    const ALL: [Column; 3] = [Column::Address, Column::Gps, Column::Transcript];
+
+    fn name(self) -> &'static str {
+        match self {
+            Column::Address => "address",
+            Column::Gps => "gps",
+            Column::Transcript => "transcript",
+        }
+    }
+
+    fn policy(self) -> FieldPolicy {
+        match self {
+            // AES-256-GCM, padded to power-of-two buckets (32, 64, ... 4096, then 4 KiB steps).
+            Column::Address => FieldPolicy {
+                algorithm: Algorithm::Aes256Gcm,
+                padding: PaddingPolicy::default(),
+            },
+            // A GPS point is always 16 bytes, so its length is public anyway: marker only.
+            Column::Gps => FieldPolicy {
+                algorithm: Algorithm::XChaCha20Poly1305,
+                padding: PaddingPolicy::MarkerOnly,
+            },
+            Column::Transcript => FieldPolicy {
+                algorithm: Algorithm::XChaCha20Poly1305,
+                padding: PaddingPolicy::default(),
+            },
+        }
+    }
+
+    fn plaintext(self, p: &DemoPatient) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(match self {
+            Column::Address => p.address.as_bytes().to_vec(),
+            Column::Gps => p.gps_bytes().to_vec(),
+            Column::Transcript => p.transcript.as_bytes().to_vec(),
+        })
+    }
+}
+
+fn context(id: &[u8; 16], column: Column) -> FieldContext<'static> {
+    FieldContext::new(TABLE, column.name(), RowId::Uuid(*id), SCHEMA_VERSION)
+}
+
+// ----- errors with a hint ---------------------------------------------------------------------
+
+const HINT_BUG: &str = "this should not happen; please report it with the full output";
+
+/// A failure of the demo itself, with a hint on what to do.
+struct Failure {
+    message: String,
+    hint: &'static str,
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for Failure {}
+
+fn fail(message: impl Into<String>, hint: &'static str) -> Box<dyn Error> {
+    Box::new(Failure {
+        message: message.into(),
+        hint,
+    })
+}
+
+fn hint_for(e: &(dyn Error + 'static)) -> &'static str {
+    if let Some(f) = e.downcast_ref::<Failure>() {
+        return f.hint;
+    }
+    if let Some(e) = e.downcast_ref::<leakless::Error>() {
+        return match e {
+            leakless::Error::KeyFile { .. } => {
+                "the root key file must hold 64 hex digits (or 32 raw bytes) and have mode 0600; \
+                 run with an empty --dir to make a fresh one"
+            }
+            leakless::Error::Kms { .. } => {
+                "the key store was probably made under another root key; run with an empty --dir"
+            }
+            leakless::Error::KeyStore { .. } => {
+                "check that the key-store file in --dir is readable and writable, or use an empty --dir"
+            }
+            _ => "run with an empty --dir; if it happens again, please report it",
+        };
+    }
+    if e.downcast_ref::<ConnectionError>().is_some()
+        || e.downcast_ref::<diesel::result::Error>().is_some()
+    {
+        return "SQLite could not use the database file; check that the folder is writable";
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return "the output was closed early (piped into `head`?); run it without the pipe";
+        }
+        return "check that the folder exists and that this user may write to it";
+    }
+    "run with an empty --dir; if it happens again, please report it"
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // If even stderr is gone there is nobody left to tell; the exit code still says it.
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e}");
+            let _ = writeln!(err, "hint: {}", hint_for(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ----- the demo -------------------------------------------------------------------------------
+
+/// Where the demo's files live.
+enum Workspace {
+    /// A temporary folder, removed when dropped.
+    Temp(tempfile::TempDir),
+    /// A folder the user named with `--dir`; kept.
+    Kept(PathBuf),
+}
+
+impl Workspace {
+    fn path(&self) -> &Path {
+        match self {
+            Workspace::Temp(t) => t.path(),
+            Workspace::Kept(p) => p,
+        }
+    }
+}
+
+const USAGE: &str = "usage: quickstart [--dir PATH]";
+
+/// What the command line asked for.
+enum Args {
+    /// Print the usage and stop.
+    Help,
+    /// Run the demo, in this folder if given.
+    Run(Option<PathBuf>),
+}
+
+fn parse_args() -> Result<Args, Box<dyn Error>> {
+    let mut args = std::env::args_os().skip(1);
+    let mut dir = None;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--dir") => match args.next() {
+                Some(path) if dir.is_none() => dir = Some(PathBuf::from(path)),
+                Some(_) => return Err(fail("--dir given twice", USAGE)),
+                None => return Err(fail("--dir needs a folder path", USAGE)),
+            },
+            Some("-h" | "--help") => return Ok(Args::Help),
+            // The argument itself is not echoed: command lines are no place for secrets, but
+            // if someone put one there, this output will not repeat it.
+            _ => return Err(fail("unknown argument", USAGE)),
+        }
+    }
+    Ok(Args::Run(dir))
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
+    // First of all, before any key exists in memory: no core dumps, no swap where allowed.
+    let hardening = leakless::harden_process();
+    let dir = match parse_args()? {
+        Args::Help => {
+            say!("{USAGE}");
+            say!("  --dir PATH  keep the demo's files in PATH (created if missing)");
+            return Ok(());
+        }
+        Args::Run(dir) => dir,
+    };
+    let started = Instant::now();
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+
+    say!("leakless quickstart: sealed patient records in an embedded SQLite file");
+    say!();
+    say!("[setup]");
+    say!("  process hardening  {hardening}");
+
+    let workspace = match dir {
+        Some(path) => {
+            create_private_dir(&path)?;
+            Workspace::Kept(path)
+        }
+        None => Workspace::Temp(
+            tempfile::Builder::new()
+                .prefix("leakless-quickstart-")
+                .tempdir()?,
+        ),
+    };
+    let ws = workspace.path();
+    say!(
+        "  workspace          {} ({})",
+        ws.display(),
+        match workspace {
+            Workspace::Temp(_) => "temporary; removed at exit",
+            Workspace::Kept(_) => "kept; from --dir",
+        }
+    );
+
+    // ----- keys: root key file -> KMS, key store file -> KEK records ------------------------
+    let root_path = ws.join(ROOT_KEY_FILE);
+    let store_path = ws.join(KEY_STORE_FILE);
+    let kms = if root_path.exists() {
+        say!("  root key           {ROOT_KEY_FILE}: reused (LocalKms, single-host)");
+        LocalKms::from_key_file(&root_path)?
+    } else {
+        if store_path.exists() {
+            return Err(fail(
+                format!(
+                    "{} has a key store but no root key file: its KEKs cannot be unwrapped",
+                    ws.display()
+                ),
+                "use an empty --dir, or put back the root key file that made this key store",
+            ));
+        }
+        say!("  root key           {ROOT_KEY_FILE}: new, mode 0600 (LocalKms, single-host)");
+        LocalKms::generate_key_file(&root_path)?
+    };
+    let store = FileKeyStore::open(&store_path)?;
+    say!("  key store          {KEY_STORE_FILE}: wrapped KEKs and the audit log");
+    say!("                     a separate file from the database on purpose: destroying a");
+    say!("                     KEK version crypto-shreds old database backups only if the");
+    say!("                     key store is kept apart from those backups");
+    let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
+    let scope = KeyScope::new(SCOPE)?;
+    let audit = AuditInfo::new("quickstart", "demo rotation");
+    if ring.versions(&scope)?.is_empty() {
+        ring.create_scope(&scope, &AuditInfo::new("quickstart", "demo setup"))?;
+        say!("  key scope          {scope}: created with active KEK v1");
+    } else {
+        say!(
+            "  key scope          {scope}: reused, active KEK {}",
+            active_version(&ring, &scope)?
+        );
+    }
+    let first_version = active_version(&ring, &scope)?;
+
+    // ----- database ------------------------------------------------------------------------
+    let db_path = ws.join(DB_FILE);
+    let replaced = remove_database_files(&db_path)?;
+    let db_url = db_path.to_str().ok_or_else(|| {
+        fail(
+            "the folder path is not valid UTF-8",
+            "use a UTF-8 --dir path",
+        )
+    })?;
+    let mut conn = SqliteConnection::establish(db_url)?;
+    let mode: JournalMode = diesel::sql_query("PRAGMA journal_mode=WAL").get_result(&mut conn)?;
+    if mode.journal_mode != "wal" {
+        return Err(fail(
+            format!("SQLite refused WAL mode (got {:?})", mode.journal_mode),
+            "use a folder on a local file system",
+        ));
+    }
+    // No automatic checkpoints: every page this run writes stays in the -wal file until the
+    // connection closes, so the scan below sees the WAL with all of it.
+    conn.batch_execute("PRAGMA wal_autocheckpoint=0;")?;
+    diesel::sql_query(
+        "CREATE TABLE patients (
+            id BLOB PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            address BLOB NOT NULL,
+            gps BLOB NOT NULL,
+            transcript BLOB NOT NULL
+        )",
+    )
+    .execute(&mut conn)?;
+    say!(
+        "  database           {DB_FILE}: SQLite through diesel, journal_mode=wal, no autocheckpoint{}",
+        if replaced {
+            " (replaced the previous run's)"
+        } else {
+            ""
+        }
+    );
+
+    // ----- seal and insert --------------------------------------------------------------------
+    say!();
+    say!("[seal + insert]");
+    let people = demo_data::patients();
+    let t = Instant::now();
+    let mut rows = Vec::with_capacity(people.len());
+    let mut expected: HashMap<[u8; 16], &DemoPatient> = HashMap::new();
+    for p in &people {
+        let id = random_uuid();
+        let mut row = PatientRow {
+            id: id.to_vec(),
+            name: p.name.clone(),
+            address: Vec::new(),
+            gps: Vec::new(),
+            transcript: Vec::new(),
+        };
+        for column in Column::ALL {
+            let plaintext = column.plaintext(p);
+            *row.sealed_mut(column) =
+                ring.seal(&scope, &context(&id, column), &plaintext, &column.policy())?;
+        }
+        expected.insert(id, p);
+        rows.push(row);
+    }
+    timings.push(("seal", t.elapsed()));
+    let t = Instant::now();
+    let inserted = diesel::insert_into(patients::table)
+        .values(&rows)
+        .execute(&mut conn)?;
+    timings.push(("insert (one bulk statement)", t.elapsed()));
+    say!(
+        "  sealed {} fields of {} patients; inserted {inserted} rows in one statement",
+        rows.len().saturating_mul(Column::ALL.len()),
+        rows.len()
+    );
+    for column in Column::ALL {
+        let policy = column.policy();
+        say!(
+            "  {:<11} {:<18} padding {:?}",
+            column.name(),
+            policy.algorithm.name(),
+            policy.padding
+        );
+    }
+    say!("  plaintext length -> padded length (what an attacker learns: the size class)");
+    for (n, (row, p)) in rows.iter().zip(&people).enumerate() {
+        let id = row.uuid()?;
+        let mut cells = Vec::new();
+        for column in Column::ALL {
+            let info = envelope::inspect(row.sealed(column))
+                .map_err(|e| e.at(context(&id, column).location()))?;
+            cells.push(format!(
+                "{} {} -> {}",
+                column.name(),
+                column.plaintext(p).len(),
+                info.padded_len
+            ));
+        }
+        say!("    row {}: {}", n.saturating_add(1), cells.join(", "));
+    }
+
+    // ----- read back and open ------------------------------------------------------------------
+    say!();
+    say!("[read back + open]");
+    let t = Instant::now();
+    let (stored, opened) = read_and_check(&mut conn, &ring, &expected)?;
+    timings.push(("read + open all", t.elapsed()));
+    say!(
+        "  {opened} fields in {} rows opened and equal to what was written: ok",
+        stored.len()
+    );
+    print_census("  fields per KEK version:", &stored)?;
+
+    // ----- rotate the KEK and re-wrap every row ----------------------------------------------
+    say!();
+    say!("[rotate KEK + re-wrap]");
+    let kept_row = stored
+        .first()
+        .ok_or_else(|| fail("no row came back", HINT_BUG))?;
+    let kept_id = kept_row.uuid()?;
+    let kept_envelope = kept_row.address.clone(); // sealed under the old version, kept aside
+    let t = Instant::now();
+    let old_version = first_version;
+    let new_version = ring.rotate(&scope, GRACE, &audit)?;
+    say!(
+        "  rotated: {new_version} active; {old_version} in grace for {} min (opens, never seals)",
+        GRACE.as_secs() / 60
+    );
+    let rewrapped = conn.transaction::<usize, Box<dyn Error>, _>(|conn| {
+        let mut count = 0usize;
+        for mut row in stored.clone() {
+            let id = row.uuid()?;
+            for column in Column::ALL {
+                if let Some(new) = ring.rewrap(&context(&id, column), row.sealed(column))? {
+                    *row.sealed_mut(column) = new;
+                    count = count.saturating_add(1);
+                }
+            }
+            diesel::update(patients::table.filter(patients::id.eq(row.id.as_slice())))
+                .set((
+                    patients::address.eq(&row.address),
+                    patients::gps.eq(&row.gps),
+                    patients::transcript.eq(&row.transcript),
+                ))
+                .execute(conn)?;
+        }
+        Ok(count)
+    })?;
+    timings.push(("rotate + re-wrap + update", t.elapsed()));
+    say!(
+        "  re-wrapped {rewrapped} DEKs onto {new_version} (data ciphertext untouched) and updated {} rows",
+        stored.len()
+    );
+    let (after, opened) = read_and_check(&mut conn, &ring, &expected)?;
+    say!("  {opened} fields opened and equal after the re-wrap: ok");
+    print_census("  fields per KEK version:", &after)?;
+
+    // ----- retire and destroy the old version: crypto-shredding -----------------------------
+    say!();
+    say!("[retire + destroy {old_version}]");
+    ring.retire(&scope, old_version, &audit)?;
+    let kept_ctx = context(&kept_id, Column::Address);
+    match ring.open(&kept_ctx, &kept_envelope) {
+        Err(leakless::Error::KeyWrongState { .. }) => {
+            say!(
+                "  retired {old_version}: an envelope kept from before the re-wrap is refused (KeyWrongState)"
+            );
+        }
+        Err(e) => {
+            return Err(fail(
+                format!("a retired version failed in an unexpected way: {e}"),
+                HINT_BUG,
+            ));
+        }
+        Ok(_) => return Err(fail("a retired KEK version still opened a value", HINT_BUG)),
+    }
+    ring.destroy(&scope, old_version, &audit)?;
+    let (_, opened) = read_and_check(&mut conn, &ring, &expected)?;
+    say!("  destroyed {old_version}: its wrapped material is erased from the key store");
+    say!("  {opened} fields of the live rows still open (they are on {new_version}): ok");
+    match ring.open(&kept_ctx, &kept_envelope) {
+        Err(leakless::Error::KeyDestroyed { .. }) => {
+            say!("  the envelope kept from before the re-wrap now fails with KeyDestroyed:");
+            say!("  any backup still holding {old_version} envelopes is unreadable for good");
+        }
+        Err(e) => {
+            return Err(fail(
+                format!("a destroyed version failed in an unexpected way: {e}"),
+                HINT_BUG,
+            ));
+        }
+        Ok(_) => {
+            return Err(fail(
+                "a destroyed KEK version still opened a value",
+                HINT_BUG,
+            ));
+        }
+    }
+    let versions: Vec<String> = ring
+        .versions(&scope)?
+        .iter()
+        .map(|r| format!("{} {}", r.version, r.state.name()))
+        .collect();
+    say!("  key versions: {}", versions.join(", "));
+    say!(
+        "  audit log: {} entries, each with who, when and why",
+        ring.audit_log(Some(&scope))?.len()
+    );
+    let calls = ring.kms_calls();
+    say!(
+        "  KMS calls: {} wraps, {} unwraps (they grow with KEK versions, not with rows)",
+        calls.wraps,
+        calls.unwraps
+    );
+
+    // ----- scan the raw files for plaintext -------------------------------------------------
+    say!();
+    say!("[leak scan]");
+    let t = Instant::now();
+    let needles = plaintext_needles(&people)?;
+    let root_needles = root_key_needles(&root_path)?;
+    let mut name_needles = Needles::new();
+    for (n, p) in people.iter().enumerate() {
+        name_needles.add_text(&format!("patient {} name", n.saturating_add(1)), &p.name)?;
+    }
+    let targets = ScanTargets {
+        ws,
+        db_path: &db_path,
+        needles: &needles,
+        root_needles: &root_needles,
+        name_needles: &name_needles,
+        names: people.len(),
+    };
+    say!(
+        "  looking for {} plaintext values as {} needles (utf-8, lowercase, utf-16le, hex, HEX,",
+        needles.values(),
+        needles.len()
+    );
+    say!("  base64, and the GPS f64 bytes big- and little-endian), plus the root key");
+    let planted = positive_control(&needles, &people)?;
+    say!(
+        "  {POSITIVE_CONTROL_PASSED}: a canary planted in {planted} encodings in throwaway files was found in each"
+    );
+
+    let mut leaks = 0usize;
+    let mut scanned = 0usize;
+    say!("  with the connection open (the -wal file holds every page of this run):");
+    leaks = leaks.saturating_add(scan_files(&targets, &mut scanned)?);
+    drop(conn);
+    say!("  after closing the connection (SQLite checkpoints the WAL into {DB_FILE} on close):");
+    leaks = leaks.saturating_add(scan_files(&targets, &mut scanned)?);
+    timings.push(("leak scan", t.elapsed()));
+    if leaks > 0 {
+        return Err(fail(
+            format!("plaintext or key material found: {leaks} finding(s) listed above"),
+            "do not use this build; report it privately (see SECURITY in the README)",
+        ));
+    }
+    say!("  result: {NO_PLAINTEXT_FOUND} in {scanned} file scans");
+
+    // ----- summary ----------------------------------------------------------------------------
+    say!();
+    say!("[timings]");
+    for (what, d) in &timings {
+        say!("  {what:<28} {}", ms(*d));
+    }
+    say!("  {:<28} {}", "total", ms(started.elapsed()));
+    if let Workspace::Temp(_) = workspace {
+        say!();
+        say!("removing {}", ws.display());
+    }
+    drop(workspace);
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> Result<(), Box<dyn Error>> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)?;
+    Ok(())
+}
+
+/// Removes the demo database and its side files from an earlier run. Returns whether any was
+/// there.
+fn remove_database_files(db_path: &Path) -> Result<bool, Box<dyn Error>> {
+    let mut any = false;
+    for path in database_files(db_path) {
+        if path.exists() {
+            fs::remove_file(&path)?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+/// The database file and every side file SQLite may make next to it.
+fn database_files(db_path: &Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| {
+            let mut name = db_path.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+        .collect()
+}
+
+fn active_version(ring: &KeyRing, scope: &KeyScope) -> Result<KekVersion, Box<dyn Error>> {
+    ring.versions(scope)?
+        .into_iter()
+        .find(|r| r.state == leakless::KekState::Active)
+        .map(|r| r.version)
+        .ok_or_else(|| {
+            fail(
+                format!("key scope {scope} has no active KEK version"),
+                "use an empty --dir",
+            )
+        })
+}
+
+/// A random (version 4) UUID; no need for the uuid crate.
+fn random_uuid() -> [u8; 16] {
+    let mut id: [u8; 16] = rand::random();
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// Loads every row, opens every sealed field and checks it equals what was written. Returns the
+/// rows and the number of fields opened.
+fn read_and_check(
+    conn: &mut SqliteConnection,
+    ring: &KeyRing,
+    expected: &HashMap<[u8; 16], &DemoPatient>,
+) -> Result<(Vec<PatientRow>, usize), Box<dyn Error>> {
+    let rows: Vec<PatientRow> = patients::table.select(PatientRow::as_select()).load(conn)?;
+    if rows.len() != expected.len() {
+        return Err(fail(
+            format!(
+                "{} rows came back, {} were written",
+                rows.len(),
+                expected.len()
+            ),
+            HINT_BUG,
+        ));
+    }
+    let mut opened = 0usize;
+    for row in &rows {
+        let id = row.uuid()?;
+        let p = expected
+            .get(&id)
+            .ok_or_else(|| fail("a row came back with an unknown id", HINT_BUG))?;
+        if row.name != p.name {
+            return Err(fail("a row's name column changed", HINT_BUG));
+        }
+        for column in Column::ALL {
+            let ctx = context(&id, column);
+            let plaintext = ring.open(&ctx, row.sealed(column))?;
+            if plaintext.expose_secret() != column.plaintext(p).as_slice() {
+                return Err(fail(
+                    format!(
+                        "{}: the opened value differs from what was written",
+                        ctx.location()
+                    ),
+                    HINT_BUG,
+                ));
+            }
+            opened = opened.saturating_add(1);
+        }
+    }
+    Ok((rows, opened))
+}
+
+/// Prints how many sealed fields each KEK version and each AEAD holds, read from the envelopes'
+/// public headers (no key needed, as the migrator's `status` will do).
+fn print_census(title: &str, rows: &[PatientRow]) -> Result<(), Box<dyn Error>> {
+    let mut by_version: BTreeMap<KekVersion, usize> = BTreeMap::new();
+    let mut by_algorithm: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for row in rows {
+        let id = row.uuid()?;
+        for column in Column::ALL {
+            let info = envelope::inspect(row.sealed(column))
+                .map_err(|e| e.at(context(&id, column).location()))?;
+            let n = by_version.entry(info.kek_version).or_default();
+            *n = n.saturating_add(1);
+            let n = by_algorithm.entry(info.algorithm.name()).or_default();
+            *n = n.saturating_add(1);
+        }
+    }
+    let versions: Vec<String> = by_version
+        .iter()
+        .map(|(v, n)| format!("{v}: {n}"))
+        .collect();
+    let algorithms: Vec<String> = by_algorithm
+        .iter()
+        .map(|(a, n)| format!("{a}: {n}"))
+        .collect();
+    say!(
+        "{title} {}  ({})",
+        versions.join(", "),
+        algorithms.join(", ")
+    );
+    Ok(())
+}
+
+/// Every sensitive demo value as scanner needles, labelled without content.
+fn plaintext_needles(people: &[DemoPatient]) -> Result<Needles, Box<dyn Error>> {
+    let mut needles = Needles::new();
+    for (n, p) in people.iter().enumerate() {
+        let n = n.saturating_add(1);
+        needles.add_text(&format!("patient {n} address"), &p.address)?;
+        needles.add_text(&format!("patient {n} transcript"), &p.transcript)?;
+        needles.add_binary(&format!("patient {n} gps"), &p.gps_bytes())?;
+        for (axis, value) in [("latitude", p.lat), ("longitude", p.lon)] {
+            needles.add_binary(&format!("patient {n} {axis} f64 BE"), &value.to_be_bytes())?;
+            needles.add_binary(&format!("patient {n} {axis} f64 LE"), &value.to_le_bytes())?;
+            needles.add_text(&format!("patient {n} {axis} text"), &value.to_string())?;
+        }
+    }
+    Ok(needles)
+}
+
+/// The root key as it rests in its file (hex) and as raw bytes, to check that it reached no
+/// other file. Read only for this check; zeroized when the needles drop.
+fn root_key_needles(root_path: &Path) -> Result<Needles, Box<dyn Error>> {
+    let content = Zeroizing::new(fs::read(root_path)?);
+    let mut needles = Needles::new();
+    let text = std::str::from_utf8(&content)
+        .map(str::trim)
+        .unwrap_or_default();
+    let raw: Zeroizing<Vec<u8>> = match hex::decode(text) {
+        Ok(bytes) if bytes.len() == 32 => Zeroizing::new(bytes),
+        _ => Zeroizing::new(content.to_vec()),
+    };
+    if text.len() == 64 {
+        needles.add_text("root key (hex)", text)?;
+    }
+    needles.add_binary("root key (raw)", &raw)?;
+    Ok(needles)
+}
+
+/// Plants a canary (patient 1's address, and its GPS point) in every encoding the scanner knows,
+/// each inside random bytes in its own throwaway file, and requires the scanner to find each
+/// one with the right label and encoding. Returns how many encodings were planted.
+fn positive_control(needles: &Needles, people: &[DemoPatient]) -> Result<usize, Box<dyn Error>> {
+    let canary = people
+        .first()
+        .ok_or_else(|| fail("no demo data", HINT_BUG))?;
+    let text = canary.address.as_str();
+    let utf16: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    // One byte before the value, so the base64 alignment is not the trivial one.
+    let shifted_base64 = base64(&[b"#".as_slice(), text.as_bytes()].concat());
+    let cases: Vec<(&str, Encoding, Vec<u8>)> = vec![
+        (
+            "patient 1 address",
+            Encoding::Utf8,
+            text.as_bytes().to_vec(),
+        ),
+        (
+            "patient 1 address",
+            Encoding::Lowercase,
+            text.to_lowercase().into_bytes(),
+        ),
+        ("patient 1 address", Encoding::Utf16Le, utf16),
+        (
+            "patient 1 address",
+            Encoding::HexLower,
+            hex::encode(text).into_bytes(),
+        ),
+        (
+            "patient 1 address",
+            Encoding::HexUpper,
+            hex::encode_upper(text).into_bytes(),
+        ),
+        (
+            "patient 1 address",
+            Encoding::Base64,
+            shifted_base64.into_bytes(),
+        ),
+        (
+            "patient 1 gps",
+            Encoding::Binary,
+            canary.gps_bytes().to_vec(),
+        ),
+    ];
+    let scratch = tempfile::Builder::new()
+        .prefix("leakless-canary-")
+        .tempdir()?;
+    for (n, (label, encoding, payload)) in cases.iter().enumerate() {
+        let mut bytes: Vec<u8> = (0..4093).map(|_| rand::random::<u8>()).collect();
+        bytes.extend_from_slice(payload);
+        bytes.extend((0..777).map(|_| rand::random::<u8>()));
+        let path = scratch.path().join(format!("canary-{n}.bin"));
+        fs::write(&path, &bytes)?;
+        let found = needles.scan_file(&path)?;
+        if !found
+            .iter()
+            .any(|f| f.label == *label && f.encoding == *encoding)
+        {
+            return Err(fail(
+                format!(
+                    "positive control failed: the scanner missed a canary planted as {encoding}"
+                ),
+                "the example's scanner is broken, so a clean scan would mean nothing; please report it",
+            ));
+        }
+    }
+    Ok(cases.len())
+}
+
+/// What [`scan_files`] looks at and for.
+struct ScanTargets<'a> {
+    ws: &'a Path,
+    db_path: &'a Path,
+    needles: &'a Needles,
+    root_needles: &'a Needles,
+    /// The unsealed `name` values: they must be found, which proves the scan reads the data.
+    name_needles: &'a Needles,
+    names: usize,
+}
+
+/// Scans every file the demo made (except the root key file itself) and prints one line per
+/// file. Also requires every unsealed name to show up in the database files: the same scan
+/// that finds no sealed value does find the one plaintext column. Returns the number of
+/// findings of sealed values or key material.
+fn scan_files(t: &ScanTargets<'_>, scanned: &mut usize) -> Result<usize, Box<dyn Error>> {
+    let mut files = database_files(t.db_path);
+    let db_files = files.len();
+    files.push(t.ws.join(KEY_STORE_FILE));
+    files.push(t.ws.join(format!("{KEY_STORE_FILE}.lock")));
+    let mut findings = 0usize;
+    let mut names_seen = std::collections::BTreeSet::new();
+    for (i, path) in files.iter().enumerate().filter(|(_, p)| p.exists()) {
+        let size = fs::metadata(path)?.len();
+        if i < db_files {
+            names_seen.extend(t.name_needles.scan_file(path)?.into_iter().map(|f| f.label));
+        }
+        let mut found: Vec<Finding> = t.needles.scan_file(path)?;
+        found.extend(t.root_needles.scan_file(path)?);
+        *scanned = scanned.saturating_add(1);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if found.is_empty() {
+            say!("    {name:<20} {:>10}  clean", human_size(size));
+        } else {
+            say!(
+                "    {name:<20} {:>10}  FOUND {} value(s):",
+                human_size(size),
+                found.len()
+            );
+            for f in &found {
+                say!(
+                    "      {} as {} ({} matches, first at byte {})",
+                    f.label,
+                    f.encoding,
+                    f.matches,
+                    f.first_offset
+                );
+            }
+            findings = findings.saturating_add(found.len());
+        }
+    }
+    if names_seen.len() != t.names {
+        return Err(fail(
+            format!(
+                "control failed: only {} of {} unsealed names were found in the database files, \
+                 so the scan may not be reading the data",
+                names_seen.len(),
+                t.names
+            ),
+            HINT_BUG,
+        ));
+    }
+    say!(
+        "    control: all {} unsealed `name` values found in the database files, as expected",
+        t.names
+    );
+    Ok(findings)
+}
+
+fn human_size(bytes: u64) -> String {
+    if bytes < 10 * 1024 {
+        format!("{bytes} B")
+    } else {
+        format!("{}.{} KiB", bytes / 1024, (bytes % 1024) * 10 / 1024)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let micros = d.as_micros();
+    format!("{}.{} ms", micros / 1000, (micros % 1000) / 100)
+}

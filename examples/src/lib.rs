@@ -1,0 +1,21 @@
+//! Shared parts of the leakless example programs.
+//!
+//! * [`demo_data`]: the fictional patients the `quickstart` binary seals, and the byte encoding
+//!   of their GPS points. Integration tests import them to check that no plaintext reaches the
+//!   program's output.
+//! * [`leakscan`]: a small plaintext scanner that looks for demo values in raw files, in several
+//!   encodings. The real leak-test harness (`leakless-leaktest`) comes with its own issue; this
+//!   one only serves the demo.
+//!
+//! Everything here is demo material: the data is made up, and nothing here handles real keys.
+
+pub mod demo_data;
+pub mod leakscan;
+
+/// The line `quickstart` prints when the scanner's positive control passed (it found a planted
+/// canary in every encoding). Tests look for it.
+pub const POSITIVE_CONTROL_PASSED: &str = "positive control passed";
+
+/// The line `quickstart` prints when the scan of the database, WAL and key-store files found no
+/// plaintext. Tests look for it.
+pub const NO_PLAINTEXT_FOUND: &str = "no plaintext found";
