@@ -62,6 +62,7 @@ pub mod harden;
 pub mod keyring;
 pub mod kms;
 pub mod padding;
+pub mod redact;
 pub mod secret;
 pub mod store;
 

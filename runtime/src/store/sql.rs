@@ -1,1 +1,0 @@
-//! Key stores in a database table through diesel (being written).

@@ -1,0 +1,343 @@
+//! The queries, written once and compiled for each enabled diesel connection type.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::result::Error as DieselError;
+
+use super::schema::{leakless_kek as kek, leakless_key_audit as audit};
+use super::{AuditRow, Failure, KekRow, SqlBackend, check_cas, conflict, unique_is_conflict};
+use crate::keyring::{AuditRecord, KekRecord, StoreChange};
+
+/// One open connection, of whichever backend.
+pub(crate) enum Conn {
+    #[cfg(feature = "sqlite")]
+    Sqlite(SqliteConnection),
+    #[cfg(feature = "postgres")]
+    Postgres(PgConnection),
+    #[cfg(feature = "mysql")]
+    Mysql(MysqlConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Conn")
+    }
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            #[cfg(feature = "sqlite")]
+            Conn::Sqlite($c) => $body,
+            #[cfg(feature = "postgres")]
+            Conn::Postgres($c) => $body,
+            #[cfg(feature = "mysql")]
+            Conn::Mysql($c) => $body,
+        }
+    };
+}
+
+impl Conn {
+    /// Connects; the error is the driver's message (the caller scrubs it).
+    pub(crate) fn establish(backend: SqlBackend, target: &str) -> Result<Self, String> {
+        match backend {
+            #[cfg(feature = "sqlite")]
+            SqlBackend::Sqlite => {
+                prepare_sqlite_file(target)?;
+                let mut c = SqliteConnection::establish(target).map_err(|e| e.to_string())?;
+                // Wait for another connection's write transaction instead of failing at once.
+                c.batch_execute("PRAGMA busy_timeout = 30000")
+                    .map_err(|e| e.to_string())?;
+                Ok(Conn::Sqlite(c))
+            }
+            #[cfg(feature = "postgres")]
+            SqlBackend::Postgres => PgConnection::establish(target)
+                .map(Conn::Postgres)
+                .map_err(|e| e.to_string()),
+            #[cfg(feature = "mysql")]
+            SqlBackend::Mysql => MysqlConnection::establish(target)
+                .map(Conn::Mysql)
+                .map_err(|e| e.to_string()),
+            #[allow(
+                unreachable_patterns,
+                reason = "reachable when a backend feature is off"
+            )]
+            other => Err(format!(
+                "this build of leakless has no {other} support (enable the cargo feature `{}`)",
+                match other {
+                    SqlBackend::Postgres => "postgres",
+                    SqlBackend::Mysql => "mysql",
+                    SqlBackend::Sqlite => "sqlite",
+                }
+            )),
+        }
+    }
+
+    pub(crate) fn create_schema(&mut self) -> Result<(), DieselError> {
+        on_conn!(self, c => c.create_schema())
+    }
+
+    pub(crate) fn list(&mut self, scope: &str) -> Result<Vec<KekRow>, DieselError> {
+        on_conn!(self, c => c.list(scope))
+    }
+
+    pub(crate) fn get(&mut self, scope: &str, version: i64) -> Result<Option<KekRow>, DieselError> {
+        on_conn!(self, c => c.get(scope, version))
+    }
+
+    pub(crate) fn scopes(&mut self) -> Result<Vec<String>, DieselError> {
+        on_conn!(self, c => c.scopes())
+    }
+
+    pub(crate) fn audit(&mut self, scope: Option<&str>) -> Result<Vec<AuditRow>, DieselError> {
+        on_conn!(self, c => c.audit(scope))
+    }
+
+    pub(crate) fn apply(&mut self, change: &StoreChange) -> Result<(), Failure> {
+        on_conn!(self, c => c.apply(change))
+    }
+}
+
+/// Creates a missing SQLite file with mode `0600` before SQLite creates it with the umask.
+#[cfg(feature = "sqlite")]
+fn prepare_sqlite_file(target: &str) -> Result<(), String> {
+    if target.is_empty() || target == ":memory:" || target.starts_with("file:") {
+        return Ok(());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(target) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("{target}: {e}")),
+    }
+}
+
+/// The operations every backend implements with the same diesel code.
+trait StoreConn {
+    fn create_schema(&mut self) -> Result<(), DieselError>;
+    fn list(&mut self, scope: &str) -> Result<Vec<KekRow>, DieselError>;
+    fn get(&mut self, scope: &str, version: i64) -> Result<Option<KekRow>, DieselError>;
+    fn scopes(&mut self) -> Result<Vec<String>, DieselError>;
+    fn audit(&mut self, scope: Option<&str>) -> Result<Vec<AuditRow>, DieselError>;
+    fn apply(&mut self, change: &StoreChange) -> Result<(), Failure>;
+}
+
+fn grace(record: &KekRecord) -> Option<i64> {
+    record.state.grace_until().map(|t| t.0)
+}
+
+fn root_key_id(record: &KekRecord) -> Option<&str> {
+    record.wrapped.as_ref().map(|w| w.root_key_id.as_str())
+}
+
+fn wrapped(record: &KekRecord) -> Option<&[u8]> {
+    record.wrapped.as_ref().map(|w| w.ciphertext.as_slice())
+}
+
+fn version(record: &KekRecord) -> i64 {
+    i64::from(record.version.get())
+}
+
+/// Implements [`StoreConn`] for one connection type. `txn` names the method that opens the
+/// write transaction; `lock` is what a locking read appends (`.for_update()`, or nothing on
+/// SQLite, whose `BEGIN IMMEDIATE` already holds the database's write lock).
+macro_rules! impl_store_conn {
+    ($conn:ty, schema: $schema:expr, txn: $txn:ident, lock: [$($lock:tt)*]) => {
+        impl StoreConn for $conn {
+            fn create_schema(&mut self) -> Result<(), DieselError> {
+                let schema: fn(&mut $conn) -> Result<(), DieselError> = $schema;
+                schema(self)
+            }
+
+            fn list(&mut self, scope: &str) -> Result<Vec<KekRow>, DieselError> {
+                kek::table
+                    .filter(kek::scope.eq(scope))
+                    .order(kek::version.asc())
+                    .load::<KekRow>(self)
+            }
+
+            fn get(&mut self, scope: &str, version: i64) -> Result<Option<KekRow>, DieselError> {
+                kek::table
+                    .filter(kek::scope.eq(scope))
+                    .filter(kek::version.eq(version))
+                    .get_result::<KekRow>(self)
+                    .optional()
+            }
+
+            fn scopes(&mut self) -> Result<Vec<String>, DieselError> {
+                kek::table
+                    .select(kek::scope)
+                    .distinct()
+                    .order(kek::scope.asc())
+                    .load::<String>(self)
+            }
+
+            fn audit(&mut self, scope: Option<&str>) -> Result<Vec<AuditRow>, DieselError> {
+                let columns = (
+                    audit::at,
+                    audit::actor,
+                    audit::reason,
+                    audit::action,
+                    audit::scope,
+                    audit::version,
+                    audit::from_state,
+                    audit::from_grace_until,
+                    audit::to_state,
+                    audit::to_grace_until,
+                );
+                match scope {
+                    Some(scope) => audit::table
+                        .filter(audit::scope.eq(scope))
+                        .order(audit::id.asc())
+                        .select(columns)
+                        .load::<AuditRow>(self),
+                    None => audit::table
+                        .order(audit::id.asc())
+                        .select(columns)
+                        .load::<AuditRow>(self),
+                }
+            }
+
+            fn apply(&mut self, change: &StoreChange) -> Result<(), Failure> {
+                self.$txn(|c| {
+                    // 1. Lock every record to update and check it is still what was read.
+                    for u in &change.updates {
+                        let stored = kek::table
+                            .filter(kek::scope.eq(u.before.scope.as_str()))
+                            .filter(kek::version.eq(version(&u.before)))
+                            $($lock)*
+                            .get_result::<KekRow>(c)
+                            .optional()?;
+                        check_cas(stored, &u.before)?;
+                    }
+                    // 2. Updates first: a rotation demotes the old active version before the
+                    //    insert of the new one meets the one-active-version index.
+                    for u in &change.updates {
+                        let a = &u.after;
+                        let n = unique_is_conflict(
+                            diesel::update(
+                                kek::table
+                                    .filter(kek::scope.eq(a.scope.as_str()))
+                                    .filter(kek::version.eq(version(a))),
+                            )
+                            .set((
+                                kek::state.eq(a.state.name()),
+                                kek::grace_until.eq(grace(a)),
+                                kek::root_key_id.eq(root_key_id(a)),
+                                kek::wrapped_kek.eq(wrapped(a)),
+                                kek::created_at.eq(a.created_at.0),
+                                kek::updated_at.eq(a.updated_at.0),
+                            ))
+                            .execute(c),
+                            a,
+                        )?;
+                        if n != 1 {
+                            return Err(conflict(&u.before));
+                        }
+                    }
+                    // 3. Inserts: a duplicate key or a second active version is a lost race.
+                    for r in &change.inserts {
+                        unique_is_conflict(
+                            diesel::insert_into(kek::table)
+                                .values((
+                                    kek::scope.eq(r.scope.as_str()),
+                                    kek::version.eq(version(r)),
+                                    kek::state.eq(r.state.name()),
+                                    kek::grace_until.eq(grace(r)),
+                                    kek::root_key_id.eq(root_key_id(r)),
+                                    kek::wrapped_kek.eq(wrapped(r)),
+                                    kek::created_at.eq(r.created_at.0),
+                                    kek::updated_at.eq(r.updated_at.0),
+                                ))
+                                .execute(c),
+                            r,
+                        )?;
+                    }
+                    // 4. The audit records, in order.
+                    for a in &change.audit {
+                        insert_audit(a, |values| {
+                            diesel::insert_into(audit::table).values(values).execute(c)
+                        })?;
+                    }
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
+/// The values of one audit row, as diesel inserts them.
+type AuditValues<'a> = (
+    diesel::dsl::Eq<audit::at, i64>,
+    diesel::dsl::Eq<audit::actor, &'a str>,
+    diesel::dsl::Eq<audit::reason, &'a str>,
+    diesel::dsl::Eq<audit::action, &'static str>,
+    diesel::dsl::Eq<audit::scope, &'a str>,
+    diesel::dsl::Eq<audit::version, i64>,
+    diesel::dsl::Eq<audit::from_state, Option<&'static str>>,
+    diesel::dsl::Eq<audit::from_grace_until, Option<i64>>,
+    diesel::dsl::Eq<audit::to_state, &'static str>,
+    diesel::dsl::Eq<audit::to_grace_until, Option<i64>>,
+);
+
+fn insert_audit<'a>(
+    a: &'a AuditRecord,
+    insert: impl FnOnce(AuditValues<'a>) -> Result<usize, DieselError>,
+) -> Result<usize, DieselError> {
+    insert((
+        audit::at.eq(a.at.0),
+        audit::actor.eq(a.actor.as_str()),
+        audit::reason.eq(a.reason.as_str()),
+        audit::action.eq(a.action.name()),
+        audit::scope.eq(a.scope.as_str()),
+        audit::version.eq(i64::from(a.version.get())),
+        audit::from_state.eq(a.from.map(|s| s.name())),
+        audit::from_grace_until.eq(a.from.and_then(|s| s.grace_until()).map(|t| t.0)),
+        audit::to_state.eq(a.to.name()),
+        audit::to_grace_until.eq(a.to.grace_until().map(|t| t.0)),
+    ))
+}
+
+/// Runs the statements of a schema one by one.
+fn run_statements<C: SimpleConnection>(c: &mut C, statements: &[&str]) -> Result<(), DieselError> {
+    for statement in statements {
+        c.batch_execute(statement)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "sqlite")]
+impl_store_conn!(
+    SqliteConnection,
+    schema: |c| c.immediate_transaction(|c| run_statements(c, super::schema::SQLITE)),
+    txn: immediate_transaction,
+    lock: []
+);
+
+#[cfg(feature = "postgres")]
+impl_store_conn!(
+    PgConnection,
+    // The advisory lock serializes concurrent `CREATE ... IF NOT EXISTS`, which PostgreSQL
+    // does not do by itself.
+    schema: |c| c.transaction(|c| {
+        c.batch_execute("SELECT pg_advisory_xact_lock(7226376577356866406)")?;
+        run_statements(c, super::schema::POSTGRES)
+    }),
+    txn: transaction,
+    lock: [.for_update()]
+);
+
+#[cfg(feature = "mysql")]
+impl_store_conn!(
+    MysqlConnection,
+    schema: |c| run_statements(c, super::schema::MYSQL),
+    txn: transaction,
+    lock: [.for_update()]
+);

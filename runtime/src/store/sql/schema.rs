@@ -1,0 +1,140 @@
+//! The two tables of the SQL key stores, as diesel sees them and as each backend creates them.
+
+diesel::table! {
+    /// One row per KEK version.
+    leakless_kek (scope, version) {
+        scope -> Text,
+        version -> BigInt,
+        state -> Text,
+        grace_until -> Nullable<BigInt>,
+        root_key_id -> Nullable<Text>,
+        wrapped_kek -> Nullable<Binary>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The key audit log, in insertion order.
+    leakless_key_audit (id) {
+        id -> BigInt,
+        at -> BigInt,
+        actor -> Text,
+        reason -> Text,
+        action -> Text,
+        scope -> Text,
+        version -> BigInt,
+        from_state -> Nullable<Text>,
+        from_grace_until -> Nullable<BigInt>,
+        to_state -> Text,
+        to_grace_until -> Nullable<BigInt>,
+    }
+}
+
+/// SQLite: the partial unique index keeps one active version per scope.
+pub(crate) const SQLITE: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS leakless_kek (
+    scope TEXT NOT NULL CHECK (length(scope) BETWEEN 1 AND 64),
+    version BIGINT NOT NULL CHECK (version BETWEEN 1 AND 4294967295),
+    state TEXT NOT NULL CHECK (state IN ('active', 'grace', 'retired', 'destroyed')),
+    grace_until BIGINT NULL,
+    root_key_id TEXT NULL,
+    wrapped_kek BLOB NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (scope, version),
+    CHECK (state <> 'grace' OR grace_until IS NOT NULL),
+    CHECK (state <> 'destroyed' OR wrapped_kek IS NULL),
+    CHECK ((root_key_id IS NULL) = (wrapped_kek IS NULL))
+)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_kek_one_active
+    ON leakless_kek (scope) WHERE state = 'active'",
+    "CREATE TABLE IF NOT EXISTS leakless_key_audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    action TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    from_state TEXT NULL,
+    from_grace_until BIGINT NULL,
+    to_state TEXT NOT NULL,
+    to_grace_until BIGINT NULL
+)",
+    "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
+];
+
+/// PostgreSQL: `COLLATE "C"` orders scopes bytewise, as [`KeyScope`](crate::KeyScope) does;
+/// the partial unique index keeps one active version per scope.
+pub(crate) const POSTGRES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS leakless_kek (
+    scope TEXT COLLATE \"C\" NOT NULL CHECK (length(scope) BETWEEN 1 AND 64),
+    version BIGINT NOT NULL CHECK (version BETWEEN 1 AND 4294967295),
+    state TEXT NOT NULL CHECK (state IN ('active', 'grace', 'retired', 'destroyed')),
+    grace_until BIGINT NULL,
+    root_key_id TEXT NULL,
+    wrapped_kek BYTEA NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (scope, version),
+    CHECK (state <> 'grace' OR grace_until IS NOT NULL),
+    CHECK (state <> 'destroyed' OR wrapped_kek IS NULL),
+    CHECK ((root_key_id IS NULL) = (wrapped_kek IS NULL))
+)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_kek_one_active
+    ON leakless_kek (scope) WHERE state = 'active'",
+    "CREATE TABLE IF NOT EXISTS leakless_key_audit (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    action TEXT NOT NULL,
+    scope TEXT COLLATE \"C\" NOT NULL,
+    version BIGINT NOT NULL,
+    from_state TEXT NULL,
+    from_grace_until BIGINT NULL,
+    to_state TEXT NOT NULL,
+    to_grace_until BIGINT NULL
+)",
+    "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
+];
+
+/// MariaDB / MySQL: no partial indexes, so the generated column `active_one` is 1 for the
+/// active version and NULL otherwise, and a unique key on `(scope, active_one)` allows one 1
+/// per scope (NULLs never collide). Scopes are `ascii_bin`: compared and ordered bytewise,
+/// case-sensitively, as [`KeyScope`](crate::KeyScope) is.
+pub(crate) const MYSQL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS leakless_kek (
+    scope VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    version BIGINT NOT NULL,
+    state VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    grace_until BIGINT NULL,
+    root_key_id TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    wrapped_kek BLOB NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    active_one TINYINT AS (CASE WHEN state = 'active' THEN 1 ELSE NULL END) STORED,
+    PRIMARY KEY (scope, version),
+    UNIQUE KEY leakless_kek_one_active (scope, active_one),
+    CONSTRAINT leakless_kek_version CHECK (version BETWEEN 1 AND 4294967295),
+    CONSTRAINT leakless_kek_state CHECK (state IN ('active', 'grace', 'retired', 'destroyed')),
+    CONSTRAINT leakless_kek_grace CHECK (state <> 'grace' OR grace_until IS NOT NULL),
+    CONSTRAINT leakless_kek_shredded CHECK (state <> 'destroyed' OR wrapped_kek IS NULL),
+    CONSTRAINT leakless_kek_wrapped CHECK ((root_key_id IS NULL) = (wrapped_kek IS NULL))
+) ENGINE = InnoDB",
+    "CREATE TABLE IF NOT EXISTS leakless_key_audit (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    reason TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    action VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    scope VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    version BIGINT NOT NULL,
+    from_state VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    from_grace_until BIGINT NULL,
+    to_state VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    to_grace_until BIGINT NULL,
+    KEY leakless_key_audit_scope (scope, id)
+) ENGINE = InnoDB",
+];

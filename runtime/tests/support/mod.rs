@@ -1,0 +1,19 @@
+//! Shared support for the runtime's integration tests: throwaway database services and the
+//! key-store conformance suite. Each test binary uses only part of it.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different part of the support code"
+)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::indexing_slicing,
+    reason = "test support: a failed set-up must stop the test loudly"
+)]
+
+pub mod services;
+pub mod store_suite;
