@@ -12,6 +12,12 @@
 pub mod demo_data;
 pub mod leakscan;
 
+/// The README's Rust code blocks, compiled and run as doctests of this crate so that the
+/// "library in 20 lines" snippet cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// The line `quickstart` prints when the scanner's positive control passed (it found a planted
 /// canary in every encoding). Tests look for it.
 pub const POSITIVE_CONTROL_PASSED: &str = "positive control passed";
