@@ -217,7 +217,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let result = match self.kind {
+        let result: Result<(), String> = match self.kind {
             #[cfg(feature = "postgres")]
             Kind::Postgres => pg_admin(
                 &self.admin_url,

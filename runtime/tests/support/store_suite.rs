@@ -504,6 +504,52 @@ pub fn racing_cas_has_one_winner(f: &dyn Fixture) {
         assert_eq!(b.audit_log(Some(&s)).unwrap().len(), 3);
     }
 
+    // Two handles racing an update-only change (a root re-wrap): the compare-and-swap alone
+    // must pick one winner.
+    for round in 0..ROUNDS {
+        let name = format!("race-update-{round}");
+        let v1 = record(&name, 1, KekState::Active);
+        insert(&*a, vec![v1.clone()]);
+        let barrier = Barrier::new(2);
+        let results: Vec<(usize, Result<(), Error>)> = thread::scope(|t| {
+            let handles: Vec<_> = [&a, &b]
+                .into_iter()
+                .enumerate()
+                .map(|(i, store)| {
+                    let mut after = v1.clone();
+                    after.wrapped = wrapped(&format!("new-root-{i}"), b"rewrapped");
+                    let change = StoreChange {
+                        inserts: vec![],
+                        updates: vec![RecordUpdate {
+                            before: v1.clone(),
+                            after: after.clone(),
+                        }],
+                        audit: vec![audit(&after, KeyAction::RewrapRoot, Some(v1.state), 1)],
+                    };
+                    let barrier = &barrier;
+                    t.spawn(move || {
+                        barrier.wait();
+                        (i, store.apply(change))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners: Vec<usize> = results
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for (_, r) in results.into_iter().filter(|(_, r)| r.is_err()) {
+            assert_conflict(r, &name, 1);
+        }
+        let stored = b.get(&scope(&name), v(1)).unwrap().unwrap();
+        let root = format!("new-root-{}", winners[0]);
+        assert_eq!(stored.wrapped.unwrap().root_key_id, root);
+        assert_eq!(a.audit_log(Some(&scope(&name))).unwrap().len(), 2);
+    }
+
     // Two handles creating the same scope: one wins.
     let barrier = Barrier::new(2);
     let first = record("race-create", 1, KekState::Active);

@@ -531,3 +531,81 @@ impl KeyStore for SqlKeyStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_backend_and_redacted_url_only() {
+        let store = SqlKeyStore {
+            backend: SqlBackend::Mysql,
+            target: Zeroizing::new("mysql://app:p@ss:w0rd@db:3306/keys".into()),
+            shown: redact_url("mysql://app:p@ss:w0rd@db:3306/keys"),
+            conn: Mutex::new(None),
+        };
+        let debug = format!("{store:?}");
+        assert_eq!(
+            debug,
+            r#"SqlKeyStore { backend: "mysql", url: "mysql://app:***@db:3306/keys" }"#
+        );
+        assert!(!debug.contains("w0rd"));
+    }
+
+    #[test]
+    fn database_errors_are_scrubbed_of_the_password() {
+        let store = SqlKeyStore {
+            backend: SqlBackend::Postgres,
+            target: Zeroizing::new("postgres://app:hunter2hunter2@db/keys".into()),
+            shown: redact_url("postgres://app:hunter2hunter2@db/keys"),
+            conn: Mutex::new(None),
+        };
+        let err = store.error(
+            "list",
+            Failure::Db(DieselError::QueryBuilderError(
+                "echo postgres://app:hunter2hunter2@db/keys".into(),
+            )),
+        );
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(matches!(
+            err,
+            Error::KeyStore {
+                store: "postgres",
+                operation: "list",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn backends_from_url() {
+        assert_eq!(
+            SqlBackend::from_url("postgres://h/db"),
+            Some(SqlBackend::Postgres)
+        );
+        assert_eq!(
+            SqlBackend::from_url("PostgreSQL://h/db"),
+            Some(SqlBackend::Postgres)
+        );
+        assert_eq!(SqlBackend::from_url("mysql://h/"), Some(SqlBackend::Mysql));
+        assert_eq!(
+            SqlBackend::from_url("mariadb://h/"),
+            Some(SqlBackend::Mysql)
+        );
+        assert_eq!(
+            SqlBackend::from_url("sqlite:///tmp/x.db"),
+            Some(SqlBackend::Sqlite)
+        );
+        assert_eq!(SqlBackend::from_url("/tmp/x.db"), None);
+        assert_eq!(SqlBackend::from_url("redis://h"), None);
+        for backend in [SqlBackend::Sqlite, SqlBackend::Postgres, SqlBackend::Mysql] {
+            assert!(
+                backend
+                    .schema_sql()
+                    .iter()
+                    .any(|s| s.contains("leakless_kek"))
+            );
+        }
+    }
+}
