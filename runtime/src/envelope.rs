@@ -390,6 +390,33 @@ pub(crate) fn seal_with_randomness(
     Ok(out)
 }
 
+/// Unwraps the DEK of a parsed envelope with `kek`, given the wrap's associated data
+/// (`key_prefix || context`).
+fn unwrap_dek_with_aad(
+    kek: &Kek,
+    parsed: &Parsed<'_>,
+    aad: &[u8],
+    ctx: &FieldContext<'_>,
+) -> Result<Dek, Error> {
+    let fail = || Error::DecryptionFailed {
+        location: ctx.location(),
+    };
+    let (ct, tag) = parsed.wrapped_dek.split_at(KEY_LEN);
+    let mut buf: [u8; KEY_LEN] = ct.try_into().map_err(|_| fail())?;
+    let result = aead::decrypt_in_place(
+        Algorithm::XChaCha20Poly1305,
+        kek.expose_secret(),
+        parsed.wrap_nonce,
+        aad,
+        &mut buf,
+        tag,
+    );
+    let dek = Dek::from_bytes(buf);
+    buf.zeroize();
+    result.map_err(|_| fail())?;
+    Ok(dek)
+}
+
 /// Unwraps the DEK of a parsed envelope with `kek`.
 pub(crate) fn unwrap_dek(
     kek: &Kek,
@@ -399,19 +426,7 @@ pub(crate) fn unwrap_dek(
     let mut aad = Vec::with_capacity(parsed.key_prefix.len() + 64);
     aad.extend_from_slice(parsed.key_prefix);
     ctx.encode_into(&mut aad)?;
-    let dek = aead::decrypt(
-        Algorithm::XChaCha20Poly1305,
-        kek.expose_secret(),
-        parsed.wrap_nonce,
-        &aad,
-        parsed.wrapped_dek,
-    )
-    .map_err(|_| Error::DecryptionFailed {
-        location: ctx.location(),
-    })?;
-    Dek::try_from_slice(dek.expose_secret()).ok_or_else(|| Error::DecryptionFailed {
-        location: ctx.location(),
-    })
+    unwrap_dek_with_aad(kek, parsed, &aad, ctx)
 }
 
 /// Opens a parsed envelope with `kek`.
@@ -420,10 +435,13 @@ pub(crate) fn open(
     parsed: &Parsed<'_>,
     ctx: &FieldContext<'_>,
 ) -> Result<Plaintext, Error> {
-    let dek = unwrap_dek(kek, parsed, ctx)?;
-    let mut aad = Vec::with_capacity(HEADER_LEN + 64);
-    aad.extend_from_slice(parsed.header());
+    // One buffer serves both associated data strings: `key_prefix || context` for the DEK
+    // wrap, then, with the scope and version cut out, `header || context` for the data.
+    let mut aad = Vec::with_capacity(parsed.key_prefix.len() + 64);
+    aad.extend_from_slice(parsed.key_prefix);
     ctx.encode_into(&mut aad)?;
+    let dek = unwrap_dek_with_aad(kek, parsed, &aad, ctx)?;
+    aad.drain(HEADER_LEN..parsed.key_prefix.len());
     let mut pt = aead::decrypt(
         parsed.algorithm,
         dek.expose_secret(),

@@ -7,8 +7,6 @@
 //! choice and is not stored: the reader strips the padding by finding the last `0x80`, so a
 //! changed policy never breaks old values. See `docs/envelope-format.md` § "Padding".
 
-use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
-
 /// Identifier byte of the only padding scheme of format v1 (`0x80` marker then zeros).
 pub const PADDING_ISO7816: u8 = 0x01;
 
@@ -95,22 +93,43 @@ pub(crate) fn pad(buf: &mut Vec<u8>, padded_len: usize) {
     buf.resize(padded_len.max(buf.len()), 0);
 }
 
-/// Finds the plaintext length inside a padded buffer, in time that depends only on the buffer's
-/// length. Returns `None` when no `0x80` marker follows the last non-zero byte.
+/// All ones when `x != 0`, else zero; without a data-dependent branch.
+fn nonzero_mask(x: u64) -> u64 {
+    // For x != 0, either x or -x has its top bit set.
+    0u64.wrapping_sub((x | x.wrapping_neg()) >> 63)
+}
+
+/// Finds the plaintext length inside a padded buffer: the index of the last non-zero byte,
+/// which must be the `0x80` marker. Returns `None` otherwise.
+///
+/// Runs in time that depends only on the buffer's length: it reads every 8-byte word, and
+/// tracks the last non-zero word and its index with masks instead of branches; then it finds
+/// the last non-zero byte inside that word the same way. (Optimisation barriers keep the
+/// compiler from turning the masks into an early exit.)
 pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
-    let mut found = Choice::from(0);
-    let mut bad = Choice::from(0);
-    let mut pos: u64 = 0;
-    for (i, &b) in buf.iter().enumerate().rev() {
-        let is_zero = b.ct_eq(&0);
-        let is_marker = b.ct_eq(&0x80);
-        let searching = !found;
-        pos.conditional_assign(&(i as u64), searching & is_marker);
-        bad |= searching & !is_zero & !is_marker;
-        found |= searching & is_marker;
+    let mut last_word_index: u64 = 0;
+    let mut last_word: u64 = 0;
+    for (k, chunk) in buf.chunks(8).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes
+            .get_mut(..chunk.len())
+            .unwrap_or_default()
+            .copy_from_slice(chunk);
+        let w = u64::from_le_bytes(bytes);
+        let nz = std::hint::black_box(nonzero_mask(w));
+        last_word_index ^= (last_word_index ^ k as u64) & nz;
+        last_word ^= (last_word ^ w) & nz;
     }
-    if bool::from(found & !bad) {
-        usize::try_from(pos).ok()
+    let mut offset: u64 = 0;
+    let mut last_byte: u64 = 0;
+    for j in 0..8u64 {
+        let b = (last_word >> (8 * j)) & 0xff;
+        let nz = nonzero_mask(b);
+        offset ^= (offset ^ j) & nz;
+        last_byte ^= (last_byte ^ b) & nz;
+    }
+    if last_byte == 0x80 {
+        usize::try_from(last_word_index.checked_mul(8)?.checked_add(offset)?).ok()
     } else {
         None
     }
@@ -167,5 +186,12 @@ mod tests {
         assert_eq!(unpadded_len(&[0, 0]), None);
         assert_eq!(unpadded_len(&[0x80, 1]), None);
         assert_eq!(unpadded_len(&[1, 0x80, 0]), Some(1));
+        assert_eq!(unpadded_len(&[0x80]), Some(0));
+        assert_eq!(unpadded_len(&[0x80, 0x80, 0]), Some(1));
+        assert_eq!(unpadded_len(&[0x80, 0x81, 0]), None);
+        let mut big = vec![7u8; 70_000];
+        big[60_000] = 0x80;
+        big[60_001..].fill(0);
+        assert_eq!(unpadded_len(&big), Some(60_000));
     }
 }
