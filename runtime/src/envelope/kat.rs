@@ -122,7 +122,7 @@ fn specs() -> Vec<Spec> {
             column: "transcript",
             row: RowId::Int(-5),
             schema_version: 2,
-            plaintext: transcript(4500),
+            plaintext: transcript(9000),
         },
         Spec {
             name: "aes256gcm-long-transcript-multiple16",
