@@ -41,6 +41,7 @@ from pathlib import Path
 
 try:
     from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from nacl.bindings import (
         crypto_aead_xchacha20poly1305_ietf_decrypt,
@@ -134,6 +135,38 @@ def xchacha_decrypt(key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> 
     try:
         return crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, aad, nonce, key)
     except CryptoError:
+        raise EnvelopeError(E_DECRYPTION_FAILED) from None
+
+
+def xaes_subkey(key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    """Section 1, XAES-256-GCM: the derived AES-256-GCM key and the 12-byte GCM nonce."""
+    assert len(key) == KEY_LEN and len(nonce) == 24
+    ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    l_block = int.from_bytes(ecb.update(bytes(16)), "big")
+    k1 = ((l_block << 1) & ((1 << 128) - 1)) ^ (0x87 if l_block >> 127 else 0)
+    k1b = k1.to_bytes(16, "big")
+    halves = []
+    for counter in (1, 2):
+        m = bytes([0x00, counter, 0x58, 0x00]) + nonce[:12]
+        halves.append(ecb.update(bytes(a ^ b for a, b in zip(m, k1b))))
+    return b"".join(halves), nonce[12:]
+
+
+def wrap_encrypt(aead_id: int, kek: bytes, nonce: bytes, aad: bytes, dek: bytes) -> bytes:
+    """Section 1: the DEK wrap AEAD follows the data AEAD."""
+    if aead_id == AEAD_XCHACHA:
+        return xchacha_encrypt(kek, nonce, aad, dek)
+    subkey, gcm_nonce = xaes_subkey(kek, nonce)
+    return AESGCM(subkey).encrypt(gcm_nonce, dek, aad)
+
+
+def wrap_decrypt(aead_id: int, kek: bytes, nonce: bytes, aad: bytes, wrapped: bytes) -> bytes:
+    if aead_id == AEAD_XCHACHA:
+        return xchacha_decrypt(kek, nonce, aad, wrapped)
+    subkey, gcm_nonce = xaes_subkey(kek, nonce)
+    try:
+        return AESGCM(subkey).decrypt(gcm_nonce, wrapped, aad)
+    except InvalidTag:
         raise EnvelopeError(E_DECRYPTION_FAILED) from None
 
 
@@ -332,7 +365,7 @@ def seal(
     header = build_header(aead_id)
     key_prefix = build_key_prefix(header, scope, kek_version)
     wrap_aad = key_prefix + context
-    wrapped_dek = xchacha_encrypt(kek, wrap_nonce, wrap_aad, dek)
+    wrapped_dek = wrap_encrypt(aead_id, kek, wrap_nonce, wrap_aad, dek)
     padded = pad(plaintext, policy.padded_len(len(plaintext)))
     data_aad = header + context
     data_ct = data_encrypt(aead_id, dek, data_nonce, data_aad, padded)
@@ -464,7 +497,9 @@ def lookup_kek(lookup: KeyLookup, scope: bytes, version: int, now: float) -> byt
 def unwrap_dek(parsed: Parsed, context: bytes, lookup: KeyLookup, now: float) -> bytes:
     """Section 6 steps 6 and 7."""
     kek = lookup_kek(lookup, parsed.scope, parsed.kek_version, now)
-    dek = xchacha_decrypt(kek, parsed.wrap_nonce, parsed.key_prefix + context, parsed.wrapped_dek)
+    dek = wrap_decrypt(
+        parsed.aead_id, kek, parsed.wrap_nonce, parsed.key_prefix + context, parsed.wrapped_dek
+    )
     if len(dek) != KEY_LEN:  # cannot happen: the wrapped DEK is exactly 48 bytes
         raise EnvelopeError(E_MALFORMED, P_WRAPPED_DEK)
     return dek
@@ -508,7 +543,7 @@ def rewrap(
     if len(new_wrap_nonce) != WRAP_NONCE_LEN or len(new_kek) != KEY_LEN:
         raise ValueError("wrong key or nonce length")
     new_prefix = build_key_prefix(parsed.header, new_scope, new_version)
-    new_wrapped = xchacha_encrypt(new_kek, new_wrap_nonce, new_prefix + context, dek)
+    new_wrapped = wrap_encrypt(parsed.aead_id, new_kek, new_wrap_nonce, new_prefix + context, dek)
     return new_prefix + new_wrap_nonce + new_wrapped + parsed.data_nonce + parsed.data_ct
 
 
@@ -1041,6 +1076,22 @@ def verify_vector(vec: dict) -> Checks:
     return c
 
 
+def verify_xaes_c2sp() -> bool:
+    """The two C2SP XAES-256-GCM test vectors, so a wrong subkey derivation shows up here."""
+    nonce = b"ABCDEFGHIJKLMNOPQRSTUVWX"
+    ok = True
+    for key, aad, want in (
+        (bytes([1] * 32), b"", "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271"),
+        (
+            bytes([3] * 32),
+            b"c2sp.org/XAES-256-GCM",
+            "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d",
+        ),
+    ):
+        ok &= wrap_encrypt(AEAD_AESGCM, key, nonce, aad, b"XAES-256-GCM").hex() == want
+    return ok
+
+
 def verify_document_examples() -> Checks:
     """The worked examples in the prose of sections 2 and 3."""
     c = Checks("document examples (sections 2-3)")
@@ -1081,6 +1132,7 @@ def verify_document_examples() -> Checks:
             for j in range(3)
         ),
     )
+    c.check("XAES-256-GCM: the two C2SP test vectors", verify_xaes_c2sp())
     return c
 
 

@@ -6,9 +6,12 @@
 
 use std::fmt;
 
+use aes::Aes256;
+use aes::cipher::{BlockEncrypt, generic_array::GenericArray};
 use aes_gcm::Aes256Gcm;
 use chacha20poly1305::XChaCha20Poly1305;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use zeroize::Zeroize;
 
 /// Length of the authentication tag of both AEADs.
 pub const TAG_LEN: usize = 16;
@@ -182,4 +185,144 @@ pub fn decrypt(
 
 fn buf_mut(p: &mut crate::Plaintext) -> &mut [u8] {
     p.as_mut_slice()
+}
+
+/// Nonce length of XAES-256-GCM.
+pub const XAES_NONCE_LEN: usize = 24;
+
+/// Derives the XAES-256-GCM subkey for `nonce[..12]` (C2SP XAES-256-GCM, section "Algorithm"):
+/// `L = AES-256_K(0^128)`, `K1 = L << 1` (xor `0x87` into the last byte if `L`'s top bit was
+/// set), `Kx = AES-256_K(M1 ^ K1) || AES-256_K(M2 ^ K1)` with `M1 = 00 01 58 00 || N[..12]` and
+/// `M2 = 00 02 58 00 || N[..12]`.
+fn xaes_subkey(key: &[u8], nonce: &[u8]) -> Result<[u8; 32], AeadFailure> {
+    let prefix = nonce.get(..12).ok_or(AeadFailure)?;
+    if nonce.len() != XAES_NONCE_LEN {
+        return Err(AeadFailure);
+    }
+    let cipher = Aes256::new_from_slice(key).map_err(|_| AeadFailure)?;
+    let mut block = GenericArray::from([0u8; 16]);
+    cipher.encrypt_block(&mut block);
+    let mut l = u128::from_be_bytes(block.into());
+    // Branch-free doubling in GF(2^128) with the CMAC polynomial.
+    let mut k1 = (l << 1) ^ (0u128.wrapping_sub(l >> 127) & 0x87);
+    l.zeroize();
+    let mut k1_bytes = k1.to_be_bytes();
+    k1.zeroize();
+    let mut out = [0u8; 32];
+    for (counter, half) in [1u8, 2].into_iter().zip(out.chunks_exact_mut(16)) {
+        let mut m = [0u8; 16];
+        m.get_mut(..4)
+            .ok_or(AeadFailure)?
+            .copy_from_slice(&[0x00, counter, b'X', 0x00]);
+        m.get_mut(4..).ok_or(AeadFailure)?.copy_from_slice(prefix);
+        for (a, b) in m.iter_mut().zip(k1_bytes) {
+            *a ^= b;
+        }
+        let mut block = GenericArray::from(m);
+        cipher.encrypt_block(&mut block);
+        half.copy_from_slice(&block);
+        block.zeroize();
+        m.zeroize();
+    }
+    k1_bytes.zeroize();
+    Ok(out)
+}
+
+/// XAES-256-GCM (C2SP): AES-256-GCM under a subkey derived from `key` and the first 12 bytes of
+/// a 24-byte nonce, keyed by the last 12. leakless wraps the DEKs of AES-256-GCM fields with it,
+/// so random 192-bit nonces are safe under one KEK for any realistic number of wraps.
+/// Encrypts `buffer` in place and returns the tag.
+///
+/// # Errors
+/// [`AeadFailure`] when the key is not 32 bytes or the nonce not 24.
+pub fn xaes256gcm_encrypt_in_place(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    buffer: &mut [u8],
+) -> Result<[u8; TAG_LEN], AeadFailure> {
+    let mut subkey = xaes_subkey(key, nonce)?;
+    let result = encrypt_in_place(
+        Algorithm::Aes256Gcm,
+        &subkey,
+        nonce.get(12..).ok_or(AeadFailure)?,
+        aad,
+        buffer,
+    );
+    subkey.zeroize();
+    result
+}
+
+/// Decrypts in place what [`xaes256gcm_encrypt_in_place`] produced, after checking `tag`.
+///
+/// # Errors
+/// [`AeadFailure`] when authentication fails or a length is wrong.
+pub fn xaes256gcm_decrypt_in_place(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    buffer: &mut [u8],
+    tag: &[u8],
+) -> Result<(), AeadFailure> {
+    let mut subkey = xaes_subkey(key, nonce)?;
+    let result = decrypt_in_place(
+        Algorithm::Aes256Gcm,
+        &subkey,
+        nonce.get(12..).ok_or(AeadFailure)?,
+        aad,
+        buffer,
+        tag,
+    );
+    subkey.zeroize();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two test vectors of the C2SP XAES-256-GCM specification
+    /// (<https://github.com/C2SP/C2SP/blob/main/XAES-256-GCM.md>, "Test vectors").
+    #[test]
+    fn xaes256gcm_c2sp_vectors() {
+        let cases: [([u8; 32], &[u8], &str); 2] = [
+            (
+                [1; 32],
+                b"",
+                "ce546ef63c9cc60765923609b33a9a1974e96e52daf2fcf7075e2271",
+            ),
+            (
+                [3; 32],
+                b"c2sp.org/XAES-256-GCM",
+                "986ec1832593df5443a179437fd083bf3fdb41abd740a21f71eb769d",
+            ),
+        ];
+        let nonce = b"ABCDEFGHIJKLMNOPQRSTUVWX";
+        for (key, aad, expected) in cases {
+            let mut buf = b"XAES-256-GCM".to_vec();
+            let tag = xaes256gcm_encrypt_in_place(&key, nonce, aad, &mut buf).unwrap();
+            buf.extend_from_slice(&tag);
+            assert_eq!(hex::encode(&buf), expected);
+            let (ct, tag) = buf.split_at_mut(12);
+            xaes256gcm_decrypt_in_place(&key, nonce, aad, ct, tag).unwrap();
+            assert_eq!(ct, b"XAES-256-GCM");
+            // Every flipped byte of the ciphertext or tag, and of the nonce, fails.
+            let sealed = hex::decode(expected).unwrap();
+            for i in 0..sealed.len() {
+                let mut bad = sealed.clone();
+                bad[i] ^= 1;
+                let (ct, tag) = bad.split_at_mut(12);
+                assert!(xaes256gcm_decrypt_in_place(&key, nonce, aad, ct, tag).is_err());
+            }
+            for i in 0..24 {
+                let mut n = *nonce;
+                n[i] ^= 1;
+                let mut bad = sealed.clone();
+                let (ct, tag) = bad.split_at_mut(12);
+                assert!(xaes256gcm_decrypt_in_place(&key, &n, aad, ct, tag).is_err());
+            }
+        }
+        assert!(xaes256gcm_encrypt_in_place(&[1; 32], &[0; 12], b"", &mut []).is_err());
+        assert!(xaes256gcm_encrypt_in_place(&[1; 16], &[0; 24], b"", &mut []).is_err());
+    }
 }

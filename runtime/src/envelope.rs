@@ -13,7 +13,8 @@
 //! 6         Ls    key scope (ASCII)
 //! 6+Ls      4     KEK version, u32 big-endian (>= 1)
 //! 10+Ls     24    DEK wrap nonce
-//! 34+Ls     48    wrapped DEK: XChaCha20-Poly1305(KEK) of the 32-byte DEK, with its tag
+//! 34+Ls     48    wrapped DEK under the KEK, with its tag: XChaCha20-Poly1305 for data AEAD
+//!                 0x01, XAES-256-GCM for 0x02
 //! 82+Ls     Nd    data nonce (24 or 12 bytes, by data AEAD)
 //! 82+Ls+Nd  rest  data ciphertext of the padded plaintext, then its 16-byte tag
 //! ```
@@ -359,16 +360,11 @@ pub(crate) fn seal_with_randomness(
     aad.extend_from_slice(&out);
     params.ctx.encode_into(&mut aad)?;
 
-    let wrapped = aead::encrypt(
-        Algorithm::XChaCha20Poly1305,
-        params.kek.expose_secret(),
-        &rnd.wrap_nonce,
-        &aad,
-        rnd.dek.expose_secret(),
-    )
-    .map_err(|_| Error::Malformed {
-        location: location(),
-        problem: "DEK wrap failed",
+    let wrapped = wrap_dek(alg, params.kek, &rnd.wrap_nonce, &aad, &rnd.dek).map_err(|_| {
+        Error::Malformed {
+            location: location(),
+            problem: "DEK wrap failed",
+        }
     })?;
     out.extend_from_slice(&rnd.wrap_nonce);
     out.extend_from_slice(&wrapped);
@@ -390,6 +386,58 @@ pub(crate) fn seal_with_randomness(
     Ok(out)
 }
 
+/// The AEAD that wraps a DEK under the KEK. It follows the data AEAD, so that a field costs one
+/// cipher family: XChaCha20-Poly1305 fields wrap with XChaCha20-Poly1305, AES-256-GCM fields
+/// with XAES-256-GCM (C2SP). Both take a random 24-byte nonce, which is what keeps a KEK that
+/// wraps billions of DEKs inside its bounds (see the spec's "Usage bounds").
+#[derive(Clone, Copy)]
+enum WrapAlgorithm {
+    XChaCha20Poly1305,
+    Xaes256Gcm,
+}
+
+fn wrap_algorithm(data: Algorithm) -> WrapAlgorithm {
+    match data {
+        Algorithm::XChaCha20Poly1305 => WrapAlgorithm::XChaCha20Poly1305,
+        Algorithm::Aes256Gcm => WrapAlgorithm::Xaes256Gcm,
+    }
+}
+
+/// Wraps `dek` under `kek`: 32 bytes of ciphertext, then the 16-byte tag.
+fn wrap_dek(
+    data: Algorithm,
+    kek: &Kek,
+    nonce: &[u8; WRAP_NONCE_LEN],
+    aad: &[u8],
+    dek: &Dek,
+) -> Result<[u8; WRAPPED_DEK_LEN], aead::AeadFailure> {
+    let mut out = [0u8; WRAPPED_DEK_LEN];
+    let (body, tag_out) = out.split_at_mut(KEY_LEN);
+    body.copy_from_slice(dek.expose_secret());
+    let tag = match wrap_algorithm(data) {
+        WrapAlgorithm::XChaCha20Poly1305 => aead::encrypt_in_place(
+            Algorithm::XChaCha20Poly1305,
+            kek.expose_secret(),
+            nonce,
+            aad,
+            body,
+        ),
+        WrapAlgorithm::Xaes256Gcm => {
+            aead::xaes256gcm_encrypt_in_place(kek.expose_secret(), nonce, aad, body)
+        }
+    };
+    match tag {
+        Ok(tag) => {
+            tag_out.copy_from_slice(&tag);
+            Ok(out)
+        }
+        Err(e) => {
+            out.zeroize();
+            Err(e)
+        }
+    }
+}
+
 /// Unwraps the DEK of a parsed envelope with `kek`, given the wrap's associated data
 /// (`key_prefix || context`).
 fn unwrap_dek_with_aad(
@@ -403,14 +451,23 @@ fn unwrap_dek_with_aad(
     };
     let (ct, tag) = parsed.wrapped_dek.split_at(KEY_LEN);
     let mut buf: [u8; KEY_LEN] = ct.try_into().map_err(|_| fail())?;
-    let result = aead::decrypt_in_place(
-        Algorithm::XChaCha20Poly1305,
-        kek.expose_secret(),
-        parsed.wrap_nonce,
-        aad,
-        &mut buf,
-        tag,
-    );
+    let result = match wrap_algorithm(parsed.algorithm) {
+        WrapAlgorithm::XChaCha20Poly1305 => aead::decrypt_in_place(
+            Algorithm::XChaCha20Poly1305,
+            kek.expose_secret(),
+            parsed.wrap_nonce,
+            aad,
+            &mut buf,
+            tag,
+        ),
+        WrapAlgorithm::Xaes256Gcm => aead::xaes256gcm_decrypt_in_place(
+            kek.expose_secret(),
+            parsed.wrap_nonce,
+            aad,
+            &mut buf,
+            tag,
+        ),
+    };
     let dek = Dek::from_bytes(buf);
     buf.zeroize();
     result.map_err(|_| fail())?;
@@ -494,16 +551,11 @@ pub(crate) fn rewrap(
     out.extend_from_slice(&new_version.get().to_be_bytes());
     let mut aad = out.clone();
     ctx.encode_into(&mut aad)?;
-    let wrapped = aead::encrypt(
-        Algorithm::XChaCha20Poly1305,
-        new_kek.expose_secret(),
-        &wrap_nonce,
-        &aad,
-        dek.expose_secret(),
-    )
-    .map_err(|_| Error::Malformed {
-        location: ctx.location(),
-        problem: "DEK wrap failed",
+    let wrapped = wrap_dek(parsed.algorithm, new_kek, &wrap_nonce, &aad, &dek).map_err(|_| {
+        Error::Malformed {
+            location: ctx.location(),
+            problem: "DEK wrap failed",
+        }
     })?;
     out.extend_from_slice(&wrap_nonce);
     out.extend_from_slice(&wrapped);
