@@ -55,6 +55,7 @@
 //! ```
 
 pub mod aead;
+pub mod blind_index;
 pub mod context;
 pub mod envelope;
 pub mod error;
@@ -67,6 +68,7 @@ pub mod secret;
 pub mod store;
 
 pub use aead::Algorithm;
+pub use blind_index::{BlindIndex, BlindIndexSpec, Normalizer};
 pub use context::{FieldContext, FieldLocation, RowId};
 pub use error::{Error, Result};
 pub use harden::{HardeningReport, harden_process};

@@ -220,6 +220,33 @@ impl KeyRing {
         envelope::rewrap(&old.kek, &active.kek, &scope, active.version, &parsed, ctx).map(Some)
     }
 
+    pub(crate) fn clock_now(&self) -> UnixTime {
+        self.now()
+    }
+
+    /// The active KEK of `scope` as key material, for other key uses (blind indexes) that
+    /// derive their own keys from it. The copy is zeroized on drop.
+    pub(crate) fn active_key_material(
+        &self,
+        scope: &KeyScope,
+    ) -> Result<(KekVersion, zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>), Error> {
+        let cached = self.active_kek(scope)?;
+        Ok((
+            cached.version,
+            zeroize::Zeroizing::new(*cached.kek.expose_secret()),
+        ))
+    }
+
+    /// Version `version` of `scope` as key material, if that version can still open.
+    pub(crate) fn key_material(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+    ) -> Result<zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>, Error> {
+        let cached = self.kek_for_open(scope.as_str(), version, "blind index")?;
+        Ok(zeroize::Zeroizing::new(*cached.kek.expose_secret()))
+    }
+
     fn active_kek(&self, scope: &KeyScope) -> Result<Arc<CachedKek>, Error> {
         let now = self.now();
         if let Some(c) = self.inner.cache.get_active(scope.as_str(), now) {

@@ -1,0 +1,239 @@
+//! Blind indexes: equality look-ups on sealed fields without decrypting them.
+//!
+//! A sealed value's envelope is randomised, so `WHERE address = ?` cannot work on it. A blind
+//! index is a second column holding a keyed hash of the (normalised) plaintext:
+//!
+//! ```text
+//! field_key = HKDF-SHA256(ikm  = index key of version v,
+//!                         salt = "leakless blind index v1",
+//!                         info = u16be len(table) || table || u16be len(column) || column)
+//! token     = u32be v || first n bytes of HMAC-SHA256(field_key, normalise(plaintext))
+//! ```
+//!
+//! The index key is a KEK version of a **dedicated key scope** (for example `bidx`), so it gets
+//! the same lifecycle, audit log, KMS wrapping and cache as every other key; never use a scope
+//! that also seals data. Each table and column gets its own derived key, so equal values in two
+//! columns have unrelated tokens.
+//!
+//! # Look-ups across rotation
+//! Writers store the token of the index scope's active version ([`KeyRing::blind_index`]).
+//! After a rotation, rows written earlier still carry tokens of older versions, so a look-up
+//! asks for every version that can still open ([`KeyRing::blind_index_candidates`]) and matches
+//! any of them (`WHERE address_bidx IN (...)`); re-computing the tokens of old rows is part of
+//! the migration that retires the old version.
+//!
+//! # What a blind index leaks
+//! Equality, on purpose: anyone who can read the table sees which rows share a value, and how
+//! many rows have the most common value (frequency analysis). With a guessable value space (a
+//! city, a birth year) and the index key, values can be confirmed by brute force, which is why
+//! the key never leaves the key ring. Truncation (`bytes`, default 16) trades collisions, which
+//! turn into extra rows the application must filter after opening, against that leakage: with
+//! few bytes many values share a token. See `docs/blind-indexes.md`.
+
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+use crate::keyring::{KekState, KekVersion, KeyRing, KeyScope};
+use crate::secret::KEY_LEN;
+
+const SALT: &[u8] = b"leakless blind index v1";
+
+/// How a plaintext is normalised before it is hashed, so that equal-meaning inputs match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Normalizer {
+    /// The bytes as given.
+    #[default]
+    None,
+    /// Leading and trailing Unicode whitespace removed (text only).
+    Trim,
+    /// Unicode lower case (text only).
+    Lowercase,
+    /// Trimmed, then lower case (text only).
+    TrimLowercase,
+}
+
+impl Normalizer {
+    fn apply(self, plaintext: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        if self == Normalizer::None {
+            return Ok(Zeroizing::new(plaintext.to_vec()));
+        }
+        let text = std::str::from_utf8(plaintext).map_err(|_| Error::InvalidInput {
+            what: "blind index input",
+            problem: format!("normaliser {self:?} needs UTF-8 text"),
+        })?;
+        let trimmed = match self {
+            Normalizer::Trim | Normalizer::TrimLowercase => text.trim(),
+            _ => text,
+        };
+        let out = match self {
+            Normalizer::Lowercase | Normalizer::TrimLowercase => trimmed.to_lowercase(),
+            _ => trimmed.to_owned(),
+        };
+        Ok(Zeroizing::new(out.into_bytes()))
+    }
+}
+
+/// Which column a blind index belongs to, under which index-key scope, and how it is computed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlindIndexSpec {
+    /// The table of the sealed field.
+    pub table: String,
+    /// The sealed column the index is for.
+    pub column: String,
+    /// The dedicated key scope whose KEK versions serve as index keys.
+    pub scope: KeyScope,
+    /// How many HMAC bytes to keep, 4 to 32. Default 16.
+    pub bytes: usize,
+    /// The normaliser. Default none.
+    pub normalizer: Normalizer,
+}
+
+impl BlindIndexSpec {
+    /// An index on `table.column` under `scope`, 16 bytes, no normaliser.
+    #[must_use]
+    pub fn new(table: impl Into<String>, column: impl Into<String>, scope: KeyScope) -> Self {
+        Self {
+            table: table.into(),
+            column: column.into(),
+            scope,
+            bytes: 16,
+            normalizer: Normalizer::None,
+        }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if !(4..=32).contains(&self.bytes) {
+            return Err(Error::InvalidInput {
+                what: "blind index length",
+                problem: format!("{} bytes; use 4 to 32", self.bytes),
+            });
+        }
+        if self.table.is_empty() || self.column.is_empty() {
+            return Err(Error::InvalidInput {
+                what: "blind index",
+                problem: "table and column names must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn info(&self) -> Result<Vec<u8>, Error> {
+        let mut info = Vec::with_capacity(4 + self.table.len() + self.column.len());
+        for part in [&self.table, &self.column] {
+            let len = u16::try_from(part.len()).map_err(|_| Error::InvalidInput {
+                what: "blind index",
+                problem: "table or column name longer than 65535 bytes".into(),
+            })?;
+            info.extend_from_slice(&len.to_be_bytes());
+            info.extend_from_slice(part.as_bytes());
+        }
+        Ok(info)
+    }
+}
+
+/// One blind-index token: the index key version, then the truncated HMAC. Store it in a
+/// `bytea` / `BLOB` column beside the sealed one. `Debug` prints only the version and length.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BlindIndex(Vec<u8>);
+
+impl BlindIndex {
+    /// The stored bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The index key version the token was made with.
+    #[must_use]
+    pub fn version(&self) -> Option<KekVersion> {
+        let v: [u8; 4] = self.0.get(..4)?.try_into().ok()?;
+        KekVersion::new(u32::from_be_bytes(v)).ok()
+    }
+}
+
+impl std::fmt::Debug for BlindIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.version() {
+            Some(v) => write!(f, "BlindIndex({v}, {} bytes)", self.0.len()),
+            None => write!(f, "BlindIndex({} bytes)", self.0.len()),
+        }
+    }
+}
+
+fn token(
+    index_key: &[u8; KEY_LEN],
+    version: KekVersion,
+    spec: &BlindIndexSpec,
+    normalised: &[u8],
+) -> Result<BlindIndex, Error> {
+    let hk = Hkdf::<Sha256>::new(Some(SALT), index_key);
+    let mut field_key = Zeroizing::new([0u8; 32]);
+    hk.expand(&spec.info()?, field_key.as_mut())
+        .map_err(|_| Error::InvalidInput {
+            what: "blind index",
+            problem: "key derivation failed".into(),
+        })?;
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(field_key.as_ref()).map_err(|_| {
+        Error::InvalidInput {
+            what: "blind index",
+            problem: "HMAC key setup failed".into(),
+        }
+    })?;
+    mac.update(normalised);
+    let digest = mac.finalize().into_bytes();
+    let mut out = Vec::with_capacity(4 + spec.bytes);
+    out.extend_from_slice(&version.get().to_be_bytes());
+    out.extend_from_slice(digest.get(..spec.bytes).unwrap_or_default());
+    Ok(BlindIndex(out))
+}
+
+impl KeyRing {
+    /// The blind-index token to store for `plaintext`, under the active version of the index
+    /// scope.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad spec or non-text input to a text normaliser; the key
+    /// errors of [`KeyRing::seal`] for the index scope.
+    pub fn blind_index(
+        &self,
+        spec: &BlindIndexSpec,
+        plaintext: &[u8],
+    ) -> Result<BlindIndex, Error> {
+        spec.check()?;
+        let normalised = spec.normalizer.apply(plaintext)?;
+        let (version, key) = self.active_key_material(&spec.scope)?;
+        token(&key, version, spec, &normalised)
+    }
+
+    /// The tokens to look `plaintext` up by: one per version of the index scope that can still
+    /// open (the active one first, then versions in grace). Match a row if its stored token
+    /// equals any of them.
+    ///
+    /// # Errors
+    /// As [`Self::blind_index`].
+    pub fn blind_index_candidates(
+        &self,
+        spec: &BlindIndexSpec,
+        plaintext: &[u8],
+    ) -> Result<Vec<BlindIndex>, Error> {
+        spec.check()?;
+        let normalised = spec.normalizer.apply(plaintext)?;
+        let (active, key) = self.active_key_material(&spec.scope)?;
+        let mut out = vec![token(&key, active, spec, &normalised)?];
+        let now = self.clock_now();
+        for record in self.versions(&spec.scope)? {
+            if record.version != active
+                && matches!(record.state, KekState::Grace { .. })
+                && record.state.opens_at(now)
+            {
+                let key = self.key_material(&spec.scope, record.version)?;
+                out.push(token(&key, record.version, spec, &normalised)?);
+            }
+        }
+        Ok(out)
+    }
+}
