@@ -56,6 +56,7 @@
 
 pub mod aead;
 pub mod blind_index;
+pub mod codec;
 pub mod context;
 pub mod envelope;
 pub mod error;
@@ -69,6 +70,7 @@ pub mod store;
 
 pub use aead::Algorithm;
 pub use blind_index::{BlindIndex, BlindIndexSpec, Normalizer};
+pub use codec::{Json, Sealable};
 pub use context::{FieldContext, FieldLocation, RowId};
 pub use error::{Error, Result};
 pub use harden::{HardeningReport, harden_process};
