@@ -67,6 +67,7 @@ pub mod padding;
 pub mod redact;
 pub mod secret;
 pub mod store;
+pub mod tracing_redact;
 
 pub use aead::Algorithm;
 pub use blind_index::{BlindIndex, BlindIndexSpec, Normalizer};

@@ -173,7 +173,16 @@ impl KeyRing {
         plaintext: &[u8],
         policy: &FieldPolicy,
     ) -> Result<Vec<u8>, Error> {
+        let span = tracing::trace_span!(
+            "leakless.seal",
+            table = ctx.table,
+            column = ctx.column,
+            scope = %scope,
+            kek_version = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let cached = self.active_kek(scope)?;
+        span.record("kek_version", cached.version.get());
         envelope::seal(
             &SealParams {
                 kek: &cached.kek,
@@ -195,7 +204,16 @@ impl KeyRing {
     /// ([`Error::KeyVersionNotFound`], [`Error::KeyDestroyed`], [`Error::KeyWrongState`]), or
     /// the opaque [`Error::DecryptionFailed`]. All name the field.
     pub fn open(&self, ctx: &FieldContext<'_>, envelope_bytes: &[u8]) -> Result<Plaintext, Error> {
+        let span = tracing::trace_span!(
+            "leakless.open",
+            table = ctx.table,
+            column = ctx.column,
+            row = %ctx.row,
+            kek_version = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let parsed = envelope::parse(envelope_bytes).map_err(|e| e.at(ctx.location()))?;
+        span.record("kek_version", parsed.kek_version.get());
         let cached = self.kek_for_open(parsed.scope, parsed.kek_version, "open")?;
         envelope::open(&cached.kek, &parsed, ctx)
     }
@@ -325,7 +343,14 @@ impl KeyRing {
             version: record.version,
         })?;
         self.inner.unwraps.fetch_add(1, Ordering::Relaxed);
-        debug!(scope = %record.scope, version = %record.version, backend = self.inner.kms.backend(), "KMS unwrap of KEK");
+        let _span = tracing::debug_span!(
+            "leakless.kek_fetch",
+            scope = %record.scope,
+            kek_version = record.version.get(),
+            backend = self.inner.kms.backend(),
+        )
+        .entered();
+        debug!("KMS unwrap of KEK");
         self.inner.kms.unwrap_kek(
             wrapped,
             &KekBinding {
