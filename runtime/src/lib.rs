@@ -63,6 +63,7 @@ pub mod error;
 pub mod harden;
 pub mod keyring;
 pub mod kms;
+pub mod manifest;
 pub mod padding;
 pub mod redact;
 pub mod secret;
