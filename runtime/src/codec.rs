@@ -30,6 +30,9 @@ use crate::secret::Plaintext;
 
 /// A value that can be sealed: it has one stable plaintext encoding.
 pub trait Sealable: Sized {
+    /// The encoding's name in the schema manifest: `string`, `bytes` or `json`.
+    const ENCODING: &'static str;
+
     /// The plaintext bytes to seal.
     ///
     /// # Errors
@@ -46,6 +49,8 @@ pub trait Sealable: Sized {
 }
 
 impl Sealable for String {
+    const ENCODING: &'static str = "string";
+
     fn to_plaintext(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         Ok(Zeroizing::new(self.as_bytes().to_vec()))
     }
@@ -62,6 +67,8 @@ impl Sealable for String {
 }
 
 impl Sealable for Vec<u8> {
+    const ENCODING: &'static str = "bytes";
+
     fn to_plaintext(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         Ok(Zeroizing::new(self.clone()))
     }
@@ -85,6 +92,8 @@ impl<T> std::fmt::Debug for Json<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Sealable for Json<T> {
+    const ENCODING: &'static str = "json";
+
     fn to_plaintext(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         // serde_json would write NaN and infinities as `null`: refuse them instead.
         finite::check_finite(&self.0).map_err(|e| Error::InvalidInput {

@@ -64,6 +64,7 @@ pub mod harden;
 pub mod keyring;
 pub mod kms;
 pub mod manifest;
+pub mod model;
 pub mod padding;
 pub mod redact;
 pub mod secret;
@@ -79,5 +80,9 @@ pub use harden::{HardeningReport, harden_process};
 pub use keyring::{
     AuditInfo, AuditRecord, CacheConfig, FieldPolicy, KekState, KekVersion, KeyRing, KeyScope,
 };
+pub use leakless_derive::Sealed;
+#[doc(hidden)]
+pub use model::__private;
+pub use model::{AsRowId, Sealed};
 pub use padding::PaddingPolicy;
 pub use secret::Plaintext;

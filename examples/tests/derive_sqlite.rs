@@ -1,0 +1,253 @@
+//! `#[derive(Sealed)]` on SQLite through ordinary diesel code: single and bulk insert, load one
+//! and many, update through a changeset, NULL for `None`, look-up by blind index, redacted
+//! `Debug`, and the schema manifest. Also that the stored row holds no plaintext.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use leakless::kms::LocalKms;
+use leakless::secret::RootKey;
+use leakless::store::MemoryKeyStore;
+use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
+use serde::{Deserialize, Serialize};
+
+#[allow(
+    missing_docs,
+    reason = "diesel's table! macro generates undocumented items"
+)]
+mod schema {
+    diesel::table! {
+        patients (id) {
+        id -> Text,
+        clinic -> Text,
+        name -> Text,
+        address -> Binary,
+        email -> Binary,
+        email_bidx -> Binary,
+        gps -> Binary,
+        notes -> Nullable<Binary>,
+        }
+    }
+}
+use schema::patients;
+
+/// A point on the map.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeoPoint {
+    lat: f64,
+    lon: f64,
+}
+
+/// A patient with sealed fields.
+#[derive(Clone, PartialEq, Sealed)]
+#[leakless(table = patients, row_id = id, schema_version = 1, scope = "patients")]
+pub struct Patient {
+    id: String,
+    clinic: String,
+    name: String,
+    #[leakless(seal(aead = "aes256gcm"))]
+    address: String,
+    #[leakless(seal(blind_index(column = email_bidx, scope = "bidx", normalize = "trim_lowercase")))]
+    email: String,
+    #[leakless(seal(padding = "marker_only"))]
+    gps: Json<GeoPoint>,
+    #[leakless(seal)]
+    notes: Option<String>,
+}
+
+fn ring() -> KeyRing {
+    let ring = KeyRing::builder(
+        Arc::new(LocalKms::from_root_key(RootKey::generate())),
+        Arc::new(MemoryKeyStore::new()),
+    )
+    .build();
+    let who = AuditInfo::new("test", "setup");
+    ring.create_scope(&KeyScope::new("patients").unwrap(), &who)
+        .unwrap();
+    ring.create_scope(&KeyScope::new("bidx").unwrap(), &who)
+        .unwrap();
+    ring
+}
+
+fn db() -> SqliteConnection {
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    diesel::sql_query(
+        "CREATE TABLE patients (id TEXT PRIMARY KEY, clinic TEXT NOT NULL, name TEXT NOT NULL,
+         address BLOB NOT NULL, email BLOB NOT NULL, email_bidx BLOB NOT NULL,
+         gps BLOB NOT NULL, notes BLOB)",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    conn
+}
+
+fn patient(i: u32) -> Patient {
+    Patient {
+        id: format!("p-{i}"),
+        clinic: "north".into(),
+        name: format!("Patient {i}"),
+        address: format!("{i} Canary Wharf Lane, London"),
+        email: format!("Person{i}@Example.org"),
+        gps: Json(GeoPoint {
+            lat: 51.5 + f64::from(i) / 1000.0,
+            lon: -0.12,
+        }),
+        notes: i.is_multiple_of(2).then(|| format!("note number {i} about chest pain")),
+    }
+}
+
+#[test]
+fn insert_load_update_and_look_up_through_diesel() {
+    let ring = ring();
+    let mut conn = db();
+
+    // Single insert.
+    let one = patient(1);
+    diesel::insert_into(patients::table)
+        .values(one.seal_row(&ring).unwrap())
+        .execute(&mut conn)
+        .unwrap();
+    // Bulk insert of many rows in one statement.
+    let many: Vec<Patient> = (2..=50).map(patient).collect();
+    let rows = Patient::seal_rows(&many, &ring).unwrap();
+    diesel::insert_into(patients::table)
+        .values(&rows)
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(
+        ring.kms_calls().unwraps,
+        2,
+        "one KEK fetch per scope for the whole batch"
+    );
+
+    // Load one and many.
+    let row = patients::table
+        .find("p-1")
+        .select(PatientRow::as_select())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(Patient::open_row(row, &ring).unwrap(), one);
+    let loaded = patients::table
+        .order(patients::id)
+        .select(PatientRow::as_select())
+        .load(&mut conn)
+        .unwrap();
+    let opened = Patient::open_rows(loaded, &ring).unwrap();
+    assert_eq!(opened.len(), 50);
+    assert!(opened.contains(&patient(37)));
+
+    // NULL stays NULL.
+    let raw_notes: Option<Vec<u8>> = patients::table
+        .find("p-3")
+        .select(patients::notes)
+        .first(&mut conn)
+        .unwrap();
+    assert!(raw_notes.is_none());
+
+    // Update through a changeset: a new address and notes cleared.
+    let mut changed = patient(2);
+    changed.address = "1 New Road, Leeds".into();
+    changed.notes = None;
+    diesel::update(patients::table.find("p-2"))
+        .set(changed.seal_row(&ring).unwrap())
+        .execute(&mut conn)
+        .unwrap();
+    let row = patients::table
+        .find("p-2")
+        .select(PatientRow::as_select())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(Patient::open_row(row, &ring).unwrap(), changed);
+
+    // Look-up by blind index, with the normaliser: case and spaces do not matter.
+    let tokens = Patient::email_lookup(&ring, &"  person42@EXAMPLE.org ".to_owned()).unwrap();
+    let found = patients::table
+        .filter(patients::email_bidx.eq_any(tokens))
+        .select(PatientRow::as_select())
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        Patient::open_row(found[0].clone(), &ring).unwrap(),
+        patient(42)
+    );
+
+    // The stored row holds no plaintext of a sealed field.
+    let raw = format!("{:?}", found[0]);
+    for needle in ["Canary", "Person42", "person42", "51.54", "chest"] {
+        assert!(!raw.contains(needle), "{needle} in {raw}");
+    }
+    let bytes = [
+        &found[0].address[..],
+        &found[0].email[..],
+        &found[0].gps[..],
+    ]
+    .concat();
+    assert!(!String::from_utf8_lossy(&bytes).contains("Canary"));
+}
+
+#[test]
+fn a_row_copied_to_another_id_does_not_open() {
+    let ring = ring();
+    let mut row = patient(1).seal_row(&ring).unwrap();
+    row.id = "p-2".into();
+    let err = Patient::open_row(row, &ring).unwrap_err();
+    assert!(
+        matches!(err, leakless::Error::DecryptionFailed { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("patients.address row text:p-2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn debug_prints_sealed_fields_as_sealed() {
+    let p = patient(4);
+    let shown = format!("{p:?} {p:#?}");
+    assert!(shown.contains("name: \"Patient 4\""), "{shown}");
+    for needle in ["Canary", "Person4", "51.504", "chest"] {
+        assert!(!shown.contains(needle), "{needle} in {shown}");
+    }
+    assert!(shown.contains("address: <sealed>"), "{shown}");
+}
+
+#[test]
+fn manifest_describes_the_sealed_columns() {
+    let t = Patient::manifest();
+    assert_eq!(t.table, "patients");
+    assert_eq!(t.row_id_column, "id");
+    assert_eq!(t.row_id_kind, "text");
+    assert_eq!(t.schema_version, 1);
+    let cols: Vec<_> = t
+        .columns
+        .iter()
+        .map(|c| {
+            (
+                c.column.as_str(),
+                c.algorithm.as_str(),
+                c.encoding.as_str(),
+                c.nullable,
+            )
+        })
+        .collect();
+    assert_eq!(
+        cols,
+        vec![
+            ("address", "aes256gcm", "string", false),
+            ("email", "xchacha20poly1305", "string", false),
+            ("gps", "xchacha20poly1305", "json", false),
+            ("notes", "xchacha20poly1305", "string", true),
+        ]
+    );
+    let bidx = t.columns[1].blind_index.as_ref().unwrap();
+    assert_eq!(
+        (bidx.column.as_str(), bidx.scope.as_str(), bidx.bytes),
+        ("email_bidx", "bidx", 16)
+    );
+    let mut m = leakless::manifest::SchemaManifest::new();
+    m.tables.push(t);
+    m.validate().unwrap();
+}
