@@ -622,3 +622,35 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(input: DeriveInput) -> String {
+        let tokens = parse(&input)
+            .and_then(|m| expand(&input, &m))
+            .unwrap_or_else(|e| e.to_compile_error());
+        prettyplease::unparse(&syn::parse2(tokens).unwrap())
+    }
+
+    /// The whole expansion for a model with every kind of field, as a reviewed snapshot.
+    #[test]
+    fn expansion_snapshot() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[leakless(table = schema::visits, row_id = id, schema_version = 2,
+                       scope_prefix = "tenant:", scope_from = clinic)]
+            pub struct Visit {
+                id: [u8; 16],
+                clinic: String,
+                #[leakless(seal(aead = "aes256gcm", blind_index(column = email_bidx, scope = "bidx", normalize = "trim", bytes = 8)))]
+                email: String,
+                #[leakless(seal(padding = "marker_only"))]
+                gps: leakless::Json<GeoPoint>,
+                #[leakless(seal)]
+                transcript: Option<String>,
+            }
+        };
+        insta::assert_snapshot!(expand_str(input));
+    }
+}

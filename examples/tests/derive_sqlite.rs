@@ -93,7 +93,9 @@ fn patient(i: u32) -> Patient {
             lat: 51.5 + f64::from(i) / 1000.0,
             lon: -0.12,
         }),
-        notes: i.is_multiple_of(2).then(|| format!("note number {i} about chest pain")),
+        notes: i
+            .is_multiple_of(2)
+            .then(|| format!("note number {i} about chest pain")),
     }
 }
 
