@@ -253,3 +253,74 @@ fn manifest_describes_the_sealed_columns() {
     m.tables.push(t);
     m.validate().unwrap();
 }
+
+/// The decimal-list form in which `Debug` of a `Vec<u8>` bind would show a plaintext.
+fn as_debug_bytes(s: &str) -> String {
+    let list = format!("{:?}", s.as_bytes());
+    list.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
+}
+
+#[test]
+fn debug_query_and_instrumentation_show_no_plaintext() {
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    use std::sync::Mutex;
+
+    let ring = ring();
+    let p = patient(5);
+    let needles = [
+        p.address.clone(),
+        as_debug_bytes(&p.address),
+        p.email.clone(),
+        as_debug_bytes(&p.email),
+    ];
+
+    // Positive control: a query that binds the plaintext bytes shows them in debug_query.
+    let leaky = diesel::update(patients::table.find("x"))
+        .set(patients::address.eq(p.address.as_bytes().to_vec()));
+    let shown = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&leaky).to_string();
+    assert!(shown.contains(&as_debug_bytes(&p.address)), "{shown}");
+
+    // The sealed insert shows envelopes only.
+    let row = p.seal_row(&ring).unwrap();
+    let insert = diesel::insert_into(patients::table).values(row.clone());
+    let shown = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&insert).to_string();
+    for n in &needles {
+        assert!(!shown.contains(n.as_str()), "debug_query shows {n}");
+    }
+
+    // diesel's instrumentation sees every statement with its binds.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<String>>>);
+    impl Instrumentation for Log {
+        fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+            self.0.lock().unwrap().push(format!("{event:?}"));
+        }
+    }
+    let log = Log::default();
+    let mut conn = db();
+    conn.set_instrumentation(log.clone());
+    diesel::insert_into(patients::table)
+        .values(row)
+        .execute(&mut conn)
+        .unwrap();
+    let loaded = patients::table
+        .select(PatientRow::as_select())
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(Patient::open_rows(loaded, &ring).unwrap(), vec![p.clone()]);
+    // Positive control on the same log: a plaintext bind is visible.
+    diesel::update(patients::table.find("nobody"))
+        .set(patients::name.eq("CONTROL-canary-7f3a"))
+        .execute(&mut conn)
+        .unwrap();
+    let text = log.0.lock().unwrap().join("\n");
+    assert!(
+        text.contains("CONTROL-canary-7f3a"),
+        "instrumentation shows binds: {text}"
+    );
+    for n in &needles {
+        assert!(!text.contains(n.as_str()), "instrumentation shows {n}");
+    }
+}
