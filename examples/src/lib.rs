@@ -11,6 +11,7 @@
 
 pub mod demo_data;
 pub mod leakscan;
+pub mod medtech;
 
 /// The README's Rust code blocks, compiled and run as doctests of this crate so that the
 /// "library in 20 lines" snippet cannot drift from the API.
