@@ -1,8 +1,9 @@
 //! The fictional patients of the quickstart demo, and the GPS byte encoding.
 //!
 //! Every name, address, coordinate and transcript here is made up. Names are plain display
-//! labels in the demo (the one unsealed column); addresses, GPS points and transcripts are the
-//! sensitive fields that `quickstart` seals.
+//! labels in the demo (the one unsealed column); addresses, e-mail addresses, GPS points and
+//! transcripts are the sensitive fields that `quickstart` seals. One patient has no transcript,
+//! to show that a `None` stays SQL `NULL`.
 
 use std::fmt;
 
@@ -18,12 +19,14 @@ pub struct DemoPatient {
     pub name: String,
     /// Postal address (sealed).
     pub address: String,
+    /// E-mail address (sealed, with a blind index for look-ups).
+    pub email: String,
     /// Latitude in degrees, WGS 84 (sealed together with `lon`).
     pub lat: f64,
     /// Longitude in degrees, WGS 84 (sealed together with `lat`).
     pub lon: f64,
-    /// Consultation transcript (sealed).
-    pub transcript: String,
+    /// Consultation transcript (sealed), if there was a consultation.
+    pub transcript: Option<String>,
 }
 
 impl DemoPatient {
@@ -46,10 +49,14 @@ impl fmt::Debug for DemoPatient {
         f.debug_struct("DemoPatient")
             .field("name", &self.name)
             .field("address", &format_args!("<{} bytes>", self.address.len()))
+            .field("email", &format_args!("<{} bytes>", self.email.len()))
             .field("gps", &format_args!("<{GPS_LEN} bytes>"))
             .field(
                 "transcript",
-                &format_args!("<{} bytes>", self.transcript.len()),
+                &format_args!(
+                    "<{} bytes>",
+                    self.transcript.as_ref().map_or(0, String::len)
+                ),
             )
             .finish()
     }
@@ -75,7 +82,7 @@ pub fn decode_gps(bytes: &[u8]) -> Option<(f64, f64)> {
     Some((f64::from_be_bytes(*a), f64::from_be_bytes(*b)))
 }
 
-/// The five demo patients. The last one's transcript is longer than 4 KiB, so it spans
+/// The five demo patients. The fourth has no transcript. The last one's transcript is longer than 4 KiB, so it spans
 /// several SQLite pages and lands in the top padding buckets.
 #[must_use]
 pub fn patients() -> Vec<DemoPatient> {
@@ -83,57 +90,64 @@ pub fn patients() -> Vec<DemoPatient> {
         DemoPatient {
             name: "Ada Quickstart".into(),
             address: "17 Lantern Row, Flat 3, Exampleton EX1 4QT, United Kingdom".into(),
+            email: "ada.quickstart@mail.example".into(),
             lat: 51.507_412,
             lon: -0.127_691,
-            transcript: "Patient reports intermittent headaches over the past three weeks, \
+            transcript: Some(
+                "Patient reports intermittent headaches over the past three weeks, \
                 mostly in the late afternoon after long screen sessions. No visual aura, no \
                 nausea. Sleep about six hours a night. Advised a screen-break routine, more \
                 water during the day, and a follow-up in four weeks if the pattern continues. \
                 Blood pressure 122 over 79, resting pulse 68."
-                .into(),
+                    .into(),
+            ),
         },
         DemoPatient {
             name: "Björn Beispiel".into(),
             address: "Musterweg 42, Hinterhaus 2. OG, 12345 Beispielstadt, Deutschland".into(),
+            email: "bjoern.beispiel@post.example".into(),
             lat: 52.520_008,
             lon: 13.404_954,
-            transcript: "Follow-up on the sprained left ankle from the cycling fall. Swelling \
+            transcript: Some(
+                "Follow-up on the sprained left ankle from the cycling fall. Swelling \
                 has gone down markedly; the patient can bear full weight and walks without a \
                 limp. Mild tenderness over the lateral ligament remains. Continue the balance \
                 exercises twice a day, return to running gradually over the next fortnight. \
                 Größere Belastung erst nach Rücksprache."
-                .into(),
+                    .into(),
+            ),
         },
         DemoPatient {
             name: "Chloé Exemple".into(),
             address: "8 impasse des Glycines, Bâtiment B, 75999 Villefictive, France".into(),
+            email: "chloe.exemple@courriel.example".into(),
             lat: 48.858_37,
             lon: 2.294_481,
-            transcript: "Annual check-up. The patient has no complaints apart from seasonal \
+            transcript: Some(
+                "Annual check-up. The patient has no complaints apart from seasonal \
                 hay fever, managed with an over-the-counter antihistamine. Vaccinations up to \
                 date. Discussed family history of type 2 diabetes; fasting glucose ordered as a \
                 precaution. Encouraged to keep the three weekly swims. Next routine visit in \
                 twelve months."
-                .into(),
+                    .into(),
+            ),
         },
         DemoPatient {
             name: "Dmitri Primer".into(),
             address: "Apartment 9C, 250 Placeholder Avenue, Sampletown, NY 10999, USA".into(),
+            email: "dmitri.primer@inbox.example".into(),
             lat: 40.748_817,
             lon: -73.985_428,
-            transcript: "Telehealth consultation about persistent dry cough after a viral \
-                infection six weeks ago. No fever, no shortness of breath at rest, mild \
-                wheeze on exertion reported by the patient. Chest sounds clear over video \
-                auscultation proxy questions. Trial of an inhaled corticosteroid for four \
-                weeks; in-person review if no improvement or if symptoms worsen."
-                .into(),
+            // Registered, not yet seen: no transcript, stored as SQL NULL.
+            transcript: None,
         },
         DemoPatient {
             name: "Emeka Demo".into(),
             address: "Plot 11, Sample Close, off Fictional Crescent, Lekki Phase 9, Lagos".into(),
+            email: "emeka.demo@webmail.example".into(),
             lat: 6.447_809,
             lon: 3.472_218,
-            transcript: long_transcript(),
+            transcript: Some(long_transcript()),
         },
     ]
 }
@@ -185,9 +199,16 @@ mod tests {
     fn demo_data_has_the_promised_shape() {
         let all = patients();
         assert_eq!(all.len(), 5);
-        assert!(all.iter().any(|p| p.transcript.len() > 4096));
+        assert!(
+            all.iter()
+                .any(|p| p.transcript.as_ref().is_some_and(|t| t.len() > 4096))
+        );
+        assert_eq!(all.iter().filter(|p| p.transcript.is_none()).count(), 1);
         for p in &all {
-            assert!(p.transcript.len() >= 300, "{p:?}");
+            if let Some(t) = &p.transcript {
+                assert!(t.len() >= 300, "{p:?}");
+            }
+            assert!(p.email.contains('@'), "{p:?}");
             assert!(p.address.len() >= 24, "{p:?}");
             for t in p.gps_texts() {
                 assert!(t.len() >= 6, "{p:?}");
@@ -200,7 +221,10 @@ mod tests {
         for p in patients() {
             let shown = format!("{p:?}");
             assert!(!shown.contains(&p.address));
-            assert!(!shown.contains(&p.transcript[..40]));
+            assert!(!shown.contains(&p.email));
+            if let Some(t) = &p.transcript {
+                assert!(!shown.contains(&t[..40]));
+            }
             assert!(!shown.contains(&p.gps_texts()[0]));
         }
     }

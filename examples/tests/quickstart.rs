@@ -2,6 +2,8 @@
 //! it succeeds with no database server, its leak scan proves itself with a positive control
 //! and then finds no plaintext, its output never contains a demo plaintext, a second run in
 //! the same folder reuses the keys, and bad input gives an error with a hint, not a panic.
+//! The one row value it prints is a patient's redacted `Debug`: the unsealed name, and
+//! `<sealed>` for every sealed field.
 
 #![allow(
     clippy::unwrap_used,
@@ -35,13 +37,21 @@ fn run_in(dir: &Path) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Fails if any demo plaintext (whole, or a 20-character piece of the start, middle or end),
-/// or a coordinate as text, appears in `output`.
+/// Fails if any sealed demo plaintext (whole, or a 20-character piece of the start, middle or
+/// end, or for short values the whole value), or a coordinate as text, appears in `output`.
+/// Also fails if more than one unsealed name appears: only the redacted `Debug` line of one
+/// patient may show one.
 fn assert_no_plaintext(output: &str) {
+    let mut names_shown = 0;
     for (n, p) in demo_data::patients().iter().enumerate() {
-        for (what, value) in [("address", &p.address), ("transcript", &p.transcript)] {
+        let mut sealed = vec![("address", &p.address), ("email", &p.email)];
+        if let Some(t) = &p.transcript {
+            sealed.push(("transcript", t));
+        }
+        for (what, value) in sealed {
             let chars: Vec<char> = value.chars().collect();
-            let mid = chars.len() / 2;
+            assert!(chars.len() >= 20, "patient {n} {what} is too short to cut");
+            let mid = chars.len() / 2 - 10;
             let pieces = [
                 value.clone(),
                 chars[..20].iter().collect::<String>(),
@@ -62,10 +72,17 @@ fn assert_no_plaintext(output: &str) {
             );
         }
         assert!(
-            !output.contains(&p.name),
-            "patient {n} name appears in the output (quickstart prints no row values at all)"
+            !output.contains(&p.email.to_uppercase()),
+            "patient {n} email (as typed for the look-up) appears in the output"
         );
+        if output.contains(&p.name) {
+            names_shown += 1;
+        }
     }
+    assert!(
+        names_shown <= 1,
+        "{names_shown} patient names appear in the output"
+    );
 }
 
 #[test]
@@ -77,12 +94,31 @@ fn quickstart_runs_scans_clean_and_prints_no_plaintext() {
     assert!(stdout.contains(POSITIVE_CONTROL_PASSED), "{stdout}");
     assert!(stdout.contains(NO_PLAINTEXT_FOUND), "{stdout}");
     assert!(stdout.contains("KeyDestroyed"), "{stdout}");
+    // The redacted Debug of the patient found by blind index: every sealed field is <sealed>.
+    let debug_line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("Patient {"))
+        .expect("a Debug line of one patient");
+    for field in ["address", "email", "gps", "transcript"] {
+        assert!(
+            debug_line.contains(&format!("{field}: <sealed>")),
+            "{debug_line}"
+        );
+    }
+    assert!(
+        stdout.contains("found 1 row"),
+        "the blind-index look-up: {stdout}"
+    );
+    assert!(
+        stdout.contains("1 transcript None -> NULL") && stdout.contains("transcript NULL"),
+        "None stays NULL: {stdout}"
+    );
     assert!(
         stdout.contains("patients.db-wal"),
         "the WAL file was scanned: {stdout}"
     );
     assert!(
-        stdout.contains("v1: 15") && stdout.contains("v2: 15"),
+        stdout.contains("v1: 19") && stdout.contains("v2: 19"),
         "census before and after the re-wrap: {stdout}"
     );
     assert_no_plaintext(&stdout);
@@ -106,7 +142,7 @@ fn quickstart_runs_scans_clean_and_prints_no_plaintext() {
     let (again, stderr) = run_in(&dir);
     assert!(again.contains("root.key: reused"), "{again}");
     assert!(
-        again.contains("v2: 15") && again.contains("v3: 15"),
+        again.contains("v2: 19") && again.contains("v3: 19"),
         "{again}"
     );
     assert!(again.contains(NO_PLAINTEXT_FOUND), "{again}");

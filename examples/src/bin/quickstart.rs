@@ -1,12 +1,15 @@
 //! quickstart: leakless end to end on an embedded SQLite file; no database server needed.
 //!
-//! It seals the sensitive fields of five fictional patients (a postal address under
-//! AES-256-GCM; a GPS point and a consultation transcript under XChaCha20-Poly1305) into a
-//! SQLite file through diesel, reads every row back and opens every field, rotates the KEK and
-//! re-wraps every row onto the new version, retires and destroys the old version to show
-//! crypto-shredding, and finally scans the raw database, its WAL and the key-store file for
-//! every plaintext in several encodings, after proving with a planted canary that the scanner
-//! finds what it looks for. It exits non-zero if any plaintext is found.
+//! Its model is one `#[derive(Sealed)]` struct, `Patient`: a plaintext id and name, a sealed
+//! postal address (AES-256-GCM), a sealed e-mail address with a blind index under its own key
+//! scope `bidx`, a sealed GPS point (`Json<GeoPoint>`) and a sealed, optional consultation
+//! transcript (XChaCha20-Poly1305; the patient without one keeps SQL `NULL`). It bulk-inserts
+//! five fictional patients into a SQLite file through diesel, reads every row back and opens
+//! it, finds one patient by blind index, prints one patient's redacted `Debug`, rotates the KEK
+//! and re-wraps every stored envelope onto the new version, retires and destroys the old
+//! version to show crypto-shredding, and finally scans the raw database, its WAL and the
+//! key-store file for every plaintext in several encodings, after proving with a planted canary
+//! that the scanner finds what it looks for. It exits non-zero if any plaintext is found.
 //!
 //! ```text
 //! cargo run --release -p leakless-examples --bin quickstart [-- --dir PATH]
@@ -20,9 +23,9 @@
 //! The `name` column stays unsealed on purpose: it is the demo's one visible, non-sensitive
 //! column (a made-up display label), and the scan does not look for it. In a real clinic
 //! application a patient's name is personal data and would be sealed as well, with a blind
-//! index for look-ups (that comes with the derive issue).
+//! index for look-ups, the way `email` is here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
 use std::fs;
@@ -35,15 +38,13 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use leakless::envelope;
 use leakless::kms::LocalKms;
 use leakless::store::FileKeyStore;
-use leakless::{
-    Algorithm, AuditInfo, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope, PaddingPolicy,
-    RowId,
-};
+use leakless::{AuditInfo, FieldContext, Json, KekVersion, KeyRing, KeyScope, RowId, Sealed};
 use leakless_examples::demo_data::{self, DemoPatient};
 use leakless_examples::leakscan::{Encoding, Finding, Needles, base64};
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
@@ -61,57 +62,69 @@ const KEY_STORE_FILE: &str = "keystore.json";
 const DB_FILE: &str = "patients.db";
 const TABLE: &str = "patients";
 const SCOPE: &str = "patients";
+/// The dedicated key scope of the blind-index keys (never the data scope).
+const BIDX_SCOPE: &str = "bidx";
 const SCHEMA_VERSION: u32 = 1;
 const GRACE: Duration = Duration::from_secs(3600);
 
 diesel::table! {
-    /// The demo table: `name` in the clear, the three sensitive fields as sealed envelopes.
+    /// The demo table: `id` and `name` in the clear, the sensitive fields as sealed envelopes.
     patients (id) {
-        /// A random UUID, 16 bytes; also the row identity bound into every envelope.
-        id -> Binary,
+        /// A random UUID as text; also the row identity bound into every envelope.
+        id -> Text,
         /// A made-up display label, unsealed (the demo's visible column).
         name -> Text,
         /// Sealed postal address (AES-256-GCM).
         address -> Binary,
-        /// Sealed GPS point: 16 bytes, latitude then longitude as big-endian f64
-        /// (XChaCha20-Poly1305).
+        /// Sealed e-mail address (XChaCha20-Poly1305).
+        email -> Binary,
+        /// Blind index of the e-mail address: HMAC tokens under the `bidx` scope.
+        email_bidx -> Binary,
+        /// Sealed GPS point, as JSON (XChaCha20-Poly1305).
         gps -> Binary,
-        /// Sealed transcript (XChaCha20-Poly1305).
-        transcript -> Binary,
+        /// Sealed transcript (XChaCha20-Poly1305); NULL when there is none.
+        transcript -> Nullable<Binary>,
     }
 }
 
-/// One row as stored: the three sensitive columns hold leakless envelopes.
-#[derive(Clone, Insertable, Queryable, Selectable)]
-#[diesel(table_name = patients, check_for_backend(diesel::sqlite::Sqlite))]
-struct PatientRow {
-    id: Vec<u8>,
+/// A point on the map, sealed as compact JSON. JSON of floats has no fixed length, so it
+/// keeps the default length-bucket padding.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+struct GeoPoint {
+    lat: f64,
+    lon: f64,
+}
+
+/// The model: the derive generates `PatientRow` (the stored form), sealing and opening,
+/// `Patient::email_lookup`, and a `Debug` that prints sealed fields as `<sealed>`.
+#[derive(Clone, PartialEq, Sealed)]
+#[leakless(table = patients, row_id = id, schema_version = 1, scope = "patients")]
+struct Patient {
+    id: String,
     name: String,
-    address: Vec<u8>,
-    gps: Vec<u8>,
-    transcript: Vec<u8>,
+    #[leakless(seal(aead = "aes256gcm"))]
+    address: String,
+    #[leakless(seal(blind_index(column = email_bidx, scope = "bidx", normalize = "trim_lowercase")))]
+    email: String,
+    #[leakless(seal)]
+    gps: Json<GeoPoint>,
+    #[leakless(seal)]
+    transcript: Option<String>,
 }
 
-impl PatientRow {
-    fn sealed(&self, column: Column) -> &[u8] {
-        match column {
-            Column::Address => &self.address,
-            Column::Gps => &self.gps,
-            Column::Transcript => &self.transcript,
+impl Patient {
+    fn from_demo(p: &DemoPatient) -> Self {
+        Patient {
+            id: random_uuid(),
+            name: p.name.clone(),
+            address: p.address.clone(),
+            email: p.email.clone(),
+            gps: Json(GeoPoint {
+                lat: p.lat,
+                lon: p.lon,
+            }),
+            transcript: p.transcript.clone(),
         }
-    }
-
-    fn sealed_mut(&mut self, column: Column) -> &mut Vec<u8> {
-        match column {
-            Column::Address => &mut self.address,
-            Column::Gps => &mut self.gps,
-            Column::Transcript => &mut self.transcript,
-        }
-    }
-
-    fn uuid(&self) -> Result<[u8; 16], Box<dyn Error>> {
-        <[u8; 16]>::try_from(self.id.as_slice())
-            .map_err(|_| fail("a row id is not 16 bytes", HINT_BUG))
     }
 }
 
@@ -122,55 +135,55 @@ struct JournalMode {
     journal_mode: String,
 }
 
-/// The sealed columns and how each is sealed: the AEAD is chosen per field.
+/// The sealed columns of the stored row, for the key-free header census and the re-wrap.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Column {
     Address,
+    Email,
     Gps,
     Transcript,
 }
 
 impl Column {
-    const ALL: [Column; 3] = [Column::Address, Column::Gps, Column::Transcript];
+    const ALL: [Column; 4] = [
+        Column::Address,
+        Column::Email,
+        Column::Gps,
+        Column::Transcript,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Column::Address => "address",
+            Column::Email => "email",
             Column::Gps => "gps",
             Column::Transcript => "transcript",
         }
     }
 
-    fn policy(self) -> FieldPolicy {
+    /// The stored envelope, `None` for a NULL transcript.
+    fn sealed(self, row: &PatientRow) -> Option<&[u8]> {
         match self {
-            // AES-256-GCM, padded to power-of-two buckets (32, 64, ... 4096, then 4 KiB steps).
-            Column::Address => FieldPolicy {
-                algorithm: Algorithm::Aes256Gcm,
-                padding: PaddingPolicy::default(),
-            },
-            // A GPS point is always 16 bytes, so its length is public anyway: marker only.
-            Column::Gps => FieldPolicy {
-                algorithm: Algorithm::XChaCha20Poly1305,
-                padding: PaddingPolicy::MarkerOnly,
-            },
-            Column::Transcript => FieldPolicy {
-                algorithm: Algorithm::XChaCha20Poly1305,
-                padding: PaddingPolicy::default(),
-            },
+            Column::Address => Some(&row.address),
+            Column::Email => Some(&row.email),
+            Column::Gps => Some(&row.gps),
+            Column::Transcript => row.transcript.as_deref(),
         }
     }
 
-    fn plaintext(self, p: &DemoPatient) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(match self {
-            Column::Address => p.address.as_bytes().to_vec(),
-            Column::Gps => p.gps_bytes().to_vec(),
-            Column::Transcript => p.transcript.as_bytes().to_vec(),
-        })
+    fn sealed_mut(self, row: &mut PatientRow) -> Option<&mut Vec<u8>> {
+        match self {
+            Column::Address => Some(&mut row.address),
+            Column::Email => Some(&mut row.email),
+            Column::Gps => Some(&mut row.gps),
+            Column::Transcript => row.transcript.as_mut(),
+        }
     }
 }
 
-fn context(id: &[u8; 16], column: Column) -> FieldContext<'static> {
-    FieldContext::new(TABLE, column.name(), RowId::Uuid(*id), SCHEMA_VERSION)
+/// The context the derive binds into a field's envelope: table, column, row id, schema version.
+fn context(id: &str, column: Column) -> FieldContext<'_> {
+    FieldContext::new(TABLE, column.name(), RowId::Text(id), SCHEMA_VERSION)
 }
 
 // ----- errors with a hint ---------------------------------------------------------------------
@@ -374,6 +387,18 @@ fn run() -> Result<(), Box<dyn Error>> {
             active_version(&ring, &scope)?
         );
     }
+    let bidx_scope = KeyScope::new(BIDX_SCOPE)?;
+    if ring.versions(&bidx_scope)?.is_empty() {
+        ring.create_scope(
+            &bidx_scope,
+            &AuditInfo::new("quickstart", "blind-index keys"),
+        )?;
+        say!(
+            "  key scope          {bidx_scope}: created for the blind-index keys (never rotated here)"
+        );
+    } else {
+        say!("  key scope          {bidx_scope}: reused, blind-index keys");
+    }
     let first_version = active_version(&ring, &scope)?;
 
     // ----- database ------------------------------------------------------------------------
@@ -398,12 +423,15 @@ fn run() -> Result<(), Box<dyn Error>> {
     conn.batch_execute("PRAGMA wal_autocheckpoint=0;")?;
     diesel::sql_query(
         "CREATE TABLE patients (
-            id BLOB PRIMARY KEY NOT NULL,
+            id TEXT PRIMARY KEY NOT NULL,
             name TEXT NOT NULL,
             address BLOB NOT NULL,
+            email BLOB NOT NULL,
+            email_bidx BLOB NOT NULL,
             gps BLOB NOT NULL,
-            transcript BLOB NOT NULL
-        )",
+            transcript BLOB
+        );
+        CREATE INDEX patients_email_bidx ON patients (email_bidx)",
     )
     .execute(&mut conn)?;
     say!(
@@ -419,59 +447,52 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!();
     say!("[seal + insert]");
     let people = demo_data::patients();
+    let patients: Vec<Patient> = people.iter().map(Patient::from_demo).collect();
     let t = Instant::now();
-    let mut rows = Vec::with_capacity(people.len());
-    let mut expected: HashMap<[u8; 16], &DemoPatient> = HashMap::new();
-    for p in &people {
-        let id = random_uuid();
-        let mut row = PatientRow {
-            id: id.to_vec(),
-            name: p.name.clone(),
-            address: Vec::new(),
-            gps: Vec::new(),
-            transcript: Vec::new(),
-        };
-        for column in Column::ALL {
-            let plaintext = column.plaintext(p);
-            *row.sealed_mut(column) =
-                ring.seal(&scope, &context(&id, column), &plaintext, &column.policy())?;
-        }
-        expected.insert(id, p);
-        rows.push(row);
-    }
-    timings.push(("seal", t.elapsed()));
+    let rows = Patient::seal_rows(&patients, &ring)?;
+    timings.push(("seal_rows", t.elapsed()));
     let t = Instant::now();
     let inserted = diesel::insert_into(patients::table)
         .values(&rows)
         .execute(&mut conn)?;
     timings.push(("insert (one bulk statement)", t.elapsed()));
+    let envelopes: usize = rows.iter().map(sealed_count).sum();
+    let nulls = rows.iter().filter(|r| r.transcript.is_none()).count();
     say!(
-        "  sealed {} fields of {} patients; inserted {inserted} rows in one statement",
-        rows.len().saturating_mul(Column::ALL.len()),
+        "  Patient::seal_rows sealed {envelopes} fields of {} patients ({nulls} transcript None -> NULL);",
         rows.len()
     );
-    for column in Column::ALL {
-        let policy = column.policy();
+    say!("  inserted {inserted} rows in one statement");
+    for c in Patient::manifest().columns {
+        let index = c
+            .blind_index
+            .map(|b| {
+                format!(
+                    ", blind index {} (scope {}, {} bytes, {})",
+                    b.column, b.scope, b.bytes, b.normalizer
+                )
+            })
+            .unwrap_or_default();
         say!(
-            "  {:<11} {:<18} padding {:?}",
-            column.name(),
-            policy.algorithm.name(),
-            policy.padding
+            "  {:<11} {:<18} {}{}{index}",
+            c.column,
+            c.algorithm,
+            c.encoding,
+            if c.nullable { ", nullable" } else { "" }
         );
     }
-    say!("  plaintext length -> padded length (what an attacker learns: the size class)");
-    for (n, (row, p)) in rows.iter().zip(&people).enumerate() {
-        let id = row.uuid()?;
+    say!("  padded lengths (what an attacker learns: the size class, never the value)");
+    for (n, row) in rows.iter().enumerate() {
         let mut cells = Vec::new();
         for column in Column::ALL {
-            let info = envelope::inspect(row.sealed(column))
-                .map_err(|e| e.at(context(&id, column).location()))?;
-            cells.push(format!(
-                "{} {} -> {}",
-                column.name(),
-                column.plaintext(p).len(),
-                info.padded_len
-            ));
+            match column.sealed(row) {
+                Some(env) => {
+                    let info = envelope::inspect(env)
+                        .map_err(|e| e.at(context(&row.id, column).location()))?;
+                    cells.push(format!("{} {}", column.name(), info.padded_len));
+                }
+                None => cells.push(format!("{} NULL", column.name())),
+            }
         }
         say!("    row {}: {}", n.saturating_add(1), cells.join(", "));
     }
@@ -480,13 +501,46 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!();
     say!("[read back + open]");
     let t = Instant::now();
-    let (stored, opened) = read_and_check(&mut conn, &ring, &expected)?;
-    timings.push(("read + open all", t.elapsed()));
+    let (stored, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    timings.push(("read + open_rows", t.elapsed()));
     say!(
-        "  {opened} fields in {} rows opened and equal to what was written: ok",
+        "  .select(PatientRow::as_select()) + Patient::open_rows: {opened} sealed fields in {} rows opened and equal to what was written: ok",
         stored.len()
     );
     print_census("  fields per KEK version:", &stored)?;
+
+    // ----- look up by blind index ---------------------------------------------------------------
+    say!();
+    say!("[blind-index look-up]");
+    let wanted = patients
+        .get(2)
+        .ok_or_else(|| fail("no demo data", HINT_BUG))?;
+    // As a user would type it: other case, stray spaces; the index normalises both.
+    let typed = format!("  {}  ", wanted.email.to_uppercase());
+    let t = Instant::now();
+    let tokens = Patient::email_lookup(&ring, &typed)?;
+    let found: Vec<PatientRow> = patients::table
+        .filter(patients::email_bidx.eq_any(&tokens))
+        .select(PatientRow::as_select())
+        .load(&mut conn)?;
+    let found = Patient::open_rows(found, &ring)?;
+    timings.push(("blind-index look-up", t.elapsed()));
+    if found.len() != 1 || found.first() != Some(wanted) {
+        return Err(fail(
+            format!(
+                "the blind-index look-up found {} rows, not the one patient",
+                found.len()
+            ),
+            HINT_BUG,
+        ));
+    }
+    say!(
+        "  Patient::email_lookup gave {} token(s); patients::email_bidx.eq_any(tokens) found 1 row,",
+        tokens.len()
+    );
+    say!("  the right patient (e-mail typed in upper case with spaces; normaliser trim_lowercase)");
+    say!("  Debug of that patient (sealed fields print as <sealed>):");
+    say!("    {wanted:?}");
 
     // ----- rotate the KEK and re-wrap every row ----------------------------------------------
     say!();
@@ -494,7 +548,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let kept_row = stored
         .first()
         .ok_or_else(|| fail("no row came back", HINT_BUG))?;
-    let kept_id = kept_row.uuid()?;
+    let kept_id = kept_row.id.clone();
     let kept_envelope = kept_row.address.clone(); // sealed under the old version, kept aside
     let t = Instant::now();
     let old_version = first_version;
@@ -506,30 +560,33 @@ fn run() -> Result<(), Box<dyn Error>> {
     let rewrapped = conn.transaction::<usize, Box<dyn Error>, _>(|conn| {
         let mut count = 0usize;
         for mut row in stored.clone() {
-            let id = row.uuid()?;
             for column in Column::ALL {
-                if let Some(new) = ring.rewrap(&context(&id, column), row.sealed(column))? {
-                    *row.sealed_mut(column) = new;
+                let ctx = context(&row.id, column);
+                let new = match column.sealed(&row) {
+                    Some(env) => ring.rewrap(&ctx, env)?,
+                    None => None,
+                };
+                if let (Some(new), Some(slot)) = (new, column.sealed_mut(&mut row)) {
+                    *slot = new;
                     count = count.saturating_add(1);
                 }
             }
-            diesel::update(patients::table.filter(patients::id.eq(row.id.as_slice())))
-                .set((
-                    patients::address.eq(&row.address),
-                    patients::gps.eq(&row.gps),
-                    patients::transcript.eq(&row.transcript),
-                ))
+            diesel::update(patients::table.filter(patients::id.eq(&row.id)))
+                .set(&row)
                 .execute(conn)?;
         }
         Ok(count)
     })?;
     timings.push(("rotate + re-wrap + update", t.elapsed()));
     say!(
-        "  re-wrapped {rewrapped} DEKs onto {new_version} (data ciphertext untouched) and updated {} rows",
+        "  KeyRing::rewrap of the stored envelopes (contexts: table {TABLE}, column, row id, schema v{SCHEMA_VERSION}):"
+    );
+    say!(
+        "  re-wrapped {rewrapped} DEKs onto {new_version} (data ciphertext untouched, NULLs stay NULL), updated {} rows",
         stored.len()
     );
-    let (after, opened) = read_and_check(&mut conn, &ring, &expected)?;
-    say!("  {opened} fields opened and equal after the re-wrap: ok");
+    let (after, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    say!("  {opened} sealed fields opened and equal after the re-wrap: ok");
     print_census("  fields per KEK version:", &after)?;
 
     // ----- retire and destroy the old version: crypto-shredding -----------------------------
@@ -552,7 +609,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         Ok(_) => return Err(fail("a retired KEK version still opened a value", HINT_BUG)),
     }
     ring.destroy(&scope, old_version, &audit)?;
-    let (_, opened) = read_and_check(&mut conn, &ring, &expected)?;
+    let (_, opened) = read_and_check(&mut conn, &ring, &patients)?;
     say!("  destroyed {old_version}: its wrapped material is erased from the key store");
     say!("  {opened} fields of the live rows still open (they are on {new_version}): ok");
     match ring.open(&kept_ctx, &kept_envelope) {
@@ -613,7 +670,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         needles.values(),
         needles.len()
     );
-    say!("  base64, and the GPS f64 bytes big- and little-endian), plus the root key");
+    say!("  base64; the GPS point also as its JSON and as f64 bytes big- and little-endian),");
+    say!("  plus the root key");
     let planted = positive_control(&needles, &people)?;
     say!(
         "  {POSITIVE_CONTROL_PASSED}: a canary planted in {planted} encodings in throwaway files was found in each"
@@ -703,22 +761,42 @@ fn active_version(ring: &KeyRing, scope: &KeyScope) -> Result<KekVersion, Box<dy
         })
 }
 
-/// A random (version 4) UUID; no need for the uuid crate.
-fn random_uuid() -> [u8; 16] {
+/// A random (version 4) UUID in its usual text form; no need for the uuid crate.
+fn random_uuid() -> String {
     let mut id: [u8; 16] = rand::random();
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
-    id
+    let h = hex::encode(id);
+    format!(
+        "{}-{}-{}-{}-{}",
+        h.get(..8).unwrap_or_default(),
+        h.get(8..12).unwrap_or_default(),
+        h.get(12..16).unwrap_or_default(),
+        h.get(16..20).unwrap_or_default(),
+        h.get(20..).unwrap_or_default()
+    )
 }
 
-/// Loads every row, opens every sealed field and checks it equals what was written. Returns the
-/// rows and the number of fields opened.
+/// How many envelopes a stored row holds (a NULL transcript holds none).
+fn sealed_count(row: &PatientRow) -> usize {
+    Column::ALL
+        .iter()
+        .filter(|c| c.sealed(row).is_some())
+        .count()
+}
+
+/// Loads every row with `PatientRow::as_select()`, opens them all with `Patient::open_rows` and
+/// checks each equals what was written. Returns the stored rows and the number of sealed
+/// fields opened.
 fn read_and_check(
     conn: &mut SqliteConnection,
     ring: &KeyRing,
-    expected: &HashMap<[u8; 16], &DemoPatient>,
+    expected: &[Patient],
 ) -> Result<(Vec<PatientRow>, usize), Box<dyn Error>> {
-    let rows: Vec<PatientRow> = patients::table.select(PatientRow::as_select()).load(conn)?;
+    let rows: Vec<PatientRow> = patients::table
+        .select(PatientRow::as_select())
+        .order(patients::id)
+        .load(conn)?;
     if rows.len() != expected.len() {
         return Err(fail(
             format!(
@@ -729,28 +807,18 @@ fn read_and_check(
             HINT_BUG,
         ));
     }
-    let mut opened = 0usize;
-    for row in &rows {
-        let id = row.uuid()?;
-        let p = expected
-            .get(&id)
+    let opened: usize = rows.iter().map(sealed_count).sum();
+    let loaded = Patient::open_rows(rows.clone(), ring)?;
+    for p in &loaded {
+        let want = expected
+            .iter()
+            .find(|e| e.id == p.id)
             .ok_or_else(|| fail("a row came back with an unknown id", HINT_BUG))?;
-        if row.name != p.name {
-            return Err(fail("a row's name column changed", HINT_BUG));
-        }
-        for column in Column::ALL {
-            let ctx = context(&id, column);
-            let plaintext = ring.open(&ctx, row.sealed(column))?;
-            if plaintext.expose_secret() != column.plaintext(p).as_slice() {
-                return Err(fail(
-                    format!(
-                        "{}: the opened value differs from what was written",
-                        ctx.location()
-                    ),
-                    HINT_BUG,
-                ));
-            }
-            opened = opened.saturating_add(1);
+        if p != want {
+            return Err(fail(
+                "an opened row differs from what was written",
+                HINT_BUG,
+            ));
         }
     }
     Ok((rows, opened))
@@ -762,10 +830,12 @@ fn print_census(title: &str, rows: &[PatientRow]) -> Result<(), Box<dyn Error>> 
     let mut by_version: BTreeMap<KekVersion, usize> = BTreeMap::new();
     let mut by_algorithm: BTreeMap<&'static str, usize> = BTreeMap::new();
     for row in rows {
-        let id = row.uuid()?;
         for column in Column::ALL {
-            let info = envelope::inspect(row.sealed(column))
-                .map_err(|e| e.at(context(&id, column).location()))?;
+            let Some(env) = column.sealed(row) else {
+                continue;
+            };
+            let info =
+                envelope::inspect(env).map_err(|e| e.at(context(&row.id, column).location()))?;
             let n = by_version.entry(info.kek_version).or_default();
             *n = n.saturating_add(1);
             let n = by_algorithm.entry(info.algorithm.name()).or_default();
@@ -794,7 +864,11 @@ fn plaintext_needles(people: &[DemoPatient]) -> Result<Needles, Box<dyn Error>> 
     for (n, p) in people.iter().enumerate() {
         let n = n.saturating_add(1);
         needles.add_text(&format!("patient {n} address"), &p.address)?;
-        needles.add_text(&format!("patient {n} transcript"), &p.transcript)?;
+        needles.add_text(&format!("patient {n} email"), &p.email)?;
+        if let Some(t) = &p.transcript {
+            needles.add_text(&format!("patient {n} transcript"), t)?;
+        }
+        needles.add_text(&format!("patient {n} gps json"), &gps_json(p)?)?;
         needles.add_binary(&format!("patient {n} gps"), &p.gps_bytes())?;
         for (axis, value) in [("latitude", p.lat), ("longitude", p.lon)] {
             needles.add_binary(&format!("patient {n} {axis} f64 BE"), &value.to_be_bytes())?;
@@ -803,6 +877,14 @@ fn plaintext_needles(people: &[DemoPatient]) -> Result<Needles, Box<dyn Error>> 
         }
     }
     Ok(needles)
+}
+
+/// The GPS point exactly as it is sealed: `Json<GeoPoint>`'s compact JSON.
+fn gps_json(p: &DemoPatient) -> Result<String, Box<dyn Error>> {
+    Ok(serde_json::to_string(&GeoPoint {
+        lat: p.lat,
+        lon: p.lon,
+    })?)
 }
 
 /// The root key as it rests in its file (hex) and as raw bytes, to check that it reached no
@@ -861,6 +943,11 @@ fn positive_control(needles: &Needles, people: &[DemoPatient]) -> Result<usize, 
             "patient 1 address",
             Encoding::Base64,
             shifted_base64.into_bytes(),
+        ),
+        (
+            "patient 1 gps json",
+            Encoding::Utf8,
+            gps_json(canary)?.into_bytes(),
         ),
         (
             "patient 1 gps",
