@@ -331,6 +331,20 @@ fn is_broken(e: &DieselError) -> bool {
     }
 }
 
+/// Whether `e` means another transaction won a race. diesel reports a serialization failure
+/// (PostgreSQL SQLSTATE 40001) and a MariaDB/MySQL deadlock (error 1213) as
+/// `SerializationFailure`, but a PostgreSQL deadlock (SQLSTATE 40P01) only as `Unknown` with
+/// the server's message, which is all there is to match on.
+fn is_lost_race(e: &DieselError) -> bool {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            info.message().starts_with("deadlock detected")
+        }
+        _ => false,
+    }
+}
+
 /// A `leakless_kek` row as selected: scope, version, state, grace_until, root_key_id,
 /// wrapped_kek, created_at, updated_at.
 pub(crate) type KekRow = (
@@ -505,17 +519,14 @@ impl KeyStore for SqlKeyStore {
         self.with_conn("apply", |c| {
             c.apply(&change).map_err(|f| match f {
                 // A deadlock or serialization failure means another writer got there first.
-                Failure::Db(DieselError::DatabaseError(
-                    DatabaseErrorKind::SerializationFailure,
-                    _,
-                )) => match change
+                Failure::Db(e) if is_lost_race(&e) => match change
                     .updates
                     .first()
                     .map(|u| &u.before)
                     .or(change.inserts.first())
                 {
                     Some(record) => conflict(record),
-                    None => f,
+                    None => Failure::Db(e),
                 },
                 other => other,
             })
