@@ -22,8 +22,7 @@ use crate::store::{KeyStore, StoreState};
 const STORE: &str = "file";
 const FORMAT: &str = "leakless-keystore-v1";
 
-/// A key store in a JSON file.
-#[derive(Debug)]
+/// A key store in a JSON file. `Debug` prints its path only.
 pub struct FileKeyStore {
     path: PathBuf,
     lock_path: PathBuf,
@@ -265,5 +264,13 @@ impl KeyStore for FileKeyStore {
 
     fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {
         Ok(self.read()?.audit_log(scope))
+    }
+}
+
+impl std::fmt::Debug for FileKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileKeyStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }

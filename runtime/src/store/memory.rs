@@ -7,8 +7,8 @@ use crate::error::Error;
 use crate::keyring::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
 use crate::store::{KeyStore, StoreState};
 
-/// Wrapped KEK records in memory. Nothing persists.
-#[derive(Debug, Default)]
+/// Wrapped KEK records in memory. Nothing persists. `Debug` prints record counts only.
+#[derive(Default)]
 pub struct MemoryKeyStore {
     state: Mutex<StoreState>,
 }
@@ -48,5 +48,15 @@ impl KeyStore for MemoryKeyStore {
 
     fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {
         Ok(self.state().audit_log(scope))
+    }
+}
+
+impl std::fmt::Debug for MemoryKeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state();
+        f.debug_struct("MemoryKeyStore")
+            .field("records", &state.records.len())
+            .field("audit_records", &state.audit.len())
+            .finish()
     }
 }
