@@ -132,17 +132,27 @@ impl LocalKms {
     }
 
     fn aad(&self, binding: &KekBinding<'_>) -> Vec<u8> {
-        let scope = binding.scope.as_str().as_bytes();
-        let mut aad = Vec::with_capacity(32 + scope.len() + self.id.len());
-        aad.extend_from_slice(b"leakless.local-kms.kek-wrap.v1");
-        // Scope names are at most 64 bytes and ids are short, so the u8 lengths cannot overflow.
-        aad.push(u8::try_from(scope.len()).unwrap_or(u8::MAX));
-        aad.extend_from_slice(scope);
-        aad.extend_from_slice(&binding.version.get().to_be_bytes());
-        aad.push(u8::try_from(self.id.len()).unwrap_or(u8::MAX));
-        aad.extend_from_slice(self.id.as_bytes());
-        aad
+        binding_aad(LOCAL_AAD_LABEL, &self.id, binding)
     }
+}
+
+/// The associated-data label of the local backend's KEK wrap (part of its stored format).
+const LOCAL_AAD_LABEL: &[u8] = b"leakless.local-kms.kek-wrap.v1";
+
+/// The associated data that binds a wrapped KEK to `binding` and to the root key `id`, under a
+/// backend-specific `label`. Shared with the other backends that wrap KEKs in this process
+/// under a root key they fetched (the TPM backend).
+pub(super) fn binding_aad(label: &[u8], id: &str, binding: &KekBinding<'_>) -> Vec<u8> {
+    let scope = binding.scope.as_str().as_bytes();
+    let mut aad = Vec::with_capacity(label.len() + 2 + scope.len() + 4 + id.len());
+    aad.extend_from_slice(label);
+    // Scope names are at most 64 bytes and ids are short, so the u8 lengths cannot overflow.
+    aad.push(u8::try_from(scope.len()).unwrap_or(u8::MAX));
+    aad.extend_from_slice(scope);
+    aad.extend_from_slice(&binding.version.get().to_be_bytes());
+    aad.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    aad.extend_from_slice(id.as_bytes());
+    aad
 }
 
 #[cfg(unix)]
@@ -201,66 +211,98 @@ impl Kms for LocalKms {
     }
 
     fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        let mut nonce = [0u8; WRAP_NONCE_LEN];
-        rand_core::OsRng.fill_bytes(&mut nonce);
-        let ct = aead::encrypt(
-            Algorithm::XChaCha20Poly1305,
-            self.root.expose_secret(),
-            &nonce,
-            &self.aad(binding),
-            kek.expose_secret(),
-        )
-        .map_err(|_| Error::Kms {
-            backend: BACKEND,
-            operation: "wrap KEK",
-            detail: "encryption failed".into(),
-        })?;
-        let mut ciphertext = nonce.to_vec();
-        ciphertext.extend_from_slice(&ct);
-        Ok(WrappedKek {
-            root_key_id: self.id.clone(),
-            ciphertext,
-        })
+        wrap_under_root(BACKEND, &self.root, &self.id, &self.aad(binding), kek)
     }
 
     fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
-        let fail = |detail: String| Error::Kms {
-            backend: BACKEND,
-            operation: "unwrap KEK",
-            detail,
-        };
-        if wrapped.root_key_id != self.id {
-            return Err(fail(format!(
-                "{} {} is wrapped under root key {}, but this backend holds {}",
-                binding.scope, binding.version, wrapped.root_key_id, self.id
-            )));
-        }
-        if wrapped.ciphertext.len() < WRAP_NONCE_LEN {
-            return Err(fail(format!(
-                "{} {}: wrapped KEK is truncated",
-                binding.scope, binding.version
-            )));
-        }
-        let (nonce, ct) = wrapped.ciphertext.split_at(WRAP_NONCE_LEN);
-        let kek = aead::decrypt(
-            Algorithm::XChaCha20Poly1305,
-            self.root.expose_secret(),
-            nonce,
+        unwrap_under_root(
+            BACKEND,
+            &self.root,
+            &self.id,
             &self.aad(binding),
-            ct,
+            wrapped,
+            binding,
         )
-        .map_err(|_| {
-            fail(format!(
-                "{} {}: wrapped KEK does not authenticate (altered, or bound to another scope \
-                 or version)",
-                binding.scope, binding.version
-            ))
-        })?;
-        Kek::try_from_slice(kek.expose_secret()).ok_or_else(|| {
-            fail(format!(
-                "{} {}: unwrapped KEK has the wrong length",
-                binding.scope, binding.version
-            ))
-        })
     }
+}
+
+/// Wraps `kek` under `root` with XChaCha20-Poly1305 and a random 24-byte nonce: the stored
+/// form is `nonce || ciphertext || tag`, with `aad` (from [`binding_aad`]) authenticated.
+pub(super) fn wrap_under_root(
+    backend: &'static str,
+    root: &RootKey,
+    id: &str,
+    aad: &[u8],
+    kek: &Kek,
+) -> Result<WrappedKek, Error> {
+    let mut nonce = [0u8; WRAP_NONCE_LEN];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    let ct = aead::encrypt(
+        Algorithm::XChaCha20Poly1305,
+        root.expose_secret(),
+        &nonce,
+        aad,
+        kek.expose_secret(),
+    )
+    .map_err(|_| Error::Kms {
+        backend,
+        operation: "wrap KEK",
+        detail: "encryption failed".into(),
+    })?;
+    let mut ciphertext = nonce.to_vec();
+    ciphertext.extend_from_slice(&ct);
+    Ok(WrappedKek {
+        root_key_id: id.to_owned(),
+        ciphertext,
+    })
+}
+
+/// Reverses [`wrap_under_root`]: fails (never guesses) on another root key id, a truncated or
+/// altered wrap, or another binding.
+pub(super) fn unwrap_under_root(
+    backend: &'static str,
+    root: &RootKey,
+    id: &str,
+    aad: &[u8],
+    wrapped: &WrappedKek,
+    binding: &KekBinding<'_>,
+) -> Result<Kek, Error> {
+    let fail = |detail: String| Error::Kms {
+        backend,
+        operation: "unwrap KEK",
+        detail,
+    };
+    if wrapped.root_key_id != id {
+        return Err(fail(format!(
+            "{} {} is wrapped under root key {}, but this backend holds {}",
+            binding.scope, binding.version, wrapped.root_key_id, id
+        )));
+    }
+    if wrapped.ciphertext.len() < WRAP_NONCE_LEN {
+        return Err(fail(format!(
+            "{} {}: wrapped KEK is truncated",
+            binding.scope, binding.version
+        )));
+    }
+    let (nonce, ct) = wrapped.ciphertext.split_at(WRAP_NONCE_LEN);
+    let kek = aead::decrypt(
+        Algorithm::XChaCha20Poly1305,
+        root.expose_secret(),
+        nonce,
+        aad,
+        ct,
+    )
+    .map_err(|_| {
+        fail(format!(
+            "{} {}: wrapped KEK does not authenticate (altered, or bound to another scope \
+                 or version)",
+            binding.scope, binding.version
+        ))
+    })?;
+    Kek::try_from_slice(kek.expose_secret()).ok_or_else(|| {
+        fail(format!(
+            "{} {}: unwrapped KEK has the wrong length",
+            binding.scope, binding.version
+        ))
+    })
 }
