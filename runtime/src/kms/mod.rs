@@ -19,8 +19,12 @@
 //! another scope or version fails to unwrap.
 
 mod local;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 pub use local::{LocalKms, ROOT_KEY_ENV};
+#[cfg(feature = "tpm")]
+pub use tpm::{TpmConfig, TpmKms};
 
 use crate::error::Error;
 use crate::keyring::{KekVersion, KeyScope, WrappedKek};

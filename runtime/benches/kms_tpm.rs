@@ -1,0 +1,229 @@
+//! The TPM 2.0 backend's costs against the local backend, measured in the same run, as one
+//! median table:
+//!
+//! * `cold start`: [`TpmKms::open`] (connect, derive the owner storage key, load and unseal the
+//!   sealed root key) against [`LocalKms::from_key_file`];
+//! * `cold KEK fetch`: opening one 100 B field right after the KEK cache was cleared (one
+//!   `unwrap_kek` through the backend, then the field);
+//! * `seal` / `open` (warm cache): [`KeyRing::seal`] / [`KeyRing::open`] of a 100 B field,
+//!   which never reach the backend and so should match the local backend within noise.
+//!
+//! Every sample times the local and the TPM op back to back, alternating which goes first, so
+//! noise from the shared machine hits both. The ratio column is the median of per-sample ratios.
+//!
+//! Needs `LEAKLESS_TPM_TCTI` (e.g. from `scripts/services/swtpm start DIR --owner-pid $$`).
+//! `cargo bench -p leakless --features tpm --bench kms_tpm` runs the full measurement;
+//! `LEAKLESS_BENCH_SAMPLES=N` sets the sample count of the fast rows (default 501; the cold-start
+//! row takes a tenth of it). Without `--bench` it runs a short smoke pass.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "a bench binary's job is to print its table"
+)]
+#![allow(
+    clippy::expect_used,
+    reason = "a bench setup failure should stop the bench with its message"
+)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use leakless::kms::{Kms, LocalKms, TpmConfig, TpmKms};
+use leakless::secret::RootKey;
+use leakless::store::MemoryKeyStore;
+use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+
+const TCTI_ENV: &str = "LEAKLESS_TPM_TCTI";
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let samples = std::env::var("LEAKLESS_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(if full { 501 } else { 5 });
+    let cold_samples = (samples / 10).max(3);
+    let tcti = std::env::var(TCTI_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{TCTI_ENV} is not set: start a software TPM with `scripts/services/swtpm start DIR \
+             --owner-pid $$` and export the line it prints"
+        )
+    });
+
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let tpm_config = TpmConfig::new(&tcti, dir.path().join("root.sealed"));
+    let create_start = Instant::now();
+    drop(TpmKms::create(&tpm_config).expect("seal a root key to the TPM"));
+    let create_time = create_start.elapsed().as_secs_f64() * 1e9;
+    let local_path = dir.path().join("root.key");
+    drop(LocalKms::generate_key_file(&local_path).expect("local key file"));
+
+    println!("leakless TPM backend benchmark ({tcti}), medians");
+    if !full {
+        println!("smoke run (no --bench): checks that every op works; the timings mean nothing");
+    }
+    println!(
+        "TpmKms::create (seal a new root key), once: {}",
+        human(create_time)
+    );
+    println!();
+    println!(
+        "{:<34} {:>8} {:>12} {:>12} {:>8}",
+        "operation", "samples", "local", "tpm", "tpm/local"
+    );
+
+    let (l, t, r) = paired(
+        cold_samples,
+        || {
+            black_box(LocalKms::from_key_file(&local_path).expect("local open"));
+        },
+        || {
+            black_box(TpmKms::open(&tpm_config).expect("tpm open"));
+        },
+    );
+    row("cold start (open backend)", cold_samples, l, t, r);
+
+    let scope = KeyScope::new("patients").expect("scope");
+    let ctx = FieldContext::new("patients", "address", RowId::Int(42), 1);
+    let policy = FieldPolicy::default();
+    let plaintext = [0x5a_u8; 100];
+    let local_ring = ring(
+        Arc::new(LocalKms::from_key_file(&local_path).expect("local open")),
+        &scope,
+    );
+    let tpm_ring = ring(
+        Arc::new(TpmKms::open(&tpm_config).expect("tpm open")),
+        &scope,
+    );
+    let local_env = local_ring
+        .seal(&scope, &ctx, &plaintext, &policy)
+        .expect("local seal");
+    let tpm_env = tpm_ring
+        .seal(&scope, &ctx, &plaintext, &policy)
+        .expect("tpm seal");
+
+    let unwraps_before = tpm_ring.kms_calls().unwraps;
+    let (l, t, r) = paired(
+        samples,
+        || {
+            local_ring.cache().clear();
+            black_box(local_ring.open(&ctx, &local_env).expect("local open"));
+        },
+        || {
+            tpm_ring.cache().clear();
+            black_box(tpm_ring.open(&ctx, &tpm_env).expect("tpm open"));
+        },
+    );
+    let cold_unwraps = tpm_ring.kms_calls().unwraps - unwraps_before;
+    row("cold KEK fetch + open 100 B", samples, l, t, r);
+
+    // Warm the caches again, then count that the steady state never calls the backend.
+    black_box(local_ring.open(&ctx, &local_env).expect("local open"));
+    black_box(tpm_ring.open(&ctx, &tpm_env).expect("tpm open"));
+    let unwraps_before = tpm_ring.kms_calls().unwraps;
+    let (l, t, r) = paired_batched(
+        samples,
+        || {
+            let s = local_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
+            black_box(s.expect("local seal"));
+        },
+        || {
+            let s = tpm_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
+            black_box(s.expect("tpm seal"));
+        },
+    );
+    row("seal 100 B (warm cache)", samples, l, t, r);
+    let (l, t, r) = paired_batched(
+        samples,
+        || {
+            black_box(local_ring.open(&ctx, black_box(&local_env)).expect("open"));
+        },
+        || {
+            black_box(tpm_ring.open(&ctx, black_box(&tpm_env)).expect("open"));
+        },
+    );
+    row("open 100 B (warm cache)", samples, l, t, r);
+    let warm_unwraps = tpm_ring.kms_calls().unwraps - unwraps_before;
+
+    println!();
+    println!(
+        "TPM backend unwrap_kek calls: {cold_unwraps} in the cold rows (one per cleared cache), \
+         {warm_unwraps} in the warm rows"
+    );
+    assert_eq!(warm_unwraps, 0, "a warm cache never calls the backend");
+}
+
+fn ring(kms: Arc<dyn Kms>, scope: &KeyScope) -> KeyRing {
+    let ring = KeyRing::builder(kms, Arc::new(MemoryKeyStore::new())).build();
+    ring.create_scope(scope, &AuditInfo::new("bench", "TPM benchmark"))
+        .expect("create scope");
+    ring
+}
+
+fn row(name: &str, samples: usize, local: f64, tpm: f64, ratio: f64) {
+    println!(
+        "{name:<34} {samples:>8} {:>12} {:>12} {ratio:>8.2}x",
+        human(local),
+        human(tpm)
+    );
+}
+
+fn human(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} us", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn time_batch(n: u32, mut op: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        op();
+    }
+    start.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+}
+
+/// Times one call of each op per sample, alternating which goes first. Returns (local median,
+/// tpm median, median of per-sample tpm/local ratios).
+fn paired(samples: usize, base: impl FnMut(), measured: impl FnMut()) -> (f64, f64, f64) {
+    paired_n(samples, 1, base, measured)
+}
+
+/// Like [`paired`], with each sample a batch of 200 calls (for sub-microsecond ops).
+fn paired_batched(samples: usize, base: impl FnMut(), measured: impl FnMut()) -> (f64, f64, f64) {
+    paired_n(samples, 200, base, measured)
+}
+
+fn paired_n(
+    samples: usize,
+    n: u32,
+    mut base: impl FnMut(),
+    mut measured: impl FnMut(),
+) -> (f64, f64, f64) {
+    // One untimed round of each first: connections, caches and lazy statics.
+    base();
+    measured();
+    let (mut b, mut m, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..samples {
+        let (tb, tm) = if i % 2 == 0 {
+            let tb = time_batch(n, &mut base);
+            (tb, time_batch(n, &mut measured))
+        } else {
+            let tm = time_batch(n, &mut measured);
+            (time_batch(n, &mut base), tm)
+        };
+        b.push(tb);
+        m.push(tm);
+        r.push(tm / tb);
+    }
+    (median(&mut b), median(&mut m), median(&mut r))
+}

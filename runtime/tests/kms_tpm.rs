@@ -1,0 +1,478 @@
+//! The TPM 2.0 backend against a real software TPM (`swtpm`): the shared KMS backend suite,
+//! then what is particular to a sealed root key: it reopens (in this process and in a new one)
+//! to the same root key, it is useless on another TPM, an altered sealed file is a typed error,
+//! a PCR policy gates unsealing, and after the one unseal no KEK operation touches the TPM.
+//!
+//! Needs `LEAKLESS_TPM_TCTI` (scripts/test sets it through `scripts/services/swtpm`); without
+//! it every test fails with instructions. A few tests start a second, private TPM through the
+//! same script.
+#![cfg(feature = "tpm")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use leakless::keyring::WrappedKek;
+use leakless::kms::{KekBinding, Kms, LocalKms, TpmConfig, TpmKms};
+use leakless::secret::{Kek, RootKey};
+use leakless::{Error, KekVersion, KeyScope};
+
+const TCTI_ENV: &str = "LEAKLESS_TPM_TCTI";
+/// Set in the child process of the restart test (guards against recursion).
+const CHILD_ENV: &str = "LEAKLESS_TPM_TEST_CHILD_DIR";
+
+fn tcti() -> String {
+    std::env::var(TCTI_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{TCTI_ENV} is not set: these tests need a TPM 2.0. Start the software TPM with \
+             `eval \"export $(scripts/services/swtpm start /tmp/leakless-swtpm --owner-pid $$)\"` \
+             (and `scripts/services/swtpm stop /tmp/leakless-swtpm` afterwards), or run \
+             scripts/test, which does it for you"
+        )
+    })
+}
+
+fn binding(scope: &KeyScope, v: u32) -> KekBinding<'_> {
+    KekBinding {
+        scope,
+        version: KekVersion::new(v).unwrap(),
+    }
+}
+
+/// A backend holding a new root key sealed to the shared TPM. The sealed file is not needed
+/// once the root key is unsealed, so it goes away with its temporary folder.
+fn make() -> Arc<dyn Kms> {
+    let dir = tempfile::tempdir().unwrap();
+    Arc::new(TpmKms::create(&TpmConfig::new(tcti(), dir.path().join("root.sealed"))).unwrap())
+}
+
+leakless_kms_suite!(make);
+
+/// A second, private software TPM started through `scripts/services/swtpm`, stopped on drop.
+struct PrivateTpm {
+    dir: tempfile::TempDir,
+    tcti: String,
+}
+
+impl PrivateTpm {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/services/swtpm");
+        let out = Command::new(&script)
+            .arg("start")
+            .arg(dir.path().join("svc"))
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{} start failed", script.display());
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let tcti = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{TCTI_ENV}=")))
+            .unwrap_or_else(|| panic!("no {TCTI_ENV} line in: {stdout}"))
+            .to_owned();
+        Self { dir, tcti }
+    }
+
+    fn stop(&self) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/services/swtpm");
+        let status = Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path().join("svc"))
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for PrivateTpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn assert_kms_error(result: Result<TpmKms, Error>, operation: &str, needle: &str) -> String {
+    match result {
+        Err(
+            e @ Error::Kms {
+                backend,
+                operation: op,
+                ..
+            },
+        ) => {
+            assert_eq!(backend, "tpm");
+            assert_eq!(op, operation);
+            let shown = e.to_string();
+            assert!(
+                shown.contains(needle),
+                "{shown:?} should mention {needle:?}"
+            );
+            shown
+        }
+        Err(other) => panic!("expected Error::Kms ({operation}), got {other:?}"),
+        Ok(kms) => panic!("expected Error::Kms ({operation}), got a backend {kms:?}"),
+    }
+}
+
+#[test]
+fn created_root_key_reopens_to_the_same_key_in_a_new_tpm_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TpmConfig::new(tcti(), dir.path().join("root.sealed"));
+    let a = TpmKms::create(&config).unwrap();
+    assert_eq!(a.backend(), "tpm");
+    assert!(a.root_key_id().starts_with("tpm:"), "{}", a.root_key_id());
+    assert_eq!(a.root_key_id().len(), "tpm:".len() + 32);
+    let mode = fs::metadata(config.sealed_path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the sealed file is private to the owner");
+
+    let scope = KeyScope::new("patients").unwrap();
+    let kek = Kek::generate();
+    let wrapped = a.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
+    assert_eq!(wrapped.root_key_id, a.root_key_id());
+    drop(a);
+
+    let b = TpmKms::open(&config).unwrap();
+    let back = b.unwrap_kek(&wrapped, &binding(&scope, 1)).unwrap();
+    assert_eq!(back.expose_secret(), kek.expose_secret());
+
+    // Never overwritten.
+    match TpmKms::create(&config) {
+        Err(Error::KeyFile { path, .. }) => assert_eq!(path, config.sealed_path()),
+        other => panic!("expected Error::KeyFile, got {other:?}"),
+    }
+    let c = TpmKms::open(&config).unwrap();
+    assert_eq!(c.root_key_id(), b.root_key_id());
+
+    // Debug shows the id only; the sealed file's private blob is not echoed anywhere.
+    let shown = format!("{c:?}");
+    assert!(
+        shown.contains(c.root_key_id()) && shown.starts_with("TpmKms"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn two_created_root_keys_differ_and_cannot_open_each_others_keks() {
+    let a = make();
+    let b = make();
+    assert_ne!(a.root_key_id(), b.root_key_id());
+    let scope = KeyScope::new("s").unwrap();
+    let wrapped = a.wrap_kek(&Kek::generate(), &binding(&scope, 1)).unwrap();
+    let relabelled = WrappedKek {
+        root_key_id: b.root_key_id().to_owned(),
+        ciphertext: wrapped.ciphertext.clone(),
+    };
+    for (w, what) in [
+        (&wrapped, "foreign id"),
+        (&relabelled, "relabelled to b's id"),
+    ] {
+        match b.unwrap_kek(w, &binding(&scope, 1)) {
+            Err(Error::Kms {
+                backend: "tpm",
+                operation: "unwrap KEK",
+                ..
+            }) => {}
+            other => panic!("{what}: expected an unwrap error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn wrong_binding_or_altered_wrap_fails() {
+    let kms = make();
+    let a = KeyScope::new("tenant-a").unwrap();
+    let b = KeyScope::new("tenant-b").unwrap();
+    let kek = Kek::generate();
+    let wrapped = kms.wrap_kek(&kek, &binding(&a, 3)).unwrap();
+    assert_eq!(
+        kms.unwrap_kek(&wrapped, &binding(&a, 3))
+            .unwrap()
+            .expose_secret(),
+        kek.expose_secret()
+    );
+    for (scope, v) in [(&b, 3), (&a, 2), (&a, 4)] {
+        let err = kms.unwrap_kek(&wrapped, &binding(scope, v)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Kms {
+                    operation: "unwrap KEK",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("does not authenticate"), "{err}");
+    }
+    for i in [0, 30, wrapped.ciphertext.len() - 1] {
+        let mut altered = wrapped.clone();
+        altered.ciphertext[i] ^= 1;
+        assert!(
+            kms.unwrap_kek(&altered, &binding(&a, 3)).is_err(),
+            "byte {i}"
+        );
+    }
+    let mut truncated = wrapped.clone();
+    truncated.ciphertext.truncate(10);
+    assert!(kms.unwrap_kek(&truncated, &binding(&a, 3)).is_err());
+}
+
+#[test]
+fn a_local_backend_with_any_root_key_cannot_open_a_tpm_wrapped_kek() {
+    // Same wrap construction, different label: even the id copied over does not help.
+    let tpm = make();
+    let scope = KeyScope::new("s").unwrap();
+    let wrapped = tpm.wrap_kek(&Kek::generate(), &binding(&scope, 1)).unwrap();
+    let local = LocalKms::from_root_key(RootKey::generate());
+    assert!(local.unwrap_kek(&wrapped, &binding(&scope, 1)).is_err());
+}
+
+#[test]
+fn sealed_root_key_is_useless_on_another_tpm_and_kek_ops_never_touch_the_tpm() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = TpmConfig::new(tcti(), dir.path().join("here.sealed"));
+    let sealed_here = TpmKms::create(&here).unwrap();
+
+    let other = PrivateTpm::start();
+    let there = TpmConfig::new(&other.tcti, here.sealed_path());
+    let shown = assert_kms_error(TpmKms::open(&there), "unseal root key", "another TPM");
+    assert!(!shown.contains("\"private\""), "{shown}");
+
+    // A root key sealed on the other TPM opens there and nowhere else...
+    let elsewhere = TpmConfig::new(&other.tcti, dir.path().join("there.sealed"));
+    let sealed_there = TpmKms::create(&elsewhere).unwrap();
+    assert_ne!(sealed_there.root_key_id(), sealed_here.root_key_id());
+    assert_kms_error(
+        TpmKms::open(&TpmConfig::new(tcti(), elsewhere.sealed_path())),
+        "unseal root key",
+        "another TPM",
+    );
+    let opened = TpmKms::open(&elsewhere).unwrap();
+    assert_eq!(opened.root_key_id(), sealed_there.root_key_id());
+
+    // ...and once unsealed, wrapping and unwrapping need no TPM at all: stop it, then keep
+    // going. Zero TPM calls per KEK operation, by construction.
+    other.stop();
+    let scope = KeyScope::new("s").unwrap();
+    for n in 1..=200 {
+        let kek = Kek::generate();
+        let w = opened.wrap_kek(&kek, &binding(&scope, n)).unwrap();
+        let back = opened.unwrap_kek(&w, &binding(&scope, n)).unwrap();
+        assert_eq!(back.expose_secret(), kek.expose_secret());
+    }
+    // With the TPM gone, opening fails with a typed error naming the connection.
+    assert_kms_error(
+        TpmKms::open(&elsewhere),
+        "unseal root key",
+        "cannot connect",
+    );
+}
+
+fn edit_sealed_file(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    fs::write(path, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+fn flip_hex_char(s: &str, from_end: usize) -> String {
+    let mut chars: Vec<char> = s.chars().collect();
+    let i = chars.len() - 1 - from_end;
+    chars[i] = if chars[i] == '0' { '1' } else { '0' };
+    chars.into_iter().collect()
+}
+
+#[test]
+fn altered_sealed_file_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("root.sealed");
+    TpmKms::create(&TpmConfig::new(tcti(), &original)).unwrap();
+    let text = fs::read_to_string(&original).unwrap();
+    let copy = |name: &str| {
+        let p = dir.path().join(name);
+        fs::write(&p, &text).unwrap();
+        p
+    };
+
+    // One bit of the TPM-encrypted private blob: the TPM's integrity check refuses it.
+    let p = copy("private.sealed");
+    edit_sealed_file(&p, |v| {
+        let s = v["private"].as_str().unwrap();
+        v["private"] = flip_hex_char(s, 3).into();
+    });
+    assert_kms_error(
+        TpmKms::open(&TpmConfig::new(tcti(), &p)),
+        "unseal root key",
+        "altered",
+    );
+
+    // One bit of the public area's unique digest: its name changes, so the private blob's
+    // integrity value no longer matches.
+    let p = copy("public.sealed");
+    edit_sealed_file(&p, |v| {
+        let s = v["public"].as_str().unwrap();
+        v["public"] = flip_hex_char(s, 1).into();
+    });
+    assert_kms_error(
+        TpmKms::open(&TpmConfig::new(tcti(), &p)),
+        "unseal root key",
+        "altered",
+    );
+
+    // A public area that no longer parses, garbage, another format, a missing file: KeyFile.
+    let cases: [(&str, Box<dyn Fn(&Path)>); 4] = [
+        (
+            "truncated public",
+            Box::new(|p: &Path| edit_sealed_file(p, |v| v["public"] = "0008".into())),
+        ),
+        (
+            "not JSON",
+            Box::new(|p: &Path| fs::write(p, "garbage").unwrap()),
+        ),
+        (
+            "other format",
+            Box::new(|p: &Path| edit_sealed_file(p, |v| v["format"] = "something-else".into())),
+        ),
+        ("missing", Box::new(|p: &Path| fs::remove_file(p).unwrap())),
+    ];
+    for (what, spoil) in cases {
+        let p = copy("spoilt.sealed");
+        spoil(&p);
+        match TpmKms::open(&TpmConfig::new(tcti(), &p)) {
+            Err(Error::KeyFile { path, problem }) => {
+                assert_eq!(path, p, "{what}");
+                assert!(!problem.is_empty());
+            }
+            other => panic!("{what}: expected Error::KeyFile, got {other:?}"),
+        }
+        let _ = fs::remove_file(&p);
+    }
+
+    // The untouched file still opens.
+    TpmKms::open(&TpmConfig::new(tcti(), &original)).unwrap();
+}
+
+#[test]
+fn bad_tcti_and_bad_pcr_selection_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.sealed");
+    assert_kms_error(
+        TpmKms::create(&TpmConfig::new("nonsense:foo", &path)),
+        "seal root key",
+        "not valid",
+    );
+    assert_kms_error(
+        TpmKms::create(&TpmConfig::new(tcti(), &path).with_pcr_policy(&[7, 24])),
+        "seal root key",
+        "PCR 24 does not exist",
+    );
+    assert!(!path.exists(), "a failed create leaves no file behind");
+}
+
+/// PCR 16 (the debug PCR, resettable from locality 0) stands in for a boot measurement.
+#[test]
+fn pcr_policy_gates_unsealing() {
+    use tss_esapi::Context;
+    use tss_esapi::handles::PcrHandle;
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use tss_esapi::structures::{Digest, DigestValues};
+    use tss_esapi::tcti_ldr::TctiNameConf;
+
+    // A private TPM, so that extending its PCR cannot disturb other tests.
+    let tpm = PrivateTpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = TpmConfig::new(&tpm.tcti, dir.path().join("root.sealed")).with_pcr_policy(&[16]);
+    assert_eq!(config.pcr_policy(), &[16]);
+    let created = TpmKms::create(&config).unwrap();
+    let opened = TpmKms::open(&config).unwrap();
+    assert_eq!(opened.root_key_id(), created.root_key_id());
+
+    let with_ctx = |f: &dyn Fn(&mut Context)| {
+        let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti).unwrap()).unwrap();
+        f(&mut ctx);
+    };
+    with_ctx(&|ctx| {
+        let mut values = DigestValues::new();
+        values.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(vec![0x42; 32]).unwrap(),
+        );
+        ctx.execute_with_nullauth_session(|c| c.pcr_extend(PcrHandle::Pcr16, values.clone()))
+            .unwrap();
+    });
+    assert_kms_error(TpmKms::open(&config), "unseal root key", "PCRs");
+
+    with_ctx(&|ctx| {
+        ctx.execute_with_nullauth_session(|c| c.pcr_reset(PcrHandle::Pcr16))
+            .unwrap();
+    });
+    let reopened = TpmKms::open(&config).unwrap();
+    assert_eq!(reopened.root_key_id(), created.root_key_id());
+}
+
+/// Restart: a new process (a new TPM connection, nothing shared in memory) unseals the same
+/// root key and opens a KEK wrapped before. The child is this same test binary running only
+/// this test with [`CHILD_ENV`] set, which makes it take the child branch (no recursion).
+#[test]
+fn a_new_process_unseals_the_same_root_key() {
+    let scope = KeyScope::new("restart").unwrap();
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        let dir = PathBuf::from(dir);
+        let kms = TpmKms::open(&TpmConfig::new(tcti(), dir.join("root.sealed"))).unwrap();
+        let wrapped = WrappedKek {
+            root_key_id: kms.root_key_id().to_owned(),
+            ciphertext: fs::read(dir.join("wrapped")).unwrap(),
+        };
+        let kek = kms.unwrap_kek(&wrapped, &binding(&scope, 1)).unwrap();
+        fs::write(dir.join("child-id"), kms.root_key_id()).unwrap();
+        // The KEK goes back to the parent only as a check value (a wrap under a fresh key).
+        let check = LocalKms::from_root_key(RootKey::from_bytes([7; 32]))
+            .wrap_kek(&kek, &binding(&scope, 1))
+            .unwrap();
+        fs::write(dir.join("check"), check.ciphertext).unwrap();
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kms = TpmKms::create(&TpmConfig::new(tcti(), dir.path().join("root.sealed"))).unwrap();
+    let kek = Kek::generate();
+    let wrapped = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
+    fs::write(dir.path().join("wrapped"), &wrapped.ciphertext).unwrap();
+    drop(kms);
+
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_new_process_unseals_the_same_root_key",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the child process failed");
+    let child_id = fs::read_to_string(dir.path().join("child-id")).unwrap();
+    assert_eq!(child_id, wrapped.root_key_id);
+    let check = WrappedKek {
+        root_key_id: LocalKms::from_root_key(RootKey::from_bytes([7; 32]))
+            .root_key_id()
+            .to_owned(),
+        ciphertext: fs::read(dir.path().join("check")).unwrap(),
+    };
+    let from_child = LocalKms::from_root_key(RootKey::from_bytes([7; 32]))
+        .unwrap_kek(&check, &binding(&scope, 1))
+        .unwrap();
+    assert_eq!(from_child.expose_secret(), kek.expose_secret());
+}
