@@ -1,1 +1,47 @@
-//! The DBA migrator (`leakless-migrate`). Empty until the migrator issue lands; nothing here is exported yet.
+//! The DBA migrator `leakless-migrate` as a library: key lifecycle (`keys`), `status`, online
+//! resumable `rewrap`, `adopt`ion of plaintext columns, emergency `reencrypt`, and `verify`,
+//! on PostgreSQL, SQLite and MariaDB. The binary is a thin wrapper around [`main_with_args`].
+//!
+//! The runbook for DBAs is `docs/operations.md`; the exit codes are listed in [`error`].
+
+pub mod cli;
+pub mod commands;
+pub mod db;
+pub mod engine;
+pub mod env;
+pub mod error;
+pub mod progress;
+pub mod scan;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::Cli;
+use crate::env::Env;
+
+/// Parses `args` (including the program name), runs the command and returns the exit code.
+/// Errors are printed on stderr as `error: ...` followed by `help: ...`.
+#[must_use]
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let mut env = Env::new(cli.global);
+    match commands::run(&mut env, &cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            env::note(f.to_string());
+            f.exit_code()
+        }
+    }
+}

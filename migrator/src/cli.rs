@@ -1,0 +1,89 @@
+//! The command line: global options and the subcommand list.
+//!
+//! Each subcommand lives in its own module under [`crate::commands`]. Registering one takes
+//! two lines: a variant in [`Command`] (or in `commands::keys::KeysCommand` for a `keys ...`
+//! subcommand) and its arm in [`crate::commands::run`] (or `commands::keys::run`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+
+/// leakless-migrate: key lifecycle, status, online re-wrap, adoption and verification of
+/// leakless-sealed columns, for DBAs.
+///
+/// Exit codes: 0 ok; 1 a check failed or the migrator refused; 2 usage; 3 keys (root key, KMS,
+/// key store, key state); 4 database; 5 a concurrent change won (nothing written, rerun).
+#[derive(Debug, Parser)]
+#[command(name = "leakless-migrate", version, max_term_width = 100)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// The application database: postgres://..., mysql://... (mariadb://...), or an SQLite
+    /// path (sqlite://PATH or a bare path). Printed only with its password masked.
+    #[arg(long, global = true, env = "LEAKLESS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the wrapped KEK records and the audit log live: a database URL (as above) or a
+    /// JSON key file (file:PATH). Default: the application database (tables leakless_kek and
+    /// leakless_key_audit).
+    #[arg(long, global = true, env = "LEAKLESS_KEY_STORE", hide_env_values = true)]
+    pub key_store: Option<String>,
+
+    /// File holding the local root key (64 hex digits, mode 0600). Without it, the root key is
+    /// read from LEAKLESS_ROOT_KEY (64 hex digits).
+    #[arg(long, global = true, env = "LEAKLESS_ROOT_KEY_FILE")]
+    pub root_key_file: Option<PathBuf>,
+
+    /// The schema manifest (JSON): which tables and columns are sealed.
+    #[arg(long, global = true, env = "LEAKLESS_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Answer yes to confirmations (needed when stdin is not a terminal).
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+
+    /// Who acts, for the audit log. Default: $USER.
+    #[arg(long, global = true, env = "LEAKLESS_ACTOR")]
+    pub actor: Option<String>,
+
+    /// Why, for the audit log (a ticket, "scheduled rotation").
+    #[arg(long, global = true, default_value = "")]
+    pub reason: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Key scopes and KEK versions: list, create, rotate, retire, destroy, rotate the root key,
+    /// read the audit log.
+    #[command(subcommand)]
+    Keys(commands::keys::KeysCommand),
+    /// Per table and column: rows per KEK version, plaintext rows, rows on retired or destroyed
+    /// versions, and the work a rewrap would do.
+    Status(commands::status::Args),
+    /// Move every DEK onto the active KEK version (data ciphertext untouched), online,
+    /// batched and resumable.
+    Rewrap(commands::rewrap::Args),
+    /// Open every envelope (or a sample) and report those that fail, by table, column and row.
+    Verify(commands::verify::Args),
+    /// Bring a plaintext column under leakless: backfill the sealed column, verify, print the
+    /// DROP statement.
+    Adopt(commands::adopt::Args),
+    /// Emergency: new DEKs and freshly encrypted data for every row, online and resumable.
+    Reencrypt(commands::reencrypt::Args),
+}

@@ -1,0 +1,182 @@
+//! `adopt`: bring an existing plaintext column under leakless.
+//!
+//! The application moves through three stages (docs/operations.md § Adoption): (1) it writes
+//! the sealed column on every write and reads it, falling back to the plaintext column where
+//! the sealed one is still NULL; (2) it stops writing the plaintext column; (3) it stops
+//! reading it. `adopt` does the database side between stage 1 and 2:
+//!
+//! 1. a resumable backfill, like `rewrap`: every row whose sealed column is NULL and whose
+//!    plaintext column is not gets the plaintext sealed into it (compare-and-swap on
+//!    `sealed IS NULL`, so a value the application wrote meanwhile wins; the plaintext is
+//!    never bound into a statement);
+//! 2. a verification pass: every sealed value opens to exactly the plaintext beside it;
+//! 3. it prints the `ALTER TABLE ... DROP COLUMN` statement for the DBA. It never drops
+//!    anything itself.
+
+use leakless::FieldContext;
+
+use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
+use crate::db::{Backend, IdTwo, OneInt, ident};
+use crate::engine::{Mode, RowFailure};
+use crate::env::{Env, out};
+use crate::error::{Failure, Kind, Result};
+use crate::scan::{OwnedRowId, Range, page_sql};
+
+/// Options of `adopt`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The table.
+    #[arg(long)]
+    pub table: String,
+    /// The sealed column (listed in the manifest; NULL where not yet adopted).
+    #[arg(long)]
+    pub column: String,
+    /// The plaintext column to adopt from.
+    #[arg(long)]
+    pub from: String,
+    /// Skip the backfill; only run the verification pass.
+    #[arg(long)]
+    pub verify_only: bool,
+    /// Batch, worker, throttle and job options.
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+fn plain_expr(backend: Backend, encoding: &str, col: &str) -> String {
+    match (backend, encoding) {
+        (_, "bytes") => col.to_owned(),
+        (Backend::Postgres, _) => format!("convert_to({col}, 'UTF8')"),
+        (Backend::Mysql, _) => format!("CAST({col} AS BINARY)"),
+        (Backend::Sqlite, _) => format!("CAST({col} AS BLOB)"),
+    }
+}
+
+/// Runs `adopt`.
+///
+/// # Errors
+/// [`Kind::Refused`] when the verification pass finds a mismatch or rows failed;
+/// [`Kind::Usage`], [`Kind::Database`], [`Kind::Keys`].
+pub fn run(env: &mut Env, args: &Args) -> Result<()> {
+    ident(&args.from)?;
+    let (t, c) = env
+        .targets(Some(&args.table), Some(&args.column))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure::new(Kind::Usage, "no such sealed column", "check --table/--column"))?;
+    if args.from == c.column || args.from == t.row_id_column {
+        return Err(Failure::new(
+            Kind::Usage,
+            format!("--from {} must be the plaintext column, not the sealed or id column", args.from),
+            "name the existing plaintext column, e.g. --from email_plain",
+        ));
+    }
+    let mut db = env.connect()?;
+    if args.job.dry_run {
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {} IS NOT NULL",
+            db.q(&t.table),
+            db.q(&c.column),
+            db.q(&args.from)
+        );
+        let n: Vec<OneInt> = db.load(&sql, &[])?;
+        let rows = n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
+        dry_run_line(env, "seal", &t.table, &c.column, rows);
+        return Ok(());
+    }
+    if !args.verify_only {
+        run_jobs(
+            env,
+            &Mode::Adopt {
+                from: args.from.clone(),
+            },
+            Some(&t.table),
+            Some(&c.column),
+            &args.job,
+        )?;
+    }
+    // Verification pass.
+    let ring = env.ring()?;
+    let select = format!(
+        "{} AS a, {} AS b",
+        db.q(&c.column),
+        plain_expr(db.backend(), &c.encoding, &db.q(&args.from))
+    );
+    let mut after: Option<String> = None;
+    let (mut checked, mut failed) = (0u64, Vec::<RowFailure>::new());
+    let mut failed_n = 0u64;
+    loop {
+        let (sql, binds) = page_sql(&db, &t, &select, &Range::default(), after.as_deref(), 2000);
+        let rows: Vec<IdTwo> = db.load(&sql, &binds)?;
+        let full = rows.len() == 2000;
+        after = rows.last().map(|r| r.id.clone());
+        for r in rows {
+            checked += 1;
+            let problem = match (&r.a, &r.b) {
+                (None, None) => None,
+                (Some(_), None) => None, // written sealed-only by the application (stage 2)
+                (None, Some(_)) => Some("sealed column still NULL (backfill incomplete)".to_owned()),
+                (Some(env_bytes), Some(plain)) => match OwnedRowId::parse(&t.row_id_kind, &r.id) {
+                    Err(e) => Some(e.what),
+                    Ok(rid) => {
+                        let ctx = FieldContext::new(&t.table, &c.column, rid.as_row_id(), t.schema_version);
+                        match ring.open(&ctx, env_bytes) {
+                            Ok(p) if p.expose_secret() == plain.as_slice() => None,
+                            Ok(_) => Some(
+                                "sealed value differs from the plaintext column (changed since \
+                                 the backfill?)"
+                                    .to_owned(),
+                            ),
+                            Err(e) => Some(e.to_string()),
+                        }
+                    }
+                },
+            };
+            if let Some(error) = problem {
+                failed_n += 1;
+                if failed.len() < 100 {
+                    failed.push(RowFailure {
+                        table: t.table.clone(),
+                        column: c.column.clone(),
+                        row: r.id.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    let drop_sql = format!("ALTER TABLE {} DROP COLUMN {};", db.q(&t.table), db.q(&args.from));
+    if env.global.json {
+        out(serde_json::to_string_pretty(&serde_json::json!({
+            "table": t.table, "column": c.column, "from": args.from,
+            "rows_checked": checked, "mismatches": failed_n, "failures": failed,
+            "drop_statement": if failed_n == 0 { Some(&drop_sql) } else { None },
+        }))
+        .map_err(|e| Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug"))?);
+    } else {
+        out(format!(
+            "verify {}.{} against {}: {checked} rows checked, {failed_n} mismatches",
+            t.table, c.column, args.from
+        ));
+        for f in &failed {
+            out(format!("  mismatch: {}.{} row {}: {}", f.table, f.column, f.row, f.error));
+        }
+    }
+    if failed_n > 0 {
+        return Err(Failure::new(
+            Kind::Refused,
+            format!("adopt: {failed_n} rows do not match their plaintext column"),
+            "rerun `adopt` (the backfill resumes and fills what is missing), then verify again",
+        ));
+    }
+    if !env.global.json {
+        out(format!(
+            "adoption verified. Once the application no longer reads or writes {} (stage 3), \
+             drop it yourself:\n  {drop_sql}",
+            args.from
+        ));
+    }
+    Ok(())
+}

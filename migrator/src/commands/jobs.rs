@@ -1,0 +1,163 @@
+//! What `rewrap`, `reencrypt` and `adopt` share: running the batch engine over the manifest's
+//! columns with progress, and printing the summary.
+
+use serde::Serialize;
+
+use crate::engine::{self, Mode, Options, Summary};
+use crate::env::{Env, note, out};
+use crate::error::{Failure, Kind, Result};
+use crate::progress::Progress;
+
+/// Options every batch command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArgs {
+    /// Rows per batch: each batch's writes and its checkpoint commit in one transaction.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch_size: u64,
+    /// Parallel workers in this process (PostgreSQL and MariaDB; SQLite uses one). Workers in
+    /// other processes or machines running the same job share the work.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: u64,
+    /// Throttle: at most this many rows per second over all workers of this process.
+    #[arg(long)]
+    pub max_rows_per_sec: Option<u64>,
+    /// Job name for the checkpoint table (default: `<command>:<table>.<column>`). Runs with
+    /// the same name resume and share each other's work.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Count what would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl JobArgs {
+    /// The engine options.
+    #[must_use]
+    pub fn options(&self) -> Options {
+        Options {
+            batch: usize::try_from(self.batch_size).unwrap_or(2000),
+            workers: usize::try_from(self.workers).unwrap_or(1),
+            max_rows_per_sec: self.max_rows_per_sec,
+            job: self.job.clone(),
+        }
+    }
+}
+
+/// KMS calls of a run.
+#[derive(Debug, Serialize)]
+struct KmsCalls {
+    unwraps: u64,
+    wraps: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    jobs: &'a [Summary],
+    kms_calls: KmsCalls,
+    failed_rows: u64,
+}
+
+/// Runs `mode` over the given columns and prints the summary. Rows that failed make it
+/// return [`Kind::Refused`] (exit 1) after everything else was done.
+///
+/// # Errors
+/// As [`engine::run`]; [`Kind::Refused`] when rows failed.
+pub fn run_jobs(
+    env: &mut Env,
+    mode: &Mode,
+    table: Option<&str>,
+    column: Option<&str>,
+    args: &JobArgs,
+) -> Result<Vec<Summary>> {
+    let targets = env.targets(table, column)?;
+    let url = env.db_url()?;
+    let ring = env.ring()?;
+    let opts = args.options();
+    let mut summaries = Vec::new();
+    for (t, c) in &targets {
+        let label = format!("{} {}.{}", mode.name(), t.table, c.column);
+        let mut progress = Progress::new(&label, estimate(env, t)?, env.global.json);
+        let s = engine::run(&url, &ring, mode, t, c, &opts, &mut |cs, total, before| {
+            progress.tick(cs, total, before);
+        });
+        progress.finish();
+        summaries.push(s?);
+    }
+    let calls = ring.kms_calls();
+    let failed: u64 = summaries.iter().map(|s| s.rows_failed).sum();
+    if env.global.json {
+        let r = Report {
+            jobs: &summaries,
+            kms_calls: KmsCalls {
+                unwraps: calls.unwraps,
+                wraps: calls.wraps,
+            },
+            failed_rows: failed,
+        };
+        out(serde_json::to_string_pretty(&r).map_err(|e| {
+            Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug")
+        })?);
+    } else {
+        for s in &summaries {
+            out(format!(
+                "{} {}.{}: {} rows read, {} written, {} redone after concurrent writes, {} failed; \
+                 chunks {}/{} ({} were done before) in {:.1} s",
+                s.mode,
+                s.table,
+                s.column,
+                s.rows_seen,
+                s.rows_changed,
+                s.rows_retried,
+                s.rows_failed,
+                s.chunks_done_before + s.chunks_done_now,
+                s.chunks_total,
+                s.chunks_done_before,
+                s.seconds
+            ));
+            for f in &s.failures {
+                out(format!("  failed: {}.{} row {}: {}", f.table, f.column, f.row, f.error));
+            }
+        }
+        out(format!(
+            "KMS calls: {} unwraps, {} wraps",
+            calls.unwraps, calls.wraps
+        ));
+    }
+    if failed > 0 {
+        return Err(Failure::new(
+            Kind::Refused,
+            format!("{failed} rows could not be processed (listed above)"),
+            "fix their keys (e.g. `keys reinstate` a retired version) and rerun; rows already \
+             done are not redone",
+        ));
+    }
+    Ok(summaries)
+}
+
+fn estimate(env: &Env, t: &leakless::manifest::SealedTable) -> Result<u64> {
+    let mut db = env.connect()?;
+    let rows: Vec<crate::db::OneInt> =
+        db.load(&format!("SELECT COUNT(*) AS n FROM {}", db.q(&t.table)), &[])?;
+    Ok(rows
+        .first()
+        .map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+}
+
+/// Prints a dry-run line.
+pub fn dry_run_line(env: &Env, what: &str, table: &str, column: &str, rows: u64) {
+    if env.global.json {
+        out(format!(
+            "{{\"dry_run\": true, \"table\": {}, \"column\": {}, \"rows\": {rows}}}",
+            serde_json::Value::from(table),
+            serde_json::Value::from(column)
+        ));
+    } else {
+        out(format!("dry run: would {what} {rows} rows of {table}.{column}"));
+    }
+    note_once();
+}
+
+fn note_once() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| note("dry run: nothing was written"));
+}

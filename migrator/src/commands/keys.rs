@@ -1,0 +1,402 @@
+//! `keys`: the KEK lifecycle. Every change goes through the runtime's [`KeyRing`], which
+//! writes one audit record per transition in the same atomic key-store change; `keys audit`
+//! and `keys list --audit` show them.
+//!
+//! Adding a `keys` subcommand takes two lines: a variant in [`KeysCommand`] and its arm in
+//! [`run`].
+
+use std::time::Duration;
+
+use leakless::keyring::{AuditRecord, KekRecord, KekState};
+use leakless::kms::{Kms, LocalKms};
+use leakless::{KekVersion, KeyRing, KeyScope};
+use serde::Serialize;
+
+use crate::commands::status::column_status;
+use crate::env::{Env, out};
+use crate::error::{Failure, Kind, Result};
+
+/// The `keys` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// List key scopes and their KEK versions with states (no key material).
+    List {
+        /// Only this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Also print the audit log.
+        #[arg(long)]
+        audit: bool,
+    },
+    /// Print the key audit log (who, when, why, which transition).
+    Audit {
+        /// Only this scope.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Create a key scope with an active version 1.
+    CreateScope {
+        /// The scope name (letters, digits, `_ - . : /`).
+        scope: String,
+    },
+    /// Make a new active version; the old one goes to grace until now + --grace.
+    Rotate {
+        /// The scope.
+        scope: String,
+        /// How long the old version still opens: 30d, 12h, 15m, 90s, or 0 to retire it now.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        grace: Duration,
+    },
+    /// Retire a grace version now: it stops opening anything.
+    Retire {
+        /// The scope.
+        scope: String,
+        /// The version (3 or v3).
+        #[arg(value_parser = parse_version)]
+        version: KekVersion,
+    },
+    /// Put a retired version back into grace (undo an early retirement).
+    Reinstate {
+        /// The scope.
+        scope: String,
+        /// The version.
+        #[arg(value_parser = parse_version)]
+        version: KekVersion,
+        /// New grace period.
+        #[arg(long, default_value = "1d", value_parser = parse_duration)]
+        grace: Duration,
+    },
+    /// Destroy a retired version's material for good. Refuses while rows still use it.
+    Destroy {
+        /// The scope.
+        scope: String,
+        /// The version.
+        #[arg(value_parser = parse_version)]
+        version: KekVersion,
+        /// Crypto-shred: destroy even though rows still use it; they become unreadable forever.
+        #[arg(long)]
+        shred: bool,
+    },
+    /// Retire every grace version whose deadline has passed.
+    ExpireGrace,
+    /// Re-wrap every KEK record under a new root key (cheap: no row is touched).
+    RotateRoot {
+        /// The new root key file (64 hex digits, mode 0600). Created if --generate is given.
+        #[arg(long)]
+        new_root_key_file: std::path::PathBuf,
+        /// Generate the new root key file first.
+        #[arg(long)]
+        generate: bool,
+    },
+}
+
+/// Parses `30d`, `12h`, `15m`, `90s`, `0`.
+///
+/// # Errors
+/// A message for clap.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit, like 30d, 12h, 15m or 90s"))?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" | "" => Some(n),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{s:?}: unit must be d, h, m or s"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses `3` or `v3`.
+///
+/// # Errors
+/// A message for clap.
+pub fn parse_version(s: &str) -> std::result::Result<KekVersion, String> {
+    s.trim_start_matches('v')
+        .parse::<u32>()
+        .ok()
+        .and_then(|v| KekVersion::new(v).ok())
+        .ok_or_else(|| format!("{s:?}: expected a version number from 1, like 3 or v3"))
+}
+
+#[derive(Debug, Serialize)]
+struct VersionJson {
+    scope: String,
+    version: u32,
+    state: &'static str,
+    grace_until: Option<i64>,
+    root_key_id: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<&KekRecord> for VersionJson {
+    fn from(r: &KekRecord) -> Self {
+        Self {
+            scope: r.scope.to_string(),
+            version: r.version.get(),
+            state: r.state.name(),
+            grace_until: r.state.grace_until().map(|t| t.0),
+            root_key_id: r.wrapped.as_ref().map(|w| w.root_key_id.clone()),
+            created_at: r.created_at.0,
+            updated_at: r.updated_at.0,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct AuditJson {
+    at: i64,
+    actor: String,
+    reason: String,
+    action: &'static str,
+    scope: String,
+    version: u32,
+    from: Option<String>,
+    to: String,
+}
+
+impl From<&AuditRecord> for AuditJson {
+    fn from(a: &AuditRecord) -> Self {
+        Self {
+            at: a.at.0,
+            actor: a.actor.clone(),
+            reason: a.reason.clone(),
+            action: a.action.name(),
+            scope: a.scope.to_string(),
+            version: a.version.get(),
+            from: a.from.map(|s| s.to_string()),
+            to: a.to.to_string(),
+        }
+    }
+}
+
+fn json(v: &impl Serialize) -> Result<()> {
+    out(serde_json::to_string_pretty(v).map_err(|e| {
+        Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug")
+    })?);
+    Ok(())
+}
+
+fn scope(name: &str) -> Result<KeyScope> {
+    Ok(KeyScope::new(name)?)
+}
+
+fn print_audit(env: &Env, ring_store: &dyn leakless::store::KeyStore, s: Option<&KeyScope>) -> Result<()> {
+    let log = ring_store.audit_log(s)?;
+    if env.global.json {
+        return json(&log.iter().map(AuditJson::from).collect::<Vec<_>>());
+    }
+    out(format!(
+        "{:<12} {:<14} {:<20} {:>7} {:<22} {:<22} {:<12} REASON",
+        "AT", "ACTION", "SCOPE", "VERSION", "FROM", "TO", "ACTOR"
+    ));
+    for a in &log {
+        out(format!(
+            "{:<12} {:<14} {:<20} {:>7} {:<22} {:<22} {:<12} {}",
+            a.at.0,
+            a.action.name(),
+            a.scope,
+            a.version.to_string(),
+            a.from.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            a.to.to_string(),
+            a.actor,
+            a.reason
+        ));
+    }
+    Ok(())
+}
+
+/// Counts rows of every manifest column sealed under `scope`/`version`.
+fn rows_using(env: &mut Env, scope: &KeyScope, version: KekVersion) -> Result<Vec<(String, u64)>> {
+    let targets = env.targets(None, None).map_err(|e| {
+        Failure::new(
+            e.kind,
+            format!("destroy must first count the rows still on the version: {}", e.what),
+            "pass --manifest PATH so every sealed column can be checked",
+        )
+    })?;
+    let store = env.key_store()?;
+    let mut db = env.connect()?;
+    let mut hits = Vec::new();
+    for (t, c) in &targets {
+        let s = column_status(&mut db, &*store, t, c)?;
+        let n: u64 = s
+            .versions
+            .iter()
+            .filter(|v| v.scope == scope.as_str() && v.version == version.get())
+            .map(|v| v.rows)
+            .sum();
+        if n > 0 {
+            hits.push((format!("{}.{}", t.table, c.column), n));
+        }
+    }
+    Ok(hits)
+}
+
+fn done(env: &Env, what: String) -> Result<()> {
+    if env.global.json {
+        json(&serde_json::json!({ "ok": true, "done": what }))
+    } else {
+        out(what);
+        Ok(())
+    }
+}
+
+/// Runs a `keys` subcommand.
+///
+/// # Errors
+/// [`Kind::Keys`] from the key ring, [`Kind::Refused`] for a refused destroy,
+/// [`Kind::Conflict`] on a lost race.
+pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
+    let who = env.who();
+    match cmd {
+        KeysCommand::List { scope: only, audit } => {
+            let store = env.key_store()?;
+            let scopes = match only {
+                Some(s) => vec![scope(s)?],
+                None => store.scopes()?,
+            };
+            let mut records = Vec::new();
+            for s in &scopes {
+                records.extend(store.list(s)?);
+            }
+            if env.global.json && !audit {
+                return json(&records.iter().map(VersionJson::from).collect::<Vec<_>>());
+            }
+            out(format!(
+                "{:<24} {:>7} {:<10} {:<12} {:<26} CREATED",
+                "SCOPE", "VERSION", "STATE", "GRACE_UNTIL", "ROOT_KEY"
+            ));
+            for r in &records {
+                out(format!(
+                    "{:<24} {:>7} {:<10} {:<12} {:<26} {}",
+                    r.scope.to_string(),
+                    r.version.to_string(),
+                    r.state.name(),
+                    r.state.grace_until().map_or_else(|| "-".to_owned(), |t| t.0.to_string()),
+                    r.wrapped.as_ref().map_or("(erased)", |w| w.root_key_id.as_str()),
+                    r.created_at.0
+                ));
+            }
+            if *audit {
+                out("");
+                let s = only.as_deref().map(scope).transpose()?;
+                print_audit(env, &*store, s.as_ref())?;
+            }
+            Ok(())
+        }
+        KeysCommand::Audit { scope: only } => {
+            let store = env.key_store()?;
+            let s = only.as_deref().map(scope).transpose()?;
+            print_audit(env, &*store, s.as_ref())
+        }
+        KeysCommand::CreateScope { scope: name } => {
+            let ring = env.ring()?;
+            let v = ring.create_scope(&scope(name)?, &who)?;
+            done(env, format!("created scope {name} with active KEK {v}"))
+        }
+        KeysCommand::Rotate { scope: name, grace } => {
+            let ring = env.ring()?;
+            let s = scope(name)?;
+            let v = ring.rotate(&s, *grace, &who)?;
+            let old = ring
+                .versions(&s)?
+                .into_iter()
+                .filter(|r| r.version < v && matches!(r.state, KekState::Grace { .. } | KekState::Retired))
+                .max_by_key(|r| r.version);
+            done(
+                env,
+                format!(
+                    "rotated {name}: {v} is active{}; run `leakless-migrate rewrap` to move rows onto it",
+                    old.map(|r| format!(", {} is {}", r.version, r.state)).unwrap_or_default()
+                ),
+            )
+        }
+        KeysCommand::Retire { scope: name, version } => {
+            let ring = env.ring()?;
+            ring.retire(&scope(name)?, *version, &who)?;
+            done(env, format!("retired {name} {version}: it opens nothing now"))
+        }
+        KeysCommand::Reinstate { scope: name, version, grace } => {
+            let ring = env.ring()?;
+            ring.reinstate(&scope(name)?, *version, *grace, &who)?;
+            done(env, format!("reinstated {name} {version} into grace"))
+        }
+        KeysCommand::Destroy { scope: name, version, shred } => destroy(env, name, *version, *shred),
+        KeysCommand::ExpireGrace => {
+            let ring = env.ring()?;
+            let retired = ring.expire_grace(&who)?;
+            let list: Vec<String> = retired.iter().map(|(s, v)| format!("{s} {v}")).collect();
+            done(env, format!("retired {} expired grace versions: {}", list.len(), list.join(", ")))
+        }
+        KeysCommand::RotateRoot { new_root_key_file, generate } => {
+            let ring = env.ring()?;
+            let new: Box<dyn Kms> = if *generate {
+                Box::new(LocalKms::generate_key_file(new_root_key_file)?)
+            } else {
+                Box::new(LocalKms::from_key_file(new_root_key_file)?)
+            };
+            let n = ring.rotate_root(&*new, &who)?;
+            done(
+                env,
+                format!(
+                    "re-wrapped {n} KEK records under root key {}; use --root-key-file {} from now on",
+                    new.root_key_id(),
+                    new_root_key_file.display()
+                ),
+            )
+        }
+    }
+}
+
+fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool) -> Result<()> {
+    let s = scope(name)?;
+    let ring: KeyRing = env.ring()?;
+    let record = ring
+        .versions(&s)?
+        .into_iter()
+        .find(|r| r.version == version)
+        .ok_or_else(|| Failure::from(leakless::Error::KeyVersionNotFound { scope: s.clone(), version }))?;
+    if record.state != KekState::Retired {
+        return Err(Failure::new(
+            Kind::Keys,
+            format!("key {name} {version} is {}, only a retired version can be destroyed", record.state),
+            "rotate it away (`keys rotate`), rewrap, then `keys retire` it first",
+        ));
+    }
+    let hits = rows_using(env, &s, version)?;
+    let total: u64 = hits.iter().map(|h| h.1).sum();
+    if total > 0 && !shred {
+        let list: Vec<String> = hits.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+        return Err(Failure::new(
+            Kind::Refused,
+            format!(
+                "refusing to destroy {name} {version}: {total} rows still use it ({})",
+                list.join(", ")
+            ),
+            format!(
+                "move them first: `keys reinstate {name} {version}`, `rewrap`, `keys retire`, then \
+                 destroy; or pass --shred to make those rows unreadable for good"
+            ),
+        ));
+    }
+    let question = if total > 0 {
+        format!("Destroy {name} {version} and make {total} rows unreadable forever?")
+    } else {
+        format!("Destroy {name} {version}? No row uses it; this cannot be undone.")
+    };
+    env.confirm(&question, name)?;
+    ring.destroy(&s, version, &env.who())?;
+    done(
+        env,
+        format!("destroyed {name} {version}{}", if total > 0 { format!(" ({total} rows crypto-shredded)") } else { String::new() }),
+    )
+}

@@ -1,0 +1,199 @@
+//! `status`: per table and column, rows per key scope and KEK version with the version's
+//! state, plaintext rows (adoption pending), rows on retired or destroyed versions, and the
+//! rows a rewrap would move. Reads only the envelope headers (first 80 bytes); needs no root
+//! key.
+
+use std::collections::BTreeMap;
+
+use leakless::keyring::KekState;
+use leakless::store::KeyStore;
+use leakless::{KekVersion, KeyScope};
+use serde::Serialize;
+
+use crate::db::Db;
+use crate::env::{Env, out};
+use crate::error::{Failure, Kind, Result};
+use crate::scan::{Range, for_each_page, header, prefix_expr};
+
+/// Options of `status`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this table.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Only this column (with --table).
+    #[arg(long, requires = "table")]
+    pub column: Option<String>,
+}
+
+/// Rows under one KEK version.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VersionRows {
+    /// Key scope.
+    pub scope: String,
+    /// KEK version number.
+    pub version: u32,
+    /// `active`, `grace`, `retired`, `destroyed`, or `unknown` (not in the key store).
+    pub state: String,
+    /// Rows.
+    pub rows: u64,
+}
+
+/// The status of one sealed column.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ColumnStatus {
+    /// Table.
+    pub table: String,
+    /// Column.
+    pub column: String,
+    /// Rows in the table.
+    pub rows: u64,
+    /// Rows per KEK version.
+    pub versions: Vec<VersionRows>,
+    /// NULL values (allowed for nullable columns).
+    pub nulls: u64,
+    /// Rows still in plaintext: a value that is no envelope, or NULL in a non-nullable
+    /// column (adoption pending).
+    pub plaintext: u64,
+    /// Rows on grace versions: what `rewrap` would move.
+    pub rewrap_work: u64,
+    /// Rows on retired versions (unreadable until reinstated; rewrap after `keys reinstate`).
+    pub on_retired: u64,
+    /// Rows on destroyed or unknown versions (unreadable for good).
+    pub on_destroyed: u64,
+}
+
+/// Counts one column.
+///
+/// # Errors
+/// [`Kind::Database`], [`Kind::Keys`].
+pub fn column_status(
+    db: &mut Db,
+    store: &dyn KeyStore,
+    t: &leakless::manifest::SealedTable,
+    c: &leakless::manifest::SealedColumn,
+) -> Result<ColumnStatus> {
+    let mut by: BTreeMap<(String, u32), u64> = BTreeMap::new();
+    let (mut rows, mut nulls, mut plaintext) = (0u64, 0u64, 0u64);
+    let expr = prefix_expr(db, c, 80);
+    for_each_page(db, t, &expr, &Range::default(), 10_000, |_, page| {
+        for r in page {
+            rows += 1;
+            match r.val.as_deref() {
+                None if c.nullable => nulls += 1,
+                None => plaintext += 1,
+                Some(v) => match header(v) {
+                    Some(k) => *by.entry(k).or_default() += 1,
+                    None => plaintext += 1,
+                },
+            }
+        }
+        Ok(())
+    })?;
+    let mut s = ColumnStatus {
+        table: t.table.clone(),
+        column: c.column.clone(),
+        rows,
+        versions: Vec::new(),
+        nulls,
+        plaintext,
+        rewrap_work: 0,
+        on_retired: 0,
+        on_destroyed: 0,
+    };
+    for ((scope, version), n) in by {
+        let state = match (KeyScope::new(&scope), KekVersion::new(version)) {
+            (Ok(sc), Ok(v)) => store.get(&sc, v)?.map(|r| r.state),
+            _ => None,
+        };
+        match state {
+            Some(KekState::Grace { .. }) => s.rewrap_work += n,
+            Some(KekState::Retired) => s.on_retired += n,
+            Some(KekState::Destroyed) | None => s.on_destroyed += n,
+            Some(KekState::Active) => {}
+        }
+        s.versions.push(VersionRows {
+            scope,
+            version,
+            state: state.map_or("unknown", |st| st.name()).to_owned(),
+            rows: n,
+        });
+    }
+    Ok(s)
+}
+
+/// Runs `status`.
+///
+/// # Errors
+/// As [`column_status`]; [`Kind::Usage`] for an unknown table or column.
+pub fn run(env: &mut Env, args: &Args) -> Result<()> {
+    let targets = env.targets(args.table.as_deref(), args.column.as_deref())?;
+    let store = env.key_store()?;
+    let mut db = env.connect()?;
+    let mut all = Vec::new();
+    for (t, c) in &targets {
+        all.push(column_status(&mut db, &*store, t, c)?);
+    }
+    if env.global.json {
+        let text = serde_json::to_string_pretty(&all).map_err(|e| {
+            Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug")
+        })?;
+        out(text);
+        return Ok(());
+    }
+    out(format!(
+        "{:<28} {:<20} {:>7} {:<10} {:>10}",
+        "TABLE.COLUMN", "SCOPE", "VERSION", "STATE", "ROWS"
+    ));
+    for s in &all {
+        let name = format!("{}.{}", s.table, s.column);
+        for v in &s.versions {
+            out(format!(
+                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
+                v.scope,
+                format!("v{}", v.version),
+                v.state,
+                v.rows
+            ));
+        }
+        if s.plaintext > 0 {
+            out(format!(
+                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
+                "-", "-", "plaintext", s.plaintext
+            ));
+        }
+        if s.nulls > 0 {
+            out(format!(
+                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
+                "-", "-", "null", s.nulls
+            ));
+        }
+    }
+    out("");
+    for s in &all {
+        let mut notes = Vec::new();
+        if s.rewrap_work > 0 {
+            notes.push(format!("{} rows to rewrap", s.rewrap_work));
+        }
+        if s.plaintext > 0 {
+            notes.push(format!("{} plaintext rows to adopt", s.plaintext));
+        }
+        if s.on_retired > 0 {
+            notes.push(format!(
+                "{} rows on retired versions (reinstate, then rewrap)",
+                s.on_retired
+            ));
+        }
+        if s.on_destroyed > 0 {
+            notes.push(format!(
+                "{} rows on destroyed or unknown versions (unreadable)",
+                s.on_destroyed
+            ));
+        }
+        if notes.is_empty() {
+            notes.push("all rows on active versions".to_owned());
+        }
+        out(format!("{}.{}: {}", s.table, s.column, notes.join("; ")));
+    }
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! One database connection on PostgreSQL, MariaDB/MySQL or SQLite, through diesel, with the
+//! few dialect differences the migrator needs (identifier quoting, placeholders, how a row
+//! identity is read as text and bound back).
+//!
+//! Table and column names come from the schema manifest, never from row data; they are
+//! checked to be plain identifiers ([`ident`]) before they are put into SQL. Every value is a
+//! bound parameter.
+
+use std::fmt;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
+use diesel::{MysqlConnection, PgConnection, SqliteConnection};
+use leakless::redact::redact_url;
+use zeroize::Zeroizing;
+
+use crate::error::{Failure, Kind};
+
+/// Which database a connection talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// MariaDB or MySQL.
+    Mysql,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Backend {
+    /// `"postgres"`, `"mysql"` or `"sqlite"`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A database URL, kept zeroized, shown only redacted.
+#[derive(Clone)]
+pub struct DbUrl {
+    backend: Backend,
+    /// What diesel connects with (URL or SQLite path).
+    target: Zeroizing<String>,
+    shown: String,
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DbUrl({})", self.shown)
+    }
+}
+
+impl DbUrl {
+    /// Parses `postgres://`/`postgresql://`, `mysql://`/`mariadb://`, `sqlite://PATH`,
+    /// `sqlite:PATH`, or a bare path (an SQLite file).
+    #[must_use]
+    pub fn parse(url: &str) -> Self {
+        let lower = url.to_ascii_lowercase();
+        let (backend, target) = if lower.starts_with("postgres://")
+            || lower.starts_with("postgresql://")
+        {
+            (Backend::Postgres, url.to_owned())
+        } else if lower.starts_with("mysql://") {
+            (Backend::Mysql, url.to_owned())
+        } else if lower.starts_with("mariadb://") {
+            (
+                Backend::Mysql,
+                format!("mysql://{}", url.get("mariadb://".len()..).unwrap_or_default()),
+            )
+        } else if lower.starts_with("sqlite:") {
+            let path = url.get("sqlite:".len()..).unwrap_or_default();
+            (
+                Backend::Sqlite,
+                path.strip_prefix("//").unwrap_or(path).to_owned(),
+            )
+        } else {
+            (Backend::Sqlite, url.to_owned())
+        };
+        Self {
+            backend,
+            shown: redact_url(url),
+            target: Zeroizing::new(target),
+        }
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL with its password masked: the only form ever printed.
+    #[must_use]
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The URL the runtime's SQL key store accepts for the same database.
+    #[must_use]
+    pub fn key_store_url(&self) -> Zeroizing<String> {
+        match self.backend {
+            Backend::Sqlite => Zeroizing::new(format!("sqlite://{}", &*self.target)),
+            _ => self.target.clone(),
+        }
+    }
+
+    /// Opens a connection.
+    ///
+    /// # Errors
+    /// [`Kind::Database`] naming the redacted URL; the password never appears.
+    pub fn connect(&self) -> Result<Db, Failure> {
+        let fail = |e: ConnectionError| {
+            Failure::new(
+                Kind::Database,
+                format!(
+                    "cannot connect to {}: {}",
+                    self.shown,
+                    scrub(&e.to_string(), &self.target)
+                ),
+                "check that the server runs and the URL (--database-url or \
+                 LEAKLESS_DATABASE_URL) is right",
+            )
+        };
+        let conn = match self.backend {
+            Backend::Postgres => Conn::Pg(PgConnection::establish(&self.target).map_err(fail)?),
+            Backend::Mysql => Conn::My(MysqlConnection::establish(&self.target).map_err(fail)?),
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::establish(&self.target).map_err(fail)?;
+                c.batch_execute("PRAGMA busy_timeout = 30000;")
+                    .map_err(|e| db_failure("configure SQLite", &e, &self.target))?;
+                Conn::Lite(c)
+            }
+        };
+        Ok(Db {
+            conn,
+            backend: self.backend,
+            target: self.target.clone(),
+        })
+    }
+}
+
+/// Removes the password of `url` from `text`, for driver messages that might echo it.
+fn scrub(text: &str, url: &str) -> String {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return text.to_owned();
+    };
+    let Some(userinfo) = rest.split_once('@').map(|(u, _)| u) else {
+        return text.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((_, pw)) if !pw.is_empty() => text.replace(pw, leakless::redact::MASK),
+        _ => text.to_owned(),
+    }
+}
+
+fn db_failure(operation: &str, e: &diesel::result::Error, target: &str) -> Failure {
+    Failure::new(
+        Kind::Database,
+        format!("database: {operation} failed: {}", scrub(&e.to_string(), target)),
+        "check the database is reachable and the migrator's user may read and write the \
+         tables named; rerunning is safe (finished batches are checkpointed)",
+    )
+}
+
+enum Conn {
+    Pg(PgConnection),
+    My(MysqlConnection),
+    Lite(SqliteConnection),
+}
+
+/// A bound parameter.
+#[derive(Clone)]
+pub enum Bind {
+    /// Text (or NULL).
+    Text(Option<String>),
+    /// Bytes (or NULL).
+    Bytes(Option<Vec<u8>>),
+    /// An integer.
+    Int(i64),
+}
+
+impl fmt::Debug for Bind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Bound values can be envelopes or (during adoption) plaintext: never print them.
+        f.write_str("Bind(..)")
+    }
+}
+
+/// A row identity (as text) and a binary value.
+#[derive(QueryableByName)]
+pub struct IdBytes {
+    /// The row identity, rendered as text by [`Db::id_text`].
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// The value.
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub val: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for IdBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdBytes({}, ..)", self.id)
+    }
+}
+
+/// A row identity, a binary value and a second binary value (adoption: sealed and plain).
+#[derive(QueryableByName)]
+pub struct IdTwo {
+    /// The row identity as text.
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// The first value.
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub a: Option<Vec<u8>>,
+    /// The second value.
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub b: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for IdTwo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdTwo({}, ..)", self.id)
+    }
+}
+
+/// One text value.
+#[derive(QueryableByName, Debug)]
+pub struct OneText {
+    /// The value.
+    #[diesel(sql_type = Text)]
+    pub id: String,
+}
+
+/// One count.
+#[derive(QueryableByName, Debug)]
+pub struct OneInt {
+    /// The value.
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
+}
+
+/// A chunk row of the checkpoint table.
+#[derive(QueryableByName, Debug)]
+pub struct ChunkRow {
+    /// Chunk number.
+    #[diesel(sql_type = BigInt)]
+    pub chunk_no: i64,
+    /// Lower bound (inclusive), as id text; `None` = unbounded.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub lo: Option<String>,
+    /// Upper bound (exclusive), as id text; `None` = unbounded.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub hi: Option<String>,
+}
+
+macro_rules! bind_all {
+    ($q:expr, $binds:expr) => {{
+        let mut q = $q;
+        for b in $binds {
+            q = match b {
+                Bind::Text(t) => q.bind::<Nullable<Text>, _>(t.clone()),
+                Bind::Bytes(v) => q.bind::<Nullable<Binary>, _>(v.clone()),
+                Bind::Int(i) => q.bind::<BigInt, _>(*i),
+            };
+        }
+        q
+    }};
+}
+
+/// An open connection.
+pub struct Db {
+    conn: Conn,
+    backend: Backend,
+    target: Zeroizing<String>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Db({})", self.backend.name())
+    }
+}
+
+/// Checks that `name` is a plain SQL identifier (letters, digits, `_`, not starting with a
+/// digit, at most 63 bytes), so it can be quoted into a statement.
+///
+/// # Errors
+/// [`Kind::Usage`] naming the identifier.
+pub fn ident(name: &str) -> Result<&str, Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes().first().is_some_and(u8::is_ascii_digit);
+    if ok {
+        Ok(name)
+    } else {
+        Err(Failure::new(
+            Kind::Usage,
+            format!("{name:?} is not a plain SQL identifier"),
+            "table and column names in the manifest must be letters, digits and _",
+        ))
+    }
+}
+
+impl Db {
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `name` quoted as an identifier (call [`ident`] first).
+    #[must_use]
+    pub fn q(&self, name: &str) -> String {
+        match self.backend {
+            Backend::Mysql => format!("`{name}`"),
+            _ => format!("\"{name}\""),
+        }
+    }
+
+    /// The `n`-th placeholder (1-based).
+    #[must_use]
+    pub fn ph(&self, n: usize) -> String {
+        match self.backend {
+            Backend::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    }
+
+    /// SQL rendering the id column `col` (of manifest kind `kind`) as text.
+    #[must_use]
+    pub fn id_text(&self, kind: &str, col: &str) -> String {
+        let c = self.q(col);
+        match (self.backend, kind) {
+            (Backend::Postgres, "bytes") => format!("encode({c}, 'hex')"),
+            (Backend::Postgres, "text") => c,
+            (Backend::Postgres, _) => format!("{c}::text"),
+            (Backend::Mysql, "bytes" | "uuid") => format!("LOWER(HEX({c}))"),
+            (Backend::Mysql, "text") => c,
+            (Backend::Mysql, _) => format!("CAST({c} AS CHAR)"),
+            (Backend::Sqlite, "bytes" | "uuid") => format!("lower(hex({c}))"),
+            (Backend::Sqlite, "text") => c,
+            (Backend::Sqlite, _) => format!("CAST({c} AS TEXT)"),
+        }
+    }
+
+    /// SQL turning the text expression `expr` back into the id column's type.
+    #[must_use]
+    pub fn id_from_text(&self, kind: &str, expr: &str) -> String {
+        match (self.backend, kind) {
+            (Backend::Postgres, "uuid") => format!("CAST({expr} AS uuid)"),
+            (Backend::Postgres, "int") => format!("CAST({expr} AS bigint)"),
+            (Backend::Postgres, "bytes") => format!("decode({expr}, 'hex')"),
+            (Backend::Mysql, "bytes" | "uuid") => format!("UNHEX({expr})"),
+            (Backend::Mysql, "int") => format!("CAST({expr} AS SIGNED)"),
+            (Backend::Sqlite, "bytes" | "uuid") => format!("unhex({expr})"),
+            (Backend::Sqlite, "int") => format!("CAST({expr} AS INTEGER)"),
+            (_, _) => expr.to_owned(),
+        }
+    }
+
+    /// SQL for a random order.
+    #[must_use]
+    pub fn random(&self) -> &'static str {
+        match self.backend {
+            Backend::Mysql => "RAND()",
+            _ => "random()",
+        }
+    }
+
+    /// Runs statements without parameters.
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn batch(&mut self, sql: &str) -> Result<(), Failure> {
+        let r = match &mut self.conn {
+            Conn::Pg(c) => c.batch_execute(sql),
+            Conn::My(c) => c.batch_execute(sql),
+            Conn::Lite(c) => c.batch_execute(sql),
+        };
+        r.map_err(|e| db_failure("statement", &e, &self.target))
+    }
+
+    /// Starts a transaction (`BEGIN IMMEDIATE` on SQLite, so writers queue up front).
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn begin(&mut self) -> Result<(), Failure> {
+        match self.backend {
+            Backend::Sqlite => self.batch("BEGIN IMMEDIATE"),
+            _ => self.batch("BEGIN"),
+        }
+    }
+
+    /// Commits.
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn commit(&mut self) -> Result<(), Failure> {
+        self.batch("COMMIT")
+    }
+
+    /// Rolls back, ignoring errors (the connection may be gone already).
+    pub fn rollback(&mut self) {
+        let _ = self.batch("ROLLBACK");
+    }
+
+    /// Runs one statement with parameters; returns the affected row count.
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn exec(&mut self, sql: &str, binds: &[Bind]) -> Result<usize, Failure> {
+        let r = match &mut self.conn {
+            Conn::Pg(c) => bind_all!(diesel::sql_query(sql).into_boxed(), binds).execute(c),
+            Conn::My(c) => bind_all!(diesel::sql_query(sql).into_boxed(), binds).execute(c),
+            Conn::Lite(c) => bind_all!(diesel::sql_query(sql).into_boxed(), binds).execute(c),
+        };
+        r.map_err(|e| db_failure("update", &e, &self.target))
+    }
+
+    /// Runs one query with parameters and loads rows of type `T`.
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn load<T>(&mut self, sql: &str, binds: &[Bind]) -> Result<Vec<T>, Failure>
+    where
+        T: QueryableByName<diesel::pg::Pg>
+            + QueryableByName<diesel::mysql::Mysql>
+            + QueryableByName<diesel::sqlite::Sqlite>
+            + 'static,
+    {
+        let r = match &mut self.conn {
+            Conn::Pg(c) => bind_all!(diesel::sql_query(sql).into_boxed(), binds).load::<T>(c),
+            Conn::My(c) => bind_all!(diesel::sql_query(sql).into_boxed(), binds).load::<T>(c),
+            Conn::Lite(c) => bind_all!(diesel::sql_query(sql).into_boxed(), binds).load::<T>(c),
+        };
+        r.map_err(|e| db_failure("query", &e, &self.target))
+    }
+
+    /// PostgreSQL bulk compare-and-swap: sets `col` to the new value for every `(id, old,
+    /// new)` whose row still holds `old` (or is still NULL when `old` is `None`), in one
+    /// statement over `unnest` arrays. Returns the ids that were updated.
+    ///
+    /// # Errors
+    /// [`Kind::Database`]; [`Kind::Usage`] on another backend.
+    pub fn pg_bulk_cas(
+        &mut self,
+        table: &str,
+        id_col: &str,
+        id_kind: &str,
+        col: &str,
+        rows: &[(String, Option<Vec<u8>>, Vec<u8>)],
+    ) -> Result<Vec<String>, Failure> {
+        let Conn::Pg(c) = &mut self.conn else {
+            return Err(Failure::new(
+                Kind::Usage,
+                "the unnest bulk path is PostgreSQL only",
+                "use Db::exec per row on other backends",
+            ));
+        };
+        let (t, i, v) = (
+            format!("\"{table}\""),
+            format!("\"{id_col}\""),
+            format!("\"{col}\""),
+        );
+        let id_expr = match id_kind {
+            "uuid" => "CAST(u.id AS uuid)".to_owned(),
+            "int" => "CAST(u.id AS bigint)".to_owned(),
+            "bytes" => "decode(u.id, 'hex')".to_owned(),
+            _ => "u.id".to_owned(),
+        };
+        let sql = format!(
+            "UPDATE {t} SET {v} = u.new \
+             FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS u(id, old, new) \
+             WHERE {t}.{i} = {id_expr} \
+             AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL)) \
+             RETURNING u.id AS id"
+        );
+        let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        let olds: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.1.clone()).collect();
+        let news: Vec<Vec<u8>> = rows.iter().map(|r| r.2.clone()).collect();
+        diesel::sql_query(sql)
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Array<Nullable<Binary>>, _>(olds)
+            .bind::<Array<Binary>, _>(news)
+            .load::<OneText>(c)
+            .map(|v| v.into_iter().map(|r| r.id).collect())
+            .map_err(|e| db_failure("bulk update", &e, &self.target))
+    }
+}

@@ -1,0 +1,803 @@
+//! The batch engine behind `rewrap`, `reencrypt` and `adopt`: online, batched, resumable and
+//! idempotent.
+//!
+//! # How a run works
+//!
+//! 1. **Plan** (once per job): the table's ids are cut into chunks of `batch` rows by a window
+//!    query; one row per chunk goes into `leakless_migrate_chunk`, under a job row in
+//!    `leakless_migrate_job`, in one transaction. A second process planning the same job at
+//!    the same time waits on the job row and then uses the first one's plan. A job whose
+//!    chunks are all done is planned afresh (a new pass).
+//! 2. **Work**: each worker, in one transaction, claims the first undone chunk
+//!    (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MariaDB, so workers in several processes
+//!    and machines never take the same chunk), reads its rows, computes the new values,
+//!    writes them with compare-and-swap on the old value (`... WHERE id = ? AND col = old`;
+//!    one `UPDATE ... FROM unnest(...)` per page on PostgreSQL), marks the chunk done with its
+//!    counts, and commits. The rows and the checkpoint commit together or not at all, so a
+//!    `kill -9` or a server crash at any point loses nothing and redoes nothing.
+//! 3. **Online**: a row the application changed between the read and the write fails the
+//!    compare-and-swap; it is read again and redone (up to [`RETRIES`] times), so an
+//!    application write is never overwritten with a stale value.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use leakless::manifest::{ScopeSource, SealedColumn, SealedTable};
+use leakless::{Algorithm, FieldContext, FieldPolicy, KeyRing, KeyScope, PaddingPolicy};
+use serde::Serialize;
+
+use crate::db::{Backend, Bind, ChunkRow, Db, DbUrl, IdTwo, OneInt, OneText};
+use crate::error::{Failure, Kind, Result};
+use crate::scan::{OwnedRowId, Range, page_sql};
+
+/// How often a row that keeps changing under the migrator is retried before it is reported.
+pub const RETRIES: usize = 5;
+
+/// What a job does to each row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Move the DEK onto the active KEK version; data ciphertext untouched.
+    Rewrap,
+    /// Open and seal again: new DEK, new data ciphertext.
+    Reencrypt,
+    /// Seal the plaintext column `from` into the (NULL) sealed column.
+    Adopt {
+        /// The plaintext column.
+        from: String,
+    },
+}
+
+impl Mode {
+    /// `rewrap`, `reencrypt` or `adopt`.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Rewrap => "rewrap",
+            Mode::Reencrypt => "reencrypt",
+            Mode::Adopt { .. } => "adopt",
+        }
+    }
+}
+
+/// Knobs of a run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Rows per chunk (and per transaction).
+    pub batch: usize,
+    /// Worker threads in this process.
+    pub workers: usize,
+    /// Overall throttle, rows per second.
+    pub max_rows_per_sec: Option<u64>,
+    /// Job name; default `<mode>:<table>.<column>`.
+    pub job: Option<String>,
+}
+
+/// One row that could not be processed: where, and why (never a value).
+#[derive(Clone, Debug, Serialize)]
+pub struct RowFailure {
+    /// Table.
+    pub table: String,
+    /// Column.
+    pub column: String,
+    /// Row identity.
+    pub row: String,
+    /// The error.
+    pub error: String,
+}
+
+/// Live counters, shared with the progress display.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Rows read.
+    pub seen: AtomicU64,
+    /// Rows written.
+    pub changed: AtomicU64,
+    /// Rows that changed under the migrator and were redone.
+    pub retried: AtomicU64,
+    /// Rows that failed.
+    pub failed: AtomicU64,
+    /// Chunks committed in this run.
+    pub chunks: AtomicU64,
+}
+
+/// The outcome of one job.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Job name.
+    pub job: String,
+    /// Mode.
+    pub mode: &'static str,
+    /// Table.
+    pub table: String,
+    /// Column.
+    pub column: String,
+    /// Chunks in the plan.
+    pub chunks_total: u64,
+    /// Chunks already done when this run started (resumed).
+    pub chunks_done_before: u64,
+    /// Chunks this run committed.
+    pub chunks_done_now: u64,
+    /// Rows read.
+    pub rows_seen: u64,
+    /// Rows written.
+    pub rows_changed: u64,
+    /// Rows redone after a concurrent change.
+    pub rows_retried: u64,
+    /// Rows that failed.
+    pub rows_failed: u64,
+    /// The first failures (at most 100).
+    pub failures: Vec<RowFailure>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// The statements creating the checkpoint tables (idempotent).
+pub const CHECKPOINT_DDL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS leakless_migrate_job (job VARCHAR(200) NOT NULL PRIMARY KEY, \
+     kind VARCHAR(32) NOT NULL, tbl VARCHAR(64) NOT NULL, col VARCHAR(64) NOT NULL, \
+     created_at BIGINT NOT NULL, chunks BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leakless_migrate_chunk (job VARCHAR(200) NOT NULL, \
+     chunk_no BIGINT NOT NULL, lo TEXT, hi TEXT, done SMALLINT NOT NULL DEFAULT 0, \
+     rows_seen BIGINT NOT NULL DEFAULT 0, rows_changed BIGINT NOT NULL DEFAULT 0, \
+     rows_failed BIGINT NOT NULL DEFAULT 0, finished_at BIGINT, PRIMARY KEY (job, chunk_no))",
+];
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// The default job name.
+#[must_use]
+pub fn job_name(mode: &Mode, t: &SealedTable, c: &SealedColumn) -> String {
+    format!("{}:{}.{}", mode.name(), t.table, c.column)
+}
+
+/// Creates the checkpoint tables.
+///
+/// # Errors
+/// [`Kind::Database`].
+pub fn ensure_tables(db: &mut Db) -> Result<()> {
+    for s in CHECKPOINT_DDL {
+        db.batch(s)?;
+    }
+    Ok(())
+}
+
+/// Plans `job` if it has no plan yet or its last pass is complete. Returns (chunks total,
+/// chunks already done).
+///
+/// # Errors
+/// [`Kind::Database`].
+pub fn plan(
+    db: &mut Db,
+    job: &str,
+    mode: &Mode,
+    t: &SealedTable,
+    c: &SealedColumn,
+    batch: usize,
+) -> Result<(u64, u64)> {
+    ensure_tables(db)?;
+    db.begin()?;
+    let r = plan_in_tx(db, job, mode, t, c, batch);
+    match r {
+        Ok(v) => {
+            db.commit()?;
+            Ok(v)
+        }
+        Err(e) => {
+            db.rollback();
+            Err(e)
+        }
+    }
+}
+
+fn plan_in_tx(
+    db: &mut Db,
+    job: &str,
+    mode: &Mode,
+    t: &SealedTable,
+    c: &SealedColumn,
+    batch: usize,
+) -> Result<(u64, u64)> {
+    let insert = match db.backend() {
+        Backend::Postgres => "INSERT INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT DO NOTHING",
+        Backend::Mysql => "INSERT IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+             VALUES (?, ?, ?, ?, ?, 0)",
+        Backend::Sqlite => "INSERT OR IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+             VALUES (?, ?, ?, ?, ?, 0)",
+    };
+    let inserted = db.exec(
+        insert,
+        &[
+            Bind::Text(Some(job.to_owned())),
+            Bind::Text(Some(mode.name().to_owned())),
+            Bind::Text(Some(t.table.clone())),
+            Bind::Text(Some(c.column.clone())),
+            Bind::Int(now_secs()),
+        ],
+    )?;
+    let lock = if db.backend() == Backend::Sqlite {
+        ""
+    } else {
+        " FOR UPDATE"
+    };
+    let _: Vec<OneText> = db.load(
+        &format!(
+            "SELECT job AS id FROM leakless_migrate_job WHERE job = {}{lock}",
+            db.ph(1)
+        ),
+        &[Bind::Text(Some(job.to_owned()))],
+    )?;
+    let counts = |db: &mut Db| -> Result<(u64, u64)> {
+        let total: Vec<OneInt> = db.load(
+            &format!(
+                "SELECT COUNT(*) AS n FROM leakless_migrate_chunk WHERE job = {}",
+                db.ph(1)
+            ),
+            &[Bind::Text(Some(job.to_owned()))],
+        )?;
+        let done: Vec<OneInt> = db.load(
+            &format!(
+                "SELECT COUNT(*) AS n FROM leakless_migrate_chunk WHERE job = {} AND done = 1",
+                db.ph(1)
+            ),
+            &[Bind::Text(Some(job.to_owned()))],
+        )?;
+        Ok((
+            to_u64(total.first().map_or(0, |r| r.n)),
+            to_u64(done.first().map_or(0, |r| r.n)),
+        ))
+    };
+    if inserted == 0 {
+        let (total, done) = counts(db)?;
+        if total > 0 && done < total {
+            return Ok((total, done));
+        }
+        db.exec(
+            &format!("DELETE FROM leakless_migrate_chunk WHERE job = {}", db.ph(1)),
+            &[Bind::Text(Some(job.to_owned()))],
+        )?;
+    }
+    // Chunk boundaries: every `batch`-th id in id order.
+    let id = db.q(&t.row_id_column);
+    let sql = format!(
+        "SELECT idt AS id FROM (SELECT {} AS idt, ROW_NUMBER() OVER (ORDER BY {id}) AS rn \
+         FROM {}) s WHERE (rn - 1) % {batch} = 0 ORDER BY rn",
+        db.id_text(&t.row_id_kind, &t.row_id_column),
+        db.q(&t.table)
+    );
+    let bounds: Vec<OneText> = db.load(&sql, &[])?;
+    // Chunk i covers [bound_i, bound_{i+1}); the first is open below, the last open above,
+    // so rows inserted later at either end still belong to a chunk.
+    let n = bounds.len().max(1);
+    let mut rows = Vec::with_capacity(n);
+    for i in 0..n {
+        let lo = if i == 0 {
+            None
+        } else {
+            bounds.get(i).map(|b| b.id.clone())
+        };
+        let hi = bounds.get(i + 1).map(|b| b.id.clone());
+        rows.push((i, lo, hi));
+    }
+    for group in rows.chunks(200) {
+        let mut values = Vec::new();
+        let mut binds = Vec::new();
+        let mut k = 0usize;
+        for (i, lo, hi) in group {
+            values.push(format!(
+                "({}, {}, {}, {})",
+                db.ph(k + 1),
+                db.ph(k + 2),
+                db.ph(k + 3),
+                db.ph(k + 4)
+            ));
+            k += 4;
+            binds.push(Bind::Text(Some(job.to_owned())));
+            binds.push(Bind::Int(i64::try_from(*i).unwrap_or(i64::MAX)));
+            binds.push(Bind::Text(lo.clone()));
+            binds.push(Bind::Text(hi.clone()));
+        }
+        db.exec(
+            &format!(
+                "INSERT INTO leakless_migrate_chunk (job, chunk_no, lo, hi) VALUES {}",
+                values.join(", ")
+            ),
+            &binds,
+        )?;
+    }
+    db.exec(
+        &format!(
+            "UPDATE leakless_migrate_job SET chunks = {} WHERE job = {}",
+            db.ph(1),
+            db.ph(2)
+        ),
+        &[
+            Bind::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+            Bind::Text(Some(job.to_owned())),
+        ],
+    )?;
+    Ok((u64::try_from(n).unwrap_or(u64::MAX), 0))
+}
+
+/// Everything a worker needs.
+#[derive(Debug, Clone)]
+pub struct Work {
+    /// Job name.
+    pub job: String,
+    /// Mode.
+    pub mode: Mode,
+    /// Table.
+    pub table: SealedTable,
+    /// Column.
+    pub column: SealedColumn,
+    /// Key ring.
+    pub ring: KeyRing,
+    /// Rows per page.
+    pub batch: usize,
+    /// Per-worker throttle, rows per second.
+    pub per_worker_rate: Option<f64>,
+}
+
+/// A row's new value, or why not.
+enum Outcome {
+    Write(Vec<u8>),
+    Keep,
+    Fail(String),
+}
+
+impl Work {
+    fn policy(&self) -> FieldPolicy {
+        FieldPolicy {
+            algorithm: Algorithm::from_name(&self.column.algorithm).unwrap_or_default(),
+            padding: PaddingPolicy::default(),
+        }
+    }
+
+    fn adopt_scope(&self) -> Result<KeyScope> {
+        match &self.table.scope {
+            ScopeSource::Static { scope } => Ok(KeyScope::new(scope)?),
+            ScopeSource::PerTenant { .. } => Err(Failure::new(
+                Kind::Usage,
+                format!(
+                    "{}: adopt supports tables with one static key scope",
+                    self.table.table
+                ),
+                "adopt a per-tenant table by sealing in the application, or split it per tenant",
+            )),
+        }
+    }
+
+    /// The value expressions read per row: `a` (the sealed column) and `b` (the plaintext
+    /// column for adoption, else NULL).
+    fn select(&self, db: &Db) -> String {
+        let a = db.q(&self.column.column);
+        let b = match &self.mode {
+            Mode::Adopt { from } => {
+                let p = db.q(from);
+                match (db.backend(), self.column.encoding.as_str()) {
+                    (_, "bytes") => p,
+                    (Backend::Postgres, _) => format!("convert_to({p}, 'UTF8')"),
+                    (Backend::Mysql, _) => format!("CAST({p} AS BINARY)"),
+                    (Backend::Sqlite, _) => format!("CAST({p} AS BLOB)"),
+                }
+            }
+            _ => "NULL".to_owned(),
+        };
+        let b = if db.backend() == Backend::Postgres && b == "NULL" {
+            "NULL::bytea".to_owned()
+        } else {
+            b
+        };
+        format!("{a} AS a, {b} AS b")
+    }
+
+    fn outcome(&self, row: &IdTwo, adopt_scope: Option<&KeyScope>) -> Outcome {
+        let rid = match OwnedRowId::parse(&self.table.row_id_kind, &row.id) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Fail(e.what),
+        };
+        let ctx = FieldContext::new(
+            &self.table.table,
+            &self.column.column,
+            rid.as_row_id(),
+            self.table.schema_version,
+        );
+        match (&self.mode, &row.a) {
+            (Mode::Adopt { .. }, Some(_)) => Outcome::Keep,
+            (Mode::Adopt { .. }, None) => match (&row.b, adopt_scope) {
+                (Some(plain), Some(scope)) => {
+                    match self.ring.seal(scope, &ctx, plain, &self.policy()) {
+                        Ok(v) => Outcome::Write(v),
+                        Err(e) => Outcome::Fail(e.to_string()),
+                    }
+                }
+                _ => Outcome::Keep,
+            },
+            (_, None) => Outcome::Keep,
+            (Mode::Rewrap, Some(env)) => match self.ring.rewrap(&ctx, env) {
+                Ok(Some(v)) => Outcome::Write(v),
+                Ok(None) => Outcome::Keep,
+                Err(e) => Outcome::Fail(e.to_string()),
+            },
+            (Mode::Reencrypt, Some(env)) => {
+                let Some((scope, _)) = crate::scan::header(env) else {
+                    return Outcome::Fail("not a leakless envelope".into());
+                };
+                let scope = match KeyScope::new(&scope) {
+                    Ok(s) => s,
+                    Err(e) => return Outcome::Fail(e.to_string()),
+                };
+                match self.ring.open(&ctx, env) {
+                    Ok(p) => match self.ring.seal(&scope, &ctx, p.expose_secret(), &self.policy()) {
+                        Ok(v) => Outcome::Write(v),
+                        Err(e) => Outcome::Fail(e.to_string()),
+                    },
+                    Err(e) => Outcome::Fail(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Writes `(id, old, new)` with compare-and-swap; returns the ids that lost the race.
+    fn cas(&self, db: &mut Db, writes: &[(String, Option<Vec<u8>>, Vec<u8>)]) -> Result<Vec<String>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        if db.backend() == Backend::Postgres {
+            let done = db.pg_bulk_cas(
+                &self.table.table,
+                &self.table.row_id_column,
+                &self.table.row_id_kind,
+                &self.column.column,
+                writes,
+            )?;
+            let done: std::collections::HashSet<String> = done.into_iter().collect();
+            return Ok(writes
+                .iter()
+                .filter(|w| !done.contains(&w.0))
+                .map(|w| w.0.clone())
+                .collect());
+        }
+        let col = db.q(&self.column.column);
+        let id = db.q(&self.table.row_id_column);
+        let id_bind = db.id_from_text(&self.table.row_id_kind, "?");
+        let mut lost = Vec::new();
+        for (rid, old, new) in writes {
+            let (sql, binds) = match old {
+                Some(old) => (
+                    format!(
+                        "UPDATE {} SET {col} = ? WHERE {id} = {id_bind} AND {col} = ?",
+                        db.q(&self.table.table)
+                    ),
+                    vec![
+                        Bind::Bytes(Some(new.clone())),
+                        Bind::Text(Some(rid.clone())),
+                        Bind::Bytes(Some(old.clone())),
+                    ],
+                ),
+                None => (
+                    format!(
+                        "UPDATE {} SET {col} = ? WHERE {id} = {id_bind} AND {col} IS NULL",
+                        db.q(&self.table.table)
+                    ),
+                    vec![Bind::Bytes(Some(new.clone())), Bind::Text(Some(rid.clone()))],
+                ),
+            };
+            if db.exec(&sql, &binds)? == 0 {
+                lost.push(rid.clone());
+            }
+        }
+        Ok(lost)
+    }
+
+    fn reread(&self, db: &mut Db, rid: &str) -> Result<Option<IdTwo>> {
+        let sql = format!(
+            "SELECT {} AS id, {} FROM {} WHERE {} = {}",
+            db.id_text(&self.table.row_id_kind, &self.table.row_id_column),
+            self.select(db),
+            db.q(&self.table.table),
+            db.q(&self.table.row_id_column),
+            db.id_from_text(&self.table.row_id_kind, &db.ph(1)),
+        );
+        let mut rows: Vec<IdTwo> = db.load(&sql, &[Bind::Text(Some(rid.to_owned()))])?;
+        Ok(rows.pop())
+    }
+
+    /// Processes the rows of one page inside the open transaction. Returns (seen, changed,
+    /// retried, failures).
+    fn page(
+        &self,
+        db: &mut Db,
+        rows: Vec<IdTwo>,
+        adopt_scope: Option<&KeyScope>,
+        counters: &Counters,
+        failures: &mut Vec<RowFailure>,
+    ) -> Result<(u64, u64, u64)> {
+        let seen = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+        let mut changed = 0u64;
+        let mut failed = 0u64;
+        let mut writes = Vec::new();
+        let mut fail = |id: &str, error: String, failures: &mut Vec<RowFailure>| {
+            failed += 1;
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            if failures.len() < 100 {
+                failures.push(RowFailure {
+                    table: self.table.table.clone(),
+                    column: self.column.column.clone(),
+                    row: id.to_owned(),
+                    error,
+                });
+            }
+        };
+        for row in rows {
+            match self.outcome(&row, adopt_scope) {
+                Outcome::Write(v) => writes.push((row.id, row.a, v)),
+                Outcome::Keep => {}
+                Outcome::Fail(e) => fail(&row.id, e, failures),
+            }
+        }
+        let planned = u64::try_from(writes.len()).unwrap_or(u64::MAX);
+        let mut lost = self.cas(db, &writes)?;
+        changed += planned - u64::try_from(lost.len()).unwrap_or(0);
+        drop(writes);
+        for attempt in 0..=RETRIES {
+            if lost.is_empty() {
+                break;
+            }
+            counters
+                .retried
+                .fetch_add(u64::try_from(lost.len()).unwrap_or(0), Ordering::Relaxed);
+            if attempt == RETRIES {
+                for id in &lost {
+                    fail(
+                        id,
+                        format!("row kept changing during {RETRIES} retries; rerun"),
+                        failures,
+                    );
+                }
+                break;
+            }
+            let mut again = Vec::new();
+            for id in &lost {
+                let Some(row) = self.reread(db, id)? else {
+                    continue; // deleted meanwhile: nothing to do
+                };
+                match self.outcome(&row, adopt_scope) {
+                    Outcome::Write(v) => again.push((row.id, row.a, v)),
+                    Outcome::Keep => {}
+                    Outcome::Fail(e) => fail(&row.id, e, failures),
+                }
+            }
+            let n = u64::try_from(again.len()).unwrap_or(0);
+            lost = self.cas(db, &again)?;
+            changed += n - u64::try_from(lost.len()).unwrap_or(0);
+        }
+        counters.seen.fetch_add(seen, Ordering::Relaxed);
+        counters.changed.fetch_add(changed, Ordering::Relaxed);
+        Ok((seen, changed, failed))
+    }
+
+    /// Claims and processes chunks until none is left. Each chunk is one transaction.
+    ///
+    /// # Errors
+    /// [`Kind::Database`] (the open chunk rolls back; rerun to resume), [`Kind::Usage`].
+    pub fn run_worker(
+        &self,
+        url: &DbUrl,
+        counters: &Counters,
+        failures: &mut Vec<RowFailure>,
+    ) -> Result<()> {
+        let mut db = url.connect()?;
+        let adopt_scope = match self.mode {
+            Mode::Adopt { .. } => Some(self.adopt_scope()?),
+            _ => None,
+        };
+        let started = Instant::now();
+        let mut my_rows = 0u64;
+        loop {
+            db.begin()?;
+            let r = self.one_chunk(&mut db, adopt_scope.as_ref(), counters, failures);
+            match r {
+                Ok(None) => {
+                    db.commit()?;
+                    return Ok(());
+                }
+                Ok(Some(seen)) => {
+                    db.commit()?;
+                    counters.chunks.fetch_add(1, Ordering::Relaxed);
+                    my_rows += seen;
+                    if let Some(rate) = self.per_worker_rate {
+                        #[allow(clippy::cast_precision_loss, reason = "a rate")]
+                        let due = Duration::from_secs_f64(my_rows as f64 / rate);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+                Err(e) => {
+                    db.rollback();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn one_chunk(
+        &self,
+        db: &mut Db,
+        adopt_scope: Option<&KeyScope>,
+        counters: &Counters,
+        failures: &mut Vec<RowFailure>,
+    ) -> Result<Option<u64>> {
+        let lock = match db.backend() {
+            Backend::Sqlite => "",
+            _ => " FOR UPDATE SKIP LOCKED",
+        };
+        let claim: Vec<ChunkRow> = db.load(
+            &format!(
+                "SELECT chunk_no, lo, hi FROM leakless_migrate_chunk WHERE job = {} AND done = 0 \
+                 ORDER BY chunk_no LIMIT 1{lock}",
+                db.ph(1)
+            ),
+            &[Bind::Text(Some(self.job.clone()))],
+        )?;
+        let Some(chunk) = claim.into_iter().next() else {
+            return Ok(None);
+        };
+        let range = Range {
+            lo: chunk.lo,
+            hi: chunk.hi,
+        };
+        let (mut seen, mut changed, mut failed) = (0u64, 0u64, 0u64);
+        let mut after: Option<String> = None;
+        loop {
+            let (sql, binds) = page_sql(
+                db,
+                &self.table,
+                &self.select(db),
+                &range,
+                after.as_deref(),
+                self.batch,
+            );
+            let rows: Vec<IdTwo> = db.load(&sql, &binds)?;
+            let full = rows.len() == self.batch;
+            after = rows.last().map(|r| r.id.clone());
+            let (s, c, f) = self.page(db, rows, adopt_scope, counters, failures)?;
+            seen += s;
+            changed += c;
+            failed += f;
+            if !full {
+                break;
+            }
+        }
+        db.exec(
+            &format!(
+                "UPDATE leakless_migrate_chunk SET done = 1, rows_seen = {}, rows_changed = {}, \
+                 rows_failed = {}, finished_at = {} WHERE job = {} AND chunk_no = {}",
+                db.ph(1),
+                db.ph(2),
+                db.ph(3),
+                db.ph(4),
+                db.ph(5),
+                db.ph(6)
+            ),
+            &[
+                Bind::Int(to_i64(seen)),
+                Bind::Int(to_i64(changed)),
+                Bind::Int(to_i64(failed)),
+                Bind::Int(now_secs()),
+                Bind::Text(Some(self.job.clone())),
+                Bind::Int(chunk.chunk_no),
+            ],
+        )?;
+        Ok(Some(seen))
+    }
+}
+
+/// Plans and runs a job with `opts.workers` threads; `tick` is called about twice a second
+/// with the live counters (for progress display).
+///
+/// # Errors
+/// The first worker error; rows already committed stay done.
+pub fn run(
+    url: &DbUrl,
+    ring: &KeyRing,
+    mode: &Mode,
+    t: &SealedTable,
+    c: &SealedColumn,
+    opts: &Options,
+    tick: &mut dyn FnMut(&Counters, u64, u64),
+) -> Result<Summary> {
+    let started = Instant::now();
+    let job = opts.job.clone().unwrap_or_else(|| job_name(mode, t, c));
+    let mut db = url.connect()?;
+    let (total, done_before) = plan(&mut db, &job, mode, t, c, opts.batch)?;
+    drop(db);
+    let workers = if url.backend() == Backend::Sqlite {
+        1
+    } else {
+        opts.workers.max(1)
+    };
+    #[allow(clippy::cast_precision_loss, reason = "a rate")]
+    let per_worker_rate = opts
+        .max_rows_per_sec
+        .map(|r| (r.max(1) as f64) / (workers as f64));
+    let work = Arc::new(Work {
+        job: job.clone(),
+        mode: mode.clone(),
+        table: t.clone(),
+        column: c.clone(),
+        ring: ring.clone(),
+        batch: opts.batch.max(1),
+        per_worker_rate,
+    });
+    let counters = Arc::new(Counters::default());
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let work = Arc::clone(&work);
+            let counters = Arc::clone(&counters);
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let r = work.run_worker(&url, &counters, &mut failures);
+                (r, failures)
+            })
+        })
+        .collect();
+    while !handles.iter().all(std::thread::JoinHandle::is_finished) {
+        tick(&counters, total, done_before);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    tick(&counters, total, done_before);
+    let mut failures = Vec::new();
+    let mut first_err = None;
+    for h in handles {
+        match h.join() {
+            Ok((r, f)) => {
+                failures.extend(f);
+                if let Err(e) = r {
+                    first_err.get_or_insert(e);
+                }
+            }
+            Err(_) => {
+                first_err.get_or_insert(Failure::new(
+                    Kind::Database,
+                    "a worker thread panicked",
+                    "rerun; finished chunks are checkpointed",
+                ));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    failures.truncate(100);
+    Ok(Summary {
+        job,
+        mode: mode.name(),
+        table: t.table.clone(),
+        column: c.column.clone(),
+        chunks_total: total,
+        chunks_done_before: done_before,
+        chunks_done_now: counters.chunks.load(Ordering::Relaxed),
+        rows_seen: counters.seen.load(Ordering::Relaxed),
+        rows_changed: counters.changed.load(Ordering::Relaxed),
+        rows_retried: counters.retried.load(Ordering::Relaxed),
+        rows_failed: counters.failed.load(Ordering::Relaxed),
+        failures,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

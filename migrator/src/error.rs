@@ -1,0 +1,129 @@
+//! The migrator's error: what went wrong, what to do, and the exit code it maps to.
+//!
+//! # Exit codes
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | a check failed or the migrator refused: `verify` found envelopes that do not open, `destroy` found rows still on the version, a confirmation was declined or missing, rows failed during `rewrap`/`adopt`/`reencrypt` |
+//! | 2 | usage: bad arguments, a bad or missing manifest, an unknown table or column |
+//! | 3 | keys: the root key, KMS or key store failed, or the key state forbids the action |
+//! | 4 | database: cannot connect, or a statement failed (rerunning is safe) |
+//! | 5 | a concurrent change won a race (another process rotated the same scope); nothing was written, rerun |
+
+use std::fmt;
+use std::process::ExitCode;
+
+/// What kind of failure, which decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Exit 1: a verification failed or the migrator refused.
+    Refused,
+    /// Exit 2: bad usage.
+    Usage,
+    /// Exit 3: root key, KMS, key store, or key state.
+    Keys,
+    /// Exit 4: the database.
+    Database,
+    /// Exit 5: lost a race; nothing written; rerun.
+    Conflict,
+}
+
+impl Kind {
+    /// The process exit code.
+    #[must_use]
+    pub fn code(self) -> u8 {
+        match self {
+            Kind::Refused => 1,
+            Kind::Usage => 2,
+            Kind::Keys => 3,
+            Kind::Database => 4,
+            Kind::Conflict => 5,
+        }
+    }
+}
+
+/// A failure: a line saying what went wrong and a line saying what to do.
+#[derive(Debug)]
+pub struct Failure {
+    /// The kind (exit code).
+    pub kind: Kind,
+    /// What went wrong. Never holds plaintext, key bytes or a password.
+    pub what: String,
+    /// What to do about it.
+    pub help: String,
+}
+
+impl Failure {
+    /// Builds a failure.
+    #[must_use]
+    pub fn new(kind: Kind, what: impl Into<String>, help: impl Into<String>) -> Self {
+        Self {
+            kind,
+            what: what.into(),
+            help: help.into(),
+        }
+    }
+
+    /// The exit code.
+    #[must_use]
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.kind.code())
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}\nhelp: {}", self.what, self.help)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<leakless::Error> for Failure {
+    fn from(e: leakless::Error) -> Self {
+        use leakless::Error as E;
+        let what = e.to_string();
+        match e {
+            E::ConcurrentModification { .. } => Failure::new(
+                Kind::Conflict,
+                what,
+                "another process changed the same key at the same time; nothing was written, \
+                 run the command again",
+            ),
+            E::ScopeNotFound { .. } => Failure::new(
+                Kind::Keys,
+                what,
+                "list the scopes with `leakless-migrate keys list`, or create it with \
+                 `leakless-migrate keys create-scope`",
+            ),
+            E::KeyWrongState { .. } => Failure::new(
+                Kind::Keys,
+                what,
+                "see the versions and their states with `leakless-migrate keys list`; a \
+                 retired version can be put back into grace with `keys reinstate`",
+            ),
+            E::KeyFile { .. } | E::Kms { .. } => Failure::new(
+                Kind::Keys,
+                what,
+                "pass the root key with --root-key-file (or LEAKLESS_ROOT_KEY_FILE / \
+                 LEAKLESS_ROOT_KEY); the key file must be mode 0600",
+            ),
+            E::KeyStore { .. } => Failure::new(
+                Kind::Keys,
+                what,
+                "check --key-store (default: the database's own leakless_kek table) and that \
+                 it is reachable",
+            ),
+            E::InvalidInput { .. } => Failure::new(Kind::Usage, what, "fix the argument named"),
+            _ => Failure::new(
+                Kind::Keys,
+                what,
+                "see `leakless-migrate keys list` for the key states",
+            ),
+        }
+    }
+}
+
+/// The migrator's result type.
+pub type Result<T, E = Failure> = std::result::Result<T, E>;

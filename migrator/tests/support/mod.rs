@@ -1,0 +1,259 @@
+//! Test fixtures: a database on one of the three backends with a sealed table, a root key
+//! file, a key store in the same database, a manifest, and a runner for the real
+//! `leakless-migrate` binary.
+
+#![allow(dead_code, unreachable_pub, reason = "each test file uses a part")]
+
+pub mod services;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use leakless::kms::LocalKms;
+use leakless::store::sql::SqlKeyStore;
+use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+use leakless_migrator::db::{Bind, Db, DbUrl, IdBytes, OneInt};
+
+pub use services::TestDb;
+
+/// The scope of the test table.
+pub const SCOPE: &str = "patients";
+
+/// The plaintext of row `i` (fake, generated).
+pub fn plain(i: i64) -> String {
+    format!("patient-{i}@example.test, 221B Baker Street")
+}
+
+/// One backend under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL (`LEAKLESS_PG_URL` or a throwaway cluster).
+    Postgres,
+    /// MariaDB (`LEAKLESS_MYSQL_URL` or a throwaway server).
+    Mysql,
+}
+
+/// A database with the `patients` table, keys and manifest.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub backend: Backend,
+    _db: Option<TestDb>,
+    pub key_file: PathBuf,
+    pub manifest: PathBuf,
+    pub ring: KeyRing,
+}
+
+impl std::fmt::Debug for Fixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fixture({:?})", self.backend)
+    }
+}
+
+impl Fixture {
+    /// A fresh database with an empty `patients` table and scope `patients` at v1.
+    pub fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, db) = match backend {
+            Backend::Sqlite => (dir.path().join("app.db").display().to_string(), None),
+            Backend::Postgres => {
+                let d = TestDb::postgres();
+                (d.url().to_owned(), Some(d))
+            }
+            Backend::Mysql => {
+                let d = TestDb::mysql();
+                (d.url().to_owned(), Some(d))
+            }
+        };
+        Self::on_url(backend, url, db, dir)
+    }
+
+    /// The same, on a given URL (e.g. a throwaway cluster).
+    pub fn on_url(backend: Backend, url: String, db: Option<TestDb>, dir: tempfile::TempDir) -> Self {
+        let key_file = dir.path().join("root.key");
+        let kms = LocalKms::generate_key_file(&key_file).unwrap();
+        let store_url = match backend {
+            Backend::Sqlite => format!("sqlite://{url}"),
+            _ => url.clone(),
+        };
+        let store = SqlKeyStore::connect(&store_url).unwrap();
+        store.create_schema().unwrap();
+        let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
+        ring.create_scope(&KeyScope::new(SCOPE).unwrap(), &AuditInfo::new("test", "fixture"))
+            .unwrap();
+        let manifest = dir.path().join("manifest.json");
+        std::fs::write(
+            &manifest,
+            r#"{"format": 1, "tables": [{"table": "patients", "row_id_column": "id",
+                "row_id_kind": "int", "schema_version": 1,
+                "scope": {"kind": "static", "scope": "patients"},
+                "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
+                    "encoding": "string", "nullable": true, "blind_index": null}]}]}"#,
+        )
+        .unwrap();
+        let f = Self {
+            dir,
+            url,
+            backend,
+            _db: db,
+            key_file,
+            manifest,
+            ring,
+        };
+        let bin = match backend {
+            Backend::Postgres => "bytea",
+            Backend::Mysql => "VARBINARY(1024)",
+            Backend::Sqlite => "BLOB",
+        };
+        f.db()
+            .batch(&format!(
+                "CREATE TABLE patients (id BIGINT NOT NULL PRIMARY KEY, email {bin} NULL, \
+                 email_plain TEXT NULL)"
+            ))
+            .unwrap();
+        f
+    }
+
+    /// A connection through the migrator's own layer.
+    pub fn db(&self) -> Db {
+        DbUrl::parse(&self.url).connect().unwrap()
+    }
+
+    /// Inserts rows `from..to`, sealed under the active version (or as plaintext in
+    /// `email_plain` with a NULL sealed column when `plaintext`).
+    pub fn seed(&self, from: i64, to: i64, plaintext: bool) {
+        let mut db = self.db();
+        let scope = KeyScope::new(SCOPE).unwrap();
+        let mut i = from;
+        while i < to {
+            let end = (i + 1000).min(to);
+            let mut values = Vec::new();
+            let mut binds = Vec::new();
+            for id in i..end {
+                let n = values.len() * 3;
+                values.push(format!("({}, {}, {})", db.ph(n + 1), db.ph(n + 2), db.ph(n + 3)));
+                binds.push(Bind::Int(id));
+                if plaintext {
+                    binds.push(Bind::Bytes(None));
+                    binds.push(Bind::Text(Some(plain(id))));
+                } else {
+                    let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
+                    let env = self
+                        .ring
+                        .seal(&scope, &ctx, plain(id).as_bytes(), &FieldPolicy::default())
+                        .unwrap();
+                    binds.push(Bind::Bytes(Some(env)));
+                    binds.push(Bind::Text(None));
+                }
+            }
+            db.exec(
+                &format!("INSERT INTO patients (id, email, email_plain) VALUES {}", values.join(", ")),
+                &binds,
+            )
+            .unwrap();
+            i = end;
+        }
+    }
+
+    /// Every (id, email) in id order.
+    pub fn rows(&self) -> Vec<(i64, Option<Vec<u8>>)> {
+        let mut db = self.db();
+        let sql = format!("SELECT {} AS id, email AS val FROM patients ORDER BY id", db.id_text("int", "id"));
+        let rows: Vec<IdBytes> = db.load(&sql, &[]).unwrap();
+        rows.into_iter().map(|r| (r.id.parse().unwrap(), r.val)).collect()
+    }
+
+    /// How many rows sit on each KEK version (by envelope header).
+    pub fn versions(&self) -> std::collections::BTreeMap<u32, u64> {
+        let mut m = std::collections::BTreeMap::new();
+        for (_, v) in self.rows() {
+            if let Some(v) = v {
+                let (_, ver) = leakless_migrator::scan::header(&v).expect("an envelope");
+                *m.entry(ver).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Asserts every row opens to its original plaintext (through a fresh ring).
+    pub fn assert_all_open(&self, expected: impl Fn(i64) -> String) {
+        let ring = self.fresh_ring();
+        let rows = self.rows();
+        assert!(!rows.is_empty());
+        for (id, v) in rows {
+            let v = v.unwrap_or_else(|| panic!("row {id} has no envelope"));
+            let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
+            let p = ring.open(&ctx, &v).unwrap_or_else(|e| panic!("row {id}: {e}"));
+            assert!(p.expose_secret() == expected(id).as_bytes(), "row {id} opens to another value");
+        }
+    }
+
+    /// A new key ring on the same store (no cache).
+    pub fn fresh_ring(&self) -> KeyRing {
+        let store_url = match self.backend {
+            Backend::Sqlite => format!("sqlite://{}", self.url),
+            _ => self.url.clone(),
+        };
+        KeyRing::builder(
+            Arc::new(LocalKms::from_key_file(&self.key_file).unwrap()),
+            Arc::new(SqlKeyStore::connect(&store_url).unwrap()),
+        )
+        .build()
+    }
+
+    /// Sum of `rows_changed` over the done chunks of `job`.
+    pub fn checkpoint_changed(&self, job: &str) -> i64 {
+        let mut db = self.db();
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(rows_changed), 0) AS {}) AS n FROM leakless_migrate_chunk \
+             WHERE job = {} AND done = 1",
+            if self.backend == Backend::Mysql { "SIGNED" } else { "BIGINT" },
+            db.ph(1)
+        );
+        let r: Vec<OneInt> = db.load(&sql, &[Bind::Text(Some(job.to_owned()))]).unwrap();
+        r[0].n
+    }
+
+    /// The migrator binary with this fixture's database, key and manifest; stdin closed.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
+        c.env_remove("LEAKLESS_ROOT_KEY")
+            .env_remove("LEAKLESS_KEY_STORE")
+            .env("LEAKLESS_DATABASE_URL", &self.url)
+            .env("LEAKLESS_ROOT_KEY_FILE", &self.key_file)
+            .env("LEAKLESS_MANIFEST", &self.manifest)
+            .env("LEAKLESS_ACTOR", "test")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the migrator with `args` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Rotates the scope (old version to grace for a day).
+    pub fn rotate(&self) {
+        self.ring
+            .rotate(
+                &KeyScope::new(SCOPE).unwrap(),
+                Duration::from_secs(86_400),
+                &AuditInfo::new("test", "rotate"),
+            )
+            .unwrap();
+    }
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
