@@ -1,5 +1,5 @@
 //! Shared support for the runtime's integration tests: throwaway database services and the
-//! key-store conformance suite. Each test binary uses only part of it.
+//! key-store and KMS backend conformance suites. Each test binary uses only part of it.
 
 #![allow(
     dead_code,
@@ -15,5 +15,6 @@
     reason = "test support: a failed set-up must stop the test loudly"
 )]
 
+pub mod kms_suite;
 pub mod services;
 pub mod store_suite;
