@@ -147,6 +147,30 @@ pub enum Error {
         detail: String,
     },
 
+    /// A network KMS backend stayed unreachable, slow or throttling through every retry (see
+    /// `leakless::kms::RetryPolicy`). Nothing was wrapped or unwrapped. `detail` is the last
+    /// attempt's failure and never holds key bytes, tokens or credentials.
+    #[error(
+        "KMS {backend}: {operation} failed after {attempts} attempt(s) in {elapsed_ms} ms \
+         ({}): {detail}; check that the backend is reachable, then retry",
+        if *throttled { "throttled" } else { "unreachable or timing out" }
+    )]
+    KmsUnavailable {
+        /// Backend name (`"vault"`, `"aws-kms"`, ...).
+        backend: &'static str,
+        /// Operation (`"wrap KEK"`, `"unwrap KEK"`, ...).
+        operation: &'static str,
+        /// How many attempts were made (the first call included).
+        attempts: u32,
+        /// Time spent from the first attempt to giving up, in milliseconds.
+        elapsed_ms: u64,
+        /// Whether the last failure was the backend throttling us (HTTP 429,
+        /// `ThrottlingException`) rather than being down or slow.
+        throttled: bool,
+        /// What the last attempt saw.
+        detail: String,
+    },
+
     /// A key store failed.
     #[error("key store {store}: {operation} failed: {detail}")]
     KeyStore {

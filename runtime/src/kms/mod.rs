@@ -19,10 +19,18 @@
 //! another scope or version fails to unwrap.
 
 mod local;
+pub mod retry;
+#[cfg(any(feature = "vault", feature = "aws-kms"))]
+mod rewrap;
+#[cfg(feature = "vault")]
+pub mod vault;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 
 pub use local::{LocalKms, ROOT_KEY_ENV};
+pub use retry::{RetryCounts, RetryPolicy};
+#[cfg(feature = "vault")]
+pub use vault::{TransitKeyInfo, VaultConfig, VaultToken, VaultTransitKms};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmConfig, TpmKms};
 

@@ -1,0 +1,772 @@
+//! The Vault Transit backend (HashiCorp Vault or OpenBao): the root key is a Transit key that
+//! never leaves Vault; KEKs are wrapped by `transit/encrypt` and unwrapped by `transit/decrypt`.
+//!
+//! # Binding
+//!
+//! The Transit key must be a **derived** key (`derived=true`): every call passes a `context`
+//! made of the KEK's scope and version, and Vault derives the actual encryption key from it.
+//! A wrapped KEK presented with another scope or version therefore fails to decrypt inside
+//! Vault. [`VaultTransitKms::connect`] refuses a key that is not derived, since the binding
+//! would silently not be enforced.
+//!
+//! # Versions
+//!
+//! Transit keys have versions. `encrypt` always uses the newest; a wrapped KEK records its
+//! version in its `vault:vN:` prefix. After [`VaultTransitKms::rotate_key`],
+//! [`VaultTransitKms::rewrap_store`] moves every stored KEK onto the newest version inside
+//! Vault (`transit/rewrap`, the KEK never leaves Vault), after which
+//! [`VaultTransitKms::set_min_decryption_version`] can make the old versions unusable.
+//!
+//! # Transport and credentials
+//!
+//! Blocking HTTP(S) through `ureq` (rustls). Token auth: the token is read from a file or an
+//! environment variable, held in zeroizing memory, sent as a sensitive header, and never
+//! appears in `Debug`, logs or errors. Every call goes through the backend's
+//! [`RetryPolicy`]: connection failures, timeouts, HTTP 429 and 5xx (Vault answers 503 while
+//! sealed or in standby) are retried with jittered backoff; 4xx answers are not.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use tracing::debug;
+use ureq::http::HeaderValue;
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+use crate::keyring::{AuditInfo, WrappedKek};
+use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats};
+use crate::kms::rewrap::rewrap_store_records;
+use crate::kms::{KekBinding, Kms};
+use crate::redact::redact_url;
+use crate::secret::Kek;
+use crate::store::KeyStore;
+
+/// The environment variable [`VaultConfig::from_env`] reads the server address from
+/// (`http://127.0.0.1:8200`, `https://vault.example:8200`).
+pub const VAULT_ADDR_ENV: &str = "LEAKLESS_VAULT_ADDR";
+/// The environment variable [`VaultToken::from_env`] reads a token file path from (preferred).
+pub const VAULT_TOKEN_FILE_ENV: &str = "LEAKLESS_VAULT_TOKEN_FILE";
+/// The environment variable [`VaultToken::from_env`] reads the token itself from, when no
+/// token file is named.
+pub const VAULT_TOKEN_ENV: &str = "LEAKLESS_VAULT_TOKEN";
+
+const BACKEND: &str = "vault";
+const CONTEXT_LABEL: &[u8] = b"leakless.vault-transit.kek.v1";
+const MAX_DETAIL: usize = 300;
+
+/// A Vault token. Zeroized on drop; `Debug` prints no part of it.
+pub struct VaultToken(Zeroizing<String>);
+
+impl std::fmt::Debug for VaultToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultToken(<redacted>)")
+    }
+}
+
+impl VaultToken {
+    /// Takes a token as a string.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when it is empty or holds whitespace or control characters
+    /// (which no Vault token does, and which could not be sent as a header). The token is not
+    /// part of the error.
+    pub fn new(token: impl Into<String>) -> Result<Self, Error> {
+        let token = Zeroizing::new(token.into());
+        let trimmed = token.trim();
+        if trimmed.is_empty() || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::InvalidInput {
+                what: "Vault token",
+                problem: "must be one non-empty word without whitespace or control characters"
+                    .into(),
+            });
+        }
+        Ok(Self(Zeroizing::new(trimmed.to_owned())))
+    }
+
+    /// Reads a token from a file (surrounding whitespace is ignored). The file must not be
+    /// readable, writable or executable by group or others.
+    ///
+    /// # Errors
+    /// [`Error::KeyFile`] when the file is missing, has loose permissions, or holds no valid
+    /// token.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let key_err = |problem: String| Error::KeyFile {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| key_err(format!("cannot read it: {e}")))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(key_err(format!(
+                    "mode {:04o} lets group or others access this Vault token; run `chmod 600` \
+                     on it and revoke the token if someone else may have read it",
+                    mode & 0o7777
+                )));
+            }
+        }
+        if !meta.is_file() {
+            return Err(key_err("is not a regular file".into()));
+        }
+        let raw = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| key_err(format!("cannot read it: {e}")))?,
+        );
+        Self::new(raw.as_str()).map_err(|_| {
+            key_err("does not hold a Vault token (one word, no whitespace inside)".into())
+        })
+    }
+
+    /// Reads the token from the file named by `LEAKLESS_VAULT_TOKEN_FILE`, or else from
+    /// `LEAKLESS_VAULT_TOKEN`.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] when neither variable is set; the errors of [`Self::from_file`] and
+    /// [`Self::new`] otherwise.
+    pub fn from_env() -> Result<Self, Error> {
+        if let Some(path) = std::env::var_os(VAULT_TOKEN_FILE_ENV) {
+            return Self::from_file(path);
+        }
+        match std::env::var(VAULT_TOKEN_ENV) {
+            Ok(token) => Self::new(token),
+            Err(_) => Err(Error::Kms {
+                backend: BACKEND,
+                operation: "load token",
+                detail: format!(
+                    "neither {VAULT_TOKEN_FILE_ENV} (a token file, preferred) nor \
+                     {VAULT_TOKEN_ENV} is set"
+                ),
+            }),
+        }
+    }
+
+    fn header(&self) -> Result<HeaderValue, Error> {
+        let mut value = HeaderValue::from_str(&self.0).map_err(|_| Error::InvalidInput {
+            what: "Vault token",
+            problem: "cannot be sent as an HTTP header".into(),
+        })?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+/// Where the Transit key lives, and the retry budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// The server, e.g. `https://vault.example:8200` (no path).
+    pub addr: String,
+    /// The Transit mount path. Default: `transit`.
+    pub mount: String,
+    /// The Transit key's name.
+    pub key: String,
+    /// A Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`. Default: none.
+    pub namespace: Option<String>,
+    /// Retries of every call. Default: [`RetryPolicy::default`].
+    pub retry: RetryPolicy,
+}
+
+impl VaultConfig {
+    /// A config for `key` on the Transit mount `transit` of the server at `addr`.
+    #[must_use]
+    pub fn new(addr: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            mount: "transit".into(),
+            key: key.into(),
+            namespace: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// A config for `key` on the server named by `LEAKLESS_VAULT_ADDR`.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] when the variable is unset.
+    pub fn from_env(key: impl Into<String>) -> Result<Self, Error> {
+        let addr = std::env::var(VAULT_ADDR_ENV).map_err(|_| Error::Kms {
+            backend: BACKEND,
+            operation: "load config",
+            detail: format!("environment variable {VAULT_ADDR_ENV} is not set"),
+        })?;
+        Ok(Self::new(addr, key))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |what: &'static str, problem: &str| {
+            Err(Error::InvalidInput {
+                what,
+                problem: problem.into(),
+            })
+        };
+        if !(self.addr.starts_with("http://") || self.addr.starts_with("https://")) {
+            return bad("Vault address", "must start with http:// or https://");
+        }
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+                && !s.contains("..")
+                && !s.starts_with('/')
+                && !s.ends_with('/')
+        };
+        if !segment_ok(&self.mount) {
+            return bad(
+                "Vault Transit mount",
+                "must be a path of letters, digits, '-', '_', '.' and '/'",
+            );
+        }
+        if !segment_ok(&self.key) || self.key.contains('/') {
+            return bad(
+                "Vault Transit key name",
+                "must be letters, digits, '-', '_' and '.'",
+            );
+        }
+        self.retry.validate()
+    }
+}
+
+/// A Transit key's version settings, as Vault reports them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct TransitKeyInfo {
+    /// The newest version (what `encrypt` uses).
+    pub latest_version: u32,
+    /// The oldest version `decrypt` still accepts.
+    pub min_decryption_version: u32,
+    /// The oldest version `encrypt` may use (0: the newest).
+    #[serde(default)]
+    pub min_encryption_version: u32,
+    /// Whether the key is derived (required: that is how the binding is enforced).
+    #[serde(default)]
+    pub derived: bool,
+    /// The key type, e.g. `aes256-gcm96`.
+    #[serde(rename = "type")]
+    pub key_type: String,
+}
+
+/// A root key held in Vault Transit (or OpenBao). See the module docs.
+pub struct VaultTransitKms {
+    agent: ureq::Agent,
+    /// `{addr}/v1/{mount}`, without a trailing slash.
+    base: String,
+    key: String,
+    namespace: Option<String>,
+    token: VaultToken,
+    retry: RetryPolicy,
+    stats: RetryStats,
+    id: String,
+    shown_addr: String,
+}
+
+impl std::fmt::Debug for VaultTransitKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultTransitKms")
+            .field("addr", &self.shown_addr)
+            .field("root_key_id", &self.id)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct DataOf<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct CiphertextData {
+    ciphertext: String,
+}
+
+#[derive(Deserialize)]
+struct PlaintextData {
+    plaintext: String,
+}
+
+#[derive(Deserialize)]
+struct VaultErrors {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+enum Method {
+    Get,
+    Post,
+}
+
+impl VaultTransitKms {
+    /// Connects to an existing derived Transit key and checks it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad config; [`Error::Kms`] when the key does not exist or
+    /// is not derived (create it with `bao write -f transit/keys/NAME derived=true`, or
+    /// [`Self::create_key`]); [`Error::KmsUnavailable`] when Vault cannot be reached.
+    pub fn connect(config: VaultConfig, token: VaultToken) -> Result<Self, Error> {
+        let kms = Self::new_unchecked(config, token)?;
+        let info = kms.key_info()?;
+        if !info.derived {
+            return Err(Error::Kms {
+                backend: BACKEND,
+                operation: "connect",
+                detail: format!(
+                    "Transit key {} is not derived, so Vault would not bind wrapped KEKs to \
+                     their scope and version; use a key created with derived=true",
+                    kms.id
+                ),
+            });
+        }
+        Ok(kms)
+    }
+
+    /// Creates the Transit key (type `aes256-gcm96`, `derived=true`) if it does not exist, then
+    /// connects as [`Self::connect`]. Needs a token allowed to write `MOUNT/keys/NAME`.
+    ///
+    /// # Errors
+    /// As [`Self::connect`].
+    pub fn create_key(config: VaultConfig, token: VaultToken) -> Result<Self, Error> {
+        let kms = Self::new_unchecked(config, token)?;
+        let path = format!("keys/{}", kms.key);
+        let body = Zeroizing::new(r#"{"type":"aes256-gcm96","derived":true}"#.to_owned());
+        kms.request("create key", Method::Post, &path, Some(&body))?;
+        let info = kms.key_info()?;
+        if !info.derived {
+            return Err(Error::Kms {
+                backend: BACKEND,
+                operation: "create key",
+                detail: format!(
+                    "Transit key {} already exists and is not derived; pick another name",
+                    kms.id
+                ),
+            });
+        }
+        Ok(kms)
+    }
+
+    fn new_unchecked(config: VaultConfig, token: VaultToken) -> Result<Self, Error> {
+        config.validate()?;
+        // Validate the header form once, up front.
+        token.header()?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(config.retry.attempt_timeout))
+            .build()
+            .into();
+        let addr = config.addr.trim_end_matches('/');
+        Ok(Self {
+            agent,
+            base: format!("{addr}/v1/{}", config.mount),
+            id: format!("vault-transit:{}/keys/{}", config.mount, config.key),
+            shown_addr: redact_url(addr),
+            key: config.key,
+            namespace: config.namespace,
+            token,
+            retry: config.retry,
+            stats: RetryStats::default(),
+        })
+    }
+
+    /// How many HTTP calls, retries and exhausted operations this backend has seen.
+    #[must_use]
+    pub fn retry_counts(&self) -> RetryCounts {
+        self.stats.snapshot()
+    }
+
+    /// The Transit key's versions and settings.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] (e.g. the key does not exist: HTTP 404), [`Error::KmsUnavailable`].
+    pub fn key_info(&self) -> Result<TransitKeyInfo, Error> {
+        let body = self.request("read key", Method::Get, &format!("keys/{}", self.key), None)?;
+        parse::<DataOf<TransitKeyInfo>>(&body, "read key").map(|d| d.data)
+    }
+
+    /// Adds a new version to the Transit key (`MOUNT/keys/NAME/rotate`); new wraps use it.
+    /// Returns the new latest version. Stored KEKs stay on their old version until
+    /// [`Self::rewrap_store`].
+    ///
+    /// # Errors
+    /// [`Error::Kms`], [`Error::KmsUnavailable`].
+    pub fn rotate_key(&self) -> Result<u32, Error> {
+        let empty = Zeroizing::new(String::from("{}"));
+        self.request(
+            "rotate key",
+            Method::Post,
+            &format!("keys/{}/rotate", self.key),
+            Some(&empty),
+        )?;
+        Ok(self.key_info()?.latest_version)
+    }
+
+    /// Sets the oldest key version Vault will decrypt with. KEKs still wrapped under an older
+    /// version stop unwrapping: run [`Self::rewrap_store`] first.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] (e.g. a version above the latest), [`Error::KmsUnavailable`].
+    pub fn set_min_decryption_version(&self, version: u32) -> Result<(), Error> {
+        let body = Zeroizing::new(format!(r#"{{"min_decryption_version":{version}}}"#));
+        self.request(
+            "configure key",
+            Method::Post,
+            &format!("keys/{}/config", self.key),
+            Some(&body),
+        )?;
+        Ok(())
+    }
+
+    /// Re-wraps one wrapped KEK onto the newest key version inside Vault (`transit/rewrap`);
+    /// the KEK is never returned to this process.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] when `wrapped` is not this key's, or Vault refuses it (wrong binding,
+    /// version below `min_decryption_version`); [`Error::KmsUnavailable`].
+    pub fn rewrap(
+        &self,
+        wrapped: &WrappedKek,
+        binding: &KekBinding<'_>,
+    ) -> Result<WrappedKek, Error> {
+        let ciphertext = self.own_ciphertext(wrapped, binding, "rewrap KEK")?;
+        let mut body = Zeroizing::new(String::with_capacity(128 + ciphertext.len()));
+        let _ = write!(
+            body,
+            r#"{{"ciphertext":"{ciphertext}","context":"{}"}}"#,
+            B64.encode(context(binding))
+        );
+        let resp = self.request(
+            "rewrap KEK",
+            Method::Post,
+            &format!("rewrap/{}", self.key),
+            Some(&body),
+        )?;
+        let data = parse::<DataOf<CiphertextData>>(&resp, "rewrap KEK")?.data;
+        Ok(WrappedKek {
+            root_key_id: self.id.clone(),
+            ciphertext: data.ciphertext.into_bytes(),
+        })
+    }
+
+    /// Re-wraps every KEK record in `store` that is wrapped under an older version of this
+    /// Transit key onto the newest one, each as one compare-and-swap change with a
+    /// `rewrap_root` audit record. Returns how many records changed; repeat after an
+    /// interruption.
+    ///
+    /// # Errors
+    /// [`Error::Kms`], [`Error::KmsUnavailable`], [`Error::KeyStore`],
+    /// [`Error::ConcurrentModification`].
+    pub fn rewrap_store(&self, store: &dyn KeyStore, who: &AuditInfo) -> Result<usize, Error> {
+        let latest = self.key_info()?.latest_version;
+        rewrap_store_records(
+            store,
+            who,
+            |w| {
+                w.root_key_id == self.id
+                    && ciphertext_version(&w.ciphertext).is_some_and(|v| v < latest)
+            },
+            |w, b| self.rewrap(w, b),
+        )
+    }
+
+    fn own_ciphertext<'w>(
+        &self,
+        wrapped: &'w WrappedKek,
+        binding: &KekBinding<'_>,
+        operation: &'static str,
+    ) -> Result<&'w str, Error> {
+        let fail = |detail: String| Error::Kms {
+            backend: BACKEND,
+            operation,
+            detail,
+        };
+        if wrapped.root_key_id != self.id {
+            return Err(fail(format!(
+                "{} {} is wrapped under root key {}, but this backend holds {}",
+                binding.scope, binding.version, wrapped.root_key_id, self.id
+            )));
+        }
+        std::str::from_utf8(&wrapped.ciphertext)
+            .ok()
+            .filter(|c| {
+                ciphertext_version(c.as_bytes()).is_some()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            })
+            .ok_or_else(|| {
+                fail(format!(
+                    "{} {}: stored wrapped KEK is not a Vault Transit ciphertext",
+                    binding.scope, binding.version
+                ))
+            })
+    }
+
+    /// One HTTP call through the retry policy. Returns the body of a 2xx answer.
+    fn request(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Zeroizing<String>>,
+    ) -> Result<Zeroizing<String>, Error> {
+        let url = format!("{}/{path}", self.base);
+        let token = self.token.header()?;
+        self.retry
+            .run(BACKEND, operation, &self.stats, |attempt: Attempt| {
+                let result = match method {
+                    Method::Get => {
+                        let mut req = self
+                            .agent
+                            .get(&url)
+                            .config()
+                            .timeout_global(Some(attempt.timeout))
+                            .build()
+                            .header("X-Vault-Token", token.clone());
+                        if let Some(ns) = &self.namespace {
+                            req = req.header("X-Vault-Namespace", ns.as_str());
+                        }
+                        req.call()
+                    }
+                    Method::Post => {
+                        let mut req = self
+                            .agent
+                            .post(&url)
+                            .config()
+                            .timeout_global(Some(attempt.timeout))
+                            .build()
+                            .header("X-Vault-Token", token.clone())
+                            .content_type("application/json");
+                        if let Some(ns) = &self.namespace {
+                            req = req.header("X-Vault-Namespace", ns.as_str());
+                        }
+                        req.send(body.map_or("", |b| b.as_str()))
+                    }
+                };
+                let mut resp = result.map_err(|e| classify_transport(&e))?;
+                let status = resp.status().as_u16();
+                let text = Zeroizing::new(
+                    resp.body_mut()
+                        .read_to_string()
+                        .map_err(|e| classify_transport(&e))?,
+                );
+                if (200..300).contains(&status) {
+                    return Ok(text);
+                }
+                let kind = crate::kms::retry::classify_http_status(status);
+                Err(Failure {
+                    kind,
+                    detail: format!(
+                        "{} answered HTTP {status}: {}",
+                        self.shown_addr,
+                        vault_errors(&text)
+                    ),
+                })
+            })
+    }
+}
+
+/// The binding as Transit `context`: a label, the scope (length-prefixed) and the version.
+fn context(binding: &KekBinding<'_>) -> Vec<u8> {
+    let scope = binding.scope.as_str().as_bytes();
+    let mut ctx = Vec::with_capacity(CONTEXT_LABEL.len() + 6 + scope.len());
+    ctx.extend_from_slice(CONTEXT_LABEL);
+    // Scope names are at most 64 bytes, so the u8 length cannot overflow.
+    ctx.push(u8::try_from(scope.len()).unwrap_or(u8::MAX));
+    ctx.extend_from_slice(scope);
+    ctx.extend_from_slice(&binding.version.get().to_be_bytes());
+    ctx
+}
+
+/// The key version of a `vault:vN:...` ciphertext.
+fn ciphertext_version(ciphertext: &[u8]) -> Option<u32> {
+    let rest = ciphertext.strip_prefix(b"vault:v")?;
+    let end = rest.iter().position(|b| *b == b':')?;
+    let digits = std::str::from_utf8(rest.get(..end)?).ok()?;
+    digits.parse().ok()
+}
+
+fn classify_transport(e: &ureq::Error) -> Failure {
+    use ureq::Error as E;
+    let detail = format!("cannot reach Vault: {e}");
+    match e {
+        E::Io(_) | E::Timeout(_) | E::ConnectionFailed | E::HostNotFound | E::Protocol(_) => {
+            Failure::transient(detail)
+        }
+        _ => Failure::permanent(detail),
+    }
+}
+
+/// Vault's `{"errors": [...]}` as one short line (Vault's messages name no tokens).
+fn vault_errors(body: &str) -> String {
+    let joined = serde_json::from_str::<VaultErrors>(body)
+        .map(|e| e.errors.join("; "))
+        .unwrap_or_default();
+    let mut line = if joined.is_empty() {
+        "(no error message)".to_owned()
+    } else {
+        joined.replace(['\n', '\r'], " ")
+    };
+    if line.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a str, operation: &'static str) -> Result<T, Error> {
+    serde_json::from_str(body).map_err(|e| Error::Kms {
+        backend: BACKEND,
+        operation,
+        detail: format!("unexpected answer from Vault (not the documented JSON): {e}"),
+    })
+}
+
+impl Kms for VaultTransitKms {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn root_key_id(&self) -> &str {
+        &self.id
+    }
+
+    fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        let plaintext = Zeroizing::new(B64.encode(kek.expose_secret()));
+        let mut body = Zeroizing::new(String::with_capacity(256));
+        let _ = write!(
+            body,
+            r#"{{"plaintext":"{}","context":"{}"}}"#,
+            plaintext.as_str(),
+            B64.encode(context(binding))
+        );
+        let resp = self.request(
+            "wrap KEK",
+            Method::Post,
+            &format!("encrypt/{}", self.key),
+            Some(&body),
+        )?;
+        let data = parse::<DataOf<CiphertextData>>(&resp, "wrap KEK")?.data;
+        debug!(scope = %binding.scope, version = %binding.version, key = %self.id, "wrapped a KEK in Vault Transit");
+        Ok(WrappedKek {
+            root_key_id: self.id.clone(),
+            ciphertext: data.ciphertext.into_bytes(),
+        })
+    }
+
+    fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
+        let ciphertext = self.own_ciphertext(wrapped, binding, "unwrap KEK")?;
+        let mut body = Zeroizing::new(String::with_capacity(128 + ciphertext.len()));
+        let _ = write!(
+            body,
+            r#"{{"ciphertext":"{ciphertext}","context":"{}"}}"#,
+            B64.encode(context(binding))
+        );
+        let resp = self
+            .request(
+                "unwrap KEK",
+                Method::Post,
+                &format!("decrypt/{}", self.key),
+                Some(&body),
+            )
+            .map_err(|e| match e {
+                Error::Kms {
+                    backend,
+                    operation,
+                    detail,
+                } => Error::Kms {
+                    backend,
+                    operation,
+                    detail: format!("{} {}: {detail}", binding.scope, binding.version),
+                },
+                other => other,
+            })?;
+        let data = parse::<DataOf<PlaintextData>>(&resp, "unwrap KEK")?.data;
+        let plaintext = Zeroizing::new(data.plaintext);
+        let raw = Zeroizing::new(B64.decode(plaintext.as_bytes()).map_err(|_| Error::Kms {
+            backend: BACKEND,
+            operation: "unwrap KEK",
+            detail: format!(
+                "{} {}: Vault returned a plaintext that is not base64",
+                binding.scope, binding.version
+            ),
+        })?);
+        Kek::try_from_slice(&raw).ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "unwrap KEK",
+            detail: format!(
+                "{} {}: unwrapped KEK has the wrong length",
+                binding.scope, binding.version
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use crate::keyring::{KekVersion, KeyScope};
+
+    #[test]
+    fn ciphertext_versions_parse() {
+        assert_eq!(ciphertext_version(b"vault:v1:abc"), Some(1));
+        assert_eq!(ciphertext_version(b"vault:v42:abc"), Some(42));
+        assert_eq!(ciphertext_version(b"vault:vx:abc"), None);
+        assert_eq!(ciphertext_version(b"vault:v1"), None);
+        assert_eq!(ciphertext_version(b"local:v1:abc"), None);
+    }
+
+    #[test]
+    fn contexts_differ_per_scope_and_version() {
+        let a = KeyScope::new("patients").unwrap();
+        let b = KeyScope::new("patients2").unwrap();
+        let v1 = KekVersion::new(1).unwrap();
+        let v2 = KekVersion::new(2).unwrap();
+        let c = |s, v| {
+            context(&KekBinding {
+                scope: s,
+                version: v,
+            })
+        };
+        assert_ne!(c(&a, v1), c(&a, v2));
+        assert_ne!(c(&a, v1), c(&b, v1));
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_printed() {
+        let t = VaultToken::new("  s.secret-token-value\n").unwrap();
+        assert_eq!(format!("{t:?}"), "VaultToken(<redacted>)");
+        assert!(VaultToken::new("two words").is_err());
+        assert!(VaultToken::new("").is_err());
+        let err = VaultToken::new("bad\u{7}token").unwrap_err().to_string();
+        assert!(!err.contains("bad"), "{err}");
+    }
+
+    #[test]
+    fn configs_are_validated() {
+        assert!(
+            VaultConfig::new("http://127.0.0.1:8200", "k")
+                .validate()
+                .is_ok()
+        );
+        assert!(VaultConfig::new("127.0.0.1:8200", "k").validate().is_err());
+        assert!(VaultConfig::new("http://x", "a/b").validate().is_err());
+        assert!(VaultConfig::new("http://x", "../k").validate().is_err());
+        let mut c = VaultConfig::new("http://x", "k");
+        c.mount = "/transit".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn vault_error_bodies_are_shortened() {
+        assert_eq!(vault_errors(r#"{"errors":["a","b"]}"#), "a; b");
+        assert_eq!(vault_errors("not json"), "(no error message)");
+        let long = format!(r#"{{"errors":["{}"]}}"#, "x".repeat(1000));
+        assert!(vault_errors(&long).len() <= MAX_DETAIL + 3);
+    }
+}
