@@ -19,7 +19,8 @@
 //!    compare-and-swap; it is read again and redone (up to [`RETRIES`] times), so an
 //!    application write is never overwritten with a stale value.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -349,6 +350,10 @@ pub struct Work {
     pub batch: usize,
     /// Per-worker throttle, rows per second.
     pub per_worker_rate: Option<f64>,
+    /// The (scope, version) pairs whose keys are in the ring's cache already. The first use of
+    /// each runs under this lock, so parallel workers make one KMS call per KEK version, not
+    /// one per worker.
+    pub warmed: Arc<Mutex<HashSet<(String, u32)>>>,
 }
 
 /// A row's new value, or why not.
@@ -405,6 +410,25 @@ impl Work {
     }
 
     fn outcome(&self, row: &IdTwo, adopt_scope: Option<&KeyScope>) -> Outcome {
+        let key = match (&row.a, adopt_scope) {
+            (Some(env), _) => crate::scan::header(env),
+            (None, Some(s)) => Some((s.as_str().to_owned(), 0)),
+            (None, None) => None,
+        };
+        let Some(key) = key else {
+            return self.outcome_inner(row, adopt_scope);
+        };
+        let lock = || self.warmed.lock().unwrap_or_else(PoisonError::into_inner);
+        if lock().contains(&key) {
+            return self.outcome_inner(row, adopt_scope);
+        }
+        let mut warmed = lock();
+        let r = self.outcome_inner(row, adopt_scope);
+        warmed.insert(key);
+        r
+    }
+
+    fn outcome_inner(&self, row: &IdTwo, adopt_scope: Option<&KeyScope>) -> Outcome {
         let rid = match OwnedRowId::parse(&self.table.row_id_kind, &row.id) {
             Ok(r) => r,
             Err(e) => return Outcome::Fail(e.what),
@@ -743,6 +767,7 @@ pub fn run(
         ring: ring.clone(),
         batch: opts.batch.max(1),
         per_worker_rate,
+        warmed: Arc::default(),
     });
     let counters = Arc::new(Counters::default());
     let handles: Vec<_> = (0..workers)
