@@ -3,7 +3,7 @@
 //! `min_decryption_version`, the binding enforced inside Vault, HTTP call counts, and a token
 //! that never shows up in output.
 #![cfg(feature = "vault")]
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 mod support;
 
