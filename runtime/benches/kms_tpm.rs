@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use leakless::kms::{Kms, LocalKms, TpmConfig, TpmKms};
-use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 
@@ -44,13 +43,10 @@ fn main() {
         .filter(|&n| n > 0)
         .unwrap_or(if full { 501 } else { 5 });
     let cold_samples = (samples / 10).max(3);
-    let tcti = std::env::var(TCTI_ENV).unwrap_or_else(|_| {
-        panic!(
-            "{TCTI_ENV} is not set: start a software TPM with `scripts/services/swtpm start DIR \
-             --owner-pid $$` and export the line it prints"
-        )
-    });
-
+    let tcti = std::env::var(TCTI_ENV).expect(
+        "LEAKLESS_TPM_TCTI is not set: start a software TPM with `scripts/services/swtpm start \
+         DIR --owner-pid $$` and export the line it prints",
+    );
     let dir = tempfile::tempdir().expect("temporary folder");
     let tpm_config = TpmConfig::new(&tcti, dir.path().join("root.sealed"));
     let create_start = Instant::now();

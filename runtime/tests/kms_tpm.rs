@@ -7,7 +7,13 @@
 //! it every test fails with instructions. A few tests start a second, private TPM through the
 //! same script.
 #![cfg(feature = "tpm")]
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
 
 mod support;
 
@@ -281,6 +287,9 @@ fn sealed_root_key_is_useless_on_another_tpm_and_kek_ops_never_touch_the_tpm() {
     );
 }
 
+/// A way to spoil a sealed file.
+type Spoil = Box<dyn Fn(&Path)>;
+
 fn edit_sealed_file(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
@@ -333,7 +342,7 @@ fn altered_sealed_file_is_a_typed_error() {
     );
 
     // A public area that no longer parses, garbage, another format, a missing file: KeyFile.
-    let cases: [(&str, Box<dyn Fn(&Path)>); 4] = [
+    let cases: [(&str, Spoil); 4] = [
         (
             "truncated public",
             Box::new(|p: &Path| edit_sealed_file(p, |v| v["public"] = "0008".into())),

@@ -31,10 +31,15 @@
 //!   CTR), is optional in the TPM profile and disabled on many firmware TPMs, so wrapped KEKs
 //!   would need a second, host-side integrity layer anyway, and bind to scope and version only
 //!   through it.
-//! * A TPM serves one command at a time, many (and `swtpm`) one connection at a time, and a
-//!   discrete TPM takes milliseconds to tens of milliseconds per command. Holding a connection
-//!   for the process lifetime would block a second backend on the same TPM, which
+//! * A TPM runs one command at a time and a discrete TPM takes milliseconds to tens of
+//!   milliseconds per command, so every cache miss would queue on the chip. Without a resource
+//!   manager in front (`swtpm`, `/dev/tpm0`) a TPM also holds only about three transient objects
+//!   for all its clients together: keeping the key loaded for the process lifetime would starve
+//!   other processes and a second backend on the same TPM, which
 //!   [`KeyRing::rotate_root`](crate::KeyRing::rotate_root) needs (old and new root at once).
+//!   Here the TPM is used only inside [`TpmKms::create`] and [`TpmKms::open`], serialized in the
+//!   process by a mutex, and retried (bounded, with backoff and jitter) when the TPM reports
+//!   that it is out of object or session memory because another process holds it.
 //! * The gain would be small: whoever controls the running host can ask its TPM to unwrap, so a
 //!   TPM-resident key protects against the same attacker as a sealed one (a stolen disk, backup
 //!   or database; a host booted into something else, with a PCR policy), not against a
