@@ -1,0 +1,157 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+//! Crash safety of `rewrap` on PostgreSQL.
+//!
+//! * The migrator binary is killed with SIGKILL at random points, at least 10 times, during a
+//!   rewrap of 100,000 rows. After each kill the checkpoint table's done chunks account for
+//!   exactly the rows that moved to the new KEK version (the batch and its checkpoint commit
+//!   together); after the final resume every row opens to its original plaintext.
+//! * A throwaway cluster is stopped with `pg_ctl stop -m immediate` while a batch is half
+//!   written (a row lock held by the test stalls the batch), restarted, and the run resumed.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use support::{Backend, Fixture, plain, stdout};
+
+const JOB: &str = "rewrap:patients.email";
+
+fn assert_checkpoint_matches(f: &Fixture, total: u64) -> u64 {
+    let v = f.versions();
+    assert_eq!(v.values().sum::<u64>(), total, "a row lost its envelope");
+    let moved = v.get(&2).copied().unwrap_or(0);
+    assert_eq!(
+        i64::try_from(moved).unwrap(),
+        f.checkpoint_changed(JOB),
+        "rows on v2 differ from the checkpoint's count"
+    );
+    moved
+}
+
+#[test]
+fn sigkill_at_random_points_during_a_100k_row_rewrap() {
+    const N: i64 = 100_000;
+    let f = Fixture::new(Backend::Postgres);
+    f.seed(0, N, false);
+    f.rotate();
+    let mut rng = rand::thread_rng();
+    let mut kills = 0;
+    let mut last = 0;
+    while kills < 12 {
+        let mut child = f
+            .cmd()
+            .args(["rewrap", "--batch-size", "1000", "--max-rows-per-sec", "10000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..900)));
+        assert!(child.try_wait().unwrap().is_none(), "the throttled run ended before the kill");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let moved = assert_checkpoint_matches(&f, u64::try_from(N).unwrap());
+        assert!(moved >= last, "rows went back to the old version");
+        last = moved;
+    }
+    assert!(last > 0 && last < 100_000, "the kills did not land mid-run ({last} rows moved)");
+
+    let o = f.run(&["rewrap", "--batch-size", "1000", "--json"]);
+    assert!(o.status.success());
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(j["jobs"][0]["chunks_done_before"].as_u64().unwrap() > 0, "did not resume");
+    assert_eq!(
+        j["jobs"][0]["rows_changed"].as_u64().unwrap() + last,
+        100_000,
+        "the resume redid or skipped rows"
+    );
+    assert_eq!(assert_checkpoint_matches(&f, 100_000), 100_000);
+    f.assert_all_open(plain);
+}
+
+fn pg_ctl() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)")
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    dirs.pop().unwrap().join("bin/pg_ctl")
+}
+
+fn as_server(dir: &Path, args: &[&str]) {
+    let ok = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(pg_ctl())
+        .args(args)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "pg_ctl {args:?} failed");
+}
+
+#[test]
+fn pg_ctl_stop_immediate_mid_batch_then_resume() {
+    let cluster = tempfile::tempdir().unwrap();
+    let cdir = cluster.path().join("pg");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-cluster");
+    let o = Command::new(&script)
+        .arg("start")
+        .arg(&cdir)
+        .args(["--owner-pid", &std::process::id().to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "scripts/pg-cluster start failed: {}", String::from_utf8_lossy(&o.stderr));
+    let url = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let f = Fixture::on_url(Backend::Postgres, url, None, tempfile::tempdir().unwrap());
+    f.seed(0, 20_000, false);
+    f.rotate();
+
+    // Hold a row lock in the middle of the third chunk: that batch stalls half written.
+    let mut locker = f.db();
+    locker.begin().unwrap();
+    locker.batch("UPDATE patients SET email_plain = NULL WHERE id = 2500").unwrap();
+    let mut child = f
+        .cmd()
+        .args(["rewrap", "--batch-size", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watcher = f.db();
+    let started = Instant::now();
+    loop {
+        let n: Vec<leakless_migrator::db::OneInt> = watcher
+            .load(
+                "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE 'UPDATE%unnest%'",
+                &[],
+            )
+            .unwrap();
+        if n[0].n > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the migrator never reached the locked row");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(watcher);
+    as_server(&cdir, &["stop", "-m", "immediate", "-w"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "a lost server is a database error (exit 4)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("help: "), "{err}");
+    drop(locker);
+    as_server(&cdir, &["start", "-w", "-l", cdir.join("postgres.log").to_str().unwrap()]);
+
+    // Exactly the two chunks before the stalled one are done and moved.
+    assert_eq!(assert_checkpoint_matches(&f, 20_000), 2_000);
+    let o = f.run(&["rewrap", "--batch-size", "1000", "--json"]);
+    assert!(o.status.success());
+    assert_eq!(assert_checkpoint_matches(&f, 20_000), 20_000);
+    f.assert_all_open(plain);
+}
