@@ -1,0 +1,217 @@
+//! The verdict: per channel, the leaks found, the positive controls expected and missed, and
+//! harness errors; a human summary ([`Report::human`]), JSON ([`Report::to_json`]) and an exit
+//! code ([`Report::exit_code`]: 0 clean, 1 leak, 2 detector broken or harness error).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::scan::Finding;
+
+/// The outcome of one channel, or of the whole run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Every positive control was found and no canary leaked.
+    Clean,
+    /// A positive control was not found (or no control was planted): a clean result cannot be
+    /// trusted, but nothing is known to have leaked.
+    DetectorBroken,
+    /// The harness could not collect or read an artifact.
+    HarnessError,
+    /// A canary (not a control) was found.
+    Leak,
+}
+
+impl Status {
+    /// The process exit code: 0 clean, 1 leak, 2 detector broken or harness error.
+    #[must_use]
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Clean => 0,
+            Status::Leak => 1,
+            Status::DetectorBroken | Status::HarnessError => 2,
+        }
+    }
+
+    /// A short name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Clean => "clean",
+            Status::DetectorBroken => "DETECTOR BROKEN",
+            Status::HarnessError => "HARNESS ERROR",
+            Status::Leak => "LEAK",
+        }
+    }
+}
+
+/// One channel's results.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChannelReport {
+    /// The channel name.
+    pub channel: String,
+    /// Artifacts (files, archive members, decoded views, streams) scanned.
+    pub artifacts: u64,
+    /// Bytes scanned, over all views.
+    pub bytes: u64,
+    /// Control canary ids that must be found in this channel.
+    pub controls_expected: Vec<String>,
+    /// Control canary ids that were expected and not found.
+    pub controls_missed: Vec<String>,
+    /// Findings of control canaries (the proof the detector works here).
+    pub control_findings: Vec<Finding>,
+    /// Findings of real canaries: leaks.
+    pub leaks: Vec<Finding>,
+    /// Harness errors (an artifact that could not be collected or read).
+    pub errors: Vec<String>,
+    /// Whether the caller waived positive controls for this channel (the CLI's
+    /// `--no-controls`, relying on its built-in self-test instead).
+    pub controls_waived: bool,
+}
+
+impl ChannelReport {
+    /// The channel's status. A channel with no expected control is `DetectorBroken`: its clean
+    /// result would prove nothing.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        if !self.leaks.is_empty() {
+            Status::Leak
+        } else if !self.errors.is_empty() {
+            Status::HarnessError
+        } else if (self.controls_expected.is_empty() && !self.controls_waived)
+            || !self.controls_missed.is_empty()
+        {
+            Status::DetectorBroken
+        } else {
+            Status::Clean
+        }
+    }
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Canaries searched for (real ones, controls excluded).
+    pub canaries: usize,
+    /// Control canaries.
+    pub controls: usize,
+    /// Needles (fragments times encodings).
+    pub needles: usize,
+    /// The channels, in the order they were scanned.
+    pub channels: Vec<ChannelReport>,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    status: Status,
+    exit_code: u8,
+    #[serde(flatten)]
+    report: &'a Report,
+    channel_status: Vec<(&'a str, Status)>,
+}
+
+impl Report {
+    /// The worst status of any channel (`Leak` over harness errors over `DetectorBroken`);
+    /// `HarnessError` when no channel was scanned at all.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        self.channels
+            .iter()
+            .map(ChannelReport::status)
+            .max()
+            .unwrap_or(Status::HarnessError)
+    }
+
+    /// The exit code of [`Self::status`].
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        self.status().exit_code()
+    }
+
+    /// Every leak finding of every channel.
+    pub fn leaks(&self) -> impl Iterator<Item = &Finding> {
+        self.channels.iter().flat_map(|c| c.leaks.iter())
+    }
+
+    /// The channel named `name`.
+    #[must_use]
+    pub fn channel(&self, name: &str) -> Option<&ChannelReport> {
+        self.channels.iter().find(|c| c.channel == name)
+    }
+
+    /// The report as JSON: status, exit code, counts, and per channel the findings (canary id,
+    /// marker, encoding, artifact, offset; never a value).
+    ///
+    /// # Errors
+    /// A serialisation error (not expected).
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(&JsonReport {
+            status: self.status(),
+            exit_code: self.exit_code(),
+            report: self,
+            channel_status: self
+                .channels
+                .iter()
+                .map(|c| (c.channel.as_str(), c.status()))
+                .collect(),
+        })
+    }
+
+    /// A human summary: one line per channel, then every leak and every missed control.
+    #[must_use]
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "leak check: {} canaries, {} positive controls, {} needles",
+            self.canaries, self.controls, self.needles
+        );
+        for c in &self.channels {
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<28} {:>4} artifacts {:>12} bytes  controls {}/{}  leaks {}",
+                c.status().name(),
+                c.channel,
+                c.artifacts,
+                c.bytes,
+                c.controls_expected.len() - c.controls_missed.len(),
+                c.controls_expected.len(),
+                c.leaks.len()
+            );
+        }
+        for c in &self.channels {
+            for f in &c.leaks {
+                let _ = writeln!(
+                    s,
+                    "  LEAK {} in {} at offset {}: canary {} (marker {}) as {} ({})",
+                    f.channel, f.artifact, f.offset, f.canary_id, f.marker, f.encoding, f.form
+                );
+            }
+            for m in &c.controls_missed {
+                let _ = writeln!(
+                    s,
+                    "  DETECTOR BROKEN {}: positive control {m} was planted but not found",
+                    c.channel
+                );
+            }
+            if c.controls_expected.is_empty() && !c.controls_waived {
+                let _ = writeln!(
+                    s,
+                    "  DETECTOR BROKEN {}: no positive control was planted, a clean result proves nothing",
+                    c.channel
+                );
+            }
+            for e in &c.errors {
+                let _ = writeln!(s, "  HARNESS ERROR {}: {e}", c.channel);
+            }
+        }
+        let _ = writeln!(
+            s,
+            "result: {} (exit {})",
+            self.status().name(),
+            self.exit_code()
+        );
+        s
+    }
+}

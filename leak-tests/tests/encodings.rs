@@ -1,0 +1,315 @@
+//! Every encoding: a canary planted in that encoding, inside noise, at odd offsets and across a
+//! chunk boundary, is found and reported under that encoding; the sealed form (an envelope)
+//! and clean noise have no finding.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::sync::Arc;
+
+use leakless::kms::LocalKms;
+use leakless::secret::RootKey;
+use leakless::store::MemoryKeyStore;
+use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+use leakless_leaktest::encode::{base64, json_escape, percent, sql_escape};
+use leakless_leaktest::scan::{CHUNK, Collector, Hit};
+use leakless_leaktest::{Canary, CanarySet, Encoding, Scanner};
+
+const ADDRESS: &str =
+    "17 O'Brien's Lantern Row, Flat LKQ7M2X9PA, Exampleton EX1 4QT, Größere Straße \"B\"";
+
+fn transcript() -> String {
+    let mut s = String::from("Consultation LKTR4NSCR1: ");
+    let words = ["patient", "reports", "über", "intermittent", "headaches", "résumé"];
+    let mut i = 0;
+    while s.len() < 3000 {
+        s.push_str(words[i % words.len()]);
+        s.push_str(if i % 7 == 0 { ", " } else { " " });
+        i += 1;
+    }
+    s
+}
+
+fn set() -> CanarySet {
+    static SET: std::sync::OnceLock<CanarySet> = std::sync::OnceLock::new();
+    SET.get_or_init(make_set).clone()
+}
+
+fn make_set() -> CanarySet {
+    let mut set = CanarySet::new();
+    set.push(Canary::text("addr", "LKQ7M2X9PA", ADDRESS).unwrap())
+        .unwrap();
+    set.push(Canary::transcript("tr", "LKTR4NSCR1", &transcript()).unwrap())
+        .unwrap();
+    set.push(Canary::gps("gps", "LKGPS00001", 51.507_412_3, -0.127_691_7))
+        .unwrap();
+    set.push(Canary::bytes("bin", "LKBYTES001", &[7, 1, 250, 3, 4, 99, 5, 6, 42, 17]))
+        .unwrap();
+    set
+}
+
+fn scanner() -> &'static Scanner {
+    static S: std::sync::OnceLock<Scanner> = std::sync::OnceLock::new();
+    S.get_or_init(|| Scanner::new(set()).unwrap())
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            u8::try_from(x & 0xff).unwrap()
+        })
+        .collect()
+}
+
+fn hits(scanner: &Scanner, hay: &[u8]) -> Vec<Hit> {
+    let mut v = Vec::new();
+    scanner
+        .scan_reader(std::io::Cursor::new(hay), |h| v.push(h))
+        .unwrap();
+    v
+}
+
+fn planted(payload: &[u8], prefix: usize) -> Vec<u8> {
+    let mut v = noise(prefix, prefix as u64);
+    v.extend_from_slice(payload);
+    v.extend(noise(777, 3));
+    v
+}
+
+fn assert_found(scanner: &Scanner, canary: &str, encoding: Encoding, payload: &[u8]) {
+    let idx = scanner
+        .canaries()
+        .canaries
+        .iter()
+        .position(|c| c.id == canary)
+        .unwrap();
+    for prefix in [0, 1, 2, 1001] {
+        let hay = planted(payload, prefix);
+        let found = hits(scanner, &hay);
+        assert!(
+            found
+                .iter()
+                .any(|h| h.canary == idx && h.encoding == encoding),
+            "{canary} as {encoding} at prefix {prefix} not found: {found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .all(|h| h.canary == idx && h.offset >= prefix as u64),
+            "stray or misplaced hit: {found:?}"
+        );
+    }
+}
+
+fn utf16(s: &str, le: bool) -> Vec<u8> {
+    s.encode_utf16()
+        .flat_map(|u| if le { u.to_le_bytes() } else { u.to_be_bytes() })
+        .collect()
+}
+
+#[test]
+fn every_text_encoding_is_found() {
+    let scanner = scanner();
+    let a = ADDRESS;
+    let cases: Vec<(Encoding, Vec<u8>)> = vec![
+        (Encoding::Raw, a.as_bytes().to_vec()),
+        (Encoding::CaseFolded, a.to_lowercase().into_bytes()),
+        (Encoding::CaseFolded, a.to_uppercase().into_bytes()),
+        (Encoding::Utf16Le, utf16(a, true)),
+        (Encoding::Utf16Be, utf16(a, false)),
+        (Encoding::HexLower, hex::encode(a).into_bytes()),
+        (Encoding::HexUpper, hex::encode_upper(a).into_bytes()),
+        (
+            Encoding::PgBytea,
+            format!("'\\x{}'::bytea", hex::encode(a)).into_bytes(),
+        ),
+        (Encoding::Percent, percent(a.as_bytes(), false)),
+        (Encoding::FormUrlencoded, percent(a.as_bytes(), true)),
+        (Encoding::Json, serde_json::to_vec(a).unwrap()),
+        (Encoding::JsonAscii, json_escape(a, true)),
+        (Encoding::SqlQuoted, sql_escape(a, false)),
+        (Encoding::SqlBackslash, sql_escape(a, true)),
+    ];
+    for (enc, payload) in cases {
+        assert_found(scanner, "addr", enc, &payload);
+    }
+}
+
+#[test]
+fn base64_is_found_at_every_alignment_in_both_alphabets() {
+    let scanner = scanner();
+    for url in [false, true] {
+        for lead in ["", "x", "xy"] {
+            let blob = [lead.as_bytes(), ADDRESS.as_bytes(), b"tail"].concat();
+            let text = base64(&blob, url);
+            let enc = if url && text.contains(['-', '_']) {
+                Encoding::Base64Url
+            } else {
+                Encoding::Base64
+            };
+            assert_found(scanner, "addr", enc, text.as_bytes());
+        }
+    }
+}
+
+#[test]
+fn any_window_of_a_transcript_is_found() {
+    let scanner = scanner();
+    let t = transcript();
+    // Every 47-byte window on char boundaries, stepping through the value.
+    let bytes = t.as_bytes();
+    let mut start = 0;
+    while start + 47 <= bytes.len() {
+        if t.is_char_boundary(start) && t.is_char_boundary(start + 47) {
+            assert_found_once(scanner, "tr", &bytes[start..start + 47]);
+        }
+        start += 13;
+    }
+    // Encoded windows too.
+    let w = &t[100..180];
+    assert_found(scanner, "tr", Encoding::Utf16Le, &utf16(w, true));
+    assert_found(scanner, "tr", Encoding::Base64, base64(&t.as_bytes()[301..500], false).as_bytes());
+    assert_found(scanner, "tr", Encoding::HexUpper, hex::encode_upper(&t.as_bytes()[1000..1100]).as_bytes());
+    // A window shorter than the documented length is not promised; a short common phrase
+    // must not be a hit.
+    assert!(hits(scanner, b"patient reports").is_empty());
+}
+
+fn assert_found_once(scanner: &Scanner, canary: &str, window: &[u8]) {
+    let hay = planted(window, 33);
+    let idx = scanner.canaries().canaries.iter().position(|c| c.id == canary).unwrap();
+    assert!(hits(scanner, &hay).iter().any(|h| h.canary == idx));
+}
+
+#[test]
+fn gps_forms_are_found() {
+    let scanner = scanner();
+    let (lat, lon) = (51.507_412_3f64, -0.127_691_7f64);
+    let cases: Vec<(Encoding, Vec<u8>)> = vec![
+        (Encoding::Raw, format!("lat={lat}").into_bytes()),
+        (Encoding::Raw, format!("at {lat:.5},{lon:.5} now").into_bytes()),
+        (Encoding::Raw, format!("{lat:.6}, {lon:.6}").into_bytes()),
+        (Encoding::Raw, format!("SRID=4326;POINT({lon:.7} {lat:.7})").into_bytes()),
+        (Encoding::Raw, format!("{{\"type\":\"Point\",\"coordinates\":[{lon:.4},{lat:.4}]}}").into_bytes()),
+        (Encoding::Raw, format!("{{\"lat\":{lat},\"lon\":{lon}}}").into_bytes()),
+        (Encoding::Utf16Le, utf16(&format!("{lat:.6},{lon:.6}"), true)),
+        (Encoding::F64Le, lat.to_le_bytes().to_vec()),
+        (Encoding::F64Be, lon.to_be_bytes().to_vec()),
+        (Encoding::F64Be, [lat.to_be_bytes(), lon.to_be_bytes()].concat()),
+    ];
+    for (enc, payload) in cases {
+        assert_found(scanner, "gps", enc, &payload);
+    }
+}
+
+#[test]
+fn a_value_across_a_chunk_boundary_is_found_once_per_position() {
+    let scanner = scanner();
+    for prefix in [CHUNK - 40, CHUNK - 5, CHUNK, 2 * CHUNK - 1] {
+        let hay = planted(ADDRESS.as_bytes(), prefix);
+        let found = hits(scanner, &hay);
+        let raw: Vec<_> = found.iter().filter(|h| h.encoding == Encoding::Raw).collect();
+        assert!(!raw.is_empty(), "prefix {prefix}: {found:?}");
+        assert!(raw.iter().any(|h| h.offset == prefix as u64));
+        // No match is reported twice (once per chunk) at the same place.
+        let mut offsets: Vec<u64> = raw.iter().map(|h| h.offset).collect();
+        let n = offsets.len();
+        offsets.sort_unstable();
+        offsets.dedup();
+        assert_eq!(offsets.len(), n, "duplicate hits at prefix {prefix}");
+    }
+}
+
+#[test]
+fn byte_values_are_found() {
+    let scanner = scanner();
+    let b = [7u8, 1, 250, 3, 4, 99, 5, 6, 42, 17];
+    assert_found(scanner, "bin", Encoding::Raw, &b);
+    assert_found(scanner, "bin", Encoding::HexLower, hex::encode(b).as_bytes());
+    assert_found(scanner, "bin", Encoding::PgBytea, format!("\\x{}", hex::encode(b)).as_bytes());
+}
+
+#[test]
+fn sealed_values_and_noise_are_clean() {
+    let set = set();
+    let scanner = scanner();
+    assert!(hits(scanner, &noise(3 * CHUNK + 17, 99)).is_empty());
+    // The same values sealed by leakless, in every binary encoding a dump would use.
+    let ring = KeyRing::builder(
+        Arc::new(LocalKms::from_root_key(RootKey::generate())),
+        Arc::new(MemoryKeyStore::new()),
+    )
+    .build();
+    let scope = KeyScope::new("patients").unwrap();
+    ring.create_scope(&scope, &AuditInfo::new("test", "setup")).unwrap();
+    let mut hay = Vec::new();
+    for (i, c) in set.canaries.iter().enumerate() {
+        let plain = match c.gps_value() {
+            Some((lat, lon)) => format!("{lat},{lon}").into_bytes(),
+            None => c.raw_bytes().unwrap().to_vec(),
+        };
+        let ctx = FieldContext::new("patients", "f", RowId::Int(i64::try_from(i).unwrap()), 1);
+        let env = ring.seal(&scope, &ctx, &plain, &FieldPolicy::default()).unwrap();
+        hay.extend_from_slice(&env);
+        hay.extend_from_slice(hex::encode(&env).as_bytes());
+        hay.extend_from_slice(base64(&env, false).as_bytes());
+        hay.extend_from_slice(format!("\\x{}", hex::encode(&env)).as_bytes());
+    }
+    assert!(!hay.is_empty());
+    assert!(hits(scanner, &hay).is_empty());
+}
+
+#[test]
+fn findings_name_the_canary_never_the_value() {
+    let set = set();
+    let scanner = scanner();
+    let hay = planted(ADDRESS.as_bytes(), 10);
+    let mut col = Collector::new();
+    scanner.scan_bytes(&hay, |h| col.add(h));
+    let f = col.findings(&set, "test", "memory");
+    assert!(!f.is_empty());
+    assert!(f.iter().all(|f| f.canary_id == "addr" && f.marker == "LKQ7M2X9PA"), "{f:?}");
+    let raw = f.iter().find(|f| f.encoding == Encoding::Raw).unwrap();
+    assert_eq!(raw.offset, 10);
+    let shown = format!("{f:?} {} {:?} {scanner:?}", serde_json::to_string(&f).unwrap(), set);
+    assert!(!shown.contains("Lantern"), "{shown}");
+}
+
+#[test]
+fn bad_canaries_are_refused() {
+    assert!(Canary::text("a", "LKMARKER01", "no marker here").is_err());
+    let mut set = CanarySet::new();
+    set.push(Canary::text("a", "LKMARKER01", "x LKMARKER01 y").unwrap()).unwrap();
+    assert!(set.push(Canary::text("a", "LKMARKER02", "x LKMARKER02 y").unwrap()).is_err());
+    assert!(set.push(Canary::gps("g", "LKG", 95.0, 0.0)).is_err());
+    assert!(set.push(Canary::bytes("b", "LKB", &[1, 2, 3])).is_err());
+    let err = CanarySet::from_json("{\"canaries\": [ {\"id\": 1 ").unwrap_err();
+    assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+#[test]
+fn canaries_round_trip_through_json_and_come_from_a_manifest() {
+    let text = set().to_json().unwrap();
+    let back = CanarySet::from_json(&text).unwrap();
+    assert_eq!(back, set());
+    let manifest: leakless::manifest::SchemaManifest = serde_json::from_value(serde_json::json!({
+        "format": 1,
+        "tables": [{
+            "table": "patients", "row_id_column": "id", "row_id_kind": "text",
+            "schema_version": 1, "scope": {"kind": "static", "scope": "patients"},
+            "columns": [
+                {"column": "address", "algorithm": "aes256gcm", "encoding": "string", "nullable": false, "blind_index": null},
+                {"column": "gps", "algorithm": "xchacha20poly1305", "encoding": "json", "nullable": false, "blind_index": null},
+                {"column": "transcript", "algorithm": "xchacha20poly1305", "encoding": "string", "nullable": true, "blind_index": null}
+            ]
+        }]
+    }))
+    .unwrap();
+    let generated = CanarySet::from_manifest(&manifest, 2).unwrap();
+    assert_eq!(generated.len(), 6);
+    assert!(generated.get("patients.gps#1").unwrap().gps_value().is_some());
+    assert!(generated.get("patients.transcript#0").unwrap().text_value().unwrap().len() >= 2600);
+    Scanner::new(generated).unwrap();
+}
