@@ -24,11 +24,15 @@ pub mod retry;
 mod rewrap;
 #[cfg(feature = "vault")]
 pub mod vault;
+#[cfg(feature = "aws-kms")]
+pub mod aws;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 
 pub use local::{LocalKms, ROOT_KEY_ENV};
 pub use retry::{RetryCounts, RetryPolicy};
+#[cfg(feature = "aws-kms")]
+pub use aws::{AwsCredentials, AwsKms, AwsKmsConfig};
 #[cfg(feature = "vault")]
 pub use vault::{TransitKeyInfo, VaultConfig, VaultToken, VaultTransitKms};
 #[cfg(feature = "tpm")]

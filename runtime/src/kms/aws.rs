@@ -1,0 +1,650 @@
+//! The AWS KMS backend: the root key is a symmetric KMS key that never leaves AWS KMS; KEKs
+//! are wrapped with `Encrypt` and unwrapped with `Decrypt`.
+//!
+//! # Binding
+//!
+//! Every call carries an **encryption context** `{"leakless:scope": SCOPE,
+//! "leakless:kek-version": N}`. KMS authenticates it with the ciphertext, so a wrapped KEK
+//! presented with another scope or version fails to decrypt inside KMS, and CloudTrail logs the
+//! context of every call (which scope, which version) without any key material.
+//!
+//! # Rotation
+//!
+//! AWS-side automatic key rotation keeps the key id and needs nothing from leakless. To move to
+//! another KMS key (another account, region or key policy), [`AwsKms::re_encrypt_store`] uses
+//! `ReEncrypt`: KMS decrypts and re-encrypts inside its HSMs, the KEK never reaches this
+//! process. `KeyRing::rotate_root` works too (unwrap here, wrap under the new key).
+//!
+//! # Runtime
+//!
+//! The [`Kms`] trait is synchronous; the AWS SDK is async. Each `AwsKms` owns a small tokio
+//! current-thread runtime and blocks on it for each call. Called from inside another tokio
+//! runtime (where blocking on a second runtime would panic), the call is run on a short-lived
+//! scoped thread instead, so `AwsKms` works from sync code, from `spawn_blocking`, and (less
+//! efficiently) from async tasks. Prefer calling the key ring from `spawn_blocking` in async
+//! services: a cache miss blocks for one KMS round trip.
+//!
+//! # Credentials, retries
+//!
+//! Credentials come from the normal AWS chain (environment, profile, web identity, ECS, EC2
+//! instance metadata) or from [`AwsCredentials::Static`]. They never appear in `Debug`, logs
+//! or errors. The SDK's own retries are switched off; every call goes through the backend's
+//! [`RetryPolicy`] instead (connection failures, timeouts, HTTP 429 and 5xx,
+//! `ThrottlingException`, `KMSInternalException`, `DependencyTimeoutException` and
+//! `KeyUnavailableException` are retried with jittered backoff), so attempts are counted and
+//! bounded in one place.
+
+use std::future::Future;
+
+use aws_sdk_kms::Client;
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::config::timeout::TimeoutConfig;
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use tracing::debug;
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+use crate::keyring::{AuditInfo, WrappedKek};
+use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats};
+use crate::kms::rewrap::rewrap_store_records;
+use crate::kms::{KekBinding, Kms};
+use crate::redact::redact_url;
+use crate::secret::Kek;
+use crate::store::KeyStore;
+
+const BACKEND: &str = "aws-kms";
+const CONTEXT_SCOPE: &str = "leakless:scope";
+const CONTEXT_VERSION: &str = "leakless:kek-version";
+const MAX_DETAIL: usize = 300;
+
+/// Where the backend's AWS credentials come from.
+pub enum AwsCredentials {
+    /// The normal AWS chain: environment, shared profile, web identity, ECS, instance metadata.
+    DefaultChain,
+    /// Fixed keys (for tests against a local peer, or when the caller fetched them itself).
+    Static {
+        /// The access key id.
+        access_key_id: String,
+        /// The secret access key. Zeroized on drop.
+        secret_access_key: Zeroizing<String>,
+        /// A session token for temporary credentials. Zeroized on drop.
+        session_token: Option<Zeroizing<String>>,
+    },
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AwsCredentials::DefaultChain => f.write_str("DefaultChain"),
+            AwsCredentials::Static { .. } => f.write_str("Static(<redacted>)"),
+        }
+    }
+}
+
+/// Which KMS key, where, with which credentials, and the retry budget.
+#[derive(Debug)]
+pub struct AwsKmsConfig {
+    /// The KMS key: key id, key ARN, alias name (`alias/...`) or alias ARN. Resolved to the key
+    /// ARN on connect.
+    pub key_id: String,
+    /// The region. `None`: from the environment or profile (`AWS_REGION`, ...).
+    pub region: Option<String>,
+    /// A custom endpoint (a VPC endpoint, a FIPS endpoint, or a local peer such as
+    /// `moto_server`). `None`: the regional AWS endpoint.
+    pub endpoint: Option<String>,
+    /// Credentials. Default: the normal AWS chain.
+    pub credentials: AwsCredentials,
+    /// Retries of every call. Default: [`RetryPolicy::default`].
+    pub retry: RetryPolicy,
+}
+
+impl AwsKmsConfig {
+    /// A config for `key_id` with the default region, endpoint, credentials and retries.
+    #[must_use]
+    pub fn new(key_id: impl Into<String>) -> Self {
+        Self {
+            key_id: key_id.into(),
+            region: None,
+            endpoint: None,
+            credentials: AwsCredentials::DefaultChain,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A root key held in AWS KMS. See the module docs.
+pub struct AwsKms {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    /// The key ARN (what `Encrypt` is told to use, and what `Decrypt` insists on).
+    key_arn: String,
+    id: String,
+    retry: RetryPolicy,
+    stats: RetryStats,
+    shown_endpoint: String,
+}
+
+impl std::fmt::Debug for AwsKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsKms")
+            .field("endpoint", &self.shown_endpoint)
+            .field("root_key_id", &self.id)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsKms {
+    /// Connects to an existing symmetric KMS key and resolves it to its ARN (`DescribeKey`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad config; [`Error::Kms`] when the key does not exist, is
+    /// not enabled, or is not a symmetric encryption key; [`Error::KmsUnavailable`] when KMS
+    /// cannot be reached.
+    pub fn connect(config: AwsKmsConfig) -> Result<Self, Error> {
+        let key_id = config.key_id.clone();
+        Self::client_only(config)?.resolve(key_id)
+    }
+
+    /// Describes `key_id`, checks it is an enabled symmetric encryption key, and takes its ARN.
+    fn resolve(mut self, key_id: String) -> Result<Self, Error> {
+        let described = self.call("describe key", |client| {
+            let key_id = key_id.clone();
+            async move { client.describe_key().key_id(key_id).send().await }
+        })?;
+        let meta = described.key_metadata().ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "describe key",
+            detail: "KMS answered without key metadata".into(),
+        })?;
+        let arn = meta.arn().unwrap_or(meta.key_id()).to_owned();
+        let fail = |detail: String| Error::Kms {
+            backend: BACKEND,
+            operation: "connect",
+            detail,
+        };
+        if !meta.enabled() {
+            return Err(fail(format!(
+                "KMS key {arn} is not enabled (state {:?}); enable it or pick another key",
+                meta.key_state()
+            )));
+        }
+        if meta.key_usage().map(|u| u.as_str()) != Some("ENCRYPT_DECRYPT")
+            || meta.key_spec().map(|s| s.as_str()) != Some("SYMMETRIC_DEFAULT")
+        {
+            return Err(fail(format!(
+                "KMS key {arn} is not a symmetric encryption key (SYMMETRIC_DEFAULT, \
+                 ENCRYPT_DECRYPT)"
+            )));
+        }
+        self.id = format!("aws-kms:{arn}");
+        self.key_arn = arn;
+        Ok(self)
+    }
+
+    /// Creates a new symmetric KMS key (`CreateKey`, `SYMMETRIC_DEFAULT`, `ENCRYPT_DECRYPT`) and
+    /// connects to it; `config.key_id` is ignored. Needs `kms:CreateKey`; meant for set-up
+    /// tools and tests, not for applications.
+    ///
+    /// # Errors
+    /// As [`Self::connect`].
+    pub fn create_key(config: AwsKmsConfig, description: &str) -> Result<Self, Error> {
+        let description = description.to_owned();
+        let kms = Self::client_only(config)?;
+        let created = kms.call("create key", |client| {
+            let description = description.clone();
+            async move {
+                client
+                    .create_key()
+                    .description(description)
+                    .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
+                    .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+                    .send()
+                    .await
+            }
+        })?;
+        let key_id = created
+            .key_metadata()
+            .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
+            .ok_or_else(|| Error::Kms {
+                backend: BACKEND,
+                operation: "create key",
+                detail: "KMS answered without key metadata".into(),
+            })?;
+        kms.resolve(key_id)
+    }
+
+    fn client_only(config: AwsKmsConfig) -> Result<Self, Error> {
+        config.retry.validate()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("leakless-aws-kms")
+            .build()
+            .map_err(|e| Error::Kms {
+                backend: BACKEND,
+                operation: "connect",
+                detail: format!("cannot start the tokio runtime for the AWS SDK: {e}"),
+            })?;
+        if let Some(endpoint) = &config.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(Error::InvalidInput {
+                what: "AWS KMS endpoint",
+                problem: "must start with http:// or https://".into(),
+            });
+        }
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(config.retry.attempt_timeout)
+            .operation_attempt_timeout(config.retry.attempt_timeout)
+            .build();
+        let region = config.region.clone().map(Region::new);
+        let client_config = match config.credentials {
+            AwsCredentials::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                let creds = Credentials::new(
+                    access_key_id,
+                    secret_access_key.as_str(),
+                    session_token.as_ref().map(|t| t.as_str().to_owned()),
+                    None,
+                    "leakless-static",
+                );
+                let mut b = aws_sdk_kms::config::Builder::new()
+                    .behavior_version(BehaviorVersion::latest())
+                    .credentials_provider(creds);
+                if let Some(region) = region {
+                    b = b.region(region);
+                }
+                b
+            }
+            AwsCredentials::DefaultChain => {
+                let loader = aws_config::defaults(BehaviorVersion::latest());
+                let loader = match region {
+                    Some(region) => loader.region(region),
+                    None => loader,
+                };
+                let shared = block_on(&runtime, loader.load());
+                aws_sdk_kms::config::Builder::from(&shared)
+            }
+        };
+        let mut builder = client_config
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint.as_str());
+        }
+        let shown_endpoint = config
+            .endpoint
+            .as_deref()
+            .map_or_else(|| "regional AWS endpoint".to_owned(), redact_url);
+        Ok(Self {
+            runtime,
+            client: Client::from_conf(builder.build()),
+            key_arn: config.key_id.clone(),
+            id: format!("aws-kms:{}", config.key_id),
+            retry: config.retry,
+            stats: RetryStats::default(),
+            shown_endpoint,
+        })
+    }
+
+    /// How many KMS requests, retries and exhausted operations this backend has seen.
+    #[must_use]
+    pub fn retry_counts(&self) -> RetryCounts {
+        self.stats.snapshot()
+    }
+
+    /// The key ARN this backend wraps under.
+    #[must_use]
+    pub fn key_arn(&self) -> &str {
+        &self.key_arn
+    }
+
+    /// Re-encrypts one wrapped KEK from this backend's key to `to`'s key inside KMS
+    /// (`ReEncrypt`), keeping its binding. The KEK never reaches this process.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] when `wrapped` is not this key's, the binding is wrong, or the caller may
+    /// not use either key; [`Error::KmsUnavailable`].
+    pub fn re_encrypt(
+        &self,
+        wrapped: &WrappedKek,
+        binding: &KekBinding<'_>,
+        to: &AwsKms,
+    ) -> Result<WrappedKek, Error> {
+        self.check_own(wrapped, binding, "re-encrypt KEK")?;
+        let (scope, version) = context_values(binding);
+        let source = self.key_arn.clone();
+        let destination = to.key_arn.clone();
+        let blob = wrapped.ciphertext.clone();
+        let out = self
+            .call("re-encrypt KEK", |client| {
+                let (scope, version) = (scope.clone(), version.clone());
+                let (source, destination, blob) =
+                    (source.clone(), destination.clone(), blob.clone());
+                async move {
+                    client
+                        .re_encrypt()
+                        .ciphertext_blob(Blob::new(blob))
+                        .source_key_id(source)
+                        .source_encryption_context(CONTEXT_SCOPE, scope.clone())
+                        .source_encryption_context(CONTEXT_VERSION, version.clone())
+                        .destination_key_id(destination)
+                        .destination_encryption_context(CONTEXT_SCOPE, scope)
+                        .destination_encryption_context(CONTEXT_VERSION, version)
+                        .send()
+                        .await
+                }
+            })
+            .map_err(|e| name_binding(e, binding))?;
+        let ciphertext = out.ciphertext_blob().ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "re-encrypt KEK",
+            detail: "KMS answered without a ciphertext".into(),
+        })?;
+        Ok(WrappedKek {
+            root_key_id: to.id.clone(),
+            ciphertext: ciphertext.as_ref().to_vec(),
+        })
+    }
+
+    /// Moves every KEK record in `store` that is wrapped under this backend's key to `to`'s key
+    /// with [`Self::re_encrypt`], each as one compare-and-swap change with a `rewrap_root`
+    /// audit record. Returns how many records changed; repeat after an interruption. Then
+    /// build the key ring with `to`.
+    ///
+    /// # Errors
+    /// [`Error::Kms`], [`Error::KmsUnavailable`], [`Error::KeyStore`],
+    /// [`Error::ConcurrentModification`].
+    pub fn re_encrypt_store(
+        &self,
+        store: &dyn KeyStore,
+        to: &AwsKms,
+        who: &AuditInfo,
+    ) -> Result<usize, Error> {
+        rewrap_store_records(
+            store,
+            who,
+            |w| w.root_key_id == self.id,
+            |w, b| self.re_encrypt(w, b, to),
+        )
+    }
+
+    fn check_own(
+        &self,
+        wrapped: &WrappedKek,
+        binding: &KekBinding<'_>,
+        operation: &'static str,
+    ) -> Result<(), Error> {
+        if wrapped.root_key_id == self.id {
+            Ok(())
+        } else {
+            Err(Error::Kms {
+                backend: BACKEND,
+                operation,
+                detail: format!(
+                    "{} {} is wrapped under root key {}, but this backend holds {}",
+                    binding.scope, binding.version, wrapped.root_key_id, self.id
+                ),
+            })
+        }
+    }
+
+    /// Runs one SDK call through the retry policy, on this backend's runtime.
+    fn call<T, E, F, Fut>(&self, operation: &'static str, make: F) -> Result<T, Error>
+    where
+        F: Fn(Client) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, SdkError<E>>> + Send,
+        T: Send,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.retry
+            .run(BACKEND, operation, &self.stats, |attempt: Attempt| {
+                let fut = make(self.client.clone());
+                let limit = attempt.timeout;
+                block_on(&self.runtime, async move {
+                    match tokio::time::timeout(limit, fut).await {
+                        Ok(Ok(value)) => Ok(value),
+                        Ok(Err(e)) => Err(classify(&e)),
+                        Err(_) => Err(Failure::transient(format!(
+                            "no answer within {} ms",
+                            limit.as_millis()
+                        ))),
+                    }
+                })
+            })
+            .map_err(|e| match e {
+                Error::KmsUnavailable {
+                    backend,
+                    operation,
+                    attempts,
+                    elapsed_ms,
+                    throttled,
+                    detail,
+                } => Error::KmsUnavailable {
+                    backend,
+                    operation,
+                    attempts,
+                    elapsed_ms,
+                    throttled,
+                    detail: format!("{} ({})", detail, self.shown_endpoint),
+                },
+                other => other,
+            })
+    }
+}
+
+/// Runs `fut` to completion on `runtime`. Inside another tokio runtime, where `block_on` would
+/// panic, on a scoped helper thread instead.
+fn block_on<F>(runtime: &tokio::runtime::Runtime, fut: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            let handle = s.spawn(|| runtime.block_on(fut));
+            match handle.join() {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    } else {
+        runtime.block_on(fut)
+    }
+}
+
+fn context_values(binding: &KekBinding<'_>) -> (String, String) {
+    (
+        binding.scope.as_str().to_owned(),
+        binding.version.get().to_string(),
+    )
+}
+
+fn name_binding(e: Error, binding: &KekBinding<'_>) -> Error {
+    match e {
+        Error::Kms {
+            backend,
+            operation,
+            detail,
+        } => Error::Kms {
+            backend,
+            operation,
+            detail: format!("{} {}: {detail}", binding.scope, binding.version),
+        },
+        other => other,
+    }
+}
+
+/// Service error codes that may pass if tried again.
+const TRANSIENT_CODES: &[&str] = &[
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "KeyUnavailableException",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+/// Service error codes that mean "slow down".
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "LimitExceededException",
+    "RequestLimitExceeded",
+];
+
+fn classify<E>(e: &SdkError<E>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    match e {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            let code = err.code().unwrap_or("unknown error");
+            let detail = shorten(&format!(
+                "KMS answered {code}{}: {}",
+                status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(),
+                err.message().unwrap_or("no message")
+            ));
+            if THROTTLING_CODES.contains(&code) || status == Some(429) {
+                Failure::throttled(detail)
+            } else if TRANSIENT_CODES.contains(&code)
+                || status.is_some_and(|s| (500..=599).contains(&s) && s != 501)
+            {
+                Failure::transient(detail)
+            } else {
+                Failure::permanent(detail)
+            }
+        }
+        SdkError::TimeoutError(_) => Failure::transient("KMS did not answer in time"),
+        SdkError::DispatchFailure(failure) => {
+            let detail = shorten(&format!("cannot reach KMS: {}", DisplayErrorContext(e)));
+            match failure.as_connector_error() {
+                Some(c) if c.is_user() => Failure::permanent(detail),
+                _ => Failure::transient(detail),
+            }
+        }
+        SdkError::ResponseError(_) => {
+            let detail = shorten(&format!(
+                "unreadable answer from KMS{}",
+                status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+            ));
+            match status.map(crate::kms::retry::classify_http_status) {
+                Some(crate::kms::retry::FailureKind::Permanent) => Failure::permanent(detail),
+                Some(crate::kms::retry::FailureKind::Throttled) => Failure::throttled(detail),
+                _ => Failure::transient(detail),
+            }
+        }
+        _ => Failure::permanent(shorten(&format!(
+            "cannot build the KMS request: {}",
+            DisplayErrorContext(e)
+        ))),
+    }
+}
+
+fn shorten(s: &str) -> String {
+    let mut line = s.replace(['\n', '\r'], " ");
+    if line.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
+impl Kms for AwsKms {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn root_key_id(&self) -> &str {
+        &self.id
+    }
+
+    fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        let (scope, version) = context_values(binding);
+        let key = self.key_arn.clone();
+        let out = self
+            .call("wrap KEK", |client| {
+                let (scope, version, key) = (scope.clone(), version.clone(), key.clone());
+                // The SDK takes the plaintext as an owned buffer; it is dropped (not zeroized)
+                // by the SDK after the request is signed and sent.
+                let plaintext = Blob::new(kek.expose_secret().to_vec());
+                async move {
+                    client
+                        .encrypt()
+                        .key_id(key)
+                        .plaintext(plaintext)
+                        .encryption_context(CONTEXT_SCOPE, scope)
+                        .encryption_context(CONTEXT_VERSION, version)
+                        .send()
+                        .await
+                }
+            })
+            .map_err(|e| name_binding(e, binding))?;
+        let ciphertext = out.ciphertext_blob().ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "wrap KEK",
+            detail: "KMS answered without a ciphertext".into(),
+        })?;
+        debug!(scope = %binding.scope, version = %binding.version, key = %self.id, "wrapped a KEK in AWS KMS");
+        Ok(WrappedKek {
+            root_key_id: self.id.clone(),
+            ciphertext: ciphertext.as_ref().to_vec(),
+        })
+    }
+
+    fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
+        self.check_own(wrapped, binding, "unwrap KEK")?;
+        let (scope, version) = context_values(binding);
+        let key = self.key_arn.clone();
+        let blob = wrapped.ciphertext.clone();
+        let out = self
+            .call("unwrap KEK", |client| {
+                let (scope, version, key, blob) =
+                    (scope.clone(), version.clone(), key.clone(), blob.clone());
+                async move {
+                    client
+                        .decrypt()
+                        .key_id(key)
+                        .ciphertext_blob(Blob::new(blob))
+                        .encryption_context(CONTEXT_SCOPE, scope)
+                        .encryption_context(CONTEXT_VERSION, version)
+                        .send()
+                        .await
+                }
+            })
+            .map_err(|e| name_binding(e, binding))?;
+        let plaintext = out
+            .plaintext()
+            .map(|p| Zeroizing::new(p.as_ref().to_vec()))
+            .ok_or_else(|| Error::Kms {
+                backend: BACKEND,
+                operation: "unwrap KEK",
+                detail: format!(
+                    "{} {}: KMS answered without a plaintext",
+                    binding.scope, binding.version
+                ),
+            })?;
+        Kek::try_from_slice(&plaintext).ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "unwrap KEK",
+            detail: format!(
+                "{} {}: unwrapped KEK has the wrong length",
+                binding.scope, binding.version
+            ),
+        })
+    }
+}
