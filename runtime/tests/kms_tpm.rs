@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use leakless::keyring::WrappedKek;
 use leakless::kms::{KekBinding, Kms, LocalKms, TpmConfig, TpmKms};
@@ -279,12 +280,72 @@ fn sealed_root_key_is_useless_on_another_tpm_and_kek_ops_never_touch_the_tpm() {
         let back = opened.unwrap_kek(&w, &binding(&scope, n)).unwrap();
         assert_eq!(back.expose_secret(), kek.expose_secret());
     }
-    // With the TPM gone, opening fails with a typed error naming the connection.
-    assert_kms_error(
-        TpmKms::open(&elsewhere),
-        "unseal root key",
-        "cannot connect",
+    // With the TPM gone, opening fails after bounded retries with a typed error naming the
+    // connection.
+    match TpmKms::open(&elsewhere) {
+        Err(
+            e @ Error::KmsUnavailable {
+                backend: "tpm",
+                operation: "unseal root key",
+                attempts,
+                ..
+            },
+        ) => {
+            assert!(attempts > 1, "{e}");
+            assert!(e.to_string().contains("cannot connect"), "{e}");
+        }
+        other => panic!("expected Error::KmsUnavailable, got {other:?}"),
+    }
+}
+
+/// `kill -STOP` / `kill -CONT` on the private TPM's process.
+fn signal(tpm: &PrivateTpm, sig: &str) {
+    let pid = fs::read_to_string(tpm.dir.path().join("svc/swtpm.pid")).unwrap();
+    let status = Command::new("kill")
+        .args([sig, pid.trim()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A TPM that stops answering (SIGSTOP) costs the configured timeout and a typed error, not a
+/// hung caller; once it answers again (SIGCONT), opening works.
+#[test]
+fn a_hung_tpm_times_out_with_a_typed_error_and_recovers() {
+    let tpm = PrivateTpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = TpmConfig::new(&tpm.tcti, dir.path().join("root.sealed"))
+        .with_timeout(Duration::from_secs(2));
+    assert_eq!(config.timeout(), Duration::from_secs(2));
+    let created = TpmKms::create(&config).unwrap();
+
+    signal(&tpm, "-STOP");
+    let start = Instant::now();
+    let result = TpmKms::open(&config);
+    let waited = start.elapsed();
+    signal(&tpm, "-CONT");
+    match result {
+        Err(
+            e @ Error::KmsUnavailable {
+                backend: "tpm",
+                operation: "unseal root key",
+                ..
+            },
+        ) => {
+            assert!(
+                e.to_string().contains("did not answer within 2000 ms"),
+                "{e}"
+            );
+        }
+        other => panic!("expected Error::KmsUnavailable, got {other:?}"),
+    }
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "waited {waited:?}"
     );
+
+    let reopened = TpmKms::open(&config.clone().with_timeout(Duration::from_secs(30))).unwrap();
+    assert_eq!(reopened.root_key_id(), created.root_key_id());
 }
 
 /// A way to spoil a sealed file.

@@ -69,8 +69,9 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tss_esapi::Context;
@@ -100,6 +101,8 @@ const BACKEND: &str = "tpm";
 const AAD_LABEL: &[u8] = b"leakless.tpm-kms.kek-wrap.v1";
 const FILE_FORMAT: &str = "leakless-tpm-sealed-root-key";
 const FILE_VERSION: u32 = 1;
+/// The default of [`TpmConfig::with_timeout`].
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The highest PCR index of a PC-client TPM (PCRs 0 to 23).
 const MAX_PCR: u8 = 23;
 
@@ -109,6 +112,7 @@ pub struct TpmConfig {
     tcti: String,
     sealed_path: PathBuf,
     pcrs: Vec<u8>,
+    timeout: Duration,
 }
 
 impl TpmConfig {
@@ -120,7 +124,23 @@ impl TpmConfig {
             tcti: tcti.into(),
             sealed_path: sealed_path.into(),
             pcrs: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// How long [`TpmKms::create`] and [`TpmKms::open`] wait for the TPM, retries included,
+    /// before giving up with [`Error::KmsUnavailable`] (default 30 s). A hung TPM or simulator
+    /// otherwise blocks forever: the TPM stack has no timeout of its own.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The time limit of [`TpmKms::create`] and [`TpmKms::open`].
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Binds a root key made by [`TpmKms::create`] to the current values of these SHA-256 PCRs
@@ -200,7 +220,8 @@ impl TpmKms {
     ///
     /// # Errors
     /// [`Error::KeyFile`] when the file exists or cannot be written; [`Error::Kms`] (operation
-    /// `"seal root key"`) when the TPM cannot be reached or refuses.
+    /// `"seal root key"`) when the TPM refuses; [`Error::KmsUnavailable`] when it stays
+    /// unreachable or busy through the retries, or does not answer within the timeout.
     pub fn create(config: &TpmConfig) -> Result<Self, Error> {
         const OP: &str = "seal root key";
         let path = config.sealed_path();
@@ -213,11 +234,11 @@ impl TpmKms {
             });
         }
         let pcrs = check_pcrs(config.pcr_policy()).map_err(|d| kms_err(OP, d))?;
-        let root = RootKey::generate();
-        let (public, private, id) = with_tpm(config.tcti(), OP, |tpm| {
+        let (root, public, private, id) = with_tpm(config, OP, move |tpm| {
+            let root = RootKey::generate();
             let (public, private) = tpm.seal(&root, &pcrs)?;
             let id = tpm.load_name(&public, &private, OP)?;
-            Ok((public, private, id))
+            Ok((root, public, private, id))
         })?;
         let file = SealedFile {
             format: FILE_FORMAT.into(),
@@ -240,8 +261,10 @@ impl TpmKms {
     ///
     /// # Errors
     /// [`Error::KeyFile`] when the file is missing or malformed; [`Error::Kms`] (operation
-    /// `"unseal root key"`) when the TPM cannot be reached, rejects the blobs (altered, sealed
-    /// by another TPM, or the TPM was cleared), or its PCRs no longer satisfy the policy.
+    /// `"unseal root key"`) when the TPM rejects the blobs (altered, sealed by another TPM, or
+    /// the TPM was cleared) or its PCRs no longer satisfy the policy;
+    /// [`Error::KmsUnavailable`] when it stays unreachable or busy through the retries, or does
+    /// not answer within the timeout.
     pub fn open(config: &TpmConfig) -> Result<Self, Error> {
         const OP: &str = "unseal root key";
         let path = config.sealed_path();
@@ -250,7 +273,7 @@ impl TpmKms {
             path: path.to_path_buf(),
             problem: format!("its PCR selection is invalid: {d}"),
         })?;
-        let (root, id) = with_tpm(config.tcti(), OP, |tpm| {
+        let (root, id) = with_tpm(config, OP, move |tpm| {
             tpm.unseal(public.clone(), private.clone(), &pcrs)
         })?;
         Ok(Self { root, id })
@@ -410,40 +433,94 @@ fn storage_key_template() -> Result<Public, tss_esapi::Error> {
         .build()
 }
 
-/// Serializes this process's TPM sessions. A TPM without a resource manager in front (`swtpm`,
-/// `/dev/tpm0`) holds only a few transient objects and sessions for all its clients together,
-/// and each open or create needs two objects and two sessions at once.
-static TPM_LOCK: Mutex<()> = Mutex::new(());
-/// Attempts when the TPM reports a transient condition (out of object or session memory because
-/// another process holds them, retry, self-test in progress).
+/// Serializes this process's TPM sessions, one lock per TCTI. A TPM without a resource manager
+/// in front (`swtpm`, `/dev/tpm0`) holds only a few transient objects and sessions for all its
+/// clients together, and each open or create needs two objects and two sessions at once.
+static TPM_LOCKS: Mutex<Vec<(String, Arc<Mutex<()>>)>> = Mutex::new(Vec::new());
+/// Attempts when the TPM is unreachable or reports a transient condition (out of object or
+/// session memory because another process holds them, retry, self-test in progress).
 const TPM_ATTEMPTS: u32 = 6;
 
-/// Runs `f` on a fresh TPM connection, holding [`TPM_LOCK`], and retries it on a new connection
-/// (bounded, with backoff and jitter) when it failed on a transient TPM condition.
-fn with_tpm<T>(
-    tcti: &str,
-    op: &'static str,
-    mut f: impl FnMut(&mut Tpm) -> Result<T, Error>,
-) -> Result<T, Error> {
-    let _guard = TPM_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let (err, transient) = match Tpm::connect(tcti, op) {
-            Ok(mut tpm) => match f(&mut tpm) {
-                Ok(value) => return Ok(value),
-                Err(e) => (e, tpm.transient.get()),
-            },
-            Err(failed) => failed,
-        };
-        if !transient || attempt >= TPM_ATTEMPTS {
-            return Err(err);
-        }
-        // 20 ms, 40 ms, ... 320 ms, plus up to 50 % jitter.
-        let base = 20u64 << (attempt - 1).min(4);
-        let jitter = rand::random::<u64>() % (base / 2 + 1);
-        std::thread::sleep(Duration::from_millis(base + jitter));
+fn tpm_lock(tcti: &str) -> Arc<Mutex<()>> {
+    let mut locks = TPM_LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, lock)) = locks.iter().find(|(t, _)| t == tcti) {
+        return Arc::clone(lock);
     }
+    let lock = Arc::new(Mutex::new(()));
+    locks.push((tcti.to_owned(), Arc::clone(&lock)));
+    lock
+}
+
+/// Runs `f` on a fresh TPM connection, holding the TCTI's lock, and retries it on a new
+/// connection (bounded, with backoff and jitter) when the TPM was unreachable or failed on a
+/// transient condition. The work runs on its own thread so that a TPM that never answers costs
+/// `config.timeout()`, not a hung caller.
+///
+/// # Errors
+/// What `f` returned for a permanent failure; [`Error::KmsUnavailable`] when the attempts ran
+/// out or the time limit passed.
+fn with_tpm<T: Send + 'static>(
+    config: &TpmConfig,
+    op: &'static str,
+    mut f: impl FnMut(&mut Tpm) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let tcti = config.tcti().to_owned();
+    let timeout = config.timeout();
+    let start = Instant::now();
+    let unavailable = move |attempts: u32, detail: String| Error::KmsUnavailable {
+        backend: BACKEND,
+        operation: op,
+        attempts,
+        elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        throttled: false,
+        detail,
+    };
+    let (tx, rx) = mpsc::sync_channel(1);
+    let worker = move || {
+        let lock = tpm_lock(&tcti);
+        let _guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let (err, transient) = match Tpm::connect(&tcti, op) {
+                Ok(mut tpm) => match f(&mut tpm) {
+                    Ok(value) => break Ok(value),
+                    Err(e) => (e, tpm.transient.get()),
+                },
+                Err(failed) => failed,
+            };
+            if !transient {
+                break Err(err);
+            }
+            if attempt >= TPM_ATTEMPTS {
+                let detail = match err {
+                    Error::Kms { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                break Err(unavailable(attempt, detail));
+            }
+            // 20 ms, 40 ms, ... 320 ms, plus up to 50 % jitter.
+            let base = 20u64 << (attempt - 1).min(4);
+            let jitter = rand::random::<u64>() % (base / 2 + 1);
+            thread::sleep(Duration::from_millis(base + jitter));
+        };
+        // The caller may have given up (timeout): then nobody listens, which is fine.
+        let _ = tx.send(result);
+    };
+    thread::Builder::new()
+        .name("leakless-tpm".into())
+        .spawn(worker)
+        .map_err(|e| kms_err(op, format!("cannot start a thread for the TPM call: {e}")))?;
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(unavailable(
+            1,
+            format!(
+                "the TPM did not answer within {} ms (a hung TPM or simulator, or another \
+                 call on it still running); raise TpmConfig::with_timeout if it is just slow",
+                timeout.as_millis()
+            ),
+        ))
+    })
 }
 
 /// Whether a TPM error is worth a retry on a new connection.
@@ -489,14 +566,16 @@ impl Tpm {
                 ),
             ))
         })?;
+        // Unreachable counts as transient: a TPM daemon or simulator may be restarting.
         let mut ctx = Context::new(conf).map_err(|e| {
-            fatal(kms_err(
+            let error = kms_err(
                 op,
                 format!(
                     "cannot connect to the TPM at {tcti:?}: {e} (is it running, and may this \
                      process open it?)"
                 ),
-            ))
+            );
+            (error, true)
         })?;
         let template = storage_key_template()
             .map_err(|e| fatal(kms_err(op, format!("storage key template: {e}"))))?;
