@@ -38,8 +38,10 @@
 //!   other processes and a second backend on the same TPM, which
 //!   [`KeyRing::rotate_root`](crate::KeyRing::rotate_root) needs (old and new root at once).
 //!   Here the TPM is used only inside [`TpmKms::create`] and [`TpmKms::open`], serialized in the
-//!   process by a mutex, and retried (bounded, with backoff and jitter) when the TPM reports
-//!   that it is out of object or session memory because another process holds it.
+//!   process by a mutex per TCTI, retried (bounded, with backoff and jitter) when the TPM is
+//!   unreachable or reports that it is out of object or session memory because another process
+//!   holds it, and bounded in time ([`TpmConfig::with_timeout`]), since the TPM stack itself
+//!   waits forever on a TPM that never answers.
 //! * The gain would be small: whoever controls the running host can ask its TPM to unwrap, so a
 //!   TPM-resident key protects against the same attacker as a sealed one (a stolen disk, backup
 //!   or database; a host booted into something else, with a PCR policy), not against a
