@@ -6,9 +6,13 @@
 //! * [`leakscan`]: a small plaintext scanner that looks for demo values in raw files, in several
 //!   encodings. The real leak-test harness (`leakless-leaktest`) comes with its own issue; this
 //!   one only serves the demo.
+//! * `clinic` (cargo feature `postgres`): the migration set, sealed model and throwaway
+//!   database of the `clinic` example on PostgreSQL.
 //!
 //! Everything here is demo material: the data is made up, and nothing here handles real keys.
 
+#[cfg(feature = "postgres")]
+pub mod clinic;
 pub mod demo_data;
 pub mod leakscan;
 pub mod medtech;

@@ -2,11 +2,28 @@
 //! version, AEAD and padding, and which blind indexes sit beside them.
 //!
 //! The migrator (`status`, `rewrap`, `verify`) and the leak-test harness read it to find every
-//! sealed column without guessing; the derive macro will produce it from the annotated models.
-//! It holds names and settings only, never keys or values, and round-trips through JSON
+//! sealed column without guessing. `#[derive(Sealed)]` gives each model's entry
+//! (`Sealed::manifest()`); an application gathers them into one file at build or deploy time:
+//!
+//! ```no_run
+//! # use leakless::manifest::{SchemaManifest, SealedTable};
+//! # fn patients() -> SealedTable { unimplemented!() }
+//! # fn visits() -> SealedTable { unimplemented!() }
+//! // In the application: `Patient::manifest()`, `Visit::manifest()`, ...
+//! let manifest = SchemaManifest::from_tables([patients(), visits()]);
+//! manifest.write_file("leakless-manifest.json")?;
+//! // In the migrator or a leak test:
+//! let read = SchemaManifest::read_file("leakless-manifest.json")?;
+//! # Ok::<(), leakless::Error>(())
+//! ```
+//!
+//! Manifests of several applications sharing a database combine with
+//! [`SchemaManifest::merge`], which refuses two different descriptions of one table. A
+//! manifest holds names and settings only, never keys or values, and round-trips through JSON
 //! ([`SchemaManifest::to_json`], [`SchemaManifest::from_json`]).
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +122,83 @@ impl SchemaManifest {
             format: MANIFEST_FORMAT,
             tables: Vec::new(),
         }
+    }
+
+    /// A manifest of these tables, typically every model's `Sealed::manifest()`, sorted by
+    /// table name so that the file is the same whatever order the models were listed in.
+    /// Validate it with [`Self::validate`] (or write it with [`Self::to_json`], which does).
+    #[must_use]
+    pub fn from_tables(tables: impl IntoIterator<Item = SealedTable>) -> Self {
+        let mut tables: Vec<SealedTable> = tables.into_iter().collect();
+        tables.sort_by(|a, b| a.table.cmp(&b.table));
+        Self {
+            format: MANIFEST_FORMAT,
+            tables,
+        }
+    }
+
+    /// Adds the tables of `other` (say, another service's manifest for the same database). A
+    /// table described identically in both is kept once; the result is sorted by table name.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the formats differ, or when one table is described
+    /// differently in the two manifests (naming the table); `self` is then unchanged.
+    pub fn merge(&mut self, other: &SchemaManifest) -> Result<(), Error> {
+        if other.format != self.format {
+            return Err(invalid(format!(
+                "cannot merge format {} into format {}",
+                other.format, self.format
+            )));
+        }
+        let mut added = Vec::new();
+        for t in &other.tables {
+            match self.table(&t.table) {
+                Some(mine) if mine == t => {}
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "table {:?} is described differently in the two manifests (scope, \
+                         schema version or columns); make the models agree before merging",
+                        t.table
+                    )));
+                }
+                None if added.iter().any(|a: &SealedTable| a.table == t.table) => {}
+                None => added.push(t.clone()),
+            }
+        }
+        self.tables.extend(added);
+        self.tables.sort_by(|a, b| a.table.cmp(&b.table));
+        Ok(())
+    }
+
+    /// Writes the manifest as pretty JSON to `path` (after validating it), replacing the file.
+    ///
+    /// # Errors
+    /// As [`Self::validate`], or [`Error::InvalidInput`] naming the path when it cannot be
+    /// written.
+    pub fn write_file(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        let mut json = self.to_json()?;
+        json.push('\n');
+        std::fs::write(path, json)
+            .map_err(|e| invalid(format!("{}: cannot write it: {e}", path.display())))
+    }
+
+    /// Reads and validates the manifest file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the path when it cannot be read, is not JSON (with line
+    /// and column), or is not a valid manifest.
+    pub fn read_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("{}: cannot read it: {e}", path.display())))?;
+        Self::from_json(&text).map_err(|e| match e {
+            Error::InvalidInput { what, problem } => Error::InvalidInput {
+                what,
+                problem: format!("{}: {problem}", path.display()),
+            },
+            other => other,
+        })
     }
 
     /// Checks that the manifest is usable: known format, unique tables and columns (sealed and

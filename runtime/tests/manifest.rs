@@ -120,3 +120,76 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
     let err = SchemaManifest::from_json("{ not json").unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
 }
+
+#[test]
+fn from_tables_sorts_and_merge_combines_or_refuses_a_conflict() {
+    let [patients, readings] = <[SealedTable; 2]>::try_from(sample().tables).unwrap();
+    let m = SchemaManifest::from_tables([readings.clone(), patients.clone()]);
+    assert_eq!(m.format, leakless::manifest::MANIFEST_FORMAT);
+    let names: Vec<_> = m.tables.iter().map(|t| t.table.as_str()).collect();
+    assert_eq!(names, ["patients", "readings"], "sorted by table name");
+    assert_eq!(
+        m,
+        SchemaManifest::from_tables([patients.clone(), readings.clone()])
+    );
+
+    // Merge: new tables are added, identical ones kept once.
+    let mut a = SchemaManifest::from_tables([patients.clone()]);
+    a.merge(&SchemaManifest::from_tables([
+        readings.clone(),
+        patients.clone(),
+    ]))
+    .unwrap();
+    assert_eq!(a, m);
+
+    // The same table described differently: refused, naming it, and nothing changes.
+    let mut other = patients.clone();
+    other.schema_version = 2;
+    let mut b = SchemaManifest::from_tables([patients.clone()]);
+    let err = b
+        .merge(&SchemaManifest::from_tables([readings, other]))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("\"patients\" is described differently"),
+        "{err}"
+    );
+    assert_eq!(b, SchemaManifest::from_tables([patients]));
+
+    let mut wrong_format = SchemaManifest::new();
+    wrong_format.format = 9;
+    assert!(
+        b.merge(&wrong_format)
+            .unwrap_err()
+            .to_string()
+            .contains("format 9")
+    );
+}
+
+#[test]
+fn write_file_and_read_file_round_trip_and_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leakless-manifest.json");
+    let m = sample();
+    m.write_file(&path).unwrap();
+    assert_eq!(SchemaManifest::read_file(&path).unwrap(), m);
+
+    // An invalid manifest is not written.
+    let mut bad = sample();
+    bad.tables[0].columns[0].algorithm = "rot13".into();
+    let bad_path = dir.path().join("bad.json");
+    assert!(bad.write_file(&bad_path).is_err());
+    assert!(!bad_path.exists());
+
+    // Reading names the file: a missing one, and one that is not a manifest.
+    let missing = dir.path().join("missing.json");
+    let err = SchemaManifest::read_file(&missing).unwrap_err();
+    assert!(
+        err.to_string().contains("missing.json: cannot read it"),
+        "{err}"
+    );
+    std::fs::write(&bad_path, "{\"format\": 1, \"tables\": [").unwrap();
+    let err = SchemaManifest::read_file(&bad_path).unwrap_err();
+    assert!(err.to_string().contains("bad.json: "), "{err}");
+    assert!(err.to_string().contains("line 1"), "{err}");
+}

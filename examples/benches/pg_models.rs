@@ -1,0 +1,501 @@
+//! The sealed model on PostgreSQL against its two baselines, measured in the same run: the same
+//! model stored in plaintext through diesel, and the peer a user would pick instead, PostgreSQL's
+//! `pgcrypto` (`pgp_sym_encrypt` / `pgp_sym_decrypt` in SQL, an `hmac()` column for look-ups).
+//!
+//! Four operations, each including the conversion between model and row (sealing and opening
+//! for leakless, JSON of the GPS point for all three): a single-row insert (autocommit), a bulk
+//! insert of 1,000 rows in one statement, a load of 10,000 rows, and an equality look-up by
+//! e-mail (blind index / plain index / HMAC index). The three variants run interleaved, round by
+//! round, so machine noise hits all of them; the table prints medians and ratios against the
+//! plaintext baseline, with the issue's targets.
+//!
+//! ```text
+//! LEAKLESS_PG_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//!     cargo bench -p leakless-examples --features postgres --bench pg_models
+//! ```
+//!
+//! `LEAKLESS_BENCH_ROUNDS=N` scales the number of rounds (default 1 = 300 single inserts,
+//! 9 bulk inserts, 7 loads and 300 look-ups per variant). It makes and drops its own database.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs,
+    reason = "a benchmark binary: prints its table, stops loudly on a broken set-up"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Nullable, Text};
+
+use leakless::kms::LocalKms;
+use leakless::secret::RootKey;
+use leakless::store::MemoryKeyStore;
+use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
+use leakless_examples::clinic::{
+    self, BIDX_SCOPE, FreshDatabase, GeoPoint, Patient, PatientRow, SCOPE, schema::patients,
+};
+use leakless_examples::demo_data;
+
+mod plain {
+    diesel::table! {
+        patients_plain (id) {
+            id -> Text,
+            name -> Text,
+            address -> Text,
+            email -> Text,
+            gps -> Text,
+            transcript -> Nullable<Text>,
+        }
+    }
+}
+use plain::patients_plain;
+
+/// The same model stored in plaintext: the GPS point as JSON text.
+#[derive(Insertable, Queryable, Selectable)]
+#[diesel(table_name = patients_plain)]
+struct PlainRow {
+    id: String,
+    name: String,
+    address: String,
+    email: String,
+    gps: String,
+    transcript: Option<String>,
+}
+
+impl PlainRow {
+    fn from_model(p: &Patient) -> Self {
+        Self {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            address: p.address.clone(),
+            email: p.email.clone(),
+            gps: serde_json::to_string(&p.gps.0).unwrap(),
+            transcript: p.transcript.clone(),
+        }
+    }
+
+    fn into_model(self) -> Patient {
+        Patient {
+            id: self.id,
+            name: self.name,
+            address: self.address,
+            email: self.email,
+            gps: Json(serde_json::from_str(&self.gps).unwrap()),
+            transcript: self.transcript,
+        }
+    }
+}
+
+/// A row of the pgcrypto table, decrypted by PostgreSQL.
+#[derive(QueryableByName)]
+struct PgcRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    address: String,
+    #[diesel(sql_type = Text)]
+    email: String,
+    #[diesel(sql_type = Text)]
+    gps: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    transcript: Option<String>,
+}
+
+impl PgcRow {
+    fn into_model(self) -> Patient {
+        Patient {
+            id: self.id,
+            name: self.name,
+            address: self.address,
+            email: self.email,
+            gps: Json(serde_json::from_str(&self.gps).unwrap()),
+            transcript: self.transcript,
+        }
+    }
+}
+
+const PGC_SELECT: &str = "SELECT id, name, pgp_sym_decrypt(address, $1) AS address, \
+     pgp_sym_decrypt(email, $1) AS email, pgp_sym_decrypt(gps, $1) AS gps, \
+     pgp_sym_decrypt(transcript, $1) AS transcript FROM patients_pgc";
+
+const SETUP_SQL: &str = "
+    CREATE EXTENSION IF NOT EXISTS pgcrypto;
+    CREATE TABLE patients_plain (id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL,
+        email TEXT NOT NULL, gps TEXT NOT NULL, transcript TEXT);
+    CREATE INDEX patients_plain_email ON patients_plain (lower(trim(email)));
+    CREATE TABLE patients_pgc (id TEXT PRIMARY KEY, name TEXT NOT NULL, address BYTEA NOT NULL,
+        email BYTEA NOT NULL, email_hmac BYTEA NOT NULL, gps BYTEA NOT NULL, transcript BYTEA);
+    CREATE INDEX patients_pgc_email_hmac ON patients_pgc (email_hmac);
+";
+
+/// One of the variants under test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Plain,
+    Sealed,
+    Pgcrypto,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Plain, Variant::Sealed, Variant::Pgcrypto];
+
+struct Bench {
+    conn: PgConnection,
+    ring: KeyRing,
+    /// The pgcrypto passphrase (random per run; a bind parameter of every statement).
+    pgc_key: String,
+    next_id: u32,
+}
+
+/// The `i`-th bench patient: a demo patient with a unique id and e-mail address.
+fn bench_patient(i: u32) -> Patient {
+    let demo = demo_data::patients();
+    let mut p = Patient::from_demo(&demo[i as usize % demo.len()]);
+    p.id = format!("{i:08}-{}", &p.id[9..]);
+    p.email = format!("p{i}.{}", p.email);
+    p.gps = Json(GeoPoint {
+        lat: p.gps.0.lat + f64::from(i) * 1e-6,
+        lon: p.gps.0.lon,
+    });
+    p
+}
+
+impl Bench {
+    fn fresh(&mut self, n: u32) -> Vec<Patient> {
+        let people = (self.next_id..self.next_id + n)
+            .map(bench_patient)
+            .collect();
+        self.next_id += n;
+        people
+    }
+
+    fn insert(&mut self, v: Variant, people: &[Patient]) {
+        let conn = &mut self.conn;
+        let n = match v {
+            Variant::Sealed => diesel::insert_into(patients::table)
+                .values(Patient::seal_rows(people, &self.ring).unwrap())
+                .execute(conn),
+            Variant::Plain => diesel::insert_into(patients_plain::table)
+                .values(people.iter().map(PlainRow::from_model).collect::<Vec<_>>())
+                .execute(conn),
+            Variant::Pgcrypto => {
+                let col = |f: fn(&Patient) -> String| people.iter().map(f).collect::<Vec<_>>();
+                diesel::sql_query(
+                    "INSERT INTO patients_pgc (id, name, address, email, email_hmac, gps, transcript)
+                     SELECT id, name, pgp_sym_encrypt(a, $7), pgp_sym_encrypt(e, $7),
+                            hmac(lower(trim(e)), $7, 'sha256'), pgp_sym_encrypt(g, $7),
+                            pgp_sym_encrypt(t, $7)
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[]) AS u(id, name, a, e, g, t)",
+                )
+                .bind::<Array<Text>, _>(col(|p| p.id.clone()))
+                .bind::<Array<Text>, _>(col(|p| p.name.clone()))
+                .bind::<Array<Text>, _>(col(|p| p.address.clone()))
+                .bind::<Array<Text>, _>(col(|p| p.email.clone()))
+                .bind::<Array<Text>, _>(col(|p| serde_json::to_string(&p.gps.0).unwrap()))
+                .bind::<Array<Nullable<Text>>, _>(
+                    people
+                        .iter()
+                        .map(|p| p.transcript.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind::<Text, _>(&self.pgc_key)
+                .execute(conn)
+            }
+        };
+        assert_eq!(n.unwrap(), people.len());
+    }
+
+    fn insert_one(&mut self, v: Variant, p: &Patient) {
+        let conn = &mut self.conn;
+        let n = match v {
+            Variant::Sealed => diesel::insert_into(patients::table)
+                .values(p.seal_row(&self.ring).unwrap())
+                .execute(conn),
+            Variant::Plain => diesel::insert_into(patients_plain::table)
+                .values(PlainRow::from_model(p))
+                .execute(conn),
+            Variant::Pgcrypto => diesel::sql_query(
+                "INSERT INTO patients_pgc (id, name, address, email, email_hmac, gps, transcript)
+                 VALUES ($1, $2, pgp_sym_encrypt($3, $7), pgp_sym_encrypt($4, $7),
+                         hmac(lower(trim($4)), $7, 'sha256'), pgp_sym_encrypt($5, $7),
+                         pgp_sym_encrypt($6, $7))",
+            )
+            .bind::<Text, _>(&p.id)
+            .bind::<Text, _>(&p.name)
+            .bind::<Text, _>(&p.address)
+            .bind::<Text, _>(&p.email)
+            .bind::<Text, _>(serde_json::to_string(&p.gps.0).unwrap())
+            .bind::<Nullable<Text>, _>(&p.transcript)
+            .bind::<Text, _>(&self.pgc_key)
+            .execute(conn),
+        };
+        assert_eq!(n.unwrap(), 1);
+    }
+
+    fn load_all(&mut self, v: Variant) -> Vec<Patient> {
+        let conn = &mut self.conn;
+        match v {
+            Variant::Sealed => Patient::open_rows(
+                patients::table
+                    .select(PatientRow::as_select())
+                    .load(conn)
+                    .unwrap(),
+                &self.ring,
+            )
+            .unwrap(),
+            Variant::Plain => patients_plain::table
+                .select(PlainRow::as_select())
+                .load(conn)
+                .unwrap()
+                .into_iter()
+                .map(PlainRow::into_model)
+                .collect(),
+            Variant::Pgcrypto => diesel::sql_query(PGC_SELECT)
+                .bind::<Text, _>(&self.pgc_key)
+                .load::<PgcRow>(conn)
+                .unwrap()
+                .into_iter()
+                .map(PgcRow::into_model)
+                .collect(),
+        }
+    }
+
+    fn lookup(&mut self, v: Variant, email: &str) -> Vec<Patient> {
+        let conn = &mut self.conn;
+        match v {
+            Variant::Sealed => {
+                let tokens = Patient::email_lookup(&self.ring, &email.to_owned()).unwrap();
+                Patient::open_rows(
+                    patients::table
+                        .filter(patients::email_bidx.eq_any(tokens))
+                        .select(PatientRow::as_select())
+                        .load(conn)
+                        .unwrap(),
+                    &self.ring,
+                )
+                .unwrap()
+            }
+            Variant::Plain => {
+                diesel::define_sql_function!(fn lower(x: Text) -> Text);
+                diesel::define_sql_function!(fn trim(x: Text) -> Text);
+                patients_plain::table
+                    .filter(lower(trim(patients_plain::email)).eq(email.trim().to_lowercase()))
+                    .select(PlainRow::as_select())
+                    .load(conn)
+                    .unwrap()
+                    .into_iter()
+                    .map(PlainRow::into_model)
+                    .collect()
+            }
+            Variant::Pgcrypto => diesel::sql_query(format!(
+                "{PGC_SELECT} WHERE email_hmac = hmac(lower(trim($2)), $1, 'sha256')"
+            ))
+            .bind::<Text, _>(&self.pgc_key)
+            .bind::<Text, _>(email)
+            .load::<PgcRow>(conn)
+            .unwrap()
+            .into_iter()
+            .map(PgcRow::into_model)
+            .collect(),
+        }
+    }
+
+    fn truncate(&mut self) {
+        self.conn
+            .batch_execute("TRUNCATE patients, patients_plain, patients_pgc")
+            .unwrap();
+    }
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn fmt_time(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} us")
+    }
+}
+
+struct Line {
+    op: &'static str,
+    target: Option<f64>,
+    times: [Vec<Duration>; 3],
+}
+
+fn main() {
+    let url = std::env::var("LEAKLESS_PG_URL").unwrap_or_else(|_| {
+        eprintln!(
+            "pg_models needs PostgreSQL with pgcrypto: set LEAKLESS_PG_URL, e.g. \
+             postgres://postgres@127.0.0.1:5432/postgres (or start one with \
+             `scripts/pg-cluster start DIR --owner-pid $$`)"
+        );
+        std::process::exit(2);
+    });
+    let scale: usize = std::env::var("LEAKLESS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let db = FreshDatabase::create(&url).unwrap();
+    let mut conn = PgConnection::establish(db.url()).unwrap();
+    clinic::run_migrations(&mut conn).unwrap();
+    conn.batch_execute(SETUP_SQL)
+        .expect("pgcrypto must be installable (Debian: the postgresql package ships it)");
+    let ring = KeyRing::builder(
+        Arc::new(LocalKms::from_root_key(RootKey::generate())),
+        Arc::new(MemoryKeyStore::new()),
+    )
+    .build();
+    let who = AuditInfo::new("bench", "setup");
+    ring.create_scope(&KeyScope::new(SCOPE).unwrap(), &who)
+        .unwrap();
+    ring.create_scope(&KeyScope::new(BIDX_SCOPE).unwrap(), &who)
+        .unwrap();
+    let mut b = Bench {
+        conn,
+        ring,
+        pgc_key: hex::encode(rand::random::<[u8; 32]>()),
+        next_id: 0,
+    };
+
+    // Warm-up: every code path once, the KEK cache filled.
+    for v in VARIANTS {
+        let p = b.fresh(1);
+        b.insert_one(v, &p[0]);
+        let many = b.fresh(100);
+        b.insert(v, &many);
+        assert!(b.load_all(v).len() == 101);
+        assert!(b.lookup(v, &many[7].email) == vec![many[7].clone()]);
+    }
+    b.truncate();
+
+    let mut lines = Vec::new();
+
+    // Single-row inserts.
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..300 * scale {
+        for (k, v) in VARIANTS.into_iter().enumerate() {
+            let p = b.fresh(1);
+            let t = Instant::now();
+            b.insert_one(v, &p[0]);
+            times[k].push(t.elapsed());
+        }
+    }
+    lines.push(Line {
+        op: "single-row insert",
+        target: Some(1.10),
+        times,
+    });
+    b.truncate();
+
+    // Bulk inserts of 1,000 rows per statement.
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..9 * scale {
+        for (k, v) in VARIANTS.into_iter().enumerate() {
+            let people = b.fresh(1_000);
+            let t = Instant::now();
+            b.insert(v, &people);
+            times[k].push(t.elapsed());
+        }
+    }
+    lines.push(Line {
+        op: "bulk insert (1,000 rows)",
+        target: Some(1.5),
+        times,
+    });
+    b.truncate();
+
+    // Load 10,000 rows.
+    let people: Vec<Patient> = b.fresh(10_000);
+    for v in VARIANTS {
+        for chunk in people.chunks(1_000) {
+            b.insert(v, chunk);
+        }
+    }
+    b.conn.batch_execute("VACUUM ANALYZE").unwrap();
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..7 * scale {
+        for (k, v) in VARIANTS.into_iter().enumerate() {
+            let t = Instant::now();
+            let loaded = b.load_all(v);
+            times[k].push(t.elapsed());
+            assert_eq!(loaded.len(), 10_000);
+        }
+    }
+    lines.push(Line {
+        op: "load 10,000 rows",
+        target: Some(1.3),
+        times,
+    });
+
+    // Look-ups by e-mail among the 10,000 rows.
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for r in 0..300 * scale {
+        let wanted = &people[(r * 7_919) % people.len()];
+        let query = format!(" {} ", wanted.email.to_uppercase());
+        for (k, v) in VARIANTS.into_iter().enumerate() {
+            let t = Instant::now();
+            let found = b.lookup(v, &query);
+            times[k].push(t.elapsed());
+            assert!(found.len() == 1 && found[0] == *wanted);
+        }
+    }
+    lines.push(Line {
+        op: "look-up by e-mail",
+        target: None,
+        times,
+    });
+
+    println!(
+        "PostgreSQL {}, medians; ratios against plaintext diesel in the same run",
+        server_version(&mut b.conn)
+    );
+    println!(
+        "{:<26}{:>12}{:>12}{:>9}{:>8}{:>12}{:>10}",
+        "operation", "plaintext", "sealed", "sealed/x", "target", "pgcrypto", "pgcrypto/x"
+    );
+    for l in lines {
+        let [p, s, c] = l.times.map(median);
+        let ratio = |x: Duration| x.as_secs_f64() / p.as_secs_f64();
+        let target = l.target.map_or("-".to_owned(), |t| format!("{t:.2}x"));
+        println!(
+            "{:<26}{:>12}{:>12}{:>8.2}x{:>8}{:>12}{:>9.2}x",
+            l.op,
+            fmt_time(p),
+            fmt_time(s),
+            ratio(s),
+            target,
+            fmt_time(c),
+            ratio(c)
+        );
+    }
+    drop(b);
+    db.drop_now().unwrap();
+}
+
+fn server_version(conn: &mut PgConnection) -> String {
+    #[derive(QueryableByName)]
+    struct V {
+        #[diesel(sql_type = Text)]
+        server_version: String,
+    }
+    diesel::sql_query("SHOW server_version")
+        .get_result::<V>(conn)
+        .map(|v| v.server_version)
+        .unwrap_or_else(|_| "?".into())
+}

@@ -1,0 +1,14 @@
+-- Patients of the clinic example. `id` and `name` are in the clear; every other column holds a
+-- leakless envelope (bytea), and `email_bidx` the blind-index token of the e-mail address.
+CREATE TABLE patients (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    address BYTEA NOT NULL,
+    email BYTEA NOT NULL,
+    email_bidx BYTEA NOT NULL,
+    gps BYTEA NOT NULL,
+    transcript BYTEA
+);
+
+-- Equality look-ups by blind index.
+CREATE INDEX patients_email_bidx ON patients (email_bidx);

@@ -1,0 +1,348 @@
+//! clinic: quickstart's sealed `Patient` model on PostgreSQL, with its table made by a
+//! diesel_migrations set (`examples/migrations/`, embedded in the binary).
+//!
+//! It creates a fresh database `leakless_clinic_<random>` on the server you name, runs the
+//! migrations, keeps the KEKs in leakless's SQL key store in that same database (wrapped by a
+//! root key in a temporary file: the root key never enters the database), inserts one patient
+//! and bulk-inserts the others through diesel, loads and opens every row, finds one by blind
+//! index, updates one through a changeset, rotates the KEK and re-wraps every stored envelope
+//! in one transaction, retires the old version, and finally reads every table of the database
+//! the way a thief would and searches it for every plaintext (after proving that the same
+//! search finds the unsealed display names). It drops the database at the end unless `--keep`.
+//!
+//! ```text
+//! cargo run -p leakless-examples --features postgres --bin clinic -- \
+//!     [--database-url postgres://USER@HOST:PORT/DB] [--keep] [--export-manifest PATH]
+//! ```
+//!
+//! The server URL comes from `--database-url` or `LEAKLESS_PG_URL`; it is printed with its
+//! password masked. The output holds counts, ids, key versions and timings, never a plaintext.
+//! `--export-manifest PATH` writes the schema manifest (sealed tables and columns) as JSON for
+//! the migrator and the leak tests.
+
+use std::error::Error;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+
+use leakless::kms::LocalKms;
+use leakless::redact::redact_url;
+use leakless::store::sql::SqlKeyStore;
+use leakless::{AuditInfo, FieldContext, KeyRing, KeyScope, RowId, Sealed};
+use leakless_examples::clinic::{
+    self, BIDX_SCOPE, FreshDatabase, Patient, PatientRow, SCOPE, schema::patients,
+};
+use leakless_examples::demo_data;
+use leakless_examples::leakscan::Needles;
+use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
+
+/// `writeln!` to stdout, returning the error instead of panicking like `println!`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
+
+const USAGE: &str = "usage: clinic [--database-url URL] [--keep] [--export-manifest PATH]\n\
+    The server URL comes from --database-url or LEAKLESS_PG_URL, e.g. \
+    postgres://postgres@127.0.0.1:5432/postgres";
+const GRACE: Duration = Duration::from_secs(3600);
+
+/// What the command line asked for.
+struct Args {
+    url: Option<String>,
+    keep: bool,
+    export_manifest: Option<PathBuf>,
+    help: bool,
+}
+
+/// A usage error: the message and the usage text.
+fn usage(message: &str) -> Box<dyn Error> {
+    format!("{message}\n{USAGE}").into()
+}
+
+fn parse_args() -> Result<Args, Box<dyn Error>> {
+    let mut args = Args {
+        url: None,
+        keep: false,
+        export_manifest: None,
+        help: false,
+    };
+    let mut it = std::env::args_os().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.to_str() {
+            Some("--database-url") => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| usage("--database-url needs a URL"))?;
+                let v = v
+                    .into_string()
+                    .map_err(|_| usage("--database-url must be UTF-8"))?;
+                args.url = Some(v);
+            }
+            Some("--export-manifest") => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| usage("--export-manifest needs a file path"))?;
+                args.export_manifest = Some(PathBuf::from(v));
+            }
+            Some("--keep") => args.keep = true,
+            Some("-h" | "--help") => args.help = true,
+            _ => {
+                return Err(usage(&format!(
+                    "unknown argument {:?}",
+                    arg.to_string_lossy()
+                )));
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Errors here name what failed; none carries a plaintext or an unmasked URL.
+            let _ = writeln!(std::io::stderr(), "clinic: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
+    let args = parse_args()?;
+    if args.help {
+        say!("{USAGE}");
+        return Ok(());
+    }
+    let url = match args.url {
+        Some(u) => u,
+        None => match std::env::var("LEAKLESS_PG_URL") {
+            Ok(u) if !u.trim().is_empty() => u.trim().to_owned(),
+            _ => {
+                return Err(usage(
+                    "no PostgreSQL server: set LEAKLESS_PG_URL or pass --database-url",
+                ));
+            }
+        },
+    };
+    let started = Instant::now();
+
+    // ----- a fresh database, migrated ------------------------------------------------------
+    say!("[database]");
+    say!("  server             {}", redact_url(&url));
+    let mut db = FreshDatabase::create(&url)?;
+    if args.keep {
+        db.keep();
+    }
+    say!("  created database   {}", db.name());
+    let mut conn = PgConnection::establish(db.url())
+        .map_err(|e| format!("connect to {}: {e}", redact_url(db.url())))?;
+    let applied = clinic::run_migrations(&mut conn).map_err(|e| format!("migrations: {e}"))?;
+    say!(
+        "  migrations         {} applied: {}",
+        applied.len(),
+        applied.join(", ")
+    );
+
+    // ----- keys: a root key file -> KMS, KEK records in the database ------------------------
+    say!("[keys]");
+    let key_dir = tempfile::tempdir()?;
+    let kms = LocalKms::generate_key_file(key_dir.path().join("root.key"))?;
+    let store = SqlKeyStore::postgres(db.url())?;
+    store.create_schema()?;
+    let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
+    let setup = AuditInfo::new("clinic", "example setup");
+    let scope = KeyScope::new(SCOPE)?;
+    let v1 = ring.create_scope(&scope, &setup)?;
+    ring.create_scope(&KeyScope::new(BIDX_SCOPE)?, &setup)?;
+    say!("  root key           a temporary file, outside the database");
+    say!("  key scope          {SCOPE}: {v1} active (KEKs wrapped in the SQL key store)");
+    say!("  key scope          {BIDX_SCOPE}: blind-index keys");
+
+    // ----- insert: one, then the rest in one statement ---------------------------------------
+    say!("[insert]");
+    let people: Vec<Patient> = demo_data::patients()
+        .iter()
+        .map(Patient::from_demo)
+        .collect();
+    let (first, rest) = people.split_first().ok_or("no demo patients")?;
+    diesel::insert_into(patients::table)
+        .values(first.seal_row(&ring)?)
+        .execute(&mut conn)?;
+    let n = diesel::insert_into(patients::table)
+        .values(Patient::seal_rows(rest, &ring)?)
+        .execute(&mut conn)?;
+    say!("  inserted           1 row, then {n} rows in one statement");
+
+    // ----- load and open -------------------------------------------------------------------
+    say!("[load]");
+    let opened = load_all(&mut conn, &ring)?;
+    let matches = people.iter().all(|p| opened.contains(p));
+    if opened.len() != people.len() || !matches {
+        return Err("the loaded patients differ from the inserted ones".into());
+    }
+    say!(
+        "  opened             {} rows; every field equals what was inserted",
+        opened.len()
+    );
+
+    // ----- look up by blind index ------------------------------------------------------------
+    say!("[look-up]");
+    let wanted = people.get(2).ok_or("too few demo patients")?;
+    let query = format!("  {}  ", wanted.email.to_uppercase());
+    let tokens = Patient::email_lookup(&ring, &query)?;
+    let found = Patient::open_rows(
+        patients::table
+            .filter(patients::email_bidx.eq_any(tokens))
+            .select(PatientRow::as_select())
+            .load(&mut conn)?,
+        &ring,
+    )?;
+    let [hit] = found.as_slice() else {
+        return Err(format!("blind-index look-up found {} rows, not 1", found.len()).into());
+    };
+    if hit != wanted {
+        return Err("blind-index look-up found the wrong patient".into());
+    }
+    say!(
+        "  e-mail look-up     1 row: id {} (case and spaces ignored)",
+        hit.id
+    );
+    say!("  its Debug          {hit:?}");
+
+    // ----- update through a changeset ----------------------------------------------------------
+    say!("[update]");
+    let mut moved = wanted.clone();
+    moved.address = "1 Relocation Close, Newtown NT1 1AA".into();
+    moved.transcript = None;
+    diesel::update(patients::table.find(&moved.id))
+        .set(moved.seal_row(&ring)?)
+        .execute(&mut conn)?;
+    let back = load_one(&mut conn, &ring, &moved.id)?;
+    if back != moved {
+        return Err("the updated patient did not read back".into());
+    }
+    say!("  changeset          new address sealed, transcript set to NULL; read back equal");
+
+    // ----- rotate the KEK and re-wrap every row ------------------------------------------------
+    say!("[rotate]");
+    let audit = AuditInfo::new("clinic", "scheduled KEK rotation");
+    let v2 = ring.rotate(&scope, GRACE, &audit)?;
+    let rewrapped = conn.transaction::<usize, Box<dyn Error>, _>(|conn| {
+        let rows: Vec<PatientRow> = patients::table.select(PatientRow::as_select()).load(conn)?;
+        let mut count = 0;
+        for mut row in rows {
+            let id = row.id.clone();
+            let rewrap = |column: &str, env: &mut Vec<u8>, count: &mut usize| {
+                let ctx = FieldContext::new("patients", column, RowId::Text(&id), 1);
+                if let Some(new) = ring.rewrap(&ctx, env)? {
+                    *env = new;
+                    *count += 1;
+                }
+                Ok::<(), leakless::Error>(())
+            };
+            rewrap("address", &mut row.address, &mut count)?;
+            rewrap("email", &mut row.email, &mut count)?;
+            rewrap("gps", &mut row.gps, &mut count)?;
+            if let Some(t) = row.transcript.as_mut() {
+                rewrap("transcript", t, &mut count)?;
+            }
+            diesel::update(patients::table.find(&row.id))
+                .set(&row)
+                .execute(conn)?;
+        }
+        Ok(count)
+    })?;
+    ring.retire(&scope, v1, &audit)?;
+    ring.cache().clear();
+    let after = load_all(&mut conn, &ring)?;
+    say!("  rotated            {v2} active; re-wrapped {rewrapped} DEKs in one transaction");
+    say!(
+        "  retired            {v1}; all {} rows still open under {v2}",
+        after.len()
+    );
+
+    // ----- what a thief with the database reads ------------------------------------------------
+    say!("[leak scan]");
+    let dump = clinic::dump_tables(&mut conn)?;
+    let mut control = Needles::new();
+    for (i, p) in people.iter().enumerate() {
+        control.add_text(&format!("patient {i} name"), &p.name)?;
+    }
+    if control.scan(dump.as_bytes()).is_empty() {
+        return Err("positive control failed: the unsealed names were not found".into());
+    }
+    say!("  {POSITIVE_CONTROL_PASSED}: the search finds the unsealed names in the table dump");
+    let mut needles = Needles::new();
+    for (i, p) in people.iter().chain([&moved]).enumerate() {
+        needles.add_text(&format!("patient {i} address"), &p.address)?;
+        needles.add_text(&format!("patient {i} email"), &p.email)?;
+        needles.add_text(
+            &format!("patient {i} gps"),
+            &serde_json::to_string(&p.gps.0)?,
+        )?;
+        if let Some(t) = &p.transcript {
+            needles.add_text(&format!("patient {i} transcript"), t)?;
+        }
+    }
+    let findings = needles.scan(dump.as_bytes());
+    if let Some(f) = findings.first() {
+        return Err(format!(
+            "{} plaintext values found in the database, e.g. {} as {}",
+            findings.len(),
+            f.label,
+            f.encoding.name()
+        )
+        .into());
+    }
+    say!(
+        "  {NO_PLAINTEXT_FOUND}: {} values ({} needles over 7 encodings) in {} bytes of every table",
+        needles.values(),
+        needles.len(),
+        dump.len()
+    );
+
+    // ----- manifest and clean-up -------------------------------------------------------------------
+    if let Some(path) = &args.export_manifest {
+        clinic::manifest().write_file(path)?;
+        say!("[manifest]");
+        say!("  written            {}", path.display());
+    }
+    drop(conn);
+    say!("[done]");
+    if args.keep {
+        say!(
+            "  kept database      {} (its root key is gone with the temporary folder)",
+            db.name()
+        );
+    } else {
+        let name = db.name().to_owned();
+        db.drop_now()?;
+        say!("  dropped database   {name}");
+    }
+    say!("  total              {} ms", started.elapsed().as_millis());
+    Ok(())
+}
+
+fn load_all(conn: &mut PgConnection, ring: &KeyRing) -> Result<Vec<Patient>, Box<dyn Error>> {
+    let rows = patients::table
+        .order(patients::id)
+        .select(PatientRow::as_select())
+        .load(conn)?;
+    Ok(Patient::open_rows(rows, ring)?)
+}
+
+fn load_one(conn: &mut PgConnection, ring: &KeyRing, id: &str) -> Result<Patient, Box<dyn Error>> {
+    let row = patients::table
+        .find(id)
+        .select(PatientRow::as_select())
+        .first(conn)?;
+    Ok(Patient::open_row(row, ring)?)
+}
