@@ -1,7 +1,8 @@
 //! The TPM 2.0 backend against a real software TPM (`swtpm`): the shared KMS backend suite,
 //! then what is particular to a sealed root key: it reopens (in this process and in a new one)
 //! to the same root key, it is useless on another TPM, an altered sealed file is a typed error,
-//! a PCR policy gates unsealing, and after the one unseal no KEK operation touches the TPM.
+//! a PCR policy gates unsealing, after the one unseal no KEK operation touches the TPM, the root
+//! key never crosses the TPM connection in clear, and a hung or absent TPM is a typed error.
 //!
 //! Needs `LEAKLESS_TPM_TCTI` (scripts/test sets it through `scripts/services/swtpm`); without
 //! it every test fails with instructions. A few tests start a second, private TPM through the
@@ -18,11 +19,14 @@
 mod support;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use leakless::keyring::WrappedKek;
@@ -545,4 +549,171 @@ fn a_new_process_unseals_the_same_root_key() {
         .unwrap_kek(&check, &binding(&scope, 1))
         .unwrap();
     assert_eq!(from_child.expose_secret(), kek.expose_secret());
+}
+
+/// Bytes copied both ways between TPM clients and the shared TPM, so a test can look at what
+/// crossed the "bus".
+struct TapProxy {
+    tcti: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl TapProxy {
+    fn start(upstream_tcti: &str) -> Self {
+        let upstream = upstream_tcti
+            .split([':', ','])
+            .find_map(|kv| kv.strip_prefix("port="))
+            .expect("the TCTI names a port")
+            .parse::<u16>()
+            .unwrap();
+        // The swtpm TCTI also uses the control channel on the next port: tap both.
+        let (server, control) = (0..50)
+            .find_map(|_| {
+                let server = TcpListener::bind("127.0.0.1:0").unwrap();
+                let next = server.local_addr().unwrap().port().checked_add(1)?;
+                let control = TcpListener::bind(("127.0.0.1", next)).ok()?;
+                Some((server, control))
+            })
+            .expect("two consecutive free ports");
+        let port = server.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        forward(server, upstream, Arc::clone(&seen));
+        forward(control, upstream + 1, Arc::clone(&seen));
+        Self {
+            tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+            seen,
+        }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// Accepts connections on `listener` and copies bytes both ways to `upstream`, appending all
+/// of them to `tap`.
+fn forward(listener: TcpListener, upstream: u16, tap: Arc<Mutex<Vec<u8>>>) {
+    thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let tap = Arc::clone(&tap);
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    // Tap first, then pass on: once a reply reaches the client, it is tapped.
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        tap.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Both);
+                });
+            }
+        }
+    });
+}
+
+/// Unseals the root key in `sealed` the naive way: a plain password session, no parameter
+/// encryption. Returns the key bytes (the test needs them to search for).
+fn naive_unseal(tcti: &str, sealed: &Path) -> Vec<u8> {
+    use tss_esapi::Context;
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::interface_types::resource_handles::Hierarchy;
+    use tss_esapi::interface_types::session_handles::AuthSession;
+    use tss_esapi::structures::{
+        EccPoint, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+        SymmetricDefinitionObject,
+    };
+    use tss_esapi::tcti_ldr::TctiNameConf;
+    use tss_esapi::traits::UnMarshall;
+
+    let file: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(sealed).unwrap()).unwrap();
+    let public =
+        Public::unmarshall(&hex::decode(file["public"].as_str().unwrap()).unwrap()).unwrap();
+    let private =
+        Private::try_from(hex::decode(file["private"].as_str().unwrap()).unwrap()).unwrap();
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .unwrap();
+    let template = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()
+            .unwrap(),
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .unwrap();
+    let mut ctx = Context::new(TctiNameConf::from_str(tcti).unwrap()).unwrap();
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        let parent = c
+            .create_primary(Hierarchy::Owner, template, None, None, None, None)
+            .unwrap()
+            .key_handle;
+        let sealed = c.load(parent, private, public).unwrap();
+        c.unseal(sealed.into()).unwrap().value().to_vec()
+    })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The root key never crosses the TPM connection in clear: everything `create` and `open` send
+/// and receive is tapped and searched for it. The check first proves it can see the key, with
+/// a naive unseal (no parameter encryption) through the same tap.
+#[test]
+fn the_root_key_never_crosses_the_tpm_connection_in_clear() {
+    let proxy = TapProxy::start(&tcti());
+    let dir = tempfile::tempdir().unwrap();
+    let config = TpmConfig::new(&proxy.tcti, dir.path().join("root.sealed"));
+
+    let created = TpmKms::create(&config).unwrap();
+    let create_traffic = proxy.take();
+    let opened = TpmKms::open(&config).unwrap();
+    assert_eq!(opened.root_key_id(), created.root_key_id());
+    let open_traffic = proxy.take();
+
+    let root = naive_unseal(&proxy.tcti, config.sealed_path());
+    assert_eq!(root.len(), 32);
+    let naive_traffic = proxy.take();
+    assert!(
+        contains(&naive_traffic, &root),
+        "the tap must see a root key that is sent in clear (else this check proves nothing)"
+    );
+    assert!(create_traffic.len() > 100 && open_traffic.len() > 100);
+    assert!(
+        !contains(&create_traffic, &root),
+        "create sent the root key in clear"
+    );
+    assert!(
+        !contains(&open_traffic, &root),
+        "open received the root key in clear"
+    );
+    // Half the key is already too much.
+    assert!(!contains(&create_traffic, &root[..16]) && !contains(&open_traffic, &root[..16]));
 }
