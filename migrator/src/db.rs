@@ -128,7 +128,14 @@ impl DbUrl {
         };
         let conn = match self.backend {
             Backend::Postgres => Conn::Pg(PgConnection::establish(&self.target).map_err(fail)?),
-            Backend::Mysql => Conn::My(MysqlConnection::establish(&self.target).map_err(fail)?),
+            Backend::Mysql => {
+                let mut c = MysqlConnection::establish(&self.target).map_err(fail)?;
+                // A compare-and-swap retry must read the latest committed value, not the
+                // snapshot REPEATABLE READ (MariaDB's default) would keep showing.
+                c.batch_execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .map_err(|e| db_failure("configure MariaDB", &e, &self.target))?;
+                Conn::My(c)
+            }
             Backend::Sqlite => {
                 let mut c = SqliteConnection::establish(&self.target).map_err(fail)?;
                 c.batch_execute("PRAGMA busy_timeout = 30000;")

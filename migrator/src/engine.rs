@@ -528,11 +528,11 @@ impl Work {
     }
 
     fn reread(&self, db: &mut Db, rid: &str) -> Result<Option<IdTwo>> {
+        let t = db.q(&self.table.table);
         let sql = format!(
-            "SELECT {} AS id, {} FROM {} WHERE {} = {}",
+            "SELECT {} AS id, {} FROM {t} WHERE {t}.{} = {}",
             db.id_text(&self.table.row_id_kind, &self.table.row_id_column),
             self.select(db),
-            db.q(&self.table.table),
             db.q(&self.table.row_id_column),
             db.id_from_text(&self.table.row_id_kind, &db.ph(1)),
         );

@@ -92,13 +92,14 @@ pub fn page_sql(
     limit: usize,
 ) -> (String, Vec<Bind>) {
     let id = db.q(&t.row_id_column);
+    let tq = db.q(&t.table);
     let mut conds = Vec::new();
     let mut binds = Vec::new();
     let mut n = 0usize;
     let mut push = |op: &str, v: &str, conds: &mut Vec<String>, binds: &mut Vec<Bind>| {
         n += 1;
         conds.push(format!(
-            "{id} {op} {}",
+            "{tq}.{id} {op} {}",
             db.id_from_text(&t.row_id_kind, &db.ph(n))
         ));
         binds.push(Bind::Text(Some(v.to_owned())));
@@ -119,9 +120,10 @@ pub fn page_sql(
     };
     (
         format!(
-            "SELECT {} AS id, {select} FROM {}{filter} ORDER BY {id} LIMIT {limit}",
+            // Order by the table-qualified column: a bare name would pick the text alias
+            // `id` and sort "10" before "9".
+            "SELECT {} AS id, {select} FROM {tq}{filter} ORDER BY {tq}.{id} LIMIT {limit}",
             db.id_text(&t.row_id_kind, &t.row_id_column),
-            db.q(&t.table),
         ),
         binds,
     )

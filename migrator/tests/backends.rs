@@ -49,6 +49,7 @@ fn lifecycle(backend: Backend) {
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(j["jobs"][0]["rows_changed"], 1200);
+    assert_eq!(j["jobs"][0]["rows_seen"], 1200, "a chunk was read twice or skipped: {j}");
     // One unwrap per KEK version involved (v1 and v2).
     assert_eq!(j["kms_calls"]["unwraps"], 2);
     assert_eq!(f.versions().get(&2), Some(&1200));
