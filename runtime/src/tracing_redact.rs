@@ -20,17 +20,48 @@
 //! ```
 //!
 //! Names match exactly (case-sensitive) against the field name, and also against its last
-//! dotted segment (`patient.address` matches `address`). It redacts the text (`fmt`) format;
-//! `fmt`'s JSON format formats event fields itself, so use the text format, or leave sensitive
-//! values out of events.
+//! dotted segment (`patient.address` matches `address`).
+//!
+//! # JSON output
+//!
+//! `fmt`'s JSON format (`.json()`, tracing-subscriber's `json` feature) formats event fields
+//! itself and ignores `fmt_fields`. For it, wrap the layer's writer in [`RedactJsonWriter`]: it
+//! reads each JSON line the formatter writes, replaces the value of every key you name, at any
+//! depth (event `fields`, the current `span`, every entry of `spans`, or top-level keys with
+//! `flatten_event`), with `"<redacted>"`, and only then writes the line to the real writer:
+//!
+//! ```
+//! use leakless::tracing_redact::{RedactFields, RedactJsonWriter};
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! let redact = RedactFields::new(["address", "transcript"]);
+//! let subscriber = tracing_subscriber::registry().with(
+//!     tracing_subscriber::fmt::layer()
+//!         .json()
+//!         .with_writer(RedactJsonWriter::new(std::io::stdout, redact)),
+//! );
+//! tracing::subscriber::with_default(subscriber, || {
+//!     tracing::info!(address = "221B Baker Street", city = "London", "visit booked");
+//!     // prints: {"fields":{"address":"<redacted>","city":"London","message":"visit booked"},...}
+//! });
+//! ```
+//!
+//! Keys come out in sorted order. It fails closed: a line that is not valid JSON is not
+//! written; a `{"leakless_redaction":"..."}` line saying how many bytes were dropped takes its
+//! place.
+//!
+//! Neither form can redact a value that the code formats into the message itself
+//! (`info!("moved to {}", address)`): name values as fields, never interpolate them.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::io::{self, Write};
+use std::sync::Arc;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 
 /// A `FormatFields` that prints the listed fields as `<redacted>` (see the module docs).
 #[derive(Clone, Debug, Default)]
@@ -58,6 +89,21 @@ impl RedactFields {
             || name
                 .rsplit_once('.')
                 .is_some_and(|(_, last)| self.names.contains(last))
+    }
+
+    /// Redacts one JSON line (without its newline) and returns it with a newline; a line that
+    /// is not JSON becomes a `leakless_redaction` notice.
+    #[must_use]
+    pub fn redact_json_line(&self, line: &[u8]) -> Vec<u8> {
+        let mut out = match serde_json::from_slice::<serde_json::Value>(line) {
+            Ok(mut value) => {
+                redact_value(self, &mut value);
+                serde_json::to_vec(&value).unwrap_or_else(|_| dropped(line.len()))
+            }
+            Err(_) => dropped(line.len()),
+        };
+        out.push(b'\n');
+        out
     }
 }
 
@@ -107,5 +153,134 @@ impl<'writer> FormatFields<'writer> for RedactFields {
         };
         fields.record(&mut visitor);
         visitor.result
+    }
+}
+
+/// The value that replaces a redacted one in JSON output.
+pub const REDACTED: &str = "<redacted>";
+
+/// A `MakeWriter` for JSON-lines log output that redacts the named keys of every line before
+/// it reaches the inner writer (see the [module docs](self)).
+#[derive(Clone)]
+pub struct RedactJsonWriter<M> {
+    inner: M,
+    redact: Arc<RedactFields>,
+}
+
+impl<M> fmt::Debug for RedactJsonWriter<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedactJsonWriter")
+            .field("redact", &self.redact)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> RedactJsonWriter<M> {
+    /// Wraps `inner` (any `MakeWriter`: `std::io::stdout`, a file appender, ...).
+    #[must_use]
+    pub fn new(inner: M, redact: RedactFields) -> Self {
+        Self {
+            inner,
+            redact: Arc::new(redact),
+        }
+    }
+}
+
+fn dropped(len: usize) -> Vec<u8> {
+    format!("{{\"leakless_redaction\":\"a log line of {len} bytes that is not JSON was dropped\"}}")
+        .into_bytes()
+}
+
+fn redact_value(redact: &RedactFields, value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if redact.redacts(key) {
+                    *v = serde_json::Value::String(REDACTED.to_owned());
+                } else {
+                    redact_value(redact, v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                redact_value(redact, v);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactJsonWriter<M> {
+    type Writer = RedactingLines<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingLines::new(self.inner.make_writer(), Arc::clone(&self.redact))
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        RedactingLines::new(self.inner.make_writer_for(meta), Arc::clone(&self.redact))
+    }
+}
+
+/// The writer of one [`RedactJsonWriter`] use: buffers bytes up to each newline, redacts the
+/// line and writes it to the inner writer. A last line without a newline is redacted and
+/// written on drop.
+pub struct RedactingLines<W: Write> {
+    inner: W,
+    redact: Arc<RedactFields>,
+    pending: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl<W: Write> fmt::Debug for RedactingLines<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedactingLines")
+            .field("pending_bytes", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> RedactingLines<W> {
+    fn new(inner: W, redact: Arc<RedactFields>) -> Self {
+        Self {
+            inner,
+            redact,
+            pending: zeroize::Zeroizing::new(Vec::new()),
+        }
+    }
+
+    fn emit(&mut self, line: &[u8]) -> io::Result<()> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let out = zeroize::Zeroizing::new(self.redact.redact_json_line(line));
+        self.inner.write_all(&out)
+    }
+}
+
+impl<W: Write> Write for RedactingLines<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            let line = zeroize::Zeroizing::new(self.pending.drain(..=end).collect::<Vec<u8>>());
+            let body = line.get(..end).unwrap_or_default();
+            self.emit(body)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for RedactingLines<W> {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let rest = zeroize::Zeroizing::new(std::mem::take(&mut *self.pending));
+            // A logger has nowhere to report its own write error.
+            let _ = self.emit(&rest);
+            let _ = self.inner.flush();
+        }
     }
 }

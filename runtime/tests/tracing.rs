@@ -1,6 +1,7 @@
 //! Tracing without leaks: leakless's spans at TRACE carry table, column and key version but no
-//! value, and `RedactFields` hides the fields an application names. Each check first proves
-//! that the capture would show the plaintext if it were logged (positive control).
+//! value, and `RedactFields` (text format) and `RedactJsonWriter` (JSON format) hide the fields
+//! an application names. Each check first proves that the capture would show the plaintext if
+//! it were logged (positive control).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
-use leakless::tracing_redact::RedactFields;
+use leakless::tracing_redact::{RedactFields, RedactJsonWriter};
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
@@ -127,5 +128,120 @@ fn redact_fields_hides_named_fields_in_events_and_spans() {
     assert!(
         !out.contains("Baker") && !out.contains("chest pain"),
         "{out}"
+    );
+}
+
+/// A TRACE-level JSON subscriber writing into `capture`, through `RedactJsonWriter` when
+/// `redact` names fields (none for the positive control).
+fn json_subscriber(
+    capture: &Capture,
+    redact: Option<RedactFields>,
+    flatten: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
+    let base = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(flatten)
+        .with_current_span(true)
+        .with_span_list(true);
+    match redact {
+        None => Box::new(
+            tracing_subscriber::registry().with(
+                base.with_writer(capture.clone())
+                    .with_filter(tracing_subscriber::filter::LevelFilter::TRACE),
+            ),
+        ),
+        Some(r) => Box::new(
+            tracing_subscriber::registry().with(
+                base.with_writer(RedactJsonWriter::new(capture.clone(), r))
+                    .with_filter(tracing_subscriber::filter::LevelFilter::TRACE),
+            ),
+        ),
+    }
+}
+
+fn log_patient_events() {
+    let span = tracing::info_span!(
+        "request",
+        transcript = "I have chest pain",
+        clinic = "north"
+    );
+    let _e = span.enter();
+    tracing::info!(address = ADDRESS, city = "London", "visit booked");
+    tracing::warn!(patient.address = %ADDRESS, "dotted name");
+}
+
+#[test]
+fn redact_json_writer_hides_named_fields_in_json_events_and_spans() {
+    // Positive control: the JSON format without the wrapper shows the values.
+    let plain = Capture::default();
+    tracing::subscriber::with_default(json_subscriber(&plain, None, false), log_patient_events);
+    let out = plain.text();
+    assert!(out.contains(ADDRESS) && out.contains("chest pain"), "{out}");
+
+    for flatten in [false, true] {
+        let capture = Capture::default();
+        let redact = RedactFields::new(["address", "transcript"]);
+        tracing::subscriber::with_default(
+            json_subscriber(&capture, Some(redact), flatten),
+            log_patient_events,
+        );
+        let out = capture.text();
+        assert!(
+            !out.contains("Baker") && !out.contains("chest pain"),
+            "flatten={flatten}: {out}"
+        );
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let fields = |v: &serde_json::Value| {
+            if flatten {
+                v.clone()
+            } else {
+                v["fields"].clone()
+            }
+        };
+        assert_eq!(fields(&lines[0])["address"], "<redacted>", "{out}");
+        assert_eq!(fields(&lines[0])["city"], "London", "{out}");
+        assert_eq!(fields(&lines[0])["message"], "visit booked", "{out}");
+        assert_eq!(fields(&lines[1])["patient.address"], "<redacted>", "{out}");
+        assert_eq!(lines[0]["span"]["transcript"], "<redacted>", "{out}");
+        assert_eq!(lines[0]["span"]["clinic"], "north", "{out}");
+        assert_eq!(lines[0]["spans"][0]["transcript"], "<redacted>", "{out}");
+        assert_eq!(lines[0]["level"], "INFO");
+    }
+}
+
+#[test]
+fn redact_json_writer_handles_split_writes_and_fails_closed_on_non_json() {
+    let capture = Capture::default();
+    let make = RedactJsonWriter::new(capture.clone(), RedactFields::new(["address"]));
+    {
+        let mut w = make.make_writer();
+        // One line in pieces, then two lines in one write, then a last line without newline.
+        w.write_all(br#"{"fields":{"address":"221B Ba"#).unwrap();
+        w.write_all(br#"ker Street","n":1}}"#).unwrap();
+        w.write_all(b"\n{\"address\":\"x\"}\n{\"a\":[{\"address\":\"Baker\"}]}\n")
+            .unwrap();
+        w.write_all(br#"{"address":"tail Baker"}"#).unwrap();
+    }
+    let out = capture.text();
+    assert!(!out.contains("Baker"), "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(
+        out.contains(r#"{"fields":{"address":"<redacted>","n":1}}"#),
+        "{out}"
+    );
+    assert!(out.contains(r#"{"a":[{"address":"<redacted>"}]}"#), "{out}");
+
+    // A line that is not JSON is dropped, never passed through.
+    let redact = RedactFields::new(["address"]);
+    let line = redact.redact_json_line(b"address=221B Baker Street");
+    let text = String::from_utf8(line).unwrap();
+    assert!(!text.contains("Baker"), "{text}");
+    assert!(
+        text.contains("leakless_redaction") && text.contains("25 bytes"),
+        "{text}"
     );
 }
