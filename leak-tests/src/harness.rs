@@ -195,14 +195,14 @@ impl LeakCheck {
             if let Ok(f) = open(path) {
                 let mut inner = [0u8; 512];
                 let mut gz = flate2::read::MultiGzDecoder::new(f);
-                if read_up_to(&mut gz, &mut inner).is_ok_and(|n| n >= 262 && is_tar(&inner)) {
-                    if let Ok(f) = open(path) {
-                        self.tar_members(
-                            channel,
-                            &format!("{name}[gunzip]"),
-                            flate2::read::MultiGzDecoder::new(f),
-                        );
-                    }
+                if read_up_to(&mut gz, &mut inner).is_ok_and(|n| n >= 262 && is_tar(&inner))
+                    && let Ok(f) = open(path)
+                {
+                    self.tar_members(
+                        channel,
+                        &format!("{name}[gunzip]"),
+                        flate2::read::MultiGzDecoder::new(f),
+                    );
                 }
             }
         } else if is_tar(&head) {
@@ -214,10 +214,10 @@ impl LeakCheck {
         {
             self.pg_restore(channel, path);
         }
-        if is_relation_path(path) {
-            if let Ok(f) = open(path) {
-                self.relation(channel, &name, f);
-            }
+        if is_relation_path(path)
+            && let Ok(f) = open(path)
+        {
+            self.relation(channel, &name, f);
         }
     }
 

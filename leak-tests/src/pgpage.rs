@@ -112,10 +112,12 @@ fn page_items(page: &[u8]) -> Vec<&[u8]> {
             let off = usize::try_from(lp & 0x7fff).unwrap_or(0);
             let flags = (lp >> 15) & 3;
             let len = usize::try_from(lp >> 17).unwrap_or(0);
-            if flags == 1 && len > 0 && off + len <= BLCKSZ {
-                if let Some(item) = page.get(off..off + len) {
-                    items.push(item);
-                }
+            if flags == 1
+                && len > 0
+                && off + len <= BLCKSZ
+                && let Some(item) = page.get(off..off + len)
+            {
+                items.push(item);
             }
         }
         at += 4;
@@ -177,17 +179,18 @@ pub fn walk_relation(
             // TOAST chunk: natts 3, no nulls, then oid, int4, varlena.
             let natts = u16_at(item, 18).map(|v| v & 0x07ff);
             let infomask = u16_at(item, 20).unwrap_or(0);
-            if natts == Some(3) && infomask & 1 == 0 && data.len() > 9 {
-                if let Some(chunk) = toast_chunk(data) {
-                    if toast_bytes + chunk.2.len() <= MAX_RAW {
-                        toast_bytes += chunk.2.len();
-                        toast
-                            .entry(chunk.0)
-                            .or_insert_with(|| (offset, BTreeMap::new()))
-                            .1
-                            .insert(chunk.1, chunk.2.to_vec());
-                    }
-                }
+            if natts == Some(3)
+                && infomask & 1 == 0
+                && data.len() > 9
+                && let Some(chunk) = toast_chunk(data)
+                && toast_bytes + chunk.2.len() <= MAX_RAW
+            {
+                toast_bytes += chunk.2.len();
+                toast
+                    .entry(chunk.0)
+                    .or_insert_with(|| (offset, BTreeMap::new()))
+                    .1
+                    .insert(chunk.1, chunk.2.to_vec());
             }
             inline_compressed(data, |view, bytes| {
                 found(Decompressed {
@@ -254,19 +257,17 @@ fn toast_chunk(data: &[u8]) -> Option<(u32, u32, &[u8])> {
 fn inline_compressed(data: &[u8], mut found: impl FnMut(&'static str, Vec<u8>)) {
     let mut at = 0;
     while at + 8 <= data.len() {
-        if let (Some(hdr), Some(tcinfo)) = (u32_at(data, at), u32_at(data, at + 4)) {
-            if hdr & 3 == 2 {
-                let size = usize::try_from(hdr >> 2).unwrap_or(0);
-                if size > 8 && at + size <= data.len() {
-                    if let Some(body) = data.get(at + 8..at + size) {
-                        if let Some((method, bytes)) = decompress_datum(tcinfo, body) {
-                            found(method, bytes);
-                            at += size.div_ceil(4) * 4;
-                            continue;
-                        }
-                    }
-                }
-            }
+        if let (Some(hdr), Some(tcinfo)) = (u32_at(data, at), u32_at(data, at + 4))
+            && hdr & 3 == 2
+            && let size = usize::try_from(hdr >> 2).unwrap_or(0)
+            && size > 8
+            && at + size <= data.len()
+            && let Some(body) = data.get(at + 8..at + size)
+            && let Some((method, bytes)) = decompress_datum(tcinfo, body)
+        {
+            found(method, bytes);
+            at += size.div_ceil(4) * 4;
+            continue;
         }
         at += 4;
     }

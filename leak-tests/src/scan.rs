@@ -85,7 +85,7 @@ impl Scanner {
         // Identical needles from different forms of one canary: keep the first.
         let mut seen = std::collections::HashSet::new();
         needles.retain(|n| seen.insert((n.canary, n.bytes.to_vec())));
-        let kind = if needles.len() <= 20_000 {
+        let kind = if needles.len() <= 4000 {
             Some(AhoCorasickKind::DFA)
         } else {
             None
