@@ -1,6 +1,8 @@
 //! `#[derive(Sealed)]` on SQLite through ordinary diesel code: single and bulk insert, load one
 //! and many, update through a changeset, NULL for `None`, look-up by blind index, redacted
-//! `Debug`, and the schema manifest. Also that the stored row holds no plaintext.
+//! `Debug`, and the schema manifest. Also that the stored row, `debug_query`, diesel's
+//! instrumentation and the errors of every failed open or seal hold no plaintext (each check
+//! with a positive control).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
 use std::sync::Arc;
@@ -323,4 +325,135 @@ fn debug_query_and_instrumentation_show_no_plaintext() {
     for n in &needles {
         assert!(!text.contains(n.as_str()), "instrumentation shows {n}");
     }
+}
+
+/// Every form in which an error could show a plaintext: `Display`, `Debug`, pretty `Debug`,
+/// and the `Display` of each error in its `source()` chain.
+fn error_texts(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = format!("{err}\n{err:?}\n{err:#?}");
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(&format!("\n{s}\n{s:?}"));
+        source = s.source();
+    }
+    out
+}
+
+/// The needles of `p`'s sealed values found in `text`: as text, as a `Debug` byte list, as hex.
+fn plaintext_hits(p: &Patient, text: &str) -> Vec<String> {
+    let mut values = vec![p.address.clone(), p.email.clone(), p.email.to_lowercase()];
+    values.extend(p.notes.clone());
+    values.push(serde_json::to_string(&p.gps.0).unwrap());
+    let mut needles = Vec::new();
+    for v in values {
+        needles.push(as_debug_bytes(&v));
+        needles.push(hex::encode(v.as_bytes()));
+        needles.push(v);
+    }
+    needles.push(p.gps.0.lat.to_string());
+    needles
+        .into_iter()
+        .filter(|n| text.contains(n.as_str()))
+        .collect()
+}
+
+#[test]
+fn error_messages_show_no_plaintext() {
+    let ring = ring();
+    let mut conn = db();
+    let p = patient(6);
+    let row = p.seal_row(&ring).unwrap();
+
+    // Positive control: an error that carries the plaintext is caught by the same check.
+    let planted = leakless::Error::InvalidInput {
+        what: "planted",
+        problem: format!("bad value {:?}", p.address.as_bytes()),
+    };
+    assert!(!plaintext_hits(&p, &error_texts(&planted)).is_empty());
+
+    let mut errors: Vec<(&str, leakless::Error)> = Vec::new();
+    // A ciphertext copied to another row, and to another column.
+    let mut copied = row.clone();
+    copied.id = "p-7".into();
+    errors.push(("copied row", Patient::open_row(copied, &ring).unwrap_err()));
+    let mut swapped = row.clone();
+    swapped.notes = Some(row.address.clone());
+    errors.push((
+        "copied column",
+        Patient::open_row(swapped, &ring).unwrap_err(),
+    ));
+    // Tampered, truncated, and plaintext where an envelope belongs (the error must not echo it).
+    let mut tampered = row.clone();
+    let last = tampered.address.len() - 1;
+    tampered.address[last] ^= 1;
+    errors.push(("tampered", Patient::open_row(tampered, &ring).unwrap_err()));
+    let mut truncated = row.clone();
+    truncated.email.truncate(40);
+    errors.push((
+        "truncated",
+        Patient::open_row(truncated, &ring).unwrap_err(),
+    ));
+    let mut raw = row.clone();
+    raw.address = p.address.as_bytes().to_vec();
+    errors.push((
+        "plaintext stored",
+        Patient::open_row(raw, &ring).unwrap_err(),
+    ));
+    // Another key ring (another root key and key store).
+    errors.push((
+        "other ring",
+        Patient::open_row(row.clone(), &self::ring()).unwrap_err(),
+    ));
+    // A non-finite float cannot be sealed as JSON.
+    let mut nan = p.clone();
+    nan.gps.0.lat = f64::NAN;
+    errors.push(("NaN", nan.seal_row(&ring).unwrap_err()));
+    // A scope that was never created.
+    let bare = KeyRing::builder(
+        Arc::new(LocalKms::from_root_key(RootKey::generate())),
+        Arc::new(MemoryKeyStore::new()),
+    )
+    .build();
+    errors.push(("no scope", p.seal_row(&bare).unwrap_err()));
+    errors.push((
+        "no index scope",
+        Patient::email_lookup(&bare, &p.email).unwrap_err(),
+    ));
+    // A destroyed KEK version (crypto-shredded).
+    let scope = KeyScope::new("patients").unwrap();
+    let who = AuditInfo::new("test", "shred");
+    let v1 = ring.versions(&scope).unwrap()[0].version;
+    ring.rotate(&scope, std::time::Duration::ZERO, &who)
+        .unwrap();
+    ring.destroy(&scope, v1, &who).unwrap();
+    errors.push((
+        "destroyed",
+        Patient::open_row(row.clone(), &ring).unwrap_err(),
+    ));
+
+    // The same failures through diesel: a row read back from the database.
+    diesel::insert_into(patients::table)
+        .values(row)
+        .execute(&mut conn)
+        .unwrap();
+    let loaded = patients::table
+        .select(PatientRow::as_select())
+        .first(&mut conn)
+        .unwrap();
+    errors.push(("loaded", Patient::open_row(loaded, &ring).unwrap_err()));
+
+    let mut kinds = std::collections::BTreeSet::new();
+    for (what, err) in &errors {
+        let text = error_texts(err);
+        let hits = plaintext_hits(&p, &text);
+        assert!(hits.is_empty(), "{what}: error shows {hits:?}: {text}");
+        kinds.insert(
+            format!("{err:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(kinds.len() >= 6, "a variety of error kinds: {kinds:?}");
 }
