@@ -31,13 +31,23 @@ pub struct Cli {
 pub struct Global {
     /// The application database: postgres://..., mysql://... (mariadb://...), or an SQLite
     /// path (sqlite://PATH or a bare path). Printed only with its password masked.
-    #[arg(long, global = true, env = "LEAKLESS_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "LEAKLESS_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 
     /// Where the wrapped KEK records and the audit log live: a database URL (as above) or a
     /// JSON key file (file:PATH). Default: the application database (tables leakless_kek and
     /// leakless_key_audit).
-    #[arg(long, global = true, env = "LEAKLESS_KEY_STORE", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "LEAKLESS_KEY_STORE",
+        hide_env_values = true
+    )]
     pub key_store: Option<String>,
 
     /// File holding the local root key (64 hex digits, mode 0600). Without it, the root key is

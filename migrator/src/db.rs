@@ -61,26 +61,28 @@ impl DbUrl {
     #[must_use]
     pub fn parse(url: &str) -> Self {
         let lower = url.to_ascii_lowercase();
-        let (backend, target) = if lower.starts_with("postgres://")
-            || lower.starts_with("postgresql://")
-        {
-            (Backend::Postgres, url.to_owned())
-        } else if lower.starts_with("mysql://") {
-            (Backend::Mysql, url.to_owned())
-        } else if lower.starts_with("mariadb://") {
-            (
-                Backend::Mysql,
-                format!("mysql://{}", url.get("mariadb://".len()..).unwrap_or_default()),
-            )
-        } else if lower.starts_with("sqlite:") {
-            let path = url.get("sqlite:".len()..).unwrap_or_default();
-            (
-                Backend::Sqlite,
-                path.strip_prefix("//").unwrap_or(path).to_owned(),
-            )
-        } else {
-            (Backend::Sqlite, url.to_owned())
-        };
+        let (backend, target) =
+            if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+                (Backend::Postgres, url.to_owned())
+            } else if lower.starts_with("mysql://") {
+                (Backend::Mysql, url.to_owned())
+            } else if lower.starts_with("mariadb://") {
+                (
+                    Backend::Mysql,
+                    format!(
+                        "mysql://{}",
+                        url.get("mariadb://".len()..).unwrap_or_default()
+                    ),
+                )
+            } else if lower.starts_with("sqlite:") {
+                let path = url.get("sqlite:".len()..).unwrap_or_default();
+                (
+                    Backend::Sqlite,
+                    path.strip_prefix("//").unwrap_or(path).to_owned(),
+                )
+            } else {
+                (Backend::Sqlite, url.to_owned())
+            };
         Self {
             backend,
             shown: redact_url(url),
@@ -168,7 +170,10 @@ fn scrub(text: &str, url: &str) -> String {
 fn db_failure(operation: &str, e: &diesel::result::Error, target: &str) -> Failure {
     Failure::new(
         Kind::Database,
-        format!("database: {operation} failed: {}", scrub(&e.to_string(), target)),
+        format!(
+            "database: {operation} failed: {}",
+            scrub(&e.to_string(), target)
+        ),
         "check the database is reachable and the migrator's user may read and write the \
          tables named; rerunning is safe (finished batches are checkpointed)",
     )
@@ -195,6 +200,23 @@ impl fmt::Debug for Bind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Bound values can be envelopes or (during adoption) plaintext: never print them.
         f.write_str("Bind(..)")
+    }
+}
+
+/// One compare-and-swap write: set the row `id` to `new` if it still holds `old` (`None`:
+/// still NULL).
+pub struct CasWrite {
+    /// The row identity as text.
+    pub id: String,
+    /// The value read.
+    pub old: Option<Vec<u8>>,
+    /// The value to write.
+    pub new: Vec<u8>,
+}
+
+impl fmt::Debug for CasWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CasWrite({}, ..)", self.id)
     }
 }
 
@@ -460,7 +482,7 @@ impl Db {
         id_col: &str,
         id_kind: &str,
         col: &str,
-        rows: &[(String, Option<Vec<u8>>, Vec<u8>)],
+        rows: &[CasWrite],
     ) -> Result<Vec<String>, Failure> {
         let Conn::Pg(c) = &mut self.conn else {
             return Err(Failure::new(
@@ -487,9 +509,9 @@ impl Db {
              AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL)) \
              RETURNING u.id AS id"
         );
-        let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-        let olds: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.1.clone()).collect();
-        let news: Vec<Vec<u8>> = rows.iter().map(|r| r.2.clone()).collect();
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let olds: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.old.clone()).collect();
+        let news: Vec<Vec<u8>> = rows.iter().map(|r| r.new.clone()).collect();
         diesel::sql_query(sql)
             .bind::<Array<Text>, _>(ids)
             .bind::<Array<Nullable<Binary>>, _>(olds)

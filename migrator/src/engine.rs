@@ -20,15 +20,15 @@
 //!    application write is never overwritten with a stale value.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use leakless::manifest::{ScopeSource, SealedColumn, SealedTable};
 use leakless::{Algorithm, FieldContext, FieldPolicy, KeyRing, KeyScope, PaddingPolicy};
 use serde::Serialize;
 
-use crate::db::{Backend, Bind, ChunkRow, Db, DbUrl, IdTwo, OneInt, OneText};
+use crate::db::{Backend, Bind, CasWrite, ChunkRow, Db, DbUrl, IdTwo, OneInt, OneText};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
 
@@ -212,12 +212,18 @@ fn plan_in_tx(
     batch: usize,
 ) -> Result<(u64, u64)> {
     let insert = match db.backend() {
-        Backend::Postgres => "INSERT INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
-             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT DO NOTHING",
-        Backend::Mysql => "INSERT IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
-             VALUES (?, ?, ?, ?, ?, 0)",
-        Backend::Sqlite => "INSERT OR IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
-             VALUES (?, ?, ?, ?, ?, 0)",
+        Backend::Postgres => {
+            "INSERT INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT DO NOTHING"
+        }
+        Backend::Mysql => {
+            "INSERT IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+             VALUES (?, ?, ?, ?, ?, 0)"
+        }
+        Backend::Sqlite => {
+            "INSERT OR IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+             VALUES (?, ?, ?, ?, ?, 0)"
+        }
     };
     let inserted = db.exec(
         insert,
@@ -267,7 +273,10 @@ fn plan_in_tx(
             return Ok((total, done));
         }
         db.exec(
-            &format!("DELETE FROM leakless_migrate_chunk WHERE job = {}", db.ph(1)),
+            &format!(
+                "DELETE FROM leakless_migrate_chunk WHERE job = {}",
+                db.ph(1)
+            ),
             &[Bind::Text(Some(job.to_owned()))],
         )?;
     }
@@ -465,7 +474,10 @@ impl Work {
                     Err(e) => return Outcome::Fail(e.to_string()),
                 };
                 match self.ring.open(&ctx, env) {
-                    Ok(p) => match self.ring.seal(&scope, &ctx, p.expose_secret(), &self.policy()) {
+                    Ok(p) => match self
+                        .ring
+                        .seal(&scope, &ctx, p.expose_secret(), &self.policy())
+                    {
                         Ok(v) => Outcome::Write(v),
                         Err(e) => Outcome::Fail(e.to_string()),
                     },
@@ -476,7 +488,7 @@ impl Work {
     }
 
     /// Writes `(id, old, new)` with compare-and-swap; returns the ids that lost the race.
-    fn cas(&self, db: &mut Db, writes: &[(String, Option<Vec<u8>>, Vec<u8>)]) -> Result<Vec<String>> {
+    fn cas(&self, db: &mut Db, writes: &[CasWrite]) -> Result<Vec<String>> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -488,18 +500,18 @@ impl Work {
                 &self.column.column,
                 writes,
             )?;
-            let done: std::collections::HashSet<String> = done.into_iter().collect();
+            let done: HashSet<String> = done.into_iter().collect();
             return Ok(writes
                 .iter()
-                .filter(|w| !done.contains(&w.0))
-                .map(|w| w.0.clone())
+                .filter(|w| !done.contains(&w.id))
+                .map(|w| w.id.clone())
                 .collect());
         }
         let col = db.q(&self.column.column);
         let id = db.q(&self.table.row_id_column);
         let id_bind = db.id_from_text(&self.table.row_id_kind, "?");
         let mut lost = Vec::new();
-        for (rid, old, new) in writes {
+        for CasWrite { id: rid, old, new } in writes {
             let (sql, binds) = match old {
                 Some(old) => (
                     format!(
@@ -517,7 +529,10 @@ impl Work {
                         "UPDATE {} SET {col} = ? WHERE {id} = {id_bind} AND {col} IS NULL",
                         db.q(&self.table.table)
                     ),
-                    vec![Bind::Bytes(Some(new.clone())), Bind::Text(Some(rid.clone()))],
+                    vec![
+                        Bind::Bytes(Some(new.clone())),
+                        Bind::Text(Some(rid.clone())),
+                    ],
                 ),
             };
             if db.exec(&sql, &binds)? == 0 {
@@ -568,7 +583,11 @@ impl Work {
         };
         for row in rows {
             match self.outcome(&row, adopt_scope) {
-                Outcome::Write(v) => writes.push((row.id, row.a, v)),
+                Outcome::Write(v) => writes.push(CasWrite {
+                    id: row.id,
+                    old: row.a,
+                    new: v,
+                }),
                 Outcome::Keep => {}
                 Outcome::Fail(e) => fail(&row.id, e, failures),
             }
@@ -600,7 +619,11 @@ impl Work {
                     continue; // deleted meanwhile: nothing to do
                 };
                 match self.outcome(&row, adopt_scope) {
-                    Outcome::Write(v) => again.push((row.id, row.a, v)),
+                    Outcome::Write(v) => again.push(CasWrite {
+                        id: row.id,
+                        old: row.a,
+                        new: v,
+                    }),
                     Outcome::Keep => {}
                     Outcome::Fail(e) => fail(&row.id, e, failures),
                 }

@@ -184,9 +184,9 @@ impl Env {
             }
             self.manifest = Some(m);
         }
-        self.manifest.as_ref().ok_or_else(|| {
-            Failure::new(Kind::Usage, "manifest not loaded", "pass --manifest PATH")
-        })
+        self.manifest
+            .as_ref()
+            .ok_or_else(|| Failure::new(Kind::Usage, "manifest not loaded", "pass --manifest PATH"))
     }
 
     /// The manifest's columns, narrowed to `table` (and `column`) when given.
@@ -215,7 +215,11 @@ impl Env {
             let listed: Vec<String> = m
                 .tables
                 .iter()
-                .flat_map(|t| t.columns.iter().map(move |c| format!("{}.{}", t.table, c.column)))
+                .flat_map(|t| {
+                    t.columns
+                        .iter()
+                        .map(move |c| format!("{}.{}", t.table, c.column))
+                })
                 .collect();
             return Err(Failure::new(
                 Kind::Usage,

@@ -1,4 +1,11 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "tests"
+)]
 //! Every command on SQLite, PostgreSQL and MariaDB through the real binary: status, rewrap,
 //! verify (also catching a planted bad envelope), the key lifecycle with destroy's refusal,
 //! reencrypt, and the full adopt sequence on a plaintext column.
@@ -26,7 +33,11 @@ fn lifecycle(backend: Backend) {
     // dry run writes nothing.
     let o = f.run(&["rewrap", "--dry-run"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(stdout(&o).contains("would rewrap 1200 rows"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("would rewrap 1200 rows"),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(f.versions().get(&1), Some(&1200));
 
     // destroy of v1 is refused: wrong state first (grace), then rows still on it.
@@ -36,20 +47,31 @@ fn lifecycle(backend: Backend) {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = f.run(&["keys", "destroy", SCOPE, "1", "--yes"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("1200 rows still use it"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1200 rows still use it"),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("help: "), "{}", stderr(&o));
 
     // rewrap from a retired version fails per row (exit 1), nothing lost; reinstate and rerun.
     let o = f.run(&["rewrap", "--batch-size", "500"]);
     assert_eq!(code(&o), 1, "{}", stdout(&o));
-    assert!(stdout(&o).contains("failed: patients.email row 0:"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("failed: patients.email row 0:"),
+        "{}",
+        stdout(&o)
+    );
     let o = f.run(&["keys", "reinstate", SCOPE, "1", "--grace", "1h"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = f.run(&["rewrap", "--batch-size", "500", "--workers", "2", "--json"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(j["jobs"][0]["rows_changed"], 1200);
-    assert_eq!(j["jobs"][0]["rows_seen"], 1200, "a chunk was read twice or skipped: {j}");
+    assert_eq!(
+        j["jobs"][0]["rows_seen"], 1200,
+        "a chunk was read twice or skipped: {j}"
+    );
     // One unwrap per KEK version involved (v1 and v2).
     assert_eq!(j["kms_calls"]["unwraps"], 2);
     assert_eq!(f.versions().get(&2), Some(&1200));
@@ -79,23 +101,43 @@ fn lifecycle(backend: Backend) {
     assert_eq!(code(&o), 1);
     assert!(stdout(&o).contains("row 7: "), "{}", stdout(&o));
     assert!(!stdout(&o).contains("patient-"), "verify printed plaintext");
-    db.exec(&format!("DELETE FROM patients WHERE id = {p1}"), &[leakless_migrator::db::Bind::Int(7)])
-        .unwrap();
+    db.exec(
+        &format!("DELETE FROM patients WHERE id = {p1}"),
+        &[leakless_migrator::db::Bind::Int(7)],
+    )
+    .unwrap();
 
     // Now v1 is unused: retire and destroy succeed; the audit log shows every step.
     let o = f.run(&["keys", "retire", SCOPE, "1"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = f.run(&["keys", "destroy", SCOPE, "1"]);
     assert_eq!(code(&o), 1, "no --yes and no tty must refuse");
-    assert!(stderr(&o).contains("stdin is not a terminal"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stdin is not a terminal"),
+        "{}",
+        stderr(&o)
+    );
     let o = f.run(&["keys", "destroy", SCOPE, "1", "--yes"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = f.run(&["keys", "audit", "--json"]);
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let actions: Vec<&str> = j.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
     assert_eq!(
         actions,
-        ["create_scope", "rotate", "rotate", "retire", "reinstate", "retire", "destroy"]
+        [
+            "create_scope",
+            "rotate",
+            "rotate",
+            "retire",
+            "reinstate",
+            "retire",
+            "destroy"
+        ]
     );
 
     // reencrypt: every row gets a new envelope, still opens to the same plaintext.
@@ -104,14 +146,30 @@ fn lifecycle(backend: Backend) {
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let after = f.rows();
     assert_eq!(before.len(), after.len());
-    assert!(before.iter().zip(&after).all(|(a, b)| a.0 == b.0 && a.1 != b.1));
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(a, b)| a.0 == b.0 && a.1 != b.1)
+    );
     f.assert_all_open(plain);
 
     // rotate-root: records re-wrapped under a new root key; the old key no longer opens.
     let new_key = f.dir.path().join("new-root.key");
-    let o = f.run(&["keys", "rotate-root", "--new-root-key-file", new_key.to_str().unwrap(), "--generate"]);
+    let o = f.run(&[
+        "keys",
+        "rotate-root",
+        "--new-root-key-file",
+        new_key.to_str().unwrap(),
+        "--generate",
+    ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = f.cmd().env("LEAKLESS_ROOT_KEY_FILE", &new_key).args(["verify"]).output().unwrap();
+    let o = f
+        .cmd()
+        .env("LEAKLESS_ROOT_KEY_FILE", &new_key)
+        .args(["verify"])
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let o = f.run(&["verify"]);
     assert_eq!(code(&o), 1, "the old root key must no longer open the KEKs");
@@ -122,36 +180,87 @@ fn adopt(backend: Backend) {
     f.seed(0, 700, true);
     let o = f.run(&["status", "--json"]);
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(j[0]["nulls"], 700, "nullable sealed column, not adopted yet");
-    let o = f.run(&["adopt", "--table", "patients", "--column", "email", "--from", "email_plain", "--dry-run"]);
+    assert_eq!(
+        j[0]["nulls"], 700,
+        "nullable sealed column, not adopted yet"
+    );
+    let o = f.run(&[
+        "adopt",
+        "--table",
+        "patients",
+        "--column",
+        "email",
+        "--from",
+        "email_plain",
+        "--dry-run",
+    ]);
     assert!(stdout(&o).contains("would seal 700 rows"), "{}", stdout(&o));
     // Verify before the backfill fails and names rows.
-    let o = f.run(&["adopt", "--table", "patients", "--column", "email", "--from", "email_plain", "--verify-only"]);
+    let o = f.run(&[
+        "adopt",
+        "--table",
+        "patients",
+        "--column",
+        "email",
+        "--from",
+        "email_plain",
+        "--verify-only",
+    ]);
     assert_eq!(code(&o), 1);
     assert!(stdout(&o).contains("700 mismatches"), "{}", stdout(&o));
     // The application (stage 1) already wrote a sealed value for one row: it must survive.
     let ctx = leakless::FieldContext::new("patients", "email", leakless::RowId::Int(5), 1);
     let app = f
         .ring
-        .seal(&leakless::KeyScope::new(SCOPE).unwrap(), &ctx, plain(5).as_bytes(), &leakless::FieldPolicy::default())
+        .seal(
+            &leakless::KeyScope::new(SCOPE).unwrap(),
+            &ctx,
+            plain(5).as_bytes(),
+            &leakless::FieldPolicy::default(),
+        )
         .unwrap();
     let mut db = f.db();
     let sql = format!("UPDATE patients SET email = {} WHERE id = 5", db.ph(1));
-    db.exec(&sql, &[leakless_migrator::db::Bind::Bytes(Some(app.clone()))]).unwrap();
-    let o = f.run(&["adopt", "--table", "patients", "--column", "email", "--from", "email_plain", "--batch-size", "250"]);
+    db.exec(
+        &sql,
+        &[leakless_migrator::db::Bind::Bytes(Some(app.clone()))],
+    )
+    .unwrap();
+    let o = f.run(&[
+        "adopt",
+        "--table",
+        "patients",
+        "--column",
+        "email",
+        "--from",
+        "email_plain",
+        "--batch-size",
+        "250",
+    ]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("699 written"), "{out}");
     assert!(out.contains("0 mismatches"), "{out}");
     let q = if backend == Backend::Mysql { "`" } else { "\"" };
-    assert!(out.contains(&format!("ALTER TABLE {q}patients{q} DROP COLUMN {q}email_plain{q};")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ALTER TABLE {q}patients{q} DROP COLUMN {q}email_plain{q};"
+        )),
+        "{out}"
+    );
     assert!(!out.contains("patient-"), "adopt printed plaintext");
     f.assert_all_open(plain);
-    assert_eq!(f.rows().iter().find(|r| r.0 == 5).unwrap().1.as_deref(), Some(app.as_slice()));
+    assert_eq!(
+        f.rows().iter().find(|r| r.0 == 5).unwrap().1.as_deref(),
+        Some(app.as_slice())
+    );
     // The plaintext column is still there: adopt never drops.
     let n: Vec<leakless_migrator::db::OneInt> = f
         .db()
-        .load("SELECT COUNT(*) AS n FROM patients WHERE email_plain IS NOT NULL", &[])
+        .load(
+            "SELECT COUNT(*) AS n FROM patients WHERE email_plain IS NOT NULL",
+            &[],
+        )
         .unwrap();
     assert_eq!(n[0].n, 700);
 }

@@ -1,4 +1,11 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "tests"
+)]
 //! Crash safety of `rewrap` on PostgreSQL.
 //!
 //! * The migrator binary is killed with SIGKILL at random points, at least 10 times, during a
@@ -45,13 +52,22 @@ fn sigkill_at_random_points_during_a_100k_row_rewrap() {
     while kills < 10 || (last == 0 && kills < 30) {
         let mut child = f
             .cmd()
-            .args(["rewrap", "--batch-size", "1000", "--max-rows-per-sec", "4000"])
+            .args([
+                "rewrap",
+                "--batch-size",
+                "1000",
+                "--max-rows-per-sec",
+                "4000",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(rng.gen_range(150..1500)));
-        assert!(child.try_wait().unwrap().is_none(), "the throttled run ended before the kill");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the throttled run ended before the kill"
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
@@ -59,12 +75,18 @@ fn sigkill_at_random_points_during_a_100k_row_rewrap() {
         assert!(moved >= last, "rows went back to the old version");
         last = moved;
     }
-    assert!(last > 0 && last < 100_000, "the kills did not land mid-run ({last} rows moved)");
+    assert!(
+        last > 0 && last < 100_000,
+        "the kills did not land mid-run ({last} rows moved)"
+    );
 
     let o = f.run(&["rewrap", "--batch-size", "1000", "--json"]);
     assert!(o.status.success());
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert!(j["jobs"][0]["chunks_done_before"].as_u64().unwrap() > 0, "did not resume");
+    assert!(
+        j["jobs"][0]["chunks_done_before"].as_u64().unwrap() > 0,
+        "did not resume"
+    );
     assert_eq!(
         j["jobs"][0]["rows_changed"].as_u64().unwrap() + last,
         100_000,
@@ -108,7 +130,11 @@ fn pg_ctl_stop_immediate_mid_batch_then_resume() {
         .args(["--owner-pid", &std::process::id().to_string()])
         .output()
         .unwrap();
-    assert!(o.status.success(), "scripts/pg-cluster start failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "scripts/pg-cluster start failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let url = String::from_utf8(o.stdout).unwrap().trim().to_owned();
     let f = Fixture::on_url(Backend::Postgres, url, None, tempfile::tempdir().unwrap());
     f.seed(0, 20_000, false);
@@ -117,8 +143,10 @@ fn pg_ctl_stop_immediate_mid_batch_then_resume() {
     // Hold a row lock in the middle of the third chunk: that batch stalls half written.
     let mut locker = f.db();
     locker.begin().unwrap();
-    locker.batch("UPDATE patients SET email_plain = NULL WHERE id = 2500").unwrap();
-    let mut child = f
+    locker
+        .batch("UPDATE patients SET email_plain = NULL WHERE id = 2500")
+        .unwrap();
+    let child = f
         .cmd()
         .args(["rewrap", "--batch-size", "1000"])
         .stdout(Stdio::null())
@@ -138,17 +166,32 @@ fn pg_ctl_stop_immediate_mid_batch_then_resume() {
         if n[0].n > 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the migrator never reached the locked row");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the migrator never reached the locked row"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(watcher);
     as_server(&cdir, &["stop", "-m", "immediate", "-w"]);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(4), "a lost server is a database error (exit 4)");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a lost server is a database error (exit 4)"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("help: "), "{err}");
     drop(locker);
-    as_server(&cdir, &["start", "-w", "-l", cdir.join("postgres.log").to_str().unwrap()]);
+    as_server(
+        &cdir,
+        &[
+            "start",
+            "-w",
+            "-l",
+            cdir.join("postgres.log").to_str().unwrap(),
+        ],
+    );
 
     // Exactly the two chunks before the stalled one are done and moved.
     assert_eq!(assert_checkpoint_matches(&f, 20_000), 2_000);

@@ -1,4 +1,11 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "tests"
+)]
 //! Online safety of `rewrap` on PostgreSQL and MariaDB: application writers keep updating
 //! sealed rows while the migrator runs with two workers. Half of the writers seal under a
 //! stale cached KEK (the old version, as an application that has not yet seen the rotation
@@ -26,7 +33,9 @@ fn writers_during_rewrap(backend: Backend) {
     let stale = f.fresh_ring();
     let scope = KeyScope::new(SCOPE).unwrap();
     let ctx0 = FieldContext::new("patients", "email", RowId::Int(0), 1);
-    stale.seal(&scope, &ctx0, b"warm", &FieldPolicy::default()).unwrap();
+    stale
+        .seal(&scope, &ctx0, b"warm", &FieldPolicy::default())
+        .unwrap();
     f.rotate();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -34,20 +43,34 @@ fn writers_during_rewrap(backend: Backend) {
     let writers: Vec<_> = (0..2)
         .map(|w| {
             let (f, stop, last) = (Arc::clone(&f), Arc::clone(&stop), Arc::clone(&last));
-            let ring = if w == 0 { f.fresh_ring() } else { stale.clone() };
+            let ring = if w == 0 {
+                f.fresh_ring()
+            } else {
+                stale.clone()
+            };
             std::thread::spawn(move || {
                 let scope = KeyScope::new(SCOPE).unwrap();
                 let mut db = f.db();
                 let mut rng = rand::thread_rng();
                 let mut n = 0u64;
-                let sql = format!("UPDATE patients SET email = {} WHERE id = {}", db.ph(1), db.ph(2));
+                let sql = format!(
+                    "UPDATE patients SET email = {} WHERE id = {}",
+                    db.ph(1),
+                    db.ph(2)
+                );
                 while !stop.load(Ordering::Relaxed) {
                     // Hot rows spread over every chunk: one in 100.
                     let id = rng.gen_range(0..N / 100) * 100 + i64::from(w);
                     let value = format!("writer-{w}-update-{n}-of-row-{id}");
                     let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
-                    let env = ring.seal(&scope, &ctx, value.as_bytes(), &FieldPolicy::default()).unwrap();
-                    assert_eq!(db.exec(&sql, &[Bind::Bytes(Some(env)), Bind::Int(id)]).unwrap(), 1);
+                    let env = ring
+                        .seal(&scope, &ctx, value.as_bytes(), &FieldPolicy::default())
+                        .unwrap();
+                    assert_eq!(
+                        db.exec(&sql, &[Bind::Bytes(Some(env)), Bind::Int(id)])
+                            .unwrap(),
+                        1
+                    );
                     last.lock().unwrap().insert(id, value);
                     n += 1;
                 }
@@ -61,7 +84,10 @@ fn writers_during_rewrap(backend: Backend) {
     let writes: u64 = writers.into_iter().map(|h| h.join().unwrap()).sum();
     assert!(o.status.success(), "{}", stdout(&o));
     let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!(j["jobs"][0]["rows_seen"], N, "a chunk was read twice or skipped");
+    assert_eq!(
+        j["jobs"][0]["rows_seen"], N,
+        "a chunk was read twice or skipped"
+    );
     assert!(writes > 100, "the writers barely ran ({writes} writes)");
     assert!(
         j["jobs"][0]["rows_retried"].as_u64().unwrap() > 0,
@@ -70,13 +96,17 @@ fn writers_during_rewrap(backend: Backend) {
 
     let last = last.lock().unwrap().clone();
     let expected = |id: i64| last.get(&id).cloned().unwrap_or_else(|| plain(id));
-    f.assert_all_open(&expected);
+    f.assert_all_open(expected);
     // Stale writers put some rows back on v1 after the migrator passed them; a second pass
     // (the runbook's "rewrap until status shows no work") moves them, still losing nothing.
     let o = f.run(&["rewrap", "--batch-size", "500"]);
     assert!(o.status.success());
-    assert_eq!(f.versions().get(&1), None, "rows left on v1 after the second pass");
-    f.assert_all_open(&expected);
+    assert_eq!(
+        f.versions().get(&1),
+        None,
+        "rows left on v1 after the second pass"
+    );
+    f.assert_all_open(expected);
 }
 
 #[test]

@@ -62,11 +62,20 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         .targets(Some(&args.table), Some(&args.column))?
         .into_iter()
         .next()
-        .ok_or_else(|| Failure::new(Kind::Usage, "no such sealed column", "check --table/--column"))?;
+        .ok_or_else(|| {
+            Failure::new(
+                Kind::Usage,
+                "no such sealed column",
+                "check --table/--column",
+            )
+        })?;
     if args.from == c.column || args.from == t.row_id_column {
         return Err(Failure::new(
             Kind::Usage,
-            format!("--from {} must be the plaintext column, not the sealed or id column", args.from),
+            format!(
+                "--from {} must be the plaintext column, not the sealed or id column",
+                args.from
+            ),
             "name the existing plaintext column, e.g. --from email_plain",
         ));
     }
@@ -114,11 +123,18 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             let problem = match (&r.a, &r.b) {
                 (None, None) => None,
                 (Some(_), None) => None, // written sealed-only by the application (stage 2)
-                (None, Some(_)) => Some("sealed column still NULL (backfill incomplete)".to_owned()),
+                (None, Some(_)) => {
+                    Some("sealed column still NULL (backfill incomplete)".to_owned())
+                }
                 (Some(env_bytes), Some(plain)) => match OwnedRowId::parse(&t.row_id_kind, &r.id) {
                     Err(e) => Some(e.what),
                     Ok(rid) => {
-                        let ctx = FieldContext::new(&t.table, &c.column, rid.as_row_id(), t.schema_version);
+                        let ctx = FieldContext::new(
+                            &t.table,
+                            &c.column,
+                            rid.as_row_id(),
+                            t.schema_version,
+                        );
                         match ring.open(&ctx, env_bytes) {
                             Ok(p) if p.expose_secret() == plain.as_slice() => None,
                             Ok(_) => Some(
@@ -147,21 +163,34 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             break;
         }
     }
-    let drop_sql = format!("ALTER TABLE {} DROP COLUMN {};", db.q(&t.table), db.q(&args.from));
+    let drop_sql = format!(
+        "ALTER TABLE {} DROP COLUMN {};",
+        db.q(&t.table),
+        db.q(&args.from)
+    );
     if env.global.json {
         out(serde_json::to_string_pretty(&serde_json::json!({
             "table": t.table, "column": c.column, "from": args.from,
             "rows_checked": checked, "mismatches": failed_n, "failures": failed,
             "drop_statement": if failed_n == 0 { Some(&drop_sql) } else { None },
         }))
-        .map_err(|e| Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug"))?);
+        .map_err(|e| {
+            Failure::new(
+                Kind::Usage,
+                format!("cannot encode JSON: {e}"),
+                "report a bug",
+            )
+        })?);
     } else {
         out(format!(
             "verify {}.{} against {}: {checked} rows checked, {failed_n} mismatches",
             t.table, c.column, args.from
         ));
         for f in &failed {
-            out(format!("  mismatch: {}.{} row {}: {}", f.table, f.column, f.row, f.error));
+            out(format!(
+                "  mismatch: {}.{} row {}: {}",
+                f.table, f.column, f.row, f.error
+            ));
         }
     }
     if failed_n > 0 {

@@ -95,7 +95,11 @@ pub fn run_jobs(
             failed_rows: failed,
         };
         out(serde_json::to_string_pretty(&r).map_err(|e| {
-            Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug")
+            Failure::new(
+                Kind::Usage,
+                format!("cannot encode JSON: {e}"),
+                "report a bug",
+            )
         })?);
     } else {
         for s in &summaries {
@@ -115,7 +119,10 @@ pub fn run_jobs(
                 s.seconds
             ));
             for f in &s.failures {
-                out(format!("  failed: {}.{} row {}: {}", f.table, f.column, f.row, f.error));
+                out(format!(
+                    "  failed: {}.{} row {}: {}",
+                    f.table, f.column, f.row, f.error
+                ));
             }
         }
         out(format!(
@@ -136,11 +143,11 @@ pub fn run_jobs(
 
 fn estimate(env: &Env, t: &leakless::manifest::SealedTable) -> Result<u64> {
     let mut db = env.connect()?;
-    let rows: Vec<crate::db::OneInt> =
-        db.load(&format!("SELECT COUNT(*) AS n FROM {}", db.q(&t.table)), &[])?;
-    Ok(rows
-        .first()
-        .map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+    let rows: Vec<crate::db::OneInt> = db.load(
+        &format!("SELECT COUNT(*) AS n FROM {}", db.q(&t.table)),
+        &[],
+    )?;
+    Ok(rows.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
 }
 
 /// Prints a dry-run line.
@@ -152,7 +159,9 @@ pub fn dry_run_line(env: &Env, what: &str, table: &str, column: &str, rows: u64)
             serde_json::Value::from(column)
         ));
     } else {
-        out(format!("dry run: would {what} {rows} rows of {table}.{column}"));
+        out(format!(
+            "dry run: would {what} {rows} rows of {table}.{column}"
+        ));
     }
     note_once();
 }

@@ -180,7 +180,11 @@ impl From<&AuditRecord> for AuditJson {
 
 fn json(v: &impl Serialize) -> Result<()> {
     out(serde_json::to_string_pretty(v).map_err(|e| {
-        Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug")
+        Failure::new(
+            Kind::Usage,
+            format!("cannot encode JSON: {e}"),
+            "report a bug",
+        )
     })?);
     Ok(())
 }
@@ -189,7 +193,11 @@ fn scope(name: &str) -> Result<KeyScope> {
     Ok(KeyScope::new(name)?)
 }
 
-fn print_audit(env: &Env, ring_store: &dyn leakless::store::KeyStore, s: Option<&KeyScope>) -> Result<()> {
+fn print_audit(
+    env: &Env,
+    ring_store: &dyn leakless::store::KeyStore,
+    s: Option<&KeyScope>,
+) -> Result<()> {
     let log = ring_store.audit_log(s)?;
     if env.global.json {
         return json(&log.iter().map(AuditJson::from).collect::<Vec<_>>());
@@ -219,7 +227,10 @@ fn rows_using(env: &mut Env, scope: &KeyScope, version: KekVersion) -> Result<Ve
     let targets = env.targets(None, None).map_err(|e| {
         Failure::new(
             e.kind,
-            format!("destroy must first count the rows still on the version: {}", e.what),
+            format!(
+                "destroy must first count the rows still on the version: {}",
+                e.what
+            ),
             "pass --manifest PATH so every sealed column can be checked",
         )
     })?;
@@ -281,8 +292,12 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
                     r.scope.to_string(),
                     r.version.to_string(),
                     r.state.name(),
-                    r.state.grace_until().map_or_else(|| "-".to_owned(), |t| t.0.to_string()),
-                    r.wrapped.as_ref().map_or("(erased)", |w| w.root_key_id.as_str()),
+                    r.state
+                        .grace_until()
+                        .map_or_else(|| "-".to_owned(), |t| t.0.to_string()),
+                    r.wrapped
+                        .as_ref()
+                        .map_or("(erased)", |w| w.root_key_id.as_str()),
                     r.created_at.0
                 ));
             }
@@ -310,34 +325,61 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
             let old = ring
                 .versions(&s)?
                 .into_iter()
-                .filter(|r| r.version < v && matches!(r.state, KekState::Grace { .. } | KekState::Retired))
+                .filter(|r| {
+                    r.version < v && matches!(r.state, KekState::Grace { .. } | KekState::Retired)
+                })
                 .max_by_key(|r| r.version);
             done(
                 env,
                 format!(
                     "rotated {name}: {v} is active{}; run `leakless-migrate rewrap` to move rows onto it",
-                    old.map(|r| format!(", {} is {}", r.version, r.state)).unwrap_or_default()
+                    old.map(|r| format!(", {} is {}", r.version, r.state))
+                        .unwrap_or_default()
                 ),
             )
         }
-        KeysCommand::Retire { scope: name, version } => {
+        KeysCommand::Retire {
+            scope: name,
+            version,
+        } => {
             let ring = env.ring()?;
             ring.retire(&scope(name)?, *version, &who)?;
-            done(env, format!("retired {name} {version}: it opens nothing now"))
+            done(
+                env,
+                format!("retired {name} {version}: it opens nothing now"),
+            )
         }
-        KeysCommand::Reinstate { scope: name, version, grace } => {
+        KeysCommand::Reinstate {
+            scope: name,
+            version,
+            grace,
+        } => {
             let ring = env.ring()?;
             ring.reinstate(&scope(name)?, *version, *grace, &who)?;
             done(env, format!("reinstated {name} {version} into grace"))
         }
-        KeysCommand::Destroy { scope: name, version, shred } => destroy(env, name, *version, *shred),
+        KeysCommand::Destroy {
+            scope: name,
+            version,
+            shred,
+        } => destroy(env, name, *version, *shred),
         KeysCommand::ExpireGrace => {
             let ring = env.ring()?;
             let retired = ring.expire_grace(&who)?;
             let list: Vec<String> = retired.iter().map(|(s, v)| format!("{s} {v}")).collect();
-            done(env, format!("retired {} expired grace versions: {}", list.len(), list.join(", ")))
+            done(
+                env,
+                format!(
+                    "retired {} expired grace versions: {}",
+                    list.len(),
+                    list.join(", ")
+                ),
+            )
         }
-        KeysCommand::RotateRoot { new_root_key_file, generate } => {
+        KeysCommand::RotateRoot {
+            new_root_key_file,
+            generate,
+        } => {
             let ring = env.ring()?;
             let new: Box<dyn Kms> = if *generate {
                 Box::new(LocalKms::generate_key_file(new_root_key_file)?)
@@ -364,11 +406,19 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool) -> Resul
         .versions(&s)?
         .into_iter()
         .find(|r| r.version == version)
-        .ok_or_else(|| Failure::from(leakless::Error::KeyVersionNotFound { scope: s.clone(), version }))?;
+        .ok_or_else(|| {
+            Failure::from(leakless::Error::KeyVersionNotFound {
+                scope: s.clone(),
+                version,
+            })
+        })?;
     if record.state != KekState::Retired {
         return Err(Failure::new(
             Kind::Keys,
-            format!("key {name} {version} is {}, only a retired version can be destroyed", record.state),
+            format!(
+                "key {name} {version} is {}, only a retired version can be destroyed",
+                record.state
+            ),
             "rotate it away (`keys rotate`), rewrap, then `keys retire` it first",
         ));
     }
@@ -397,6 +447,13 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool) -> Resul
     ring.destroy(&s, version, &env.who())?;
     done(
         env,
-        format!("destroyed {name} {version}{}", if total > 0 { format!(" ({total} rows crypto-shredded)") } else { String::new() }),
+        format!(
+            "destroyed {name} {version}{}",
+            if total > 0 {
+                format!(" ({total} rows crypto-shredded)")
+            } else {
+                String::new()
+            }
+        ),
     )
 }

@@ -39,6 +39,12 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         }
         return Ok(());
     }
-    run_jobs(env, &Mode::Reencrypt, args.table.as_deref(), args.column.as_deref(), &args.job)
-        .map(|_| ())
+    run_jobs(
+        env,
+        &Mode::Reencrypt,
+        args.table.as_deref(),
+        args.column.as_deref(),
+        &args.job,
+    )
+    .map(|_| ())
 }

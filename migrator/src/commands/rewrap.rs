@@ -36,6 +36,12 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         }
         return Ok(());
     }
-    run_jobs(env, &Mode::Rewrap, args.table.as_deref(), args.column.as_deref(), &args.job)
-        .map(|_| ())
+    run_jobs(
+        env,
+        &Mode::Rewrap,
+        args.table.as_deref(),
+        args.column.as_deref(),
+        &args.job,
+    )
+    .map(|_| ())
 }

@@ -136,7 +136,11 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     }
     if env.global.json {
         let text = serde_json::to_string_pretty(&all).map_err(|e| {
-            Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug")
+            Failure::new(
+                Kind::Usage,
+                format!("cannot encode JSON: {e}"),
+                "report a bug",
+            )
         })?;
         out(text);
         return Ok(());

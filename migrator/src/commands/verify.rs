@@ -133,7 +133,11 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let failed: u64 = all.iter().map(|v| v.failed).sum();
     if env.global.json {
         out(serde_json::to_string_pretty(&all).map_err(|e| {
-            Failure::new(Kind::Usage, format!("cannot encode JSON: {e}"), "report a bug")
+            Failure::new(
+                Kind::Usage,
+                format!("cannot encode JSON: {e}"),
+                "report a bug",
+            )
         })?);
     } else {
         for v in &all {
@@ -142,7 +146,10 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                 v.table, v.column, v.opened, v.nulls, v.failed
             ));
             for f in &v.failures {
-                out(format!("  failed: {}.{} row {}: {}", f.table, f.column, f.row, f.error));
+                out(format!(
+                    "  failed: {}.{} row {}: {}",
+                    f.table, f.column, f.row, f.error
+                ));
             }
         }
     }

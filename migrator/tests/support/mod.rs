@@ -73,7 +73,12 @@ impl Fixture {
     }
 
     /// The same, on a given URL (e.g. a throwaway cluster).
-    pub fn on_url(backend: Backend, url: String, db: Option<TestDb>, dir: tempfile::TempDir) -> Self {
+    pub fn on_url(
+        backend: Backend,
+        url: String,
+        db: Option<TestDb>,
+        dir: tempfile::TempDir,
+    ) -> Self {
         let key_file = dir.path().join("root.key");
         let kms = LocalKms::generate_key_file(&key_file).unwrap();
         let store_url = match backend {
@@ -83,8 +88,11 @@ impl Fixture {
         let store = SqlKeyStore::connect(&store_url).unwrap();
         store.create_schema().unwrap();
         let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
-        ring.create_scope(&KeyScope::new(SCOPE).unwrap(), &AuditInfo::new("test", "fixture"))
-            .unwrap();
+        ring.create_scope(
+            &KeyScope::new(SCOPE).unwrap(),
+            &AuditInfo::new("test", "fixture"),
+        )
+        .unwrap();
         let manifest = dir.path().join("manifest.json");
         std::fs::write(
             &manifest,
@@ -135,7 +143,12 @@ impl Fixture {
             let mut binds = Vec::new();
             for id in i..end {
                 let n = values.len() * 3;
-                values.push(format!("({}, {}, {})", db.ph(n + 1), db.ph(n + 2), db.ph(n + 3)));
+                values.push(format!(
+                    "({}, {}, {})",
+                    db.ph(n + 1),
+                    db.ph(n + 2),
+                    db.ph(n + 3)
+                ));
                 binds.push(Bind::Int(id));
                 if plaintext {
                     binds.push(Bind::Bytes(None));
@@ -151,7 +164,10 @@ impl Fixture {
                 }
             }
             db.exec(
-                &format!("INSERT INTO patients (id, email, email_plain) VALUES {}", values.join(", ")),
+                &format!(
+                    "INSERT INTO patients (id, email, email_plain) VALUES {}",
+                    values.join(", ")
+                ),
                 &binds,
             )
             .unwrap();
@@ -162,9 +178,14 @@ impl Fixture {
     /// Every (id, email) in id order.
     pub fn rows(&self) -> Vec<(i64, Option<Vec<u8>>)> {
         let mut db = self.db();
-        let sql = format!("SELECT {} AS id, email AS val FROM patients ORDER BY id", db.id_text("int", "id"));
+        let sql = format!(
+            "SELECT {} AS id, email AS val FROM patients ORDER BY id",
+            db.id_text("int", "id")
+        );
         let rows: Vec<IdBytes> = db.load(&sql, &[]).unwrap();
-        rows.into_iter().map(|r| (r.id.parse().unwrap(), r.val)).collect()
+        rows.into_iter()
+            .map(|r| (r.id.parse().unwrap(), r.val))
+            .collect()
     }
 
     /// How many rows sit on each KEK version (by envelope header).
@@ -187,8 +208,13 @@ impl Fixture {
         for (id, v) in rows {
             let v = v.unwrap_or_else(|| panic!("row {id} has no envelope"));
             let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
-            let p = ring.open(&ctx, &v).unwrap_or_else(|e| panic!("row {id}: {e}"));
-            assert!(p.expose_secret() == expected(id).as_bytes(), "row {id} opens to another value");
+            let p = ring
+                .open(&ctx, &v)
+                .unwrap_or_else(|e| panic!("row {id}: {e}"));
+            assert!(
+                p.expose_secret() == expected(id).as_bytes(),
+                "row {id} opens to another value"
+            );
         }
     }
 
@@ -211,7 +237,11 @@ impl Fixture {
         let sql = format!(
             "SELECT CAST(COALESCE(SUM(rows_changed), 0) AS {}) AS n FROM leakless_migrate_chunk \
              WHERE job = {} AND done = 1",
-            if self.backend == Backend::Mysql { "SIGNED" } else { "BIGINT" },
+            if self.backend == Backend::Mysql {
+                "SIGNED"
+            } else {
+                "BIGINT"
+            },
             db.ph(1)
         );
         let r: Vec<OneInt> = db.load(&sql, &[Bind::Text(Some(job.to_owned()))]).unwrap();
