@@ -171,3 +171,27 @@ fn a_key_store_without_its_root_key_is_refused() {
     assert!(stderr.contains("no root key file"), "{stderr}");
     assert!(stderr.contains("hint:"), "{stderr}");
 }
+
+#[test]
+fn export_manifest_writes_the_models_sealed_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("manifest.json");
+    let out = quickstart(&["--export-manifest".as_ref(), path.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    let m = leakless::manifest::SchemaManifest::read_file(&path).unwrap();
+    assert_eq!(m.tables.len(), 1);
+    let t = &m.tables[0];
+    assert_eq!((t.table.as_str(), t.schema_version), ("patients", 1));
+    let columns: Vec<_> = t.columns.iter().map(|c| c.column.as_str()).collect();
+    assert_eq!(columns, ["address", "email", "gps", "transcript"]);
+    let bidx = t.columns[1].blind_index.as_ref().unwrap();
+    assert_eq!(
+        (bidx.column.as_str(), bidx.scope.as_str()),
+        ("email_bidx", "bidx")
+    );
+    // Nothing else was done: no demo files, no database.
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("[setup]"));
+
+    let missing = quickstart(&["--export-manifest".as_ref()]);
+    assert!(!missing.status.success());
+}

@@ -93,12 +93,9 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
             }
             Some("--keep") => args.keep = true,
             Some("-h" | "--help") => args.help = true,
-            _ => {
-                return Err(usage(&format!(
-                    "unknown argument {:?}",
-                    arg.to_string_lossy()
-                )));
-            }
+            // Not echoed: if someone put a secret on the command line, the output will not
+            // repeat it.
+            _ => return Err(usage("unknown argument")),
         }
     }
     Ok(args)

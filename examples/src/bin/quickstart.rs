@@ -15,6 +15,10 @@
 //! cargo run --release -p leakless-examples --bin quickstart [-- --dir PATH]
 //! ```
 //!
+//! `--export-manifest PATH` instead writes the schema manifest of the `Patient` model (which
+//! columns are sealed, under which scope, AEAD and schema version) to PATH as JSON, for the
+//! migrator and the leak tests, and stops.
+//!
 //! With `--dir` the files stay in PATH (created if missing; the root key and key store there
 //! are reused on the next run, the demo database is replaced); without it they live in a
 //! temporary folder that is removed at exit. The output holds counts, lengths, key versions,
@@ -282,7 +286,7 @@ impl Workspace {
     }
 }
 
-const USAGE: &str = "usage: quickstart [--dir PATH]";
+const USAGE: &str = "usage: quickstart [--dir PATH] | quickstart --export-manifest PATH";
 
 /// What the command line asked for.
 enum Args {
@@ -290,6 +294,8 @@ enum Args {
     Help,
     /// Run the demo, in this folder if given.
     Run(Option<PathBuf>),
+    /// Write the schema manifest of the demo's model to this file and stop.
+    ExportManifest(PathBuf),
 }
 
 fn parse_args() -> Result<Args, Box<dyn Error>> {
@@ -301,6 +307,10 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
                 Some(path) if dir.is_none() => dir = Some(PathBuf::from(path)),
                 Some(_) => return Err(fail("--dir given twice", USAGE)),
                 None => return Err(fail("--dir needs a folder path", USAGE)),
+            },
+            Some("--export-manifest") => match args.next() {
+                Some(path) => return Ok(Args::ExportManifest(PathBuf::from(path))),
+                None => return Err(fail("--export-manifest needs a file path", USAGE)),
             },
             Some("-h" | "--help") => return Ok(Args::Help),
             // The argument itself is not echoed: command lines are no place for secrets, but
@@ -318,6 +328,16 @@ fn run() -> Result<(), Box<dyn Error>> {
         Args::Help => {
             say!("{USAGE}");
             say!("  --dir PATH  keep the demo's files in PATH (created if missing)");
+            say!(
+                "  --export-manifest PATH  write the schema manifest (sealed tables and columns, \
+                 as JSON for the migrator and leak tests) to PATH and stop"
+            );
+            return Ok(());
+        }
+        Args::ExportManifest(path) => {
+            leakless::manifest::SchemaManifest::from_tables([Patient::manifest()])
+                .write_file(&path)?;
+            say!("schema manifest written to {}", path.display());
             return Ok(());
         }
         Args::Run(dir) => dir,
