@@ -19,6 +19,8 @@
 //! another scope or version fails to unwrap.
 
 mod local;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 pub mod retry;
 #[cfg(any(feature = "vault", feature = "aws-kms"))]
 mod rewrap;
@@ -30,6 +32,8 @@ pub mod aws;
 pub mod tpm;
 
 pub use local::{LocalKms, ROOT_KEY_ENV};
+#[cfg(feature = "pkcs11")]
+pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Kms, Pkcs11Token};
 pub use retry::{RetryCounts, RetryPolicy};
 #[cfg(feature = "aws-kms")]
 pub use aws::{AwsCredentials, AwsKms, AwsKmsConfig};
