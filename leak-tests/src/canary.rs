@@ -308,6 +308,8 @@ const WORDS: [&str; 24] = [
     "swims",
 ];
 
+const TOKEN: &[u8] = b"abcdefghjkmnpqrstvwxyz23456789";
+
 /// The transcript length, in bytes, of generated transcript canaries (several detection
 /// windows long, and long enough to be TOASTed and compressed by PostgreSQL).
 pub const GENERATED_TRANSCRIPT_LEN: usize = 2600;
@@ -370,7 +372,8 @@ impl CanarySet {
 
     /// Generates `rows` canaries for every sealed column of `manifest`, shaped by the column's
     /// name: `gps`/`location`/`position`/`coord*` get GPS points, `transcript`/`notes`/`body`/
-    /// `text` get transcripts of [`GENERATED_TRANSCRIPT_LEN`] bytes, `bytes` columns get random
+    /// `text` get transcripts of [`GENERATED_TRANSCRIPT_LEN`] bytes (words interleaved with random
+    /// tokens, so that every window is unique to the canary), `bytes` columns get random
     /// bytes, and every other column a text value (an address-like line, an e-mail address for
     /// `*mail*`). Ids read `table.column#row`.
     ///
@@ -450,11 +453,22 @@ pub fn generate(id: &str, column: &str, encoding: &str) -> Canary {
         .iter()
         .any(|k| col.contains(k))
     {
+        // Every second word is followed by a random reading (`q7x4k`), so that every window
+        // of the detection length is unique to this canary, not a phrase any text may share.
         let mut s = format!("Consultation {marker}: ");
+        let mut n = 0u32;
         while s.len() < GENERATED_TRANSCRIPT_LEN {
             s.push_str(pick(&WORDS, &mut rng));
             s.push(' ');
-            if rng.gen_range(0..9) == 0 {
+            n += 1;
+            if n % 2 == 0 {
+                for _ in 0..5 {
+                    let i = rng.gen_range(0..TOKEN.len());
+                    s.push(char::from(TOKEN.get(i).copied().unwrap_or(b'x')));
+                }
+                s.push_str(if rng.gen_range(0..6) == 0 { ". " } else { " " });
+            }
+            if rng.gen_range(0..40) == 0 {
                 s.push_str(&marker);
                 s.push_str(". ");
             }
