@@ -1,0 +1,94 @@
+//! The leak suite on MariaDB, on a throwaway server the harness starts itself (binary log in
+//! ROW format, general query log on): the sealed `Patient` app writes its canaries through
+//! diesel (with a unique-violation error case), a leaky control table holds the controls in
+//! plaintext, and `mysqldump`, the binary log, the general query log and the data directory
+//! must each show every control and no canary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "tests"
+)]
+
+mod support;
+
+use diesel::mysql::MysqlConnection;
+use diesel::prelude::*;
+use leakless::Sealed;
+use leakless_leaktest::LeakCheck;
+use leakless_leaktest::fixture::MariaServer;
+use support::{Patient, assert_clean, fixture, lit, patients};
+
+#[test]
+fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() {
+    let fx = fixture();
+    let my = MariaServer::start().unwrap();
+    my.sql(
+        "",
+        "CREATE DATABASE app;
+         USE app;
+         CREATE TABLE patients (
+            id VARCHAR(64) PRIMARY KEY, name TEXT NOT NULL, address BLOB NOT NULL,
+            email BLOB NOT NULL, email_bidx VARBINARY(64) NOT NULL UNIQUE, gps BLOB NOT NULL,
+            transcript MEDIUMBLOB);
+         CREATE TABLE leaky_control (
+            id INT AUTO_INCREMENT PRIMARY KEY, address VARCHAR(200) UNIQUE, gps TEXT,
+            notes MEDIUMTEXT);",
+    )
+    .unwrap();
+
+    let mut conn = MysqlConnection::establish(&my.url_for("app")).unwrap();
+    let ring = support::ring();
+    let rows = Patient::seal_rows(&fx.patients, &ring).unwrap();
+    diesel::insert_into(patients::table)
+        .values(&rows)
+        .execute(&mut conn)
+        .unwrap();
+    let mut dup = rows[0].clone();
+    dup.id = "duplicate".into();
+    let err = diesel::insert_into(patients::table)
+        .values(&dup)
+        .execute(&mut conn)
+        .unwrap_err();
+    assert!(err.to_string().contains("Duplicate"), "{err}");
+    drop(conn);
+
+    let c = &fx.controls;
+    my.sql(
+        "app",
+        &format!(
+            "INSERT INTO leaky_control (address, gps, notes) VALUES ({}, {}, {});",
+            lit(c.addr_text()),
+            lit(&c.gps_wkt()),
+            lit(c.pglz.text_value().unwrap())
+        ),
+    )
+    .unwrap();
+    my.flush_logs().unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let dump = out.path().join("app.sql");
+    my.dump("app", &dump).unwrap();
+
+    let mut check = LeakCheck::new(fx.set.clone()).unwrap();
+    let ids = [c.addr.id.as_str(), &c.gps.id, &c.pglz.id];
+    let binlogs = my.binlogs();
+    assert!(!binlogs.is_empty(), "no binary log in {}", my.data_dir().display());
+    for id in ids {
+        for ch in ["mariadb/mysqldump", "mariadb/binlog", "mariadb/general-log", "mariadb/data-dir"] {
+            check.expect_control(ch, id);
+        }
+    }
+    check.scan_path("mariadb/mysqldump", &dump);
+    for b in &binlogs {
+        check.scan_path("mariadb/binlog", b);
+    }
+    check.scan_path("mariadb/general-log", &my.general_log_path());
+    check.scan_path("mariadb/data-dir", &my.data_dir());
+    let report = check.report();
+    assert_clean(&report);
+    // The general log saw the app's statements (binary parameters, not plaintext).
+    let log = std::fs::read(my.general_log_path()).unwrap();
+    assert!(log.windows(19).any(|w| w == b"INSERT INTO `patien"));
+}
