@@ -21,6 +21,8 @@
 mod local;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+#[cfg(feature = "shamir")]
+pub mod shamir;
 pub mod retry;
 #[cfg(any(feature = "vault", feature = "aws-kms"))]
 mod rewrap;
