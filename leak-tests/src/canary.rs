@@ -461,7 +461,7 @@ pub fn generate(id: &str, column: &str, encoding: &str) -> Canary {
             s.push_str(pick(&WORDS, &mut rng));
             s.push(' ');
             n += 1;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 for _ in 0..5 {
                     let i = rng.gen_range(0..TOKEN.len());
                     s.push(char::from(TOKEN.get(i).copied().unwrap_or(b'x')));

@@ -134,8 +134,8 @@ fn transcript(marker: &str, len: usize) -> String {
         x ^= x >> 17;
         x ^= x << 5;
         s.push_str(words[usize::try_from(x).unwrap() % words.len()]);
-        s.push(if x % 11 == 0 { '.' } else { ' ' });
-        if x % 37 == 0 {
+        s.push(if x.is_multiple_of(11) { '.' } else { ' ' });
+        if x.is_multiple_of(37) {
             s.push_str(&format!(" {} ", x % 1000));
         }
     }
