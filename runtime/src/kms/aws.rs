@@ -47,7 +47,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::keyring::{AuditInfo, WrappedKek};
-use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats};
+use crate::kms::retry::{Attempt, Failure, FailureKind, RetryCounts, RetryPolicy, RetryStats};
 use crate::kms::rewrap::rewrap_store_records;
 use crate::kms::{KekBinding, Kms};
 use crate::redact::redact_url;
@@ -501,6 +501,19 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestLimitExceeded",
 ];
 
+/// How a KMS service error is treated, from its error code and HTTP status.
+fn classify_service(code: &str, status: Option<u16>) -> FailureKind {
+    if THROTTLING_CODES.contains(&code) || status == Some(429) {
+        FailureKind::Throttled
+    } else if TRANSIENT_CODES.contains(&code)
+        || status.is_some_and(|s| (500..=599).contains(&s) && s != 501)
+    {
+        FailureKind::Transient
+    } else {
+        FailureKind::Permanent
+    }
+}
+
 fn classify<E>(e: &SdkError<E>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -515,14 +528,10 @@ where
                 status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(),
                 err.message().unwrap_or("no message")
             ));
-            if THROTTLING_CODES.contains(&code) || status == Some(429) {
-                Failure::throttled(detail)
-            } else if TRANSIENT_CODES.contains(&code)
-                || status.is_some_and(|s| (500..=599).contains(&s) && s != 501)
-            {
-                Failure::transient(detail)
-            } else {
-                Failure::permanent(detail)
+            match classify_service(code, status) {
+                FailureKind::Throttled => Failure::throttled(detail),
+                FailureKind::Transient => Failure::transient(detail),
+                FailureKind::Permanent => Failure::permanent(detail),
             }
         }
         SdkError::TimeoutError(_) => Failure::transient("KMS did not answer in time"),
@@ -539,8 +548,8 @@ where
                 status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
             ));
             match status.map(crate::kms::retry::classify_http_status) {
-                Some(crate::kms::retry::FailureKind::Permanent) => Failure::permanent(detail),
-                Some(crate::kms::retry::FailureKind::Throttled) => Failure::throttled(detail),
+                Some(FailureKind::Permanent) => Failure::permanent(detail),
+                Some(FailureKind::Throttled) => Failure::throttled(detail),
                 _ => Failure::transient(detail),
             }
         }
@@ -646,5 +655,75 @@ impl Kms for AwsKms {
                 binding.scope, binding.version
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_errors_are_classified() {
+        // AWS KMS throttles with ThrottlingException (HTTP 400), sometimes plain 429.
+        assert_eq!(
+            classify_service("ThrottlingException", Some(400)),
+            FailureKind::Throttled
+        );
+        assert_eq!(
+            classify_service("Whatever", Some(429)),
+            FailureKind::Throttled
+        );
+        for code in [
+            "KMSInternalException",
+            "DependencyTimeoutException",
+            "KeyUnavailableException",
+        ] {
+            assert_eq!(
+                classify_service(code, Some(400)),
+                FailureKind::Transient,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify_service("InternalError", Some(503)),
+            FailureKind::Transient
+        );
+        for code in [
+            "InvalidCiphertextException",
+            "IncorrectKeyException",
+            "NotFoundException",
+            "DisabledException",
+            "AccessDeniedException",
+            "KMSInvalidStateException",
+            "UnrecognizedClientException",
+        ] {
+            assert_eq!(
+                classify_service(code, Some(400)),
+                FailureKind::Permanent,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn details_are_one_short_line() {
+        let long = format!("a\nb{}", "x".repeat(1000));
+        let short = shorten(&long);
+        assert!(!short.contains('\n'));
+        assert!(short.len() <= MAX_DETAIL + 3);
+    }
+
+    #[test]
+    fn static_credentials_are_redacted() {
+        let creds = AwsCredentials::Static {
+            access_key_id: "AKIAEXAMPLE".into(),
+            secret_access_key: Zeroizing::new("super-secret-value".into()),
+            session_token: None,
+        };
+        let shown = format!("{creds:?}");
+        assert!(
+            !shown.contains("super-secret") && !shown.contains("AKIAEXAMPLE"),
+            "{shown}"
+        );
     }
 }
