@@ -1,0 +1,270 @@
+//! The PKCS#11 backend's costs (SoftHSM2) against the local backend, measured in the same run,
+//! as one median table:
+//!
+//! * `open backend`: [`Pkcs11Kms::open`] on a module that is already loaded and a token that
+//!   is already logged in (find the key by label, check its protection attributes) against
+//!   [`LocalKms::from_key_file`];
+//! * `wrap KEK` / `unwrap KEK`: one [`Kms::wrap_kek`] / [`Kms::unwrap_kek`] call, the
+//!   backend's own cost (AES-256-GCM on the token);
+//! * `cold KEK fetch + open 100 B`: opening one field right after the KEK cache was cleared
+//!   (one `unwrap_kek` through the backend, then the field);
+//! * `seal` / `open` (warm cache): [`KeyRing::seal`] / [`KeyRing::open`] of a 100 B field,
+//!   which never reach the backend and so should match the local backend within noise.
+//!
+//! Every sample times the local and the PKCS#11 op back to back, alternating which goes first,
+//! so noise from the shared machine hits both. The ratio column is the median of per-sample
+//! ratios.
+//!
+//! Needs the variables of `scripts/services/softhsm start DIR --owner-pid $$`.
+//! `cargo bench -p leakless --features pkcs11 --bench kms_pkcs11` runs the full measurement;
+//! `LEAKLESS_BENCH_SAMPLES=N` sets the sample count (default 501; the open-backend row takes a
+//! tenth of it). Without `--bench` (as `cargo test --benches` runs it) it makes a short smoke
+//! pass.
+
+#![allow(
+    clippy::print_stdout,
+    reason = "a bench binary's job is to print its table"
+)]
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a bench setup failure should stop the bench with its message"
+)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use leakless::keyring::{KekVersion, KeyScope};
+use leakless::kms::{KekBinding, Kms, LocalKms, PinSource, Pkcs11Config, Pkcs11Kms};
+use leakless::secret::Kek;
+use leakless::store::MemoryKeyStore;
+use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, RowId};
+
+fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: this benchmark needs SoftHSM2: run `scripts/services/softhsm \
+             start DIR --owner-pid $$` and export the lines it prints"
+        )
+    })
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let samples = std::env::var("LEAKLESS_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(if full { 501 } else { 5 });
+    let cold_samples = (samples / 10).max(3);
+    env("SOFTHSM2_CONF");
+    let config = Pkcs11Config {
+        module: PathBuf::from(env("LEAKLESS_PKCS11_MODULE")),
+        token_label: env("LEAKLESS_PKCS11_TOKEN"),
+        key_label: format!("bench-{:016x}", rand::random::<u64>()),
+        pin: PinSource::File(PathBuf::from(env("LEAKLESS_PKCS11_PIN_FILE"))),
+    };
+    let create_start = Instant::now();
+    let pkcs11 = Arc::new(Pkcs11Kms::create(&config).expect("create a root key on the token"));
+    let create_time = create_start.elapsed().as_secs_f64() * 1e9;
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let local_path = dir.path().join("root.key");
+    let local = Arc::new(LocalKms::generate_key_file(&local_path).expect("local key file"));
+
+    println!(
+        "leakless PKCS#11 backend benchmark ({}, token {}), medians",
+        config.module.display(),
+        config.token_label
+    );
+    if !full {
+        println!("smoke run (no --bench): checks that every op works; the timings mean nothing");
+    }
+    println!(
+        "Pkcs11Kms::create (load module, log in, generate the key), once: {}",
+        human(create_time)
+    );
+    println!();
+    println!(
+        "{:<34} {:>8} {:>12} {:>12} {:>8}",
+        "operation", "samples", "local", "pkcs11", "p11/local"
+    );
+
+    let (l, p, r) = paired(
+        cold_samples,
+        || {
+            black_box(LocalKms::from_key_file(&local_path).expect("local open"));
+        },
+        || {
+            black_box(Pkcs11Kms::open(&config).expect("pkcs11 open"));
+        },
+    );
+    row("open backend (token logged in)", cold_samples, l, p, r);
+
+    let bind_scope = KeyScope::new("bench").expect("scope");
+    let binding = KekBinding {
+        scope: &bind_scope,
+        version: KekVersion::FIRST,
+    };
+    let kek = Kek::generate();
+    let (l, p, r) = paired(
+        samples,
+        || {
+            black_box(local.wrap_kek(&kek, &binding).expect("local wrap"));
+        },
+        || {
+            black_box(pkcs11.wrap_kek(&kek, &binding).expect("pkcs11 wrap"));
+        },
+    );
+    row("wrap KEK", samples, l, p, r);
+    let local_wrapped = local.wrap_kek(&kek, &binding).expect("local wrap");
+    let p11_wrapped = pkcs11.wrap_kek(&kek, &binding).expect("pkcs11 wrap");
+    let (l, p, r) = paired(
+        samples,
+        || {
+            black_box(local.unwrap_kek(&local_wrapped, &binding).expect("unwrap"));
+        },
+        || {
+            black_box(pkcs11.unwrap_kek(&p11_wrapped, &binding).expect("unwrap"));
+        },
+    );
+    row("unwrap KEK", samples, l, p, r);
+
+    let scope = KeyScope::new("patients").expect("scope");
+    let ctx = FieldContext::new("patients", "address", RowId::Int(42), 1);
+    let policy = FieldPolicy::default();
+    let plaintext = [0x5a_u8; 100];
+    let local_ring = ring(local.clone(), &scope);
+    let p11_ring = ring(pkcs11.clone(), &scope);
+    let local_env = local_ring
+        .seal(&scope, &ctx, &plaintext, &policy)
+        .expect("local seal");
+    let p11_env = p11_ring
+        .seal(&scope, &ctx, &plaintext, &policy)
+        .expect("pkcs11 seal");
+
+    let unwraps_before = p11_ring.kms_calls().unwraps;
+    let (l, p, r) = paired(
+        samples,
+        || {
+            local_ring.cache().clear();
+            black_box(local_ring.open(&ctx, &local_env).expect("local open"));
+        },
+        || {
+            p11_ring.cache().clear();
+            black_box(p11_ring.open(&ctx, &p11_env).expect("pkcs11 open"));
+        },
+    );
+    let cold_unwraps = p11_ring.kms_calls().unwraps - unwraps_before;
+    row("cold KEK fetch + open 100 B", samples, l, p, r);
+
+    // Warm the caches again, then count that the steady state never calls the backend.
+    black_box(local_ring.open(&ctx, &local_env).expect("local open"));
+    black_box(p11_ring.open(&ctx, &p11_env).expect("pkcs11 open"));
+    let unwraps_before = p11_ring.kms_calls().unwraps;
+    let (l, p, r) = paired_batched(
+        samples,
+        || {
+            let s = local_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
+            black_box(s.expect("local seal"));
+        },
+        || {
+            let s = p11_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
+            black_box(s.expect("pkcs11 seal"));
+        },
+    );
+    row("seal 100 B (warm cache)", samples, l, p, r);
+    let (l, p, r) = paired_batched(
+        samples,
+        || {
+            black_box(local_ring.open(&ctx, black_box(&local_env)).expect("open"));
+        },
+        || {
+            black_box(p11_ring.open(&ctx, black_box(&p11_env)).expect("open"));
+        },
+    );
+    row("open 100 B (warm cache)", samples, l, p, r);
+    let warm_unwraps = p11_ring.kms_calls().unwraps - unwraps_before;
+
+    println!();
+    println!(
+        "PKCS#11 backend unwrap_kek calls through the ring: {cold_unwraps} in the cold row (one \
+         per cleared cache), {warm_unwraps} in the warm rows"
+    );
+    assert_eq!(warm_unwraps, 0, "a warm cache never calls the backend");
+}
+
+fn ring(kms: Arc<dyn Kms>, scope: &KeyScope) -> KeyRing {
+    let ring = KeyRing::builder(kms, Arc::new(MemoryKeyStore::new())).build();
+    ring.create_scope(scope, &AuditInfo::new("bench", "PKCS#11 benchmark"))
+        .expect("create scope");
+    ring
+}
+
+fn row(name: &str, samples: usize, local: f64, pkcs11: f64, ratio: f64) {
+    println!(
+        "{name:<34} {samples:>8} {:>12} {:>12} {ratio:>8.2}x",
+        human(local),
+        human(pkcs11)
+    );
+}
+
+fn human(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} us", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn time_batch(n: u32, mut op: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..n {
+        op();
+    }
+    start.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+}
+
+/// Times one call of each op per sample, alternating which goes first. Returns (local median,
+/// PKCS#11 median, median of per-sample PKCS#11/local ratios).
+fn paired(samples: usize, base: impl FnMut(), measured: impl FnMut()) -> (f64, f64, f64) {
+    paired_n(samples, 1, base, measured)
+}
+
+/// Like [`paired`], with each sample a batch of 200 calls (for sub-microsecond ops).
+fn paired_batched(samples: usize, base: impl FnMut(), measured: impl FnMut()) -> (f64, f64, f64) {
+    paired_n(samples, 200, base, measured)
+}
+
+fn paired_n(
+    samples: usize,
+    n: u32,
+    mut base: impl FnMut(),
+    mut measured: impl FnMut(),
+) -> (f64, f64, f64) {
+    // One untimed round of each first: sessions, caches and lazy statics.
+    base();
+    measured();
+    let (mut b, mut m, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..samples {
+        let (tb, tm) = if i % 2 == 0 {
+            let tb = time_batch(n, &mut base);
+            (tb, time_batch(n, &mut measured))
+        } else {
+            let tm = time_batch(n, &mut measured);
+            (time_batch(n, &mut base), tm)
+        };
+        b.push(tb);
+        m.push(tm);
+        r.push(tm / tb);
+    }
+    (median(&mut b), median(&mut m), median(&mut r))
+}
