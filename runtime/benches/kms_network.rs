@@ -23,6 +23,7 @@
 )]
 #![allow(
     clippy::expect_used,
+    clippy::panic,
     reason = "a bench setup failure should stop the bench with its message"
 )]
 
