@@ -465,3 +465,32 @@ mod on_tokens {
         }
     }
 }
+
+#[test]
+fn root_key_files_are_read_and_restored_with_the_local_backend_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.key");
+    let kms = LocalKms::generate_key_file(&path).unwrap();
+    let root = shamir::read_root_key_file(&path).unwrap();
+    assert_eq!(key_id(&root), kms.root_key_id());
+    // Split, combine, restore to a new file: the local backend reads the same key from it.
+    let shares = shamir::split(&root, 2, 3).unwrap();
+    let rebuilt = shamir::combine(&reparse(&[&shares[2], &shares[0]])).unwrap();
+    let restored = dir.path().join("restored.key");
+    shamir::write_root_key_file(&restored, &rebuilt).unwrap();
+    assert_eq!(
+        fs::metadata(&restored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        LocalKms::from_key_file(&restored).unwrap().root_key_id(),
+        kms.root_key_id()
+    );
+    assert!(shamir::write_root_key_file(&restored, &rebuilt).is_err());
+    // A loose key file is refused, as by LocalKms.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(matches!(
+        shamir::read_root_key_file(&path),
+        Err(leakless::Error::KeyFile { .. })
+    ));
+}

@@ -716,6 +716,88 @@ pub fn write_shares(dir: &Path, shares: &[Share]) -> Result<Vec<PathBuf>, Shamir
     Ok(paths)
 }
 
+/// Reads a local root key file for splitting, with exactly the rules of
+/// [`LocalKms::from_key_file`] (32 raw bytes or 64 hex digits, mode `0600` or stricter).
+///
+/// # Errors
+/// [`crate::Error::KeyFile`] as [`LocalKms::from_key_file`].
+pub fn read_root_key_file(path: &Path) -> Result<RootKey, crate::Error> {
+    let kms = LocalKms::from_key_file(path)?;
+    let raw = Zeroizing::new(fs::read(path).map_err(|e| crate::Error::KeyFile {
+        path: path.to_path_buf(),
+        problem: format!("cannot read it: {e}"),
+    })?);
+    let root = parse_root_key(&raw).ok_or_else(|| crate::Error::KeyFile {
+        path: path.to_path_buf(),
+        problem: "must hold exactly 32 raw bytes or 64 hex digits".into(),
+    })?;
+    // Same key as the backend read: the id is a one-way function of the key.
+    if key_id_of(&root) != kms.root_key_id() {
+        return Err(crate::Error::KeyFile {
+            path: path.to_path_buf(),
+            problem: "changed while it was being read; try again".into(),
+        });
+    }
+    Ok(root)
+}
+
+/// Reads a local root key from the environment variable `var` (64 hex digits), as
+/// [`LocalKms::from_env`] does.
+///
+/// # Errors
+/// [`crate::Error::Kms`] as [`LocalKms::from_env`].
+pub fn read_root_key_env(var: &str) -> Result<RootKey, crate::Error> {
+    let kms = LocalKms::from_env(var)?;
+    let value = Zeroizing::new(std::env::var(var).unwrap_or_default());
+    let root = parse_root_key(value.trim().as_bytes())
+        .filter(|r| key_id_of(r) == kms.root_key_id())
+        .ok_or_else(|| crate::Error::Kms {
+            backend: "local",
+            operation: "load root key",
+            detail: format!("environment variable {var} changed while it was being read"),
+        })?;
+    Ok(root)
+}
+
+/// Writes `root` to a new file at `path` as 64 hex digits with mode `0600` (the format
+/// [`LocalKms::from_key_file`] reads). Refuses to overwrite. For recovery after
+/// [`combine`]: the file is a full copy of the key, so keep it only as long as needed.
+///
+/// # Errors
+/// [`crate::Error::KeyFile`] when the file exists or cannot be written.
+pub fn write_root_key_file(path: &Path, root: &RootKey) -> Result<(), crate::Error> {
+    let key_err = |problem: String| crate::Error::KeyFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut hexed = Zeroizing::new(hex::encode(root.expose_secret()));
+    hexed.push('\n');
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts
+        .open(path)
+        .map_err(|e| key_err(format!("cannot create it (it must not exist yet): {e}")))?;
+    file.write_all(hexed.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| key_err(format!("cannot write it: {e}")))
+}
+
+fn parse_root_key(raw: &[u8]) -> Option<RootKey> {
+    if raw.len() == KEY_LEN {
+        return RootKey::try_from_slice(raw);
+    }
+    let trimmed = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+    let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+    hex::decode_to_slice(trimmed, &mut *bytes).ok()?;
+    Some(RootKey::from_bytes(*bytes))
+}
+
 #[cfg(feature = "pkcs11")]
 mod token {
     use super::{ShamirError, Share, TOKEN_LABEL_PREFIX};
