@@ -148,7 +148,8 @@ fn main() {
             &workers,
         ],
     );
-    db.batch("ALTER TABLE bench DROP COLUMN email_plain").unwrap();
+    db.batch("ALTER TABLE bench DROP COLUMN email_plain")
+        .unwrap();
     db.batch("VACUUM FULL ANALYZE bench").unwrap();
 
     let (mut base, mut rew, mut rss, mut unwraps) =

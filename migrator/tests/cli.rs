@@ -1,0 +1,147 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "tests"
+)]
+//! CLI snapshots (help, errors, status output) and exit codes of `leakless-migrate`.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+
+use support::{Backend, Fixture, stderr, stdout};
+
+fn bare() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
+    for v in [
+        "LEAKLESS_DATABASE_URL",
+        "LEAKLESS_KEY_STORE",
+        "LEAKLESS_ROOT_KEY_FILE",
+        "LEAKLESS_ROOT_KEY",
+        "LEAKLESS_MANIFEST",
+        "LEAKLESS_ACTOR",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("COLUMNS", "100").stdin(Stdio::null());
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bare().args(args).output().unwrap()
+}
+
+#[test]
+fn help_snapshots() {
+    for (name, args) in [
+        ("help", vec!["--help"]),
+        ("keys_help", vec!["keys", "--help"]),
+        ("rewrap_help", vec!["rewrap", "--help"]),
+        ("destroy_help", vec!["keys", "destroy", "--help"]),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{name}");
+        insta::assert_snapshot!(name, stdout(&o));
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = run(&["rewrap", "--workers", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&["keys", "rotate", "s", "--grace", "7 weeks"]);
+    assert_eq!(o.status.code(), Some(2));
+    insta::assert_snapshot!("bad_grace", stderr(&o));
+    let o = run(&["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    insta::assert_snapshot!("no_manifest", stderr(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.json");
+    std::fs::write(&m, r#"{"format": 1, "tables": [{"table": "t"}]}"#).unwrap();
+    let o = run(&[
+        "status",
+        "--manifest",
+        m.to_str().unwrap(),
+        "--database-url",
+        "x.db",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("error: manifest ") && e.contains("missing field"),
+        "{e}"
+    );
+    assert!(e.contains("\nhelp: "), "{e}");
+}
+
+#[test]
+fn key_errors_exit_3_and_database_errors_exit_4_without_the_password() {
+    let o = run(&[
+        "keys",
+        "create-scope",
+        "s",
+        "--database-url",
+        "/nonexistent-dir/x.db",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    insta::assert_snapshot!("no_root_key", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    leakless::kms::LocalKms::generate_key_file(&key).unwrap();
+    let m = dir.path().join("m.json");
+    std::fs::write(
+        &m,
+        r#"{"format": 1, "tables": [{"table": "t", "row_id_column": "id", "row_id_kind": "int",
+           "schema_version": 1, "scope": {"kind": "static", "scope": "s"},
+           "columns": [{"column": "c", "algorithm": "xchacha20poly1305", "encoding": "string",
+           "nullable": false, "blind_index": null}]}]}"#,
+    )
+    .unwrap();
+    // A planted password must be detectable in raw output...
+    let url = "postgres://app:hunter2-secret@127.0.0.1:1/app";
+    assert!(format!("{url}").contains("hunter2-secret"));
+    // ...and never appear in the migrator's.
+    let o = run(&[
+        "rewrap",
+        "--database-url",
+        url,
+        "--key-store",
+        &format!("file:{}", dir.path().join("keys.json").display()),
+        "--root-key-file",
+        key.to_str().unwrap(),
+        "--manifest",
+        m.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("hunter2"), "password printed: {all}");
+    assert!(all.contains("postgres://app:***@127.0.0.1:1/app"), "{all}");
+    assert!(all.contains("\nhelp: "), "{all}");
+}
+
+#[test]
+fn status_snapshot_and_exit_codes_on_sqlite() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 300, false);
+    f.rotate();
+    f.seed(300, 400, false);
+    f.seed(400, 450, true);
+    let o = f.run(&["status"]);
+    assert_eq!(o.status.code(), Some(0));
+    insta::assert_snapshot!("status", stdout(&o));
+    // Unknown column: exit 2 naming what exists.
+    let o = f.run(&["status", "--table", "patients", "--column", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    insta::assert_snapshot!("unknown_column", stderr(&o));
+    // Destroy refusal: wrong state (exit 3), then rows still on it (exit 1).
+    let o = f.run(&["keys", "destroy", "patients", "v1", "--yes"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(f.run(&["keys", "retire", "patients", "1"]).status.success());
+    let o = f.run(&["keys", "destroy", "patients", "v1", "--yes"]);
+    assert_eq!(o.status.code(), Some(1));
+    insta::assert_snapshot!("destroy_refused", stderr(&o));
+}
