@@ -103,7 +103,7 @@ fn key_errors_exit_3_and_database_errors_exit_4_without_the_password() {
     .unwrap();
     // A planted password must be detectable in raw output...
     let url = "postgres://app:hunter2-secret@127.0.0.1:1/app";
-    assert!(format!("{url}").contains("hunter2-secret"));
+    assert!(url.contains("hunter2"));
     // ...and never appear in the migrator's.
     let o = run(&[
         "rewrap",
