@@ -161,11 +161,10 @@ fn main() {
     let cold_samples = (samples / 5).max(3);
     let batch = if full { 200 } else { 5 };
 
+    let _ = env("LEAKLESS_VAULT_ADDR", "openbao");
     let vault = VaultTransitKms::create_key(
-        VaultConfig::new(
-            env("LEAKLESS_VAULT_ADDR", "openbao"),
-            format!("leakless-bench-{}", std::process::id()),
-        ),
+        VaultConfig::from_env(format!("leakless-bench-{}", std::process::id()))
+            .expect("Vault config"),
         VaultToken::from_file(env("LEAKLESS_VAULT_TOKEN_FILE", "openbao")).expect("token"),
     )
     .expect("Vault Transit key");

@@ -402,6 +402,7 @@ mod vault {
             .to_owned();
         let config = VaultConfig {
             retry: policy,
+            ca_cert: peer.vars.get("LEAKLESS_VAULT_CACERT").map(PathBuf::from),
             ..VaultConfig::new(peer.var("LEAKLESS_VAULT_ADDR"), "faults")
         };
         let kms = VaultTransitKms::create_key(config, VaultToken::from_file(token_file).unwrap())
@@ -466,6 +467,7 @@ mod vault {
                 "interval=2s",
             ])
             .env("BAO_ADDR", peer.var("LEAKLESS_VAULT_ADDR"))
+            .env("BAO_CACERT", peer.var("LEAKLESS_VAULT_CACERT"))
             .env("BAO_TOKEN", &secret)
             .stdout(Stdio::null())
             .status()

@@ -3,7 +3,12 @@
 //! `min_decryption_version`, the binding enforced inside Vault, HTTP call counts, and a token
 //! that never shows up in output.
 #![cfg(feature = "vault")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests"
+)]
 
 mod support;
 
@@ -22,6 +27,12 @@ const HOW: &str = "start OpenBao with `scripts/services/openbao start DIR --owne
 fn addr() -> String {
     std::env::var("LEAKLESS_VAULT_ADDR")
         .unwrap_or_else(|_| panic!("LEAKLESS_VAULT_ADDR is not set: {HOW}"))
+}
+
+/// The config of key `name` on the shared server (address and CA file from the environment).
+fn cfg(name: &str) -> VaultConfig {
+    let _ = addr();
+    VaultConfig::from_env(name).unwrap()
 }
 
 fn token() -> VaultToken {
@@ -47,7 +58,7 @@ fn unique_key_name() -> String {
 
 /// A new derived Transit key on the shared server, for each call.
 fn new_kms() -> VaultTransitKms {
-    VaultTransitKms::create_key(VaultConfig::new(addr(), unique_key_name()), token()).unwrap()
+    VaultTransitKms::create_key(cfg(&unique_key_name()), token()).unwrap()
 }
 
 fn make() -> Arc<dyn Kms> {
@@ -217,25 +228,28 @@ fn one_decrypt_request_for_20_000_opens() {
 fn a_key_that_is_not_derived_is_refused() {
     let name = unique_key_name();
     // Make a plain (non-derived) key with the bao CLI, as an operator might by mistake.
-    let status = std::process::Command::new("bao")
-        .args(["write", "-f", &format!("transit/keys/{name}")])
+    let mut bao = std::process::Command::new("bao");
+    bao.args(["write", "-f", &format!("transit/keys/{name}")])
         .env("BAO_ADDR", addr())
         .env("BAO_TOKEN", token_text())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Some(ca) = std::env::var_os("LEAKLESS_VAULT_CACERT") {
+        bao.env("BAO_CACERT", ca);
+    }
+    let status = bao
         .status()
         .expect("run bao (installed by scripts/services/openbao install)");
     assert!(status.success());
-    let err = VaultTransitKms::connect(VaultConfig::new(addr(), &name), token()).unwrap_err();
+    let err = VaultTransitKms::connect(cfg(&name), token()).unwrap_err();
     assert!(err.to_string().contains("not derived"), "{err}");
     // create_key on an existing non-derived key refuses too, rather than using it.
-    let err = VaultTransitKms::create_key(VaultConfig::new(addr(), &name), token()).unwrap_err();
+    let err = VaultTransitKms::create_key(cfg(&name), token()).unwrap_err();
     assert!(err.to_string().contains("not derived"), "{err}");
 }
 
 #[test]
 fn a_missing_key_is_a_typed_error() {
-    let err =
-        VaultTransitKms::connect(VaultConfig::new(addr(), unique_key_name()), token()).unwrap_err();
+    let err = VaultTransitKms::connect(cfg(&unique_key_name()), token()).unwrap_err();
     match &err {
         Error::Kms {
             backend, operation, ..
@@ -254,11 +268,8 @@ fn the_token_never_shows() {
     // A wrong token: Vault answers 403, which is not retried, and the error names neither
     // token.
     let wrong = format!("s.{}", "x".repeat(24));
-    let bad = VaultTransitKms::connect(
-        VaultConfig::new(addr(), "whatever"),
-        VaultToken::new(wrong.clone()).unwrap(),
-    )
-    .unwrap_err();
+    let bad = VaultTransitKms::connect(cfg("whatever"), VaultToken::new(wrong.clone()).unwrap())
+        .unwrap_err();
     let text = format!("{bad} {bad:?}");
     assert!(text.contains("HTTP 403"), "{text}");
     assert!(!text.contains(&wrong) && !text.contains(&secret), "{text}");
@@ -277,4 +288,55 @@ fn a_loose_token_file_is_refused() {
     assert!(!err.to_string().contains("abcdef"));
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert!(VaultToken::from_file(&path).is_ok());
+}
+
+/// The shared server speaks HTTPS with a CA made for this run: without that CA the connection
+/// is refused at once (a certificate problem is not retried), with it everything above works.
+#[test]
+fn https_without_the_run_ca_is_refused_at_once() {
+    assert!(
+        addr().starts_with("https://"),
+        "the shared OpenBao must run with TLS (scripts/services/openbao start without \
+         --plain-http) so that this test checks certificate handling"
+    );
+    assert!(
+        cfg("k").ca_cert.is_some(),
+        "LEAKLESS_VAULT_CACERT is not set: {HOW}"
+    );
+    let started = std::time::Instant::now();
+    let err = VaultTransitKms::connect(
+        VaultConfig {
+            ca_cert: None,
+            ..cfg("k")
+        },
+        token(),
+    )
+    .unwrap_err();
+    match &err {
+        Error::Kms {
+            backend, detail, ..
+        } => {
+            assert_eq!(*backend, "vault");
+            assert!(detail.to_lowercase().contains("certificate"), "{err}");
+        }
+        other => panic!("expected Error::Kms (not retried), got {other}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+}
+
+#[test]
+fn a_ca_file_without_certificates_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, "not a certificate\n").unwrap();
+    let err = VaultTransitKms::connect(
+        VaultConfig {
+            ca_cert: Some(path),
+            ..cfg("k")
+        },
+        token(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
 }

@@ -26,7 +26,8 @@
 //! sealed or in standby) are retried with jittered backoff; 4xx answers are not.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -47,6 +48,8 @@ use crate::store::KeyStore;
 /// The environment variable [`VaultConfig::from_env`] reads the server address from
 /// (`http://127.0.0.1:8200`, `https://vault.example:8200`).
 pub const VAULT_ADDR_ENV: &str = "LEAKLESS_VAULT_ADDR";
+/// The environment variable [`VaultConfig::from_env`] reads a CA certificate file (PEM) from.
+pub const VAULT_CACERT_ENV: &str = "LEAKLESS_VAULT_CACERT";
 /// The environment variable [`VaultToken::from_env`] reads a token file path from (preferred).
 pub const VAULT_TOKEN_FILE_ENV: &str = "LEAKLESS_VAULT_TOKEN_FILE";
 /// The environment variable [`VaultToken::from_env`] reads the token itself from, when no
@@ -166,6 +169,9 @@ pub struct VaultConfig {
     pub key: String,
     /// A Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`. Default: none.
     pub namespace: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https://` address, instead of the
+    /// built-in web PKI roots (for a Vault with an internal CA). Default: none.
+    pub ca_cert: Option<PathBuf>,
     /// Retries of every call. Default: [`RetryPolicy::default`].
     pub retry: RetryPolicy,
 }
@@ -179,21 +185,26 @@ impl VaultConfig {
             mount: "transit".into(),
             key: key.into(),
             namespace: None,
+            ca_cert: None,
             retry: RetryPolicy::default(),
         }
     }
 
-    /// A config for `key` on the server named by `LEAKLESS_VAULT_ADDR`.
+    /// A config for `key` on the server named by `LEAKLESS_VAULT_ADDR`, trusting the CA file
+    /// named by `LEAKLESS_VAULT_CACERT` if that is set.
     ///
     /// # Errors
-    /// [`Error::Kms`] when the variable is unset.
+    /// [`Error::Kms`] when `LEAKLESS_VAULT_ADDR` is unset.
     pub fn from_env(key: impl Into<String>) -> Result<Self, Error> {
         let addr = std::env::var(VAULT_ADDR_ENV).map_err(|_| Error::Kms {
             backend: BACKEND,
             operation: "load config",
             detail: format!("environment variable {VAULT_ADDR_ENV} is not set"),
         })?;
-        Ok(Self::new(addr, key))
+        Ok(Self {
+            ca_cert: std::env::var_os(VAULT_CACERT_ENV).map(PathBuf::from),
+            ..Self::new(addr, key)
+        })
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -350,11 +361,17 @@ impl VaultTransitKms {
         config.validate()?;
         // Validate the header form once, up front.
         token.header()?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut agent_config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(config.retry.attempt_timeout))
-            .build()
-            .into();
+            .timeout_global(Some(config.retry.attempt_timeout));
+        if let Some(path) = &config.ca_cert {
+            agent_config = agent_config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::Specific(Arc::new(read_ca(path)?)))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = agent_config.build().into();
         let addr = config.addr.trim_end_matches('/');
         Ok(Self {
             agent,
@@ -565,6 +582,28 @@ impl VaultTransitKms {
     }
 }
 
+/// The certificates of a PEM file.
+fn read_ca(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Error> {
+    let bad = |problem: String| Error::InvalidInput {
+        what: "Vault CA certificate file",
+        problem: format!("{}: {problem}", path.display()),
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        // A private key has no business in a CA file; it is skipped, never echoed.
+        if let ureq::tls::PemItem::Certificate(c) =
+            item.map_err(|e| bad(format!("not valid PEM: {e}")))?
+        {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
 /// The binding as Transit `context`: a label, the scope (length-prefixed) and the version.
 fn context(binding: &KekBinding<'_>) -> Vec<u8> {
     let scope = binding.scope.as_str().as_bytes();
@@ -589,6 +628,8 @@ fn classify_transport(e: &ureq::Error) -> Failure {
     use ureq::Error as E;
     let detail = format!("cannot reach Vault: {e}");
     match e {
+        // TLS failures (an unknown CA, a wrong host name) surface as InvalidData: permanent.
+        E::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => Failure::permanent(detail),
         E::Io(_) | E::Timeout(_) | E::ConnectionFailed | E::HostNotFound | E::Protocol(_) => {
             Failure::transient(detail)
         }
