@@ -15,7 +15,9 @@
 //! ```
 //!
 //! `LEAKLESS_BENCH_ROUNDS=N` scales the number of rounds (default 1 = 300 single inserts,
-//! 9 bulk inserts, 7 loads and 300 look-ups per variant). It makes and drops its own database.
+//! 9 bulk inserts, 7 loads and 300 look-ups per variant); `LEAKLESS_BENCH_ONLY=load` (or
+//! `single`, `bulk`, `lookup`, comma-separated) runs the others once only, for profiling. It
+//! makes and drops its own database.
 
 #![allow(
     clippy::print_stdout,
@@ -385,10 +387,12 @@ fn main() {
     b.truncate();
 
     let mut lines = Vec::new();
+    let only = std::env::var("LEAKLESS_BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
 
     // Single-row inserts.
     let mut times: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..300 * scale {
+    for _ in 0..if run("single") { 300 * scale } else { 1 } {
         for (k, v) in VARIANTS.into_iter().enumerate() {
             let p = b.fresh(1);
             let t = Instant::now();
@@ -405,7 +409,7 @@ fn main() {
 
     // Bulk inserts of 1,000 rows per statement.
     let mut times: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..9 * scale {
+    for _ in 0..if run("bulk") { 9 * scale } else { 1 } {
         for (k, v) in VARIANTS.into_iter().enumerate() {
             let people = b.fresh(1_000);
             let t = Instant::now();
@@ -429,7 +433,7 @@ fn main() {
     }
     b.conn.batch_execute("VACUUM ANALYZE").unwrap();
     let mut times: [Vec<Duration>; 3] = Default::default();
-    for _ in 0..7 * scale {
+    for _ in 0..if run("load") { 7 * scale } else { 1 } {
         for (k, v) in VARIANTS.into_iter().enumerate() {
             let t = Instant::now();
             let loaded = b.load_all(v);
@@ -445,7 +449,7 @@ fn main() {
 
     // Look-ups by e-mail among the 10,000 rows.
     let mut times: [Vec<Duration>; 3] = Default::default();
-    for r in 0..300 * scale {
+    for r in 0..if run("lookup") { 300 * scale } else { 1 } {
         let wanted = &people[(r * 7_919) % people.len()];
         let query = format!(" {} ", wanted.email.to_uppercase());
         for (k, v) in VARIANTS.into_iter().enumerate() {
@@ -466,7 +470,7 @@ fn main() {
         server_version(&mut b.conn)
     );
     println!(
-        "{:<26}{:>12}{:>12}{:>9}{:>8}{:>12}{:>10}",
+        "{:<26}{:>12}{:>12}{:>9}{:>8}{:>12}{:>12}",
         "operation", "plaintext", "sealed", "sealed/x", "target", "pgcrypto", "pgcrypto/x"
     );
     for l in lines {
@@ -474,7 +478,7 @@ fn main() {
         let ratio = |x: Duration| x.as_secs_f64() / p.as_secs_f64();
         let target = l.target.map_or("-".to_owned(), |t| format!("{t:.2}x"));
         println!(
-            "{:<26}{:>12}{:>12}{:>8.2}x{:>8}{:>12}{:>9.2}x",
+            "{:<26}{:>12}{:>12}{:>8.2}x{:>8}{:>12}{:>11.2}x",
             l.op,
             fmt_time(p),
             fmt_time(s),

@@ -12,3 +12,11 @@ CREATE TABLE patients (
 
 -- Equality look-ups by blind index.
 CREATE INDEX patients_email_bidx ON patients (email_bidx);
+
+-- Ciphertext does not compress: skip PostgreSQL's TOAST compression attempt on the sealed
+-- columns (values over about 2 KiB are still moved out of line, just not compressed).
+ALTER TABLE patients
+    ALTER COLUMN address SET STORAGE EXTERNAL,
+    ALTER COLUMN email SET STORAGE EXTERNAL,
+    ALTER COLUMN gps SET STORAGE EXTERNAL,
+    ALTER COLUMN transcript SET STORAGE EXTERNAL;
