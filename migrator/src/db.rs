@@ -212,6 +212,10 @@ pub struct CasWrite {
     pub old: Option<Vec<u8>>,
     /// The value to write.
     pub new: Vec<u8>,
+    /// PostgreSQL: the physical row address (`ctid`) read with the row, so the update finds
+    /// the row without an index look-up. Checked together with the id and the old value, so a
+    /// moved or updated row simply loses the compare-and-swap and is read again.
+    pub tid: Option<String>,
 }
 
 impl fmt::Debug for CasWrite {
@@ -237,9 +241,13 @@ impl fmt::Debug for IdBytes {
     }
 }
 
-/// A row identity, a binary value and a second binary value (adoption: sealed and plain).
+/// A row identity, a binary value and a second binary value (adoption: sealed and plain),
+/// and on PostgreSQL the row's `ctid`.
 #[derive(QueryableByName)]
 pub struct IdTwo {
+    /// PostgreSQL `ctid` as text; NULL elsewhere.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub tid: Option<String>,
     /// The row identity as text.
     #[diesel(sql_type = Text)]
     pub id: String,
@@ -502,20 +510,28 @@ impl Db {
             "bytes" => "decode(u.id, 'hex')".to_owned(),
             _ => "u.id".to_owned(),
         };
+        let by_tid = rows.iter().all(|r| r.tid.is_some());
+        let tid_cond = if by_tid {
+            format!("{t}.ctid = CAST(u.tid AS tid) AND ")
+        } else {
+            String::new()
+        };
         let sql = format!(
             "UPDATE {t} SET {v} = u.new \
-             FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS u(id, old, new) \
-             WHERE {t}.{i} = {id_expr} \
+             FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS u(id, old, new, tid) \
+             WHERE {tid_cond}{t}.{i} = {id_expr} \
              AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL)) \
              RETURNING u.id AS id"
         );
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let olds: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.old.clone()).collect();
         let news: Vec<Vec<u8>> = rows.iter().map(|r| r.new.clone()).collect();
+        let tids: Vec<Option<String>> = rows.iter().map(|r| r.tid.clone()).collect();
         diesel::sql_query(sql)
             .bind::<Array<Text>, _>(ids)
             .bind::<Array<Nullable<Binary>>, _>(olds)
             .bind::<Array<Binary>, _>(news)
+            .bind::<Array<Nullable<Text>>, _>(tids)
             .load::<OneText>(c)
             .map(|v| v.into_iter().map(|r| r.id).collect())
             .map_err(|e| db_failure("bulk update", &e, &self.target))

@@ -415,7 +415,12 @@ impl Work {
         } else {
             b
         };
-        format!("{a} AS a, {b} AS b")
+        let tid = match db.backend() {
+            Backend::Postgres => format!("{}.ctid::text", db.q(&self.table.table)),
+            Backend::Mysql => "CAST(NULL AS CHAR)".to_owned(),
+            Backend::Sqlite => "NULL".to_owned(),
+        };
+        format!("{a} AS a, {b} AS b, {tid} AS tid")
     }
 
     fn outcome(&self, row: &IdTwo, adopt_scope: Option<&KeyScope>) -> Outcome {
@@ -511,7 +516,10 @@ impl Work {
         let id = db.q(&self.table.row_id_column);
         let id_bind = db.id_from_text(&self.table.row_id_kind, "?");
         let mut lost = Vec::new();
-        for CasWrite { id: rid, old, new } in writes {
+        for CasWrite {
+            id: rid, old, new, ..
+        } in writes
+        {
             let (sql, binds) = match old {
                 Some(old) => (
                     format!(
@@ -587,6 +595,7 @@ impl Work {
                     id: row.id,
                     old: row.a,
                     new: v,
+                    tid: row.tid,
                 }),
                 Outcome::Keep => {}
                 Outcome::Fail(e) => fail(&row.id, e, failures),
@@ -623,6 +632,7 @@ impl Work {
                         id: row.id,
                         old: row.a,
                         new: v,
+                        tid: row.tid,
                     }),
                     Outcome::Keep => {}
                     Outcome::Fail(e) => fail(&row.id, e, failures),

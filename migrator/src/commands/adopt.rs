@@ -106,7 +106,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     // Verification pass.
     let ring = env.ring()?;
     let select = format!(
-        "{} AS a, {} AS b",
+        "{} AS a, {} AS b, NULL AS tid",
         db.q(&c.column),
         plain_expr(db.backend(), &c.encoding, &db.q(&args.from))
     );
