@@ -91,7 +91,12 @@ fn generate_dump(path: &Path, size: u64, set: &CanarySet) {
     let mut random = vec![0u8; 600];
     while written < size {
         line.clear();
-        write!(line, "{:08x}-0000-4000-8000-{:012x}\tPatient {row}\t", row, row).unwrap();
+        write!(
+            line,
+            "{:08x}-0000-4000-8000-{:012x}\tPatient {row}\t",
+            row, row
+        )
+        .unwrap();
         for len in [120usize, 100, 32, 90, 250] {
             for chunk in random[..len].chunks_mut(8) {
                 let v = rng.next().to_le_bytes();
@@ -147,7 +152,10 @@ fn run_rg(patterns: &Path, file: &Path) -> (Duration, u64, u64) {
     }
     let elapsed = t.elapsed();
     let out = child.wait_with_output().unwrap();
-    let count = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let count = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     (elapsed, peak, count)
 }
 
@@ -190,7 +198,7 @@ fn main() {
     let scanner = Scanner::new(set.clone()).unwrap();
     let build = t.elapsed();
     eprintln!(
-        "scanner: {} canaries, {} needles, automaton {} MiB, built in {build:.1?}",
+        "scanner: {} canaries, {} needles, matcher {} MiB, built in {build:.1?}",
         set.len(),
         scanner.needle_count(),
         scanner.memory_usage() >> 20
@@ -215,12 +223,20 @@ fn main() {
         rg_peak = rg_peak.max(peak);
         rg_count = count;
     }
-    assert_eq!(found.len(), set.len(), "the scanner missed planted canaries");
+    assert_eq!(
+        found.len(),
+        set.len(),
+        "the scanner missed planted canaries"
+    );
     let our_peak = vm_hwm_kib("self").unwrap_or(0);
     let mbps = |d: Duration| size as f64 / 1e6 / d.as_secs_f64();
     let (o, r) = (median(ours), median(theirs));
     println!();
-    println!("file: {} MB plain pg_dump-like, {} canaries planted", size / 1_000_000, set.len());
+    println!(
+        "file: {} MB plain pg_dump-like, {} canaries planted",
+        size / 1_000_000,
+        set.len()
+    );
     println!("| tool | searches | found | median time | MB/s | peak RSS |");
     println!("|---|---|---|---|---|---|");
     println!(
@@ -240,5 +256,8 @@ fn main() {
         mbps(r),
         rg_peak / 1024
     );
-    println!("ratio (leakless / ripgrep throughput): {:.2}", mbps(o) / mbps(r));
+    println!(
+        "ratio (leakless / ripgrep throughput): {:.2}",
+        mbps(o) / mbps(r)
+    );
 }

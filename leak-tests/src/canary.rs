@@ -223,20 +223,21 @@ impl Canary {
                     return Err(bad("the marker does not occur in the value"));
                 }
                 if s.len() < crate::encode::MIN_NEEDLE_LEN {
-                    return Err(bad("the value is shorter than 8 bytes: too short to scan for"));
+                    return Err(bad(
+                        "the value is shorter than 8 bytes: too short to scan for",
+                    ));
                 }
             }
             (CanaryValue::Gps { lat, lon }, CanaryKind::Gps) => {
-                if !(lat.is_finite() && lon.is_finite())
-                    || lat.abs() > 90.0
-                    || lon.abs() > 180.0
-                {
+                if !(lat.is_finite() && lon.is_finite()) || lat.abs() > 90.0 || lon.abs() > 180.0 {
                     return Err(bad("the GPS point is not a valid latitude/longitude"));
                 }
             }
             (CanaryValue::Hex { .. }, CanaryKind::Bytes) => {
                 if self.raw_bytes()?.len() < crate::encode::MIN_NEEDLE_LEN {
-                    return Err(bad("the value is shorter than 8 bytes: too short to scan for"));
+                    return Err(bad(
+                        "the value is shorter than 8 bytes: too short to scan for",
+                    ));
                 }
             }
             _ => return Err(bad("the value does not match the kind")),
@@ -433,7 +434,9 @@ pub fn generate(id: &str, column: &str, encoding: &str) -> Canary {
     let mut rng = rand::thread_rng();
     let col = column.to_ascii_lowercase();
     let pick = |list: &[&'static str], rng: &mut rand::rngs::ThreadRng| -> &'static str {
-        list.get(rng.gen_range(0..list.len())).copied().unwrap_or("x")
+        list.get(rng.gen_range(0..list.len()))
+            .copied()
+            .unwrap_or("x")
     };
     if ["gps", "location", "position", "coord", "geo", "latlon"]
         .iter()
@@ -449,9 +452,16 @@ pub fn generate(id: &str, column: &str, encoding: &str) -> Canary {
         rng.fill(b.as_mut_slice());
         return Canary::bytes(id, &marker, &b);
     }
-    if ["transcript", "note", "body", "text", "comment", "description"]
-        .iter()
-        .any(|k| col.contains(k))
+    if [
+        "transcript",
+        "note",
+        "body",
+        "text",
+        "comment",
+        "description",
+    ]
+    .iter()
+    .any(|k| col.contains(k))
     {
         // Every second word is followed by a random reading (`q7x4k`), so that every window
         // of the detection length is unique to this canary, not a phrase any text may share.
@@ -482,7 +492,11 @@ pub fn generate(id: &str, column: &str, encoding: &str) -> Canary {
         };
     }
     let value = if col.contains("mail") {
-        format!("{}.{}@mail.example", marker.to_ascii_lowercase(), rng.gen_range(10..99))
+        format!(
+            "{}.{}@mail.example",
+            marker.to_ascii_lowercase(),
+            rng.gen_range(10..99)
+        )
     } else {
         format!(
             "{} {}, Flat {marker}, {}",

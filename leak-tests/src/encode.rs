@@ -24,8 +24,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::canary::{Canary, CanaryKind};
 use crate::Error;
+use crate::canary::{Canary, CanaryKind};
 
 /// The fragment length, in source bytes, for long values. Any leaked run of `2 * WINDOW - 1`
 /// source bytes contains one whole fragment.

@@ -31,7 +31,10 @@ pub fn scripts_dir() -> PathBuf {
 #[must_use]
 pub fn pg_tool(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort_by_key(|d| {
         d.parent()
@@ -62,16 +65,14 @@ fn run(what: &str, cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, E
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        fixture_err(what, format!("cannot run it ({e}); is it installed?"))
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| fixture_err(what, format!("cannot run it ({e}); is it installed?")))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input)
             .map_err(|e| fixture_err(what, format!("writing its input: {e}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fixture_err(what, e))?;
+    let out = child.wait_with_output().map_err(|e| fixture_err(what, e))?;
     if !out.status.success() {
         return Err(fixture_err(
             what,
@@ -116,7 +117,10 @@ fn start_script(script: &str, dir: &Path) -> Result<String, Error> {
     if !status.success() || !line.contains("://") {
         return Err(fixture_err(
             script,
-            format!("`{} start` failed ({status}); its diagnostics are on stderr", path.display()),
+            format!(
+                "`{} start` failed ({status}); its diagnostics are on stderr",
+                path.display()
+            ),
         ));
     }
     Ok(line.trim().to_owned())
@@ -394,16 +398,22 @@ impl MariaServer {
         let name = tool
             .iter()
             .find(|t| {
-                std::env::var_os("PATH").is_some_and(|p| {
-                    std::env::split_paths(&p).any(|d| d.join(t).is_file())
-                })
+                std::env::var_os("PATH")
+                    .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
             })
             .copied()
             .unwrap_or_else(|| tool.first().copied().unwrap_or("mariadb"));
         let mut cmd = Command::new(name);
         // The password goes through the environment, never the command line.
-        cmd.env("MYSQL_PWD", &self.password)
-            .args(["--protocol=tcp", "-h", &self.host, "-P", &self.port, "-u", &self.user]);
+        cmd.env("MYSQL_PWD", &self.password).args([
+            "--protocol=tcp",
+            "-h",
+            &self.host,
+            "-P",
+            &self.port,
+            "-u",
+            &self.user,
+        ]);
         cmd
     }
 

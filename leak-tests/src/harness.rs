@@ -153,7 +153,9 @@ impl LeakCheck {
             };
             entries.sort();
             for p in entries {
-                let is_link = p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink());
+                let is_link = p
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink());
                 if !is_link {
                     self.scan_path(channel, &p);
                 }
@@ -209,9 +211,7 @@ impl LeakCheck {
             if let Ok(f) = open(path) {
                 self.tar_members(channel, &name, f);
             }
-        } else if head.starts_with(b"PGDMP")
-            && path.file_name().is_none_or(|n| n != "toc.dat")
-        {
+        } else if head.starts_with(b"PGDMP") && path.file_name().is_none_or(|n| n != "toc.dat") {
             self.pg_restore(channel, path);
         }
         if is_relation_path(path)
@@ -256,7 +256,11 @@ impl LeakCheck {
         let result = walk_relation(reader, |d| {
             let mut col = Collector::new();
             scanner.scan_bytes(&d.bytes, |h| col.add(h));
-            views.push((format!("{name}[{}@{}]", d.view, d.offset), d.bytes.len(), col));
+            views.push((
+                format!("{name}[{}@{}]", d.view, d.offset),
+                d.bytes.len(),
+                col,
+            ));
         });
         if let Err(e) = result {
             self.error(channel, format!("{name}: heap pages unreadable: {e}"));
@@ -306,8 +310,11 @@ impl LeakCheck {
         let set = self.scanner.canaries();
         let mut channels = self.channels.clone();
         for c in &mut channels {
-            let found: BTreeSet<&str> =
-                c.control_findings.iter().map(|f| f.canary_id.as_str()).collect();
+            let found: BTreeSet<&str> = c
+                .control_findings
+                .iter()
+                .map(|f| f.canary_id.as_str())
+                .collect();
             c.controls_missed = c
                 .controls_expected
                 .iter()
@@ -356,9 +363,14 @@ fn is_relation_path(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
-    let digits = name.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let in_pg = path
-        .components()
-        .any(|c| matches!(c.as_os_str().to_str(), Some("base" | "global" | "pg_tblspc")));
+    let digits = name
+        .split('.')
+        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let in_pg = path.components().any(|c| {
+        matches!(
+            c.as_os_str().to_str(),
+            Some("base" | "global" | "pg_tblspc")
+        )
+    });
     digits && in_pg
 }

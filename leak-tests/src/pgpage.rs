@@ -204,7 +204,11 @@ pub fn walk_relation(
     }
     for (offset, chunks) in toast.into_values() {
         // Only complete runs 0..n.
-        if !chunks.keys().copied().eq(0..u32::try_from(chunks.len()).unwrap_or(0)) {
+        if !chunks
+            .keys()
+            .copied()
+            .eq(0..u32::try_from(chunks.len()).unwrap_or(0))
+        {
             continue;
         }
         let whole: Vec<u8> = chunks.into_values().flatten().collect();

@@ -49,7 +49,11 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
     // --- tracing at TRACE, text and JSON: the app's seal/insert/open path, plus one leaky
     // control event.
     for json in [false, true] {
-        let channel = if json { "app/tracing-json" } else { "app/tracing-text" };
+        let channel = if json {
+            "app/tracing-json"
+        } else {
+            "app/tracing-text"
+        };
         let (debug_text, out) = capture_tracing(json, || {
             let ring = support::ring();
             let mut conn = SqliteConnection::establish(":memory:").unwrap();
@@ -93,9 +97,12 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
         .values(&dup)
         .execute(&mut conn)
         .unwrap_err();
-    diesel::sql_query(format!("SELECT '{}' AS leaky_control", control.replace('\'', "''")))
-        .execute(&mut conn)
-        .unwrap();
+    diesel::sql_query(format!(
+        "SELECT '{}' AS leaky_control",
+        control.replace('\'', "''")
+    ))
+    .execute(&mut conn)
+    .unwrap();
     let log = events.lock().unwrap().join("\n");
     check.expect_control("app/diesel", &c.addr.id);
     check.scan_bytes("app/diesel", "instrumentation events", log.as_bytes());
@@ -105,8 +112,15 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
     let last = tampered.address.len() - 1;
     tampered.address[last] ^= 1;
     let open_err = Patient::open_row(tampered.clone(), &ring).err().unwrap();
-    let errors = format!("{err}\n{err:?}\n{open_err}\n{open_err:?}\n{:?}", fx.patients[0]);
-    check.scan_bytes("app/debug-display", "error Display/Debug", errors.as_bytes());
+    let errors = format!(
+        "{err}\n{err:?}\n{open_err}\n{open_err:?}\n{:?}",
+        fx.patients[0]
+    );
+    check.scan_bytes(
+        "app/debug-display",
+        "error Display/Debug",
+        errors.as_bytes(),
+    );
     check.scan_bytes(
         "app/debug-display",
         "leaky control Debug",
@@ -141,7 +155,13 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
     assert!(String::from_utf8_lossy(&out).contains("patients.address#1"));
     check.scan_bytes("app/cli", "leakless-leakcheck stdout", &out);
     check.scan_bytes("app/cli", "leakless-leakcheck stderr", &err_out);
-    let (echo, _) = capture_command(Command::new("sh").arg("-c").arg("printf '%s\\n' \"$0\"").arg(&control)).unwrap();
+    let (echo, _) = capture_command(
+        Command::new("sh")
+            .arg("-c")
+            .arg("printf '%s\\n' \"$0\"")
+            .arg(&control),
+    )
+    .unwrap();
     check.expect_control("app/cli", &c.addr.id);
     check.scan_bytes("app/cli", "sh printf (control)", &echo);
 
@@ -153,7 +173,11 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
         .iter()
         .map(|r| serde_json::json!({"id": r.id, "address": hex::encode(&r.address), "transcript": r.transcript.as_ref().map(hex::encode)}))
         .collect();
-    std::fs::write(export.join("nested/rows.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    std::fs::write(
+        export.join("nested/rows.json"),
+        serde_json::to_vec(&json).unwrap(),
+    )
+    .unwrap();
     let archive = dir.path().join("backup.tar.gz");
     {
         let gz = flate2::write::GzEncoder::new(
@@ -167,7 +191,8 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
         h.set_size(body.len() as u64);
         h.set_mode(0o600);
         h.set_cksum();
-        tar.append_data(&mut h, "control/notes.txt", body.as_bytes()).unwrap();
+        tar.append_data(&mut h, "control/notes.txt", body.as_bytes())
+            .unwrap();
         tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
     }
     check.expect_control("app/user-files", &c.pglz.id);
@@ -176,5 +201,12 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
 
     let report = check.report();
     assert_clean(&report);
-    assert!(report.channel("app/user-files").unwrap().control_findings.iter().any(|f| f.artifact.contains("[gunzip]")));
+    assert!(
+        report
+            .channel("app/user-files")
+            .unwrap()
+            .control_findings
+            .iter()
+            .any(|f| f.artifact.contains("[gunzip]"))
+    );
 }

@@ -50,18 +50,50 @@ fn exit_codes_follow_the_verdict() {
           {"column": "gps", "algorithm": "xchacha20poly1305", "encoding": "json", "nullable": false, "blind_index": null},
           {"column": "transcript", "algorithm": "xchacha20poly1305", "encoding": "string", "nullable": true, "blind_index": null}]}]}"#;
     std::fs::write(d.join("manifest.json"), manifest).unwrap();
-    let out = cli(&["canaries", "-m", "manifest.json", "--rows", "2", "-o", "canaries.json"], d);
+    let out = cli(
+        &[
+            "canaries",
+            "-m",
+            "manifest.json",
+            "--rows",
+            "2",
+            "-o",
+            "canaries.json",
+        ],
+        d,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let set = CanarySet::from_json(&std::fs::read_to_string(d.join("canaries.json")).unwrap()).unwrap();
+    let set =
+        CanarySet::from_json(&std::fs::read_to_string(d.join("canaries.json")).unwrap()).unwrap();
     assert_eq!(set.len(), 7);
-    let control = set.get("control#0").unwrap().text_value().unwrap().to_owned();
-    let address = set.get("patients.address#1").unwrap().text_value().unwrap().to_owned();
+    let control = set
+        .get("control#0")
+        .unwrap()
+        .text_value()
+        .unwrap()
+        .to_owned();
+    let address = set
+        .get("patients.address#1")
+        .unwrap()
+        .text_value()
+        .unwrap()
+        .to_owned();
 
     // Clean: the artifact holds the control (the leaky control) and only sealed data besides.
     std::fs::create_dir_all(d.join("dump")).unwrap();
-    std::fs::write(d.join("dump/a.sql"), format!("INSERT INTO t VALUES ('\\x00ff', '{control}');")).unwrap();
+    std::fs::write(
+        d.join("dump/a.sql"),
+        format!("INSERT INTO t VALUES ('\\x00ff', '{control}');"),
+    )
+    .unwrap();
     let out = cli(&["scan", "-c", "canaries.json", "dump"], d);
-    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).contains("result: clean (exit 0)"));
 
     // Leak: an address in base64.

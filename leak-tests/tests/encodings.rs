@@ -15,7 +15,7 @@ use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 use leakless_leaktest::encode::{base64, json_escape, percent, sql_escape};
-use leakless_leaktest::scan::{CHUNK, Collector, Hit};
+use leakless_leaktest::scan::{CHUNK, Collector, Engine, Hit};
 use leakless_leaktest::{Canary, CanarySet, Encoding, Scanner};
 
 const ADDRESS: &str =
@@ -23,7 +23,14 @@ const ADDRESS: &str =
 
 fn transcript() -> String {
     let mut s = String::from("Consultation LKTR4NSCR1: ");
-    let words = ["patient", "reports", "über", "intermittent", "headaches", "résumé"];
+    let words = [
+        "patient",
+        "reports",
+        "über",
+        "intermittent",
+        "headaches",
+        "résumé",
+    ];
     let mut i = 0;
     while s.len() < 3000 {
         s.push_str(words[i % words.len()]);
@@ -46,8 +53,12 @@ fn make_set() -> CanarySet {
         .unwrap();
     set.push(Canary::gps("gps", "LKGPS00001", 51.507_412_3, -0.127_691_7))
         .unwrap();
-    set.push(Canary::bytes("bin", "LKBYTES001", &[7, 1, 250, 3, 4, 99, 5, 6, 42, 17]))
-        .unwrap();
+    set.push(Canary::bytes(
+        "bin",
+        "LKBYTES001",
+        &[7, 1, 250, 3, 4, 99, 5, 6, 42, 17],
+    ))
+    .unwrap();
     set
 }
 
@@ -68,11 +79,30 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn hits(scanner: &Scanner, hay: &[u8]) -> Vec<Hit> {
-    let mut v = Vec::new();
-    scanner
-        .scan_reader(std::io::Cursor::new(hay), |h| v.push(h))
-        .unwrap();
+fn gram_scanner() -> &'static Scanner {
+    static S: std::sync::OnceLock<Scanner> = std::sync::OnceLock::new();
+    S.get_or_init(|| Scanner::with_engine(set(), Some(Engine::GramFilter)).unwrap())
+}
+
+fn ac_scanner() -> &'static Scanner {
+    static S: std::sync::OnceLock<Scanner> = std::sync::OnceLock::new();
+    S.get_or_init(|| Scanner::with_engine(set(), Some(Engine::AhoCorasick)).unwrap())
+}
+
+/// The hits of `scanner`; also checks that both engines report exactly the same hits.
+fn hits(this: &Scanner, hay: &[u8]) -> Vec<Hit> {
+    let run = |s: &Scanner| {
+        let mut v = Vec::new();
+        s.scan_reader(std::io::Cursor::new(hay), |h| v.push(h))
+            .unwrap();
+        v.sort_by_key(|h| (h.offset, h.canary, h.encoding, h.form));
+        v
+    };
+    let v = run(this);
+    if std::ptr::eq(this, scanner()) {
+        assert_eq!(run(ac_scanner()), v, "the Aho-Corasick engine disagrees");
+        assert_eq!(run(gram_scanner()), v, "the gram-filter engine disagrees");
+    }
     v
 }
 
@@ -175,8 +205,18 @@ fn any_window_of_a_transcript_is_found() {
     // Encoded windows too.
     let w = &t[100..180];
     assert_found(scanner, "tr", Encoding::Utf16Le, &utf16(w, true));
-    assert_found(scanner, "tr", Encoding::Base64, base64(&t.as_bytes()[301..500], false).as_bytes());
-    assert_found(scanner, "tr", Encoding::HexUpper, hex::encode_upper(&t.as_bytes()[1000..1100]).as_bytes());
+    assert_found(
+        scanner,
+        "tr",
+        Encoding::Base64,
+        base64(&t.as_bytes()[301..500], false).as_bytes(),
+    );
+    assert_found(
+        scanner,
+        "tr",
+        Encoding::HexUpper,
+        hex::encode_upper(&t.as_bytes()[1000..1100]).as_bytes(),
+    );
     // A window shorter than the documented length is not promised; a short common phrase
     // must not be a hit.
     assert!(hits(scanner, b"patient reports").is_empty());
@@ -184,7 +224,12 @@ fn any_window_of_a_transcript_is_found() {
 
 fn assert_found_once(scanner: &Scanner, canary: &str, window: &[u8]) {
     let hay = planted(window, 33);
-    let idx = scanner.canaries().canaries.iter().position(|c| c.id == canary).unwrap();
+    let idx = scanner
+        .canaries()
+        .canaries
+        .iter()
+        .position(|c| c.id == canary)
+        .unwrap();
     assert!(hits(scanner, &hay).iter().any(|h| h.canary == idx));
 }
 
@@ -194,15 +239,33 @@ fn gps_forms_are_found() {
     let (lat, lon) = (51.507_412_3f64, -0.127_691_7f64);
     let cases: Vec<(Encoding, Vec<u8>)> = vec![
         (Encoding::Raw, format!("lat={lat}").into_bytes()),
-        (Encoding::Raw, format!("at {lat:.5},{lon:.5} now").into_bytes()),
+        (
+            Encoding::Raw,
+            format!("at {lat:.5},{lon:.5} now").into_bytes(),
+        ),
         (Encoding::Raw, format!("{lat:.6}, {lon:.6}").into_bytes()),
-        (Encoding::Raw, format!("SRID=4326;POINT({lon:.7} {lat:.7})").into_bytes()),
-        (Encoding::Raw, format!("{{\"type\":\"Point\",\"coordinates\":[{lon:.4},{lat:.4}]}}").into_bytes()),
-        (Encoding::Raw, format!("{{\"lat\":{lat},\"lon\":{lon}}}").into_bytes()),
-        (Encoding::Utf16Le, utf16(&format!("{lat:.6},{lon:.6}"), true)),
+        (
+            Encoding::Raw,
+            format!("SRID=4326;POINT({lon:.7} {lat:.7})").into_bytes(),
+        ),
+        (
+            Encoding::Raw,
+            format!("{{\"type\":\"Point\",\"coordinates\":[{lon:.4},{lat:.4}]}}").into_bytes(),
+        ),
+        (
+            Encoding::Raw,
+            format!("{{\"lat\":{lat},\"lon\":{lon}}}").into_bytes(),
+        ),
+        (
+            Encoding::Utf16Le,
+            utf16(&format!("{lat:.6},{lon:.6}"), true),
+        ),
         (Encoding::F64Le, lat.to_le_bytes().to_vec()),
         (Encoding::F64Be, lon.to_be_bytes().to_vec()),
-        (Encoding::F64Be, [lat.to_be_bytes(), lon.to_be_bytes()].concat()),
+        (
+            Encoding::F64Be,
+            [lat.to_be_bytes(), lon.to_be_bytes()].concat(),
+        ),
     ];
     for (enc, payload) in cases {
         assert_found(scanner, "gps", enc, &payload);
@@ -215,7 +278,10 @@ fn a_value_across_a_chunk_boundary_is_found_once_per_position() {
     for prefix in [CHUNK - 40, CHUNK - 5, CHUNK, 2 * CHUNK - 1] {
         let hay = planted(ADDRESS.as_bytes(), prefix);
         let found = hits(scanner, &hay);
-        let raw: Vec<_> = found.iter().filter(|h| h.encoding == Encoding::Raw).collect();
+        let raw: Vec<_> = found
+            .iter()
+            .filter(|h| h.encoding == Encoding::Raw)
+            .collect();
         assert!(!raw.is_empty(), "prefix {prefix}: {found:?}");
         assert!(raw.iter().any(|h| h.offset == prefix as u64));
         // No match is reported twice (once per chunk) at the same place.
@@ -232,8 +298,18 @@ fn byte_values_are_found() {
     let scanner = scanner();
     let b = [7u8, 1, 250, 3, 4, 99, 5, 6, 42, 17];
     assert_found(scanner, "bin", Encoding::Raw, &b);
-    assert_found(scanner, "bin", Encoding::HexLower, hex::encode(b).as_bytes());
-    assert_found(scanner, "bin", Encoding::PgBytea, format!("\\x{}", hex::encode(b)).as_bytes());
+    assert_found(
+        scanner,
+        "bin",
+        Encoding::HexLower,
+        hex::encode(b).as_bytes(),
+    );
+    assert_found(
+        scanner,
+        "bin",
+        Encoding::PgBytea,
+        format!("\\x{}", hex::encode(b)).as_bytes(),
+    );
 }
 
 #[test]
@@ -248,7 +324,8 @@ fn sealed_values_and_noise_are_clean() {
     )
     .build();
     let scope = KeyScope::new("patients").unwrap();
-    ring.create_scope(&scope, &AuditInfo::new("test", "setup")).unwrap();
+    ring.create_scope(&scope, &AuditInfo::new("test", "setup"))
+        .unwrap();
     let mut hay = Vec::new();
     for (i, c) in set.canaries.iter().enumerate() {
         let plain = match c.gps_value() {
@@ -256,7 +333,9 @@ fn sealed_values_and_noise_are_clean() {
             None => c.raw_bytes().unwrap().to_vec(),
         };
         let ctx = FieldContext::new("patients", "f", RowId::Int(i64::try_from(i).unwrap()), 1);
-        let env = ring.seal(&scope, &ctx, &plain, &FieldPolicy::default()).unwrap();
+        let env = ring
+            .seal(&scope, &ctx, &plain, &FieldPolicy::default())
+            .unwrap();
         hay.extend_from_slice(&env);
         hay.extend_from_slice(hex::encode(&env).as_bytes());
         hay.extend_from_slice(base64(&env, false).as_bytes());
@@ -275,10 +354,18 @@ fn findings_name_the_canary_never_the_value() {
     scanner.scan_bytes(&hay, |h| col.add(h));
     let f = col.findings(&set, "test", "memory");
     assert!(!f.is_empty());
-    assert!(f.iter().all(|f| f.canary_id == "addr" && f.marker == "LKQ7M2X9PA"), "{f:?}");
+    assert!(
+        f.iter()
+            .all(|f| f.canary_id == "addr" && f.marker == "LKQ7M2X9PA"),
+        "{f:?}"
+    );
     let raw = f.iter().find(|f| f.encoding == Encoding::Raw).unwrap();
     assert_eq!(raw.offset, 10);
-    let shown = format!("{f:?} {} {:?} {scanner:?}", serde_json::to_string(&f).unwrap(), set);
+    let shown = format!(
+        "{f:?} {} {:?} {scanner:?}",
+        serde_json::to_string(&f).unwrap(),
+        set
+    );
     assert!(!shown.contains("Lantern"), "{shown}");
 }
 
@@ -286,8 +373,12 @@ fn findings_name_the_canary_never_the_value() {
 fn bad_canaries_are_refused() {
     assert!(Canary::text("a", "LKMARKER01", "no marker here").is_err());
     let mut set = CanarySet::new();
-    set.push(Canary::text("a", "LKMARKER01", "x LKMARKER01 y").unwrap()).unwrap();
-    assert!(set.push(Canary::text("a", "LKMARKER02", "x LKMARKER02 y").unwrap()).is_err());
+    set.push(Canary::text("a", "LKMARKER01", "x LKMARKER01 y").unwrap())
+        .unwrap();
+    assert!(
+        set.push(Canary::text("a", "LKMARKER02", "x LKMARKER02 y").unwrap())
+            .is_err()
+    );
     assert!(set.push(Canary::gps("g", "LKG", 95.0, 0.0)).is_err());
     assert!(set.push(Canary::bytes("b", "LKB", &[1, 2, 3])).is_err());
     let err = CanarySet::from_json("{\"canaries\": [ {\"id\": 1 ").unwrap_err();
@@ -314,7 +405,21 @@ fn canaries_round_trip_through_json_and_come_from_a_manifest() {
     .unwrap();
     let generated = CanarySet::from_manifest(&manifest, 2).unwrap();
     assert_eq!(generated.len(), 6);
-    assert!(generated.get("patients.gps#1").unwrap().gps_value().is_some());
-    assert!(generated.get("patients.transcript#0").unwrap().text_value().unwrap().len() >= 2600);
+    assert!(
+        generated
+            .get("patients.gps#1")
+            .unwrap()
+            .gps_value()
+            .is_some()
+    );
+    assert!(
+        generated
+            .get("patients.transcript#0")
+            .unwrap()
+            .text_value()
+            .unwrap()
+            .len()
+            >= 2600
+    );
     Scanner::new(generated).unwrap();
 }

@@ -74,9 +74,18 @@ fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() 
     let mut check = LeakCheck::new(fx.set.clone()).unwrap();
     let ids = [c.addr.id.as_str(), &c.gps.id, &c.pglz.id];
     let binlogs = my.binlogs();
-    assert!(!binlogs.is_empty(), "no binary log in {}", my.data_dir().display());
+    assert!(
+        !binlogs.is_empty(),
+        "no binary log in {}",
+        my.data_dir().display()
+    );
     for id in ids {
-        for ch in ["mariadb/mysqldump", "mariadb/binlog", "mariadb/general-log", "mariadb/data-dir"] {
+        for ch in [
+            "mariadb/mysqldump",
+            "mariadb/binlog",
+            "mariadb/general-log",
+            "mariadb/data-dir",
+        ] {
             check.expect_control(ch, id);
         }
     }

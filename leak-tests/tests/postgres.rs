@@ -72,7 +72,10 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
     let detail = pg
         .sql_expect_error(
             "app",
-            &format!("INSERT INTO leaky_control (address) VALUES ({});", lit(c.addr_text())),
+            &format!(
+                "INSERT INTO leaky_control (address) VALUES ({});",
+                lit(c.addr_text())
+            ),
         )
         .unwrap();
     assert!(detail.contains("already exists"), "{detail}");
@@ -127,14 +130,27 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
     let report = check.report();
     assert_clean(&report);
     // Proof that compressed values were seen through, not skipped.
-    assert_seen_through(&report, "postgres/pg_dump-custom", &c.lz4.id, "[pg_restore]");
+    assert_seen_through(
+        &report,
+        "postgres/pg_dump-custom",
+        &c.lz4.id,
+        "[pg_restore]",
+    );
     assert_seen_through(&report, "postgres/pg_dump-directory", &c.lz4.id, "[gunzip]");
     assert_seen_through(&report, "postgres/data-dir", &c.pglz.id, "[heap-pglz");
     assert_seen_through(&report, "postgres/data-dir", &c.lz4.id, "[toast-lz4");
-    assert_seen_through(&report, "postgres/basebackup-tar-gz", &c.lz4.id, "[toast-lz4");
+    assert_seen_through(
+        &report,
+        "postgres/basebackup-tar-gz",
+        &c.lz4.id,
+        "[toast-lz4",
+    );
     assert_seen_through(&report, "postgres/basebackup-tar", &c.pglz.id, "[heap-pglz");
     // The error case reached the server log, with only the blind-index token as its key.
     let log = std::fs::read_to_string(pg.log_path()).unwrap();
-    assert!(log.contains("DETAIL:  Key (email_bidx)=("), "no unique-violation DETAIL in the log");
+    assert!(
+        log.contains("DETAIL:  Key (email_bidx)=("),
+        "no unique-violation DETAIL in the log"
+    );
     assert!(log.contains("DETAIL:  Key (address)=("));
 }

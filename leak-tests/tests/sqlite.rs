@@ -65,7 +65,11 @@ fn write_app(conn: &mut SqliteConnection, fx: &Fixture, sealed: bool) {
 
 fn run(dir: &Path, fx: &Fixture, sealed: bool) -> leakless_leaktest::Report {
     let mut check = LeakCheck::new(fx.set.clone()).unwrap();
-    let ctl = [fx.controls.addr.id.as_str(), &fx.controls.gps.id, &fx.controls.pglz.id];
+    let ctl = [
+        fx.controls.addr.id.as_str(),
+        &fx.controls.gps.id,
+        &fx.controls.pglz.id,
+    ];
 
     // WAL mode, no checkpoints: everything sits in -wal while the connection is open.
     let db = dir.join("app.db");
@@ -93,8 +97,10 @@ fn run(dir: &Path, fx: &Fixture, sealed: bool) -> leakless_leaktest::Report {
     conn.batch_execute(DDL).unwrap();
     write_app(&mut conn, fx, sealed);
     plant_controls(&mut conn, fx);
-    conn.batch_execute("UPDATE patients SET name = name || ' (seen)'; UPDATE leaky_control SET id = id + 100;")
-        .unwrap();
+    conn.batch_execute(
+        "UPDATE patients SET name = name || ' (seen)'; UPDATE leaky_control SET id = id + 100;",
+    )
+    .unwrap();
     let journal = dir.join("journal.db-journal");
     assert!(journal.metadata().unwrap().len() > 0);
     check.scan_path("sqlite/journal", &journal);
@@ -119,8 +125,18 @@ fn plaintext_app_on_sqlite_is_reported_as_a_leak() {
     assert_eq!(report.exit_code(), 1);
     for ch in ["sqlite/wal", "sqlite/db", "sqlite/journal"] {
         let c = report.channel(ch).unwrap();
-        assert!(c.leaks.iter().any(|f| f.canary_id.starts_with("patients.address#")), "{ch}");
-        assert!(c.leaks.iter().any(|f| f.canary_id.starts_with("patients.transcript#")), "{ch}");
+        assert!(
+            c.leaks
+                .iter()
+                .any(|f| f.canary_id.starts_with("patients.address#")),
+            "{ch}"
+        );
+        assert!(
+            c.leaks
+                .iter()
+                .any(|f| f.canary_id.starts_with("patients.transcript#")),
+            "{ch}"
+        );
     }
     // The report names canaries and markers, never values.
     let json = report.to_json().unwrap();
@@ -141,9 +157,17 @@ fn a_missing_control_is_detector_broken_not_clean() {
     check.expect_control("sqlite/db", &fx.controls.addr.id);
     check.scan_path("sqlite/db", &db);
     let report = check.report();
-    assert_eq!(report.status(), Status::DetectorBroken, "{}", report.human());
+    assert_eq!(
+        report.status(),
+        Status::DetectorBroken,
+        "{}",
+        report.human()
+    );
     assert_eq!(report.exit_code(), 2);
-    assert_eq!(report.channels[0].controls_missed, vec![fx.controls.addr.id.clone()]);
+    assert_eq!(
+        report.channels[0].controls_missed,
+        vec![fx.controls.addr.id.clone()]
+    );
     // A channel without any expected control is not trusted either.
     let mut check = LeakCheck::new(fx.set.clone()).unwrap();
     check.scan_path("sqlite/db", &db);

@@ -53,12 +53,21 @@ fn vm_hwm_kib() -> u64 {
 #[test]
 fn a_large_artifact_is_scanned_in_bounded_memory() {
     let mut set = CanarySet::new();
-    set.push(Canary::text("stream", MARKER, VALUE).unwrap()).unwrap();
+    set.push(Canary::text("stream", MARKER, VALUE).unwrap())
+        .unwrap();
     let mut check = LeakCheck::new(set).unwrap();
     let before = vm_hwm_kib();
     let plant_at = SIZE - 1000;
     check
-        .scan_reader("stream", "generator", Generator { pos: 0, x: 88_172_645_463_325_252, plant_at })
+        .scan_reader(
+            "stream",
+            "generator",
+            Generator {
+                pos: 0,
+                x: 88_172_645_463_325_252,
+                plant_at,
+            },
+        )
         .unwrap();
     let grown = vm_hwm_kib().saturating_sub(before);
     let report = check.report();
@@ -67,5 +76,8 @@ fn a_large_artifact_is_scanned_in_bounded_memory() {
     assert_eq!(c.leaks.len(), 1, "{}", report.human());
     assert_eq!(c.leaks[0].offset, plant_at);
     // One 1 MiB chunk plus overlap; allow generous slack for the allocator and test harness.
-    assert!(grown < 32 * 1024, "peak RSS grew by {grown} KiB while scanning 256 MiB");
+    assert!(
+        grown < 32 * 1024,
+        "peak RSS grew by {grown} KiB while scanning 256 MiB"
+    );
 }

@@ -82,8 +82,11 @@ pub fn ring() -> KeyRing {
     )
     .build();
     for s in ["patients", "bidx"] {
-        ring.create_scope(&KeyScope::new(s).unwrap(), &AuditInfo::new("leak test", "setup"))
-            .unwrap();
+        ring.create_scope(
+            &KeyScope::new(s).unwrap(),
+            &AuditInfo::new("leak test", "setup"),
+        )
+        .unwrap();
     }
     ring
 }
@@ -124,8 +127,21 @@ impl Controls {
 
 fn transcript(marker: &str, len: usize) -> String {
     let words = [
-        "patient", "reports", "dizziness", "after", "standing", "über", "résumé", "ankle",
-        "exercise", "glucose", "ordered", "follow-up", "weekly", "swims", "advised",
+        "patient",
+        "reports",
+        "dizziness",
+        "after",
+        "standing",
+        "über",
+        "résumé",
+        "ankle",
+        "exercise",
+        "glucose",
+        "ordered",
+        "follow-up",
+        "weekly",
+        "swims",
+        "advised",
     ];
     let mut s = format!("Control transcript {marker}: ");
     let mut x: u32 = 2_463_534_242;
@@ -216,7 +232,12 @@ pub fn assert_clean(report: &leakless_leaktest::Report) {
 
 /// Asserts a control of `channel` was found through a view whose artifact name contains
 /// `view` (e.g. `[heap-pglz`).
-pub fn assert_seen_through(report: &leakless_leaktest::Report, channel: &str, id: &str, view: &str) {
+pub fn assert_seen_through(
+    report: &leakless_leaktest::Report,
+    channel: &str,
+    id: &str,
+    view: &str,
+) {
     let c = report.channel(channel).unwrap();
     assert!(
         c.control_findings
