@@ -262,3 +262,67 @@ fn a_bad_endpoint_is_refused_up_front() {
     .unwrap_err();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
 }
+
+/// The guard that marks the child process of `default_credential_chain_from_the_environment`.
+const CHAIN_CHILD: &str = "LEAKLESS_TEST_AWS_CHAIN_CHILD";
+
+/// `AwsCredentials::DefaultChain` with the region taken from the chain too: run in a child
+/// process (this test binary again, filtered to this one test, with a guard variable so it
+/// cannot recurse) whose environment carries `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+/// `AWS_REGION`, since a test must not change its own process's environment.
+#[test]
+fn default_credential_chain_from_the_environment() {
+    if std::env::var_os(CHAIN_CHILD).is_some() {
+        let kms = AwsKms::create_key(
+            AwsKmsConfig {
+                region: None,
+                credentials: AwsCredentials::DefaultChain,
+                ..config()
+            },
+            "default chain",
+        )
+        .unwrap();
+        assert!(
+            kms.key_arn().starts_with(&format!(
+                "arn:aws:kms:{}:",
+                std::env::var("AWS_REGION").unwrap()
+            )),
+            "the region came from AWS_REGION: {}",
+            kms.key_arn()
+        );
+        let scope = KeyScope::new("chain").unwrap();
+        let kek = Kek::generate();
+        let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
+        assert_eq!(
+            kms.unwrap_kek(&w, &binding(&scope, 1))
+                .unwrap()
+                .expose_secret(),
+            kek.expose_secret()
+        );
+        return;
+    }
+    let region = std::env::var("LEAKLESS_AWS_REGION")
+        .unwrap_or_else(|_| panic!("LEAKLESS_AWS_REGION is not set: {HOW}"));
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "default_credential_chain_from_the_environment",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHAIN_CHILD, "1")
+        .env("AWS_ACCESS_KEY_ID", "AKIALEAKLESSCHAIN")
+        .env("AWS_SECRET_ACCESS_KEY", dummy_secret())
+        .env("AWS_REGION", &region)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
