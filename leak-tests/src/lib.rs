@@ -58,13 +58,4 @@ pub enum Error {
         /// What went wrong.
         problem: String,
     },
-    /// Reading an artifact failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The artifact.
-        path: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
 }
