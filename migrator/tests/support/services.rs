@@ -188,7 +188,10 @@ impl TestDb {
     pub fn mysql() -> Self {
         let admin_url = mysql_url();
         let name = fresh_name();
-        mysql_admin(&admin_url, &format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
+        mysql_admin(
+            &admin_url,
+            &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
+        ).unwrap_or_else(|e| {
             panic!(
                 "MariaDB at {}: CREATE DATABASE {name}: {e}",
                 redact_url(&admin_url)
