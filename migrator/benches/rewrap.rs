@@ -95,7 +95,7 @@ fn main() {
     });
     let rows = env_num("LEAKLESS_BENCH_ROWS", 1_000_000);
     let runs = env_num("LEAKLESS_BENCH_RUNS", 3).max(1);
-    let workers = env_num("LEAKLESS_BENCH_WORKERS", 2).to_string();
+    let workers = env_num("LEAKLESS_BENCH_WORKERS", 4).to_string();
     let batch = env_num("LEAKLESS_BENCH_BATCH", 5000).to_string();
     let bin = env!("CARGO_BIN_EXE_leakless-migrate");
     let name = format!("leakless_bench_{:08x}", rand::random::<u32>());
