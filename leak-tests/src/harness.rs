@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use crate::Error;
 use crate::canary::CanarySet;
-use crate::pgpage::walk_relation;
+use crate::pgpage::{WalRecords, sniff_compressed, walk_relation};
 use crate::report::{ChannelReport, Report};
 use crate::scan::{Collector, Scanner};
 
@@ -219,6 +219,15 @@ impl LeakCheck {
         {
             self.relation(channel, &name, f);
         }
+        if is_wal_path(path) {
+            if let Ok(f) = open(path) {
+                let _ =
+                    self.scan_reader(channel, &format!("{name}[wal-records]"), WalRecords::new(f));
+            }
+            if let Ok(f) = open(path) {
+                self.wal_compressed(channel, &name, f);
+            }
+        }
     }
 
     fn tar_members(&mut self, channel: &str, outer: &str, reader: impl Read) {
@@ -246,6 +255,9 @@ impl LeakCheck {
             // relation files get their heap/TOAST view.
             if is_relation_path(&member) {
                 self.relation(channel, &format!("{outer}!{}", member.display()), entry);
+            } else if is_wal_path(&member) {
+                // One pass: decompressed values only (the record view needs a second read).
+                self.wal_compressed(channel, &format!("{outer}!{}", member.display()), entry);
             }
         }
     }
@@ -264,6 +276,26 @@ impl LeakCheck {
         });
         if let Err(e) = result {
             self.error(channel, format!("{name}: heap pages unreadable: {e}"));
+        }
+        for (artifact, len, col) in views {
+            self.record(channel, &artifact, len as u64, &col);
+        }
+    }
+
+    fn wal_compressed(&mut self, channel: &str, name: &str, reader: impl Read) {
+        let mut views = Vec::new();
+        let scanner = &self.scanner;
+        let result = sniff_compressed(WalRecords::new(reader), "wal", |d| {
+            let mut col = Collector::new();
+            scanner.scan_bytes(&d.bytes, |h| col.add(h));
+            views.push((
+                format!("{name}[{}@{}]", d.view, d.offset),
+                d.bytes.len(),
+                col,
+            ));
+        });
+        if let Err(e) = result {
+            self.error(channel, format!("{name}: WAL unreadable: {e}"));
         }
         for (artifact, len, col) in views {
             self.record(channel, &artifact, len as u64, &col);
@@ -373,4 +405,12 @@ fn is_relation_path(path: &Path) -> bool {
         )
     });
     digits && in_pg
+}
+
+/// A PostgreSQL WAL segment: 24 hexadecimal digits, in a `pg_wal` folder (or any folder, when
+/// the name alone is unambiguous).
+fn is_wal_path(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
 }

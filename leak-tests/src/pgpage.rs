@@ -277,6 +277,129 @@ fn inline_compressed(data: &[u8], mut found: impl FnMut(&'static str, Vec<u8>)) 
     }
 }
 
+/// PostgreSQL's WAL page size.
+pub const XLOG_BLCKSZ: usize = 8192;
+
+/// A reader over the record bytes of a WAL segment: every 8 KiB WAL page with its page header
+/// (24 bytes, 40 for a long header) removed, so a record that continues on the next page reads
+/// as one contiguous run.
+#[derive(Debug)]
+pub struct WalRecords<R> {
+    inner: R,
+    page: Vec<u8>,
+    pos: usize,
+    len: usize,
+}
+
+impl<R: Read> WalRecords<R> {
+    /// Wraps a reader positioned at the start of a WAL segment.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            page: vec![0u8; XLOG_BLCKSZ],
+            pos: 0,
+            len: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for WalRecords<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.len {
+            let mut filled = 0;
+            while filled < XLOG_BLCKSZ {
+                let Some(space) = self.page.get_mut(filled..) else {
+                    break;
+                };
+                match self.inner.read(space) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if filled < XLOG_BLCKSZ {
+                return Ok(0);
+            }
+            let info = u16_at(&self.page, 2).unwrap_or(0);
+            self.pos = if info & 0x0002 != 0 { 40 } else { 24 };
+            self.len = XLOG_BLCKSZ;
+        }
+        let src = self.page.get(self.pos..self.len).unwrap_or_default();
+        let n = src.len().min(out.len());
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), src.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The longest compressed datum looked for by [`sniff_compressed`] (an inline value lives in
+/// one 8 KiB heap page).
+const MAX_INLINE: usize = BLCKSZ;
+
+/// Finds compressed varlena values (4-byte header marked "compressed inline", pglz or lz4) at
+/// any byte offset of a stream, such as WAL record bytes, and calls `found` with each value
+/// that decompresses to exactly its recorded size. Streams in 1 MiB chunks.
+///
+/// # Errors
+/// The reader's I/O error.
+pub fn sniff_compressed(
+    mut reader: impl Read,
+    view: &str,
+    mut found: impl FnMut(Decompressed),
+) -> io::Result<u64> {
+    let chunk = 1 << 20;
+    let mut buf = vec![0u8; chunk + MAX_INLINE];
+    let mut keep = 0usize;
+    let mut base = 0u64;
+    loop {
+        let mut filled = keep;
+        while filled < buf.len() {
+            let Some(space) = buf.get_mut(filled..) else {
+                break;
+            };
+            match reader.read(space) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let eof = filled < buf.len();
+        // Try every start that has a whole MAX_INLINE of look-ahead (all of them at the end).
+        let starts = if eof { filled } else { filled - MAX_INLINE };
+        let data = buf.get(..filled).unwrap_or_default();
+        let mut at = 0;
+        while at < starts {
+            if let (Some(hdr), Some(tcinfo)) = (u32_at(data, at), u32_at(data, at + 4))
+                && hdr & 3 == 2
+                && let size = usize::try_from(hdr >> 2).unwrap_or(0)
+                && size > 8
+                && size <= MAX_INLINE
+                && let Some(body) = data.get(at + 8..at + size)
+                && let Some((method, bytes)) = decompress_datum(tcinfo, body)
+            {
+                found(Decompressed {
+                    view: format!("{view}-{method}"),
+                    offset: base + at as u64,
+                    bytes,
+                });
+                at += size;
+                continue;
+            }
+            at += 1;
+        }
+        if eof {
+            return Ok(base + filled as u64);
+        }
+        buf.copy_within(starts..filled, 0);
+        keep = filled - starts;
+        base += starts as u64;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,6 +96,8 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
     let mut check = LeakCheck::new(fx.set.clone()).unwrap();
     check.expect_control("postgres/wal", &c.addr.id);
     check.expect_control("postgres/wal", &c.gps.id);
+    // The inline pglz value is in the insert record compressed: seen through too.
+    check.expect_control("postgres/wal", &c.pglz.id);
     check.scan_path("postgres/wal", &pg.wal_dir());
     pg.checkpoint().unwrap();
 
@@ -146,6 +148,7 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
         "[toast-lz4",
     );
     assert_seen_through(&report, "postgres/basebackup-tar", &c.pglz.id, "[heap-pglz");
+    assert_seen_through(&report, "postgres/wal", &c.pglz.id, "[wal-pglz");
     // The error case reached the server log, with only the blind-index token as its key.
     let log = std::fs::read_to_string(pg.log_path()).unwrap();
     assert!(
