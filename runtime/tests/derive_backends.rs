@@ -188,7 +188,10 @@ fn one_mib_transcript() -> String {
     let mut s = String::with_capacity(1 << 20);
     let mut i = 0u64;
     while s.len() < (1 << 20) - 64 {
-        s.push_str(&format!("line {i}: patient reports pain level {} ", i * 7919 % 11));
+        s.push_str(&format!(
+            "line {i}: patient reports pain level {} ",
+            i * 7919 % 11
+        ));
         i += 1;
     }
     while s.len() < 1 << 20 {
@@ -243,7 +246,12 @@ macro_rules! behaviour_suite {
                 let ring = ring();
                 let mut no_transcript = patient(3);
                 no_transcript.transcript = None;
-                let people = [patient(2), unicode_patient(), empty_patient(), no_transcript];
+                let people = [
+                    patient(2),
+                    unicode_patient(),
+                    empty_patient(),
+                    no_transcript,
+                ];
                 for p in &people {
                     insert_one(&mut conn, &ring, p);
                 }
@@ -273,7 +281,14 @@ macro_rules! behaviour_suite {
                     .unwrap();
                 let raw = format!("{rows:?}");
                 assert!(raw.contains("süd"), "control: the clear column is visible");
-                for n in ["Ångström", "Straße", "Canary", "Person2", "chest", "Übelkeit"] {
+                for n in [
+                    "Ångström",
+                    "Straße",
+                    "Canary",
+                    "Person2",
+                    "chest",
+                    "Übelkeit",
+                ] {
                     assert!(!raw.contains(n), "stored rows show {n}");
                 }
             }
@@ -302,11 +317,17 @@ macro_rules! behaviour_suite {
                 let ring = ring();
                 let people: Vec<Patient> = (1..=10_000).map(patient).collect();
                 let rows = Patient::seal_rows(&people, &ring).unwrap();
-                assert_eq!(ring.kms_calls().unwraps, 2, "one KEK fetch per scope for all rows");
+                assert_eq!(
+                    ring.kms_calls().unwraps,
+                    2,
+                    "one KEK fetch per scope for all rows"
+                );
                 // 1,000 rows per statement: under every backend's bind-parameter limit.
                 conn.transaction::<_, diesel::result::Error, _>(|conn| {
                     for chunk in rows.chunks(1_000) {
-                        diesel::insert_into(patients::table).values(chunk).execute(conn)?;
+                        diesel::insert_into(patients::table)
+                            .values(chunk)
+                            .execute(conn)?;
                     }
                     Ok(())
                 })
@@ -406,8 +427,12 @@ macro_rules! behaviour_suite {
                 // Rotate the index key: old rows are still found (their v1 token is among the
                 // candidates), and a row written after the rotation is found too.
                 let who = AuditInfo::new("test", "rotate index key");
-                ring.rotate(&KeyScope::new("bidx").unwrap(), Duration::from_secs(3600), &who)
-                    .unwrap();
+                ring.rotate(
+                    &KeyScope::new("bidx").unwrap(),
+                    Duration::from_secs(3600),
+                    &who,
+                )
+                .unwrap();
                 insert_one(&mut conn, &ring, &patient(99));
                 assert!(find(&mut conn, "person17@example.org") == vec![patient(17)]);
                 assert!(find(&mut conn, "person99@example.org") == vec![patient(99)]);
@@ -434,7 +459,11 @@ macro_rules! behaviour_suite {
                     .unwrap();
                 let err = load_one(&mut conn, &ring, "p-00002").unwrap_err();
                 assert!(matches!(err, Error::DecryptionFailed { .. }), "{err}");
-                assert!(err.to_string().contains("patients.address row text:p-00002"), "{err}");
+                assert!(
+                    err.to_string()
+                        .contains("patients.address row text:p-00002"),
+                    "{err}"
+                );
                 assert_no_plaintext(&err, &secrets);
 
                 // Row 1's name envelope pasted into its own transcript column (same type).
@@ -449,7 +478,11 @@ macro_rules! behaviour_suite {
                     .unwrap();
                 let err = load_one(&mut conn, &ring, "p-00001").unwrap_err();
                 assert!(matches!(err, Error::DecryptionFailed { .. }), "{err}");
-                assert!(err.to_string().contains("patients.transcript row text:p-00001"), "{err}");
+                assert!(
+                    err.to_string()
+                        .contains("patients.transcript row text:p-00001"),
+                    "{err}"
+                );
                 assert_no_plaintext(&err, &secrets);
 
                 // A whole row copied under a new id.
@@ -459,7 +492,10 @@ macro_rules! behaviour_suite {
                     .first(&mut conn)
                     .unwrap();
                 row.id = "p-copy".into();
-                diesel::insert_into(patients::table).values(&row).execute(&mut conn).unwrap();
+                diesel::insert_into(patients::table)
+                    .values(&row)
+                    .execute(&mut conn)
+                    .unwrap();
                 let err = load_one(&mut conn, &ring, "p-copy").unwrap_err();
                 assert!(matches!(err, Error::DecryptionFailed { .. }), "{err}");
                 assert_no_plaintext(&err, &secrets);
@@ -478,7 +514,9 @@ macro_rules! behaviour_suite {
                     .execute(&mut conn)
                     .unwrap();
                 let v1 = ring.versions(&scope).unwrap()[0].version;
-                let v2 = ring.rotate(&scope, Duration::from_secs(3600), &who).unwrap();
+                let v2 = ring
+                    .rotate(&scope, Duration::from_secs(3600), &who)
+                    .unwrap();
                 assert_ne!(v1, v2);
 
                 // Old rows open while v1 is in grace; new rows seal under v2.
@@ -518,7 +556,9 @@ macro_rules! behaviour_suite {
                             )
                         };
                         let rewrap = |column, env: &[u8]| {
-                            ring.rewrap(&ctx(column), env).unwrap().unwrap_or_else(|| env.to_vec())
+                            ring.rewrap(&ctx(column), env)
+                                .unwrap()
+                                .unwrap_or_else(|| env.to_vec())
                         };
                         let new = PatientRow {
                             name: rewrap("name", &row.name),
@@ -530,7 +570,9 @@ macro_rules! behaviour_suite {
                             ..row.clone()
                         };
                         row = new;
-                        diesel::update(patients::table.find(&row.id)).set(&row).execute(conn)?;
+                        diesel::update(patients::table.find(&row.id))
+                            .set(&row)
+                            .execute(conn)?;
                     }
                     Ok(())
                 })
@@ -588,12 +630,22 @@ macro_rules! behaviour_suite {
                 let per_writer = i64::from(ROWS / 5 * 3 + (ROWS - ROWS / 5));
                 assert_eq!(count(&mut conn), i64::from(WRITERS) * per_writer);
                 let all = Patient::open_rows(
-                    patients::table.select(PatientRow::as_select()).load(&mut conn).unwrap(),
+                    patients::table
+                        .select(PatientRow::as_select())
+                        .load(&mut conn)
+                        .unwrap(),
                     &ring,
                 )
                 .unwrap();
-                assert!(all.contains(&patient(3_007)) && all.contains(&patient(50_000 + 1_004 * 10 + 2)));
-                assert_eq!(ring.kms_calls().unwraps, 2, "the writers shared one KEK fetch per scope");
+                assert!(
+                    all.contains(&patient(3_007))
+                        && all.contains(&patient(50_000 + 1_004 * 10 + 2))
+                );
+                assert_eq!(
+                    ring.kms_calls().unwraps,
+                    2,
+                    "the writers shared one KEK fetch per scope"
+                );
             }
         }
     };
@@ -655,7 +707,9 @@ struct MysqlDb(support::services::TestDb);
 impl MysqlDb {
     fn new() -> Self {
         let db = Self(support::services::TestDb::mysql());
-        diesel::sql_query(MYSQL_DDL).execute(&mut db.conn()).unwrap();
+        diesel::sql_query(MYSQL_DDL)
+            .execute(&mut db.conn())
+            .unwrap();
         db
     }
 
