@@ -108,7 +108,10 @@ fn raw_context() -> &'static (Pkcs11, Slot) {
             .get_slots_with_token()
             .unwrap()
             .into_iter()
-            .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token)
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .is_ok_and(|i| i.label().trim_end() == token)
+            })
             .unwrap();
         (ctx, slot)
     })
@@ -404,7 +407,10 @@ fn pin_from_an_environment_variable() {
             "--test-threads=1",
             "--nocapture",
         ])
-        .env("LEAKLESS_TEST_PKCS11_PIN", real_pin())
+        .env(
+            "LEAKLESS_TEST_PKCS11_PIN",
+            fs::read_to_string(custodian(0).1).unwrap().trim(),
+        )
         .env("LEAKLESS_TEST_PKCS11_CHILD", "1")
         .output()
         .unwrap();
@@ -412,21 +418,29 @@ fn pin_from_an_environment_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
     assert!(stdout.contains("env pin probe: ok"), "{stdout}");
-    assert!(!stdout.contains(&real_pin()) && !stderr.contains(&real_pin()));
+    let pin = fs::read_to_string(custodian(0).1).unwrap();
+    assert!(!stdout.contains(pin.trim()) && !stderr.contains(pin.trim()));
 }
 
 /// The child half of [`pin_from_an_environment_variable`]. Run on its own (without the
 /// variables) it checks that an unset PIN variable is refused, naming the variable.
 #[test]
 fn env_pin_child() {
+    let child = std::env::var_os("LEAKLESS_TEST_PKCS11_CHILD").is_some();
     let mut cfg = config(&unique_label("env"));
+    if child {
+        // The child logs in on a custodian token that the parent never touches: SoftHSM2's
+        // file store can show a token as unreadable (CKR_GENERAL_ERROR, for the rest of the
+        // process) to one process while another writes to it.
+        cfg.token_label = custodian(0).0;
+    }
     cfg.pin = PinSource::Env("LEAKLESS_TEST_PKCS11_PIN_UNSET".into());
     let err = Pkcs11Kms::create(&cfg).unwrap_err();
     assert!(
         err.to_string().contains("LEAKLESS_TEST_PKCS11_PIN_UNSET"),
         "{err}"
     );
-    if std::env::var_os("LEAKLESS_TEST_PKCS11_CHILD").is_none() {
+    if !child {
         return;
     }
     cfg.pin = PinSource::Env("LEAKLESS_TEST_PKCS11_PIN".into());
@@ -436,4 +450,89 @@ fn env_pin_child() {
     let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
     kms.unwrap_kek(&w, &binding(&scope, 1)).unwrap();
     println!("env pin probe: ok");
+}
+
+/// A lost login (here: `C_Logout` from other code in the process, as after an HSM restart)
+/// is recovered: the backend logs in again from its PIN source and retries. Logging out is
+/// process-wide, so this runs in a child process of its own (see [`relogin_child`]).
+#[test]
+fn a_lost_login_is_recovered_by_logging_in_again() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "relogin_child",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env("LEAKLESS_TEST_PKCS11_RELOGIN_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("relogin probe: ok"), "{stdout}");
+}
+
+/// The child half of [`a_lost_login_is_recovered_by_logging_in_again`]. Run on its own (among
+/// other tests) it only checks a wrap round trip, since logging out would disturb them.
+#[test]
+fn relogin_child() {
+    let child = std::env::var_os("LEAKLESS_TEST_PKCS11_RELOGIN_CHILD").is_some();
+    // The child uses a custodian token that the parent never touches (see env_pin_child).
+    let (token, pin_file) = if child {
+        custodian(1)
+    } else {
+        (env("LEAKLESS_PKCS11_TOKEN"), pin_file())
+    };
+    let mut cfg = config(&unique_label("relogin"));
+    cfg.token_label.clone_from(&token);
+    cfg.pin = PinSource::File(pin_file.clone());
+    let kms = Pkcs11Kms::create(&cfg).unwrap();
+    let scope = KeyScope::new("relogin").unwrap();
+    let kek = Kek::generate();
+    let wrapped = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
+    assert_eq!(
+        kms.unwrap_kek(&wrapped, &binding(&scope, 1))
+            .unwrap()
+            .expose_secret(),
+        kek.expose_secret()
+    );
+    if !child {
+        return;
+    }
+    // Other code in the process logs out (leakless initialized the module above, so this
+    // second handle finds it initialized).
+    let ctx = Pkcs11::new(module()).unwrap();
+    assert!(matches!(
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)),
+        Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _))
+    ));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .is_ok_and(|i| i.label().trim_end() == token)
+        })
+        .unwrap();
+    let session = ctx.open_rw_session(slot).unwrap();
+    let pin = fs::read_to_string(&pin_file).unwrap();
+    match session.login(UserType::User, Some(&AuthPin::from(pin.trim()))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("C_Login: {e}"),
+    }
+    session.logout().unwrap();
+    // Logged out for the whole process: the private root key is no longer visible.
+    let visible = ctx
+        .open_ro_session(slot)
+        .unwrap()
+        .find_objects(&[Attribute::Label(kms.key_label().as_bytes().to_vec())])
+        .unwrap();
+    assert!(visible.is_empty(), "still logged in after C_Logout");
+    drop(session);
+    let back = kms.unwrap_kek(&wrapped, &binding(&scope, 1)).unwrap();
+    assert_eq!(back.expose_secret(), kek.expose_secret());
+    kms.wrap_kek(&kek, &binding(&scope, 2)).unwrap();
+    println!("relogin probe: ok");
 }

@@ -58,7 +58,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -363,9 +363,15 @@ fn scan_slots(ctx: &Pkcs11, module: &Path, token_label: &str) -> Result<Slot, Er
     let mut found = Vec::new();
     let mut seen = Vec::new();
     for slot in slots {
-        let info = ctx
-            .get_token_info(slot)
-            .map_err(|e| kms_err("find token", describe(&e)))?;
+        // A token that cannot be read right now (SoftHSM2 while another process rewrites
+        // its files, a card being removed) is not the one we want; note it and go on.
+        let info = match ctx.get_token_info(slot) {
+            Ok(info) => info,
+            Err(e) => {
+                seen.push(format!("(slot {}: {})", slot.id(), describe(&e)));
+                continue;
+            }
+        };
         if !info.token_initialized() {
             continue;
         }
@@ -395,6 +401,23 @@ fn scan_slots(ctx: &Pkcs11, module: &Path, token_label: &str) -> Result<Slot, Er
     }
 }
 
+/// Whether a failure means the session or the login is gone (so logging in again may help),
+/// rather than a refusal of the request itself.
+fn login_lost(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::UserNotLoggedIn
+                | RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceRemoved
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
+            _
+        )
+    )
+}
+
 // ----- tokens ------------------------------------------------------------------------------
 
 /// A logged-in PKCS#11 token: the session pool that [`Pkcs11Kms`] and the Shamir share store
@@ -404,6 +427,8 @@ pub struct Pkcs11Token {
     slot: Slot,
     module: PathBuf,
     label: String,
+    /// Where the PIN comes from (not the PIN), to log in again after a lost login.
+    pin: PinSource,
     pool: Mutex<Vec<Session>>,
 }
 
@@ -431,6 +456,7 @@ impl Pkcs11Token {
             slot,
             module: module.to_path_buf(),
             label: token_label.to_owned(),
+            pin: pin.clone(),
             pool: Mutex::new(Vec::new()),
         };
         token.login(pin)?;
@@ -524,12 +550,46 @@ impl Pkcs11Token {
         }
     }
 
-    /// Runs `f` on a session of its own: one from the pool, or a new one.
+    /// Runs `f` on a session of its own: one from the pool, or a new one. When the call
+    /// fails because the token lost the session or the login (an HSM restart, a network
+    /// HSM's reconnect, another part of the process calling `C_Logout`), it logs in again
+    /// (reading the PIN from its source once more) and retries once on a fresh session.
     fn with_session<T>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&Session) -> Result<T, CkError>,
+        mut f: impl FnMut(&Session) -> Result<T, CkError>,
     ) -> Result<T, Error> {
+        let first = self.attempt(&mut f)?;
+        let result = match first {
+            Err(e) if login_lost(&e) => {
+                tracing::warn!(
+                    backend = BACKEND,
+                    token = %self.label,
+                    operation,
+                    error = %describe(&e),
+                    "PKCS#11 session or login lost; logging in again and retrying once"
+                );
+                self.pool
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
+                self.login(&self.pin)?;
+                self.attempt(&mut f)?
+            }
+            other => other,
+        };
+        result.map_err(|e| {
+            kms_err(
+                operation,
+                format!("token {:?}: {}", self.label, describe(&e)),
+            )
+        })
+    }
+
+    fn attempt<T>(
+        &self,
+        f: &mut impl FnMut(&Session) -> Result<T, CkError>,
+    ) -> Result<Result<T, CkError>, Error> {
         let pooled = self
             .pool
             .lock()
@@ -542,18 +602,10 @@ impl Pkcs11Token {
         let result = f(&session);
         match &result {
             // A session the token closed or lost is not put back.
-            Err(CkError::Pkcs11(
-                RvError::SessionHandleInvalid | RvError::SessionClosed | RvError::DeviceRemoved,
-                _,
-            )) => {}
+            Err(e) if login_lost(e) => {}
             _ => self.give_back(session),
         }
-        result.map_err(|e| {
-            kms_err(
-                operation,
-                format!("token {:?}: {}", self.label, describe(&e)),
-            )
-        })
+        Ok(result)
     }
 
     fn supports(&self, mechanism: MechanismType) -> Result<bool, Error> {
@@ -728,7 +780,9 @@ impl KeyProtection {
 /// A root key on a PKCS#11 token. See the [module docs](self).
 pub struct Pkcs11Kms {
     token: Arc<Pkcs11Token>,
-    key: ObjectHandle,
+    /// The root key's handle; found again by label after a lost login (tokens may hand out
+    /// new handles for private objects after logging in again).
+    key: Mutex<ObjectHandle>,
     key_label: String,
     id: String,
 }
@@ -800,7 +854,7 @@ impl Pkcs11Kms {
             id: format!("pkcs11:{}/{key_label}", token.label),
             key_label: key_label.to_owned(),
             token,
-            key,
+            key: Mutex::new(key),
         };
         let protection = kms.key_protection()?;
         if !protection.is_protected() {
@@ -892,8 +946,7 @@ impl Pkcs11Kms {
     /// # Errors
     /// [`Error::Kms`] when the token cannot be asked.
     pub fn key_protection(&self) -> Result<KeyProtection, Error> {
-        let key = self.key;
-        let attrs = self.token.with_session("inspect root key", |s| {
+        let attrs = self.with_key("inspect root key", |s, key| {
             s.get_attributes(
                 key,
                 &[
@@ -922,7 +975,7 @@ impl Pkcs11Kms {
         }
         // The token must refuse the value (CKR_ATTRIBUTE_SENSITIVE); cryptoki then leaves it
         // out of the result. Any bytes that do come back are zeroized at once.
-        let value = self.token.with_session("inspect root key", |s| {
+        let value = self.with_key("inspect root key", |s, key| {
             s.get_attributes(key, &[AttributeType::Value])
         });
         match value {
@@ -938,6 +991,34 @@ impl Pkcs11Kms {
             Err(other) => return Err(other),
         }
         Ok(p)
+    }
+
+    /// Runs `f` with the root key's handle on a session of its own. If the token lost the
+    /// login, [`Pkcs11Token`] logs in again and this retry finds the key by its label again.
+    fn with_key<T>(
+        &self,
+        operation: &'static str,
+        mut f: impl FnMut(&Session, ObjectHandle) -> Result<T, CkError>,
+    ) -> Result<T, Error> {
+        let mut retry = false;
+        self.token.with_session(operation, |s| {
+            let mut slot = self.key.lock().unwrap_or_else(PoisonError::into_inner);
+            if retry {
+                match s.find_objects(&key_template(&self.key_label))?.as_slice() {
+                    [k] => *slot = *k,
+                    _ => {
+                        return Err(CkError::Pkcs11(
+                            RvError::KeyHandleInvalid,
+                            Function::FindObjects,
+                        ));
+                    }
+                }
+            }
+            retry = true;
+            let key = *slot;
+            drop(slot);
+            f(s, key)
+        })
     }
 
     fn aad(&self, binding: &KekBinding<'_>) -> Vec<u8> {
@@ -975,10 +1056,9 @@ impl Kms for Pkcs11Kms {
         let aad = self.aad(binding);
         let mut iv = [0u8; IV_LEN];
         rand_core::OsRng.fill_bytes(&mut iv);
-        let key = self.key;
         // Some HSMs write their own IV into the parameter buffer: `iv` holds, after the
         // call, the IV that was used.
-        let ct = self.token.with_session("wrap KEK", |s| {
+        let ct = self.with_key("wrap KEK", |s, key| {
             let params = GcmParams::new(&mut iv, &aad, 128.into())?; // 128-bit tag
             s.encrypt(&Mechanism::AesGcm(params), key, kek.expose_secret())
         })?;
@@ -1034,8 +1114,7 @@ impl Kms for Pkcs11Kms {
         let (iv, ct) = rest.split_at(IV_LEN);
         let mut iv: [u8; IV_LEN] = iv.try_into().map_err(|_| fail("bad IV length".into()))?;
         let aad = self.aad(binding);
-        let key = self.key;
-        let plain = self.token.with_session("unwrap KEK", |s| {
+        let plain = self.with_key("unwrap KEK", |s, key| {
             let params = GcmParams::new(&mut iv, &aad, 128.into())?; // 128-bit tag
             match s.decrypt(&Mechanism::AesGcm(params), key, ct) {
                 Ok(p) => Ok(Some(Zeroizing::new(p))),
