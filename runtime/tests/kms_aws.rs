@@ -326,3 +326,28 @@ fn default_credential_chain_from_the_environment() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Inside another tokio runtime (an async service calling the ring directly), calls take the
+/// scoped-thread path instead of panicking on a nested `block_on`, and dropping the backend
+/// there does not panic either.
+#[test]
+fn usable_and_droppable_inside_another_tokio_runtime() {
+    let outer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let kms = new_kms();
+    outer.block_on(async move {
+        assert!(tokio::runtime::Handle::try_current().is_ok());
+        let scope = KeyScope::new("async").unwrap();
+        let kek = Kek::generate();
+        let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
+        assert_eq!(
+            kms.unwrap_kek(&w, &binding(&scope, 1))
+                .unwrap()
+                .expose_secret(),
+            kek.expose_secret()
+        );
+        drop(kms);
+    });
+}

@@ -21,8 +21,8 @@
 //! current-thread runtime and blocks on it for each call. Called from inside another tokio
 //! runtime (where blocking on a second runtime would panic), the call is run on a short-lived
 //! scoped thread instead, so `AwsKms` works from sync code, from `spawn_blocking`, and (less
-//! efficiently) from async tasks. Prefer calling the key ring from `spawn_blocking` in async
-//! services: a cache miss blocks for one KMS round trip.
+//! efficiently) from async tasks, and may be dropped anywhere. Prefer calling the key ring from
+//! `spawn_blocking` in async services: a cache miss blocks for one KMS round trip.
 //!
 //! # Credentials, retries
 //!
@@ -116,7 +116,7 @@ impl AwsKmsConfig {
 
 /// A root key held in AWS KMS. See the module docs.
 pub struct AwsKms {
-    runtime: tokio::runtime::Runtime,
+    runtime: SdkRuntime,
     client: Client,
     /// The key ARN (what `Encrypt` is told to use, and what `Decrypt` insists on).
     key_arn: String,
@@ -282,7 +282,7 @@ impl AwsKms {
             .as_deref()
             .map_or_else(|| "regional AWS endpoint".to_owned(), redact_url);
         Ok(Self {
-            runtime,
+            runtime: SdkRuntime(Some(runtime)),
             client: Client::from_conf(builder.build()),
             key_arn: config.key_id.clone(),
             id: format!("aws-kms:{}", config.key_id),
@@ -404,9 +404,12 @@ impl AwsKms {
     {
         self.retry
             .run(BACKEND, operation, &self.stats, |attempt: Attempt| {
+                let Some(runtime) = self.runtime.0.as_ref() else {
+                    return Err(Failure::permanent("the AWS SDK runtime is shut down"));
+                };
                 let fut = make(self.client.clone());
                 let limit = attempt.timeout;
-                block_on(&self.runtime, async move {
+                block_on(runtime, async move {
                     match tokio::time::timeout(limit, fut).await {
                         Ok(Ok(value)) => Ok(value),
                         Ok(Err(e)) => Err(classify(&e)),
@@ -435,6 +438,19 @@ impl AwsKms {
                 },
                 other => other,
             })
+    }
+}
+
+/// The backend's own tokio runtime. Dropped with `shutdown_background`, which never blocks, so
+/// that dropping an `AwsKms` inside an async task (where a blocking runtime drop would panic)
+/// is safe.
+struct SdkRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for SdkRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
