@@ -79,6 +79,10 @@ pub enum KeysCommand {
     },
     /// Retire every grace version whose deadline has passed.
     ExpireGrace,
+    /// Split the root key into M-of-N Shamir shares (files or custodian tokens).
+    Split(crate::commands::shamir::SplitArgs),
+    /// Rebuild the root key in memory from shares and check it against the key store.
+    Unseal(crate::commands::shamir::UnsealArgs),
     /// Re-wrap every KEK record under a new root key (cheap: no row is touched).
     RotateRoot {
         /// The new root key file (64 hex digits, mode 0600). Created if --generate is given.
@@ -376,6 +380,8 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
                 ),
             )
         }
+        KeysCommand::Split(a) => crate::commands::shamir::split(env, a),
+        KeysCommand::Unseal(a) => crate::commands::shamir::unseal(env, a),
         KeysCommand::RotateRoot {
             new_root_key_file,
             generate,
