@@ -536,3 +536,35 @@ fn relogin_child() {
     kms.wrap_kek(&kek, &binding(&scope, 2)).unwrap();
     println!("relogin probe: ok");
 }
+
+/// The KMS call count seen by the token itself: opening 100,000 fields under one KEK version
+/// costs one `C_Decrypt` on the HSM (the suite checks the ring's count; this is the HSM's).
+#[test]
+fn opening_100k_fields_costs_one_decrypt_on_the_token() {
+    let kms = Arc::new(Pkcs11Kms::create(&config(&unique_label("count"))).unwrap());
+    let ring = leakless::KeyRing::builder(
+        kms.clone(),
+        Arc::new(leakless::store::MemoryKeyStore::new()),
+    )
+    .build();
+    let scope = KeyScope::new("patients").unwrap();
+    ring.create_scope(&scope, &leakless::AuditInfo::new("test", "count"))
+        .unwrap();
+    let ctx = leakless::FieldContext::new("patients", "address", leakless::RowId::Int(1), 1);
+    let env = ring
+        .seal(&scope, &ctx, b"x", &leakless::FieldPolicy::default())
+        .unwrap();
+    assert_eq!(kms.token_calls().wraps, 1, "create wrapped v1 on the token");
+    ring.cache().clear();
+    let before = kms.token_calls();
+    for _ in 0..100_000 {
+        ring.open(&ctx, &env).unwrap();
+    }
+    let after = kms.token_calls();
+    assert_eq!(
+        after.unwraps - before.unwraps,
+        1,
+        "one C_Decrypt for 100,000 opens"
+    );
+    assert_eq!(after.wraps, before.wraps);
+}

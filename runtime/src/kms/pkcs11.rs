@@ -56,6 +56,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
@@ -785,6 +786,18 @@ pub struct Pkcs11Kms {
     key: Mutex<ObjectHandle>,
     key_label: String,
     id: String,
+    /// `C_Encrypt` / `C_Decrypt` calls that reached the token (wraps, unwraps).
+    wraps: AtomicU64,
+    unwraps: AtomicU64,
+}
+
+/// How many wrap and unwrap operations a [`Pkcs11Kms`] has run on its token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenCalls {
+    /// `C_Encrypt` calls (KEK wraps), retries included.
+    pub wraps: u64,
+    /// `C_Decrypt` calls (KEK unwraps), retries included.
+    pub unwraps: u64,
 }
 
 impl fmt::Debug for Pkcs11Kms {
@@ -855,6 +868,8 @@ impl Pkcs11Kms {
             key_label: key_label.to_owned(),
             token,
             key: Mutex::new(key),
+            wraps: AtomicU64::new(0),
+            unwraps: AtomicU64::new(0),
         };
         let protection = kms.key_protection()?;
         if !protection.is_protected() {
@@ -937,6 +952,16 @@ impl Pkcs11Kms {
     #[must_use]
     pub fn key_label(&self) -> &str {
         &self.key_label
+    }
+
+    /// How many wraps and unwraps this backend has run on the token so far: the number the
+    /// HSM sees, whatever the key ring counts.
+    #[must_use]
+    pub fn token_calls(&self) -> TokenCalls {
+        TokenCalls {
+            wraps: self.wraps.load(Ordering::Relaxed),
+            unwraps: self.unwraps.load(Ordering::Relaxed),
+        }
     }
 
     /// Asks the token how the root key is protected, including whether `CKA_VALUE` can be
@@ -1060,6 +1085,7 @@ impl Kms for Pkcs11Kms {
         // call, the IV that was used.
         let ct = self.with_key("wrap KEK", |s, key| {
             let params = GcmParams::new(&mut iv, &aad, 128.into())?; // 128-bit tag
+            self.wraps.fetch_add(1, Ordering::Relaxed);
             s.encrypt(&Mechanism::AesGcm(params), key, kek.expose_secret())
         })?;
         if ct.len() != KEY_LEN + TAG_LEN {
@@ -1116,6 +1142,7 @@ impl Kms for Pkcs11Kms {
         let aad = self.aad(binding);
         let plain = self.with_key("unwrap KEK", |s, key| {
             let params = GcmParams::new(&mut iv, &aad, 128.into())?; // 128-bit tag
+            self.unwraps.fetch_add(1, Ordering::Relaxed);
             match s.decrypt(&Mechanism::AesGcm(params), key, ct) {
                 Ok(p) => Ok(Some(Zeroizing::new(p))),
                 // The tag does not verify: another binding, another key, or altered bytes.
