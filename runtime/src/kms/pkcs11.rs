@@ -52,6 +52,14 @@
 //! PIN, checked against a keyed hash of the first one, so a wrong PIN is refused even then.
 //! Each token keeps a small pool of sessions: a call takes one (or opens one), uses it alone,
 //! and puts it back, so many threads can wrap and unwrap at once.
+//!
+//! # Lost sessions and logins
+//!
+//! When a call fails because the token dropped the session or the login (an HSM restart, a
+//! network HSM reconnecting, other code calling `C_Logout`), the backend logs in again,
+//! reading the PIN from its [`PinSource`] once more, finds the root key by label again (tokens
+//! may hand out new handles for private objects), and retries the call once.
+//! [`Pkcs11Kms::token_calls`] counts the wraps and unwraps that reached the token.
 
 use std::collections::HashMap;
 use std::fmt;
