@@ -79,7 +79,7 @@ impl Sealable for Vec<u8> {
 }
 
 /// Any serde type, sealed as compact JSON. Wrap the field's type in it (`Json<GeoPoint>`), or
-/// use [`Json::encode`] / [`Json::decode`] directly.
+/// use [`Sealable::to_plaintext`] / [`Sealable::from_plaintext`] on it directly.
 ///
 /// `Debug` is redacted: it never prints the value.
 #[derive(Clone, Default, PartialEq)]
