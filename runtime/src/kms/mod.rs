@@ -18,31 +18,31 @@
 //! it (as AEAD associated data, or an encryption context), so that a wrapped KEK copied to
 //! another scope or version fails to unwrap.
 
+#[cfg(feature = "aws-kms")]
+pub mod aws;
 mod local;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
-#[cfg(feature = "shamir")]
-pub mod shamir;
 pub mod retry;
 #[cfg(any(feature = "vault", feature = "aws-kms"))]
 mod rewrap;
-#[cfg(feature = "vault")]
-pub mod vault;
-#[cfg(feature = "aws-kms")]
-pub mod aws;
+#[cfg(feature = "shamir")]
+pub mod shamir;
 #[cfg(feature = "tpm")]
 pub mod tpm;
+#[cfg(feature = "vault")]
+pub mod vault;
 
+#[cfg(feature = "aws-kms")]
+pub use aws::{AwsCredentials, AwsKms, AwsKmsConfig};
 pub use local::{LocalKms, ROOT_KEY_ENV};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Kms, Pkcs11Token};
 pub use retry::{RetryCounts, RetryPolicy};
-#[cfg(feature = "aws-kms")]
-pub use aws::{AwsCredentials, AwsKms, AwsKmsConfig};
-#[cfg(feature = "vault")]
-pub use vault::{TransitKeyInfo, VaultConfig, VaultToken, VaultTransitKms};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmConfig, TpmKms};
+#[cfg(feature = "vault")]
+pub use vault::{TransitKeyInfo, VaultConfig, VaultToken, VaultTransitKms};
 
 use crate::error::Error;
 use crate::keyring::{KekVersion, KeyScope, WrappedKek};
