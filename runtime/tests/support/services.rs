@@ -192,7 +192,8 @@ impl TestDb {
         mysql_admin(
             &admin_url,
             &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
-        ).unwrap_or_else(|e| {
+        )
+        .unwrap_or_else(|e| {
             panic!(
                 "MariaDB at {}: CREATE DATABASE {name}: {e}",
                 redact_url(&admin_url)
