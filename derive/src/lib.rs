@@ -45,6 +45,13 @@
 //!   an equality index in the column `email_bidx` under the dedicated index-key scope `bidx`;
 //!   `normalize` is `none` (default), `trim`, `lowercase` or `trim_lowercase`; `bytes` is 4 to 32
 //!   (default 16).
+//! * `#[leakless(seal(adopt(from = email_plain, stage = "read_plaintext")))]`: the field is being
+//!   adopted from the legacy plaintext column `email_plain` (not a model field; the row gets it
+//!   as `Option<String>` for a `String` field, `Option<Vec<u8>>` otherwise, and the sealed
+//!   column becomes nullable). Stages: `read_plaintext` (a NULL envelope opens from the
+//!   plaintext; writes fill both columns), `write_sealed_only` (reads the same; writes set the
+//!   plaintext to NULL), `sealed_only` (the plaintext is ignored; a NULL envelope of a non-`Option`
+//!   field is an error). A present envelope always wins. See `docs/operations.md`.
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -77,10 +84,21 @@ struct BlindIndexAttr {
     bytes: LitInt,
 }
 
+const ADOPT_SYNTAX: &str = "#[leakless(seal(adopt(from = email_plain, stage = \"read_plaintext\")))] (stages: \
+     read_plaintext, write_sealed_only, sealed_only)";
+
+struct AdoptAttr {
+    /// The legacy plaintext column.
+    from: Ident,
+    /// `read_plaintext`, `write_sealed_only` or `sealed_only`.
+    stage: LitStr,
+}
+
 struct SealAttr {
     aead: LitStr,
     padding: LitStr,
     blind_index: Option<BlindIndexAttr>,
+    adopt: Option<AdoptAttr>,
 }
 
 struct FieldModel {
@@ -112,6 +130,12 @@ fn option_inner(ty: &Type) -> Option<Type> {
         syn::GenericArgument::Type(t) if args.args.len() == 1 => Some(t.clone()),
         _ => None,
     }
+}
+
+/// Whether a sealed value type is `String` (its legacy plaintext column is then text).
+fn is_string(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    p.path.segments.last().is_some_and(|s| s.ident == "String")
 }
 
 fn parse(input: &DeriveInput) -> syn::Result<Model> {
@@ -211,6 +235,7 @@ fn parse(input: &DeriveInput) -> syn::Result<Model> {
                     aead: LitStr::new("xchacha20poly1305", meta.path.span()),
                     padding: LitStr::new("default", meta.path.span()),
                     blind_index: None,
+                    adopt: None,
                 };
                 if meta.input.peek(syn::token::Paren) {
                     meta.parse_nested_meta(|inner| parse_seal_option(&mut s, &inner))?;
@@ -300,9 +325,37 @@ fn parse_seal_option(s: &mut SealAttr, inner: &syn::meta::ParseNestedMeta<'_>) -
             normalize,
             bytes,
         });
+    } else if inner.path.is_ident("adopt") {
+        let (mut from, mut stage) = (None, None);
+        inner.parse_nested_meta(|a| {
+            if a.path.is_ident("from") {
+                from = Some(a.value()?.parse::<Ident>()?);
+            } else if a.path.is_ident("stage") {
+                let v: LitStr = a.value()?.parse()?;
+                if !["read_plaintext", "write_sealed_only", "sealed_only"]
+                    .contains(&v.value().as_str())
+                {
+                    return Err(syn::Error::new(
+                        v.span(),
+                        format!("unknown adoption stage; write {ADOPT_SYNTAX}"),
+                    ));
+                }
+                stage = Some(v);
+            } else {
+                return Err(a.error(format!("unknown adopt option; write {ADOPT_SYNTAX}")));
+            }
+            Ok(())
+        })?;
+        let missing =
+            |what: &str| inner.error(format!("adopt needs `{what}`: write {ADOPT_SYNTAX}"));
+        s.adopt = Some(AdoptAttr {
+            from: from.ok_or_else(|| missing("from"))?,
+            stage: stage.ok_or_else(|| missing("stage"))?,
+        });
     } else {
         return Err(inner.error(
-            "unknown seal option; expected aead = \"...\", padding = \"...\" or blind_index(...)",
+            "unknown seal option; expected aead = \"...\", padding = \"...\", blind_index(...) \
+             or adopt(...)",
         ));
     }
     Ok(())
@@ -354,6 +407,26 @@ fn validate(
         ));
     }
     for f in fields {
+        if let Some(a) = f.seal.as_ref().and_then(|s| s.adopt.as_ref()) {
+            if find(&a.from).is_some() {
+                return Err(syn::Error::new(
+                    a.from.span(),
+                    format!(
+                        "adoption source `{}` clashes with a field of the model: the plaintext \
+                         column is not a model field, the derive adds it to the row",
+                        a.from
+                    ),
+                ));
+            }
+            if f.seal.as_ref().is_some_and(|s| s.blind_index.is_some()) {
+                return Err(syn::Error::new(
+                    a.from.span(),
+                    "conflicting options: `adopt` with `blind_index` is not supported (the \
+                     adopt backfill does not compute index tokens); add the blind index after \
+                     the adoption",
+                ));
+            }
+        }
         if let Some(b) = f.seal.as_ref().and_then(|s| s.blind_index.as_ref())
             && find(&b.column).is_some()
         {
@@ -423,6 +496,8 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
     let mut debug_fields = Vec::new();
     let mut manifest_columns = Vec::new();
     let mut lookups = Vec::new();
+    let mut row_debug = Vec::new();
+    let mut any_adopt = false;
     let row_id_ty = m
         .fields
         .iter()
@@ -437,6 +512,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
         let doc_plain = format!("`{column}`, stored as it is (not sealed).");
         let Some(seal) = &f.seal else {
             row_fields.push(quote!(#[doc = #doc_plain] pub #ident: #ty));
+            row_debug.push(quote!(.field(#column, &self.#ident)));
             seal_inits.push(quote!(#ident: ::core::clone::Clone::clone(&self.#ident)));
             open_inits.push(quote!(#ident: row.#ident));
             debug_fields.push(quote!(.field(#column, &self.#ident)));
@@ -452,13 +528,15 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
         };
         let policy = quote!(#p::FieldPolicy { algorithm: #alg, padding: #padding });
         let value_ty = f.option_inner.clone().unwrap_or_else(|| ty.clone());
-        let stored_ty = if f.option_inner.is_some() {
+        let adopt = seal.adopt.as_ref();
+        let stored_ty = if f.option_inner.is_some() || adopt.is_some() {
             quote!(::core::option::Option<::std::vec::Vec<u8>>)
         } else {
             quote!(::std::vec::Vec<u8>)
         };
         let doc_sealed = format!("`{column}`, sealed: a leakless envelope.");
         row_fields.push(quote!(#[doc = #doc_sealed] pub #ident: #stored_ty));
+        row_debug.push(quote!(.field(#column, &self.#ident)));
         let seal_one = |v: TokenStream2| {
             quote!(#p::seal_field::<#value_ty>(
                 ring, &__scope, #table, #column, __row, #version, #v, &#policy,
@@ -466,7 +544,74 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
         };
         let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, #table, #column, __row, #version, #e)?);
         let local = format_ident!("__open_{}", ident);
-        if f.option_inner.is_some() {
+        if let Some(a) = adopt {
+            any_adopt = true;
+            let from = &a.from;
+            let from_name = from.to_string();
+            let stage = a.stage.value();
+            let text = is_string(&value_ty);
+            let plain_ty = if text {
+                quote!(::core::option::Option<::std::string::String>)
+            } else {
+                quote!(::core::option::Option<::std::vec::Vec<u8>>)
+            };
+            let doc_from = format!(
+                "`{from_name}`, the legacy plaintext column `{column}` is adopted from \
+                 (stage `{stage}`)."
+            );
+            row_fields.push(quote!(#[doc = #doc_from] pub #from: #plain_ty));
+            row_debug.push(quote!(.field(#from_name, &::core::format_args!("<plaintext>"))));
+            let copy_fn = if text {
+                format_ident!("plaintext_text")
+            } else {
+                format_ident!("plaintext_bytes")
+            };
+            let keep_plain = stage == "read_plaintext";
+            let reads = stage != "sealed_only";
+            let none = quote!(::core::option::Option::None);
+            if f.option_inner.is_some() {
+                let s = seal_one(quote!(v));
+                seal_inits.push(quote!(#ident: match &self.#ident {
+                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
+                    ::core::option::Option::None => ::core::option::Option::None,
+                }));
+                seal_inits.push(if keep_plain {
+                    quote!(#from: match &self.#ident {
+                        ::core::option::Option::Some(v) =>
+                            ::core::option::Option::Some(#p::#copy_fn::<#value_ty>(v)?),
+                        ::core::option::Option::None => ::core::option::Option::None,
+                    })
+                } else {
+                    quote!(#from: #none)
+                });
+            } else {
+                let s = seal_one(quote!(&self.#ident));
+                seal_inits.push(quote!(#ident: ::core::option::Option::Some(#s)));
+                seal_inits.push(if keep_plain {
+                    quote!(#from: ::core::option::Option::Some(
+                        #p::#copy_fn::<#value_ty>(&self.#ident)?))
+                } else {
+                    quote!(#from: #none)
+                });
+            }
+            let plain_bytes = if text {
+                quote!(row.#from.map(::std::string::String::into_bytes))
+            } else {
+                quote!(row.#from)
+            };
+            let opened = quote!(#p::open_adopting::<#value_ty>(
+                ring, #table, #column, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
+            )?);
+            if f.option_inner.is_some() {
+                open_lets.push(quote!(let #local = #opened;));
+            } else {
+                open_lets.push(quote!(let #local = match #opened {
+                    ::core::option::Option::Some(v) => v,
+                    ::core::option::Option::None => return ::core::result::Result::Err(
+                        #p::not_backfilled(#table, #column, __row, #stage)),
+                };));
+            }
+        } else if f.option_inner.is_some() {
             let s = seal_one(quote!(v));
             seal_inits.push(quote!(#ident: match &self.#ident {
                 ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
@@ -504,6 +649,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
                 let lookup_fn = format_ident!("{}_lookup", ident);
                 let doc_b = format!("Blind index of `{column}` (HMAC tokens, no plaintext).");
                 row_fields.push(quote!(#[doc = #doc_b] pub #bcol: #stored_ty));
+                row_debug.push(quote!(.field(#bcol_name, &self.#bcol)));
                 let doc_lookup = format!(
                     "The blind-index tokens to find rows whose `{column}` equals `value`: match \
                      them with `{table}::{bcol_name}.eq_any(tokens)`."
@@ -552,12 +698,24 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
         }
         let alg_name = &seal.aead;
         let nullable = f.option_inner.is_some();
+        let adoption_manifest = match adopt {
+            None => quote!(::core::option::Option::None),
+            Some(a) => {
+                let from_name = a.from.to_string();
+                let stage = &a.stage;
+                quote!(::core::option::Option::Some(#p::AdoptionColumn {
+                    from_column: ::std::string::String::from(#from_name),
+                    stage: ::std::string::String::from(#stage),
+                }))
+            }
+        };
         manifest_columns.push(quote!(#p::SealedColumn {
             column: ::std::string::String::from(#column),
             algorithm: ::std::string::String::from(#alg_name),
             encoding: ::std::string::String::from(<#value_ty as #p::Sealable>::ENCODING),
             nullable: #nullable,
             blind_index: #bidx_manifest,
+            adoption: #adoption_manifest,
         }));
     }
 
@@ -567,9 +725,26 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
     );
     let span = Span::call_site();
     let ring = Ident::new("ring", span);
+    // A row with a legacy plaintext column gets a Debug that redacts it.
+    let (row_derive_debug, row_debug_impl) = if any_adopt {
+        (
+            quote!(),
+            quote! {
+                impl ::core::fmt::Debug for #row_name {
+                    fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                        f.debug_struct(::core::stringify!(#row_name))
+                            #(#row_debug)*
+                            .finish()
+                    }
+                }
+            },
+        )
+    } else {
+        (quote!(::core::fmt::Debug,), quote!())
+    };
     Ok(quote! {
         #[doc = #row_doc]
-        #[derive(::core::clone::Clone, ::core::fmt::Debug,
+        #[derive(::core::clone::Clone, #row_derive_debug
                  ::diesel::Queryable, ::diesel::Selectable, ::diesel::Insertable, ::diesel::AsChangeset)]
         #[diesel(table_name = #table_path)]
         #[diesel(primary_key(#row_id))]
@@ -577,6 +752,8 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
         #vis struct #row_name {
             #(#row_fields,)*
         }
+
+        #row_debug_impl
 
         impl #p::Sealed for #name {
             type Row = #row_name;
@@ -652,5 +829,72 @@ mod tests {
             }
         };
         insta::assert_snapshot!(expand_str(input));
+    }
+
+    /// A model adopting two plaintext columns (text and binary, stages 1 and 3): extra
+    /// plaintext columns in the row, a redacting row `Debug`, and the manifest's adoption.
+    #[test]
+    fn adoption_expansion_snapshot() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
+            pub struct Person {
+                id: i64,
+                #[leakless(seal(adopt(from = address_plain, stage = "read_plaintext")))]
+                address: String,
+                #[leakless(seal(adopt(from = photo_plain, stage = "sealed_only")))]
+                photo: Option<Vec<u8>>,
+            }
+        };
+        insta::assert_snapshot!(expand_str(input));
+    }
+
+    /// Bad `adopt` attributes are compile errors quoting the right syntax.
+    #[test]
+    fn bad_adopt_attributes_are_rejected() {
+        let cases: [(DeriveInput, &str); 4] = [
+            (
+                syn::parse_quote! {
+                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(adopt(from = a_plain, stage = "later")))] a: String }
+                },
+                "unknown adoption stage",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(adopt(stage = "sealed_only")))] a: String }
+                },
+                "adopt needs `from`",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(adopt(from = id, stage = "sealed_only")))] a: String }
+                },
+                "clashes with a field",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
+                    struct P {
+                        id: i64,
+                        #[leakless(seal(adopt(from = a_plain, stage = "sealed_only"),
+                                        blind_index(column = a_bidx, scope = "bidx")))]
+                        a: String,
+                    }
+                },
+                "`adopt` with `blind_index` is not supported",
+            ),
+        ];
+        for (input, expected) in cases {
+            let Err(e) = parse(&input) else {
+                panic!("accepted: {expected}")
+            };
+            let msg = e.to_string();
+            assert!(msg.contains(expected), "{msg}");
+            if expected.starts_with("unknown") || expected.starts_with("adopt needs") {
+                assert!(msg.contains(ADOPT_SYNTAX), "{msg}");
+            }
+        }
     }
 }

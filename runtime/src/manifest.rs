@@ -92,6 +92,21 @@ pub struct SealedColumn {
     pub nullable: bool,
     /// The blind index beside it, if any.
     pub blind_index: Option<BlindIndexColumn>,
+    /// The plaintext column this one is adopting, while an adoption is under way (`None`, and
+    /// absent from the JSON, otherwise; manifests written before this field read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionColumn>,
+}
+
+/// A sealed column being adopted from a legacy plaintext column (`#[leakless(seal(adopt(...)))]`;
+/// see `docs/operations.md`, "Adopting a plaintext column").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptionColumn {
+    /// The legacy plaintext column the sealed one is backfilled from.
+    pub from_column: String,
+    /// The stage the application runs in: `read_plaintext`, `write_sealed_only` or
+    /// `sealed_only`.
+    pub stage: String,
 }
 
 /// A blind-index column beside a sealed one.

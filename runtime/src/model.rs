@@ -103,11 +103,14 @@ pub mod __private {
     pub use crate::context::RowId;
     pub use crate::error::Error;
     pub use crate::keyring::{FieldPolicy, KeyRing, KeyScope};
-    pub use crate::manifest::{BlindIndexColumn, ScopeSource, SealedColumn, SealedTable};
+    pub use crate::manifest::{
+        AdoptionColumn, BlindIndexColumn, ScopeSource, SealedColumn, SealedTable,
+    };
     pub use crate::model::{AsRowId, Sealed};
     pub use crate::padding::PaddingPolicy;
 
     use crate::context::FieldContext;
+    use crate::secret::Plaintext;
 
     /// The key scope of a row: static, or a prefix plus the tenant value.
     pub fn scope(name: &str, tenant: Option<&dyn core::fmt::Display>) -> Result<KeyScope, Error> {
@@ -168,5 +171,66 @@ pub mod __private {
             .into_iter()
             .map(|t| t.as_bytes().to_vec())
             .collect())
+    }
+    /// Opens one field being adopted from a plaintext column. The envelope wins when present;
+    /// otherwise, only when `plaintext_reads` (stages `read_plaintext` and `write_sealed_only`),
+    /// the legacy plaintext value is decoded through [`Plaintext`] (wiped on drop), as an
+    /// opened value would be. `Ok(None)` when neither gives a value.
+    #[allow(clippy::too_many_arguments, reason = "called only by generated code")]
+    pub fn open_adopting<T: Sealable>(
+        ring: &KeyRing,
+        table: &str,
+        column: &str,
+        row: RowId<'_>,
+        schema_version: u32,
+        envelope: Option<&[u8]>,
+        plaintext: Option<Vec<u8>>,
+        plaintext_reads: bool,
+    ) -> Result<Option<T>, Error> {
+        if let Some(e) = envelope {
+            return open_field(ring, table, column, row, schema_version, e).map(Some);
+        }
+        match plaintext {
+            Some(p) if plaintext_reads => T::from_plaintext(Plaintext::new(p)).map(Some),
+            // Stage `sealed_only`: the legacy column is ignored, and its copy is wiped here.
+            Some(p) => {
+                drop(Plaintext::new(p));
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The error for a non-`Option` adopted field whose sealed column is still NULL (and, in
+    /// stage `sealed_only`, whose plaintext is no longer read): never a silent default.
+    pub fn not_backfilled(table: &str, column: &str, row: RowId<'_>, stage: &str) -> Error {
+        Error::InvalidInput {
+            what: "adopted column",
+            problem: format!(
+                "{table}.{column} of row {row} is NULL and stage `{stage}` reads no plaintext for \
+                 it: the row was not backfilled; run `leakless-migrate adopt` for this column \
+                 (see docs/operations.md), or go back to stage `write_sealed_only`"
+            ),
+        }
+    }
+
+    /// The legacy plaintext copy of a value for a text column (stage `read_plaintext` keeps
+    /// writing it so that older application versions still read the row).
+    pub fn plaintext_text<T: Sealable>(value: &T) -> Result<String, Error> {
+        let bytes = value.to_plaintext()?;
+        std::str::from_utf8(&bytes)
+            .map(str::to_owned)
+            .map_err(|_| Error::InvalidInput {
+                what: "adopted column",
+                problem: format!(
+                    "{} bytes that are not UTF-8 cannot go to a text plaintext column",
+                    bytes.len()
+                ),
+            })
+    }
+
+    /// The legacy plaintext copy of a value for a binary column.
+    pub fn plaintext_bytes<T: Sealable>(value: &T) -> Result<Vec<u8>, Error> {
+        Ok(value.to_plaintext()?.to_vec())
     }
 }

@@ -28,6 +28,7 @@ fn sample() -> SchemaManifest {
                     bytes: 16,
                     normalizer: "trim_lowercase".into(),
                 }),
+                adoption: None,
             },
             SealedColumn {
                 column: "gps".into(),
@@ -35,6 +36,7 @@ fn sample() -> SchemaManifest {
                 encoding: "json".into(),
                 nullable: true,
                 blind_index: None,
+                adoption: None,
             },
         ],
     });

@@ -1,0 +1,372 @@
+//! Adopting a plaintext column at run time with `#[leakless(seal(adopt(...)))]`, end to end on
+//! SQLite through diesel: a table whose legacy rows hold only plaintext, read and written by the
+//! same model in each of the three stages.
+//!
+//! * stage `read_plaintext`: legacy rows open from the plaintext column; writes seal the value
+//!   AND keep the plaintext copy (old application versions still read it);
+//! * stage `write_sealed_only`: reads as stage 1; writes set the plaintext column to NULL;
+//! * stage `sealed_only`: the plaintext column is ignored; a row not yet backfilled is a typed
+//!   error (never a default), while an `Option` field reads `None`.
+//!
+//! Plus: a present envelope always wins and never falls back to plaintext (fail closed), the
+//! generated row's `Debug` redacts the plaintext column, and the manifest records the adoption.
+#![cfg(feature = "sqlite")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use leakless::kms::LocalKms;
+use leakless::manifest::{AdoptionColumn, SchemaManifest};
+use leakless::secret::RootKey;
+use leakless::store::MemoryKeyStore;
+use leakless::{AuditInfo, Error, KeyRing, KeyScope, Sealed};
+
+#[allow(
+    missing_docs,
+    reason = "diesel's table! macro generates undocumented items"
+)]
+mod schema {
+    diesel::table! {
+        people (id) {
+            id -> Text,
+            address -> Nullable<Binary>,
+            address_plain -> Nullable<Text>,
+            photo -> Nullable<Binary>,
+            photo_plain -> Nullable<Binary>,
+        }
+    }
+}
+use schema::people;
+
+/// Stage 1: plaintext reads allowed, writes go to both columns.
+#[derive(Clone, PartialEq, Sealed)]
+#[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
+pub struct Stage1 {
+    id: String,
+    #[leakless(seal(adopt(from = address_plain, stage = "read_plaintext")))]
+    address: String,
+    #[leakless(seal(adopt(from = photo_plain, stage = "read_plaintext")))]
+    photo: Option<Vec<u8>>,
+}
+
+/// Stage 2: plaintext reads allowed, writes clear the plaintext column.
+#[derive(Clone, PartialEq, Sealed)]
+#[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
+pub struct Stage2 {
+    id: String,
+    #[leakless(seal(adopt(from = address_plain, stage = "write_sealed_only")))]
+    address: String,
+    #[leakless(seal(adopt(from = photo_plain, stage = "write_sealed_only")))]
+    photo: Option<Vec<u8>>,
+}
+
+/// Stage 3: sealed only.
+#[derive(Clone, PartialEq, Sealed)]
+#[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
+pub struct Stage3 {
+    id: String,
+    #[leakless(seal(adopt(from = address_plain, stage = "sealed_only")))]
+    address: String,
+    #[leakless(seal(adopt(from = photo_plain, stage = "sealed_only")))]
+    photo: Option<Vec<u8>>,
+}
+
+const LEGACY_1: &str = "1 Legacy Road, Leeds";
+const LEGACY_2: &str = "2 Old Street, York";
+const LEGACY_3: &str = "3 Never Backfilled Lane";
+
+fn ring() -> KeyRing {
+    let ring = KeyRing::builder(
+        Arc::new(LocalKms::from_root_key(RootKey::generate())),
+        Arc::new(MemoryKeyStore::new()),
+    )
+    .build();
+    ring.create_scope(
+        &KeyScope::new("people").unwrap(),
+        &AuditInfo::new("test", "setup"),
+    )
+    .unwrap();
+    ring
+}
+
+/// A database in the state before adoption: the sealed columns were just added (NULL), the
+/// legacy rows hold plaintext only.
+fn legacy_db() -> SqliteConnection {
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    diesel::sql_query(
+        "CREATE TABLE people (id TEXT PRIMARY KEY, address BLOB, address_plain TEXT,
+         photo BLOB, photo_plain BLOB)",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    for (id, address, photo) in [
+        ("p1", LEGACY_1, "x'0a0b0c'"),
+        ("p2", LEGACY_2, "NULL"),
+        ("p3", LEGACY_3, "x'ff'"),
+    ] {
+        diesel::sql_query(format!(
+            "INSERT INTO people (id, address_plain, photo_plain) VALUES ('{id}', '{address}', {photo})"
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    }
+    conn
+}
+
+type Raw = (
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+/// The stored columns of one row, as the database holds them.
+fn raw(conn: &mut SqliteConnection, id: &str) -> Raw {
+    people::table
+        .find(id)
+        .select((
+            people::address,
+            people::address_plain,
+            people::photo,
+            people::photo_plain,
+        ))
+        .first(conn)
+        .unwrap()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn load1(conn: &mut SqliteConnection, ring: &KeyRing, id: &str) -> Stage1 {
+    let row = people::table
+        .find(id)
+        .select(Stage1Row::as_select())
+        .first(conn)
+        .unwrap();
+    Stage1::open_row(row, ring).unwrap()
+}
+
+fn load2(conn: &mut SqliteConnection, ring: &KeyRing, id: &str) -> Stage2 {
+    let row = people::table
+        .find(id)
+        .select(Stage2Row::as_select())
+        .first(conn)
+        .unwrap();
+    Stage2::open_row(row, ring).unwrap()
+}
+
+fn load3(conn: &mut SqliteConnection, ring: &KeyRing, id: &str) -> Result<Stage3, Error> {
+    let row = people::table
+        .find(id)
+        .select(Stage3Row::as_select())
+        .first(conn)
+        .unwrap();
+    Stage3::open_row(row, ring)
+}
+
+#[test]
+fn the_three_stages_end_to_end() {
+    let ring = ring();
+    let mut conn = legacy_db();
+
+    // Positive control: the legacy rows really hold plaintext, and no envelope yet.
+    let (sealed, plain, photo, photo_plain) = raw(&mut conn, "p1");
+    assert_eq!((sealed, plain.as_deref()), (None, Some(LEGACY_1)));
+    assert_eq!((photo, photo_plain), (None, Some(vec![0x0a, 0x0b, 0x0c])));
+
+    // Stage 1, read: legacy rows open from the plaintext columns.
+    let p1 = load1(&mut conn, &ring, "p1");
+    assert_eq!(p1.address, LEGACY_1);
+    assert_eq!(p1.photo, Some(vec![0x0a, 0x0b, 0x0c]));
+    assert_eq!(load1(&mut conn, &ring, "p2").photo, None);
+    // Debug of the model and of the generated row shows no plaintext.
+    let row = people::table
+        .find("p1")
+        .select(Stage1Row::as_select())
+        .first(&mut conn)
+        .unwrap();
+    let row_debug = format!("{row:?}");
+    assert!(row_debug.contains("address_plain"), "{row_debug}");
+    assert!(!row_debug.contains("Legacy"), "{row_debug}");
+    assert!(!format!("{p1:?}").contains("Legacy"));
+
+    // Stage 1, write: the envelope is written and the plaintext copy kept for old versions.
+    let mut p1 = p1;
+    p1.address = "10 New Road, Leeds".into();
+    diesel::update(people::table.find("p1"))
+        .set(&p1.seal_row(&ring).unwrap())
+        .execute(&mut conn)
+        .unwrap();
+    let (sealed, plain, photo, photo_plain) = raw(&mut conn, "p1");
+    let sealed = sealed.expect("stage 1 writes the envelope");
+    assert!(!contains(&sealed, b"New Road"));
+    assert_eq!(plain.as_deref(), Some("10 New Road, Leeds"));
+    assert!(!contains(
+        &photo.expect("photo sealed"),
+        &[0x0a, 0x0b, 0x0c]
+    ));
+    assert_eq!(photo_plain, Some(vec![0x0a, 0x0b, 0x0c]));
+    assert_eq!(load1(&mut conn, &ring, "p1"), p1);
+    // A new row in stage 1 also fills both columns.
+    let p4 = Stage1 {
+        id: "p4".into(),
+        address: "4 Fresh Street".into(),
+        photo: None,
+    };
+    diesel::insert_into(people::table)
+        .values(&p4.seal_row(&ring).unwrap())
+        .execute(&mut conn)
+        .unwrap();
+    let (sealed, plain, photo, photo_plain) = raw(&mut conn, "p4");
+    assert!(sealed.is_some());
+    assert_eq!(plain.as_deref(), Some("4 Fresh Street"));
+    assert_eq!((photo, photo_plain), (None, None));
+
+    // Stage 2, read: as stage 1 (legacy p2 from plaintext, p1 from its envelope).
+    assert_eq!(load2(&mut conn, &ring, "p2").address, LEGACY_2);
+    assert_eq!(load2(&mut conn, &ring, "p1").address, "10 New Road, Leeds");
+    // Stage 2, write: the plaintext columns become NULL.
+    for id in ["p1", "p2"] {
+        let p = load2(&mut conn, &ring, id);
+        diesel::update(people::table.find(id))
+            .set(&p.seal_row(&ring).unwrap())
+            .execute(&mut conn)
+            .unwrap();
+        let (sealed, plain, _, photo_plain) = raw(&mut conn, id);
+        assert!(sealed.is_some(), "{id}");
+        assert_eq!((plain, photo_plain), (None, None), "{id}");
+        assert_eq!(load2(&mut conn, &ring, id), p);
+    }
+
+    // Stage 3, read: backfilled rows open from their envelopes...
+    let p1 = load3(&mut conn, &ring, "p1").unwrap();
+    assert_eq!(p1.address, "10 New Road, Leeds");
+    assert_eq!(p1.photo, Some(vec![0x0a, 0x0b, 0x0c]));
+    assert_eq!(load3(&mut conn, &ring, "p2").unwrap().address, LEGACY_2);
+    // ...and the plaintext column is ignored even when something still sits in it.
+    diesel::update(people::table.find("p1"))
+        .set(people::address_plain.eq("planted plaintext"))
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(
+        load3(&mut conn, &ring, "p1").unwrap().address,
+        "10 New Road, Leeds"
+    );
+    // A row not yet backfilled is a typed error naming the place, without its plaintext.
+    let err = load3(&mut conn, &ring, "p3").unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidInput {
+                what: "adopted column",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("people.address") && msg.contains("text:p3"),
+        "{msg}"
+    );
+    assert!(msg.contains("leakless-migrate adopt"), "{msg}");
+    assert!(!msg.contains("Never Backfilled"), "{msg}");
+    // Stage 3, write: envelopes only.
+    let mut p1 = p1;
+    p1.address = "11 Final Road".into();
+    diesel::update(people::table.find("p1"))
+        .set(&p1.seal_row(&ring).unwrap())
+        .execute(&mut conn)
+        .unwrap();
+    let (sealed, plain, _, photo_plain) = raw(&mut conn, "p1");
+    assert!(sealed.is_some());
+    assert_eq!((plain, photo_plain), (None, None));
+    assert_eq!(load3(&mut conn, &ring, "p1").unwrap(), p1);
+}
+
+/// An `Option` field with NULL in both columns reads `None` in every stage; in stage 3 a
+/// NULL envelope is `None` too (the field may be NULL), never the plaintext.
+#[test]
+fn option_fields_in_stage_three_ignore_plaintext() {
+    let ring = ring();
+    let mut conn = legacy_db();
+    // p1's address is backfilled through stage 2; its photo_plain is then planted again.
+    let p = load2(&mut conn, &ring, "p1");
+    diesel::update(people::table.find("p1"))
+        .set(&p.seal_row(&ring).unwrap())
+        .execute(&mut conn)
+        .unwrap();
+    diesel::update(people::table.find("p1"))
+        .set((
+            people::photo.eq(None::<Vec<u8>>),
+            people::photo_plain.eq(Some(vec![7_u8])),
+        ))
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(load2(&mut conn, &ring, "p1").photo, Some(vec![7]));
+    assert_eq!(load3(&mut conn, &ring, "p1").unwrap().photo, None);
+}
+
+/// A present envelope never falls back to the plaintext column: a broken envelope is an
+/// error even in stage 1 with a plaintext value beside it (fail closed).
+#[test]
+fn a_bad_envelope_does_not_fall_back_to_plaintext() {
+    let ring = ring();
+    let mut conn = legacy_db();
+    // Positive control: p1 opens from its plaintext in stage 1.
+    assert_eq!(load1(&mut conn, &ring, "p1").address, LEGACY_1);
+    // The envelope of p2 moved onto p1: it is bound to p2's row id.
+    let p2 = load1(&mut conn, &ring, "p2");
+    let sealed_p2 = p2.seal_row(&ring).unwrap().address;
+    diesel::update(people::table.find("p1"))
+        .set(people::address.eq(sealed_p2))
+        .execute(&mut conn)
+        .unwrap();
+    let row = people::table
+        .find("p1")
+        .select(Stage1Row::as_select())
+        .first(&mut conn)
+        .unwrap();
+    let err = Stage1::open_row(row, &ring).unwrap_err();
+    assert!(!err.to_string().contains("Legacy"), "{err}");
+}
+
+/// The manifest records the adoption; manifests without the field still read.
+#[test]
+fn the_manifest_records_source_column_and_stage() {
+    let m = Stage2::manifest();
+    assert_eq!(
+        m.columns[0].adoption,
+        Some(AdoptionColumn {
+            from_column: "address_plain".into(),
+            stage: "write_sealed_only".into(),
+        })
+    );
+    assert_eq!(
+        Stage3::manifest().columns[1]
+            .adoption
+            .as_ref()
+            .unwrap()
+            .stage,
+        "sealed_only"
+    );
+    let manifest = SchemaManifest::from_tables([m]);
+    let json = manifest.to_json().unwrap();
+    assert!(json.contains("\"from_column\""), "{json}");
+    assert_eq!(SchemaManifest::from_json(&json).unwrap(), manifest);
+    // The same JSON without the adoption field (as written before it existed) reads as None.
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for c in old["tables"][0]["columns"].as_array_mut().unwrap() {
+        c.as_object_mut().unwrap().remove("adoption");
+    }
+    let read = SchemaManifest::from_json(&old.to_string()).unwrap();
+    assert!(read.tables[0].columns.iter().all(|c| c.adoption.is_none()));
+}
