@@ -9,7 +9,9 @@
 //!   error (never a default), while an `Option` field reads `None`.
 //!
 //! Plus: a present envelope always wins and never falls back to plaintext (fail closed), the
-//! generated row's `Debug` redacts the plaintext column, and the manifest records the adoption.
+//! generated row's `Debug` redacts the plaintext column, the manifest records the adoption,
+//! and a backfill driven by the manifest alone (what `leakless-migrate adopt` does) produces
+//! envelopes the stage-3 model opens.
 #![cfg(feature = "sqlite")]
 #![allow(
     clippy::unwrap_used,
@@ -26,7 +28,10 @@ use leakless::kms::LocalKms;
 use leakless::manifest::{AdoptionColumn, SchemaManifest};
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, Error, KeyRing, KeyScope, Sealed};
+use leakless::{
+    Algorithm, AuditInfo, Error, FieldContext, FieldPolicy, KeyRing, KeyScope, PaddingPolicy,
+    RowId, Sealed,
+};
 
 #[allow(
     missing_docs,
@@ -369,4 +374,48 @@ fn the_manifest_records_source_column_and_stage() {
     }
     let read = SchemaManifest::from_json(&old.to_string()).unwrap();
     assert!(read.tables[0].columns.iter().all(|c| c.adoption.is_none()));
+}
+
+/// The backfill `leakless-migrate adopt` does, driven only by the manifest (table, column, row
+/// id, schema version, scope, AEAD, default padding), seals rows that the derived model then
+/// opens in stage 3: the derive and the migrator agree on the envelope's binding.
+#[test]
+fn a_manifest_driven_backfill_opens_in_stage_three() {
+    let ring = ring();
+    let mut conn = legacy_db();
+    let m = Stage3::manifest();
+    let leakless::manifest::ScopeSource::Static { scope } = &m.scope else {
+        panic!("static scope expected")
+    };
+    let scope = KeyScope::new(scope).unwrap();
+    let c = &m.columns[0];
+    let adoption = c.adoption.as_ref().unwrap();
+    assert_eq!(adoption.from_column, "address_plain");
+    // Positive control: p3 is not backfilled, so stage 3 refuses it.
+    assert!(load3(&mut conn, &ring, "p3").is_err());
+    // Backfill the address of every row whose envelope is NULL, as the migrator does.
+    let rows: Vec<(String, Option<String>)> = people::table
+        .filter(people::address.is_null())
+        .select((people::id, people::address_plain))
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    for (id, plain) in rows {
+        let ctx = FieldContext::new(&m.table, &c.column, RowId::Text(&id), m.schema_version);
+        let policy = FieldPolicy {
+            algorithm: Algorithm::from_name(&c.algorithm).unwrap(),
+            padding: PaddingPolicy::default(),
+        };
+        let sealed = ring
+            .seal(&scope, &ctx, plain.unwrap().as_bytes(), &policy)
+            .unwrap();
+        diesel::update(people::table.find(&id))
+            .set(people::address.eq(sealed))
+            .execute(&mut conn)
+            .unwrap();
+    }
+    assert_eq!(load3(&mut conn, &ring, "p1").unwrap().address, LEGACY_1);
+    assert_eq!(load3(&mut conn, &ring, "p3").unwrap().address, LEGACY_3);
+    // photo was not backfilled: an Option field reads None in stage 3.
+    assert_eq!(load3(&mut conn, &ring, "p3").unwrap().photo, None);
 }
