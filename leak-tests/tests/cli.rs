@@ -16,6 +16,8 @@ use leakless_leaktest::CanarySet;
 fn cli(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leakless-leakcheck"))
         .args(args)
+        // clap wraps help at the terminal width: pin it, so snapshots match on any terminal.
+        .env("COLUMNS", "100")
         .current_dir(dir)
         .output()
         .unwrap()
