@@ -55,7 +55,7 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
             "app/tracing-text"
         };
         let (debug_text, out) = capture_tracing(json, || {
-            let ring = support::ring();
+            let ring = fx.fresh_ring();
             let mut conn = SqliteConnection::establish(":memory:").unwrap();
             diesel::sql_query(DDL).execute(&mut conn).unwrap();
             let rows = Patient::seal_rows(&fx.patients, &ring).unwrap();
@@ -80,7 +80,7 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
     }
 
     // --- diesel debug_query and instrumentation of the sealed insert.
-    let ring = support::ring();
+    let ring = fx.fresh_ring();
     let rows = Patient::seal_rows(&fx.patients, &ring).unwrap();
     let q = diesel::insert_into(patients::table).values(&rows);
     let shown = diesel::debug_query::<Sqlite, _>(&q).to_string();

@@ -2,7 +2,8 @@
 //! ROW format, general query log on): the sealed `Patient` app writes its canaries through
 //! diesel (with a unique-violation error case), a leaky control table holds the controls in
 //! plaintext, and `mysqldump`, the binary log, the general query log and the data directory
-//! must each show every control and no canary.
+//! must each show every control and no canary. The canaries include the ring's root key and
+//! KEKs; a key-shaped control planted as base64 must be found in every channel.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -39,8 +40,7 @@ fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() 
     .unwrap();
 
     let mut conn = MysqlConnection::establish(&my.url_for("app")).unwrap();
-    let ring = support::ring();
-    let rows = Patient::seal_rows(&fx.patients, &ring).unwrap();
+    let rows = Patient::seal_rows(&fx.patients, &fx.ring).unwrap();
     diesel::insert_into(patients::table)
         .values(&rows)
         .execute(&mut conn)
@@ -58,10 +58,12 @@ fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() 
     my.sql(
         "app",
         &format!(
-            "INSERT INTO leaky_control (address, gps, notes) VALUES ({}, {}, {});",
+            "INSERT INTO leaky_control (address, gps, notes) VALUES ({}, {}, {});
+             INSERT INTO leaky_control (gps) VALUES ({});",
             lit(c.addr_text()),
             lit(&c.gps_wkt()),
-            lit(c.pglz.text_value().unwrap())
+            lit(c.pglz.text_value().unwrap()),
+            lit(&c.key_base64())
         ),
     )
     .unwrap();
@@ -72,7 +74,7 @@ fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() 
     my.dump("app", &dump).unwrap();
 
     let mut check = LeakCheck::new(fx.set.clone()).unwrap();
-    let ids = [c.addr.id.as_str(), &c.gps.id, &c.pglz.id];
+    let ids = [c.addr.id.as_str(), &c.gps.id, &c.pglz.id, &c.key.id];
     let binlogs = my.binlogs();
     assert!(
         !binlogs.is_empty(),

@@ -4,7 +4,8 @@
 //! transcript inline pglz-compressed, one lz4-compressed out of line in TOAST), and every
 //! channel must show its controls and no canary: `pg_dump` plain, custom and directory,
 //! `pg_basebackup` tar and tar.gz, the data directory's heap and TOAST files, the WAL and the
-//! server log.
+//! server log. The canaries include the ring's root key and KEKs; a key-shaped control
+//! planted as base64 must be found in every storage channel and the server log.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -42,8 +43,7 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
 
     // The app, through diesel, with bound parameters (logged by log_statement = all).
     let mut conn = PgConnection::establish(&pg.url_for("app")).unwrap();
-    let ring = support::ring();
-    let rows = Patient::seal_rows(&fx.patients, &ring).unwrap();
+    let rows = Patient::seal_rows(&fx.patients, &fx.ring).unwrap();
     diesel::insert_into(patients::table)
         .values(&rows)
         .execute(&mut conn)
@@ -69,6 +69,15 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
         lit(c.lz4.text_value().unwrap())
     );
     pg.sql("app", &insert).unwrap();
+    // A key-shaped control, as a careless app would keep a key: base64 text.
+    pg.sql(
+        "app",
+        &format!(
+            "INSERT INTO leaky_control (gps) VALUES ({});",
+            lit(&c.key_base64())
+        ),
+    )
+    .unwrap();
     let detail = pg
         .sql_expect_error(
             "app",
@@ -127,6 +136,7 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
         for id in all {
             check.expect_control(name, id);
         }
+        check.expect_control(name, &c.key.id);
         check.scan_path(name, path);
     }
     let report = check.report();

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use leakless::kms::LocalKms;
+use leakless::kms::{KekBinding, Kms as _, LocalKms};
 use leakless::manifest::SchemaManifest;
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
@@ -74,28 +74,68 @@ pub fn manifest() -> SchemaManifest {
     m
 }
 
-/// A key ring with the `patients` and `bidx` scopes.
-pub fn ring() -> KeyRing {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
-    for s in ["patients", "bidx"] {
-        ring.create_scope(
-            &KeyScope::new(s).unwrap(),
-            &AuditInfo::new("leak test", "setup"),
-        )
-        .unwrap();
-    }
-    ring
-}
-
-/// The app's canaries (from the manifest) plus the controls.
+/// The app's canaries (from the manifest) plus the key-material canaries and the controls.
 pub struct Fixture {
     pub set: CanarySet,
     pub patients: Vec<Patient>,
     pub controls: Controls,
+    /// The ring the app seals with: its root key and the active KEK of each scope are
+    /// canaries (`key.root`, `key.kek.patients`, `key.kek.bidx`).
+    pub ring: KeyRing,
+    kms: Arc<LocalKms>,
+    store: Arc<MemoryKeyStore>,
+}
+
+impl Fixture {
+    /// A new ring over the same KMS and key store as [`Fixture::ring`] (same root key and
+    /// KEKs), with a cold cache: its first use unwraps the KEKs through the KMS again.
+    pub fn fresh_ring(&self) -> KeyRing {
+        KeyRing::builder(self.kms.clone(), self.store.clone()).build()
+    }
+}
+
+/// The ids of the key-material canaries every fixture carries.
+pub const KEY_CANARIES: [&str; 3] = ["key.root", "key.kek.patients", "key.kek.bidx"];
+
+/// A key ring whose root key bytes the test keeps, plus canaries for that root key and for the
+/// active KEK of each scope. The KEKs come out through the public `Kms::unwrap_kek` on the
+/// records the ring stored (what a thief holding the root key could do), so no key-exposing
+/// API is needed. Byte canaries are searched for raw, as hex in both cases (and PostgreSQL's
+/// `\x` form) and as standard and URL-safe base64 at every alignment.
+fn keyed_ring() -> (KeyRing, Arc<LocalKms>, Arc<MemoryKeyStore>, Vec<Canary>) {
+    let mut root_bytes = zeroize::Zeroizing::new([0u8; leakless::secret::KEY_LEN]);
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), root_bytes.as_mut());
+    let kms = Arc::new(LocalKms::from_root_key(RootKey::from_bytes(*root_bytes)));
+    let store = Arc::new(MemoryKeyStore::new());
+    let ring = KeyRing::builder(kms.clone(), store.clone()).build();
+    let mut canaries = vec![Canary::bytes(
+        "key.root",
+        &fresh_marker(),
+        root_bytes.as_ref(),
+    )];
+    for s in ["patients", "bidx"] {
+        let scope = KeyScope::new(s).unwrap();
+        ring.create_scope(&scope, &AuditInfo::new("leak test", "setup"))
+            .unwrap();
+        let records = ring.versions(&scope).unwrap();
+        assert_eq!(records.len(), 1, "one KEK version after create_scope");
+        let record = &records[0];
+        let kek = kms
+            .unwrap_kek(
+                record.wrapped.as_ref().unwrap(),
+                &KekBinding {
+                    scope: &scope,
+                    version: record.version,
+                },
+            )
+            .unwrap();
+        canaries.push(Canary::bytes(
+            &format!("key.kek.{s}"),
+            &fresh_marker(),
+            kek.expose_secret(),
+        ));
+    }
+    (ring, kms, store, canaries)
 }
 
 /// Positive-control values, planted on purpose.
@@ -108,6 +148,9 @@ pub struct Controls {
     pub lz4: Canary,
     /// A GPS point, written as text.
     pub gps: Canary,
+    /// 32 random bytes shaped like a key, planted as base64 (and hex) where a careless
+    /// program would log or store a key: proves the key-material canaries are detectable.
+    pub key: Canary,
 }
 
 impl Controls {
@@ -117,6 +160,16 @@ impl Controls {
 
     pub fn addr_text(&self) -> &str {
         self.addr.text_value().unwrap()
+    }
+
+    /// The planted key's bytes as standard base64 (padded, as a config file or log holds it).
+    pub fn key_base64(&self) -> String {
+        leakless_leaktest::encode::base64(&self.key.raw_bytes().unwrap(), false)
+    }
+
+    /// The planted key's bytes as uppercase hex.
+    pub fn key_hex_upper(&self) -> String {
+        hex::encode_upper(self.key.raw_bytes().unwrap().as_slice())
     }
 
     pub fn gps_wkt(&self) -> String {
@@ -194,8 +247,15 @@ pub fn fixture() -> Fixture {
         .unwrap()
         .as_control();
     let gps = Canary::gps("control.gps", &fresh_marker(), 47.376_912_3, 8.541_694_1).as_control();
-    for c in [&addr, &pglz, &lz4, &gps] {
+    let mut key_bytes = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), key_bytes.as_mut());
+    let key = Canary::bytes("control.key", &fresh_marker(), key_bytes.as_ref()).as_control();
+    for c in [&addr, &pglz, &lz4, &gps, &key] {
         set.push(c.clone()).unwrap();
+    }
+    let (ring, kms, store, key_canaries) = keyed_ring();
+    for c in key_canaries {
+        set.push(c).unwrap();
     }
     Fixture {
         set,
@@ -205,7 +265,11 @@ pub fn fixture() -> Fixture {
             pglz,
             lz4,
             gps,
+            key,
         },
+        ring,
+        kms,
+        store,
     }
 }
 
