@@ -31,9 +31,9 @@ pub struct Args {
     /// The sealed column (listed in the manifest; NULL where not yet adopted).
     #[arg(long)]
     pub column: String,
-    /// The plaintext column to adopt from.
+    /// The plaintext column to adopt from (default: the manifest's `adoption.from_column`).
     #[arg(long)]
-    pub from: String,
+    pub from: Option<String>,
     /// Skip the backfill; only run the verification pass.
     #[arg(long)]
     pub verify_only: bool,
@@ -51,13 +51,47 @@ fn plain_expr(backend: Backend, encoding: &str, col: &str) -> String {
     }
 }
 
+/// The plaintext column to adopt from: `--from` if given, else the manifest's
+/// `adoption.from_column`; both given and different is a usage error, neither too.
+fn source_column(
+    table: &str,
+    c: &leakless::manifest::SealedColumn,
+    flag: Option<&str>,
+) -> Result<String> {
+    let manifest = c.adoption.as_ref().map(|a| a.from_column.as_str());
+    match (flag, manifest) {
+        (Some(f), Some(m)) if f != m => Err(Failure::new(
+            Kind::Usage,
+            format!(
+                "--from {f} conflicts with the manifest, which adopts {table}.{} from {m}",
+                c.column
+            ),
+            format!(
+                "drop --from to use {m}, or fix the field's `adopt(from = ...)` and regenerate \
+                 the manifest"
+            ),
+        )),
+        (Some(f), _) => Ok(f.to_owned()),
+        (None, Some(m)) => Ok(m.to_owned()),
+        (None, None) => Err(Failure::new(
+            Kind::Usage,
+            format!(
+                "no plaintext column to adopt {table}.{} from: no --from, and the manifest \
+                 marks no adoption on this column",
+                c.column
+            ),
+            "pass --from <plaintext column>, or mark the field \
+             `#[leakless(seal(adopt(from = ..., stage = ...)))]` and regenerate the manifest",
+        )),
+    }
+}
+
 /// Runs `adopt`.
 ///
 /// # Errors
 /// [`Kind::Refused`] when the verification pass finds a mismatch or rows failed;
 /// [`Kind::Usage`], [`Kind::Database`], [`Kind::Keys`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    ident(&args.from)?;
     let (t, c) = env
         .targets(Some(&args.table), Some(&args.column))?
         .into_iter()
@@ -69,12 +103,14 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                 "check --table/--column",
             )
         })?;
-    if args.from == c.column || args.from == t.row_id_column {
+    let from = source_column(&t.table, &c, args.from.as_deref())?;
+    ident(&from)?;
+    if from == c.column || from == t.row_id_column {
         return Err(Failure::new(
             Kind::Usage,
             format!(
                 "--from {} must be the plaintext column, not the sealed or id column",
-                args.from
+                from
             ),
             "name the existing plaintext column, e.g. --from email_plain",
         ));
@@ -85,7 +121,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {} IS NOT NULL",
             db.q(&t.table),
             db.q(&c.column),
-            db.q(&args.from)
+            db.q(&from)
         );
         let n: Vec<OneInt> = db.load(&sql, &[])?;
         let rows = n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
@@ -95,9 +131,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     if !args.verify_only {
         run_jobs(
             env,
-            &Mode::Adopt {
-                from: args.from.clone(),
-            },
+            &Mode::Adopt { from: from.clone() },
             Some(&t.table),
             Some(&c.column),
             &args.job,
@@ -108,7 +142,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let select = format!(
         "{} AS a, {} AS b, NULL AS tid",
         db.q(&c.column),
-        plain_expr(db.backend(), &c.encoding, &db.q(&args.from))
+        plain_expr(db.backend(), &c.encoding, &db.q(&from))
     );
     let mut after: Option<String> = None;
     let (mut checked, mut failed) = (0u64, Vec::<RowFailure>::new());
@@ -166,11 +200,11 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let drop_sql = format!(
         "ALTER TABLE {} DROP COLUMN {};",
         db.q(&t.table),
-        db.q(&args.from)
+        db.q(&from)
     );
     if env.global.json {
         out(serde_json::to_string_pretty(&serde_json::json!({
-            "table": t.table, "column": c.column, "from": args.from,
+            "table": t.table, "column": c.column, "from": from,
             "rows_checked": checked, "mismatches": failed_n, "failures": failed,
             "drop_statement": if failed_n == 0 { Some(&drop_sql) } else { None },
         }))
@@ -184,7 +218,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     } else {
         out(format!(
             "verify {}.{} against {}: {checked} rows checked, {failed_n} mismatches",
-            t.table, c.column, args.from
+            t.table, c.column, from
         ));
         for f in &failed {
             out(format!(
@@ -204,7 +238,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         out(format!(
             "adoption verified. Once the application no longer reads or writes {} (stage 3), \
              drop it yourself:\n  {drop_sql}",
-            args.from
+            from
         ));
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! `status`: per table and column, rows per key scope and KEK version with the version's
 //! state, plaintext rows (adoption pending), rows on retired or destroyed versions, and the
 //! rows a rewrap would move. Reads only the envelope headers (first 80 bytes); needs no root
-//! key.
+//! key. For a column the manifest marks as in adoption it also reports the stage, the source
+//! plaintext column, and the rows still only in plaintext there (sealed NULL, plaintext not),
+//! apart from the rows NULL in both.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +12,7 @@ use leakless::store::KeyStore;
 use leakless::{KekVersion, KeyScope};
 use serde::Serialize;
 
-use crate::db::Db;
+use crate::db::{Db, OneInt};
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{Range, for_each_page, header, prefix_expr};
@@ -61,6 +63,22 @@ pub struct ColumnStatus {
     pub on_retired: u64,
     /// Rows on destroyed or unknown versions (unreadable for good).
     pub on_destroyed: u64,
+    /// The adoption under way on this column, if the manifest marks one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionStatus>,
+}
+
+/// The adoption of a sealed column from a legacy plaintext column.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AdoptionStatus {
+    /// The application's stage (`read_plaintext`, `write_sealed_only`, `sealed_only`).
+    pub stage: String,
+    /// The legacy plaintext column.
+    pub from_column: String,
+    /// Rows whose sealed column is NULL and whose plaintext column is not: what `adopt` would
+    /// seal. They are counted here, not in `nulls` (nor in `plaintext` for a non-nullable
+    /// column).
+    pub pending: u64,
 }
 
 /// Counts one column.
@@ -90,6 +108,31 @@ pub fn column_status(
         }
         Ok(())
     })?;
+    let adoption = match &c.adoption {
+        None => None,
+        Some(a) => {
+            crate::db::ident(&a.from_column)?;
+            let sql = format!(
+                "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {} IS NOT NULL",
+                db.q(&t.table),
+                db.q(&c.column),
+                db.q(&a.from_column)
+            );
+            let n: Vec<OneInt> = db.load(&sql, &[])?;
+            let pending = n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
+            // These rows were counted as NULL (or, non-nullable, as plaintext) above.
+            if c.nullable {
+                nulls = nulls.saturating_sub(pending);
+            } else {
+                plaintext = plaintext.saturating_sub(pending);
+            }
+            Some(AdoptionStatus {
+                stage: a.stage.clone(),
+                from_column: a.from_column.clone(),
+                pending,
+            })
+        }
+    };
     let mut s = ColumnStatus {
         table: t.table.clone(),
         column: c.column.clone(),
@@ -100,6 +143,7 @@ pub fn column_status(
         rewrap_work: 0,
         on_retired: 0,
         on_destroyed: 0,
+        adoption,
     };
     for ((scope, version), n) in by {
         let state = match (KeyScope::new(&scope), KekVersion::new(version)) {
@@ -166,6 +210,15 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                 "-", "-", "plaintext", s.plaintext
             ));
         }
+        if let Some(a) = s.adoption.as_ref().filter(|a| a.pending > 0) {
+            out(format!(
+                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
+                format!("(in {})", a.from_column),
+                "-",
+                "to adopt",
+                a.pending
+            ));
+        }
         if s.nulls > 0 {
             out(format!(
                 "{name:<28} {:<20} {:>7} {:<10} {:>10}",
@@ -181,6 +234,19 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         }
         if s.plaintext > 0 {
             notes.push(format!("{} plaintext rows to adopt", s.plaintext));
+        }
+        if let Some(a) = &s.adoption {
+            notes.push(if a.pending > 0 {
+                format!(
+                    "adoption from {} at stage {}: {} rows only in plaintext (run `adopt`)",
+                    a.from_column, a.stage, a.pending
+                )
+            } else {
+                format!(
+                    "adoption from {} at stage {}: backfill complete",
+                    a.from_column, a.stage
+                )
+            });
         }
         if s.on_retired > 0 {
             notes.push(format!(
