@@ -30,25 +30,141 @@ pub trait Sealed: Sized {
     /// The errors of [`KeyRing::open`] (naming table, column and row) and of decoding.
     fn open_row(row: Self::Row, ring: &KeyRing) -> Result<Self, Error>;
 
-    /// Seals many models in one pass (for a bulk `insert_into(...).values(&rows)`); each KEK is
-    /// fetched once for the whole batch through the cache.
+    /// Seals many models in one pass (for a bulk `insert_into(...).values(&rows)`), in order.
+    ///
+    /// From 256 rows on, the batch is split into one contiguous chunk per
+    /// available core (`std::thread::available_parallelism`) and sealed on scoped threads. The
+    /// first row is sealed before the threads start, so the KEKs it uses are in the cache and
+    /// fetched once; a KEK version that first appears later in the batch may be fetched once per
+    /// thread. Tracing spans of the worker threads are not children of the caller's span.
     ///
     /// # Errors
-    /// The first error of [`Sealed::seal_row`]; nothing is returned partially.
-    fn seal_rows(items: &[Self], ring: &KeyRing) -> Result<Vec<Self::Row>, Error> {
-        items.iter().map(|m| m.seal_row(ring)).collect()
+    /// The first error of [`Sealed::seal_row`] in row order; nothing is returned partially.
+    fn seal_rows(items: &[Self], ring: &KeyRing) -> Result<Vec<Self::Row>, Error>
+    where
+        Self: Sync,
+        Self::Row: Send,
+    {
+        parallel_map(items, |m: &Self| m.seal_row(ring))
     }
 
-    /// Opens many loaded rows.
+    /// Opens many loaded rows, in order; from 256 rows on on several threads,
+    /// as [`Sealed::seal_rows`] describes.
     ///
     /// # Errors
-    /// The first error of [`Sealed::open_row`].
-    fn open_rows(rows: Vec<Self::Row>, ring: &KeyRing) -> Result<Vec<Self>, Error> {
-        rows.into_iter().map(|r| Self::open_row(r, ring)).collect()
+    /// The first error of [`Sealed::open_row`] in row order.
+    fn open_rows(rows: Vec<Self::Row>, ring: &KeyRing) -> Result<Vec<Self>, Error>
+    where
+        Self: Send,
+        Self::Row: Send,
+    {
+        if rows.len() < PARALLEL_MIN_ROWS {
+            return rows.into_iter().map(|r| Self::open_row(r, ring)).collect();
+        }
+        let mut rows = rows.into_iter();
+        let mut out = Vec::with_capacity(rows.len());
+        // The first row warms the KEK cache for the versions it uses before threads start.
+        if let Some(first) = rows.next() {
+            out.push(Self::open_row(first, ring)?);
+        }
+        let mut rest: Vec<Option<Self::Row>> = rows.map(Some).collect();
+        let opened = parallel_chunks_mut(&mut rest, |slot: &mut Option<Self::Row>| {
+            match slot.take() {
+                Some(r) => Self::open_row(r, ring),
+                None => Err(Error::InvalidInput {
+                    what: "open_rows",
+                    problem: "internal: a row was taken twice".into(),
+                }),
+            }
+        })?;
+        out.extend(opened);
+        Ok(out)
     }
 
     /// The model's entry in the schema manifest.
     fn manifest() -> SealedTable;
+}
+
+/// From how many rows [`Sealed::seal_rows`] and [`Sealed::open_rows`] use several threads.
+const PARALLEL_MIN_ROWS: usize = 256;
+
+/// How many threads a batch of `len` rows is split over: one per available core, at most one
+/// per [`PARALLEL_MIN_ROWS`] / 2 rows, and 1 below [`PARALLEL_MIN_ROWS`].
+fn threads_for(len: usize) -> usize {
+    if len < PARALLEL_MIN_ROWS {
+        return 1;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cores.min(len / (PARALLEL_MIN_ROWS / 2)).max(1)
+}
+
+/// `f` over `items` in order, on several scoped threads for large batches; the first row runs
+/// first, alone. Returns the first error in row order.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, Error> + Sync,
+) -> Result<Vec<R>, Error> {
+    if threads_for(items.len()) <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let Some((first, rest)) = items.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(items.len());
+    out.push(f(first)?);
+    let threads = threads_for(items.len());
+    let chunk = rest.len().div_ceil(threads).max(1);
+    let f = &f;
+    let results: Vec<Result<Vec<R>, Error>> = std::thread::scope(|s| {
+        let mut chunks = rest.chunks(chunk);
+        let own = chunks.next();
+        let handles: Vec<_> = chunks
+            .map(|c| s.spawn(move || c.iter().map(f).collect::<Result<Vec<R>, Error>>()))
+            .collect();
+        let mut results = Vec::with_capacity(threads);
+        results.push(own.map_or_else(|| Ok(Vec::new()), |c| c.iter().map(f).collect()));
+        for h in handles {
+            results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        results
+    });
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+/// As [`parallel_map`], over mutable slots (so rows can be moved out of them), without the
+/// first-row-alone step (the caller does it).
+fn parallel_chunks_mut<T: Send, R: Send>(
+    items: &mut [T],
+    f: impl Fn(&mut T) -> Result<R, Error> + Sync,
+) -> Result<Vec<R>, Error> {
+    let threads = threads_for(items.len() + 1);
+    if threads <= 1 {
+        return items.iter_mut().map(&f).collect();
+    }
+    let len = items.len();
+    let chunk = len.div_ceil(threads).max(1);
+    let f = &f;
+    let results: Vec<Result<Vec<R>, Error>> = std::thread::scope(|s| {
+        let mut chunks = items.chunks_mut(chunk);
+        let own = chunks.next();
+        let handles: Vec<_> = chunks
+            .map(|c| s.spawn(move || c.iter_mut().map(f).collect::<Result<Vec<R>, Error>>()))
+            .collect();
+        let mut results = Vec::with_capacity(threads);
+        results.push(own.map_or_else(|| Ok(Vec::new()), |c| c.iter_mut().map(f).collect()));
+        for h in handles {
+            results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        results
+    });
+    let mut out = Vec::with_capacity(len);
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }
 
 /// A type usable as a model's row identity (bound into every envelope's context).
@@ -232,5 +348,57 @@ pub mod __private {
     /// The legacy plaintext copy of a value for a binary column.
     pub fn plaintext_bytes<T: Sealable>(value: &T) -> Result<Vec<u8>, Error> {
         Ok(value.to_plaintext()?.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parallel_chunks_mut, parallel_map};
+    use crate::error::Error;
+
+    fn fail_at(i: usize) -> Error {
+        Error::InvalidInput {
+            what: "row",
+            problem: format!("{i}"),
+        }
+    }
+
+    #[test]
+    fn parallel_map_keeps_row_order_and_reports_the_first_error_by_row() {
+        let items: Vec<usize> = (0..1_000).collect();
+        let doubled = parallel_map(&items, |&i| Ok(i * 2)).unwrap();
+        assert_eq!(doubled, (0..1_000).map(|i| i * 2).collect::<Vec<_>>());
+
+        // Rows 300 and 900 fail (in different chunks on two or more cores): 300 is reported.
+        let err = parallel_map(&items, |&i| {
+            if i == 300 || i == 900 {
+                Err(fail_at(i))
+            } else {
+                Ok(i)
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { ref problem, .. } if problem == "300"));
+        // Only a late chunk fails: its error still comes back.
+        let err =
+            parallel_map(&items, |&i| if i == 999 { Err(fail_at(i)) } else { Ok(i) }).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { ref problem, .. } if problem == "999"));
+    }
+
+    #[test]
+    fn parallel_chunks_mut_moves_each_row_once_in_order() {
+        let mut slots: Vec<Option<String>> = (0..777).map(|i| Some(i.to_string())).collect();
+        let out = parallel_chunks_mut(&mut slots, |s| s.take().ok_or_else(|| fail_at(usize::MAX)))
+            .unwrap();
+        assert_eq!(out, (0..777).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert!(slots.iter().all(Option::is_none));
+        let mut slots: Vec<Option<usize>> = (0..777).map(Some).collect();
+        let err = parallel_chunks_mut(&mut slots, |s| match s.take() {
+            Some(i) if i == 100 || i == 700 => Err(fail_at(i)),
+            Some(i) => Ok(i),
+            None => Err(fail_at(usize::MAX)),
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { ref problem, .. } if problem == "100"));
     }
 }
