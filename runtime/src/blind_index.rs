@@ -164,25 +164,32 @@ impl std::fmt::Debug for BlindIndex {
     }
 }
 
-fn token(
+/// HKDF of the field key of `spec` from one index-key version.
+fn derive_field_key(
     index_key: &[u8; KEY_LEN],
-    version: KekVersion,
-    spec: &BlindIndexSpec,
-    normalised: &[u8],
-) -> Result<BlindIndex, Error> {
+    info: &[u8],
+) -> Result<Zeroizing<[u8; KEY_LEN]>, Error> {
     let hk = Hkdf::<Sha256>::new(Some(SALT), index_key);
-    let mut field_key = Zeroizing::new([0u8; 32]);
-    hk.expand(&spec.info()?, field_key.as_mut())
+    let mut field_key = Zeroizing::new([0u8; KEY_LEN]);
+    hk.expand(info, field_key.as_mut())
         .map_err(|_| Error::InvalidInput {
             what: "blind index",
             problem: "key derivation failed".into(),
         })?;
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(field_key.as_ref()).map_err(|_| {
-        Error::InvalidInput {
+    Ok(field_key)
+}
+
+fn token(
+    field_key: &[u8; KEY_LEN],
+    version: KekVersion,
+    spec: &BlindIndexSpec,
+    normalised: &[u8],
+) -> Result<BlindIndex, Error> {
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(field_key).map_err(|_| Error::InvalidInput {
             what: "blind index",
             problem: "HMAC key setup failed".into(),
-        }
-    })?;
+        })?;
     mac.update(normalised);
     let digest = mac.finalize().into_bytes();
     let mut out = Vec::with_capacity(4 + spec.bytes);
@@ -205,7 +212,9 @@ impl KeyRing {
     ) -> Result<BlindIndex, Error> {
         spec.check()?;
         let normalised = spec.normalizer.apply(plaintext)?;
-        let (version, key) = self.active_key_material(&spec.scope)?;
+        let info = spec.info()?;
+        let (version, key) =
+            self.active_derived_key(&spec.scope, &info, |k| derive_field_key(k, &info))?;
         token(&key, version, spec, &normalised)
     }
 
@@ -222,7 +231,9 @@ impl KeyRing {
     ) -> Result<Vec<BlindIndex>, Error> {
         spec.check()?;
         let normalised = spec.normalizer.apply(plaintext)?;
-        let (active, key) = self.active_key_material(&spec.scope)?;
+        let info = spec.info()?;
+        let (active, key) =
+            self.active_derived_key(&spec.scope, &info, |k| derive_field_key(k, &info))?;
         let mut out = vec![token(&key, active, spec, &normalised)?];
         let now = self.clock_now();
         for record in self.versions(&spec.scope)? {
@@ -230,7 +241,9 @@ impl KeyRing {
                 && matches!(record.state, KekState::Grace { .. })
                 && record.state.opens_at(now)
             {
-                let key = self.key_material(&spec.scope, record.version)?;
+                let key = self.derived_key(&spec.scope, record.version, &info, |k| {
+                    derive_field_key(k, &info)
+                })?;
                 out.push(token(&key, record.version, spec, &normalised)?);
             }
         }

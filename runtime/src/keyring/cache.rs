@@ -7,11 +7,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
 use crate::keyring::{KekState, KekVersion, KeyScope, UnixTime};
-use crate::secret::Kek;
+use crate::secret::{KEY_LEN, Kek};
+
+/// How many derived keys (blind-index field keys) one cached KEK keeps; past that, keys are
+/// derived again on every use rather than cached.
+const MAX_DERIVED: usize = 1024;
 
 /// Bounds of the KEK cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +51,9 @@ pub(crate) struct CachedKek {
     pub(crate) state: KekState,
     fetched_at: UnixTime,
     uses: AtomicU64,
+    /// Keys derived from this KEK (blind-index field keys), by derivation label; zeroized when
+    /// the entry is dropped, so they live exactly as long as the KEK itself.
+    derived: Mutex<HashMap<Vec<u8>, Zeroizing<[u8; KEY_LEN]>>>,
 }
 
 impl CachedKek {
@@ -55,7 +64,29 @@ impl CachedKek {
             state,
             fetched_at: now,
             uses: AtomicU64::new(0),
+            derived: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The key derived from this KEK under `label`, computed by `derive` on first use and then
+    /// served from this entry (up to [`MAX_DERIVED`] labels).
+    pub(crate) fn derived_key<E>(
+        &self,
+        label: &[u8],
+        derive: impl FnOnce(&Kek) -> Result<Zeroizing<[u8; KEY_LEN]>, E>,
+    ) -> Result<Zeroizing<[u8; KEY_LEN]>, E> {
+        {
+            let map = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(k) = map.get(label) {
+                return Ok(Zeroizing::new(**k));
+            }
+        }
+        let key = derive(&self.kek)?;
+        let mut map = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() < MAX_DERIVED {
+            map.insert(label.to_vec(), Zeroizing::new(*key));
+        }
+        Ok(key)
     }
 }
 

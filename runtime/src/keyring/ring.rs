@@ -242,27 +242,34 @@ impl KeyRing {
         self.now()
     }
 
-    /// The active KEK of `scope` as key material, for other key uses (blind indexes) that
-    /// derive their own keys from it. The copy is zeroized on drop.
-    pub(crate) fn active_key_material(
+    /// A key derived from the active KEK of `scope` under `label` (a blind-index field key),
+    /// with the KEK's version. `derive` runs once per cached KEK entry and label; later calls
+    /// get the copy kept in the entry, zeroized when the entry is evicted and dropped.
+    pub(crate) fn active_derived_key(
         &self,
         scope: &KeyScope,
+        label: &[u8],
+        derive: impl FnOnce(
+            &[u8; crate::secret::KEY_LEN],
+        ) -> Result<zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>, Error>,
     ) -> Result<(KekVersion, zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>), Error> {
         let cached = self.active_kek(scope)?;
-        Ok((
-            cached.version,
-            zeroize::Zeroizing::new(*cached.kek.expose_secret()),
-        ))
+        let key = cached.derived_key(label, |kek| derive(kek.expose_secret()))?;
+        Ok((cached.version, key))
     }
 
-    /// Version `version` of `scope` as key material, if that version can still open.
-    pub(crate) fn key_material(
+    /// As [`Self::active_derived_key`] for version `version` of `scope`, if it can still open.
+    pub(crate) fn derived_key(
         &self,
         scope: &KeyScope,
         version: KekVersion,
+        label: &[u8],
+        derive: impl FnOnce(
+            &[u8; crate::secret::KEY_LEN],
+        ) -> Result<zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>, Error>,
     ) -> Result<zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>, Error> {
         let cached = self.kek_for_open(scope.as_str(), version, "blind index")?;
-        Ok(zeroize::Zeroizing::new(*cached.kek.expose_secret()))
+        cached.derived_key(label, |kek| derive(kek.expose_secret()))
     }
 
     fn active_kek(&self, scope: &KeyScope) -> Result<Arc<CachedKek>, Error> {
