@@ -480,7 +480,12 @@ impl Db {
 
     /// PostgreSQL bulk compare-and-swap: sets `col` to the new value for every `(id, old,
     /// new)` whose row still holds `old` (or is still NULL when `old` is `None`), in one
-    /// statement over `unnest` arrays. Returns the ids that were updated.
+    /// statement over `unnest` arrays. Returns the ids that lost the race (not updated).
+    ///
+    /// The statement returns only a row count, not the updated ids: when every row was
+    /// updated (the common case) nothing else is sent back or decoded. Only when the count
+    /// falls short does a second query, in the same transaction, name the ids whose row does
+    /// not hold its new value (a fresh envelope, which nobody else can have written).
     ///
     /// # Errors
     /// [`Kind::Database`]; [`Kind::Usage`] on another backend.
@@ -520,20 +525,31 @@ impl Db {
             "UPDATE {t} SET {v} = u.new \
              FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS u(id, old, new, tid) \
              WHERE {tid_cond}{t}.{i} = {id_expr} \
-             AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL)) \
-             RETURNING u.id AS id"
+             AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL))"
         );
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let olds: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.old.clone()).collect();
         let news: Vec<Vec<u8>> = rows.iter().map(|r| r.new.clone()).collect();
         let tids: Vec<Option<String>> = rows.iter().map(|r| r.tid.clone()).collect();
-        diesel::sql_query(sql)
-            .bind::<Array<Text>, _>(ids)
+        let updated = diesel::sql_query(sql)
+            .bind::<Array<Text>, _>(&ids)
             .bind::<Array<Nullable<Binary>>, _>(olds)
-            .bind::<Array<Binary>, _>(news)
+            .bind::<Array<Binary>, _>(&news)
             .bind::<Array<Nullable<Text>>, _>(tids)
+            .execute(c)
+            .map_err(|e| db_failure("bulk update", &e, &self.target))?;
+        if updated == rows.len() {
+            return Ok(Vec::new());
+        }
+        let lost = format!(
+            "SELECT u.id AS id FROM unnest($1::text[], $2::bytea[]) AS u(id, new) \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {t}.{i} = {id_expr} AND {t}.{v} = u.new)"
+        );
+        diesel::sql_query(lost)
+            .bind::<Array<Text>, _>(&ids)
+            .bind::<Array<Binary>, _>(&news)
             .load::<OneText>(c)
             .map(|v| v.into_iter().map(|r| r.id).collect())
-            .map_err(|e| db_failure("bulk update", &e, &self.target))
+            .map_err(|e| db_failure("bulk update (lost rows)", &e, &self.target))
     }
 }

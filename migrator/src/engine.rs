@@ -498,19 +498,13 @@ impl Work {
             return Ok(Vec::new());
         }
         if db.backend() == Backend::Postgres {
-            let done = db.pg_bulk_cas(
+            return db.pg_bulk_cas(
                 &self.table.table,
                 &self.table.row_id_column,
                 &self.table.row_id_kind,
                 &self.column.column,
                 writes,
-            )?;
-            let done: HashSet<String> = done.into_iter().collect();
-            return Ok(writes
-                .iter()
-                .filter(|w| !done.contains(&w.id))
-                .map(|w| w.id.clone())
-                .collect());
+            );
         }
         let col = db.q(&self.column.column);
         let id = db.q(&self.table.row_id_column);
