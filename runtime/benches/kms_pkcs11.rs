@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use leakless::keyring::{KekVersion, KeyScope};
+use leakless::key::{KekVersion, KeyScope};
 use leakless::kms::{KekBinding, Kms, LocalKms, PinSource, Pkcs11Config, Pkcs11Kms};
 use leakless::secret::Kek;
 use leakless::store::MemoryKeyStore;

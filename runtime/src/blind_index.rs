@@ -16,9 +16,9 @@
 //! columns have unrelated tokens.
 //!
 //! # Look-ups across rotation
-//! Writers store the token of the index scope's active version ([`KeyRing::blind_index`]).
+//! Writers store the token of the index scope's active version ([`KeyRing::blind_index`](crate::KeyRing::blind_index)).
 //! After a rotation, rows written earlier still carry tokens of older versions, so a look-up
-//! asks for every version that can still open ([`KeyRing::blind_index_candidates`]) and matches
+//! asks for every version that can still open ([`KeyRing::blind_index_candidates`](crate::KeyRing::blind_index_candidates)) and matches
 //! any of them (`WHERE address_bidx IN (...)`); re-computing the tokens of old rows is part of
 //! the migration that retires the old version.
 //!
@@ -36,7 +36,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::keyring::{KekState, KekVersion, KeyRing, KeyScope};
+use crate::key::{KekVersion, KeyScope};
 use crate::secret::KEY_LEN;
 
 const SALT: &[u8] = b"leakless blind index v1";
@@ -57,7 +57,7 @@ pub enum Normalizer {
 }
 
 impl Normalizer {
-    fn apply(self, plaintext: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub(crate) fn apply(self, plaintext: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         if self == Normalizer::None {
             return Ok(Zeroizing::new(plaintext.to_vec()));
         }
@@ -105,7 +105,7 @@ impl BlindIndexSpec {
         }
     }
 
-    fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), Error> {
         if !(4..=32).contains(&self.bytes) {
             return Err(Error::InvalidInput {
                 what: "blind index length",
@@ -121,7 +121,7 @@ impl BlindIndexSpec {
         Ok(())
     }
 
-    fn info(&self) -> Result<Vec<u8>, Error> {
+    pub(crate) fn info(&self) -> Result<Vec<u8>, Error> {
         let mut info = Vec::with_capacity(4 + self.table.len() + self.column.len());
         for part in [&self.table, &self.column] {
             let len = u16::try_from(part.len()).map_err(|_| Error::InvalidInput {
@@ -165,7 +165,7 @@ impl std::fmt::Debug for BlindIndex {
 }
 
 /// HKDF of the field key of `spec` from one index-key version.
-fn derive_field_key(
+pub(crate) fn derive_field_key(
     index_key: &[u8; KEY_LEN],
     info: &[u8],
 ) -> Result<Zeroizing<[u8; KEY_LEN]>, Error> {
@@ -179,7 +179,7 @@ fn derive_field_key(
     Ok(field_key)
 }
 
-fn token(
+pub(crate) fn token(
     field_key: &[u8; KEY_LEN],
     version: KekVersion,
     spec: &BlindIndexSpec,
@@ -196,57 +196,4 @@ fn token(
     out.extend_from_slice(&version.get().to_be_bytes());
     out.extend_from_slice(digest.get(..spec.bytes).unwrap_or_default());
     Ok(BlindIndex(out))
-}
-
-impl KeyRing {
-    /// The blind-index token to store for `plaintext`, under the active version of the index
-    /// scope.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for a bad spec or non-text input to a text normaliser; the key
-    /// errors of [`KeyRing::seal`] for the index scope.
-    pub fn blind_index(
-        &self,
-        spec: &BlindIndexSpec,
-        plaintext: &[u8],
-    ) -> Result<BlindIndex, Error> {
-        spec.check()?;
-        let normalised = spec.normalizer.apply(plaintext)?;
-        let info = spec.info()?;
-        let (version, key) =
-            self.active_derived_key(&spec.scope, &info, |k| derive_field_key(k, &info))?;
-        token(&key, version, spec, &normalised)
-    }
-
-    /// The tokens to look `plaintext` up by: one per version of the index scope that can still
-    /// open (the active one first, then versions in grace). Match a row if its stored token
-    /// equals any of them.
-    ///
-    /// # Errors
-    /// As [`Self::blind_index`].
-    pub fn blind_index_candidates(
-        &self,
-        spec: &BlindIndexSpec,
-        plaintext: &[u8],
-    ) -> Result<Vec<BlindIndex>, Error> {
-        spec.check()?;
-        let normalised = spec.normalizer.apply(plaintext)?;
-        let info = spec.info()?;
-        let (active, key) =
-            self.active_derived_key(&spec.scope, &info, |k| derive_field_key(k, &info))?;
-        let mut out = vec![token(&key, active, spec, &normalised)?];
-        let now = self.clock_now();
-        for record in self.versions(&spec.scope)? {
-            if record.version != active
-                && matches!(record.state, KekState::Grace { .. })
-                && record.state.opens_at(now)
-            {
-                let key = self.derived_key(&spec.scope, record.version, &info, |k| {
-                    derive_field_key(k, &info)
-                })?;
-                out.push(token(&key, record.version, spec, &normalised)?);
-            }
-        }
-        Ok(out)
-    }
 }

@@ -23,9 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::context::FieldContext;
 use crate::error::Error;
-use crate::keyring::{FieldPolicy, KeyRing, KeyScope};
 use crate::secret::Plaintext;
 
 /// A value that can be sealed: it has one stable plaintext encoding.
@@ -140,34 +138,5 @@ impl ClassifyMessage for serde_json::Error {
             }
             serde_json::error::Category::Eof => "unexpected end",
         }
-    }
-}
-
-impl KeyRing {
-    /// Encodes `value` ([`Sealable`]) and seals it for the field at `ctx`.
-    ///
-    /// # Errors
-    /// As [`Sealable::to_plaintext`] and [`KeyRing::seal`].
-    pub fn seal_value<T: Sealable>(
-        &self,
-        scope: &KeyScope,
-        ctx: &FieldContext<'_>,
-        value: &T,
-        policy: &FieldPolicy,
-    ) -> Result<Vec<u8>, Error> {
-        let plaintext = value.to_plaintext()?;
-        self.seal(scope, ctx, &plaintext, policy)
-    }
-
-    /// Opens an envelope and decodes the value ([`Sealable`]).
-    ///
-    /// # Errors
-    /// As [`KeyRing::open`] and [`Sealable::from_plaintext`].
-    pub fn open_value<T: Sealable>(
-        &self,
-        ctx: &FieldContext<'_>,
-        envelope: &[u8],
-    ) -> Result<T, Error> {
-        T::from_plaintext(self.open(ctx, envelope)?)
     }
 }

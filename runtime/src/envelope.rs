@@ -30,7 +30,7 @@ use zeroize::Zeroize;
 use crate::aead::{self, Algorithm, TAG_LEN};
 use crate::context::{FieldContext, FieldLocation};
 use crate::error::Error;
-use crate::keyring::{KekVersion, KeyScope};
+use crate::key::{KekVersion, KeyScope};
 use crate::padding::{self, MAX_PLAINTEXT_LEN, PADDING_ISO7816, PaddingPolicy};
 use crate::secret::{Dek, KEY_LEN, Kek, Plaintext};
 

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use crate::context::FieldLocation;
-use crate::keyring::{KekState, KekVersion, KeyScope};
+use crate::key::{KekState, KekVersion, KeyScope};
 
 /// Everything that can go wrong in leakless.
 #[derive(Debug, thiserror::Error)]

@@ -61,6 +61,7 @@ pub mod context;
 pub mod envelope;
 pub mod error;
 pub mod harden;
+pub mod key;
 pub mod keyring;
 pub mod kms;
 pub mod manifest;
@@ -77,9 +78,8 @@ pub use codec::{Json, Sealable};
 pub use context::{FieldContext, FieldLocation, RowId};
 pub use error::{Error, Result};
 pub use harden::{HardeningReport, harden_process};
-pub use keyring::{
-    AuditInfo, AuditRecord, CacheConfig, FieldPolicy, KekState, KekVersion, KeyRing, KeyScope,
-};
+pub use key::{AuditInfo, AuditRecord, KekState, KekVersion, KeyScope};
+pub use keyring::{CacheConfig, FieldPolicy, KeyRing};
 pub use leakless_derive::Sealed;
 #[doc(hidden)]
 pub use model::__private;

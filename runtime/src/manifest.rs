@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aead::Algorithm;
 use crate::error::Error;
-use crate::keyring::KeyScope;
+use crate::key::KeyScope;
 
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;

@@ -218,7 +218,8 @@ pub mod __private {
     pub use crate::codec::Sealable;
     pub use crate::context::RowId;
     pub use crate::error::Error;
-    pub use crate::keyring::{FieldPolicy, KeyRing, KeyScope};
+    pub use crate::key::KeyScope;
+    pub use crate::keyring::{FieldPolicy, KeyRing};
     pub use crate::manifest::{
         AdoptionColumn, BlindIndexColumn, ScopeSource, SealedColumn, SealedTable,
     };

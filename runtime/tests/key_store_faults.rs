@@ -29,7 +29,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel::{MysqlConnection, PgConnection};
-use leakless::keyring::{AuditRecord, KekRecord, KeyAction, RecordUpdate, StoreChange, UnixTime};
+use leakless::key::{AuditRecord, KekRecord, KeyAction, RecordUpdate, StoreChange, UnixTime};
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
 use leakless::store::KeyStore;

@@ -14,7 +14,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leakless::keyring::KeyAction;
+use leakless::key::KeyAction;
 use leakless::kms::{AwsCredentials, AwsKms, AwsKmsConfig, KekBinding, Kms};
 use leakless::secret::Kek;
 use leakless::{AuditInfo, Error, KekVersion, KeyRing, KeyScope};
@@ -137,7 +137,7 @@ fn connect_resolves_the_key_arn_and_refuses_unknown_keys() {
 /// Root-key move with ReEncrypt: the KEK records move to a second KMS key inside KMS, a ring on
 /// the second key opens every old row, and each move is audited.
 #[test]
-fn re_encrypt_store_moves_every_kek_to_another_key() {
+fn re_encrypt_moves_every_kek_to_another_key() {
     let old = Arc::new(new_kms());
     let new = Arc::new(new_kms());
     let f = Fixture::new(old.clone());
@@ -147,9 +147,17 @@ fn re_encrypt_store_moves_every_kek_to_another_key() {
         .unwrap();
     let newer = f.seal(100, "newer");
 
-    let moved = old.re_encrypt_store(&*f.store, &new, &who()).unwrap();
+    let moved = f
+        .ring
+        .rewrap_root_in_kms(&old.re_encrypt_to(&new), &who())
+        .unwrap();
     assert_eq!(moved, 2);
-    assert_eq!(old.re_encrypt_store(&*f.store, &new, &who()).unwrap(), 0);
+    assert_eq!(
+        f.ring
+            .rewrap_root_in_kms(&old.re_encrypt_to(&new), &who())
+            .unwrap(),
+        0
+    );
     for record in f.ring.versions(&f.scope).unwrap() {
         assert_eq!(
             record.wrapped.unwrap().root_key_id,

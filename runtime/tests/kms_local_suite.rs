@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use leakless::Error;
-use leakless::keyring::{KekVersion, KeyScope, WrappedKek};
+use leakless::key::{KekVersion, KeyScope, WrappedKek};
 use leakless::kms::{KekBinding, Kms, LocalKms};
 use leakless::secret::{Kek, RootKey};
 

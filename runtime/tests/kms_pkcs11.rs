@@ -28,7 +28,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use leakless::Error;
-use leakless::keyring::{KekVersion, KeyScope};
+use leakless::key::{KekVersion, KeyScope};
 use leakless::kms::{KekBinding, Kms, PinSource, Pkcs11Config, Pkcs11Kms};
 use leakless::secret::Kek;
 

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use leakless::keyring::WrappedKek;
+use leakless::key::WrappedKek;
 use leakless::kms::{KekBinding, Kms, LocalKms, TpmConfig, TpmKms};
 use leakless::secret::{Kek, RootKey};
 use leakless::{Error, KekVersion, KeyScope};

@@ -128,7 +128,10 @@ fn rotate_rewrap_and_min_decryption_version() {
     }
     kms.set_min_decryption_version(1).unwrap();
 
-    let changed = kms.rewrap_store(&*f.store, &who()).unwrap();
+    let changed = f
+        .ring
+        .rewrap_root_in_kms(&kms.rewrap_to_latest().unwrap(), &who())
+        .unwrap();
     assert_eq!(changed, 2, "both KEK versions were on Transit v1");
     for record in f.ring.versions(&f.scope).unwrap() {
         let w = record.wrapped.unwrap();
@@ -139,7 +142,9 @@ fn rotate_rewrap_and_min_decryption_version() {
         );
     }
     assert_eq!(
-        kms.rewrap_store(&*f.store, &who()).unwrap(),
+        f.ring
+            .rewrap_root_in_kms(&kms.rewrap_to_latest().unwrap(), &who())
+            .unwrap(),
         0,
         "repeatable"
     );
@@ -147,7 +152,7 @@ fn rotate_rewrap_and_min_decryption_version() {
     assert_eq!(
         audit
             .iter()
-            .filter(|a| a.action == leakless::keyring::KeyAction::RewrapRoot)
+            .filter(|a| a.action == leakless::key::KeyAction::RewrapRoot)
             .count(),
         2
     );

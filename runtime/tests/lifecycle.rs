@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leakless::keyring::{KeyAction, ManualClock, UnixTime};
+use leakless::key::{KeyAction, ManualClock, UnixTime};
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
@@ -150,7 +150,7 @@ trait NowForTest {
 }
 impl NowForTest for ManualClock {
     fn now_for_test(&self) -> UnixTime {
-        leakless::keyring::Clock::now(self)
+        leakless::key::Clock::now(self)
     }
 }
 
@@ -391,9 +391,9 @@ fn a_lost_race_writes_nothing() {
     after.state = KekState::Destroyed;
     let err = leakless::store::KeyStore::apply(
         &*f.store,
-        leakless::keyring::StoreChange {
+        leakless::key::StoreChange {
             inserts: vec![],
-            updates: vec![leakless::keyring::RecordUpdate {
+            updates: vec![leakless::key::RecordUpdate {
                 before: stale,
                 after,
             }],

@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use leakless::keyring::{KekVersion, KeyScope};
+use leakless::key::{KekVersion, KeyScope};
 use leakless::kms::{KekBinding, Kms, LocalKms};
 use leakless::secret::{Kek, RootKey};
 use leakless::{Error, harden_process};

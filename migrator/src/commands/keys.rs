@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use leakless::keyring::{AuditRecord, KekRecord, KekState};
+use leakless::key::{AuditRecord, KekRecord, KekState};
 use leakless::kms::{Kms, LocalKms};
 use leakless::{KekVersion, KeyRing, KeyScope};
 use serde::Serialize;

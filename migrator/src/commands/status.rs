@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use leakless::keyring::KekState;
+use leakless::key::KekState;
 use leakless::store::KeyStore;
 use leakless::{KekVersion, KeyScope};
 use serde::Serialize;

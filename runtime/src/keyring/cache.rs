@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use crate::keyring::{KekState, KekVersion, KeyScope, UnixTime};
+use crate::key::{KekState, KekVersion, KeyScope, UnixTime};
 use crate::secret::{KEY_LEN, Kek};
 
 /// How many derived keys (blind-index field keys) one cached KEK keeps; past that, keys are

@@ -1,4 +1,7 @@
-//! Key scopes, KEK versions and their lifecycle, the KEK cache and the [`KeyRing`].
+//! The [`KeyRing`] and its KEK cache: the one place that seals, opens and changes key state.
+//!
+//! The vocabulary it works with (scopes, versions, states, records, audit entries, the clock)
+//! lives one floor down in [`crate::key`].
 //!
 //! # Lifecycle
 //!
@@ -22,14 +25,8 @@
 //! ([`AuditRecord`]: who, when, why, from which state to which).
 
 mod cache;
-mod clock;
+mod fields;
 mod ring;
-mod types;
 
 pub use cache::{CacheConfig, KekCache};
-pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use ring::{FieldPolicy, KeyRing, KeyRingBuilder, KmsCallCounts};
-pub use types::{
-    AuditInfo, AuditRecord, KekRecord, KekState, KekVersion, KeyAction, KeyScope, RecordUpdate,
-    StoreChange, WrappedKek,
-};

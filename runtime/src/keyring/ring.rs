@@ -10,12 +10,13 @@ use crate::aead::Algorithm;
 use crate::context::FieldContext;
 use crate::envelope::{self, SealParams};
 use crate::error::Error;
-use crate::keyring::cache::CachedKek;
-use crate::keyring::{
-    AuditInfo, AuditRecord, CacheConfig, Clock, KekCache, KekRecord, KekState, KekVersion,
-    KeyAction, KeyScope, RecordUpdate, StoreChange, SystemClock, UnixTime,
+use crate::key::{
+    AuditInfo, AuditRecord, Clock, KekRecord, KekState, KekVersion, KeyAction, KeyScope,
+    RecordUpdate, StoreChange, SystemClock, UnixTime, WrappedKek,
 };
-use crate::kms::{KekBinding, Kms};
+use crate::keyring::cache::CachedKek;
+use crate::keyring::{CacheConfig, KekCache};
+use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::padding::PaddingPolicy;
 use crate::secret::{Kek, Plaintext};
 use crate::store::KeyStore;
@@ -655,30 +656,73 @@ impl KeyRing {
     }
 
     /// Re-wraps every KEK record that still has material under the root key of `new_kms`
-    /// (root-key rotation). Records already under it are skipped, so an interrupted run can
-    /// simply be repeated. Returns how many records were re-wrapped. Afterwards build a new
-    /// ring with `new_kms`; the old root key is no longer needed.
+    /// (root-key rotation): each KEK is unwrapped by this ring's backend and wrapped by
+    /// `new_kms`. Records already under it are skipped, so an interrupted run can simply be
+    /// repeated. Returns how many records were re-wrapped. Afterwards build a new ring with
+    /// `new_kms`; the old root key is no longer needed.
     ///
     /// # Errors
     /// [`Error::Kms`] from either backend (e.g. a record wrapped under a third root key), or
     /// [`Error::ConcurrentModification`].
     pub fn rotate_root(&self, new_kms: &dyn Kms, who: &AuditInfo) -> Result<usize, Error> {
+        struct ThroughRing<'a> {
+            ring: &'a KeyRing,
+            new_kms: &'a dyn Kms,
+        }
+        impl InKmsRewrap for ThroughRing<'_> {
+            fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
+                wrapped.root_key_id != self.new_kms.root_key_id()
+            }
+            fn rewrap(
+                &self,
+                wrapped: &WrappedKek,
+                binding: &KekBinding<'_>,
+            ) -> Result<WrappedKek, Error> {
+                self.ring.inner.unwraps.fetch_add(1, Ordering::Relaxed);
+                let kek = self.ring.inner.kms.unwrap_kek(wrapped, binding)?;
+                self.ring.inner.wraps.fetch_add(1, Ordering::Relaxed);
+                self.new_kms.wrap_kek(&kek, binding)
+            }
+        }
+        let count = self.rewrap_root_in_kms(
+            &ThroughRing {
+                ring: self,
+                new_kms,
+            },
+            who,
+        )?;
+        info!(records = count, new_root = new_kms.root_key_id(), actor = %who.actor, "re-wrapped KEKs under a new root key");
+        Ok(count)
+    }
+
+    /// Re-wraps every stored KEK record that `rewrap` says needs it (root-key rotation inside
+    /// the KMS: Vault Transit `rewrap`, AWS `ReEncrypt`; see [`InKmsRewrap`]). Each record is
+    /// one compare-and-swap key-store change with its `rewrap_root` audit record, timed by this
+    /// ring's clock, and the ring's cache of the scope is dropped. An interrupted run can simply
+    /// be repeated. Returns how many records were re-wrapped.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] or [`Error::KmsUnavailable`] from the backend, [`Error::KeyStore`], or
+    /// [`Error::ConcurrentModification`] when another process changed a record meanwhile.
+    pub fn rewrap_root_in_kms(
+        &self,
+        rewrap: &dyn InKmsRewrap,
+        who: &AuditInfo,
+    ) -> Result<usize, Error> {
         let mut count = 0usize;
         for scope in self.inner.store.scopes()? {
             for record in self.inner.store.list(&scope)? {
                 let Some(wrapped) = &record.wrapped else {
                     continue;
                 };
-                if wrapped.root_key_id == new_kms.root_key_id() {
+                if !rewrap.needs_rewrap(wrapped) {
                     continue;
                 }
-                let kek = self.unwrap_record(&record)?;
                 let binding = KekBinding {
                     scope: &record.scope,
                     version: record.version,
                 };
-                self.inner.wraps.fetch_add(1, Ordering::Relaxed);
-                let rewrapped = new_kms.wrap_kek(&kek, &binding)?;
+                let rewrapped = rewrap.rewrap(wrapped, &binding)?;
                 let now = self.now();
                 let mut after = record.clone();
                 after.wrapped = Some(rewrapped);
@@ -698,7 +742,6 @@ impl KeyRing {
                 count = count.saturating_add(1);
             }
         }
-        info!(records = count, new_root = new_kms.root_key_id(), actor = %who.actor, "re-wrapped KEKs under a new root key");
         Ok(count)
     }
 }

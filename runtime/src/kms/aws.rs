@@ -11,8 +11,9 @@
 //! # Rotation
 //!
 //! AWS-side automatic key rotation keeps the key id and needs nothing from leakless. To move to
-//! another KMS key (another account, region or key policy), [`AwsKms::re_encrypt_store`] uses
-//! `ReEncrypt`: KMS decrypts and re-encrypts inside its HSMs, the KEK never reaches this
+//! another KMS key (another account, region or key policy),
+//! [`KeyRing::rewrap_root_in_kms`](crate::KeyRing::rewrap_root_in_kms) with
+//! [`AwsKms::re_encrypt_to`] uses `ReEncrypt`: KMS decrypts and re-encrypts inside its HSMs, the KEK never reaches this
 //! process. `KeyRing::rotate_root` works too (unwrap here, wrap under the new key).
 //!
 //! # Runtime
@@ -46,13 +47,11 @@ use tracing::debug;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::keyring::{AuditInfo, WrappedKek};
+use crate::key::WrappedKek;
 use crate::kms::retry::{Attempt, Failure, FailureKind, RetryCounts, RetryPolicy, RetryStats};
-use crate::kms::rewrap::rewrap_store_records;
-use crate::kms::{KekBinding, Kms};
+use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::redact::redact_url;
 use crate::secret::Kek;
-use crate::store::KeyStore;
 
 const BACKEND: &str = "aws-kms";
 const CONTEXT_SCOPE: &str = "leakless:scope";
@@ -352,26 +351,13 @@ impl AwsKms {
         })
     }
 
-    /// Moves every KEK record in `store` that is wrapped under this backend's key to `to`'s key
-    /// with [`Self::re_encrypt`], each as one compare-and-swap change with a `rewrap_root`
-    /// audit record. Returns how many records changed; repeat after an interruption. Then
-    /// build the key ring with `to`.
-    ///
-    /// # Errors
-    /// [`Error::Kms`], [`Error::KmsUnavailable`], [`Error::KeyStore`],
-    /// [`Error::ConcurrentModification`].
-    pub fn re_encrypt_store(
-        &self,
-        store: &dyn KeyStore,
-        to: &AwsKms,
-        who: &AuditInfo,
-    ) -> Result<usize, Error> {
-        rewrap_store_records(
-            store,
-            who,
-            |w| w.root_key_id == self.id,
-            |w, b| self.re_encrypt(w, b, to),
-        )
+    /// The in-KMS re-wrap ([`InKmsRewrap`]) of every KEK wrapped under this backend's key onto
+    /// `to`'s key with [`Self::re_encrypt`]. Hand it to
+    /// [`KeyRing::rewrap_root_in_kms`](crate::KeyRing::rewrap_root_in_kms), then build the key
+    /// ring with `to`.
+    #[must_use]
+    pub fn re_encrypt_to<'a>(&'a self, to: &'a AwsKms) -> AwsReEncrypt<'a> {
+        AwsReEncrypt { from: self, to }
     }
 
     fn check_own(
@@ -587,6 +573,24 @@ fn shorten(s: &str) -> String {
         line.push_str("...");
     }
     line
+}
+
+/// The re-encryption of stored KEKs from one AWS KMS key to another, inside KMS. Made by
+/// [`AwsKms::re_encrypt_to`].
+#[derive(Debug)]
+pub struct AwsReEncrypt<'a> {
+    from: &'a AwsKms,
+    to: &'a AwsKms,
+}
+
+impl InKmsRewrap for AwsReEncrypt<'_> {
+    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
+        wrapped.root_key_id == self.from.id
+    }
+
+    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        self.from.re_encrypt(wrapped, binding, self.to)
+    }
 }
 
 impl Kms for AwsKms {

@@ -16,7 +16,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::aead::{self, Algorithm};
 use crate::error::Error;
-use crate::keyring::WrappedKek;
+use crate::key::WrappedKek;
 use crate::kms::{KekBinding, Kms};
 use crate::secret::{KEY_LEN, Kek, RootKey};
 

@@ -9,6 +9,9 @@
 //!
 //! * [`KeyRing`](crate::KeyRing) calls [`Kms::wrap_kek`] when a scope is created or rotated
 //!   (one call per new KEK version), and during `rotate_root` on the *new* backend.
+//! * [`KeyRing::rewrap_root_in_kms`](crate::KeyRing::rewrap_root_in_kms) calls an
+//!   [`InKmsRewrap`] (Vault Transit `rewrap`, AWS `ReEncrypt`) once per stored record that needs
+//!   it. Backends never write the key store: the ring is its only writer.
 //! * [`KeyRing`](crate::KeyRing) calls [`Kms::unwrap_kek`] on a KEK cache miss: once per KEK
 //!   version per cache lifetime, never per row.
 //! * Applications never call either; they hand a backend to
@@ -24,8 +27,6 @@ mod local;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 pub mod retry;
-#[cfg(any(feature = "vault", feature = "aws-kms"))]
-mod rewrap;
 #[cfg(feature = "shamir")]
 pub mod shamir;
 #[cfg(feature = "tpm")]
@@ -34,7 +35,7 @@ pub mod tpm;
 pub mod vault;
 
 #[cfg(feature = "aws-kms")]
-pub use aws::{AwsCredentials, AwsKms, AwsKmsConfig};
+pub use aws::{AwsCredentials, AwsKms, AwsKmsConfig, AwsReEncrypt};
 pub use local::{LocalKms, ROOT_KEY_ENV};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Kms, Pkcs11Token};
@@ -42,10 +43,10 @@ pub use retry::{RetryCounts, RetryPolicy};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmConfig, TpmKms};
 #[cfg(feature = "vault")]
-pub use vault::{TransitKeyInfo, VaultConfig, VaultToken, VaultTransitKms};
+pub use vault::{TransitKeyInfo, VaultConfig, VaultRewrap, VaultToken, VaultTransitKms};
 
 use crate::error::Error;
-use crate::keyring::{KekVersion, KeyScope, WrappedKek};
+use crate::key::{KekVersion, KeyScope, WrappedKek};
 use crate::secret::Kek;
 
 /// What a wrapped KEK is bound to.
@@ -95,4 +96,24 @@ impl std::fmt::Debug for dyn Kms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Kms({}, {})", self.backend(), self.root_key_id())
     }
+}
+
+/// A re-wrap of stored KEKs onto another root key (or root key version) that happens inside
+/// the KMS, so the KEK never reaches this process: Vault Transit `rewrap`
+/// ([`VaultTransitKms::rewrap_to_latest`]) and AWS KMS `ReEncrypt`
+/// ([`AwsKms::re_encrypt_to`]).
+///
+/// [`KeyRing::rewrap_root_in_kms`](crate::KeyRing::rewrap_root_in_kms) asks
+/// [`Self::needs_rewrap`] of every stored record that still has material and calls
+/// [`Self::rewrap`] for those that do; it writes each result as one compare-and-swap change
+/// with its audit record.
+pub trait InKmsRewrap {
+    /// Whether `wrapped` is under the source root key and must move.
+    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool;
+
+    /// The re-wrapped form of `wrapped`, bound to the same `binding`.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] or [`Error::KmsUnavailable`] when the KMS refuses or cannot be reached.
+    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error>;
 }

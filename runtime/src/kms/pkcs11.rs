@@ -82,7 +82,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::keyring::WrappedKek;
+use crate::key::WrappedKek;
 use crate::kms::{KekBinding, Kms};
 use crate::secret::{KEY_LEN, Kek};
 

@@ -94,7 +94,7 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::keyring::WrappedKek;
+use crate::key::WrappedKek;
 use crate::kms::local::{binding_aad, unwrap_under_root, wrap_under_root};
 use crate::kms::{KekBinding, Kms};
 use crate::secret::{Kek, RootKey};

@@ -13,7 +13,8 @@
 //!
 //! Transit keys have versions. `encrypt` always uses the newest; a wrapped KEK records its
 //! version in its `vault:vN:` prefix. After [`VaultTransitKms::rotate_key`],
-//! [`VaultTransitKms::rewrap_store`] moves every stored KEK onto the newest version inside
+//! [`KeyRing::rewrap_root_in_kms`](crate::KeyRing::rewrap_root_in_kms) with
+//! [`VaultTransitKms::rewrap_to_latest`] moves every stored KEK onto the newest version inside
 //! Vault (`transit/rewrap`, the KEK never leaves Vault), after which
 //! [`VaultTransitKms::set_min_decryption_version`] can make the old versions unusable.
 //!
@@ -37,13 +38,11 @@ use ureq::http::HeaderValue;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::keyring::{AuditInfo, WrappedKek};
+use crate::key::WrappedKek;
 use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats};
-use crate::kms::rewrap::rewrap_store_records;
-use crate::kms::{KekBinding, Kms};
+use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::redact::redact_url;
 use crate::secret::Kek;
-use crate::store::KeyStore;
 
 /// The environment variable [`VaultConfig::from_env`] reads the server address from
 /// (`http://127.0.0.1:8200`, `https://vault.example:8200`).
@@ -403,7 +402,7 @@ impl VaultTransitKms {
 
     /// Adds a new version to the Transit key (`MOUNT/keys/NAME/rotate`); new wraps use it.
     /// Returns the new latest version. Stored KEKs stay on their old version until
-    /// [`Self::rewrap_store`].
+    /// [`Self::rewrap_to_latest`].
     ///
     /// # Errors
     /// [`Error::Kms`], [`Error::KmsUnavailable`].
@@ -419,7 +418,7 @@ impl VaultTransitKms {
     }
 
     /// Sets the oldest key version Vault will decrypt with. KEKs still wrapped under an older
-    /// version stop unwrapping: run [`Self::rewrap_store`] first.
+    /// version stop unwrapping: re-wrap them first ([`Self::rewrap_to_latest`]).
     ///
     /// # Errors
     /// [`Error::Kms`] (e.g. a version above the latest), [`Error::KmsUnavailable`].
@@ -465,25 +464,15 @@ impl VaultTransitKms {
         })
     }
 
-    /// Re-wraps every KEK record in `store` that is wrapped under an older version of this
-    /// Transit key onto the newest one, each as one compare-and-swap change with a
-    /// `rewrap_root` audit record. Returns how many records changed; repeat after an
-    /// interruption.
+    /// The in-Vault re-wrap ([`InKmsRewrap`]) of every KEK wrapped under an older version of
+    /// this Transit key onto the newest one (read now), with [`Self::rewrap`]. Hand it to
+    /// [`KeyRing::rewrap_root_in_kms`](crate::KeyRing::rewrap_root_in_kms).
     ///
     /// # Errors
-    /// [`Error::Kms`], [`Error::KmsUnavailable`], [`Error::KeyStore`],
-    /// [`Error::ConcurrentModification`].
-    pub fn rewrap_store(&self, store: &dyn KeyStore, who: &AuditInfo) -> Result<usize, Error> {
+    /// [`Error::Kms`], [`Error::KmsUnavailable`] when the key's versions cannot be read.
+    pub fn rewrap_to_latest(&self) -> Result<VaultRewrap<'_>, Error> {
         let latest = self.key_info()?.latest_version;
-        rewrap_store_records(
-            store,
-            who,
-            |w| {
-                w.root_key_id == self.id
-                    && ciphertext_version(&w.ciphertext).is_some_and(|v| v < latest)
-            },
-            |w, b| self.rewrap(w, b),
-        )
+        Ok(VaultRewrap { kms: self, latest })
     }
 
     fn own_ciphertext<'w>(
@@ -666,6 +655,25 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a str, operation: &'static str) -> Resu
     })
 }
 
+/// The re-wrap of stored KEKs onto the newest version of a Transit key, inside Vault. Made by
+/// [`VaultTransitKms::rewrap_to_latest`].
+#[derive(Debug)]
+pub struct VaultRewrap<'a> {
+    kms: &'a VaultTransitKms,
+    latest: u32,
+}
+
+impl InKmsRewrap for VaultRewrap<'_> {
+    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
+        wrapped.root_key_id == self.kms.id
+            && ciphertext_version(&wrapped.ciphertext).is_some_and(|v| v < self.latest)
+    }
+
+    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        self.kms.rewrap(wrapped, binding)
+    }
+}
+
 impl Kms for VaultTransitKms {
     fn backend(&self) -> &'static str {
         BACKEND
@@ -751,7 +759,7 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
-    use crate::keyring::{KekVersion, KeyScope};
+    use crate::key::{KekVersion, KeyScope};
 
     #[test]
     fn ciphertext_versions_parse() {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::keyring::{
+use crate::key::{
     AuditRecord, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
     WrappedKek,
 };

@@ -4,7 +4,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use crate::error::Error;
-use crate::keyring::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
+use crate::key::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
 use crate::store::{KeyStore, StoreState};
 
 /// Wrapped KEK records in memory. Nothing persists. `Debug` prints record counts only.

@@ -24,7 +24,7 @@ pub use memory::MemoryKeyStore;
 use std::collections::BTreeMap;
 
 use crate::error::Error;
-use crate::keyring::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
+use crate::key::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
 
 /// Persistent storage of KEK records and the audit log.
 ///

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use leakless::keyring::{KeyAction, ManualClock, UnixTime};
+use leakless::key::{KeyAction, ManualClock, UnixTime};
 use leakless::kms::{KekBinding, Kms, LocalKms};
 use leakless::secret::{Kek, RootKey};
 use leakless::store::MemoryKeyStore;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use leakless::keyring::{
+use leakless::key::{
     KekRecord, KekState, KekVersion, KeyAction, KeyScope, RecordUpdate, StoreChange, UnixTime,
     WrappedKek,
 };

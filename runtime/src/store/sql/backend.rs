@@ -6,7 +6,7 @@ use diesel::result::Error as DieselError;
 
 use super::schema::{leakless_kek as kek, leakless_key_audit as audit};
 use super::{AuditRow, Failure, KekRow, SqlBackend, check_cas, conflict, unique_is_conflict};
-use crate::keyring::{AuditRecord, KekRecord, StoreChange};
+use crate::key::{AuditRecord, KekRecord, StoreChange};
 
 /// One open connection, of whichever backend.
 pub(crate) enum Conn {

@@ -60,7 +60,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::keyring::{
+use crate::key::{
     AuditRecord, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
     WrappedKek,
 };

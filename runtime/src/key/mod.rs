@@ -1,11 +1,21 @@
-//! Plain data types of the key hierarchy: scopes, versions, states, records, audit entries.
+//! The key vocabulary, the ground floor of the runtime: scopes, versions, lifecycle states,
+//! stored records, audit entries and the clock.
+//!
+//! Everything else builds on these plain types: the [envelope](crate::envelope) names a scope
+//! and version, [key stores](crate::store) keep [`KekRecord`]s and [`AuditRecord`]s,
+//! [KMS backends](crate::kms) wrap KEKs bound to a scope and version, and the
+//! [`KeyRing`](crate::KeyRing) (the one writer of key records) moves versions through their
+//! lifecycle. This module imports nothing from those layers above it.
+
+mod clock;
 
 use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
+pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
+
 use crate::error::Error;
-use crate::keyring::UnixTime;
 
 /// The name of a key scope: the unit that owns one KEK lineage (a table, a tenant, a subject).
 ///
@@ -114,7 +124,7 @@ impl fmt::Display for KekVersion {
     }
 }
 
-/// The lifecycle state of one KEK version (see the [module docs](crate::keyring)).
+/// The lifecycle state of one KEK version (see the [key ring docs](crate::keyring)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KekState {
     /// Seals and opens. One per scope.

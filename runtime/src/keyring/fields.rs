@@ -1,0 +1,91 @@
+//! The [`KeyRing`]'s field-level methods: typed values through the plaintext codec, and
+//! blind-index tokens from index keys the ring caches.
+
+use crate::blind_index::{BlindIndex, BlindIndexSpec, derive_field_key, token};
+use crate::codec::Sealable;
+use crate::context::FieldContext;
+use crate::error::Error;
+use crate::key::{KekState, KeyScope};
+use crate::keyring::{FieldPolicy, KeyRing};
+
+impl KeyRing {
+    /// Encodes `value` ([`Sealable`]) and seals it for the field at `ctx`.
+    ///
+    /// # Errors
+    /// As [`Sealable::to_plaintext`] and [`KeyRing::seal`].
+    pub fn seal_value<T: Sealable>(
+        &self,
+        scope: &KeyScope,
+        ctx: &FieldContext<'_>,
+        value: &T,
+        policy: &FieldPolicy,
+    ) -> Result<Vec<u8>, Error> {
+        let plaintext = value.to_plaintext()?;
+        self.seal(scope, ctx, &plaintext, policy)
+    }
+
+    /// Opens an envelope and decodes the value ([`Sealable`]).
+    ///
+    /// # Errors
+    /// As [`KeyRing::open`] and [`Sealable::from_plaintext`].
+    pub fn open_value<T: Sealable>(
+        &self,
+        ctx: &FieldContext<'_>,
+        envelope: &[u8],
+    ) -> Result<T, Error> {
+        T::from_plaintext(self.open(ctx, envelope)?)
+    }
+}
+
+impl KeyRing {
+    /// The blind-index token to store for `plaintext`, under the active version of the index
+    /// scope.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad spec or non-text input to a text normaliser; the key
+    /// errors of [`KeyRing::seal`] for the index scope.
+    pub fn blind_index(
+        &self,
+        spec: &BlindIndexSpec,
+        plaintext: &[u8],
+    ) -> Result<BlindIndex, Error> {
+        spec.check()?;
+        let normalised = spec.normalizer.apply(plaintext)?;
+        let info = spec.info()?;
+        let (version, key) =
+            self.active_derived_key(&spec.scope, &info, |k| derive_field_key(k, &info))?;
+        token(&key, version, spec, &normalised)
+    }
+
+    /// The tokens to look `plaintext` up by: one per version of the index scope that can still
+    /// open (the active one first, then versions in grace). Match a row if its stored token
+    /// equals any of them.
+    ///
+    /// # Errors
+    /// As [`Self::blind_index`].
+    pub fn blind_index_candidates(
+        &self,
+        spec: &BlindIndexSpec,
+        plaintext: &[u8],
+    ) -> Result<Vec<BlindIndex>, Error> {
+        spec.check()?;
+        let normalised = spec.normalizer.apply(plaintext)?;
+        let info = spec.info()?;
+        let (active, key) =
+            self.active_derived_key(&spec.scope, &info, |k| derive_field_key(k, &info))?;
+        let mut out = vec![token(&key, active, spec, &normalised)?];
+        let now = self.clock_now();
+        for record in self.versions(&spec.scope)? {
+            if record.version != active
+                && matches!(record.state, KekState::Grace { .. })
+                && record.state.opens_at(now)
+            {
+                let key = self.derived_key(&spec.scope, record.version, &info, |k| {
+                    derive_field_key(k, &info)
+                })?;
+                out.push(token(&key, record.version, spec, &normalised)?);
+            }
+        }
+        Ok(out)
+    }
+}
