@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands;
+use crate::kms::KmsArgs;
 
 /// leakless-migrate: key lifecycle, status, online re-wrap, adoption and verification of
 /// leakless-sealed columns, for DBAs.
@@ -50,11 +51,6 @@ pub struct Global {
     )]
     pub key_store: Option<String>,
 
-    /// File holding the local root key (64 hex digits, mode 0600). Without it, the root key is
-    /// read from LEAKLESS_ROOT_KEY (64 hex digits).
-    #[arg(long, global = true, env = "LEAKLESS_ROOT_KEY_FILE")]
-    pub root_key_file: Option<PathBuf>,
-
     /// The schema manifest (JSON): which tables and columns are sealed.
     #[arg(long, global = true, env = "LEAKLESS_MANIFEST")]
     pub manifest: Option<PathBuf>,
@@ -74,6 +70,11 @@ pub struct Global {
     /// Why, for the audit log (a ticket, "scheduled rotation").
     #[arg(long, global = true, default_value = "")]
     pub reason: String,
+
+    /// Where the root key is (`--kms` and each backend's settings): last, under its own
+    /// heading in `--help`.
+    #[command(flatten)]
+    pub kms: KmsArgs,
 }
 
 /// The subcommands.

@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use leakless::kms::{Kms, LocalKms, ROOT_KEY_ENV};
+use leakless::kms::Kms;
 use leakless::manifest::{SchemaManifest, SealedColumn, SealedTable};
 use leakless::store::sql::SqlKeyStore;
 use leakless::store::{FileKeyStore, KeyStore};
@@ -13,6 +13,7 @@ use leakless::{AuditInfo, KeyRing};
 use crate::cli::Global;
 use crate::db::{Db, DbUrl, ident};
 use crate::error::{Failure, Kind, Result};
+use crate::kms::Root;
 
 /// The environment a command runs in. Pieces are built on first use, so `keys list` needs no
 /// manifest and `status` needs no key file until it asks for key states.
@@ -21,6 +22,7 @@ pub struct Env {
     /// The global options.
     pub global: Global,
     ring: Option<KeyRing>,
+    root: Option<Root>,
     manifest: Option<SchemaManifest>,
 }
 
@@ -43,6 +45,7 @@ impl Env {
         Self {
             global,
             ring: None,
+            root: None,
             manifest: None,
         }
     }
@@ -83,26 +86,26 @@ impl Env {
         AuditInfo::new(actor, self.global.reason.clone())
     }
 
-    /// The root-key backend from `--root-key-file` or `LEAKLESS_ROOT_KEY`.
+    /// The root of trust chosen with `--kms` (default: the local root key from
+    /// `--root-key-file` or `LEAKLESS_ROOT_KEY`), opened once.
     ///
     /// # Errors
-    /// [`Kind::Keys`] naming the file or variable.
-    pub fn kms(&self) -> Result<Arc<dyn Kms>> {
-        let kms = match &self.global.root_key_file {
-            Some(path) => LocalKms::from_key_file(path)?,
-            None if std::env::var_os(ROOT_KEY_ENV).is_some() => LocalKms::from_env(ROOT_KEY_ENV)?,
-            None => {
-                return Err(Failure::new(
-                    Kind::Keys,
-                    "no root key given",
-                    format!(
-                        "pass --root-key-file PATH (or LEAKLESS_ROOT_KEY_FILE), or set \
-                         {ROOT_KEY_ENV} to 64 hex digits"
-                    ),
-                ));
-            }
-        };
-        Ok(Arc::new(kms))
+    /// [`Kind::Keys`] naming the missing flag and variable, or the backend's failure.
+    pub fn root(&mut self) -> Result<Root> {
+        if let Some(r) = &self.root {
+            return Ok(r.clone());
+        }
+        let root = self.global.kms.open()?;
+        self.root = Some(root.clone());
+        Ok(root)
+    }
+
+    /// The root-key backend as the key ring holds it (see [`Self::root`]).
+    ///
+    /// # Errors
+    /// As [`Self::root`].
+    pub fn kms(&mut self) -> Result<Arc<dyn Kms>> {
+        Ok(self.root()?.kms())
     }
 
     /// The key store from `--key-store`, defaulting to the application database.

@@ -14,6 +14,8 @@
 use std::fmt;
 use std::process::ExitCode;
 
+use crate::kms::Backend;
+
 /// What kind of failure, which decides the exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -103,11 +105,20 @@ impl From<leakless::Error> for Failure {
                 "see the versions and their states with `leakless-migrate keys list`; a \
                  retired version can be put back into grace with `keys reinstate`",
             ),
-            E::KeyFile { .. } | E::Kms { .. } => Failure::new(
+            E::Kms { backend, .. } | E::KmsUnavailable { backend, .. } => Failure::new(
                 Kind::Keys,
                 what,
-                "pass the root key with --root-key-file (or LEAKLESS_ROOT_KEY_FILE / \
-                 LEAKLESS_ROOT_KEY); the key file must be mode 0600",
+                Backend::from_runtime_name(backend).map_or(
+                    "check the --kms backend's settings (docs/kms.md)",
+                    Backend::help,
+                ),
+            ),
+            E::KeyFile { .. } => Failure::new(
+                Kind::Keys,
+                what,
+                "check the file named: the root key file (--root-key-file), the Vault token \
+                 file (--vault-token-file) or the TPM sealed file (--tpm-sealed-file); key \
+                 and token files must be mode 0600",
             ),
             E::KeyStore { .. } => Failure::new(
                 Kind::Keys,

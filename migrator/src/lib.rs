@@ -10,6 +10,7 @@ pub mod db;
 pub mod engine;
 pub mod env;
 pub mod error;
+pub mod kms;
 pub mod progress;
 pub mod scan;
 

@@ -23,6 +23,24 @@ fn bare() -> Command {
         "LEAKLESS_ROOT_KEY",
         "LEAKLESS_MANIFEST",
         "LEAKLESS_ACTOR",
+        "LEAKLESS_KMS",
+        "LEAKLESS_PKCS11_MODULE",
+        "LEAKLESS_PKCS11_TOKEN",
+        "LEAKLESS_PKCS11_KEY_LABEL",
+        "LEAKLESS_PKCS11_PIN_FILE",
+        "LEAKLESS_PKCS11_PIN",
+        "LEAKLESS_AWS_KMS_KEY_ID",
+        "LEAKLESS_AWS_REGION",
+        "LEAKLESS_AWS_KMS_ENDPOINT",
+        "LEAKLESS_VAULT_ADDR",
+        "LEAKLESS_VAULT_KEY",
+        "LEAKLESS_VAULT_MOUNT",
+        "LEAKLESS_VAULT_NAMESPACE",
+        "LEAKLESS_VAULT_CACERT",
+        "LEAKLESS_VAULT_TOKEN_FILE",
+        "LEAKLESS_VAULT_TOKEN",
+        "LEAKLESS_TPM_TCTI",
+        "LEAKLESS_TPM_SEALED_FILE",
     ] {
         c.env_remove(v);
     }
@@ -41,6 +59,7 @@ fn help_snapshots() {
         ("keys_help", vec!["keys", "--help"]),
         ("rewrap_help", vec!["rewrap", "--help"]),
         ("destroy_help", vec!["keys", "destroy", "--help"]),
+        ("rotate_root_help", vec!["keys", "rotate-root", "--help"]),
     ] {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(0), "{name}");

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use leakless::key::{AuditRecord, KekRecord, KekState};
-use leakless::kms::{Kms, LocalKms};
 use leakless::{KekVersion, KeyRing, KeyScope};
 use serde::Serialize;
 
@@ -83,15 +82,9 @@ pub enum KeysCommand {
     Split(crate::commands::shamir::SplitArgs),
     /// Rebuild the root key in memory from shares and check it against the key store.
     Unseal(crate::commands::shamir::UnsealArgs),
-    /// Re-wrap every KEK record under a new root key (cheap: no row is touched).
-    RotateRoot {
-        /// The new root key file (64 hex digits, mode 0600). Created if --generate is given.
-        #[arg(long)]
-        new_root_key_file: std::path::PathBuf,
-        /// Generate the new root key file first.
-        #[arg(long)]
-        generate: bool,
-    },
+    /// Re-wrap every KEK record under a new root key of the --kms backend (cheap: no row is
+    /// touched).
+    RotateRoot(crate::commands::rotate_root::RotateRootArgs),
 }
 
 /// Parses `30d`, `12h`, `15m`, `90s`, `0`.
@@ -382,25 +375,9 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
         }
         KeysCommand::Split(a) => crate::commands::shamir::split(env, a),
         KeysCommand::Unseal(a) => crate::commands::shamir::unseal(env, a),
-        KeysCommand::RotateRoot {
-            new_root_key_file,
-            generate,
-        } => {
-            let ring = env.ring()?;
-            let new: Box<dyn Kms> = if *generate {
-                Box::new(LocalKms::generate_key_file(new_root_key_file)?)
-            } else {
-                Box::new(LocalKms::from_key_file(new_root_key_file)?)
-            };
-            let n = ring.rotate_root(&*new, &who)?;
-            done(
-                env,
-                format!(
-                    "re-wrapped {n} KEK records under root key {}; use --root-key-file {} from now on",
-                    new.root_key_id(),
-                    new_root_key_file.display()
-                ),
-            )
+        KeysCommand::RotateRoot(a) => {
+            let line = crate::commands::rotate_root::run(env, a)?;
+            done(env, line)
         }
     }
 }

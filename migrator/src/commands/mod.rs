@@ -6,6 +6,7 @@ pub mod jobs;
 pub mod keys;
 pub mod reencrypt;
 pub mod rewrap;
+pub mod rotate_root;
 pub mod shamir;
 pub mod status;
 pub mod verify;

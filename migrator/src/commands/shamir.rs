@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
+use crate::kms::Backend;
 
 /// `keys split`.
 #[derive(Debug, clap::Args)]
@@ -38,9 +39,6 @@ pub struct SplitArgs {
     /// LABEL=PIN_FILE, given once per share.
     #[arg(long = "token", value_name = "LABEL=PIN_FILE")]
     pub tokens: Vec<String>,
-    /// The PKCS#11 module for --token.
-    #[arg(long, env = "LEAKLESS_PKCS11_MODULE")]
-    pub pkcs11_module: Option<PathBuf>,
 }
 
 /// `keys unseal`.
@@ -52,9 +50,6 @@ pub struct UnsealArgs {
     /// Custodian tokens holding shares: LABEL=PIN_FILE, once per token.
     #[arg(long = "token", value_name = "LABEL=PIN_FILE")]
     pub tokens: Vec<String>,
-    /// The PKCS#11 module for --token.
-    #[arg(long, env = "LEAKLESS_PKCS11_MODULE")]
-    pub pkcs11_module: Option<PathBuf>,
     /// Use only token shares of this split (its set id, or a prefix of it, as `keys split`
     /// printed). Needed when a token holds shares of several splits.
     #[arg(long)]
@@ -89,7 +84,18 @@ fn shamir_failure(e: ShamirError) -> Failure {
 }
 
 fn read_root(env: &Env) -> Result<RootKey> {
-    match &env.global.root_key_file {
+    if env.global.kms.kms != Backend::Local {
+        return Err(Failure::new(
+            Kind::Usage,
+            format!(
+                "Shamir custody splits a local root key, and this run uses --kms {}",
+                env.global.kms.kms.name()
+            ),
+            "a root key in a KMS, HSM or TPM never leaves it and cannot be split; use the \
+             backend's own custody (key policies, HSM quorum), or run with --kms local",
+        ));
+    }
+    match &env.global.kms.root_key_file {
         Some(path) => Ok(shamir::read_root_key_file(path)?),
         None if std::env::var_os(ROOT_KEY_ENV).is_some() => {
             Ok(shamir::read_root_key_env(ROOT_KEY_ENV)?)
@@ -174,7 +180,7 @@ pub fn split(env: &Env, args: &SplitArgs) -> Result<()> {
             .map(|p| p.display().to_string())
             .collect()
     } else {
-        let tokens = open_tokens(args.pkcs11_module.as_deref(), &args.tokens)?;
+        let tokens = open_tokens(env.global.kms.pkcs11_module.as_deref(), &args.tokens)?;
         let mut locations = Vec::new();
         for (share, token) in shares.iter().zip(&tokens) {
             let label = share.store_on_token(token).map_err(shamir_failure)?;
@@ -249,7 +255,7 @@ pub fn unseal(env: &Env, args: &UnsealArgs) -> Result<()> {
     for path in &args.shares {
         shares.push(Share::read_file(path).map_err(shamir_failure)?);
     }
-    for token in open_tokens(args.pkcs11_module.as_deref(), &args.tokens)? {
+    for token in open_tokens(env.global.kms.pkcs11_module.as_deref(), &args.tokens)? {
         let mut found = Share::load_from_token(&token).map_err(shamir_failure)?;
         if let Some(set) = &args.set {
             found.retain(|s| s.set_id().starts_with(set.as_str()));
