@@ -199,6 +199,44 @@ pub enum Error {
         /// Why.
         problem: String,
     },
+
+    /// A key record or audit entry failed verification against the root of trust: someone
+    /// who can write the key store edited, swapped, replayed or deleted it (or the store
+    /// predates authenticated records). Nothing is sealed or opened with it.
+    #[error("key store tampered{}: {what}", describe_key(.scope.as_ref(), *.version))]
+    KeyStoreTampered {
+        /// The scope of the record or audit entry, when known.
+        scope: Option<KeyScope>,
+        /// Its version, when known.
+        version: Option<KekVersion>,
+        /// What failed verification, and where (e.g. the audit entry's sequence number).
+        what: String,
+    },
+
+    /// A retire or destroy came before every application cache can have noticed that the
+    /// version stopped being active: a running process may still seal under it until then.
+    #[error(
+        "key {scope} {version}: too early to {operation}: applications may still seal under it \
+         until their cache window ends; allowed from {allowed_at}"
+    )]
+    KeyChangeTooEarly {
+        /// Key scope.
+        scope: KeyScope,
+        /// The version.
+        version: KekVersion,
+        /// `"retire"` or `"destroy"`.
+        operation: &'static str,
+        /// From when the change is allowed.
+        allowed_at: crate::key::UnixTime,
+    },
+}
+
+fn describe_key(scope: Option<&KeyScope>, version: Option<KekVersion>) -> String {
+    match (scope, version) {
+        (Some(s), Some(v)) => format!(" at {s} {v}"),
+        (Some(s), None) => format!(" at {s}"),
+        _ => String::new(),
+    }
 }
 
 /// The runtime's result type.

@@ -171,7 +171,9 @@ fn fixture() -> Fixture {
         KeyCase::Destroyed,
     );
     ring.rotate(&shredded, Duration::ZERO, &who).unwrap();
-    ring.destroy(&shredded, KekVersion::FIRST, &who).unwrap();
+    // The fixture needs the destroyed state now, not after the cache window.
+    ring.destroy_ignoring_cache_window(&shredded, KekVersion::FIRST, &who)
+        .unwrap();
 
     Fixture { ring, seeds }
 }

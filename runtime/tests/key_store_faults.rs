@@ -253,6 +253,7 @@ fn retire_change(grace: &KekRecord, also_touch: Option<&KekRecord>) -> StoreChan
             version: grace.version,
             from: Some(grace.state),
             to: KekState::Retired,
+            auth: None,
         }],
     }
 }
@@ -298,7 +299,11 @@ fn reconnect_after_kill_on_read(backend: Backend) {
     assert_eq!(store.list(&scope()).unwrap(), before);
     // Writes work on the new connection too.
     assert_eq!(ring.rotate(&scope(), GRACE, &who()).unwrap(), v(3));
-    assert_eq!(store.audit_log(None).unwrap().len(), 1 + 2 + 2);
+    assert_eq!(
+        store.audit_log(None).unwrap().len(),
+        1 + 1 + 2 + 2,
+        "integrity key, create, two rotations"
+    );
 }
 
 /// Kills the store's connection, then the next call is a write (`apply`, a transaction): it

@@ -337,6 +337,6 @@ mod mariadb {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(names, ["TENANT", "Tenant", "tenant"]);
+        assert_eq!(names, ["TENANT", "Tenant", "leakless:integrity", "tenant"]);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leakless::key::{KeyAction, ManualClock, UnixTime};
+use leakless::key::{Clock, KeyAction, ManualClock, UnixTime};
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
@@ -15,6 +15,9 @@ use leakless::{
 };
 
 const DAY: Duration = Duration::from_secs(86_400);
+/// The default cache window (five minutes) and its margin: retire and destroy wait this long
+/// after a rotation.
+const WINDOW: Duration = Duration::from_secs(300 + 30);
 
 struct Fixture {
     ring: KeyRing,
@@ -245,6 +248,7 @@ fn retire_reinstate_destroy_and_their_refusals() {
         f.ring.destroy(&f.scope, v(1), &who()),
         Err(Error::KeyWrongState { .. })
     ));
+    f.clock.advance(WINDOW);
     f.ring.retire(&f.scope, v(1), &who()).unwrap();
     assert_eq!(state(&f, 1), KekState::Retired);
     assert!(matches!(
@@ -310,7 +314,7 @@ fn every_transition_is_audited_with_who_when_why() {
     f.ring
         .rotate(&f.scope, DAY, &AuditInfo::new("bob", "quarterly"))
         .unwrap();
-    f.clock.advance(Duration::from_secs(60));
+    f.clock.advance(WINDOW);
     f.ring
         .retire(&f.scope, v(1), &AuditInfo::new("carol", "done"))
         .unwrap();
@@ -370,7 +374,7 @@ fn every_transition_is_audited_with_who_when_why() {
         ]
     );
     assert!(
-        log[3].at.0 == log[2].at.0 + 60,
+        log[3].at.0 == log[2].at.0 + 330,
         "audit times come from the injected clock"
     );
 }
@@ -386,6 +390,7 @@ fn a_lost_race_writes_nothing() {
     assert_eq!(state(&f, 3), KekState::Active);
     // ...but a transition built on a stale record is refused by the store's compare-and-swap.
     let stale = f.ring.versions(&f.scope).unwrap()[0].clone();
+    f.clock.advance(WINDOW);
     f.ring.retire(&f.scope, v(1), &who()).unwrap();
     let mut after = stale.clone();
     after.state = KekState::Destroyed;
@@ -427,6 +432,7 @@ fn rewrap_moves_dek_to_active_version_without_touching_data() {
         "data nonce and ciphertext unchanged"
     );
     // After retiring and destroying v1, the re-wrapped value opens and the old one does not.
+    f.clock.advance(WINDOW);
     f.ring.retire(&f.scope, v(1), &who()).unwrap();
     f.ring.destroy(&f.scope, v(1), &who()).unwrap();
     assert_eq!(opens(&f, 1, &new).unwrap(), b"221B Baker Street");
@@ -448,6 +454,7 @@ fn rotate_root_rewraps_every_live_kek_and_old_rows_still_open() {
     f.ring.rotate(&f.scope, DAY, &who()).unwrap();
     let v2 = seal(&f, 2, "two");
     f.ring.rotate(&f.scope, Duration::ZERO, &who()).unwrap(); // v2 retired at once
+    f.clock.advance(WINDOW);
     f.ring.retire(&f.scope, v(1), &who()).unwrap();
     f.ring.destroy(&f.scope, v(1), &who()).unwrap();
     let new_kms = Arc::new(LocalKms::from_root_key(RootKey::generate()));
@@ -456,8 +463,9 @@ fn rotate_root_rewraps_every_live_kek_and_old_rows_still_open() {
         .rotate_root(&*new_kms, &AuditInfo::new("ops", "root rotation"))
         .unwrap();
     assert_eq!(
-        n, 2,
-        "v2 (retired) and v3 (active) have material; destroyed v1 has none"
+        n, 3,
+        "v2 (retired), v3 (active) and the store's integrity key have material; destroyed v1 \
+         has none"
     );
     // Repeating is a no-op.
     assert_eq!(f.ring.rotate_root(&*new_kms, &who()).unwrap(), 0);
@@ -552,4 +560,121 @@ fn cache_holds_at_most_max_entries() {
         f.clock.advance(Duration::from_secs(1));
     }
     assert!(f.ring.cache().len() <= 2, "len {}", f.ring.cache().len());
+}
+
+#[test]
+fn retire_and_destroy_wait_until_every_cache_can_have_noticed_the_rotation() {
+    let f = fixture();
+    let rotated_at = f.clock.now();
+    f.ring.rotate(&f.scope, Duration::from_secs(1), &who()).unwrap();
+    // The grace period lasts at least until the cache window ends, even when asked shorter.
+    assert_eq!(
+        state(&f, 1),
+        KekState::Grace {
+            until: UnixTime(rotated_at.0 + 330)
+        }
+    );
+    let record = f.ring.versions(&f.scope).unwrap()[0].clone();
+    assert_eq!(record.deactivated_at, Some(rotated_at));
+    assert_eq!(record.recheck_secs, 300);
+    let allowed = UnixTime(rotated_at.0 + 330);
+    assert_eq!(record.change_allowed_at(), Some(allowed));
+    f.clock.advance(Duration::from_secs(329));
+    match f.ring.retire(&f.scope, v(1), &who()) {
+        Err(e @ Error::KeyChangeTooEarly { .. }) => {
+            let Error::KeyChangeTooEarly {
+                operation,
+                allowed_at,
+                ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!((*operation, *allowed_at), ("retire", allowed));
+            assert!(e.to_string().contains(&allowed.to_string()), "{e}");
+        }
+        other => panic!("expected KeyChangeTooEarly, got {other:?}"),
+    }
+    assert!(matches!(state(&f, 1), KekState::Grace { .. }), "nothing written");
+    f.clock.advance(Duration::from_secs(1));
+    f.ring.retire(&f.scope, v(1), &who()).unwrap();
+    f.ring.destroy(&f.scope, v(1), &who()).unwrap();
+
+    // A zero-grace (emergency) rotation retires at once, but destroy still waits, and the
+    // explicit override is the only way around it.
+    f.ring.rotate(&f.scope, Duration::ZERO, &who()).unwrap();
+    assert_eq!(state(&f, 2), KekState::Retired);
+    assert!(matches!(
+        f.ring.destroy(&f.scope, v(2), &who()),
+        Err(Error::KeyChangeTooEarly {
+            operation: "destroy",
+            ..
+        })
+    ));
+    f.ring
+        .destroy_ignoring_cache_window(&f.scope, v(2), &who())
+        .unwrap();
+    assert_eq!(state(&f, 2), KekState::Destroyed);
+}
+
+#[test]
+fn a_warm_cache_picks_up_a_rotation_within_the_stored_cache_window() {
+    // The app caches KEK bytes for an hour, but the store says "re-check the active version
+    // every 60 s" (the window of the ring that created the version).
+    let admin_cache = CacheConfig {
+        max_age: Duration::from_secs(60),
+        ..CacheConfig::default()
+    };
+    let f = fixture_with(admin_cache);
+    let app = KeyRing::builder(f.ring.kms().clone(), f.store.clone())
+        .clock(f.clock.clone())
+        .cache(CacheConfig {
+            max_age: Duration::from_secs(3600),
+            ..CacheConfig::default()
+        })
+        .build();
+    let version_of = |sealed: &[u8]| leakless::envelope::inspect(sealed).unwrap().kek_version;
+    let seal_app = || {
+        app.seal(&f.scope, &ctx(1), b"x", &FieldPolicy::default())
+            .unwrap()
+    };
+    assert_eq!(version_of(&seal_app()), v(1), "warm cache on v1");
+    f.clock.advance(Duration::from_secs(10));
+    f.ring.rotate(&f.scope, DAY, &who()).unwrap();
+    assert_eq!(version_of(&seal_app()), v(1), "still inside its window");
+    f.clock.advance(Duration::from_secs(50));
+    assert_eq!(
+        version_of(&seal_app()),
+        v(2),
+        "60 s after its fetch the app re-reads the active version"
+    );
+    // And the admin may retire v1 only after that window (plus margin) since the rotation.
+    assert!(matches!(
+        f.ring.retire(&f.scope, v(1), &who()),
+        Err(Error::KeyChangeTooEarly { .. })
+    ));
+    f.clock.advance(Duration::from_secs(16));
+    f.ring.retire(&f.scope, v(1), &who()).unwrap();
+}
+
+#[test]
+fn concurrent_cache_misses_on_one_version_make_one_kms_call() {
+    let f = fixture();
+    let app = KeyRing::builder(f.ring.kms().clone(), f.store.clone())
+        .clock(f.clock.clone())
+        .build();
+    let sealed = seal(&f, 1, "x");
+    let barrier = std::sync::Barrier::new(8);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                barrier.wait();
+                app.seal(&f.scope, &ctx(2), b"y", &FieldPolicy::default())
+                    .unwrap();
+                app.open(&ctx(1), &sealed).unwrap();
+            });
+        }
+    });
+    // One unwrap of the integrity key, one of the scope's KEK: not one per thread.
+    assert_eq!(app.kms_calls().unwraps, 2);
 }

@@ -236,6 +236,60 @@ pub struct KekRecord {
     pub created_at: UnixTime,
     /// When its state or wrapping last changed.
     pub updated_at: UnixTime,
+    /// When it stopped being the active version of its scope (set by a rotation); `None` while
+    /// it is active, and for records that predate this field.
+    pub deactivated_at: Option<UnixTime>,
+    /// The cache window, in seconds, that applications holding this version use for the
+    /// *active-version* decision: a process re-reads which version is active at least this
+    /// often. Retiring or destroying the version waits this long after it was deactivated
+    /// (see [`KekRecord::change_allowed_at`]). Set from the creating ring's cache policy.
+    pub recheck_secs: u32,
+    /// The record's authentication by the root of trust: its position in the audit chain and
+    /// its tag. `None` for a record that predates authenticated key stores (the key ring
+    /// refuses it; `leakless-migrate keys upgrade` authenticates such a store once).
+    pub auth: Option<Auth>,
+}
+
+impl KekRecord {
+    /// The earliest time a version deactivated at `deactivated_at` may be retired or destroyed:
+    /// every application cache must have re-read the active version by then, and a value
+    /// sealed just before must have been committed. The margin after the window is a tenth of
+    /// the window, at least one second.
+    #[must_use]
+    pub fn change_allowed_at(&self) -> Option<UnixTime> {
+        let window = i64::from(self.recheck_secs);
+        let margin = (window / 10).max(1);
+        self.deactivated_at
+            .map(|t| UnixTime(t.0.saturating_add(window).saturating_add(margin)))
+    }
+}
+
+/// The cache window assumed for records stored before the window was recorded: the default
+/// KEK cache age, five minutes.
+pub const LEGACY_RECHECK_SECS: u32 = 300;
+
+/// The authentication of a key record or audit entry: its sequence number in the key store's
+/// audit chain and an HMAC-SHA256 tag under the store's integrity key, which only the root of
+/// trust can unwrap. The exact inputs are specified in `docs/key-store-format.md`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Auth {
+    /// For an audit entry: its position in the chain, from 1. For a record: the sequence
+    /// number of the audit entry that produced its current content.
+    pub seq: u64,
+    /// The HMAC-SHA256 tag.
+    pub tag: [u8; 32],
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The tag is not secret, but it is noise in logs: show its first bytes only.
+        write!(
+            f,
+            "Auth {{ seq: {}, tag: {}.. }}",
+            self.seq,
+            hex::encode(self.tag.get(..4).unwrap_or_default())
+        )
+    }
 }
 
 /// What a key-management call did, as the audit log names it.
@@ -256,6 +310,9 @@ pub enum KeyAction {
     Destroy,
     /// The version was re-wrapped under a new root key.
     RewrapRoot,
+    /// An existing, unauthenticated key store was authenticated (`keys upgrade`): the
+    /// version's record got its first tag. Trust on first use.
+    Authenticate,
 }
 
 impl KeyAction {
@@ -270,6 +327,7 @@ impl KeyAction {
             KeyAction::Reinstate => "reinstate",
             KeyAction::Destroy => "destroy",
             KeyAction::RewrapRoot => "rewrap_root",
+            KeyAction::Authenticate => "authenticate",
         }
     }
 
@@ -284,6 +342,7 @@ impl KeyAction {
             "reinstate" => KeyAction::Reinstate,
             "destroy" => KeyAction::Destroy,
             "rewrap_root" => KeyAction::RewrapRoot,
+            "authenticate" => KeyAction::Authenticate,
             _ => return None,
         })
     }
@@ -334,6 +393,9 @@ pub struct AuditRecord {
     pub from: Option<KekState>,
     /// Its state after.
     pub to: KekState,
+    /// Its place in the audit chain and its tag; `None` for entries that predate
+    /// authenticated key stores.
+    pub auth: Option<Auth>,
 }
 
 /// An update of one existing record, applied only if the stored record still equals `before`
@@ -367,6 +429,9 @@ impl fmt::Debug for KekRecord {
             .field("wrapped", &self.wrapped)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
+            .field("deactivated_at", &self.deactivated_at)
+            .field("recheck_secs", &self.recheck_secs)
+            .field("auth", &self.auth)
             .finish()
     }
 }

@@ -49,6 +49,9 @@ pub(crate) struct CachedKek {
     pub(crate) version: KekVersion,
     /// The state when fetched; a `Grace` deadline is checked again on every use.
     pub(crate) state: KekState,
+    /// How long, in seconds, this entry may answer "which version is active": the record's
+    /// cache window (the store's policy), so a rotation reaches this process in time.
+    recheck_secs: u32,
     fetched_at: UnixTime,
     uses: AtomicU64,
     /// Keys derived from this KEK (blind-index field keys), by derivation label; zeroized when
@@ -57,11 +60,18 @@ pub(crate) struct CachedKek {
 }
 
 impl CachedKek {
-    pub(crate) fn new(kek: Kek, version: KekVersion, state: KekState, now: UnixTime) -> Self {
+    pub(crate) fn new(
+        kek: Kek,
+        version: KekVersion,
+        state: KekState,
+        recheck_secs: u32,
+        now: UnixTime,
+    ) -> Self {
         Self {
             kek,
             version,
             state,
+            recheck_secs,
             fetched_at: now,
             uses: AtomicU64::new(0),
             derived: Mutex::new(HashMap::new()),
@@ -171,13 +181,17 @@ impl KekCache {
         }
     }
 
-    /// The fresh cached active KEK of `scope`, counting one use.
+    /// The fresh cached active KEK of `scope`, counting one use. An entry answers "which
+    /// version is active" only within its record's cache window (`recheck_secs`), even when
+    /// its KEK bytes could stay cached longer.
     pub(crate) fn get_active(&self, scope: &str, now: UnixTime) -> Option<Arc<CachedKek>> {
         let version = {
             let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
             slots.get(scope)?.active?
         };
-        self.get(scope, version, now)
+        let entry = self.get(scope, version, now)?;
+        let window = u64::from(entry.recheck_secs.max(1));
+        (now.seconds_since(entry.fetched_at) < window).then_some(entry)
     }
 
     /// Caches `entry` (replacing a stale one), marking it active for its scope if `active`.

@@ -26,7 +26,9 @@
 
 mod cache;
 mod fields;
+mod integrity;
 mod ring;
 
 pub use cache::{CacheConfig, KekCache};
+pub use integrity::{INTEGRITY_SCOPE, RESERVED_SCOPE_PREFIX, StoreVerification};
 pub use ring::{FieldPolicy, KeyRing, KeyRingBuilder, KmsCallCounts};

@@ -1,7 +1,8 @@
 //! The [`KeyRing`]: seals and opens field values, and runs every KEK lifecycle transition.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tracing::{debug, info};
@@ -15,6 +16,7 @@ use crate::key::{
     RecordUpdate, StoreChange, SystemClock, UnixTime, WrappedKek,
 };
 use crate::keyring::cache::CachedKek;
+use crate::keyring::integrity::{Chain, IntegrityKey, RESERVED_SCOPE_PREFIX};
 use crate::keyring::{CacheConfig, KekCache};
 use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::padding::PaddingPolicy;
@@ -83,18 +85,28 @@ impl KeyRingBuilder {
                 cache: KekCache::new(self.cache),
                 wraps: AtomicU64::new(0),
                 unwraps: AtomicU64::new(0),
+                chain: Mutex::new(Chain::default()),
+                integrity: Mutex::new(None),
+                inflight: Mutex::new(HashMap::new()),
             }),
         }
     }
 }
 
-struct Inner {
-    kms: Arc<dyn Kms>,
-    store: Arc<dyn KeyStore>,
+pub(crate) struct Inner {
+    pub(crate) kms: Arc<dyn Kms>,
+    pub(crate) store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
-    cache: KekCache,
+    pub(crate) cache: KekCache,
     wraps: AtomicU64,
     unwraps: AtomicU64,
+    /// What this ring has verified of the store's audit chain.
+    pub(crate) chain: Mutex<Chain>,
+    /// The store's integrity key, once unwrapped.
+    pub(crate) integrity: Mutex<Option<Arc<IntegrityKey>>>,
+    /// One lock per KEK being fetched (scope, version; version 0 for "the active one"), so
+    /// concurrent cache misses make one KMS call.
+    inflight: Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>,
 }
 
 /// Seals and opens field values, and manages KEK versions.
@@ -103,7 +115,7 @@ struct Inner {
 /// key store, a clock and the KEK cache.
 #[derive(Clone)]
 pub struct KeyRing {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -155,8 +167,29 @@ impl KeyRing {
         }
     }
 
-    fn now(&self) -> UnixTime {
+    pub(crate) fn now(&self) -> UnixTime {
         self.inner.clock.now()
+    }
+
+    pub(crate) fn count_wrap(&self) {
+        self.inner.wraps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The cache window recorded on versions this ring creates: its cache's `max_age`, in
+    /// whole seconds, at least one.
+    pub(crate) fn recheck_secs(&self) -> u32 {
+        let secs = self.inner.cache.config().max_age.as_secs().max(1);
+        u32::try_from(secs).unwrap_or(u32::MAX)
+    }
+
+    /// The lock that makes concurrent fetches of one KEK a single KMS call.
+    fn flight(&self, scope: &str, version: u32) -> Arc<Mutex<()>> {
+        let mut map = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry((scope.to_owned(), version)).or_default())
     }
 
     // ----- sealing and opening -------------------------------------------------------------
@@ -278,7 +311,13 @@ impl KeyRing {
         if let Some(c) = self.inner.cache.get_active(scope.as_str(), now) {
             return Ok(c);
         }
-        let records = self.inner.store.list(scope)?;
+        let flight = self.flight(scope.as_str(), 0);
+        let _one = flight.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another thread may have fetched it while this one waited.
+        if let Some(c) = self.inner.cache.get_active(scope.as_str(), now) {
+            return Ok(c);
+        }
+        let records = self.verified_list(scope)?;
         if records.is_empty() {
             return Err(Error::ScopeNotFound {
                 scope: scope.clone(),
@@ -291,7 +330,13 @@ impl KeyRing {
                 scope: scope.clone(),
             })?;
         let kek = self.unwrap_record(&record)?;
-        let entry = Arc::new(CachedKek::new(kek, record.version, record.state, now));
+        let entry = Arc::new(CachedKek::new(
+            kek,
+            record.version,
+            record.state,
+            record.recheck_secs,
+            now,
+        ));
         self.inner.cache.insert(scope, Arc::clone(&entry), true);
         Ok(entry)
     }
@@ -315,10 +360,15 @@ impl KeyRing {
             });
         }
         let scope = KeyScope::new(scope)?;
+        let flight = self.flight(scope.as_str(), version.get());
+        let _one = flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = self.inner.cache.get(scope.as_str(), version, now)
+            && c.state.opens_at(now)
+        {
+            return Ok(c);
+        }
         let record =
-            self.inner
-                .store
-                .get(&scope, version)?
+            self.verified_get(&scope, version)?
                 .ok_or_else(|| Error::KeyVersionNotFound {
                     scope: scope.clone(),
                     version,
@@ -338,14 +388,20 @@ impl KeyRing {
             _ => {}
         }
         let kek = self.unwrap_record(&record)?;
-        let entry = Arc::new(CachedKek::new(kek, version, record.state, now));
+        let entry = Arc::new(CachedKek::new(
+            kek,
+            version,
+            record.state,
+            record.recheck_secs,
+            now,
+        ));
         self.inner
             .cache
             .insert(&scope, Arc::clone(&entry), record.state == KekState::Active);
         Ok(entry)
     }
 
-    fn unwrap_record(&self, record: &KekRecord) -> Result<Kek, Error> {
+    pub(crate) fn unwrap_record(&self, record: &KekRecord) -> Result<Kek, Error> {
         let wrapped = record.wrapped.as_ref().ok_or_else(|| Error::KeyDestroyed {
             scope: record.scope.clone(),
             version: record.version,
@@ -385,6 +441,9 @@ impl KeyRing {
             wrapped: Some(wrapped),
             created_at: now,
             updated_at: now,
+            deactivated_at: None,
+            recheck_secs: self.recheck_secs(),
+            auth: None,
         })
     }
 
@@ -395,7 +454,7 @@ impl KeyRing {
     /// # Errors
     /// [`Error::KeyStore`] when the store cannot be read.
     pub fn versions(&self, scope: &KeyScope) -> Result<Vec<KekRecord>, Error> {
-        self.inner.store.list(scope)
+        self.verified_list(scope)
     }
 
     /// The audit log, oldest first; all scopes when `scope` is `None`.
@@ -406,7 +465,7 @@ impl KeyRing {
         self.inner.store.audit_log(scope)
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         who: &AuditInfo,
         action: KeyAction,
@@ -423,11 +482,12 @@ impl KeyRing {
             version: record.version,
             from,
             to: record.state,
+            auth: None,
         }
     }
 
     fn apply(&self, scope: &KeyScope, change: StoreChange) -> Result<(), Error> {
-        let result = self.inner.store.apply(change);
+        let result = self.apply_authenticated(change);
         self.inner.cache.invalidate_scope(scope.as_str());
         result
     }
@@ -437,6 +497,16 @@ impl KeyRing {
     /// # Errors
     /// [`Error::ScopeExists`] when the scope has versions already.
     pub fn create_scope(&self, scope: &KeyScope, who: &AuditInfo) -> Result<KekVersion, Error> {
+        if scope.as_str().starts_with(RESERVED_SCOPE_PREFIX) {
+            return Err(Error::InvalidInput {
+                what: "key scope name",
+                problem: format!(
+                    "{scope}: names starting with {RESERVED_SCOPE_PREFIX:?} are reserved for \
+                     leakless's own records"
+                ),
+            });
+        }
+        self.ensure_integrity_key(who)?;
         if !self.inner.store.list(scope)?.is_empty() {
             return Err(Error::ScopeExists {
                 scope: scope.clone(),
@@ -458,7 +528,10 @@ impl KeyRing {
     }
 
     /// Makes a new active version of `scope`. The previous active version moves to
-    /// `Grace { until: now + grace }`, or straight to `Retired` when `grace` is zero.
+    /// `Grace { until: now + grace }` (at least until its cache window ends, see
+    /// [`KekRecord::change_allowed_at`]), or straight to `Retired` when `grace` is zero (an
+    /// emergency: values that running applications seal under it until their cache window
+    /// ends do not open until it is reinstated).
     ///
     /// # Errors
     /// [`Error::ScopeNotFound`], [`Error::NoActiveKey`], or [`Error::ConcurrentModification`]
@@ -469,7 +542,7 @@ impl KeyRing {
         grace: Duration,
         who: &AuditInfo,
     ) -> Result<KekVersion, Error> {
-        let records = self.inner.store.list(scope)?;
+        let records = self.verified_list(scope)?;
         let Some(latest) = records.iter().map(|r| r.version).max() else {
             return Err(Error::ScopeNotFound {
                 scope: scope.clone(),
@@ -488,14 +561,20 @@ impl KeyRing {
         let now = self.now();
         let new = self.new_record(&*self.inner.kms, scope, next, now)?;
         let mut demoted = old.clone();
+        // A grace period shorter than the cache window would let values that a warm cache
+        // seals under the old version stop opening: it lasts at least until the window ends.
+        let window = Duration::from_secs(
+            u64::from(old.recheck_secs).saturating_add((u64::from(old.recheck_secs) / 10).max(1)),
+        );
         demoted.state = if grace.is_zero() {
             KekState::Retired
         } else {
             KekState::Grace {
-                until: now.plus(grace),
+                until: now.plus(grace.max(window)),
             }
         };
         demoted.updated_at = now;
+        demoted.deactivated_at = Some(now);
         let audit = vec![
             self.audit(who, KeyAction::Rotate, &new, None, now),
             self.audit(who, KeyAction::Rotate, &demoted, Some(old.state), now),
@@ -516,9 +595,7 @@ impl KeyRing {
     }
 
     fn record(&self, scope: &KeyScope, version: KekVersion) -> Result<KekRecord, Error> {
-        self.inner
-            .store
-            .get(scope, version)?
+        self.verified_get(scope, version)?
             .ok_or_else(|| Error::KeyVersionNotFound {
                 scope: scope.clone(),
                 version,
@@ -561,20 +638,67 @@ impl KeyRing {
         }
     }
 
-    /// Retires a `Grace` version now: it stops opening anything.
+    /// Refuses a retire or destroy before [`KekRecord::change_allowed_at`]: until then a
+    /// running application may still hold the version as its active one and seal under it.
+    fn check_cache_window(&self, record: &KekRecord, operation: &'static str) -> Result<(), Error> {
+        let mut r = record.clone();
+        // Records from before the deactivation time was kept: their last change stands in.
+        r.deactivated_at = r.deactivated_at.or(Some(r.updated_at));
+        match r.change_allowed_at() {
+            Some(allowed_at) if self.now() < allowed_at => Err(Error::KeyChangeTooEarly {
+                scope: record.scope.clone(),
+                version: record.version,
+                operation,
+                allowed_at,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Retires a `Grace` version now: it stops opening anything. Refused until every
+    /// application's cache can have noticed that the version is no longer active
+    /// ([`KekRecord::change_allowed_at`]).
     ///
     /// # Errors
     /// [`Error::KeyWrongState`] unless the version is in `Grace` (an `Active` version leaves
-    /// only by [`Self::rotate`]).
+    /// only by [`Self::rotate`]); [`Error::KeyChangeTooEarly`] inside the cache window.
     pub fn retire(
         &self,
         scope: &KeyScope,
         version: KekVersion,
         who: &AuditInfo,
     ) -> Result<(), Error> {
+        self.retire_checked(scope, version, who, true)
+    }
+
+    /// As [`Self::retire`], but also inside the cache window. An application that still holds
+    /// the version as active may seal under it until its window ends; those values do not open
+    /// until the version is reinstated. For tests and for emergencies that accept that.
+    ///
+    /// # Errors
+    /// [`Error::KeyWrongState`] unless the version is in `Grace`.
+    pub fn retire_ignoring_cache_window(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        who: &AuditInfo,
+    ) -> Result<(), Error> {
+        self.retire_checked(scope, version, who, false)
+    }
+
+    fn retire_checked(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        who: &AuditInfo,
+        window: bool,
+    ) -> Result<(), Error> {
         let record = self.record(scope, version)?;
         match record.state {
             KekState::Grace { .. } => {
+                if window {
+                    self.check_cache_window(&record, "retire")?;
+                }
                 self.transition(record, KekState::Retired, KeyAction::Retire, who)
             }
             _ => Err(Self::wrong_state(&record, "retire")),
@@ -612,19 +736,53 @@ impl KeyRing {
 
     /// Destroys a `Retired` version: its wrapped material is erased from the key store and
     /// every value sealed under it becomes unreadable for good (crypto-shredding). Check first
-    /// that no row still needs it (the migrator's `status` and `destroy` do).
+    /// that no row still needs it (the migrator's `status` and `destroy` do). Refused until
+    /// every application's cache can have noticed that the version is no longer active
+    /// ([`KekRecord::change_allowed_at`]), so no value sealed by a warm cache is lost.
+    ///
+    /// Old copies of the key store (backups) still hold the wrapped material until the root
+    /// epoch it is wrapped under is destroyed too: see `docs/shredding.md`.
     ///
     /// # Errors
-    /// [`Error::KeyWrongState`] unless the version is `Retired`.
+    /// [`Error::KeyWrongState`] unless the version is `Retired`; [`Error::KeyChangeTooEarly`]
+    /// inside the cache window.
     pub fn destroy(
         &self,
         scope: &KeyScope,
         version: KekVersion,
         who: &AuditInfo,
     ) -> Result<(), Error> {
+        self.destroy_checked(scope, version, who, true)
+    }
+
+    /// As [`Self::destroy`], but also inside the cache window: values an application seals
+    /// under the version until its window ends are lost. For tests and for emergencies that
+    /// accept that.
+    ///
+    /// # Errors
+    /// [`Error::KeyWrongState`] unless the version is `Retired`.
+    pub fn destroy_ignoring_cache_window(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        who: &AuditInfo,
+    ) -> Result<(), Error> {
+        self.destroy_checked(scope, version, who, false)
+    }
+
+    fn destroy_checked(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        who: &AuditInfo,
+        window: bool,
+    ) -> Result<(), Error> {
         let record = self.record(scope, version)?;
         match record.state {
             KekState::Retired => {
+                if window {
+                    self.check_cache_window(&record, "destroy")?;
+                }
                 self.transition(record, KekState::Destroyed, KeyAction::Destroy, who)
             }
             _ => Err(Self::wrong_state(&record, "destroy")),
@@ -642,7 +800,7 @@ impl KeyRing {
         let now = self.now();
         let mut done = Vec::new();
         for scope in self.inner.store.scopes()? {
-            for record in self.inner.store.list(&scope)? {
+            for record in self.verified_list(&scope)? {
                 if let KekState::Grace { until } = record.state
                     && now >= until
                 {
@@ -711,7 +869,7 @@ impl KeyRing {
     ) -> Result<usize, Error> {
         let mut count = 0usize;
         for scope in self.inner.store.scopes()? {
-            for record in self.inner.store.list(&scope)? {
+            for record in self.verified_list(&scope)? {
                 let Some(wrapped) = &record.wrapped else {
                     continue;
                 };

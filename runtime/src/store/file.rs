@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::key::{
-    AuditRecord, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
+    AuditRecord, Auth, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
     WrappedKek,
 };
 use crate::store::{KeyStore, StoreState};
@@ -45,6 +45,19 @@ struct RecordDto {
     wrapped_kek_hex: Option<String>,
     created_at: i64,
     updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deactivated_at: Option<i64>,
+    #[serde(default = "legacy_recheck")]
+    recheck_secs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tag_hex: Option<String>,
+}
+
+/// The cache window of records written before the field existed: the default cache age.
+fn legacy_recheck() -> u32 {
+    crate::key::LEGACY_RECHECK_SECS
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,6 +72,26 @@ struct AuditDto {
     from_grace_until: Option<i64>,
     to_state: String,
     to_grace_until: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tag_hex: Option<String>,
+}
+
+fn auth_from(seq: Option<u64>, tag_hex: Option<String>) -> Result<Option<Auth>, Error> {
+    match (seq, tag_hex) {
+        (Some(seq), Some(h)) => {
+            let mut tag = [0u8; 32];
+            hex::decode_to_slice(h, &mut tag)
+                .map_err(|e| err("read", format!("authentication tag: {e}")))?;
+            Ok(Some(Auth { seq, tag }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(err(
+            "read",
+            "a sequence number without a tag, or a tag without one",
+        )),
+    }
 }
 
 fn err(operation: &'static str, detail: impl std::fmt::Display) -> Error {
@@ -185,6 +218,10 @@ fn record_to_dto(r: &KekRecord) -> RecordDto {
         wrapped_kek_hex: r.wrapped.as_ref().map(|w| hex::encode(&w.ciphertext)),
         created_at: r.created_at.0,
         updated_at: r.updated_at.0,
+        deactivated_at: r.deactivated_at.map(|t| t.0),
+        recheck_secs: r.recheck_secs,
+        seq: r.auth.map(|a| a.seq),
+        tag_hex: r.auth.map(|a| hex::encode(a.tag)),
     }
 }
 
@@ -203,6 +240,9 @@ fn record_from_dto(r: RecordDto) -> Result<KekRecord, Error> {
         wrapped,
         created_at: UnixTime(r.created_at),
         updated_at: UnixTime(r.updated_at),
+        deactivated_at: r.deactivated_at.map(UnixTime),
+        recheck_secs: r.recheck_secs,
+        auth: auth_from(r.seq, r.tag_hex)?,
     })
 }
 
@@ -218,6 +258,8 @@ fn audit_to_dto(a: &AuditRecord) -> AuditDto {
         from_grace_until: a.from.and_then(|s| s.grace_until()).map(|t| t.0),
         to_state: a.to.name().into(),
         to_grace_until: a.to.grace_until().map(|t| t.0),
+        seq: a.auth.map(|x| x.seq),
+        tag_hex: a.auth.map(|x| hex::encode(x.tag)),
     }
 }
 
@@ -235,6 +277,7 @@ fn audit_from_dto(a: AuditDto) -> Result<AuditRecord, Error> {
             .map(|s| KekState::from_parts(&s, a.from_grace_until))
             .transpose()?,
         to: KekState::from_parts(&a.to_state, a.to_grace_until)?,
+        auth: auth_from(a.seq, a.tag_hex)?,
     })
 }
 

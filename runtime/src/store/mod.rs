@@ -68,11 +68,31 @@ pub trait KeyStore: Send + Sync {
     /// # Errors
     /// [`Error::KeyStore`] when the store cannot be read.
     fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error>;
+
+    /// The authenticated audit entries whose sequence number is `from` or later, ordered by
+    /// sequence number (the key ring verifies the chain's new part with it). Entries without
+    /// authentication are included when `from` is 0. The default reads the whole log; SQL
+    /// stores read only the tail.
+    ///
+    /// # Errors
+    /// [`Error::KeyStore`] when the store cannot be read.
+    fn audit_since(&self, from: u64) -> Result<Vec<AuditRecord>, Error> {
+        let mut log: Vec<AuditRecord> = self
+            .audit_log(None)?
+            .into_iter()
+            .filter(|a| a.auth.map_or(from == 0, |x| x.seq >= from))
+            .collect();
+        log.sort_by_key(|a| a.auth.map_or(0, |x| x.seq));
+        Ok(log)
+    }
 }
 
-/// Whether two records agree on what compare-and-swap compares.
+/// Whether two records agree on what compare-and-swap compares: state (with grace deadline),
+/// wrapped material and authentication.
 pub(crate) fn cas_matches(stored: &KekRecord, expected: &KekRecord) -> bool {
-    stored.state == expected.state && stored.wrapped == expected.wrapped
+    stored.state == expected.state
+        && stored.wrapped == expected.wrapped
+        && stored.auth == expected.auth
 }
 
 /// The state of an in-memory or file store.
@@ -112,6 +132,23 @@ impl StoreState {
                 return Err(Error::ConcurrentModification {
                     scope: r.scope.clone(),
                     version: r.version,
+                });
+            }
+        }
+        // The audit chain's compare-and-swap: the first new entry must follow the stored head.
+        if let Some(first) = change.audit.first().and_then(|a| a.auth) {
+            let head = self
+                .audit
+                .iter()
+                .filter_map(|a| a.auth)
+                .map(|a| a.seq)
+                .max();
+            if first.seq != head.unwrap_or(0).saturating_add(1)
+                && let Some(a) = change.audit.first()
+            {
+                return Err(Error::ConcurrentModification {
+                    scope: a.scope.clone(),
+                    version: a.version,
                 });
             }
         }

@@ -9,8 +9,8 @@ use std::thread;
 use std::time::Duration;
 
 use leakless::key::{
-    KekRecord, KekState, KekVersion, KeyAction, KeyScope, RecordUpdate, StoreChange, UnixTime,
-    WrappedKek,
+    Auth, KekRecord, ManualClock, KekState, KekVersion, KeyAction, KeyScope, RecordUpdate, StoreChange,
+    UnixTime, WrappedKek,
 };
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
@@ -52,6 +52,9 @@ fn record(s: &str, n: u32, state: KekState) -> KekRecord {
         wrapped: material,
         created_at: UnixTime(1_700_000_000 + i64::from(n)),
         updated_at: UnixTime(1_700_000_500 + i64::from(n)),
+        deactivated_at: None,
+        recheck_secs: 300,
+        auth: None,
     }
 }
 
@@ -65,6 +68,7 @@ fn audit(r: &KekRecord, action: KeyAction, from: Option<KekState>, at: i64) -> A
         version: r.version,
         from,
         to: r.state,
+        auth: None,
     }
 }
 
@@ -117,6 +121,12 @@ pub fn round_trips_every_field(f: &dyn Fixture) {
             wrapped: wrapped("aws-kms:arn:aws:kms:eu-west-1:1:key/ü-ß", &all_bytes),
             created_at: UnixTime(1_800_000_000),
             updated_at: UnixTime(1_800_000_001),
+            deactivated_at: None,
+            recheck_secs: 1,
+            auth: Some(Auth {
+                seq: 1,
+                tag: [0xa5; 32],
+            }),
         },
         KekRecord {
             scope: scope("rt"),
@@ -125,6 +135,12 @@ pub fn round_trips_every_field(f: &dyn Fixture) {
             wrapped: None,
             created_at: UnixTime(0),
             updated_at: UnixTime(-5),
+            deactivated_at: Some(UnixTime(-3)),
+            recheck_secs: u32::MAX,
+            auth: Some(Auth {
+                seq: 3,
+                tag: std::array::from_fn(|i| u8::try_from(i).unwrap()),
+            }),
         },
         KekRecord {
             scope: scope("rt"),
@@ -135,6 +151,12 @@ pub fn round_trips_every_field(f: &dyn Fixture) {
             wrapped: wrapped("", &[0u8]),
             created_at: UnixTime(i64::from(u32::MAX) + 7),
             updated_at: UnixTime(i64::MAX),
+            deactivated_at: Some(UnixTime(i64::MAX)),
+            recheck_secs: 300,
+            auth: Some(Auth {
+                seq: 2,
+                tag: [0xff; 32],
+            }),
         },
         KekRecord {
             scope: scope("rt"),
@@ -143,6 +165,9 @@ pub fn round_trips_every_field(f: &dyn Fixture) {
             wrapped: wrapped("r", b"\x00\xff\x00'\";--"),
             created_at: UnixTime(i64::MIN),
             updated_at: UnixTime(1),
+            deactivated_at: Some(UnixTime(i64::MIN)),
+            recheck_secs: 0,
+            auth: None,
         },
     ];
     let audit_records = vec![
@@ -155,6 +180,10 @@ pub fn round_trips_every_field(f: &dyn Fixture) {
             version: v(3),
             from: None,
             to: KekState::Active,
+            auth: Some(Auth {
+                seq: 1,
+                tag: [1; 32],
+            }),
         },
         AuditRecord {
             at: UnixTime(-1),
@@ -169,6 +198,10 @@ pub fn round_trips_every_field(f: &dyn Fixture) {
             to: KekState::Grace {
                 until: UnixTime(4_102_444_800),
             },
+            auth: Some(Auth {
+                seq: 2,
+                tag: [2; 32],
+            }),
         },
         AuditRecord {
             at: UnixTime(5),
@@ -179,6 +212,10 @@ pub fn round_trips_every_field(f: &dyn Fixture) {
             version: v(1),
             from: Some(KekState::Retired),
             to: KekState::Destroyed,
+            auth: Some(Auth {
+                seq: 3,
+                tag: [3; 32],
+            }),
         },
     ];
     store
@@ -583,7 +620,10 @@ pub fn racing_cas_has_one_winner(f: &dyn Fixture) {
 /// retire, destroy; one audit record per transition; a reopened store sees it all.
 pub fn keyring_round(f: &dyn Fixture) {
     let kms = Arc::new(LocalKms::from_root_key(RootKey::generate()));
-    let ring = KeyRing::builder(kms.clone(), f.open()).build();
+    let clock = Arc::new(ManualClock::new(UnixTime(1_800_000_000)));
+    let ring = KeyRing::builder(kms.clone(), f.open())
+        .clock(clock.clone())
+        .build();
     let s = scope("patients");
     let who = AuditInfo::new("suite", "key-store conformance");
     let policy = FieldPolicy::default();
@@ -620,6 +660,8 @@ pub fn keyring_round(f: &dyn Fixture) {
         "{states:?}"
     );
 
+    // Retire waits for the cache window (five minutes and its margin) after the rotation.
+    clock.advance(Duration::from_secs(330));
     ring.retire(&s, v(1), &who).unwrap();
     assert!(matches!(
         ring.open(&ctx(1), &old),
@@ -666,7 +708,11 @@ pub fn keyring_round(f: &dyn Fixture) {
         assert_eq!(records[0].wrapped, None);
         assert_eq!(records[1].state, KekState::Active);
         assert!(records[1].wrapped.is_some());
-        assert_eq!(store.scopes().unwrap(), vec![s.clone()]);
+        assert_eq!(
+            store.scopes().unwrap(),
+            vec![scope(leakless::keyring::INTEGRITY_SCOPE), s.clone()],
+            "the scope and the store's integrity key"
+        );
     };
     check(&**ring.store());
 

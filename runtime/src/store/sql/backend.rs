@@ -6,7 +6,7 @@ use diesel::result::Error as DieselError;
 
 use super::schema::{leakless_kek as kek, leakless_key_audit as audit};
 use super::{AuditRow, Failure, KekRow, SqlBackend, check_cas, conflict, unique_is_conflict};
-use crate::key::{AuditRecord, KekRecord, StoreChange};
+use crate::key::{AuditRecord, Auth, KekRecord, StoreChange};
 
 /// One open connection, of whichever backend.
 pub(crate) enum Conn {
@@ -94,6 +94,10 @@ impl Conn {
         on_conn!(self, c => c.audit(scope))
     }
 
+    pub(crate) fn audit_since(&mut self, from: i64) -> Result<Vec<AuditRow>, DieselError> {
+        on_conn!(self, c => c.audit_since(from))
+    }
+
     pub(crate) fn apply(&mut self, change: &StoreChange) -> Result<(), Failure> {
         on_conn!(self, c => c.apply(change))
     }
@@ -126,6 +130,7 @@ trait StoreConn {
     fn get(&mut self, scope: &str, version: i64) -> Result<Option<KekRow>, DieselError>;
     fn scopes(&mut self) -> Result<Vec<String>, DieselError>;
     fn audit(&mut self, scope: Option<&str>) -> Result<Vec<AuditRow>, DieselError>;
+    fn audit_since(&mut self, from: i64) -> Result<Vec<AuditRow>, DieselError>;
     fn apply(&mut self, change: &StoreChange) -> Result<(), Failure>;
 }
 
@@ -143,6 +148,34 @@ fn wrapped(record: &KekRecord) -> Option<&[u8]> {
 
 fn version(record: &KekRecord) -> i64 {
     i64::from(record.version.get())
+}
+
+fn seq(auth: Option<Auth>) -> Option<i64> {
+    auth.map(|a| i64::try_from(a.seq).unwrap_or(i64::MAX))
+}
+
+fn tag(auth: &Option<Auth>) -> Option<&[u8]> {
+    auth.as_ref().map(|a| a.tag.as_slice())
+}
+
+/// The columns of an audit row as [`AuditRow`] has them.
+macro_rules! audit_columns {
+    () => {
+        (
+            audit::at,
+            audit::actor,
+            audit::reason,
+            audit::action,
+            audit::scope,
+            audit::version,
+            audit::from_state,
+            audit::from_grace_until,
+            audit::to_state,
+            audit::to_grace_until,
+            audit::seq,
+            audit::tag,
+        )
+    };
 }
 
 /// Implements [`StoreConn`] for one connection type. `txn` names the method that opens the
@@ -179,19 +212,16 @@ macro_rules! impl_store_conn {
                     .load::<String>(self)
             }
 
+            fn audit_since(&mut self, from: i64) -> Result<Vec<AuditRow>, DieselError> {
+                audit::table
+                    .filter(audit::seq.ge(from))
+                    .order(audit::seq.asc())
+                    .select(audit_columns!())
+                    .load::<AuditRow>(self)
+            }
+
             fn audit(&mut self, scope: Option<&str>) -> Result<Vec<AuditRow>, DieselError> {
-                let columns = (
-                    audit::at,
-                    audit::actor,
-                    audit::reason,
-                    audit::action,
-                    audit::scope,
-                    audit::version,
-                    audit::from_state,
-                    audit::from_grace_until,
-                    audit::to_state,
-                    audit::to_grace_until,
-                );
+                let columns = audit_columns!();
                 match scope {
                     Some(scope) => audit::table
                         .filter(audit::scope.eq(scope))
@@ -234,6 +264,10 @@ macro_rules! impl_store_conn {
                                 kek::wrapped_kek.eq(wrapped(a)),
                                 kek::created_at.eq(a.created_at.0),
                                 kek::updated_at.eq(a.updated_at.0),
+                                kek::deactivated_at.eq(a.deactivated_at.map(|t| t.0)),
+                                kek::recheck_secs.eq(Some(i64::from(a.recheck_secs))),
+                                kek::seq.eq(seq(a.auth)),
+                                kek::tag.eq(tag(&a.auth)),
                             ))
                             .execute(c),
                             a,
@@ -255,15 +289,30 @@ macro_rules! impl_store_conn {
                                     kek::wrapped_kek.eq(wrapped(r)),
                                     kek::created_at.eq(r.created_at.0),
                                     kek::updated_at.eq(r.updated_at.0),
+                                    kek::deactivated_at.eq(r.deactivated_at.map(|t| t.0)),
+                                    kek::recheck_secs.eq(Some(i64::from(r.recheck_secs))),
+                                    kek::seq.eq(seq(r.auth)),
+                                    kek::tag.eq(tag(&r.auth)),
                                 ))
                                 .execute(c),
                             r,
                         )?;
                     }
-                    // 4. The audit records, in order.
+                    // 4. The audit records, in order. A sequence number taken already means
+                    //    another writer extended the audit chain first: a lost race.
                     for a in &change.audit {
                         insert_audit(a, |values| {
                             diesel::insert_into(audit::table).values(values).execute(c)
+                        })
+                        .map_err(|e| match e {
+                            DieselError::DatabaseError(
+                                diesel::result::DatabaseErrorKind::UniqueViolation,
+                                _,
+                            ) => Failure::Conflict {
+                                scope: a.scope.clone(),
+                                version: a.version,
+                            },
+                            other => Failure::Db(other),
                         })?;
                     }
                     Ok(())
@@ -285,6 +334,8 @@ type AuditValues<'a> = (
     diesel::dsl::Eq<audit::from_grace_until, Option<i64>>,
     diesel::dsl::Eq<audit::to_state, &'static str>,
     diesel::dsl::Eq<audit::to_grace_until, Option<i64>>,
+    diesel::dsl::Eq<audit::seq, Option<i64>>,
+    diesel::dsl::Eq<audit::tag, Option<&'a [u8]>>,
 );
 
 fn insert_audit<'a>(
@@ -302,6 +353,8 @@ fn insert_audit<'a>(
         audit::from_grace_until.eq(a.from.and_then(|s| s.grace_until()).map(|t| t.0)),
         audit::to_state.eq(a.to.name()),
         audit::to_grace_until.eq(a.to.grace_until().map(|t| t.0)),
+        audit::seq.eq(seq(a.auth)),
+        audit::tag.eq(tag(&a.auth)),
     ))
 }
 
@@ -316,7 +369,17 @@ fn run_statements<C: SimpleConnection>(c: &mut C, statements: &[&str]) -> Result
 #[cfg(feature = "sqlite")]
 impl_store_conn!(
     SqliteConnection,
-    schema: |c| c.immediate_transaction(|c| run_statements(c, super::schema::SQLITE)),
+    schema: |c| c.immediate_transaction(|c| {
+        run_statements(c, super::schema::SQLITE)?;
+        for statement in super::schema::SQLITE_UPGRADE {
+            match c.batch_execute(statement) {
+                Err(DieselError::DatabaseError(_, info))
+                    if info.message().contains("duplicate column name") => {}
+                other => other?,
+            }
+        }
+        c.batch_execute(super::schema::SQLITE_SEQ_INDEX)
+    }),
     txn: immediate_transaction,
     lock: []
 );

@@ -61,7 +61,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::key::{
-    AuditRecord, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
+    AuditRecord, Auth, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
     WrappedKek,
 };
 use crate::redact::{redact_url, scrub};
@@ -346,7 +346,7 @@ fn is_lost_race(e: &DieselError) -> bool {
 }
 
 /// A `leakless_kek` row as selected: scope, version, state, grace_until, root_key_id,
-/// wrapped_kek, created_at, updated_at.
+/// wrapped_kek, created_at, updated_at, deactivated_at, recheck_secs, seq, tag.
 pub(crate) type KekRow = (
     String,
     i64,
@@ -356,10 +356,14 @@ pub(crate) type KekRow = (
     Option<Vec<u8>>,
     i64,
     i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
 );
 
 /// A `leakless_key_audit` row without its id: at, actor, reason, action, scope, version,
-/// from_state, from_grace_until, to_state, to_grace_until.
+/// from_state, from_grace_until, to_state, to_grace_until, seq, tag.
 pub(crate) type AuditRow = (
     i64,
     String,
@@ -371,7 +375,29 @@ pub(crate) type AuditRow = (
     Option<i64>,
     String,
     Option<i64>,
+    Option<i64>,
+    Option<Vec<u8>>,
 );
+
+fn decode_auth(seq: Option<i64>, tag: Option<Vec<u8>>, what: &str) -> Result<Option<Auth>, Error> {
+    match (seq, tag) {
+        (Some(seq), Some(tag)) => {
+            let seq = u64::try_from(seq)
+                .map_err(|_| invalid_row(format!("{what}: sequence number {seq} is negative")))?;
+            let tag: [u8; 32] = tag.as_slice().try_into().map_err(|_| {
+                invalid_row(format!(
+                    "{what}: authentication tag of {} bytes, expected 32",
+                    tag.len()
+                ))
+            })?;
+            Ok(Some(Auth { seq, tag }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(invalid_row(format!(
+            "{what}: seq and tag must both be set or both be NULL"
+        ))),
+    }
+}
 
 fn invalid_row(problem: String) -> Error {
     Error::InvalidInput {
@@ -387,7 +413,27 @@ fn decode_version(v: i64) -> Result<KekVersion, Error> {
 }
 
 pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Error> {
-    let (scope, version, state, grace_until, root_key_id, wrapped, created_at, updated_at) = row;
+    let (
+        scope,
+        version,
+        state,
+        grace_until,
+        root_key_id,
+        wrapped,
+        created_at,
+        updated_at,
+        deactivated_at,
+        recheck_secs,
+        seq,
+        tag,
+    ) = row;
+    let what = format!("{scope} v{version}");
+    let auth = decode_auth(seq, tag, &what)?;
+    let recheck_secs = match recheck_secs {
+        None => crate::key::LEGACY_RECHECK_SECS,
+        Some(v) => u32::try_from(v)
+            .map_err(|_| invalid_row(format!("{what}: recheck_secs {v} is out of range")))?,
+    };
     let wrapped = match (root_key_id, wrapped) {
         (Some(root_key_id), Some(ciphertext)) => Some(WrappedKek {
             root_key_id,
@@ -407,12 +453,28 @@ pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Error> {
         wrapped,
         created_at: UnixTime(created_at),
         updated_at: UnixTime(updated_at),
+        deactivated_at: deactivated_at.map(UnixTime),
+        recheck_secs,
+        auth,
     })
 }
 
 pub(crate) fn decode_audit(row: AuditRow) -> Result<AuditRecord, Error> {
-    let (at, actor, reason, action, scope, version, from_state, from_grace, to_state, to_grace) =
-        row;
+    let (
+        at,
+        actor,
+        reason,
+        action,
+        scope,
+        version,
+        from_state,
+        from_grace,
+        to_state,
+        to_grace,
+        seq,
+        tag,
+    ) = row;
+    let auth = decode_auth(seq, tag, &format!("audit entry of {scope} v{version}"))?;
     Ok(AuditRecord {
         at: UnixTime(at),
         actor,
@@ -425,6 +487,7 @@ pub(crate) fn decode_audit(row: AuditRow) -> Result<AuditRecord, Error> {
             .map(|s| KekState::from_parts(&s, from_grace))
             .transpose()?,
         to: KekState::from_parts(&to_state, to_grace)?,
+        auth,
     })
 }
 
@@ -536,6 +599,21 @@ impl KeyStore for SqlKeyStore {
     fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {
         self.with_conn("audit log", |c| {
             Ok(c.audit(scope.map(KeyScope::as_str))?
+                .into_iter()
+                .map(decode_audit)
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn audit_since(&self, from: u64) -> Result<Vec<AuditRecord>, Error> {
+        if from == 0 {
+            let mut log = self.audit_log(None)?;
+            log.sort_by_key(|a| a.auth.map_or(0, |x| x.seq));
+            return Ok(log);
+        }
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        self.with_conn("audit log", |c| {
+            Ok(c.audit_since(from)?
                 .into_iter()
                 .map(decode_audit)
                 .collect::<Result<Vec<_>, _>>()?)

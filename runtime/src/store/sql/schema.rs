@@ -11,6 +11,10 @@ diesel::table! {
         wrapped_kek -> Nullable<Binary>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        deactivated_at -> Nullable<BigInt>,
+        recheck_secs -> Nullable<BigInt>,
+        seq -> Nullable<BigInt>,
+        tag -> Nullable<Binary>,
     }
 }
 
@@ -28,6 +32,8 @@ diesel::table! {
         from_grace_until -> Nullable<BigInt>,
         to_state -> Text,
         to_grace_until -> Nullable<BigInt>,
+        seq -> Nullable<BigInt>,
+        tag -> Nullable<Binary>,
     }
 }
 
@@ -42,6 +48,10 @@ pub(crate) const SQLITE: &[&str] = &[
     wrapped_kek BLOB NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
+    deactivated_at BIGINT NULL,
+    recheck_secs BIGINT NULL,
+    seq BIGINT NULL,
+    tag BLOB NULL,
     PRIMARY KEY (scope, version),
     CHECK (state <> 'grace' OR grace_until IS NOT NULL),
     CHECK (state <> 'destroyed' OR wrapped_kek IS NULL),
@@ -60,10 +70,28 @@ pub(crate) const SQLITE: &[&str] = &[
     from_state TEXT NULL,
     from_grace_until BIGINT NULL,
     to_state TEXT NOT NULL,
-    to_grace_until BIGINT NULL
+    to_grace_until BIGINT NULL,
+    seq BIGINT NULL,
+    tag BLOB NULL
 )",
     "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
 ];
+
+/// SQLite: the columns that authenticated key stores added, for tables made before them.
+/// SQLite has no `ADD COLUMN IF NOT EXISTS`: each statement runs on its own and "duplicate
+/// column name" means it is already there. The unique sequence index comes after them.
+pub(crate) const SQLITE_UPGRADE: &[&str] = &[
+    "ALTER TABLE leakless_kek ADD COLUMN deactivated_at BIGINT NULL",
+    "ALTER TABLE leakless_kek ADD COLUMN recheck_secs BIGINT NULL",
+    "ALTER TABLE leakless_kek ADD COLUMN seq BIGINT NULL",
+    "ALTER TABLE leakless_kek ADD COLUMN tag BLOB NULL",
+    "ALTER TABLE leakless_key_audit ADD COLUMN seq BIGINT NULL",
+    "ALTER TABLE leakless_key_audit ADD COLUMN tag BLOB NULL",
+];
+
+/// SQLite: the audit chain's compare-and-swap: one entry per sequence number.
+pub(crate) const SQLITE_SEQ_INDEX: &str =
+    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)";
 
 /// PostgreSQL: `COLLATE "C"` orders scopes bytewise, as [`KeyScope`](crate::KeyScope) does;
 /// the partial unique index keeps one active version per scope.
@@ -77,6 +105,10 @@ pub(crate) const POSTGRES: &[&str] = &[
     wrapped_kek BYTEA NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
+    deactivated_at BIGINT NULL,
+    recheck_secs BIGINT NULL,
+    seq BIGINT NULL,
+    tag BYTEA NULL,
     PRIMARY KEY (scope, version),
     CHECK (state <> 'grace' OR grace_until IS NOT NULL),
     CHECK (state <> 'destroyed' OR wrapped_kek IS NULL),
@@ -95,9 +127,20 @@ pub(crate) const POSTGRES: &[&str] = &[
     from_state TEXT NULL,
     from_grace_until BIGINT NULL,
     to_state TEXT NOT NULL,
-    to_grace_until BIGINT NULL
+    to_grace_until BIGINT NULL,
+    seq BIGINT NULL,
+    tag BYTEA NULL
 )",
     "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
+    // Tables made before authenticated key stores get the new columns.
+    "ALTER TABLE leakless_kek ADD COLUMN IF NOT EXISTS deactivated_at BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS recheck_secs BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS seq BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS tag BYTEA NULL",
+    "ALTER TABLE leakless_key_audit ADD COLUMN IF NOT EXISTS seq BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS tag BYTEA NULL",
+    // The audit chain's compare-and-swap: one entry per sequence number.
+    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
 ];
 
 /// MariaDB / MySQL: no partial indexes, so the generated column `active_one` is 1 for the
@@ -114,6 +157,10 @@ pub(crate) const MYSQL: &[&str] = &[
     wrapped_kek BLOB NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
+    deactivated_at BIGINT NULL,
+    recheck_secs BIGINT NULL,
+    seq BIGINT NULL,
+    tag BLOB NULL,
     active_one TINYINT AS (CASE WHEN state = 'active' THEN 1 ELSE NULL END) STORED,
     PRIMARY KEY (scope, version),
     UNIQUE KEY leakless_kek_one_active (scope, active_one),
@@ -135,6 +182,17 @@ pub(crate) const MYSQL: &[&str] = &[
     from_grace_until BIGINT NULL,
     to_state VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     to_grace_until BIGINT NULL,
+    seq BIGINT NULL,
+    tag BLOB NULL,
     KEY leakless_key_audit_scope (scope, id)
 ) ENGINE = InnoDB",
+    // Tables made before authenticated key stores get the new columns.
+    "ALTER TABLE leakless_kek ADD COLUMN IF NOT EXISTS deactivated_at BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS recheck_secs BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS seq BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS tag BLOB NULL",
+    "ALTER TABLE leakless_key_audit ADD COLUMN IF NOT EXISTS seq BIGINT NULL,
+    ADD COLUMN IF NOT EXISTS tag BLOB NULL",
+    // The audit chain's compare-and-swap: one entry per sequence number.
+    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
 ];
