@@ -153,7 +153,7 @@ trait NowForTest {
 }
 impl NowForTest for ManualClock {
     fn now_for_test(&self) -> UnixTime {
-        leakless::key::Clock::now(self)
+        Clock::now(self)
     }
 }
 
