@@ -71,6 +71,19 @@ pub struct Global {
     #[arg(long, global = true, default_value = "")]
     pub reason: String,
 
+    /// The cache window recorded on key versions this run creates (`keys create-scope`,
+    /// `keys rotate`): applications re-read which version is active at least this often, and
+    /// `keys retire` / `keys destroy` wait this long (plus a tenth) after a rotation. Keep it
+    /// at least as long as the applications' own KEK cache age.
+    #[arg(
+        long,
+        global = true,
+        env = "LEAKLESS_CACHE_WINDOW",
+        default_value = "5m",
+        value_parser = crate::commands::keys::parse_duration
+    )]
+    pub cache_window: std::time::Duration,
+
     /// Where the root key is (`--kms` and each backend's settings): last, under its own
     /// heading in `--help`.
     #[command(flatten)]

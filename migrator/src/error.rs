@@ -5,7 +5,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | a check failed or the migrator refused: `verify` found envelopes that do not open, `destroy` found rows still on the version, a confirmation was declined or missing, rows failed during `rewrap`/`adopt`/`reencrypt` |
+//! | 1 | a check failed or the migrator refused: `verify` found envelopes that do not open, `destroy` found rows still on the version, `retire`/`destroy` came inside the cache window, `keys audit --verify` found tampering, a confirmation was declined or missing, rows failed during `rewrap`/`adopt`/`reencrypt` |
 //! | 2 | usage: bad arguments, a bad or missing manifest, an unknown table or column |
 //! | 3 | keys: the root key, KMS or key store failed, or the key state forbids the action |
 //! | 4 | database: cannot connect, or a statement failed (rerunning is safe) |
@@ -92,6 +92,29 @@ impl From<leakless::Error> for Failure {
                 what,
                 "another process changed the same key at the same time; nothing was written, \
                  run the command again",
+            ),
+            E::KeyStoreTampered { .. } => Failure::new(
+                Kind::Refused,
+                what,
+                "someone who can write the key store changed it behind the key ring's back; \
+                 nothing was sealed or opened with it. Run `leakless-migrate keys audit \
+                 --verify` to see where, restore the key store from a trusted copy, and treat \
+                 the database credentials as leaked (docs/operations.md, \"Tampered key store\")",
+            ),
+            E::KeyChangeTooEarly {
+                scope,
+                version,
+                operation,
+                allowed_at,
+            } => Failure::new(
+                Kind::Refused,
+                what,
+                format!(
+                    "wait until {allowed_at}, then run `leakless-migrate rewrap` once more (rows \
+                     sealed by warm caches meanwhile move too) and retry; or pass --force to \
+                     {operation} {scope} {version} now: values that running applications seal \
+                     under it until then will not open"
+                ),
             ),
             E::ScopeNotFound { .. } => Failure::new(
                 Kind::Keys,

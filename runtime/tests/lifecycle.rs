@@ -566,7 +566,9 @@ fn cache_holds_at_most_max_entries() {
 fn retire_and_destroy_wait_until_every_cache_can_have_noticed_the_rotation() {
     let f = fixture();
     let rotated_at = f.clock.now();
-    f.ring.rotate(&f.scope, Duration::from_secs(1), &who()).unwrap();
+    f.ring
+        .rotate(&f.scope, Duration::from_secs(1), &who())
+        .unwrap();
     // The grace period lasts at least until the cache window ends, even when asked shorter.
     assert_eq!(
         state(&f, 1),
@@ -595,7 +597,10 @@ fn retire_and_destroy_wait_until_every_cache_can_have_noticed_the_rotation() {
         }
         other => panic!("expected KeyChangeTooEarly, got {other:?}"),
     }
-    assert!(matches!(state(&f, 1), KekState::Grace { .. }), "nothing written");
+    assert!(
+        matches!(state(&f, 1), KekState::Grace { .. }),
+        "nothing written"
+    );
     f.clock.advance(Duration::from_secs(1));
     f.ring.retire(&f.scope, v(1), &who()).unwrap();
     f.ring.destroy(&f.scope, v(1), &who()).unwrap();

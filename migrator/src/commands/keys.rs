@@ -32,7 +32,15 @@ pub enum KeysCommand {
         /// Only this scope.
         #[arg(long)]
         scope: Option<String>,
+        /// Verify the whole key store against the root of trust instead: the audit chain from
+        /// its first entry and every record. Exit 1 names where it breaks.
+        #[arg(long)]
+        verify: bool,
     },
+    /// Authenticate a key store written before key records were authenticated (once, after
+    /// upgrading leakless, on a store you trust): every record gets its tag and an
+    /// `authenticate` audit entry. Refuses a store that was authenticated before.
+    Upgrade,
     /// Create a key scope with an active version 1.
     CreateScope {
         /// The scope name (letters, digits, `_ - . : /`).
@@ -53,6 +61,10 @@ pub enum KeysCommand {
         /// The version (3 or v3).
         #[arg(value_parser = parse_version)]
         version: KekVersion,
+        /// Retire inside the cache window: values that running applications still seal under
+        /// it until their window ends will not open until it is reinstated.
+        #[arg(long)]
+        force: bool,
     },
     /// Put a retired version back into grace (undo an early retirement).
     Reinstate {
@@ -75,6 +87,10 @@ pub enum KeysCommand {
         /// Crypto-shred: destroy even though rows still use it; they become unreadable forever.
         #[arg(long)]
         shred: bool,
+        /// Destroy inside the cache window: values that running applications still seal under
+        /// it until their window ends are lost.
+        #[arg(long)]
+        force: bool,
     },
     /// Retire every grace version whose deadline has passed.
     ExpireGrace,
@@ -123,6 +139,11 @@ pub fn parse_version(s: &str) -> std::result::Result<KekVersion, String> {
         .ok_or_else(|| format!("{s:?}: expected a version number from 1, like 3 or v3"))
 }
 
+/// Now, as the key ring's system clock tells it.
+fn env_now() -> leakless::key::UnixTime {
+    leakless::key::Clock::now(&leakless::key::SystemClock)
+}
+
 #[derive(Debug, Serialize)]
 struct VersionJson {
     scope: String,
@@ -132,6 +153,9 @@ struct VersionJson {
     root_key_id: Option<String>,
     created_at: i64,
     updated_at: i64,
+    deactivated_at: Option<i64>,
+    cache_window_secs: u32,
+    retire_destroy_allowed_from: Option<i64>,
 }
 
 impl From<&KekRecord> for VersionJson {
@@ -144,6 +168,9 @@ impl From<&KekRecord> for VersionJson {
             root_key_id: r.wrapped.as_ref().map(|w| w.root_key_id.clone()),
             created_at: r.created_at.0,
             updated_at: r.updated_at.0,
+            deactivated_at: r.deactivated_at.map(|t| t.0),
+            cache_window_secs: r.recheck_secs,
+            retire_destroy_allowed_from: r.change_allowed_at().map(|t| t.0),
         }
     }
 }
@@ -305,10 +332,55 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
             }
             Ok(())
         }
-        KeysCommand::Audit { scope: only } => {
+        KeysCommand::Audit {
+            scope: only,
+            verify: false,
+        } => {
             let store = env.key_store()?;
             let s = only.as_deref().map(scope).transpose()?;
             print_audit(env, &*store, s.as_ref())
+        }
+        KeysCommand::Audit { verify: true, .. } => {
+            let ring = env.ring()?;
+            let report = ring.verify_store()?;
+            if env.global.json {
+                return json(&serde_json::json!({
+                    "ok": true,
+                    "audit_entries": report.audit_entries,
+                    "legacy_audit_entries": report.legacy_audit_entries,
+                    "records": report.records,
+                }));
+            }
+            out(format!(
+                "key store verified: {} audit entries in one unbroken chain, {} records \
+                 authenticated{}",
+                report.audit_entries,
+                report.records,
+                if report.legacy_audit_entries > 0 {
+                    format!(
+                        "; {} earlier entries predate authentication and are not protected",
+                        report.legacy_audit_entries
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            Ok(())
+        }
+        KeysCommand::Upgrade => {
+            let ring = env.ring()?;
+            let n = ring.upgrade_store(&who)?;
+            done(
+                env,
+                if n == 0 {
+                    "the key store is already authenticated; nothing to do".to_owned()
+                } else {
+                    format!(
+                        "authenticated {n} key records under a new integrity key; verify any \
+                         time with `leakless-migrate keys audit --verify`"
+                    )
+                },
+            )
         }
         KeysCommand::CreateScope { scope: name } => {
             let ring = env.ring()?;
@@ -338,9 +410,14 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
         KeysCommand::Retire {
             scope: name,
             version,
+            force,
         } => {
             let ring = env.ring()?;
-            ring.retire(&scope(name)?, *version, &who)?;
+            if *force {
+                ring.retire_ignoring_cache_window(&scope(name)?, *version, &who)?;
+            } else {
+                ring.retire(&scope(name)?, *version, &who)?;
+            }
             done(
                 env,
                 format!("retired {name} {version}: it opens nothing now"),
@@ -359,7 +436,8 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
             scope: name,
             version,
             shred,
-        } => destroy(env, name, *version, *shred),
+            force,
+        } => destroy(env, name, *version, *shred, *force),
         KeysCommand::ExpireGrace => {
             let ring = env.ring()?;
             let retired = ring.expire_grace(&who)?;
@@ -382,7 +460,7 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
     }
 }
 
-fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool) -> Result<()> {
+fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool, force: bool) -> Result<()> {
     let s = scope(name)?;
     let ring: KeyRing = env.ring()?;
     let record = ring
@@ -404,6 +482,17 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool) -> Resul
             ),
             "rotate it away (`keys rotate`), rewrap, then `keys retire` it first",
         ));
+    }
+    if !force
+        && let Some(allowed_at) = record.change_allowed_at()
+        && env_now() < allowed_at
+    {
+        return Err(Failure::from(leakless::Error::KeyChangeTooEarly {
+            scope: s,
+            version,
+            operation: "destroy",
+            allowed_at,
+        }));
     }
     let hits = rows_using(env, &s, version)?;
     let total: u64 = hits.iter().map(|h| h.1).sum();
@@ -427,7 +516,11 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool) -> Resul
         format!("Destroy {name} {version}? No row uses it; this cannot be undone.")
     };
     env.confirm(&question, name)?;
-    ring.destroy(&s, version, &env.who())?;
+    if force {
+        ring.destroy_ignoring_cache_window(&s, version, &env.who())?;
+    } else {
+        ring.destroy(&s, version, &env.who())?;
+    }
     done(
         env,
         format!(

@@ -106,8 +106,11 @@ pub(crate) struct Inner {
     pub(crate) integrity: Mutex<Option<Arc<IntegrityKey>>>,
     /// One lock per KEK being fetched (scope, version; version 0 for "the active one"), so
     /// concurrent cache misses make one KMS call.
-    inflight: Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>,
+    inflight: Mutex<HashMap<(String, u32), FlightLock>>,
 }
+
+/// The lock one KEK fetch holds while it asks the KMS.
+type FlightLock = Arc<Mutex<()>>;
 
 /// Seals and opens field values, and manages KEK versions.
 ///

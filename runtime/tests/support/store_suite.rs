@@ -9,8 +9,8 @@ use std::thread;
 use std::time::Duration;
 
 use leakless::key::{
-    Auth, KekRecord, ManualClock, KekState, KekVersion, KeyAction, KeyScope, RecordUpdate, StoreChange,
-    UnixTime, WrappedKek,
+    Auth, KekRecord, KekState, KekVersion, KeyAction, KeyScope, ManualClock, RecordUpdate,
+    StoreChange, UnixTime, WrappedKek,
 };
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
