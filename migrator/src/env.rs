@@ -145,15 +145,8 @@ impl Env {
         if let Some(r) = &self.ring {
             return Ok(r.clone());
         }
-        let cache = leakless::CacheConfig {
-            max_age: self
-                .global
-                .cache_window
-                .max(std::time::Duration::from_secs(1)),
-            ..leakless::CacheConfig::default()
-        };
         let ring = KeyRing::builder(self.kms()?, self.key_store()?)
-            .cache(cache)
+            .cache_window(self.global.cache_window)
             .build();
         self.ring = Some(ring.clone());
         Ok(ring)

@@ -12,7 +12,7 @@
 
 mod support;
 
-use support::{Backend, Fixture, SCOPE, plain, stderr, stdout};
+use support::{Backend, Fixture, SCOPE, plain, stderr, stdout, wait_for_cache_window};
 
 fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap()
@@ -43,6 +43,12 @@ fn lifecycle(backend: Backend) {
     // destroy of v1 is refused: wrong state first (grace), then rows still on it.
     let o = f.run(&["keys", "destroy", SCOPE, "1", "--yes"]);
     assert_eq!(code(&o), 3, "{}", stderr(&o));
+    // Retire inside the cache window is refused (exit 1, saying when); after it, allowed.
+    let o = f.run(&["keys", "retire", SCOPE, "v1"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("too early to retire"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
+    wait_for_cache_window();
     let o = f.run(&["keys", "retire", SCOPE, "v1"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = f.run(&["keys", "destroy", SCOPE, "1", "--yes"]);
@@ -72,8 +78,8 @@ fn lifecycle(backend: Backend) {
         j["jobs"][0]["rows_seen"], 1200,
         "a chunk was read twice or skipped: {j}"
     );
-    // One unwrap per KEK version involved (v1 and v2).
-    assert_eq!(j["kms_calls"]["unwraps"], 2);
+    // One unwrap per KEK version involved (v1 and v2), and one of the store's integrity key.
+    assert_eq!(j["kms_calls"]["unwraps"], 3);
     assert_eq!(f.versions().get(&2), Some(&1200));
     f.assert_all_open(plain);
     assert_eq!(f.checkpoint_changed("rewrap:patients.email"), 1200);
@@ -130,6 +136,7 @@ fn lifecycle(backend: Backend) {
     assert_eq!(
         actions,
         [
+            "create_scope", // the store's integrity key
             "create_scope",
             "rotate",
             "rotate",

@@ -12,7 +12,7 @@ mod support;
 
 use std::process::{Command, Output, Stdio};
 
-use support::{Backend, Fixture, stderr, stdout};
+use support::{Backend, Fixture, stderr, stdout, wait_for_cache_window};
 
 fn bare() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
@@ -159,6 +159,7 @@ fn status_snapshot_and_exit_codes_on_sqlite() {
     // Destroy refusal: wrong state (exit 3), then rows still on it (exit 1).
     let o = f.run(&["keys", "destroy", "patients", "v1", "--yes"]);
     assert_eq!(o.status.code(), Some(3));
+    wait_for_cache_window();
     assert!(f.run(&["keys", "retire", "patients", "1"]).status.success());
     let o = f.run(&["keys", "destroy", "patients", "v1", "--yes"]);
     assert_eq!(o.status.code(), Some(1));

@@ -31,7 +31,7 @@ fn two_rotations_racing_on_one_scope_give_exit_5_to_the_loser_and_write_nothing_
     let f = Fixture::new(Backend::Postgres);
     let kek_rows = "SELECT count(*) AS n FROM leakless_kek";
     let audit_rows = "SELECT count(*) AS n FROM leakless_key_audit";
-    assert_eq!(count(&f, kek_rows), 1);
+    assert_eq!(count(&f, kek_rows), 2, "the integrity key and v1");
     let audit_before = count(&f, audit_rows);
 
     // Hold the active record's row lock: a rotation reads the scope without a lock, then
@@ -94,7 +94,7 @@ fn two_rotations_racing_on_one_scope_give_exit_5_to_the_loser_and_write_nothing_
     );
 
     // Nothing written for the loser: exactly one new version (v2) and one rotation's audit.
-    assert_eq!(count(&f, kek_rows), 2);
+    assert_eq!(count(&f, kek_rows), 3);
     assert_eq!(
         count(
             &f,
@@ -112,5 +112,5 @@ fn two_rotations_racing_on_one_scope_give_exit_5_to_the_loser_and_write_nothing_
     // And a rerun succeeds, as the message says.
     let o = f.run(&["keys", "rotate", SCOPE]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(count(&f, kek_rows), 3);
+    assert_eq!(count(&f, kek_rows), 4);
 }

@@ -193,6 +193,7 @@ impl Case {
         c.env("LEAKLESS_DATABASE_URL", &self.url)
             .env("LEAKLESS_MANIFEST", &self.manifest)
             .env("LEAKLESS_ACTOR", "kms-backends-test")
+            .env("LEAKLESS_CACHE_WINDOW", "1s")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(Stdio::null());
         for (k, v) in &self.env {
@@ -256,6 +257,7 @@ fn lifecycle(c: &Case, rotate_root: &[&str]) -> String {
     assert_eq!(status[0]["versions"][0]["version"], 2, "{status}");
     assert_eq!(status[0]["versions"][0]["rows"], ROWS, "{status}");
 
+    std::thread::sleep(std::time::Duration::from_millis(2_100)); // the 1 s cache window
     c.ok(&["keys", "retire", SCOPE, "1"]);
     let out = c.ok(&["keys", "destroy", SCOPE, "1", "--yes"]);
     assert!(out.contains("destroyed patients v1"), "{out}");

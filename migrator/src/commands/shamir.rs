@@ -300,7 +300,14 @@ pub fn unseal(env: &Env, args: &UnsealArgs) -> Result<()> {
     let mut under_key = 0usize;
     let mut others = Vec::new();
     let mut verified = None;
-    for scope in store.scopes()? {
+    // The library's own records (the integrity key) last: the sample unwrap names a scope the
+    // operator knows.
+    let mut scopes = store.scopes()?;
+    scopes.sort_by_key(|s| {
+        s.as_str()
+            .starts_with(leakless::keyring::RESERVED_SCOPE_PREFIX)
+    });
+    for scope in scopes {
         for record in store.list(&scope)? {
             let Some(wrapped) = &record.wrapped else {
                 continue;

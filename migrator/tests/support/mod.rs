@@ -87,7 +87,9 @@ impl Fixture {
         };
         let store = SqlKeyStore::connect(&store_url).unwrap();
         store.create_schema().unwrap();
-        let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
+        let ring = KeyRing::builder(Arc::new(kms), Arc::new(store))
+            .cache_window(Duration::from_secs(1))
+            .build();
         ring.create_scope(
             &KeyScope::new(SCOPE).unwrap(),
             &AuditInfo::new("test", "fixture"),
@@ -257,6 +259,7 @@ impl Fixture {
             .env("LEAKLESS_ROOT_KEY_FILE", &self.key_file)
             .env("LEAKLESS_MANIFEST", &self.manifest)
             .env("LEAKLESS_ACTOR", "test")
+            .env("LEAKLESS_CACHE_WINDOW", "1s")
             .stdin(Stdio::null());
         c
     }
@@ -276,6 +279,12 @@ impl Fixture {
             )
             .unwrap();
     }
+}
+
+/// Sleeps past the tests' one-second cache window (recorded by the fixture's ring and by the
+/// CLI through `LEAKLESS_CACHE_WINDOW`) and its margin, after a rotation.
+pub fn wait_for_cache_window() {
+    std::thread::sleep(Duration::from_millis(2_100));
 }
 
 /// stdout as text.

@@ -6,7 +6,7 @@
 //! in-flight operation holding them finishes ([`Kek`] zeroizes on drop).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -53,6 +53,8 @@ pub(crate) struct CachedKek {
     /// cache window (the store's policy), so a rotation reaches this process in time.
     recheck_secs: u32,
     fetched_at: UnixTime,
+    /// When the key store last confirmed this version as the active one.
+    active_checked_at: AtomicI64,
     uses: AtomicU64,
     /// Keys derived from this KEK (blind-index field keys), by derivation label; zeroized when
     /// the entry is dropped, so they live exactly as long as the KEK itself.
@@ -73,6 +75,7 @@ impl CachedKek {
             state,
             recheck_secs,
             fetched_at: now,
+            active_checked_at: AtomicI64::new(now.0),
             uses: AtomicU64::new(0),
             derived: Mutex::new(HashMap::new()),
         }
@@ -191,7 +194,28 @@ impl KekCache {
         };
         let entry = self.get(scope, version, now)?;
         let window = u64::from(entry.recheck_secs.max(1));
-        (now.seconds_since(entry.fetched_at) < window).then_some(entry)
+        let checked = UnixTime(entry.active_checked_at.load(Ordering::Relaxed));
+        (now.seconds_since(checked) < window).then_some(entry)
+    }
+
+    /// After the key store confirmed `version` as the active one of `scope`: the cached entry,
+    /// if it is still fresh and was fetched as active, starts a new cache window without a
+    /// KMS call.
+    pub(crate) fn confirm_active(
+        &self,
+        scope: &KeyScope,
+        version: KekVersion,
+        recheck_secs: u32,
+        now: UnixTime,
+    ) -> Option<Arc<CachedKek>> {
+        let entry = self.get(scope.as_str(), version, now)?;
+        if entry.state != KekState::Active || entry.recheck_secs != recheck_secs {
+            return None;
+        }
+        entry.active_checked_at.store(now.0, Ordering::Relaxed);
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        slots.entry(scope.clone()).or_default().active = Some(version);
+        Some(entry)
     }
 
     /// Caches `entry` (replacing a stale one), marking it active for its scope if `active`.

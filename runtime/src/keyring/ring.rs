@@ -47,6 +47,7 @@ pub struct KeyRingBuilder {
     store: Arc<dyn KeyStore>,
     clock: Arc<dyn Clock>,
     cache: CacheConfig,
+    cache_window: Option<Duration>,
 }
 
 impl std::fmt::Debug for KeyRingBuilder {
@@ -74,6 +75,17 @@ impl KeyRingBuilder {
         self
     }
 
+    /// Sets the cache window recorded on the versions this ring creates
+    /// ([`KekRecord::recheck_secs`]): how often every application re-reads which version is
+    /// active, and how long retire and destroy wait after a rotation. Default: the cache's
+    /// `max_age`. Keep it at least as long as the applications' own `max_age` is short: an
+    /// application re-checks within the smaller of the two.
+    #[must_use]
+    pub fn cache_window(mut self, window: Duration) -> Self {
+        self.cache_window = Some(window);
+        self
+    }
+
     /// Builds the ring. Does not contact the KMS or the store yet.
     #[must_use]
     pub fn build(self) -> KeyRing {
@@ -83,6 +95,7 @@ impl KeyRingBuilder {
                 store: self.store,
                 clock: self.clock,
                 cache: KekCache::new(self.cache),
+                cache_window: self.cache_window.unwrap_or(self.cache.max_age),
                 wraps: AtomicU64::new(0),
                 unwraps: AtomicU64::new(0),
                 chain: Mutex::new(Chain::default()),
@@ -100,6 +113,8 @@ pub(crate) struct Inner {
     pub(crate) cache: KekCache,
     wraps: AtomicU64,
     unwraps: AtomicU64,
+    /// The cache window recorded on versions this ring creates.
+    cache_window: Duration,
     /// What this ring has verified of the store's audit chain.
     pub(crate) chain: Mutex<Chain>,
     /// The store's integrity key, once unwrapped.
@@ -140,6 +155,7 @@ impl KeyRing {
             store,
             clock: Arc::new(SystemClock),
             cache: CacheConfig::default(),
+            cache_window: None,
         }
     }
 
@@ -178,10 +194,10 @@ impl KeyRing {
         self.inner.wraps.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The cache window recorded on versions this ring creates: its cache's `max_age`, in
-    /// whole seconds, at least one.
+    /// The cache window recorded on versions this ring creates
+    /// ([`KeyRingBuilder::cache_window`]), in whole seconds, at least one.
     pub(crate) fn recheck_secs(&self) -> u32 {
-        let secs = self.inner.cache.config().max_age.as_secs().max(1);
+        let secs = self.inner.cache_window.as_secs().max(1);
         u32::try_from(secs).unwrap_or(u32::MAX)
     }
 
@@ -332,6 +348,14 @@ impl KeyRing {
             .ok_or_else(|| Error::NoActiveKey {
                 scope: scope.clone(),
             })?;
+        // The store still names the cached version: a new window, no KMS call.
+        if let Some(c) =
+            self.inner
+                .cache
+                .confirm_active(scope, record.version, record.recheck_secs, now)
+        {
+            return Ok(c);
+        }
         let kek = self.unwrap_record(&record)?;
         let entry = Arc::new(CachedKek::new(
             kek,
