@@ -391,6 +391,7 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool) -> Resul
         .find(|r| r.version == version)
         .ok_or_else(|| {
             Failure::from(leakless::Error::KeyVersionNotFound {
+                location: None,
                 scope: s.clone(),
                 version,
             })
