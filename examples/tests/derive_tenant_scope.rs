@@ -1,7 +1,12 @@
 //! A per-tenant `#[derive(Sealed)]` model on SQLite: a component that holds only tenant B's
 //! keys writes a value into tenant A's row (same table, column and row, so the associated data
 //! matches), and loading the row refuses it with `Error::WrongKeyScope` naming the field.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers"
+)]
 
 use std::sync::Arc;
 

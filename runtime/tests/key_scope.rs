@@ -2,7 +2,12 @@
 //! under tenant B's keys, placed in tenant A's row with the same table, column and row (so the
 //! associated data matches), is refused with a typed error before any key is fetched. Also the
 //! order of the key-free checks (context, structure, scope) and key errors that name the field.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers"
+)]
 
 use std::sync::Arc;
 
