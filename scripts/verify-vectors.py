@@ -68,6 +68,7 @@ TAG_LEN = 16
 WRAP_NONCE_LEN = 24
 WRAPPED_DEK_LEN = KEY_LEN + TAG_LEN  # 48
 MAX_PLAINTEXT = 2**30 - 1
+MAX_PADDED_LEN = 2**30  # section 3: L <= 2^30
 MAX_SCOPE_LEN = 64
 
 # Data nonce length per data AEAD id (section 1 table).
@@ -92,6 +93,7 @@ E_UNKNOWN_VERSION = "unknown format version"
 E_UNKNOWN_ALGORITHM = "unknown algorithm"
 E_TRUNCATED = "truncated"
 E_MALFORMED = "malformed"
+E_WRONG_SCOPE = "wrong key scope"
 E_KEY_NOT_FOUND = "key version not found"
 E_KEY_DESTROYED = "key destroyed"
 E_KEY_WRONG_STATE = "key in wrong state"
@@ -309,7 +311,7 @@ def unpad(buf: bytes) -> bytes:
     Section 3 asks for time that depends only on the buffer length: the loop visits every byte
     and selects with arithmetic rather than branching on byte values. (CPython itself gives no
     constant-time guarantee; this mirrors the structure the document asks for.) An all-zero or
-    empty buffer has no marker and is malformed. Section 6 step 9 words this as "no 0x80 after
+    empty buffer has no marker and is malformed. Section 6 step 10 words this as "no 0x80 after
     the last non-zero byte", which read literally differs from section 3 ("the last non-zero
     byte ... must be 0x80"); we implement section 3's reading."""
     last = -1
@@ -444,6 +446,8 @@ def parse(env: bytes) -> Parsed:
     data_nonce = take(DATA_NONCE_LEN[aead_id], P_DATA_NONCE)
     if len(env) - pos < 1 + TAG_LEN:  # L >= 1, so at least 17 bytes
         raise EnvelopeError(E_TRUNCATED, P_DATA_CT)
+    if len(env) - pos > MAX_PADDED_LEN + TAG_LEN:  # L <= 2^30 (sections 3, 6 step 4, 8)
+        raise EnvelopeError(E_MALFORMED, P_DATA_CT)
     data_ct = env[pos:]
     # Step 5.
     if not valid_scope(scope):
@@ -479,7 +483,7 @@ KeyLookup = Callable[[bytes, int], "KekEntry | None"]
 
 
 def lookup_kek(lookup: KeyLookup, scope: bytes, version: int, now: float) -> bytes:
-    """Section 6 step 6."""
+    """Section 6 step 7."""
     entry = lookup(scope, version)
     if entry is None:
         raise EnvelopeError(E_KEY_NOT_FOUND)
@@ -495,7 +499,7 @@ def lookup_kek(lookup: KeyLookup, scope: bytes, version: int, now: float) -> byt
 
 
 def unwrap_dek(parsed: Parsed, context: bytes, lookup: KeyLookup, now: float) -> bytes:
-    """Section 6 steps 6 and 7."""
+    """Section 6 steps 7 and 8."""
     kek = lookup_kek(lookup, parsed.scope, parsed.kek_version, now)
     dek = wrap_decrypt(
         parsed.aead_id, kek, parsed.wrap_nonce, parsed.key_prefix + context, parsed.wrapped_dek
@@ -505,10 +509,20 @@ def unwrap_dek(parsed: Parsed, context: bytes, lookup: KeyLookup, now: float) ->
     return dek
 
 
-def open_envelope(env: bytes, context: bytes, lookup: KeyLookup, now: float | None = None) -> bytes:
-    """Section 6, steps 1 to 9 in order. Raises EnvelopeError only."""
+def open_envelope(
+    env: bytes,
+    context: bytes,
+    lookup: KeyLookup,
+    now: float | None = None,
+    expected_scope: bytes | None = None,
+) -> bytes:
+    """Section 6, steps 1 to 10 in order (step 0, the context's validity, is the caller's: the
+    context arrives encoded). Raises EnvelopeError only."""
     now = time.time() if now is None else now
     parsed = parse(env)
+    # Step 6: the scope the row must use, when the caller knows it; before any key look-up.
+    if expected_scope is not None and parsed.scope != expected_scope:
+        raise EnvelopeError(E_WRONG_SCOPE)
     dek = unwrap_dek(parsed, context, lookup, now)
     padded = data_decrypt(
         parsed.aead_id, dek, parsed.data_nonce, parsed.header + context, parsed.data_ct
@@ -787,7 +801,21 @@ def verify_vector(vec: dict) -> Checks:
             {E_DECRYPTION_FAILED},
         )
 
-    # --- key lookup and key states (section 6 step 6) ----------------------------------------
+    # --- the row's expected scope (section 6 step 6), checked before any key look-up ---------
+    c.expect_error(
+        "another scope expected (no key for it either)",
+        lambda: open_envelope(
+            envelope, context, single_key(scope, version, kek), expected_scope=scope + b"x"
+        ),
+        {E_WRONG_SCOPE},
+    )
+    c.equal_bytes(
+        "own scope expected opens",
+        open_envelope(envelope, context, single_key(scope, version, kek), expected_scope=scope),
+        plaintext,
+    )
+
+    # --- key lookup and key states (section 6 step 7) ----------------------------------------
     c.expect_error(
         "wrong KEK bytes",
         lambda: open_envelope(envelope, context, single_key(scope, version, os.urandom(KEY_LEN))),

@@ -12,7 +12,10 @@
 //!   `Insertable` and `AsChangeset` (with `treat_none_as_null`), so ordinary diesel code
 //!   inserts, updates and loads it; load with `.select(PatientRow::as_select())`.
 //! * `impl leakless::Sealed for Patient`: `seal_row`, `open_row`, `seal_rows`, `open_rows`
-//!   and `manifest()`.
+//!   and `manifest()`. `open_row` opens every envelope with the row's own key scope (the
+//!   static `scope`, or the prefix plus the loaded row's tenant field) as the expected one, so
+//!   a value sealed under another scope (another tenant's) fails with
+//!   `leakless::Error::WrongKeyScope` even where its table, column and row match.
 //! * `impl Debug for Patient` that prints sealed fields as `<sealed>`. A second
 //!   `#[derive(Debug)]` on the model is a compile error (conflicting implementations), so a
 //!   sealed value cannot be printed through `Debug`.
@@ -465,13 +468,17 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
     let version = &m.schema_version;
     let p = quote!(::leakless::__private);
 
-    let scope_expr = match &m.scope {
+    // The row's key scope, from the model (`self`, when sealing) or from the loaded row
+    // (`row`, when opening: every envelope must name this scope).
+    let scope_of = |from: TokenStream2| match &m.scope {
         ScopeAttr::Static(s) => quote!(#p::scope(#s, ::core::option::Option::None)?),
         ScopeAttr::PerTenant { prefix, field } => quote!(#p::scope(
             #prefix,
-            ::core::option::Option::Some(&self.#field as &dyn ::core::fmt::Display)
+            ::core::option::Option::Some(&#from.#field as &dyn ::core::fmt::Display)
         )?),
     };
+    let scope_expr = scope_of(quote!(self));
+    let open_scope_expr = scope_of(quote!(row));
     let (scope_manifest, scope_kind) = match &m.scope {
         ScopeAttr::Static(s) => (
             quote!(#p::ScopeSource::Static { scope: ::std::string::String::from(#s) }),
@@ -542,7 +549,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
                 ring, &__scope, #table, #column, __row, #version, #v, &#policy,
             )?)
         };
-        let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, #table, #column, __row, #version, #e)?);
+        let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, &__scope, #table, #column, __row, #version, #e)?);
         let local = format_ident!("__open_{}", ident);
         if let Some(a) = adopt {
             any_adopt = true;
@@ -600,7 +607,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
                 quote!(row.#from)
             };
             let opened = quote!(#p::open_adopting::<#value_ty>(
-                ring, #table, #column, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
+                ring, &__scope, #table, #column, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
             )?);
             if f.option_inner.is_some() {
                 open_lets.push(quote!(let #local = #opened;));
@@ -767,6 +774,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
             }
 
             fn open_row(row: #row_name, #ring: &#p::KeyRing) -> ::core::result::Result<Self, #p::Error> {
+                let __scope = #open_scope_expr;
                 let __row = #p::AsRowId::row_id(&row.#row_id);
                 #(#open_lets)*
                 ::core::result::Result::Ok(Self {

@@ -394,6 +394,14 @@ impl Work {
         }
     }
 
+    /// The scope every envelope of the column must name, when the manifest gives one scope for
+    /// the whole table. Per-tenant tables return `None`: their scope depends on the tenant
+    /// column's value as the application's `Display` renders it, which SQL cannot reproduce for
+    /// every column type, so their envelopes are checked by the application's reads only.
+    fn expected_scope(&self) -> Option<KeyScope> {
+        static_scope(&self.table)
+    }
+
     /// The value expressions read per row: `a` (the sealed column) and `b` (the plaintext
     /// column for adoption, else NULL).
     fn select(&self, db: &Db) -> String {
@@ -465,7 +473,10 @@ impl Work {
                 _ => Outcome::Keep,
             },
             (_, None) => Outcome::Keep,
-            (Mode::Rewrap, Some(env)) => match self.ring.rewrap(&ctx, env) {
+            (Mode::Rewrap, Some(env)) => match self.expected_scope().map_or_else(
+                || self.ring.rewrap(&ctx, env),
+                |scope| self.ring.rewrap_in_scope(&scope, &ctx, env),
+            ) {
                 Ok(Some(v)) => Outcome::Write(v),
                 Ok(None) => Outcome::Keep,
                 Err(e) => Outcome::Fail(e.to_string()),
@@ -478,7 +489,11 @@ impl Work {
                     Ok(s) => s,
                     Err(e) => return Outcome::Fail(e.to_string()),
                 };
-                match self.ring.open(&ctx, env) {
+                let opened = match self.expected_scope() {
+                    Some(expected) => self.ring.open_in_scope(&expected, &ctx, env),
+                    None => self.ring.open(&ctx, env),
+                };
+                match opened {
                     Ok(p) => match self
                         .ring
                         .seal(&scope, &ctx, p.expose_secret(), &self.policy())
@@ -852,4 +867,14 @@ pub fn run(
         failures,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The one key scope of a table whose manifest names a static scope; `None` for a per-tenant
+/// table (see `Work::expected_scope`) or an invalid name (which the manifest check refuses).
+#[must_use]
+pub fn static_scope(table: &SealedTable) -> Option<KeyScope> {
+    match &table.scope {
+        ScopeSource::Static { scope } => KeyScope::new(scope).ok(),
+        ScopeSource::PerTenant { .. } => None,
+    }
 }

@@ -44,6 +44,22 @@ pub const HEADER_LEN: usize = 5;
 pub const WRAP_NONCE_LEN: usize = 24;
 /// Length of the wrapped DEK: a 32-byte key plus a 16-byte tag.
 pub const WRAPPED_DEK_LEN: usize = KEY_LEN + TAG_LEN;
+/// The largest padded plaintext (`L`) an envelope may carry: 2^30 bytes, what the largest
+/// plaintext (2^30 - 1 bytes) takes with its padding marker. Writers refuse a padding policy
+/// that would pad beyond it; readers refuse a longer data ciphertext as malformed before
+/// decrypting anything.
+pub const MAX_PADDED_LEN: usize = 1 << 30;
+/// The longest envelope a reader accepts: a 64-byte key scope, a 24-byte data nonce and a
+/// [`MAX_PADDED_LEN`] padded plaintext with its tag (2^30 + 186 bytes).
+pub const MAX_ENVELOPE_LEN: usize = HEADER_LEN
+    + 1
+    + KeyScope::MAX_LEN
+    + 4
+    + WRAP_NONCE_LEN
+    + WRAPPED_DEK_LEN
+    + 24
+    + MAX_PADDED_LEN
+    + TAG_LEN;
 
 /// Why an envelope could not be parsed, before any key is involved. Turned into an [`Error`]
 /// that names the field with [`ParseError::at`].
@@ -216,6 +232,12 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>, ParseError> {
             available: rest.len(),
         });
     }
+    // ... and at most MAX_PADDED_LEN bytes: nothing longer is decrypted (or allocated for).
+    if rest.len() > MAX_PADDED_LEN + TAG_LEN {
+        return Err(ParseError::Malformed(
+            "data ciphertext longer than the format's 2^30-byte limit",
+        ));
+    }
     Ok(Parsed {
         algorithm,
         scope,
@@ -323,6 +345,16 @@ pub(crate) fn seal_with_randomness(
                     .unwrap_or("padded length overflows")
                     .to_owned(),
             })?;
+    if padded_len > MAX_PADDED_LEN {
+        return Err(Error::InvalidInput {
+            what: "padding policy",
+            problem: format!(
+                "pads a {}-byte plaintext to {padded_len} bytes, more than the format's \
+                 {MAX_PADDED_LEN}-byte limit",
+                plaintext.len()
+            ),
+        });
+    }
     let scope = params.scope.as_str().as_bytes();
     let scope_len = u8::try_from(scope.len()).map_err(|_| Error::InvalidInput {
         what: "key scope",

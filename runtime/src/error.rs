@@ -72,9 +72,26 @@ pub enum Error {
         location: FieldLocation,
     },
 
+    /// The envelope names another key scope than the one the field's row must use: a value
+    /// sealed for another tenant or table and placed here. Checked before any key is fetched.
+    #[error(
+        "{location}: envelope is sealed under key scope {found}, but this field must use {expected}"
+    )]
+    WrongKeyScope {
+        /// The field that was being opened.
+        location: FieldLocation,
+        /// The scope the row must use (the model's scope, or its tenant's).
+        expected: KeyScope,
+        /// The scope the envelope's header names.
+        found: KeyScope,
+    },
+
     /// The key store holds no such KEK version for the scope.
-    #[error("key {scope} {version}: no such KEK version in the key store")]
+    #[error("{}key {scope} {version}: no such KEK version in the key store", at(location.as_deref()))]
     KeyVersionNotFound {
+        /// The field being opened or re-wrapped; `None` for a key operation without one.
+        /// Boxed to keep [`Error`] small.
+        location: Option<Box<FieldLocation>>,
         /// Key scope.
         scope: KeyScope,
         /// The version asked for.
@@ -96,8 +113,14 @@ pub enum Error {
     },
 
     /// The KEK version was destroyed: its material is gone and what it sealed is unreadable.
-    #[error("key {scope} {version}: destroyed (crypto-shredded); values under it cannot be opened")]
+    #[error(
+        "{}key {scope} {version}: destroyed (crypto-shredded); values under it cannot be opened",
+        at(location.as_deref())
+    )]
     KeyDestroyed {
+        /// The field being opened or re-wrapped; `None` for a key operation without one.
+        /// Boxed to keep [`Error`] small.
+        location: Option<Box<FieldLocation>>,
         /// Key scope.
         scope: KeyScope,
         /// The destroyed version.
@@ -106,8 +129,14 @@ pub enum Error {
 
     /// The KEK version exists but its state forbids the operation (e.g. opening under a
     /// retired key, or a grace period that has ended).
-    #[error("key {scope} {version}: is {state}, which does not allow {operation}")]
+    #[error(
+        "{}key {scope} {version}: is {state}, which does not allow {operation}",
+        at(location.as_deref())
+    )]
     KeyWrongState {
+        /// The field being opened or re-wrapped; `None` for a key operation without one.
+        /// Boxed to keep [`Error`] small.
+        location: Option<Box<FieldLocation>>,
         /// Key scope.
         scope: KeyScope,
         /// The version.
@@ -236,6 +265,27 @@ fn describe_key(scope: Option<&KeyScope>, version: Option<KekVersion>) -> String
         (Some(s), Some(v)) => format!(" at {s} {v}"),
         (Some(s), None) => format!(" at {s}"),
         _ => String::new(),
+    }
+}
+
+/// `"<location>: "` for a key error raised while handling a field, else nothing.
+fn at(location: Option<&FieldLocation>) -> String {
+    location.map_or_else(String::new, |l| format!("{l}: "))
+}
+
+impl Error {
+    /// Names the field a key error ([`Error::KeyVersionNotFound`], [`Error::KeyDestroyed`],
+    /// [`Error::KeyWrongState`]) happened for, the way [`crate::envelope::ParseError::at`]
+    /// does for parse errors. Other errors are returned unchanged.
+    #[must_use]
+    pub(crate) fn in_field(mut self, field: FieldLocation) -> Self {
+        match &mut self {
+            Error::KeyVersionNotFound { location, .. }
+            | Error::KeyDestroyed { location, .. }
+            | Error::KeyWrongState { location, .. } => *location = Some(Box::new(field)),
+            _ => {}
+        }
+        self
     }
 }
 

@@ -24,10 +24,12 @@ pub trait Sealed: Sized {
     /// The errors of [`KeyRing::seal`] and of the field's plaintext encoding.
     fn seal_row(&self, ring: &KeyRing) -> Result<Self::Row, Error>;
 
-    /// Opens every sealed field of a loaded row.
+    /// Opens every sealed field of a loaded row. Each envelope must be sealed under the row's
+    /// key scope (the model's, or the one its tenant column gives).
     ///
     /// # Errors
-    /// The errors of [`KeyRing::open`] (naming table, column and row) and of decoding.
+    /// The errors of [`KeyRing::open_in_scope`] (naming table, column and row; among them
+    /// [`Error::WrongKeyScope`]) and of decoding.
     fn open_row(row: Self::Row, ring: &KeyRing) -> Result<Self, Error>;
 
     /// Seals many models in one pass (for a bulk `insert_into(...).values(&rows)`), in order.
@@ -253,9 +255,11 @@ pub mod __private {
         ring.seal_value(scope, &ctx, value, policy)
     }
 
-    /// Opens one field value.
+    /// Opens one field value, which must be sealed under `scope` (the row's scope).
+    #[allow(clippy::too_many_arguments, reason = "called only by generated code")]
     pub fn open_field<T: Sealable>(
         ring: &KeyRing,
+        scope: &KeyScope,
         table: &str,
         column: &str,
         row: RowId<'_>,
@@ -263,7 +267,7 @@ pub mod __private {
         envelope: &[u8],
     ) -> Result<T, Error> {
         let ctx = FieldContext::new(table, column, row, schema_version);
-        ring.open_value(&ctx, envelope)
+        ring.open_value(scope, &ctx, envelope)
     }
 
     /// The blind-index token of one field value.
@@ -292,10 +296,12 @@ pub mod __private {
     /// Opens one field being adopted from a plaintext column. The envelope wins when present;
     /// otherwise, only when `plaintext_reads` (stages `read_plaintext` and `write_sealed_only`),
     /// the legacy plaintext value is decoded through [`Plaintext`] (wiped on drop), as an
-    /// opened value would be. `Ok(None)` when neither gives a value.
+    /// opened value would be. `Ok(None)` when neither gives a value. An envelope must be
+    /// sealed under `scope` (the row's scope), as in [`open_field`].
     #[allow(clippy::too_many_arguments, reason = "called only by generated code")]
     pub fn open_adopting<T: Sealable>(
         ring: &KeyRing,
+        scope: &KeyScope,
         table: &str,
         column: &str,
         row: RowId<'_>,
@@ -305,7 +311,7 @@ pub mod __private {
         plaintext_reads: bool,
     ) -> Result<Option<T>, Error> {
         if let Some(e) = envelope {
-            return open_field(ring, table, column, row, schema_version, e).map(Some);
+            return open_field(ring, scope, table, column, row, schema_version, e).map(Some);
         }
         match plaintext {
             Some(p) if plaintext_reads => T::from_plaintext(Plaintext::new(p)).map(Some),

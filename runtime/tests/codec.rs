@@ -49,18 +49,26 @@ fn every_supported_type_round_trips_through_seal_and_open() {
 
     let s = "Königstraße 1, 10117 Berlin".to_owned();
     let e = ring.seal_value(&scope, &ctx("address"), &s, &p).unwrap();
-    assert_eq!(ring.open_value::<String>(&ctx("address"), &e).unwrap(), s);
+    assert_eq!(
+        ring.open_value::<String>(&scope, &ctx("address"), &e)
+            .unwrap(),
+        s
+    );
 
     let bytes = vec![0u8, 255, 7, 0x80, 0];
     let e = ring.seal_value(&scope, &ctx("blob"), &bytes, &p).unwrap();
-    assert_eq!(ring.open_value::<Vec<u8>>(&ctx("blob"), &e).unwrap(), bytes);
+    assert_eq!(
+        ring.open_value::<Vec<u8>>(&scope, &ctx("blob"), &e)
+            .unwrap(),
+        bytes
+    );
 
     let point = Json(GeoPoint {
         lat: 48.858_37,
         lon: -2.294_481_000_000_001,
     });
     let e = ring.seal_value(&scope, &ctx("gps"), &point, &p).unwrap();
-    let back: Json<GeoPoint> = ring.open_value(&ctx("gps"), &e).unwrap();
+    let back: Json<GeoPoint> = ring.open_value(&scope, &ctx("gps"), &e).unwrap();
     assert_eq!(back.0, point.0, "f64 survives exactly");
 
     let addr = Json(PostalAddress {
@@ -70,12 +78,16 @@ fn every_supported_type_round_trips_through_seal_and_open() {
         country: "GB".into(),
     });
     let e = ring.seal_value(&scope, &ctx("postal"), &addr, &p).unwrap();
-    let back: Json<PostalAddress> = ring.open_value(&ctx("postal"), &e).unwrap();
+    let back: Json<PostalAddress> = ring.open_value(&scope, &ctx("postal"), &e).unwrap();
     assert_eq!(back.0, addr.0);
 
     let empty = String::new();
     let e = ring.seal_value(&scope, &ctx("notes"), &empty, &p).unwrap();
-    assert_eq!(ring.open_value::<String>(&ctx("notes"), &e).unwrap(), "");
+    assert_eq!(
+        ring.open_value::<String>(&scope, &ctx("notes"), &e)
+            .unwrap(),
+        ""
+    );
 }
 
 #[test]

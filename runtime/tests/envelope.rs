@@ -279,3 +279,49 @@ fn every_seal_uses_a_fresh_dek_and_nonces() {
             < a.len() / 8
     );
 }
+
+#[test]
+fn readers_and_writers_keep_to_the_size_limit() {
+    use leakless::envelope::{MAX_ENVELOPE_LEN, MAX_PADDED_LEN, inspect};
+    assert_eq!(MAX_PADDED_LEN, 1 << 30);
+    assert_eq!(MAX_ENVELOPE_LEN, (1 << 30) + 186);
+
+    let (ring, scope) = ring();
+    let ctx = FieldContext::new("patients", "address", RowId::Int(1), 1);
+    // A writer refuses a policy that pads beyond the limit, before allocating anything.
+    let huge = FieldPolicy {
+        algorithm: Algorithm::XChaCha20Poly1305,
+        padding: PaddingPolicy::PowerOfTwo {
+            min: 1 << 31,
+            cap: 1 << 31,
+        },
+    };
+    assert!(matches!(
+        ring.seal(&scope, &ctx, b"x", &huge),
+        Err(Error::InvalidInput {
+            what: "padding policy",
+            ..
+        })
+    ));
+
+    // A reader takes the longest envelope's structure, and refuses one byte more as malformed
+    // before any key is fetched. (`vec![0; n]` is not touched beyond the copied header, so the
+    // gigabyte is never written.)
+    let good = ring
+        .seal(&scope, &ctx, b"hello", &FieldPolicy::default())
+        .unwrap();
+    let prefix_len = good.len() - 32 - 16; // everything up to the data ciphertext
+    let mut longest = vec![0u8; prefix_len + MAX_PADDED_LEN + 16];
+    longest[..prefix_len].copy_from_slice(&good[..prefix_len]);
+    assert_eq!(inspect(&longest).unwrap().padded_len, MAX_PADDED_LEN);
+    longest.push(0);
+    assert!(inspect(&longest).is_err());
+    let before = ring.kms_calls();
+    ring.cache().clear();
+    let err = ring.open_in_scope(&scope, &ctx, &longest).unwrap_err();
+    assert!(
+        matches!(err, Error::Malformed { problem, .. } if problem.contains("2^30")),
+        "{err}"
+    );
+    assert_eq!(ring.kms_calls(), before);
+}

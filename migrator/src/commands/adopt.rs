@@ -144,6 +144,8 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         db.q(&c.column),
         plain_expr(db.backend(), &c.encoding, &db.q(&from))
     );
+    // Adoption is for static-scope tables; every envelope must name that scope.
+    let expected = crate::engine::static_scope(&t);
     let mut after: Option<String> = None;
     let (mut checked, mut failed) = (0u64, Vec::<RowFailure>::new());
     let mut failed_n = 0u64;
@@ -169,7 +171,11 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                             rid.as_row_id(),
                             t.schema_version,
                         );
-                        match ring.open(&ctx, env_bytes) {
+                        let opened = match &expected {
+                            Some(scope) => ring.open_in_scope(scope, &ctx, env_bytes),
+                            None => ring.open(&ctx, env_bytes),
+                        };
+                        match opened {
                             Ok(p) if p.expose_secret() == plain.as_slice() => None,
                             Ok(_) => Some(
                                 "sealed value differs from the plaintext column (changed since \

@@ -469,6 +469,7 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool, force: b
         .find(|r| r.version == version)
         .ok_or_else(|| {
             Failure::from(leakless::Error::KeyVersionNotFound {
+                location: None,
                 scope: s.clone(),
                 version,
             })

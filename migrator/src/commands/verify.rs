@@ -49,6 +49,8 @@ fn check_rows(
     rows: Vec<IdBytes>,
     v: &mut Verified,
 ) {
+    // A static-scope table's envelopes must all name its scope (see `engine::static_scope`).
+    let expected = crate::engine::static_scope(t);
     for r in rows {
         let err = match (&r.val, OwnedRowId::parse(&t.row_id_kind, &r.id)) {
             (None, _) if c.nullable => {
@@ -59,7 +61,11 @@ fn check_rows(
             (_, Err(e)) => e.what,
             (Some(env), Ok(rid)) => {
                 let ctx = FieldContext::new(&t.table, &c.column, rid.as_row_id(), t.schema_version);
-                match ring.open(&ctx, env) {
+                let opened = match &expected {
+                    Some(scope) => ring.open_in_scope(scope, &ctx, env),
+                    None => ring.open(&ctx, env),
+                };
+                match opened {
                     Ok(_plaintext) => {
                         v.opened += 1;
                         continue;

@@ -24,16 +24,19 @@ impl KeyRing {
         self.seal(scope, ctx, &plaintext, policy)
     }
 
-    /// Opens an envelope and decodes the value ([`Sealable`]).
+    /// Opens an envelope that must be sealed under `scope` (the scope the field's row uses)
+    /// and decodes the value ([`Sealable`]).
     ///
     /// # Errors
-    /// As [`KeyRing::open`] and [`Sealable::from_plaintext`].
+    /// As [`KeyRing::open_in_scope`] (so [`Error::WrongKeyScope`] for a value sealed under
+    /// another scope) and [`Sealable::from_plaintext`].
     pub fn open_value<T: Sealable>(
         &self,
+        scope: &KeyScope,
         ctx: &FieldContext<'_>,
         envelope: &[u8],
     ) -> Result<T, Error> {
-        T::from_plaintext(self.open(ctx, envelope)?)
+        T::from_plaintext(self.open_in_scope(scope, ctx, envelope)?)
     }
 }
 

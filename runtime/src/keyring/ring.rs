@@ -249,14 +249,46 @@ impl KeyRing {
         )
     }
 
-    /// Opens an envelope sealed for the field at `ctx`.
+    /// Opens an envelope sealed for the field at `ctx`, whatever key scope its header names.
+    ///
+    /// For tools that have no expectation of the scope (inspection, fuzzing). Application code
+    /// knows which scope a row must use and calls [`Self::open_in_scope`] (the derive's
+    /// generated code always does): without that check, a value sealed under another tenant's
+    /// scope for the same table, column and row would open here.
     ///
     /// # Errors
-    /// A parse error ([`Error::NotAnEnvelope`], [`Error::UnknownFormatVersion`],
-    /// [`Error::UnknownAlgorithm`], [`Error::Truncated`], [`Error::Malformed`]), a key error
+    /// [`Error::InvalidInput`] for an invalid `ctx` (checked first); a parse error
+    /// ([`Error::NotAnEnvelope`], [`Error::UnknownFormatVersion`],
+    /// [`Error::UnknownAlgorithm`], [`Error::Truncated`], [`Error::Malformed`]); a key error
     /// ([`Error::KeyVersionNotFound`], [`Error::KeyDestroyed`], [`Error::KeyWrongState`]), or
-    /// the opaque [`Error::DecryptionFailed`]. All name the field.
+    /// a KMS/key-store error on a cache miss; or the opaque [`Error::DecryptionFailed`]. All
+    /// but the first name the field.
     pub fn open(&self, ctx: &FieldContext<'_>, envelope_bytes: &[u8]) -> Result<Plaintext, Error> {
+        self.open_checked(None, ctx, envelope_bytes)
+    }
+
+    /// Opens an envelope sealed for the field at `ctx`, refusing it unless its header names
+    /// `scope`, the key scope the field's row must use (the model's scope, or its tenant's).
+    /// The scope is compared before any key is fetched.
+    ///
+    /// # Errors
+    /// As [`Self::open`], plus [`Error::WrongKeyScope`] (after the parse errors, before the
+    /// key errors) when the envelope names another scope.
+    pub fn open_in_scope(
+        &self,
+        scope: &KeyScope,
+        ctx: &FieldContext<'_>,
+        envelope_bytes: &[u8],
+    ) -> Result<Plaintext, Error> {
+        self.open_checked(Some(scope), ctx, envelope_bytes)
+    }
+
+    fn open_checked(
+        &self,
+        expected: Option<&KeyScope>,
+        ctx: &FieldContext<'_>,
+        envelope_bytes: &[u8],
+    ) -> Result<Plaintext, Error> {
         let span = tracing::trace_span!(
             "leakless.open",
             table = ctx.table,
@@ -265,14 +297,19 @@ impl KeyRing {
             kek_version = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let parsed = envelope::parse(envelope_bytes).map_err(|e| e.at(ctx.location()))?;
+        let parsed = parse_for(expected, ctx, envelope_bytes)?;
         span.record("kek_version", parsed.kek_version.get());
-        let cached = self.kek_for_open(parsed.scope, parsed.kek_version, "open")?;
+        let cached = self
+            .kek_for_open(parsed.scope, parsed.kek_version, "open")
+            .map_err(|e| e.in_field(ctx.location()))?;
         envelope::open(&cached.kek, &parsed, ctx)
     }
 
     /// Moves an envelope's DEK onto the active KEK version of its scope, leaving the data
     /// ciphertext untouched. Returns `None` when it already is on the active version.
+    ///
+    /// Like [`Self::open`], this does not check which scope the envelope names; use
+    /// [`Self::rewrap_in_scope`] when the row's scope is known.
     ///
     /// # Errors
     /// As [`Self::open`] for the old version, and as [`Self::seal`] for the active one.
@@ -281,13 +318,38 @@ impl KeyRing {
         ctx: &FieldContext<'_>,
         envelope_bytes: &[u8],
     ) -> Result<Option<Vec<u8>>, Error> {
-        let parsed = envelope::parse(envelope_bytes).map_err(|e| e.at(ctx.location()))?;
+        self.rewrap_checked(None, ctx, envelope_bytes)
+    }
+
+    /// As [`Self::rewrap`], refusing the envelope with [`Error::WrongKeyScope`] unless its
+    /// header names `scope`, before any key is fetched.
+    ///
+    /// # Errors
+    /// As [`Self::open_in_scope`] for the old version, and as [`Self::seal`] for the active one.
+    pub fn rewrap_in_scope(
+        &self,
+        scope: &KeyScope,
+        ctx: &FieldContext<'_>,
+        envelope_bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        self.rewrap_checked(Some(scope), ctx, envelope_bytes)
+    }
+
+    fn rewrap_checked(
+        &self,
+        expected: Option<&KeyScope>,
+        ctx: &FieldContext<'_>,
+        envelope_bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let parsed = parse_for(expected, ctx, envelope_bytes)?;
         let scope = KeyScope::new(parsed.scope)?;
         let active = self.active_kek(&scope)?;
         if active.version == parsed.kek_version {
             return Ok(None);
         }
-        let old = self.kek_for_open(parsed.scope, parsed.kek_version, "rewrap")?;
+        let old = self
+            .kek_for_open(parsed.scope, parsed.kek_version, "rewrap")
+            .map_err(|e| e.in_field(ctx.location()))?;
         envelope::rewrap(&old.kek, &active.kek, &scope, active.version, &parsed, ctx).map(Some)
     }
 
@@ -380,6 +442,7 @@ impl KeyRing {
                 return Ok(c);
             }
             return Err(Error::KeyWrongState {
+                location: None,
                 scope: KeyScope::new(scope)?,
                 version,
                 state: c.state,
@@ -397,15 +460,21 @@ impl KeyRing {
         let record =
             self.verified_get(&scope, version)?
                 .ok_or_else(|| Error::KeyVersionNotFound {
+                    location: None,
                     scope: scope.clone(),
                     version,
                 })?;
         match record.state {
             KekState::Destroyed => {
-                return Err(Error::KeyDestroyed { scope, version });
+                return Err(Error::KeyDestroyed {
+                    location: None,
+                    scope,
+                    version,
+                });
             }
             state if !state.opens_at(now) => {
                 return Err(Error::KeyWrongState {
+                    location: None,
                     scope,
                     version,
                     state,
@@ -430,6 +499,7 @@ impl KeyRing {
 
     pub(crate) fn unwrap_record(&self, record: &KekRecord) -> Result<Kek, Error> {
         let wrapped = record.wrapped.as_ref().ok_or_else(|| Error::KeyDestroyed {
+            location: None,
             scope: record.scope.clone(),
             version: record.version,
         })?;
@@ -624,6 +694,7 @@ impl KeyRing {
     fn record(&self, scope: &KeyScope, version: KekVersion) -> Result<KekRecord, Error> {
         self.verified_get(scope, version)?
             .ok_or_else(|| Error::KeyVersionNotFound {
+                location: None,
                 scope: scope.clone(),
                 version,
             })
@@ -658,6 +729,7 @@ impl KeyRing {
 
     fn wrong_state(record: &KekRecord, operation: &'static str) -> Error {
         Error::KeyWrongState {
+            location: None,
             scope: record.scope.clone(),
             version: record.version,
             state: record.state,
@@ -929,4 +1001,27 @@ impl KeyRing {
         }
         Ok(count)
     }
+}
+
+/// The checks of opening that need no key, in the order `docs/envelope-format.md` § 6 gives:
+/// the expected context ([`Error::InvalidInput`]), the envelope's structure (parse errors),
+/// then, when the caller names the scope the row must use, the header's scope
+/// ([`Error::WrongKeyScope`]).
+fn parse_for<'a>(
+    expected: Option<&KeyScope>,
+    ctx: &FieldContext<'_>,
+    envelope_bytes: &'a [u8],
+) -> Result<envelope::Parsed<'a>, Error> {
+    ctx.encode_into(&mut Vec::new())?;
+    let parsed = envelope::parse(envelope_bytes).map_err(|e| e.at(ctx.location()))?;
+    if let Some(expected) = expected
+        && parsed.scope != expected.as_str()
+    {
+        return Err(Error::WrongKeyScope {
+            location: ctx.location(),
+            expected: expected.clone(),
+            found: KeyScope::new(parsed.scope)?,
+        });
+    }
+    Ok(parsed)
 }

@@ -1,8 +1,11 @@
 //! A key store in one JSON file, for single-host use.
 //!
 //! Every change takes an exclusive lock on a sidecar `<file>.lock`, reads the file, checks the
-//! change's preconditions, writes a temporary file, syncs it and renames it over the original,
-//! so a crash leaves either the old or the new store, never half of one. Several processes on
+//! change's preconditions, writes a fresh temporary file beside it
+//! (`.<file>.<pid>.<random>.tmp`, created exclusively with mode `0600` and removed if the write
+//! fails), syncs it and renames it over the original, so a crash leaves either the old or the
+//! new store, never half of one. Every read checks the record invariants
+//! (`StoreState::check_invariants`) and refuses a file that breaks one. Several processes on
 //! the same host may share the file. The file holds only wrapped KEKs and the audit log; it is
 //! created with mode `0600` all the same.
 
@@ -131,6 +134,22 @@ impl FileKeyStore {
         &self.path
     }
 
+    /// A fresh temporary file name beside the store: `.<name>.<pid>.<random>.tmp`. Unlike
+    /// `<store>.tmp` it can be neither the store itself (a store named `keys.tmp`) nor the
+    /// temporary file of another store in the same folder (`keys.json` and `keys.tmp`).
+    fn temp_path(&self) -> PathBuf {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path.with_file_name(format!(
+            ".{name}.{}.{:016x}.tmp",
+            std::process::id(),
+            rand::random::<u64>()
+        ))
+    }
+
     fn lock(&self) -> Result<File, Error> {
         let file = private_options()
             .read(true)
@@ -163,11 +182,22 @@ impl FileKeyStore {
         let mut state = StoreState::default();
         for r in doc.records {
             let rec = record_from_dto(r)?;
-            state.records.insert((rec.scope.clone(), rec.version), rec);
+            let (scope, version) = (rec.scope.clone(), rec.version);
+            if state
+                .records
+                .insert((scope.clone(), version), rec)
+                .is_some()
+            {
+                return Err(err(
+                    "read",
+                    format!("{}: {scope} {version} is stored twice", self.path.display()),
+                ));
+            }
         }
         for a in doc.audit {
             state.audit.push(audit_from_dto(a)?);
         }
+        state.check_invariants(STORE, "read")?;
         Ok(state)
     }
 
@@ -178,18 +208,27 @@ impl FileKeyStore {
             audit: state.audit.iter().map(audit_to_dto).collect(),
         };
         let text = serde_json::to_string_pretty(&doc).map_err(|e| err("write", e))?;
-        let tmp = self.path.with_extension("tmp");
+        let tmp = self.temp_path();
+        // `create_new`: never write through a file (or link) that is already there.
         let mut file = private_options()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
             .map_err(|e| err("write", format!("{}: {e}", tmp.display())))?;
-        file.write_all(text.as_bytes())
+        let written = file
+            .write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
-            .map_err(|e| err("write", format!("{}: {e}", tmp.display())))?;
-        fs::rename(&tmp, &self.path)
-            .map_err(|e| err("write", format!("{}: {e}", self.path.display())))?;
+            .map_err(|e| err("write", format!("{}: {e}", tmp.display())))
+            .and_then(|()| {
+                fs::rename(&tmp, &self.path)
+                    .map_err(|e| err("write", format!("{}: {e}", self.path.display())))
+            });
+        if let Err(e) = written {
+            drop(file);
+            // Best effort: the temporary file is ours and holds nothing the store does not.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Make the rename durable; a failure here only weakens crash durability.
             let _ = File::open(dir).and_then(|d| d.sync_all());
@@ -236,7 +275,12 @@ fn record_from_dto(r: RecordDto) -> Result<KekRecord, Error> {
     Ok(KekRecord {
         scope: KeyScope::new(&r.scope)?,
         version: KekVersion::new(r.version)?,
-        state: KekState::from_parts(&r.state, r.grace_until)?,
+        state: KekState::from_parts(&r.state, r.grace_until).map_err(|e| {
+            err(
+                "read",
+                format!("record {} v{}: {e}", r.scope.escape_debug(), r.version),
+            )
+        })?,
         wrapped,
         created_at: UnixTime(r.created_at),
         updated_at: UnixTime(r.updated_at),
@@ -302,6 +346,7 @@ impl KeyStore for FileKeyStore {
         let _guard = self.lock()?;
         let mut state = self.read()?;
         state.apply(change)?;
+        state.check_invariants(STORE, "apply")?;
         self.write(&state)
     }
 

@@ -24,7 +24,7 @@ pub use memory::MemoryKeyStore;
 use std::collections::BTreeMap;
 
 use crate::error::Error;
-use crate::key::{AuditRecord, KekRecord, KekVersion, KeyScope, StoreChange};
+use crate::key::{AuditRecord, KekRecord, KekState, KekVersion, KeyScope, StoreChange};
 
 /// Persistent storage of KEK records and the audit log.
 ///
@@ -123,6 +123,53 @@ impl StoreState {
             .filter(|a| scope.is_none_or(|s| &a.scope == s))
             .cloned()
             .collect()
+    }
+
+    /// Checks the record invariants a loaded store must keep, and refuses a store that breaks
+    /// one with [`Error::KeyStore`] (store `store`, operation `operation`) naming the problem:
+    /// at most one `Active` version per scope; a `Destroyed` record holds no wrapped material;
+    /// every other record holds some. (A `Grace` state always has its deadline: stores refuse
+    /// a grace record without one when they decode it.)
+    pub(crate) fn check_invariants(
+        &self,
+        store: &'static str,
+        operation: &'static str,
+    ) -> Result<(), Error> {
+        let broken = |detail: String| Error::KeyStore {
+            store,
+            operation,
+            detail: format!("refusing a key store that breaks a record invariant: {detail}"),
+        };
+        let mut active: Option<&KekRecord> = None;
+        for r in self.records.values() {
+            match (r.state, &r.wrapped) {
+                (KekState::Destroyed, Some(_)) => {
+                    return Err(broken(format!(
+                        "{} {} is destroyed but still has wrapped material",
+                        r.scope, r.version
+                    )));
+                }
+                (KekState::Destroyed, None) | (_, Some(_)) => {}
+                (state, None) => {
+                    return Err(broken(format!(
+                        "{} {} is {state} but has no wrapped material",
+                        r.scope, r.version
+                    )));
+                }
+            }
+            if r.state == KekState::Active {
+                // Records are ordered by (scope, version): an earlier active one of the same
+                // scope is the last one seen.
+                if let Some(a) = active.filter(|a| a.scope == r.scope) {
+                    return Err(broken(format!(
+                        "{} has two active versions, {} and {}",
+                        r.scope, a.version, r.version
+                    )));
+                }
+                active = Some(r);
+            }
+        }
+        Ok(())
     }
 
     /// Checks every precondition first, then writes, so a failed change leaves no trace.
