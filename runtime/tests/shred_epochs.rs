@@ -295,3 +295,69 @@ mod local {
         ));
     }
 }
+
+#[cfg(feature = "vault")]
+mod vault {
+    use super::*;
+    use leakless::kms::{KekBinding, RootEpoch, VaultConfig, VaultToken, VaultTransitKms};
+    use leakless::secret::Kek;
+
+    const HOW: &str = "start OpenBao with `scripts/services/openbao start DIR --owner-pid $$` \
+                       and export the LEAKLESS_VAULT_ADDR, LEAKLESS_VAULT_CACERT and \
+                       LEAKLESS_VAULT_TOKEN_FILE it prints (scripts/test does this)";
+
+    fn cfg(name: &str) -> VaultConfig {
+        assert!(
+            std::env::var_os("LEAKLESS_VAULT_ADDR").is_some(),
+            "OpenBao is needed: LEAKLESS_VAULT_ADDR is not set: {HOW}"
+        );
+        VaultConfig::from_env(name).unwrap()
+    }
+
+    fn token() -> VaultToken {
+        assert!(
+            std::env::var_os("LEAKLESS_VAULT_TOKEN_FILE").is_some()
+                || std::env::var_os("LEAKLESS_VAULT_TOKEN").is_some(),
+            "OpenBao is needed: no Vault token: {HOW}"
+        );
+        VaultToken::from_env().unwrap()
+    }
+
+    #[test]
+    fn vault_transit_epoch_shred_trims_old_versions() {
+        let mut bytes = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        let name = format!("leakless-shred-{}", hex::encode(bytes));
+        let app = Arc::new(VaultTransitKms::create_key(cfg(&name), token()).unwrap());
+        let orchestrator = VaultTransitKms::connect(cfg(&name), token()).unwrap();
+        let fresh =
+            || -> Arc<dyn Kms> { Arc::new(VaultTransitKms::connect(cfg(&name), token()).unwrap()) };
+        // A ciphertext made directly under v1, to show Vault itself refuses it afterwards.
+        let scope = KeyScope::new("probe").unwrap();
+        let binding = KekBinding {
+            scope: &scope,
+            version: KekVersion::FIRST,
+        };
+        let probe = app.wrap_kek(&Kek::generate(), &binding).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = prove_shred(dir.path(), app.clone(), &orchestrator, &fresh);
+        assert_eq!(out.destroyed.status, Destruction::Destroyed);
+        assert_eq!(
+            out.destroyed.epoch,
+            RootEpoch {
+                root_key_id: app.root_key_id().to_owned(),
+                key_version: Some(1)
+            }
+        );
+        let info = app.key_info().unwrap();
+        assert_eq!(info.latest_version, 2);
+        assert_eq!(info.min_decryption_version, 2);
+        let err = app.unwrap_kek(&probe, &binding).unwrap_err();
+        assert!(matches!(err, Error::Kms { .. }), "{err:?}");
+        // Vault's own answer for the attacker: the version is gone.
+        for e in &out.attacker_errors {
+            assert!(e.to_string().contains("vault"), "{e}");
+        }
+    }
+}
