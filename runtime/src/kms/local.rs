@@ -189,8 +189,8 @@ impl LocalKms {
             (Err(_), Some(n)) => (n, None),
             (Err(e), None) => return Err(e),
         };
-        let mut on_disk = vec![key_id(&current)];
-        let current_id = on_disk[0].clone();
+        let current_id = key_id(&current);
+        let mut on_disk = vec![current_id.clone()];
         for root in std::iter::once(current).chain(staged) {
             let id = key_id(&root);
             let node = self.keys.get_or_append(&id, || RwLock::new(None));
