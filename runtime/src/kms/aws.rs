@@ -16,6 +16,23 @@
 //! [`AwsKms::re_encrypt_to`] uses `ReEncrypt`: KMS decrypts and re-encrypts inside its HSMs, the KEK never reaches this
 //! process. `KeyRing::rotate_root` works too (unwrap here, wrap under the new key).
 //!
+//! # Root epochs
+//!
+//! [`RootEpochs`] for AWS KMS needs the key named by an **alias** (`alias/leakless-root`):
+//! an epoch is one KMS key. The next epoch is a new symmetric key (`CreateKey`, tagged
+//! `leakless:previous-epoch` = the old key's ARN) and `UpdateAlias` points the alias at it;
+//! records move with `ReEncrypt` inside KMS; destroying the old epoch is `ScheduleKeyDeletion`
+//! with a pending window of 7 to 30 days ([`AwsKms::with_pending_window_days`], default 7).
+//! From the schedule on, KMS refuses every use of the old key (`KMSInvalidStateException`);
+//! the material is deleted at the end of the window, and until then whoever holds
+//! `kms:CancelKeyDeletion` can restore it: the shred is *pending* until that date.
+//!
+//! Running applications configured with the alias follow without a restart: wraps re-read the
+//! alias (one `DescribeKey` per new KEK version), and a record under a key this process does
+//! not know yet is accepted when the alias points at that key now, or when the key the alias
+//! points at names it as its `leakless:previous-epoch` (so records not yet moved keep opening
+//! during the move). Any other key is refused as before.
+//!
 //! # Runtime
 //!
 //! The [`Kms`] trait is synchronous; the AWS SDK is async. Each `AwsKms` owns a small tokio
@@ -47,7 +64,10 @@ use tracing::debug;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
-use crate::key::WrappedKek;
+use crate::key::{UnixTime, WrappedKek};
+use crate::kms::epoch::{
+    Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
+};
 use crate::kms::retry::{Attempt, Failure, FailureKind, RetryCounts, RetryPolicy, RetryStats};
 use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::redact::redact_url;
@@ -56,6 +76,9 @@ use crate::secret::Kek;
 const BACKEND: &str = "aws-kms";
 const CONTEXT_SCOPE: &str = "leakless:scope";
 const CONTEXT_VERSION: &str = "leakless:kek-version";
+/// The tag on an epoch's KMS key naming the key of the epoch before it.
+pub const PREVIOUS_EPOCH_TAG: &str = "leakless:previous-epoch";
+const ID_PREFIX: &str = "aws-kms:";
 const MAX_DETAIL: usize = 300;
 
 /// Where the backend's AWS credentials come from.
@@ -117,9 +140,14 @@ impl AwsKmsConfig {
 pub struct AwsKms {
     runtime: SdkRuntime,
     client: Client,
-    /// The key ARN (what `Encrypt` is told to use, and what `Decrypt` insists on).
-    key_arn: String,
-    id: String,
+    /// Root key id (`aws-kms:ARN`) -> key ARN of every key this instance accepts; the
+    /// current one is what `Encrypt` uses. `Decrypt` insists on the record's own key.
+    keys: KeyChain<String>,
+    /// The alias the configuration named, if it named one: epochs need it.
+    alias: Option<String>,
+    /// Serializes alias look-ups that may append to `keys`.
+    follow: std::sync::Mutex<()>,
+    pending_window_days: i32,
     retry: RetryPolicy,
     stats: RetryStats,
     shown_endpoint: String,
@@ -129,7 +157,7 @@ impl std::fmt::Debug for AwsKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AwsKms")
             .field("endpoint", &self.shown_endpoint)
-            .field("root_key_id", &self.id)
+            .field("root_key_id", &self.keys.current().id)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -178,8 +206,8 @@ impl AwsKms {
                  ENCRYPT_DECRYPT)"
             )));
         }
-        self.id = format!("aws-kms:{arn}");
-        self.key_arn = arn;
+        self.keys = KeyChain::new(format!("{ID_PREFIX}{arn}"), arn);
+        self.alias = alias_name(&key_id);
         Ok(self)
     }
 
@@ -283,8 +311,13 @@ impl AwsKms {
         Ok(Self {
             runtime: SdkRuntime(Some(runtime)),
             client: Client::from_conf(builder.build()),
-            key_arn: config.key_id.clone(),
-            id: format!("aws-kms:{}", config.key_id),
+            keys: KeyChain::new(
+                format!("{ID_PREFIX}{}", config.key_id),
+                config.key_id.clone(),
+            ),
+            alias: None,
+            follow: std::sync::Mutex::new(()),
+            pending_window_days: 7,
             retry: config.retry,
             stats: RetryStats::default(),
             shown_endpoint,
@@ -300,7 +333,127 @@ impl AwsKms {
     /// The key ARN this backend wraps under.
     #[must_use]
     pub fn key_arn(&self) -> &str {
-        &self.key_arn
+        &self.keys.current().data
+    }
+
+    /// Sets the pending window of [`RootEpochs::destroy_epoch`]'s `ScheduleKeyDeletion`:
+    /// 7 to 30 days (AWS's limits). Default 7, the shortest AWS allows.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] outside 7..=30.
+    pub fn with_pending_window_days(mut self, days: u8) -> Result<Self, Error> {
+        if !(7..=30).contains(&days) {
+            return Err(Error::InvalidInput {
+                what: "AWS KMS pending deletion window",
+                problem: format!("{days} days: AWS allows 7 to 30"),
+            });
+        }
+        self.pending_window_days = i32::from(days);
+        Ok(self)
+    }
+
+    /// Creates the alias `alias_name` (`alias/...`) pointing at this backend's key
+    /// (`CreateAlias`). For set-up tools and tests; applications then connect with the alias.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] (e.g. the alias exists), [`Error::KmsUnavailable`].
+    pub fn create_alias(&self, alias_name: &str) -> Result<(), Error> {
+        let (alias, target) = (alias_name.to_owned(), self.key_arn().to_owned());
+        self.call("create alias", |client| {
+            let (alias, target) = (alias.clone(), target.clone());
+            async move {
+                client
+                    .create_alias()
+                    .alias_name(alias)
+                    .target_key_id(target)
+                    .send()
+                    .await
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Resolves the configured alias now (`DescribeKey`), adds its key to the accepted keys
+    /// and makes it the one new wraps use. Returns its ARN. A no-op without an alias.
+    fn follow_alias(&self) -> Result<String, Error> {
+        let Some(alias) = &self.alias else {
+            return Ok(self.key_arn().to_owned());
+        };
+        let described = self.call("describe key", |client| {
+            let alias = alias.clone();
+            async move { client.describe_key().key_id(alias).send().await }
+        })?;
+        let arn = described
+            .key_metadata()
+            .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
+            .ok_or_else(|| Error::Kms {
+                backend: BACKEND,
+                operation: "describe key",
+                detail: "KMS answered without key metadata".into(),
+            })?;
+        let _guard = self
+            .follow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = format!("{ID_PREFIX}{arn}");
+        self.keys.get_or_append(&id, || arn.clone());
+        self.keys.set_current(&id);
+        Ok(arn)
+    }
+
+    /// The `leakless:previous-epoch` tag of key `arn`, if it has one.
+    fn previous_epoch_of(&self, arn: &str) -> Result<Option<String>, Error> {
+        let out = self.call("list key tags", |client| {
+            let arn = arn.to_owned();
+            async move { client.list_resource_tags().key_id(arn).send().await }
+        })?;
+        Ok(out
+            .tags()
+            .iter()
+            .find(|t| t.tag_key() == PREVIOUS_EPOCH_TAG)
+            .map(|t| t.tag_value().to_owned()))
+    }
+
+    /// The ARN of the key `wrapped` is under, if this backend accepts that key: one it knows,
+    /// or (with an alias) the alias's key now or that key's previous epoch.
+    fn accepted_arn(
+        &self,
+        wrapped: &WrappedKek,
+        binding: &KekBinding<'_>,
+        operation: &'static str,
+    ) -> Result<String, Error> {
+        if let Some(node) = self.keys.find(&wrapped.root_key_id) {
+            return Ok(node.data.clone());
+        }
+        if self.alias.is_some() {
+            let now = self.follow_alias()?;
+            if let Some(node) = self.keys.find(&wrapped.root_key_id) {
+                return Ok(node.data.clone());
+            }
+            if let Some(previous) = self.previous_epoch_of(&now)?
+                && format!("{ID_PREFIX}{previous}") == wrapped.root_key_id
+            {
+                let _guard = self
+                    .follow
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let node = self
+                    .keys
+                    .get_or_append(&wrapped.root_key_id, || previous.clone());
+                return Ok(node.data.clone());
+            }
+        }
+        Err(Error::Kms {
+            backend: BACKEND,
+            operation,
+            detail: format!(
+                "{} {} is wrapped under root key {}, but this backend holds {}",
+                binding.scope,
+                binding.version,
+                wrapped.root_key_id,
+                self.root_key_id()
+            ),
+        })
     }
 
     /// Re-encrypts one wrapped KEK from this backend's key to `to`'s key inside KMS
@@ -315,10 +468,20 @@ impl AwsKms {
         binding: &KekBinding<'_>,
         to: &AwsKms,
     ) -> Result<WrappedKek, Error> {
-        self.check_own(wrapped, binding, "re-encrypt KEK")?;
+        let source = self.check_own(wrapped, binding, "re-encrypt KEK")?;
+        self.re_encrypt_arns(wrapped, binding, &source, to.key_arn(), to.root_key_id())
+    }
+
+    fn re_encrypt_arns(
+        &self,
+        wrapped: &WrappedKek,
+        binding: &KekBinding<'_>,
+        source: &str,
+        destination: &str,
+        destination_id: &str,
+    ) -> Result<WrappedKek, Error> {
         let (scope, version) = context_values(binding);
-        let source = self.key_arn.clone();
-        let destination = to.key_arn.clone();
+        let (source, destination) = (source.to_owned(), destination.to_owned());
         let blob = wrapped.ciphertext.clone();
         let out = self
             .call("re-encrypt KEK", |client| {
@@ -346,7 +509,7 @@ impl AwsKms {
             detail: "KMS answered without a ciphertext".into(),
         })?;
         Ok(WrappedKek {
-            root_key_id: to.id.clone(),
+            root_key_id: destination_id.to_owned(),
             ciphertext: ciphertext.as_ref().to_vec(),
         })
     }
@@ -360,24 +523,14 @@ impl AwsKms {
         AwsReEncrypt { from: self, to }
     }
 
+    /// The ARN to decrypt `wrapped` with, if it is under a key this backend accepts.
     fn check_own(
         &self,
         wrapped: &WrappedKek,
         binding: &KekBinding<'_>,
         operation: &'static str,
-    ) -> Result<(), Error> {
-        if wrapped.root_key_id == self.id {
-            Ok(())
-        } else {
-            Err(Error::Kms {
-                backend: BACKEND,
-                operation,
-                detail: format!(
-                    "{} {} is wrapped under root key {}, but this backend holds {}",
-                    binding.scope, binding.version, wrapped.root_key_id, self.id
-                ),
-            })
-        }
+    ) -> Result<String, Error> {
+        self.accepted_arn(wrapped, binding, operation)
     }
 
     /// Runs one SDK call through the retry policy, on this backend's runtime.
@@ -585,11 +738,187 @@ pub struct AwsReEncrypt<'a> {
 
 impl InKmsRewrap for AwsReEncrypt<'_> {
     fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
-        wrapped.root_key_id == self.from.id
+        wrapped.root_key_id == self.from.root_key_id()
     }
 
     fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
         self.from.re_encrypt(wrapped, binding, self.to)
+    }
+}
+
+/// The alias name (`alias/...`) of a configured key id that is an alias or an alias ARN.
+fn alias_name(key_id: &str) -> Option<String> {
+    if key_id.starts_with("alias/") {
+        return Some(key_id.to_owned());
+    }
+    key_id
+        .starts_with("arn:")
+        .then(|| key_id.split_once(":alias/"))
+        .flatten()
+        .map(|(_, name)| format!("alias/{name}"))
+}
+
+/// Moves records onto a new epoch's key with `ReEncrypt`.
+struct AwsEpochMove<'a> {
+    kms: &'a AwsKms,
+    to_arn: String,
+    to_id: String,
+}
+
+impl InKmsRewrap for AwsEpochMove<'_> {
+    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
+        wrapped.root_key_id != self.to_id
+    }
+
+    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        let source = self.kms.check_own(wrapped, binding, "re-encrypt KEK")?;
+        self.kms
+            .re_encrypt_arns(wrapped, binding, &source, &self.to_arn, &self.to_id)
+    }
+}
+
+impl AwsKms {
+    fn epoch_alias(&self, operation: &str) -> Result<&str, Error> {
+        self.alias.as_deref().ok_or_else(|| Error::InvalidInput {
+            what: "AWS KMS key",
+            problem: format!(
+                "cannot {operation}: root epochs need the key named by an alias \
+                 (alias/leakless-root), which each epoch re-points"
+            ),
+        })
+    }
+}
+
+impl RootEpochs for AwsKms {
+    fn current_epoch(&self) -> Result<RootEpoch, Error> {
+        self.follow_alias()?;
+        Ok(RootEpoch::of_key(self.root_key_id().to_owned()))
+    }
+
+    fn begin_next_epoch(&self) -> Result<EpochChange<'_>, Error> {
+        let alias = self.epoch_alias("begin a root epoch")?.to_owned();
+        let old = self.follow_alias()?;
+        let created = self.call("create key", |client| {
+            let old = old.clone();
+            async move {
+                client
+                    .create_key()
+                    .description("leakless root key (root epoch)")
+                    .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
+                    .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
+                    .tags(
+                        aws_sdk_kms::types::Tag::builder()
+                            .tag_key(PREVIOUS_EPOCH_TAG)
+                            .tag_value(old)
+                            .build()
+                            .map_err(|e| SdkError::construction_failure(Box::new(e)))?,
+                    )
+                    .send()
+                    .await
+            }
+        })?;
+        let new = created
+            .key_metadata()
+            .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
+            .ok_or_else(|| Error::Kms {
+                backend: BACKEND,
+                operation: "create key",
+                detail: "KMS answered without key metadata".into(),
+            })?;
+        self.call("update alias", |client| {
+            let (alias, new) = (alias.clone(), new.clone());
+            async move {
+                client
+                    .update_alias()
+                    .alias_name(alias)
+                    .target_key_id(new)
+                    .send()
+                    .await
+            }
+        })?;
+        let now = self.follow_alias()?;
+        if now != new {
+            return Err(Error::Kms {
+                backend: BACKEND,
+                operation: "update alias",
+                detail: format!("{alias} points at {now} after UpdateAlias to {new}"),
+            });
+        }
+        tracing::info!(%alias, retiring = %old, next = %new, "made a new AWS KMS key for a new root epoch");
+        let to_id = format!("{ID_PREFIX}{new}");
+        Ok(EpochChange::new(
+            RootEpoch::of_key(format!("{ID_PREFIX}{old}")),
+            RootEpoch::of_key(to_id.clone()),
+            Box::new(AwsEpochMove {
+                kms: self,
+                to_arn: new,
+                to_id,
+            }),
+        ))
+    }
+
+    fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error> {
+        let arn = match (epoch.root_key_id.strip_prefix(ID_PREFIX), epoch.key_version) {
+            (Some(arn), None) if arn.starts_with("arn:") => arn.to_owned(),
+            _ => {
+                return Err(Error::InvalidInput {
+                    what: "root epoch",
+                    problem: format!("{epoch} is not an AWS KMS key ARN"),
+                });
+            }
+        };
+        let current = self.follow_alias()?;
+        if arn == current {
+            return Err(Error::InvalidInput {
+                what: "root epoch",
+                problem: format!(
+                    "{epoch} is the key new wraps use; begin the next epoch and move every \
+                     record first"
+                ),
+            });
+        }
+        let described = self.call("describe key", |client| {
+            let arn = arn.clone();
+            async move { client.describe_key().key_id(arn).send().await }
+        })?;
+        let meta = described.key_metadata();
+        let pending =
+            meta.and_then(|m| m.key_state()).map(|s| s.as_str()) == Some("PendingDeletion");
+        let date = if pending {
+            meta.and_then(|m| m.deletion_date()).map(|d| d.secs())
+        } else {
+            let days = self.pending_window_days;
+            // The bare key id from DescribeKey (AWS takes an ARN too; moto_server only the id).
+            let key_id = meta.map_or_else(|| arn.clone(), |m| m.key_id().to_owned());
+            let out = self.call("schedule key deletion", |client| {
+                let key_id = key_id.clone();
+                async move {
+                    client
+                        .schedule_key_deletion()
+                        .key_id(key_id)
+                        .pending_window_in_days(days)
+                        .send()
+                        .await
+                }
+            })?;
+            tracing::info!(key = %arn, days, "scheduled the deletion of an old root epoch's KMS key");
+            out.deletion_date().map(|d| d.secs())
+        };
+        let at = date.map(UnixTime).ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "schedule key deletion",
+            detail: format!("KMS did not say when it deletes {arn}"),
+        })?;
+        Ok(EpochDestroyed {
+            epoch: epoch.clone(),
+            status: Destruction::Scheduled { at },
+            copies_may_remain: format!(
+                "none outside AWS KMS for a key it generated; KMS refuses every use of {arn} now \
+                 and deletes it at the end of the pending window, until which anyone allowed \
+                 kms:CancelKeyDeletion can restore it (restrict that permission); for imported \
+                 key material, your own copy of it"
+            ),
+        })
     }
 }
 
@@ -599,12 +928,13 @@ impl Kms for AwsKms {
     }
 
     fn root_key_id(&self) -> &str {
-        &self.id
+        &self.keys.current().id
     }
 
     fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        let key = self.follow_alias()?;
+        let id = format!("{ID_PREFIX}{key}");
         let (scope, version) = context_values(binding);
-        let key = self.key_arn.clone();
         let out = self
             .call("wrap KEK", |client| {
                 let (scope, version, key) = (scope.clone(), version.clone(), key.clone());
@@ -628,17 +958,16 @@ impl Kms for AwsKms {
             operation: "wrap KEK",
             detail: "KMS answered without a ciphertext".into(),
         })?;
-        debug!(scope = %binding.scope, version = %binding.version, key = %self.id, "wrapped a KEK in AWS KMS");
+        debug!(scope = %binding.scope, version = %binding.version, key = %id, "wrapped a KEK in AWS KMS");
         Ok(WrappedKek {
-            root_key_id: self.id.clone(),
+            root_key_id: id,
             ciphertext: ciphertext.as_ref().to_vec(),
         })
     }
 
     fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
-        self.check_own(wrapped, binding, "unwrap KEK")?;
+        let key = self.check_own(wrapped, binding, "unwrap KEK")?;
         let (scope, version) = context_values(binding);
-        let key = self.key_arn.clone();
         let blob = wrapped.ciphertext.clone();
         let out = self
             .call("unwrap KEK", |client| {

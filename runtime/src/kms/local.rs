@@ -4,10 +4,25 @@
 //! (or environment). That protects a stolen database, dump or backup (they never contain the
 //! root key), but not a compromised application host. Use an HSM or cloud KMS backend when the
 //! host itself is in your threat model.
+//!
+//! # Root epochs
+//!
+//! A `LocalKms` built with [`LocalKms::from_key_file`] implements
+//! [`RootEpochs`](crate::kms::RootEpochs): the next epoch is a new random key staged in
+//! `PATH.next` (written atomically, mode `0600`); destroying the old epoch overwrites the key
+//! file's old content with zeros, syncs it, and renames `PATH.next` over `PATH`. Every
+//! `LocalKms` built from the same path follows: before each call it checks whether the key
+//! file (or a staged `PATH.next`) changed and, if so, re-reads it, holds the keys found there
+//! and zeroizes every key that is no longer on disk. So running applications keep opening
+//! records on either epoch during the move and drop the destroyed key at their next KMS call,
+//! without a restart. A `LocalKms` from an environment variable or
+//! [`LocalKms::from_root_key`] has no file to follow and no epochs.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
 
 use hkdf::Hkdf;
 use rand::RngCore;
@@ -17,7 +32,10 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::aead::{self, Algorithm};
 use crate::error::Error;
 use crate::key::WrappedKek;
-use crate::kms::{KekBinding, Kms};
+use crate::kms::epoch::{
+    Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
+};
+use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::secret::{KEY_LEN, Kek, RootKey};
 
 /// The environment variable [`LocalKms::from_env`] reads by default: 64 hex digits.
@@ -28,30 +46,75 @@ const WRAP_NONCE_LEN: usize = 24;
 
 /// A root key held in this process. See the module docs: single-host only.
 pub struct LocalKms {
-    root: RootKey,
-    id: String,
+    /// Every root key this instance has held; the secret is `None` once it is no longer on
+    /// disk (zeroized). The current entry is the one new wraps use.
+    keys: KeyChain<RwLock<Option<RootKey>>>,
+    /// The key file it follows, when built from one.
+    file: Option<KeyFileSource>,
+}
+
+/// The key file a `LocalKms` follows, and what it last saw of it.
+struct KeyFileSource {
+    path: PathBuf,
+    seen: Mutex<(Option<FileStamp>, Option<FileStamp>)>,
+}
+
+/// Enough of a file's metadata to notice that it was rewritten or replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    dev_ino: (u64, u64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = fs::metadata(path).ok()?;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            dev_ino: {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino())
+            },
+        })
+    }
 }
 
 impl std::fmt::Debug for LocalKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalKms")
-            .field("root_key_id", &self.id)
+            .field("root_key_id", &self.keys.current().id)
             .finish_non_exhaustive()
     }
+}
+
+/// The local backend's public root-key id of `root`: a one-way derivation, stable across
+/// restarts.
+fn key_id(root: &RootKey) -> String {
+    let hk = Hkdf::<Sha256>::new(Some(b"leakless local root key id"), root.expose_secret());
+    let mut id = [0u8; 8];
+    // 8 bytes is far below HKDF-SHA256's 8160-byte output limit, so expand cannot fail.
+    let _ = hk.expand(b"v1", &mut id);
+    format!("local:{}", hex::encode(id))
+}
+
+/// Where the next epoch's key is staged: the key file's path with `.next` appended.
+fn next_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(".next");
+    PathBuf::from(name)
 }
 
 impl LocalKms {
     /// Uses `root` directly (for tests and for callers that fetched it themselves).
     #[must_use]
     pub fn from_root_key(root: RootKey) -> Self {
-        // The id is a one-way derivation of the key: public, and stable across restarts.
-        let hk = Hkdf::<Sha256>::new(Some(b"leakless local root key id"), root.expose_secret());
-        let mut id = [0u8; 8];
-        // 8 bytes is far below HKDF-SHA256's 8160-byte output limit, so expand cannot fail.
-        let _ = hk.expand(b"v1", &mut id);
         Self {
-            root,
-            id: format!("local:{}", hex::encode(id)),
+            keys: KeyChain::new(key_id(&root), RwLock::new(Some(root))),
+            file: None,
         }
     }
 
@@ -64,22 +127,93 @@ impl LocalKms {
     /// else.
     pub fn from_key_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let key_err = |problem: String| Error::KeyFile {
-            path: path.to_path_buf(),
-            problem,
+        let seen = (FileStamp::of(path), FileStamp::of(&next_path(path)));
+        let root = read_key_file(path)?;
+        let kms = Self {
+            keys: KeyChain::new(key_id(&root), RwLock::new(Some(root))),
+            file: Some(KeyFileSource {
+                path: path.to_path_buf(),
+                seen: Mutex::new((None, None)),
+            }),
         };
-        let meta = fs::metadata(path).map_err(|e| key_err(format!("cannot read it: {e}")))?;
-        check_permissions(&meta).map_err(key_err)?;
-        let raw =
-            Zeroizing::new(fs::read(path).map_err(|e| key_err(format!("cannot read it: {e}")))?);
-        let root = parse_key_bytes(&raw).ok_or_else(|| {
-            key_err(
-                "must hold exactly 32 raw bytes or 64 hex digits (make one with \
-                 `LocalKms::generate_key_file`)"
-                    .into(),
-            )
-        })?;
-        Ok(Self::from_root_key(root))
+        // Also picks up a staged next epoch, so a process started during a shred opens
+        // records on either epoch.
+        kms.reload(seen)?;
+        Ok(kms)
+    }
+
+    /// Re-reads the key file (and a staged `PATH.next`) if either changed since the last look,
+    /// holds the keys found there and zeroizes every other key this instance held. Called
+    /// before every wrap and unwrap; a no-op for a backend without a key file.
+    ///
+    /// # Errors
+    /// [`Error::KeyFile`] when the key file changed and neither it nor a staged next key can
+    /// be read (the keys held so far are kept).
+    pub fn refresh(&self) -> Result<(), Error> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let now = (
+            FileStamp::of(&file.path),
+            FileStamp::of(&next_path(&file.path)),
+        );
+        let unchanged = *file.seen.lock().unwrap_or_else(PoisonError::into_inner) == now;
+        if unchanged {
+            return Ok(());
+        }
+        self.reload(now)
+    }
+
+    fn reload(&self, stamps: (Option<FileStamp>, Option<FileStamp>)) -> Result<(), Error> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let mut seen = file.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let main = read_key_file(&file.path);
+        let next_file = next_path(&file.path);
+        let next = if stamps.1.is_some() {
+            match read_key_file(&next_file) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring a staged next root key file that cannot be read");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (current, staged) = match (main, next) {
+            (Ok(m), n) => (m, n),
+            // The key file is being replaced by a destroy (its old content is zeros now):
+            // the staged key is the current one.
+            (Err(_), Some(n)) => (n, None),
+            (Err(e), None) => return Err(e),
+        };
+        let current_id = key_id(&current);
+        let mut on_disk = vec![current_id.clone()];
+        for root in std::iter::once(current).chain(staged) {
+            let id = key_id(&root);
+            let node = self.keys.get_or_append(&id, || RwLock::new(None));
+            let mut slot = node.data.write().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_none() {
+                *slot = Some(root);
+            }
+            if !on_disk.contains(&id) {
+                on_disk.push(id);
+            }
+        }
+        self.keys.set_current(&current_id);
+        for node in self.keys.iter() {
+            if !on_disk.contains(&node.id) {
+                // Dropping the RootKey zeroizes it.
+                node.data
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+            }
+        }
+        *seen = stamps;
+        Ok(())
     }
 
     /// Reads the root key from the environment variable `var` (64 hex digits).
@@ -128,12 +262,133 @@ impl LocalKms {
         file.write_all(hexed.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| key_err(format!("cannot write it: {e}")))?;
-        Ok(Self::from_root_key(root))
+        drop(root);
+        Self::from_key_file(path)
     }
 
-    fn aad(&self, binding: &KekBinding<'_>) -> Vec<u8> {
-        binding_aad(LOCAL_AAD_LABEL, &self.id, binding)
+    fn wrap_with(
+        &self,
+        id: &str,
+        kek: &Kek,
+        binding: &KekBinding<'_>,
+    ) -> Result<WrappedKek, Error> {
+        let node = self.keys.find(id).ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "wrap KEK",
+            detail: format!("root key {id} is not held by this backend"),
+        })?;
+        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
+        let root = guard.as_ref().ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "wrap KEK",
+            detail: format!("root key {id} is no longer on disk (destroyed or replaced)"),
+        })?;
+        wrap_under_root(
+            BACKEND,
+            root,
+            &node.id,
+            &binding_aad(LOCAL_AAD_LABEL, &node.id, binding),
+            kek,
+        )
     }
+}
+
+/// Reads a root key file: checks its mode and content; the error names the file.
+fn read_key_file(path: &Path) -> Result<RootKey, Error> {
+    let key_err = |problem: String| Error::KeyFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let meta = fs::metadata(path).map_err(|e| key_err(format!("cannot read it: {e}")))?;
+    check_permissions(&meta).map_err(key_err)?;
+    let raw = Zeroizing::new(fs::read(path).map_err(|e| key_err(format!("cannot read it: {e}")))?);
+    parse_key_bytes(&raw).ok_or_else(|| {
+        key_err(
+            "must hold exactly 32 raw bytes or 64 hex digits (make one with \
+             `LocalKms::generate_key_file`)"
+                .into(),
+        )
+    })
+}
+
+/// Writes `root` as 64 hex digits to `target` atomically: a temporary file in the same folder
+/// (created exclusively, mode `0600`), synced, renamed over `target`, and the folder synced.
+fn write_key_atomically(target: &Path, root: &RootKey) -> Result<(), Error> {
+    let key_err = |problem: String| Error::KeyFile {
+        path: target.to_path_buf(),
+        problem,
+    };
+    let dir = parent_dir(target);
+    let name = target
+        .file_name()
+        .ok_or_else(|| key_err("has no file name".into()))?;
+    let mut suffix = [0u8; 8];
+    rand_core::OsRng.fill_bytes(&mut suffix);
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", hex::encode(suffix)));
+    let tmp = dir.join(tmp_name);
+    let mut hexed = Zeroizing::new(hex::encode(root.expose_secret()));
+    hexed.push('\n');
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let written = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(hexed.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(key_err(format!("cannot write a temporary key file: {e}")));
+    }
+    if let Err(e) = fs::rename(&tmp, target) {
+        let _ = shred_file(&tmp);
+        return Err(key_err(format!("cannot move the new key into place: {e}")));
+    }
+    sync_dir(&dir).map_err(|e| key_err(format!("cannot sync its folder: {e}")))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Overwrites a file's content with zeros in place and syncs it (it keeps its name).
+fn zero_in_place(path: &Path) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    let zeros = vec![0u8; len.min(1 << 20)];
+    f.write_all(&zeros)?;
+    f.sync_all()
+}
+
+/// Zeroes a file in place, syncs it, then removes it.
+fn shred_file(path: &Path) -> std::io::Result<()> {
+    zero_in_place(path)?;
+    fs::remove_file(path)?;
+    sync_dir(&parent_dir(path))
+}
+
+fn is_all_zeros(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|b| !b.is_empty() && b.iter().all(|x| *x == 0))
 }
 
 /// The associated-data label of the local backend's KEK wrap (part of its stored format).
@@ -207,22 +462,211 @@ impl Kms for LocalKms {
     }
 
     fn root_key_id(&self) -> &str {
-        &self.id
+        &self.keys.current().id
     }
 
     fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        wrap_under_root(BACKEND, &self.root, &self.id, &self.aad(binding), kek)
+        self.refresh()?;
+        self.wrap_with(&self.keys.current().id, kek, binding)
     }
 
     fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
+        self.refresh()?;
+        let held = self
+            .keys
+            .find(&wrapped.root_key_id)
+            .filter(|n| n.data.read().is_ok_and(|k| k.is_some()));
+        // A root key id this instance does not hold (any more) is reported against the
+        // current key: "wrapped under X, but this backend holds Y".
+        let node = held.unwrap_or_else(|| self.keys.current());
+        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
+        let root = guard.as_ref().ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "unwrap KEK",
+            detail: format!(
+                "{} {}: root key {} is no longer on disk",
+                binding.scope, binding.version, node.id
+            ),
+        })?;
         unwrap_under_root(
             BACKEND,
-            &self.root,
-            &self.id,
-            &self.aad(binding),
+            root,
+            &node.id,
+            &binding_aad(LOCAL_AAD_LABEL, &node.id, binding),
             wrapped,
             binding,
         )
+    }
+}
+
+/// Moves records onto the next local epoch: unwrap under whichever held key they are on,
+/// wrap under the new key, in this process.
+struct LocalMove<'a> {
+    kms: &'a LocalKms,
+    to: String,
+}
+
+impl InKmsRewrap for LocalMove<'_> {
+    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
+        wrapped.root_key_id != self.to
+    }
+
+    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        let kek = self.kms.unwrap_kek(wrapped, binding)?;
+        self.kms.wrap_with(&self.to, &kek, binding)
+    }
+}
+
+impl LocalKms {
+    fn epoch_file(&self, operation: &'static str) -> Result<&Path, Error> {
+        self.file
+            .as_ref()
+            .map(|f| f.path.as_path())
+            .ok_or_else(|| Error::InvalidInput {
+                what: "local root key",
+                problem: format!(
+                    "cannot {operation}: root epochs need a key file (LocalKms::from_key_file); \
+                     a key from the environment or from memory is replaced by restarting with \
+                     a new one"
+                ),
+            })
+    }
+}
+
+impl RootEpochs for LocalKms {
+    fn current_epoch(&self) -> Result<RootEpoch, Error> {
+        self.refresh()?;
+        Ok(RootEpoch::of_key(self.keys.current().id.clone()))
+    }
+
+    fn begin_next_epoch(&self) -> Result<EpochChange<'_>, Error> {
+        let path = self.epoch_file("begin a root epoch")?;
+        let current = read_key_file(path)?;
+        let current_id = key_id(&current);
+        drop(current);
+        let staged_path = next_path(path);
+        let staged = if staged_path.exists() {
+            match read_key_file(&staged_path) {
+                Ok(k) if key_id(&k) != current_id => Some(key_id(&k)),
+                _ => {
+                    // Unusable or a copy of the current key: not a next epoch.
+                    shred_file(&staged_path).map_err(|e| Error::KeyFile {
+                        path: staged_path.clone(),
+                        problem: format!("cannot remove an unusable staged key file: {e}"),
+                    })?;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let next_id = match staged {
+            // Resume an interrupted shred: records may already be on it.
+            Some(id) => id,
+            None => {
+                let root = RootKey::generate();
+                let id = key_id(&root);
+                write_key_atomically(&staged_path, &root)?;
+                id
+            }
+        };
+        self.reload((FileStamp::of(path), FileStamp::of(&staged_path)))?;
+        tracing::info!(retiring = %current_id, next = %next_id, "staged the next local root epoch");
+        Ok(EpochChange::new(
+            RootEpoch::of_key(current_id),
+            RootEpoch::of_key(next_id.clone()),
+            Box::new(LocalMove {
+                kms: self,
+                to: next_id,
+            }),
+        ))
+    }
+
+    fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error> {
+        let path = self.epoch_file("destroy a root epoch")?;
+        let staged_path = next_path(path);
+        let copies = format!(
+            "copies of the key file {} made before now: filesystem or volume snapshots, backups \
+             that included it, configuration-management or editor copies, and swap or \
+             hibernation images of processes that held it; on copy-on-write or journaling \
+             filesystems and on SSDs the overwritten blocks can survive until reused",
+            path.display()
+        );
+        let fail = |detail: String| Error::Kms {
+            backend: BACKEND,
+            operation: "destroy root epoch",
+            detail,
+        };
+        if epoch.key_version.is_some() || !epoch.root_key_id.starts_with("local:") {
+            return Err(Error::InvalidInput {
+                what: "root epoch",
+                problem: format!("{epoch} is not a local root key"),
+            });
+        }
+        let staged = staged_path
+            .exists()
+            .then(|| read_key_file(&staged_path))
+            .transpose()?;
+        let staged_id = staged.as_ref().map(key_id);
+        drop(staged);
+        let destroyed = EpochDestroyed {
+            epoch: epoch.clone(),
+            status: Destruction::Destroyed,
+            copies_may_remain: copies,
+        };
+        match read_key_file(path) {
+            Ok(current) if key_id(&current) == epoch.root_key_id => {
+                drop(current);
+                let Some(next_id) = staged_id else {
+                    return Err(fail(format!(
+                        "{epoch} is the only root key in {}: begin the next epoch and move every \
+                         record onto it first",
+                        path.display()
+                    )));
+                };
+                let key_err = |problem: String| Error::KeyFile {
+                    path: path.to_path_buf(),
+                    problem,
+                };
+                zero_in_place(path)
+                    .map_err(|e| key_err(format!("cannot overwrite the old key: {e}")))?;
+                fs::rename(&staged_path, path)
+                    .map_err(|e| key_err(format!("cannot move the next key into place: {e}")))?;
+                sync_dir(&parent_dir(path))
+                    .map_err(|e| key_err(format!("cannot sync its folder: {e}")))?;
+                self.refresh()?;
+                tracing::info!(destroyed = %epoch, current = %next_id, "destroyed a local root epoch");
+                Ok(destroyed)
+            }
+            Ok(current) => {
+                drop(current);
+                if staged_id.as_deref() == Some(epoch.root_key_id.as_str()) {
+                    return Err(fail(format!(
+                        "{epoch} is the staged next epoch, not a retiring one"
+                    )));
+                }
+                // Neither the key file nor a staged key holds it: gone already.
+                self.refresh()?;
+                Ok(EpochDestroyed {
+                    status: Destruction::AlreadyGone,
+                    ..destroyed
+                })
+            }
+            // Interrupted after the old content was zeroed: finish the swap.
+            Err(_) if is_all_zeros(path) && staged_id.is_some() => {
+                fs::rename(&staged_path, path).map_err(|e| Error::KeyFile {
+                    path: path.to_path_buf(),
+                    problem: format!("cannot move the next key into place: {e}"),
+                })?;
+                sync_dir(&parent_dir(path)).map_err(|e| Error::KeyFile {
+                    path: path.to_path_buf(),
+                    problem: format!("cannot sync its folder: {e}"),
+                })?;
+                self.refresh()?;
+                Ok(destroyed)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -17,12 +17,16 @@
 //! * Applications never call either; they hand a backend to
 //!   [`KeyRing::builder`](crate::KeyRing::builder).
 //!
+//! * A complete crypto-shred calls [`RootEpochs`] (make the next root epoch, move every
+//!   record onto it, destroy the old epoch's material in the backend); see [`epoch`].
+//!
 //! Both calls take a [`KekBinding`] (scope and version). A backend must bind the wrapped KEK to
 //! it (as AEAD associated data, or an encryption context), so that a wrapped KEK copied to
 //! another scope or version fails to unwrap.
 
 #[cfg(feature = "aws-kms")]
 pub mod aws;
+pub mod epoch;
 mod local;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
@@ -36,6 +40,7 @@ pub mod vault;
 
 #[cfg(feature = "aws-kms")]
 pub use aws::{AwsCredentials, AwsKms, AwsKmsConfig, AwsReEncrypt};
+pub use epoch::{Destruction, EpochChange, EpochDestroyed, RootEpoch, RootEpochs};
 pub use local::{LocalKms, ROOT_KEY_ENV};
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{PinSource, Pkcs11Config, Pkcs11Kms, Pkcs11Token};

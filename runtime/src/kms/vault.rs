@@ -18,6 +18,19 @@
 //! Vault (`transit/rewrap`, the KEK never leaves Vault), after which
 //! [`VaultTransitKms::set_min_decryption_version`] can make the old versions unusable.
 //!
+//! # Root epochs
+//!
+//! [`RootEpochs`] for Transit: an epoch is a key version. The next epoch is
+//! `MOUNT/keys/NAME/rotate`; records move with `rewrap` inside Vault; destroying the old epoch
+//! raises `min_decryption_version` and `min_encryption_version` to the first version that
+//! survives and then calls `MOUNT/keys/NAME/trim` with `min_available_version` set to it, which
+//! deletes every older version's key material from Vault's storage (it needs neither
+//! `deletion_allowed` nor an exportable key). Applications keep the same configuration (the
+//! key name): `encrypt` uses the newest version and `decrypt` reads the version from the
+//! ciphertext, so nothing restarts. The token of the process that shreds needs `update` on
+//! `MOUNT/keys/NAME/rotate`, `MOUNT/keys/NAME/config`, `MOUNT/keys/NAME/trim` and
+//! `MOUNT/rewrap/NAME`; the applications' tokens need none of these.
+//!
 //! # Transport and credentials
 //!
 //! Blocking HTTP(S) through `ureq` (rustls). Token auth: the token is read from a file or an
@@ -39,6 +52,7 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::key::WrappedKek;
+use crate::kms::epoch::{Destruction, EpochChange, EpochDestroyed, RootEpoch, RootEpochs};
 use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats};
 use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::redact::redact_url;
@@ -671,6 +685,158 @@ impl InKmsRewrap for VaultRewrap<'_> {
 
     fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
         self.kms.rewrap(wrapped, binding)
+    }
+}
+
+/// The version fields of a Transit key that trimming reads (`keys` lists the versions still
+/// stored).
+#[derive(Deserialize)]
+struct KeyVersions {
+    latest_version: u32,
+    min_decryption_version: u32,
+    #[serde(default)]
+    min_encryption_version: u32,
+    #[serde(default)]
+    min_available_version: u32,
+    #[serde(default)]
+    keys: serde_json::Map<String, serde_json::Value>,
+}
+
+impl VaultTransitKms {
+    fn key_versions(&self) -> Result<KeyVersions, Error> {
+        let body = self.request("read key", Method::Get, &format!("keys/{}", self.key), None)?;
+        parse::<DataOf<KeyVersions>>(&body, "read key").map(|d| d.data)
+    }
+
+    /// Deletes every version of the Transit key below `first_kept` from Vault: raises
+    /// `min_decryption_version` and `min_encryption_version` to it, then `trim`s. Records still
+    /// wrapped under an older version become unreadable for good.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `first_kept` is above the latest version; [`Error::Kms`]
+    /// when Vault refuses (e.g. the token may not configure or trim the key), or when versions
+    /// below `first_kept` are still listed afterwards; [`Error::KmsUnavailable`].
+    pub fn trim_below(&self, first_kept: u32) -> Result<(), Error> {
+        let v = self.key_versions()?;
+        if first_kept > v.latest_version || first_kept == 0 {
+            return Err(Error::InvalidInput {
+                what: "Transit key version",
+                problem: format!(
+                    "cannot keep versions from v{first_kept} of {}: the latest is v{}",
+                    self.id, v.latest_version
+                ),
+            });
+        }
+        let body = Zeroizing::new(format!(
+            r#"{{"min_decryption_version":{},"min_encryption_version":{}}}"#,
+            v.min_decryption_version.max(first_kept),
+            v.min_encryption_version.max(first_kept)
+        ));
+        self.request(
+            "configure key",
+            Method::Post,
+            &format!("keys/{}/config", self.key),
+            Some(&body),
+        )?;
+        let body = Zeroizing::new(format!(r#"{{"min_available_version":{first_kept}}}"#));
+        self.request(
+            "trim key",
+            Method::Post,
+            &format!("keys/{}/trim", self.key),
+            Some(&body),
+        )?;
+        let after = self.key_versions()?;
+        let left: Vec<u32> = after
+            .keys
+            .keys()
+            .filter_map(|k| k.parse::<u32>().ok())
+            .filter(|n| *n < first_kept)
+            .collect();
+        if !left.is_empty() || after.min_available_version < first_kept {
+            return Err(Error::Kms {
+                backend: BACKEND,
+                operation: "trim key",
+                detail: format!(
+                    "{} still lists versions {left:?} below v{first_kept} after trim",
+                    self.id
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl RootEpochs for VaultTransitKms {
+    fn current_epoch(&self) -> Result<RootEpoch, Error> {
+        Ok(RootEpoch {
+            root_key_id: self.id.clone(),
+            key_version: Some(self.key_versions()?.latest_version),
+        })
+    }
+
+    fn begin_next_epoch(&self) -> Result<EpochChange<'_>, Error> {
+        let old = self.key_versions()?.latest_version;
+        let new = self.rotate_key()?;
+        tracing::info!(key = %self.id, retiring = old, next = new, "rotated the Transit key for a new root epoch");
+        Ok(EpochChange::new(
+            RootEpoch {
+                root_key_id: self.id.clone(),
+                key_version: Some(old),
+            },
+            RootEpoch {
+                root_key_id: self.id.clone(),
+                key_version: Some(new),
+            },
+            Box::new(VaultRewrap {
+                kms: self,
+                latest: new,
+            }),
+        ))
+    }
+
+    fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error> {
+        let (true, Some(version)) = (epoch.root_key_id == self.id, epoch.key_version) else {
+            return Err(Error::InvalidInput {
+                what: "root epoch",
+                problem: format!("{epoch} is not a version of {}", self.id),
+            });
+        };
+        let v = self.key_versions()?;
+        if version >= v.latest_version {
+            return Err(Error::InvalidInput {
+                what: "root epoch",
+                problem: format!(
+                    "{epoch} includes the latest version v{} of the key, which new wraps use; \
+                     begin the next epoch first",
+                    v.latest_version
+                ),
+            });
+        }
+        let first_kept = version.saturating_add(1);
+        let copies = format!(
+            "Vault/OpenBao storage snapshots and backups taken before now (raft snapshots, \
+             storage-backend or disk backups, replicas restored from them) still hold versions \
+             below v{first_kept} of {}, as does any transit/backup export of the key",
+            self.id
+        );
+        let already = v.min_available_version >= first_kept
+            && !v
+                .keys
+                .keys()
+                .filter_map(|k| k.parse::<u32>().ok())
+                .any(|n| n < first_kept);
+        let status = if already {
+            Destruction::AlreadyGone
+        } else {
+            self.trim_below(first_kept)?;
+            tracing::info!(key = %self.id, first_kept, "trimmed old Transit key versions");
+            Destruction::Destroyed
+        };
+        Ok(EpochDestroyed {
+            epoch: epoch.clone(),
+            status,
+            copies_may_remain: copies,
+        })
     }
 }
 
