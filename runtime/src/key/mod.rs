@@ -313,6 +313,12 @@ pub enum KeyAction {
     /// An existing, unauthenticated key store was authenticated (`keys upgrade`): the
     /// version's record got its first tag. Trust on first use.
     Authenticate,
+    /// A destroyed version's shred was completed: the root epoch that wraps old copies of it
+    /// was destroyed in the backend.
+    Shred,
+    /// A destroyed version's shred was completed on this side, and the backend refuses the old
+    /// root epoch, but deletes it only later (AWS KMS pending window).
+    ShredScheduled,
 }
 
 impl KeyAction {
@@ -328,6 +334,8 @@ impl KeyAction {
             KeyAction::Destroy => "destroy",
             KeyAction::RewrapRoot => "rewrap_root",
             KeyAction::Authenticate => "authenticate",
+            KeyAction::Shred => "shred",
+            KeyAction::ShredScheduled => "shred_scheduled",
         }
     }
 
@@ -343,6 +351,8 @@ impl KeyAction {
             "destroy" => KeyAction::Destroy,
             "rewrap_root" => KeyAction::RewrapRoot,
             "authenticate" => KeyAction::Authenticate,
+            "shred" => KeyAction::Shred,
+            "shred_scheduled" => KeyAction::ShredScheduled,
             _ => return None,
         })
     }
