@@ -28,7 +28,9 @@ mod cache;
 mod fields;
 mod integrity;
 mod ring;
+mod tags;
 
 pub use cache::{CacheConfig, KekCache};
 pub use integrity::{INTEGRITY_SCOPE, RESERVED_SCOPE_PREFIX, StoreVerification};
 pub use ring::{FieldPolicy, KeyRing, KeyRingBuilder, KmsCallCounts};
+pub use tags::{audit_tag, record_tag};
