@@ -16,18 +16,32 @@ the document it then:
 - re-wraps to a freshly generated KEK (same and different scope, new version) and checks the
   result opens to the same plaintext with the data part unchanged.
 
-Usage: verify-vectors.py [PATH-TO-envelope-format.md]
-(default: docs/envelope-format.md under the repository root, the parent of this script's folder).
+It then does the same for `docs/key-store-format.md`, implemented from that document's sections
+(by the document's author, who had read the Rust code; an outsider's port is the stronger test): it
+recomputes the local backend's root key id and KEK wraps (associated data and wrapped bytes),
+the integrity key's HMAC key, every record tag and the audit chain of the example key store,
+verifies the example store as its section 4.6 says and recovers every KEK from it with the root
+key, checks the document's PKCS#11, Vault and cache-window examples, and requires ten tampered
+copies of the store to be refused.
+
+Usage: verify-vectors.py [PATH-TO-envelope-format.md [PATH-TO-key-store-format.md]]
+(defaults: docs/envelope-format.md and docs/key-store-format.md under the repository root, the
+parent of this script's folder).
 Prints `ok <name>: <n> checks` per vector and a last line `N passed, M failed`; exits 1 when
 anything fails.
 
-Crypto comes only from PyNaCl (XChaCha20-Poly1305) and `cryptography` (AES-256-GCM):
+Crypto comes only from PyNaCl (XChaCha20-Poly1305), `cryptography` (AES-256-GCM, HKDF) and the
+standard library (HMAC-SHA256):
 `pip install pynacl cryptography`. Test keys for re-wrapping are generated at run time; no value
 here is a secret, and nothing here may be used as a real key.
 """
 
 from __future__ import annotations
 
+import base64
+import copy
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -41,8 +55,10 @@ from pathlib import Path
 
 try:
     from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     from nacl.bindings import (
         crypto_aead_xchacha20poly1305_ietf_decrypt,
         crypto_aead_xchacha20poly1305_ietf_encrypt,
@@ -1174,6 +1190,332 @@ def load_vectors(doc: Path) -> dict:
     return json.loads(m.group(1))
 
 
+# --------------------------------------------------------------------------------------------
+# docs/key-store-format.md: KEK wraps under a local root key, the integrity key, record and
+# audit tags, the verification rules, and recovering KEKs from the example store file.
+# Written from that document alone.
+# --------------------------------------------------------------------------------------------
+
+LOCAL_LABEL = b"leakless.local-kms.kek-wrap.v1"
+PKCS11_LABEL = b"leakless.pkcs11.kek-wrap.v1"
+VAULT_CONTEXT_LABEL = b"leakless.vault-transit.kek.v1"
+INTEGRITY_SCOPE = "leakless:integrity"
+MAC_INFO = b"leakless key-store authentication v1"
+RECORD_LABEL = b"leakless.key-record.v1"
+AUDIT_LABEL = b"leakless.key-audit.v1"
+KEYSTORE_FORMAT = "leakless-keystore-v1"
+LEGACY_RECHECK_SECS = 300
+STATES = {"active", "grace", "retired", "destroyed"}
+ACTIONS = {
+    "create_scope",
+    "rotate",
+    "retire",
+    "expire_grace",
+    "reinstate",
+    "destroy",
+    "rewrap_root",
+    "authenticate",
+}
+
+
+class StoreTampered(Exception):
+    """Section 4.6: the store fails verification."""
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def local_root_key_id(root: bytes) -> str:
+    return "local:" + hkdf_sha256(root, b"leakless local root key id", b"v1", 8).hex()
+
+
+def str8(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    assert len(b) <= 255
+    return bytes([len(b)]) + b
+
+
+def bytes32(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b
+
+
+def opt_time(t: int | None) -> bytes:
+    return b"\x00" if t is None else b"\x01" + struct.pack(">q", t)
+
+
+def enc_state(name: str, grace_until: int | None) -> bytes:
+    if name not in STATES:
+        raise StoreTampered(f"unknown state {name!r}")
+    if name == "grace" and grace_until is None:
+        raise StoreTampered("grace without a deadline")
+    return str8(name) + opt_time(grace_until if name == "grace" else None)
+
+
+def binding_aad(label: bytes, scope: str, version: int, key_id: str) -> bytes:
+    return label + str8(scope) + struct.pack(">I", version) + str8(key_id)
+
+
+def vault_context(scope: str, version: int) -> bytes:
+    return VAULT_CONTEXT_LABEL + str8(scope) + struct.pack(">I", version)
+
+
+def local_wrap(root: bytes, scope: str, version: int, nonce: bytes, kek: bytes) -> bytes:
+    aad = binding_aad(LOCAL_LABEL, scope, version, local_root_key_id(root))
+    return nonce + xchacha_encrypt(root, nonce, aad, kek)
+
+
+def local_unwrap(root: bytes, root_key_id: str, scope: str, version: int, wrapped: bytes) -> bytes:
+    """Section 3.1's unwrap; raises StoreTampered (never guesses)."""
+    if root_key_id != local_root_key_id(root):
+        raise StoreTampered(f"{scope} v{version}: wrapped under {root_key_id}, not this root key")
+    if len(wrapped) < 24:
+        raise StoreTampered(f"{scope} v{version}: wrapped KEK truncated")
+    aad = binding_aad(LOCAL_LABEL, scope, version, root_key_id)
+    try:
+        kek = xchacha_decrypt(root, wrapped[:24], aad, wrapped[24:])
+    except EnvelopeError:
+        raise StoreTampered(f"{scope} v{version}: wrapped KEK does not authenticate") from None
+    if len(kek) != 32:
+        raise StoreTampered(f"{scope} v{version}: KEK of {len(kek)} bytes")
+    return kek
+
+
+def record_tag_input(r: dict) -> bytes:
+    """Section 4.3, from a JSON store record (section 5.1)."""
+    out = RECORD_LABEL + struct.pack(">Q", r["seq"])
+    out += str8(r["scope"]) + struct.pack(">I", r["version"])
+    out += enc_state(r["state"], r.get("grace_until"))
+    out += opt_time(r.get("deactivated_at"))
+    out += struct.pack(">I", r.get("recheck_secs", LEGACY_RECHECK_SECS))
+    out += struct.pack(">q", r["created_at"]) + struct.pack(">q", r["updated_at"])
+    if r.get("root_key_id") is not None and r.get("wrapped_kek_hex") is not None:
+        wrapped = bytes.fromhex(r["wrapped_kek_hex"])
+        out += b"\x01" + bytes32(r["root_key_id"].encode()) + bytes32(wrapped)
+    else:
+        out += b"\x00"
+    return out
+
+
+def audit_tag_input(prev: bytes, a: dict) -> bytes:
+    """Section 4.4, from a JSON store audit entry."""
+    if a["action"] not in ACTIONS:
+        raise StoreTampered(f"unknown action {a['action']!r}")
+    out = AUDIT_LABEL + prev + struct.pack(">Q", a["seq"]) + struct.pack(">q", a["at"])
+    out += bytes32(a["actor"].encode()) + bytes32(a["reason"].encode())
+    out += str8(a["action"]) + str8(a["scope"]) + struct.pack(">I", a["version"])
+    if a.get("from_state") is None:
+        out += b"\x00"
+    else:
+        out += b"\x01" + enc_state(a["from_state"], a.get("from_grace_until"))
+    out += enc_state(a["to_state"], a.get("to_grace_until"))
+    return out
+
+
+def verify_store(store: dict, root: bytes) -> tuple[int, int, dict[tuple[str, int], bytes]]:
+    """Section 4.6 on a JSON store with the local root key. Returns (authenticated audit
+    entries, records, every recovered KEK); raises StoreTampered at the first problem."""
+    if store.get("format") != KEYSTORE_FORMAT:
+        raise StoreTampered(f"unknown format {store.get('format')!r}")
+    records = store["records"]
+    # 1. The integrity record: present, unwraps, its own tag verifies.
+    integ = [r for r in records if r["scope"] == INTEGRITY_SCOPE and r["version"] == 1]
+    if len(integ) != 1 or integ[0].get("wrapped_kek_hex") is None:
+        raise StoreTampered("no integrity record")
+    wrapped = bytes.fromhex(integ[0]["wrapped_kek_hex"])
+    ikey = local_unwrap(root, integ[0]["root_key_id"], INTEGRITY_SCOPE, 1, wrapped)
+    mac_key = hkdf_sha256(ikey, None, MAC_INFO, 32)
+
+    def tag_ok(data: bytes, tag_hex: str | None) -> bool:
+        return tag_hex is not None and hmac_sha256(mac_key, data) == bytes.fromhex(tag_hex)
+
+    # 2-3. The chain.
+    entries = sorted(store["audit"], key=lambda a: a.get("seq") or 0)
+    prev, seq, last = bytes(32), 0, {}
+    for a in entries:
+        if ("seq" in a) != ("tag_hex" in a):
+            raise StoreTampered("audit entry with only one of seq and tag")
+        if "seq" not in a:
+            if seq > 0:
+                raise StoreTampered("unauthenticated entry inside the chain")
+            continue
+        if a["seq"] != seq + 1:
+            raise StoreTampered(f"chain breaks after #{seq}: next is #{a['seq']}")
+        if not tag_ok(audit_tag_input(prev, a), a["tag_hex"]):
+            raise StoreTampered(f"audit entry #{a['seq']} fails authentication")
+        seq, prev = a["seq"], bytes.fromhex(a["tag_hex"])
+        deadline = a.get("to_grace_until") if a["to_state"] == "grace" else None
+        last[(a["scope"], a["version"])] = (seq, a["to_state"], deadline)
+    # 4. Every record.
+    keks, seen = {}, set()
+    for r in records:
+        key = (r["scope"], r["version"])
+        if "seq" not in r or "tag_hex" not in r:
+            raise StoreTampered(f"{key}: no authentication")
+        if not tag_ok(record_tag_input(r), r["tag_hex"]):
+            raise StoreTampered(f"{key}: record fails authentication")
+        want = last.get(key)
+        state = (r["state"], r.get("grace_until") if r["state"] == "grace" else None)
+        if want is None or want[0] != r["seq"]:
+            raise StoreTampered(f"{key}: record seq {r['seq']} is not its last audit entry {want}")
+        if (want[1], want[2]) != state:
+            raise StoreTampered(f"{key}: state differs from audit entry #{want[0]}")
+        seen.add(key)
+        if r.get("wrapped_kek_hex") is not None:
+            wrapped = bytes.fromhex(r["wrapped_kek_hex"])
+            keks[key] = local_unwrap(root, r["root_key_id"], r["scope"], r["version"], wrapped)
+    # 5. Deleted records.
+    missing = set(last) - seen
+    if missing:
+        raise StoreTampered(f"records deleted: {sorted(missing)}")
+    return seq, len(records), keks
+
+
+def change_allowed_at(r: dict) -> int:
+    """Section 5.3."""
+    window = r.get("recheck_secs", LEGACY_RECHECK_SECS)
+    deactivated = r.get("deactivated_at", r["updated_at"])
+    return deactivated + window + max(window // 10, 1)
+
+
+def load_block(text: str, name: str) -> dict:
+    pattern = rf"<!-- {name}:begin -->\s*```json\s*\n(.*?)\n```\s*<!-- {name}:end -->"
+    m = re.search(pattern, text, re.S)
+    if not m:
+        raise ValueError(f"no block between <!-- {name}:begin/end --> markers")
+    return json.loads(m.group(1))
+
+
+def verify_key_store_doc(doc: Path) -> list[Checks]:
+    text = doc.read_text(encoding="utf-8")
+    vec = load_block(text, "key-store-vectors")
+    store = load_block(text, "key-store-file")
+    root = h(vec["root_key_hex"])
+    results = []
+
+    c = Checks("key store: local KEK wraps")
+    c.check("backend is local", vec["backend"] == "local")
+    rid = local_root_key_id(root)
+    c.check("root key id (HKDF)", rid == vec["root_key_id"], rid)
+    for w in vec["kek_wraps"]:
+        name = f"{w['key_scope']} v{w['kek_version']}"
+        aad = binding_aad(LOCAL_LABEL, w["key_scope"], w["kek_version"], vec["root_key_id"])
+        c.equal_bytes(f"{name}: aad", aad, h(w["aad_hex"]))
+        nonce, kek = h(w["nonce_hex"]), h(w["kek_hex"])
+        wrapped = local_wrap(root, w["key_scope"], w["kek_version"], nonce, kek)
+        c.equal_bytes(f"{name}: wrapped KEK", wrapped, h(w["wrapped_kek_hex"]))
+        c.check(f"{name}: 72 bytes", len(wrapped) == 72)
+        for label, args in [
+            ("another version", (w["key_scope"], w["kek_version"] + 1)),
+            ("another scope", ("other", w["kek_version"])),
+        ]:
+            try:
+                local_unwrap(root, vec["root_key_id"], *args, wrapped)
+                c.check(f"{name}: {label} refused", False)
+            except StoreTampered:
+                c.check(f"{name}: {label} refused", True)
+    results.append(c)
+
+    c = Checks("key store: integrity key and record tags")
+    mac_key = hkdf_sha256(h(vec["integrity_kek_hex"]), None, MAC_INFO, 32)
+    c.equal_bytes("mac key (HKDF, no salt)", mac_key, h(vec["mac_key_hex"]))
+    by_id = {(r["scope"], r["version"]): r for r in store["records"]}
+    c.check("one tag vector per record", len(vec["record_tags"]) == len(by_id))
+    for t in vec["record_tags"]:
+        r = by_id[(t["key_scope"], t["kek_version"])]
+        name = f"{t['key_scope']} v{t['kek_version']}"
+        c.check(f"{name}: seq", r["seq"] == t["seq"])
+        c.equal_bytes(f"{name}: tag input", record_tag_input(r), h(t["tag_input_hex"]))
+        tag = hmac_sha256(mac_key, record_tag_input(r))
+        c.equal_bytes(f"{name}: tag", tag, h(t["tag_hex"]))
+        c.equal_bytes(f"{name}: tag in the store", tag, h(r["tag_hex"]))
+    results.append(c)
+
+    c = Checks("key store: audit chain")
+    prev = bytes(32)
+    entries = sorted(store["audit"], key=lambda a: a["seq"])
+    c.check("one tag vector per entry", len(vec["audit_tags"]) == len(entries))
+    for t, a in zip(vec["audit_tags"], entries, strict=False):
+        c.check(f"#{t['seq']}: seq", a["seq"] == t["seq"])
+        c.equal_bytes(f"#{t['seq']}: prev", prev, h(t["prev_hex"]))
+        data = audit_tag_input(prev, a)
+        c.equal_bytes(f"#{t['seq']}: tag input", data, h(t["tag_input_hex"]))
+        prev = hmac_sha256(mac_key, data)
+        c.equal_bytes(f"#{t['seq']}: tag", prev, h(t["tag_hex"]))
+        c.equal_bytes(f"#{t['seq']}: tag in the store", prev, h(a["tag_hex"]))
+    results.append(c)
+
+    c = Checks("key store: verification and recovery of the example store")
+    try:
+        n_audit, n_records, keks = verify_store(store, root)
+        c.check("verifies", True)
+        c.check("8 entries, 4 records", (n_audit, n_records) == (8, 4))
+        want = {(w["key_scope"], w["kek_version"]): h(w["kek_hex"]) for w in vec["kek_wraps"]}
+        c.check("every KEK recovered", keks == want, str(sorted(keks)))
+    except StoreTampered as err:
+        c.check("verifies", False, str(err))
+    v2 = by_id[("patients", 2)]
+    c.check("section 5.3 example", change_allowed_at(v2) == 1777971930 and "1777971930" in text)
+    flat = re.sub(r"\s+", "", text)
+    pk = binding_aad(PKCS11_LABEL, "patients", 2, "pkcs11:leakless/leakless-root")
+    c.check("section 2 PKCS#11 example", pk.hex() in flat)
+    ctx = vault_context("patients", 2)
+    b64 = base64.b64encode(ctx).decode()
+    c.check("section 3.5 Vault context example", ctx.hex() in flat and b64 in flat)
+
+    def rec(s: dict, scope: str, version: int) -> dict:
+        return next(r for r in s["records"] if r["scope"] == scope and r["version"] == version)
+
+    def edit_grace(s: dict) -> None:
+        rec(s, "patients", 2)["grace_until"] += 1
+
+    def edit_window(s: dict) -> None:
+        rec(s, "patients", 3)["recheck_secs"] = 1
+
+    def revive(s: dict) -> None:
+        rec(s, "patients", 1)["state"] = "retired"
+
+    def delete_record(s: dict) -> None:
+        s["records"].remove(rec(s, "patients", 1))
+
+    def delete_entry(s: dict) -> None:
+        del s["audit"][4]
+
+    def edit_actor(s: dict) -> None:
+        s["audit"][1]["actor"] = "dba:mallory"
+
+    def cut_tail(s: dict) -> None:
+        s["audit"].pop()
+
+    def untag(s: dict) -> None:
+        r = rec(s, "patients", 3)
+        del r["tag_hex"], r["seq"]
+
+    def swap_seq(s: dict) -> None:
+        a = s["audit"]
+        a[2]["seq"], a[3]["seq"] = a[3]["seq"], a[2]["seq"]
+
+    def other_root(s: dict) -> None:
+        rec(s, "patients", 3)["root_key_id"] = "local:0000000000000000"
+
+    edits = [edit_grace, edit_window, revive, delete_record, delete_entry, edit_actor]
+    edits += [cut_tail, untag, swap_seq, other_root]
+    for edit in edits:
+        bad = copy.deepcopy(store)
+        edit(bad)
+        try:
+            verify_store(bad, root)
+            c.check(f"tampered ({edit.__name__}) refused", False)
+        except StoreTampered:
+            c.check(f"tampered ({edit.__name__}) refused", True)
+    results.append(c)
+    return results
+
+
 def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parent.parent
     doc = Path(argv[1]) if len(argv) > 1 else root / "docs" / "envelope-format.md"
@@ -1185,6 +1527,13 @@ def main(argv: list[str]) -> int:
         print("0 passed, 1 failed")
         return 1
     results = [verify_document_examples()]
+    ks_doc = Path(argv[2]) if len(argv) > 2 else root / "docs" / "key-store-format.md"
+    try:
+        results.extend(verify_key_store_doc(ks_doc))
+    except Exception as err:  # a missing or malformed document: count it, keep going
+        broken = Checks(f"key store ({ks_doc.name})")
+        broken.check("document could be processed", False, f"{type(err).__name__}: {err}")
+        results.append(broken)
     top = Checks("vector set")
     top.check("format_version is 1", data.get("format_version") == FORMAT_VERSION)
     vectors = data.get("vectors", [])

@@ -29,8 +29,10 @@ mod fields;
 mod integrity;
 mod ring;
 mod shred;
+mod tags;
 
 pub use cache::{CacheConfig, KekCache};
 pub use integrity::{INTEGRITY_SCOPE, RESERVED_SCOPE_PREFIX, StoreVerification};
 pub use ring::{FieldPolicy, KeyRing, KeyRingBuilder, KmsCallCounts};
 pub use shred::{ShredReport, ShredState, ShredStatus};
+pub use tags::{audit_tag, record_tag};

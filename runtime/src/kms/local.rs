@@ -681,10 +681,23 @@ pub(super) fn wrap_under_root(
 ) -> Result<WrappedKek, Error> {
     let mut nonce = [0u8; WRAP_NONCE_LEN];
     rand_core::OsRng.fill_bytes(&mut nonce);
+    wrap_under_root_with_nonce(backend, root, id, aad, kek, &nonce)
+}
+
+/// [`wrap_under_root`] with the nonce given: only for fresh random nonces and known-answer
+/// tests.
+fn wrap_under_root_with_nonce(
+    backend: &'static str,
+    root: &RootKey,
+    id: &str,
+    aad: &[u8],
+    kek: &Kek,
+    nonce: &[u8; WRAP_NONCE_LEN],
+) -> Result<WrappedKek, Error> {
     let ct = aead::encrypt(
         Algorithm::XChaCha20Poly1305,
         root.expose_secret(),
-        &nonce,
+        nonce,
         aad,
         kek.expose_secret(),
     )
@@ -749,4 +762,30 @@ pub(super) fn unwrap_under_root(
             binding.scope, binding.version
         ))
     })
+}
+
+impl LocalKms {
+    /// The local backend's KEK wrap with a caller-chosen nonce: what [`Kms::wrap_kek`] of a
+    /// `LocalKms` holding `root` returns when its random nonce is `nonce`. For the known-answer
+    /// vectors of `docs/key-store-format.md` only: a real wrap must use a fresh random nonce,
+    /// which is why this is hidden from the documentation.
+    ///
+    /// # Errors
+    /// [`Error::Kms`] when the encryption fails (it does not for 32-byte keys).
+    #[doc(hidden)]
+    pub fn wrap_kek_with_nonce_for_kat(
+        root: &RootKey,
+        kek: &Kek,
+        binding: &KekBinding<'_>,
+        nonce: &[u8; WRAP_NONCE_LEN],
+    ) -> Result<WrappedKek, Error> {
+        let copy = RootKey::try_from_slice(root.expose_secret()).ok_or_else(|| Error::Kms {
+            backend: BACKEND,
+            operation: "wrap KEK",
+            detail: "root key has the wrong length".into(),
+        })?;
+        let id = Self::from_root_key(copy).root_key_id().to_owned();
+        let aad = binding_aad(LOCAL_AAD_LABEL, &id, binding);
+        wrap_under_root_with_nonce(BACKEND, root, &id, &aad, kek, nonce)
+    }
 }
