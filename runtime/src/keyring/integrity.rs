@@ -437,6 +437,27 @@ impl KeyRing {
         let key = self.integrity_key()?;
         let mut report = StoreVerification::default();
         let mut chain = Chain::default();
+        // `audit_since(0)` sorts entries without authentication first, so whether one was
+        // written after the chain began shows only in the order the store keeps them: legacy
+        // entries all precede the first authenticated one.
+        if let Some(a) = self
+            .inner
+            .store
+            .audit_log(None)?
+            .iter()
+            .skip_while(|a| a.auth.is_none())
+            .find(|a| a.auth.is_none())
+        {
+            return Err(tampered(
+                Some(&a.scope),
+                Some(a.version),
+                format!(
+                    "an audit entry without authentication ({} at {}) was written after the \
+                     authenticated chain began",
+                    a.action, a.at
+                ),
+            ));
+        }
         let (mut seq, mut prev) = (0u64, [0u8; 32]);
         for a in self.inner.store.audit_since(0)? {
             let Some(auth) = a.auth else {
