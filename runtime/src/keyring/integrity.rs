@@ -458,6 +458,10 @@ impl KeyRing {
                 ),
             ));
         }
+        // The newest entry this ring verified before must still be there, unchanged (a log
+        // rolled back behind a running process).
+        let remembered = self.chain_lock().head;
+        let mut remembered_seen = remembered.is_none();
         let (mut seq, mut prev) = (0u64, [0u8; 32]);
         for a in self.inner.store.audit_since(0)? {
             let Some(auth) = a.auth else {
@@ -476,12 +480,23 @@ impl KeyRing {
                 continue;
             };
             verify_entry(&key, &a, auth, seq, &prev)?;
+            remembered_seen |= remembered == Some((auth.seq, auth.tag));
             chain
                 .last
                 .insert((a.scope.clone(), a.version), (auth.seq, a.to));
             seq = auth.seq;
             prev = auth.tag;
             report.audit_entries = report.audit_entries.saturating_add(1);
+        }
+        if let Some((s, _)) = remembered.filter(|_| !remembered_seen) {
+            return Err(tampered(
+                None,
+                None,
+                format!(
+                    "audit entry #{s}, verified earlier by this process, is gone or changed: \
+                     the audit log was rolled back or edited"
+                ),
+            ));
         }
         chain.head = (seq > 0).then_some((seq, prev));
         let mut seen = HashMap::new();
