@@ -1386,7 +1386,7 @@ fn whole_store_rollback(w: World) {
     // state, so it verifies and seals under v2 again (the version the admin had demoted).
     // Nothing in the store can prove that a newer state existed. This is why a completed
     // shred also destroys the old root epoch: a rolled-back store's destroyed-then-restored
-    // material is wrapped under a root the KMS no longer has (docs/shredding.md).
+    // material is wrapped under a root the KMS no longer has (DESIGN.md, invariant 4).
     w.assert_intact(INTACT);
 }
 
