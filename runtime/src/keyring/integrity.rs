@@ -437,6 +437,31 @@ impl KeyRing {
         let key = self.integrity_key()?;
         let mut report = StoreVerification::default();
         let mut chain = Chain::default();
+        // `audit_since(0)` sorts entries without authentication first, so whether one was
+        // written after the chain began shows only in the order the store keeps them: legacy
+        // entries all precede the first authenticated one.
+        if let Some(a) = self
+            .inner
+            .store
+            .audit_log(None)?
+            .iter()
+            .skip_while(|a| a.auth.is_none())
+            .find(|a| a.auth.is_none())
+        {
+            return Err(tampered(
+                Some(&a.scope),
+                Some(a.version),
+                format!(
+                    "an audit entry without authentication ({} at {}) was written after the \
+                     authenticated chain began",
+                    a.action, a.at
+                ),
+            ));
+        }
+        // The newest entry this ring verified before must still be there, unchanged (a log
+        // rolled back behind a running process).
+        let remembered = self.chain_lock().head;
+        let mut remembered_seen = remembered.is_none();
         let (mut seq, mut prev) = (0u64, [0u8; 32]);
         for a in self.inner.store.audit_since(0)? {
             let Some(auth) = a.auth else {
@@ -455,12 +480,23 @@ impl KeyRing {
                 continue;
             };
             verify_entry(&key, &a, auth, seq, &prev)?;
+            remembered_seen |= remembered == Some((auth.seq, auth.tag));
             chain
                 .last
                 .insert((a.scope.clone(), a.version), (auth.seq, a.to));
             seq = auth.seq;
             prev = auth.tag;
             report.audit_entries = report.audit_entries.saturating_add(1);
+        }
+        if let Some((s, _)) = remembered.filter(|_| !remembered_seen) {
+            return Err(tampered(
+                None,
+                None,
+                format!(
+                    "audit entry #{s}, verified earlier by this process, is gone or changed: \
+                     the audit log was rolled back or edited"
+                ),
+            ));
         }
         chain.head = (seq > 0).then_some((seq, prev));
         let mut seen = HashMap::new();
