@@ -48,7 +48,7 @@ fn edit_record(path: &Path, version: u64, edit: impl FnOnce(&mut Value)) {
         .as_array_mut()
         .unwrap()
         .iter_mut()
-        .find(|r| r["version"] == version)
+        .find(|r| r["scope"] == "patients" && r["version"] == version)
         .unwrap();
     edit(record);
     std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
@@ -93,9 +93,12 @@ fn a_destroyed_record_with_material_and_a_grace_record_without_deadline_are_refu
     let path = dir.path().join("keys.json");
     let ring = rotated_store(&path);
     let v1 = KekVersion::new(1).unwrap();
-    ring.retire(&scope(), v1, &who()).unwrap();
+    // This test is about the file's invariants, not about the cache window.
+    ring.retire_ignoring_cache_window(&scope(), v1, &who())
+        .unwrap();
     let before = std::fs::read_to_string(&path).unwrap();
-    ring.destroy(&scope(), v1, &who()).unwrap();
+    ring.destroy_ignoring_cache_window(&scope(), v1, &who())
+        .unwrap();
 
     // Put the erased material back.
     let old: Value = serde_json::from_str(&before).unwrap();
@@ -103,7 +106,7 @@ fn a_destroyed_record_with_material_and_a_grace_record_without_deadline_are_refu
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["version"] == 1)
+        .find(|r| r["scope"] == "patients" && r["version"] == 1)
         .unwrap()
         .clone();
     edit_record(&path, 1, |r| {
@@ -127,7 +130,10 @@ fn a_destroyed_record_with_material_and_a_grace_record_without_deadline_are_refu
 
     // An active record without material.
     edit_record(&path, 1, |r| r["state"] = "retired".into());
-    edit_record(&path, 2, |r| r["wrapped_kek_hex"] = Value::Null);
+    edit_record(&path, 2, |r| {
+        r["wrapped_kek_hex"] = Value::Null;
+        r["root_key_id"] = Value::Null;
+    });
     let detail = refused(&path);
     assert!(
         detail.contains("patients v2 is active but has no wrapped material"),

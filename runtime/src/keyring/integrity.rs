@@ -48,6 +48,9 @@ pub const RESERVED_SCOPE_PREFIX: &str = "leakless:";
 const MAC_KEY_INFO: &[u8] = b"leakless key-store authentication v1";
 const RECORD_LABEL: &[u8] = b"leakless.key-record.v1";
 const AUDIT_LABEL: &[u8] = b"leakless.key-audit.v1";
+/// How the first audit entry of an upgraded store records how many unauthenticated entries
+/// came before it: the reason ends with this, the count and `]`.
+const LEGACY_MARK: &str = " [earlier unauthenticated audit entries: ";
 
 /// The HMAC key of a key store, derived from its integrity key. Zeroized on drop.
 pub(crate) struct IntegrityKey {
@@ -270,7 +273,7 @@ impl KeyRing {
         if !self.inner.store.scopes()?.is_empty() || !self.inner.store.audit_log(None)?.is_empty() {
             return Err(not_upgraded());
         }
-        match self.create_integrity_key(who, StoreChange::default()) {
+        match self.create_integrity_key(who, StoreChange::default(), 0) {
             Ok(key) => {
                 let key = Arc::new(key);
                 *self
@@ -288,10 +291,15 @@ impl KeyRing {
 
     /// Makes the integrity key and writes its record (first in the chain) together with
     /// `also`, whose records and audit entries follow it. Returns the key.
+    ///
+    /// `legacy_entries` is the number of unauthenticated audit entries the store already has
+    /// (an upgraded store): the first entry of the chain commits to it, so that no entry can be
+    /// slipped in before the chain later.
     fn create_integrity_key(
         &self,
         who: &AuditInfo,
         also: StoreChange,
+        legacy_entries: u64,
     ) -> Result<IntegrityKey, Error> {
         let scope = integrity_scope();
         let now = self.now();
@@ -316,7 +324,10 @@ impl KeyRing {
             recheck_secs: self.recheck_secs(),
             auth: None,
         };
-        let audit = self.audit(who, KeyAction::CreateScope, &record, None, now);
+        let mut audit = self.audit(who, KeyAction::CreateScope, &record, None, now);
+        if legacy_entries > 0 {
+            audit.reason = format!("{}{LEGACY_MARK}{legacy_entries}]", audit.reason);
+        }
         let mut change = StoreChange {
             inserts: vec![record],
             updates: vec![],
@@ -463,6 +474,7 @@ impl KeyRing {
         let remembered = self.chain_lock().head;
         let mut remembered_seen = remembered.is_none();
         let (mut seq, mut prev) = (0u64, [0u8; 32]);
+        let mut committed_legacy = 0u64;
         for a in self.inner.store.audit_since(0)? {
             let Some(auth) = a.auth else {
                 if seq > 0 {
@@ -480,6 +492,14 @@ impl KeyRing {
                 continue;
             };
             verify_entry(&key, &a, auth, seq, &prev)?;
+            if auth.seq == 1 {
+                committed_legacy = a
+                    .reason
+                    .rsplit_once(LEGACY_MARK)
+                    .and_then(|(_, n)| n.strip_suffix(']'))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
             remembered_seen |= remembered == Some((auth.seq, auth.tag));
             chain
                 .last
@@ -495,6 +515,18 @@ impl KeyRing {
                 format!(
                     "audit entry #{s}, verified earlier by this process, is gone or changed: \
                      the audit log was rolled back or edited"
+                ),
+            ));
+        }
+        if report.legacy_audit_entries != committed_legacy {
+            return Err(tampered(
+                None,
+                None,
+                format!(
+                    "{} audit entries without authentication precede the chain, but its first \
+                     entry records {committed_legacy}: entries were slipped in before it or \
+                     removed",
+                    report.legacy_audit_entries
                 ),
             ));
         }
@@ -598,7 +630,8 @@ impl KeyRing {
                 .push(crate::key::RecordUpdate { before, after });
         }
         let n = legacy.len();
-        self.create_integrity_key(who, change)?;
+        let legacy_entries = u64::try_from(self.inner.store.audit_log(None)?.len()).unwrap_or(0);
+        self.create_integrity_key(who, change, legacy_entries)?;
         self.inner.cache.clear();
         Ok(n)
     }

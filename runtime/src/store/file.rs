@@ -270,7 +270,16 @@ fn record_from_dto(r: RecordDto) -> Result<KekRecord, Error> {
             root_key_id,
             ciphertext: hex::decode(h).map_err(|e| err("read", format!("wrapped KEK: {e}")))?,
         }),
-        _ => None,
+        (None, None) => None,
+        _ => {
+            return Err(err(
+                "read",
+                format!(
+                    "{} v{}: root_key_id and wrapped_kek_hex must both be present or both absent",
+                    r.scope, r.version
+                ),
+            ));
+        }
     };
     Ok(KekRecord {
         scope: KeyScope::new(&r.scope)?,

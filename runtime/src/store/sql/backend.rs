@@ -358,6 +358,23 @@ fn insert_audit<'a>(
     ))
 }
 
+/// Runs upgrade statements one by one; an error whose message contains one of `fine` means
+/// there is nothing to upgrade (no table yet, or the column is already there).
+fn run_tolerant<C: SimpleConnection>(
+    c: &mut C,
+    statements: &[&str],
+    fine: &[&str],
+) -> Result<(), DieselError> {
+    for statement in statements {
+        match c.batch_execute(statement) {
+            Err(DieselError::DatabaseError(_, info))
+                if fine.iter().any(|f| info.message().contains(f)) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 /// Runs the statements of a schema one by one.
 fn run_statements<C: SimpleConnection>(c: &mut C, statements: &[&str]) -> Result<(), DieselError> {
     for statement in statements {
@@ -370,15 +387,8 @@ fn run_statements<C: SimpleConnection>(c: &mut C, statements: &[&str]) -> Result
 impl_store_conn!(
     SqliteConnection,
     schema: |c| c.immediate_transaction(|c| {
-        run_statements(c, super::schema::SQLITE)?;
-        for statement in super::schema::SQLITE_UPGRADE {
-            match c.batch_execute(statement) {
-                Err(DieselError::DatabaseError(_, info))
-                    if info.message().contains("duplicate column name") => {}
-                other => other?,
-            }
-        }
-        c.batch_execute(super::schema::SQLITE_SEQ_INDEX)
+        run_tolerant(c, super::schema::SQLITE_UPGRADE, &["no such table", "duplicate column name"])?;
+        run_statements(c, super::schema::SQLITE)
     }),
     txn: immediate_transaction,
     lock: []
@@ -400,7 +410,14 @@ impl_store_conn!(
 #[cfg(feature = "mysql")]
 impl_store_conn!(
     MysqlConnection,
-    schema: |c| run_statements(c, super::schema::MYSQL),
+    schema: |c| {
+        run_tolerant(
+            c,
+            super::schema::MYSQL_UPGRADE,
+            &["doesn't exist", "Duplicate column name", "Duplicate key name"],
+        )?;
+        run_statements(c, super::schema::MYSQL)
+    },
     txn: transaction,
     lock: [.for_update()]
 );

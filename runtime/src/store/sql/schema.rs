@@ -75,11 +75,13 @@ pub(crate) const SQLITE: &[&str] = &[
     tag BLOB NULL
 )",
     "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
+    // The audit chain's compare-and-swap: one entry per sequence number.
+    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
 ];
 
-/// SQLite: the columns that authenticated key stores added, for tables made before them.
-/// SQLite has no `ADD COLUMN IF NOT EXISTS`: each statement runs on its own and "duplicate
-/// column name" means it is already there. The unique sequence index comes after them.
+/// SQLite: the columns that authenticated key stores added, for tables made before them; run
+/// before [`SQLITE`]. SQLite has no `ADD COLUMN IF NOT EXISTS`: each statement runs on its own,
+/// and "no such table" (a new store) or "duplicate column name" (already there) is fine.
 pub(crate) const SQLITE_UPGRADE: &[&str] = &[
     "ALTER TABLE leakless_kek ADD COLUMN deactivated_at BIGINT NULL",
     "ALTER TABLE leakless_kek ADD COLUMN recheck_secs BIGINT NULL",
@@ -88,10 +90,6 @@ pub(crate) const SQLITE_UPGRADE: &[&str] = &[
     "ALTER TABLE leakless_key_audit ADD COLUMN seq BIGINT NULL",
     "ALTER TABLE leakless_key_audit ADD COLUMN tag BLOB NULL",
 ];
-
-/// SQLite: the audit chain's compare-and-swap: one entry per sequence number.
-pub(crate) const SQLITE_SEQ_INDEX: &str =
-    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)";
 
 /// PostgreSQL: `COLLATE "C"` orders scopes bytewise, as [`KeyScope`](crate::KeyScope) does;
 /// the partial unique index keeps one active version per scope.
@@ -184,15 +182,21 @@ pub(crate) const MYSQL: &[&str] = &[
     to_grace_until BIGINT NULL,
     seq BIGINT NULL,
     tag BLOB NULL,
-    KEY leakless_key_audit_scope (scope, id)
+    KEY leakless_key_audit_scope (scope, id),
+    UNIQUE KEY leakless_key_audit_seq (seq)
 ) ENGINE = InnoDB",
-    // Tables made before authenticated key stores get the new columns.
-    "ALTER TABLE leakless_kek ADD COLUMN IF NOT EXISTS deactivated_at BIGINT NULL,
-    ADD COLUMN IF NOT EXISTS recheck_secs BIGINT NULL,
-    ADD COLUMN IF NOT EXISTS seq BIGINT NULL,
-    ADD COLUMN IF NOT EXISTS tag BLOB NULL",
-    "ALTER TABLE leakless_key_audit ADD COLUMN IF NOT EXISTS seq BIGINT NULL,
-    ADD COLUMN IF NOT EXISTS tag BLOB NULL",
-    // The audit chain's compare-and-swap: one entry per sequence number.
-    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
+];
+
+/// MariaDB / MySQL: the columns and index that authenticated key stores added, for tables made
+/// before them; run before [`MYSQL`], each on its own, where "doesn't exist" (a new store),
+/// "Duplicate column name" and "Duplicate key name" (already there) are fine. (MySQL has no
+/// `ADD COLUMN IF NOT EXISTS`.)
+pub(crate) const MYSQL_UPGRADE: &[&str] = &[
+    "ALTER TABLE leakless_kek ADD COLUMN deactivated_at BIGINT NULL",
+    "ALTER TABLE leakless_kek ADD COLUMN recheck_secs BIGINT NULL",
+    "ALTER TABLE leakless_kek ADD COLUMN seq BIGINT NULL",
+    "ALTER TABLE leakless_kek ADD COLUMN tag BLOB NULL",
+    "ALTER TABLE leakless_key_audit ADD COLUMN seq BIGINT NULL",
+    "ALTER TABLE leakless_key_audit ADD COLUMN tag BLOB NULL",
+    "ALTER TABLE leakless_key_audit ADD UNIQUE KEY leakless_key_audit_seq (seq)",
 ];
