@@ -8,12 +8,15 @@
 use std::time::Duration;
 
 use leakless::key::{AuditRecord, KekRecord, KekState};
+use leakless::keyring::{ShredStatus, shred_status};
+use leakless::kms::{Destruction, RootEpochs};
 use leakless::{KekVersion, KeyRing, KeyScope};
 use serde::Serialize;
 
 use crate::commands::status::column_status;
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
+use crate::kms::Root;
 
 /// The `keys` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -94,6 +97,11 @@ pub enum KeysCommand {
     },
     /// Retire every grace version whose deadline has passed.
     ExpireGrace,
+    /// Complete every pending crypto-shred: make a new root epoch in the backend, move every
+    /// surviving KEK record onto it, and destroy the old epoch there, so that backups of the
+    /// key store taken before the destroys open nothing of the destroyed versions
+    /// (docs/shredding.md). Batch several destroys, then run this once.
+    CompleteShred,
     /// Split the root key into M-of-N Shamir shares (files or custodian tokens).
     Split(crate::commands::shamir::SplitArgs),
     /// Rebuild the root key in memory from shares and check it against the key store.
@@ -156,6 +164,16 @@ struct VersionJson {
     deactivated_at: Option<i64>,
     cache_window_secs: u32,
     retire_destroy_allowed_from: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct VersionListJson {
+    #[serde(flatten)]
+    version: VersionJson,
+    /// For a destroyed version: `pending`, `scheduled` or `complete`.
+    shred: Option<&'static str>,
+    /// When the shred reached that status.
+    shred_at: Option<i64>,
 }
 
 impl From<&KekRecord> for VersionJson {
@@ -304,25 +322,46 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
                 records.extend(store.list(s)?);
             }
             if env.global.json && !audit {
-                return json(&records.iter().map(VersionJson::from).collect::<Vec<_>>());
+                let log = store.audit_log(None)?;
+                let rows: Vec<VersionListJson> = records
+                    .iter()
+                    .map(|r| {
+                        let (shred, shred_at) = match shred_status(r, &log) {
+                            Some(ShredStatus::Pending { destroyed_at }) => {
+                                (Some("pending"), Some(destroyed_at.0))
+                            }
+                            Some(ShredStatus::Scheduled { at }) => (Some("scheduled"), Some(at.0)),
+                            Some(ShredStatus::Complete { at }) => (Some("complete"), Some(at.0)),
+                            _ => (None, None),
+                        };
+                        VersionListJson {
+                            version: VersionJson::from(r),
+                            shred,
+                            shred_at,
+                        }
+                    })
+                    .collect();
+                return json(&rows);
             }
+            let log = store.audit_log(None)?;
             out(format!(
-                "{:<24} {:>7} {:<10} {:<12} {:<26} CREATED",
-                "SCOPE", "VERSION", "STATE", "GRACE_UNTIL", "ROOT_KEY"
+                "{:<24} {:>7} {:<10} {:<20} {:<26} {:<20} SHRED",
+                "SCOPE", "VERSION", "STATE", "GRACE_UNTIL", "ROOT_KEY", "CREATED"
             ));
             for r in &records {
                 out(format!(
-                    "{:<24} {:>7} {:<10} {:<12} {:<26} {}",
+                    "{:<24} {:>7} {:<10} {:<20} {:<26} {:<20} {}",
                     r.scope.to_string(),
                     r.version.to_string(),
                     r.state.name(),
                     r.state
                         .grace_until()
-                        .map_or_else(|| "-".to_owned(), |t| t.0.to_string()),
+                        .map_or_else(|| "-".to_owned(), |t| t.to_string()),
                     r.wrapped
                         .as_ref()
                         .map_or("(erased)", |w| w.root_key_id.as_str()),
-                    r.created_at.0
+                    r.created_at.to_string(),
+                    shred_status(r, &log).map_or_else(|| "-".to_owned(), |s| s.to_string())
                 ));
             }
             if *audit {
@@ -438,6 +477,7 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
             shred,
             force,
         } => destroy(env, name, *version, *shred, *force),
+        KeysCommand::CompleteShred => complete_shred(env),
         KeysCommand::ExpireGrace => {
             let ring = env.ring()?;
             let retired = ring.expire_grace(&who)?;
@@ -525,7 +565,9 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool, force: b
     done(
         env,
         format!(
-            "destroyed {name} {version}{}",
+            "destroyed {name} {version}{}; shred pending: key-store backups taken before now \
+             still hold it under the current root epoch until `leakless-migrate keys \
+             complete-shred` destroys that epoch (batch other destroys first)",
             if total > 0 {
                 format!(" ({total} rows crypto-shredded)")
             } else {
@@ -533,4 +575,81 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool, force: b
             }
         ),
     )
+}
+
+/// `keys complete-shred`: one root epoch change for every pending shred.
+fn complete_shred(env: &mut Env) -> Result<()> {
+    let who = env.who();
+    let root = env.root()?;
+    let ring = env.ring()?;
+    let epochs: &dyn RootEpochs = match &root {
+        Root::Local(k) => &**k,
+        Root::Vault(k) => &**k,
+        Root::Aws(k) => &**k,
+        Root::Pkcs11(_) | Root::Tpm(_) => {
+            return Err(Failure::new(
+                Kind::Keys,
+                "this root of trust cannot complete a shred: PKCS#11 and TPM root epochs are \
+                 not built yet",
+                "see docs/shredding.md for what a destroy alone guarantees on these backends, \
+                 and how to retire the root key object by hand",
+            ));
+        }
+    };
+    let pending = ring
+        .shred_states()?
+        .into_iter()
+        .filter(|s| matches!(s.status, ShredStatus::Pending { .. }))
+        .count();
+    if pending == 0 {
+        return done(env, "no shred is pending; nothing done".to_owned());
+    }
+    env.confirm(
+        &format!(
+            "Destroy the current root epoch in the backend after moving every surviving KEK \
+             record to a new one? Backups of the key store taken before now will open nothing \
+             of the {pending} destroyed versions, and nothing that is not also in a newer \
+             backup; this cannot be undone."
+        ),
+        "complete-shred",
+    )?;
+    let Some(report) = ring.complete_shred(epochs, &who)? else {
+        return done(env, "no shred is pending; nothing done".to_owned());
+    };
+    let versions: Vec<String> = report
+        .shredded
+        .iter()
+        .map(|(s, v)| format!("{s} {v}"))
+        .collect();
+    let status = match report.destroyed.status {
+        Destruction::Scheduled { at } => format!(
+            "shred pending until {at}: the backend refuses the old root epoch {} now and \
+             deletes it then (an administrator of the backend can still cancel it until then)",
+            report.destroyed.epoch
+        ),
+        _ => format!(
+            "old root epoch {} destroyed in the backend",
+            report.destroyed.epoch
+        ),
+    };
+    if env.global.json {
+        return json(&serde_json::json!({
+            "ok": true,
+            "shredded": versions,
+            "records_moved": report.records_moved,
+            "old_epoch": report.destroyed.epoch.to_string(),
+            "complete": report.destroyed.status.is_complete(),
+            "copies_may_remain": report.destroyed.copies_may_remain,
+        }));
+    }
+    out(format!(
+        "completed the shred of {}: moved {} KEK records to a new root epoch; {status}",
+        versions.join(", "),
+        report.records_moved
+    ));
+    out(format!(
+        "copies may remain: {}",
+        report.destroyed.copies_may_remain
+    ));
+    Ok(())
 }

@@ -34,5 +34,5 @@ mod tags;
 pub use cache::{CacheConfig, KekCache};
 pub use integrity::{INTEGRITY_SCOPE, RESERVED_SCOPE_PREFIX, StoreVerification};
 pub use ring::{FieldPolicy, KeyRing, KeyRingBuilder, KmsCallCounts};
-pub use shred::{ShredReport, ShredState, ShredStatus};
+pub use shred::{ShredReport, ShredState, ShredStatus, shred_status};
 pub use tags::{audit_tag, record_tag};

@@ -10,8 +10,8 @@
 
 use crate::error::Error;
 use crate::key::{
-    AuditInfo, AuditRecord, KekState, KekVersion, KeyAction, KeyScope, RecordUpdate, StoreChange,
-    UnixTime,
+    AuditInfo, AuditRecord, KekRecord, KekState, KekVersion, KeyAction, KeyScope, RecordUpdate,
+    StoreChange, UnixTime,
 };
 use crate::keyring::KeyRing;
 use crate::kms::{Destruction, EpochDestroyed, RootEpochs};
@@ -61,6 +61,43 @@ pub struct ShredReport {
     pub destroyed: EpochDestroyed,
 }
 
+/// The shred status of `record` as the audit log `log` records it; `None` unless the record
+/// is destroyed. Reads `log` as given: [`KeyRing::shred_states`] verifies it first, tools that
+/// only display (`leakless-migrate keys list` without the root key) may pass it unverified.
+#[must_use]
+pub fn shred_status(record: &KekRecord, log: &[AuditRecord]) -> Option<ShredStatus> {
+    if record.state != KekState::Destroyed {
+        return None;
+    }
+    let mut status = ShredStatus::Pending {
+        destroyed_at: record.updated_at,
+    };
+    for a in log
+        .iter()
+        .filter(|a| a.scope == record.scope && a.version == record.version)
+    {
+        status = match a.action {
+            KeyAction::Destroy => ShredStatus::Pending { destroyed_at: a.at },
+            KeyAction::ShredScheduled => ShredStatus::Scheduled { at: a.at },
+            KeyAction::Shred => ShredStatus::Complete { at: a.at },
+            _ => status,
+        };
+    }
+    Some(status)
+}
+
+impl std::fmt::Display for ShredStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShredStatus::Pending { destroyed_at } => {
+                write!(f, "pending since {destroyed_at}")
+            }
+            ShredStatus::Scheduled { at } => write!(f, "root deletion scheduled {at}"),
+            ShredStatus::Complete { at } => write!(f, "complete {at}"),
+        }
+    }
+}
+
 impl KeyRing {
     /// Every destroyed version and where its shred stands, from the verified audit log,
     /// ordered by scope and version.
@@ -76,25 +113,13 @@ impl KeyRing {
                 if record.state != KekState::Destroyed {
                     continue;
                 }
-                let mut status = ShredStatus::Pending {
-                    destroyed_at: record.updated_at,
-                };
-                for a in log
-                    .iter()
-                    .filter(|a| a.scope == record.scope && a.version == record.version)
-                {
-                    status = match a.action {
-                        KeyAction::Destroy => ShredStatus::Pending { destroyed_at: a.at },
-                        KeyAction::ShredScheduled => ShredStatus::Scheduled { at: a.at },
-                        KeyAction::Shred => ShredStatus::Complete { at: a.at },
-                        _ => status,
-                    };
+                if let Some(status) = shred_status(&record, &log) {
+                    out.push(ShredState {
+                        scope: record.scope.clone(),
+                        version: record.version,
+                        status,
+                    });
                 }
-                out.push(ShredState {
-                    scope: record.scope.clone(),
-                    version: record.version,
-                    status,
-                });
             }
         }
         Ok(out)
