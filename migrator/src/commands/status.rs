@@ -265,5 +265,51 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         }
         out(format!("{}.{}: {}", s.table, s.column, notes.join("; ")));
     }
+    shred_summary(&*store)?;
+    Ok(())
+}
+
+/// One line on the crypto-shreds of the whole key store, when any version was destroyed:
+/// how many are pending (old key-store backups still open them) and how many complete.
+fn shred_summary(store: &dyn KeyStore) -> Result<()> {
+    use leakless::keyring::{ShredStatus, shred_status};
+    let log = store.audit_log(None)?;
+    let (mut pending, mut scheduled, mut complete) = (Vec::new(), 0usize, 0usize);
+    for scope in store.scopes()? {
+        for r in store.list(&scope)? {
+            match shred_status(&r, &log) {
+                Some(ShredStatus::Pending { destroyed_at }) => {
+                    pending.push(format!(
+                        "{} {} (destroyed {destroyed_at})",
+                        r.scope, r.version
+                    ));
+                }
+                Some(ShredStatus::Scheduled { .. }) => scheduled += 1,
+                Some(ShredStatus::Complete { .. }) => complete += 1,
+                None => {}
+            }
+        }
+    }
+    if pending.is_empty() && scheduled == 0 && complete == 0 {
+        return Ok(());
+    }
+    out("");
+    out(format!(
+        "shreds: {} pending{}, {scheduled} with the old root scheduled for deletion, {complete} \
+         complete{}",
+        pending.len(),
+        if pending.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", pending.join(", "))
+        },
+        if pending.is_empty() {
+            String::new()
+        } else {
+            "; backups of the key store still open those: run `leakless-migrate keys \
+             complete-shred`"
+                .to_owned()
+        }
+    ));
     Ok(())
 }
