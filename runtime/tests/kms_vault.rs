@@ -132,7 +132,10 @@ fn rotate_rewrap_and_min_decryption_version() {
         .ring
         .rewrap_root_in_kms(&kms.rewrap_to_latest().unwrap(), &who())
         .unwrap();
-    assert_eq!(changed, 2, "both KEK versions were on Transit v1");
+    assert_eq!(
+        changed, 3,
+        "both KEK versions and the store's integrity key were on Transit v1"
+    );
     for record in f.ring.versions(&f.scope).unwrap() {
         let w = record.wrapped.unwrap();
         assert!(
