@@ -370,6 +370,18 @@ enum Outcome {
     Write(Vec<u8>),
     Keep,
     Fail(String),
+    /// A failure of the whole key store, not of the row (it was tampered with): the batch
+    /// stops, its transaction rolls back, and the command reports this one error.
+    Abort(leakless::Error),
+}
+
+/// The outcome of a runtime error on one row: a row failure, or an abort when the error says
+/// the key store as a whole cannot be trusted.
+fn row_error(e: leakless::Error) -> Outcome {
+    match e {
+        e @ leakless::Error::KeyStoreTampered { .. } => Outcome::Abort(e),
+        e => Outcome::Fail(e.to_string()),
+    }
 }
 
 impl Work {
@@ -467,7 +479,7 @@ impl Work {
                 (Some(plain), Some(scope)) => {
                     match self.ring.seal(scope, &ctx, plain, &self.policy()) {
                         Ok(v) => Outcome::Write(v),
-                        Err(e) => Outcome::Fail(e.to_string()),
+                        Err(e) => row_error(e),
                     }
                 }
                 _ => Outcome::Keep,
@@ -479,7 +491,7 @@ impl Work {
             ) {
                 Ok(Some(v)) => Outcome::Write(v),
                 Ok(None) => Outcome::Keep,
-                Err(e) => Outcome::Fail(e.to_string()),
+                Err(e) => row_error(e),
             },
             (Mode::Reencrypt, Some(env)) => {
                 let Some((scope, _)) = crate::scan::header(env) else {
@@ -487,7 +499,7 @@ impl Work {
                 };
                 let scope = match KeyScope::new(&scope) {
                     Ok(s) => s,
-                    Err(e) => return Outcome::Fail(e.to_string()),
+                    Err(e) => return row_error(e),
                 };
                 let opened = match self.expected_scope() {
                     Some(expected) => self.ring.open_in_scope(&expected, &ctx, env),
@@ -499,9 +511,9 @@ impl Work {
                         .seal(&scope, &ctx, p.expose_secret(), &self.policy())
                     {
                         Ok(v) => Outcome::Write(v),
-                        Err(e) => Outcome::Fail(e.to_string()),
+                        Err(e) => row_error(e),
                     },
-                    Err(e) => Outcome::Fail(e.to_string()),
+                    Err(e) => row_error(e),
                 }
             }
         }
@@ -608,6 +620,7 @@ impl Work {
                 }),
                 Outcome::Keep => {}
                 Outcome::Fail(e) => fail(&row.id, e, failures),
+                Outcome::Abort(e) => return Err(Failure::from(e)),
             }
         }
         let planned = u64::try_from(writes.len()).unwrap_or(u64::MAX);
@@ -645,6 +658,7 @@ impl Work {
                     }),
                     Outcome::Keep => {}
                     Outcome::Fail(e) => fail(&row.id, e, failures),
+                    Outcome::Abort(e) => return Err(Failure::from(e)),
                 }
             }
             let n = u64::try_from(again.len()).unwrap_or(0);
