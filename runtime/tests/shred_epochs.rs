@@ -514,3 +514,177 @@ mod aws {
         assert!(err.contains("PendingDeletion"), "{err}");
     }
 }
+
+#[cfg(feature = "pkcs11")]
+mod pkcs11 {
+    use super::*;
+    use leakless::key::KeyScope;
+    use leakless::kms::{KekBinding, PinSource, Pkcs11Config, Pkcs11Kms, RootEpoch};
+    use leakless::secret::Kek;
+
+    const HOW: &str = "start SoftHSM2 with `scripts/services/softhsm start DIR --owner-pid $$` \
+                       and export the LEAKLESS_PKCS11_MODULE, SOFTHSM2_CONF, \
+                       LEAKLESS_PKCS11_TOKEN and LEAKLESS_PKCS11_PIN_FILE it prints \
+                       (scripts/test does this)";
+
+    fn env(var: &str) -> String {
+        std::env::var(var).unwrap_or_else(|_| panic!("SoftHSM2 is needed: {var} is not set: {HOW}"))
+    }
+
+    fn config(label: &str) -> Pkcs11Config {
+        // SoftHSM2 reads SOFTHSM2_CONF itself; without it, it would use the system token dir.
+        env("SOFTHSM2_CONF");
+        Pkcs11Config {
+            module: env("LEAKLESS_PKCS11_MODULE").into(),
+            token_label: env("LEAKLESS_PKCS11_TOKEN"),
+            key_label: label.to_owned(),
+            pin: PinSource::File(env("LEAKLESS_PKCS11_PIN_FILE").into()),
+        }
+    }
+
+    fn unique_label(prefix: &str) -> String {
+        format!("{prefix}-{:016x}", rand::random::<u64>())
+    }
+
+    fn id(label: &str) -> String {
+        format!("pkcs11:{}/{label}", env("LEAKLESS_PKCS11_TOKEN"))
+    }
+
+    #[test]
+    fn pkcs11_epoch_shred_destroys_the_old_key_object() {
+        let label = unique_label("shred");
+        let app = Arc::new(Pkcs11Kms::create(&config(&label)).unwrap());
+        let orchestrator = Pkcs11Kms::open(&config(&label)).unwrap();
+        let fresh = || -> Arc<dyn Kms> { Arc::new(Pkcs11Kms::open(&config(&label)).unwrap()) };
+        // A KEK wrapped directly under epoch 0, to show the token itself cannot open it after.
+        let scope = KeyScope::new("probe").unwrap();
+        let binding = KekBinding {
+            scope: &scope,
+            version: KekVersion::FIRST,
+        };
+        let probe = app.wrap_kek(&Kek::generate(), &binding).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = prove_shred(
+            dir.path(),
+            app.clone(),
+            &orchestrator,
+            &fresh,
+            Attacker::Refused,
+        );
+        assert_eq!(out.destroyed.status, Destruction::Destroyed);
+        assert_eq!(out.destroyed.epoch, RootEpoch::of_key(id(&label)));
+        for needle in ["HSM", "tokendir"] {
+            assert!(
+                out.destroyed.copies_may_remain.contains(needle),
+                "{}",
+                out.destroyed.copies_may_remain
+            );
+        }
+        for e in &out.attacker_errors {
+            assert!(e.to_string().contains("wrapped under root key"), "{e}");
+        }
+        // On the token: only the new epoch's object is left, and the app followed it without
+        // a restart.
+        let next = format!("{label}@e1");
+        assert_eq!(
+            orchestrator.epoch_object_labels().unwrap(),
+            vec![next.clone()]
+        );
+        assert_eq!(app.root_key_id(), id(&next));
+        assert_eq!(app.current_object_label(), next);
+        let err = app.unwrap_kek(&probe, &binding).unwrap_err();
+        assert!(matches!(err, Error::Kms { .. }), "{err:?}");
+        // A backend opened from the configured label now finds epoch 1, and it is protected.
+        let reopened = Pkcs11Kms::open(&config(&label)).unwrap();
+        assert_eq!(reopened.root_key_id(), id(&next));
+        assert!(reopened.key_protection().unwrap().is_protected());
+    }
+
+    #[test]
+    fn pkcs11_epochs_resume_follow_and_refuse_unsafe_destroys() {
+        let label = unique_label("epochs");
+        let kms = Pkcs11Kms::create(&config(&label)).unwrap();
+        // Opened before the epoch change and never rebuilt.
+        let stale = Pkcs11Kms::open(&config(&label)).unwrap();
+        let first = kms.current_epoch().unwrap();
+        assert_eq!(first, RootEpoch::of_key(id(&label)));
+        // The only epoch is the current one: refused.
+        assert!(matches!(
+            kms.destroy_epoch(&first),
+            Err(Error::InvalidInput { .. })
+        ));
+        let scope = KeyScope::new("orders").unwrap();
+        let binding = KekBinding {
+            scope: &scope,
+            version: KekVersion::FIRST,
+        };
+        let kek = Kek::generate();
+        let on_first = kms.wrap_kek(&kek, &binding).unwrap();
+
+        let change = kms.begin_next_epoch().unwrap();
+        let next = change.next().clone();
+        assert_eq!(change.retiring(), &first);
+        assert_eq!(next, RootEpoch::of_key(id(&format!("{label}@e1"))));
+        assert!(change.still_on_retiring(&on_first));
+        let moved = change.mover().rewrap(&on_first, &binding).unwrap();
+        assert!(!change.still_on_retiring(&moved));
+        assert_eq!(moved.root_key_id, next.root_key_id);
+        drop(change);
+        // An interrupted shred resumes onto the epoch it made instead of making another.
+        let again = kms.begin_next_epoch().unwrap();
+        assert_eq!(again.next(), &next);
+        assert_eq!(again.retiring(), &first);
+        drop(again);
+        assert_eq!(
+            kms.epoch_object_labels().unwrap(),
+            vec![label.clone(), format!("{label}@e1")]
+        );
+        // The new epoch is current: it cannot be destroyed.
+        assert!(matches!(
+            kms.destroy_epoch(&next),
+            Err(Error::InvalidInput { .. })
+        ));
+        // During the move, the stale instance opens records on either epoch, and its new
+        // wraps already go to the new epoch.
+        for w in [&on_first, &moved] {
+            let back = stale.unwrap_kek(w, &binding).unwrap();
+            assert_eq!(back.expose_secret(), kek.expose_secret());
+        }
+        let fresh_wrap = stale.wrap_kek(&Kek::generate(), &binding).unwrap();
+        assert_eq!(fresh_wrap.root_key_id, next.root_key_id);
+        assert_eq!(stale.root_key_id(), next.root_key_id);
+
+        let gone = kms.destroy_epoch(&first).unwrap();
+        assert_eq!(gone.status, Destruction::Destroyed);
+        assert_eq!(
+            kms.destroy_epoch(&first).unwrap().status,
+            Destruction::AlreadyGone
+        );
+        // The stale instance drops the destroyed epoch: its record fails with a typed error,
+        // the moved one opens.
+        let err = stale.unwrap_kek(&on_first, &binding).unwrap_err();
+        assert!(matches!(err, Error::Kms { .. }), "{err:?}");
+        let back = stale.unwrap_kek(&moved, &binding).unwrap();
+        assert_eq!(back.expose_secret(), kek.expose_secret());
+        // Epochs of other keys, and other kinds of epoch, are refused.
+        for other in [
+            RootEpoch::of_key(id("someone-else")),
+            RootEpoch::of_key(format!("pkcs11:other-token/{label}")),
+            RootEpoch {
+                root_key_id: id(&label),
+                key_version: Some(1),
+            },
+        ] {
+            assert!(
+                matches!(kms.destroy_epoch(&other), Err(Error::InvalidInput { .. })),
+                "{other}"
+            );
+        }
+        // A configured label that names an epoch is refused: configure the base label.
+        let err = Pkcs11Kms::open(&config(&format!("{label}@e1"))).unwrap_err();
+        assert!(err.to_string().contains("base label"), "{err}");
+        // Creating the label again is refused while any of its epochs exists.
+        assert!(Pkcs11Kms::create(&config(&label)).is_err());
+    }
+}

@@ -586,13 +586,13 @@ fn complete_shred(env: &mut Env) -> Result<()> {
         Root::Local(k) => &**k,
         Root::Vault(k) => &**k,
         Root::Aws(k) => &**k,
-        Root::Pkcs11(_) | Root::Tpm(_) => {
+        Root::Pkcs11(k) => &**k,
+        Root::Tpm(_) => {
             return Err(Failure::new(
                 Kind::Keys,
-                "this root of trust cannot complete a shred: PKCS#11 and TPM root epochs are \
-                 not built yet",
-                "see docs/shredding.md for what a destroy alone guarantees on these backends, \
-                 and how to retire the root key object by hand",
+                "this root of trust cannot complete a shred: TPM root epochs are not built yet",
+                "see docs/shredding.md (\"TPM 2.0\") for why a TPM shred is not backup-proof \
+                 and what a destroy alone guarantees there",
             ));
         }
     };

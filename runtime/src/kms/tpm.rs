@@ -54,6 +54,14 @@
 //! salted with the storage key, so it never crosses the TPM bus or the simulator socket in
 //! clear.
 //!
+//! # No root epochs
+//!
+//! `TpmKms` does not implement [`RootEpochs`](crate::kms::RootEpochs): the sealed file holds
+//! the sealed object's private blob, which loads and unseals on the same TPM from any old copy
+//! of the file (the storage key is re-derived from the owner seed), so destroying an epoch
+//! could not defeat backups. `docs/shredding.md` ("TPM 2.0") says what a backup-proof design
+//! needs (a persistent sealed object and a file without the blob) and why it is not built.
+//!
 //! # Connecting
 //!
 //! The TCTI string names the TPM: `device:/dev/tpmrm0` (the kernel resource manager, the usual
