@@ -407,7 +407,7 @@ fn aws_lifecycle(postgres: bool) {
         .env("LEAKLESS_AWS_KMS_KEY_ID", &old_arn);
     let out = lifecycle(&c, &["--new-aws-key-id", &new_arn]);
     assert!(
-        out.contains("re-encrypted 1 KEK records inside AWS KMS"),
+        out.contains("re-encrypted 2 KEK records inside AWS KMS"), // v2 and the integrity key,
         "{out}"
     );
     assert!(out.contains(&new_arn), "{out}");
@@ -470,7 +470,7 @@ fn vault_transit_full_lifecycle_on_openbao() {
     }
     let out = lifecycle(&c, &[]);
     assert!(
-        out.contains("to version 2 and re-wrapped 1 KEK records"),
+        out.contains("to version 2 and re-wrapped 2 KEK records"), // v2 and the integrity key,
         "{out}"
     );
     assert_eq!(kms.key_info().unwrap().latest_version, 2);
