@@ -966,8 +966,26 @@ impl KeyRing {
         rewrap: &dyn InKmsRewrap,
         who: &AuditInfo,
     ) -> Result<usize, Error> {
+        let mut scopes = self.inner.store.scopes()?;
+        // Nothing left to move (a repeated run): done, without reading the store's integrity
+        // key, which may already be under the new root only.
+        let mut pending = false;
+        for scope in &scopes {
+            pending |= self
+                .inner
+                .store
+                .list(scope)?
+                .iter()
+                .any(|r| r.wrapped.as_ref().is_some_and(|w| rewrap.needs_rewrap(w)));
+        }
+        if !pending {
+            return Ok(0);
+        }
+        // The integrity key's record moves last: until it has, a rerun of an interrupted move
+        // with the old root can still verify the store.
+        scopes.sort_by_key(|s| s.as_str() == crate::keyring::INTEGRITY_SCOPE);
         let mut count = 0usize;
-        for scope in self.inner.store.scopes()? {
+        for scope in scopes {
             for record in self.verified_list(&scope)? {
                 let Some(wrapped) = &record.wrapped else {
                     continue;
