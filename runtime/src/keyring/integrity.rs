@@ -379,8 +379,24 @@ impl KeyRing {
         Ok(chain)
     }
 
+    /// Whether the store is new: no record, no audit entry, no integrity key yet. Such a store
+    /// lists as empty instead of failing verification.
+    fn store_is_empty(&self) -> Result<bool, Error> {
+        Ok(self.inner.store.scopes()?.is_empty() && self.inner.store.audit_log(None)?.is_empty())
+    }
+
     /// The records of `scope`, each verified against the integrity key and the audit chain.
     pub(crate) fn verified_list(&self, scope: &KeyScope) -> Result<Vec<KekRecord>, Error> {
+        if self
+            .inner
+            .integrity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+            && self.store_is_empty()?
+        {
+            return Ok(Vec::new());
+        }
         let key = self.integrity_key()?;
         let mut last_err = None;
         // A change by another process between reading the records and the chain looks like a
@@ -406,6 +422,16 @@ impl KeyRing {
         scope: &KeyScope,
         version: KekVersion,
     ) -> Result<Option<KekRecord>, Error> {
+        if self
+            .inner
+            .integrity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+            && self.store_is_empty()?
+        {
+            return Ok(None);
+        }
         let key = self.integrity_key()?;
         let mut last_err = None;
         for _ in 0..2 {

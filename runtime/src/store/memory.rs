@@ -43,7 +43,14 @@ impl KeyStore for MemoryKeyStore {
     }
 
     fn apply(&self, change: StoreChange) -> Result<(), Error> {
-        self.state().apply(change)
+        // The same record invariants the file store keeps: a change that would break one
+        // (two active versions, a destroyed record with material) leaves the store as it was.
+        let mut state = self.state();
+        let mut next = state.clone();
+        next.apply(change)?;
+        next.check_invariants("memory", "apply")?;
+        *state = next;
+        Ok(())
     }
 
     fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {

@@ -360,6 +360,7 @@ fn insert_audit<'a>(
 
 /// Runs upgrade statements one by one; an error whose message contains one of `fine` means
 /// there is nothing to upgrade (no table yet, or the column is already there).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 fn run_tolerant<C: SimpleConnection>(
     c: &mut C,
     statements: &[&str],

@@ -82,6 +82,7 @@ pub(crate) const SQLITE: &[&str] = &[
 /// SQLite: the columns that authenticated key stores added, for tables made before them; run
 /// before [`SQLITE`]. SQLite has no `ADD COLUMN IF NOT EXISTS`: each statement runs on its own,
 /// and "no such table" (a new store) or "duplicate column name" (already there) is fine.
+#[cfg(feature = "sqlite")]
 pub(crate) const SQLITE_UPGRADE: &[&str] = &[
     "ALTER TABLE leakless_kek ADD COLUMN deactivated_at BIGINT NULL",
     "ALTER TABLE leakless_kek ADD COLUMN recheck_secs BIGINT NULL",
@@ -191,6 +192,7 @@ pub(crate) const MYSQL: &[&str] = &[
 /// before them; run before [`MYSQL`], each on its own, where "doesn't exist" (a new store),
 /// "Duplicate column name" and "Duplicate key name" (already there) are fine. (MySQL has no
 /// `ADD COLUMN IF NOT EXISTS`.)
+#[cfg(feature = "mysql")]
 pub(crate) const MYSQL_UPGRADE: &[&str] = &[
     "ALTER TABLE leakless_kek ADD COLUMN deactivated_at BIGINT NULL",
     "ALTER TABLE leakless_kek ADD COLUMN recheck_secs BIGINT NULL",
