@@ -15,7 +15,9 @@
 //! within the window, `keys retire` is refused (exit 1, naming the time) until window plus
 //! margin after the rotation, a second rewrap moves what the warm cache sealed under the old
 //! version meanwhile, and after `keys destroy` no row is on the destroyed version and every
-//! row the application inserted opens. On SQLite and PostgreSQL.
+//! row the application inserted opens. The positive control destroys inside the window with
+//! `--force` and shows the scan catching rows sealed under the destroyed version after it was
+//! destroyed. On SQLite and PostgreSQL.
 
 mod support;
 
@@ -486,6 +488,43 @@ fn destroy_waits_for_warm_caches(backend: Backend) {
     assert_eq!(j[0]["opened"], total, "{j}");
 }
 
+/// The positive control: `keys destroy --force` inside the window (with `--shred`, as the
+/// warm cache's rows are on v1 already) — the application goes on sealing under the destroyed
+/// version, and the scan finds those rows.
+fn forced_destroy_loses_writes(backend: Backend) {
+    let f = Fixture::with_cache_window(backend, Duration::from_secs(2));
+    let app = App::start(&f);
+    align_to_recheck(&app);
+    let (t_rot, _) = rotate(&f);
+    ok(&f.run(&["keys", "retire", SCOPE, "v1", "--force"]));
+    ok(&f.run(&["keys", "destroy", SCOPE, "1", "--force", "--shred", "--yes"]));
+    let t_destroyed = now_ms();
+    // Rows inserted from here on were not there when v1 was destroyed.
+    let after = f.rows().last().map_or(APP_FIRST_ID, |(id, _)| id + 1);
+    std::thread::sleep(Duration::from_millis(
+        u64::try_from((WINDOW_SECS + MARGIN_SECS) * 1000).unwrap(),
+    ));
+    let report = app.stop();
+    assert_eq!(report["error_count"], 0, "{report}");
+    let last_v1 = report["versions"]["1"]["last_ms"].as_i64().unwrap();
+    let lost = scan_versions(&f, after).get(&1).copied().unwrap_or(0);
+    eprintln!(
+        "{backend:?} control: destroyed {} ms after the rotation; the application sealed \
+         under v1 until {} ms; {lost} rows inserted after the destroy are on the destroyed v1",
+        t_destroyed - t_rot,
+        last_v1 - t_rot
+    );
+    assert!(last_v1 > t_destroyed, "{report}");
+    assert!(
+        lost > 0,
+        "the detector found no row under the destroyed version"
+    );
+    let s = json(&f.run(&["status", "--json"]));
+    assert!(s[0]["on_destroyed"].as_u64().unwrap() >= lost, "{s}");
+    let o = f.run(&["verify"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+}
+
 #[test]
 fn destroy_waits_for_warm_caches_sqlite() {
     destroy_waits_for_warm_caches(Backend::Sqlite);
@@ -494,4 +533,14 @@ fn destroy_waits_for_warm_caches_sqlite() {
 #[test]
 fn destroy_waits_for_warm_caches_postgres() {
     destroy_waits_for_warm_caches(Backend::Postgres);
+}
+
+#[test]
+fn forced_destroy_loses_writes_sqlite() {
+    forced_destroy_loses_writes(Backend::Sqlite);
+}
+
+#[test]
+fn forced_destroy_loses_writes_postgres() {
+    forced_destroy_loses_writes(Backend::Postgres);
 }
