@@ -46,6 +46,8 @@ pub struct Fixture {
     pub key_file: PathBuf,
     pub manifest: PathBuf,
     pub ring: KeyRing,
+    /// The cache window recorded on the versions the fixture and the CLI create.
+    pub cache_window: Duration,
 }
 
 impl std::fmt::Debug for Fixture {
@@ -57,6 +59,12 @@ impl std::fmt::Debug for Fixture {
 impl Fixture {
     /// A fresh database with an empty `patients` table and scope `patients` at v1.
     pub fn new(backend: Backend) -> Self {
+        Self::with_cache_window(backend, Duration::from_secs(1))
+    }
+
+    /// The same, with `window` (whole seconds) as the cache window recorded on v1 by the
+    /// fixture's ring and on the versions the CLI creates (`LEAKLESS_CACHE_WINDOW`).
+    pub fn with_cache_window(backend: Backend, window: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (url, db) = match backend {
             Backend::Sqlite => (dir.path().join("app.db").display().to_string(), None),
@@ -69,7 +77,7 @@ impl Fixture {
                 (d.url().to_owned(), Some(d))
             }
         };
-        Self::on_url(backend, url, db, dir)
+        Self::on_url_with_window(backend, url, db, dir, window)
     }
 
     /// The same, on a given URL (e.g. a throwaway cluster).
@@ -79,16 +87,22 @@ impl Fixture {
         db: Option<TestDb>,
         dir: tempfile::TempDir,
     ) -> Self {
+        Self::on_url_with_window(backend, url, db, dir, Duration::from_secs(1))
+    }
+
+    fn on_url_with_window(
+        backend: Backend,
+        url: String,
+        db: Option<TestDb>,
+        dir: tempfile::TempDir,
+        cache_window: Duration,
+    ) -> Self {
         let key_file = dir.path().join("root.key");
         let kms = LocalKms::generate_key_file(&key_file).unwrap();
-        let store_url = match backend {
-            Backend::Sqlite => format!("sqlite://{url}"),
-            _ => url.clone(),
-        };
-        let store = SqlKeyStore::connect(&store_url).unwrap();
+        let store = SqlKeyStore::connect(&store_url(backend, &url)).unwrap();
         store.create_schema().unwrap();
         let ring = KeyRing::builder(Arc::new(kms), Arc::new(store))
-            .cache_window(Duration::from_secs(1))
+            .cache_window(cache_window)
             .build();
         ring.create_scope(
             &KeyScope::new(SCOPE).unwrap(),
@@ -113,6 +127,7 @@ impl Fixture {
             key_file,
             manifest,
             ring,
+            cache_window,
         };
         let bin = match backend {
             Backend::Postgres => "bytea",
@@ -156,12 +171,7 @@ impl Fixture {
                     binds.push(Bind::Bytes(None));
                     binds.push(Bind::Text(Some(plain(id))));
                 } else {
-                    let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
-                    let env = self
-                        .ring
-                        .seal(&scope, &ctx, plain(id).as_bytes(), &FieldPolicy::default())
-                        .unwrap();
-                    binds.push(Bind::Bytes(Some(env)));
+                    binds.push(Bind::Bytes(Some(seal_row(&self.ring, &scope, id).unwrap())));
                     binds.push(Bind::Text(None));
                 }
             }
@@ -222,15 +232,7 @@ impl Fixture {
 
     /// A new key ring on the same store (no cache).
     pub fn fresh_ring(&self) -> KeyRing {
-        let store_url = match self.backend {
-            Backend::Sqlite => format!("sqlite://{}", self.url),
-            _ => self.url.clone(),
-        };
-        KeyRing::builder(
-            Arc::new(LocalKms::from_key_file(&self.key_file).unwrap()),
-            Arc::new(SqlKeyStore::connect(&store_url).unwrap()),
-        )
-        .build()
+        app_ring(self.backend, &self.url, &self.key_file)
     }
 
     /// Sum of `rows_changed` over the done chunks of `job`.
@@ -259,7 +261,10 @@ impl Fixture {
             .env("LEAKLESS_ROOT_KEY_FILE", &self.key_file)
             .env("LEAKLESS_MANIFEST", &self.manifest)
             .env("LEAKLESS_ACTOR", "test")
-            .env("LEAKLESS_CACHE_WINDOW", "1s")
+            .env(
+                "LEAKLESS_CACHE_WINDOW",
+                format!("{}s", self.cache_window.as_secs()),
+            )
             .stdin(Stdio::null());
         c
     }
@@ -279,6 +284,31 @@ impl Fixture {
             )
             .unwrap();
     }
+}
+
+/// The key-store URL of the database at `url` (the key store lives in the same database).
+pub fn store_url(backend: Backend, url: &str) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{url}"),
+        _ => url.to_owned(),
+    }
+}
+
+/// A key ring as an application builds it: over the key store in the database at `url` and
+/// the root key file, with the default KEK cache (no cache window of its own is recorded: it
+/// creates no versions).
+pub fn app_ring(backend: Backend, url: &str, key_file: &std::path::Path) -> KeyRing {
+    KeyRing::builder(
+        Arc::new(LocalKms::from_key_file(key_file).unwrap()),
+        Arc::new(SqlKeyStore::connect(&store_url(backend, url)).unwrap()),
+    )
+    .build()
+}
+
+/// Seals `plain(id)` for `patients.email` of row `id` under the active version of `scope`.
+pub fn seal_row(ring: &KeyRing, scope: &KeyScope, id: i64) -> Result<Vec<u8>, leakless::Error> {
+    let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
+    ring.seal(scope, &ctx, plain(id).as_bytes(), &FieldPolicy::default())
 }
 
 /// Sleeps past the tests' one-second cache window (recorded by the fixture's ring and by the
