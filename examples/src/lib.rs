@@ -6,6 +6,8 @@
 //! * [`leakscan`]: a small plaintext scanner that looks for demo values in raw files, in several
 //!   encodings. The real leak-test harness (`leakless-leaktest`) comes with its own issue; this
 //!   one only serves the demo.
+//! * [`lifecycle`]: waiting out the cache window that `retire` and `destroy` wait for, with the
+//!   short window the one-process demos record.
 //! * `clinic` (cargo feature `postgres`): the migration set, sealed model and throwaway
 //!   database of the `clinic` example on PostgreSQL.
 //!
@@ -15,6 +17,7 @@
 pub mod clinic;
 pub mod demo_data;
 pub mod leakscan;
+pub mod lifecycle;
 pub mod medtech;
 
 /// The README's Rust code blocks, compiled and run as doctests of this crate so that the

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use diesel::prelude::*;
+use leakless::key::{Clock, ManualClock, SystemClock, UnixTime};
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
@@ -59,10 +60,17 @@ pub struct Patient {
 }
 
 fn ring() -> KeyRing {
+    ring_with_clock(Arc::new(SystemClock))
+}
+
+/// A ring with both scopes, reading the time from `clock` (a [`ManualClock`] lets a test move
+/// past the cache window that retire and destroy wait for, without sleeping).
+fn ring_with_clock(clock: Arc<dyn Clock>) -> KeyRing {
     let ring = KeyRing::builder(
         Arc::new(LocalKms::from_root_key(RootKey::generate())),
         Arc::new(MemoryKeyStore::new()),
     )
+    .clock(clock)
     .build();
     let who = AuditInfo::new("test", "setup");
     ring.create_scope(&KeyScope::new("patients").unwrap(), &who)
@@ -359,7 +367,8 @@ fn plaintext_hits(p: &Patient, text: &str) -> Vec<String> {
 
 #[test]
 fn error_messages_show_no_plaintext() {
-    let ring = ring();
+    let clock = Arc::new(ManualClock::new(UnixTime(1_796_371_200))); // 2026-12-04
+    let ring = ring_with_clock(clock.clone());
     let mut conn = db();
     let p = patient(6);
     let row = p.seal_row(&ring).unwrap();
@@ -425,6 +434,15 @@ fn error_messages_show_no_plaintext() {
     let v1 = ring.versions(&scope).unwrap()[0].version;
     ring.rotate(&scope, std::time::Duration::ZERO, &who)
         .unwrap();
+    // Inside the cache window (default: the KEK cache's 5 minutes) the destroy is refused,
+    // with a typed error that names the version and the time, and no value.
+    let early = ring.destroy(&scope, v1, &who).unwrap_err();
+    assert!(
+        matches!(early, leakless::Error::KeyChangeTooEarly { .. }),
+        "{early:?}"
+    );
+    errors.push(("destroy too early", early));
+    clock.advance(std::time::Duration::from_secs(5 * 60 + 30 + 1));
     ring.destroy(&scope, v1, &who).unwrap();
     errors.push((
         "destroyed",

@@ -1,7 +1,10 @@
 //! Runs the `quickstart` binary end to end in a temporary folder and checks what it promises:
-//! it succeeds with no database server, its leak scan proves itself with a positive control
-//! and then finds no plaintext, its output never contains a demo plaintext, a second run in
-//! the same folder reuses the keys, and bad input gives an error with a hint, not a panic.
+//! it succeeds with no database server, retire is refused inside the cache window and done
+//! after it, the shred is completed with a new root epoch, the attacker with the old key-store
+//! backup and today's root key opens every destroyed value before the shred (positive
+//! control) and none after it, its leak scan proves itself with a positive control and then
+//! finds no plaintext, its output never contains a demo plaintext, a second run in the same
+//! folder reuses the keys, and bad input gives an error with a hint, not a panic.
 //! The one row value it prints is a patient's redacted `Debug`: the unsealed name, and
 //! `<sealed>` for every sealed field.
 
@@ -9,11 +12,13 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
+    clippy::panic,
     reason = "test helpers: a failure should stop the test with its message"
 )]
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use leakless_examples::demo_data;
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
@@ -85,6 +90,111 @@ fn assert_no_plaintext(output: &str) {
     );
 }
 
+/// The line of `stdout` that contains `needle`, and its index; fails the test when none does.
+fn line_with<'a>(stdout: &'a str, needle: &str) -> (usize, &'a str) {
+    stdout
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{stdout}"))
+}
+
+/// Checks the key lifecycle part of one run that rotated `old` away to `new`: the refused
+/// early retire and the wait, retire and destroy after it, the attacker opening every
+/// destroyed value before the shred and none after it, the completed shred, the live rows
+/// still opening, and the verified audit chain.
+fn assert_lifecycle(stdout: &str, old: &str, new: &str) {
+    let (refused, _) = line_with(
+        stdout,
+        &format!(
+            "retire {old} right after the rotation: refused with KeyChangeTooEarly (allowed from 20"
+        ),
+    );
+    let (waiting, line) = line_with(
+        stdout,
+        "until every cache can have noticed the rotation (allowed from 20",
+    );
+    // The demo's window is 2 s plus a margin of 1 s: it never waits longer than that.
+    let secs: f64 = line
+        .trim()
+        .strip_prefix("waiting ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wait time in {line:?}"));
+    assert!(secs > 0.0 && secs <= 3.1, "{line}");
+    let (retired, _) = line_with(stdout, &format!("retired {old}: an envelope kept"));
+    let (destroyed, _) = line_with(stdout, &format!("destroyed {old}: its wrapped material"));
+    assert!(
+        refused < waiting && waiting < retired && retired < destroyed,
+        "{stdout}"
+    );
+
+    let (before, _) = line_with(
+        stdout,
+        &format!(
+            "root.key opened 19 of 19 {old} fields, equal to the originals (positive control passed"
+        ),
+    );
+    let (shred, _) = line_with(
+        stdout,
+        &format!("complete_shred(&LocalKms): shredded patients {old};"),
+    );
+    line_with(stdout, ": destroyed in the backend");
+    line_with(stdout, "copies may remain");
+    let (states, line) = line_with(stdout, "shred states: ");
+    assert!(
+        line.contains(&format!("patients {old} complete at 20")),
+        "{line}"
+    );
+    assert!(!line.contains("PENDING"), "{line}");
+    let (after, _) = line_with(
+        stdout,
+        &format!("(old-backup/keystore.json + today's root.key) opened 0 of 19 {old} fields"),
+    );
+    line_with(stdout, "refused 19 with Kms (");
+    assert!(
+        destroyed < before && before < shred && shred < states && states < after,
+        "{stdout}"
+    );
+    line_with(
+        stdout,
+        &format!("still open all 19 fields of the live rows ({new}): ok"),
+    );
+    let (_, verified) = line_with(stdout, "verify_store: audit chain of ");
+    assert!(verified.contains("entries verified unbroken"), "{verified}");
+}
+
+/// Independently of the binary's own output: a key ring over the old key-store backup with
+/// today's root key file cannot even unwrap the backup's integrity key (its whole root epoch
+/// is gone), while the current key store verifies.
+fn assert_old_backup_is_dead(dir: &Path) {
+    use leakless::kms::LocalKms;
+    use leakless::store::FileKeyStore;
+    let ring_over = |store: &Path| {
+        leakless::KeyRing::builder(
+            Arc::new(LocalKms::from_key_file(dir.join("root.key")).unwrap()),
+            Arc::new(FileKeyStore::open(store).unwrap()),
+        )
+        .build()
+    };
+    let old = ring_over(&dir.join("old-backup").join("keystore.json")).verify_store();
+    assert!(
+        matches!(old, Err(leakless::Error::Kms { .. })),
+        "the old backup: {old:?}"
+    );
+    let current = ring_over(&dir.join("keystore.json"))
+        .verify_store()
+        .unwrap();
+    assert!(
+        current.audit_entries > 0 && current.records > 0,
+        "{current:?}"
+    );
+    assert!(
+        !dir.join("root.key.next").exists(),
+        "a staged root key was left behind"
+    );
+}
+
 #[test]
 fn quickstart_runs_scans_clean_and_prints_no_plaintext() {
     let tmp = tempfile::tempdir().unwrap();
@@ -94,6 +204,8 @@ fn quickstart_runs_scans_clean_and_prints_no_plaintext() {
     assert!(stdout.contains(POSITIVE_CONTROL_PASSED), "{stdout}");
     assert!(stdout.contains(NO_PLAINTEXT_FOUND), "{stdout}");
     assert!(stdout.contains("KeyDestroyed"), "{stdout}");
+    assert!(stdout.contains("cache window       2 s"), "{stdout}");
+    assert_lifecycle(&stdout, "v1", "v2");
     // The redacted Debug of the patient found by blind index: every sealed field is <sealed>.
     let debug_line = stdout
         .lines()
@@ -125,9 +237,19 @@ fn quickstart_runs_scans_clean_and_prints_no_plaintext() {
     assert_no_plaintext(&stderr);
 
     // The files it promised, the root key with owner-only permissions.
-    for file in ["root.key", "keystore.json", "patients.db"] {
+    for file in [
+        "root.key",
+        "keystore.json",
+        "patients.db",
+        "old-backup/keystore.json",
+    ] {
         assert!(dir.join(file).is_file(), "{file} missing");
     }
+    assert!(
+        stdout.contains("old-backup/keystore.json") && stdout.contains("root.key "),
+        "the old backup and the root key file were scanned: {stdout}"
+    );
+    assert_old_backup_is_dead(&dir);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -146,6 +268,10 @@ fn quickstart_runs_scans_clean_and_prints_no_plaintext() {
         "{again}"
     );
     assert!(again.contains(NO_PLAINTEXT_FOUND), "{again}");
+    assert_lifecycle(&again, "v2", "v3");
+    let (_, states) = line_with(&again, "shred states: ");
+    assert!(states.contains("patients v1 complete at"), "{states}");
+    assert_old_backup_is_dead(&dir);
     assert_no_plaintext(&again);
     assert_no_plaintext(&stderr);
 }

@@ -10,6 +10,13 @@
 //! the way a thief would and searches it for every plaintext (after proving that the same
 //! search finds the unsealed display names). It drops the database at the end unless `--keep`.
 //!
+//! Retiring waits for the cache window: until every running application's KEK cache can have
+//! noticed the rotation, `retire` refuses with `KeyChangeTooEarly` (a warm cache could still
+//! seal under the old version). The example is one process, so its key ring records a
+//! 2-second window (`KeyRingBuilder::cache_window`); it shows the refused early retire, waits
+//! about three seconds, and retires. Production rings keep the default (the KEK cache's
+//! 5 minutes) and retire later, from the migrator or a scheduler.
+//!
 //! ```text
 //! cargo run -p leakless-examples --features postgres --bin clinic -- \
 //!     [--database-url postgres://USER@HOST:PORT/DB] [--keep] [--export-manifest PATH]
@@ -39,6 +46,7 @@ use leakless_examples::clinic::{
 };
 use leakless_examples::demo_data;
 use leakless_examples::leakscan::Needles;
+use leakless_examples::lifecycle::{DEMO_CACHE_WINDOW, seconds, time_until, wait_until};
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
 
 /// `writeln!` to stdout, returning the error instead of panicking like `println!`.
@@ -154,7 +162,11 @@ fn run() -> Result<(), Box<dyn Error>> {
     let kms = LocalKms::generate_key_file(key_dir.path().join("root.key"))?;
     let store = SqlKeyStore::postgres(db.url())?;
     store.create_schema()?;
-    let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
+    // A one-process demo: a short cache window, so retire can follow the rotation within
+    // seconds. Production keeps the default (the KEK cache's 5 minutes).
+    let ring = KeyRing::builder(Arc::new(kms), Arc::new(store))
+        .cache_window(DEMO_CACHE_WINDOW)
+        .build();
     let setup = AuditInfo::new("clinic", "example setup");
     let scope = KeyScope::new(SCOPE)?;
     let v1 = ring.create_scope(&scope, &setup)?;
@@ -162,6 +174,10 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("  root key           a temporary file, outside the database");
     say!("  key scope          {SCOPE}: {v1} active (KEKs wrapped in the SQL key store)");
     say!("  key scope          {BIDX_SCOPE}: blind-index keys");
+    say!(
+        "  cache window       {} s (one process; production keeps the default 5 min, and retire waits for it)",
+        DEMO_CACHE_WINDOW.as_secs()
+    );
 
     // ----- insert: one, then the rest in one statement ---------------------------------------
     say!("[insert]");
@@ -257,10 +273,25 @@ fn run() -> Result<(), Box<dyn Error>> {
         }
         Ok(count)
     })?;
-    ring.retire(&scope, v1, &audit)?;
+    say!("  rotated            {v2} active; re-wrapped {rewrapped} DEKs in one transaction");
+    match ring.retire(&scope, v1, &audit) {
+        Err(leakless::Error::KeyChangeTooEarly { allowed_at, .. }) => {
+            say!(
+                "  retire {v1} now     refused: KeyChangeTooEarly (a warm cache may still seal under {v1})"
+            );
+            say!(
+                "  waiting {} until every cache can have noticed the rotation (allowed from {allowed_at})",
+                seconds(time_until(allowed_at))
+            );
+            wait_until(allowed_at);
+            ring.retire(&scope, v1, &audit)?;
+        }
+        // Only when the re-wrap itself took longer than the window.
+        Ok(()) => say!("  retire {v1} now     allowed: the cache window had passed already"),
+        Err(e) => return Err(e.into()),
+    }
     ring.cache().clear();
     let after = load_all(&mut conn, &ring)?;
-    say!("  rotated            {v2} active; re-wrapped {rewrapped} DEKs in one transaction");
     say!(
         "  retired            {v1}; all {} rows still open under {v2}",
         after.len()

@@ -5,11 +5,40 @@
 //! scope `bidx`, a sealed GPS point (`Json<GeoPoint>`) and a sealed, optional consultation
 //! transcript (XChaCha20-Poly1305; the patient without one keeps SQL `NULL`). It bulk-inserts
 //! five fictional patients into a SQLite file through diesel, reads every row back and opens
-//! it, finds one patient by blind index, prints one patient's redacted `Debug`, rotates the KEK
-//! and re-wraps every stored envelope onto the new version, retires and destroys the old
-//! version to show crypto-shredding, and finally scans the raw database, its WAL and the
-//! key-store file for every plaintext in several encodings, after proving with a planted canary
-//! that the scanner finds what it looks for. It exits non-zero if any plaintext is found.
+//! it, finds one patient by blind index, and prints one patient's redacted `Debug`.
+//!
+//! Then the key lifecycle, the way an operator runs it:
+//!
+//! 1. **rotate** the KEK and **re-wrap** every stored envelope onto the new version (data
+//!    ciphertext untouched);
+//! 2. copy the key-store file to `old-backup/` before anything is destroyed: the **old backup**
+//!    an attacker may hold (the envelopes read before the re-wrap stand for the database
+//!    backups of the same time);
+//! 3. **wait for the cache window**: `retire` right after the rotation is refused with
+//!    `KeyChangeTooEarly`, naming when it becomes allowed, because an application whose KEK
+//!    cache still holds the old version as active may seal under it until then. The demo's
+//!    key ring records a **2-second** window (`KeyRingBuilder::cache_window`) because it is
+//!    one process that rotates and retires within seconds; production keeps the default
+//!    (the KEK cache's 5 minutes) and retires later. The demo waits about three seconds;
+//! 4. **retire** and **destroy** the old version: its wrapped KEK is erased from the key store.
+//!    That shred is not complete yet: as the attacker, a fresh key ring over the old backup
+//!    with today's root key file still opens every value of the destroyed version (a positive
+//!    control: the attack works);
+//! 5. **complete the shred** (`KeyRing::complete_shred` with the same `LocalKms` the ring
+//!    holds): a new root key is staged in `root.key.next`, every surviving KEK record (the
+//!    store's integrity key included) is moved onto it, and the old root key is overwritten
+//!    with zeros and replaced. It prints what moved, which root epoch was destroyed and where
+//!    copies of the old root key may remain (outside what a program can erase);
+//! 6. the same attack now opens **none** of the destroyed version's values (a typed
+//!    `Error::Kms`), while the current key store still opens every live row, and
+//!    `KeyRing::verify_store` verifies the authenticated audit chain and every key record.
+//!
+//! Finally it scans the raw database, its WAL, the key store, the old backup copy (and a
+//! staged `root.key.next`, if one were left) for every plaintext in several encodings and for
+//! today's root key, and every one of those files and `root.key` itself for the destroyed
+//! root key, after proving with a planted canary that the scanner finds what it looks for. It
+//! exits non-zero if any plaintext or key material is found, or if the attacker's result is
+//! not the expected one.
 //!
 //! ```text
 //! cargo run --release -p leakless-examples --bin quickstart [-- --dir PATH]
@@ -20,9 +49,10 @@
 //! migrator and the leak tests, and stops.
 //!
 //! With `--dir` the files stay in PATH (created if missing; the root key and key store there
-//! are reused on the next run, the demo database is replaced); without it they live in a
-//! temporary folder that is removed at exit. The output holds counts, lengths, key versions,
-//! file sizes and timings, never a plaintext or a key byte.
+//! are reused on the next run, the demo database and the old backup copy are replaced); without
+//! it they live in a temporary folder that is removed at exit. The output holds counts,
+//! lengths, key versions, public root-key ids, file sizes and timings, never a plaintext or a
+//! key byte.
 //!
 //! The `name` column stays unsealed on purpose: it is the demo's one visible, non-sensitive
 //! column (a made-up display label), and the scan does not look for it. In a real clinic
@@ -46,11 +76,13 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use leakless::envelope;
+use leakless::keyring::ShredStatus;
 use leakless::kms::LocalKms;
 use leakless::store::FileKeyStore;
 use leakless::{AuditInfo, FieldContext, Json, KekVersion, KeyRing, KeyScope, RowId, Sealed};
 use leakless_examples::demo_data::{self, DemoPatient};
 use leakless_examples::leakscan::{Encoding, Finding, Needles, base64};
+use leakless_examples::lifecycle::{DEMO_CACHE_WINDOW, seconds, time_until, wait_until};
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
 
 /// `writeln!` to stdout, returning the error (a closed pipe, say) instead of panicking the
@@ -63,6 +95,9 @@ macro_rules! say {
 
 const ROOT_KEY_FILE: &str = "root.key";
 const KEY_STORE_FILE: &str = "keystore.json";
+/// The folder of the key-store copy taken before the destroy: the "old backup" an attacker
+/// holds.
+const BACKUP_DIR: &str = "old-backup";
 const DB_FILE: &str = "patients.db";
 const TABLE: &str = "patients";
 const SCOPE: &str = "patients";
@@ -374,7 +409,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     // ----- keys: root key file -> KMS, key store file -> KEK records ------------------------
     let root_path = ws.join(ROOT_KEY_FILE);
     let store_path = ws.join(KEY_STORE_FILE);
-    let kms = if root_path.exists() {
+    let kms = Arc::new(if root_path.exists() {
         say!("  root key           {ROOT_KEY_FILE}: reused (LocalKms, single-host)");
         LocalKms::from_key_file(&root_path)?
     } else {
@@ -389,16 +424,29 @@ fn run() -> Result<(), Box<dyn Error>> {
         }
         say!("  root key           {ROOT_KEY_FILE}: new, mode 0600 (LocalKms, single-host)");
         LocalKms::generate_key_file(&root_path)?
-    };
+    });
     let store = FileKeyStore::open(&store_path)?;
     say!("  key store          {KEY_STORE_FILE}: wrapped KEKs and the audit log");
     say!("                     a separate file from the database on purpose: destroying a");
     say!("                     KEK version crypto-shreds old database backups only if the");
     say!("                     key store is kept apart from those backups");
-    let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
+    // The ring holds the same `LocalKms` that completes the shred below: when the shred
+    // moves the root key file to a new epoch, this ring follows it.
+    let ring = KeyRing::builder(kms.clone(), Arc::new(store))
+        .cache_window(DEMO_CACHE_WINDOW)
+        .build();
+    say!(
+        "  cache window       {} s: how long a running application may keep sealing under a",
+        DEMO_CACHE_WINDOW.as_secs()
+    );
+    say!("                     rotated-away KEK version, so retire/destroy wait that long; short");
+    say!("                     because this demo is one process (production: minutes, default 5)");
     let scope = KeyScope::new(SCOPE)?;
     let audit = AuditInfo::new("quickstart", "demo rotation");
-    if ring.versions(&scope)?.is_empty() {
+    // Which scopes exist, from the store's list of names: listing a scope's versions verifies
+    // them against the store's integrity key, which a brand-new store does not have yet.
+    let known = ring.store().scopes()?;
+    if !known.contains(&scope) {
         ring.create_scope(&scope, &AuditInfo::new("quickstart", "demo setup"))?;
         say!("  key scope          {scope}: created with active KEK v1");
     } else {
@@ -408,7 +456,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         );
     }
     let bidx_scope = KeyScope::new(BIDX_SCOPE)?;
-    if ring.versions(&bidx_scope)?.is_empty() {
+    if !known.contains(&bidx_scope) {
         ring.create_scope(
             &bidx_scope,
             &AuditInfo::new("quickstart", "blind-index keys"),
@@ -609,10 +657,55 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("  {opened} sealed fields opened and equal after the re-wrap: ok");
     print_census("  fields per KEK version:", &after)?;
 
+    // ----- the backup an attacker will hold ------------------------------------------------
+    // A key-store backup taken now, while the old version is in grace (a nightly backup, say).
+    // With the database backups of the same night it holds every value sealed under the old
+    // version, and the wrapped KEK that opens them.
+    say!();
+    say!("[old backup]");
+    let backup_dir = ws.join(BACKUP_DIR);
+    create_private_dir(&backup_dir)?;
+    let backup_path = backup_dir.join(KEY_STORE_FILE);
+    fs::copy(&store_path, &backup_path)?;
+    say!(
+        "  copied {KEY_STORE_FILE} to {BACKUP_DIR}/{KEY_STORE_FILE}: a key-store backup from before the"
+    );
+    say!(
+        "  destroy ({old_version} still in grace), and the {} envelopes under {old_version} read",
+        count_sealed(&stored)
+    );
+    say!("  before the re-wrap stand for the database backups of the same time");
+
+    // ----- wait for the cache window ----------------------------------------------------------
+    say!();
+    say!("[cache window]");
+    let t = Instant::now();
+    match ring.retire(&scope, old_version, &audit) {
+        Err(leakless::Error::KeyChangeTooEarly { allowed_at, .. }) => {
+            say!(
+                "  retire {old_version} right after the rotation: refused with KeyChangeTooEarly (allowed from {allowed_at});"
+            );
+            say!(
+                "  an application whose cache still holds {old_version} as active may seal under it until then"
+            );
+            say!(
+                "  waiting {} until every cache can have noticed the rotation (allowed from {allowed_at})",
+                seconds(time_until(allowed_at))
+            );
+            wait_until(allowed_at);
+            ring.retire(&scope, old_version, &audit)?;
+        }
+        // Only when the re-wrap itself outlasted the window (a very slow machine).
+        Ok(()) => say!(
+            "  retire {old_version}: allowed at once, the re-wrap took longer than the cache window"
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    timings.push(("wait for the cache window", t.elapsed()));
+
     // ----- retire and destroy the old version: crypto-shredding -----------------------------
     say!();
     say!("[retire + destroy {old_version}]");
-    ring.retire(&scope, old_version, &audit)?;
     let kept_ctx = context(&kept_id, Column::Address);
     match ring.open(&kept_ctx, &kept_envelope) {
         Err(leakless::Error::KeyWrongState { .. }) => {
@@ -634,8 +727,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("  {opened} fields of the live rows still open (they are on {new_version}): ok");
     match ring.open(&kept_ctx, &kept_envelope) {
         Err(leakless::Error::KeyDestroyed { .. }) => {
-            say!("  the envelope kept from before the re-wrap now fails with KeyDestroyed:");
-            say!("  any backup still holding {old_version} envelopes is unreadable for good");
+            say!("  the envelope kept from before the re-wrap now fails with KeyDestroyed");
         }
         Err(e) => {
             return Err(fail(
@@ -650,6 +742,147 @@ fn run() -> Result<(), Box<dyn Error>> {
             ));
         }
     }
+    say!("  but the shred is not complete: the old backup still holds {old_version}'s wrapped KEK");
+
+    // The attacker: the old key-store backup, the old database rows, and today's root key file.
+    let before = attack(&backup_path, &root_path, &stored, &patients)?;
+    if before.opened != before.total || !before.rows_equal {
+        return Err(fail(
+            format!(
+                "positive control failed: before the shred the old backup opened {} of {} \
+                 {old_version} fields, so a refusal after it would prove nothing",
+                before.opened, before.total
+            ),
+            HINT_BUG,
+        ));
+    }
+    say!(
+        "  attacker before the shred: a fresh key ring over {BACKUP_DIR}/{KEY_STORE_FILE} with today's"
+    );
+    say!(
+        "  {ROOT_KEY_FILE} opened {} of {} {old_version} fields, equal to the originals ({POSITIVE_CONTROL_PASSED}:",
+        before.opened,
+        before.total
+    );
+    say!("  the attack works while the old root epoch exists)");
+
+    // ----- complete the shred: a new root epoch, the old one destroyed ------------------------
+    say!();
+    say!("[complete shred]");
+    // The old root key, read only to check below that its bytes are gone from every file;
+    // first proven to find the key where it still is.
+    let old_root_needles = root_key_needles(&root_path)?;
+    if old_root_needles.scan_file(&root_path)?.is_empty() {
+        return Err(fail(
+            "control failed: the root key needles do not find the root key in its own file",
+            HINT_BUG,
+        ));
+    }
+    let t = Instant::now();
+    let report = ring
+        .complete_shred(
+            &*kms,
+            &AuditInfo::new("quickstart", "complete the demo's shred"),
+        )?
+        .ok_or_else(|| fail("complete_shred found no pending shred", HINT_BUG))?;
+    timings.push(("complete_shred", t.elapsed()));
+    let shredded: Vec<String> = report
+        .shredded
+        .iter()
+        .map(|(s, v)| format!("{s} {v}"))
+        .collect();
+    say!(
+        "  KeyRing::complete_shred(&LocalKms): shredded {}; staged a new root key, moved {} KEK",
+        shredded.join(", "),
+        report.records_moved
+    );
+    say!("  records onto it (the integrity key's included; no DEK and no row touched)");
+    say!(
+        "  old root epoch {}: {}",
+        report.destroyed.epoch,
+        match report.destroyed.status {
+            leakless::kms::Destruction::Destroyed => "destroyed in the backend",
+            leakless::kms::Destruction::AlreadyGone => "was already gone",
+            leakless::kms::Destruction::Scheduled { .. } => "deletion scheduled, not destroyed yet",
+        },
+    );
+    if report.destroyed.status.is_complete() {
+        say!(
+            "  ({ROOT_KEY_FILE}'s old content overwritten with zeros, then replaced by the new key)"
+        );
+    }
+    say!("  copies may remain (outside what the demo can erase):");
+    for line in wrap_text(&report.destroyed.copies_may_remain, 86) {
+        say!("    {line}");
+    }
+    let states: Vec<String> = ring
+        .shred_states()?
+        .iter()
+        .map(|st| match st.status {
+            ShredStatus::Complete { at } => format!("{} {} complete at {at}", st.scope, st.version),
+            ShredStatus::Scheduled { at } => {
+                format!("{} {} scheduled at {at}", st.scope, st.version)
+            }
+            ShredStatus::Pending { destroyed_at } => format!(
+                "{} {} PENDING (destroyed at {destroyed_at})",
+                st.scope, st.version
+            ),
+        })
+        .collect();
+    say!("  shred states: {}", states.join("; "));
+    if !report.destroyed.status.is_complete() {
+        return Err(fail("the local root epoch was not destroyed", HINT_BUG));
+    }
+
+    // ----- the attacker again -------------------------------------------------------------
+    say!();
+    say!("[attacker after the shred]");
+    let after_shred = attack(&backup_path, &root_path, &stored, &patients)?;
+    if after_shred.opened != 0 {
+        return Err(fail(
+            format!(
+                "the old backup still opened {} {old_version} fields after the shred",
+                after_shred.opened
+            ),
+            HINT_BUG,
+        ));
+    }
+    let refusals: Vec<String> = after_shred
+        .errors
+        .iter()
+        .map(|(kind, n)| format!("{n} with {kind}"))
+        .collect();
+    say!(
+        "  the same attack ({BACKUP_DIR}/{KEY_STORE_FILE} + today's {ROOT_KEY_FILE}) opened 0 of {} {old_version} fields:",
+        after_shred.total
+    );
+    say!(
+        "  refused {} (the backup's KEKs are wrapped under a root key that no longer exists)",
+        refusals.join(", ")
+    );
+    ring.cache().clear();
+    let (_, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    say!(
+        "  the current key store and {ROOT_KEY_FILE} still open all {opened} fields of the live rows ({new_version}): ok"
+    );
+
+    // ----- key store integrity ----------------------------------------------------------------
+    say!();
+    say!("[key store]");
+    let verified = ring.verify_store()?;
+    say!(
+        "  verify_store: audit chain of {} entries verified unbroken{}, {} key records authenticated",
+        verified.audit_entries,
+        if verified.legacy_audit_entries > 0 {
+            format!(
+                " (+{} unauthenticated legacy entries)",
+                verified.legacy_audit_entries
+            )
+        } else {
+            String::new()
+        },
+        verified.records
+    );
     let versions: Vec<String> = ring
         .versions(&scope)?
         .iter()
@@ -657,7 +890,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         .collect();
     say!("  key versions: {}", versions.join(", "));
     say!(
-        "  audit log: {} entries, each with who, when and why",
+        "  audit log of scope {scope}: {} entries, each with who, when and why",
         ring.audit_log(Some(&scope))?.len()
     );
     let calls = ring.kms_calls();
@@ -682,6 +915,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         db_path: &db_path,
         needles: &needles,
         root_needles: &root_needles,
+        old_root_needles: &old_root_needles,
         name_needles: &name_needles,
         names: people.len(),
     };
@@ -691,7 +925,8 @@ fn run() -> Result<(), Box<dyn Error>> {
         needles.len()
     );
     say!("  base64; the GPS point also as its JSON and as f64 bytes big- and little-endian),");
-    say!("  plus the root key");
+    say!("  plus today's root key, and the destroyed root epoch's key (also in {ROOT_KEY_FILE};");
+    say!("  those needles found that key in {ROOT_KEY_FILE} before the shred)");
     let planted = positive_control(&needles, &people)?;
     say!(
         "  {POSITIVE_CONTROL_PASSED}: a canary planted in {planted} encodings in throwaway files was found in each"
@@ -878,6 +1113,94 @@ fn print_census(title: &str, rows: &[PatientRow]) -> Result<(), Box<dyn Error>> 
     Ok(())
 }
 
+/// How many envelopes these stored rows hold.
+fn count_sealed(rows: &[PatientRow]) -> usize {
+    rows.iter().map(sealed_count).sum()
+}
+
+/// What the attacker got out of an old key-store backup.
+struct Attack {
+    /// Sealed fields of the old rows that opened.
+    opened: usize,
+    /// Sealed fields tried.
+    total: usize,
+    /// How many failed, by error kind (the variant's name, never its message).
+    errors: BTreeMap<String, usize>,
+    /// Whether the opened rows equal the originals (only checked when every field opened).
+    rows_equal: bool,
+}
+
+/// The attacker: a fresh key ring over the key-store backup at `backup` with the root key
+/// file as it is *today*, trying every envelope of `old_rows` (the database as it was before
+/// the re-wrap, i.e. an old database backup). When everything opens, also opens the rows
+/// through the model and compares them with the originals, so a success is a real read.
+fn attack(
+    backup: &Path,
+    root_path: &Path,
+    old_rows: &[PatientRow],
+    expected: &[Patient],
+) -> Result<Attack, Box<dyn Error>> {
+    let kms = LocalKms::from_key_file(root_path)?;
+    let store = FileKeyStore::open(backup)?;
+    let ring = KeyRing::builder(Arc::new(kms), Arc::new(store)).build();
+    let mut result = Attack {
+        opened: 0,
+        total: 0,
+        errors: BTreeMap::new(),
+        rows_equal: false,
+    };
+    for row in old_rows {
+        for column in Column::ALL {
+            let Some(env) = column.sealed(row) else {
+                continue;
+            };
+            result.total = result.total.saturating_add(1);
+            match ring.open(&context(&row.id, column), env) {
+                // The plaintext is dropped (and zeroized) at once.
+                Ok(_) => result.opened = result.opened.saturating_add(1),
+                Err(e) => {
+                    let n = result.errors.entry(error_kind(&e)).or_default();
+                    *n = n.saturating_add(1);
+                }
+            }
+        }
+    }
+    if result.opened == result.total {
+        let opened = Patient::open_rows(old_rows.to_vec(), &ring)?;
+        result.rows_equal = opened.len() == expected.len()
+            && opened.iter().all(|p| expected.iter().any(|e| e == p));
+    }
+    Ok(result)
+}
+
+/// The name of an error's variant (`Kms`, `KeyDestroyed`, ...), without its message.
+fn error_kind(e: &leakless::Error) -> String {
+    format!("{e:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `text` cut at spaces into lines of at most `width` characters (longer words stay whole).
+fn wrap_text(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len().saturating_add(word.len()) >= width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 /// Every sensitive demo value as scanner needles, labelled without content.
 fn plaintext_needles(people: &[DemoPatient]) -> Result<Needles, Box<dyn Error>> {
     let mut needles = Needles::new();
@@ -1005,21 +1328,37 @@ struct ScanTargets<'a> {
     ws: &'a Path,
     db_path: &'a Path,
     needles: &'a Needles,
+    /// Today's root key: in no file but its own.
     root_needles: &'a Needles,
+    /// The destroyed root epoch's key: in no file at all, its own former file included.
+    old_root_needles: &'a Needles,
     /// The unsealed `name` values: they must be found, which proves the scan reads the data.
     name_needles: &'a Needles,
     names: usize,
 }
 
-/// Scans every file the demo made (except the root key file itself) and prints one line per
-/// file. Also requires every unsealed name to show up in the database files: the same scan
-/// that finds no sealed value does find the one plaintext column. Returns the number of
-/// findings of sealed values or key material.
+/// Scans every file the demo made and prints one line per file: the database files, the key
+/// store and the old backup copy of it (with their lock files), and a staged `root.key.next`
+/// if one is left, for every plaintext, today's root key and the destroyed root key; the root
+/// key file itself for the destroyed root key only (it holds today's, of course). Also
+/// requires every unsealed name to show up in the database files: the same scan that finds
+/// no sealed value does find the one plaintext column. Returns the number of findings of
+/// sealed values or key material.
 fn scan_files(t: &ScanTargets<'_>, scanned: &mut usize) -> Result<usize, Box<dyn Error>> {
     let mut files = database_files(t.db_path);
     let db_files = files.len();
-    files.push(t.ws.join(KEY_STORE_FILE));
-    files.push(t.ws.join(format!("{KEY_STORE_FILE}.lock")));
+    for store in [
+        t.ws.join(KEY_STORE_FILE),
+        t.ws.join(BACKUP_DIR).join(KEY_STORE_FILE),
+    ] {
+        let mut lock = store.clone().into_os_string();
+        lock.push(".lock");
+        files.push(store);
+        files.push(PathBuf::from(lock));
+    }
+    files.push(t.ws.join(format!("{ROOT_KEY_FILE}.next")));
+    let root_file = t.ws.join(ROOT_KEY_FILE);
+    files.push(root_file.clone());
     let mut findings = 0usize;
     let mut names_seen = std::collections::BTreeSet::new();
     for (i, path) in files.iter().enumerate().filter(|(_, p)| p.exists()) {
@@ -1027,18 +1366,27 @@ fn scan_files(t: &ScanTargets<'_>, scanned: &mut usize) -> Result<usize, Box<dyn
         if i < db_files {
             names_seen.extend(t.name_needles.scan_file(path)?.into_iter().map(|f| f.label));
         }
-        let mut found: Vec<Finding> = t.needles.scan_file(path)?;
-        found.extend(t.root_needles.scan_file(path)?);
+        let mut found: Vec<Finding> = t.old_root_needles.scan_file(path)?;
+        if *path != root_file {
+            found.extend(t.needles.scan_file(path)?);
+            found.extend(t.root_needles.scan_file(path)?);
+        }
         *scanned = scanned.saturating_add(1);
         let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .strip_prefix(t.ws)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned();
+        let what = if *path == root_file {
+            "  (checked for the destroyed root key only)"
+        } else {
+            ""
+        };
         if found.is_empty() {
-            say!("    {name:<20} {:>10}  clean", human_size(size));
+            say!("    {name:<30} {:>10}  clean{what}", human_size(size));
         } else {
             say!(
-                "    {name:<20} {:>10}  FOUND {} value(s):",
+                "    {name:<30} {:>10}  FOUND {} value(s):",
                 human_size(size),
                 found.len()
             );

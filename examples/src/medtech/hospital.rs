@@ -190,11 +190,15 @@ impl HospitalServer {
             return Ok(());
         }
         let scope = KeyScope::new(&format!("device:{device_id}"))?;
-        if self.ring.versions(&scope)?.is_empty() {
-            self.ring.create_scope(
-                &scope,
-                &AuditInfo::new("hospital-server", "first reading of a device"),
-            )?;
+        // Create the scope and accept "already there": listing the versions of a brand-new,
+        // empty key store is refused (it has no integrity key yet), and creating directly
+        // is one store round-trip either way.
+        match self.ring.create_scope(
+            &scope,
+            &AuditInfo::new("hospital-server", "first reading of a device"),
+        ) {
+            Ok(_) | Err(leakless::Error::ScopeExists { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
         self.scopes.insert(device_id.to_owned());
         Ok(())
