@@ -341,10 +341,20 @@ impl Case {
                 assert_ne!(r["state"], "destroyed", "{list}");
             }
         }
-        (
-            v1["shred"].as_str().unwrap().to_owned(),
-            v1["shred_at"].as_i64(),
-        )
+        let status = v1["shred"].as_str().unwrap().to_owned();
+        // The table the DBA reads says the same in its SHRED column.
+        let text = self.ok(&["keys", "list", "--scope", A]);
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().take(3).eq([A, "v1", "destroyed"]))
+            .unwrap_or_else(|| panic!("no {A} v1 line: {text}"));
+        let shown = match status.as_str() {
+            "pending" => "pending since ",
+            "scheduled" => "root deletion scheduled ",
+            _ => "complete ",
+        };
+        assert!(line.contains(shown), "{line}");
+        (status, v1["shred_at"].as_i64())
     }
 
     /// `keys audit --verify` passes on the live key store.
