@@ -23,8 +23,8 @@
 //!
 //! Databases: PostgreSQL, MariaDB and SQLite with the local root key file. Backends on SQLite:
 //! Vault Transit (OpenBao) and AWS KMS (moto, named by an alias: on moto the old key stays
-//! usable while pending deletion, so only the schedule is asserted there). PKCS#11 (SoftHSM2):
-//! `complete-shred` is refused with exit 3. Services come from `scripts/services/NAME start DIR
+//! usable while pending deletion, so only the schedule is asserted there) and PKCS#11 (SoftHSM2:
+//! the old epoch's key object destroyed on the token). Services come from `scripts/services/NAME start DIR
 //! --owner-pid PID` (and `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL`, or the throwaway servers of
 //! `scripts/pg-cluster` / `scripts/mariadb-server`); a missing one fails the test by name.
 
@@ -892,22 +892,8 @@ fn sqlite_aws_kms_shred_is_scheduled_with_its_date() {
 }
 
 #[test]
-fn pkcs11_complete_shred_is_refused_with_exit_3() {
-    let c = Case::new(Backend::Sqlite, Root::Pkcs11);
-    assert_eq!(c.root, Root::Pkcs11);
-    // From here on only child processes touch the token after the rows are sealed (SoftHSM2
-    // does not cope with two processes writing one token; nothing below writes to it).
-    let _app = c.set_up();
-    c.destroy_a_v1();
-    let o = c.run(&["keys", "complete-shred", "--yes"]);
-    assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
-    let e = stderr(&o);
-    assert!(
-        e.contains("PKCS#11 and TPM root epochs are not built yet"),
-        "{e}"
-    );
-    assert!(e.contains("docs/shredding.md"), "{e}");
-    // Nothing changed: the shred is still pending, and the store verifies.
-    assert_eq!(c.a_v1_shred().0, "pending");
-    c.audit_verifies();
+fn sqlite_pkcs11_shred_defeats_old_file_copies() {
+    // The CLI makes the new epoch's key object and destroys the old one on the token (the
+    // application process only reads it after sealing its rows).
+    shred_proof(Backend::Sqlite, Root::Pkcs11);
 }

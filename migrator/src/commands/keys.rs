@@ -567,7 +567,8 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool, force: b
         format!(
             "destroyed {name} {version}{}; shred pending: key-store backups taken before now \
              still hold it under the current root epoch until `leakless-migrate keys \
-             complete-shred` destroys that epoch (batch other destroys first)",
+             complete-shred` destroys that epoch (batch other destroys first; TPM roots \
+             cannot, see docs/shredding.md)",
             if total > 0 {
                 format!(" ({total} rows crypto-shredded)")
             } else {
