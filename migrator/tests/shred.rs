@@ -812,7 +812,7 @@ fn shred_proof(backend: Backend, root: Root) {
     assert_eq!((live.a_opened, live.b_opened), (0, B_ROWS), "{live:?}");
 
     let (status, at) = c.a_v1_shred();
-    if root == Root::Aws {
+    if c.root == Root::Aws {
         // AWS: the old key is refused by KMS and scheduled for deletion in 7 days; the shred is
         // pending until then (an administrator could cancel the deletion). moto 5.x still
         // decrypts under a key pending deletion (real AWS answers KMSInvalidStateException),
@@ -859,7 +859,7 @@ fn shred_proof(backend: Backend, root: Root) {
     assert_eq!(after.current_store.a_opened, 0, "{after:?}");
     assert_eq!(after.current_store.b_opened, B_ROWS, "{after:?}");
     assert_eq!(after.old_store.b_opened, 0, "{after:?}");
-    if root == Root::Local {
+    if c.root == Root::Local {
         let key = c.dir.path().join("keys/root.key");
         assert!(key.is_file());
         assert!(!c.dir.path().join("keys/root.key.next").exists());
