@@ -48,6 +48,8 @@ pub const RESERVED_SCOPE_PREFIX: &str = "leakless:";
 const MAC_KEY_INFO: &[u8] = b"leakless key-store authentication v1";
 const RECORD_LABEL: &[u8] = b"leakless.key-record.v1";
 const AUDIT_LABEL: &[u8] = b"leakless.key-audit.v1";
+/// How often a read is repeated while other processes keep changing the key store.
+const STABLE_READ_ATTEMPTS: usize = 20;
 /// How the first audit entry of an upgraded store records how many unauthenticated entries
 /// came before it: the reason ends with this, the count and `]`.
 const LEGACY_MARK: &str = " [earlier unauthenticated audit entries: ";
@@ -398,22 +400,37 @@ impl KeyRing {
             return Ok(Vec::new());
         }
         let key = self.integrity_key()?;
-        let mut last_err = None;
-        // A change by another process between reading the records and the chain looks like a
-        // mismatch: read both once more before calling it tampering.
-        for _ in 0..2 {
-            let records = self.inner.store.list(scope)?;
-            let chain = self.refresh_chain(&key)?;
-            let check = records
-                .iter()
-                .try_for_each(|r| verify_record(&key, &chain, r))
-                .and_then(|()| no_deleted_records(&chain, scope, &records));
-            match check {
-                Ok(()) => return Ok(records),
-                Err(e) => last_err = Some(e),
+        let (records, chain) = self.stable_read(&key, scope, || self.inner.store.list(scope))?;
+        records
+            .iter()
+            .try_for_each(|r| verify_record(&key, &chain, r))
+            .and_then(|()| no_deleted_records(&chain, scope, &records))?;
+        Ok(records)
+    }
+
+    /// Runs `read` between two reads of the audit chain that find the same newest entry, so
+    /// what it read is consistent with the verified chain: a change by another process in
+    /// between would have appended to the chain (records and audit entries are written in one
+    /// atomic change). Under contention it tries again; a mismatch found after a stable read
+    /// is tampering, never a race.
+    fn stable_read<T>(
+        &self,
+        key: &IntegrityKey,
+        scope: &KeyScope,
+        mut read: impl FnMut() -> Result<T, Error>,
+    ) -> Result<(T, MutexGuard<'_, Chain>), Error> {
+        for _ in 0..STABLE_READ_ATTEMPTS {
+            let before = self.refresh_chain(key)?.head;
+            let value = read()?;
+            let chain = self.refresh_chain(key)?;
+            if chain.head == before {
+                return Ok((value, chain));
             }
         }
-        Err(last_err.unwrap_or_else(not_upgraded))
+        Err(Error::ConcurrentModification {
+            scope: scope.clone(),
+            version: KekVersion::FIRST,
+        })
     }
 
     /// One record, verified; `None` when neither the store nor the audit log knows it.
@@ -433,25 +450,20 @@ impl KeyRing {
             return Ok(None);
         }
         let key = self.integrity_key()?;
-        let mut last_err = None;
-        for _ in 0..2 {
-            let record = self.inner.store.get(scope, version)?;
-            let chain = self.refresh_chain(&key)?;
-            let check = match &record {
-                Some(r) => verify_record(&key, &chain, r),
-                None if chain.last.contains_key(&(scope.clone(), version)) => Err(tampered(
+        let (record, chain) =
+            self.stable_read(&key, scope, || self.inner.store.get(scope, version))?;
+        match &record {
+            Some(r) => verify_record(&key, &chain, r)?,
+            None if chain.last.contains_key(&(scope.clone(), version)) => {
+                return Err(tampered(
                     Some(scope),
                     Some(version),
                     "the audit log records this version but its record is gone (deleted)".into(),
-                )),
-                None => Ok(()),
-            };
-            match check {
-                Ok(()) => return Ok(record),
-                Err(e) => last_err = Some(e),
+                ));
             }
+            None => {}
         }
-        Err(last_err.unwrap_or_else(not_upgraded))
+        Ok(record)
     }
 
     /// Authenticates `change` (sequence numbers and tags for its audit entries, tags for its
@@ -472,6 +484,32 @@ impl KeyRing {
     /// [`Error::KeyStoreTampered`], or the store's and KMS's own errors.
     pub fn verify_store(&self) -> Result<StoreVerification, Error> {
         let key = self.integrity_key()?;
+        // The same discipline as every verified read: a pass that another process's change
+        // overlapped (the chain grew meanwhile) is repeated, whatever it found.
+        // The newest authenticated entry as stored, unverified: verification is the pass's job.
+        let head = || -> Result<Option<Auth>, Error> {
+            Ok(self
+                .inner
+                .store
+                .audit_since(0)?
+                .iter()
+                .filter_map(|a| a.auth)
+                .max_by_key(|a| a.seq))
+        };
+        for _ in 0..STABLE_READ_ATTEMPTS {
+            let before = head()?;
+            let result = self.verify_store_once(&key);
+            if head()? == before {
+                return result;
+            }
+        }
+        Err(Error::ConcurrentModification {
+            scope: integrity_scope(),
+            version: KekVersion::FIRST,
+        })
+    }
+
+    fn verify_store_once(&self, key: &IntegrityKey) -> Result<StoreVerification, Error> {
         let mut report = StoreVerification::default();
         let mut chain = Chain::default();
         // `audit_since(0)` sorts entries without authentication first, so whether one was
@@ -517,7 +555,7 @@ impl KeyRing {
                 report.legacy_audit_entries = report.legacy_audit_entries.saturating_add(1);
                 continue;
             };
-            verify_entry(&key, &a, auth, seq, &prev)?;
+            verify_entry(key, &a, auth, seq, &prev)?;
             if auth.seq == 1 {
                 committed_legacy = a
                     .reason
@@ -561,7 +599,7 @@ impl KeyRing {
         for scope in self.inner.store.scopes()? {
             let records = self.inner.store.list(&scope)?;
             for r in &records {
-                verify_record(&key, &chain, r)?;
+                verify_record(key, &chain, r)?;
                 seen.insert((r.scope.clone(), r.version), ());
                 report.records = report.records.saturating_add(1);
             }
