@@ -11,8 +11,8 @@
 //! content. Needles hold plaintext, so they are zeroized on drop and their `Debug` shows only
 //! lengths.
 //!
-//! This is deliberately small; the leak-test harness (`leakless-leaktest`) that scans dumps,
-//! backups and server logs comes with its own issue.
+//! This is deliberately small; the leak-test harness (`leakless-leaktest`, docs/leak-tests.md)
+//! is the one that scans dumps, backups, WAL and server logs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

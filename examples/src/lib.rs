@@ -4,8 +4,8 @@
 //!   of their GPS points. Integration tests import them to check that no plaintext reaches the
 //!   program's output.
 //! * [`leakscan`]: a small plaintext scanner that looks for demo values in raw files, in several
-//!   encodings. The real leak-test harness (`leakless-leaktest`) comes with its own issue; this
-//!   one only serves the demo.
+//!   encodings. The real leak-test harness is `leakless-leaktest`
+//!   (docs/leak-tests.md); this one only serves the demo.
 //! * [`lifecycle`]: waiting out the cache window that `retire` and `destroy` wait for, with the
 //!   short window the one-process demos record.
 //! * `clinic` (cargo feature `postgres`): the migration set, sealed model and throwaway
