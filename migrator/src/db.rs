@@ -235,6 +235,26 @@ pub struct IdBytes {
     pub val: Option<Vec<u8>>,
 }
 
+/// A row identity (as text), a binary value and the row's tenant as text (per-tenant tables).
+#[derive(QueryableByName)]
+pub struct IdBytesTenant {
+    /// The row identity, rendered as text by [`Db::id_text`].
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    /// The value.
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub val: Option<Vec<u8>>,
+    /// The tenant column as text, or NULL (static-scope tables).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub tenant: Option<String>,
+}
+
+impl fmt::Debug for IdBytesTenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdBytesTenant({}, ..)", self.id)
+    }
+}
+
 impl fmt::Debug for IdBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "IdBytes({}, ..)", self.id)
@@ -257,6 +277,10 @@ pub struct IdTwo {
     /// The second value.
     #[diesel(sql_type = Nullable<Binary>)]
     pub b: Option<Vec<u8>>,
+    /// Per-tenant tables: the tenant column as text (see [`crate::tenant::TenantScope`]);
+    /// NULL elsewhere.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub tenant: Option<String>,
 }
 
 impl fmt::Debug for IdTwo {

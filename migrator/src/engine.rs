@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::db::{Backend, Bind, CasWrite, ChunkRow, Db, DbUrl, IdTwo, OneInt, OneText};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
+use crate::tenant::TenantScope;
 
 /// How often a row that keeps changing under the migrator is retried before it is reported.
 pub const RETRIES: usize = 5;
@@ -359,6 +360,8 @@ pub struct Work {
     pub batch: usize,
     /// Per-worker throttle, rows per second.
     pub per_worker_rate: Option<f64>,
+    /// Per-tenant tables: how each row's scope is read (`None` for a static scope).
+    pub tenant: Option<TenantScope>,
     /// The (scope, version) pairs whose keys are in the ring's cache already. The first use of
     /// each runs under this lock, so parallel workers make one KMS call per KEK version, not
     /// one per worker.
@@ -406,12 +409,14 @@ impl Work {
         }
     }
 
-    /// The scope every envelope of the column must name, when the manifest gives one scope for
-    /// the whole table. Per-tenant tables return `None`: their scope depends on the tenant
-    /// column's value as the application's `Display` renders it, which SQL cannot reproduce for
-    /// every column type, so their envelopes are checked by the application's reads only.
-    fn expected_scope(&self) -> Option<KeyScope> {
-        static_scope(&self.table)
+    /// The scope the row's envelope must name: the table's static scope, or the prefix plus
+    /// the row's tenant (read as text with the row, see [`TenantScope`]). `Err` when a
+    /// per-tenant row has no usable tenant.
+    fn expected_scope(&self, row: &IdTwo) -> std::result::Result<Option<KeyScope>, String> {
+        match &self.tenant {
+            Some(t) => t.expected(row.tenant.as_deref()).map(Some),
+            None => Ok(static_scope(&self.table)),
+        }
     }
 
     /// The value expressions read per row: `a` (the sealed column) and `b` (the plaintext
@@ -440,7 +445,11 @@ impl Work {
             Backend::Mysql => "CAST(NULL AS CHAR)".to_owned(),
             Backend::Sqlite => "NULL".to_owned(),
         };
-        format!("{a} AS a, {b} AS b, {tid} AS tid")
+        let tenant = match &self.tenant {
+            Some(t) => t.expr.clone(),
+            None => TenantScope::null_expr(db.backend()).to_owned(),
+        };
+        format!("{a} AS a, {b} AS b, {tid} AS tid, {tenant} AS tenant")
     }
 
     fn outcome(&self, row: &IdTwo, adopt_scope: Option<&KeyScope>) -> Outcome {
@@ -473,6 +482,13 @@ impl Work {
             rid.as_row_id(),
             self.table.schema_version,
         );
+        let expected = match (&self.mode, &row.a) {
+            (Mode::Rewrap | Mode::Reencrypt, Some(_)) => match self.expected_scope(row) {
+                Ok(s) => s,
+                Err(e) => return Outcome::Fail(e),
+            },
+            _ => None,
+        };
         match (&self.mode, &row.a) {
             (Mode::Adopt { .. }, Some(_)) => Outcome::Keep,
             (Mode::Adopt { .. }, None) => match (&row.b, adopt_scope) {
@@ -485,7 +501,7 @@ impl Work {
                 _ => Outcome::Keep,
             },
             (_, None) => Outcome::Keep,
-            (Mode::Rewrap, Some(env)) => match self.expected_scope().map_or_else(
+            (Mode::Rewrap, Some(env)) => match expected.map_or_else(
                 || self.ring.rewrap(&ctx, env),
                 |scope| self.ring.rewrap_in_scope(&scope, &ctx, env),
             ) {
@@ -501,7 +517,7 @@ impl Work {
                     Ok(s) => s,
                     Err(e) => return row_error(e),
                 };
-                let opened = match self.expected_scope() {
+                let opened = match expected {
                     Some(expected) => self.ring.open_in_scope(&expected, &ctx, env),
                     None => self.ring.open(&ctx, env),
                 };
@@ -804,6 +820,8 @@ pub fn run(
     let started = Instant::now();
     let job = opts.job.clone().unwrap_or_else(|| job_name(mode, t, c));
     let mut db = url.connect()?;
+    // Refuse a per-tenant table whose tenant column cannot give the scope before planning.
+    let tenant = TenantScope::probe(&mut db, t)?;
     let (total, done_before) = plan(&mut db, &job, mode, t, c, opts.batch)?;
     drop(db);
     let workers = if url.backend() == Backend::Sqlite {
@@ -823,6 +841,7 @@ pub fn run(
         ring: ring.clone(),
         batch: opts.batch.max(1),
         per_worker_rate,
+        tenant,
         warmed: Arc::default(),
     });
     let counters = Arc::new(Counters::default());
@@ -884,7 +903,8 @@ pub fn run(
 }
 
 /// The one key scope of a table whose manifest names a static scope; `None` for a per-tenant
-/// table (see `Work::expected_scope`) or an invalid name (which the manifest check refuses).
+/// table (each row's scope comes from its tenant, see [`TenantScope`]) or an invalid name
+/// (which the manifest check refuses).
 #[must_use]
 pub fn static_scope(table: &SealedTable) -> Option<KeyScope> {
     match &table.scope {

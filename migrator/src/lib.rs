@@ -13,6 +13,7 @@ pub mod error;
 pub mod kms;
 pub mod progress;
 pub mod scan;
+pub mod tenant;
 
 use std::process::ExitCode;
 

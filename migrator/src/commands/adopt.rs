@@ -140,7 +140,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     // Verification pass.
     let ring = env.ring()?;
     let select = format!(
-        "{} AS a, {} AS b, NULL AS tid",
+        "{} AS a, {} AS b, NULL AS tid, NULL AS tenant",
         db.q(&c.column),
         plain_expr(db.backend(), &c.encoding, &db.q(&from))
     );

@@ -72,6 +72,14 @@ pub fn run_jobs(
     let targets = env.targets(table, column)?;
     let url = env.db_url()?;
     let ring = env.ring()?;
+    // Refuse a per-tenant table whose tenant column cannot give the scope before any job
+    // runs (each job checks its own table again before planning).
+    if matches!(mode, Mode::Rewrap | Mode::Reencrypt) {
+        let mut db = url.connect()?;
+        for (t, _) in &targets {
+            crate::tenant::TenantScope::probe(&mut db, t)?;
+        }
+    }
     let opts = args.options();
     let mut summaries = Vec::new();
     for (t, c) in &targets {

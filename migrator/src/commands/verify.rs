@@ -5,11 +5,12 @@ use leakless::FieldContext;
 use leakless::manifest::{SealedColumn, SealedTable};
 use serde::Serialize;
 
-use crate::db::{Db, IdBytes};
+use crate::db::{Db, IdBytesTenant};
 use crate::engine::RowFailure;
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
-use crate::scan::{OwnedRowId, Range, for_each_page};
+use crate::scan::{OwnedRowId, Range, page_sql};
+use crate::tenant::TenantScope;
 
 /// Options of `verify`.
 #[derive(Debug, clap::Args)]
@@ -46,12 +47,18 @@ fn check_rows(
     ring: &leakless::KeyRing,
     t: &SealedTable,
     c: &SealedColumn,
-    rows: Vec<IdBytes>,
+    tenant: Option<&TenantScope>,
+    rows: Vec<IdBytesTenant>,
     v: &mut Verified,
 ) {
-    // A static-scope table's envelopes must all name its scope (see `engine::static_scope`).
-    let expected = crate::engine::static_scope(t);
+    // A static-scope table's envelopes must all name its scope (see `engine::static_scope`);
+    // a per-tenant row's, the prefix plus its tenant (see `TenantScope`).
+    let table_scope = crate::engine::static_scope(t);
     for r in rows {
+        let expected = match tenant {
+            Some(ts) => ts.expected(r.tenant.as_deref()).map(Some),
+            None => Ok(table_scope.clone()),
+        };
         let err = match (&r.val, OwnedRowId::parse(&t.row_id_kind, &r.id)) {
             (None, _) if c.nullable => {
                 v.nulls += 1;
@@ -59,20 +66,24 @@ fn check_rows(
             }
             (None, _) => "NULL in a non-nullable sealed column (not adopted yet?)".to_owned(),
             (_, Err(e)) => e.what,
-            (Some(env), Ok(rid)) => {
-                let ctx = FieldContext::new(&t.table, &c.column, rid.as_row_id(), t.schema_version);
-                let opened = match &expected {
-                    Some(scope) => ring.open_in_scope(scope, &ctx, env),
-                    None => ring.open(&ctx, env),
-                };
-                match opened {
-                    Ok(_plaintext) => {
-                        v.opened += 1;
-                        continue;
+            (Some(env), Ok(rid)) => match expected {
+                Err(e) => e,
+                Ok(expected) => {
+                    let ctx =
+                        FieldContext::new(&t.table, &c.column, rid.as_row_id(), t.schema_version);
+                    let opened = match expected {
+                        Some(scope) => ring.open_in_scope(&scope, &ctx, env),
+                        None => ring.open(&ctx, env),
+                    };
+                    match opened {
+                        Ok(_plaintext) => {
+                            v.opened += 1;
+                            continue;
+                        }
+                        Err(e) => e.to_string(),
                     }
-                    Err(e) => e.to_string(),
                 }
-            }
+            },
         };
         v.failed += 1;
         if v.failures.len() < 1000 {
@@ -89,7 +100,8 @@ fn check_rows(
 /// Verifies one column.
 ///
 /// # Errors
-/// [`Kind::Database`].
+/// [`Kind::Database`]; [`Kind::Usage`] for a per-tenant table whose tenant column is not an
+/// integer or text column (see [`TenantScope::probe`]).
 pub fn verify_column(
     db: &mut Db,
     ring: &leakless::KeyRing,
@@ -105,21 +117,37 @@ pub fn verify_column(
         failures: Vec::new(),
         failed: 0,
     };
-    let col = db.q(&c.column);
+    let tenant = TenantScope::probe(db, t)?;
+    let select = format!(
+        "{}.{} AS val, {} AS tenant",
+        db.q(&t.table),
+        db.q(&c.column),
+        tenant
+            .as_ref()
+            .map_or(TenantScope::null_expr(db.backend()), |ts| ts.expr.as_str())
+    );
     if let Some(n) = sample {
         let sql = format!(
-            "SELECT {} AS id, {col} AS val FROM {} ORDER BY {} LIMIT {n}",
+            "SELECT {} AS id, {select} FROM {} ORDER BY {} LIMIT {n}",
             db.id_text(&t.row_id_kind, &t.row_id_column),
             db.q(&t.table),
             db.random()
         );
-        let rows: Vec<IdBytes> = db.load(&sql, &[])?;
-        check_rows(ring, t, c, rows, &mut v);
+        let rows: Vec<IdBytesTenant> = db.load(&sql, &[])?;
+        check_rows(ring, t, c, tenant.as_ref(), rows, &mut v);
     } else {
-        for_each_page(db, t, &col, &Range::default(), 2000, |_, rows| {
-            check_rows(ring, t, c, rows, &mut v);
-            Ok(())
-        })?;
+        const PAGE: usize = 2000;
+        let mut after: Option<String> = None;
+        loop {
+            let (sql, binds) = page_sql(db, t, &select, &Range::default(), after.as_deref(), PAGE);
+            let rows: Vec<IdBytesTenant> = db.load(&sql, &binds)?;
+            let full = rows.len() == PAGE;
+            after = rows.last().map(|r| r.id.clone());
+            check_rows(ring, t, c, tenant.as_ref(), rows, &mut v);
+            if !full {
+                break;
+            }
+        }
     }
     Ok(v)
 }
@@ -132,6 +160,10 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let targets = env.targets(args.table.as_deref(), args.column.as_deref())?;
     let ring = env.ring()?;
     let mut db = env.connect()?;
+    // Refuse a per-tenant table whose tenant cannot give the scope before reading any row.
+    for (t, _) in &targets {
+        TenantScope::probe(&mut db, t)?;
+    }
     let mut all = Vec::new();
     for (t, c) in &targets {
         all.push(verify_column(&mut db, &ring, t, c, args.sample)?);

@@ -1,0 +1,248 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "tests"
+)]
+//! The key-scope check of per-tenant tables: `verify`, `rewrap` and `reencrypt` refuse a value
+//! sealed under another tenant's scope (for the right table, column and row), and a tenant
+//! column that is neither an integer nor text is refused up front.
+
+mod support;
+
+use std::fmt::Display;
+
+use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyScope, RowId};
+use leakless_migrator::db::Bind;
+use support::{Backend, Fixture, stderr, stdout};
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+/// The plaintext of row `id` (fake).
+fn note(id: i64) -> String {
+    format!("visit-note-{id}: follow-up in two weeks")
+}
+
+/// The scope of a tenant, built by the runtime exactly as generated code builds it.
+fn tenant_scope(tenant: &dyn Display) -> KeyScope {
+    leakless::__private::scope("tenant:", Some(tenant)).unwrap()
+}
+
+fn seal(f: &Fixture, scope: &KeyScope, id: i64) -> Vec<u8> {
+    let ctx = FieldContext::new("visits", "note", RowId::Int(id), 1);
+    f.ring
+        .seal(scope, &ctx, note(id).as_bytes(), &FieldPolicy::default())
+        .unwrap()
+}
+
+fn write_manifest(f: &Fixture) {
+    std::fs::write(
+        &f.manifest,
+        r#"{"format": 1, "tables": [{"table": "visits", "row_id_column": "id",
+            "row_id_kind": "int", "schema_version": 1,
+            "scope": {"kind": "per_tenant", "column": "tenant_id", "prefix": "tenant:"},
+            "columns": [{"column": "note", "algorithm": "xchacha20poly1305",
+                "encoding": "string", "nullable": true, "blind_index": null}]}]}"#,
+    )
+    .unwrap();
+}
+
+fn bin(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "bytea",
+        Backend::Mysql => "VARBINARY(1024)",
+        Backend::Sqlite => "BLOB",
+    }
+}
+
+/// Rows 1..=4 of tenant `one`, 5..=8 of tenant `two`; the tenant column is `tenant_type`.
+/// Before the swap everything opens; a tenant-two envelope sealed for row 2 (a tenant-one row)
+/// fails verify, rewrap and reencrypt on row 2 only, and no plaintext is printed.
+fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: Bind) {
+    let f = Fixture::new(backend);
+    write_manifest(&f);
+    let mut db = f.db();
+    db.batch(&format!(
+        "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id {tenant_type} NOT NULL, \
+         note {} NULL)",
+        bin(backend)
+    ))
+    .unwrap();
+    let shown = |b: &Bind| -> String {
+        match b {
+            Bind::Int(i) => i.to_string(),
+            Bind::Text(Some(s)) => s.clone(),
+            _ => unreachable!(),
+        }
+    };
+    let (t1, t2) = (shown(&one), shown(&two));
+    let (s1, s2) = match (&one, &two) {
+        (Bind::Int(a), Bind::Int(b)) => (tenant_scope(a), tenant_scope(b)),
+        _ => (tenant_scope(&t1), tenant_scope(&t2)),
+    };
+    for s in [&s1, &s2] {
+        f.ring
+            .create_scope(s, &AuditInfo::new("test", "fixture"))
+            .unwrap();
+    }
+    for id in 1..=8 {
+        let (tenant, scope) = if id <= 4 { (&one, &s1) } else { (&two, &s2) };
+        let tenant = match tenant {
+            Bind::Int(i) => Bind::Int(*i),
+            Bind::Text(s) => Bind::Text(s.clone()),
+            _ => unreachable!(),
+        };
+        db.exec(
+            &format!(
+                "INSERT INTO visits (id, tenant_id, note) VALUES ({}, {}, {})",
+                db.ph(1),
+                db.ph(2),
+                db.ph(3)
+            ),
+            &[
+                Bind::Int(id),
+                tenant,
+                Bind::Bytes(Some(seal(&f, scope, id))),
+            ],
+        )
+        .unwrap();
+    }
+
+    // Positive control: every row opens under its own tenant's scope.
+    let o = f.run(&["verify"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("visits.note: 8 opened, 0 null, 0 failed"),
+        "{}",
+        stdout(&o)
+    );
+    let o = f.run(&["verify", "--sample", "8"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+
+    // Row 2 belongs to tenant one; give it a value sealed for row 2 under tenant two's scope.
+    let planted = seal(&f, &s2, 2);
+    db.exec(
+        &format!(
+            "UPDATE visits SET note = {} WHERE id = {}",
+            db.ph(1),
+            db.ph(2)
+        ),
+        &[Bind::Bytes(Some(planted.clone())), Bind::Int(2)],
+    )
+    .unwrap();
+    let o = f.run(&["verify"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("visits.note: 7 opened, 0 null, 1 failed"),
+        "{out}"
+    );
+    assert!(out.contains("failed: visits.note row 2: "), "{out}");
+    assert!(out.contains("scope"), "{out}");
+    assert!(out.contains(&format!("tenant:{t1}")), "{out}");
+    assert!(
+        !out.contains("visit-note"),
+        "verify printed plaintext: {out}"
+    );
+    let o = f.run(&["verify", "--sample", "8"]);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("row 2: "), "{}", stdout(&o));
+
+    // rewrap and reencrypt fail that row (and only it), leaving it as it was.
+    for cmd in ["rewrap", "reencrypt"] {
+        let o = f.run(&[cmd, "--table", "visits", "--column", "note"]);
+        assert_eq!(code(&o), 1, "{cmd}: {}{}", stdout(&o), stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains("visits.note row 2: "), "{cmd}: {out}");
+        assert!(out.contains("scope"), "{cmd}: {out}");
+        assert!(
+            !out.contains("visit-note"),
+            "{cmd} printed plaintext: {out}"
+        );
+    }
+    let rows: Vec<leakless_migrator::db::IdBytes> = db
+        .load(
+            &format!(
+                "SELECT {} AS id, note AS val FROM visits WHERE id = 2",
+                db.id_text("int", "id")
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(rows[0].val.as_deref(), Some(planted.as_slice()));
+}
+
+#[test]
+fn wrong_tenant_sqlite_int() {
+    wrong_tenant_is_caught(Backend::Sqlite, "INTEGER", Bind::Int(1), Bind::Int(2));
+}
+
+#[test]
+fn wrong_tenant_sqlite_text() {
+    wrong_tenant_is_caught(
+        Backend::Sqlite,
+        "TEXT",
+        Bind::Text(Some("acme".into())),
+        Bind::Text(Some("globex".into())),
+    );
+}
+
+#[test]
+fn wrong_tenant_postgres_int() {
+    wrong_tenant_is_caught(Backend::Postgres, "BIGINT", Bind::Int(1), Bind::Int(2));
+}
+
+#[test]
+fn wrong_tenant_postgres_text() {
+    wrong_tenant_is_caught(
+        Backend::Postgres,
+        "VARCHAR(64)",
+        Bind::Text(Some("acme".into())),
+        Bind::Text(Some("globex".into())),
+    );
+}
+
+#[test]
+fn wrong_tenant_mariadb_int() {
+    wrong_tenant_is_caught(Backend::Mysql, "BIGINT", Bind::Int(1), Bind::Int(2));
+}
+
+/// A binary tenant column cannot give the scope's text: refused before any row is read.
+fn binary_tenant_is_refused(backend: Backend) {
+    let f = Fixture::new(backend);
+    write_manifest(&f);
+    f.db()
+        .batch(&format!(
+            "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id {b} NOT NULL, \
+             note {b} NULL)",
+            b = bin(backend)
+        ))
+        .unwrap();
+    for args in [
+        &["verify"][..],
+        &["rewrap", "--table", "visits", "--column", "note"][..],
+    ] {
+        let o = f.run(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}{}", stdout(&o), stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("visits.tenant_id"), "{err}");
+        assert!(
+            err.contains("needs an integer or text tenant column"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn binary_tenant_refused_sqlite() {
+    binary_tenant_is_refused(Backend::Sqlite);
+}
+
+#[test]
+fn binary_tenant_refused_postgres() {
+    binary_tenant_is_refused(Backend::Postgres);
+}
