@@ -65,7 +65,7 @@
 //!
 //! # Root epochs
 //!
-//! A `TpmKms` opened from a version 2 file implements [`RootEpochs`](crate::kms::RootEpochs):
+//! A `TpmKms` opened from a version 2 file implements [`RootEpochs`]:
 //! the next epoch is a new persistent sealed object; the file then names it as current and the
 //! old one as previous (written atomically); records move by unwrapping under the old root key
 //! and wrapping under the new one in this process; destroying the old epoch evicts its
