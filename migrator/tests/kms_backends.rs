@@ -508,17 +508,31 @@ fn vault_transit_full_lifecycle_on_openbao() {
     assert_no_secret(&o, &[&token_text]);
 }
 
+/// Evicts the persistent sealed objects a TPM sealed file names when dropped (before its
+/// folder goes): persistent handles are scarce, so reruns must not fill the TPM.
+struct EvictTpm(TpmConfig);
+
+impl Drop for EvictTpm {
+    fn drop(&mut self) {
+        if self.0.sealed_path().exists() {
+            let _ = TpmKms::evict_persistent(&self.0);
+        }
+    }
+}
+
 #[test]
 fn tpm_full_lifecycle_on_swtpm() {
     let tcti = service_var("LEAKLESS_TPM_TCTI", "a TPM 2.0 (swtpm)", "swtpm");
     let dir = tempfile::tempdir().unwrap();
     let sealed = dir.path().join("root.sealed");
+    let _evict_old = EvictTpm(TpmConfig::new(&tcti, &sealed));
     let kms = Arc::new(TpmKms::create(&TpmConfig::new(&tcti, &sealed)).unwrap());
     let c = Case::new(kms, false)
         .flag("--kms", "tpm")
         .flag("--tpm-tcti", &tcti)
         .env("LEAKLESS_TPM_SEALED_FILE", &sealed);
     let new_sealed = c.dir.path().join("new-root.sealed");
+    let _evict_new = EvictTpm(TpmConfig::new(&tcti, &new_sealed));
     let out = lifecycle(
         &c,
         &[

@@ -688,3 +688,248 @@ mod pkcs11 {
         assert!(Pkcs11Kms::create(&config(&label)).is_err());
     }
 }
+
+#[cfg(feature = "tpm")]
+mod tpm {
+    use super::*;
+
+    use leakless::key::KeyScope;
+    use leakless::kms::{KekBinding, RootEpoch, TpmConfig, TpmKms};
+    use leakless::secret::Kek;
+
+    const HOW: &str = "a TPM 2.0 is needed: start the software TPM (swtpm) with \
+                       `eval \"export $(scripts/services/swtpm start /tmp/leakless-swtpm \
+                       --owner-pid $$)\"` and export the LEAKLESS_TPM_TCTI it prints \
+                       (scripts/test does this)";
+
+    fn tcti() -> String {
+        std::env::var("LEAKLESS_TPM_TCTI")
+            .unwrap_or_else(|_| panic!("LEAKLESS_TPM_TCTI is not set: {HOW}"))
+    }
+
+    /// The persistent handles a version 2 sealed file names now.
+    fn handles(path: &Path) -> Vec<u32> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        ["current", "previous"]
+            .iter()
+            .filter_map(|k| v.get(*k))
+            .map(|e| {
+                let h = e["handle"].as_str().unwrap().strip_prefix("0x").unwrap();
+                u32::from_str_radix(h, 16).unwrap()
+            })
+            .collect()
+    }
+
+    /// Whether the objects a copy of a sealed file names are still in the TPM (checked by
+    /// name: a freed handle may already hold another test's object).
+    fn still_there(copy: &Path) -> bool {
+        // Evicting through a copy touches only objects with the recorded names; put back what
+        // would go is impossible, so only ask about copies whose objects should be gone, or
+        // use `TpmKms::open`.
+        TpmKms::evict_persistent(&TpmConfig::new(tcti(), copy)).unwrap() > 0
+    }
+
+    /// Evicts every persistent object the test made, however it ends: persistent handles are
+    /// scarce, and a rerun must not find the TPM full. Records every handle the sealed file
+    /// ever named.
+    struct Evict {
+        config: TpmConfig,
+        seen: std::cell::RefCell<Vec<(u32, String)>>,
+    }
+
+    impl Evict {
+        fn new(config: &TpmConfig) -> Self {
+            Self {
+                config: config.clone(),
+                seen: std::cell::RefCell::new(Vec::new()),
+            }
+        }
+
+        /// Remembers the file's current content (call after every epoch change).
+        fn note(&self) {
+            if let Ok(text) = std::fs::read_to_string(self.config.sealed_path()) {
+                for h in handles(self.config.sealed_path()) {
+                    self.seen.borrow_mut().push((h, text.clone()));
+                }
+            }
+        }
+    }
+
+    impl Drop for Evict {
+        fn drop(&mut self) {
+            self.note();
+            // Each remembered file version names its own objects; evicting through it checks
+            // the name first, so nothing else at a reused handle is touched.
+            let dir = tempfile::tempdir().unwrap();
+            for (i, (_, text)) in self.seen.borrow().iter().enumerate() {
+                let path = dir.path().join(format!("{i}.sealed"));
+                std::fs::write(&path, text).unwrap();
+                let _ = TpmKms::evict_persistent(&TpmConfig::new(self.config.tcti(), path));
+            }
+        }
+    }
+
+    #[test]
+    fn tpm_epoch_shred_evicts_the_old_sealed_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TpmConfig::new(tcti(), dir.path().join("root.sealed"));
+        let evict = Evict::new(&config);
+        let app = Arc::new(TpmKms::create(&config).unwrap());
+        evict.note();
+        let first_id = app.root_key_id().to_owned();
+        // The attacker's copy of the sealed file, taken before the shred.
+        let old_file = dir.path().join("old-copy.sealed");
+        std::fs::copy(config.sealed_path(), &old_file).unwrap();
+        let orchestrator = TpmKms::open(&config).unwrap();
+        let fresh = || -> Arc<dyn Kms> { Arc::new(TpmKms::open(&config).unwrap()) };
+
+        let out = prove_shred(
+            dir.path(),
+            app.clone(),
+            &orchestrator,
+            &fresh,
+            Attacker::Refused,
+        );
+        evict.note();
+        assert_eq!(out.destroyed.status, Destruction::Destroyed);
+        assert_eq!(out.destroyed.epoch, RootEpoch::of_key(first_id.clone()));
+        for needle in ["never held", "swtpm", "snapshot"] {
+            assert!(
+                out.destroyed.copies_may_remain.contains(needle),
+                "{}",
+                out.destroyed.copies_may_remain
+            );
+        }
+        for e in &out.attacker_errors {
+            assert!(e.to_string().contains("wrapped under root key"), "{e}");
+        }
+        // The old object is evicted; the file names only the new one; the app followed.
+        assert!(!still_there(&old_file));
+        assert_eq!(handles(config.sealed_path()).len(), 1);
+        let current_copy = dir.path().join("current-copy.sealed");
+        std::fs::copy(config.sealed_path(), &current_copy).unwrap();
+        assert_ne!(app.root_key_id(), first_id);
+        assert_eq!(
+            app.root_key_id(),
+            TpmKms::open(&config).unwrap().root_key_id()
+        );
+        // The attacker's copy of the old sealed file opens nothing any more.
+        let err = TpmKms::open(&TpmConfig::new(tcti(), &old_file)).unwrap_err();
+        assert!(matches!(err, Error::Kms { .. }), "{err:?}");
+        assert!(
+            !std::fs::read_to_string(config.sealed_path())
+                .unwrap()
+                .contains("private")
+        );
+
+        // The guard evicts what the test made.
+        drop(orchestrator);
+        drop(evict);
+        assert!(TpmKms::open(&TpmConfig::new(tcti(), &current_copy)).is_err());
+        assert!(!still_there(&current_copy));
+    }
+
+    #[test]
+    fn tpm_epochs_resume_follow_and_refuse_unsafe_destroys() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TpmConfig::new(tcti(), dir.path().join("root.sealed"));
+        let evict = Evict::new(&config);
+        let kms = TpmKms::create(&config).unwrap();
+        evict.note();
+        // Opened before the epoch change and never rebuilt.
+        let stale = TpmKms::open(&config).unwrap();
+        let first = kms.current_epoch().unwrap();
+        assert!(matches!(
+            kms.destroy_epoch(&first),
+            Err(Error::InvalidInput { .. })
+        ));
+        let scope = KeyScope::new("orders").unwrap();
+        let binding = KekBinding {
+            scope: &scope,
+            version: KekVersion::FIRST,
+        };
+        let kek = Kek::generate();
+        let on_first = kms.wrap_kek(&kek, &binding).unwrap();
+
+        let change = kms.begin_next_epoch().unwrap();
+        evict.note();
+        let next = change.next().clone();
+        assert_eq!(change.retiring(), &first);
+        assert_ne!(next, first);
+        assert!(change.still_on_retiring(&on_first));
+        let moved = change.mover().rewrap(&on_first, &binding).unwrap();
+        assert!(!change.still_on_retiring(&moved));
+        assert_eq!(moved.root_key_id, next.root_key_id);
+        drop(change);
+        // An interrupted shred resumes onto the epoch it made instead of making another.
+        let again = kms.begin_next_epoch().unwrap();
+        assert_eq!(again.next(), &next);
+        assert_eq!(again.retiring(), &first);
+        drop(again);
+        assert_eq!(handles(config.sealed_path()).len(), 2);
+        // The new epoch is current: it cannot be destroyed.
+        assert!(matches!(
+            kms.destroy_epoch(&next),
+            Err(Error::InvalidInput { .. })
+        ));
+        // During the move, the stale instance opens records on either epoch, and its new
+        // wraps already go to the new epoch; a process started now does too.
+        let started_during = TpmKms::open(&config).unwrap();
+        for k in [&stale, &started_during] {
+            for w in [&on_first, &moved] {
+                let back = k.unwrap_kek(w, &binding).unwrap();
+                assert_eq!(back.expose_secret(), kek.expose_secret());
+            }
+            let fresh_wrap = k.wrap_kek(&Kek::generate(), &binding).unwrap();
+            assert_eq!(fresh_wrap.root_key_id, next.root_key_id);
+        }
+
+        // A copy of the file that names only the retiring epoch, as a backup could.
+        let retiring_copy = dir.path().join("retiring-copy.sealed");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(config.sealed_path()).unwrap()).unwrap();
+        v["current"] = v["previous"].take();
+        v.as_object_mut().unwrap().remove("previous");
+        std::fs::write(&retiring_copy, v.to_string()).unwrap();
+        assert!(TpmKms::open(&TpmConfig::new(tcti(), &retiring_copy)).is_ok());
+        let gone = kms.destroy_epoch(&first).unwrap();
+        assert_eq!(gone.status, Destruction::Destroyed);
+        assert!(TpmKms::open(&TpmConfig::new(tcti(), &retiring_copy)).is_err());
+        assert!(!still_there(&retiring_copy));
+        assert_eq!(
+            kms.destroy_epoch(&first).unwrap().status,
+            Destruction::AlreadyGone
+        );
+        // The stale instance drops the destroyed epoch: its record fails with a typed error,
+        // the moved one opens.
+        let err = stale.unwrap_kek(&on_first, &binding).unwrap_err();
+        assert!(matches!(err, Error::Kms { .. }), "{err:?}");
+        let back = stale.unwrap_kek(&moved, &binding).unwrap();
+        assert_eq!(back.expose_secret(), kek.expose_secret());
+        // Other kinds of epoch, and ids this root never had, are refused.
+        for other in [
+            RootEpoch::of_key("local:0011223344556677"),
+            RootEpoch::of_key("tpm:00000000000000000000000000000000"),
+            RootEpoch {
+                root_key_id: next.root_key_id.clone(),
+                key_version: Some(1),
+            },
+        ] {
+            assert!(
+                matches!(kms.destroy_epoch(&other), Err(Error::InvalidInput { .. })),
+                "{other}"
+            );
+        }
+        // A second full cycle works too.
+        let change = kms.begin_next_epoch().unwrap();
+        evict.note();
+        let third = change.next().clone();
+        let moved_again = change.mover().rewrap(&moved, &binding).unwrap();
+        drop(change);
+        kms.destroy_epoch(&next).unwrap();
+        let back = stale.unwrap_kek(&moved_again, &binding).unwrap();
+        assert_eq!(back.expose_secret(), kek.expose_secret());
+        assert_eq!(stale.root_key_id(), third.root_key_id);
+    }
+}

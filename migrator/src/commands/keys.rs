@@ -567,8 +567,8 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool, force: b
         format!(
             "destroyed {name} {version}{}; shred pending: key-store backups taken before now \
              still hold it under the current root epoch until `leakless-migrate keys \
-             complete-shred` destroys that epoch (batch other destroys first; TPM roots \
-             cannot, see docs/shredding.md)",
+             complete-shred` destroys that epoch (batch other destroys first; a version 1 TPM \
+             sealed file cannot, see docs/shredding.md)",
             if total > 0 {
                 format!(" ({total} rows crypto-shredded)")
             } else {
@@ -588,14 +588,9 @@ fn complete_shred(env: &mut Env) -> Result<()> {
         Root::Vault(k) => &**k,
         Root::Aws(k) => &**k,
         Root::Pkcs11(k) => &**k,
-        Root::Tpm(_) => {
-            return Err(Failure::new(
-                Kind::Keys,
-                "this root of trust cannot complete a shred: TPM root epochs are not built yet",
-                "see docs/shredding.md (\"TPM 2.0\") for why a TPM shred is not backup-proof \
-                 and what a destroy alone guarantees there",
-            ));
-        }
+        // Version 2 sealed files (persistent objects) have epochs; a version 1 (blob) file is
+        // refused by `begin_next_epoch` with how to migrate (`keys rotate-root`).
+        Root::Tpm(k) => &**k,
     };
     let pending = ring
         .shred_states()?

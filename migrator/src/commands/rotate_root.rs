@@ -218,8 +218,11 @@ pub fn run(env: &mut Env, a: &RotateRootArgs) -> Result<String> {
             let n = ring.rotate_root(&new, &who)?;
             format!(
                 "re-wrapped {n} KEK records under root key {}; use --tpm-sealed-file {} from \
-                 now on; the old sealed file still unwraps copies of the old records (backups) \
-                 until you delete it",
+                 now on; the old root still unwraps copies of the old records (backups) until \
+                 it is gone from the TPM: evict the persistent handle its sealed file names \
+                 (version 2, `tpm2_evictcontrol -C o -c HANDLE`), then delete every copy of \
+                 the old sealed file (the only step for version 1, whose copies cannot be \
+                 made useless)",
                 new.root_key_id(),
                 path.display()
             )

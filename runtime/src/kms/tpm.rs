@@ -4,15 +4,24 @@
 //!
 //! [`TpmKms::create`] makes a fresh random 256-bit root key and *seals* it to the TPM: the TPM
 //! encrypts it under a storage key that is derived from the TPM's owner-hierarchy seed and never
-//! leaves the chip. The result (a keyed-hash "sealed data" object: its public and private
-//! blobs) is written to a file. Those blobs are useless anywhere else: only the TPM that made
-//! them can load them, and an altered blob fails the TPM's integrity check.
+//! leaves the chip. The sealed object (a keyed-hash "sealed data" object) is then made
+//! **persistent** in the TPM's NV memory at a free owner persistent handle (`0x81004c00` and
+//! up, found with `TPM2_GetCapability`), and the sealed file (version 2) records only that
+//! handle and the object's public area. The object's private part is never written to disk:
+//! a copy of the file opens nothing once the object is evicted from the TPM.
 //!
-//! [`TpmKms::open`] loads the blobs into the same TPM, unseals the root key into a zeroizing
-//! [`RootKey`] and closes the TPM connection. From then on KEKs are wrapped and unwrapped in
-//! this process exactly like [`LocalKms`](super::LocalKms) does (XChaCha20-Poly1305, the KEK
-//! bound to its scope, version and root key id as associated data), under the TPM backend's own
-//! label, so a KEK wrapped by one backend kind never unwraps under another.
+//! [`TpmKms::open`] reads the object at the persistent handle, checks that its TPM name (the
+//! SHA-256 of its public area) is the one the file records (anything else at that handle is
+//! refused), unseals the root key into a zeroizing [`RootKey`] and closes the TPM connection.
+//! From then on KEKs are wrapped and unwrapped in this process exactly like
+//! [`LocalKms`](super::LocalKms) does (XChaCha20-Poly1305, the KEK bound to its scope, version
+//! and root key id as associated data), under the TPM backend's own label, so a KEK wrapped by
+//! one backend kind never unwraps under another.
+//!
+//! Sealed files of version 1 (written by earlier releases: the object's public and private
+//! blobs) are still read: the blobs are loaded and unsealed. They have no root epochs, since
+//! every copy of such a file unseals on the same TPM; migrate with `keys rotate-root` to a root
+//! made by [`TpmKms::create`], then delete every copy of the old file.
 //!
 //! Optionally the root key is also bound to a **PCR policy** ([`TpmConfig::with_pcr_policy`]):
 //! the TPM then unseals it only while the selected SHA-256 PCRs hold the values they had at
@@ -20,8 +29,7 @@
 //! operating system or with Secure Boot turned off cannot unseal it.
 //!
 //! The root key id is `tpm:` followed by the first 16 bytes, in hex, of the sealed object's TPM
-//! name (the SHA-256 of its public area): public, stable across restarts, and different for every
-//! sealed root key.
+//! name: public, stable across restarts, and different for every sealed root key.
 //!
 //! # Why the root key is unsealed instead of used on the TPM
 //!
@@ -37,7 +45,8 @@
 //!   for all its clients together: keeping the key loaded for the process lifetime would starve
 //!   other processes and a second backend on the same TPM, which
 //!   [`KeyRing::rotate_root`](crate::KeyRing::rotate_root) needs (old and new root at once).
-//!   Here the TPM is used only inside [`TpmKms::create`] and [`TpmKms::open`], serialized in the
+//!   Here the TPM is used only inside [`TpmKms::create`], [`TpmKms::open`], epoch changes and
+//!   the first call after the sealed file changed, serialized in the
 //!   process by a mutex per TCTI, retried (bounded, with backoff and jitter) when the TPM is
 //!   unreachable or reports that it is out of object or session memory because another process
 //!   holds it, and bounded in time ([`TpmConfig::with_timeout`]), since the TPM stack itself
@@ -54,22 +63,31 @@
 //! salted with the storage key, so it never crosses the TPM bus or the simulator socket in
 //! clear.
 //!
-//! # No root epochs
+//! # Root epochs
 //!
-//! `TpmKms` does not implement [`RootEpochs`](crate::kms::RootEpochs): the sealed file holds
-//! the sealed object's private blob, which loads and unseals on the same TPM from any old copy
-//! of the file (the storage key is re-derived from the owner seed), so destroying an epoch
-//! could not defeat backups. `docs/shredding.md` ("TPM 2.0") says what a backup-proof design
-//! needs (a persistent sealed object and a file without the blob) and why it is not built.
+//! A `TpmKms` opened from a version 2 file implements [`RootEpochs`]:
+//! the next epoch is a new persistent sealed object; the file then names it as current and the
+//! old one as previous (written atomically); records move by unwrapping under the old root key
+//! and wrapping under the new one in this process; destroying the old epoch evicts its
+//! persistent object (`TPM2_EvictControl`) and drops it from the file. Every `TpmKms` opened
+//! from the same file follows: before each call it checks whether the file was replaced and,
+//! if so, unseals the epochs it now names and zeroizes every key it no longer names, so running
+//! applications keep opening records on either epoch during the move without a restart. What
+//! survives a destroy: a copy of the TPM's own NV state (an `swtpm` state directory, a snapshot
+//! of a VM with a virtual TPM) still holds the evicted object. `docs/shredding.md` ("TPM 2.0").
+//!
+//! Persistent handles are scarce (a TPM holds a handful to a few dozen persistent objects):
+//! [`TpmKms::evict_persistent`] frees a retired root's handles.
 //!
 //! # Connecting
 //!
 //! The TCTI string names the TPM: `device:/dev/tpmrm0` (the kernel resource manager, the usual
 //! choice on Linux; the process needs read/write on it, normally through the `tss` group),
 //! `swtpm:host=127.0.0.1,port=2321` for the `swtpm` simulator, `mssim:...` or `tabrmd:...`.
-//! The primary storage key is re-derived on every [`TpmKms::open`] from the owner hierarchy
-//! (ECC P-256, the TCG storage-key template), so nothing needs to be made persistent in TPM NV.
-//! The owner hierarchy must have an empty authorization (the default); clearing the TPM
+//! The primary storage key is re-derived from the owner hierarchy (ECC P-256, the TCG
+//! storage-key template) when sealing, and salts the TPM sessions; only the sealed objects are
+//! persistent. The owner hierarchy must have an empty authorization (the default; making an
+//! object persistent and evicting it are owner-authorized); clearing the TPM
 //! (`tpm2_clear`, a firmware "clear TPM") changes its seed and makes every sealed root key
 //! unrecoverable, so keep a backup path (a second root via `rotate_root`, or Shamir shares).
 
@@ -79,23 +97,24 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tss_esapi::Context;
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
-use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::ecc::EccCurve;
-use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Digest, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private,
-    Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData,
-    SymmetricDefinition, SymmetricDefinitionObject,
+    CapabilityData, Digest, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
+    SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -103,14 +122,27 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::key::WrappedKek;
+use crate::kms::epoch::{
+    Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
+};
 use crate::kms::local::{binding_aad, unwrap_under_root, wrap_under_root};
-use crate::kms::{KekBinding, Kms};
+use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::secret::{Kek, RootKey};
 
 const BACKEND: &str = "tpm";
 const AAD_LABEL: &[u8] = b"leakless.tpm-kms.kek-wrap.v1";
 const FILE_FORMAT: &str = "leakless-tpm-sealed-root-key";
-const FILE_VERSION: u32 = 1;
+/// The version of files written now: persistent sealed objects, no private blob.
+const FILE_VERSION: u32 = 2;
+/// The first version: the sealed object's blobs (still read).
+const FILE_VERSION_BLOBS: u32 = 1;
+/// The owner range of persistent handles.
+const PERSISTENT_OWNER_FIRST: u32 = 0x8100_0000;
+const PERSISTENT_OWNER_LAST: u32 = 0x817F_FFFF;
+/// Where leakless starts looking for a free persistent handle: above the TCG-registered
+/// storage and endorsement key handles (`0x81000001`, `0x81010001`, ...) that other tools
+/// expect.
+const LEAKLESS_HANDLE_FIRST: u32 = 0x8100_4C00;
 /// The default of [`TpmConfig::with_timeout`].
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The highest PCR index of a PC-client TPM (PCRs 0 to 23).
@@ -186,11 +218,12 @@ impl TpmConfig {
     }
 }
 
-/// The sealed root key file: the TPM's public and private blobs of the sealed object (the
-/// private one is encrypted by the TPM's storage key) and the PCR selection of its policy.
+/// The sealed root key file, format version 1 (still read, no longer written): the TPM's
+/// public and private blobs of the sealed object (the private one is encrypted by the TPM's
+/// storage key) and the PCR selection of its policy. Any copy of it unseals on the same TPM.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SealedFile {
+struct BlobFile {
     format: String,
     version: u32,
     /// SHA-256 PCR indexes of the unseal policy; empty for none.
@@ -201,16 +234,106 @@ struct SealedFile {
     private: String,
 }
 
+/// The sealed root key file, format version 2: no private blob. Each epoch's sealed object is
+/// persistent in the TPM; the file names its persistent handle and its public area (so the
+/// object found there can be checked against the name), the current epoch and, during a move
+/// to a new epoch, the previous one.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersistentFile {
+    format: String,
+    version: u32,
+    /// SHA-256 PCR indexes of the unseal policy of every epoch; empty for none.
+    pcrs: Vec<u8>,
+    /// The epoch new wraps use.
+    current: EpochEntry,
+    /// The epoch being retired, between `begin_next_epoch` and `destroy_epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<EpochEntry>,
+}
+
+/// One epoch in a version 2 file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EpochEntry {
+    /// The persistent handle, `0x81......`.
+    handle: String,
+    /// The marshalled TPMT_PUBLIC, hex.
+    public: String,
+}
+
+/// A parsed version 2 epoch: where it is and what the object there must be.
+#[derive(Clone, Debug)]
+struct Epoch {
+    handle: u32,
+    /// The TPM name the object at `handle` must have: name algorithm id and SHA-256 of the
+    /// public area.
+    name: Vec<u8>,
+    id: String,
+}
+
+/// A parsed sealed file.
+enum Sealed {
+    /// Version 1: the blobs.
+    Blobs {
+        pcrs: Vec<u8>,
+        public: Public,
+        private: Private,
+    },
+    /// Version 2: persistent objects.
+    Persistent {
+        pcrs: Vec<u8>,
+        current: Epoch,
+        previous: Option<Epoch>,
+    },
+}
+
 /// A root key sealed to a TPM 2.0. See the module docs.
 pub struct TpmKms {
-    root: RootKey,
-    id: String,
+    /// Every root key this instance has held; the secret is `None` once its epoch is no longer
+    /// in the sealed file (zeroized). The current entry is the one new wraps use.
+    keys: KeyChain<RwLock<Option<RootKey>>>,
+    /// The version 2 sealed file it follows; `None` for a version 1 (blob) file.
+    follow: Option<Follow>,
+}
+
+/// The version 2 sealed file a `TpmKms` follows, and what it last saw of it.
+struct Follow {
+    config: TpmConfig,
+    seen: Mutex<Option<FileStamp>>,
+    /// Serializes epoch changes made by this instance.
+    changing: Mutex<()>,
+}
+
+/// Enough of a file's metadata to notice that it was replaced (the file is only ever replaced
+/// by an atomic rename).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ino: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let meta = fs::metadata(path).ok()?;
+        Some(Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            ino: {
+                use std::os::unix::fs::MetadataExt;
+                meta.ino()
+            },
+        })
+    }
 }
 
 impl fmt::Debug for TpmKms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TpmKms")
-            .field("root_key_id", &self.id)
+            .field("root_key_id", &self.keys.current().id)
             .finish_non_exhaustive()
     }
 }
@@ -223,15 +346,25 @@ fn kms_err(operation: &'static str, detail: impl Into<String>) -> Error {
     }
 }
 
+/// How to leave a version 1 (blob) sealed file behind.
+const MIGRATE: &str = "a version 1 sealed file holds the sealed object's private blob, and \
+                       every copy of it unseals on this TPM, so its root key cannot be shredded: \
+                       create a new root with `TpmKms::create` (version 2, persistent), move \
+                       every record to it with `keys rotate-root`, then delete every copy of the \
+                       old sealed file";
+
 impl TpmKms {
     /// Makes a new random root key, seals it to the TPM named by `config` (with its PCR policy,
-    /// if any), and writes the sealed blobs to `config`'s file with mode `0600`. Refuses to
-    /// overwrite an existing file.
+    /// if any), makes the sealed object persistent at a free owner persistent handle
+    /// (`0x81000000` range), and writes a version 2 sealed file with mode `0600` that names
+    /// the handle and the object's public area. The private part of the sealed object is never
+    /// written anywhere. Refuses to overwrite an existing file.
     ///
     /// # Errors
     /// [`Error::KeyFile`] when the file exists or cannot be written; [`Error::Kms`] (operation
-    /// `"seal root key"`) when the TPM refuses; [`Error::KmsUnavailable`] when it stays
-    /// unreachable or busy through the retries, or does not answer within the timeout.
+    /// `"seal root key"`) when the TPM refuses (for example: no free persistent handle, or no
+    /// NV space left for one); [`Error::KmsUnavailable`] when it stays unreachable or busy
+    /// through the retries, or does not answer within the timeout.
     pub fn create(config: &TpmConfig) -> Result<Self, Error> {
         const OP: &str = "seal root key";
         let path = config.sealed_path();
@@ -244,54 +377,230 @@ impl TpmKms {
             });
         }
         let pcrs = check_pcrs(config.pcr_policy()).map_err(|d| kms_err(OP, d))?;
-        let (root, public, private, id) = with_tpm(config, OP, move |tpm| {
-            let root = RootKey::generate();
-            let (public, private) = tpm.seal(&root, &pcrs)?;
-            let id = tpm.load_name(&public, &private, OP)?;
-            Ok((root, public, private, id))
-        })?;
-        let file = SealedFile {
+        let (root, entry, epoch) = with_tpm(config, OP, move |tpm| tpm.seal_persistent(&pcrs))?;
+        let file = PersistentFile {
             format: FILE_FORMAT.into(),
             version: FILE_VERSION,
             pcrs: config.pcr_policy().to_vec(),
-            public: hex::encode(public.marshall().map_err(|e| {
-                kms_err(
-                    OP,
-                    format!("cannot encode the sealed object's public area: {e}"),
-                )
-            })?),
-            private: hex::encode(private.value()),
+            current: entry,
+            previous: None,
         };
-        write_new_file(path, &file)?;
-        Ok(Self { root, id })
+        if let Err(e) = write_file(path, &file, false) {
+            // Leave no orphan persistent object behind.
+            let _ = with_tpm(config, OP, move |tpm| tpm.evict(&epoch).map(|_| ()));
+            return Err(e);
+        }
+        Ok(Self {
+            keys: KeyChain::new(epoch.id, RwLock::new(Some(root))),
+            follow: Some(Follow {
+                config: config.clone(),
+                seen: Mutex::new(FileStamp::of(path)),
+                changing: Mutex::new(()),
+            }),
+        })
     }
 
-    /// Loads the sealed root key from `config`'s file into the TPM and unseals it. The TPM
-    /// connection is closed before this returns: wrapping and unwrapping need no TPM.
+    /// Unseals the root key named by `config`'s file. For a version 2 file: from the persistent
+    /// handles it names (the current epoch and, during a move, the previous one), after
+    /// checking that the object at each handle has the name the file records; the instance
+    /// then follows the file (a new epoch, a destroyed one) without a restart. For a version 1
+    /// file: loads the blobs and unseals them (no epochs). The TPM connection is closed before
+    /// this returns: wrapping and unwrapping need no TPM, except once after the file changed.
     ///
     /// # Errors
     /// [`Error::KeyFile`] when the file is missing or malformed; [`Error::Kms`] (operation
     /// `"unseal root key"`) when the TPM rejects the blobs (altered, sealed by another TPM, or
-    /// the TPM was cleared) or its PCRs no longer satisfy the policy;
-    /// [`Error::KmsUnavailable`] when it stays unreachable or busy through the retries, or does
-    /// not answer within the timeout.
+    /// the TPM was cleared), the persistent handle is empty or holds another object, or its
+    /// PCRs no longer satisfy the policy; [`Error::KmsUnavailable`] when it stays unreachable
+    /// or busy through the retries, or does not answer within the timeout.
     pub fn open(config: &TpmConfig) -> Result<Self, Error> {
         const OP: &str = "unseal root key";
         let path = config.sealed_path();
-        let (pcrs_raw, public, private) = read_sealed_file(path)?;
-        let pcrs = check_pcrs(&pcrs_raw).map_err(|d| Error::KeyFile {
-            path: path.to_path_buf(),
-            problem: format!("its PCR selection is invalid: {d}"),
-        })?;
-        let (root, id) = with_tpm(config, OP, move |tpm| {
-            tpm.unseal(public.clone(), private.clone(), &pcrs)
-        })?;
-        Ok(Self { root, id })
+        let stamp = FileStamp::of(path);
+        match read_sealed_file(path)? {
+            Sealed::Blobs {
+                pcrs,
+                public,
+                private,
+            } => {
+                let pcrs = checked_pcrs(path, &pcrs)?;
+                let (root, id) = with_tpm(config, OP, move |tpm| {
+                    tpm.unseal(public.clone(), private.clone(), &pcrs)
+                })?;
+                Ok(Self {
+                    keys: KeyChain::new(id, RwLock::new(Some(root))),
+                    follow: None,
+                })
+            }
+            Sealed::Persistent {
+                pcrs,
+                current,
+                previous,
+            } => {
+                let pcrs = checked_pcrs(path, &pcrs)?;
+                let epochs: Vec<Epoch> = std::iter::once(current.clone()).chain(previous).collect();
+                let required = current.id.clone();
+                let mut roots = with_tpm(config, OP, move |tpm| {
+                    tpm.unseal_epochs(&epochs, &required, &pcrs)
+                })?
+                .into_iter();
+                let Some((id, root)) = roots.next() else {
+                    return Err(kms_err(OP, "no epoch unsealed"));
+                };
+                let kms = Self {
+                    keys: KeyChain::new(id, RwLock::new(Some(root))),
+                    follow: Some(Follow {
+                        config: config.clone(),
+                        seen: Mutex::new(stamp),
+                        changing: Mutex::new(()),
+                    }),
+                };
+                for (id, root) in roots {
+                    kms.keys.get_or_append(&id, || RwLock::new(Some(root)));
+                }
+                kms.keys.set_current(&current.id);
+                Ok(kms)
+            }
+        }
     }
 
-    fn aad(&self, binding: &KekBinding<'_>) -> Vec<u8> {
-        binding_aad(AAD_LABEL, &self.id, binding)
+    /// Evicts every persistent sealed object that `config`'s version 2 file names (the current
+    /// epoch and a previous one) from the TPM, and returns how many were there. For
+    /// decommissioning a root after every record was moved to another one (`keys
+    /// rotate-root`): afterwards nothing unseals it, and the file can be deleted. An object at
+    /// a named handle whose name differs from the file's record is left alone. A version 1
+    /// file has nothing persistent: `Ok(0)`.
+    ///
+    /// # Errors
+    /// [`Error::KeyFile`] when the file is missing or malformed; [`Error::Kms`] or
+    /// [`Error::KmsUnavailable`] when the TPM refuses or cannot be reached.
+    pub fn evict_persistent(config: &TpmConfig) -> Result<usize, Error> {
+        const OP: &str = "evict root key";
+        let Sealed::Persistent {
+            current, previous, ..
+        } = read_sealed_file(config.sealed_path())?
+        else {
+            return Ok(0);
+        };
+        let epochs: Vec<Epoch> = std::iter::once(current).chain(previous).collect();
+        with_tpm(config, OP, move |tpm| {
+            let mut evicted = 0;
+            for e in &epochs {
+                if tpm.evict(e)? {
+                    evicted += 1;
+                }
+            }
+            Ok(evicted)
+        })
     }
+
+    /// Re-reads a version 2 sealed file if it was replaced since the last look, unseals any
+    /// epoch it names that this instance does not hold yet, and zeroizes every key whose epoch
+    /// it no longer names. Called before every wrap and unwrap; a no-op for a version 1 file.
+    ///
+    /// # Errors
+    /// [`Error::KeyFile`] when the file changed and cannot be read; [`Error::Kms`] or
+    /// [`Error::KmsUnavailable`] when a new epoch cannot be unsealed (the keys held so far are
+    /// kept).
+    pub fn refresh(&self) -> Result<(), Error> {
+        let Some(follow) = &self.follow else {
+            return Ok(());
+        };
+        let path = follow.config.sealed_path();
+        let mut seen = follow.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = FileStamp::of(path);
+        if *seen == now {
+            return Ok(());
+        }
+        let Sealed::Persistent {
+            pcrs,
+            current,
+            previous,
+        } = read_sealed_file(path)?
+        else {
+            return Err(Error::KeyFile {
+                path: path.to_path_buf(),
+                problem: "was replaced by a version 1 (blob) sealed file; a root with epochs is \
+                          never downgraded"
+                    .into(),
+            });
+        };
+        let named: Vec<Epoch> = std::iter::once(current.clone()).chain(previous).collect();
+        let missing: Vec<Epoch> = named
+            .iter()
+            .filter(|e| {
+                self.keys
+                    .find(&e.id)
+                    .is_none_or(|n| n.data.read().map_or(true, |k| k.is_none()))
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let pcrs = checked_pcrs(path, &pcrs)?;
+            let required = current.id.clone();
+            let roots = with_tpm(&follow.config, "unseal root key", move |tpm| {
+                tpm.unseal_epochs(&missing, &required, &pcrs)
+            })?;
+            for (id, root) in roots {
+                let node = self.keys.get_or_append(&id, || RwLock::new(None));
+                *node.data.write().unwrap_or_else(PoisonError::into_inner) = Some(root);
+            }
+        }
+        self.keys.set_current(&current.id);
+        for node in self.keys.iter() {
+            if !named.iter().any(|e| e.id == node.id) {
+                // Dropping the RootKey zeroizes it.
+                node.data
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+            }
+        }
+        *seen = now;
+        Ok(())
+    }
+
+    fn wrap_with(
+        &self,
+        id: &str,
+        kek: &Kek,
+        binding: &KekBinding<'_>,
+    ) -> Result<WrappedKek, Error> {
+        let node = self.keys.find(id).ok_or_else(|| {
+            kms_err(
+                "wrap KEK",
+                format!("root key {id} is not held by this backend"),
+            )
+        })?;
+        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
+        let root = guard.as_ref().ok_or_else(|| {
+            kms_err(
+                "wrap KEK",
+                format!("root key {id} is no longer in the sealed file (its epoch was destroyed)"),
+            )
+        })?;
+        wrap_under_root(
+            BACKEND,
+            root,
+            &node.id,
+            &binding_aad(AAD_LABEL, &node.id, binding),
+            kek,
+        )
+    }
+
+    fn epoch_follow(&self, operation: &'static str) -> Result<&Follow, Error> {
+        self.follow.as_ref().ok_or_else(|| Error::InvalidInput {
+            what: "TPM root key",
+            problem: format!("cannot {operation}: {MIGRATE}"),
+        })
+    }
+}
+
+fn checked_pcrs(path: &Path, pcrs: &[u8]) -> Result<Option<PcrSelectionList>, Error> {
+    check_pcrs(pcrs).map_err(|d| Error::KeyFile {
+        path: path.to_path_buf(),
+        problem: format!("its PCR selection is invalid: {d}"),
+    })
 }
 
 impl Kms for TpmKms {
@@ -300,22 +609,202 @@ impl Kms for TpmKms {
     }
 
     fn root_key_id(&self) -> &str {
-        &self.id
+        &self.keys.current().id
     }
 
     fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        wrap_under_root(BACKEND, &self.root, &self.id, &self.aad(binding), kek)
+        self.refresh()?;
+        self.wrap_with(&self.keys.current().id, kek, binding)
     }
 
     fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
+        self.refresh()?;
+        let held = self
+            .keys
+            .find(&wrapped.root_key_id)
+            .filter(|n| n.data.read().is_ok_and(|k| k.is_some()));
+        // A root key id this instance does not hold (any more) is reported against the
+        // current key: "wrapped under X, but this backend holds Y".
+        let node = held.unwrap_or_else(|| self.keys.current());
+        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
+        let root = guard.as_ref().ok_or_else(|| {
+            kms_err(
+                "unwrap KEK",
+                format!(
+                    "{} {}: root key {} is no longer in the sealed file",
+                    binding.scope, binding.version, node.id
+                ),
+            )
+        })?;
         unwrap_under_root(
             BACKEND,
-            &self.root,
-            &self.id,
-            &self.aad(binding),
+            root,
+            &node.id,
+            &binding_aad(AAD_LABEL, &node.id, binding),
             wrapped,
             binding,
         )
+    }
+}
+
+/// Moves records onto the next TPM epoch: unwrap under whichever held key they are on, wrap
+/// under the new key, in this process.
+struct TpmMove<'a> {
+    kms: &'a TpmKms,
+    to: String,
+}
+
+impl InKmsRewrap for TpmMove<'_> {
+    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
+        wrapped.root_key_id != self.to
+    }
+
+    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        let kek = self.kms.unwrap_kek(wrapped, binding)?;
+        self.kms.wrap_with(&self.to, &kek, binding)
+    }
+}
+
+impl RootEpochs for TpmKms {
+    fn current_epoch(&self) -> Result<RootEpoch, Error> {
+        self.refresh()?;
+        Ok(RootEpoch::of_key(self.keys.current().id.clone()))
+    }
+
+    fn begin_next_epoch(&self) -> Result<EpochChange<'_>, Error> {
+        const OP: &str = "begin root epoch";
+        let follow = self.epoch_follow("begin a root epoch")?;
+        let _changing = follow
+            .changing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let path = follow.config.sealed_path();
+        let file = read_persistent_file(path)?;
+        let Sealed::Persistent {
+            pcrs,
+            current,
+            previous,
+        } = parse_persistent(path, &file)?
+        else {
+            return Err(kms_err(OP, "not a version 2 sealed file"));
+        };
+        if let Some(previous) = previous {
+            // Resume an interrupted shred: records may already be on the current epoch.
+            self.refresh()?;
+            return Ok(EpochChange::new(
+                RootEpoch::of_key(previous.id),
+                RootEpoch::of_key(current.id.clone()),
+                Box::new(TpmMove {
+                    kms: self,
+                    to: current.id,
+                }),
+            ));
+        }
+        let pcrs = checked_pcrs(path, &pcrs)?;
+        let (root, entry, next) =
+            with_tpm(&follow.config, OP, move |tpm| tpm.seal_persistent(&pcrs))?;
+        let staged = PersistentFile {
+            current: entry,
+            previous: Some(file.current.clone()),
+            ..file
+        };
+        if let Err(e) = write_file(path, &staged, true) {
+            let orphan = next.clone();
+            let _ = with_tpm(&follow.config, OP, move |tpm| {
+                tpm.evict(&orphan).map(|_| ())
+            });
+            return Err(e);
+        }
+        self.keys
+            .get_or_append(&next.id, || RwLock::new(None))
+            .data
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(root);
+        self.refresh()?;
+        tracing::info!(retiring = %current.id, next = %next.id, "made the next TPM root epoch");
+        Ok(EpochChange::new(
+            RootEpoch::of_key(current.id),
+            RootEpoch::of_key(next.id.clone()),
+            Box::new(TpmMove {
+                kms: self,
+                to: next.id,
+            }),
+        ))
+    }
+
+    fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error> {
+        const OP: &str = "destroy root epoch";
+        if epoch.key_version.is_some() || !epoch.root_key_id.starts_with("tpm:") {
+            return Err(Error::InvalidInput {
+                what: "root epoch",
+                problem: format!("{epoch} is not a TPM root key"),
+            });
+        }
+        let follow = self.epoch_follow("destroy a root epoch")?;
+        let _changing = follow
+            .changing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let path = follow.config.sealed_path();
+        let file = read_persistent_file(path)?;
+        let Sealed::Persistent {
+            current, previous, ..
+        } = parse_persistent(path, &file)?
+        else {
+            return Err(kms_err(OP, "not a version 2 sealed file"));
+        };
+        let copies = format!(
+            "no copy on disk: the sealed file {} never held the sealed object's private part, so \
+             old copies of it and of the key store open nothing; but a TPM whose NV state is \
+             itself copied keeps the evicted object in that copy: an swtpm state directory, a \
+             snapshot of a VM with a virtual TPM, a backup of a firmware TPM's NV; restoring \
+             one brings the old epoch back on that TPM",
+            path.display()
+        );
+        if current.id == epoch.root_key_id {
+            return Err(Error::InvalidInput {
+                what: "root epoch",
+                problem: format!(
+                    "{epoch} is the current epoch of {}: begin the next epoch and move every \
+                     record onto it first",
+                    path.display()
+                ),
+            });
+        }
+        let status = match previous {
+            Some(previous) if previous.id == epoch.root_key_id => {
+                let gone = previous.clone();
+                let was_there = with_tpm(&follow.config, OP, move |tpm| tpm.evict(&gone))?;
+                let done = PersistentFile {
+                    previous: None,
+                    ..file
+                };
+                write_file(path, &done, true)?;
+                if was_there {
+                    Destruction::Destroyed
+                } else {
+                    Destruction::AlreadyGone
+                }
+            }
+            _ if self.keys.find(&epoch.root_key_id).is_some() => Destruction::AlreadyGone,
+            _ => {
+                return Err(Error::InvalidInput {
+                    what: "root epoch",
+                    problem: format!(
+                        "{epoch} is not an epoch of the sealed file {}",
+                        path.display()
+                    ),
+                });
+            }
+        };
+        self.refresh()?;
+        tracing::info!(destroyed = %epoch, current = %current.id, "destroyed a TPM root epoch");
+        Ok(EpochDestroyed {
+            epoch: epoch.clone(),
+            status,
+            copies_may_remain: copies,
+        })
     }
 }
 
@@ -341,7 +830,10 @@ fn check_pcrs(pcrs: &[u8]) -> Result<Option<PcrSelectionList>, String> {
         .map_err(|e| format!("PCR selection {pcrs:?} is invalid: {e}"))
 }
 
-fn write_new_file(path: &Path, file: &SealedFile) -> Result<(), Error> {
+/// Writes `file` to `path` with mode `0600`: a new file (`replace == false`, refusing an
+/// existing one), or atomically over the existing one (a temporary file in the same folder,
+/// synced, renamed over it, the folder synced).
+fn write_file(path: &Path, file: &PersistentFile, replace: bool) -> Result<(), Error> {
     let key_err = |problem: String| Error::KeyFile {
         path: path.to_path_buf(),
         problem,
@@ -349,6 +841,17 @@ fn write_new_file(path: &Path, file: &SealedFile) -> Result<(), Error> {
     let mut text = serde_json::to_string_pretty(file)
         .map_err(|e| key_err(format!("cannot encode it: {e}")))?;
     text.push('\n');
+    let target = if replace {
+        let name = path
+            .file_name()
+            .ok_or_else(|| key_err("has no file name".into()))?;
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(".tmp-{:016x}", rand::random::<u64>()));
+        path.with_file_name(tmp)
+    } else {
+        path.to_path_buf()
+    };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -357,14 +860,28 @@ fn write_new_file(path: &Path, file: &SealedFile) -> Result<(), Error> {
         opts.mode(0o600);
     }
     let mut out = opts
-        .open(path)
+        .open(&target)
         .map_err(|e| key_err(format!("cannot create it: {e}")))?;
     out.write_all(text.as_bytes())
         .and_then(|()| out.sync_all())
-        .map_err(|e| key_err(format!("cannot write it: {e}")))
+        .map_err(|e| key_err(format!("cannot write it: {e}")))?;
+    if replace {
+        fs::rename(&target, path).map_err(|e| {
+            let _ = fs::remove_file(&target);
+            key_err(format!("cannot replace it: {e}"))
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| key_err(format!("cannot sync its folder: {e}")))?;
+    }
+    Ok(())
 }
 
-fn read_sealed_file(path: &Path) -> Result<(Vec<u8>, Public, Private), Error> {
+fn read_text(path: &Path) -> Result<(String, serde_json::Value), Error> {
     let key_err = |problem: String| Error::KeyFile {
         path: path.to_path_buf(),
         problem,
@@ -374,26 +891,128 @@ fn read_sealed_file(path: &Path) -> Result<(Vec<u8>, Public, Private), Error> {
             "cannot read it: {e} (make a sealed root key with `TpmKms::create`)"
         ))
     })?;
-    let file: SealedFile = serde_json::from_str(&text).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         key_err(format!(
             "is not a leakless sealed root key file (JSON: {e})"
         ))
     })?;
-    if file.format != FILE_FORMAT || file.version != FILE_VERSION {
+    Ok((text, value))
+}
+
+fn read_persistent_file(path: &Path) -> Result<PersistentFile, Error> {
+    let (text, _) = read_text(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::KeyFile {
+        path: path.to_path_buf(),
+        problem: format!(
+            "is not a version {FILE_VERSION} sealed root key file (epochs need one; {MIGRATE}): {e}"
+        ),
+    })
+}
+
+fn read_sealed_file(path: &Path) -> Result<Sealed, Error> {
+    let key_err = |problem: String| Error::KeyFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let (text, value) = read_text(path)?;
+    let format = value.get("format").and_then(|v| v.as_str());
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
+    if format != Some(FILE_FORMAT) {
         return Err(key_err(format!(
-            "has format {:?} version {}, expected {FILE_FORMAT:?} version {FILE_VERSION}",
-            file.format, file.version
+            "has format {format:?}, expected {FILE_FORMAT:?}"
         )));
     }
-    let public = hex::decode(&file.public)
+    match version {
+        Some(v) if v == u64::from(FILE_VERSION_BLOBS) => {
+            let file: BlobFile = serde_json::from_str(&text)
+                .map_err(|e| key_err(format!("is not a valid version 1 sealed file: {e}")))?;
+            let public = parse_public(&file.public).ok_or_else(|| {
+                key_err("its \"public\" field is not a hex TPM public area".into())
+            })?;
+            let private = hex::decode(&file.private)
+                .ok()
+                .and_then(|raw| Private::try_from(raw).ok())
+                .ok_or_else(|| {
+                    key_err("its \"private\" field is not a hex TPM private blob".into())
+                })?;
+            Ok(Sealed::Blobs {
+                pcrs: file.pcrs,
+                public,
+                private,
+            })
+        }
+        Some(v) if v == u64::from(FILE_VERSION) => {
+            let file: PersistentFile = serde_json::from_str(&text)
+                .map_err(|e| key_err(format!("is not a valid version 2 sealed file: {e}")))?;
+            parse_persistent(path, &file)
+        }
+        other => Err(key_err(format!(
+            "has version {other:?}; this build reads versions {FILE_VERSION_BLOBS} and \
+             {FILE_VERSION}"
+        ))),
+    }
+}
+
+fn parse_public(hexed: &str) -> Option<Public> {
+    hex::decode(hexed)
         .ok()
         .and_then(|raw| Public::unmarshall(&raw).ok())
-        .ok_or_else(|| key_err("its \"public\" field is not a hex TPM public area".into()))?;
-    let private = hex::decode(&file.private)
-        .ok()
-        .and_then(|raw| Private::try_from(raw).ok())
-        .ok_or_else(|| key_err("its \"private\" field is not a hex TPM private blob".into()))?;
-    Ok((file.pcrs, public, private))
+}
+
+fn parse_persistent(path: &Path, file: &PersistentFile) -> Result<Sealed, Error> {
+    let entry = |e: &EpochEntry, which: &str| -> Result<Epoch, Error> {
+        let key_err = |problem: String| Error::KeyFile {
+            path: path.to_path_buf(),
+            problem: format!("its {which} epoch: {problem}"),
+        };
+        let handle = e
+            .handle
+            .strip_prefix("0x")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .filter(|h| (PERSISTENT_OWNER_FIRST..=PERSISTENT_OWNER_LAST).contains(h))
+            .ok_or_else(|| {
+                key_err(format!(
+                    "handle {:?} is not an owner persistent handle (0x81000000 to 0x817fffff)",
+                    e.handle
+                ))
+            })?;
+        let public = parse_public(&e.public)
+            .ok_or_else(|| key_err("\"public\" is not a hex TPM public area".into()))?;
+        let name = name_of(&public).map_err(key_err)?;
+        let id = id_of_name(&name).map_err(key_err)?;
+        Ok(Epoch { handle, name, id })
+    };
+    let current = entry(&file.current, "current")?;
+    let previous = file
+        .previous
+        .as_ref()
+        .map(|p| entry(p, "previous"))
+        .transpose()?;
+    Ok(Sealed::Persistent {
+        pcrs: file.pcrs.clone(),
+        current,
+        previous,
+    })
+}
+
+/// The TPM name of a SHA-256 object: the algorithm id and the SHA-256 of its public area.
+fn name_of(public: &Public) -> Result<Vec<u8>, String> {
+    use sha2::{Digest as _, Sha256};
+    let raw = public
+        .marshall()
+        .map_err(|e| format!("cannot encode the public area: {e}"))?;
+    let mut name = vec![0x00, 0x0b];
+    name.extend_from_slice(&Sha256::digest(&raw));
+    Ok(name)
+}
+
+/// The root key id of a sealed object's name: `tpm:` and the first 16 bytes of its digest.
+fn id_of_name(name: &[u8]) -> Result<String, String> {
+    // A name is the 2-byte hash algorithm id followed by the SHA-256 of the public area.
+    let digest = name
+        .get(2..18)
+        .ok_or_else(|| "the sealed object's name is too short".to_owned())?;
+    Ok(format!("tpm:{}", hex::encode(digest)))
 }
 
 /// The sealed object's template: a keyed-hash object holding caller-supplied data, bound to
@@ -553,6 +1172,21 @@ fn is_transient(e: &tss_esapi::Error) -> bool {
     )
 }
 
+/// The response code kind of a TPM error.
+fn rc_kind(
+    e: &tss_esapi::Error,
+) -> Option<tss_esapi::constants::response_code::Tss2ResponseCodeKind> {
+    match e {
+        tss_esapi::Error::Tss2Error(rc) => rc.kind(),
+        tss_esapi::Error::WrapperError(_) => None,
+    }
+}
+
+fn persistent_handle(handle: u32) -> Result<PersistentTpmHandle, String> {
+    PersistentTpmHandle::new(handle)
+        .map_err(|e| format!("{handle:#010x} is not a persistent handle: {e}"))
+}
+
 /// One short-lived TPM connection with the storage key loaded and a salted, parameter-encrypted
 /// HMAC session. Handles are flushed when it is dropped (by `tss-esapi`'s handle manager).
 struct Tpm {
@@ -645,19 +1279,6 @@ impl Tpm {
         Ok((created.out_public, created.out_private))
     }
 
-    /// Loads the sealed object and returns its root key id (from its TPM name).
-    fn load_name(
-        &mut self,
-        public: &Public,
-        private: &Private,
-        op: &'static str,
-    ) -> Result<String, Error> {
-        let handle = self.load(public.clone(), private.clone())?;
-        let id = self.name_id(handle);
-        let _ = self.ctx.flush_context(ObjectHandle::from(handle));
-        id.map_err(|e| kms_err(op, e))
-    }
-
     fn load(&mut self, public: Public, private: Private) -> Result<KeyHandle, Error> {
         let parent = self.parent;
         self.ctx
@@ -676,12 +1297,7 @@ impl Tpm {
             .ctx
             .tr_get_name(ObjectHandle::from(handle))
             .map_err(|e| format!("cannot read the sealed object's name: {e}"))?;
-        // A name is the 2-byte hash algorithm id followed by the SHA-256 of the public area.
-        let digest = name
-            .value()
-            .get(2..18)
-            .ok_or_else(|| "the sealed object's name is too short".to_owned())?;
-        Ok(format!("tpm:{}", hex::encode(digest)))
+        id_of_name(name.value())
     }
 
     fn unseal(
@@ -692,6 +1308,17 @@ impl Tpm {
     ) -> Result<(RootKey, String), Error> {
         let handle = self.load(public, private)?;
         let id = self.name_id(handle).map_err(|d| kms_err(self.op, d))?;
+        let root = self.unseal_object(ObjectHandle::from(handle), pcrs);
+        let _ = self.ctx.flush_context(ObjectHandle::from(handle));
+        Ok((root?, id))
+    }
+
+    /// Unseals the loaded sealed object `handle` (with a PCR policy session when `pcrs`).
+    fn unseal_object(
+        &mut self,
+        handle: ObjectHandle,
+        pcrs: &Option<PcrSelectionList>,
+    ) -> Result<RootKey, Error> {
         let session = match pcrs {
             None => self.session,
             Some(selection) => {
@@ -711,7 +1338,7 @@ impl Tpm {
         };
         let data = self
             .ctx
-            .execute_with_session(Some(session), |c| c.unseal(ObjectHandle::from(handle)))
+            .execute_with_session(Some(session), |c| c.unseal(handle))
             .map_err(|e| {
                 let why = if pcrs.is_some() {
                     "the TPM refused to unseal the root key (the PCRs no longer hold the values \
@@ -721,18 +1348,232 @@ impl Tpm {
                 };
                 self.tpm_err(why, &e)
             })?;
-        let _ = self.ctx.flush_context(ObjectHandle::from(handle));
         let bytes = Zeroizing::new(data.value().to_vec());
         drop(data);
-        let root = RootKey::try_from_slice(&bytes).ok_or_else(|| {
+        RootKey::try_from_slice(&bytes).ok_or_else(|| {
             kms_err(
                 self.op,
                 "the sealed object does not hold a 32-byte root key (not made by leakless)",
             )
-        })?;
-        Ok((root, id))
+        })
     }
 
+    /// Seals a new random root key and makes the sealed object persistent at a free owner
+    /// persistent handle; returns the key, its file entry and its parsed epoch.
+    fn seal_persistent(
+        &mut self,
+        pcrs: &Option<PcrSelectionList>,
+    ) -> Result<(RootKey, EpochEntry, Epoch), Error> {
+        let root = RootKey::generate();
+        let (public, private) = self.seal(&root, pcrs)?;
+        let name = name_of(&public).map_err(|d| kms_err(self.op, d))?;
+        let id = id_of_name(&name).map_err(|d| kms_err(self.op, d))?;
+        let raw_public = public.marshall().map_err(|e| {
+            kms_err(
+                self.op,
+                format!("cannot encode the sealed object's public area: {e}"),
+            )
+        })?;
+        let transient = self.load(public, private)?;
+        let persisted = self.make_persistent(transient);
+        let _ = self.ctx.flush_context(ObjectHandle::from(transient));
+        let epoch = Epoch {
+            handle: persisted?,
+            name,
+            id,
+        };
+        // The object now at the handle is the one the file will name.
+        match self.open_persistent(&epoch) {
+            Ok(Some(mut object)) => {
+                let _ = self.ctx.tr_close(&mut object);
+            }
+            Ok(None) => {
+                return Err(kms_err(
+                    self.op,
+                    "the persistent sealed object vanished right after it was made",
+                ));
+            }
+            Err(e) => {
+                let _ = self.evict(&epoch);
+                return Err(e);
+            }
+        }
+        let entry = EpochEntry {
+            handle: format!("{:#010x}", epoch.handle),
+            public: hex::encode(raw_public),
+        };
+        Ok((root, entry, epoch))
+    }
+
+    /// Copies the loaded `transient` object to a free owner persistent handle; retries on
+    /// another handle when a concurrent process took the one picked.
+    fn make_persistent(&mut self, transient: KeyHandle) -> Result<u32, Error> {
+        use tss_esapi::constants::response_code::Tss2ResponseCodeKind as K;
+        let mut last = None;
+        for _ in 0..8 {
+            let handle = self.free_persistent_handle()?;
+            let persistent = persistent_handle(handle).map_err(|d| kms_err(self.op, d))?;
+            let made = self
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |c| {
+                    c.evict_control(
+                        Provision::Owner,
+                        ObjectHandle::from(transient),
+                        Persistent::Persistent(persistent),
+                    )
+                });
+            match made {
+                Ok(mut object) => {
+                    let _ = self.ctx.tr_close(&mut object);
+                    return Ok(handle);
+                }
+                Err(e) if rc_kind(&e) == Some(K::NvDefined) => last = Some(e),
+                Err(e) => {
+                    return Err(self.tpm_err(
+                        "the TPM refused to make the sealed root key persistent (its NV may \
+                         have no room for another persistent object; evict unused ones)",
+                        &e,
+                    ));
+                }
+            }
+        }
+        Err(match last {
+            Some(e) => self.tpm_err("no free persistent handle could be taken", &e),
+            None => kms_err(self.op, "no free persistent handle could be taken"),
+        })
+    }
+
+    /// The lowest owner persistent handle from [`LEAKLESS_HANDLE_FIRST`] that is not in use.
+    fn free_persistent_handle(&mut self) -> Result<u32, Error> {
+        let mut taken = Vec::new();
+        let mut from = PERSISTENT_OWNER_FIRST;
+        loop {
+            let (data, more) = self
+                .ctx
+                .execute_without_session(|c| c.get_capability(CapabilityType::Handles, from, 64))
+                .map_err(|e| self.tpm_err("cannot list the TPM's persistent handles", &e))?;
+            let CapabilityData::Handles(list) = data else {
+                break;
+            };
+            let mut highest = None;
+            for handle in list.iter() {
+                let value = u32::from(*handle);
+                taken.push(value);
+                highest = Some(value);
+            }
+            match (more, highest) {
+                (true, Some(h)) if h < PERSISTENT_OWNER_LAST => from = h + 1,
+                _ => break,
+            }
+        }
+        (LEAKLESS_HANDLE_FIRST..=PERSISTENT_OWNER_LAST)
+            .find(|h| !taken.contains(h))
+            .ok_or_else(|| kms_err(self.op, "every owner persistent handle is in use"))
+    }
+
+    /// What is at `epoch`'s persistent handle: `None` when it is empty, `Some(Err(()))` when
+    /// it holds an object with another name (closed again), `Some(Ok(object))` when it holds
+    /// the recorded one.
+    #[allow(clippy::type_complexity, reason = "private, three plain outcomes")]
+    fn lookup(&mut self, epoch: &Epoch) -> Result<Option<Result<ObjectHandle, ()>>, Error> {
+        use tss_esapi::constants::response_code::Tss2ResponseCodeKind as K;
+        let handle = persistent_handle(epoch.handle).map_err(|d| kms_err(self.op, d))?;
+        let mut object = match self
+            .ctx
+            .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(handle)))
+        {
+            Ok(object) => object,
+            Err(e) if rc_kind(&e) == Some(K::Handle) => return Ok(None),
+            Err(e) => return Err(self.tpm_err("cannot read the persistent sealed object", &e)),
+        };
+        let name = self.ctx.tr_get_name(object);
+        if name.is_ok_and(|n| n.value() == epoch.name.as_slice()) {
+            Ok(Some(Ok(object)))
+        } else {
+            let _ = self.ctx.tr_close(&mut object);
+            Ok(Some(Err(())))
+        }
+    }
+
+    /// The object at `epoch`'s persistent handle, checked to have the recorded name; `None`
+    /// when the handle is empty.
+    fn open_persistent(&mut self, epoch: &Epoch) -> Result<Option<ObjectHandle>, Error> {
+        let Some(object) = self.lookup(epoch)? else {
+            return Ok(None);
+        };
+        let Ok(object) = object else {
+            return Err(kms_err(
+                self.op,
+                format!(
+                    "persistent handle {:#010x} holds another object than the sealed file names \
+                     (root key {}: this is another TPM, or the object was evicted and the handle \
+                     reused); refusing it",
+                    epoch.handle, epoch.id
+                ),
+            ));
+        };
+        Ok(Some(object))
+    }
+
+    /// Unseals the root keys of `epochs`, the one with id `required` first if present. A
+    /// retiring epoch whose object is gone (a destroy interrupted before the file was
+    /// rewritten) is skipped; the required one must be there.
+    fn unseal_epochs(
+        &mut self,
+        epochs: &[Epoch],
+        required: &str,
+        pcrs: &Option<PcrSelectionList>,
+    ) -> Result<Vec<(String, RootKey)>, Error> {
+        let mut roots = Vec::with_capacity(epochs.len());
+        for epoch in epochs {
+            if epoch.id != required {
+                match self.lookup(epoch)? {
+                    Some(Ok(mut object)) => {
+                        let _ = self.ctx.tr_close(&mut object);
+                    }
+                    _ => continue,
+                }
+            }
+            roots.push((epoch.id.clone(), self.unseal_persistent(epoch, pcrs)?));
+        }
+        Ok(roots)
+    }
+
+    /// Unseals the root key of a version 2 epoch from its persistent handle.
+    fn unseal_persistent(
+        &mut self,
+        epoch: &Epoch,
+        pcrs: &Option<PcrSelectionList>,
+    ) -> Result<RootKey, Error> {
+        let mut object = self.open_persistent(epoch)?.ok_or_else(|| {
+            kms_err(
+                self.op,
+                format!(
+                    "persistent handle {:#010x} is empty: root key {} was destroyed (evicted), \
+                     or this is another TPM, or this TPM was cleared",
+                    epoch.handle, epoch.id
+                ),
+            )
+        })?;
+        let root = self.unseal_object(object, pcrs);
+        let _ = self.ctx.tr_close(&mut object);
+        root
+    }
+
+    /// Evicts `epoch`'s persistent object; `false` when it is not there any more (the handle
+    /// is empty, or holds another object, which is left alone).
+    fn evict(&mut self, epoch: &Epoch) -> Result<bool, Error> {
+        let Some(Ok(object)) = self.lookup(epoch)? else {
+            return Ok(false);
+        };
+        let handle = persistent_handle(epoch.handle).map_err(|d| kms_err(self.op, d))?;
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.evict_control(Provision::Owner, object, Persistent::Persistent(handle))
+            })
+            .map_err(|e| self.tpm_err("the TPM refused to evict the sealed root key", &e))?;
+        Ok(true)
+    }
     /// The policy digest of "PolicyPCR over `selection` at their current values", computed by
     /// the TPM in a trial session.
     fn trial_pcr_policy(&mut self, selection: PcrSelectionList) -> Result<Digest, Error> {
