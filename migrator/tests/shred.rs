@@ -23,8 +23,9 @@
 //!
 //! Databases: PostgreSQL, MariaDB and SQLite with the local root key file. Backends on SQLite:
 //! Vault Transit (OpenBao) and AWS KMS (moto, named by an alias: on moto the old key stays
-//! usable while pending deletion, so only the schedule is asserted there) and PKCS#11 (SoftHSM2:
-//! the old epoch's key object destroyed on the token). Services come from `scripts/services/NAME start DIR
+//! usable while pending deletion, so only the schedule is asserted there), PKCS#11 (SoftHSM2:
+//! the old epoch's key object destroyed on the token) and TPM 2.0 (swtpm: the old epoch's
+//! persistent sealed object evicted). Services come from `scripts/services/NAME start DIR
 //! --owner-pid PID` (and `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL`, or the throwaway servers of
 //! `scripts/pg-cluster` / `scripts/mariadb-server`); a missing one fails the test by name.
 
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 use leakless::kms::{
     AwsCredentials, AwsKms, AwsKmsConfig, Kms, LocalKms, PinSource, Pkcs11Config, Pkcs11Kms,
-    VaultConfig, VaultToken, VaultTransitKms,
+    TpmConfig, TpmKms, VaultConfig, VaultToken, VaultTransitKms,
 };
 use leakless::store::sql::SqlKeyStore;
 use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
@@ -114,6 +115,7 @@ enum Root {
     Vault,
     Aws,
     Pkcs11,
+    Tpm,
 }
 
 /// One case: a database with two sealed tables and its key store, the application's root of
@@ -130,6 +132,17 @@ struct Case {
     env: Vec<(String, OsString)>,
     /// Root-of-trust settings given as flags (before the subcommand).
     flags: Vec<String>,
+    /// A TPM root's sealed file: its persistent objects are evicted when the case ends, so
+    /// reruns do not fill the TPM's few persistent handles.
+    tpm: Option<TpmConfig>,
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        if let Some(config) = &self.tpm {
+            let _ = TpmKms::evict_persistent(config);
+        }
+    }
 }
 
 impl Case {
@@ -189,13 +202,19 @@ impl Case {
         ))
         .unwrap();
         Self {
-            dir,
             backend,
             root,
             url,
             _db: db,
             manifest,
             app_kms,
+            tpm: (root == Root::Tpm).then(|| {
+                TpmConfig::new(
+                    service_var("LEAKLESS_TPM_TCTI", "a TPM 2.0 (swtpm)", "swtpm"),
+                    dir_sealed(&dir),
+                )
+            }),
+            dir,
             env,
             flags,
         }
@@ -504,6 +523,11 @@ struct RootSettings {
     flags: Vec<String>,
 }
 
+/// Where a TPM root's sealed file lives in a case's folder.
+fn dir_sealed(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("keys/root.sealed")
+}
+
 /// Makes the root of trust `root` (a key file under `keys`, or a key in the service).
 fn root_of_trust(root: Root, keys: &Path) -> RootSettings {
     let mut env: Vec<(String, OsString)> = Vec::new();
@@ -570,6 +594,15 @@ fn root_of_trust(root: Root, keys: &Path) -> RootSettings {
             ] {
                 env.push((k.into(), v.into()));
             }
+            kms
+        }
+        Root::Tpm => {
+            let tcti = service_var("LEAKLESS_TPM_TCTI", "a TPM 2.0 (swtpm)", "swtpm");
+            let sealed = keys.join("root.sealed");
+            let kms = Arc::new(TpmKms::create(&TpmConfig::new(&tcti, &sealed)).unwrap());
+            flags.extend(["--kms".to_owned(), "tpm".to_owned()]);
+            env.push(("LEAKLESS_TPM_TCTI".into(), tcti.into()));
+            env.push(("LEAKLESS_TPM_SEALED_FILE".into(), sealed.into()));
             kms
         }
         Root::Pkcs11 => {
@@ -889,6 +922,13 @@ fn sqlite_vault_transit_shred_defeats_old_file_copies() {
 #[test]
 fn sqlite_aws_kms_shred_is_scheduled_with_its_date() {
     shred_proof(Backend::Sqlite, Root::Aws);
+}
+
+#[test]
+fn sqlite_tpm_shred_defeats_old_file_copies() {
+    // The old epoch's sealed object is evicted from the TPM; a copy of the sealed file from
+    // before names a handle that no longer holds it.
+    shred_proof(Backend::Sqlite, Root::Tpm);
 }
 
 #[test]
