@@ -22,7 +22,7 @@
 //!   under it are crypto-shredded.
 //!
 //! Every transition is one atomic key-store change that carries its audit record
-//! ([`AuditRecord`]: who, when, why, from which state to which).
+//! ([`AuditRecord`](crate::key::AuditRecord): who, when, why, from which state to which).
 
 mod cache;
 mod fields;

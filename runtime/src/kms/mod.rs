@@ -105,8 +105,8 @@ impl std::fmt::Debug for dyn Kms {
 
 /// A re-wrap of stored KEKs onto another root key (or root key version) that happens inside
 /// the KMS, so the KEK never reaches this process: Vault Transit `rewrap`
-/// ([`VaultTransitKms::rewrap_to_latest`]) and AWS KMS `ReEncrypt`
-/// ([`AwsKms::re_encrypt_to`]).
+/// (`VaultTransitKms::rewrap_to_latest`, feature `vault`) and AWS KMS `ReEncrypt`
+/// (`AwsKms::re_encrypt_to`, feature `aws-kms`).
 ///
 /// [`KeyRing::rewrap_root_in_kms`](crate::KeyRing::rewrap_root_in_kms) asks
 /// [`Self::needs_rewrap`] of every stored record that still has material and calls
