@@ -7,10 +7,9 @@
 //!
 //! ```no_run
 //! # use leakless::manifest::{SchemaManifest, SealedTable};
-//! # fn patients() -> SealedTable { unimplemented!() }
-//! # fn visits() -> SealedTable { unimplemented!() }
-//! // In the application: `Patient::manifest()`, `Visit::manifest()`, ...
-//! let manifest = SchemaManifest::from_tables([patients(), visits()]);
+//! // In the application: `vec![Patient::manifest(), Visit::manifest(), ...]`.
+//! let tables: Vec<SealedTable> = Vec::new();
+//! let manifest = SchemaManifest::from_tables(tables);
 //! manifest.write_file("leakless-manifest.json")?;
 //! // In the migrator or a leak test:
 //! let read = SchemaManifest::read_file("leakless-manifest.json")?;
