@@ -433,6 +433,33 @@ impl Db {
         }
     }
 
+    /// The declared type of `table.column` as the database names it (PostgreSQL and MariaDB:
+    /// `information_schema.columns.data_type`, e.g. `bytea`, `jsonb`, `character varying`,
+    /// `longblob`; SQLite: the declared type, e.g. `BLOB`), or `None` when the table has no such
+    /// column.
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn column_type(&mut self, table: &str, column: &str) -> Result<Option<String>, Failure> {
+        let sql = match self.backend() {
+            Backend::Postgres => {
+                "SELECT data_type AS id FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+            }
+            Backend::Mysql => {
+                "SELECT CAST(DATA_TYPE AS CHAR) AS id FROM information_schema.columns \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?"
+            }
+            Backend::Sqlite => "SELECT type AS id FROM pragma_table_info(?) WHERE name = ?",
+        };
+        let binds = [
+            Bind::Text(Some(table.to_owned())),
+            Bind::Text(Some(column.to_owned())),
+        ];
+        let types: Vec<OneText> = self.load(sql, &binds)?;
+        Ok(types.into_iter().next().map(|r| r.id))
+    }
+
     /// Runs statements without parameters.
     ///
     /// # Errors

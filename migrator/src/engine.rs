@@ -366,6 +366,9 @@ pub struct Work {
     /// each runs under this lock, so parallel workers make one KMS call per KEK version, not
     /// one per worker.
     pub warmed: Arc<Mutex<HashSet<(String, u32)>>>,
+    /// Adoption: the SQL that reads the plaintext column as the bytes to seal (see
+    /// [`source_expr`]); `None` in the other modes.
+    pub source: Option<String>,
 }
 
 /// A row's new value, or why not.
@@ -423,17 +426,9 @@ impl Work {
     /// column for adoption, else NULL).
     fn select(&self, db: &Db) -> String {
         let a = db.q(&self.column.column);
-        let b = match &self.mode {
-            Mode::Adopt { from } => {
-                let p = db.q(from);
-                match (db.backend(), self.column.encoding.as_str()) {
-                    (_, "bytes") => p,
-                    (Backend::Postgres, _) => format!("convert_to({p}, 'UTF8')"),
-                    (Backend::Mysql, _) => format!("CAST({p} AS BINARY)"),
-                    (Backend::Sqlite, _) => format!("CAST({p} AS BLOB)"),
-                }
-            }
-            _ => "NULL".to_owned(),
+        let b = match &self.source {
+            Some(expr) => expr.clone(),
+            None => "NULL".to_owned(),
         };
         let b = if db.backend() == Backend::Postgres && b == "NULL" {
             "NULL::bytea".to_owned()
@@ -803,6 +798,32 @@ impl Work {
     }
 }
 
+/// The SQL expression that reads the legacy plaintext column `from` of `table` as the bytes
+/// adoption seals and verifies: a bytes column (`bytea`) as stored; any other type through its
+/// text form in UTF-8 (so `text`, `varchar`, `json` and `jsonb` all work; a `jsonb` document
+/// reads as PostgreSQL prints it). MariaDB and SQLite read every type as its bytes (`BINARY`,
+/// `BLOB`), which for text and JSON is the UTF-8 text.
+///
+/// # Errors
+/// [`Kind::Usage`] when the table has no column `from`; [`Kind::Database`].
+pub fn source_expr(db: &mut Db, table: &str, from: &str) -> Result<String> {
+    crate::db::ident(from)?;
+    let Some(ty) = db.column_type(table, from)? else {
+        return Err(Failure::new(
+            Kind::Usage,
+            format!("{table}.{from}: no such column to adopt from"),
+            "check --from, or the field's `adopt(from = ...)` in the model and the manifest",
+        ));
+    };
+    let p = db.q(from);
+    Ok(match db.backend() {
+        Backend::Postgres if ty == "bytea" => p,
+        Backend::Postgres => format!("convert_to({p}::text, 'UTF8')"),
+        Backend::Mysql => format!("CAST({p} AS BINARY)"),
+        Backend::Sqlite => format!("CAST({p} AS BLOB)"),
+    })
+}
+
 /// Plans and runs a job with `opts.workers` threads; `tick` is called about twice a second
 /// with the live counters (for progress display).
 ///
@@ -822,6 +843,10 @@ pub fn run(
     let mut db = url.connect()?;
     // Refuse a per-tenant table whose tenant column cannot give the scope before planning.
     let tenant = TenantScope::probe(&mut db, t)?;
+    let source = match mode {
+        Mode::Adopt { from } => Some(source_expr(&mut db, &t.table, from)?),
+        _ => None,
+    };
     let (total, done_before) = plan(&mut db, &job, mode, t, c, opts.batch)?;
     drop(db);
     let workers = if url.backend() == Backend::Sqlite {
@@ -843,6 +868,7 @@ pub fn run(
         per_worker_rate,
         tenant,
         warmed: Arc::default(),
+        source,
     });
     let counters = Arc::new(Counters::default());
     let handles: Vec<_> = (0..workers)

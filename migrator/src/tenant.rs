@@ -9,7 +9,7 @@
 use leakless::KeyScope;
 use leakless::manifest::{ScopeSource, SealedTable};
 
-use crate::db::{Backend, Bind, Db, OneText, ident};
+use crate::db::{Backend, Db, ident};
 use crate::error::{Failure, Kind, Result};
 
 /// How the rows of a per-tenant table name their scope: the prefix and the SQL expression
@@ -67,33 +67,7 @@ impl TenantScope {
             return Ok(None);
         };
         ident(column)?;
-        let (sql, binds) = match db.backend() {
-            Backend::Postgres => (
-                "SELECT data_type AS id FROM information_schema.columns \
-                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2",
-                vec![
-                    Bind::Text(Some(t.table.clone())),
-                    Bind::Text(Some(column.clone())),
-                ],
-            ),
-            Backend::Mysql => (
-                "SELECT CAST(DATA_TYPE AS CHAR) AS id FROM information_schema.columns \
-                 WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
-                vec![
-                    Bind::Text(Some(t.table.clone())),
-                    Bind::Text(Some(column.clone())),
-                ],
-            ),
-            Backend::Sqlite => (
-                "SELECT type AS id FROM pragma_table_info(?) WHERE name = ?",
-                vec![
-                    Bind::Text(Some(t.table.clone())),
-                    Bind::Text(Some(column.clone())),
-                ],
-            ),
-        };
-        let types: Vec<OneText> = db.load(sql, &binds)?;
-        let Some(ty) = types.into_iter().next().map(|r| r.id) else {
+        let Some(ty) = db.column_type(&t.table, column)? else {
             return Err(Failure::new(
                 Kind::Usage,
                 format!(

@@ -12,6 +12,7 @@
 
 mod support;
 
+use leakless_migrator::db::Bind;
 use support::{Backend, Fixture, SCOPE, plain, stderr, stdout, wait_for_cache_window};
 
 fn code(o: &std::process::Output) -> i32 {
@@ -100,7 +101,7 @@ fn lifecycle(backend: Backend) {
     let p1 = db.ph(1);
     db.exec(
         &format!("UPDATE patients SET email = (SELECT email FROM (SELECT email FROM patients WHERE id = 1) s) WHERE id = {p1}"),
-        &[leakless_migrator::db::Bind::Int(7)],
+        &[Bind::Int(7)],
     )
     .unwrap();
     let o = f.run(&["verify"]);
@@ -109,7 +110,7 @@ fn lifecycle(backend: Backend) {
     assert!(!stdout(&o).contains("patient-"), "verify printed plaintext");
     db.exec(
         &format!("DELETE FROM patients WHERE id = {p1}"),
-        &[leakless_migrator::db::Bind::Int(7)],
+        &[Bind::Int(7)],
     )
     .unwrap();
 
@@ -228,11 +229,7 @@ fn adopt(backend: Backend) {
         .unwrap();
     let mut db = f.db();
     let sql = format!("UPDATE patients SET email = {} WHERE id = 5", db.ph(1));
-    db.exec(
-        &sql,
-        &[leakless_migrator::db::Bind::Bytes(Some(app.clone()))],
-    )
-    .unwrap();
+    db.exec(&sql, &[Bind::Bytes(Some(app.clone()))]).unwrap();
     let o = f.run(&[
         "adopt",
         "--table",
@@ -410,4 +407,155 @@ fn adopt_without_source_is_refused() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The legacy column types a model's fields are adopted from: a `Json<T>` field from `bytea`
+/// (what the derive maps `Json<T>` to) and from `jsonb`/`JSON`, a `Vec<u8>` field from a binary
+/// column holding bytes that are not UTF-8, a `String` field from `varchar`. Every value opens
+/// to the legacy value (a `jsonb` document as an equal document).
+fn adopt_legacy_types(backend: Backend) {
+    let f = Fixture::new(backend);
+    let (bin, json, varchar) = match backend {
+        Backend::Postgres => ("bytea", "jsonb", "varchar(200)"),
+        Backend::Mysql => ("LONGBLOB", "JSON", "VARCHAR(200)"),
+        Backend::Sqlite => ("BLOB", "TEXT", "VARCHAR(200)"),
+    };
+    let mut db = f.db();
+    db.batch(&format!(
+        "CREATE TABLE legacy (id BIGINT NOT NULL PRIMARY KEY, \
+         doc {bin} NULL, doc_old {bin} NULL, meta {bin} NULL, meta_old {json} NULL, \
+         raw {bin} NULL, raw_old {bin} NULL, note {bin} NULL, note_old {varchar} NULL)"
+    ))
+    .unwrap();
+    let col = |name: &str, encoding: &str| {
+        format!(
+            r#"{{"column": "{name}", "algorithm": "xchacha20poly1305", "encoding": "{encoding}",
+                "nullable": true, "blind_index": null}}"#
+        )
+    };
+    std::fs::write(
+        &f.manifest,
+        format!(
+            r#"{{"format": 1, "tables": [{{"table": "legacy", "row_id_column": "id",
+                "row_id_kind": "int", "schema_version": 1,
+                "scope": {{"kind": "static", "scope": "patients"}},
+                "columns": [{}, {}, {}, {}]}}]}}"#,
+            col("doc", "json"),
+            col("meta", "json"),
+            col("raw", "bytes"),
+            col("note", "string"),
+        ),
+    )
+    .unwrap();
+    let doc = |i: i64| format!(r#"{{"street":"{i} Rue de l'Église","lat":48.85,"lon":2.35}}"#);
+    let blob = |i: i64| vec![0u8, 0xff, 0xfe, u8::try_from(i).unwrap(), 0x80, b'\\', b'x'];
+    let note = |i: i64| format!("note {i}: café, 12 ½ rooms");
+    let rows = 40;
+    for i in 0..rows {
+        let json_value = match backend {
+            Backend::Postgres => format!("CAST({} AS jsonb)", db.ph(2)),
+            _ => db.ph(2),
+        };
+        let sql = format!(
+            "INSERT INTO legacy (id, meta_old, doc_old, raw_old, note_old) \
+             VALUES ({}, {json_value}, {}, {}, {})",
+            db.ph(1),
+            db.ph(3),
+            db.ph(4),
+            db.ph(5)
+        );
+        db.exec(
+            &sql,
+            &[
+                Bind::Int(i),
+                Bind::Text(Some(doc(i))),
+                Bind::Bytes(Some(doc(i).into_bytes())),
+                Bind::Bytes(Some(blob(i))),
+                Bind::Text(Some(note(i))),
+            ],
+        )
+        .unwrap();
+    }
+    for c in ["doc", "meta", "raw", "note"] {
+        let from = format!("{c}_old");
+        let args = ["adopt", "--table", "legacy", "--column", c, "--from", &from];
+        let o = f.run(&[&args[..], &["--dry-run"]].concat());
+        assert_eq!(code(&o), 0, "{c} dry run: {}{}", stdout(&o), stderr(&o));
+        assert!(
+            stdout(&o).contains("would seal 40 rows"),
+            "{c}: {}",
+            stdout(&o)
+        );
+        let o = f.run(&args);
+        assert_eq!(code(&o), 0, "{c}: {}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("40 written"), "{c}: {}", stdout(&o));
+        assert!(stdout(&o).contains("0 mismatches"), "{c}: {}", stdout(&o));
+    }
+    let ring = f.fresh_ring();
+    let sql = format!(
+        "SELECT {} AS id, doc AS a, meta AS b, raw AS c, note AS d FROM legacy ORDER BY id",
+        db.id_text("int", "id")
+    );
+    let sealed: Vec<Sealed4> = db.load(&sql, &[]).unwrap();
+    assert_eq!(sealed.len(), 40);
+    let open = |column: &str, id: i64, env: &Option<Vec<u8>>| -> Vec<u8> {
+        let ctx = leakless::FieldContext::new("legacy", column, leakless::RowId::Int(id), 1);
+        let env = env
+            .as_deref()
+            .unwrap_or_else(|| panic!("{column} row {id}: NULL"));
+        ring.open(&ctx, env).unwrap().expose_secret().to_vec()
+    };
+    for r in &sealed {
+        let id: i64 = r.id.parse().unwrap();
+        assert_eq!(open("doc", id, &r.a), doc(id).into_bytes(), "doc row {id}");
+        let meta: serde_json::Value = serde_json::from_slice(&open("meta", id, &r.b)).unwrap();
+        let want: serde_json::Value = serde_json::from_str(&doc(id)).unwrap();
+        assert_eq!(meta, want, "meta row {id}");
+        assert_eq!(open("raw", id, &r.c), blob(id), "raw row {id}");
+        assert_eq!(
+            open("note", id, &r.d),
+            note(id).into_bytes(),
+            "note row {id}"
+        );
+    }
+    // A source column that is not there: a usage error before anything runs.
+    let o = f.run(&[
+        "adopt", "--table", "legacy", "--column", "note", "--from", "nope",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("legacy.nope: no such column to adopt from"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Four sealed columns of a `legacy` row.
+#[derive(diesel::QueryableByName)]
+struct Sealed4 {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Binary>)]
+    a: Option<Vec<u8>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Binary>)]
+    b: Option<Vec<u8>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Binary>)]
+    c: Option<Vec<u8>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Binary>)]
+    d: Option<Vec<u8>>,
+}
+
+#[test]
+fn adopt_legacy_types_sqlite() {
+    adopt_legacy_types(Backend::Sqlite);
+}
+
+#[test]
+fn adopt_legacy_types_postgres() {
+    adopt_legacy_types(Backend::Postgres);
+}
+
+#[test]
+fn adopt_legacy_types_mariadb() {
+    adopt_legacy_types(Backend::Mysql);
 }

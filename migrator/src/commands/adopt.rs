@@ -16,7 +16,7 @@
 use leakless::FieldContext;
 
 use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
-use crate::db::{Backend, IdTwo, OneInt, ident};
+use crate::db::{IdTwo, OneInt, ident};
 use crate::engine::{Mode, RowFailure};
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
@@ -40,15 +40,6 @@ pub struct Args {
     /// Batch, worker, throttle and job options.
     #[command(flatten)]
     pub job: JobArgs,
-}
-
-fn plain_expr(backend: Backend, encoding: &str, col: &str) -> String {
-    match (backend, encoding) {
-        (_, "bytes") => col.to_owned(),
-        (Backend::Postgres, _) => format!("convert_to({col}, 'UTF8')"),
-        (Backend::Mysql, _) => format!("CAST({col} AS BINARY)"),
-        (Backend::Sqlite, _) => format!("CAST({col} AS BLOB)"),
-    }
 }
 
 /// The plaintext column to adopt from: `--from` if given, else the manifest's
@@ -116,12 +107,13 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         ));
     }
     let mut db = env.connect()?;
+    // The same read as the backfill and the verification: a dry run fails where they would.
+    let source = crate::engine::source_expr(&mut db, &t.table, &from)?;
     if args.job.dry_run {
         let sql = format!(
-            "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {} IS NOT NULL",
+            "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {source} IS NOT NULL",
             db.q(&t.table),
             db.q(&c.column),
-            db.q(&from)
         );
         let n: Vec<OneInt> = db.load(&sql, &[])?;
         let rows = n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
@@ -142,7 +134,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let select = format!(
         "{} AS a, {} AS b, NULL AS tid, NULL AS tenant",
         db.q(&c.column),
-        plain_expr(db.backend(), &c.encoding, &db.q(&from))
+        source
     );
     // Adoption is for static-scope tables; every envelope must name that scope.
     let expected = crate::engine::static_scope(&t);
