@@ -66,9 +66,18 @@ pub(crate) fn url_password(url: &str) -> Option<&str> {
 }
 
 /// `text` (a driver's error message) with every occurrence of `url`'s password, as written
-/// and percent-decoded, and of `url` itself replaced by `***`.
-#[cfg_attr(not(feature = "sql-store"), allow(dead_code))]
-pub(crate) fn scrub(text: &str, url: &str) -> String {
+/// and percent-decoded, and of `url` itself replaced by `***`: for a database driver's message
+/// that might echo the connection string.
+///
+/// ```
+/// use leakless::redact::scrub;
+/// assert_eq!(
+///     scrub("password authentication failed (s3cret)", "postgres://app:s3cret@db/x"),
+///     "password authentication failed (***)"
+/// );
+/// ```
+#[must_use]
+pub fn scrub(text: &str, url: &str) -> String {
     let mut out = text.to_owned();
     if !url.is_empty() && out.contains(url) {
         out = out.replace(url, &redact_url(url));
