@@ -162,6 +162,32 @@ impl Canary {
         }
     }
 
+    /// A canary from a real value (the residue scan): a real value holds no marker, so the
+    /// marker is the id itself (`customers.address#row=1234`), the only handle reports print.
+    /// The kind is [`CanaryKind::Text`], or [`CanaryKind::Transcript`] above
+    /// [`crate::encode::WINDOW`] times four bytes.
+    #[must_use]
+    pub fn real_text(id: &str, value: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            marker: id.to_owned(),
+            kind: if value.len() > crate::encode::WINDOW * 4 {
+                CanaryKind::Transcript
+            } else {
+                CanaryKind::Text
+            },
+            value: CanaryValue::Text(value.to_owned()),
+            control: false,
+        }
+    }
+
+    /// A canary from real bytes (the residue scan); the marker is the id (see
+    /// [`Self::real_text`]).
+    #[must_use]
+    pub fn real_bytes(id: &str, value: &[u8]) -> Self {
+        Self::bytes(id, id, value)
+    }
+
     /// The same canary marked as a positive control.
     #[must_use]
     pub fn as_control(mut self) -> Self {
@@ -219,7 +245,8 @@ impl Canary {
         }
         match (&self.value, self.kind) {
             (CanaryValue::Text(s), CanaryKind::Text | CanaryKind::Transcript) => {
-                if !s.contains(&self.marker) {
+                // A marker equal to the id labels a real value (see `Canary::real_text`).
+                if self.marker != self.id && !s.contains(&self.marker) {
                     return Err(bad("the marker does not occur in the value"));
                 }
                 if s.len() < crate::encode::MIN_NEEDLE_LEN {
@@ -242,15 +269,92 @@ impl Canary {
             }
             _ => return Err(bad("the value does not match the kind")),
         }
+        self.check_labels()
+    }
+
+    /// Refuses an id or marker that would print (most of) the value in a report: a text
+    /// canary's marker must be at most half its value, and neither label may contain any
+    /// needle of the value (any searched window, in any encoding).
+    ///
+    /// A real value's canary (the residue scan) is labelled by its id only (table, column and
+    /// row id, which reports name by design), and is not checked: its value holds no marker.
+    fn check_labels(&self) -> Result<(), Error> {
+        if self.marker == self.id {
+            return Ok(());
+        }
+        if let Some(text) = self.text_value()
+            && self.marker.chars().count() * 2 > text.chars().count()
+        {
+            return Err(Error::Canary {
+                id: self.id.clone(),
+                problem: "the marker is most of the value, so reports would show the value: \
+                          use a short random marker inside a longer value"
+                    .into(),
+            });
+        }
+        let mut needles = Vec::new();
+        crate::encode::needles_for(0, self, &mut needles)?;
+        for (what, label) in [("marker", &self.marker), ("id", &self.id)] {
+            let label = label.as_bytes();
+            if needles.iter().any(|n| {
+                label
+                    .windows(n.bytes.len())
+                    .any(|w| w == n.bytes.as_slice())
+            }) {
+                return Err(Error::Canary {
+                    id: if what == "id" {
+                        "(an id holding its value)".to_owned()
+                    } else {
+                        self.id.clone()
+                    },
+                    problem: format!(
+                        "the {what} contains the value (or a searched part of it), so reports \
+                         would show the value: use a label that does not"
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }
 
-/// A set of canaries with unique ids and markers.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A set of canaries with unique ids and markers. `Debug` lists the canaries (never a value).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct CanarySet {
-    /// The canaries.
+    /// The canaries. Add through [`CanarySet::push`], which checks uniqueness in constant time
+    /// (an index of hashes kept beside this list, rebuilt when the list's length changed
+    /// behind its back).
     pub canaries: Vec<Canary>,
+    /// Hashes of every id and marker of `canaries[..indexed]`.
+    #[serde(skip)]
+    taken: std::collections::HashSet<u64, NameHashBuilder>,
+    /// How many canaries `taken` covers.
+    #[serde(skip)]
+    indexed: usize,
+}
+
+impl fmt::Debug for CanarySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CanarySet")
+            .field("canaries", &self.canaries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for CanarySet {
+    fn eq(&self, other: &Self) -> bool {
+        self.canaries == other.canaries
+    }
+}
+
+type NameHashBuilder = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+fn name_hash(kind: u8, name: &str) -> u64 {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    let mut h = NameHashBuilder::default().build_hasher();
+    kind.hash(&mut h);
+    name.hash(&mut h);
+    h.finish()
 }
 
 /// Returns a fresh marker: `LK` plus 8 characters of an alphabet without look-alikes, e.g.
@@ -328,17 +432,31 @@ impl CanarySet {
     /// [`Error::Canary`] when the canary is malformed or its id or marker is already taken.
     pub fn push(&mut self, canary: Canary) -> Result<(), Error> {
         canary.check()?;
-        if self
-            .canaries
-            .iter()
-            .any(|c| c.id == canary.id || c.marker == canary.marker)
+        if self.indexed != self.canaries.len() {
+            self.taken.clear();
+            for c in &self.canaries {
+                self.taken.insert(name_hash(0, &c.id));
+                self.taken.insert(name_hash(1, &c.marker));
+            }
+            self.indexed = self.canaries.len();
+        }
+        let (id_hash, marker_hash) = (name_hash(0, &canary.id), name_hash(1, &canary.marker));
+        // A hash hit is verified exactly (a collision of two different names is not a clash).
+        if (self.taken.contains(&id_hash) || self.taken.contains(&marker_hash))
+            && self
+                .canaries
+                .iter()
+                .any(|c| c.id == canary.id || c.marker == canary.marker)
         {
             return Err(Error::Canary {
                 id: canary.id,
                 problem: "id or marker already used by another canary".into(),
             });
         }
+        self.taken.insert(id_hash);
+        self.taken.insert(marker_hash);
         self.canaries.push(canary);
+        self.indexed = self.canaries.len();
         Ok(())
     }
 

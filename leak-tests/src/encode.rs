@@ -7,10 +7,13 @@
 //! escaping (as written by serde_json, and the ASCII-only `\u00fc` form), and SQL string
 //! literal escaping (standard `''` and MySQL's backslash form).
 //!
-//! A GPS point becomes several [`Form`]s: each coordinate as decimal text at 4 to 7 decimals
+//! A GPS point becomes several [`Form`]s: each coordinate as decimal text at 4 to 10 decimals
 //! and at full precision, the pair as `lat,lon` / `lat, lon`, a WKT `POINT(lon lat)`, a GeoJSON
-//! `[lon,lat]`, a JSON object `"lat":..,"lon":..`, and the IEEE-754 f64 bytes of each
-//! coordinate in both byte orders. Text forms then go through the text encodings.
+//! `[lon,lat]`, a JSON object `"lat":..,"lon":..`, the IEEE-754 f64 bytes of each
+//! coordinate in both byte orders, the f32 bytes of the pair (adjacent `real`/`FLOAT` columns)
+//! and the f32's shortest text, PostgreSQL's on-disk `numeric` ([`pg_numeric`]) and MariaDB's
+//! binary `DECIMAL` ([`mariadb_decimal`]) of the pair, and degrees/minutes(/seconds) text.
+//! Text forms then go through the text encodings.
 //!
 //! Long values are cut: every encoded form longer than [`WINDOW`] bytes times the encoding's
 //! expansion is split into consecutive fragments of that length, and each fragment is a needle
@@ -72,11 +75,21 @@ pub enum Encoding {
     F64Le,
     /// The IEEE-754 binary64 bytes of a coordinate, big-endian.
     F64Be,
+    /// The IEEE-754 binary32 bytes of a coordinate pair, little-endian.
+    F32Le,
+    /// The IEEE-754 binary32 bytes of a coordinate pair, big-endian.
+    F32Be,
+    /// PostgreSQL's on-disk `numeric`: a short varlena header, the short numeric header
+    /// (sign, display scale, weight) and base-10000 digits as little-endian int16.
+    PgNumeric,
+    /// MariaDB/MySQL's binary `DECIMAL(p,s)` (`decimal2bin`): 9-digit groups big-endian, top
+    /// bit flipped, all bits inverted for a negative number.
+    MariadbDecimal,
 }
 
 impl Encoding {
     /// Every encoding, in report order.
-    pub const ALL: [Encoding; 17] = [
+    pub const ALL: [Encoding; 21] = [
         Encoding::Raw,
         Encoding::CaseFolded,
         Encoding::Utf16Le,
@@ -94,6 +107,10 @@ impl Encoding {
         Encoding::SqlBackslash,
         Encoding::F64Le,
         Encoding::F64Be,
+        Encoding::F32Le,
+        Encoding::F32Be,
+        Encoding::PgNumeric,
+        Encoding::MariadbDecimal,
     ];
 
     /// The name used in reports and JSON (`utf-16le`, `base64-url`, ...).
@@ -117,6 +134,10 @@ impl Encoding {
             Encoding::SqlBackslash => "sql-backslash",
             Encoding::F64Le => "f64-le",
             Encoding::F64Be => "f64-be",
+            Encoding::F32Le => "f32-le",
+            Encoding::F32Be => "f32-be",
+            Encoding::PgNumeric => "pg-numeric",
+            Encoding::MariadbDecimal => "mariadb-decimal",
         }
     }
 }
@@ -145,6 +166,20 @@ pub enum Form {
     JsonObject(Option<u8>),
     /// One coordinate's f64 bytes.
     F64,
+    /// The pair's f32 bytes, as two adjacent `real`/`FLOAT` columns (lat then lon, or lon then
+    /// lat). A lone f32 is 4 bytes, too short to search for.
+    F32Pair,
+    /// One coordinate as the shortest decimal text of its f32 value (what a `real` column
+    /// prints).
+    DecimalF32,
+    /// `lat,lon` or `lat, lon` of the f32 values' shortest decimal text.
+    PairF32,
+    /// Degrees, minutes and seconds with a hemisphere letter (`51°30'26.7"N`, `51d30'26.7"N`,
+    /// `51 30'26.7"N`); the number is the seconds' decimals.
+    Dms(Option<u8>),
+    /// Degrees and decimal minutes (`51°30.4452'`, `N51 30.4452`); the number is the minutes'
+    /// decimals.
+    DegMin(Option<u8>),
 }
 
 impl fmt::Display for Form {
@@ -152,6 +187,11 @@ impl fmt::Display for Form {
         let (name, d) = match self {
             Form::Value => return f.write_str("value"),
             Form::F64 => return f.write_str("f64"),
+            Form::F32Pair => return f.write_str("f32-pair"),
+            Form::DecimalF32 => return f.write_str("decimal/f32"),
+            Form::PairF32 => return f.write_str("pair/f32"),
+            Form::Dms(d) => ("dms", d),
+            Form::DegMin(d) => ("deg-min", d),
             Form::Decimal(d) => ("decimal", d),
             Form::Pair(d) => ("pair", d),
             Form::Wkt(d) => ("wkt", d),
@@ -305,6 +345,10 @@ struct Sink<'a> {
     canary: usize,
     out: &'a mut Vec<Needle>,
     added: usize,
+    /// Only these encodings (`None`: all).
+    only: Option<&'a [Encoding]>,
+    /// Whole needles only, never fragments.
+    whole: bool,
 }
 
 impl Sink<'_> {
@@ -312,10 +356,10 @@ impl Sink<'_> {
     fn add(&mut self, form: Form, encoding: Encoding, encoded: &[u8]) {
         let (num, den) = expansion(encoding);
         let size = (WINDOW * num).div_ceil(den);
-        if encoded.len() < MIN_NEEDLE_LEN {
+        if encoded.len() < MIN_NEEDLE_LEN || self.only.is_some_and(|o| !o.contains(&encoding)) {
             return;
         }
-        if encoded.len() <= size {
+        if encoded.len() <= size || self.whole {
             self.push(form, encoding, encoded);
             return;
         }
@@ -344,10 +388,19 @@ impl Sink<'_> {
         });
     }
 
+    /// Whether `e` is among the encodings wanted (computing one that is not is wasted work).
+    fn wants(&self, e: Encoding) -> bool {
+        self.only.is_none_or(|o| o.contains(&e))
+    }
+
     /// Every text encoding of `text`.
     fn text(&mut self, form: Form, text: &str) {
         let raw = text.as_bytes();
         self.add(form, Encoding::Raw, raw);
+        if self.only.is_some() {
+            self.text_only(form, text);
+            return;
+        }
         for folded in [text.to_lowercase(), text.to_uppercase()] {
             let folded = Zeroizing::new(folded);
             if folded.as_str() != text {
@@ -377,6 +430,188 @@ impl Sink<'_> {
         }
     }
 
+    /// Fewer encodings, for the rarer renderings (long decimals, degrees/minutes), to keep the
+    /// needle count of a GPS canary down: raw, UTF-16LE when `utf16`, and where they change
+    /// something percent-encoding, JSON (both) and SQL `''` escaping.
+    fn text_light(&mut self, form: Form, text: &str, utf16: bool) {
+        let raw = text.as_bytes();
+        self.add(form, Encoding::Raw, raw);
+        if utf16 {
+            let le: Zeroizing<Vec<u8>> =
+                Zeroizing::new(text.encode_utf16().flat_map(u16::to_le_bytes).collect());
+            self.add(form, Encoding::Utf16Le, &le);
+        }
+        for (enc, bytes) in [
+            (Encoding::Percent, percent(raw, false)),
+            (Encoding::Json, json_escape(text, false)),
+            (Encoding::JsonAscii, json_escape(text, true)),
+            (Encoding::SqlQuoted, sql_escape(text, false)),
+        ] {
+            let bytes = Zeroizing::new(bytes);
+            if bytes.as_slice() != raw {
+                self.add(form, enc, &bytes);
+            }
+        }
+    }
+
+    /// The wanted encodings of `text` other than raw, computing only those.
+    fn text_only(&mut self, form: Form, text: &str) {
+        if self.wants(Encoding::CaseFolded) {
+            for folded in [text.to_lowercase(), text.to_uppercase()] {
+                let folded = Zeroizing::new(folded);
+                if folded.as_str() != text {
+                    self.add(form, Encoding::CaseFolded, folded.as_bytes());
+                }
+            }
+        }
+        if self.wants(Encoding::Utf16Le) {
+            let le: Zeroizing<Vec<u8>> =
+                Zeroizing::new(text.encode_utf16().flat_map(u16::to_le_bytes).collect());
+            self.add(form, Encoding::Utf16Le, &le);
+        }
+        if self.wants(Encoding::Utf16Be) {
+            let be: Zeroizing<Vec<u8>> =
+                Zeroizing::new(text.encode_utf16().flat_map(u16::to_be_bytes).collect());
+            self.add(form, Encoding::Utf16Be, &be);
+        }
+        if [
+            Encoding::HexLower,
+            Encoding::HexUpper,
+            Encoding::Base64,
+            Encoding::Base64Url,
+        ]
+        .iter()
+        .any(|&e| self.wants(e))
+        {
+            self.binary(form, text.as_bytes());
+        }
+        let raw = text.as_bytes();
+        for enc in [
+            Encoding::Percent,
+            Encoding::FormUrlencoded,
+            Encoding::Json,
+            Encoding::JsonAscii,
+            Encoding::SqlQuoted,
+            Encoding::SqlBackslash,
+        ] {
+            if !self.wants(enc) {
+                continue;
+            }
+            let bytes = Zeroizing::new(match enc {
+                Encoding::Percent => percent(raw, false),
+                Encoding::FormUrlencoded => percent(raw, true),
+                Encoding::Json => json_escape(text, false),
+                Encoding::JsonAscii => json_escape(text, true),
+                Encoding::SqlQuoted => sql_escape(text, false),
+                _ => sql_escape(text, true),
+            });
+            if bytes.as_slice() != raw {
+                self.add(form, enc, &bytes);
+            }
+        }
+    }
+
+    /// The numeric forms of a GPS point beyond the f64 bytes and the 4..7-decimal text: decimal
+    /// text at 8..10 decimals, the f32 value (bytes of the pair, shortest text), PostgreSQL
+    /// `numeric` and MariaDB `DECIMAL` on-disk forms, and degrees/minutes text.
+    fn numeric_forms(&mut self, lat: f64, lon: f64) {
+        // Longer decimal text: a single coordinate is long enough, and any pair or shape of
+        // these holds it. Raw and UTF-16LE only.
+        for d in [8u8, 9, 10] {
+            for v in [lat, lon] {
+                let t = Zeroizing::new(decimal(v, Some(d)));
+                self.text_light(Form::Decimal(Some(d)), &t, true);
+            }
+        }
+        // f32: the binary pair (two adjacent real/FLOAT columns), and its shortest text.
+        if let (Some(a), Some(o)) = (f32_of(lat), f32_of(lon)) {
+            for (x, y) in [(a, o), (o, a)] {
+                let le = Zeroizing::new([x.to_le_bytes(), y.to_le_bytes()].concat());
+                self.add(Form::F32Pair, Encoding::F32Le, &le);
+                let be = Zeroizing::new([x.to_be_bytes(), y.to_be_bytes()].concat());
+                self.add(Form::F32Pair, Encoding::F32Be, &be);
+            }
+            let (ta, to) = (Zeroizing::new(a.to_string()), Zeroizing::new(o.to_string()));
+            for v in [&ta, &to] {
+                self.text(Form::DecimalF32, v);
+            }
+            self.text(Form::PairF32, &format!("{},{}", *ta, *to));
+            self.text(Form::PairF32, &format!("{}, {}", *ta, *to));
+        }
+        // PostgreSQL numeric at display scales 4..=8 and at the scale of the shortest text
+        // (an unconstrained column keeps the scale the application wrote).
+        let full_scale = |v: f64| v.to_string().split_once('.').map_or(0, |(_, f)| f.len());
+        let mut scales: Vec<(Option<u8>, usize, usize)> = (4u8..=8)
+            .map(|d| (Some(d), usize::from(d), usize::from(d)))
+            .collect();
+        scales.push((None, full_scale(lat), full_scale(lon)));
+        // A float8 bound to a numeric column goes through `%.15g` (15 significant digits,
+        // trailing zeros dropped): "12.345678300000001" is stored at scale 7.
+        let g15 = |v: f64| format!("{v:.14e}").parse::<f64>().map_or(0, &full_scale);
+        scales.push((None, g15(lat), g15(lon)));
+        for (form_d, da, dlon) in scales {
+            let (na, ia, fa) = round_decimal(lat, da);
+            let (no, io, fo) = round_decimal(lon, dlon);
+            let (Some(pa), Some(po)) = (pg_numeric(na, &ia, &fa), pg_numeric(no, &io, &fo)) else {
+                continue;
+            };
+            for datum in [&pa, &po] {
+                self.add(Form::Decimal(form_d), Encoding::PgNumeric, datum);
+            }
+            for (x, y) in [(&pa, &po), (&po, &pa)] {
+                let pair = Zeroizing::new([x.as_slice(), y.as_slice()].concat());
+                self.add(Form::Pair(form_d), Encoding::PgNumeric, &pair);
+            }
+        }
+        // MariaDB DECIMAL pairs: fraction digits 4..=8, latitude DECIMAL(2|3 + f, f),
+        // longitude DECIMAL(3 + f, f), in either column order.
+        for f in 4u8..=8 {
+            let fd = usize::from(f);
+            let (na, ia, fa) = round_decimal(lat, fd);
+            let (no, io, fo) = round_decimal(lon, fd);
+            let Some(mo) = mariadb_decimal(no, &io, &fo, 3, fd) else {
+                continue;
+            };
+            for intg in [2usize, 3] {
+                let Some(ma) = mariadb_decimal(na, &ia, &fa, intg, fd) else {
+                    continue;
+                };
+                for (x, y) in [(&ma, &mo), (&mo, &ma)] {
+                    let pair = Zeroizing::new([x.as_slice(), y.as_slice()].concat());
+                    self.add(Form::Pair(Some(f)), Encoding::MariadbDecimal, &pair);
+                }
+            }
+        }
+        // Degrees, minutes, seconds and degrees with decimal minutes.
+        for (v, pos, neg) in [(lat, 'N', 'S'), (lon, 'E', 'W')] {
+            let h = if v.is_sign_negative() { neg } else { pos };
+            for places in [0u8, 1, 2] {
+                let Some((d, m, s)) = dms(v, places) else {
+                    continue;
+                };
+                // The ASCII variants at 0 and 1 decimals only (hand-typed forms).
+                let seps: &[&str] = if places < 2 {
+                    &["\u{b0}", "d", " "]
+                } else {
+                    &["\u{b0}"]
+                };
+                for sep in seps {
+                    let t = Zeroizing::new(format!("{d}{sep}{m:02}'{s}\"{h}"));
+                    self.text_light(Form::Dms(Some(places)), &t, false);
+                }
+            }
+            for places in [3u8, 4] {
+                let Some((d, m)) = deg_min(v, places) else {
+                    continue;
+                };
+                let t = Zeroizing::new(format!("{d}\u{b0}{m}'"));
+                self.text_light(Form::DegMin(Some(places)), &t, false);
+                let t = Zeroizing::new(format!("{h}{d} {m}"));
+                self.text_light(Form::DegMin(Some(places)), &t, false);
+            }
+        }
+    }
+
     /// Hex (both cases) and base64 (standard and URL-safe, three alignments) of `raw`.
     fn binary(&mut self, form: Form, raw: &[u8]) {
         let lower = Zeroizing::new(hex::encode(raw).into_bytes());
@@ -399,6 +634,218 @@ impl Sink<'_> {
     }
 }
 
+/// A coordinate rounded to `places` decimals the way a database rounds the decimal text an
+/// application wrote (half away from zero on the shortest round-trip text): `(negative,
+/// integer digits, fraction digits)`, the fraction exactly `places` long.
+#[must_use]
+pub fn round_decimal(v: f64, places: usize) -> (bool, String, String) {
+    let text = v.abs().to_string();
+    let (int, frac) = text.split_once('.').unwrap_or((text.as_str(), ""));
+    let mut digits: Vec<u8> = int.bytes().collect();
+    let mut frac_digits: Vec<u8> = frac.bytes().collect();
+    let round_up = frac_digits.get(places).is_some_and(|&d| d >= b'5');
+    frac_digits.resize(places, b'0');
+    digits.extend_from_slice(&frac_digits);
+    if round_up {
+        let mut carry = true;
+        for d in digits.iter_mut().rev() {
+            if *d == b'9' {
+                *d = b'0';
+            } else {
+                *d += 1;
+                carry = false;
+                break;
+            }
+        }
+        if carry {
+            digits.insert(0, b'1');
+        }
+    }
+    let split = digits.len() - places;
+    let frac = String::from_utf8_lossy(digits.get(split..).unwrap_or_default()).into_owned();
+    let mut int = String::from_utf8_lossy(digits.get(..split).unwrap_or_default()).into_owned();
+    if int.is_empty() {
+        int = "0".into();
+    }
+    (v.is_sign_negative() && v != 0.0, int, frac)
+}
+
+/// PostgreSQL's on-disk form of a `numeric` datum holding `int.frac` (display scale =
+/// `frac.len()`): the 1-byte varlena header, the short-format header and the base-10000
+/// digits, little-endian. `None` for zero or a value the short format cannot hold.
+#[must_use]
+pub fn pg_numeric(negative: bool, int: &str, frac: &str) -> Option<Vec<u8>> {
+    let parse = |s: &str| s.parse::<u16>().ok();
+    let int = int.trim_start_matches('0');
+    // Integer digits in groups of 4 from the right; fraction in groups of 4 from the left.
+    let lead = int.len() % 4;
+    let mut groups: Vec<u16> = Vec::new();
+    if lead > 0 {
+        groups.push(parse(int.get(..lead)?)?);
+    }
+    let mut i = lead;
+    while i < int.len() {
+        groups.push(parse(int.get(i..i + 4)?)?);
+        i += 4;
+    }
+    let int_groups = groups.len();
+    let mut padded = frac.to_owned();
+    while !padded.len().is_multiple_of(4) {
+        padded.push('0');
+    }
+    let mut i = 0;
+    while i < padded.len() {
+        groups.push(parse(padded.get(i..i + 4)?)?);
+        i += 4;
+    }
+    let mut weight = i32::try_from(int_groups).ok()? - 1;
+    let first = groups.iter().position(|&g| g != 0)?;
+    weight -= i32::try_from(first).ok()?;
+    let last = groups.iter().rposition(|&g| g != 0)?;
+    let digits = groups.get(first..=last)?;
+    let dscale = u16::try_from(frac.len()).ok()?;
+    if dscale > 0x3f || !(-64..=63).contains(&weight) {
+        return None;
+    }
+    let w = u16::try_from(weight & 0x3f).ok()?;
+    let header: u16 = 0x8000
+        | if negative { 0x2000 } else { 0 }
+        | (dscale << 7)
+        | if weight < 0 { 0x0040 } else { 0 }
+        | w;
+    let len = 1 + 2 + 2 * digits.len();
+    if len > 127 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(len);
+    out.push((u8::try_from(len).ok()? << 1) | 1);
+    out.extend_from_slice(&header.to_le_bytes());
+    for d in digits {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    Some(out)
+}
+
+/// MariaDB/MySQL's binary `DECIMAL(intg + frac, frac)` (`decimal2bin`) of `int.frac`, where
+/// `frac` has exactly `frac_digits` digits. `None` when the integer part does not fit.
+#[must_use]
+pub fn mariadb_decimal(
+    negative: bool,
+    int: &str,
+    frac: &str,
+    intg: usize,
+    frac_digits: usize,
+) -> Option<Vec<u8>> {
+    const DIG2BYTES: [usize; 10] = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4];
+    let int = int.trim_start_matches('0');
+    if int.len() > intg || frac.len() != frac_digits {
+        return None;
+    }
+    let all = format!("{}{int}{frac}", "0".repeat(intg - int.len()));
+    let mask: u32 = if negative { u32::MAX } else { 0 };
+    let mut out = Vec::new();
+    let mut put = |digits: &str, bytes: usize| -> Option<()> {
+        let v = if digits.is_empty() {
+            0
+        } else {
+            digits.parse::<u32>().ok()?
+        } ^ mask;
+        out.extend_from_slice(v.to_be_bytes().get(4 - bytes..)?);
+        Some(())
+    };
+    let (ipart, fpart) = all.split_at(intg);
+    let lead = intg % 9;
+    put(ipart.get(..lead)?, *DIG2BYTES.get(lead)?)?;
+    let mut i = lead;
+    while i < intg {
+        put(ipart.get(i..i + 9)?, 4)?;
+        i += 9;
+    }
+    let mut i = 0;
+    while i + 9 <= frac_digits {
+        put(fpart.get(i..i + 9)?, 4)?;
+        i += 9;
+    }
+    let rest = frac_digits - i;
+    put(fpart.get(i..)?, *DIG2BYTES.get(rest)?)?;
+    if let Some(b) = out.first_mut() {
+        *b ^= 0x80;
+    }
+    Some(out)
+}
+
+/// The f32 a `real`/`FLOAT` column stores for `v`: the nearest f32 to the decimal text.
+#[must_use]
+pub fn f32_of(v: f64) -> Option<f32> {
+    v.to_string().parse::<f32>().ok()
+}
+
+/// Degrees, minutes and seconds of `|v|` with seconds at `places` decimals, as
+/// `(degrees, minutes, seconds text)` (seconds zero-padded to 2 integer digits).
+fn dms(v: f64, places: u8) -> Option<(u64, u64, String)> {
+    let scale = 10u64.checked_pow(u32::from(places))?;
+    let units: u64 = format!("{:.0}", v.abs() * 3600.0 * 10f64.powi(i32::from(places)))
+        .parse()
+        .ok()?;
+    let deg = units / (3600 * scale);
+    let rem = units % (3600 * scale);
+    let min = rem / (60 * scale);
+    let sec = rem % (60 * scale);
+    let text = if places == 0 {
+        format!("{sec:02}")
+    } else {
+        format!(
+            "{:02}.{:0w$}",
+            sec / scale,
+            sec % scale,
+            w = usize::from(places)
+        )
+    };
+    Some((deg, min, text))
+}
+
+/// Degrees and decimal minutes of `|v|` at `places` decimals: `(degrees, minutes text)`
+/// (minutes zero-padded to 2 integer digits).
+fn deg_min(v: f64, places: u8) -> Option<(u64, String)> {
+    let scale = 10u64.checked_pow(u32::from(places))?;
+    let units: u64 = format!("{:.0}", v.abs() * 60.0 * 10f64.powi(i32::from(places)))
+        .parse()
+        .ok()?;
+    let deg = units / (60 * scale);
+    let min = units % (60 * scale);
+    Some((
+        deg,
+        format!(
+            "{:02}.{:0w$}",
+            min / scale,
+            min % scale,
+            w = usize::from(places)
+        ),
+    ))
+}
+
+/// The binary numeric forms of a GPS point planted by [`crate::scan::self_test`]: the f32 pair in both
+/// byte orders, PostgreSQL `numeric(9,6)` and MariaDB `DECIMAL(9,6)` pairs.
+pub(crate) fn numeric_plants(lat: f64, lon: f64) -> Vec<(Encoding, Vec<u8>)> {
+    let mut plants = Vec::new();
+    if let (Some(a), Some(o)) = (f32_of(lat), f32_of(lon)) {
+        plants.push((Encoding::F32Le, [a.to_le_bytes(), o.to_le_bytes()].concat()));
+        plants.push((Encoding::F32Be, [o.to_be_bytes(), a.to_be_bytes()].concat()));
+    }
+    let (na, ia, fa) = round_decimal(lat, 6);
+    let (no, io, fo) = round_decimal(lon, 6);
+    if let (Some(x), Some(y)) = (pg_numeric(na, &ia, &fa), pg_numeric(no, &io, &fo)) {
+        plants.push((Encoding::PgNumeric, [x, y].concat()));
+    }
+    if let (Some(x), Some(y)) = (
+        mariadb_decimal(na, &ia, &fa, 3, 6),
+        mariadb_decimal(no, &io, &fo, 3, 6),
+    ) {
+        plants.push((Encoding::MariadbDecimal, [x, y].concat()));
+    }
+    plants
+}
+
 fn decimal(v: f64, d: Option<u8>) -> String {
     match d {
         Some(d) => format!("{v:.prec$}", prec = usize::from(d)),
@@ -411,10 +858,28 @@ fn decimal(v: f64, d: Option<u8>) -> String {
 /// # Errors
 /// [`Error::Canary`] when the canary yields no needle of at least [`MIN_NEEDLE_LEN`] bytes.
 pub fn needles_for(index: usize, canary: &Canary, out: &mut Vec<Needle>) -> Result<(), Error> {
+    needles_in(index, canary, None, false, out)
+}
+
+/// As [`needles_for`], in the encodings of `only` (`None`: every encoding); with `whole`, a
+/// long encoded form is one needle, not [`WINDOW`]-sized fragments (so it matches only whole,
+/// and a fragment two values share cannot count for both).
+///
+/// # Errors
+/// As [`needles_for`] (a canary whose every needle in these encodings is too short).
+pub fn needles_in(
+    index: usize,
+    canary: &Canary,
+    only: Option<&[Encoding]>,
+    whole: bool,
+    out: &mut Vec<Needle>,
+) -> Result<(), Error> {
     let mut sink = Sink {
         canary: index,
         out,
         added: 0,
+        only,
+        whole,
     };
     match canary.kind {
         CanaryKind::Text | CanaryKind::Transcript => {
@@ -454,6 +919,7 @@ pub fn needles_for(index: usize, canary: &Canary, out: &mut Vec<Needle>) -> Resu
                 sink.text(Form::GeoJson(d), &format!("[{o}, {a}]"));
                 sink.text(Form::JsonObject(d), &format!("\"lat\":{a},\"lon\":{o}"));
             }
+            sink.numeric_forms(lat, lon);
         }
     }
     if sink.added == 0 {

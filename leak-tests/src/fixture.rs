@@ -6,7 +6,7 @@
 //! The scripts are found in `$LEAKLESS_SCRIPTS_DIR`, else in this repository's `scripts/`.
 //! Client tools (`psql`, `pg_dump`, `pg_basebackup`, `pg_restore`, `mariadb`, `mariadb-dump`)
 //! come from `PATH` or `/usr/lib/postgresql/<newest>/bin`. With the `testcontainers` feature,
-//! [`containers`] offers the same servers through Docker.
+//! the `fixture::containers` module (compiled only then) offers the same servers through Docker.
 
 use std::fmt;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -88,8 +88,14 @@ fn run(what: &str, cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, E
 
 /// Starts `scripts/<script> start DIR --owner-pid <this process>` and reads the URL line.
 fn start_script(script: &str, dir: &Path) -> Result<String, Error> {
+    start_script_env(script, dir, &[])
+}
+
+/// [`start_script`] with extra environment variables for the script.
+fn start_script_env(script: &str, dir: &Path, env: &[(&str, &Path)]) -> Result<String, Error> {
     let path = scripts_dir().join(script);
     let mut child = Command::new(&path)
+        .envs(env.iter().copied())
         .arg("start")
         .arg(dir)
         .arg("--owner-pid")
@@ -143,6 +149,14 @@ pub enum DumpFormat {
     Directory,
 }
 
+/// How [`PgServer::start_with`] lays out the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct PgOptions {
+    /// Keep the WAL outside the data directory (`initdb --waldir`): `pg_wal` is then a
+    /// symbolic link, as on servers with a separate WAL disk.
+    pub wal_outside_data: bool,
+}
+
 /// A throwaway PostgreSQL cluster with statement logging on.
 pub struct PgServer {
     dir: PathBuf,
@@ -166,8 +180,22 @@ impl PgServer {
     /// # Errors
     /// [`Error::Fixture`] naming the step that failed.
     pub fn start() -> Result<Self, Error> {
+        Self::start_with(&PgOptions::default())
+    }
+
+    /// [`Self::start`] with `options` (a production-style layout).
+    ///
+    /// # Errors
+    /// [`Error::Fixture`] naming the step that failed.
+    pub fn start_with(options: &PgOptions) -> Result<Self, Error> {
         let dir = temp_dir("leakless-leaktest-pg-")?;
-        let url = start_script("pg-cluster", &dir)?;
+        let wal = dir.join("wal");
+        let env: Vec<(&str, &Path)> = if options.wal_outside_data {
+            vec![("LEAKLESS_PG_WALDIR", wal.as_path())]
+        } else {
+            Vec::new()
+        };
+        let url = start_script_env("pg-cluster", &dir, &env)?;
         let server = Self { dir, url };
         server.sql(
             "postgres",
@@ -205,6 +233,26 @@ impl PgServer {
     #[must_use]
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir().join("pg_wal")
+    }
+
+    /// A new empty folder `name` inside the cluster's folder (outside the data directory),
+    /// owned like the data directory: a location for `CREATE TABLESPACE`. Removed with the
+    /// cluster.
+    ///
+    /// # Errors
+    /// [`Error::Fixture`] when it cannot be made or handed to the server's user.
+    pub fn make_dir(&self, name: &str) -> Result<PathBuf, Error> {
+        let path = self.dir.join(name);
+        std::fs::create_dir(&path).map_err(|e| fixture_err("make_dir", e))?;
+        run(
+            "chown",
+            Command::new("chown")
+                .arg("--reference")
+                .arg(self.data_dir())
+                .arg(&path),
+            None,
+        )?;
+        Ok(path)
     }
 
     /// The server log.

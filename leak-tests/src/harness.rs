@@ -1,15 +1,25 @@
-//! [`LeakCheck`]: scan artifacts channel by channel, see through their encodings (gzip, tar,
-//! PostgreSQL custom and directory dumps, heap and TOAST pages), require the positive controls,
-//! and produce a [`Report`].
+//! [`LeakCheck`]: scan artifacts channel by channel, see through their encodings (compressed
+//! streams and archives nested in any order, see [`crate::containers`]; PostgreSQL custom and
+//! directory dumps, heap and TOAST pages, WAL), follow symbolic links, require the positive
+//! controls, and produce a [`Report`].
 
-use std::collections::BTreeSet;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
+
+use zeroize::Zeroizing;
 
 use crate::Error;
 use crate::canary::CanarySet;
+use crate::containers::{
+    Budget, Charged, Codec, Counting, DEFAULT_DECOMPRESSED_LIMIT, Faults, Latch, MAX_DEPTH,
+    is_dir_dump_member, is_pg_custom_dump, is_tar, is_zip, read_up_to, strip_compression_suffix,
+};
 use crate::pgpage::{WalRecords, sniff_compressed, walk_relation};
 use crate::report::{ChannelReport, Report};
 use crate::scan::{Collector, Scanner};
@@ -21,6 +31,11 @@ use crate::scan::{Collector, Scanner};
 pub struct LeakCheck {
     scanner: Scanner,
     channels: Vec<ChannelReport>,
+    decompressed_limit: u64,
+    /// With [`LeakCheck::cap_leak_findings`]: the cap, and per channel a bit set of the
+    /// canaries found.
+    leak_cap: Option<usize>,
+    found: BTreeMap<String, Vec<u64>>,
 }
 
 impl LeakCheck {
@@ -29,10 +44,37 @@ impl LeakCheck {
     /// # Errors
     /// As [`Scanner::new`].
     pub fn new(canaries: CanarySet) -> Result<Self, Error> {
-        Ok(Self {
-            scanner: Scanner::new(canaries)?,
+        Ok(Self::with_scanner(Scanner::new(canaries)?))
+    }
+
+    /// A check over a scanner built by the caller ([`Scanner::with_options`]).
+    #[must_use]
+    pub fn with_scanner(scanner: Scanner) -> Self {
+        Self {
+            scanner,
             channels: Vec::new(),
-        })
+            decompressed_limit: DEFAULT_DECOMPRESSED_LIMIT,
+            leak_cap: None,
+            found: BTreeMap::new(),
+        }
+    }
+
+    /// Lists at most `cap` (at least 1) leak findings per channel, for very large canary sets
+    /// (a million real values): the rest are counted in
+    /// [`ChannelReport::leaks_not_listed`], and every canary found is kept in a bit set
+    /// ([`Self::found_in`]).
+    pub fn cap_leak_findings(&mut self, cap: usize) {
+        self.leak_cap = Some(cap.max(1));
+    }
+
+    /// With [`Self::cap_leak_findings`]: whether canary `index` (controls too) was found in
+    /// `channel`.
+    #[must_use]
+    pub fn found_in(&self, channel: &str, index: usize) -> bool {
+        self.found
+            .get(channel)
+            .and_then(|bits| bits.get(index / 64))
+            .is_some_and(|w| w & (1u64 << (index % 64)) != 0)
     }
 
     /// The scanner.
@@ -85,14 +127,73 @@ impl LeakCheck {
         self.channel_mut(channel).controls_waived = true;
     }
 
-    /// Records a harness error for `channel` (an artifact that could not be collected).
+    /// Records a harness error for `channel` (an artifact that could not be collected). A
+    /// message that holds canary bytes (a corrupt header or a tool's output can echo data) is
+    /// cut before them.
     pub fn error(&mut self, channel: &str, message: impl Into<String>) {
-        self.channel_mut(channel).errors.push(message.into());
+        let message = self.withhold_canaries(message.into());
+        self.channel_mut(channel).errors.push(message);
+    }
+
+    fn withhold_canaries(&self, message: String) -> String {
+        let mut first: Option<u64> = None;
+        self.scanner.scan_bytes(message.as_bytes(), |h| {
+            first = Some(first.map_or(h.offset, |f| f.min(h.offset)));
+        });
+        let Some(at) = first else {
+            return message;
+        };
+        let mut cut = usize::try_from(at).unwrap_or(0);
+        while cut > 0 && !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!(
+            "{}[rest of the message withheld: it held canary bytes]",
+            message.get(..cut).unwrap_or_default()
+        )
     }
 
     fn record(&mut self, channel: &str, artifact: &str, bytes: u64, collector: &Collector) {
-        let findings = collector.findings(self.scanner.canaries(), channel, artifact);
+        let mut not_listed = 0u64;
+        let findings = match self.leak_cap {
+            None => collector.findings(self.scanner.canaries(), channel, artifact),
+            Some(cap) => {
+                let words = self.scanner.canaries().len().div_ceil(64);
+                let bits = self
+                    .found
+                    .entry(channel.to_owned())
+                    .or_insert_with(|| vec![0; words]);
+                for i in collector.canaries() {
+                    if let Some(w) = bits.get_mut(i / 64) {
+                        *w |= 1u64 << (i % 64);
+                    }
+                }
+                let mut room = cap.saturating_sub(
+                    self.channels
+                        .iter()
+                        .find(|c| c.channel == channel)
+                        .map_or(0, |c| c.leaks.len()),
+                );
+                collector.findings_where(
+                    self.scanner.canaries(),
+                    channel,
+                    artifact,
+                    |_, control| {
+                        if control {
+                            true
+                        } else if room > 0 {
+                            room -= 1;
+                            true
+                        } else {
+                            not_listed += 1;
+                            false
+                        }
+                    },
+                )
+            }
+        };
         let c = self.channel_mut(channel);
+        c.leaks_not_listed += not_listed;
         c.artifacts += 1;
         c.bytes += bytes;
         for f in findings {
@@ -111,7 +212,9 @@ impl LeakCheck {
         self.record(channel, artifact, bytes.len() as u64, &col);
     }
 
-    /// Scans a reader as one artifact, streaming.
+    /// Scans a reader as one artifact, streaming. When the reader fails, what it delivered
+    /// before the failure is still scanned and its findings recorded; the failure is recorded
+    /// as a harness error of the channel too.
     ///
     /// # Errors
     /// The reader's I/O error (also recorded as a harness error of the channel).
@@ -121,28 +224,100 @@ impl LeakCheck {
         artifact: &str,
         reader: impl Read,
     ) -> io::Result<()> {
+        let faults: Faults = Rc::new(RefCell::new(Vec::new()));
+        let latch = Latch {
+            inner: reader,
+            name: artifact.to_owned(),
+            what: "read failed".to_owned(),
+            delivered: 0,
+            input: None,
+            faults: Rc::clone(&faults),
+            failed: false,
+        };
         let mut col = Collector::new();
-        match self.scanner.scan_reader(reader, |h| col.add(h)) {
-            Ok(n) => {
-                self.record(channel, artifact, n, &col);
-                Ok(())
+        let result = self.scanner.scan_reader(latch, |h| col.add(h));
+        let n = result.as_ref().map_or(0, |n| *n);
+        self.record(channel, artifact, n, &col);
+        let mut first = result.err();
+        for f in faults.borrow_mut().drain(..) {
+            if first.is_none() {
+                first = Some(io::Error::other(f.clone()));
             }
-            Err(e) => {
-                self.error(channel, format!("{artifact}: read failed: {e}"));
-                Err(e)
-            }
+            self.error(channel, f);
         }
+        first.map_or(Ok(()), Err)
     }
 
-    /// Scans a file or a folder (recursively), seeing through what it recognises: gzip
-    /// (`[gunzip]`), tar members (`!member`), PostgreSQL custom-format dumps and directory
-    /// dumps (through `pg_restore -f -`, `[pg_restore]`), and relation files under `base/` or
-    /// `global/` (heap and TOAST pages, compressed values decompressed: `[heap-pglz]`,
-    /// `[toast-lz4]`, ...). Errors are recorded in the channel (a harness error), not returned.
+    /// Scans a file or a folder (recursively) and everything it recognises inside, at any
+    /// depth up to [`MAX_DEPTH`]: every artifact (file, archive member, decompressed stream) is
+    /// scanned raw, then sniffed and descended: gzip (`[gunzip]`), zstd (`[zstd]`), xz
+    /// (`[xz]`), bzip2 (`[bunzip2]`), lz4 frames (`[lz4]`), tar and zip members (`!member`),
+    /// PostgreSQL custom-format dumps and directory dumps, also inside archives (through
+    /// `pg_restore -f -`, `[pg_restore]`), relation files under `base/`, `global/` or
+    /// `pg_tblspc/` (heap and TOAST pages, compressed values decompressed: `[heap-pglz]`,
+    /// `[toast-lz4]`, ...) and WAL segments (`[wal-records]`, `[wal-…]`), and MariaDB tablespaces and binary logs
+    /// (compressed pages and events inflated: `[innodb-page-zlib@..]`, `[binlog-zlib@..]`, see
+    /// [`crate::mariadb`]).
+    ///
+    /// Symbolic links inside the tree are followed (files and folders) and listed in the
+    /// channel's [`ChannelReport::links_followed`]; a folder reached again (a loop) is not
+    /// walked twice. A dangling link, a corrupt or truncated stream (whose readable prefix is
+    /// still scanned), nesting deeper than [`MAX_DEPTH`], the decompression limit, and a path
+    /// with nothing readable in it are harness errors of the channel, not returned.
     pub fn scan_path(&mut self, channel: &str, path: &Path) {
-        if path.is_dir() {
+        let before = self.channel_mut(channel).bytes;
+        let mut walk = Walk {
+            dirs: HashSet::new(),
+            files: HashSet::new(),
+            budget: Budget {
+                limit: self.decompressed_limit,
+                used: Rc::new(Cell::new(0)),
+            },
+            faults: Rc::new(RefCell::new(Vec::new())),
+            spool: None,
+            seq: 0,
+        };
+        self.walk_path(&mut walk, channel, path);
+        if self.channel_mut(channel).bytes == before {
+            self.error(
+                channel,
+                format!(
+                    "nothing readable in {} (0 bytes scanned): a clean result would prove nothing",
+                    path.display()
+                ),
+            );
+        }
+        // `walk.spool` (a private 0700 folder of spooled members and dumps) is removed here.
+    }
+
+    /// Sets the bound on decompressed bytes per artifact (default
+    /// [`DEFAULT_DECOMPRESSED_LIMIT`]); see [`Self::scan_path`].
+    pub fn set_decompressed_limit(&mut self, bytes: u64) {
+        self.decompressed_limit = bytes;
+    }
+
+    fn walk_path(&mut self, walk: &mut Walk, channel: &str, path: &Path) {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.error(
+                    channel,
+                    format!("{}: does not exist (was it collected?)", path.display()),
+                );
+                return;
+            }
+            Err(e) => {
+                self.error(channel, format!("{}: cannot stat: {e}", path.display()));
+                return;
+            }
+        };
+        if meta.is_dir() {
+            if !walk.dirs.insert((meta.dev(), meta.ino())) {
+                return;
+            }
             if path.join("toc.dat").is_file() {
-                self.pg_restore(channel, path);
+                let name = format!("{}[pg_restore]", path.display());
+                self.pg_restore(channel, &name, path);
             }
             let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
                 Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
@@ -156,81 +331,283 @@ impl LeakCheck {
                 let is_link = p
                     .symlink_metadata()
                     .is_ok_and(|m| m.file_type().is_symlink());
-                if !is_link {
-                    self.scan_path(channel, &p);
+                if is_link {
+                    self.follow_link(walk, channel, &p);
+                } else {
+                    self.walk_path(walk, channel, &p);
                 }
             }
             return;
         }
-        if !path.is_file() {
-            if !path.exists() {
-                self.error(
-                    channel,
-                    format!("{}: does not exist (was it collected?)", path.display()),
-                );
-            }
+        if !meta.is_file() {
+            // Sockets, FIFOs and devices hold no stored bytes.
             return;
         }
+        if !walk.files.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        walk.budget.used.set(0);
         let name = path.display().to_string();
-        let open = |p: &Path| File::open(p).map(|f| BufReader::with_capacity(1 << 16, f));
-        let head = match sniff(path) {
-            Ok(h) => h,
+        let src = Rc::new(Source::File(path.to_path_buf()));
+        self.scan_node(walk, channel, &name, path, &src, 0);
+    }
+
+    fn follow_link(&mut self, walk: &mut Walk, channel: &str, link: &Path) {
+        let target = std::fs::read_link(link)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".to_owned());
+        let meta = match std::fs::metadata(link) {
+            Ok(m) => m,
             Err(e) => {
-                self.error(channel, format!("{name}: cannot read: {e}"));
+                self.error(
+                    channel,
+                    format!(
+                        "{}: dangling symbolic link to {target} ({e}): what it pointed to was not scanned",
+                        link.display()
+                    ),
+                );
                 return;
             }
         };
-        match open(path) {
-            Ok(f) => {
-                let _ = self.scan_reader(channel, &name, f);
-            }
-            Err(e) => {
-                self.error(channel, format!("{name}: cannot open: {e}"));
-                return;
-            }
+        let resolved = std::fs::canonicalize(link)
+            .map(|p| p.display().to_string())
+            .unwrap_or(target);
+        let key = (meta.dev(), meta.ino());
+        let seen = if meta.is_dir() {
+            walk.dirs.contains(&key)
+        } else {
+            walk.files.contains(&key)
+        };
+        let line = if seen {
+            format!(
+                "{} -> {resolved} (already scanned through another path: not walked again)",
+                link.display()
+            )
+        } else {
+            format!("{} -> {resolved}", link.display())
+        };
+        self.channel_mut(channel).links_followed.push(line);
+        if !seen {
+            self.walk_path(walk, channel, link);
         }
-        if head.starts_with(&[0x1f, 0x8b]) {
-            if let Ok(f) = open(path) {
-                let gz = flate2::read::MultiGzDecoder::new(f);
-                let _ = self.scan_reader(channel, &format!("{name}[gunzip]"), gz);
+    }
+
+    /// Scans one artifact raw, then descends into what its first bytes (or its path) say it
+    /// holds.
+    fn scan_node(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        name: &str,
+        logical: &Path,
+        src: &Rc<Source>,
+        depth: u32,
+    ) {
+        let Some(mut reader) = self.open_source(walk, channel, name, src) else {
+            return;
+        };
+        let mut head = vec![0u8; 512];
+        let n = read_up_to(&mut reader, &mut head).unwrap_or(0);
+        head.truncate(n);
+        self.scan_stream(walk, channel, name, io::Cursor::new(&head).chain(reader));
+        let too_deep = |s: &mut Self| {
+            s.error(
+                channel,
+                format!("{name}: containers nested deeper than {MAX_DEPTH} levels: not descended"),
+            );
+        };
+        if let Some(codec) = Codec::sniff(&head) {
+            if depth >= MAX_DEPTH {
+                too_deep(self);
+            } else {
+                let child_name = format!("{name}[{}]", codec.view());
+                let child = Rc::new(Source::Decoded {
+                    codec,
+                    parent: Rc::clone(src),
+                    name: child_name.clone(),
+                });
+                let logical = strip_compression_suffix(logical);
+                self.scan_node(walk, channel, &child_name, &logical, &child, depth + 1);
             }
-            if let Ok(f) = open(path) {
-                let mut inner = [0u8; 512];
-                let mut gz = flate2::read::MultiGzDecoder::new(f);
-                if read_up_to(&mut gz, &mut inner).is_ok_and(|n| n >= 262 && is_tar(&inner))
-                    && let Ok(f) = open(path)
-                {
-                    self.tar_members(
-                        channel,
-                        &format!("{name}[gunzip]"),
-                        flate2::read::MultiGzDecoder::new(f),
-                    );
+        } else if is_tar(&head) || is_zip(&head) {
+            if depth >= MAX_DEPTH {
+                too_deep(self);
+            } else if is_tar(&head) {
+                self.tar_members(walk, channel, name, src, depth);
+            } else {
+                self.zip_members(walk, channel, name, src, depth);
+            }
+        } else if is_pg_custom_dump(&head) && logical.file_name().is_none_or(|n| n != "toc.dat") {
+            let restore = format!("{name}[pg_restore]");
+            if let Some((path, spooled)) = self.materialize(walk, channel, name, src) {
+                self.pg_restore(channel, &restore, &path);
+                if spooled {
+                    let _ = std::fs::remove_file(&path);
                 }
             }
-        } else if is_tar(&head) {
-            if let Ok(f) = open(path) {
-                self.tar_members(channel, &name, f);
-            }
-        } else if head.starts_with(b"PGDMP") && path.file_name().is_none_or(|n| n != "toc.dat") {
-            self.pg_restore(channel, path);
         }
-        if is_relation_path(path)
-            && let Ok(f) = open(path)
+        if is_relation_path(logical)
+            && let Some(r) = self.open_source(walk, channel, name, src)
         {
-            self.relation(channel, &name, f);
+            self.relation(channel, name, r);
+            self.drain_faults(walk, channel);
         }
-        if is_wal_path(path) {
-            if let Ok(f) = open(path) {
-                let _ =
-                    self.scan_reader(channel, &format!("{name}[wal-records]"), WalRecords::new(f));
+        if is_wal_path(logical) {
+            if let Some(r) = self.open_source(walk, channel, name, src) {
+                self.scan_stream(
+                    walk,
+                    channel,
+                    &format!("{name}[wal-records]"),
+                    WalRecords::new(r),
+                );
             }
-            if let Ok(f) = open(path) {
-                self.wal_compressed(channel, &name, f);
+            if let Some(r) = self.open_source(walk, channel, name, src) {
+                self.wal_compressed(channel, name, r);
+                self.drain_faults(walk, channel);
+            }
+        }
+        if crate::mariadb::is_innodb_path(logical)
+            && let Some(r) = self.open_source(walk, channel, name, src)
+        {
+            self.mariadb_views(channel, name, |emit| {
+                crate::mariadb::walk_tablespace(r, emit)
+            });
+            self.drain_faults(walk, channel);
+        }
+        if head.starts_with(crate::mariadb::BINLOG_MAGIC)
+            && let Some(r) = self.open_source(walk, channel, name, src)
+        {
+            self.mariadb_views(channel, name, |emit| crate::mariadb::walk_binlog(r, emit));
+            self.drain_faults(walk, channel);
+        }
+    }
+
+    /// Scans the decoded views of a MariaDB tablespace or binary log; what cannot be decoded
+    /// is a harness error.
+    fn mariadb_views(
+        &mut self,
+        channel: &str,
+        name: &str,
+        walk: impl FnOnce(&mut dyn FnMut(crate::mariadb::Decoded)) -> io::Result<Vec<String>>,
+    ) {
+        let mut views = Vec::new();
+        let scanner = &self.scanner;
+        let result = walk(&mut |d| {
+            let mut col = Collector::new();
+            scanner.scan_bytes(&d.bytes, |h| col.add(h));
+            views.push((
+                format!("{name}[{}@{}]", d.view, d.offset),
+                d.bytes.len(),
+                col,
+            ));
+        });
+        match result {
+            Ok(problems) => {
+                for p in problems {
+                    self.error(channel, format!("{name}: cannot decode: {p}"));
+                }
+            }
+            Err(e) => self.error(channel, format!("{name}: cannot decode: read failed: {e}")),
+        }
+        for (artifact, len, col) in views {
+            self.record(channel, &artifact, len as u64, &col);
+        }
+    }
+
+    fn open_source(
+        &mut self,
+        walk: &Walk,
+        channel: &str,
+        name: &str,
+        src: &Source,
+    ) -> Option<Box<dyn Read>> {
+        match src.open(walk) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.error(channel, format!("{name}: cannot open: {e}"));
+                None
             }
         }
     }
 
-    fn tar_members(&mut self, channel: &str, outer: &str, reader: impl Read) {
+    /// Scans a stream as one artifact; a read error ends it (what was read still counts) and
+    /// is recorded with the faults met below it.
+    fn scan_stream(&mut self, walk: &Walk, channel: &str, artifact: &str, reader: impl Read) {
+        let latch = Latch {
+            inner: reader,
+            name: artifact.to_owned(),
+            what: "read failed".to_owned(),
+            delivered: 0,
+            input: None,
+            faults: Rc::clone(&walk.faults),
+            failed: false,
+        };
+        let mut col = Collector::new();
+        let n = self
+            .scanner
+            .scan_reader(latch, |h| col.add(h))
+            .unwrap_or_default();
+        self.record(channel, artifact, n, &col);
+        self.drain_faults(walk, channel);
+    }
+
+    fn drain_faults(&mut self, walk: &Walk, channel: &str) {
+        let faults: Vec<String> = walk.faults.borrow_mut().drain(..).collect();
+        for f in faults {
+            let f = self.withhold_canaries(f);
+            let c = self.channel_mut(channel);
+            if !c.errors.contains(&f) {
+                c.errors.push(f);
+            }
+        }
+    }
+
+    /// A file path holding `src`'s bytes: the file itself, or a copy spooled into the walk's
+    /// private folder (`true`: remove it when done).
+    fn materialize(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        name: &str,
+        src: &Source,
+    ) -> Option<(PathBuf, bool)> {
+        if let Source::File(p) = src {
+            return Some((p.clone(), false));
+        }
+        let reader = self.open_source(walk, channel, name, src)?;
+        let path = match walk.spool_path("artifact") {
+            Ok(p) => p,
+            Err(e) => {
+                self.error(
+                    channel,
+                    format!("{name}: cannot make a private spool folder: {e}"),
+                );
+                return None;
+            }
+        };
+        if let Err(e) = spool_to(&path, reader) {
+            self.error(
+                channel,
+                format!("{name}: cannot spool to {}: {e}", path.display()),
+            );
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        self.drain_faults(walk, channel);
+        Some((path, true))
+    }
+
+    fn tar_members(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        outer: &str,
+        src: &Rc<Source>,
+        depth: u32,
+    ) {
+        let Some(reader) = self.open_source(walk, channel, outer, src) else {
+            return;
+        };
         let mut archive = tar::Archive::new(reader);
         let entries = match archive.entries() {
             Ok(e) => e,
@@ -239,27 +616,272 @@ impl LeakCheck {
                 return;
             }
         };
+        let mut dumps = BTreeMap::new();
         for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
                     self.error(channel, format!("{outer}: bad tar member: {e}"));
-                    return;
+                    break;
                 }
             };
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind.is_gnu_sparse()) {
+                continue;
+            }
             let member = entry
                 .path()
                 .map(|p| p.to_path_buf())
                 .unwrap_or_else(|_| PathBuf::from("?"));
-            // Member contents are scanned inside the outer stream already; here only the
-            // relation files get their heap/TOAST view.
-            if is_relation_path(&member) {
-                self.relation(channel, &format!("{outer}!{}", member.display()), entry);
-            } else if is_wal_path(&member) {
-                // One pass: decompressed values only (the record view needs a second read).
-                self.wal_compressed(channel, &format!("{outer}!{}", member.display()), entry);
+            let name = format!("{outer}!{}", member.display());
+            self.member(walk, channel, &name, &member, entry, depth + 1, &mut dumps);
+        }
+        self.drain_faults(walk, channel);
+        self.restore_dir_dumps(walk, channel, outer, dumps);
+    }
+
+    fn zip_members(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        outer: &str,
+        src: &Rc<Source>,
+        depth: u32,
+    ) {
+        let result = match &**src {
+            Source::Memory(bytes) => {
+                zip::ZipArchive::new(io::Cursor::new(Shared(Rc::clone(bytes))))
+                    .map(|a| self.zip_walk(walk, channel, outer, a, depth))
+            }
+            _ => {
+                let Some((path, spooled)) = self.materialize(walk, channel, outer, src) else {
+                    return;
+                };
+                let r = match File::open(&path) {
+                    Ok(f) => zip::ZipArchive::new(BufReader::new(f))
+                        .map(|a| self.zip_walk(walk, channel, outer, a, depth)),
+                    Err(e) => Err(zip::result::ZipError::Io(e)),
+                };
+                if spooled {
+                    let _ = std::fs::remove_file(&path);
+                }
+                r
+            }
+        };
+        if let Err(e) = result {
+            // A truncated zip has no central directory: read the members from their local
+            // headers, as far as they go.
+            self.error(
+                channel,
+                format!(
+                    "{outer}: no readable zip central directory ({e}): members read from their \
+                     local headers, as far as they go"
+                ),
+            );
+            self.zip_stream(walk, channel, outer, src, depth);
+        }
+    }
+
+    fn zip_stream(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        outer: &str,
+        src: &Rc<Source>,
+        depth: u32,
+    ) {
+        let Some(mut reader) = self.open_source(walk, channel, outer, src) else {
+            return;
+        };
+        let mut dumps = BTreeMap::new();
+        loop {
+            match zip::read::read_zipfile_from_stream(&mut reader) {
+                Ok(Some(file)) => {
+                    if !file.is_file() {
+                        continue;
+                    }
+                    let member =
+                        PathBuf::from(file.name().map_or_else(|_| "?".into(), |n| n.into_owned()));
+                    self.zip_member(walk, channel, outer, &member, file, depth, &mut dumps);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.error(
+                        channel,
+                        format!("{outer}: zip local header unreadable: {e}"),
+                    );
+                    break;
+                }
             }
         }
+        self.restore_dir_dumps(walk, channel, outer, dumps);
+    }
+
+    fn zip_walk<R: Read + io::Seek>(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        outer: &str,
+        mut archive: zip::ZipArchive<R>,
+        depth: u32,
+    ) {
+        let mut dumps = BTreeMap::new();
+        for i in 0..archive.len() {
+            let file = match archive.by_index(i) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.error(channel, format!("{outer}: zip member #{i} unreadable: {e}"));
+                    continue;
+                }
+            };
+            if !file.is_file() {
+                continue;
+            }
+            let member = PathBuf::from(file.name().map_or_else(|_| "?".into(), |n| n.into_owned()));
+            self.zip_member(walk, channel, outer, &member, file, depth, &mut dumps);
+        }
+        self.restore_dir_dumps(walk, channel, outer, dumps);
+    }
+
+    /// One zip member (from the central directory or from a local header), charged to the
+    /// decompression budget.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the walk state, the channel and the member's place"
+    )]
+    fn zip_member(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        outer: &str,
+        member: &Path,
+        file: impl Read,
+        depth: u32,
+        dumps: &mut BTreeMap<PathBuf, PathBuf>,
+    ) {
+        let name = format!("{outer}!{}", member.display());
+        let charged = Charged {
+            inner: file,
+            budget: walk.budget.clone(),
+        };
+        self.member(walk, channel, &name, member, charged, depth + 1, dumps);
+    }
+
+    /// One archive member: streamed once when it holds nothing to descend into, otherwise
+    /// kept (in memory up to [`MEMORY_SPOOL`], else in the private spool folder) and scanned
+    /// as a node. Directory-dump members are gathered per folder for `pg_restore`.
+    #[allow(clippy::too_many_arguments, reason = "one walk step, private")]
+    fn member(
+        &mut self,
+        walk: &mut Walk,
+        channel: &str,
+        name: &str,
+        member: &Path,
+        reader: impl Read,
+        depth: u32,
+        dumps: &mut BTreeMap<PathBuf, PathBuf>,
+    ) {
+        let mut reader = Latch {
+            inner: reader,
+            name: name.to_owned(),
+            what: "read failed".to_owned(),
+            delivered: 0,
+            input: None,
+            faults: Rc::clone(&walk.faults),
+            failed: false,
+        };
+        if depth > MAX_DEPTH {
+            self.error(
+                channel,
+                format!("{name}: containers nested deeper than {MAX_DEPTH} levels: not descended"),
+            );
+            return;
+        }
+        let mut head = vec![0u8; 512];
+        let n = read_up_to(&mut reader, &mut head).unwrap_or(0);
+        head.truncate(n);
+        let rest = io::Cursor::new(head.clone()).chain(reader);
+        if is_dir_dump_member(member) {
+            let parent = member.parent().map(Path::to_path_buf).unwrap_or_default();
+            let dir = match dumps.get(&parent) {
+                Some(d) => Ok(PathBuf::clone(d)),
+                None => walk.spool_path("dump").and_then(|d| {
+                    std::fs::create_dir(&d)?;
+                    dumps.insert(parent, d.clone());
+                    Ok(d)
+                }),
+            };
+            let file = member.file_name().map(PathBuf::from).unwrap_or_default();
+            let path = match dir {
+                Ok(d) => d.join(file),
+                Err(e) => {
+                    self.error(channel, format!("{name}: cannot spool: {e}"));
+                    return;
+                }
+            };
+            if let Err(e) = spool_to(&path, rest) {
+                self.error(channel, format!("{name}: cannot spool: {e}"));
+                return;
+            }
+            let src = Rc::new(Source::File(path));
+            self.scan_node(walk, channel, name, member, &src, depth);
+            return;
+        }
+        let descend = Codec::sniff(&head).is_some()
+            || is_tar(&head)
+            || is_zip(&head)
+            || is_pg_custom_dump(&head)
+            || is_relation_path(member)
+            || is_wal_path(member)
+            || crate::mariadb::is_innodb_path(member)
+            || head.starts_with(crate::mariadb::BINLOG_MAGIC);
+        if !descend {
+            self.scan_stream(walk, channel, name, rest);
+            return;
+        }
+        // Kept in memory when small; the size in the member's header is not trusted.
+        let mut bytes = Zeroizing::new(Vec::new());
+        let mut rest = rest;
+        if let Err(e) = (&mut rest).take(MEMORY_SPOOL + 1).read_to_end(&mut bytes) {
+            self.error(channel, format!("{name}: read failed: {e}"));
+        }
+        if bytes.len() as u64 <= MEMORY_SPOOL {
+            let src = Rc::new(Source::Memory(Rc::new(bytes)));
+            self.scan_node(walk, channel, name, member, &src, depth);
+            return;
+        }
+        let path = match walk.spool_path("member") {
+            Ok(p) => p,
+            Err(e) => {
+                self.error(channel, format!("{name}: cannot spool: {e}"));
+                return;
+            }
+        };
+        if let Err(e) = spool_to(&path, io::Cursor::new(bytes.as_slice()).chain(rest)) {
+            self.error(channel, format!("{name}: cannot spool: {e}"));
+        } else {
+            drop(bytes);
+            let src = Rc::new(Source::File(path.clone()));
+            self.scan_node(walk, channel, name, member, &src, depth);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    fn restore_dir_dumps(
+        &mut self,
+        walk: &Walk,
+        channel: &str,
+        outer: &str,
+        dumps: BTreeMap<PathBuf, PathBuf>,
+    ) {
+        for (parent, dir) in dumps {
+            if dir.join("toc.dat").is_file() {
+                let name = format!("{outer}!{}[pg_restore]", parent.display());
+                self.pg_restore(channel, &name, &dir);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        self.drain_faults(walk, channel);
     }
 
     fn relation(&mut self, channel: &str, name: &str, reader: impl Read) {
@@ -302,8 +924,7 @@ impl LeakCheck {
         }
     }
 
-    fn pg_restore(&mut self, channel: &str, dump: &Path) {
-        let name = format!("{}[pg_restore]", dump.display());
+    fn pg_restore(&mut self, channel: &str, name: &str, dump: &Path) {
         let child = Command::new(crate::fixture::pg_tool("pg_restore"))
             .arg("-f")
             .arg("-")
@@ -320,7 +941,7 @@ impl LeakCheck {
             }
         };
         if let Some(out) = child.stdout.take() {
-            let _ = self.scan_reader(channel, &name, out);
+            let _ = self.scan_reader(channel, name, out);
         }
         match child.wait_with_output() {
             Ok(o) if o.status.success() => {}
@@ -363,32 +984,6 @@ impl LeakCheck {
     }
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let Some(space) = buf.get_mut(n..) else {
-            break;
-        };
-        match r.read(space)? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-fn sniff(path: &Path) -> io::Result<Vec<u8>> {
-    let mut f = File::open(path)?;
-    let mut head = vec![0u8; 512];
-    let n = read_up_to(&mut f, &mut head)?;
-    head.truncate(n);
-    Ok(head)
-}
-
-fn is_tar(head: &[u8]) -> bool {
-    head.get(257..262) == Some(b"ustar".as_slice())
-}
-
 /// A PostgreSQL relation file: `base/<db>/<relfilenode>[.<segment>]` or
 /// `global/<relfilenode>` (also `_fsm`/`_vm` forks are skipped: they hold no tuples).
 fn is_relation_path(path: &Path) -> bool {
@@ -413,4 +1008,111 @@ fn is_wal_path(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Archive members up to this size that must be read more than once are kept in memory
+/// (zeroized when dropped); larger ones are spooled to the walk's private folder.
+const MEMORY_SPOOL: u64 = 64 << 20;
+
+/// The state of one [`LeakCheck::scan_path`] walk.
+struct Walk {
+    /// Folders walked, by (device, inode): a link back into the tree is not walked again.
+    dirs: HashSet<(u64, u64)>,
+    /// Files scanned, by (device, inode).
+    files: HashSet<(u64, u64)>,
+    /// The decompressed bytes allowed for the current artifact.
+    budget: Budget,
+    /// Read faults not yet recorded.
+    faults: Faults,
+    /// The private (0700) folder for spooled members and dumps, made on first use and removed
+    /// with the walk.
+    spool: Option<tempfile::TempDir>,
+    seq: u64,
+}
+
+impl Walk {
+    /// A fresh path inside the private spool folder.
+    fn spool_path(&mut self, kind: &str) -> io::Result<PathBuf> {
+        let dir = match &self.spool {
+            Some(d) => d.path().to_path_buf(),
+            None => {
+                let d = tempfile::Builder::new()
+                    .prefix("leakless-leakcheck-spool-")
+                    .tempdir()?;
+                std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700))?;
+                let p = d.path().to_path_buf();
+                self.spool = Some(d);
+                p
+            }
+        };
+        self.seq += 1;
+        Ok(dir.join(format!("{kind}-{}", self.seq)))
+    }
+}
+
+/// Where an artifact's bytes come from; it can be opened again for each view.
+enum Source {
+    /// A file on disk.
+    File(PathBuf),
+    /// An archive member kept in memory.
+    Memory(Rc<Zeroizing<Vec<u8>>>),
+    /// The decompression of another source.
+    Decoded {
+        codec: Codec,
+        parent: Rc<Source>,
+        name: String,
+    },
+}
+
+impl Source {
+    /// A fresh reader from the start; decoder errors end the stream and land in the walk's
+    /// faults.
+    fn open(&self, walk: &Walk) -> io::Result<Box<dyn Read>> {
+        Ok(match self {
+            Source::File(p) => Box::new(BufReader::with_capacity(1 << 16, File::open(p)?)),
+            Source::Memory(bytes) => Box::new(io::Cursor::new(Shared(Rc::clone(bytes)))),
+            Source::Decoded {
+                codec,
+                parent,
+                name,
+            } => {
+                let count = Rc::new(Cell::new(0));
+                let input = Counting {
+                    inner: parent.open(walk)?,
+                    count: Rc::clone(&count),
+                };
+                Box::new(Latch {
+                    inner: Charged {
+                        inner: codec.decoder(Box::new(input)),
+                        budget: walk.budget.clone(),
+                    },
+                    name: name.clone(),
+                    what: format!("corrupt or truncated {} stream", codec.view()),
+                    delivered: 0,
+                    input: Some(count),
+                    faults: Rc::clone(&walk.faults),
+                    failed: false,
+                })
+            }
+        })
+    }
+}
+
+/// Shared in-memory bytes, readable through a cursor.
+struct Shared(Rc<Zeroizing<Vec<u8>>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// Copies `reader` into a new private (0600) file at `path`.
+fn spool_to(path: &Path, mut reader: impl Read) -> io::Result<u64> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    io::copy(&mut reader, &mut f)
 }

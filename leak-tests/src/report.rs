@@ -63,8 +63,14 @@ pub struct ChannelReport {
     pub control_findings: Vec<Finding>,
     /// Findings of real canaries: leaks.
     pub leaks: Vec<Finding>,
+    /// Leak findings counted but not listed in `leaks` (a check with a cap on listed
+    /// findings, `LeakCheck::cap_leak_findings`).
+    pub leaks_not_listed: u64,
     /// Harness errors (an artifact that could not be collected or read).
     pub errors: Vec<String>,
+    /// Symbolic links followed while walking a folder, as `link -> target` (information, not a
+    /// finding).
+    pub links_followed: Vec<String>,
     /// Whether the caller waived positive controls for this channel (the CLI's
     /// `--no-controls`, relying on its built-in self-test instead).
     pub controls_waived: bool,
@@ -72,12 +78,13 @@ pub struct ChannelReport {
 
 impl ChannelReport {
     /// The channel's status. A channel with no expected control is `DetectorBroken`: its clean
-    /// result would prove nothing.
+    /// result would prove nothing; one where nothing was scanned (0 bytes) is a
+    /// `HarnessError`.
     #[must_use]
     pub fn status(&self) -> Status {
-        if !self.leaks.is_empty() {
+        if !self.leaks.is_empty() || self.leaks_not_listed > 0 {
             Status::Leak
-        } else if !self.errors.is_empty() {
+        } else if !self.errors.is_empty() || self.bytes == 0 {
             Status::HarnessError
         } else if (self.controls_expected.is_empty() && !self.controls_waived)
             || !self.controls_missed.is_empty()
@@ -113,14 +120,21 @@ struct JsonReport<'a> {
 
 impl Report {
     /// The worst status of any channel (`Leak` over harness errors over `DetectorBroken`);
-    /// `HarnessError` when no channel was scanned at all.
+    /// `HarnessError` when no channel was scanned at all, or when there was no canary to
+    /// search for (only controls): such a run proves nothing.
     #[must_use]
     pub fn status(&self) -> Status {
-        self.channels
+        let worst = self
+            .channels
             .iter()
             .map(ChannelReport::status)
             .max()
-            .unwrap_or(Status::HarnessError)
+            .unwrap_or(Status::HarnessError);
+        if self.canaries == 0 {
+            worst.max(Status::HarnessError)
+        } else {
+            worst
+        }
     }
 
     /// The exit code of [`Self::status`].
@@ -182,10 +196,22 @@ impl Report {
         }
         for c in &self.channels {
             for f in &c.leaks {
+                let layers = match f.layers {
+                    0 => String::new(),
+                    1 => " after 1 unescaping layer".to_owned(),
+                    n => format!(" after {n} unescaping layers"),
+                };
                 let _ = writeln!(
                     s,
-                    "  LEAK {} in {} at offset {}: canary {} (marker {}) as {} ({})",
+                    "  LEAK {} in {} at offset {}: canary {} (marker {}) as {}{layers} ({})",
                     f.channel, f.artifact, f.offset, f.canary_id, f.marker, f.encoding, f.form
+                );
+            }
+            if c.leaks_not_listed > 0 {
+                let _ = writeln!(
+                    s,
+                    "  LEAK {}: {} more findings not listed",
+                    c.channel, c.leaks_not_listed
                 );
             }
             for m in &c.controls_missed {
@@ -205,6 +231,25 @@ impl Report {
             for e in &c.errors {
                 let _ = writeln!(s, "  HARNESS ERROR {}: {e}", c.channel);
             }
+            if c.bytes == 0 && c.errors.is_empty() && c.leaks.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "  HARNESS ERROR {}: nothing was scanned (0 bytes), a clean result proves nothing",
+                    c.channel
+                );
+            }
+            for l in &c.links_followed {
+                let _ = writeln!(s, "  info {}: followed symbolic link {l}", c.channel);
+            }
+        }
+        if self.channels.is_empty() {
+            let _ = writeln!(s, "  HARNESS ERROR: no channel was scanned");
+        }
+        if self.canaries == 0 {
+            let _ = writeln!(
+                s,
+                "  HARNESS ERROR: no canary to search for (only controls), a clean result proves nothing"
+            );
         }
         let _ = writeln!(
             s,

@@ -34,6 +34,7 @@ fn help_texts_match_the_snapshots() {
         ("help", vec!["--help"]),
         ("scan_help", vec!["scan", "--help"]),
         ("canaries_help", vec!["canaries", "--help"]),
+        ("residue_help", vec!["residue", "--help"]),
     ] {
         let out = cli(&args, dir.path());
         assert!(out.status.success());
@@ -126,4 +127,188 @@ fn exit_codes_follow_the_verdict() {
     assert!(text(&out.stderr).contains("bad.json") || text(&out.stderr).contains("canary"));
     let out = cli(&["scan"], d);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_run_without_canaries_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.sql"), "some data").unwrap();
+    // An empty canary list: exit 2 even with --no-controls.
+    std::fs::write(d.join("empty.json"), r#"{"canaries": []}"#).unwrap();
+    let out = cli(&["scan", "-c", "empty.json", "--no-controls", "a.sql"], d);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("no canary to search for"));
+    // Only a control, no real canary: also refused (finding the control proves the detector,
+    // not the absence of leaks).
+    std::fs::write(
+        d.join("controls.json"),
+        r#"{"canaries": [{"id": "control#0", "marker": "LKQ7M2X9PA", "kind": "text",
+            "value": "Control value LKQ7M2X9PA, 1 Leaky Lane", "control": true}]}"#,
+    )
+    .unwrap();
+    let out = cli(&["scan", "-c", "controls.json", "a.sql"], d);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no canary to search for"));
+}
+
+#[test]
+fn a_label_that_holds_the_value_is_refused_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let value = "12 Quarry Lane, Exampleton EX1 4QT";
+    for (label, file) in [
+        // The marker is the whole value.
+        (
+            format!(r#""id": "t.a#0", "marker": "{value}", "kind": "text", "value": "{value}""#),
+            "same.json",
+        ),
+        // The marker is most of the value.
+        (
+            format!(
+                r#""id": "t.a#0", "marker": "Quarry Lane, Exampleton", "kind": "text", "value": "{value}""#
+            ),
+            "most.json",
+        ),
+        // A GPS label holding the coordinates.
+        (
+            r#""id": "t.gps#0", "marker": "at 51.507412,-0.127812", "kind": "gps", "value": {"lat": 51.507412, "lon": -0.127812}"#.to_owned(),
+            "gps.json",
+        ),
+        // An id holding the value.
+        (
+            format!(r#""id": "{value}", "marker": "LKQ7M2X9PA", "kind": "text", "value": "LKQ7M2X9PA {value}""#),
+            "id.json",
+        ),
+    ] {
+        std::fs::write(d.join(file), format!(r#"{{"canaries": [{{{label}}}]}}"#)).unwrap();
+        let out = cli(&["scan", "-c", file, "--no-controls", "."], d);
+        assert_eq!(out.status.code(), Some(2), "{file}: {}", text(&out.stdout));
+        let all = text(&out.stdout) + &text(&out.stderr);
+        assert!(all.contains("would show the value"), "{file}: {all}");
+        assert!(!all.contains("Quarry Lane"), "{file}: {all}");
+        assert!(!all.contains("51.5074"), "{file}: {all}");
+    }
+    // The positive control of this rule: a short random marker inside a longer value passes.
+    std::fs::write(
+        d.join("ok.json"),
+        format!(
+            r#"{{"canaries": [{{"id": "t.a#0", "marker": "LKQ7M2X9PA", "kind": "text", "value": "LKQ7M2X9PA {value}"}}]}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("data.txt"), "nothing sensitive").unwrap();
+    let out = cli(&["scan", "-c", "ok.json", "--no-controls", "data.txt"], d);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
+fn no_controls_never_turns_nothing_or_a_nested_leak_into_clean() {
+    use leakless_leaktest::Canary;
+    use std::io::Write as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let value = "Canary LKCLI9Z, 4 Nested Row, Tarville";
+    let mut set = CanarySet::new();
+    set.push(Canary::text("addr", "LKCLI9Z", value).unwrap())
+        .unwrap();
+    std::fs::write(d.join("canaries.json"), set.to_json().unwrap().as_bytes()).unwrap();
+
+    // Positive control: a readable folder without canaries is clean under --no-controls.
+    std::fs::create_dir(d.join("logs")).unwrap();
+    std::fs::write(d.join("logs/app.log"), "nothing sensitive here\n").unwrap();
+    let out = cli(&["scan", "-c", "canaries.json", "--no-controls", "logs"], d);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // An empty folder: nothing readable, exit 2.
+    std::fs::create_dir(d.join("empty")).unwrap();
+    let out = cli(
+        &["scan", "-c", "canaries.json", "--no-controls", "empty"],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("nothing readable in empty"));
+
+    // A tar holding a .sql.gz: the leak inside is found, exit 1.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(format!("INSERT INTO t VALUES ('{value}');\n").as_bytes())
+        .unwrap();
+    let gz = gz.finish().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(gz.len() as u64);
+    h.set_mode(0o600);
+    h.set_cksum();
+    b.append_data(&mut h, "db.sql.gz", gz.as_slice()).unwrap();
+    std::fs::write(d.join("backup.tar"), b.into_inner().unwrap()).unwrap();
+    let out = cli(
+        &["scan", "-c", "canaries.json", "--no-controls", "backup.tar"],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("backup.tar!db.sql.gz[gunzip]"));
+    assert!(!text(&out.stdout).contains(value));
+}
+
+#[test]
+fn residue_reports_old_values_by_row_id_with_exit_1_and_prints_no_value() {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("legacy.db");
+    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    let values: Vec<String> = (1..=5)
+        .map(|n| format!("{n} Residue Road, Flat {n}{n}{n}, Oldtown"))
+        .collect();
+    let mut sql = String::from(
+        "PRAGMA secure_delete=OFF; CREATE TABLE customers (id INTEGER PRIMARY KEY, address TEXT);",
+    );
+    for (i, v) in values.iter().enumerate() {
+        sql.push_str(&format!("INSERT INTO customers VALUES ({}, '{v}');", i + 1));
+    }
+    conn.batch_execute(&sql).unwrap();
+    drop(conn);
+    let url = format!("sqlite://{}", db.display());
+    let args = [
+        "residue",
+        "--database-url",
+        url.as_str(),
+        "--column",
+        "customers.address",
+        "--json",
+    ];
+    let mut with_path = args.to_vec();
+    let chan = format!("file={}", db.display());
+    with_path.push(&chan);
+    let out = cli(&with_path, dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // The harness's own control was found in the channel.
+    assert_eq!(
+        json["report"]["channels"][0]["controls_missed"],
+        serde_json::json!([])
+    );
+    let found = &json["channels"][0]["columns"][0];
+    assert_eq!(found["column"], "customers.address");
+    assert_eq!(found["rows"], 5);
+    assert!(found["row_ids"].as_array().unwrap().contains(&"3".into()));
+    for v in &values {
+        assert!(!stdout.contains(v.as_str()));
+    }
+    // A bad column spec is a harness error (exit 2) that names the spec.
+    let out = cli(
+        &[
+            "residue",
+            "--database-url",
+            &url,
+            "--column",
+            "customers",
+            &chan,
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("customers"));
 }

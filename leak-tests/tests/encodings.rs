@@ -120,7 +120,7 @@ fn assert_found(scanner: &Scanner, canary: &str, encoding: Encoding, payload: &[
         .iter()
         .position(|c| c.id == canary)
         .unwrap();
-    for prefix in [0, 1, 2, 1001] {
+    for prefix in [0, 1, 2, 3, 1001] {
         let hay = planted(payload, prefix);
         let found = hits(scanner, &hay);
         assert!(
@@ -266,6 +266,31 @@ fn gps_forms_are_found() {
             Encoding::F64Be,
             [lat.to_be_bytes(), lon.to_be_bytes()].concat(),
         ),
+        (Encoding::Raw, format!("x={lat:.9}").into_bytes()),
+        (Encoding::Raw, format!("{lon:.10}").into_bytes()),
+        // A `real` column prints the f32's shortest text.
+        (
+            Encoding::Raw,
+            format!("{}", lat.to_string().parse::<f32>().unwrap()).into_bytes(),
+        ),
+        (
+            Encoding::F32Le,
+            [
+                lon.to_string().parse::<f32>().unwrap().to_le_bytes(),
+                lat.to_string().parse::<f32>().unwrap().to_le_bytes(),
+            ]
+            .concat(),
+        ),
+        (
+            Encoding::Raw,
+            "51\u{b0}30'26.7\"N 0\u{b0}07'39.7\"W".as_bytes().to_vec(),
+        ),
+        (Encoding::Raw, b"(51d30'27\"N)".to_vec()),
+        (Encoding::Raw, b"0 07'39.7\"W".to_vec()),
+        (Encoding::Raw, "0\u{b0}07'39.69\"W".as_bytes().to_vec()),
+        (Encoding::Json, b"\"0d07'39.7\\\"W\"".to_vec()),
+        (Encoding::Raw, "51\u{b0}30.4447'".as_bytes().to_vec()),
+        (Encoding::Raw, b"W0 07.6615".to_vec()),
     ];
     for (enc, payload) in cases {
         assert_found(scanner, "gps", enc, &payload);
@@ -373,14 +398,19 @@ fn findings_name_the_canary_never_the_value() {
 fn bad_canaries_are_refused() {
     assert!(Canary::text("a", "LKMARKER01", "no marker here").is_err());
     let mut set = CanarySet::new();
-    set.push(Canary::text("a", "LKMARKER01", "x LKMARKER01 y").unwrap())
+    set.push(Canary::text("a", "LKMARKER01", "x LKMARKER01 y, 1 Test Street").unwrap())
         .unwrap();
     assert!(
-        set.push(Canary::text("a", "LKMARKER02", "x LKMARKER02 y").unwrap())
+        set.push(Canary::text("a", "LKMARKER02", "x LKMARKER02 y, 1 Test Street").unwrap())
             .is_err()
     );
     assert!(set.push(Canary::gps("g", "LKG", 95.0, 0.0)).is_err());
     assert!(set.push(Canary::bytes("b", "LKB", &[1, 2, 3])).is_err());
+    // A marker that is most of its value would print the value in every report.
+    assert!(
+        set.push(Canary::text("m", "LKMARKER03", "x LKMARKER03 y").unwrap())
+            .is_err()
+    );
     let err = CanarySet::from_json("{\"canaries\": [ {\"id\": 1 ").unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
 }
@@ -422,4 +452,60 @@ fn canaries_round_trip_through_json_and_come_from_a_manifest() {
             >= 2600
     );
     Scanner::new(generated).unwrap();
+}
+
+/// A chunk scanned on several threads reports exactly what one thread reports: each value
+/// once, wherever it sits against the pieces' seams (values planted every 7,919 bytes over
+/// 3 MiB, raw, escaped with `\u0020` and as UTF-16, so some straddle every seam).
+#[test]
+fn threads_split_a_chunk_without_losing_or_repeating_a_match() {
+    let mut hay = noise(3 * CHUNK + 12_345, 99);
+    let escaped = ADDRESS.replace(' ', "\\u0020");
+    let forms = [
+        ADDRESS.as_bytes().to_vec(),
+        escaped.into_bytes(),
+        utf16(ADDRESS, true),
+    ];
+    let mut plants = Vec::new();
+    let mut at = 0usize;
+    while at + 200 < hay.len() {
+        let form = &forms[plants.len() % forms.len()];
+        hay[at..at + form.len()].copy_from_slice(form);
+        plants.push(at..at + form.len());
+        at += 7_919;
+    }
+    let run = |threads: usize| {
+        let mut s = Scanner::new(set()).unwrap();
+        s.set_threads(threads);
+        assert_eq!(s.threads(), threads);
+        let mut v = Vec::new();
+        s.scan_reader(std::io::Cursor::new(&hay), |h| v.push(h))
+            .unwrap();
+        v.sort_by_key(|h| (h.offset, h.canary, h.encoding, h.form, h.layers));
+        v
+    };
+    let one = run(1);
+    let address = scanner()
+        .canaries()
+        .canaries
+        .iter()
+        .position(|c| c.id == "addr")
+        .unwrap();
+    for p in &plants {
+        assert!(
+            one.iter()
+                .any(|h| h.canary == address && p.contains(&usize::try_from(h.offset).unwrap())),
+            "the value planted at {p:?} was not found"
+        );
+    }
+    let mut places: Vec<_> = one
+        .iter()
+        .map(|h| (h.offset, h.canary, h.encoding, h.form))
+        .collect();
+    let n = places.len();
+    places.dedup();
+    assert_eq!(places.len(), n, "a match reported twice");
+    for threads in [2, 3, 4] {
+        assert_eq!(run(threads), one, "{threads} threads differ from one");
+    }
 }

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use leakless::manifest::SchemaManifest;
-use leakless_leaktest::scan::self_test;
+use leakless_leaktest::residue::ColumnSpec;
+use leakless_leaktest::scan::{EncodingSet, self_test};
 use leakless_leaktest::{CanarySet, LeakCheck};
 
 /// Scan artifacts for plaintext canaries in every encoding (exit 0 clean, 1 leak, 2 detector
@@ -39,6 +40,42 @@ enum Cmd {
         #[arg(long)]
         no_controls: bool,
     },
+    /// Scan for the residue of real values: canaries from the values of columns read through a
+    /// database URL, reported by table.column and row id, never by value.
+    Residue {
+        /// The database the values are read from and the positive control is planted into
+        /// (`postgres://`, `mysql://`, `mariadb://`, `sqlite://PATH`). Printed only without its
+        /// password; prefer the environment variable to the command line.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "LEAKLESS_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: String,
+        /// A column whose values to search for: `TABLE.COLUMN` (text, bytes or JSON), or
+        /// `TABLE.LAT_COLUMN+LON_COLUMN` for a GPS point in two numeric columns. Repeat it.
+        #[arg(long = "column", required = true, value_name = "TABLE.COLUMN")]
+        columns: Vec<String>,
+        /// The row id column of every table.
+        #[arg(long, default_value = "id", value_name = "COL")]
+        row_id: String,
+        /// Each artifact is a channel: `PATH` or `NAME=PATH`. Each must show the control the
+        /// harness plants through the URL.
+        #[arg(required = true, value_name = "[NAME=]PATH")]
+        paths: Vec<String>,
+        /// A channel the control cannot reach (an old backup): its clean result then rests on
+        /// the control being found in the other channels. Repeat it.
+        #[arg(long = "waive-control", value_name = "NAME")]
+        waive_control: Vec<String>,
+        /// Search every encoding, not the residue set (raw, case-folded and UTF-16LE text; raw
+        /// and hex bytes; GPS as text and f64).
+        #[arg(long)]
+        all_encodings: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate a canary file from a schema manifest.
     Canaries {
         /// The schema manifest (JSON, as written by `SchemaManifest::to_json`).
@@ -67,8 +104,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// `NAME=PATH` or `PATH` (the path is then also the channel name).
+fn channel_of(p: &str) -> (String, &str) {
+    match p.split_once('=') {
+        Some((n, path)) if !n.is_empty() && !n.contains('/') => (n.to_owned(), path),
+        _ => (p.to_owned(), p),
+    }
+}
+
 fn run(cli: Cli) -> Result<u8, String> {
     match cli.command {
+        Cmd::Residue {
+            database_url,
+            columns,
+            row_id,
+            paths,
+            waive_control,
+            all_encodings,
+            json,
+        } => {
+            let database_url = zeroize::Zeroizing::new(database_url);
+            let specs = columns
+                .iter()
+                .map(|c| c.parse::<ColumnSpec>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let channels: Vec<(String, PathBuf)> = paths
+                .iter()
+                .map(|p| {
+                    let (name, path) = channel_of(p);
+                    (name, PathBuf::from(path))
+                })
+                .collect();
+            let encodings = if all_encodings {
+                EncodingSet::All
+            } else {
+                EncodingSet::Residue
+            };
+            let report = leakless_leaktest::residue::run(
+                &database_url,
+                &specs,
+                &row_id,
+                &channels,
+                &waive_control,
+                &encodings,
+            )
+            .map_err(|e| e.to_string())?;
+            let out = if json {
+                report.to_json().map_err(|e| e.to_string())? + "\n"
+            } else {
+                report.human()
+            };
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            Ok(report.exit_code())
+        }
         Cmd::Canaries {
             manifest,
             rows,
@@ -109,6 +198,13 @@ fn run(cli: Cli) -> Result<u8, String> {
             let text = std::fs::read_to_string(&canaries)
                 .map_err(|e| format!("{}: {e}", canaries.display()))?;
             let set = CanarySet::from_json(&text).map_err(|e| e.to_string())?;
+            if set.canaries.iter().all(|c| c.control) {
+                return Err(format!(
+                    "{} holds no canary to search for (only controls, or none): a scan \
+                     without canaries would prove nothing",
+                    canaries.display()
+                ));
+            }
             let has_controls = set.canaries.iter().any(|c| c.control);
             if !has_controls && !no_controls {
                 return Err(format!(
@@ -128,10 +224,7 @@ fn run(cli: Cli) -> Result<u8, String> {
                 return Ok(2);
             }
             for p in &paths {
-                let (name, path) = match p.split_once('=') {
-                    Some((n, path)) if !n.is_empty() && !n.contains('/') => (n.to_owned(), path),
-                    _ => (p.clone(), p.as_str()),
-                };
+                let (name, path) = channel_of(p);
                 if has_controls {
                     check.expect_all_controls(&name);
                 }

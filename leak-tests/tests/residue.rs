@@ -1,0 +1,453 @@
+//! The residue scan from real values on SQLite, PostgreSQL and MariaDB: a legacy table holds
+//! plaintext, its values are read through the database URL, the table is "adopted" (the
+//! plaintext overwritten, or the table dropped), and the scan built from the values read before
+//! finds the old values in the file / data directory / WAL / binlog **by row id**, while its
+//! human and JSON reports contain none of them. The harness's own control (planted through the
+//! same URL) must be found in every channel first. The scale test reads 1,000,000 addresses
+//! from PostgreSQL and finds all of them in the heap file and the WAL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "tests"
+)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use leakless_leaktest::Status;
+use leakless_leaktest::fixture::{MariaServer, PgServer};
+use leakless_leaktest::residue::{ColumnSpec, DbControl, RealValue, ResidueReport, ResidueValues};
+use leakless_leaktest::scan::EncodingSet;
+use zeroize::Zeroizing;
+
+/// A realistic address, ~40 bytes, unique per `n`.
+fn address(n: u64) -> String {
+    const STREETS: [&str; 8] = [
+        "Lantern Row",
+        "Quarry Lane",
+        "Musterweg",
+        "Sample Close",
+        "Harbour View",
+        "Mill Street",
+        "Orchard Way",
+        "Kingsway",
+    ];
+    const TOWNS: [&str; 4] = ["Exampleton", "Beispielstadt", "Villefictive", "Sampletown"];
+    format!(
+        "{} {}, Flat {n}, {}",
+        n % 397 + 1,
+        STREETS[usize::try_from(n % 8).unwrap()],
+        TOWNS[usize::try_from(n / 8 % 4).unwrap()]
+    )
+}
+
+fn email(n: u64) -> String {
+    format!("customer.{n}.{}@mail.example", n * 7919 % 10007)
+}
+
+fn spec(s: &str) -> ColumnSpec {
+    s.parse().unwrap()
+}
+
+/// The report mentions none of `values`, in its human or its JSON form.
+fn assert_no_values(report: &ResidueReport, values: &[String]) {
+    let human = report.human();
+    let json = report.to_json().unwrap();
+    for v in values {
+        assert!(!human.contains(v.as_str()), "a value in the human report");
+        assert!(!json.contains(v.as_str()), "a value in the JSON report");
+    }
+}
+
+/// The control was planted and found in `channel` (the detector works there).
+fn assert_control_found(report: &ResidueReport, channel: &str) {
+    let c = report.report.channel(channel).expect("channel scanned");
+    assert!(
+        !c.controls_expected.is_empty(),
+        "{channel}: no control expected"
+    );
+    assert!(
+        c.controls_missed.is_empty(),
+        "{channel}: the control was not found:\n{}",
+        report.human()
+    );
+}
+
+fn found_rows(report: &ResidueReport, channel: &str, column: &str) -> (u64, Vec<String>) {
+    report
+        .channel(channel)
+        .and_then(|c| c.columns.iter().find(|c| c.column == column))
+        .map(|c| (c.rows, c.row_ids.clone()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn sqlite_old_values_of_a_dropped_table_are_found_by_row_id_and_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let url = format!("sqlite://{}", db.display());
+    let mut sql = String::from(
+        "PRAGMA journal_mode=DELETE; PRAGMA secure_delete=OFF;
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, address TEXT, email TEXT, token BLOB,
+            code TEXT, lat REAL, lon REAL, profile TEXT);
+         BEGIN;",
+    );
+    let mut values = Vec::new();
+    for n in 1..=40u64 {
+        let (a, e) = (address(n), email(n));
+        // Rows 39 and 40 share row 1's e-mail: one value, three rows.
+        let e = if n >= 39 { email(1) } else { e };
+        sql.push_str(&format!(
+            "INSERT INTO customers VALUES ({n}, '{a}', '{e}', X'{:032x}', 'C{n}', {}, {},
+             '{{\"nickname\": \"Nick-{n}-Quixotic\"}}');",
+            u128::from(n) * 0x1234_5678_9abc_def1_u128,
+            51.0 + f64::from(u32::try_from(n).unwrap()) / 1000.0 + 0.000_000_7,
+            -0.5 - f64::from(u32::try_from(n).unwrap()) / 1000.0 - 0.000_000_3,
+        ));
+        values.push(a);
+        values.push(e);
+        values.push(format!("Nick-{n}-Quixotic"));
+    }
+    sql.push_str("COMMIT;");
+    {
+        use diesel::connection::SimpleConnection as _;
+        use diesel::prelude::*;
+        let mut c = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+        c.batch_execute(&sql).unwrap();
+    }
+
+    let t = Instant::now();
+    let read = ResidueValues::read(
+        &url,
+        &[
+            spec("customers.address"),
+            spec("customers.email"),
+            spec("customers.token"),
+            spec("customers.code"),
+            spec("customers.lat+lon"),
+            spec("customers.profile"),
+        ],
+        "id",
+    )
+    .unwrap();
+    let codes = read
+        .columns()
+        .iter()
+        .find(|c| c.column == "customers.code")
+        .unwrap();
+    assert_eq!(
+        codes.skipped_short, 40,
+        "short codes are counted as skipped"
+    );
+    assert_eq!(codes.skipped_rows.len(), 20, "with a sample of their rows");
+    let emails = read
+        .columns()
+        .iter()
+        .find(|c| c.column == "customers.email")
+        .unwrap();
+    assert_eq!(
+        (emails.rows, emails.values),
+        (40, 38),
+        "duplicates are one value"
+    );
+
+    // Adoption: the plaintext table is copied sealed (here: replaced) and dropped; its pages go
+    // to the freelist with their content.
+    {
+        use diesel::connection::SimpleConnection as _;
+        use diesel::prelude::*;
+        let mut c = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+        c.batch_execute(
+            "CREATE TABLE customers_sealed (id INTEGER PRIMARY KEY, address BLOB);
+             INSERT INTO customers_sealed SELECT id, randomblob(64) FROM customers;
+             DROP TABLE customers;",
+        )
+        .unwrap();
+    }
+
+    let control = DbControl::plant(&url).unwrap();
+    let mut check = read.check(control.canary(), &EncodingSet::Residue).unwrap();
+    check.scan_path("sqlite/file", &db);
+    let mut report = check.report();
+    report.source = leakless::redact::redact_url(&url);
+    control.drop_table().unwrap();
+    eprintln!("{}", report.human());
+    eprintln!("sqlite residue: {:?}", t.elapsed());
+
+    assert_control_found(&report, "sqlite/file");
+    assert_eq!(report.status(), Status::Leak);
+    assert_eq!(report.exit_code(), 1);
+    let (rows, ids) = found_rows(&report, "sqlite/file", "customers.address");
+    assert_eq!(rows, 40, "every old address is found");
+    assert!(ids.contains(&"1".to_owned()));
+    let (rows, ids) = found_rows(&report, "sqlite/file", "customers.email");
+    assert_eq!(
+        rows, 40,
+        "the shared e-mail counts for all three of its rows"
+    );
+    assert!(ids.contains(&"39".to_owned()) && ids.contains(&"40".to_owned()));
+    assert_eq!(found_rows(&report, "sqlite/file", "customers.token").0, 40);
+    assert_eq!(
+        found_rows(&report, "sqlite/file", "customers.lat+lon").0,
+        40
+    );
+    assert_eq!(
+        found_rows(&report, "sqlite/file", "customers.profile[json]").0,
+        40,
+        "strings inside JSON documents are values of their own"
+    );
+    assert!(check.found("sqlite/file", "customers.address", "17"));
+    assert_no_values(&report, &values);
+}
+
+#[test]
+fn library_values_and_a_clean_channel() {
+    // A channel without any of the values is clean once its control is found.
+    let mut v = ResidueValues::new();
+    for n in 0..10u64 {
+        v.add(
+            "people.address",
+            &n.to_string(),
+            RealValue::Text(Zeroizing::new(address(n))),
+        )
+        .unwrap();
+    }
+    v.add(
+        "people.address",
+        "99",
+        RealValue::Text(Zeroizing::new("short".into())),
+    )
+    .unwrap();
+    let mut controls = leakless_leaktest::CanarySet::new();
+    let marker = leakless_leaktest::canary::fresh_marker();
+    controls
+        .push(
+            leakless_leaktest::Canary::text("ctl", &marker, &format!("control {marker} value"))
+                .unwrap(),
+        )
+        .unwrap();
+    let mut check = v.check(controls, &EncodingSet::Residue).unwrap();
+    let hay = format!("unrelated text; control {marker} value; more text");
+    check.scan_bytes("mem", "buffer", hay.as_bytes());
+    let report = check.report();
+    assert_control_found(&report, "mem");
+    assert_eq!(report.status(), Status::Clean, "{}", report.human());
+    assert!(report.human().contains("1 too short to scan (rows 99)"));
+    // The same check finds a value planted as UTF-16LE, reported by row id.
+    let planted: Vec<u8> = address(7)
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let mut hay2 = format!("control {marker} value ").into_bytes();
+    hay2.extend_from_slice(&planted);
+    check.scan_bytes("mem2", "buffer", &hay2);
+    let report = check.report();
+    assert_eq!(
+        found_rows(&report, "mem2", "people.address"),
+        (1, vec!["7".to_owned()])
+    );
+    assert_no_values(&report, &(0..10).map(address).collect::<Vec<_>>());
+}
+
+#[test]
+fn postgres_dead_tuples_and_wal_hold_the_old_values_by_row_id() {
+    let pg = PgServer::start().expect("PostgreSQL must start (scripts/pg-cluster)");
+    pg.sql("postgres", "CREATE DATABASE app").unwrap();
+    let mut sql = String::from(
+        "CREATE TABLE customers (id bigint PRIMARY KEY, address text, doc bytea, lat double precision,
+            lon double precision, profile jsonb) WITH (autovacuum_enabled = off);
+         INSERT INTO customers SELECT g, NULL, NULL, NULL, NULL, NULL FROM generate_series(1, 30) g;",
+    );
+    let mut values = Vec::new();
+    for n in 1..=30u64 {
+        let a = address(n);
+        sql.push_str(&format!(
+            "UPDATE customers SET address = '{a}', doc = '\\x{:040x}'::bytea, lat = {}, lon = {},
+             profile = '{{\"nickname\": \"Nick-{n}-Quixotic\"}}' WHERE id = {n};",
+            u128::from(n) * 0x0123_4567_89ab_cdef_0123_u128,
+            48.0 + f64::from(u32::try_from(n).unwrap()) / 997.0,
+            2.0 + f64::from(u32::try_from(n).unwrap()) / 991.0,
+        ));
+        values.push(a);
+        values.push(format!("Nick-{n}-Quixotic"));
+    }
+    pg.sql("app", &sql).unwrap();
+    let url = pg.url_for("app");
+    let read = ResidueValues::read(
+        &url,
+        &[
+            spec("customers.address"),
+            spec("customers.doc"),
+            spec("customers.lat+lon"),
+            spec("customers.profile"),
+        ],
+        "id",
+    )
+    .unwrap();
+    assert_eq!(read.columns()[0].values, 30);
+    // Adoption: the plaintext is overwritten (the sealed copy would go elsewhere); the old
+    // tuples are dead but still on disk, and in the WAL.
+    pg.sql(
+        "app",
+        "UPDATE customers SET address = md5(address), doc = NULL, lat = 0, lon = 0, profile = '{}';",
+    )
+    .unwrap();
+    let control = DbControl::plant(&url).unwrap();
+    assert!(control.notes().is_empty(), "{:?}", control.notes());
+    let mut check = read.check(control.canary(), &EncodingSet::Residue).unwrap();
+    check.scan_path("postgres/data-dir", &pg.data_dir().join("base"));
+    check.scan_path("postgres/wal", &pg.wal_dir());
+    let report = check.report();
+    control.drop_table().unwrap();
+    eprintln!("{}", report.human());
+    for ch in ["postgres/data-dir", "postgres/wal"] {
+        assert_control_found(&report, ch);
+        assert_eq!(found_rows(&report, ch, "customers.address").0, 30, "{ch}");
+        assert_eq!(found_rows(&report, ch, "customers.doc").0, 30, "{ch}");
+        assert_eq!(found_rows(&report, ch, "customers.lat+lon").0, 30, "{ch}");
+        assert_eq!(
+            found_rows(&report, ch, "customers.profile[json]").0,
+            30,
+            "{ch}"
+        );
+    }
+    assert_eq!(report.exit_code(), 1);
+    assert_no_values(&report, &values);
+}
+
+#[test]
+fn mariadb_binlog_and_data_dir_hold_the_old_values_by_row_id() {
+    let my = MariaServer::start().expect("MariaDB must start (scripts/mariadb-server)");
+    let mut sql = String::from(
+        "CREATE DATABASE app; USE app;
+         CREATE TABLE customers (id INT PRIMARY KEY, address VARCHAR(200), email TEXT,
+            token VARBINARY(32));",
+    );
+    let mut values = Vec::new();
+    for n in 1..=25u64 {
+        let (a, e) = (address(n), email(n));
+        sql.push_str(&format!(
+            "INSERT INTO customers VALUES ({n}, '{a}', '{e}', UNHEX('{:032x}'));",
+            u128::from(n) * 0x1357_9bdf_2468_ace0_u128
+        ));
+        values.push(a);
+        values.push(e);
+    }
+    my.sql("", &sql).unwrap();
+    let url = my.url_for("app");
+    let read = ResidueValues::read(
+        &url,
+        &[
+            spec("customers.address"),
+            spec("customers.email"),
+            spec("customers.token"),
+        ],
+        "id",
+    )
+    .unwrap();
+    my.sql(
+        "app",
+        "UPDATE customers SET address = SHA2(address, 256), email = NULL, token = NULL;",
+    )
+    .unwrap();
+    let control = DbControl::plant(&url).unwrap();
+    assert!(control.notes().is_empty(), "{:?}", control.notes());
+    let mut check = read.check(control.canary(), &EncodingSet::Residue).unwrap();
+    let binlogs: Vec<PathBuf> = my.binlogs();
+    assert!(!binlogs.is_empty());
+    for b in &binlogs {
+        check.scan_path("mariadb/binlog", b);
+    }
+    check.scan_path("mariadb/data-dir", &my.data_dir());
+    let report = check.report();
+    control.drop_table().unwrap();
+    eprintln!("{}", report.human());
+    for ch in ["mariadb/binlog", "mariadb/data-dir"] {
+        assert_control_found(&report, ch);
+        assert_eq!(found_rows(&report, ch, "customers.address").0, 25, "{ch}");
+        assert_eq!(found_rows(&report, ch, "customers.email").0, 25, "{ch}");
+        assert_eq!(found_rows(&report, ch, "customers.token").0, 25, "{ch}");
+    }
+    assert_no_values(&report, &values);
+}
+
+#[test]
+fn values_opened_from_sealed_columns_with_the_key_ring_are_found_by_row_id() {
+    use std::sync::Arc;
+
+    use leakless::kms::LocalKms;
+    use leakless::secret::RootKey;
+    use leakless::store::MemoryKeyStore;
+    use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+
+    let ring = KeyRing::builder(
+        Arc::new(LocalKms::from_root_key(RootKey::generate())),
+        Arc::new(MemoryKeyStore::new()),
+    )
+    .build();
+    let scope = KeyScope::new("customers").unwrap();
+    ring.create_scope(&scope, &AuditInfo::new("residue test", "setup"))
+        .unwrap();
+    let sealed: Vec<(i64, Vec<u8>)> = (1..=6i64)
+        .map(|n| {
+            let ctx = FieldContext::new("customers", "address", RowId::Int(n), 1);
+            let plain = address(u64::try_from(n).unwrap());
+            let env = ring
+                .seal(&scope, &ctx, plain.as_bytes(), &FieldPolicy::default())
+                .unwrap();
+            (n, env)
+        })
+        .collect();
+    let mut values = ResidueValues::new();
+    values
+        .add_sealed(
+            &ring,
+            &scope,
+            "customers",
+            "address",
+            1,
+            sealed.iter().map(|(n, e)| (RowId::Int(*n), e.as_slice())),
+        )
+        .unwrap();
+    assert_eq!(values.len(), 6);
+    // An envelope under the wrong row is refused with the row named, no value.
+    let mut bad = ResidueValues::new();
+    let e = bad
+        .add_sealed(
+            &ring,
+            &scope,
+            "customers",
+            "address",
+            1,
+            [(RowId::Int(2), sealed[0].1.as_slice())],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("customers.address#row=2"), "{e}");
+    assert!(!e.contains(&address(1)));
+
+    let marker = leakless_leaktest::canary::fresh_marker();
+    let mut controls = leakless_leaktest::CanarySet::new();
+    controls
+        .push(
+            leakless_leaktest::Canary::text("ctl", &marker, &format!("control {marker} here"))
+                .unwrap(),
+        )
+        .unwrap();
+    let mut check = values.check(controls, &EncodingSet::Residue).unwrap();
+    // A backup of the table from before adoption: plaintext of rows 2 and 5, lower-cased.
+    let backup = format!(
+        "control {marker} here\n2\t{}\n5\t{}\n",
+        address(2).to_lowercase(),
+        address(5).to_lowercase()
+    );
+    check.scan_bytes("backup", "customers.copy", backup.as_bytes());
+    let report = check.report();
+    assert_control_found(&report, "backup");
+    let (rows, mut ids) = found_rows(&report, "backup", "customers.address");
+    ids.sort();
+    assert_eq!((rows, ids), (2, vec!["2".to_owned(), "5".to_owned()]));
+    assert_no_values(&report, &(1..=6).map(address).collect::<Vec<_>>());
+}
