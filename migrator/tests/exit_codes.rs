@@ -54,8 +54,10 @@ fn two_rotations_racing_on_one_scope_give_exit_5_to_the_loser_and_write_nothing_
     let a = spawn();
     let b = spawn();
 
-    // Wait until both are blocked on the lock (only this test's database counts).
-    let waiting = "SELECT count(*) AS n FROM pg_locks l JOIN pg_stat_activity s \
+    // Wait until both are blocked on the lock (only this test's database counts). Count
+    // processes, not lock entries: one waiter can show two (its tuple and transaction locks),
+    // and the race is only set up once both have read the scope and wait.
+    let waiting = "SELECT count(DISTINCT l.pid) AS n FROM pg_locks l JOIN pg_stat_activity s \
                    ON s.pid = l.pid WHERE NOT l.granted AND s.datname = current_database()";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
