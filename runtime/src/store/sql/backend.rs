@@ -398,9 +398,19 @@ impl_store_conn!(
 #[cfg(feature = "postgres")]
 impl_store_conn!(
     PgConnection,
-    // The advisory lock serializes concurrent `CREATE ... IF NOT EXISTS`, which PostgreSQL
-    // does not do by itself.
+    // A store that is up to date gets no DDL at all: `ALTER TABLE ... ADD COLUMN IF NOT
+    // EXISTS` takes an ACCESS EXCLUSIVE lock before it finds the column there, so every
+    // migrator start would wait behind any open transaction on the key store, and every key
+    // read of the applications would queue behind that. The advisory lock serializes
+    // concurrent `CREATE ... IF NOT EXISTS`, which PostgreSQL does not do by itself.
     schema: |c| c.transaction(|c| {
+        if diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            super::schema::POSTGRES_CURRENT,
+        ))
+        .get_result::<bool>(c)?
+        {
+            return Ok(());
+        }
         c.batch_execute("SELECT pg_advisory_xact_lock(7226376577356866406)")?;
         run_statements(c, super::schema::POSTGRES)
     }),

@@ -142,6 +142,17 @@ pub(crate) const POSTGRES: &[&str] = &[
     "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
 ];
 
+/// PostgreSQL: true when [`POSTGRES`] has nothing left to do in the current schema: both
+/// tables with every column the upgrades add, and the three indexes.
+pub(crate) const POSTGRES_CURRENT: &str = "(SELECT count(*) FROM information_schema.columns
+    WHERE table_schema = current_schema()
+    AND ((table_name = 'leakless_kek'
+          AND column_name IN ('deactivated_at', 'recheck_secs', 'seq', 'tag'))
+      OR (table_name = 'leakless_key_audit' AND column_name IN ('seq', 'tag')))) = 6
+    AND (SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema()
+    AND indexname IN ('leakless_kek_one_active', 'leakless_key_audit_scope',
+                      'leakless_key_audit_seq')) = 3";
+
 /// MariaDB / MySQL: no partial indexes, so the generated column `active_one` is 1 for the
 /// active version and NULL otherwise, and a unique key on `(scope, active_one)` allows one 1
 /// per scope (NULLs never collide). Scopes are `ascii_bin`: compared and ordered bytewise,
