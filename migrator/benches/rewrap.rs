@@ -99,7 +99,7 @@ fn main() {
     let batch = env_num("LEAKLESS_BENCH_BATCH", 5000).to_string();
     let bin = env!("CARGO_BIN_EXE_leakless-migrate");
     let name = format!("leakless_bench_{:08x}", rand::random::<u32>());
-    let mut admin_db = DbUrl::parse(&admin).connect().unwrap();
+    let mut admin_db = DbUrl::parse(&admin).unwrap().connect().unwrap();
     admin_db.batch(&format!("CREATE DATABASE {name}")).unwrap();
     let url = with_db(&admin, &name);
     let dir = tempfile::tempdir().unwrap();
@@ -121,7 +121,7 @@ fn main() {
         ("LEAKLESS_MANIFEST", manifest.display().to_string()),
         ("LEAKLESS_ACTOR", "bench".to_owned()),
     ];
-    let mut db = DbUrl::parse(&url).connect().unwrap();
+    let mut db = DbUrl::parse(&url).unwrap().connect().unwrap();
     db.batch(&format!(
         "CREATE TABLE bench (id BIGINT PRIMARY KEY, email bytea, email_plain text); \
          INSERT INTO bench SELECT g, NULL, 'patient-' || g || '@example.test, 221B Baker Street' \

@@ -30,8 +30,9 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Debug, clap::Args)]
 pub struct Global {
-    /// The application database: postgres://..., mysql://... (mariadb://...), or an SQLite
-    /// path (sqlite://PATH or a bare path). Printed only with its password masked.
+    /// The application database: postgres://..., mysql://... (mariadb://...), or SQLite
+    /// (sqlite://PATH, or the path of an existing file). Percent-encode `@ ? # /` and spaces in
+    /// the password. Printed only with its password masked.
     #[arg(
         long,
         global = true,

@@ -12,7 +12,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
 use diesel::{MysqlConnection, PgConnection, SqliteConnection};
-use leakless::redact::redact_url;
+use leakless::redact::{redact_url, scrub};
 use zeroize::Zeroizing;
 
 use crate::error::{Failure, Kind};
@@ -57,10 +57,64 @@ impl fmt::Debug for DbUrl {
 
 impl DbUrl {
     /// Parses `postgres://`/`postgresql://`, `mysql://`/`mariadb://`, `sqlite://PATH`,
-    /// `sqlite:PATH`, or a bare path (an SQLite file).
-    #[must_use]
-    pub fn parse(url: &str) -> Self {
+    /// `sqlite:PATH`, or a bare path to an existing SQLite file.
+    ///
+    /// # Errors
+    /// [`Kind::Usage`], never echoing what was given beyond a URL's scheme: an unknown scheme
+    /// (`pgsql://`), a libpq keyword string (`host=db user=app password=...`), a URL whose
+    /// user-info holds an unescaped `@ ? # /` or a space (the driver would split it elsewhere
+    /// and print part of the password as a host name), or a bare path with no file there (a
+    /// typo would create an empty SQLite database; `sqlite://PATH` creates one on purpose).
+    pub fn parse(url: &str) -> Result<Self, Failure> {
         let lower = url.to_ascii_lowercase();
+        let usage = |what: String, help: &str| Failure::new(Kind::Usage, what, help.to_owned());
+        if let Some((scheme, rest)) = url.split_once("://") {
+            let known = ["postgres", "postgresql", "mysql", "mariadb", "sqlite"];
+            if !known.contains(&scheme.to_ascii_lowercase().as_str()) {
+                let scheme = if scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                {
+                    scheme
+                } else {
+                    "(not a scheme)"
+                };
+                return Err(usage(
+                    format!("unknown database URL scheme `{scheme}://`"),
+                    "use postgres://, postgresql://, mysql://, mariadb:// or sqlite://PATH",
+                ));
+            }
+            if !scheme.eq_ignore_ascii_case("sqlite")
+                && let Some(at) = rest.rfind('@')
+                && rest
+                    .get(..at)
+                    .unwrap_or_default()
+                    .chars()
+                    .any(|c| "@?#/".contains(c) || c.is_whitespace())
+            {
+                return Err(usage(
+                    "the database URL's user or password holds an unescaped `@`, `?`, `#`, `/` \
+                     or space"
+                        .to_owned(),
+                    "percent-encode them in the URL: @ as %40, ? as %3F, # as %23, / as %2F, \
+                     space as %20",
+                ));
+            }
+        } else if url.split_whitespace().count() > 1
+            && url.split_whitespace().any(|w| {
+                w.split_once('=').is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
+                })
+            })
+        {
+            return Err(usage(
+                "the database URL looks like a libpq keyword string (`host=... user=...`), \
+                 which is not supported"
+                    .to_owned(),
+                "pass a URL instead: postgres://USER:PASSWORD@HOST:PORT/DB, with the password \
+                 percent-encoded",
+            ));
+        }
         let (backend, target) =
             if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
                 (Backend::Postgres, url.to_owned())
@@ -81,13 +135,19 @@ impl DbUrl {
                     path.strip_prefix("//").unwrap_or(path).to_owned(),
                 )
             } else {
+                if !std::path::Path::new(url).is_file() {
+                    return Err(usage(
+                        format!("no SQLite database file at {url}"),
+                        "check the path; to create a new SQLite database, pass sqlite://PATH",
+                    ));
+                }
                 (Backend::Sqlite, url.to_owned())
             };
-        Self {
+        Ok(Self {
             backend,
             shown: redact_url(url),
             target: Zeroizing::new(target),
-        }
+        })
     }
 
     /// The backend.
@@ -150,20 +210,6 @@ impl DbUrl {
             backend: self.backend,
             target: self.target.clone(),
         })
-    }
-}
-
-/// Removes the password of `url` from `text`, for driver messages that might echo it.
-fn scrub(text: &str, url: &str) -> String {
-    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
-        return text.to_owned();
-    };
-    let Some(userinfo) = rest.split_once('@').map(|(u, _)| u) else {
-        return text.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((_, pw)) if !pw.is_empty() => text.replace(pw, leakless::redact::MASK),
-        _ => text.to_owned(),
     }
 }
 

@@ -63,7 +63,7 @@ impl Env {
                  path), or set LEAKLESS_DATABASE_URL",
             )
         })?;
-        Ok(DbUrl::parse(url))
+        DbUrl::parse(url)
     }
 
     /// A new connection to the application database.
@@ -122,7 +122,7 @@ impl Env {
             return Ok(Arc::new(FileKeyStore::open(path)?));
         }
         let url = match self.global.key_store.as_deref() {
-            Some(s) => DbUrl::parse(s),
+            Some(s) => DbUrl::parse(s)?,
             None => self.db_url().map_err(|_| {
                 Failure::new(
                     Kind::Usage,

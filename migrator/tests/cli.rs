@@ -142,6 +142,82 @@ fn key_errors_exit_3_and_database_errors_exit_4_without_the_password() {
     assert!(all.contains("\nhelp: "), "{all}");
 }
 
+/// Database URLs the migrator must refuse rather than guess at, each with a usage error (exit 2)
+/// that shows no 4-character piece of the password and creates no file: a libpq keyword string
+/// (once taken as an SQLite path, creating a file named after the password), an unknown scheme,
+/// a password with a raw `@` or `?` (libpq split it and printed the rest as a host name), and a
+/// bare path with no file there (a typo created an empty database).
+#[test]
+fn database_urls_that_would_leak_or_be_guessed_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    leakless::kms::LocalKms::generate_key_file(&key).unwrap();
+    let m = dir.path().join("m.json");
+    std::fs::write(
+        &m,
+        r#"{"format": 1, "tables": [{"table": "t", "row_id_column": "id", "row_id_kind": "int",
+           "schema_version": 1, "scope": {"kind": "static", "scope": "s"},
+           "columns": [{"column": "c", "algorithm": "xchacha20poly1305", "encoding": "string",
+           "nullable": false, "blind_index": null}]}]}"#,
+    )
+    .unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let password = "Secr3tPw@Tk?9#Zq";
+    let cases = [
+        (
+            format!("host=127.0.0.1 port=1 user=app password='{password} x' dbname=app"),
+            "libpq keyword string",
+        ),
+        (
+            "pgsql://app:Secr3tPwTk9Zq@127.0.0.1:1/app".to_owned(),
+            "unknown database URL scheme `pgsql://`",
+        ),
+        (
+            format!("postgres://app:{password}@127.0.0.1:1/app"),
+            "percent-encode them in the URL",
+        ),
+        (
+            "postgres://app:Secr3tPw Tk9Zq@127.0.0.1:1/app".to_owned(),
+            "percent-encode them in the URL",
+        ),
+        (
+            "app-typo.db".to_owned(),
+            "no SQLite database file at app-typo.db",
+        ),
+    ];
+    for (url, expected) in &cases {
+        let o = bare()
+            .current_dir(cwd.path())
+            .args([
+                "rewrap",
+                "--database-url",
+                url,
+                "--key-store",
+                &format!("file:{}", dir.path().join("keys.json").display()),
+                "--root-key-file",
+                key.to_str().unwrap(),
+                "--manifest",
+                m.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert_eq!(o.status.code(), Some(2), "{url:?}: {all}");
+        assert!(all.contains(expected), "{url:?}: {all}");
+        assert!(all.contains("\nhelp: "), "{all}");
+        // Every 4-character piece of each password, so a partial leak is caught too.
+        for pw in [password, "Secr3tPwTk9Zq", "Secr3tPw Tk9Zq"] {
+            let chars: Vec<char> = pw.chars().collect();
+            for piece in chars.windows(4) {
+                let piece: String = piece.iter().collect();
+                assert!(!all.contains(&piece), "{url:?} printed {piece:?}: {all}");
+            }
+        }
+        let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+        assert!(left.is_empty(), "{url:?} created files: {left:?}");
+    }
+}
+
 #[test]
 fn status_snapshot_and_exit_codes_on_sqlite() {
     let f = Fixture::new(Backend::Sqlite);

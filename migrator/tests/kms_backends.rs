@@ -120,6 +120,7 @@ impl Case {
         .unwrap();
         let bin = if postgres { "bytea" } else { "BLOB" };
         DbUrl::parse(&url)
+            .unwrap()
             .connect()
             .unwrap()
             .batch(&format!(
@@ -161,7 +162,7 @@ impl Case {
     fn seal_rows(&self) {
         let ring = KeyRing::builder(self.kms.clone(), Arc::new(self.store())).build();
         let scope = KeyScope::new(SCOPE).unwrap();
-        let mut db = DbUrl::parse(&self.url).connect().unwrap();
+        let mut db = DbUrl::parse(&self.url).unwrap().connect().unwrap();
         for id in 0..ROWS {
             let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
             let env = ring

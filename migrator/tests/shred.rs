@@ -190,7 +190,7 @@ impl Case {
             Backend::Mysql => "VARBINARY(1024)",
             Backend::Sqlite => "BLOB",
         };
-        let mut conn = DbUrl::parse(&url).connect().unwrap();
+        let mut conn = DbUrl::parse(&url).unwrap().connect().unwrap();
         if backend == Backend::Sqlite {
             // Write-ahead logging (persistent in the file), as applications commonly run
             // SQLite: the backup then needs the `-wal` too.
@@ -233,7 +233,7 @@ impl Case {
     fn seal_rows(&self) -> App {
         let store = SqlKeyStore::connect(&Self::store_url(&self.url, self.backend)).unwrap();
         let ring = KeyRing::builder(self.app_kms.clone(), Arc::new(store)).build();
-        let mut db = DbUrl::parse(&self.url).connect().unwrap();
+        let mut db = DbUrl::parse(&self.url).unwrap().connect().unwrap();
         for (scope, table, column, rows, text) in [
             (A, "patients", "email", A_ROWS, plain as fn(i64) -> String),
             (B, "visits", "note", B_ROWS, visit_note),

@@ -120,7 +120,7 @@ fn run_app() {
     while Instant::now() < deadline && !stop.exists() {
         std::thread::sleep(Duration::from_millis(3));
         if db.is_none() {
-            match DbUrl::parse(&url).connect() {
+            match DbUrl::parse(&url).and_then(|u| u.connect()) {
                 Ok(d) => db = Some(d),
                 Err(e) => {
                     note(&mut errors, format!("connect: {e}"));

@@ -145,7 +145,7 @@ impl Fixture {
 
     /// A connection through the migrator's own layer.
     pub fn db(&self) -> Db {
-        DbUrl::parse(&self.url).connect().unwrap()
+        DbUrl::parse(&self.url).unwrap().connect().unwrap()
     }
 
     /// Inserts rows `from..to`, sealed under the active version (or as plaintext in
