@@ -38,6 +38,10 @@ where
             return ExitCode::from(code);
         }
     };
+    // Before any key or plaintext is loaded: no core dumps, not dumpable or traceable by the
+    // same user, memory locked against swap where the limit allows (best effort, see
+    // `leakless::harden_process`).
+    let _ = leakless::harden_process();
     let mut env = Env::new(cli.global);
     match commands::run(&mut env, &cli.command) {
         Ok(()) => ExitCode::SUCCESS,
