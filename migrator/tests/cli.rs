@@ -218,6 +218,39 @@ fn database_urls_that_would_leak_or_be_guessed_are_refused() {
     }
 }
 
+/// `keys init` writes a usable root key file with mode 0600 and prints no key material; a
+/// second run on the same path refuses (exit 2) and leaves the key as it was.
+#[test]
+fn keys_init_writes_a_private_key_file_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("root.key");
+    let o = bare()
+        .args(["keys", "init", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let written = std::fs::read_to_string(&key).unwrap();
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let kms = leakless::kms::LocalKms::from_key_file(&key).unwrap();
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("wrote a new root key"), "{all}");
+    assert!(all.contains(leakless::kms::Kms::root_key_id(&kms)), "{all}");
+    assert!(
+        !all.contains(&written.trim()[..16]),
+        "key material printed: {all}"
+    );
+    let o = bare()
+        .env("LEAKLESS_ROOT_KEY_FILE", &key)
+        .args(["keys", "init"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("never overwrites"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), written);
+}
+
 #[test]
 fn status_snapshot_and_exit_codes_on_sqlite() {
     let f = Fixture::new(Backend::Sqlite);

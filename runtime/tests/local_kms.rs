@@ -67,7 +67,8 @@ fn malformed_or_missing_key_files_are_refused_without_echoing_content() {
         assert!(!err.to_string().contains("zzzz"));
     }
     // 32 raw bytes are accepted as well as 64 hex digits.
-    fs::write(&path, [7u8; 32]).unwrap();
+    let raw: [u8; 32] = std::array::from_fn(|i| u8::try_from(i * 37 % 256).unwrap() | 0x80);
+    fs::write(&path, raw).unwrap();
     LocalKms::from_key_file(&path).unwrap();
     assert!(matches!(
         LocalKms::from_key_file(dir.path().join("missing.key")),
@@ -182,5 +183,45 @@ fn harden_process_disables_core_dumps() {
     match &report.memory_locked {
         Ok(()) => assert!(locked_kb > 0, "mlockall reported success but VmLck is 0"),
         Err(why) => assert!(!why.is_empty()),
+    }
+}
+
+/// Root key files that are easy to swap or to guess are refused: a symbolic link (the file
+/// itself is accepted: the positive control), a file in a folder others may write, and obviously
+/// weak keys (one byte repeated, as raw bytes or hex; 32 printable characters, a passphrase).
+#[test]
+fn linked_exposed_or_weak_key_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root.key");
+    LocalKms::generate_key_file(&path).unwrap();
+    LocalKms::from_key_file(&path).unwrap();
+    let link = dir.path().join("link.key");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let err = LocalKms::from_key_file(&link).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+
+    let open = dir.path().join("open");
+    fs::create_dir(&open).unwrap();
+    let exposed = open.join("root.key");
+    LocalKms::generate_key_file(&exposed).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let err = LocalKms::from_key_file(&exposed).unwrap_err();
+    assert!(err.to_string().contains("writable by others"), "{err}");
+    // The sticky bit (as on /tmp) keeps others from replacing the file: accepted.
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+    LocalKms::from_key_file(&exposed).unwrap();
+
+    let weak = dir.path().join("weak.key");
+    for (content, why) in [
+        (vec![0u8; 32], "one byte value repeated"),
+        (b"00".repeat(32), "one byte value repeated"),
+        (b"correct horse battery staple 123".to_vec(), "passphrase"),
+    ] {
+        fs::write(&weak, &content).unwrap();
+        fs::set_permissions(&weak, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = LocalKms::from_key_file(&weak).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(err.to_string().contains("keys init"), "{err}");
+        assert!(!err.to_string().contains("horse"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use leakless::key::{AuditRecord, KekRecord, KekState};
 use leakless::keyring::{ShredStatus, shred_status};
-use leakless::kms::{Destruction, RootEpochs};
+use leakless::kms::{Destruction, Kms as _, RootEpochs};
 use leakless::{KekVersion, KeyRing, KeyScope};
 use serde::Serialize;
 
@@ -44,6 +44,12 @@ pub enum KeysCommand {
     /// upgrading leakless, on a store you trust): every record gets its tag and an
     /// `authenticate` audit entry. Refuses a store that was authenticated before.
     Upgrade,
+    /// Generate a new local root key file (64 hex digits, mode 0600, created exclusively: an
+    /// existing file is never overwritten), for `--kms local`.
+    Init {
+        /// Where to write it (default: --root-key-file / LEAKLESS_ROOT_KEY_FILE).
+        path: Option<std::path::PathBuf>,
+    },
     /// Create a key scope with an active version 1.
     CreateScope {
         /// The scope name (letters, digits, `_ - . : /`).
@@ -419,6 +425,37 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
                          time with `leakless-migrate keys audit --verify`"
                     )
                 },
+            )
+        }
+        KeysCommand::Init { path } => {
+            let Some(path) = path.as_ref().or(env.global.kms.root_key_file.as_ref()) else {
+                return Err(Failure::new(
+                    Kind::Usage,
+                    "no path for the new root key file",
+                    "pass it (keys init /etc/leakless/root.key) or set --root-key-file / \
+                     LEAKLESS_ROOT_KEY_FILE",
+                ));
+            };
+            if path.symlink_metadata().is_ok() {
+                return Err(Failure::new(
+                    Kind::Usage,
+                    format!(
+                        "{} exists; keys init never overwrites a key",
+                        path.display()
+                    ),
+                    "pick another path; to change the root key of a key store, use \
+                     rotate-root",
+                ));
+            }
+            let kms = leakless::kms::LocalKms::generate_key_file(path)?;
+            done(
+                env,
+                format!(
+                    "wrote a new root key to {} (mode 0600, root key id {}); back it up \
+                     (keys split makes custodian shares), then point --root-key-file at it",
+                    path.display(),
+                    kms.root_key_id()
+                ),
             )
         }
         KeysCommand::CreateScope { scope: name } => {

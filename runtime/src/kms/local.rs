@@ -119,12 +119,15 @@ impl LocalKms {
     }
 
     /// Reads the root key from `path`: exactly 32 raw bytes, or 64 hex digits with an optional
-    /// trailing newline. The file must not be readable, writable or executable by group or
-    /// others (mode `0600` or stricter).
+    /// trailing newline. The file is opened once, not through a symbolic link, and checked on
+    /// the opened file: a regular file owned by the effective user, not readable, writable or
+    /// executable by group or others (mode `0600` or stricter), in a folder others cannot write
+    /// (a sticky folder such as `/tmp` is allowed).
     ///
     /// # Errors
-    /// [`Error::KeyFile`] when the file is missing, has loose permissions, or holds anything
-    /// else.
+    /// [`Error::KeyFile`] when the file is missing, a symbolic link, has loose permissions or
+    /// another owner, sits in a folder others may write, holds anything else, or holds an
+    /// obviously weak key (one byte value repeated, or 32 printable characters: a passphrase).
     pub fn from_key_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let seen = (FileStamp::of(path), FileStamp::of(&next_path(path)));
@@ -293,22 +296,33 @@ impl LocalKms {
     }
 }
 
-/// Reads a root key file: checks its mode and content; the error names the file.
-fn read_key_file(path: &Path) -> Result<RootKey, Error> {
+/// Reads a root key file (see [`super::secret_file`]: opened once, no symbolic link, mode
+/// `0600`, owned by this user, in a folder others cannot write) and refuses an obviously weak
+/// key; the error names the file.
+pub(crate) fn read_key_file(path: &Path) -> Result<RootKey, Error> {
     let key_err = |problem: String| Error::KeyFile {
         path: path.to_path_buf(),
         problem,
     };
-    let meta = fs::metadata(path).map_err(|e| key_err(format!("cannot read it: {e}")))?;
-    check_permissions(&meta).map_err(key_err)?;
-    let raw = Zeroizing::new(fs::read(path).map_err(|e| key_err(format!("cannot read it: {e}")))?);
-    parse_key_bytes(&raw).ok_or_else(|| {
-        key_err(
-            "must hold exactly 32 raw bytes or 64 hex digits (make one with \
-             `LocalKms::generate_key_file`)"
-                .into(),
-        )
-    })
+    let raw = super::secret_file::read(path, 4 * KEY_LEN).map_err(key_err)?;
+    let generate = "make one with `leakless-migrate keys init` or `LocalKms::generate_key_file`";
+    let key = parse_key_bytes(&raw).ok_or_else(|| {
+        key_err(format!(
+            "must hold exactly 32 raw bytes or 64 hex digits ({generate})"
+        ))
+    })?;
+    let bytes = key.expose_secret();
+    if bytes.iter().all(|&b| Some(&b) == bytes.first()) {
+        return Err(key_err(format!(
+            "holds one byte value repeated, not a random key ({generate})"
+        )));
+    }
+    if raw.len() == KEY_LEN && raw.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Err(key_err(format!(
+            "holds 32 printable characters: a passphrase, not a random key ({generate})"
+        )));
+    }
+    Ok(key)
 }
 
 /// Writes `root` as 64 hex digits to `target` atomically: a temporary file in the same folder
@@ -408,32 +422,6 @@ pub(super) fn binding_aad(label: &[u8], id: &str, binding: &KekBinding<'_>) -> V
     aad.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
     aad.extend_from_slice(id.as_bytes());
     aad
-}
-
-#[cfg(unix)]
-fn check_permissions(meta: &fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode {:04o} lets group or others access it; run `chmod 600` on it and make sure \
-             nobody else copied it",
-            mode & 0o7777
-        ));
-    }
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_permissions(meta: &fs::Metadata) -> Result<(), String> {
-    if meta.is_file() {
-        Ok(())
-    } else {
-        Err("is not a regular file".into())
-    }
 }
 
 fn parse_key_bytes(raw: &[u8]) -> Option<RootKey> {

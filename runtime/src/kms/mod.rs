@@ -31,6 +31,7 @@ mod local;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 pub mod retry;
+mod secret_file;
 #[cfg(feature = "shamir")]
 pub mod shamir;
 #[cfg(feature = "tpm")]

@@ -147,21 +147,9 @@ impl PinSource {
     fn read(&self, operation: &'static str) -> Result<Zeroizing<String>, Error> {
         let pin = match self {
             PinSource::File(path) => {
-                let meta = std::fs::metadata(path).map_err(|e| {
-                    kms_err(
-                        operation,
-                        format!("cannot read the PIN file {}: {e}", path.display()),
-                    )
-                })?;
-                check_pin_file_mode(&meta).map_err(|problem| {
+                let raw = super::secret_file::read(path, 4096).map_err(|problem| {
                     kms_err(operation, format!("PIN file {}: {problem}", path.display()))
                 })?;
-                let raw = Zeroizing::new(std::fs::read(path).map_err(|e| {
-                    kms_err(
-                        operation,
-                        format!("cannot read the PIN file {}: {e}", path.display()),
-                    )
-                })?);
                 let text = std::str::from_utf8(&raw).map_err(|_| {
                     kms_err(
                         operation,
@@ -185,32 +173,6 @@ impl PinSource {
             ));
         }
         Ok(Zeroizing::new(trimmed.to_owned()))
-    }
-}
-
-#[cfg(unix)]
-fn check_pin_file_mode(meta: &std::fs::Metadata) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode {:04o} lets group or others access it; run `chmod 600` on it",
-            mode & 0o7777
-        ));
-    }
-    if meta.is_file() {
-        Ok(())
-    } else {
-        Err("is not a regular file".into())
-    }
-}
-
-#[cfg(not(unix))]
-fn check_pin_file_mode(meta: &std::fs::Metadata) -> Result<(), String> {
-    if meta.is_file() {
-        Ok(())
-    } else {
-        Err("is not a regular file".into())
     }
 }
 

@@ -722,23 +722,7 @@ pub fn write_shares(dir: &Path, shares: &[Share]) -> Result<Vec<PathBuf>, Shamir
 /// # Errors
 /// [`crate::Error::KeyFile`] as [`LocalKms::from_key_file`].
 pub fn read_root_key_file(path: &Path) -> Result<RootKey, crate::Error> {
-    let kms = LocalKms::from_key_file(path)?;
-    let raw = Zeroizing::new(fs::read(path).map_err(|e| crate::Error::KeyFile {
-        path: path.to_path_buf(),
-        problem: format!("cannot read it: {e}"),
-    })?);
-    let root = parse_root_key(&raw).ok_or_else(|| crate::Error::KeyFile {
-        path: path.to_path_buf(),
-        problem: "must hold exactly 32 raw bytes or 64 hex digits".into(),
-    })?;
-    // Same key as the backend read: the id is a one-way function of the key.
-    if key_id_of(&root) != kms.root_key_id() {
-        return Err(crate::Error::KeyFile {
-            path: path.to_path_buf(),
-            problem: "changed while it was being read; try again".into(),
-        });
-    }
-    Ok(root)
+    super::local::read_key_file(path)
 }
 
 /// Reads a local root key from the environment variable `var` (64 hex digits), as
