@@ -106,7 +106,10 @@ impl Case {
             let d = TestDb::postgres();
             (d.url().to_owned(), Some(d))
         } else {
-            (dir.path().join("app.db").display().to_string(), None)
+            // An empty file is an empty SQLite database; the migrator opens only existing ones.
+            let path = dir.path().join("app.db");
+            std::fs::File::create(&path).unwrap();
+            (path.display().to_string(), None)
         };
         let manifest = dir.path().join("manifest.json");
         std::fs::write(

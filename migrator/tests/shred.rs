@@ -190,6 +190,10 @@ impl Case {
             Backend::Mysql => "VARBINARY(1024)",
             Backend::Sqlite => "BLOB",
         };
+        if backend == Backend::Sqlite {
+            // An empty file is an empty SQLite database; the migrator opens only existing ones.
+            std::fs::File::create(&url).unwrap();
+        }
         let mut conn = DbUrl::parse(&url).unwrap().connect().unwrap();
         if backend == Backend::Sqlite {
             // Write-ahead logging (persistent in the file), as applications commonly run
