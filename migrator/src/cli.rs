@@ -27,8 +27,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every subcommand takes.
-#[derive(Debug, clap::Args)]
+/// Options every subcommand takes. `Debug` shows the database and key-store URLs only with
+/// their passwords masked.
+#[derive(clap::Args)]
 pub struct Global {
     /// The application database: postgres://..., mysql://... (mariadb://...), or SQLite
     /// (sqlite://PATH, or the path of an existing file). Percent-encode `@ ? # /` and spaces in
@@ -89,6 +90,23 @@ pub struct Global {
     /// heading in `--help`.
     #[command(flatten)]
     pub kms: KmsArgs,
+}
+
+impl std::fmt::Debug for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = |u: &Option<String>| u.as_deref().map(leakless::redact::redact_url);
+        f.debug_struct("Global")
+            .field("database_url", &url(&self.database_url))
+            .field("key_store", &url(&self.key_store))
+            .field("manifest", &self.manifest)
+            .field("json", &self.json)
+            .field("yes", &self.yes)
+            .field("actor", &self.actor)
+            .field("reason", &self.reason)
+            .field("cache_window", &self.cache_window)
+            .field("kms", &self.kms)
+            .finish()
+    }
 }
 
 /// The subcommands.

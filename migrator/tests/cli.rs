@@ -274,3 +274,29 @@ fn status_snapshot_and_exit_codes_on_sqlite() {
     assert_eq!(o.status.code(), Some(1));
     insta::assert_snapshot!("destroy_refused", stderr(&o));
 }
+
+/// The parsed command line's `Debug` (what a panic or a debug log would show) masks the
+/// passwords of the database and key-store URLs.
+#[test]
+fn parsed_options_debug_masks_url_passwords() {
+    use clap::Parser as _;
+    let cli = leakless_migrator::cli::Cli::try_parse_from([
+        "leakless-migrate",
+        "--database-url",
+        "postgres://app:Hunter2Secret@db.internal/app",
+        "--key-store",
+        "mysql://keys:Swordfish9@kdb/keys",
+        "status",
+    ])
+    .unwrap();
+    let shown = format!("{cli:?}");
+    assert!(
+        shown.contains("postgres://app:***@db.internal/app"),
+        "{shown}"
+    );
+    assert!(shown.contains("mysql://keys:***@kdb/keys"), "{shown}");
+    assert!(
+        !shown.contains("Hunter2") && !shown.contains("Swordfish"),
+        "{shown}"
+    );
+}
