@@ -267,6 +267,52 @@ fn adopt(backend: Backend) {
         )
         .unwrap();
     assert_eq!(n[0].n, 700);
+
+    // An application version without leakless changes the plaintext of a row sealed before:
+    // the verification names the row, its help gives the repair, and the repair works.
+    let changed = "changed-later@example.test, 1 New Road";
+    let sql = format!(
+        "UPDATE patients SET email_plain = {} WHERE id = 7",
+        db.ph(1)
+    );
+    db.exec(&sql, &[Bind::Text(Some(changed.to_owned()))])
+        .unwrap();
+    let args = [
+        "adopt",
+        "--table",
+        "patients",
+        "--column",
+        "email",
+        "--from",
+        "email_plain",
+    ];
+    let o = f.run(&[&args[..], &["--verify-only"]].concat());
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 mismatches"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("row 7: sealed value differs"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("set those rows' sealed value to NULL"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("changed-later"), "{}", stderr(&o));
+    db.exec("UPDATE patients SET email = NULL WHERE id = 7", &[])
+        .unwrap();
+    let o = f.run(&args);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("1 written"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("0 mismatches"), "{}", stdout(&o));
+    f.assert_all_open(|id| {
+        if id == 7 {
+            changed.to_owned()
+        } else {
+            plain(id)
+        }
+    });
 }
 
 #[test]

@@ -226,10 +226,28 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         }
     }
     if failed_n > 0 {
+        let stale = failed
+            .iter()
+            .any(|f| f.error.starts_with("sealed value differs"));
+        let help = if stale {
+            format!(
+                "a sealed value that differs was sealed before an application version without \
+                 leakless changed {from} (the stage-1 dual write goes stale that way; a rerun \
+                 never overwrites a sealed value). Once no such version runs, set those rows' \
+                 sealed value to NULL (UPDATE {table} SET {col} = NULL WHERE {id} IN (...the rows \
+                 listed...)) and rerun `adopt`; rows still NULL are filled by a rerun too",
+                table = db.q(&t.table),
+                col = db.q(&c.column),
+                id = db.q(&t.row_id_column),
+            )
+        } else {
+            "rerun `adopt` (the backfill resumes and fills what is missing), then verify again"
+                .to_owned()
+        };
         return Err(Failure::new(
             Kind::Refused,
             format!("adopt: {failed_n} rows do not match their plaintext column"),
-            "rerun `adopt` (the backfill resumes and fills what is missing), then verify again",
+            help,
         ));
     }
     if !env.global.json {
