@@ -479,7 +479,8 @@ impl Db {
         }
     }
 
-    /// The declared type of `table.column` as the database names it (PostgreSQL and MariaDB:
+    /// The declared type of `table.column` (the table as an unqualified statement finds it) as
+    /// the database names it (PostgreSQL and MariaDB:
     /// `information_schema.columns.data_type`, e.g. `bytea`, `jsonb`, `character varying`,
     /// `longblob`; SQLite: the declared type, e.g. `BLOB`), or `None` when the table has no such
     /// column.
@@ -488,9 +489,14 @@ impl Db {
     /// [`Kind::Database`].
     pub fn column_type(&mut self, table: &str, column: &str) -> Result<Option<String>, Failure> {
         let sql = match self.backend() {
+            // The schema the search path resolves the table name to, as an unqualified
+            // statement would.
             Backend::Postgres => {
                 "SELECT data_type AS id FROM information_schema.columns \
-                 WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+                 WHERE table_schema = (SELECT n.nspname FROM pg_class c \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   WHERE c.oid = to_regclass(quote_ident($1))) \
+                 AND table_name = $1 AND column_name = $2"
             }
             Backend::Mysql => {
                 "SELECT CAST(DATA_TYPE AS CHAR) AS id FROM information_schema.columns \
@@ -504,6 +510,31 @@ impl Db {
         ];
         let types: Vec<OneText> = self.load(sql, &binds)?;
         Ok(types.into_iter().next().map(|r| r.id))
+    }
+
+    /// Checks that the manifest's sealed column `table.column` and the table's row id column
+    /// exist, before any statement names them.
+    ///
+    /// # Errors
+    /// [`Kind::Usage`] naming what is missing (a manifest ahead of or behind the database);
+    /// [`Kind::Database`].
+    pub fn require_column(
+        &mut self,
+        table: &str,
+        row_id: &str,
+        column: &str,
+    ) -> Result<(), Failure> {
+        for c in [row_id, column] {
+            if self.column_type(table, c)?.is_none() {
+                return Err(Failure::new(
+                    Kind::Usage,
+                    format!("the manifest names {table}.{c}, which the database does not have"),
+                    "run the application's migrations first, or fix the manifest (regenerate \
+                     it from the models)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Runs statements without parameters.

@@ -841,6 +841,7 @@ pub fn run(
     let started = Instant::now();
     let job = opts.job.clone().unwrap_or_else(|| job_name(mode, t, c));
     let mut db = url.connect()?;
+    db.require_column(&t.table, &t.row_id_column, &c.column)?;
     // Refuse a per-tenant table whose tenant column cannot give the scope before planning.
     let tenant = TenantScope::probe(&mut db, t)?;
     let source = match mode {

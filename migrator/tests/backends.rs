@@ -605,3 +605,60 @@ fn adopt_legacy_types_postgres() {
 fn adopt_legacy_types_mariadb() {
     adopt_legacy_types(Backend::Mysql);
 }
+
+/// A manifest naming a column or table the database does not have (the application's
+/// migrations not run yet) is a usage error (exit 2) naming it, for every command that reads
+/// the column, not a database error.
+fn manifest_ahead_of_the_database(backend: Backend) {
+    let f = Fixture::new(backend);
+    let col = |name: &str| {
+        format!(
+            r#"{{"column": "{name}", "algorithm": "xchacha20poly1305", "encoding": "string",
+                "nullable": true, "blind_index": null}}"#
+        )
+    };
+    for (table, column) in [("patients", "phone"), ("ghosts", "email")] {
+        std::fs::write(
+            &f.manifest,
+            format!(
+                r#"{{"format": 1, "tables": [{{"table": "{table}", "row_id_column": "id",
+                    "row_id_kind": "int", "schema_version": 1,
+                    "scope": {{"kind": "static", "scope": "patients"}},
+                    "columns": [{}]}}]}}"#,
+                col(column)
+            ),
+        )
+        .unwrap();
+        for args in [
+            &["status"][..],
+            &["verify"],
+            &["rewrap"],
+            &["reencrypt", "--yes"],
+        ] {
+            let o = f.run(args);
+            assert_eq!(code(&o), 2, "{args:?} {table}.{column}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains(&format!(
+                    "the manifest names {table}.{column}, which the database does not have"
+                )) || stderr(&o).contains(&format!("the manifest names {table}.id")),
+                "{args:?}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}
+
+#[test]
+fn manifest_ahead_of_the_database_sqlite() {
+    manifest_ahead_of_the_database(Backend::Sqlite);
+}
+
+#[test]
+fn manifest_ahead_of_the_database_postgres() {
+    manifest_ahead_of_the_database(Backend::Postgres);
+}
+
+#[test]
+fn manifest_ahead_of_the_database_mariadb() {
+    manifest_ahead_of_the_database(Backend::Mysql);
+}

@@ -72,14 +72,17 @@ pub fn run_jobs(
     let targets = env.targets(table, column)?;
     let url = env.db_url()?;
     let ring = env.ring()?;
-    // Refuse a per-tenant table whose tenant column cannot give the scope before any job
-    // runs (each job checks its own table again before planning).
-    if matches!(mode, Mode::Rewrap | Mode::Reencrypt) {
-        let mut db = url.connect()?;
-        for (t, _) in &targets {
+    // Refuse a manifest column the database lacks, and a per-tenant table whose tenant column
+    // cannot give the scope, before any job runs (each job checks its own table again before
+    // planning).
+    let mut db = url.connect()?;
+    for (t, c) in &targets {
+        db.require_column(&t.table, &t.row_id_column, &c.column)?;
+        if matches!(mode, Mode::Rewrap | Mode::Reencrypt) {
             crate::tenant::TenantScope::probe(&mut db, t)?;
         }
     }
+    drop(db);
     let opts = args.options();
     let mut summaries = Vec::new();
     for (t, c) in &targets {

@@ -84,13 +84,14 @@ pub struct AdoptionStatus {
 /// Counts one column.
 ///
 /// # Errors
-/// [`Kind::Database`], [`Kind::Keys`].
+/// [`Kind::Database`], [`Kind::Keys`]; [`Kind::Usage`] when the database lacks the column.
 pub fn column_status(
     db: &mut Db,
     store: &dyn KeyStore,
     t: &leakless::manifest::SealedTable,
     c: &leakless::manifest::SealedColumn,
 ) -> Result<ColumnStatus> {
+    db.require_column(&t.table, &t.row_id_column, &c.column)?;
     let mut by: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let (mut rows, mut nulls, mut plaintext) = (0u64, 0u64, 0u64);
     let expr = prefix_expr(db, c, 80);

@@ -161,7 +161,8 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let ring = env.ring()?;
     let mut db = env.connect()?;
     // Refuse a per-tenant table whose tenant cannot give the scope before reading any row.
-    for (t, _) in &targets {
+    for (t, c) in &targets {
+        db.require_column(&t.table, &t.row_id_column, &c.column)?;
         TenantScope::probe(&mut db, t)?;
     }
     let mut all = Vec::new();
