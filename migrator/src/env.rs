@@ -111,7 +111,8 @@ impl Env {
     /// The key store from `--key-store`, defaulting to the application database.
     ///
     /// # Errors
-    /// [`Kind::Keys`] when it cannot be opened.
+    /// [`Kind::Keys`] when it cannot be opened; [`Kind::Database`] when it is the application
+    /// database and that cannot be reached.
     pub fn key_store(&self) -> Result<Arc<dyn KeyStore>> {
         if let Some(path) = self
             .global
@@ -132,6 +133,11 @@ impl Env {
                 )
             })?,
         };
+        if self.global.key_store.is_none() {
+            // The keys live in the application database: a database that cannot be reached
+            // is a database error (exit 4) about --database-url, not a key-store one.
+            drop(url.connect()?);
+        }
         let store = SqlKeyStore::connect(&url.key_store_url())?;
         store.create_schema()?;
         Ok(Arc::new(store))

@@ -140,6 +140,24 @@ fn key_errors_exit_3_and_database_errors_exit_4_without_the_password() {
     assert!(!all.contains("hunter2"), "password printed: {all}");
     assert!(all.contains("postgres://app:***@127.0.0.1:1/app"), "{all}");
     assert!(all.contains("\nhelp: "), "{all}");
+    // With the keys in the same (unreachable) database, it is still a database error about
+    // --database-url, not a key-store error.
+    let o = run(&[
+        "keys",
+        "list",
+        "--database-url",
+        url,
+        "--root-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(!all.contains("hunter2"), "password printed: {all}");
+    assert!(
+        all.contains("cannot connect to postgres://app:***@127.0.0.1:1/app"),
+        "{all}"
+    );
+    assert!(all.contains("--database-url"), "{all}");
 }
 
 /// Database URLs the migrator must refuse rather than guess at, each with a usage error (exit 2)

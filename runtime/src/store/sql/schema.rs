@@ -142,6 +142,7 @@ pub(crate) const POSTGRES: &[&str] = &[
     "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
 ];
 
+#[cfg(feature = "postgres")]
 /// PostgreSQL: true when [`POSTGRES`] has nothing left to do in the current schema: both
 /// tables with every column the upgrades add, and the three indexes.
 pub(crate) const POSTGRES_CURRENT: &str = "(SELECT count(*) FROM information_schema.columns
