@@ -318,3 +318,25 @@ fn parsed_options_debug_masks_url_passwords() {
         "{shown}"
     );
 }
+
+/// A value that is no envelope in a sealed column (plaintext written past leakless, or
+/// damaged) is reported as such by `status`, never as rows "to adopt" of a column that is not
+/// in adoption, and its bytes are not printed.
+#[test]
+fn status_reports_values_that_are_no_envelope_without_calling_them_adoptable() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 10, false);
+    f.db()
+        .batch("UPDATE patients SET email = X'68656c6c6f2d706c61696e2d76616c7565' WHERE id = 3")
+        .unwrap();
+    let o = f.run(&["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("unsealed"), "{out}");
+    assert!(
+        out.contains("1 rows hold a value that is no envelope"),
+        "{out}"
+    );
+    assert!(!out.contains("adopt"), "{out}");
+    assert!(!out.contains("hello-plain"), "{out}");
+}

@@ -208,7 +208,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         if s.plaintext > 0 {
             out(format!(
                 "{name:<28} {:<20} {:>7} {:<10} {:>10}",
-                "-", "-", "plaintext", s.plaintext
+                "-", "-", "unsealed", s.plaintext
             ));
         }
         if let Some(a) = s.adoption.as_ref().filter(|a| a.pending > 0) {
@@ -234,7 +234,11 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             notes.push(format!("{} rows to rewrap", s.rewrap_work));
         }
         if s.plaintext > 0 {
-            notes.push(format!("{} plaintext rows to adopt", s.plaintext));
+            notes.push(format!(
+                "{} rows hold a value that is no envelope (plaintext written past leakless, or \
+                 damaged; `verify` names them)",
+                s.plaintext
+            ));
         }
         if let Some(a) = &s.adoption {
             notes.push(if a.pending > 0 {
