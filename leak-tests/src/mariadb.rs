@@ -155,7 +155,7 @@ pub fn walk_tablespace(
     mut emit: impl FnMut(Decoded),
 ) -> io::Result<Vec<String>> {
     let mut head = Zeroizing::new(vec![0u8; 3 * 65536]);
-    let n = read_full(&mut reader, &mut head)?;
+    let n = crate::containers::read_up_to(&mut reader, &mut head)?;
     head.truncate(n);
     let ps = page_size(&head).unwrap_or(16384);
     let flags = be32(&head, FSP_SPACE_FLAGS).unwrap_or(0);
@@ -173,7 +173,7 @@ pub fn walk_tablespace(
     let mut offset = 0u64;
     let mut pages = io::Cursor::new(head.as_slice()).chain(reader);
     loop {
-        let filled = read_full(&mut pages, &mut page)?;
+        let filled = crate::containers::read_up_to(&mut pages, &mut page)?;
         if filled == 0 {
             break;
         }
@@ -274,14 +274,14 @@ pub fn walk_binlog(
     mut emit: impl FnMut(Decoded),
 ) -> io::Result<Vec<String>> {
     let mut magic = [0u8; 4];
-    if read_full(&mut reader, &mut magic)? < 4 || &magic != BINLOG_MAGIC {
+    if crate::containers::read_up_to(&mut reader, &mut magic)? < 4 || &magic != BINLOG_MAGIC {
         return Ok(vec!["not a binary log (no \\xfebin magic)".into()]);
     }
     let mut offset = 4u64;
     let mut problems = Vec::new();
     let mut header = [0u8; EVENT_HEADER];
     loop {
-        let n = read_full(&mut reader, &mut header)?;
+        let n = crate::containers::read_up_to(&mut reader, &mut header)?;
         if n == 0 {
             break;
         }
@@ -301,7 +301,7 @@ pub fn walk_binlog(
             break;
         }
         let mut body = Zeroizing::new(vec![0u8; body_len]);
-        if read_full(&mut reader, &mut body)? < body_len {
+        if crate::containers::read_up_to(&mut reader, &mut body)? < body_len {
             problems.push(format!(
                 "event at offset {offset}: truncated; the rest is not decoded"
             ));
@@ -359,20 +359,4 @@ fn inflate_event(body: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         }
     }
     None
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let Some(space) = buf.get_mut(n..) else {
-            break;
-        };
-        match r.read(space) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }

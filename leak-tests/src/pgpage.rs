@@ -355,18 +355,8 @@ pub fn sniff_compressed(
     let mut keep = 0usize;
     let mut base = 0u64;
     loop {
-        let mut filled = keep;
-        while filled < buf.len() {
-            let Some(space) = buf.get_mut(filled..) else {
-                break;
-            };
-            match reader.read(space) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = keep
+            + crate::containers::read_up_to(&mut reader, buf.get_mut(keep..).unwrap_or_default())?;
         let eof = filled < buf.len();
         // Try every start that has a whole MAX_INLINE of look-ahead (all of them at the end).
         let starts = if eof { filled } else { filled - MAX_INLINE };

@@ -812,18 +812,11 @@ impl Scanner {
         let mut base = 0u64; // stream offset of buf[0]
         let mut total = 0u64;
         loop {
-            let mut filled = keep;
-            while filled < buf.len() {
-                let Some(space) = buf.get_mut(filled..) else {
-                    break;
-                };
-                match reader.read(space) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let filled = keep
+                + crate::containers::read_up_to(
+                    &mut reader,
+                    buf.get_mut(keep..).unwrap_or_default(),
+                )?;
             let new = filled - keep;
             if new == 0 {
                 return Ok(total);
