@@ -252,8 +252,9 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     }
     if !env.global.json {
         out(format!(
-            "adoption verified. Once the application no longer reads or writes {} (stage 3), \
-             drop it yourself:\n  {drop_sql}",
+            "adoption verified. Move the application to stage 3, then deploy a build without \
+             `adopt(...)` on this field (stage 3 still selects and writes {}); once no instance \
+             runs an older build, drop it yourself:\n  {drop_sql}",
             from
         ));
     }
