@@ -83,8 +83,75 @@ enum ScopeAttr {
 struct BlindIndexAttr {
     column: Ident,
     scope: LitStr,
-    normalize: LitStr,
+    /// The variant of `leakless::Normalizer`.
+    normalize: Ident,
     bytes: LitInt,
+}
+
+/// The spelling of each choice of a string-valued option, with the variant of the runtime enum
+/// it names. The attribute parser resolves a string to its variant once, so that the expansion
+/// never matches on strings.
+const AEADS: &[(&str, &str)] = &[
+    ("xchacha20poly1305", "XChaCha20Poly1305"),
+    ("aes256gcm", "Aes256Gcm"),
+];
+const NORMALIZERS: &[(&str, &str)] = &[
+    ("none", "None"),
+    ("trim", "Trim"),
+    ("lowercase", "Lowercase"),
+    ("trim_lowercase", "TrimLowercase"),
+];
+
+/// The variant named by `v` in `choices`, spanned at `v`, or `help` as the error.
+fn choice(v: &LitStr, choices: &[(&str, &str)], help: &str) -> syn::Result<Ident> {
+    let value = v.value();
+    choices
+        .iter()
+        .find(|(spelling, _)| *spelling == value)
+        .map(|(_, variant)| Ident::new(variant, v.span()))
+        .ok_or_else(|| syn::Error::new(v.span(), help))
+}
+
+/// An adoption stage (`leakless::manifest::AdoptionStage`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    ReadPlaintext,
+    WriteSealedOnly,
+    SealedOnly,
+}
+
+impl Stage {
+    const ALL: [Stage; 3] = [
+        Stage::ReadPlaintext,
+        Stage::WriteSealedOnly,
+        Stage::SealedOnly,
+    ];
+
+    /// The spelling in the attribute and the manifest.
+    fn spelling(self) -> &'static str {
+        match self {
+            Stage::ReadPlaintext => "read_plaintext",
+            Stage::WriteSealedOnly => "write_sealed_only",
+            Stage::SealedOnly => "sealed_only",
+        }
+    }
+
+    /// The runtime enum's variant.
+    fn variant(self) -> Ident {
+        let name = match self {
+            Stage::ReadPlaintext => "ReadPlaintext",
+            Stage::WriteSealedOnly => "WriteSealedOnly",
+            Stage::SealedOnly => "SealedOnly",
+        };
+        Ident::new(name, Span::call_site())
+    }
+}
+
+/// A field's padding policy (`padding = "default"` or `"marker_only"`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Padding {
+    Default,
+    MarkerOnly,
 }
 
 const ADOPT_SYNTAX: &str = "#[leakless(seal(adopt(from = email_plain, stage = \"read_plaintext\")))] (stages: \
@@ -93,13 +160,13 @@ const ADOPT_SYNTAX: &str = "#[leakless(seal(adopt(from = email_plain, stage = \"
 struct AdoptAttr {
     /// The legacy plaintext column.
     from: Ident,
-    /// `read_plaintext`, `write_sealed_only` or `sealed_only`.
-    stage: LitStr,
+    stage: Stage,
 }
 
 struct SealAttr {
-    aead: LitStr,
-    padding: LitStr,
+    /// The variant of `leakless::Algorithm`.
+    aead: Ident,
+    padding: Padding,
     blind_index: Option<BlindIndexAttr>,
     adopt: Option<AdoptAttr>,
 }
@@ -235,8 +302,8 @@ fn parse(input: &DeriveInput) -> syn::Result<Model> {
                     return Err(meta.error("`seal` given twice"));
                 }
                 let mut s = SealAttr {
-                    aead: LitStr::new("xchacha20poly1305", meta.path.span()),
-                    padding: LitStr::new("default", meta.path.span()),
+                    aead: Ident::new("XChaCha20Poly1305", meta.path.span()),
+                    padding: Padding::Default,
                     blind_index: None,
                     adopt: None,
                 };
@@ -267,26 +334,27 @@ fn parse(input: &DeriveInput) -> syn::Result<Model> {
 fn parse_seal_option(s: &mut SealAttr, inner: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
     if inner.path.is_ident("aead") {
         let v: LitStr = inner.value()?.parse()?;
-        if !["xchacha20poly1305", "aes256gcm"].contains(&v.value().as_str()) {
-            return Err(syn::Error::new(
-                v.span(),
-                "unknown AEAD: use `aead = \"xchacha20poly1305\"` or `aead = \"aes256gcm\"`",
-            ));
-        }
-        s.aead = v;
+        s.aead = choice(
+            &v,
+            AEADS,
+            "unknown AEAD: use `aead = \"xchacha20poly1305\"` or `aead = \"aes256gcm\"`",
+        )?;
     } else if inner.path.is_ident("padding") {
         let v: LitStr = inner.value()?.parse()?;
-        if !["default", "marker_only"].contains(&v.value().as_str()) {
-            return Err(syn::Error::new(
-                v.span(),
-                "unknown padding: use `padding = \"default\"` or `padding = \"marker_only\"`",
-            ));
-        }
-        s.padding = v;
+        s.padding = match v.value().as_str() {
+            "default" => Padding::Default,
+            "marker_only" => Padding::MarkerOnly,
+            _ => {
+                return Err(syn::Error::new(
+                    v.span(),
+                    "unknown padding: use `padding = \"default\"` or `padding = \"marker_only\"`",
+                ));
+            }
+        };
     } else if inner.path.is_ident("blind_index") {
         let mut column = None;
         let mut scope = None;
-        let mut normalize = LitStr::new("none", inner.path.span());
+        let mut normalize = Ident::new("None", inner.path.span());
         let mut bytes = LitInt::new("16", inner.path.span());
         inner.parse_nested_meta(|b| {
             if b.path.is_ident("column") {
@@ -295,13 +363,11 @@ fn parse_seal_option(s: &mut SealAttr, inner: &syn::meta::ParseNestedMeta<'_>) -
                 scope = Some(b.value()?.parse::<LitStr>()?);
             } else if b.path.is_ident("normalize") {
                 let v: LitStr = b.value()?.parse()?;
-                if !["none", "trim", "lowercase", "trim_lowercase"].contains(&v.value().as_str()) {
-                    return Err(syn::Error::new(
-                        v.span(),
-                        "unknown normaliser: use none, trim, lowercase or trim_lowercase",
-                    ));
-                }
-                normalize = v;
+                normalize = choice(
+                    &v,
+                    NORMALIZERS,
+                    "unknown normaliser: use none, trim, lowercase or trim_lowercase",
+                )?;
             } else if b.path.is_ident("bytes") {
                 let v: LitInt = b.value()?.parse()?;
                 let n = v.base10_parse::<u8>()?;
@@ -335,15 +401,18 @@ fn parse_seal_option(s: &mut SealAttr, inner: &syn::meta::ParseNestedMeta<'_>) -
                 from = Some(a.value()?.parse::<Ident>()?);
             } else if a.path.is_ident("stage") {
                 let v: LitStr = a.value()?.parse()?;
-                if !["read_plaintext", "write_sealed_only", "sealed_only"]
-                    .contains(&v.value().as_str())
-                {
-                    return Err(syn::Error::new(
-                        v.span(),
-                        format!("unknown adoption stage; write {ADOPT_SYNTAX}"),
-                    ));
-                }
-                stage = Some(v);
+                let value = v.value();
+                stage = Some(
+                    Stage::ALL
+                        .into_iter()
+                        .find(|s| s.spelling() == value)
+                        .ok_or_else(|| {
+                            syn::Error::new(
+                                v.span(),
+                                format!("unknown adoption stage; write {ADOPT_SYNTAX}"),
+                            )
+                        })?,
+                );
             } else {
                 return Err(a.error(format!("unknown adopt option; write {ADOPT_SYNTAX}")));
             }
@@ -525,13 +594,11 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
             debug_fields.push(quote!(.field(#column, &self.#ident)));
             continue;
         };
-        let alg = match seal.aead.value().as_str() {
-            "aes256gcm" => quote!(#p::Algorithm::Aes256Gcm),
-            _ => quote!(#p::Algorithm::XChaCha20Poly1305),
-        };
-        let padding = match seal.padding.value().as_str() {
-            "marker_only" => quote!(#p::PaddingPolicy::MarkerOnly),
-            _ => quote!(<#p::PaddingPolicy as ::core::default::Default>::default()),
+        let aead = &seal.aead;
+        let alg = quote!(#p::Algorithm::#aead);
+        let padding = match seal.padding {
+            Padding::MarkerOnly => quote!(#p::PaddingPolicy::MarkerOnly),
+            Padding::Default => quote!(<#p::PaddingPolicy as ::core::default::Default>::default()),
         };
         let policy = quote!(#p::FieldPolicy { algorithm: #alg, padding: #padding });
         let value_ty = f.option_inner.clone().unwrap_or_else(|| ty.clone());
@@ -555,7 +622,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
             any_adopt = true;
             let from = &a.from;
             let from_name = from.to_string();
-            let stage = a.stage.value();
+            let stage = a.stage.spelling();
             let text = is_string(&value_ty);
             let plain_ty = if text {
                 quote!(::core::option::Option<::std::string::String>)
@@ -573,8 +640,8 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
             } else {
                 format_ident!("plaintext_bytes")
             };
-            let keep_plain = stage == "read_plaintext";
-            let reads = stage != "sealed_only";
+            let keep_plain = a.stage == Stage::ReadPlaintext;
+            let reads = a.stage != Stage::SealedOnly;
             let none = quote!(::core::option::Option::None);
             if f.option_inner.is_some() {
                 let s = seal_one(quote!(v));
@@ -646,12 +713,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
                 let bscope = &b.scope;
                 let bytes = &b.bytes;
                 let norm = &b.normalize;
-                let normalizer = match norm.value().as_str() {
-                    "trim" => quote!(#p::Normalizer::Trim),
-                    "lowercase" => quote!(#p::Normalizer::Lowercase),
-                    "trim_lowercase" => quote!(#p::Normalizer::TrimLowercase),
-                    _ => quote!(#p::Normalizer::None),
-                };
+                let normalizer = quote!(#p::Normalizer::#norm);
                 let spec_fn = format_ident!("__leakless_{}_index_spec", ident);
                 let lookup_fn = format_ident!("{}_lookup", ident);
                 let doc_b = format!("Blind index of `{column}` (HMAC tokens, no plaintext).");
@@ -694,7 +756,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
                         column: ::std::string::String::from(#bcol_name),
                         scope: ::std::string::String::from(#bscope),
                         bytes: #bytes,
-                        normalizer: ::std::string::String::from(#norm),
+                        normalizer: #normalizer,
                     })),
                     Some(init),
                 )
@@ -703,23 +765,23 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
         if let Some(init) = bidx {
             seal_inits.push(init);
         }
-        let alg_name = &seal.aead;
         let nullable = f.option_inner.is_some();
         let adoption_manifest = match adopt {
             None => quote!(::core::option::Option::None),
             Some(a) => {
                 let from_name = a.from.to_string();
-                let stage = &a.stage;
+                let stage = a.stage.variant();
                 quote!(::core::option::Option::Some(#p::AdoptionColumn {
                     from_column: ::std::string::String::from(#from_name),
-                    stage: ::std::string::String::from(#stage),
+                    stage: #p::AdoptionStage::#stage,
                 }))
             }
         };
         manifest_columns.push(quote!(#p::SealedColumn {
             column: ::std::string::String::from(#column),
-            algorithm: ::std::string::String::from(#alg_name),
-            encoding: ::std::string::String::from(<#value_ty as #p::Sealable>::ENCODING),
+            algorithm: #alg,
+            encoding: <#value_ty as #p::Sealable>::ENCODING,
+            padding: #padding,
             nullable: #nullable,
             blind_index: #bidx_manifest,
             adoption: #adoption_manifest,
@@ -786,7 +848,7 @@ fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
                 #p::SealedTable {
                     table: ::std::string::String::from(#table),
                     row_id_column: ::std::string::String::from(::core::stringify!(#row_id)),
-                    row_id_kind: ::std::string::String::from(<#row_id_ty as #p::AsRowId>::KIND),
+                    row_id_kind: <#row_id_ty as #p::AsRowId>::KIND,
                     schema_version: #version,
                     scope: #scope_manifest,
                     columns: ::std::vec![#(#manifest_columns),*],

@@ -12,7 +12,7 @@ use leakless::key::{Clock, ManualClock, SystemClock, UnixTime};
 use leakless::kms::LocalKms;
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
+use leakless::{AuditInfo, Json, KeyRing, KeyScope, PaddingPolicy, Sealed};
 use serde::{Deserialize, Serialize};
 
 #[allow(
@@ -231,27 +231,35 @@ fn manifest_describes_the_sealed_columns() {
     let t = Patient::manifest();
     assert_eq!(t.table, "patients");
     assert_eq!(t.row_id_column, "id");
-    assert_eq!(t.row_id_kind, "text");
+    assert_eq!(t.row_id_kind.name(), "text");
     assert_eq!(t.schema_version, 1);
+    let default = PaddingPolicy::default();
     let cols: Vec<_> = t
         .columns
         .iter()
         .map(|c| {
             (
                 c.column.as_str(),
-                c.algorithm.as_str(),
-                c.encoding.as_str(),
+                c.algorithm.name(),
+                c.encoding.name(),
                 c.nullable,
+                c.padding,
             )
         })
         .collect();
     assert_eq!(
         cols,
         vec![
-            ("address", "aes256gcm", "string", false),
-            ("email", "xchacha20poly1305", "string", false),
-            ("gps", "xchacha20poly1305", "json", false),
-            ("notes", "xchacha20poly1305", "string", true),
+            ("address", "aes256gcm", "string", false, default),
+            ("email", "xchacha20poly1305", "string", false, default),
+            (
+                "gps",
+                "xchacha20poly1305",
+                "json",
+                false,
+                PaddingPolicy::MarkerOnly
+            ),
+            ("notes", "xchacha20poly1305", "string", true, default),
         ]
     );
     let bidx = t.columns[1].blind_index.as_ref().unwrap();

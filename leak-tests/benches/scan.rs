@@ -38,6 +38,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use leakless::manifest::PlaintextEncoding;
 use leakless_leaktest::canary::{Canary, CanarySet, generate};
 use leakless_leaktest::encode::{base64, json_escape};
 use leakless_leaktest::scan::Scanner;
@@ -58,7 +59,11 @@ fn canaries() -> CanarySet {
     let mut set = CanarySet::new();
     let mut push = |n: usize, column: &str| {
         for i in 0..n {
-            let c = generate(&format!("bench.{column}#{i}"), column, "string");
+            let c = generate(
+                &format!("bench.{column}#{i}"),
+                column,
+                PlaintextEncoding::String,
+            );
             set.push(c).unwrap();
         }
     };

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use leakless::manifest::SchemaManifest;
+use leakless::manifest::{PlaintextEncoding, SchemaManifest};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -508,7 +508,7 @@ impl CanarySet {
             for c in &t.columns {
                 for row in 0..rows {
                     let id = format!("{}.{}#{row}", t.table, c.column);
-                    set.push(generate(&id, &c.column, &c.encoding))?;
+                    set.push(generate(&id, &c.column, c.encoding))?;
                 }
             }
         }
@@ -547,7 +547,7 @@ impl CanarySet {
 
 /// One generated canary for a column of the given name and plaintext encoding.
 #[must_use]
-pub fn generate(id: &str, column: &str, encoding: &str) -> Canary {
+pub fn generate(id: &str, column: &str, encoding: PlaintextEncoding) -> Canary {
     let marker = fresh_marker();
     let mut rng = rand::thread_rng();
     let col = column.to_ascii_lowercase();
@@ -565,7 +565,7 @@ pub fn generate(id: &str, column: &str, encoding: &str) -> Canary {
         let lon = f64::from(rng.gen_range(-179_000_000i32..179_000_000)) / 1e6 + 0.000_000_7;
         return Canary::gps(id, &marker, lat, lon);
     }
-    if encoding == "bytes" {
+    if encoding == PlaintextEncoding::Bytes {
         let mut b = vec![0u8; 32];
         rng.fill(b.as_mut_slice());
         return Canary::bytes(id, &marker, &b);

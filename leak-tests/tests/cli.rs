@@ -49,9 +49,9 @@ fn exit_codes_follow_the_verdict() {
     let manifest = r#"{"format": 1, "tables": [{"table": "patients", "row_id_column": "id",
         "row_id_kind": "text", "schema_version": 1, "scope": {"kind": "static", "scope": "patients"},
         "columns": [
-          {"column": "address", "algorithm": "aes256gcm", "encoding": "string", "nullable": false, "blind_index": null},
-          {"column": "gps", "algorithm": "xchacha20poly1305", "encoding": "json", "nullable": false, "blind_index": null},
-          {"column": "transcript", "algorithm": "xchacha20poly1305", "encoding": "string", "nullable": true, "blind_index": null}]}]}"#;
+          {"column": "address", "algorithm": "aes256gcm", "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": false, "blind_index": null},
+          {"column": "gps", "algorithm": "xchacha20poly1305", "encoding": "json", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": false, "blind_index": null},
+          {"column": "transcript", "algorithm": "xchacha20poly1305", "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#;
     std::fs::write(d.join("manifest.json"), manifest).unwrap();
     let out = cli(
         &[

@@ -111,7 +111,7 @@ fn main() {
             "row_id_kind": "int", "schema_version": 1,
             "scope": {"kind": "static", "scope": "bench"},
             "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                "encoding": "string", "nullable": true, "blind_index": null}]}]}"#,
+                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#,
     )
     .unwrap();
     leakless::kms::LocalKms::generate_key_file(&key).unwrap();

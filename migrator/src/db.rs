@@ -12,6 +12,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
 use diesel::{MysqlConnection, PgConnection, SqliteConnection};
+use leakless::manifest::RowIdKind;
 use leakless::redact::{redact_url, scrub};
 use zeroize::Zeroizing;
 
@@ -440,33 +441,33 @@ impl Db {
 
     /// SQL rendering the id column `col` (of manifest kind `kind`) as text.
     #[must_use]
-    pub fn id_text(&self, kind: &str, col: &str) -> String {
+    pub fn id_text(&self, kind: RowIdKind, col: &str) -> String {
         let c = self.q(col);
         match (self.backend, kind) {
-            (Backend::Postgres, "bytes") => format!("encode({c}, 'hex')"),
-            (Backend::Postgres, "text") => c,
-            (Backend::Postgres, _) => format!("{c}::text"),
-            (Backend::Mysql, "bytes" | "uuid") => format!("LOWER(HEX({c}))"),
-            (Backend::Mysql, "text") => c,
-            (Backend::Mysql, _) => format!("CAST({c} AS CHAR)"),
-            (Backend::Sqlite, "bytes" | "uuid") => format!("lower(hex({c}))"),
-            (Backend::Sqlite, "text") => c,
-            (Backend::Sqlite, _) => format!("CAST({c} AS TEXT)"),
+            (Backend::Postgres, RowIdKind::Bytes) => format!("encode({c}, 'hex')"),
+            (Backend::Postgres, RowIdKind::Text) => c,
+            (Backend::Postgres, RowIdKind::Int | RowIdKind::Uuid) => format!("{c}::text"),
+            (Backend::Mysql, RowIdKind::Bytes | RowIdKind::Uuid) => format!("LOWER(HEX({c}))"),
+            (Backend::Mysql, RowIdKind::Text) => c,
+            (Backend::Mysql, RowIdKind::Int) => format!("CAST({c} AS CHAR)"),
+            (Backend::Sqlite, RowIdKind::Bytes | RowIdKind::Uuid) => format!("lower(hex({c}))"),
+            (Backend::Sqlite, RowIdKind::Text) => c,
+            (Backend::Sqlite, RowIdKind::Int) => format!("CAST({c} AS TEXT)"),
         }
     }
 
     /// SQL turning the text expression `expr` back into the id column's type.
     #[must_use]
-    pub fn id_from_text(&self, kind: &str, expr: &str) -> String {
+    pub fn id_from_text(&self, kind: RowIdKind, expr: &str) -> String {
         match (self.backend, kind) {
-            (Backend::Postgres, "uuid") => format!("CAST({expr} AS uuid)"),
-            (Backend::Postgres, "int") => format!("CAST({expr} AS bigint)"),
-            (Backend::Postgres, "bytes") => format!("decode({expr}, 'hex')"),
-            (Backend::Mysql, "bytes" | "uuid") => format!("UNHEX({expr})"),
-            (Backend::Mysql, "int") => format!("CAST({expr} AS SIGNED)"),
-            (Backend::Sqlite, "bytes" | "uuid") => format!("unhex({expr})"),
-            (Backend::Sqlite, "int") => format!("CAST({expr} AS INTEGER)"),
-            (_, _) => expr.to_owned(),
+            (Backend::Postgres, RowIdKind::Uuid) => format!("CAST({expr} AS uuid)"),
+            (Backend::Postgres, RowIdKind::Int) => format!("CAST({expr} AS bigint)"),
+            (Backend::Postgres, RowIdKind::Bytes) => format!("decode({expr}, 'hex')"),
+            (Backend::Mysql, RowIdKind::Bytes | RowIdKind::Uuid) => format!("UNHEX({expr})"),
+            (Backend::Mysql, RowIdKind::Int) => format!("CAST({expr} AS SIGNED)"),
+            (Backend::Sqlite, RowIdKind::Bytes | RowIdKind::Uuid) => format!("unhex({expr})"),
+            (Backend::Sqlite, RowIdKind::Int) => format!("CAST({expr} AS INTEGER)"),
+            (_, RowIdKind::Text) => expr.to_owned(),
         }
     }
 
@@ -621,10 +622,11 @@ impl Db {
         &mut self,
         table: &str,
         id_col: &str,
-        id_kind: &str,
+        id_kind: RowIdKind,
         col: &str,
         rows: &[CasWrite],
     ) -> Result<Vec<String>, Failure> {
+        let id_expr = self.id_from_text(id_kind, "u.id");
         let Conn::Pg(c) = &mut self.conn else {
             return Err(Failure::new(
                 Kind::Usage,
@@ -637,12 +639,6 @@ impl Db {
             format!("\"{id_col}\""),
             format!("\"{col}\""),
         );
-        let id_expr = match id_kind {
-            "uuid" => "CAST(u.id AS uuid)".to_owned(),
-            "int" => "CAST(u.id AS bigint)".to_owned(),
-            "bytes" => "decode(u.id, 'hex')".to_owned(),
-            _ => "u.id".to_owned(),
-        };
         let by_tid = rows.iter().all(|r| r.tid.is_some());
         let tid_cond = if by_tid {
             format!("{t}.ctid = CAST(u.tid AS tid) AND ")

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use leakless::manifest::{ScopeSource, SealedColumn, SealedTable};
-use leakless::{Algorithm, FieldContext, FieldPolicy, KeyRing, KeyScope, PaddingPolicy};
+use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope};
 use serde::Serialize;
 
 use crate::db::{Backend, Bind, CasWrite, ChunkRow, Db, DbUrl, IdTwo, OneInt, OneText};
@@ -286,7 +286,7 @@ fn plan_in_tx(
     let sql = format!(
         "SELECT idt AS id FROM (SELECT {} AS idt, ROW_NUMBER() OVER (ORDER BY {id}) AS rn \
          FROM {}) s WHERE (rn - 1) % {batch} = 0 ORDER BY rn",
-        db.id_text(&t.row_id_kind, &t.row_id_column),
+        db.id_text(t.row_id_kind, &t.row_id_column),
         db.q(&t.table)
     );
     let bounds: Vec<OneText> = db.load(&sql, &[])?;
@@ -393,8 +393,8 @@ fn row_error(e: leakless::Error) -> Outcome {
 impl Work {
     fn policy(&self) -> FieldPolicy {
         FieldPolicy {
-            algorithm: Algorithm::from_name(&self.column.algorithm).unwrap_or_default(),
-            padding: PaddingPolicy::default(),
+            algorithm: self.column.algorithm,
+            padding: self.column.padding,
         }
     }
 
@@ -467,7 +467,7 @@ impl Work {
     }
 
     fn outcome_inner(&self, row: &IdTwo, adopt_scope: Option<&KeyScope>) -> Outcome {
-        let rid = match OwnedRowId::parse(&self.table.row_id_kind, &row.id) {
+        let rid = match OwnedRowId::parse(self.table.row_id_kind, &row.id) {
             Ok(r) => r,
             Err(e) => return Outcome::Fail(e.what),
         };
@@ -539,14 +539,14 @@ impl Work {
             return db.pg_bulk_cas(
                 &self.table.table,
                 &self.table.row_id_column,
-                &self.table.row_id_kind,
+                self.table.row_id_kind,
                 &self.column.column,
                 writes,
             );
         }
         let col = db.q(&self.column.column);
         let id = db.q(&self.table.row_id_column);
-        let id_bind = db.id_from_text(&self.table.row_id_kind, "?");
+        let id_bind = db.id_from_text(self.table.row_id_kind, "?");
         let mut lost = Vec::new();
         for CasWrite {
             id: rid, old, new, ..
@@ -586,10 +586,10 @@ impl Work {
         let t = db.q(&self.table.table);
         let sql = format!(
             "SELECT {} AS id, {} FROM {t} WHERE {t}.{} = {}",
-            db.id_text(&self.table.row_id_kind, &self.table.row_id_column),
+            db.id_text(self.table.row_id_kind, &self.table.row_id_column),
             self.select(db),
             db.q(&self.table.row_id_column),
-            db.id_from_text(&self.table.row_id_kind, &db.ph(1)),
+            db.id_from_text(self.table.row_id_kind, &db.ph(1)),
         );
         let mut rows: Vec<IdTwo> = db.load(&sql, &[Bind::Text(Some(rid.to_owned()))])?;
         Ok(rows.pop())

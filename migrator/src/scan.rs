@@ -3,7 +3,7 @@
 
 use leakless::RowId;
 use leakless::envelope::{FORMAT_V1, MAGIC};
-use leakless::manifest::{SealedColumn, SealedTable};
+use leakless::manifest::{RowIdKind, SealedColumn, SealedTable};
 
 use crate::db::{Bind, Db, IdBytes};
 use crate::error::{Failure, Kind, Result};
@@ -26,7 +26,7 @@ impl OwnedRowId {
     ///
     /// # Errors
     /// [`Kind::Usage`] when the id does not fit the manifest's kind.
-    pub fn parse(kind: &str, text: &str) -> Result<Self> {
+    pub fn parse(kind: RowIdKind, text: &str) -> Result<Self> {
         let bad = || {
             Failure::new(
                 Kind::Usage,
@@ -35,10 +35,10 @@ impl OwnedRowId {
             )
         };
         Ok(match kind {
-            "int" => OwnedRowId::Int(text.parse().map_err(|_| bad())?),
-            "text" => OwnedRowId::Text(text.to_owned()),
-            "bytes" => OwnedRowId::Bytes(hex::decode(text).map_err(|_| bad())?),
-            _ => {
+            RowIdKind::Int => OwnedRowId::Int(text.parse().map_err(|_| bad())?),
+            RowIdKind::Text => OwnedRowId::Text(text.to_owned()),
+            RowIdKind::Bytes => OwnedRowId::Bytes(hex::decode(text).map_err(|_| bad())?),
+            RowIdKind::Uuid => {
                 let hexed: String = text.chars().filter(|c| *c != '-').collect();
                 let v = hex::decode(hexed).map_err(|_| bad())?;
                 OwnedRowId::Uuid(v.try_into().map_err(|_| bad())?)
@@ -100,7 +100,7 @@ pub fn page_sql(
         n += 1;
         conds.push(format!(
             "{tq}.{id} {op} {}",
-            db.id_from_text(&t.row_id_kind, &db.ph(n))
+            db.id_from_text(t.row_id_kind, &db.ph(n))
         ));
         binds.push(Bind::Text(Some(v.to_owned())));
     };
@@ -123,7 +123,7 @@ pub fn page_sql(
             // Order by the table-qualified column: a bare name would pick the text alias
             // `id` and sort "10" before "9".
             "SELECT {} AS id, {select} FROM {tq}{filter} ORDER BY {tq}.{id} LIMIT {limit}",
-            db.id_text(&t.row_id_kind, &t.row_id_column),
+            db.id_text(t.row_id_kind, &t.row_id_column),
         ),
         binds,
     )

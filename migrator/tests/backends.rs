@@ -12,6 +12,7 @@
 
 mod support;
 
+use leakless::PaddingPolicy;
 use leakless_migrator::db::Bind;
 use support::{Backend, Fixture, SCOPE, plain, stderr, stdout, wait_for_cache_window};
 
@@ -356,7 +357,7 @@ fn adopt_from_manifest(backend: Backend) {
             "row_id_kind": "int", "schema_version": 1,
             "scope": {"kind": "static", "scope": "patients"},
             "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                "encoding": "string", "nullable": true, "blind_index": null,
+                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null,
                 "adoption": {"from_column": "email_plain", "stage": "read_plaintext"}}]}]}"#,
     )
     .unwrap();
@@ -473,10 +474,26 @@ fn adopt_legacy_types(backend: Backend) {
          raw {bin} NULL, raw_old {bin} NULL, note {bin} NULL, note_old {varchar} NULL)"
     ))
     .unwrap();
+    // Each column with its own padding policy, none of them the default: adopt and reencrypt
+    // must seal under the manifest's policy, not a default of their own.
+    let policies = [
+        ("doc", PaddingPolicy::MarkerOnly),
+        (
+            "meta",
+            PaddingPolicy::PowerOfTwo {
+                min: 256,
+                cap: 1024,
+            },
+        ),
+        ("raw", PaddingPolicy::Multiple { block: 48 }),
+        ("note", PaddingPolicy::Multiple { block: 100 }),
+    ];
     let col = |name: &str, encoding: &str| {
+        let padding = policies.iter().find(|(c, _)| *c == name).unwrap().1;
         format!(
             r#"{{"column": "{name}", "algorithm": "xchacha20poly1305", "encoding": "{encoding}",
-                "nullable": true, "blind_index": null}}"#
+                "padding": {}, "nullable": true, "blind_index": null}}"#,
+            serde_json::to_string(&padding).unwrap()
         )
     };
     std::fs::write(
@@ -540,30 +557,65 @@ fn adopt_legacy_types(backend: Backend) {
     let ring = f.fresh_ring();
     let sql = format!(
         "SELECT {} AS id, doc AS a, meta AS b, raw AS c, note AS d FROM legacy ORDER BY id",
-        db.id_text("int", "id")
+        db.id_text(leakless::manifest::RowIdKind::Int, "id")
     );
-    let sealed: Vec<Sealed4> = db.load(&sql, &[]).unwrap();
-    assert_eq!(sealed.len(), 40);
+    // Opens one value and checks that it was padded under its column's policy.
     let open = |column: &str, id: i64, env: &Option<Vec<u8>>| -> Vec<u8> {
         let ctx = leakless::FieldContext::new("legacy", column, leakless::RowId::Int(id), 1);
         let env = env
             .as_deref()
             .unwrap_or_else(|| panic!("{column} row {id}: NULL"));
-        ring.open(&ctx, env).unwrap().expose_secret().to_vec()
-    };
-    for r in &sealed {
-        let id: i64 = r.id.parse().unwrap();
-        assert_eq!(open("doc", id, &r.a), doc(id).into_bytes(), "doc row {id}");
-        let meta: serde_json::Value = serde_json::from_slice(&open("meta", id, &r.b)).unwrap();
-        let want: serde_json::Value = serde_json::from_str(&doc(id)).unwrap();
-        assert_eq!(meta, want, "meta row {id}");
-        assert_eq!(open("raw", id, &r.c), blob(id), "raw row {id}");
+        let plain = ring.open(&ctx, env).unwrap().expose_secret().to_vec();
+        let policy = policies.iter().find(|(c, _)| *c == column).unwrap().1;
         assert_eq!(
-            open("note", id, &r.d),
-            note(id).into_bytes(),
-            "note row {id}"
+            leakless::envelope::inspect(env).unwrap().padded_len,
+            policy.padded_len(plain.len()).unwrap(),
+            "{column} row {id}: not padded under {policy:?}"
         );
-    }
+        plain
+    };
+    let check = |sealed: &[Sealed4]| {
+        assert_eq!(sealed.len(), 40);
+        for r in sealed {
+            let id: i64 = r.id.parse().unwrap();
+            assert_eq!(open("doc", id, &r.a), doc(id).into_bytes(), "doc row {id}");
+            let meta: serde_json::Value = serde_json::from_slice(&open("meta", id, &r.b)).unwrap();
+            let want: serde_json::Value = serde_json::from_str(&doc(id)).unwrap();
+            assert_eq!(meta, want, "meta row {id}");
+            assert_eq!(open("raw", id, &r.c), blob(id), "raw row {id}");
+            assert_eq!(
+                open("note", id, &r.d),
+                note(id).into_bytes(),
+                "note row {id}"
+            );
+        }
+    };
+    let adopted: Vec<Sealed4> = db.load(&sql, &[]).unwrap();
+    check(&adopted);
+    // The policies differ from the default in what they give these values (the control that
+    // makes the check above able to fail).
+    let r = adopted.iter().find(|r| r.id == "7").unwrap();
+    let sizes = |env: &Option<Vec<u8>>| {
+        leakless::envelope::inspect(env.as_deref().unwrap())
+            .unwrap()
+            .padded_len
+    };
+    assert_eq!(sizes(&r.a), doc(7).len() + 1, "marker only: exact length");
+    assert_eq!(sizes(&r.b), 256);
+    assert_eq!(sizes(&r.c), 48);
+    assert_eq!(sizes(&r.d), 100);
+    // reencrypt reseals every value under the same policies.
+    let o = f.run(&["reencrypt", "--yes"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let resealed: Vec<Sealed4> = db.load(&sql, &[]).unwrap();
+    assert!(
+        adopted
+            .iter()
+            .zip(&resealed)
+            .all(|(a, b)| a.a != b.a && a.d != b.d),
+        "reencrypt left a value as it was"
+    );
+    check(&resealed);
     // A source column that is not there: a usage error before anything runs.
     let o = f.run(&[
         "adopt", "--table", "legacy", "--column", "note", "--from", "nope",
@@ -614,7 +666,7 @@ fn manifest_ahead_of_the_database(backend: Backend) {
     let col = |name: &str| {
         format!(
             r#"{{"column": "{name}", "algorithm": "xchacha20poly1305", "encoding": "string",
-                "nullable": true, "blind_index": null}}"#
+                "padding": {{"kind": "power_of_two", "min": 32, "cap": 4096}}, "nullable": true, "blind_index": null}}"#
         )
     };
     for (table, column) in [("patients", "phone"), ("ghosts", "email")] {

@@ -117,7 +117,7 @@ fn key_errors_exit_3_and_database_errors_exit_4_without_the_password() {
         r#"{"format": 1, "tables": [{"table": "t", "row_id_column": "id", "row_id_kind": "int",
            "schema_version": 1, "scope": {"kind": "static", "scope": "s"},
            "columns": [{"column": "c", "algorithm": "xchacha20poly1305", "encoding": "string",
-           "nullable": false, "blind_index": null}]}]}"#,
+           "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": false, "blind_index": null}]}]}"#,
     )
     .unwrap();
     // A planted password must be detectable in raw output...
@@ -176,7 +176,7 @@ fn database_urls_that_would_leak_or_be_guessed_are_refused() {
         r#"{"format": 1, "tables": [{"table": "t", "row_id_column": "id", "row_id_kind": "int",
            "schema_version": 1, "scope": {"kind": "static", "scope": "s"},
            "columns": [{"column": "c", "algorithm": "xchacha20poly1305", "encoding": "string",
-           "nullable": false, "blind_index": null}]}]}"#,
+           "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": false, "blind_index": null}]}]}"#,
     )
     .unwrap();
     let cwd = tempfile::tempdir().unwrap();

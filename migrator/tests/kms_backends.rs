@@ -118,7 +118,7 @@ impl Case {
                 "row_id_kind": "int", "schema_version": 1,
                 "scope": {"kind": "static", "scope": "patients"},
                 "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                    "encoding": "string", "nullable": true, "blind_index": null}]}]}"#,
+                    "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#,
         )
         .unwrap();
         let bin = if postgres { "bytea" } else { "BLOB" };

@@ -177,11 +177,11 @@ impl Case {
                 {{"table": "patients", "row_id_column": "id", "row_id_kind": "int",
                   "schema_version": 1, "scope": {{"kind": "static", "scope": "{A}"}},
                   "columns": [{{"column": "email", "algorithm": "xchacha20poly1305",
-                      "encoding": "string", "nullable": true, "blind_index": null}}]}},
+                      "encoding": "string", "padding": {{"kind": "power_of_two", "min": 32, "cap": 4096}}, "nullable": true, "blind_index": null}}]}},
                 {{"table": "visits", "row_id_column": "id", "row_id_kind": "int",
                   "schema_version": 1, "scope": {{"kind": "static", "scope": "{B}"}},
                   "columns": [{{"column": "note", "algorithm": "aes256gcm",
-                      "encoding": "string", "nullable": true, "blind_index": null}}]}}]}}"#
+                      "encoding": "string", "padding": {{"kind": "power_of_two", "min": 32, "cap": 4096}}, "nullable": true, "blind_index": null}}]}}]}}"#
             ),
         )
         .unwrap();

@@ -46,7 +46,7 @@ fn write_manifest(f: &Fixture) {
             "row_id_kind": "int", "schema_version": 1,
             "scope": {"kind": "per_tenant", "column": "tenant_id", "prefix": "tenant:"},
             "columns": [{"column": "note", "algorithm": "xchacha20poly1305",
-                "encoding": "string", "nullable": true, "blind_index": null}]}]}"#,
+                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#,
     )
     .unwrap();
 }
@@ -168,7 +168,7 @@ fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: B
         .load(
             &format!(
                 "SELECT {} AS id, note AS val FROM visits WHERE id = 2",
-                db.id_text("int", "id")
+                db.id_text(leakless::manifest::RowIdKind::Int, "id")
             ),
             &[],
         )

@@ -17,14 +17,20 @@ use zeroize::Zeroize;
 pub const TAG_LEN: usize = 16;
 
 /// An AEAD algorithm for field data, chosen per field or per configuration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// In the schema manifest it is written by [`Algorithm::name`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[non_exhaustive]
 pub enum Algorithm {
     /// XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha): 192-bit random nonces, constant-time in
     /// software everywhere. The default.
     #[default]
+    #[serde(rename = "xchacha20poly1305")]
     XChaCha20Poly1305,
     /// AES-256-GCM (NIST SP 800-38D) with 96-bit nonces: fastest where the CPU has AES-NI.
+    #[serde(rename = "aes256gcm")]
     Aes256Gcm,
 }
 

@@ -42,7 +42,10 @@ use crate::secret::KEY_LEN;
 const SALT: &[u8] = b"leakless blind index v1";
 
 /// How a plaintext is normalised before it is hashed, so that equal-meaning inputs match.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// The schema manifest writes it by [`Normalizer::name`] (`none`, `trim`, `lowercase`, `trim_lowercase`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Normalizer {
     /// The bytes as given.
@@ -56,7 +59,25 @@ pub enum Normalizer {
     TrimLowercase,
 }
 
+impl std::fmt::Display for Normalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Normalizer {
+    /// The normaliser's name in the manifest and the derive attribute: `none`, `trim`,
+    /// `lowercase` or `trim_lowercase`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalizer::None => "none",
+            Normalizer::Trim => "trim",
+            Normalizer::Lowercase => "lowercase",
+            Normalizer::TrimLowercase => "trim_lowercase",
+        }
+    }
+
     pub(crate) fn apply(self, plaintext: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         if self == Normalizer::None {
             return Ok(Zeroizing::new(plaintext.to_vec()));

@@ -24,12 +24,13 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
+use crate::manifest::PlaintextEncoding;
 use crate::secret::Plaintext;
 
 /// A value that can be sealed: it has one stable plaintext encoding.
 pub trait Sealable: Sized {
-    /// The encoding's name in the schema manifest: `string`, `bytes` or `json`.
-    const ENCODING: &'static str;
+    /// The encoding, as the schema manifest records it.
+    const ENCODING: PlaintextEncoding;
 
     /// The plaintext bytes to seal.
     ///
@@ -47,7 +48,7 @@ pub trait Sealable: Sized {
 }
 
 impl Sealable for String {
-    const ENCODING: &'static str = "string";
+    const ENCODING: PlaintextEncoding = PlaintextEncoding::String;
 
     fn to_plaintext(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         Ok(Zeroizing::new(self.as_bytes().to_vec()))
@@ -65,7 +66,7 @@ impl Sealable for String {
 }
 
 impl Sealable for Vec<u8> {
-    const ENCODING: &'static str = "bytes";
+    const ENCODING: PlaintextEncoding = PlaintextEncoding::Bytes;
 
     fn to_plaintext(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         Ok(Zeroizing::new(self.clone()))
@@ -90,7 +91,7 @@ impl<T> std::fmt::Debug for Json<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Sealable for Json<T> {
-    const ENCODING: &'static str = "json";
+    const ENCODING: PlaintextEncoding = PlaintextEncoding::Json;
 
     fn to_plaintext(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
         // serde_json would write NaN and infinities as `null`: refuse them instead.

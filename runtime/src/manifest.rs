@@ -27,8 +27,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::aead::Algorithm;
+use crate::blind_index::Normalizer;
 use crate::error::Error;
 use crate::key::KeyScope;
+use crate::padding::PaddingPolicy;
 
 /// The manifest format this build writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -49,8 +51,8 @@ pub struct SealedTable {
     pub table: String,
     /// The column holding the row identity bound into the context.
     pub row_id_column: String,
-    /// How the row identity is encoded (`uuid`, `int`, `text`, `bytes`).
-    pub row_id_kind: String,
+    /// How the row identity is encoded.
+    pub row_id_kind: RowIdKind,
     /// The schema version bound into the context.
     pub schema_version: u32,
     /// Where the key scope comes from.
@@ -83,10 +85,13 @@ pub enum ScopeSource {
 pub struct SealedColumn {
     /// The column name, as bound into every envelope's context.
     pub column: String,
-    /// The data AEAD (`xchacha20poly1305` or `aes256gcm`).
-    pub algorithm: String,
-    /// The plaintext encoding (`string`, `bytes`, `json`); see `docs/plaintext-encoding.md`.
-    pub encoding: String,
+    /// The data AEAD (`xchacha20poly1305` or `aes256gcm` in the JSON).
+    pub algorithm: Algorithm,
+    /// The plaintext encoding; see `docs/plaintext-encoding.md`.
+    pub encoding: PlaintextEncoding,
+    /// The length-bucket padding every value of the column is sealed with, so that the migrator
+    /// reseals (`reencrypt`, `adopt`) under the policy the application uses.
+    pub padding: PaddingPolicy,
     /// Whether the column may be NULL (an `Option` field).
     pub nullable: bool,
     /// The blind index beside it, if any.
@@ -103,9 +108,102 @@ pub struct SealedColumn {
 pub struct AdoptionColumn {
     /// The legacy plaintext column the sealed one is backfilled from.
     pub from_column: String,
-    /// The stage the application runs in: `read_plaintext`, `write_sealed_only` or
-    /// `sealed_only`.
-    pub stage: String,
+    /// The stage the application runs in.
+    pub stage: AdoptionStage,
+}
+
+/// How a table's row identity is encoded in the envelope context (and read by the migrator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowIdKind {
+    /// A 16-byte UUID (`[u8; 16]`), stored as `uuid` or 16 bytes.
+    Uuid,
+    /// An integer (`i32`, `i64`).
+    Int,
+    /// Text (`String`).
+    Text,
+    /// Bytes (`Vec<u8>`).
+    Bytes,
+}
+
+impl RowIdKind {
+    /// The kind's name in the manifest: `uuid`, `int`, `text` or `bytes`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            RowIdKind::Uuid => "uuid",
+            RowIdKind::Int => "int",
+            RowIdKind::Text => "text",
+            RowIdKind::Bytes => "bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for RowIdKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a sealed column's plaintext is encoded before sealing (`docs/plaintext-encoding.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaintextEncoding {
+    /// UTF-8 text (`String`).
+    String,
+    /// Raw bytes (`Vec<u8>`).
+    Bytes,
+    /// Compact JSON (`Json<T>`).
+    Json,
+}
+
+impl PlaintextEncoding {
+    /// The encoding's name in the manifest: `string`, `bytes` or `json`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            PlaintextEncoding::String => "string",
+            PlaintextEncoding::Bytes => "bytes",
+            PlaintextEncoding::Json => "json",
+        }
+    }
+}
+
+impl std::fmt::Display for PlaintextEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The stage of an adoption (`docs/adoption.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdoptionStage {
+    /// Stage 1: reads the sealed column, falls back to the plaintext one, writes both.
+    ReadPlaintext,
+    /// Stage 2: reads both like stage 1, writes only the sealed column (NULL into the legacy one).
+    WriteSealedOnly,
+    /// Stage 3: reads and writes only the sealed column.
+    SealedOnly,
+}
+
+impl AdoptionStage {
+    /// The stage's name in the manifest and the derive attribute: `read_plaintext`,
+    /// `write_sealed_only` or `sealed_only`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            AdoptionStage::ReadPlaintext => "read_plaintext",
+            AdoptionStage::WriteSealedOnly => "write_sealed_only",
+            AdoptionStage::SealedOnly => "sealed_only",
+        }
+    }
+}
+
+impl std::fmt::Display for AdoptionStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A blind-index column beside a sealed one.
@@ -117,8 +215,8 @@ pub struct BlindIndexColumn {
     pub scope: String,
     /// Truncation length in bytes.
     pub bytes: usize,
-    /// The normaliser (`none`, `trim`, `lowercase`, `trim_lowercase`).
-    pub normalizer: String,
+    /// The normaliser (`none`, `trim`, `lowercase`, `trim_lowercase` in the JSON).
+    pub normalizer: Normalizer,
 }
 
 fn invalid(problem: String) -> Error {
@@ -216,8 +314,9 @@ impl SchemaManifest {
     }
 
     /// Checks that the manifest is usable: known format, unique tables and columns (sealed and
-    /// index columns together), valid scope names, known algorithms, encodings, row-id kinds and
-    /// normalisers, index lengths of 4 to 32.
+    /// index columns together), valid scope names, valid padding parameters, index lengths of 4
+    /// to 32. (Unknown algorithms, encodings, row-id kinds, normalisers and stages are refused
+    /// when the JSON is read.)
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the first problem and where it is.
@@ -234,12 +333,6 @@ impl SchemaManifest {
                 return Err(invalid(format!(
                     "table {:?} is empty or listed twice",
                     t.table
-                )));
-            }
-            if !["uuid", "int", "text", "bytes"].contains(&t.row_id_kind.as_str()) {
-                return Err(invalid(format!(
-                    "{}: unknown row id kind {:?}",
-                    t.table, t.row_id_kind
                 )));
             }
             match &t.scope {
@@ -263,18 +356,9 @@ impl SchemaManifest {
                         t.table, c.column
                     )));
                 }
-                if Algorithm::from_name(&c.algorithm).is_none() {
-                    return Err(invalid(format!(
-                        "{}.{}: unknown algorithm {:?}",
-                        t.table, c.column, c.algorithm
-                    )));
-                }
-                if !["string", "bytes", "json"].contains(&c.encoding.as_str()) {
-                    return Err(invalid(format!(
-                        "{}.{}: unknown encoding {:?}",
-                        t.table, c.column, c.encoding
-                    )));
-                }
+                c.padding
+                    .validate()
+                    .map_err(|e| invalid(format!("{}.{}: {e}", t.table, c.column)))?;
                 if let Some(b) = &c.blind_index {
                     if !columns.insert(b.column.as_str()) {
                         return Err(invalid(format!(
@@ -288,14 +372,6 @@ impl SchemaManifest {
                         return Err(invalid(format!(
                             "{}.{}: blind index length {} is not 4 to 32",
                             t.table, c.column, b.bytes
-                        )));
-                    }
-                    if !["none", "trim", "lowercase", "trim_lowercase"]
-                        .contains(&b.normalizer.as_str())
-                    {
-                        return Err(invalid(format!(
-                            "{}.{}: unknown normaliser {:?}",
-                            t.table, c.column, b.normalizer
                         )));
                     }
                 }
@@ -316,9 +392,20 @@ impl SchemaManifest {
     /// Reads and validates a manifest.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for malformed JSON (with line and column) or an invalid manifest.
+    /// [`Error::InvalidInput`] for malformed JSON or an unknown name (with the field's path,
+    /// line and column, e.g. `tables[0].columns[1].algorithm: unknown variant ...`) or an
+    /// invalid manifest.
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        let manifest: Self = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let manifest: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                invalid(inner.to_string())
+            } else {
+                invalid(format!("{path}: {inner}"))
+            }
+        })?;
         manifest.validate()?;
         Ok(manifest)
     }

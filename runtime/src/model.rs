@@ -10,7 +10,7 @@
 use crate::context::RowId;
 use crate::error::Error;
 use crate::keyring::KeyRing;
-use crate::manifest::SealedTable;
+use crate::manifest::{RowIdKind, SealedTable};
 
 /// A model whose sealed fields are stored as envelopes. Implemented by `#[derive(Sealed)]`.
 pub trait Sealed: Sized {
@@ -171,42 +171,42 @@ fn parallel_chunks_mut<T: Send, R: Send>(
 
 /// A type usable as a model's row identity (bound into every envelope's context).
 pub trait AsRowId {
-    /// The manifest name of the kind (`uuid`, `int`, `text`, `bytes`).
-    const KIND: &'static str;
+    /// The kind, as the schema manifest records it.
+    const KIND: RowIdKind;
     /// The identity.
     fn row_id(&self) -> RowId<'_>;
 }
 
 impl AsRowId for i64 {
-    const KIND: &'static str = "int";
+    const KIND: RowIdKind = RowIdKind::Int;
     fn row_id(&self) -> RowId<'_> {
         RowId::Int(*self)
     }
 }
 
 impl AsRowId for i32 {
-    const KIND: &'static str = "int";
+    const KIND: RowIdKind = RowIdKind::Int;
     fn row_id(&self) -> RowId<'_> {
         RowId::Int(i64::from(*self))
     }
 }
 
 impl AsRowId for String {
-    const KIND: &'static str = "text";
+    const KIND: RowIdKind = RowIdKind::Text;
     fn row_id(&self) -> RowId<'_> {
         RowId::Text(self)
     }
 }
 
 impl AsRowId for Vec<u8> {
-    const KIND: &'static str = "bytes";
+    const KIND: RowIdKind = RowIdKind::Bytes;
     fn row_id(&self) -> RowId<'_> {
         RowId::Bytes(self)
     }
 }
 
 impl AsRowId for [u8; 16] {
-    const KIND: &'static str = "uuid";
+    const KIND: RowIdKind = RowIdKind::Uuid;
     fn row_id(&self) -> RowId<'_> {
         RowId::Uuid(*self)
     }
@@ -223,7 +223,8 @@ pub mod __private {
     pub use crate::key::KeyScope;
     pub use crate::keyring::{FieldPolicy, KeyRing};
     pub use crate::manifest::{
-        AdoptionColumn, BlindIndexColumn, ScopeSource, SealedColumn, SealedTable,
+        AdoptionColumn, AdoptionStage, BlindIndexColumn, PlaintextEncoding, RowIdKind, ScopeSource,
+        SealedColumn, SealedTable,
     };
     pub use crate::model::{AsRowId, Sealed};
     pub use crate::padding::PaddingPolicy;

@@ -14,7 +14,11 @@ pub const PADDING_ISO7816: u8 = 0x01;
 pub const MAX_PLAINTEXT_LEN: usize = (1 << 30) - 1;
 
 /// How far a plaintext is padded before encryption.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// The schema manifest records each column's policy as `{"kind": "power_of_two", "min": 32,
+/// "cap": 4096}`, `{"kind": "marker_only"}` or `{"kind": "multiple", "block": 16}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PaddingPolicy {
     /// Only the one-byte `0x80` marker: the ciphertext length reveals the exact plaintext length.

@@ -25,13 +25,10 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use leakless::kms::LocalKms;
-use leakless::manifest::{AdoptionColumn, SchemaManifest};
+use leakless::manifest::{AdoptionColumn, AdoptionStage, SchemaManifest};
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
-use leakless::{
-    Algorithm, AuditInfo, Error, FieldContext, FieldPolicy, KeyRing, KeyScope, PaddingPolicy,
-    RowId, Sealed,
-};
+use leakless::{AuditInfo, Error, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId, Sealed};
 
 #[allow(
     missing_docs,
@@ -352,7 +349,7 @@ fn the_manifest_records_source_column_and_stage() {
         m.columns[0].adoption,
         Some(AdoptionColumn {
             from_column: "address_plain".into(),
-            stage: "write_sealed_only".into(),
+            stage: AdoptionStage::WriteSealedOnly,
         })
     );
     assert_eq!(
@@ -361,11 +358,12 @@ fn the_manifest_records_source_column_and_stage() {
             .as_ref()
             .unwrap()
             .stage,
-        "sealed_only"
+        AdoptionStage::SealedOnly
     );
     let manifest = SchemaManifest::from_tables([m]);
     let json = manifest.to_json().unwrap();
     assert!(json.contains("\"from_column\""), "{json}");
+    assert!(json.contains("\"stage\": \"write_sealed_only\""), "{json}");
     assert_eq!(SchemaManifest::from_json(&json).unwrap(), manifest);
     // The same JSON without the adoption field (as written before it existed) reads as None.
     let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -377,7 +375,7 @@ fn the_manifest_records_source_column_and_stage() {
 }
 
 /// The backfill `leakless-migrate adopt` does, driven only by the manifest (table, column, row
-/// id, schema version, scope, AEAD, default padding), seals rows that the derived model then
+/// id, schema version, scope, AEAD, padding), seals rows that the derived model then
 /// opens in stage 3: the derive and the migrator agree on the envelope's binding.
 #[test]
 fn a_manifest_driven_backfill_opens_in_stage_three() {
@@ -403,8 +401,8 @@ fn a_manifest_driven_backfill_opens_in_stage_three() {
     for (id, plain) in rows {
         let ctx = FieldContext::new(&m.table, &c.column, RowId::Text(&id), m.schema_version);
         let policy = FieldPolicy {
-            algorithm: Algorithm::from_name(&c.algorithm).unwrap(),
-            padding: PaddingPolicy::default(),
+            algorithm: c.algorithm,
+            padding: c.padding,
         };
         let sealed = ring
             .seal(&scope, &ctx, plain.unwrap().as_bytes(), &policy)

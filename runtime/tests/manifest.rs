@@ -1,17 +1,18 @@
 //! The schema manifest: JSON round trip and validation of every rule it documents.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
-use leakless::Error;
 use leakless::manifest::{
-    BlindIndexColumn, SchemaManifest, ScopeSource, SealedColumn, SealedTable,
+    BlindIndexColumn, PlaintextEncoding, RowIdKind, SchemaManifest, ScopeSource, SealedColumn,
+    SealedTable,
 };
+use leakless::{Algorithm, Error, Normalizer, PaddingPolicy};
 
 fn sample() -> SchemaManifest {
     let mut m = SchemaManifest::new();
     m.tables.push(SealedTable {
         table: "patients".into(),
         row_id_column: "id".into(),
-        row_id_kind: "uuid".into(),
+        row_id_kind: RowIdKind::Uuid,
         schema_version: 1,
         scope: ScopeSource::Static {
             scope: "patients".into(),
@@ -19,21 +20,23 @@ fn sample() -> SchemaManifest {
         columns: vec![
             SealedColumn {
                 column: "address".into(),
-                algorithm: "aes256gcm".into(),
-                encoding: "string".into(),
+                algorithm: Algorithm::Aes256Gcm,
+                encoding: PlaintextEncoding::String,
+                padding: PaddingPolicy::default(),
                 nullable: false,
                 blind_index: Some(BlindIndexColumn {
                     column: "address_bidx".into(),
                     scope: "bidx".into(),
                     bytes: 16,
-                    normalizer: "trim_lowercase".into(),
+                    normalizer: Normalizer::TrimLowercase,
                 }),
                 adoption: None,
             },
             SealedColumn {
                 column: "gps".into(),
-                algorithm: "xchacha20poly1305".into(),
-                encoding: "json".into(),
+                algorithm: Algorithm::XChaCha20Poly1305,
+                encoding: PlaintextEncoding::Json,
+                padding: PaddingPolicy::MarkerOnly,
                 nullable: true,
                 blind_index: None,
                 adoption: None,
@@ -43,7 +46,7 @@ fn sample() -> SchemaManifest {
     m.tables.push(SealedTable {
         table: "readings".into(),
         row_id_column: "id".into(),
-        row_id_kind: "int".into(),
+        row_id_kind: RowIdKind::Int,
         schema_version: 2,
         scope: ScopeSource::PerTenant {
             column: "clinic_id".into(),
@@ -73,7 +76,6 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
             let t = m.tables[0].clone();
             m.tables.push(t);
         }),
-        ("row id kind", |m| m.tables[0].row_id_kind = "serial".into()),
         ("patients", |m| {
             m.tables[0].scope = ScopeSource::Static {
                 scope: "bad scope".into(),
@@ -91,24 +93,18 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
         ("patients.id", |m| {
             m.tables[0].columns[1].column = "id".into()
         }),
-        ("unknown algorithm", |m| {
-            m.tables[0].columns[0].algorithm = "des".into()
-        }),
-        ("unknown encoding", |m| {
-            m.tables[0].columns[0].encoding = "cbor".into()
+        (
+            "patients.address: PowerOfTwo padding needs min <= cap",
+            |m| m.tables[0].columns[0].padding = PaddingPolicy::PowerOfTwo { min: 64, cap: 32 },
+        ),
+        ("patients.gps: Multiple padding needs block >= 1", |m| {
+            m.tables[0].columns[1].padding = PaddingPolicy::Multiple { block: 0 }
         }),
         ("clashes", |m| {
             m.tables[0].columns[0].blind_index.as_mut().unwrap().column = "id".into()
         }),
         ("4 to 32", |m| {
             m.tables[0].columns[0].blind_index.as_mut().unwrap().bytes = 2
-        }),
-        ("normaliser", |m| {
-            m.tables[0].columns[0]
-                .blind_index
-                .as_mut()
-                .unwrap()
-                .normalizer = "upper".into()
         }),
     ];
     for (needle, edit) in cases {
@@ -121,6 +117,66 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
     }
     let err = SchemaManifest::from_json("{ not json").unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+/// An unknown name, or a missing padding policy, is refused when the JSON is read, naming the
+/// field's path; the JSON keeps every name's spelling.
+#[test]
+fn unknown_names_are_refused_on_reading_with_the_path() {
+    let json = sample().to_json().unwrap();
+    for spelling in [
+        "\"aes256gcm\"",
+        "\"uuid\"",
+        "\"json\"",
+        "\"trim_lowercase\"",
+        "\"kind\": \"marker_only\"",
+        "\"kind\": \"power_of_two\"",
+    ] {
+        assert!(json.contains(spelling), "{spelling} in {json}");
+    }
+    let cases = [
+        (
+            "\"aes256gcm\"",
+            "\"des\"",
+            "tables[0].columns[0].algorithm: unknown variant `des`",
+        ),
+        (
+            "\"uuid\"",
+            "\"serial\"",
+            "tables[0].row_id_kind: unknown variant `serial`",
+        ),
+        (
+            "\"json\"",
+            "\"cbor\"",
+            "tables[0].columns[1].encoding: unknown variant `cbor`",
+        ),
+        (
+            "\"trim_lowercase\"",
+            "\"upper\"",
+            "tables[0].columns[0].blind_index.normalizer: unknown variant `upper`",
+        ),
+        (
+            "\"kind\": \"marker_only\"",
+            "\"kind\": \"fixed\"",
+            "tables[0].columns[1].padding.kind: unknown variant `fixed`",
+        ),
+    ];
+    for (from, to, needle) in cases {
+        let err = SchemaManifest::from_json(&json.replacen(from, to, 1)).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }));
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["tables"][0]["columns"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("padding");
+    let err = SchemaManifest::from_json(&v.to_string()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("tables[0].columns[0]: missing field `padding`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -178,7 +234,7 @@ fn write_file_and_read_file_round_trip_and_name_the_path() {
 
     // An invalid manifest is not written.
     let mut bad = sample();
-    bad.tables[0].columns[0].algorithm = "rot13".into();
+    bad.tables[0].columns[0].padding = PaddingPolicy::Multiple { block: 0 };
     let bad_path = dir.path().join("bad.json");
     assert!(bad.write_file(&bad_path).is_err());
     assert!(!bad_path.exists());

@@ -154,7 +154,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                 (None, Some(_)) => {
                     Some("sealed column still NULL (backfill incomplete)".to_owned())
                 }
-                (Some(env_bytes), Some(plain)) => match OwnedRowId::parse(&t.row_id_kind, &r.id) {
+                (Some(env_bytes), Some(plain)) => match OwnedRowId::parse(t.row_id_kind, &r.id) {
                     Err(e) => Some(e.what),
                     Ok(rid) => {
                         let ctx = FieldContext::new(

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use leakless::key::KekState;
+use leakless::manifest::AdoptionStage;
 use leakless::store::KeyStore;
 use leakless::{KekVersion, KeyScope};
 use serde::Serialize;
@@ -71,8 +72,8 @@ pub struct ColumnStatus {
 /// The adoption of a sealed column from a legacy plaintext column.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AdoptionStatus {
-    /// The application's stage (`read_plaintext`, `write_sealed_only`, `sealed_only`).
-    pub stage: String,
+    /// The application's stage.
+    pub stage: AdoptionStage,
     /// The legacy plaintext column.
     pub from_column: String,
     /// Rows whose sealed column is NULL and whose plaintext column is not: what `adopt` would
@@ -128,7 +129,7 @@ pub fn column_status(
                 plaintext = plaintext.saturating_sub(pending);
             }
             Some(AdoptionStatus {
-                stage: a.stage.clone(),
+                stage: a.stage,
                 from_column: a.from_column.clone(),
                 pending,
             })

@@ -59,7 +59,7 @@ fn check_rows(
             Some(ts) => ts.expected(r.tenant.as_deref()).map(Some),
             None => Ok(table_scope.clone()),
         };
-        let err = match (&r.val, OwnedRowId::parse(&t.row_id_kind, &r.id)) {
+        let err = match (&r.val, OwnedRowId::parse(t.row_id_kind, &r.id)) {
             (None, _) if c.nullable => {
                 v.nulls += 1;
                 continue;
@@ -129,7 +129,7 @@ pub fn verify_column(
     if let Some(n) = sample {
         let sql = format!(
             "SELECT {} AS id, {select} FROM {} ORDER BY {} LIMIT {n}",
-            db.id_text(&t.row_id_kind, &t.row_id_column),
+            db.id_text(t.row_id_kind, &t.row_id_column),
             db.q(&t.table),
             db.random()
         );

@@ -116,7 +116,7 @@ impl Fixture {
                 "row_id_kind": "int", "schema_version": 1,
                 "scope": {"kind": "static", "scope": "patients"},
                 "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                    "encoding": "string", "nullable": true, "blind_index": null}]}]}"#,
+                    "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#,
         )
         .unwrap();
         let f = Self {
@@ -192,7 +192,7 @@ impl Fixture {
         let mut db = self.db();
         let sql = format!(
             "SELECT {} AS id, email AS val FROM patients ORDER BY id",
-            db.id_text("int", "id")
+            db.id_text(leakless::manifest::RowIdKind::Int, "id")
         );
         let rows: Vec<IdBytes> = db.load(&sql, &[]).unwrap();
         rows.into_iter()
