@@ -86,6 +86,41 @@ pub struct RowFailure {
     pub row: String,
     /// The error.
     pub error: String,
+    /// What kind of fix it needs.
+    pub cause: FailureCause,
+}
+
+/// Why a row failed, which decides the fix the command suggests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    /// The row's key cannot be used now (its version is retired, destroyed or missing, or the
+    /// scope has no active version): fixing the keys and rerunning moves it.
+    Key,
+    /// The stored value is not a valid envelope for its place (corrupt, truncated, tampered
+    /// with, or copied from another row, column or tenant): no key change opens it; restore
+    /// the value from a backup.
+    Data,
+    /// The row kept changing under concurrent writes: rerunning moves it.
+    Busy,
+}
+
+impl FailureCause {
+    /// The cause of a runtime error on one row.
+    #[must_use]
+    pub fn of(e: &leakless::Error) -> Self {
+        use leakless::Error as E;
+        match e {
+            E::KeyVersionNotFound { .. }
+            | E::ScopeNotFound { .. }
+            | E::KeyDestroyed { .. }
+            | E::KeyWrongState { .. }
+            | E::NoActiveKey { .. }
+            | E::KeyChangeTooEarly { .. } => FailureCause::Key,
+            E::ConcurrentModification { .. } => FailureCause::Busy,
+            _ => FailureCause::Data,
+        }
+    }
 }
 
 /// Live counters, shared with the progress display.
@@ -375,19 +410,63 @@ pub struct Work {
 enum Outcome {
     Write(Vec<u8>),
     Keep,
-    Fail(String),
-    /// A failure of the whole key store, not of the row (it was tampered with): the batch
-    /// stops, its transaction rolls back, and the command reports this one error.
+    Fail(String, FailureCause),
+    /// A failure of the root of trust or the key store, not of the row (a tampered key store,
+    /// a KMS that refuses or cannot be reached, a wrong root key, a key file that cannot be
+    /// read): the batch stops, its transaction rolls back, and the command reports this one
+    /// error instead of failing every row with it.
     Abort(leakless::Error),
 }
 
-/// The outcome of a runtime error on one row: a row failure, or an abort when the error says
-/// the key store as a whole cannot be trusted.
+/// The outcome of a runtime error on one row: a row failure, or an abort when the error is
+/// about the keys as a whole.
 fn row_error(e: leakless::Error) -> Outcome {
-    match e {
-        e @ leakless::Error::KeyStoreTampered { .. } => Outcome::Abort(e),
-        e => Outcome::Fail(e.to_string()),
+    if is_key_wide(&e) {
+        Outcome::Abort(e)
+    } else {
+        let cause = FailureCause::of(&e);
+        Outcome::Fail(e.to_string(), cause)
     }
+}
+
+/// The help for a command whose rows failed: the fix of each cause among `failures`.
+pub fn failure_help<'a>(failures: impl IntoIterator<Item = &'a RowFailure>) -> String {
+    let mut causes = HashSet::new();
+    causes.extend(failures.into_iter().map(|f| f.cause));
+    let mut help = Vec::new();
+    if causes.contains(&FailureCause::Key) {
+        help.push(
+            "for rows whose key version cannot be used, see `leakless-migrate keys list`: a \
+             retired version goes back into grace with `keys reinstate`; then rerun",
+        );
+    }
+    if causes.contains(&FailureCause::Data) {
+        help.push(
+            "rows whose stored value is not a valid envelope for its place (corrupt, tampered \
+             with, or copied from another row or tenant) open under no key: restore those \
+             values from a backup (or set them NULL); `leakless-migrate verify` lists them all",
+        );
+    }
+    if causes.contains(&FailureCause::Busy) {
+        help.push("rows that kept changing under concurrent writes: rerun");
+    }
+    help.join("; ")
+}
+
+/// Whether a runtime error met on one row is about the keys as a whole (a tampered key store,
+/// a KMS that refuses or cannot be reached, a wrong root key, a key file that cannot be read):
+/// then the command stops with that one error instead of failing every row with it.
+#[must_use]
+pub fn is_key_wide(e: &leakless::Error) -> bool {
+    use leakless::Error as E;
+    matches!(
+        e,
+        E::KeyStoreTampered { .. }
+            | E::Kms { .. }
+            | E::KmsUnavailable { .. }
+            | E::KeyStore { .. }
+            | E::KeyFile { .. }
+    )
 }
 
 impl Work {
@@ -469,7 +548,7 @@ impl Work {
     fn outcome_inner(&self, row: &IdTwo, adopt_scope: Option<&KeyScope>) -> Outcome {
         let rid = match OwnedRowId::parse(self.table.row_id_kind, &row.id) {
             Ok(r) => r,
-            Err(e) => return Outcome::Fail(e.what),
+            Err(e) => return Outcome::Fail(e.what, FailureCause::Data),
         };
         let ctx = FieldContext::new(
             &self.table.table,
@@ -480,7 +559,7 @@ impl Work {
         let expected = match (&self.mode, &row.a) {
             (Mode::Rewrap | Mode::Reencrypt, Some(_)) => match self.expected_scope(row) {
                 Ok(s) => s,
-                Err(e) => return Outcome::Fail(e),
+                Err(e) => return Outcome::Fail(e, FailureCause::Data),
             },
             _ => None,
         };
@@ -506,7 +585,7 @@ impl Work {
             },
             (Mode::Reencrypt, Some(env)) => {
                 let Some((scope, _)) = crate::scan::header(env) else {
-                    return Outcome::Fail("not a leakless envelope".into());
+                    return Outcome::Fail("not a leakless envelope".into(), FailureCause::Data);
                 };
                 let scope = match KeyScope::new(&scope) {
                     Ok(s) => s,
@@ -595,8 +674,9 @@ impl Work {
         Ok(rows.pop())
     }
 
-    /// Processes the rows of one page inside the open transaction. Returns (seen, changed,
-    /// retried, failures).
+    /// Processes the rows of one page inside the open transaction. Returns (rows seen, rows
+    /// changed, rows failed); each failure is also counted in `counters` and, for the first
+    /// 100, described in `failures`.
     fn page(
         &self,
         db: &mut Db,
@@ -609,7 +689,7 @@ impl Work {
         let mut changed = 0u64;
         let mut failed = 0u64;
         let mut writes = Vec::new();
-        let mut fail = |id: &str, error: String, failures: &mut Vec<RowFailure>| {
+        let mut fail = |id: &str, error: String, cause, failures: &mut Vec<RowFailure>| {
             failed += 1;
             counters.failed.fetch_add(1, Ordering::Relaxed);
             if failures.len() < 100 {
@@ -618,6 +698,7 @@ impl Work {
                     column: self.column.column.clone(),
                     row: id.to_owned(),
                     error,
+                    cause,
                 });
             }
         };
@@ -630,7 +711,7 @@ impl Work {
                     tid: row.tid,
                 }),
                 Outcome::Keep => {}
-                Outcome::Fail(e) => fail(&row.id, e, failures),
+                Outcome::Fail(e, cause) => fail(&row.id, e, cause, failures),
                 Outcome::Abort(e) => return Err(Failure::from(e)),
             }
         }
@@ -650,6 +731,7 @@ impl Work {
                     fail(
                         id,
                         format!("row kept changing during {RETRIES} retries; rerun"),
+                        FailureCause::Busy,
                         failures,
                     );
                 }
@@ -668,7 +750,7 @@ impl Work {
                         tid: row.tid,
                     }),
                     Outcome::Keep => {}
-                    Outcome::Fail(e) => fail(&row.id, e, failures),
+                    Outcome::Fail(e, cause) => fail(&row.id, e, cause, failures),
                     Outcome::Abort(e) => return Err(Failure::from(e)),
                 }
             }

@@ -340,3 +340,76 @@ fn status_reports_values_that_are_no_envelope_without_calling_them_adoptable() {
     assert!(!out.contains("adopt"), "{out}");
     assert!(!out.contains("hello-plain"), "{out}");
 }
+
+/// A wrong root key (another installation's, or a mistyped path to an old one) is one key
+/// error with exit 3 for every command that unwraps KEKs, not a failure per row with exit 1,
+/// and nothing is written. The control: the right key moves every row.
+#[test]
+fn a_wrong_root_key_is_one_key_error_with_exit_3() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 40, false);
+    f.rotate();
+    let other = f.dir.path().join("other.key");
+    let o = bare()
+        .args(["keys", "init", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let before = f.rows();
+    for args in [&["rewrap"][..], &["reencrypt", "--yes"], &["verify"]] {
+        let o = f
+            .cmd()
+            .env("LEAKLESS_ROOT_KEY_FILE", &other)
+            .args(args)
+            .output()
+            .unwrap();
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert_eq!(o.status.code(), Some(3), "{args:?}: {all}");
+        assert!(all.contains("KMS local"), "{args:?}: {all}");
+        assert!(
+            !all.contains("failed: patients.email row"),
+            "{args:?}: a per-row failure instead of one key error: {all}"
+        );
+        assert_eq!(f.rows(), before, "{args:?} wrote something");
+    }
+    // Control: with the right key the same rewrap moves all 40 rows.
+    let o = f.run(&["rewrap"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(f.versions().get(&2), Some(&40));
+}
+
+/// A row whose stored value is corrupt fails `rewrap` with help that points at `verify` and a
+/// backup, never at reinstating a key (which cannot open it).
+#[test]
+fn a_corrupt_row_gets_data_help_not_key_help() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 10, false);
+    f.rotate();
+    // Flip a byte inside the wrapped DEK of row 4: its unwrap fails authentication.
+    let (_, env) = f.rows().into_iter().find(|(id, _)| *id == 4).unwrap();
+    let mut env = env.unwrap();
+    // The envelope ends with the wrapped DEK, the data nonce and the ciphertext with its tag.
+    let info = leakless::envelope::inspect(&env).unwrap();
+    let at = env.len() - (info.padded_len + 16 + info.algorithm.nonce_len()) - 5;
+    env[at] ^= 0x01;
+    f.db()
+        .exec(
+            "UPDATE patients SET email = ? WHERE id = 4",
+            &[leakless_migrator::db::Bind::Bytes(Some(env))],
+        )
+        .unwrap();
+    let o = f.run(&["rewrap"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("failed: patients.email row 4:"),
+        "{}",
+        stdout(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("`leakless-migrate verify` lists them all"),
+        "{err}"
+    );
+    assert!(!err.contains("reinstate"), "{err}");
+    assert_eq!(f.versions().get(&2), Some(&9), "the other rows moved");
+}

@@ -43,7 +43,7 @@ use leakless::{
 };
 use rand::RngCore;
 
-/// Plaintext sizes of the issue.
+/// The plaintext sizes measured: a short field, an address, a page, a long transcript.
 const SIZES: [usize; 4] = [32, 100, 4096, 65536];
 /// The size the targets apply to.
 const TARGET_SIZE: usize = 100;

@@ -1,4 +1,4 @@
-//! The key-store tamper suite (DESIGN.md, invariant 7), playing an attacker who can write the
+//! The key-store tamper suite (docs/threat-model.md, invariant 7), playing an attacker who can write the
 //! database (a leaked application credential) but holds no root key. On every key store (the
 //! JSON file, SQLite, PostgreSQL and MariaDB) each test builds the same store, two scopes with
 //! rotations, a grace, a retired and a destroyed version and sealed values, checks that it is
@@ -1386,7 +1386,7 @@ fn whole_store_rollback(w: World) {
     // state, so it verifies and seals under v2 again (the version the admin had demoted).
     // Nothing in the store can prove that a newer state existed. This is why a completed
     // shred also destroys the old root epoch: a rolled-back store's destroyed-then-restored
-    // material is wrapped under a root the KMS no longer has (DESIGN.md, invariant 4).
+    // material is wrapped under a root the KMS no longer has (docs/threat-model.md, invariant 4).
     w.assert_intact(INTACT);
 }
 

@@ -17,7 +17,7 @@ use leakless::FieldContext;
 
 use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
 use crate::db::{IdTwo, OneInt, ident};
-use crate::engine::{Mode, RowFailure};
+use crate::engine::{FailureCause, Mode, RowFailure, is_key_wide};
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
@@ -151,11 +151,12 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             let problem = match (&r.a, &r.b) {
                 (None, None) => None,
                 (Some(_), None) => None, // written sealed-only by the application (stage 2)
-                (None, Some(_)) => {
-                    Some("sealed column still NULL (backfill incomplete)".to_owned())
-                }
+                (None, Some(_)) => Some((
+                    "sealed column still NULL (backfill incomplete)".to_owned(),
+                    FailureCause::Data,
+                )),
                 (Some(env_bytes), Some(plain)) => match OwnedRowId::parse(t.row_id_kind, &r.id) {
-                    Err(e) => Some(e.what),
+                    Err(e) => Some((e.what, FailureCause::Data)),
                     Ok(rid) => {
                         let ctx = FieldContext::new(
                             &t.table,
@@ -169,17 +170,19 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                         };
                         match opened {
                             Ok(p) if p.expose_secret() == plain.as_slice() => None,
-                            Ok(_) => Some(
+                            Ok(_) => Some((
                                 "sealed value differs from the plaintext column (changed since \
                                  the backfill?)"
                                     .to_owned(),
-                            ),
-                            Err(e) => Some(e.to_string()),
+                                FailureCause::Data,
+                            )),
+                            Err(e) if is_key_wide(&e) => return Err(Failure::from(e)),
+                            Err(e) => Some((e.to_string(), FailureCause::of(&e))),
                         }
                     }
                 },
             };
-            if let Some(error) = problem {
+            if let Some((error, cause)) = problem {
                 failed_n += 1;
                 if failed.len() < 100 {
                     failed.push(RowFailure {
@@ -187,6 +190,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                         column: c.column.clone(),
                         row: r.id.clone(),
                         error,
+                        cause,
                     });
                 }
             }

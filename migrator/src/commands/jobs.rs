@@ -145,8 +145,10 @@ pub fn run_jobs(
         return Err(Failure::new(
             Kind::Refused,
             format!("{failed} rows could not be processed (listed above)"),
-            "fix their keys (e.g. `keys reinstate` a retired version) and rerun; rows already \
-             done are not redone",
+            format!(
+                "{}; rows already done are not redone",
+                engine::failure_help(summaries.iter().flat_map(|s| &s.failures))
+            ),
         ));
     }
     Ok(summaries)

@@ -6,7 +6,7 @@ use leakless::manifest::{SealedColumn, SealedTable};
 use serde::Serialize;
 
 use crate::db::{Db, IdBytesTenant};
-use crate::engine::RowFailure;
+use crate::engine::{FailureCause, RowFailure, is_key_wide};
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
@@ -50,7 +50,7 @@ fn check_rows(
     tenant: Option<&TenantScope>,
     rows: Vec<IdBytesTenant>,
     v: &mut Verified,
-) {
+) -> Result<()> {
     // A static-scope table's envelopes must all name its scope (see `engine::static_scope`);
     // a per-tenant row's, the prefix plus its tenant (see `TenantScope`).
     let table_scope = crate::engine::static_scope(t);
@@ -59,15 +59,18 @@ fn check_rows(
             Some(ts) => ts.expected(r.tenant.as_deref()).map(Some),
             None => Ok(table_scope.clone()),
         };
-        let err = match (&r.val, OwnedRowId::parse(t.row_id_kind, &r.id)) {
+        let (err, cause) = match (&r.val, OwnedRowId::parse(t.row_id_kind, &r.id)) {
             (None, _) if c.nullable => {
                 v.nulls += 1;
                 continue;
             }
-            (None, _) => "NULL in a non-nullable sealed column (not adopted yet?)".to_owned(),
-            (_, Err(e)) => e.what,
+            (None, _) => (
+                "NULL in a non-nullable sealed column (not adopted yet?)".to_owned(),
+                FailureCause::Data,
+            ),
+            (_, Err(e)) => (e.what, FailureCause::Data),
             (Some(env), Ok(rid)) => match expected {
-                Err(e) => e,
+                Err(e) => (e, FailureCause::Data),
                 Ok(expected) => {
                     let ctx =
                         FieldContext::new(&t.table, &c.column, rid.as_row_id(), t.schema_version);
@@ -80,7 +83,8 @@ fn check_rows(
                             v.opened += 1;
                             continue;
                         }
-                        Err(e) => e.to_string(),
+                        Err(e) if is_key_wide(&e) => return Err(Failure::from(e)),
+                        Err(e) => (e.to_string(), FailureCause::of(&e)),
                     }
                 }
             },
@@ -92,9 +96,11 @@ fn check_rows(
                 column: c.column.clone(),
                 row: r.id,
                 error: err,
+                cause,
             });
         }
     }
+    Ok(())
 }
 
 /// Verifies one column.
@@ -134,7 +140,7 @@ pub fn verify_column(
             db.random()
         );
         let rows: Vec<IdBytesTenant> = db.load(&sql, &[])?;
-        check_rows(ring, t, c, tenant.as_ref(), rows, &mut v);
+        check_rows(ring, t, c, tenant.as_ref(), rows, &mut v)?;
     } else {
         const PAGE: usize = 2000;
         let mut after: Option<String> = None;
@@ -143,7 +149,7 @@ pub fn verify_column(
             let rows: Vec<IdBytesTenant> = db.load(&sql, &binds)?;
             let full = rows.len() == PAGE;
             after = rows.last().map(|r| r.id.clone());
-            check_rows(ring, t, c, tenant.as_ref(), rows, &mut v);
+            check_rows(ring, t, c, tenant.as_ref(), rows, &mut v)?;
             if !full {
                 break;
             }
@@ -196,7 +202,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         return Err(Failure::new(
             Kind::Refused,
             format!("verify: {failed} values do not open"),
-            "see the rows listed; `status` shows which KEK versions they need",
+            crate::engine::failure_help(all.iter().flat_map(|v| &v.failures)),
         ));
     }
     Ok(())
