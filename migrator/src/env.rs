@@ -32,6 +32,41 @@ pub fn out(line: impl AsRef<str>) {
     let _ = writeln!(o, "{}", line.as_ref());
 }
 
+/// Writes a table to stdout: `header` then `rows`, every column as wide as its widest cell
+/// (the last column unpadded), columns whose index is in `right` aligned right.
+pub fn out_table(header: &[&str], rows: &[Vec<String>], right: &[usize]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.into_iter().zip(&widths).enumerate() {
+            let pad = w.saturating_sub(cell.chars().count());
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if right.contains(&i) {
+                text.extend(std::iter::repeat_n(' ', pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                if i < last {
+                    text.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        out(text);
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
 /// Writes one line to stderr (progress and notes).
 pub fn note(line: impl AsRef<str>) {
     let mut o = std::io::stderr().lock();

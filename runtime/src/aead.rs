@@ -3,6 +3,12 @@
 //! These functions take explicit keys and nonces; they are the layer the Wycheproof vectors and
 //! the benchmarks' baseline run through. Applications use [`KeyRing::seal`](crate::KeyRing::seal)
 //! and [`KeyRing::open`](crate::KeyRing::open), which choose fresh keys and nonces themselves.
+//!
+//! Two engines compute the same functions: [`portable`] (RustCrypto, pure Rust, always built)
+//! and, with the default cargo feature `aws-lc`, [`awslc`] (AWS-LC's assembly AES-GCM and
+//! ChaCha20-Poly1305; XChaCha20 derives its subkey with HChaCha20 from RustCrypto). The
+//! functions at this module's top level use [`ENGINE`]; both give byte-identical output (the
+//! Wycheproof suites and a cross-engine property test run against each).
 
 use std::fmt;
 
@@ -10,7 +16,7 @@ use aes::Aes256;
 use aes::cipher::{BlockEncrypt, generic_array::GenericArray};
 use aes_gcm::Aes256Gcm;
 use chacha20poly1305::XChaCha20Poly1305;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::KeyInit;
 use zeroize::Zeroize;
 
 /// Length of the authentication tag of both AEADs.
@@ -94,6 +100,20 @@ impl fmt::Display for Algorithm {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AeadFailure;
 
+/// The engine the top-level functions of this module use: `"aws-lc"` with the cargo feature
+/// of that name (the default), else `"rustcrypto"`.
+#[cfg(feature = "aws-lc")]
+pub const ENGINE: &str = "aws-lc";
+/// The engine the top-level functions of this module use: `"aws-lc"` with the cargo feature
+/// of that name (the default), else `"rustcrypto"`.
+#[cfg(not(feature = "aws-lc"))]
+pub const ENGINE: &str = "rustcrypto";
+
+#[cfg(feature = "aws-lc")]
+use awslc as engine;
+#[cfg(not(feature = "aws-lc"))]
+use portable as engine;
+
 /// Encrypts `buffer` in place and returns the detached tag.
 ///
 /// # Errors
@@ -106,19 +126,7 @@ pub fn encrypt_in_place(
     aad: &[u8],
     buffer: &mut [u8],
 ) -> Result<[u8; TAG_LEN], AeadFailure> {
-    if nonce.len() != alg.nonce_len() {
-        return Err(AeadFailure);
-    }
-    let tag = match alg {
-        Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new_from_slice(key)
-            .map_err(|_| AeadFailure)?
-            .encrypt_in_place_detached(nonce.into(), aad, buffer),
-        Algorithm::Aes256Gcm => Aes256Gcm::new_from_slice(key)
-            .map_err(|_| AeadFailure)?
-            .encrypt_in_place_detached(nonce.into(), aad, buffer),
-    }
-    .map_err(|_| AeadFailure)?;
-    Ok(tag.into())
+    engine::encrypt_in_place(alg, key, nonce, aad, buffer)
 }
 
 /// Decrypts `buffer` in place after checking `tag`.
@@ -135,18 +143,148 @@ pub fn decrypt_in_place(
     buffer: &mut [u8],
     tag: &[u8],
 ) -> Result<(), AeadFailure> {
-    if nonce.len() != alg.nonce_len() || tag.len() != TAG_LEN {
-        return Err(AeadFailure);
+    engine::decrypt_in_place(alg, key, nonce, aad, buffer, tag)
+}
+
+/// The pure-Rust engine (RustCrypto's `aes-gcm` and `chacha20poly1305`), always built.
+pub mod portable {
+    use super::{AeadFailure, Aes256Gcm, Algorithm, KeyInit, TAG_LEN, XChaCha20Poly1305};
+    use chacha20poly1305::aead::AeadInPlace;
+
+    /// [`super::encrypt_in_place`] on this engine.
+    ///
+    /// # Errors
+    /// As [`super::encrypt_in_place`].
+    pub fn encrypt_in_place(
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        buffer: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadFailure> {
+        if nonce.len() != alg.nonce_len() {
+            return Err(AeadFailure);
+        }
+        let tag = match alg {
+            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new_from_slice(key)
+                .map_err(|_| AeadFailure)?
+                .encrypt_in_place_detached(nonce.into(), aad, buffer),
+            Algorithm::Aes256Gcm => Aes256Gcm::new_from_slice(key)
+                .map_err(|_| AeadFailure)?
+                .encrypt_in_place_detached(nonce.into(), aad, buffer),
+        }
+        .map_err(|_| AeadFailure)?;
+        Ok(tag.into())
     }
-    match alg {
-        Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new_from_slice(key)
-            .map_err(|_| AeadFailure)?
-            .decrypt_in_place_detached(nonce.into(), aad, buffer, tag.into()),
-        Algorithm::Aes256Gcm => Aes256Gcm::new_from_slice(key)
-            .map_err(|_| AeadFailure)?
-            .decrypt_in_place_detached(nonce.into(), aad, buffer, tag.into()),
+
+    /// [`super::decrypt_in_place`] on this engine.
+    ///
+    /// # Errors
+    /// As [`super::decrypt_in_place`].
+    pub fn decrypt_in_place(
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        buffer: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), AeadFailure> {
+        if nonce.len() != alg.nonce_len() || tag.len() != TAG_LEN {
+            return Err(AeadFailure);
+        }
+        match alg {
+            Algorithm::XChaCha20Poly1305 => XChaCha20Poly1305::new_from_slice(key)
+                .map_err(|_| AeadFailure)?
+                .decrypt_in_place_detached(nonce.into(), aad, buffer, tag.into()),
+            Algorithm::Aes256Gcm => Aes256Gcm::new_from_slice(key)
+                .map_err(|_| AeadFailure)?
+                .decrypt_in_place_detached(nonce.into(), aad, buffer, tag.into()),
+        }
+        .map_err(|_| AeadFailure)
     }
-    .map_err(|_| AeadFailure)
+}
+
+/// The AWS-LC engine (cargo feature `aws-lc`, the default): AES-256-GCM and ChaCha20-Poly1305
+/// from aws-lc-rs; XChaCha20-Poly1305 is HChaCha20 (RustCrypto's `chacha20`) over the first 16
+/// nonce bytes, then ChaCha20-Poly1305 under that subkey with the nonce `0^4 || nonce[16..24]`
+/// (draft-irtf-cfrg-xchacha, section 2.3).
+#[cfg(feature = "aws-lc")]
+pub mod awslc {
+    use aws_lc_rs::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    use zeroize::Zeroize;
+
+    use super::{AeadFailure, Algorithm, TAG_LEN};
+
+    /// The AWS-LC key and 12-byte nonce for `alg`, `key`, `nonce` (for XChaCha20, the
+    /// HChaCha20 subkey and the derived nonce).
+    fn keyed(
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+    ) -> Result<(LessSafeKey, Nonce), AeadFailure> {
+        if nonce.len() != alg.nonce_len() || key.len() != 32 {
+            return Err(AeadFailure);
+        }
+        match alg {
+            Algorithm::Aes256Gcm => {
+                let k = UnboundKey::new(&AES_256_GCM, key).map_err(|_| AeadFailure)?;
+                let n = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AeadFailure)?;
+                Ok((LessSafeKey::new(k), n))
+            }
+            Algorithm::XChaCha20Poly1305 => {
+                let (head, tail) = nonce.split_at(16);
+                let mut subkey =
+                    chacha20::hchacha::<chacha20::cipher::consts::U10>(key.into(), head.into());
+                let k = UnboundKey::new(&CHACHA20_POLY1305, &subkey);
+                subkey.zeroize();
+                let mut n = [0u8; 12];
+                n.get_mut(4..).ok_or(AeadFailure)?.copy_from_slice(tail);
+                Ok((
+                    LessSafeKey::new(k.map_err(|_| AeadFailure)?),
+                    Nonce::assume_unique_for_key(n),
+                ))
+            }
+        }
+    }
+
+    /// [`super::encrypt_in_place`] on this engine.
+    ///
+    /// # Errors
+    /// As [`super::encrypt_in_place`].
+    pub fn encrypt_in_place(
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        buffer: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadFailure> {
+        let (key, nonce) = keyed(alg, key, nonce)?;
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), buffer)
+            .map_err(|_| AeadFailure)?;
+        tag.as_ref().try_into().map_err(|_| AeadFailure)
+    }
+
+    /// [`super::decrypt_in_place`] on this engine.
+    ///
+    /// # Errors
+    /// As [`super::decrypt_in_place`].
+    pub fn decrypt_in_place(
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        buffer: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), AeadFailure> {
+        if tag.len() != TAG_LEN {
+            return Err(AeadFailure);
+        }
+        let (key, nonce) = keyed(alg, key, nonce)?;
+        key.open_in_place_separate_tag(nonce, Aad::from(aad), tag, buffer)
+            .map(|_| ())
+            .map_err(|_| AeadFailure)
+    }
 }
 
 /// Encrypts `plaintext` into a new `ciphertext || tag` vector.

@@ -1,5 +1,6 @@
-//! Google Wycheproof vectors for both data AEADs, run through leakless's raw AEAD layer
-//! ([`leakless::aead::encrypt`] and [`leakless::aead::decrypt`]).
+//! Google Wycheproof vectors for both data AEADs, run through leakless's raw AEAD layer on each
+//! engine this build has ([`leakless::aead::portable`], and [`leakless::aead::awslc`] with the
+//! default feature `aws-lc`).
 //!
 //! The vectors are `testvectors_v1/xchacha20_poly1305_test.json` and
 //! `testvectors_v1/aes_gcm_test.json` of the Wycheproof project (originally google/wycheproof,
@@ -30,9 +31,68 @@
 use std::path::PathBuf;
 
 use leakless::Algorithm;
-use leakless::aead::{decrypt, encrypt};
+use leakless::aead::{self, AeadFailure, TAG_LEN};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+type EncryptFn = fn(Algorithm, &[u8], &[u8], &[u8], &mut [u8]) -> Result<[u8; 16], AeadFailure>;
+type DecryptFn = fn(Algorithm, &[u8], &[u8], &[u8], &mut [u8], &[u8]) -> Result<(), AeadFailure>;
+
+/// One AEAD engine of `leakless::aead`.
+#[derive(Clone, Copy)]
+struct Engine {
+    name: &'static str,
+    enc: EncryptFn,
+    dec: DecryptFn,
+}
+
+/// Every engine of this build.
+const ENGINES: &[Engine] = &[
+    Engine {
+        name: "rustcrypto",
+        enc: aead::portable::encrypt_in_place,
+        dec: aead::portable::decrypt_in_place,
+    },
+    #[cfg(feature = "aws-lc")]
+    Engine {
+        name: "aws-lc",
+        enc: aead::awslc::encrypt_in_place,
+        dec: aead::awslc::decrypt_in_place,
+    },
+];
+
+impl Engine {
+    /// `ct || tag` of `msg`.
+    fn encrypt(
+        self,
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        msg: &[u8],
+    ) -> Result<Vec<u8>, AeadFailure> {
+        let mut out = msg.to_vec();
+        let tag = (self.enc)(alg, key, nonce, aad, &mut out)?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// The message of `ct || tag`.
+    fn decrypt(
+        self,
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        ct_and_tag: &[u8],
+    ) -> Result<Vec<u8>, AeadFailure> {
+        let split = ct_and_tag.len().checked_sub(TAG_LEN).ok_or(AeadFailure)?;
+        let (ct, tag) = ct_and_tag.split_at(split);
+        let mut out = ct.to_vec();
+        (self.dec)(alg, key, nonce, aad, &mut out, tag)?;
+        Ok(out)
+    }
+}
 
 /// SHA-256 of the vector files, as recorded in `tests/data/wycheproof/README.md`.
 const XCHACHA_SHA256: &str = "a79de072571b90eb40c3a63ce0c7f75dcb4b62323c8870228e1f61dcc61d63a9";
@@ -162,9 +222,9 @@ fn load(name: &str, expected_sha256: &str) -> TestFile {
 }
 
 /// Checks one in-scope case against the file's verdict; returns its category or a failure text.
-fn run_supported(alg: Algorithm, c: &Case) -> Result<Verdict, String> {
-    let sealed = encrypt(alg, &c.key, &c.iv, &c.aad, &c.msg);
-    let opened = decrypt(alg, &c.key, &c.iv, &c.aad, &c.ct_and_tag());
+fn run_supported(e: Engine, alg: Algorithm, c: &Case) -> Result<Verdict, String> {
+    let sealed = e.encrypt(alg, &c.key, &c.iv, &c.aad, &c.msg);
+    let opened = e.decrypt(alg, &c.key, &c.iv, &c.aad, &c.ct_and_tag());
     let id = c.tc_id;
     match c.result {
         Verdict::Valid => {
@@ -174,7 +234,7 @@ fn run_supported(alg: Algorithm, c: &Case) -> Result<Verdict, String> {
                 Err(_) => return Err(format!("tcId {id} (valid): encrypt failed")),
             }
             match opened {
-                Ok(p) if p.expose_secret() == c.msg.as_slice() => {}
+                Ok(p) if p == c.msg => {}
                 Ok(_) => return Err(format!("tcId {id} (valid): decrypt gave another message")),
                 Err(_) => return Err(format!("tcId {id} (valid): decrypt failed")),
             }
@@ -207,10 +267,10 @@ fn run_supported(alg: Algorithm, c: &Case) -> Result<Verdict, String> {
 }
 
 /// Checks that leakless refuses a case whose parameters it does not support.
-fn run_refused(alg: Algorithm, c: &Case, tag_len_supported: bool) -> Result<(), String> {
+fn run_refused(e: Engine, alg: Algorithm, c: &Case, tag_len_supported: bool) -> Result<(), String> {
     let id = c.tc_id;
-    let sealed = encrypt(alg, &c.key, &c.iv, &c.aad, &c.msg);
-    let opened = decrypt(alg, &c.key, &c.iv, &c.aad, &c.ct_and_tag());
+    let sealed = e.encrypt(alg, &c.key, &c.iv, &c.aad, &c.msg);
+    let opened = e.decrypt(alg, &c.key, &c.iv, &c.aad, &c.ct_and_tag());
     if opened.is_ok() {
         return Err(format!(
             "tcId {id}: unsupported parameters, but decrypt succeeded"
@@ -226,7 +286,7 @@ fn run_refused(alg: Algorithm, c: &Case, tag_len_supported: bool) -> Result<(), 
     } else if let Ok(out) = sealed {
         // Only the tag is truncated: the API cannot be asked for a short tag, so it must not
         // emit one.
-        if out == c.ct_and_tag() || out.len() != c.msg.len() + leakless::aead::TAG_LEN {
+        if out == c.ct_and_tag() || out.len() != c.msg.len() + TAG_LEN {
             return Err(format!(
                 "tcId {id}: truncated tag case produced a non-standard output"
             ));
@@ -238,6 +298,7 @@ fn run_refused(alg: Algorithm, c: &Case, tag_len_supported: bool) -> Result<(), 
 /// Runs every case of `file`; `supported` says whether a group's (key, IV, tag) bit sizes are
 /// in scope (run and judged by the file's verdict) or out of scope (must be refused). Returns the counts after asserting no case failed.
 fn run_file(
+    e: Engine,
     name: &str,
     file: &TestFile,
     alg: Algorithm,
@@ -272,7 +333,7 @@ fn run_file(
                     Verdict::Invalid => declared.invalid += 1,
                     Verdict::Acceptable => declared.acceptable += 1,
                 }
-                match run_supported(alg, &c) {
+                match run_supported(e, alg, &c) {
                     Ok(Verdict::Valid) => counts.valid += 1,
                     Ok(Verdict::Invalid) => counts.invalid += 1,
                     Ok(Verdict::Acceptable) => counts.acceptable += 1,
@@ -281,7 +342,7 @@ fn run_file(
             } else {
                 declared.refused += 1;
                 let tag_len_supported = group.tag_size == 128;
-                match run_refused(alg, &c, tag_len_supported) {
+                match run_refused(e, alg, &c, tag_len_supported) {
                     Ok(()) => counts.refused += 1,
                     Err(f) => failures.push(f),
                 }
@@ -312,8 +373,9 @@ fn run_file(
         "{name}: no valid or no invalid case ran"
     );
     eprintln!(
-        "wycheproof {name} ({}): {} cases: {} valid ok, {} invalid rejected, {} acceptable, {} refused (unsupported parameters)",
+        "wycheproof {name} ({}, engine {}): {} cases: {} valid ok, {} invalid rejected, {} acceptable, {} refused (unsupported parameters)",
         file.algorithm,
+        e.name,
         counts.total(),
         counts.valid,
         counts.invalid,
@@ -330,17 +392,21 @@ fn xchacha20_poly1305_vectors() {
     assert_eq!(file.algorithm, "XCHACHA20-POLY1305");
     // Every case runs: no parameter set of this file is refused up front; its cases with a wrong
     // nonce size are `invalid`, and `run_supported` requires both operations to reject them.
-    let counts = run_file(name, &file, Algorithm::XChaCha20Poly1305, |_, _, _| true);
-    // Pinned from the file (sha256 above), so a changed file cannot silently shrink the run.
-    assert_eq!(
-        counts,
-        Counts {
-            valid: 246,
-            invalid: 69,
-            acceptable: 0,
-            refused: 0
-        }
-    );
+    for &e in ENGINES {
+        let counts = run_file(e, name, &file, Algorithm::XChaCha20Poly1305, |_, _, _| true);
+        // Pinned from the file (sha256 above), so a changed file cannot silently shrink the run.
+        assert_eq!(
+            counts,
+            Counts {
+                valid: 246,
+                invalid: 69,
+                acceptable: 0,
+                refused: 0
+            },
+            "{}",
+            e.name
+        );
+    }
 }
 
 #[test]
@@ -348,16 +414,20 @@ fn aes_gcm_vectors() {
     let name = "aes_gcm_test.json";
     let file = load(name, AES_GCM_SHA256);
     assert_eq!(file.algorithm, "AES-GCM");
-    let counts = run_file(name, &file, Algorithm::Aes256Gcm, |key, iv, tag| {
-        key == 256 && iv == 96 && tag == 128
-    });
-    assert_eq!(
-        counts,
-        Counts {
-            valid: 39,
-            invalid: 27,
-            acceptable: 0,
-            refused: 250
-        }
-    );
+    for &e in ENGINES {
+        let counts = run_file(e, name, &file, Algorithm::Aes256Gcm, |key, iv, tag| {
+            key == 256 && iv == 96 && tag == 128
+        });
+        assert_eq!(
+            counts,
+            Counts {
+                valid: 39,
+                invalid: 27,
+                acceptable: 0,
+                refused: 250
+            },
+            "{}",
+            e.name
+        );
+    }
 }

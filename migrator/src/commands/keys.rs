@@ -14,7 +14,7 @@ use leakless::{KekVersion, KeyRing, KeyScope};
 use serde::Serialize;
 
 use crate::commands::status::column_status;
-use crate::env::{Env, out};
+use crate::env::{Env, out, out_table};
 use crate::error::{Failure, Kind, Result};
 use crate::kms::Root;
 
@@ -158,18 +158,23 @@ fn env_now() -> leakless::key::UnixTime {
     leakless::key::Clock::now(&leakless::key::SystemClock)
 }
 
+/// Times in JSON output: ISO 8601 in UTC, as in the tables (`2026-12-05T12:49:31Z`).
+fn iso(t: leakless::key::UnixTime) -> String {
+    t.to_string()
+}
+
 #[derive(Debug, Serialize)]
 struct VersionJson {
     scope: String,
     version: u32,
     state: &'static str,
-    grace_until: Option<i64>,
+    grace_until: Option<String>,
     root_key_id: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-    deactivated_at: Option<i64>,
+    created_at: String,
+    updated_at: String,
+    deactivated_at: Option<String>,
     cache_window_secs: u32,
-    retire_destroy_allowed_from: Option<i64>,
+    retire_destroy_allowed_from: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,7 +184,7 @@ struct VersionListJson {
     /// For a destroyed version: `pending`, `scheduled` or `complete`.
     shred: Option<&'static str>,
     /// When the shred reached that status.
-    shred_at: Option<i64>,
+    shred_at: Option<String>,
 }
 
 impl From<&KekRecord> for VersionJson {
@@ -188,20 +193,20 @@ impl From<&KekRecord> for VersionJson {
             scope: r.scope.to_string(),
             version: r.version.get(),
             state: r.state.name(),
-            grace_until: r.state.grace_until().map(|t| t.0),
+            grace_until: r.state.grace_until().map(iso),
             root_key_id: r.wrapped.as_ref().map(|w| w.root_key_id.clone()),
-            created_at: r.created_at.0,
-            updated_at: r.updated_at.0,
-            deactivated_at: r.deactivated_at.map(|t| t.0),
+            created_at: iso(r.created_at),
+            updated_at: iso(r.updated_at),
+            deactivated_at: r.deactivated_at.map(iso),
             cache_window_secs: r.recheck_secs,
-            retire_destroy_allowed_from: r.change_allowed_at().map(|t| t.0),
+            retire_destroy_allowed_from: r.change_allowed_at().map(iso),
         }
     }
 }
 
 #[derive(Debug, Serialize)]
 struct AuditJson {
-    at: i64,
+    at: String,
     actor: String,
     reason: String,
     action: &'static str,
@@ -214,7 +219,7 @@ struct AuditJson {
 impl From<&AuditRecord> for AuditJson {
     fn from(a: &AuditRecord) -> Self {
         Self {
-            at: a.at.0,
+            at: iso(a.at),
             actor: a.actor.clone(),
             reason: a.reason.clone(),
             action: a.action.name(),
@@ -250,23 +255,28 @@ fn print_audit(
     if env.global.json {
         return json(&log.iter().map(AuditJson::from).collect::<Vec<_>>());
     }
-    out(format!(
-        "{:<12} {:<14} {:<20} {:>7} {:<22} {:<22} {:<12} REASON",
-        "AT", "ACTION", "SCOPE", "VERSION", "FROM", "TO", "ACTOR"
-    ));
-    for a in &log {
-        out(format!(
-            "{:<12} {:<14} {:<20} {:>7} {:<22} {:<22} {:<12} {}",
-            a.at.0,
-            a.action.name(),
-            a.scope,
-            a.version.to_string(),
-            a.from.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-            a.to.to_string(),
-            a.actor,
-            a.reason
-        ));
-    }
+    let rows: Vec<Vec<String>> = log
+        .iter()
+        .map(|a| {
+            vec![
+                iso(a.at),
+                a.action.name().to_owned(),
+                a.scope.to_string(),
+                a.version.to_string(),
+                a.from.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                a.to.to_string(),
+                a.actor.clone(),
+                a.reason.clone(),
+            ]
+        })
+        .collect();
+    out_table(
+        &[
+            "AT", "ACTION", "SCOPE", "VERSION", "FROM", "TO", "ACTOR", "REASON",
+        ],
+        &rows,
+        &[3],
+    );
     Ok(())
 }
 
@@ -334,10 +344,12 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
                     .map(|r| {
                         let (shred, shred_at) = match shred_status(r, &log) {
                             Some(ShredStatus::Pending { destroyed_at }) => {
-                                (Some("pending"), Some(destroyed_at.0))
+                                (Some("pending"), Some(iso(destroyed_at)))
                             }
-                            Some(ShredStatus::Scheduled { at }) => (Some("scheduled"), Some(at.0)),
-                            Some(ShredStatus::Complete { at }) => (Some("complete"), Some(at.0)),
+                            Some(ShredStatus::Scheduled { at }) => {
+                                (Some("scheduled"), Some(iso(at)))
+                            }
+                            Some(ShredStatus::Complete { at }) => (Some("complete"), Some(iso(at))),
                             _ => (None, None),
                         };
                         VersionListJson {
@@ -350,26 +362,38 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
                 return json(&rows);
             }
             let log = store.audit_log(None)?;
-            out(format!(
-                "{:<24} {:>7} {:<10} {:<20} {:<26} {:<20} SHRED",
-                "SCOPE", "VERSION", "STATE", "GRACE_UNTIL", "ROOT_KEY", "CREATED"
-            ));
-            for r in &records {
-                out(format!(
-                    "{:<24} {:>7} {:<10} {:<20} {:<26} {:<20} {}",
-                    r.scope.to_string(),
-                    r.version.to_string(),
-                    r.state.name(),
-                    r.state
-                        .grace_until()
-                        .map_or_else(|| "-".to_owned(), |t| t.to_string()),
-                    r.wrapped
-                        .as_ref()
-                        .map_or("(erased)", |w| w.root_key_id.as_str()),
-                    r.created_at.to_string(),
-                    shred_status(r, &log).map_or_else(|| "-".to_owned(), |s| s.to_string())
-                ));
-            }
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.scope.to_string(),
+                        r.version.to_string(),
+                        r.state.name().to_owned(),
+                        r.state
+                            .grace_until()
+                            .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                        r.wrapped
+                            .as_ref()
+                            .map_or("(erased)", |w| w.root_key_id.as_str())
+                            .to_owned(),
+                        r.created_at.to_string(),
+                        shred_status(r, &log).map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                    ]
+                })
+                .collect();
+            out_table(
+                &[
+                    "SCOPE",
+                    "VERSION",
+                    "STATE",
+                    "GRACE_UNTIL",
+                    "ROOT_KEY",
+                    "CREATED",
+                    "SHRED",
+                ],
+                &rows,
+                &[1],
+            );
             if *audit {
                 out("");
                 let s = only.as_deref().map(scope).transpose()?;
