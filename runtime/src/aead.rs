@@ -114,47 +114,22 @@ use awslc as engine;
 #[cfg(not(feature = "aws-lc"))]
 use portable as engine;
 
-/// Encrypts `buffer` in place and returns the detached tag.
-///
-/// # Errors
-/// [`AeadFailure`] when the key or nonce has the wrong length for `alg`, or the message is
-/// longer than the AEAD allows.
-pub fn encrypt_in_place(
-    alg: Algorithm,
-    key: &[u8],
-    nonce: &[u8],
-    aad: &[u8],
-    buffer: &mut [u8],
-) -> Result<[u8; TAG_LEN], AeadFailure> {
-    engine::encrypt_in_place(alg, key, nonce, aad, buffer)
-}
+/// Encrypts `buffer` in place and returns the detached tag, on the engine [`ENGINE`] names.
+pub use engine::encrypt_in_place;
 
-/// Decrypts `buffer` in place after checking `tag`.
-///
-/// On failure the buffer's contents are unspecified (the caller must zeroize or discard it).
-///
-/// # Errors
-/// [`AeadFailure`] when authentication fails or a length is wrong.
-pub fn decrypt_in_place(
-    alg: Algorithm,
-    key: &[u8],
-    nonce: &[u8],
-    aad: &[u8],
-    buffer: &mut [u8],
-    tag: &[u8],
-) -> Result<(), AeadFailure> {
-    engine::decrypt_in_place(alg, key, nonce, aad, buffer, tag)
-}
+/// Decrypts `buffer` in place after checking `tag`, on the engine [`ENGINE`] names.
+pub use engine::decrypt_in_place;
 
 /// The pure-Rust engine (RustCrypto's `aes-gcm` and `chacha20poly1305`), always built.
 pub mod portable {
     use super::{AeadFailure, Aes256Gcm, Algorithm, KeyInit, TAG_LEN, XChaCha20Poly1305};
     use chacha20poly1305::aead::AeadInPlace;
 
-    /// [`super::encrypt_in_place`] on this engine.
+    /// Encrypts `buffer` in place and returns the detached tag.
     ///
     /// # Errors
-    /// As [`super::encrypt_in_place`].
+    /// [`AeadFailure`] when the key or nonce has the wrong length for `alg`, or the message is
+    /// longer than the AEAD allows.
     pub fn encrypt_in_place(
         alg: Algorithm,
         key: &[u8],
@@ -177,10 +152,11 @@ pub mod portable {
         Ok(tag.into())
     }
 
-    /// [`super::decrypt_in_place`] on this engine.
+    /// Decrypts `buffer` in place after checking `tag`. On failure the buffer's contents are
+    /// unspecified (the caller must zeroize or discard it).
     ///
     /// # Errors
-    /// As [`super::decrypt_in_place`].
+    /// [`AeadFailure`] when authentication fails or a length is wrong.
     pub fn decrypt_in_place(
         alg: Algorithm,
         key: &[u8],
@@ -247,10 +223,11 @@ pub mod awslc {
         }
     }
 
-    /// [`super::encrypt_in_place`] on this engine.
+    /// Encrypts `buffer` in place and returns the detached tag.
     ///
     /// # Errors
-    /// As [`super::encrypt_in_place`].
+    /// [`AeadFailure`] when the key or nonce has the wrong length for `alg`, or the message is
+    /// longer than the AEAD allows.
     pub fn encrypt_in_place(
         alg: Algorithm,
         key: &[u8],
@@ -265,10 +242,11 @@ pub mod awslc {
         tag.as_ref().try_into().map_err(|_| AeadFailure)
     }
 
-    /// [`super::decrypt_in_place`] on this engine.
+    /// Decrypts `buffer` in place after checking `tag`. On failure the buffer's contents are
+    /// unspecified (the caller must zeroize or discard it).
     ///
     /// # Errors
-    /// As [`super::decrypt_in_place`].
+    /// [`AeadFailure`] when authentication fails or a length is wrong.
     pub fn decrypt_in_place(
         alg: Algorithm,
         key: &[u8],

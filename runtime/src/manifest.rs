@@ -112,97 +112,77 @@ pub struct AdoptionColumn {
     pub stage: AdoptionStage,
 }
 
-/// How a table's row identity is encoded in the envelope context (and read by the migrator).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RowIdKind {
-    /// A 16-byte UUID (`[u8; 16]`), stored as `uuid` or 16 bytes.
-    Uuid,
-    /// An integer (`i32`, `i64`).
-    Int,
-    /// Text (`String`).
-    Text,
-    /// Bytes (`Vec<u8>`).
-    Bytes,
-}
-
-impl RowIdKind {
-    /// The kind's name in the manifest: `uuid`, `int`, `text` or `bytes`.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            RowIdKind::Uuid => "uuid",
-            RowIdKind::Int => "int",
-            RowIdKind::Text => "text",
-            RowIdKind::Bytes => "bytes",
+/// Defines a field-less enum whose every variant has one spelling, used by the manifest's JSON
+/// (serde), by `name()` and by `Display`.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $spelling:literal,)+
         }
-    }
-}
-
-impl std::fmt::Display for RowIdKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// How a sealed column's plaintext is encoded before sealing (`docs/plaintext-encoding.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlaintextEncoding {
-    /// UTF-8 text (`String`).
-    String,
-    /// Raw bytes (`Vec<u8>`).
-    Bytes,
-    /// Compact JSON (`Json<T>`).
-    Json,
-}
-
-impl PlaintextEncoding {
-    /// The encoding's name in the manifest: `string`, `bytes` or `json`.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            PlaintextEncoding::String => "string",
-            PlaintextEncoding::Bytes => "bytes",
-            PlaintextEncoding::Json => "json",
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $spelling)] $variant,)+
         }
-    }
-}
 
-impl std::fmt::Display for PlaintextEncoding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The stage of an adoption (`docs/adoption.md`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdoptionStage {
-    /// Stage 1: reads the sealed column, falls back to the plaintext one, writes both.
-    ReadPlaintext,
-    /// Stage 2: reads both like stage 1, writes only the sealed column (NULL into the legacy one).
-    WriteSealedOnly,
-    /// Stage 3: reads and writes only the sealed column.
-    SealedOnly,
-}
-
-impl AdoptionStage {
-    /// The stage's name in the manifest and the derive attribute: `read_plaintext`,
-    /// `write_sealed_only` or `sealed_only`.
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            AdoptionStage::ReadPlaintext => "read_plaintext",
-            AdoptionStage::WriteSealedOnly => "write_sealed_only",
-            AdoptionStage::SealedOnly => "sealed_only",
+        impl $name {
+            /// The spelling in the manifest (and in the derive's attributes).
+            #[must_use]
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $spelling,)+
+                }
+            }
         }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// How a table's row identity is encoded in the envelope context (and read by the
+    /// migrator).
+    pub enum RowIdKind {
+        /// A 16-byte UUID (`[u8; 16]`), stored as `uuid` or 16 bytes.
+        Uuid = "uuid",
+        /// An integer (`i32`, `i64`).
+        Int = "int",
+        /// Text (`String`).
+        Text = "text",
+        /// Bytes (`Vec<u8>`).
+        Bytes = "bytes",
     }
 }
 
-impl std::fmt::Display for AdoptionStage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+named_enum! {
+    /// How a sealed column's plaintext is encoded before sealing
+    /// (`docs/plaintext-encoding.md`).
+    pub enum PlaintextEncoding {
+        /// UTF-8 text (`String`).
+        String = "string",
+        /// Raw bytes (`Vec<u8>`).
+        Bytes = "bytes",
+        /// Compact JSON (`Json<T>`).
+        Json = "json",
+    }
+}
+
+named_enum! {
+    /// The stage of an adoption (`docs/operations.md`, "Adopting a plaintext column").
+    pub enum AdoptionStage {
+        /// Stage 1: reads the sealed column, falls back to the plaintext one, writes both.
+        ReadPlaintext = "read_plaintext",
+        /// Stage 2: reads both like stage 1, writes only the sealed column (NULL into the
+        /// legacy one).
+        WriteSealedOnly = "write_sealed_only",
+        /// Stage 3: reads and writes only the sealed column.
+        SealedOnly = "sealed_only",
     }
 }
 
