@@ -424,7 +424,15 @@ fn error_messages_show_no_plaintext() {
     // A non-finite float cannot be sealed as JSON.
     let mut nan = p.clone();
     nan.gps.0.lat = f64::NAN;
-    errors.push(("NaN", nan.seal_row(&ring).unwrap_err()));
+    let nan_err = nan.seal_row(&ring).unwrap_err();
+    // The refusal names the field: table, column and row.
+    assert!(
+        nan_err
+            .to_string()
+            .contains(&format!("patients.gps row text:{}", p.id)),
+        "{nan_err}"
+    );
+    errors.push(("NaN", nan_err));
     // A scope that was never created.
     let bare = KeyRing::builder(
         Arc::new(LocalKms::from_root_key(RootKey::generate())),

@@ -72,6 +72,18 @@ impl Failure {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.kind.code())
     }
+
+    /// The failure as one JSON object, what `--json` prints on stderr instead of the two
+    /// text lines: `{"error": ..., "help": ..., "exit_code": ...}`.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "error": self.what,
+            "help": self.help,
+            "exit_code": self.kind.code(),
+        })
+        .to_string()
+    }
 }
 
 impl fmt::Display for Failure {
@@ -150,6 +162,12 @@ impl From<leakless::Error> for Failure {
                  it is reachable",
             ),
             E::InvalidInput { .. } => Failure::new(Kind::Usage, what, "fix the argument named"),
+            E::SealFailed { .. } => Failure::new(
+                Kind::Refused,
+                what,
+                "the AEAD refused to seal this value; nothing was written. Report it as a bug \
+                 with the error line (it holds no value)",
+            ),
             _ => Failure::new(
                 Kind::Keys,
                 what,

@@ -42,11 +42,12 @@ where
     // same user, memory locked against swap where the limit allows (best effort, see
     // `leakless::harden_process`).
     let _ = leakless::harden_process();
+    let json = cli.global.json;
     let mut env = Env::new(cli.global);
     match commands::run(&mut env, &cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            env::note(f.to_string());
+            env::note(if json { f.to_json() } else { f.to_string() });
             f.exit_code()
         }
     }

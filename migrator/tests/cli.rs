@@ -413,3 +413,23 @@ fn a_corrupt_row_gets_data_help_not_key_help() {
     assert!(!err.contains("reinstate"), "{err}");
     assert_eq!(f.versions().get(&2), Some(&9), "the other rows moved");
 }
+
+/// Under `--json` a failure is one JSON object on stderr with the error, the help and the
+/// exit code, and stdout stays empty; without it, the two text lines.
+#[test]
+fn json_errors_are_json() {
+    let f = Fixture::new(Backend::Sqlite);
+    let o = f.run(&[
+        "--json", "status", "--table", "patients", "--column", "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stdout(&o), "");
+    let err: serde_json::Value = serde_json::from_str(stderr(&o).trim()).unwrap();
+    assert_eq!(err["exit_code"], 2);
+    assert!(err["error"].as_str().unwrap().contains("nope"), "{err}");
+    assert!(!err["help"].as_str().unwrap().is_empty(), "{err}");
+    // The control: the same failure without --json is text.
+    let o = f.run(&["status", "--table", "patients", "--column", "nope"]);
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    assert!(serde_json::from_str::<serde_json::Value>(stderr(&o).trim()).is_err());
+}

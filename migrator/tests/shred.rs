@@ -377,7 +377,7 @@ impl Case {
             _ => "complete ",
         };
         assert!(line.contains(shown), "{line}");
-        (status, v1["shred_at"].as_i64())
+        (status, support::unix_secs(&v1["shred_at"]))
     }
 
     /// `keys audit --verify` passes on the live key store.

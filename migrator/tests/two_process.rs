@@ -348,14 +348,14 @@ fn rotate(f: &Fixture) -> (i64, serde_json::Value) {
         .clone();
     assert_eq!(v1["state"], "grace", "{v1}");
     assert_eq!(v1["cache_window_secs"], WINDOW_SECS, "{v1}");
-    let deact = v1["deactivated_at"].as_i64().unwrap();
+    let deact = support::unix_secs(&v1["deactivated_at"]).unwrap();
     assert!(
         deact == t_rot.div_euclid(1000) || deact == t_rot.div_euclid(1000) + 1,
         "v1 deactivated at {deact}, rotation started at {t_rot} ms"
     );
     assert_eq!(
-        v1["retire_destroy_allowed_from"],
-        deact + WINDOW_SECS + MARGIN_SECS,
+        support::unix_secs(&v1["retire_destroy_allowed_from"]),
+        Some(deact + WINDOW_SECS + MARGIN_SECS),
         "{v1}"
     );
     (t_rot, v1)
@@ -370,7 +370,7 @@ fn destroy_waits_for_warm_caches(backend: Backend) {
     align_to_recheck(&app);
 
     let (t_rot, v1) = rotate(&f);
-    let allowed = v1["retire_destroy_allowed_from"].as_i64().unwrap();
+    let allowed = support::unix_secs(&v1["retire_destroy_allowed_from"]).unwrap();
     let allowed_ms = allowed * 1000;
 
     // First rewrap right away: the application's warm cache still seals under v1 after it.

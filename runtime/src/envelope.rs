@@ -362,7 +362,7 @@ pub(crate) fn seal_with_randomness(
     })?;
     let alg = params.algorithm;
     let nonce_len = alg.nonce_len();
-    let data_nonce = rnd.data_nonce.get(..nonce_len).ok_or(Error::Malformed {
+    let data_nonce = rnd.data_nonce.get(..nonce_len).ok_or(Error::SealFailed {
         location: location(),
         problem: "data nonce length",
     })?;
@@ -393,7 +393,7 @@ pub(crate) fn seal_with_randomness(
     params.ctx.encode_into(&mut aad)?;
 
     let wrapped = wrap_dek(alg, params.kek, &rnd.wrap_nonce, &aad, &rnd.dek).map_err(|_| {
-        Error::Malformed {
+        Error::SealFailed {
             location: location(),
             problem: "DEK wrap failed",
         }
@@ -409,11 +409,17 @@ pub(crate) fn seal_with_randomness(
     out.extend_from_slice(plaintext);
     padding::pad(&mut out, body_start + padded_len);
     let body = out.get_mut(body_start..).unwrap_or_default();
-    let tag = aead::encrypt_in_place(alg, rnd.dek.expose_secret(), data_nonce, &aad, body)
-        .map_err(|_| Error::Malformed {
-            location: location(),
-            problem: "data encryption failed",
-        })?;
+    let tag = match aead::encrypt_in_place(alg, rnd.dek.expose_secret(), data_nonce, &aad, body) {
+        Ok(tag) => tag,
+        Err(_) => {
+            // The body may still hold the plaintext: clear it before the buffer is freed.
+            out.zeroize();
+            return Err(Error::SealFailed {
+                location: location(),
+                problem: "data encryption failed",
+            });
+        }
+    };
     out.extend_from_slice(&tag);
     Ok(out)
 }
@@ -584,7 +590,7 @@ pub(crate) fn rewrap(
     let mut aad = out.clone();
     ctx.encode_into(&mut aad)?;
     let wrapped = wrap_dek(parsed.algorithm, new_kek, &wrap_nonce, &aad, &dek).map_err(|_| {
-        Error::Malformed {
+        Error::SealFailed {
             location: ctx.location(),
             problem: "DEK wrap failed",
         }

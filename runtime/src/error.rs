@@ -55,12 +55,23 @@ pub enum Error {
         available: usize,
     },
 
-    /// The envelope is structurally invalid in another way (bad key-scope name, padding).
+    /// The envelope being opened is structurally invalid in another way (bad key-scope name,
+    /// padding).
     #[error("{location}: malformed envelope: {problem}")]
     Malformed {
         /// The field that was being opened.
         location: FieldLocation,
         /// What is wrong, without any value bytes.
+        problem: &'static str,
+    },
+
+    /// Sealing a value failed inside the AEAD or the DEK wrap (a length the cipher refuses).
+    /// Nothing was written; the plaintext copy was zeroized.
+    #[error("{location}: sealing failed: {problem}")]
+    SealFailed {
+        /// The field that was being sealed.
+        location: FieldLocation,
+        /// Which step failed, without any value bytes.
         problem: &'static str,
     },
 

@@ -106,22 +106,37 @@ fn nonzero_mask(x: u64) -> u64 {
 /// Finds the plaintext length inside a padded buffer: the index of the last non-zero byte,
 /// which must be the `0x80` marker. Returns `None` otherwise.
 ///
-/// Runs in time that depends only on the buffer's length: it reads every 8-byte word, and
-/// tracks the last non-zero word and its index with masks instead of branches; then it finds
-/// the last non-zero byte inside that word the same way. (Optimisation barriers keep the
-/// compiler from turning the masks into an early exit.)
+/// Runs in time that depends only on the buffer's length, with no load at a data-dependent
+/// address: it reads the buffer in 64-byte blocks and keeps a masked copy of the last block
+/// that holds a non-zero byte, with its index (one optimisation barrier per block keeps the
+/// compiler from turning the masks into an early exit); then it finds the last non-zero word
+/// of that block and the last non-zero byte of that word the same way.
 pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
-    let mut last_word_index: u64 = 0;
+    const WORDS: usize = 8;
+    let mut last_block_index: u64 = 0;
+    let mut last_block = [0u64; WORDS];
+    for (k, block) in buf.chunks(WORDS * 8).enumerate() {
+        let mut words = [0u64; WORDS];
+        for (w, chunk) in words.iter_mut().zip(block.chunks(8)) {
+            let mut bytes = [0u8; 8];
+            bytes
+                .get_mut(..chunk.len())
+                .unwrap_or_default()
+                .copy_from_slice(chunk);
+            *w = u64::from_le_bytes(bytes);
+        }
+        let any = words.iter().fold(0, |acc, w| acc | w);
+        let nz = std::hint::black_box(nonzero_mask(any));
+        last_block_index ^= (last_block_index ^ k as u64) & nz;
+        for (kept, w) in last_block.iter_mut().zip(words) {
+            *kept ^= (*kept ^ w) & nz;
+        }
+    }
+    let mut word_index: u64 = 0;
     let mut last_word: u64 = 0;
-    for (k, chunk) in buf.chunks(8).enumerate() {
-        let mut bytes = [0u8; 8];
-        bytes
-            .get_mut(..chunk.len())
-            .unwrap_or_default()
-            .copy_from_slice(chunk);
-        let w = u64::from_le_bytes(bytes);
-        let nz = std::hint::black_box(nonzero_mask(w));
-        last_word_index ^= (last_word_index ^ k as u64) & nz;
+    for (j, w) in (0u64..).zip(last_block) {
+        let nz = nonzero_mask(w);
+        word_index ^= (word_index ^ j) & nz;
         last_word ^= (last_word ^ w) & nz;
     }
     let mut offset: u64 = 0;
@@ -133,7 +148,12 @@ pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
         last_byte ^= (last_byte ^ b) & nz;
     }
     if last_byte == 0x80 {
-        usize::try_from(last_word_index.checked_mul(8)?.checked_add(offset)?).ok()
+        let index = last_block_index
+            .checked_mul(WORDS as u64)?
+            .checked_add(word_index)?
+            .checked_mul(8)?
+            .checked_add(offset)?;
+        usize::try_from(index).ok()
     } else {
         None
     }
@@ -197,5 +217,27 @@ mod tests {
         big[60_000] = 0x80;
         big[60_001..].fill(0);
         assert_eq!(unpadded_len(&big), Some(60_000));
+    }
+
+    /// The constant-time scan agrees with the obvious one for every marker position and
+    /// buffer length around the block and word boundaries, and for buffers without a marker.
+    #[test]
+    fn unpadded_len_matches_a_plain_scan() {
+        let plain = |buf: &[u8]| match buf.iter().rposition(|&b| b != 0) {
+            Some(i) if buf[i] == 0x80 => Some(i),
+            _ => None,
+        };
+        for len in (0..200).chain([511, 512, 513, 4095, 4096, 4097, 8192]) {
+            for marker in (0..len).step_by(if len > 300 { 37 } else { 1 }) {
+                for tail in [0x80u8, 0x01, 0x00] {
+                    let mut buf: Vec<u8> = (0..len)
+                        .map(|i: usize| (i.to_le_bytes()[0] % 251) | 1)
+                        .collect();
+                    buf[marker] = tail;
+                    buf[marker + 1..].fill(0);
+                    assert_eq!(unpadded_len(&buf), plain(&buf), "len {len} marker {marker}");
+                }
+            }
+        }
     }
 }

@@ -326,3 +326,40 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The unix seconds of a JSON time the migrator prints (`"2026-12-05T12:49:31Z"`), or `None`
+/// when the value is not such a string.
+#[allow(
+    dead_code,
+    reason = "used by some of the test binaries that include this module"
+)]
+pub fn unix_secs(v: &serde_json::Value) -> Option<i64> {
+    let s = v.as_str()?;
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    if s.len() != 20 || !s.ends_with('Z') {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil, after Howard Hinnant's public-domain algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+#[test]
+fn unix_secs_reads_what_unix_time_prints() {
+    for t in [0i64, 951_782_400, 1_796_474_971, 4_102_444_800] {
+        let iso = leakless::key::UnixTime(t).to_string();
+        assert_eq!(
+            unix_secs(&serde_json::Value::String(iso.clone())),
+            Some(t),
+            "{iso}"
+        );
+    }
+    assert_eq!(unix_secs(&serde_json::json!(5)), None);
+}

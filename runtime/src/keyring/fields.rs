@@ -20,7 +20,7 @@ impl KeyRing {
         value: &T,
         policy: &FieldPolicy,
     ) -> Result<Vec<u8>, Error> {
-        let plaintext = value.to_plaintext()?;
+        let plaintext = value.to_plaintext().map_err(|e| at_field(ctx, e))?;
         self.seal(scope, ctx, &plaintext, policy)
     }
 
@@ -36,7 +36,19 @@ impl KeyRing {
         ctx: &FieldContext<'_>,
         envelope: &[u8],
     ) -> Result<T, Error> {
-        T::from_plaintext(self.open_in_scope(scope, ctx, envelope)?)
+        T::from_plaintext(self.open_in_scope(scope, ctx, envelope)?).map_err(|e| at_field(ctx, e))
+    }
+}
+
+/// An encoding error of a value (a NaN inside JSON, bytes that are not the field's type), with
+/// the field's table, column and row put in front of the problem.
+fn at_field(ctx: &FieldContext<'_>, e: Error) -> Error {
+    match e {
+        Error::InvalidInput { what, problem } => Error::InvalidInput {
+            what,
+            problem: format!("{}: {problem}", ctx.location()),
+        },
+        other => other,
     }
 }
 

@@ -1,0 +1,359 @@
+//! The expansion: the stored row type, the `Sealed` implementation, the blind-index look-ups
+//! and the manifest entry of a parsed [`Model`](crate::attr::Model).
+
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Ident, Path};
+
+use crate::attr::{Model, Padding, ScopeAttr, Stage, is_string};
+
+pub(crate) fn table_name(path: &Path) -> syn::Result<String> {
+    path.segments
+        .last()
+        .map(|s| s.ident.to_string())
+        .ok_or_else(|| syn::Error::new(path.span(), "empty table path"))
+}
+
+pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2> {
+    let name = &input.ident;
+    let vis = &input.vis;
+    let row_name = format_ident!("{}Row", name);
+    let table_path = &m.table;
+    let table = table_name(&m.table)?;
+    let row_id = &m.row_id;
+    let version = &m.schema_version;
+    let p = quote!(::leakless::__private);
+
+    // The row's key scope, from the model (`self`, when sealing) or from the loaded row
+    // (`row`, when opening: every envelope must name this scope).
+    let scope_of = |from: TokenStream2| match &m.scope {
+        ScopeAttr::Static(s) => quote!(#p::scope(#s, ::core::option::Option::None)?),
+        ScopeAttr::PerTenant { prefix, field } => quote!(#p::scope(
+            #prefix,
+            ::core::option::Option::Some(&#from.#field as &dyn ::core::fmt::Display)
+        )?),
+    };
+    let scope_expr = scope_of(quote!(self));
+    let open_scope_expr = scope_of(quote!(row));
+    let (scope_manifest, scope_kind) = match &m.scope {
+        ScopeAttr::Static(s) => (
+            quote!(#p::ScopeSource::Static { scope: ::std::string::String::from(#s) }),
+            "static",
+        ),
+        ScopeAttr::PerTenant { prefix, field } => {
+            let column = field.to_string();
+            (
+                quote!(#p::ScopeSource::PerTenant {
+                    column: ::std::string::String::from(#column),
+                    prefix: ::std::string::String::from(#prefix),
+                }),
+                "per-tenant",
+            )
+        }
+    };
+
+    let mut row_fields = Vec::new();
+    let mut seal_inits = Vec::new();
+    let mut open_lets = Vec::new();
+    let mut open_inits = Vec::new();
+    let mut debug_fields = Vec::new();
+    let mut manifest_columns = Vec::new();
+    let mut lookups = Vec::new();
+    let mut row_debug = Vec::new();
+    let mut any_adopt = false;
+    let row_id_ty = m
+        .fields
+        .iter()
+        .find(|f| &f.ident == row_id)
+        .map(|f| f.ty.clone())
+        .ok_or_else(|| syn::Error::new(row_id.span(), "row id field not found"))?;
+
+    for f in &m.fields {
+        let ident = &f.ident;
+        let ty = &f.ty;
+        let column = ident.to_string();
+        let doc_plain = format!("`{column}`, stored as it is (not sealed).");
+        let Some(seal) = &f.seal else {
+            row_fields.push(quote!(#[doc = #doc_plain] pub #ident: #ty));
+            row_debug.push(quote!(.field(#column, &self.#ident)));
+            seal_inits.push(quote!(#ident: ::core::clone::Clone::clone(&self.#ident)));
+            open_inits.push(quote!(#ident: row.#ident));
+            debug_fields.push(quote!(.field(#column, &self.#ident)));
+            continue;
+        };
+        let aead = &seal.aead;
+        let alg = quote!(#p::Algorithm::#aead);
+        let padding = match seal.padding {
+            Padding::MarkerOnly => quote!(#p::PaddingPolicy::MarkerOnly),
+            Padding::Default => quote!(<#p::PaddingPolicy as ::core::default::Default>::default()),
+        };
+        let policy = quote!(#p::FieldPolicy { algorithm: #alg, padding: #padding });
+        let value_ty = f.option_inner.clone().unwrap_or_else(|| ty.clone());
+        let adopt = seal.adopt.as_ref();
+        let stored_ty = if f.option_inner.is_some() || adopt.is_some() {
+            quote!(::core::option::Option<::std::vec::Vec<u8>>)
+        } else {
+            quote!(::std::vec::Vec<u8>)
+        };
+        let doc_sealed = format!("`{column}`, sealed: a leakless envelope.");
+        row_fields.push(quote!(#[doc = #doc_sealed] pub #ident: #stored_ty));
+        row_debug.push(quote!(.field(#column, &self.#ident)));
+        let seal_one = |v: TokenStream2| {
+            quote!(#p::seal_field::<#value_ty>(
+                ring, &__scope, #table, #column, __row, #version, #v, &#policy,
+            )?)
+        };
+        let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, &__scope, #table, #column, __row, #version, #e)?);
+        let local = format_ident!("__open_{}", ident);
+        if let Some(a) = adopt {
+            any_adopt = true;
+            let from = &a.from;
+            let from_name = from.to_string();
+            let stage = a.stage.spelling();
+            let text = is_string(&value_ty);
+            let plain_ty = if text {
+                quote!(::core::option::Option<::std::string::String>)
+            } else {
+                quote!(::core::option::Option<::std::vec::Vec<u8>>)
+            };
+            let doc_from = format!(
+                "`{from_name}`, the legacy plaintext column `{column}` is adopted from \
+                 (stage `{stage}`)."
+            );
+            row_fields.push(quote!(#[doc = #doc_from] pub #from: #plain_ty));
+            row_debug.push(quote!(.field(#from_name, &::core::format_args!("<plaintext>"))));
+            let copy_fn = if text {
+                format_ident!("plaintext_text")
+            } else {
+                format_ident!("plaintext_bytes")
+            };
+            let keep_plain = a.stage == Stage::ReadPlaintext;
+            let reads = a.stage != Stage::SealedOnly;
+            let none = quote!(::core::option::Option::None);
+            if f.option_inner.is_some() {
+                let s = seal_one(quote!(v));
+                seal_inits.push(quote!(#ident: match &self.#ident {
+                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
+                    ::core::option::Option::None => ::core::option::Option::None,
+                }));
+                seal_inits.push(if keep_plain {
+                    quote!(#from: match &self.#ident {
+                        ::core::option::Option::Some(v) =>
+                            ::core::option::Option::Some(#p::#copy_fn::<#value_ty>(v)?),
+                        ::core::option::Option::None => ::core::option::Option::None,
+                    })
+                } else {
+                    quote!(#from: #none)
+                });
+            } else {
+                let s = seal_one(quote!(&self.#ident));
+                seal_inits.push(quote!(#ident: ::core::option::Option::Some(#s)));
+                seal_inits.push(if keep_plain {
+                    quote!(#from: ::core::option::Option::Some(
+                        #p::#copy_fn::<#value_ty>(&self.#ident)?))
+                } else {
+                    quote!(#from: #none)
+                });
+            }
+            let plain_bytes = if text {
+                quote!(row.#from.map(::std::string::String::into_bytes))
+            } else {
+                quote!(row.#from)
+            };
+            let opened = quote!(#p::open_adopting::<#value_ty>(
+                ring, &__scope, #table, #column, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
+            )?);
+            if f.option_inner.is_some() {
+                open_lets.push(quote!(let #local = #opened;));
+            } else {
+                open_lets.push(quote!(let #local = match #opened {
+                    ::core::option::Option::Some(v) => v,
+                    ::core::option::Option::None => return ::core::result::Result::Err(
+                        #p::not_backfilled(#table, #column, __row, #stage)),
+                };));
+            }
+        } else if f.option_inner.is_some() {
+            let s = seal_one(quote!(v));
+            seal_inits.push(quote!(#ident: match &self.#ident {
+                ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
+                ::core::option::Option::None => ::core::option::Option::None,
+            }));
+            let o = open_one(quote!(e));
+            open_lets.push(quote!(let #local = match &row.#ident {
+                ::core::option::Option::Some(e) => ::core::option::Option::Some(#o),
+                ::core::option::Option::None => ::core::option::Option::None,
+            };));
+        } else {
+            let s = seal_one(quote!(&self.#ident));
+            seal_inits.push(quote!(#ident: #s));
+            let o = open_one(quote!(&row.#ident));
+            open_lets.push(quote!(let #local = #o;));
+        }
+        open_inits.push(quote!(#ident: #local));
+        debug_fields.push(quote!(.field(#column, &::core::format_args!("<sealed>"))));
+
+        let (bidx_manifest, bidx) = match &seal.blind_index {
+            None => (quote!(::core::option::Option::None), None),
+            Some(b) => {
+                let bcol = &b.column;
+                let bcol_name = bcol.to_string();
+                let bscope = &b.scope;
+                let bytes = &b.bytes;
+                let norm = &b.normalize;
+                let normalizer = quote!(#p::Normalizer::#norm);
+                let spec_fn = format_ident!("__leakless_{}_index_spec", ident);
+                let lookup_fn = format_ident!("{}_lookup", ident);
+                let doc_b = format!("Blind index of `{column}` (HMAC tokens, no plaintext).");
+                row_fields.push(quote!(#[doc = #doc_b] pub #bcol: #stored_ty));
+                row_debug.push(quote!(.field(#bcol_name, &self.#bcol)));
+                let doc_lookup = format!(
+                    "The blind-index tokens to find rows whose `{column}` equals `value`: match \
+                     them with `{table}::{bcol_name}.eq_any(tokens)`."
+                );
+                lookups.push(quote! {
+                    #[doc(hidden)]
+                    fn #spec_fn() -> ::core::result::Result<#p::BlindIndexSpec, #p::Error> {
+                        let mut spec = #p::BlindIndexSpec::new(#table, #column, #p::KeyScope::new(#bscope)?);
+                        spec.bytes = #bytes;
+                        spec.normalizer = #normalizer;
+                        ::core::result::Result::Ok(spec)
+                    }
+                    #[doc = #doc_lookup]
+                    ///
+                    /// # Errors
+                    /// The key errors of the index-key scope, or an encoding error.
+                    #vis fn #lookup_fn(
+                        ring: &#p::KeyRing,
+                        value: &#value_ty,
+                    ) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<u8>>, #p::Error> {
+                        #p::blind_index_candidates(ring, &Self::#spec_fn()?, value)
+                    }
+                });
+                let init = if f.option_inner.is_some() {
+                    quote!(#bcol: match &self.#ident {
+                        ::core::option::Option::Some(v) => ::core::option::Option::Some(
+                            #p::blind_index(ring, &Self::#spec_fn()?, v)?),
+                        ::core::option::Option::None => ::core::option::Option::None,
+                    })
+                } else {
+                    quote!(#bcol: #p::blind_index(ring, &Self::#spec_fn()?, &self.#ident)?)
+                };
+                (
+                    quote!(::core::option::Option::Some(#p::BlindIndexColumn {
+                        column: ::std::string::String::from(#bcol_name),
+                        scope: ::std::string::String::from(#bscope),
+                        bytes: #bytes,
+                        normalizer: #normalizer,
+                    })),
+                    Some(init),
+                )
+            }
+        };
+        if let Some(init) = bidx {
+            seal_inits.push(init);
+        }
+        let nullable = f.option_inner.is_some();
+        let adoption_manifest = match adopt {
+            None => quote!(::core::option::Option::None),
+            Some(a) => {
+                let from_name = a.from.to_string();
+                let stage = a.stage.variant();
+                quote!(::core::option::Option::Some(#p::AdoptionColumn {
+                    from_column: ::std::string::String::from(#from_name),
+                    stage: #p::AdoptionStage::#stage,
+                }))
+            }
+        };
+        manifest_columns.push(quote!(#p::SealedColumn {
+            column: ::std::string::String::from(#column),
+            algorithm: #alg,
+            encoding: <#value_ty as #p::Sealable>::ENCODING,
+            padding: #padding,
+            nullable: #nullable,
+            blind_index: #bidx_manifest,
+            adoption: #adoption_manifest,
+        }));
+    }
+
+    let row_doc = format!(
+        "The stored form of [`{name}`]: sealed fields as leakless envelopes ({scope_kind} key \
+         scope). Generated by `#[derive(Sealed)]`; build it with `Sealed::seal_row`."
+    );
+    let span = Span::call_site();
+    let ring = Ident::new("ring", span);
+    // A row with a legacy plaintext column gets a Debug that redacts it.
+    let (row_derive_debug, row_debug_impl) = if any_adopt {
+        (
+            quote!(),
+            quote! {
+                impl ::core::fmt::Debug for #row_name {
+                    fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                        f.debug_struct(::core::stringify!(#row_name))
+                            #(#row_debug)*
+                            .finish()
+                    }
+                }
+            },
+        )
+    } else {
+        (quote!(::core::fmt::Debug,), quote!())
+    };
+    Ok(quote! {
+        #[doc = #row_doc]
+        #[derive(::core::clone::Clone, #row_derive_debug
+                 ::diesel::Queryable, ::diesel::Selectable, ::diesel::Insertable, ::diesel::AsChangeset)]
+        #[diesel(table_name = #table_path)]
+        #[diesel(primary_key(#row_id))]
+        #[diesel(treat_none_as_null = true)]
+        #vis struct #row_name {
+            #(#row_fields,)*
+        }
+
+        #row_debug_impl
+
+        impl #p::Sealed for #name {
+            type Row = #row_name;
+
+            fn seal_row(&self, #ring: &#p::KeyRing) -> ::core::result::Result<#row_name, #p::Error> {
+                let __scope = #scope_expr;
+                let __row = #p::AsRowId::row_id(&self.#row_id);
+                ::core::result::Result::Ok(#row_name {
+                    #(#seal_inits,)*
+                })
+            }
+
+            fn open_row(row: #row_name, #ring: &#p::KeyRing) -> ::core::result::Result<Self, #p::Error> {
+                let __scope = #open_scope_expr;
+                let __row = #p::AsRowId::row_id(&row.#row_id);
+                #(#open_lets)*
+                ::core::result::Result::Ok(Self {
+                    #(#open_inits,)*
+                })
+            }
+
+            fn manifest() -> #p::SealedTable {
+                #p::SealedTable {
+                    table: ::std::string::String::from(#table),
+                    row_id_column: ::std::string::String::from(::core::stringify!(#row_id)),
+                    row_id_kind: <#row_id_ty as #p::AsRowId>::KIND,
+                    schema_version: #version,
+                    scope: #scope_manifest,
+                    columns: ::std::vec![#(#manifest_columns),*],
+                }
+            }
+        }
+
+        impl #name {
+            #(#lookups)*
+        }
+
+        impl ::core::fmt::Debug for #name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#name))
+                    #(#debug_fields)*
+                    .finish()
+            }
+        }
+    })
+}
