@@ -35,6 +35,8 @@ pub(crate) const NORMALIZERS: &[(&str, &str)] = &[
     ("trim", "Trim"),
     ("lowercase", "Lowercase"),
     ("trim_lowercase", "TrimLowercase"),
+    ("nfc", "Nfc"),
+    ("nfkc_casefold", "NfkcCasefold"),
 ];
 
 /// The variant named by `v` in `choices`, spanned at `v`, or `help` as the error.
@@ -304,7 +306,7 @@ pub(crate) fn parse_seal_option(
                 normalize = choice(
                     &v,
                     NORMALIZERS,
-                    "unknown normaliser: use none, trim, lowercase or trim_lowercase",
+                    "unknown normaliser: use none, trim, lowercase, trim_lowercase, nfc or nfkc_casefold",
                 )?;
             } else if b.path.is_ident("bytes") {
                 let v: LitInt = b.value()?.parse()?;

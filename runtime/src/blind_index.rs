@@ -30,9 +30,16 @@
 //! turn into extra rows the application must filter after opening, against that leakage: with
 //! few bytes many values share a token. See `docs/blind-indexes.md`.
 
+use std::fmt::Write as _;
+
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
+use icu_casemap::CaseMapper;
+use icu_normalizer::ComposingNormalizerBorrowed;
+use icu_properties::CodePointSetData;
+use icu_properties::props::DefaultIgnorableCodePoint;
 use sha2::Sha256;
+use writeable::Writeable as _;
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -43,7 +50,10 @@ const SALT: &[u8] = b"leakless blind index v1";
 
 /// How a plaintext is normalised before it is hashed, so that equal-meaning inputs match.
 ///
-/// The schema manifest writes it by [`Normalizer::name`] (`none`, `trim`, `lowercase`, `trim_lowercase`).
+/// The schema manifest writes it by [`Normalizer::name`] (`none`, `trim`, `lowercase`,
+/// `trim_lowercase`, `nfc`, `nfkc_casefold`). A normaliser's output is part of every token
+/// made with it: changing a column's normaliser means recomputing its tokens (`reindex` after
+/// an index-key rotation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -57,6 +67,20 @@ pub enum Normalizer {
     Lowercase,
     /// Trimmed, then lower case (text only).
     TrimLowercase,
+    /// Unicode canonical composition, NFC (text only): `é` typed as one code point or as `e`
+    /// plus a combining accent gives one token. Case, width and spaces still count.
+    Nfc,
+    /// For look-ups of what people type (names, e-mail addresses), text only: invisible
+    /// characters (Unicode's default-ignorable code points: zero-width space and joiners, soft
+    /// hyphen, byte-order mark, variation selectors) removed, then NFKC, full case folding and
+    /// NFKC again (the steps of Unicode's `toNFKC_Casefold`), then every run of whitespace (tabs, no-break and ideographic spaces, line
+    /// breaks) turned into one space and leading and trailing whitespace removed. Merges
+    /// composed and decomposed accents, compatibility forms (full-width `Ａ` and `A`, the
+    /// `ﬁ` ligature and `fi`, superscript `²` and `2`), every case (`ß`, `SS` and `ss`; `Σ`,
+    /// `ς` and `σ`), and spacing. It does not merge accented with unaccented letters (`é` and
+    /// `e`), look-alike letters of different scripts (Latin `a` and Cyrillic `а`), or the
+    /// Turkish dotted and dotless `i` (folding is the language-neutral one).
+    NfkcCasefold,
 }
 
 impl std::fmt::Display for Normalizer {
@@ -67,7 +91,7 @@ impl std::fmt::Display for Normalizer {
 
 impl Normalizer {
     /// The normaliser's name in the manifest and the derive attribute: `none`, `trim`,
-    /// `lowercase` or `trim_lowercase`.
+    /// `lowercase`, `trim_lowercase`, `nfc` or `nfkc_casefold`.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -75,6 +99,8 @@ impl Normalizer {
             Normalizer::Trim => "trim",
             Normalizer::Lowercase => "lowercase",
             Normalizer::TrimLowercase => "trim_lowercase",
+            Normalizer::Nfc => "nfc",
+            Normalizer::NfkcCasefold => "nfkc_casefold",
         }
     }
 
@@ -86,6 +112,17 @@ impl Normalizer {
             what: "blind index input",
             problem: format!("normaliser {self:?} needs UTF-8 text"),
         })?;
+        match self {
+            Normalizer::Nfc => {
+                let mut out = WipedString::for_input(text);
+                ComposingNormalizerBorrowed::new_nfc()
+                    .normalize_to(text, &mut out)
+                    .map_err(|_| normalise_failed(self))?;
+                return Ok(out.into_bytes());
+            }
+            Normalizer::NfkcCasefold => return nfkc_casefold(text),
+            _ => {}
+        }
         let trimmed = match self {
             Normalizer::Trim | Normalizer::TrimLowercase => text.trim(),
             _ => text,
@@ -95,6 +132,87 @@ impl Normalizer {
             _ => trimmed.to_owned(),
         };
         Ok(Zeroizing::new(out.into_bytes()))
+    }
+}
+
+fn normalise_failed(n: Normalizer) -> Error {
+    Error::InvalidInput {
+        what: "blind index input",
+        problem: format!("normaliser {n} failed to write its output"),
+    }
+}
+
+/// [`Normalizer::NfkcCasefold`].
+fn nfkc_casefold(text: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let fail = || normalise_failed(Normalizer::NfkcCasefold);
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    let nfkc = ComposingNormalizerBorrowed::new_nfkc();
+    // Invisible characters first: one between a letter and its accent would block the
+    // composition below.
+    let mut visible = WipedString::for_input(text);
+    for ch in text.chars().filter(|c| !ignorable.contains(*c)) {
+        visible.write_char(ch).map_err(|_| fail())?;
+    }
+    let mut composed = WipedString::for_input(visible.as_str());
+    nfkc.normalize_to(visible.as_str(), &mut composed)
+        .map_err(|_| fail())?;
+    let mut folded = WipedString::for_input(composed.as_str());
+    CaseMapper::new()
+        .fold(composed.as_str())
+        .write_to(&mut folded)
+        .map_err(|_| fail())?;
+    let mut again = WipedString::for_input(folded.as_str());
+    nfkc.normalize_to(folded.as_str(), &mut again)
+        .map_err(|_| fail())?;
+    let mut out = WipedString::for_input(again.as_str());
+    let mut space = false;
+    for ch in again.as_str().chars() {
+        if ch.is_whitespace() {
+            space = !out.as_str().is_empty();
+            continue;
+        }
+        if space {
+            out.write_char(' ').map_err(|_| fail())?;
+            space = false;
+        }
+        out.write_char(ch).map_err(|_| fail())?;
+    }
+    Ok(out.into_bytes())
+}
+
+/// A string buffer for normalised plaintext that never leaves a copy behind: it starts with
+/// room for a few times its input, and when a normaliser writes more, the text moves into a
+/// larger buffer and the old one is wiped (a plain `String` would reallocate and free the old
+/// copy unwiped).
+struct WipedString(Zeroizing<String>);
+
+impl WipedString {
+    fn for_input(input: &str) -> Self {
+        Self(Zeroizing::new(String::with_capacity(
+            input.len().saturating_mul(3).saturating_add(16),
+        )))
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn into_bytes(mut self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(std::mem::take(&mut *self.0).into_bytes())
+    }
+}
+
+impl std::fmt::Write for WipedString {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.0.capacity() - self.0.len() < s.len() {
+            let want = (self.0.len() + s.len()).saturating_mul(2);
+            let mut bigger = Zeroizing::new(String::with_capacity(want));
+            bigger.push_str(&self.0);
+            // The old buffer is wiped as it drops here.
+            self.0 = bigger;
+        }
+        self.0.push_str(s);
+        Ok(())
     }
 }
 
@@ -171,7 +289,15 @@ impl BlindIndex {
     /// The index key version the token was made with.
     #[must_use]
     pub fn version(&self) -> Option<KekVersion> {
-        let v: [u8; 4] = self.0.get(..4)?.try_into().ok()?;
+        Self::stored_version(&self.0)
+    }
+
+    /// The index key version of a token as stored in the database (its first four bytes);
+    /// `None` when the bytes are too short or name version 0. Needs no key: the migrator
+    /// counts tokens per version with it.
+    #[must_use]
+    pub fn stored_version(stored: &[u8]) -> Option<KekVersion> {
+        let v: [u8; 4] = stored.get(..4)?.try_into().ok()?;
         KekVersion::new(u32::from_be_bytes(v)).ok()
     }
 }

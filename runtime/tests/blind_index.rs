@@ -149,3 +149,91 @@ fn unknown_index_scope_is_a_typed_error() {
         Err(Error::ScopeNotFound { .. })
     ));
 }
+
+/// The token of `text` under `normalizer` (patients.name, one ring).
+fn token_of(ring: &KeyRing, scope: &KeyScope, normalizer: Normalizer, text: &str) -> Vec<u8> {
+    let mut spec = BlindIndexSpec::new("patients", "name", scope.clone());
+    spec.normalizer = normalizer;
+    ring.blind_index(&spec, text.as_bytes())
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+/// What `nfkc_casefold` merges: each group of spellings gives one token; with no normaliser
+/// every spelling gives its own (so the merge comes from the normaliser, not the test).
+#[test]
+fn nfkc_casefold_merges_what_people_type_alike() {
+    let (ring, _, scope) = setup();
+    let groups: &[&[&str]] = &[
+        // Composed é, e + combining acute, upper case, a zero-width space inside.
+        &["José", "Jose\u{301}", "JOSÉ", "Jo\u{200b}sé"],
+        // ß, SS, ss, the capital sharp s.
+        &["Straße", "STRASSE", "strasse", "STRA\u{1e9e}E"],
+        // Spaces: no-break, ideographic, tab, doubled, leading and trailing; a soft hyphen.
+        &[
+            "Anna Maria",
+            "Anna\u{a0}Maria",
+            "Anna\u{3000}Maria",
+            "Anna\tMaria",
+            "  Anna   Maria ",
+            "An\u{ad}na Maria",
+        ],
+        // Full-width and ligature forms; final and medial sigma.
+        &["ﬁle ＡＢＣ", "file abc"],
+        &["ΟΔΥΣΣΕΥΣ", "οδυσσευς", "Οδυσσευσ"],
+    ];
+    for group in groups {
+        let base = token_of(&ring, &scope, Normalizer::NfkcCasefold, group[0]);
+        for spelling in &group[1..] {
+            let t = token_of(&ring, &scope, Normalizer::NfkcCasefold, spelling);
+            assert_eq!(t, base, "{spelling:?} should match {:?}", group[0]);
+            assert_ne!(
+                token_of(&ring, &scope, Normalizer::None, spelling),
+                token_of(&ring, &scope, Normalizer::None, group[0]),
+                "{spelling:?}: without a normaliser the spellings differ"
+            );
+        }
+    }
+    // What it keeps apart: accents, look-alike letters of other scripts, different words.
+    for (a, b) in [
+        ("José", "Jose"),
+        ("paypal", "p\u{430}ypal"),
+        ("Anna", "Anne"),
+    ] {
+        assert_ne!(
+            token_of(&ring, &scope, Normalizer::NfkcCasefold, a),
+            token_of(&ring, &scope, Normalizer::NfkcCasefold, b),
+            "{a:?} / {b:?}"
+        );
+    }
+}
+
+/// `nfc` merges only canonically equivalent spellings: case and width still count.
+#[test]
+fn nfc_merges_composition_only() {
+    let (ring, _, scope) = setup();
+    let t = |s: &str| token_of(&ring, &scope, Normalizer::Nfc, s);
+    assert_eq!(t("Jos\u{e9}"), t("Jose\u{301}"));
+    assert_ne!(t("José"), t("JOSÉ"));
+    assert_ne!(t("ABC"), t("ＡＢＣ"));
+    assert_ne!(
+        token_of(&ring, &scope, Normalizer::None, "Jos\u{e9}"),
+        token_of(&ring, &scope, Normalizer::None, "Jose\u{301}")
+    );
+}
+
+/// The Unicode normalisers refuse bytes that are not UTF-8, like the others.
+#[test]
+fn unicode_normalisers_need_text() {
+    let (ring, _, scope) = setup();
+    for n in [Normalizer::Nfc, Normalizer::NfkcCasefold] {
+        let mut spec = BlindIndexSpec::new("patients", "name", scope.clone());
+        spec.normalizer = n;
+        let e = ring.blind_index(&spec, &[0xff, 0xfe]).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidInput { .. }) && e.to_string().contains("UTF-8"),
+            "{e}"
+        );
+    }
+}
