@@ -236,6 +236,11 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                             #p::blind_index(ring, &Self::#spec_fn()?, v)?),
                         ::core::option::Option::None => ::core::option::Option::None,
                     })
+                } else if adopt.is_some() {
+                    // Rows not yet adopted have no token: the column is nullable while the
+                    // adoption runs; this build always writes one.
+                    quote!(#bcol: ::core::option::Option::Some(
+                        #p::blind_index(ring, &Self::#spec_fn()?, &self.#ident)?))
                 } else {
                     quote!(#bcol: #p::blind_index(ring, &Self::#spec_fn()?, &self.#ident)?)
                 };

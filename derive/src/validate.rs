@@ -52,25 +52,17 @@ pub(crate) fn validate(
         ));
     }
     for f in fields {
-        if let Some(a) = f.seal.as_ref().and_then(|s| s.adopt.as_ref()) {
-            if find(&a.from).is_some() {
-                return Err(syn::Error::new(
-                    a.from.span(),
-                    format!(
-                        "adoption source `{}` clashes with a field of the model: the plaintext \
-                         column is not a model field, the derive adds it to the row",
-                        a.from
-                    ),
-                ));
-            }
-            if f.seal.as_ref().is_some_and(|s| s.blind_index.is_some()) {
-                return Err(syn::Error::new(
-                    a.from.span(),
-                    "conflicting options: `adopt` with `blind_index` is not supported (the \
-                     adopt backfill does not compute index tokens); add the blind index after \
-                     the adoption",
-                ));
-            }
+        if let Some(a) = f.seal.as_ref().and_then(|s| s.adopt.as_ref())
+            && find(&a.from).is_some()
+        {
+            return Err(syn::Error::new(
+                a.from.span(),
+                format!(
+                    "adoption source `{}` clashes with a field of the model: the plaintext \
+                     column is not a model field, the derive adds it to the row",
+                    a.from
+                ),
+            ));
         }
         if let Some(b) = f.seal.as_ref().and_then(|s| s.blind_index.as_ref())
             && find(&b.column).is_some()

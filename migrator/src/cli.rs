@@ -117,7 +117,8 @@ pub enum Command {
     #[command(subcommand)]
     Keys(commands::keys::KeysCommand),
     /// Per table and column: rows per KEK version, plaintext rows, rows on retired or destroyed
-    /// versions, and the work a rewrap would do.
+    /// versions, blind-index tokens per index key version, and the work a rewrap or reindex
+    /// would do.
     Status(commands::status::Args),
     /// Move every DEK onto the active KEK version (data ciphertext untouched), online,
     /// batched and resumable.
@@ -129,4 +130,12 @@ pub enum Command {
     Adopt(commands::adopt::Args),
     /// Emergency: new DEKs and freshly encrypted data for every row, online and resumable.
     Reencrypt(commands::reencrypt::Args),
+    /// Compute blind-index tokens: backfill rows without one, and move every token onto the
+    /// index scope's active key version (after `keys rotate` of the index scope), online,
+    /// batched and resumable.
+    Reindex(commands::reindex::Args),
+    /// The finishing step of an adoption, after DROP COLUMN: rewrite the table and purge the
+    /// write-ahead log the server lets SQL reach; list what it cannot reach (archives,
+    /// replicas, server log files, backups).
+    PurgeResidue(commands::purge_residue::Args),
 }

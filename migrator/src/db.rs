@@ -259,6 +259,9 @@ pub struct CasWrite {
     pub old: Option<Vec<u8>>,
     /// The value to write.
     pub new: Vec<u8>,
+    /// `reindex`: the sealed value the new token was computed from; the write happens only if
+    /// the sealed column still holds it (`None` in the other modes).
+    pub guard: Option<Vec<u8>>,
     /// PostgreSQL: the physical row address (`ctid`) read with the row, so the update finds
     /// the row without an index look-up. Checked together with the id and the old value, so a
     /// moved or updated row simply loses the compare-and-swap and is read again.
@@ -342,6 +345,17 @@ pub struct OneText {
     /// The value.
     #[diesel(sql_type = Text)]
     pub id: String,
+}
+
+/// A binary value (a token's version prefix) and how many rows hold it.
+#[derive(QueryableByName, Debug)]
+pub struct BytesCount {
+    /// The value.
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub val: Option<Vec<u8>>,
+    /// Rows.
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
 }
 
 /// One count.
@@ -624,6 +638,7 @@ impl Db {
         id_col: &str,
         id_kind: RowIdKind,
         col: &str,
+        guard_col: Option<&str>,
         rows: &[CasWrite],
     ) -> Result<Vec<String>, Failure> {
         let id_expr = self.id_from_text(id_kind, "u.id");
@@ -645,21 +660,26 @@ impl Db {
         } else {
             String::new()
         };
+        let guard_cond =
+            guard_col.map_or_else(String::new, |g| format!(" AND {t}.\"{g}\" = u.guard"));
         let sql = format!(
             "UPDATE {t} SET {v} = u.new \
-             FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) AS u(id, old, new, tid) \
+             FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[]) \
+             AS u(id, old, new, tid, guard) \
              WHERE {tid_cond}{t}.{i} = {id_expr} \
-             AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL))"
+             AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL)){guard_cond}"
         );
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let olds: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.old.clone()).collect();
         let news: Vec<Vec<u8>> = rows.iter().map(|r| r.new.clone()).collect();
         let tids: Vec<Option<String>> = rows.iter().map(|r| r.tid.clone()).collect();
+        let guards: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.guard.clone()).collect();
         let updated = diesel::sql_query(sql)
             .bind::<Array<Text>, _>(&ids)
             .bind::<Array<Nullable<Binary>>, _>(olds)
             .bind::<Array<Binary>, _>(&news)
             .bind::<Array<Nullable<Text>>, _>(tids)
+            .bind::<Array<Nullable<Binary>>, _>(guards)
             .execute(c)
             .map_err(|e| db_failure("bulk update", &e, &self.target))?;
         if updated == rows.len() {

@@ -1,4 +1,4 @@
-//! The batch engine behind `rewrap`, `reencrypt` and `adopt`: online, batched, resumable and
+//! The batch engine behind `rewrap`, `reencrypt`, `adopt` and `reindex`: online, batched, resumable and
 //! idempotent.
 //!
 //! # How a run works
@@ -24,8 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use leakless::key::KekState;
 use leakless::manifest::{ScopeSource, SealedColumn, SealedTable};
-use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope};
+use leakless::{
+    BlindIndex, BlindIndexSpec, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope,
+};
 use serde::Serialize;
 
 use crate::db::{Backend, Bind, CasWrite, ChunkRow, Db, DbUrl, IdTwo, OneInt, OneText};
@@ -48,6 +51,10 @@ pub enum Mode {
         /// The plaintext column.
         from: String,
     },
+    /// Compute the blind-index token of every sealed value whose token is missing or made with
+    /// an index key version other than the active one (backfill after adding an index,
+    /// re-keying after an index-key rotation).
+    Reindex,
 }
 
 impl Mode {
@@ -58,6 +65,7 @@ impl Mode {
             Mode::Rewrap => "rewrap",
             Mode::Reencrypt => "reencrypt",
             Mode::Adopt { .. } => "adopt",
+            Mode::Reindex => "reindex",
         }
     }
 }
@@ -404,6 +412,56 @@ pub struct Work {
     /// Adoption: the SQL that reads the plaintext column as the bytes to seal (see
     /// [`source_expr`]); `None` in the other modes.
     pub source: Option<String>,
+    /// `reindex`: the blind index being computed; `None` in the other modes.
+    pub index: Option<IndexTarget>,
+}
+
+/// The blind index a `reindex` job computes.
+#[derive(Debug, Clone)]
+pub struct IndexTarget {
+    /// The token column.
+    pub column: String,
+    /// How tokens are computed (the application's spec, from the manifest).
+    pub spec: BlindIndexSpec,
+    /// The index scope's active version when the job started: a token of this version is
+    /// kept without opening the row.
+    pub active: KekVersion,
+}
+
+impl IndexTarget {
+    /// The index of `c`, with its scope's active version.
+    ///
+    /// # Errors
+    /// [`Kind::Usage`] when the manifest gives `c` no blind index; [`Kind::Keys`] when the
+    /// index scope has no active version.
+    pub fn of(ring: &KeyRing, t: &SealedTable, c: &SealedColumn) -> Result<Self> {
+        let Some(b) = &c.blind_index else {
+            return Err(Failure::new(
+                Kind::Usage,
+                format!(
+                    "{}.{} has no blind index in the manifest",
+                    t.table, c.column
+                ),
+                "add `blind_index(...)` to the field's `seal(...)` and regenerate the manifest",
+            ));
+        };
+        let spec = b.spec(&t.table, &c.column)?;
+        let active = ring
+            .versions(&spec.scope)?
+            .into_iter()
+            .find(|r| r.state == KekState::Active)
+            .map(|r| r.version)
+            .ok_or_else(|| {
+                Failure::from(leakless::Error::NoActiveKey {
+                    scope: spec.scope.clone(),
+                })
+            })?;
+        Ok(Self {
+            column: b.column.clone(),
+            spec,
+            active,
+        })
+    }
 }
 
 /// A row's new value, or why not.
@@ -505,9 +563,10 @@ impl Work {
     /// column for adoption, else NULL).
     fn select(&self, db: &Db) -> String {
         let a = db.q(&self.column.column);
-        let b = match &self.source {
-            Some(expr) => expr.clone(),
-            None => "NULL".to_owned(),
+        let b = match (&self.source, &self.index) {
+            (Some(expr), _) => expr.clone(),
+            (None, Some(ix)) => db.q(&ix.column),
+            (None, None) => "NULL".to_owned(),
         };
         let b = if db.backend() == Backend::Postgres && b == "NULL" {
             "NULL::bytea".to_owned()
@@ -557,10 +616,12 @@ impl Work {
             self.table.schema_version,
         );
         let expected = match (&self.mode, &row.a) {
-            (Mode::Rewrap | Mode::Reencrypt, Some(_)) => match self.expected_scope(row) {
-                Ok(s) => s,
-                Err(e) => return Outcome::Fail(e, FailureCause::Data),
-            },
+            (Mode::Rewrap | Mode::Reencrypt | Mode::Reindex, Some(_)) => {
+                match self.expected_scope(row) {
+                    Ok(s) => s,
+                    Err(e) => return Outcome::Fail(e, FailureCause::Data),
+                }
+            }
             _ => None,
         };
         match (&self.mode, &row.a) {
@@ -575,6 +636,7 @@ impl Work {
                 _ => Outcome::Keep,
             },
             (_, None) => Outcome::Keep,
+            (Mode::Reindex, Some(env)) => self.reindex_outcome(row, &ctx, expected.as_ref(), env),
             (Mode::Rewrap, Some(env)) => match expected.map_or_else(
                 || self.ring.rewrap(&ctx, env),
                 |scope| self.ring.rewrap_in_scope(&scope, &ctx, env),
@@ -609,56 +671,118 @@ impl Work {
         }
     }
 
+    /// `reindex` of one row whose sealed value is `env`: keep a token of the active version,
+    /// else open the value and compute its token.
+    fn reindex_outcome(
+        &self,
+        row: &IdTwo,
+        ctx: &FieldContext<'_>,
+        expected: Option<&KeyScope>,
+        env: &[u8],
+    ) -> Outcome {
+        let Some(ix) = &self.index else {
+            return Outcome::Fail("no blind index to compute".into(), FailureCause::Data);
+        };
+        if let Some(old) = &row.b
+            && BlindIndex::stored_version(old) == Some(ix.active)
+            && old.len() == 4 + ix.spec.bytes
+        {
+            return Outcome::Keep;
+        }
+        let opened = match expected {
+            Some(scope) => self.ring.open_in_scope(scope, ctx, env),
+            None => self.ring.open(ctx, env),
+        };
+        let plain = match opened {
+            Ok(p) => p,
+            Err(e) => return row_error(e),
+        };
+        match self.ring.blind_index(&ix.spec, plain.expose_secret()) {
+            Ok(token) if row.b.as_deref() == Some(token.as_bytes()) => Outcome::Keep,
+            Ok(token) => Outcome::Write(token.as_bytes().to_vec()),
+            Err(e) => row_error(e),
+        }
+    }
+
+    /// The column a job writes: the token column for `reindex`, else the sealed column.
+    fn written_column(&self) -> &str {
+        self.index
+            .as_ref()
+            .map_or(&self.column.column, |ix| &ix.column)
+    }
+
     /// Writes `(id, old, new)` with compare-and-swap; returns the ids that lost the race.
+    /// `reindex` also requires the sealed column to still hold the value the token came from.
     fn cas(&self, db: &mut Db, writes: &[CasWrite]) -> Result<Vec<String>> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        let guard_col = self.index.as_ref().map(|_| self.column.column.as_str());
         if db.backend() == Backend::Postgres {
             return db.pg_bulk_cas(
                 &self.table.table,
                 &self.table.row_id_column,
                 self.table.row_id_kind,
-                &self.column.column,
+                self.written_column(),
+                guard_col,
                 writes,
             );
         }
-        let col = db.q(&self.column.column);
+        let col = db.q(self.written_column());
         let id = db.q(&self.table.row_id_column);
         let id_bind = db.id_from_text(self.table.row_id_kind, "?");
         let mut lost = Vec::new();
         for CasWrite {
-            id: rid, old, new, ..
+            id: rid,
+            old,
+            new,
+            guard,
+            ..
         } in writes
         {
-            let (sql, binds) = match old {
-                Some(old) => (
-                    format!(
-                        "UPDATE {} SET {col} = ? WHERE {id} = {id_bind} AND {col} = ?",
-                        db.q(&self.table.table)
-                    ),
-                    vec![
-                        Bind::Bytes(Some(new.clone())),
-                        Bind::Text(Some(rid.clone())),
-                        Bind::Bytes(Some(old.clone())),
-                    ],
-                ),
-                None => (
-                    format!(
-                        "UPDATE {} SET {col} = ? WHERE {id} = {id_bind} AND {col} IS NULL",
-                        db.q(&self.table.table)
-                    ),
-                    vec![
-                        Bind::Bytes(Some(new.clone())),
-                        Bind::Text(Some(rid.clone())),
-                    ],
-                ),
+            let mut binds = vec![
+                Bind::Bytes(Some(new.clone())),
+                Bind::Text(Some(rid.clone())),
+            ];
+            let old_cond = match old {
+                Some(old) => {
+                    binds.push(Bind::Bytes(Some(old.clone())));
+                    format!("{col} = ?")
+                }
+                None => format!("{col} IS NULL"),
             };
+            let guard_cond = match (guard_col, guard) {
+                (Some(g), Some(v)) => {
+                    binds.push(Bind::Bytes(Some(v.clone())));
+                    format!(" AND {} = ?", db.q(g))
+                }
+                _ => String::new(),
+            };
+            let sql = format!(
+                "UPDATE {} SET {col} = ? WHERE {id} = {id_bind} AND {old_cond}{guard_cond}",
+                db.q(&self.table.table)
+            );
             if db.exec(&sql, &binds)? == 0 {
                 lost.push(rid.clone());
             }
         }
         Ok(lost)
+    }
+
+    /// The compare-and-swap write of `new` into the row read as `row`.
+    fn cas_write(&self, row: IdTwo, new: Vec<u8>) -> CasWrite {
+        let (old, guard) = if self.index.is_some() {
+            (row.b, row.a)
+        } else {
+            (row.a, None)
+        };
+        CasWrite {
+            id: row.id,
+            old,
+            new,
+            guard,
+            tid: row.tid,
+        }
     }
 
     fn reread(&self, db: &mut Db, rid: &str) -> Result<Option<IdTwo>> {
@@ -704,12 +828,7 @@ impl Work {
         };
         for row in rows {
             match self.outcome(&row, adopt_scope) {
-                Outcome::Write(v) => writes.push(CasWrite {
-                    id: row.id,
-                    old: row.a,
-                    new: v,
-                    tid: row.tid,
-                }),
+                Outcome::Write(v) => writes.push(self.cas_write(row, v)),
                 Outcome::Keep => {}
                 Outcome::Fail(e, cause) => fail(&row.id, e, cause, failures),
                 Outcome::Abort(e) => return Err(Failure::from(e)),
@@ -743,12 +862,7 @@ impl Work {
                     continue; // deleted meanwhile: nothing to do
                 };
                 match self.outcome(&row, adopt_scope) {
-                    Outcome::Write(v) => again.push(CasWrite {
-                        id: row.id,
-                        old: row.a,
-                        new: v,
-                        tid: row.tid,
-                    }),
+                    Outcome::Write(v) => again.push(self.cas_write(row, v)),
                     Outcome::Keep => {}
                     Outcome::Fail(e, cause) => fail(&row.id, e, cause, failures),
                     Outcome::Abort(e) => return Err(Failure::from(e)),
@@ -930,6 +1044,14 @@ pub fn run(
         Mode::Adopt { from } => Some(source_expr(&mut db, &t.table, from)?),
         _ => None,
     };
+    let index = match mode {
+        Mode::Reindex => {
+            let ix = IndexTarget::of(ring, t, c)?;
+            db.require_column(&t.table, &t.row_id_column, &ix.column)?;
+            Some(ix)
+        }
+        _ => None,
+    };
     let (total, done_before) = plan(&mut db, &job, mode, t, c, opts.batch)?;
     drop(db);
     let workers = if url.backend() == Backend::Sqlite {
@@ -952,6 +1074,7 @@ pub fn run(
         tenant,
         warmed: Arc::default(),
         source,
+        index,
     });
     let counters = Arc::new(Counters::default());
     let handles: Vec<_> = (0..workers)

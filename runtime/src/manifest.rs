@@ -103,7 +103,7 @@ pub struct SealedColumn {
 }
 
 /// A sealed column being adopted from a legacy plaintext column (`#[leakless(seal(adopt(...)))]`;
-/// see `docs/operations.md`, "Adopting a plaintext column").
+/// see `docs/adoption.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdoptionColumn {
     /// The legacy plaintext column the sealed one is backfilled from.
@@ -174,7 +174,7 @@ named_enum! {
 }
 
 named_enum! {
-    /// The stage of an adoption (`docs/operations.md`, "Adopting a plaintext column").
+    /// The stage of an adoption (`docs/adoption.md`).
     pub enum AdoptionStage {
         /// Stage 1: reads the sealed column, falls back to the plaintext one, writes both.
         ReadPlaintext = "read_plaintext",
@@ -195,8 +195,25 @@ pub struct BlindIndexColumn {
     pub scope: String,
     /// Truncation length in bytes.
     pub bytes: usize,
-    /// The normaliser (`none`, `trim`, `lowercase`, `trim_lowercase` in the JSON).
+    /// The normaliser (`none`, `trim`, `lowercase`, `trim_lowercase`, `nfc`, `nfkc_casefold`
+    /// in the JSON).
     pub normalizer: Normalizer,
+}
+
+impl BlindIndexColumn {
+    /// The runtime's [`BlindIndexSpec`](crate::BlindIndexSpec) of this index on
+    /// `table.sealed_column`: the spec the application's model computes tokens with, so the
+    /// migrator's tokens (`reindex`) equal the application's.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an invalid scope name.
+    pub fn spec(&self, table: &str, sealed_column: &str) -> Result<crate::BlindIndexSpec, Error> {
+        let mut spec =
+            crate::BlindIndexSpec::new(table, sealed_column, KeyScope::new(&self.scope)?);
+        spec.bytes = self.bytes;
+        spec.normalizer = self.normalizer;
+        Ok(spec)
+    }
 }
 
 fn invalid(problem: String) -> Error {

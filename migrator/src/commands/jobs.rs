@@ -1,4 +1,4 @@
-//! What `rewrap`, `reencrypt` and `adopt` share: running the batch engine over the manifest's
+//! What `rewrap`, `reencrypt`, `adopt` and `reindex` share: running the batch engine over the manifest's
 //! columns with progress, and printing the summary.
 
 use serde::Serialize;
@@ -69,7 +69,10 @@ pub fn run_jobs(
     column: Option<&str>,
     args: &JobArgs,
 ) -> Result<Vec<Summary>> {
-    let targets = env.targets(table, column)?;
+    let mut targets = env.targets(table, column)?;
+    if *mode == Mode::Reindex {
+        targets.retain(|(_, c)| c.blind_index.is_some());
+    }
     let url = env.db_url()?;
     let ring = env.ring()?;
     // Refuse a manifest column the database lacks, and a per-tenant table whose tenant column
@@ -78,7 +81,7 @@ pub fn run_jobs(
     let mut db = url.connect()?;
     for (t, c) in &targets {
         db.require_column(&t.table, &t.row_id_column, &c.column)?;
-        if matches!(mode, Mode::Rewrap | Mode::Reencrypt) {
+        if matches!(mode, Mode::Rewrap | Mode::Reencrypt | Mode::Reindex) {
             crate::tenant::TenantScope::probe(&mut db, t)?;
         }
     }

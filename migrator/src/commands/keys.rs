@@ -10,10 +10,11 @@ use std::time::Duration;
 use leakless::key::{AuditRecord, KekRecord, KekState};
 use leakless::keyring::{ShredStatus, shred_status};
 use leakless::kms::{Destruction, Kms as _, RootEpochs};
+use leakless::manifest::{SealedColumn, SealedTable};
 use leakless::{KekVersion, KeyRing, KeyScope};
 use serde::Serialize;
 
-use crate::commands::status::column_status;
+use crate::commands::status::{VersionRows, column_status, index_status};
 use crate::env::{Env, out, out_table};
 use crate::error::{Failure, Kind, Result};
 use crate::kms::Root;
@@ -295,19 +296,87 @@ fn rows_using(env: &mut Env, scope: &KeyScope, version: KekVersion) -> Result<Ve
     let store = env.key_store()?;
     let mut db = env.connect()?;
     let mut hits = Vec::new();
+    let on = |v: &&VersionRows| v.scope == scope.as_str() && v.version == version.get();
     for (t, c) in &targets {
         let s = column_status(&mut db, &*store, t, c)?;
-        let n: u64 = s
-            .versions
-            .iter()
-            .filter(|v| v.scope == scope.as_str() && v.version == version.get())
-            .map(|v| v.rows)
-            .sum();
+        let n: u64 = s.versions.iter().filter(on).map(|v| v.rows).sum();
         if n > 0 {
             hits.push((format!("{}.{}", t.table, c.column), n));
         }
+        if let Some(ix) = &s.index {
+            let n: u64 = ix.versions.iter().filter(on).map(|v| v.rows).sum();
+            if n > 0 {
+                hits.push((format!("{}.{} (index tokens)", t.table, ix.column), n));
+            }
+        }
     }
     Ok(hits)
+}
+
+/// The blind-index columns of the manifest whose index key scope is `scope`; empty when no
+/// manifest was given (the key store alone does not say which scopes are index scopes).
+fn index_columns(env: &mut Env, scope: &KeyScope) -> Result<Vec<(SealedTable, SealedColumn)>> {
+    if env.global.manifest.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut targets = env.targets(None, None)?;
+    targets.retain(|(_, c)| {
+        c.blind_index
+            .as_ref()
+            .is_some_and(|b| b.scope == scope.as_str())
+    });
+    Ok(targets)
+}
+
+/// Tokens of the blind indexes under `scope` that use `version`, per token column.
+fn tokens_using(
+    env: &mut Env,
+    scope: &KeyScope,
+    version: KekVersion,
+) -> Result<Vec<(String, u64)>> {
+    let columns = index_columns(env, scope)?;
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let store = env.key_store()?;
+    let mut db = env.connect()?;
+    let mut hits = Vec::new();
+    for (t, c) in &columns {
+        if let Some(b) = &c.blind_index {
+            let s = index_status(&mut db, &*store, t, c, b)?;
+            let n: u64 = s
+                .versions
+                .iter()
+                .filter(|v| v.version == version.get())
+                .map(|v| v.rows)
+                .sum();
+            if n > 0 {
+                hits.push((format!("{}.{}", t.table, b.column), n));
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// Refuses to retire `scope` `version` while blind-index tokens use it: a look-up computes
+/// tokens only for versions that still open, so it would silently miss those rows.
+fn refuse_if_tokens(env: &mut Env, scope: &KeyScope, version: KekVersion) -> Result<()> {
+    let hits = tokens_using(env, scope, version)?;
+    let total: u64 = hits.iter().map(|h| h.1).sum();
+    if total == 0 {
+        return Ok(());
+    }
+    let list: Vec<String> = hits.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    Err(Failure::new(
+        Kind::Refused,
+        format!(
+            "refusing to retire {scope} {version}: {total} blind-index tokens still use it ({}); \
+             look-ups would silently miss those rows",
+            list.join(", ")
+        ),
+        "run `leakless-migrate reindex` (it moves every token onto the active version), then \
+         retire",
+    ))
 }
 
 fn done(env: &Env, what: String) -> Result<()> {
@@ -490,6 +559,7 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
         KeysCommand::Rotate { scope: name, grace } => {
             let ring = env.ring()?;
             let s = scope(name)?;
+            let indexes = index_columns(env, &s)?;
             let v = ring.rotate(&s, *grace, &who)?;
             let old = ring
                 .versions(&s)?
@@ -501,9 +571,22 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
             done(
                 env,
                 format!(
-                    "rotated {name}: {v} is active{}; run `leakless-migrate rewrap` to move rows onto it",
+                    "rotated {name}: {v} is active{}; {}",
                     old.map(|r| format!(", {} is {}", r.version, r.state))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    if indexes.is_empty() {
+                        "run `leakless-migrate rewrap` to move rows onto it".to_owned()
+                    } else {
+                        let list: Vec<String> = indexes
+                            .iter()
+                            .map(|(t, c)| format!("{}.{}", t.table, c.column))
+                            .collect();
+                        format!(
+                            "it is the index key of {}: run `leakless-migrate reindex` to move \
+                             their tokens onto it before the grace ends",
+                            list.join(", ")
+                        )
+                    }
                 ),
             )
         }
@@ -512,6 +595,7 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
             version,
             force,
         } => {
+            refuse_if_tokens(env, &scope(name)?, *version)?;
             let ring = env.ring()?;
             if *force {
                 ring.retire_ignoring_cache_window(&scope(name)?, *version, &who)?;
@@ -540,6 +624,23 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
         } => destroy(env, name, *version, *shred, *force),
         KeysCommand::CompleteShred => complete_shred(env),
         KeysCommand::ExpireGrace => {
+            let now = env_now();
+            let mut expired = Vec::new();
+            {
+                let store = env.key_store()?;
+                for sc in store.scopes()? {
+                    for r in store.list(&sc)? {
+                        if let KekState::Grace { until } = r.state
+                            && until <= now
+                        {
+                            expired.push((sc.clone(), r.version));
+                        }
+                    }
+                }
+            }
+            for (sc, v) in &expired {
+                refuse_if_tokens(env, sc, *v)?;
+            }
             let ring = env.ring()?;
             let retired = ring.expire_grace(&who)?;
             let list: Vec<String> = retired.iter().map(|(s, v)| format!("{s} {v}")).collect();
@@ -607,8 +708,9 @@ fn destroy(env: &mut Env, name: &str, version: KekVersion, shred: bool, force: b
                 list.join(", ")
             ),
             format!(
-                "move them first: `keys reinstate {name} {version}`, `rewrap`, `keys retire`, then \
-                 destroy; or pass --shred to make those rows unreadable for good"
+                "move them first: `keys reinstate {name} {version}`, `rewrap` (data) or \
+                 `reindex` (index tokens), `keys retire`, then destroy; or pass --shred to make \
+                 those rows unreadable (tokens: unfindable) for good"
             ),
         ));
     }

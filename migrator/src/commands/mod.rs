@@ -4,7 +4,9 @@
 pub mod adopt;
 pub mod jobs;
 pub mod keys;
+pub mod purge_residue;
 pub mod reencrypt;
+pub mod reindex;
 pub mod rewrap;
 pub mod rotate_root;
 pub mod shamir;
@@ -27,5 +29,7 @@ pub fn run(env: &mut Env, cmd: &Command) -> Result<()> {
         Command::Verify(a) => verify::run(env, a),
         Command::Adopt(a) => adopt::run(env, a),
         Command::Reencrypt(a) => reencrypt::run(env, a),
+        Command::Reindex(a) => reindex::run(env, a),
+        Command::PurgeResidue(a) => purge_residue::run(env, a),
     }
 }

@@ -3,17 +3,18 @@
 //! rows a rewrap would move. Reads only the envelope headers (first 80 bytes); needs no root
 //! key. For a column the manifest marks as in adoption it also reports the stage, the source
 //! plaintext column, and the rows still only in plaintext there (sealed NULL, plaintext not),
-//! apart from the rows NULL in both.
+//! apart from the rows NULL in both. For a column with a blind index it counts the tokens per
+//! index key version, and the sealed rows without a token.
 
 use std::collections::BTreeMap;
 
 use leakless::key::KekState;
 use leakless::manifest::AdoptionStage;
 use leakless::store::KeyStore;
-use leakless::{KekVersion, KeyScope};
+use leakless::{BlindIndex, KekVersion, KeyScope};
 use serde::Serialize;
 
-use crate::db::{Db, OneInt};
+use crate::db::{BytesCount, Db, OneInt};
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{Range, for_each_page, header, prefix_expr};
@@ -67,6 +68,27 @@ pub struct ColumnStatus {
     /// The adoption under way on this column, if the manifest marks one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionStatus>,
+    /// The blind index beside this column, if the manifest gives it one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexStatus>,
+}
+
+/// The tokens of a blind-index column.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// The token column.
+    pub column: String,
+    /// The index key scope.
+    pub scope: String,
+    /// Tokens per index key version, with the version's state.
+    pub versions: Vec<VersionRows>,
+    /// Rows with a sealed value but no token: look-ups do not find them (run `reindex`).
+    pub missing: u64,
+    /// Tokens that are no token (shorter than a version prefix, or version 0).
+    pub invalid: u64,
+    /// What `reindex` would compute: missing tokens, and tokens of versions other than the
+    /// active one.
+    pub reindex_work: u64,
 }
 
 /// The adoption of a sealed column from a legacy plaintext column.
@@ -135,6 +157,10 @@ pub fn column_status(
             })
         }
     };
+    let index = match &c.blind_index {
+        Some(b) => Some(index_status(db, store, t, c, b)?),
+        None => None,
+    };
     let mut s = ColumnStatus {
         table: t.table.clone(),
         column: c.column.clone(),
@@ -146,12 +172,10 @@ pub fn column_status(
         on_retired: 0,
         on_destroyed: 0,
         adoption,
+        index,
     };
     for ((scope, version), n) in by {
-        let state = match (KeyScope::new(&scope), KekVersion::new(version)) {
-            (Ok(sc), Ok(v)) => store.get(&sc, v)?.map(|r| r.state),
-            _ => None,
-        };
+        let state = state_of(store, &scope, version)?;
         match state {
             Some(KekState::Grace { .. }) => s.rewrap_work += n,
             Some(KekState::Retired) => s.on_retired += n,
@@ -160,6 +184,78 @@ pub fn column_status(
         }
         s.versions.push(VersionRows {
             scope,
+            version,
+            state: state.map_or("unknown", |st| st.name()).to_owned(),
+            rows: n,
+        });
+    }
+    Ok(s)
+}
+
+/// The state of `scope` `version` in the key store; `None` when it is not there.
+fn state_of(store: &dyn KeyStore, scope: &str, version: u32) -> Result<Option<KekState>> {
+    Ok(match (KeyScope::new(scope), KekVersion::new(version)) {
+        (Ok(sc), Ok(v)) => store.get(&sc, v)?.map(|r| r.state),
+        _ => None,
+    })
+}
+
+/// Counts the tokens of the blind index `b` beside `c`, per index key version (read from the
+/// first four bytes of each token: no key needed).
+///
+/// # Errors
+/// [`Kind::Database`], [`Kind::Keys`]; [`Kind::Usage`] when the database lacks the column.
+pub fn index_status(
+    db: &mut Db,
+    store: &dyn KeyStore,
+    t: &leakless::manifest::SealedTable,
+    c: &leakless::manifest::SealedColumn,
+    b: &leakless::manifest::BlindIndexColumn,
+) -> Result<IndexStatus> {
+    db.require_column(&t.table, &t.row_id_column, &b.column)?;
+    let (tq, iq) = (db.q(&t.table), db.q(&b.column));
+    let prefix = format!("substr({iq}, 1, 4)");
+    let groups: Vec<BytesCount> = db.load(
+        &format!(
+            "SELECT {prefix} AS val, COUNT(*) AS n FROM {tq} WHERE {iq} IS NOT NULL \
+             GROUP BY {prefix}"
+        ),
+        &[],
+    )?;
+    let missing: Vec<OneInt> = db.load(
+        &format!(
+            "SELECT COUNT(*) AS n FROM {tq} WHERE {} IS NOT NULL AND {iq} IS NULL",
+            db.q(&c.column)
+        ),
+        &[],
+    )?;
+    let missing = missing
+        .first()
+        .map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
+    let mut by: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut invalid = 0u64;
+    for g in groups {
+        let n = u64::try_from(g.n).unwrap_or(0);
+        match g.val.as_deref().and_then(BlindIndex::stored_version) {
+            Some(v) => *by.entry(v.get()).or_default() += n,
+            None => invalid += n,
+        }
+    }
+    let mut s = IndexStatus {
+        column: b.column.clone(),
+        scope: b.scope.clone(),
+        versions: Vec::new(),
+        missing,
+        invalid,
+        reindex_work: missing + invalid,
+    };
+    for (version, n) in by {
+        let state = state_of(store, &b.scope, version)?;
+        if state != Some(KekState::Active) {
+            s.reindex_work += n;
+        }
+        s.versions.push(VersionRows {
+            scope: b.scope.clone(),
             version,
             state: state.map_or("unknown", |st| st.name()).to_owned(),
             rows: n,
@@ -227,6 +323,30 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                 "-", "-", "null", s.nulls
             ));
         }
+        if let Some(ix) = &s.index {
+            let iname = format!("{}.{} (index)", s.table, ix.column);
+            for v in &ix.versions {
+                out(format!(
+                    "{iname:<28} {:<20} {:>7} {:<10} {:>10}",
+                    v.scope,
+                    format!("v{}", v.version),
+                    v.state,
+                    v.rows
+                ));
+            }
+            if ix.missing > 0 {
+                out(format!(
+                    "{iname:<28} {:<20} {:>7} {:<10} {:>10}",
+                    "-", "-", "missing", ix.missing
+                ));
+            }
+            if ix.invalid > 0 {
+                out(format!(
+                    "{iname:<28} {:<20} {:>7} {:<10} {:>10}",
+                    "-", "-", "invalid", ix.invalid
+                ));
+            }
+        }
     }
     out("");
     for s in &all {
@@ -264,6 +384,14 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             notes.push(format!(
                 "{} rows on destroyed or unknown versions (unreadable)",
                 s.on_destroyed
+            ));
+        }
+        if let Some(ix) = s.index.as_ref().filter(|ix| ix.reindex_work > 0) {
+            notes.push(format!(
+                "index {}: {} rows without a token of the active index key ({} missing; look-ups \
+                 miss rows without a token, and rows whose token's version is retired: run \
+                 `reindex`)",
+                ix.column, ix.reindex_work, ix.missing
             ));
         }
         if notes.is_empty() {
