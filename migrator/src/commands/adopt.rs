@@ -1,6 +1,6 @@
 //! `adopt`: bring an existing plaintext column under leakless.
 //!
-//! The application moves through three stages (docs/operations.md § Adoption): (1) it writes
+//! The application moves through three stages (docs/adoption.md): (1) it writes
 //! the sealed column on every write and reads it, falling back to the plaintext column where
 //! the sealed one is still NULL; (2) it stops writing the plaintext column; (3) it stops
 //! reading it. `adopt` does the database side between stage 1 and 2:
@@ -9,6 +9,7 @@
 //!    plaintext column is not gets the plaintext sealed into it (compare-and-swap on
 //!    `sealed IS NULL`, so a value the application wrote meanwhile wins; the plaintext is
 //!    never bound into a statement);
+//!    a column with a blind index then gets its tokens (the `reindex` job);
 //! 2. a verification pass: every sealed value opens to exactly the plaintext beside it;
 //! 3. it prints the `ALTER TABLE ... DROP COLUMN` statement for the DBA. It never drops
 //!    anything itself.
@@ -16,7 +17,7 @@
 use leakless::FieldContext;
 
 use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
-use crate::db::{IdTwo, OneInt, ident};
+use crate::db::{Bind, IdTwo, OneInt, ident};
 use crate::engine::{FailureCause, Mode, RowFailure, is_key_wide};
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
@@ -37,6 +38,12 @@ pub struct Args {
     /// Skip the backfill; only run the verification pass.
     #[arg(long)]
     pub verify_only: bool,
+    /// In the verification pass, re-seal every row whose sealed value differs from its
+    /// plaintext column from that plaintext (compare-and-swap on the sealed value read). Use
+    /// once no application version without leakless runs: the stage-1 dual write goes stale
+    /// only when such a version changes the plaintext column.
+    #[arg(long)]
+    pub repair_stale: bool,
     /// Batch, worker, throttle and job options.
     #[command(flatten)]
     pub job: JobArgs,
@@ -75,6 +82,38 @@ fn source_column(
              `#[leakless(seal(adopt(from = ..., stage = ...)))]` and regenerate the manifest",
         )),
     }
+}
+
+/// Writes the re-sealed value (and its token) of row `id` if its sealed column still holds
+/// `old`; `false` when the row changed meanwhile.
+fn repair(
+    db: &mut crate::db::Db,
+    t: &leakless::manifest::SealedTable,
+    column: &str,
+    id: &str,
+    old: &[u8],
+    sealed: Vec<u8>,
+    token: Option<(&str, Vec<u8>)>,
+) -> Result<bool> {
+    let mut binds = vec![Bind::Bytes(Some(sealed))];
+    let mut sets = vec![format!("{} = {}", db.q(column), db.ph(1))];
+    if let Some((col, token)) = token {
+        binds.push(Bind::Bytes(Some(token)));
+        sets.push(format!("{} = {}", db.q(col), db.ph(2)));
+    }
+    let n = binds.len();
+    binds.push(Bind::Text(Some(id.to_owned())));
+    binds.push(Bind::Bytes(Some(old.to_vec())));
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {} = {} AND {} = {}",
+        db.q(&t.table),
+        sets.join(", "),
+        db.q(&t.row_id_column),
+        db.id_from_text(t.row_id_kind, &db.ph(n + 1)),
+        db.q(column),
+        db.ph(n + 2),
+    );
+    Ok(db.exec(&sql, &binds)? == 1)
 }
 
 /// Runs `adopt`.
@@ -128,6 +167,12 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             Some(&c.column),
             &args.job,
         )?;
+        if c.blind_index.is_some() {
+            // The sealed values get their tokens, so look-ups find the adopted rows.
+            let mut job = args.job.clone();
+            job.job = None;
+            run_jobs(env, &Mode::Reindex, Some(&t.table), Some(&c.column), &job)?;
+        }
     }
     // Verification pass.
     let ring = env.ring()?;
@@ -141,6 +186,15 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let mut after: Option<String> = None;
     let (mut checked, mut failed) = (0u64, Vec::<RowFailure>::new());
     let mut failed_n = 0u64;
+    let mut repaired = 0u64;
+    let index = match &c.blind_index {
+        Some(b) => Some((b.column.clone(), b.spec(&t.table, &c.column)?)),
+        None => None,
+    };
+    let policy = leakless::FieldPolicy {
+        algorithm: c.algorithm,
+        padding: c.padding,
+    };
     loop {
         let (sql, binds) = page_sql(&db, &t, &select, &Range::default(), after.as_deref(), 2000);
         let rows: Vec<IdTwo> = db.load(&sql, &binds)?;
@@ -170,6 +224,33 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                         };
                         match opened {
                             Ok(p) if p.expose_secret() == plain.as_slice() => None,
+                            Ok(_) if args.repair_stale => {
+                                let Some(scope) = &expected else {
+                                    return Err(Failure::new(
+                                        Kind::Usage,
+                                        "adopt supports tables with one static key scope",
+                                        "adopt a per-tenant table by sealing in the application",
+                                    ));
+                                };
+                                let sealed = ring.seal(scope, &ctx, plain, &policy)?;
+                                let token = match &index {
+                                    Some((col, spec)) => Some((
+                                        col.as_str(),
+                                        ring.blind_index(spec, plain)?.as_bytes().to_vec(),
+                                    )),
+                                    None => None,
+                                };
+                                if repair(&mut db, &t, &c.column, &r.id, env_bytes, sealed, token)?
+                                {
+                                    repaired += 1;
+                                    None
+                                } else {
+                                    Some((
+                                        "sealed value changed during the repair; rerun".to_owned(),
+                                        FailureCause::Busy,
+                                    ))
+                                }
+                            }
                             Ok(_) => Some((
                                 "sealed value differs from the plaintext column (changed since \
                                  the backfill?)"
@@ -207,7 +288,8 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     if env.global.json {
         out(serde_json::to_string_pretty(&serde_json::json!({
             "table": t.table, "column": c.column, "from": from,
-            "rows_checked": checked, "mismatches": failed_n, "failures": failed,
+            "rows_checked": checked, "mismatches": failed_n, "repaired": repaired,
+            "failures": failed,
             "drop_statement": if failed_n == 0 { Some(&drop_sql) } else { None },
         }))
         .map_err(|e| {
@@ -219,8 +301,15 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         })?);
     } else {
         out(format!(
-            "verify {}.{} against {}: {checked} rows checked, {failed_n} mismatches",
-            t.table, c.column, from
+            "verify {}.{} against {}: {checked} rows checked, {failed_n} mismatches{}",
+            t.table,
+            c.column,
+            from,
+            if args.repair_stale {
+                format!(", {repaired} stale rows re-sealed from the plaintext column")
+            } else {
+                String::new()
+            }
         ));
         for f in &failed {
             out(format!(
@@ -236,13 +325,11 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         let help = if stale {
             format!(
                 "a sealed value that differs was sealed before an application version without \
-                 leakless changed {from} (the stage-1 dual write goes stale that way; a rerun \
-                 never overwrites a sealed value). Once no such version runs, set those rows' \
-                 sealed value to NULL (UPDATE {table} SET {col} = NULL WHERE {id} IN (...the rows \
-                 listed...)) and rerun `adopt`; rows still NULL are filled by a rerun too",
-                table = db.q(&t.table),
-                col = db.q(&c.column),
-                id = db.q(&t.row_id_column),
+                 leakless changed {from} (the stage-1 dual write goes stale that way; a plain \
+                 rerun never overwrites a sealed value). Once no such version runs, rerun with \
+                 `leakless-migrate adopt --table {} --column {} --repair-stale`, which re-seals \
+                 those rows from {from}; rows still NULL are filled by a rerun too",
+                t.table, c.column,
             )
         } else {
             "rerun `adopt` (the backfill resumes and fills what is missing), then verify again"
