@@ -1,5 +1,5 @@
-//! The batch engine behind `rewrap`, `reencrypt`, `adopt` and `reindex`: online, batched, resumable and
-//! idempotent.
+//! The batch engine behind `rewrap`, `reencrypt`, `adopt` and `reindex`: online, batched,
+//! resumable and idempotent.
 //!
 //! # How a run works
 //!

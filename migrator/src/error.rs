@@ -5,7 +5,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | a check failed or the migrator refused: `verify` found envelopes that do not open, `destroy` found rows still on the version, `retire`/`destroy` came inside the cache window, `keys audit --verify` found tampering, a confirmation was declined or missing, rows failed during `rewrap`/`adopt`/`reencrypt` |
+//! | 1 | a check failed or the migrator refused: `verify` found envelopes that do not open, `destroy` found rows still on the version, `retire`/`destroy`/`expire-grace` found blind-index tokens on the version, `retire`/`destroy` came inside the cache window, `keys audit --verify` found tampering, a confirmation was declined or missing, rows failed during `rewrap`/`adopt`/`reencrypt`/`reindex` |
 //! | 2 | usage: bad arguments, a bad or missing manifest, an unknown table or column |
 //! | 3 | keys: the root key, KMS or key store failed, or the key state forbids the action |
 //! | 4 | database: cannot connect, or a statement failed (rerunning is safe) |
