@@ -6,8 +6,8 @@
     clippy::print_stderr,
     reason = "tests"
 )]
-//! Nothing left behind: a populated plaintext column is adopted with the real binary, dropped,
-//! and finished with `purge-residue`; the leak harness's residue scan, built from the column's
+//! Nothing left behind, on PostgreSQL, MariaDB and SQLite: a populated plaintext column is
+//! adopted with the real binary, dropped, and finished with `purge-residue`; the leak harness's residue scan, built from the column's
 //! real values read before the adoption, then finds none of them in the database files, the
 //! write-ahead log or the server log. The positive control: the same scan, run after `DROP
 //! COLUMN` and before the finishing step, finds every value, and the harness's own planted
@@ -17,7 +17,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use leakless_leaktest::fixture::PgServer;
+use leakless_leaktest::fixture::{MariaServer, PgServer};
 use leakless_leaktest::residue::{DbControl, ResidueReport, ResidueValues};
 use leakless_leaktest::scan::EncodingSet;
 use support::{Backend, Fixture, stderr, stdout};
@@ -203,4 +203,69 @@ fn truncate(path: &Path) {
         .truncate(true)
         .open(path)
         .unwrap();
+}
+
+/// The files of a MariaDB data directory by channel: table files (the database's folder, the
+/// system and undo tablespaces), the redo log, the binary logs; and the general query log.
+fn mariadb_channels(my: &MariaServer) -> Vec<(&'static str, PathBuf)> {
+    let data = my.data_dir();
+    let mut channels = vec![
+        ("mariadb/table-files", data.join("app")),
+        ("mariadb/general-log", my.general_log_path()),
+    ];
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let p = entry.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("ib_logfile") {
+            channels.push(("mariadb/redo-log", p));
+        } else if name.starts_with("ibdata") || name.starts_with("undo") {
+            channels.push(("mariadb/table-files", p));
+        }
+    }
+    for b in my.binlogs() {
+        channels.push(("mariadb/binlog", b));
+    }
+    channels
+}
+
+#[test]
+fn mariadb_adoption_leaves_nothing_after_purge_residue() {
+    let my = MariaServer::start().expect("MariaDB must start (scripts/mariadb-server)");
+    my.sql("", "CREATE DATABASE app").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::on_url(Backend::Mysql, my.url_for("app"), None, dir);
+    let (values, values_again) = adopt_and_drop(&f);
+    let url = my.url_for("app");
+    // Write the table's pages into its file now (InnoDB keeps them in memory otherwise).
+    my.sql("app", "FLUSH TABLES patients FOR EXPORT; UNLOCK TABLES;")
+        .unwrap();
+
+    // Before: the dropped column is still in the table file (DROP COLUMN is instant), and
+    // every value is in the redo log, the binary log and the general query log.
+    let before = scan(&url, values, &mariadb_channels(&my));
+    let col = "patients.email_plain";
+    for ch in [
+        "mariadb/table-files",
+        "mariadb/redo-log",
+        "mariadb/binlog",
+        "mariadb/general-log",
+    ] {
+        assert_eq!(found(&before, ch, col), ROWS as u64, "{ch} before");
+    }
+
+    let out = purge(&f);
+    assert!(out.contains("done: rebuilt patients"), "{out}");
+    assert!(out.contains("done: purged every binary log"), "{out}");
+    assert!(out.contains("done: replaced the InnoDB redo log"), "{out}");
+    assert!(out.contains("cannot reach: the general query log"), "{out}");
+    // The operator's part, as the command says: the general log up to now goes.
+    truncate(&my.general_log_path());
+
+    let channels = mariadb_channels(&my);
+    let after = scan(&url, values_again, &channels);
+    eprintln!("{}", after.human());
+    for (ch, _) in &channels {
+        assert_eq!(found(&after, ch, col), 0, "{ch} after purge-residue");
+    }
+    assert_eq!(after.exit_code(), 0, "{}", after.human());
 }

@@ -262,18 +262,45 @@ fn mariadb(db: &mut Db, table: &str) -> Result<Outcome> {
     ));
     if count(db, "SELECT CAST(@@log_bin AS SIGNED) AS n")? == 1 {
         db.batch("FLUSH BINARY LOGS")?;
-        db.batch("PURGE BINARY LOGS BEFORE NOW()")?;
-        o.done.push(
-            "purged the binary logs before the current one (FLUSH BINARY LOGS, PURGE BINARY \
-             LOGS BEFORE NOW()); replicas must have read them first"
-                .to_owned(),
-        );
+        let current: Vec<MasterStatus> = db.load("SHOW MASTER STATUS", &[])?;
+        let Some(current) = current.into_iter().next() else {
+            return Err(Failure::new(
+                Kind::Database,
+                "SHOW MASTER STATUS names no binary log although log_bin is on",
+                "check the server's binary log settings",
+            ));
+        };
+        ident_like_file(&current.file)?;
+        db.batch(&format!("PURGE BINARY LOGS TO '{}'", current.file))?;
+        o.done.push(format!(
+            "purged every binary log before the new {} (FLUSH BINARY LOGS, PURGE BINARY LOGS \
+             TO); replicas must have read them first",
+            current.file
+        ));
     }
-    o.cannot_reach.push(
-        "the InnoDB redo log (ib_logfile0) is circular: old records stay until the server \
-         writes innodb_log_file_size of new changes over them; the undo log is freed by purge"
-            .to_owned(),
-    );
+    // The redo log is circular: old records stay until overwritten. Resizing it (dynamic since
+    // MariaDB 10.11) makes the server write a new log file and delete the old one; resizing
+    // back restores the setting.
+    let size = count(db, "SELECT CAST(@@innodb_log_file_size AS SIGNED) AS n")?;
+    let resized = db
+        .batch(&format!(
+            "SET GLOBAL innodb_log_file_size = {}",
+            size.saturating_add(1 << 20)
+        ))
+        .and_then(|()| db.batch(&format!("SET GLOBAL innodb_log_file_size = {size}")));
+    match resized {
+        Ok(()) => o.done.push(
+            "replaced the InnoDB redo log (ib_logfile0) by resizing it and back: the server \
+             wrote a new file and deleted the old one"
+                .to_owned(),
+        ),
+        Err(e) => o.cannot_reach.push(format!(
+            "the InnoDB redo log (ib_logfile0), which keeps old records until the server writes \
+             innodb_log_file_size of new changes over them: resizing it failed ({}); MariaDB \
+             10.11 resizes it online, older servers at a restart with a new size",
+            e.what
+        )),
+    }
     if count(db, "SELECT CAST(@@general_log AS SIGNED) AS n")? == 1 {
         let file = text(db, "SELECT CAST(@@general_log_file AS CHAR) AS id")?;
         o.cannot_reach.push(format!(
@@ -284,6 +311,31 @@ fn mariadb(db: &mut Db, table: &str) -> Result<Outcome> {
     o.cannot_reach.push(FS_BLOCKS.to_owned());
     o.cannot_reach.push(BACKUPS.to_owned());
     Ok(o)
+}
+
+/// The first column of `SHOW MASTER STATUS`.
+#[derive(diesel::QueryableByName)]
+struct MasterStatus {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "File")]
+    file: String,
+}
+
+/// A binary log file name as the server reports it (`binlog.000012`): refused if it could
+/// break out of the quoted literal it goes into.
+fn ident_like_file(name: &str) -> Result<()> {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            Kind::Database,
+            "the server reported a binary log name with unexpected characters",
+            "purge the binary logs by hand (PURGE BINARY LOGS TO ...)",
+        ))
+    }
 }
 
 fn sqlite(db: &mut Db) -> Result<Outcome> {
