@@ -17,7 +17,10 @@ pub(crate) enum ScopeAttr {
 
 pub(crate) struct BlindIndexAttr {
     pub(crate) column: Ident,
+    /// The index key scope, or with `per_tenant` its prefix (the scope is the prefix followed
+    /// by the row's tenant, as for the model's own per-tenant scope).
     pub(crate) scope: LitStr,
+    pub(crate) per_tenant: bool,
     /// The variant of `leakless::Normalizer`.
     pub(crate) normalize: Ident,
     pub(crate) bytes: LitInt,
@@ -294,6 +297,7 @@ pub(crate) fn parse_seal_option(
     } else if inner.path.is_ident("blind_index") {
         let mut column = None;
         let mut scope = None;
+        let mut prefix = None;
         let mut normalize = Ident::new("None", inner.path.span());
         let mut bytes = LitInt::new("16", inner.path.span());
         inner.parse_nested_meta(|b| {
@@ -301,6 +305,8 @@ pub(crate) fn parse_seal_option(
                 column = Some(b.value()?.parse::<Ident>()?);
             } else if b.path.is_ident("scope") {
                 scope = Some(b.value()?.parse::<LitStr>()?);
+            } else if b.path.is_ident("scope_prefix") {
+                prefix = Some(b.value()?.parse::<LitStr>()?);
             } else if b.path.is_ident("normalize") {
                 let v: LitStr = b.value()?.parse()?;
                 normalize = choice(
@@ -318,7 +324,8 @@ pub(crate) fn parse_seal_option(
             } else {
                 return Err(b.error(
                     "unknown blind_index option; expected \
-                     blind_index(column = email_bidx, scope = \"bidx\", normalize = \"trim_lowercase\", bytes = 16)",
+                     blind_index(column = email_bidx, scope = \"bidx\", normalize = \"trim_lowercase\", bytes = 16) \
+                     (or scope_prefix = \"bidx:\" instead of scope, for an index key per tenant)",
                 ));
             }
             Ok(())
@@ -328,9 +335,22 @@ pub(crate) fn parse_seal_option(
                 "blind_index needs `{what}`: write blind_index(column = email_bidx, scope = \"bidx\")"
             ))
         };
+        let (scope, per_tenant) = match (scope, prefix) {
+            (Some(s), None) => (s, false),
+            (None, Some(p)) => (p, true),
+            (Some(s), Some(_)) => {
+                return Err(syn::Error::new(
+                    s.span(),
+                    "conflicting options: blind_index takes `scope` (one index key) or \
+                     `scope_prefix` (an index key per tenant), not both",
+                ));
+            }
+            (None, None) => return Err(missing("scope")),
+        };
         s.blind_index = Some(BlindIndexAttr {
             column: column.ok_or_else(|| missing("column"))?,
-            scope: scope.ok_or_else(|| missing("scope"))?,
+            scope,
+            per_tenant,
             normalize,
             bytes,
         });

@@ -204,17 +204,55 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 let normalizer = quote!(#p::Normalizer::#norm);
                 let spec_fn = format_ident!("__leakless_{}_index_spec", ident);
                 let lookup_fn = format_ident!("{}_lookup", ident);
+                let per_tenant = b.per_tenant;
+                // A per-tenant index key: the prefix followed by the row's tenant, exactly as
+                // the model's own per-tenant scope (the validation ensures the model has one).
+                let tenant_field = match &m.scope {
+                    ScopeAttr::PerTenant { field, .. } if per_tenant => Some(field),
+                    _ => None,
+                };
+                let tenant_of = |from: TokenStream2| match tenant_field {
+                    Some(tf) => quote!(::core::option::Option::Some(
+                        &#from.#tf as &dyn ::core::fmt::Display)),
+                    None => quote!(::core::option::Option::None),
+                };
+                let self_tenant = tenant_of(quote!(self));
+                let tenant_ty = tenant_field.and_then(|tf| {
+                    m.fields
+                        .iter()
+                        .find(|f| &f.ident == tf)
+                        .map(|f| f.ty.clone())
+                });
                 let doc_b = format!("Blind index of `{column}` (HMAC tokens, no plaintext).");
                 row_fields.push(quote!(#[doc = #doc_b] pub #bcol: #stored_ty));
                 row_debug.push(quote!(.field(#bcol_name, &self.#bcol)));
-                let doc_lookup = format!(
-                    "The blind-index tokens to find rows whose `{column}` equals `value`: match \
-                     them with `{table}::{bcol_name}.eq_any(tokens)`."
-                );
+                let (doc_lookup, tenant_param, tenant_arg) = match &tenant_ty {
+                    Some(ty) => (
+                        format!(
+                            "The blind-index tokens to find the rows of `tenant` whose `{column}` \
+                             equals `value` (the index key is the tenant's own): match them with \
+                             `{table}::{bcol_name}.eq_any(tokens)`."
+                        ),
+                        quote!(tenant: &#ty,),
+                        quote!(::core::option::Option::Some(
+                            tenant as &dyn ::core::fmt::Display
+                        )),
+                    ),
+                    None => (
+                        format!(
+                            "The blind-index tokens to find rows whose `{column}` equals \
+                             `value`: match them with `{table}::{bcol_name}.eq_any(tokens)`."
+                        ),
+                        quote!(),
+                        quote!(::core::option::Option::None),
+                    ),
+                };
                 lookups.push(quote! {
                     #[doc(hidden)]
-                    fn #spec_fn() -> ::core::result::Result<#p::BlindIndexSpec, #p::Error> {
-                        let mut spec = #p::BlindIndexSpec::new(#table, #column, #p::KeyScope::new(#bscope)?);
+                    fn #spec_fn(
+                        tenant: ::core::option::Option<&dyn ::core::fmt::Display>,
+                    ) -> ::core::result::Result<#p::BlindIndexSpec, #p::Error> {
+                        let mut spec = #p::BlindIndexSpec::new(#table, #column, #p::scope(#bscope, tenant)?);
                         spec.bytes = #bytes;
                         spec.normalizer = #normalizer;
                         ::core::result::Result::Ok(spec)
@@ -223,26 +261,29 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                     ///
                     /// # Errors
                     /// The key errors of the index-key scope, or an encoding error.
+                    // The tenant is taken as the model field's own type, `&String` included.
+                    #[allow(clippy::ptr_arg)]
                     #vis fn #lookup_fn(
                         ring: &#p::KeyRing,
+                        #tenant_param
                         value: &#value_ty,
                     ) -> ::core::result::Result<::std::vec::Vec<::std::vec::Vec<u8>>, #p::Error> {
-                        #p::blind_index_candidates(ring, &Self::#spec_fn()?, value)
+                        #p::blind_index_candidates(ring, &Self::#spec_fn(#tenant_arg)?, value)
                     }
                 });
                 let init = if f.option_inner.is_some() {
                     quote!(#bcol: match &self.#ident {
                         ::core::option::Option::Some(v) => ::core::option::Option::Some(
-                            #p::blind_index(ring, &Self::#spec_fn()?, v)?),
+                            #p::blind_index(ring, &Self::#spec_fn(#self_tenant)?, v)?),
                         ::core::option::Option::None => ::core::option::Option::None,
                     })
                 } else if adopt.is_some() {
                     // Rows not yet adopted have no token: the column is nullable while the
                     // adoption runs; this build always writes one.
                     quote!(#bcol: ::core::option::Option::Some(
-                        #p::blind_index(ring, &Self::#spec_fn()?, &self.#ident)?))
+                        #p::blind_index(ring, &Self::#spec_fn(#self_tenant)?, &self.#ident)?))
                 } else {
-                    quote!(#bcol: #p::blind_index(ring, &Self::#spec_fn()?, &self.#ident)?)
+                    quote!(#bcol: #p::blind_index(ring, &Self::#spec_fn(#self_tenant)?, &self.#ident)?)
                 };
                 (
                     quote!(::core::option::Option::Some(#p::BlindIndexColumn {
@@ -250,6 +291,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                         scope: ::std::string::String::from(#bscope),
                         bytes: #bytes,
                         normalizer: #normalizer,
+                        per_tenant: #per_tenant,
                     })),
                     Some(init),
                 )

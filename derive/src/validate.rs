@@ -65,6 +65,17 @@ pub(crate) fn validate(
             ));
         }
         if let Some(b) = f.seal.as_ref().and_then(|s| s.blind_index.as_ref())
+            && b.per_tenant
+            && !matches!(scope, ScopeAttr::PerTenant { .. })
+        {
+            return Err(syn::Error::new(
+                b.scope.span(),
+                "blind_index `scope_prefix` needs a per-tenant model: the index scope is the \
+                 prefix followed by the row's tenant (`scope_prefix = \"...\", scope_from = \
+                 tenant_field` on the struct); use `scope = \"bidx\"` for one index key",
+            ));
+        }
+        if let Some(b) = f.seal.as_ref().and_then(|s| s.blind_index.as_ref())
             && find(&b.column).is_some()
         {
             return Err(syn::Error::new(

@@ -347,9 +347,13 @@ pub struct OneText {
     pub id: String,
 }
 
-/// A binary value (a token's version prefix) and how many rows hold it.
+/// A binary value (a token's version prefix), the tenant (per-tenant index keys; NULL
+/// otherwise) and how many rows hold it.
 #[derive(QueryableByName, Debug)]
 pub struct BytesCount {
+    /// The tenant column as text, or NULL.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub tenant: Option<String>,
     /// The value.
     #[diesel(sql_type = Nullable<Binary>)]
     pub val: Option<Vec<u8>>,

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use leakless::key::KekState;
-use leakless::manifest::{ScopeSource, SealedColumn, SealedTable};
+use leakless::manifest::{BlindIndexColumn, ScopeSource, SealedColumn, SealedTable};
 use leakless::{
     BlindIndex, BlindIndexSpec, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope,
 };
@@ -421,11 +421,16 @@ pub struct Work {
 pub struct IndexTarget {
     /// The token column.
     pub column: String,
-    /// How tokens are computed (the application's spec, from the manifest).
-    pub spec: BlindIndexSpec,
-    /// The index scope's active version when the job started: a token of this version is
-    /// kept without opening the row.
-    pub active: KekVersion,
+    /// The index, from the manifest.
+    pub index: BlindIndexColumn,
+    /// Table and sealed column, bound into the token's key.
+    pub table: String,
+    /// The sealed column.
+    pub sealed: String,
+    /// An index with one key: that scope's active version when the job started (a token of
+    /// this version is kept without opening the row). `None` for a per-tenant index key, whose
+    /// rows are all opened and compared.
+    pub active: Option<KekVersion>,
 }
 
 impl IndexTarget {
@@ -445,22 +450,34 @@ impl IndexTarget {
                 "add `blind_index(...)` to the field's `seal(...)` and regenerate the manifest",
             ));
         };
-        let spec = b.spec(&t.table, &c.column)?;
-        let active = ring
-            .versions(&spec.scope)?
-            .into_iter()
-            .find(|r| r.state == KekState::Active)
-            .map(|r| r.version)
-            .ok_or_else(|| {
-                Failure::from(leakless::Error::NoActiveKey {
-                    scope: spec.scope.clone(),
-                })
-            })?;
+        let active = if b.per_tenant {
+            None
+        } else {
+            let spec = b.spec(&t.table, &c.column, None)?;
+            let v = ring
+                .versions(&spec.scope)?
+                .into_iter()
+                .find(|r| r.state == KekState::Active)
+                .map(|r| r.version)
+                .ok_or_else(|| {
+                    Failure::from(leakless::Error::NoActiveKey {
+                        scope: spec.scope.clone(),
+                    })
+                })?;
+            Some(v)
+        };
         Ok(Self {
             column: b.column.clone(),
-            spec,
+            index: b.clone(),
+            table: t.table.clone(),
+            sealed: c.column.clone(),
             active,
         })
+    }
+
+    /// The spec for a row of `tenant` (the tenant column's text; ignored for one index key).
+    fn spec(&self, tenant: Option<&str>) -> std::result::Result<BlindIndexSpec, leakless::Error> {
+        self.index.spec(&self.table, &self.sealed, tenant)
     }
 }
 
@@ -684,11 +701,16 @@ impl Work {
             return Outcome::Fail("no blind index to compute".into(), FailureCause::Data);
         };
         if let Some(old) = &row.b
-            && BlindIndex::stored_version(old) == Some(ix.active)
-            && old.len() == 4 + ix.spec.bytes
+            && ix.active.is_some()
+            && BlindIndex::stored_version(old) == ix.active
+            && old.len() == 4 + ix.index.bytes
         {
             return Outcome::Keep;
         }
+        let spec = match ix.spec(row.tenant.as_deref()) {
+            Ok(s) => s,
+            Err(e) => return Outcome::Fail(e.to_string(), FailureCause::Data),
+        };
         let opened = match expected {
             Some(scope) => self.ring.open_in_scope(scope, ctx, env),
             None => self.ring.open(ctx, env),
@@ -697,7 +719,7 @@ impl Work {
             Ok(p) => p,
             Err(e) => return row_error(e),
         };
-        match self.ring.blind_index(&ix.spec, plain.expose_secret()) {
+        match self.ring.blind_index(&spec, plain.expose_secret()) {
             Ok(token) if row.b.as_deref() == Some(token.as_bytes()) => Outcome::Keep,
             Ok(token) => Outcome::Write(token.as_bytes().to_vec()),
             Err(e) => row_error(e),

@@ -246,3 +246,139 @@ fn binary_tenant_refused_sqlite() {
 fn binary_tenant_refused_postgres() {
     binary_tenant_is_refused(Backend::Postgres);
 }
+
+/// A blind index with an index key per tenant (`"per_tenant": true`, scope prefix `bidx:`):
+/// `reindex` computes each row's token under its tenant's index key, exactly as the model
+/// does; `status` counts tokens per tenant scope; retiring one tenant's index key is refused
+/// while its tokens use it, naming that tenant's count only.
+fn per_tenant_index(backend: Backend) {
+    let f = Fixture::new(backend);
+    std::fs::write(
+        &f.manifest,
+        r#"{"format": 1, "tables": [{"table": "visits", "row_id_column": "id",
+            "row_id_kind": "int", "schema_version": 1,
+            "scope": {"kind": "per_tenant", "column": "tenant_id", "prefix": "tenant:"},
+            "columns": [{"column": "note", "algorithm": "xchacha20poly1305",
+                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096},
+                "nullable": true,
+                "blind_index": {"column": "note_bidx", "scope": "bidx:", "bytes": 16,
+                                "normalizer": "none", "per_tenant": true}}]}]}"#,
+    )
+    .unwrap();
+    let mut db = f.db();
+    db.batch(&format!(
+        "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id VARCHAR(20) NOT NULL, \
+         note {b} NULL, note_bidx {b} NULL)",
+        b = bin(backend)
+    ))
+    .unwrap();
+    let who = AuditInfo::new("test", "tenants");
+    for t in ["one", "two"] {
+        f.ring.create_scope(&tenant_scope(&t), &who).unwrap();
+        f.ring
+            .create_scope(
+                &leakless::__private::scope("bidx:", Some(&t)).unwrap(),
+                &who,
+            )
+            .unwrap();
+    }
+    for id in 1..=8i64 {
+        let t = if id <= 4 { "one" } else { "two" };
+        let sealed = seal(&f, &tenant_scope(&t), id);
+        let sql = format!(
+            "INSERT INTO visits (id, tenant_id, note) VALUES ({}, {}, {})",
+            db.ph(1),
+            db.ph(2),
+            db.ph(3)
+        );
+        db.exec(
+            &sql,
+            &[
+                Bind::Int(id),
+                Bind::Text(Some(t.to_owned())),
+                Bind::Bytes(Some(sealed)),
+            ],
+        )
+        .unwrap();
+    }
+    let o = f.run(&["reindex"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("8 written"), "{}", stdout(&o));
+
+    // Each token is the one the application computes with its tenant's index key.
+    let manifest = leakless::manifest::SchemaManifest::from_json(
+        &std::fs::read_to_string(&f.manifest).unwrap(),
+    )
+    .unwrap();
+    let index = manifest.tables[0].columns[0].blind_index.clone().unwrap();
+    for (id, t) in [(1i64, "one"), (8, "two")] {
+        let spec = index.spec("visits", "note", Some(t)).unwrap();
+        let want = f.ring.blind_index(&spec, note(id).as_bytes()).unwrap();
+        let rows: Vec<leakless_migrator::db::IdBytes> = db
+            .load(
+                &format!(
+                    "SELECT {} AS id, note_bidx AS val FROM visits WHERE id = {id}",
+                    db.id_text(leakless::manifest::RowIdKind::Int, "id")
+                ),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(rows[0].val.as_deref(), Some(want.as_bytes()), "row {id}");
+        let other = index
+            .spec(
+                "visits",
+                "note",
+                Some(if t == "one" { "two" } else { "one" }),
+            )
+            .unwrap();
+        assert_ne!(
+            f.ring.blind_index(&other, note(id).as_bytes()).unwrap(),
+            want,
+            "another tenant's key gives another token"
+        );
+    }
+
+    let o = f.run(&["status", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let versions = j[0]["index"]["versions"].as_array().unwrap();
+    let scopes: Vec<(String, u64)> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["scope"].as_str().unwrap().to_owned(),
+                v["rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scopes,
+        [("bidx:one".to_owned(), 4), ("bidx:two".to_owned(), 4)]
+    );
+
+    f.ring
+        .rotate(
+            &leakless::__private::scope("bidx:", Some(&"one")).unwrap(),
+            std::time::Duration::from_secs(3600),
+            &who,
+        )
+        .unwrap();
+    support::wait_for_cache_window();
+    let o = f.run(&["keys", "retire", "bidx:one", "1"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("4 blind-index tokens still use it (visits.note_bidx: 4)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn per_tenant_index_sqlite() {
+    per_tenant_index(Backend::Sqlite);
+}
+
+#[test]
+fn per_tenant_index_postgres() {
+    per_tenant_index(Backend::Postgres);
+}

@@ -198,18 +198,42 @@ pub struct BlindIndexColumn {
     /// The normaliser (`none`, `trim`, `lowercase`, `trim_lowercase`, `nfc`, `nfkc_casefold`
     /// in the JSON).
     pub normalizer: Normalizer,
+    /// Whether the index key is per tenant: `scope` is then a prefix, and a row's index scope
+    /// is the prefix followed by the row's tenant (the table's per-tenant scope column), so a
+    /// tenant's tokens die with its shred. Absent from the JSON when `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_tenant: bool,
 }
 
 impl BlindIndexColumn {
     /// The runtime's [`BlindIndexSpec`](crate::BlindIndexSpec) of this index on
-    /// `table.sealed_column`: the spec the application's model computes tokens with, so the
+    /// `table.sealed_column` for a row of `tenant` (the tenant column's text; `None` for an
+    /// index with one key): the spec the application's model computes tokens with, so the
     /// migrator's tokens (`reindex`) equal the application's.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an invalid scope name.
-    pub fn spec(&self, table: &str, sealed_column: &str) -> Result<crate::BlindIndexSpec, Error> {
-        let mut spec =
-            crate::BlindIndexSpec::new(table, sealed_column, KeyScope::new(&self.scope)?);
+    /// [`Error::InvalidInput`] for an invalid scope name, or a per-tenant index without a
+    /// tenant.
+    pub fn spec(
+        &self,
+        table: &str,
+        sealed_column: &str,
+        tenant: Option<&str>,
+    ) -> Result<crate::BlindIndexSpec, Error> {
+        let scope = match (self.per_tenant, tenant) {
+            (false, _) => KeyScope::new(&self.scope)?,
+            (true, Some(t)) => KeyScope::new(&format!("{}{t}", self.scope))?,
+            (true, None) => {
+                return Err(Error::InvalidInput {
+                    what: "blind index",
+                    problem: format!(
+                        "{table}.{sealed_column}: the index key is per tenant and the row has no \
+                         tenant"
+                    ),
+                });
+            }
+        };
+        let mut spec = crate::BlindIndexSpec::new(table, sealed_column, scope);
         spec.bytes = self.bytes;
         spec.normalizer = self.normalizer;
         Ok(spec)
@@ -363,8 +387,21 @@ impl SchemaManifest {
                             t.table, c.column, b.column
                         )));
                     }
-                    KeyScope::new(&b.scope)
+                    // A per-tenant index key's scope is the prefix and a tenant: check the
+                    // prefix with a sample tenant.
+                    let name = if b.per_tenant {
+                        format!("{}0", b.scope)
+                    } else {
+                        b.scope.clone()
+                    };
+                    KeyScope::new(&name)
                         .map_err(|e| invalid(format!("{}.{}: {e}", t.table, c.column)))?;
+                    if b.per_tenant && !matches!(t.scope, ScopeSource::PerTenant { .. }) {
+                        return Err(invalid(format!(
+                            "{}.{}: a per-tenant blind index needs a per-tenant table",
+                            t.table, c.column
+                        )));
+                    }
                     if !(4..=32).contains(&b.bytes) {
                         return Err(invalid(format!(
                             "{}.{}: blind index length {} is not 4 to 32",

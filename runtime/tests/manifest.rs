@@ -29,6 +29,7 @@ fn sample() -> SchemaManifest {
                     scope: "bidx".into(),
                     bytes: 16,
                     normalizer: Normalizer::TrimLowercase,
+                    per_tenant: false,
                 }),
                 adoption: None,
             },

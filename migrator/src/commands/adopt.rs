@@ -188,7 +188,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let mut failed_n = 0u64;
     let mut repaired = 0u64;
     let index = match &c.blind_index {
-        Some(b) => Some((b.column.clone(), b.spec(&t.table, &c.column)?)),
+        Some(b) => Some((b.column.clone(), b.spec(&t.table, &c.column, None)?)),
         None => None,
     };
     let policy = leakless::FieldPolicy {

@@ -321,9 +321,9 @@ fn index_columns(env: &mut Env, scope: &KeyScope) -> Result<Vec<(SealedTable, Se
     }
     let mut targets = env.targets(None, None)?;
     targets.retain(|(_, c)| {
-        c.blind_index
-            .as_ref()
-            .is_some_and(|b| b.scope == scope.as_str())
+        c.blind_index.as_ref().is_some_and(|b| {
+            b.scope == scope.as_str() || (b.per_tenant && scope.as_str().starts_with(&b.scope))
+        })
     });
     Ok(targets)
 }
@@ -347,7 +347,7 @@ fn tokens_using(
             let n: u64 = s
                 .versions
                 .iter()
-                .filter(|v| v.version == version.get())
+                .filter(|v| v.scope == scope.as_str() && v.version == version.get())
                 .map(|v| v.rows)
                 .sum();
             if n > 0 {

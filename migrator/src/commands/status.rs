@@ -78,7 +78,7 @@ pub struct ColumnStatus {
 pub struct IndexStatus {
     /// The token column.
     pub column: String,
-    /// The index key scope.
+    /// The index key scope (`<prefix><tenant>` for a key per tenant).
     pub scope: String,
     /// Tokens per index key version, with the version's state.
     pub versions: Vec<VersionRows>,
@@ -215,10 +215,23 @@ pub fn index_status(
     db.require_column(&t.table, &t.row_id_column, &b.column)?;
     let (tq, iq) = (db.q(&t.table), db.q(&b.column));
     let prefix = format!("substr({iq}, 1, 4)");
+    // A per-tenant index key: tokens are counted per tenant, whose scope is the prefix
+    // followed by the tenant.
+    let tenant = if b.per_tenant {
+        crate::tenant::TenantScope::probe(db, t)?.map(|ts| ts.expr)
+    } else {
+        None
+    };
+    let tenant_expr = tenant
+        .clone()
+        .unwrap_or_else(|| crate::tenant::TenantScope::null_expr(db.backend()).to_owned());
+    let group_tenant = tenant
+        .as_ref()
+        .map_or_else(String::new, |e| format!("{e}, "));
     let groups: Vec<BytesCount> = db.load(
         &format!(
-            "SELECT {prefix} AS val, COUNT(*) AS n FROM {tq} WHERE {iq} IS NOT NULL \
-             GROUP BY {prefix}"
+            "SELECT {tenant_expr} AS tenant, {prefix} AS val, COUNT(*) AS n FROM {tq} \
+             WHERE {iq} IS NOT NULL GROUP BY {group_tenant}{prefix}"
         ),
         &[],
     )?;
@@ -232,30 +245,42 @@ pub fn index_status(
     let missing = missing
         .first()
         .map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
-    let mut by: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut by: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let mut invalid = 0u64;
     for g in groups {
         let n = u64::try_from(g.n).unwrap_or(0);
+        let scope = match (b.per_tenant, &g.tenant) {
+            (false, _) => b.scope.clone(),
+            (true, Some(t)) => format!("{}{t}", b.scope),
+            (true, None) => {
+                invalid += n;
+                continue;
+            }
+        };
         match g.val.as_deref().and_then(BlindIndex::stored_version) {
-            Some(v) => *by.entry(v.get()).or_default() += n,
+            Some(v) => *by.entry((scope, v.get())).or_default() += n,
             None => invalid += n,
         }
     }
     let mut s = IndexStatus {
         column: b.column.clone(),
-        scope: b.scope.clone(),
+        scope: if b.per_tenant {
+            format!("{}<tenant>", b.scope)
+        } else {
+            b.scope.clone()
+        },
         versions: Vec::new(),
         missing,
         invalid,
         reindex_work: missing + invalid,
     };
-    for (version, n) in by {
-        let state = state_of(store, &b.scope, version)?;
+    for ((scope, version), n) in by {
+        let state = state_of(store, &scope, version)?;
         if state != Some(KekState::Active) {
             s.reindex_work += n;
         }
         s.versions.push(VersionRows {
-            scope: b.scope.clone(),
+            scope,
             version,
             state: state.map_or("unknown", |st| st.name()).to_owned(),
             rows: n,
