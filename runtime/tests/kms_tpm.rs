@@ -575,9 +575,11 @@ fn a_new_process_unseals_the_same_root_key() {
         fs::write(dir.join("check"), check.ciphertext).unwrap();
         return;
     }
+    // A private TPM: the child's connections are outside this process's per-TCTI lock, and
+    // two processes talking to one swtpm at once can stall each other.
+    let tpm = PrivateTpm::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = TpmConfig::new(tcti(), dir.path().join("root.sealed"));
-    let _evict = Evict(config.clone());
+    let config = TpmConfig::new(&tpm.tcti, dir.path().join("root.sealed"));
     let kms = TpmKms::create(&config).unwrap();
     let kek = Kek::generate();
     let wrapped = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
@@ -591,6 +593,7 @@ fn a_new_process_unseals_the_same_root_key() {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, dir.path())
+        .env(TCTI_ENV, &tpm.tcti)
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -712,10 +715,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// a naive unseal (no parameter encryption) through the same tap.
 #[test]
 fn the_root_key_never_crosses_the_tpm_connection_in_clear() {
-    let proxy = TapProxy::start(&tcti());
+    // A private TPM behind the tap: the proxy's TCTI is not the shared one, so the library's
+    // per-TCTI lock would not keep these connections apart from other tests' on the shared TPM.
+    let tpm = PrivateTpm::start();
+    let proxy = TapProxy::start(&tpm.tcti);
     let dir = tempfile::tempdir().unwrap();
     let config = TpmConfig::new(&proxy.tcti, dir.path().join("root.sealed"));
-    let _evict = Evict(TpmConfig::new(tcti(), config.sealed_path()));
 
     let created = TpmKms::create(&config).unwrap();
     let create_traffic = proxy.take();
@@ -833,10 +838,13 @@ fn seal_version_1_file(tcti: &str, path: &Path) -> Vec<u8> {
 #[test]
 fn a_version_1_blob_file_still_opens_but_has_no_epochs() {
     use leakless::kms::RootEpochs;
+    // A private TPM: the version 1 file is written through a bare TPM context, outside the
+    // library's per-TCTI lock.
+    let tpm = PrivateTpm::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.sealed");
-    let root = seal_version_1_file(&tcti(), &path);
-    let config = TpmConfig::new(tcti(), &path);
+    let root = seal_version_1_file(&tpm.tcti, &path);
+    let config = TpmConfig::new(&tpm.tcti, &path);
     let kms = TpmKms::open(&config).unwrap();
     assert!(
         kms.root_key_id().starts_with("tpm:"),
