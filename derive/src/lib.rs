@@ -19,8 +19,9 @@
 //! * `impl Debug for Patient` that prints sealed fields as `<sealed>`. A second
 //!   `#[derive(Debug)]` on the model is a compile error (conflicting implementations), so a
 //!   sealed value cannot be printed through `Debug`.
-//! * for each blind-indexed field `email`: `Patient::email_lookup(&ring, &value)`, the tokens
-//!   to match with `patients::email_bidx.eq_any(tokens)`.
+//! * for each blind-indexed field `email`: `Patient::email_lookup(&ring, &value)` (with the
+//!   tenant first, `(&ring, &tenant, &value)`, for an index key per tenant), the tokens to
+//!   match with `patients::email_bidx.eq_any(tokens)`.
 //!
 //! # Required attributes (on the struct)
 //!
@@ -48,7 +49,10 @@
 //!   an equality index in the column `email_bidx` under the dedicated index-key scope `bidx`;
 //!   `normalize` is `none` (default), `trim`, `lowercase`, `trim_lowercase`, `nfc` or
 //!   `nfkc_casefold` (see `leakless::Normalizer`); `bytes` is 4 to 32
-//!   (default 16).
+//!   (default 16). On a per-tenant model, `scope_prefix = "bidx:"` instead of `scope` gives
+//!   each tenant its own index key (scope `bidx:<tenant>`): equal values of two tenants get
+//!   unrelated tokens, and the look-up takes the tenant,
+//!   `Member::email_lookup(&ring, &tenant, &value)`.
 //! * `#[leakless(seal(adopt(from = email_plain, stage = "read_plaintext")))]`: the field is being
 //!   adopted from the legacy plaintext column `email_plain` (not a model field; the row gets it
 //!   as `Option<String>` for a `String` field, `Option<Vec<u8>>` otherwise, and the sealed
