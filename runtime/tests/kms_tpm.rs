@@ -883,6 +883,10 @@ fn a_version_1_blob_file_still_opens_but_has_no_epochs() {
 /// the handle must have the recorded name.
 #[test]
 fn a_version_2_file_names_a_persistent_object_and_refuses_any_other() {
+    // A private TPM: once the object is evicted, the test asserts its handle is empty, and a
+    // test running beside it on the shared TPM could persist its own object there meanwhile.
+    let tpm = PrivateTpm::start();
+    let tcti = || tpm.tcti.as_str();
     let dir = tempfile::tempdir().unwrap();
     let config = TpmConfig::new(tcti(), dir.path().join("root.sealed"));
     let _evict = Evict(config.clone());
