@@ -97,6 +97,19 @@ pub(crate) enum Padding {
 pub(crate) const ADOPT_SYNTAX: &str = "#[leakless(seal(adopt(from = email_plain, stage = \"read_plaintext\")))] (stages: \
      read_plaintext, write_sealed_only, sealed_only)";
 
+pub(crate) const MOVE_SYNTAX: &str = "#[leakless(seal(moving(from = email_sealed, stage = \"read_old\")))] (stages: \
+     read_old, read_new)";
+
+/// A sealed field whose envelopes move from the column `from` into its own column. Both
+/// stages write the same envelope into both columns; `read_old` reads `from` first (while a
+/// build writing only `from` may still run), `read_new` reads the field's column first (once
+/// `leakless-migrate copy` made the two agree).
+pub(crate) struct MoveAttr {
+    pub(crate) from: Ident,
+    /// `true` for `read_new`.
+    pub(crate) read_new: bool,
+}
+
 pub(crate) struct AdoptAttr {
     /// The legacy plaintext column.
     pub(crate) from: Ident,
@@ -109,6 +122,38 @@ pub(crate) struct SealAttr {
     pub(crate) padding: Padding,
     pub(crate) blind_index: Option<BlindIndexAttr>,
     pub(crate) adopt: Option<AdoptAttr>,
+    /// `column = "name"`: the column name bound into the envelopes (default: the field name).
+    pub(crate) column: Option<LitStr>,
+    /// `stored_in = col`: the table column that holds the envelopes (default: the field name).
+    pub(crate) stored_in: Option<Ident>,
+    /// `moving(from = col, stage = ...)`: the envelopes are moving out of `col` into the
+    /// field's column.
+    pub(crate) moving: Option<MoveAttr>,
+}
+
+impl SealAttr {
+    /// The name bound into every envelope of `field` (and into its blind-index key).
+    pub(crate) fn bound_name(&self, field: &Ident) -> String {
+        self.column
+            .as_ref()
+            .map_or_else(|| field.to_string(), LitStr::value)
+    }
+
+    /// The table column holding the envelopes of `field`.
+    pub(crate) fn stored_column<'a>(&'a self, field: &'a Ident) -> &'a Ident {
+        self.stored_in.as_ref().unwrap_or(field)
+    }
+}
+
+/// The row's field for the legacy plaintext column `from` of an adopted field: `from` itself,
+/// or `<from>_plaintext` where a model field already has that name (a field adopted from the
+/// column of its own name, stored elsewhere with `stored_in`).
+pub(crate) fn legacy_ident(from: &Ident, fields: &[FieldModel]) -> Ident {
+    if fields.iter().any(|f| &f.ident == from) {
+        Ident::new(&format!("{from}_plaintext"), from.span())
+    } else {
+        from.clone()
+    }
 }
 
 pub(crate) struct FieldModel {
@@ -246,6 +291,9 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Model> {
                     padding: Padding::Default,
                     blind_index: None,
                     adopt: None,
+                    column: None,
+                    stored_in: None,
+                    moving: None,
                 };
                 if meta.input.peek(syn::token::Paren) {
                     meta.parse_nested_meta(|inner| parse_seal_option(&mut s, &inner))?;
@@ -384,10 +432,46 @@ pub(crate) fn parse_seal_option(
             from: from.ok_or_else(|| missing("from"))?,
             stage: stage.ok_or_else(|| missing("stage"))?,
         });
+    } else if inner.path.is_ident("column") {
+        let v: LitStr = inner.value()?.parse()?;
+        if v.value().is_empty() {
+            return Err(syn::Error::new(v.span(), "`column` must not be empty"));
+        }
+        s.column = Some(v);
+    } else if inner.path.is_ident("stored_in") {
+        s.stored_in = Some(inner.value()?.parse::<Ident>()?);
+    } else if inner.path.is_ident("moving") {
+        let (mut from, mut stage) = (None, None);
+        inner.parse_nested_meta(|a| {
+            if a.path.is_ident("from") {
+                from = Some(a.value()?.parse::<Ident>()?);
+            } else if a.path.is_ident("stage") {
+                let v: LitStr = a.value()?.parse()?;
+                stage = Some(match v.value().as_str() {
+                    "read_old" => false,
+                    "read_new" => true,
+                    _ => {
+                        return Err(syn::Error::new(
+                            v.span(),
+                            format!("unknown moving stage; write {MOVE_SYNTAX}"),
+                        ));
+                    }
+                });
+            } else {
+                return Err(a.error(format!("unknown moving option; write {MOVE_SYNTAX}")));
+            }
+            Ok(())
+        })?;
+        let missing =
+            |what: &str| inner.error(format!("moving needs `{what}`: write {MOVE_SYNTAX}"));
+        s.moving = Some(MoveAttr {
+            from: from.ok_or_else(|| missing("from"))?,
+            read_new: stage.ok_or_else(|| missing("stage"))?,
+        });
     } else {
         return Err(inner.error(
-            "unknown seal option; expected aead = \"...\", padding = \"...\", blind_index(...) \
-             or adopt(...)",
+            "unknown seal option; expected aead = \"...\", padding = \"...\", blind_index(...), \
+             adopt(...), column = \"...\", stored_in = col or moving(...)",
         ));
     }
     Ok(())

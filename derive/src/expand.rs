@@ -6,7 +6,7 @@ use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, Path};
 
-use crate::attr::{Model, Padding, ScopeAttr, Stage, is_string};
+use crate::attr::{Model, Padding, ScopeAttr, Stage, is_string, legacy_ident};
 
 pub(crate) fn table_name(path: &Path) -> syn::Result<String> {
     path.segments
@@ -56,6 +56,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
     let mut row_fields = Vec::new();
     let mut seal_inits = Vec::new();
     let mut open_lets = Vec::new();
+    let mut seal_lets = Vec::new();
     let mut open_inits = Vec::new();
     let mut debug_fields = Vec::new();
     let mut manifest_columns = Vec::new();
@@ -82,6 +83,17 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             debug_fields.push(quote!(.field(#column, &self.#ident)));
             continue;
         };
+        // The name bound into the envelopes, and the table column that holds them.
+        let bound = seal.bound_name(ident);
+        let stored = seal.stored_column(ident);
+        let stored_name = stored.to_string();
+        let column_attr = |row_field: &Ident, column: &Ident| {
+            if row_field == column {
+                quote!()
+            } else {
+                quote!(#[diesel(column_name = #column)])
+            }
+        };
         let aead = &seal.aead;
         let alg = quote!(#p::Algorithm::#aead);
         let padding = match seal.padding {
@@ -91,25 +103,80 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
         let policy = quote!(#p::FieldPolicy { algorithm: #alg, padding: #padding });
         let value_ty = f.option_inner.clone().unwrap_or_else(|| ty.clone());
         let adopt = seal.adopt.as_ref();
-        let stored_ty = if f.option_inner.is_some() || adopt.is_some() {
+        let moving = seal.moving.as_ref();
+        let stored_ty = if f.option_inner.is_some() || adopt.is_some() || moving.is_some() {
             quote!(::core::option::Option<::std::vec::Vec<u8>>)
         } else {
             quote!(::std::vec::Vec<u8>)
         };
-        let doc_sealed = format!("`{column}`, sealed: a leakless envelope.");
-        row_fields.push(quote!(#[doc = #doc_sealed] pub #ident: #stored_ty));
+        let doc_sealed = if bound == stored_name {
+            format!("`{column}`, sealed: a leakless envelope.")
+        } else {
+            format!(
+                "`{column}`, sealed: a leakless envelope bound to column name `{bound}`, \
+                 stored in `{stored_name}`."
+            )
+        };
+        let stored_attr = column_attr(ident, stored);
+        row_fields.push(quote!(#[doc = #doc_sealed] #stored_attr pub #ident: #stored_ty));
         row_debug.push(quote!(.field(#column, &self.#ident)));
         let seal_one = |v: TokenStream2| {
             quote!(#p::seal_field::<#value_ty>(
-                ring, &__scope, #table, #column, __row, #version, #v, &#policy,
+                ring, &__scope, #table, #bound, __row, #version, #v, &#policy,
             )?)
         };
-        let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, &__scope, #table, #column, __row, #version, #e)?);
+        let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, &__scope, #table, #bound, __row, #version, #e)?);
         let local = format_ident!("__open_{}", ident);
-        if let Some(a) = adopt {
+        if let Some(mv) = moving {
+            // Moving between columns: both hold the same envelope (it binds `bound`, not where
+            // it is stored); writes fill both, reads prefer the column of the stage.
+            let mf = &mv.from;
+            let mf_name = mf.to_string();
+            let doc_move = format!(
+                "`{mf_name}`, the column the envelopes of `{column}` are moving out of (a copy)."
+            );
+            row_fields.push(
+                quote!(#[doc = #doc_move] pub #mf: ::core::option::Option<::std::vec::Vec<u8>>),
+            );
+            row_debug.push(quote!(.field(#mf_name, &self.#mf)));
+            let sealed = format_ident!("__sealed_{}", ident);
+            if f.option_inner.is_some() {
+                let s = seal_one(quote!(v));
+                seal_lets.push(quote!(let #sealed = match &self.#ident {
+                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
+                    ::core::option::Option::None => ::core::option::Option::None,
+                };));
+            } else {
+                let s = seal_one(quote!(&self.#ident));
+                seal_lets.push(quote!(let #sealed = ::core::option::Option::Some(#s);));
+            }
+            seal_inits.push(quote!(#mf: ::core::clone::Clone::clone(&#sealed)));
+            seal_inits.push(quote!(#ident: #sealed));
+            let o = open_one(quote!(e));
+            let either = if mv.read_new {
+                quote!(row.#ident.as_deref().or(row.#mf.as_deref()))
+            } else {
+                quote!(row.#mf.as_deref().or(row.#ident.as_deref()))
+            };
+            if f.option_inner.is_some() {
+                open_lets.push(quote!(let #local = match #either {
+                    ::core::option::Option::Some(e) => ::core::option::Option::Some(#o),
+                    ::core::option::Option::None => ::core::option::Option::None,
+                };));
+            } else {
+                open_lets.push(quote!(let #local = match #either {
+                    ::core::option::Option::Some(e) => #o,
+                    ::core::option::Option::None => return ::core::result::Result::Err(
+                        #p::not_moved(#table, #stored_name, #mf_name, __row)),
+                };));
+            }
+        } else if let Some(a) = adopt {
             any_adopt = true;
-            let from = &a.from;
-            let from_name = from.to_string();
+            let from_name = a.from.to_string();
+            // The row's field for the plaintext column (renamed where a model field has the
+            // column's name).
+            let from = &legacy_ident(&a.from, &m.fields);
+            let from_attr = column_attr(from, &a.from);
             let stage = a.stage.spelling();
             let text = is_string(&value_ty);
             let plain_ty = if text {
@@ -121,8 +188,9 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 "`{from_name}`, the legacy plaintext column `{column}` is adopted from \
                  (stage `{stage}`)."
             );
-            row_fields.push(quote!(#[doc = #doc_from] pub #from: #plain_ty));
-            row_debug.push(quote!(.field(#from_name, &::core::format_args!("<plaintext>"))));
+            row_fields.push(quote!(#[doc = #doc_from] #from_attr pub #from: #plain_ty));
+            let from_field = from.to_string();
+            row_debug.push(quote!(.field(#from_field, &::core::format_args!("<plaintext>"))));
             let copy_fn = if text {
                 format_ident!("plaintext_text")
             } else {
@@ -162,7 +230,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 quote!(row.#from)
             };
             let opened = quote!(#p::open_adopting::<#value_ty>(
-                ring, &__scope, #table, #column, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
+                ring, &__scope, #table, #bound, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
             )?);
             if f.option_inner.is_some() {
                 open_lets.push(quote!(let #local = #opened;));
@@ -170,7 +238,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 open_lets.push(quote!(let #local = match #opened {
                     ::core::option::Option::Some(v) => v,
                     ::core::option::Option::None => return ::core::result::Result::Err(
-                        #p::not_backfilled(#table, #column, __row, #stage)),
+                        #p::not_backfilled(#table, #stored_name, __row, #stage)),
                 };));
             }
         } else if f.option_inner.is_some() {
@@ -252,7 +320,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                     fn #spec_fn(
                         tenant: ::core::option::Option<&dyn ::core::fmt::Display>,
                     ) -> ::core::result::Result<#p::BlindIndexSpec, #p::Error> {
-                        let mut spec = #p::BlindIndexSpec::new(#table, #column, #p::scope(#bscope, tenant)?);
+                        let mut spec = #p::BlindIndexSpec::new(#table, #bound, #p::scope(#bscope, tenant)?);
                         spec.bytes = #bytes;
                         spec.normalizer = #normalizer;
                         ::core::result::Result::Ok(spec)
@@ -277,7 +345,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                             #p::blind_index(ring, &Self::#spec_fn(#self_tenant)?, v)?),
                         ::core::option::Option::None => ::core::option::Option::None,
                     })
-                } else if adopt.is_some() {
+                } else if adopt.is_some() || moving.is_some() {
                     // Rows not yet adopted have no token: the column is nullable while the
                     // adoption runs; this build always writes one.
                     quote!(#bcol: ::core::option::Option::Some(
@@ -312,8 +380,15 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 }))
             }
         };
+        let bound_as = if bound == stored_name {
+            quote!(::core::option::Option::None)
+        } else {
+            quote!(::core::option::Option::Some(::std::string::String::from(#bound)))
+        };
         manifest_columns.push(quote!(#p::SealedColumn {
-            column: ::std::string::String::from(#column),
+            column: ::std::string::String::from(#stored_name),
+            bound_as: #bound_as,
+            moving_to: ::core::option::Option::None,
             algorithm: #alg,
             encoding: <#value_ty as #p::Sealable>::ENCODING,
             padding: #padding,
@@ -321,6 +396,22 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             blind_index: #bidx_manifest,
             adoption: #adoption_manifest,
         }));
+        if let Some(mf) = moving.map(|mv| &mv.from) {
+            // The column being moved out of holds the same envelopes: the migrator re-wraps,
+            // counts and verifies it like any sealed column until it is dropped.
+            let mf_name = mf.to_string();
+            manifest_columns.push(quote!(#p::SealedColumn {
+                column: ::std::string::String::from(#mf_name),
+                bound_as: ::core::option::Option::Some(::std::string::String::from(#bound)),
+                moving_to: ::core::option::Option::Some(::std::string::String::from(#stored_name)),
+                algorithm: #alg,
+                encoding: <#value_ty as #p::Sealable>::ENCODING,
+                padding: #padding,
+                nullable: true,
+                blind_index: ::core::option::Option::None,
+                adoption: ::core::option::Option::None,
+            }));
+        }
     }
 
     let row_doc = format!(
@@ -365,6 +456,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             fn seal_row(&self, #ring: &#p::KeyRing) -> ::core::result::Result<#row_name, #p::Error> {
                 let __scope = #scope_expr;
                 let __row = #p::AsRowId::row_id(&self.#row_id);
+                #(#seal_lets)*
                 ::core::result::Result::Ok(#row_name {
                     #(#seal_inits,)*
                 })

@@ -59,7 +59,24 @@
 //!   column becomes nullable). Stages: `read_plaintext` (a NULL envelope opens from the
 //!   plaintext; writes fill both columns), `write_sealed_only` (reads the same; writes set the
 //!   plaintext to NULL), `sealed_only` (the plaintext is ignored; a NULL envelope of a non-`Option`
-//!   field is an error). A present envelope always wins. See `docs/operations.md`.
+//!   field is an error). A present envelope always wins. See `docs/adoption.md`. The source may
+//!   have the field's own name (`adopt(from = email)` on field `email` stored elsewhere with
+//!   `stored_in`); the row's field for it is then `email_plaintext`.
+//! * `#[leakless(seal(column = "email"))]`: the column name bound into the envelopes (and into
+//!   the blind-index key). Default: the field name. Bound names are what a stored envelope
+//!   must match, so renaming a field without `column = "old_name"` makes its stored values
+//!   fail to open (a typed error, never a wrong value).
+//! * `#[leakless(seal(stored_in = email_sealed))]`: the table column that holds the envelopes
+//!   (default: the field name); they still bind the field's name (or `column`), so they stay
+//!   valid when moved to another column.
+//! * `#[leakless(seal(moving(from = email_sealed, stage = "read_old")))]`: the envelopes are
+//!   moving from the column `email_sealed` into the field's column. Writes fill both with the
+//!   same envelope; stage `read_old` reads `email_sealed` first (a build writing only it may
+//!   still run), `read_new` reads the field's column first (after `leakless-migrate copy`).
+//!   The manifest lists `email_sealed` as a sealed column moving to the field's. With
+//!   `stored_in` and `adopt(from = <the field's name>)` this lets a sealed column end with the
+//!   legacy column's name, every step safe while two application
+//!   versions run side by side (`docs/adoption.md`, "Keeping the column's name").
 
 mod attr;
 mod expand;
@@ -84,7 +101,7 @@ pub fn derive_sealed(input: TokenStream) -> TokenStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attr::ADOPT_SYNTAX;
+    use crate::attr::{ADOPT_SYNTAX, MOVE_SYNTAX};
 
     fn expand_str(input: DeriveInput) -> String {
         let tokens = parse(&input)
@@ -177,7 +194,7 @@ mod tests {
                     #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
                     struct P { id: i64, #[leakless(seal(adopt(from = id, stage = "sealed_only")))] a: String }
                 },
-                "clashes with a field",
+                "column `id` is used twice",
             ),
         ];
         for (input, expected) in cases {
@@ -188,6 +205,93 @@ mod tests {
             assert!(msg.contains(expected), "{msg}");
             if expected.starts_with("unknown") || expected.starts_with("adopt needs") {
                 assert!(msg.contains(ADOPT_SYNTAX), "{msg}");
+            }
+        }
+    }
+
+    /// The options that keep a column's name: `stored_in` with `adopt` from the field's own
+    /// name (the plaintext row field is renamed and mapped), and `moving` (both columns
+    /// written, the manifest listing the old one as moving to the new one).
+    #[test]
+    fn keep_name_expansion_snapshot() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[leakless(table = customers, row_id = id, schema_version = 1, scope = "c")]
+            pub struct Customer {
+                id: i64,
+                #[leakless(seal(stored_in = email_sealed, adopt(from = email, stage = "read_plaintext")))]
+                email: String,
+                #[leakless(seal(moving(from = phone_sealed, stage = "read_old")))]
+                phone: Option<String>,
+                #[leakless(seal(column = "postcode"))]
+                zip: String,
+            }
+        };
+        insta::assert_snapshot!(expand_str(input));
+    }
+
+    /// Bad column-name options are compile errors naming what clashes.
+    #[test]
+    fn bad_column_options_are_rejected() {
+        let cases: [(DeriveInput, &str); 7] = [
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(moving(from = a_old, stage = "later")))] a: String }
+                },
+                "unknown moving stage",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(moving(stage = "read_old")))] a: String }
+                },
+                "moving needs `from`",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(adopt(from = a_plain, stage = "sealed_only"),
+                        moving(from = a_old, stage = "read_old")))] a: String }
+                },
+                "conflicting options",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal)] a: String, #[leakless(seal(column = "a"))] b: String }
+                },
+                "two sealed fields bind the column name `a`",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(stored_in = b))] a: String, b: String }
+                },
+                "column `b` is used twice",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(column = ""))] a: String }
+                },
+                "`column` must not be empty",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(moving(from = b, stage = "read_new")))] a: String, b: i64 }
+                },
+                "column `b` is used twice",
+            ),
+        ];
+        for (input, expected) in cases {
+            let Err(e) = parse(&input) else {
+                panic!("accepted: {expected}")
+            };
+            let msg = e.to_string();
+            assert!(msg.contains(expected), "{msg}");
+            if expected.starts_with("unknown moving") || expected.starts_with("moving needs") {
+                assert!(msg.contains(MOVE_SYNTAX), "{msg}");
             }
         }
     }

@@ -2,9 +2,9 @@
 //! column names do not clash), each reported at the span that is wrong.
 
 use syn::spanned::Spanned;
-use syn::{DeriveInput, Ident, Type};
+use syn::{DeriveInput, Ident, LitStr, Type};
 
-use crate::attr::{FieldModel, ScopeAttr};
+use crate::attr::{FieldModel, ScopeAttr, legacy_ident};
 
 pub(crate) fn validate(
     input: &DeriveInput,
@@ -51,19 +51,8 @@ pub(crate) fn validate(
             "no field is sealed: mark sensitive fields with #[leakless(seal)]",
         ));
     }
+    check_columns(fields)?;
     for f in fields {
-        if let Some(a) = f.seal.as_ref().and_then(|s| s.adopt.as_ref())
-            && find(&a.from).is_some()
-        {
-            return Err(syn::Error::new(
-                a.from.span(),
-                format!(
-                    "adoption source `{}` clashes with a field of the model: the plaintext \
-                     column is not a model field, the derive adds it to the row",
-                    a.from
-                ),
-            ));
-        }
         if let Some(b) = f.seal.as_ref().and_then(|s| s.blind_index.as_ref())
             && b.per_tenant
             && !matches!(scope, ScopeAttr::PerTenant { .. })
@@ -86,12 +75,95 @@ pub(crate) fn validate(
                 ),
             ));
         }
+        if let Some(s) = &f.seal
+            && let (Some(a), Some(m)) = (&s.adopt, &s.moving)
+        {
+            return Err(syn::Error::new(
+                m.from.span(),
+                format!(
+                    "conflicting options: `moving` moves envelopes between columns, `adopt` \
+                     seals plaintext from `{}`; finish the adoption first",
+                    a.from
+                ),
+            ));
+        }
         if let Type::Reference(r) = &f.ty {
             return Err(syn::Error::new(
                 r.span(),
                 "unsupported field type: models own their values (use String, not &str)",
             ));
         }
+    }
+    Ok(())
+}
+
+/// Every table column the row reads and writes appears once, every field of the generated row
+/// once, and no two sealed fields bind the same name into their envelopes (a value could then
+/// be moved from one field into the other and still open).
+fn check_columns(fields: &[FieldModel]) -> syn::Result<()> {
+    let mut columns: Vec<(String, &str)> = Vec::new();
+    let mut row_fields: Vec<String> = Vec::new();
+    let mut bound: Vec<String> = Vec::new();
+    let mut take = |column: &Ident, row_field: &Ident, what: &'static str| -> syn::Result<()> {
+        let name = column.to_string();
+        if let Some((_, other)) = columns.iter().find(|(c, _)| *c == name) {
+            return Err(syn::Error::new(
+                column.span(),
+                format!("column `{name}` is used twice: as {other} and as {what}"),
+            ));
+        }
+        let field = row_field.to_string();
+        if row_fields.contains(&field) {
+            return Err(syn::Error::new(
+                row_field.span(),
+                format!(
+                    "the generated row would have two fields named `{field}` ({what}); rename \
+                     one of the model's fields"
+                ),
+            ));
+        }
+        columns.push((name, what));
+        row_fields.push(field);
+        Ok(())
+    };
+    for f in fields {
+        let Some(s) = &f.seal else {
+            take(&f.ident, &f.ident, "a plain field")?;
+            continue;
+        };
+        take(
+            s.stored_column(&f.ident),
+            &f.ident,
+            "a sealed field's column",
+        )?;
+        if let Some(a) = &s.adopt {
+            take(
+                &a.from,
+                &legacy_ident(&a.from, fields),
+                "an adoption's plaintext column",
+            )?;
+        }
+        if let Some(m) = &s.moving {
+            take(&m.from, &m.from, "the column envelopes move from")?;
+        }
+        if let Some(b) = &s.blind_index {
+            take(&b.column, &b.column, "a blind index column")?;
+        }
+        let name = s.bound_name(&f.ident);
+        if bound.contains(&name) {
+            let span = s
+                .column
+                .as_ref()
+                .map_or_else(|| f.ident.span(), LitStr::span);
+            return Err(syn::Error::new(
+                span,
+                format!(
+                    "two sealed fields bind the column name `{name}` into their envelopes; \
+                     give one its own with `column = \"...\"`"
+                ),
+            ));
+        }
+        bound.push(name);
     }
     Ok(())
 }

@@ -83,8 +83,18 @@ pub enum ScopeSource {
 /// One sealed column.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedColumn {
-    /// The column name, as bound into every envelope's context.
+    /// The table column holding the envelopes.
     pub column: String,
+    /// The column name bound into every envelope's context (and into the blind-index key),
+    /// when it is not `column`: a model field stored in another column (`stored_in`), or
+    /// renamed with `column = "..."`. `None`, and absent from the JSON, when the two agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_as: Option<String>,
+    /// Set on a column the envelopes are moving out of (`moving(from = ...)`): the column they
+    /// move to.
+    /// It holds copies of that column's envelopes (same bound name) until it is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
     /// The data AEAD (`xchacha20poly1305` or `aes256gcm` in the JSON).
     pub algorithm: Algorithm,
     /// The plaintext encoding; see `docs/plaintext-encoding.md`.
@@ -240,6 +250,14 @@ impl BlindIndexColumn {
     }
 }
 
+impl SealedColumn {
+    /// The column name bound into the envelopes: [`Self::bound_as`], else [`Self::column`].
+    #[must_use]
+    pub fn bound_name(&self) -> &str {
+        self.bound_as.as_deref().unwrap_or(&self.column)
+    }
+}
+
 fn invalid(problem: String) -> Error {
     Error::InvalidInput {
         what: "schema manifest",
@@ -380,6 +398,41 @@ impl SchemaManifest {
                 c.padding
                     .validate()
                     .map_err(|e| invalid(format!("{}.{}: {e}", t.table, c.column)))?;
+                if c.bound_as.as_deref().is_some_and(str::is_empty) {
+                    return Err(invalid(format!(
+                        "{}.{}: bound column name is empty",
+                        t.table, c.column
+                    )));
+                }
+                // Two columns binding one name could swap values and still open: only a
+                // column being moved out of shares the name, with the column it moves to.
+                let sharing = t
+                    .columns
+                    .iter()
+                    .filter(|o| o.column != c.column && o.bound_name() == c.bound_name())
+                    .collect::<Vec<_>>();
+                match (&c.moving_to, sharing.as_slice()) {
+                    (None, []) => {}
+                    (Some(to), [o]) if o.column == *to && o.moving_to.is_none() => {}
+                    (None, [o]) if o.moving_to.as_deref() == Some(c.column.as_str()) => {}
+                    (Some(to), _) => {
+                        return Err(invalid(format!(
+                            "{}.{}: moving to {to:?}, which is not a sealed column of the table \
+                             binding the same name {:?}",
+                            t.table,
+                            c.column,
+                            c.bound_name()
+                        )));
+                    }
+                    (None, _) => {
+                        return Err(invalid(format!(
+                            "{}.{}: another column binds the same name {:?} into its envelopes",
+                            t.table,
+                            c.column,
+                            c.bound_name()
+                        )));
+                    }
+                }
                 if let Some(b) = &c.blind_index {
                     if !columns.insert(b.column.as_str()) {
                         return Err(invalid(format!(

@@ -338,6 +338,19 @@ pub mod __private {
         }
     }
 
+    /// The error for a non-`Option` field moving between columns (`moving(...)`) whose new and
+    /// old columns are both NULL: the copy has not reached the row.
+    pub fn not_moved(table: &str, column: &str, from: &str, row: RowId<'_>) -> Error {
+        Error::InvalidInput {
+            what: "moved column",
+            problem: format!(
+                "{table}.{column} and {table}.{from} of row {row} are both NULL: the envelopes \
+                 were not copied into `{column}` yet; copy them (docs/adoption.md, \
+                 \"Keeping the column's name\") before a build that reads only `{column}`"
+            ),
+        }
+    }
+
     /// The legacy plaintext copy of a value for a text column (stage `read_plaintext` keeps
     /// writing it so that older application versions still read the row).
     pub fn plaintext_text<T: Sealable>(value: &T) -> Result<String, Error> {

@@ -20,6 +20,8 @@ fn sample() -> SchemaManifest {
         columns: vec![
             SealedColumn {
                 column: "address".into(),
+                bound_as: None,
+                moving_to: None,
                 algorithm: Algorithm::Aes256Gcm,
                 encoding: PlaintextEncoding::String,
                 padding: PaddingPolicy::default(),
@@ -35,6 +37,8 @@ fn sample() -> SchemaManifest {
             },
             SealedColumn {
                 column: "gps".into(),
+                bound_as: None,
+                moving_to: None,
                 algorithm: Algorithm::XChaCha20Poly1305,
                 encoding: PlaintextEncoding::Json,
                 padding: PaddingPolicy::MarkerOnly,
@@ -107,6 +111,20 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
         ("4 to 32", |m| {
             m.tables[0].columns[0].blind_index.as_mut().unwrap().bytes = 2
         }),
+        ("patients.gps: bound column name is empty", |m| {
+            m.tables[0].columns[1].bound_as = Some(String::new())
+        }),
+        // Two columns binding one name could swap values and still open.
+        ("another column binds the same name \"address\"", |m| {
+            m.tables[0].columns[1].bound_as = Some("address".into())
+        }),
+        ("patients.gps: moving to \"nowhere\"", |m| {
+            m.tables[0].columns[1].moving_to = Some("nowhere".into())
+        }),
+        ("patients.gps: moving to \"address\"", |m| {
+            // The target binds another name: not a copy of its envelopes.
+            m.tables[0].columns[1].moving_to = Some("address".into())
+        }),
     ];
     for (needle, edit) in cases {
         let mut m = sample();
@@ -118,6 +136,27 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
     }
     let err = SchemaManifest::from_json("{ not json").unwrap_err();
     assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+/// A column stored under another name, and one being moved out of, are valid; the fields are
+/// absent from the JSON when unused.
+#[test]
+fn bound_names_and_moves_validate_and_round_trip() {
+    let mut m = sample();
+    assert!(!m.to_json().unwrap().contains("bound_as"));
+    m.tables[0].columns[1].column = "gps_sealed".into();
+    m.tables[0].columns[1].bound_as = Some("gps".into());
+    m.validate().unwrap();
+    assert_eq!(m.tables[0].columns[1].bound_name(), "gps");
+    let mut old = m.tables[0].columns[0].clone();
+    old.column = "address_old".into();
+    old.bound_as = Some("address".into());
+    old.moving_to = Some("address".into());
+    old.blind_index = None;
+    m.tables[0].columns.push(old);
+    let json = m.to_json().unwrap();
+    assert!(json.contains("\"moving_to\": \"address\""), "{json}");
+    assert_eq!(SchemaManifest::from_json(&json).unwrap(), m);
 }
 
 /// An unknown name, or a missing padding policy, is refused when the JSON is read, naming the
