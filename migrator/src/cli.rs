@@ -128,6 +128,9 @@ pub enum Command {
     /// Bring a plaintext column under leakless: backfill the sealed column, verify, print the
     /// DROP statement.
     Adopt(commands::adopt::Args),
+    /// Move a sealed column (`moving(...)`): copy the old column's envelope into the new one
+    /// in every row, each checked to open there first; online, batched, resumable.
+    Copy(commands::copy::Args),
     /// Emergency: new DEKs and freshly encrypted data for every row, online and resumable.
     Reencrypt(commands::reencrypt::Args),
     /// Compute blind-index tokens: backfill rows without one, and move every token onto the

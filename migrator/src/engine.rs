@@ -51,6 +51,13 @@ pub enum Mode {
         /// The plaintext column.
         from: String,
     },
+    /// Copy the envelopes of the column `from` (a sealed column being moved out of, with the
+    /// same bound column name) into the column wherever the two differ, each checked to open
+    /// first.
+    Copy {
+        /// The column the envelopes move out of.
+        from: String,
+    },
     /// Compute the blind-index token of every sealed value whose token is missing or made with
     /// an index key version other than the active one (backfill after adding an index,
     /// re-keying after an index-key rotation).
@@ -58,13 +65,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// `rewrap`, `reencrypt` or `adopt`.
+    /// The command's name: `rewrap`, `reencrypt`, `adopt`, `copy` or `reindex`.
     #[must_use]
     pub fn name(&self) -> &'static str {
         match self {
             Mode::Rewrap => "rewrap",
             Mode::Reencrypt => "reencrypt",
             Mode::Adopt { .. } => "adopt",
+            Mode::Copy { .. } => "copy",
             Mode::Reindex => "reindex",
         }
     }
@@ -423,9 +431,9 @@ pub struct IndexTarget {
     pub column: String,
     /// The index, from the manifest.
     pub index: BlindIndexColumn,
-    /// Table and sealed column, bound into the token's key.
+    /// Table and sealed column name, bound into the token's key.
     pub table: String,
-    /// The sealed column.
+    /// The column name the sealed column's envelopes bind (and the token's key with them).
     pub sealed: String,
     /// An index with one key: that scope's active version when the job started (a token of
     /// this version is kept without opening the row). `None` for a per-tenant index key, whose
@@ -453,7 +461,7 @@ impl IndexTarget {
         let active = if b.per_tenant {
             None
         } else {
-            let spec = b.spec(&t.table, &c.column, None)?;
+            let spec = b.spec(&t.table, c.bound_name(), None)?;
             let v = ring
                 .versions(&spec.scope)?
                 .into_iter()
@@ -470,7 +478,7 @@ impl IndexTarget {
             column: b.column.clone(),
             index: b.clone(),
             table: t.table.clone(),
-            sealed: c.column.clone(),
+            sealed: c.bound_name().to_owned(),
             active,
         })
     }
@@ -628,12 +636,12 @@ impl Work {
         };
         let ctx = FieldContext::new(
             &self.table.table,
-            &self.column.column,
+            self.column.bound_name(),
             rid.as_row_id(),
             self.table.schema_version,
         );
         let expected = match (&self.mode, &row.a) {
-            (Mode::Rewrap | Mode::Reencrypt | Mode::Reindex, Some(_)) => {
+            (Mode::Rewrap | Mode::Reencrypt | Mode::Reindex, Some(_)) | (Mode::Copy { .. }, _) => {
                 match self.expected_scope(row) {
                     Ok(s) => s,
                     Err(e) => return Outcome::Fail(e, FailureCause::Data),
@@ -651,6 +659,19 @@ impl Work {
                     }
                 }
                 _ => Outcome::Keep,
+            },
+            (Mode::Copy { .. }, current) => match &row.b {
+                // The column already holds the same envelope.
+                Some(env) if current.as_deref() == Some(env.as_slice()) => Outcome::Keep,
+                // The copy must open where it goes: same table, row and bound column name.
+                Some(env) => match expected.map_or_else(
+                    || self.ring.open(&ctx, env),
+                    |scope| self.ring.open_in_scope(&scope, &ctx, env),
+                ) {
+                    Ok(_) => Outcome::Write(env.clone()),
+                    Err(e) => row_error(e),
+                },
+                None => Outcome::Keep,
             },
             (_, None) => Outcome::Keep,
             (Mode::Reindex, Some(env)) => self.reindex_outcome(row, &ctx, expected.as_ref(), env),
@@ -1063,7 +1084,7 @@ pub fn run(
     // Refuse a per-tenant table whose tenant column cannot give the scope before planning.
     let tenant = TenantScope::probe(&mut db, t)?;
     let source = match mode {
-        Mode::Adopt { from } => Some(source_expr(&mut db, &t.table, from)?),
+        Mode::Adopt { from } | Mode::Copy { from } => Some(source_expr(&mut db, &t.table, from)?),
         _ => None,
     };
     let index = match mode {

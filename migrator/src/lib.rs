@@ -1,6 +1,8 @@
 //! The DBA migrator `leakless-migrate` as a library: key lifecycle (`keys`), `status`, online
-//! resumable `rewrap`, `adopt`ion of plaintext columns and `purge-residue` after it, blind-index
-//! `reindex`, emergency `reencrypt`, and `verify`, on PostgreSQL, SQLite and MariaDB. The binary is a thin wrapper around [`main_with_args`].
+//! resumable `rewrap`, `adopt`ion of plaintext columns and `purge-residue` after it, `copy` of
+//! sealed values into a column that takes the legacy column's name, blind-index `reindex`,
+//! emergency `reencrypt`, and `verify`, on PostgreSQL, SQLite and MariaDB. The binary is a
+//! thin wrapper around [`main_with_args`].
 //!
 //! The runbooks for DBAs are `docs/operations.md` and `docs/adoption.md`; the exit codes are listed in [`error`].
 

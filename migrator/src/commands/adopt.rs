@@ -188,7 +188,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let mut failed_n = 0u64;
     let mut repaired = 0u64;
     let index = match &c.blind_index {
-        Some(b) => Some((b.column.clone(), b.spec(&t.table, &c.column, None)?)),
+        Some(b) => Some((b.column.clone(), b.spec(&t.table, c.bound_name(), None)?)),
         None => None,
     };
     let policy = leakless::FieldPolicy {
@@ -214,7 +214,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                     Ok(rid) => {
                         let ctx = FieldContext::new(
                             &t.table,
-                            &c.column,
+                            c.bound_name(),
                             rid.as_row_id(),
                             t.schema_version,
                         );

@@ -1,4 +1,4 @@
-//! What `rewrap`, `reencrypt`, `adopt` and `reindex` share: running the batch engine over the manifest's
+//! What `rewrap`, `reencrypt`, `adopt`, `copy` and `reindex` share: running the batch engine over the manifest's
 //! columns with progress, and printing the summary.
 
 use serde::Serialize;
@@ -7,6 +7,31 @@ use crate::engine::{self, Mode, Options, Summary};
 use crate::env::{Env, note, out};
 use crate::error::{Failure, Kind, Result};
 use crate::progress::Progress;
+
+/// The manifest columns a batch command works on (`rewrap`, `reencrypt`, `reindex`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Columns {
+    /// Only this table (default: every sealed table in the manifest).
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Only this column (with --table).
+    #[arg(long, requires = "table")]
+    pub column: Option<String>,
+}
+
+impl Columns {
+    /// `--table`, if given.
+    #[must_use]
+    pub fn table(&self) -> Option<&str> {
+        self.table.as_deref()
+    }
+
+    /// `--column`, if given.
+    #[must_use]
+    pub fn column(&self) -> Option<&str> {
+        self.column.as_deref()
+    }
+}
 
 /// Options every batch command takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -81,7 +106,10 @@ pub fn run_jobs(
     let mut db = url.connect()?;
     for (t, c) in &targets {
         db.require_column(&t.table, &t.row_id_column, &c.column)?;
-        if matches!(mode, Mode::Rewrap | Mode::Reencrypt | Mode::Reindex) {
+        if matches!(
+            mode,
+            Mode::Rewrap | Mode::Reencrypt | Mode::Reindex | Mode::Copy { .. }
+        ) {
             crate::tenant::TenantScope::probe(&mut db, t)?;
         }
     }

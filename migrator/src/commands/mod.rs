@@ -2,6 +2,7 @@
 //! its arm in [`run`] (for `keys ...`: [`keys::KeysCommand`] and [`keys::run`]).
 
 pub mod adopt;
+pub mod copy;
 pub mod jobs;
 pub mod keys;
 pub mod purge_residue;
@@ -28,6 +29,7 @@ pub fn run(env: &mut Env, cmd: &Command) -> Result<()> {
         Command::Rewrap(a) => rewrap::run(env, a),
         Command::Verify(a) => verify::run(env, a),
         Command::Adopt(a) => adopt::run(env, a),
+        Command::Copy(a) => copy::run(env, a),
         Command::Reencrypt(a) => reencrypt::run(env, a),
         Command::Reindex(a) => reindex::run(env, a),
         Command::PurgeResidue(a) => purge_residue::run(env, a),

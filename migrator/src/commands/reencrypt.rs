@@ -3,7 +3,7 @@
 //! same online and resume guarantees as `rewrap`. Rotate the scope first (`keys rotate`), so
 //! the new values are under a new KEK too.
 
-use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
+use crate::commands::jobs::{Columns, JobArgs, dry_run_line, run_jobs};
 use crate::commands::status::column_status;
 use crate::engine::Mode;
 use crate::env::Env;
@@ -12,12 +12,9 @@ use crate::error::Result;
 /// Options of `reencrypt`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this table (default: every sealed table in the manifest).
-    #[arg(long)]
-    pub table: Option<String>,
-    /// Only this column (with --table).
-    #[arg(long, requires = "table")]
-    pub column: Option<String>,
+    /// Which columns.
+    #[command(flatten)]
+    pub columns: Columns,
     /// Batch, worker, throttle and job options.
     #[command(flatten)]
     pub job: JobArgs,
@@ -29,7 +26,7 @@ pub struct Args {
 /// See [`run_jobs`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     if args.job.dry_run {
-        let targets = env.targets(args.table.as_deref(), args.column.as_deref())?;
+        let targets = env.targets(args.columns.table(), args.columns.column())?;
         let store = env.key_store()?;
         let mut db = env.connect()?;
         for (t, c) in &targets {
@@ -42,8 +39,8 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     run_jobs(
         env,
         &Mode::Reencrypt,
-        args.table.as_deref(),
-        args.column.as_deref(),
+        args.columns.table(),
+        args.columns.column(),
         &args.job,
     )
     .map(|_| ())

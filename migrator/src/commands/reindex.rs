@@ -5,7 +5,7 @@
 //! resumable (see [`crate::engine`]): each token is written with compare-and-swap on the old
 //! token and on the sealed value it was computed from, so an application write meanwhile wins.
 
-use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
+use crate::commands::jobs::{Columns, JobArgs, dry_run_line, run_jobs};
 use crate::commands::status::index_status;
 use crate::engine::Mode;
 use crate::env::Env;
@@ -14,12 +14,9 @@ use crate::error::{Failure, Kind, Result};
 /// Options of `reindex`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this table (default: every column of the manifest with a blind index).
-    #[arg(long)]
-    pub table: Option<String>,
-    /// Only this sealed column (with --table); it must have a blind index.
-    #[arg(long, requires = "table")]
-    pub column: Option<String>,
+    /// Which columns.
+    #[command(flatten)]
+    pub columns: Columns,
     /// Batch, worker, throttle and job options.
     #[command(flatten)]
     pub job: JobArgs,
@@ -30,10 +27,10 @@ pub struct Args {
 /// # Errors
 /// [`Kind::Usage`] when the chosen columns have no blind index; see [`run_jobs`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    let targets = env.targets(args.table.as_deref(), args.column.as_deref())?;
+    let targets = env.targets(args.columns.table(), args.columns.column())?;
     if let Some((t, c)) = targets
         .iter()
-        .find(|(_, c)| args.column.is_some() && c.blind_index.is_none())
+        .find(|(_, c)| args.columns.column.is_some() && c.blind_index.is_none())
     {
         return Err(Failure::new(
             Kind::Usage,
@@ -65,8 +62,8 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     run_jobs(
         env,
         &Mode::Reindex,
-        args.table.as_deref(),
-        args.column.as_deref(),
+        args.columns.table(),
+        args.columns.column(),
         &args.job,
     )
     .map(|_| ())

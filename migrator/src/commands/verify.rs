@@ -72,8 +72,12 @@ fn check_rows(
             (Some(env), Ok(rid)) => match expected {
                 Err(e) => (e, FailureCause::Data),
                 Ok(expected) => {
-                    let ctx =
-                        FieldContext::new(&t.table, &c.column, rid.as_row_id(), t.schema_version);
+                    let ctx = FieldContext::new(
+                        &t.table,
+                        c.bound_name(),
+                        rid.as_row_id(),
+                        t.schema_version,
+                    );
                     let opened = match expected {
                         Some(scope) => ring.open_in_scope(&scope, &ctx, env),
                         None => ring.open(&ctx, env),
