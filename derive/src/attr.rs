@@ -97,6 +97,9 @@ pub(crate) enum Padding {
 pub(crate) const ADOPT_SYNTAX: &str = "#[leakless(seal(adopt(from = email_plain, stage = \"read_plaintext\")))] (stages: \
      read_plaintext, write_sealed_only, sealed_only)";
 
+pub(crate) const ADOPT_PAIR_SYNTAX: &str = "#[leakless(seal(adopt(pair(lat = gps_lat, lon = gps_lon), stage = \"read_plaintext\")))] \
+     on a `Json<T>` field whose JSON has the two numeric members";
+
 pub(crate) const MOVE_SYNTAX: &str = "#[leakless(seal(moving(from = email_sealed, stage = \"read_old\")))] (stages: \
      read_old, read_new)";
 
@@ -111,9 +114,21 @@ pub(crate) struct MoveAttr {
 }
 
 pub(crate) struct AdoptAttr {
-    /// The legacy plaintext column.
+    /// The legacy plaintext column (of a pair, the first).
     pub(crate) from: Ident,
     pub(crate) stage: Stage,
+    /// `pair(k0 = col0, k1 = col1)`: the value is the JSON object of two numeric columns;
+    /// `(key, column)` each, `from` being the first column.
+    pub(crate) pair: Option<[(Ident, Ident); 2]>,
+}
+
+impl AdoptAttr {
+    /// Every legacy column: `from`, and a pair's second.
+    pub(crate) fn columns(&self) -> Vec<&Ident> {
+        std::iter::once(&self.from)
+            .chain(self.pair.as_ref().map(|[_, (_, c)]| c))
+            .collect()
+    }
 }
 
 pub(crate) struct SealAttr {
@@ -319,6 +334,57 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<Model> {
     })
 }
 
+/// The source of `adopt(...)`/`moving(...)`: `from = column`, or (adopt only)
+/// `pair(k0 = column0, k1 = column1)`.
+enum Source {
+    Column(Ident),
+    Pair([(Ident, Ident); 2]),
+}
+
+/// Parses `option(from = column, stage = "...")` (`adopt`, `moving`; `adopt` also takes
+/// `pair(k0 = col0, k1 = col1)` for `from`): the source and the stage `stage_of` reads from its
+/// spelling; every error names `noun` and quotes `syntax`.
+fn parse_from_stage<T>(
+    inner: &syn::meta::ParseNestedMeta<'_>,
+    option: &str,
+    noun: &str,
+    syntax: &str,
+    stage_of: impl Fn(&str) -> Option<T>,
+) -> syn::Result<(Source, T)> {
+    let (mut from, mut stage) = (None, None);
+    inner.parse_nested_meta(|a| {
+        if a.path.is_ident("from") {
+            from = Some(Source::Column(a.value()?.parse::<Ident>()?));
+        } else if a.path.is_ident("pair") && option == "adopt" {
+            let mut members = Vec::new();
+            a.parse_nested_meta(|m| {
+                let key = m.path.require_ident()?.clone();
+                members.push((key, m.value()?.parse::<Ident>()?));
+                Ok(())
+            })?;
+            let Ok(pair) = <[(Ident, Ident); 2]>::try_from(members) else {
+                return Err(a.error(format!(
+                    "pair needs exactly two members: write {ADOPT_PAIR_SYNTAX}"
+                )));
+            };
+            from = Some(Source::Pair(pair));
+        } else if a.path.is_ident("stage") {
+            let v: LitStr = a.value()?.parse()?;
+            stage = Some(stage_of(&v.value()).ok_or_else(|| {
+                syn::Error::new(v.span(), format!("unknown {noun} stage; write {syntax}"))
+            })?);
+        } else {
+            return Err(a.error(format!("unknown {option} option; write {syntax}")));
+        }
+        Ok(())
+    })?;
+    let missing = |what: &str| inner.error(format!("{option} needs `{what}`: write {syntax}"));
+    Ok((
+        from.ok_or_else(|| missing("from"))?,
+        stage.ok_or_else(|| missing("stage"))?,
+    ))
+}
+
 pub(crate) fn parse_seal_option(
     s: &mut SealAttr,
     inner: &syn::meta::ParseNestedMeta<'_>,
@@ -403,34 +469,20 @@ pub(crate) fn parse_seal_option(
             bytes,
         });
     } else if inner.path.is_ident("adopt") {
-        let (mut from, mut stage) = (None, None);
-        inner.parse_nested_meta(|a| {
-            if a.path.is_ident("from") {
-                from = Some(a.value()?.parse::<Ident>()?);
-            } else if a.path.is_ident("stage") {
-                let v: LitStr = a.value()?.parse()?;
-                let value = v.value();
-                stage = Some(
-                    Stage::ALL
-                        .into_iter()
-                        .find(|s| s.spelling() == value)
-                        .ok_or_else(|| {
-                            syn::Error::new(
-                                v.span(),
-                                format!("unknown adoption stage; write {ADOPT_SYNTAX}"),
-                            )
-                        })?,
-                );
-            } else {
-                return Err(a.error(format!("unknown adopt option; write {ADOPT_SYNTAX}")));
-            }
-            Ok(())
+        let (source, stage) = parse_from_stage(inner, "adopt", "adoption", ADOPT_SYNTAX, |v| {
+            Stage::ALL.into_iter().find(|s| s.spelling() == v)
         })?;
-        let missing =
-            |what: &str| inner.error(format!("adopt needs `{what}`: write {ADOPT_SYNTAX}"));
-        s.adopt = Some(AdoptAttr {
-            from: from.ok_or_else(|| missing("from"))?,
-            stage: stage.ok_or_else(|| missing("stage"))?,
+        s.adopt = Some(match source {
+            Source::Column(from) => AdoptAttr {
+                from,
+                stage,
+                pair: None,
+            },
+            Source::Pair(pair) => AdoptAttr {
+                from: pair[0].1.clone(),
+                stage,
+                pair: Some(pair),
+            },
         });
     } else if inner.path.is_ident("column") {
         let v: LitStr = inner.value()?.parse()?;
@@ -441,33 +493,16 @@ pub(crate) fn parse_seal_option(
     } else if inner.path.is_ident("stored_in") {
         s.stored_in = Some(inner.value()?.parse::<Ident>()?);
     } else if inner.path.is_ident("moving") {
-        let (mut from, mut stage) = (None, None);
-        inner.parse_nested_meta(|a| {
-            if a.path.is_ident("from") {
-                from = Some(a.value()?.parse::<Ident>()?);
-            } else if a.path.is_ident("stage") {
-                let v: LitStr = a.value()?.parse()?;
-                stage = Some(match v.value().as_str() {
-                    "read_old" => false,
-                    "read_new" => true,
-                    _ => {
-                        return Err(syn::Error::new(
-                            v.span(),
-                            format!("unknown moving stage; write {MOVE_SYNTAX}"),
-                        ));
-                    }
-                });
-            } else {
-                return Err(a.error(format!("unknown moving option; write {MOVE_SYNTAX}")));
-            }
-            Ok(())
-        })?;
-        let missing =
-            |what: &str| inner.error(format!("moving needs `{what}`: write {MOVE_SYNTAX}"));
-        s.moving = Some(MoveAttr {
-            from: from.ok_or_else(|| missing("from"))?,
-            read_new: stage.ok_or_else(|| missing("stage"))?,
-        });
+        let (source, read_new) =
+            parse_from_stage(inner, "moving", "moving", MOVE_SYNTAX, |v| match v {
+                "read_old" => Some(false),
+                "read_new" => Some(true),
+                _ => None,
+            })?;
+        let Source::Column(from) = source else {
+            return Err(inner.error(format!("moving takes one column: write {MOVE_SYNTAX}")));
+        };
+        s.moving = Some(MoveAttr { from, read_new });
     } else {
         return Err(inner.error(
             "unknown seal option; expected aead = \"...\", padding = \"...\", blind_index(...), \

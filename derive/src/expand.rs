@@ -172,62 +172,91 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             }
         } else if let Some(a) = adopt {
             any_adopt = true;
-            let from_name = a.from.to_string();
-            // The row's field for the plaintext column (renamed where a model field has the
-            // column's name).
-            let from = &legacy_ident(&a.from, &m.fields);
-            let from_attr = column_attr(from, &a.from);
             let stage = a.stage.spelling();
             let text = is_string(&value_ty);
-            let plain_ty = if text {
-                quote!(::core::option::Option<::std::string::String>)
-            } else {
-                quote!(::core::option::Option<::std::vec::Vec<u8>>)
+            // The row's fields for the legacy plaintext columns (renamed where a model field
+            // has a column's name): one column of the value's own type, or a pair of numbers.
+            let (plain_ty, copy_fn) = match (&a.pair, text) {
+                (Some(_), _) => (quote!(f64), format_ident!("plaintext_pair")),
+                (None, true) => (
+                    quote!(::std::string::String),
+                    format_ident!("plaintext_text"),
+                ),
+                (None, false) => (
+                    quote!(::std::vec::Vec<u8>),
+                    format_ident!("plaintext_bytes"),
+                ),
             };
-            let doc_from = format!(
-                "`{from_name}`, the legacy plaintext column `{column}` is adopted from \
-                 (stage `{stage}`)."
-            );
-            row_fields.push(quote!(#[doc = #doc_from] #from_attr pub #from: #plain_ty));
-            let from_field = from.to_string();
-            row_debug.push(quote!(.field(#from_field, &::core::format_args!("<plaintext>"))));
-            let copy_fn = if text {
-                format_ident!("plaintext_text")
-            } else {
-                format_ident!("plaintext_bytes")
+            let legacy: Vec<Ident> = a
+                .columns()
+                .into_iter()
+                .map(|c| {
+                    let field = legacy_ident(c, &m.fields);
+                    let attr = column_attr(&field, c);
+                    let doc = format!(
+                        "`{c}`, a legacy plaintext column `{column}` is adopted from (stage `{stage}`)."
+                    );
+                    row_fields.push(quote!(#[doc = #doc] #attr
+                        pub #field: ::core::option::Option<#plain_ty>));
+                    let name = field.to_string();
+                    row_debug.push(quote!(.field(#name, &::core::format_args!("<plaintext>"))));
+                    field
+                })
+                .collect();
+            let keys: Vec<String> = a
+                .pair
+                .iter()
+                .flatten()
+                .map(|(k, _)| k.to_string())
+                .collect();
+            // Stage `read_plaintext` keeps the legacy columns written for older builds.
+            let copy_of = |v: TokenStream2| {
+                if keys.is_empty() {
+                    quote!([#p::#copy_fn::<#value_ty>(#v)?])
+                } else {
+                    quote!(#p::#copy_fn::<#value_ty>(#v, [#(#keys),*])?)
+                }
             };
-            let keep_plain = a.stage == Stage::ReadPlaintext;
+            let plain = format_ident!("__plain_{}", ident);
+            let kept = if a.stage != Stage::ReadPlaintext {
+                quote!(::core::option::Option::None)
+            } else if f.option_inner.is_some() {
+                let c = copy_of(quote!(v));
+                quote!(match &self.#ident {
+                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#c),
+                    ::core::option::Option::None => ::core::option::Option::None,
+                })
+            } else {
+                let c = copy_of(quote!(&self.#ident));
+                quote!(::core::option::Option::Some(#c))
+            };
+            let n = legacy.len();
+            seal_lets.push(quote!(let #plain: ::core::option::Option<[#plain_ty; #n]> = #kept;));
             let reads = a.stage != Stage::SealedOnly;
-            let none = quote!(::core::option::Option::None);
             if f.option_inner.is_some() {
                 let s = seal_one(quote!(v));
                 seal_inits.push(quote!(#ident: match &self.#ident {
                     ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
                     ::core::option::Option::None => ::core::option::Option::None,
                 }));
-                seal_inits.push(if keep_plain {
-                    quote!(#from: match &self.#ident {
-                        ::core::option::Option::Some(v) =>
-                            ::core::option::Option::Some(#p::#copy_fn::<#value_ty>(v)?),
-                        ::core::option::Option::None => ::core::option::Option::None,
-                    })
-                } else {
-                    quote!(#from: #none)
-                });
             } else {
                 let s = seal_one(quote!(&self.#ident));
                 seal_inits.push(quote!(#ident: ::core::option::Option::Some(#s)));
-                seal_inits.push(if keep_plain {
-                    quote!(#from: ::core::option::Option::Some(
-                        #p::#copy_fn::<#value_ty>(&self.#ident)?))
-                } else {
-                    quote!(#from: #none)
-                });
             }
-            let plain_bytes = if text {
-                quote!(row.#from.map(::std::string::String::into_bytes))
+            let (Some(f0), f1) = (legacy.first(), legacy.get(1)) else {
+                return Err(syn::Error::new(ident.span(), "an adoption names no column"));
+            };
+            let plain_bytes = if let Some(f1) = f1 {
+                seal_inits.push(quote!(#f0: #plain.map(|[v, _]| v)));
+                seal_inits.push(quote!(#f1: #plain.map(|[_, v]| v)));
+                quote!(#p::pair_plaintext([#(#keys),*], [row.#f0, row.#f1])?)
             } else {
-                quote!(row.#from)
+                seal_inits.push(quote!(#f0: #plain.map(|[v]| v)));
+                if text {
+                    quote!(row.#f0.map(::std::string::String::into_bytes))
+                } else {
+                    quote!(row.#f0)
+                }
             };
             let opened = quote!(#p::open_adopting::<#value_ty>(
                 ring, &__scope, #table, #bound, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
@@ -374,9 +403,21 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             Some(a) => {
                 let from_name = a.from.to_string();
                 let stage = a.stage.variant();
+                let pair = match &a.pair {
+                    None => quote!(::core::option::Option::None),
+                    Some([(k0, _), (k1, c1)]) => {
+                        let (k0, k1, c1) = (k0.to_string(), k1.to_string(), c1.to_string());
+                        quote!(::core::option::Option::Some(#p::AdoptionPair {
+                            first_key: ::std::string::String::from(#k0),
+                            second_column: ::std::string::String::from(#c1),
+                            second_key: ::std::string::String::from(#k1),
+                        }))
+                    }
+                };
                 quote!(::core::option::Option::Some(#p::AdoptionColumn {
                     from_column: ::std::string::String::from(#from_name),
                     stage: #p::AdoptionStage::#stage,
+                    pair: #pair,
                 }))
             }
         };

@@ -61,7 +61,10 @@
 //!   plaintext to NULL), `sealed_only` (the plaintext is ignored; a NULL envelope of a non-`Option`
 //!   field is an error). A present envelope always wins. See `docs/adoption.md`. The source may
 //!   have the field's own name (`adopt(from = email)` on field `email` stored elsewhere with
-//!   `stored_in`); the row's field for it is then `email_plaintext`.
+//!   `stored_in`); the row's field for it is then `email_plaintext`. A `Json<T>` field may be
+//!   adopted from two numeric columns, `adopt(pair(lat = latitude, lon = longitude), stage =
+//!   ...)`: the value is the JSON object of the two (`Option<f64>` row fields), and stage 1
+//!   writes the value's `lat` and `lon` members back.
 //! * `#[leakless(seal(column = "email"))]`: the column name bound into the envelopes (and into
 //!   the blind-index key). Default: the field name. Bound names are what a stored envelope
 //!   must match, so renaming a field without `column = "old_name"` makes its stored values
@@ -227,6 +230,64 @@ mod tests {
             }
         };
         insta::assert_snapshot!(expand_str(input));
+    }
+
+    /// A GPS point adopted from two numeric columns: two `Option<f64>` legacy fields, the
+    /// JSON object built from them on read, both written back in stage 1, and the manifest's
+    /// pair.
+    #[test]
+    fn pair_adoption_expansion_snapshot() {
+        let input: DeriveInput = syn::parse_quote! {
+            #[leakless(table = places, row_id = id, schema_version = 1, scope = "p")]
+            pub struct Place {
+                id: i64,
+                #[leakless(seal(adopt(pair(lat = latitude, lon = longitude), stage = "read_plaintext")))]
+                gps: Option<leakless::Json<GeoPoint>>,
+            }
+        };
+        insta::assert_snapshot!(expand_str(input));
+    }
+
+    /// Bad pair adoptions are compile errors quoting the right syntax.
+    #[test]
+    fn bad_pair_adoptions_are_rejected() {
+        let cases: [(DeriveInput, &str); 4] = [
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a, lon = b), stage = "read_plaintext")))] g: String }
+                },
+                "the field must be `Json<T>`",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a), stage = "read_plaintext")))] g: Json<G> }
+                },
+                "pair needs exactly two members",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a, lat = b), stage = "read_plaintext")))] g: Json<G> }
+                },
+                "both `lat`",
+            ),
+            (
+                syn::parse_quote! {
+                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                    struct P { id: i64, #[leakless(seal(moving(pair(lat = a, lon = b), stage = "read_old")))] g: Json<G> }
+                },
+                "unknown moving option",
+            ),
+        ];
+        for (input, expected) in cases {
+            let Err(e) = parse(&input) else {
+                panic!("accepted: {expected}")
+            };
+            let msg = e.to_string();
+            assert!(msg.contains(expected), "{msg}");
+        }
     }
 
     /// Bad column-name options are compile errors naming what clashes.

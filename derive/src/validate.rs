@@ -4,7 +4,7 @@
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, LitStr, Type};
 
-use crate::attr::{FieldModel, ScopeAttr, legacy_ident};
+use crate::attr::{ADOPT_PAIR_SYNTAX, FieldModel, ScopeAttr, legacy_ident};
 
 pub(crate) fn validate(
     input: &DeriveInput,
@@ -87,6 +87,31 @@ pub(crate) fn validate(
                 ),
             ));
         }
+        if let Some([(k0, _), (k1, _)]) = f
+            .seal
+            .as_ref()
+            .and_then(|s| s.adopt.as_ref())
+            .and_then(|a| a.pair.as_ref())
+        {
+            let value_ty = f.option_inner.as_ref().unwrap_or(&f.ty);
+            let json = matches!(value_ty, Type::Path(p)
+                if p.path.segments.last().is_some_and(|s| s.ident == "Json"));
+            if !json {
+                return Err(syn::Error::new(
+                    k0.span(),
+                    format!(
+                        "adopt(pair(...)) seals the JSON object of two numeric columns: the \
+                         field must be `Json<T>` (or `Option<Json<T>>`); write {ADOPT_PAIR_SYNTAX}"
+                    ),
+                ));
+            }
+            if k0 == k1 {
+                return Err(syn::Error::new(
+                    k1.span(),
+                    format!("the pair's two keys are both `{k0}`"),
+                ));
+            }
+        }
         if let Type::Reference(r) = &f.ty {
             return Err(syn::Error::new(
                 r.span(),
@@ -137,11 +162,13 @@ fn check_columns(fields: &[FieldModel]) -> syn::Result<()> {
             "a sealed field's column",
         )?;
         if let Some(a) = &s.adopt {
-            take(
-                &a.from,
-                &legacy_ident(&a.from, fields),
-                "an adoption's plaintext column",
-            )?;
+            for c in a.columns() {
+                take(
+                    c,
+                    &legacy_ident(c, fields),
+                    "an adoption's plaintext column",
+                )?;
+            }
         }
         if let Some(m) = &s.moving {
             take(&m.from, &m.from, "the column envelopes move from")?;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use leakless::key::KekState;
-use leakless::manifest::{BlindIndexColumn, ScopeSource, SealedColumn, SealedTable};
+use leakless::manifest::{AdoptionPair, BlindIndexColumn, ScopeSource, SealedColumn, SealedTable};
 use leakless::{
     BlindIndex, BlindIndexSpec, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope,
 };
@@ -1063,6 +1063,51 @@ pub fn source_expr(db: &mut Db, table: &str, from: &str) -> Result<String> {
     })
 }
 
+/// The SQL expression of an adopted column's legacy plaintext as bytes, NULL where there is
+/// none: the column `from` ([`source_expr`]), or for a pair adoption the compact JSON object of
+/// its two numeric columns, NULL when either is NULL (as the derive's stages read it). One
+/// expression serves the backfill, `adopt`'s dry run and verification, and `status`.
+///
+/// # Errors
+/// [`Kind::Usage`] for a column the table does not have; [`Kind::Database`].
+pub fn adoption_source(
+    db: &mut Db,
+    table: &str,
+    from: &str,
+    pair: Option<&AdoptionPair>,
+) -> Result<String> {
+    let Some(p) = pair else {
+        return source_expr(db, table, from);
+    };
+    for c in [from, p.second_column.as_str()] {
+        crate::db::ident(c)?;
+        if db.column_type(table, c)?.is_none() {
+            return Err(Failure::new(
+                Kind::Usage,
+                format!("{table}.{c}: no such column to adopt from"),
+                "check the field's `adopt(pair(...))` in the model and the manifest",
+            ));
+        }
+    }
+    // The manifest's validation keeps the keys to letters, digits and `_`: safe as literals.
+    let (a, b, k0, k1) = (
+        db.q(from),
+        db.q(&p.second_column),
+        &p.first_key,
+        &p.second_key,
+    );
+    let object = match db.backend() {
+        Backend::Postgres => {
+            format!("convert_to(json_build_object('{k0}', {a}, '{k1}', {b})::text, 'UTF8')")
+        }
+        Backend::Mysql => format!("CAST(JSON_OBJECT('{k0}', {a}, '{k1}', {b}) AS BINARY)"),
+        Backend::Sqlite => format!("CAST(json_object('{k0}', {a}, '{k1}', {b}) AS BLOB)"),
+    };
+    Ok(format!(
+        "CASE WHEN {a} IS NULL OR {b} IS NULL THEN NULL ELSE {object} END"
+    ))
+}
+
 /// Plans and runs a job with `opts.workers` threads; `tick` is called about twice a second
 /// with the live counters (for progress display).
 ///
@@ -1084,7 +1129,13 @@ pub fn run(
     // Refuse a per-tenant table whose tenant column cannot give the scope before planning.
     let tenant = TenantScope::probe(&mut db, t)?;
     let source = match mode {
-        Mode::Adopt { from } | Mode::Copy { from } => Some(source_expr(&mut db, &t.table, from)?),
+        Mode::Adopt { from } => Some(adoption_source(
+            &mut db,
+            &t.table,
+            from,
+            c.adoption.as_ref().and_then(|a| a.pair.as_ref()),
+        )?),
+        Mode::Copy { from } => Some(source_expr(&mut db, &t.table, from)?),
         _ => None,
     };
     let index = match mode {

@@ -235,6 +235,23 @@ impl Env {
             .ok_or_else(|| Failure::new(Kind::Usage, "manifest not loaded", "pass --manifest PATH"))
     }
 
+    /// The manifest's column `column` of `table`.
+    ///
+    /// # Errors
+    /// [`Kind::Usage`] when the manifest does not list it.
+    pub fn target(&mut self, table: &str, column: &str) -> Result<(SealedTable, SealedColumn)> {
+        self.targets(Some(table), Some(column))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                Failure::new(
+                    Kind::Usage,
+                    format!("the manifest has no sealed column {table}.{column}"),
+                    "check --table/--column",
+                )
+            })
+    }
+
     /// The manifest's columns, narrowed to `table` (and `column`) when given.
     ///
     /// # Errors

@@ -179,12 +179,15 @@ macro_rules! on_conn {
     }};
 }
 
-/// Inserts `value` as row `id` through build `$model` (its row's `Insertable`).
-macro_rules! insert {
-    ($f:expr, $model:ident, $table:path, $id:expr, $value:expr) => {{
+/// Writes row `$id` through build `$model` and records the value in `$expected`: an insert
+/// of the row's legacy value (the row's `Insertable`), or an update to a changed value (its
+/// `AsChangeset`).
+macro_rules! writes {
+    ($f:expr, $expected:expr, insert, $model:ident, $table:path, $id:expr) => {{
+        let value = email($id);
         let row = $model {
             id: $id,
-            email: $value,
+            email: value.clone(),
         }
         .seal_row(&$f.ring)
         .unwrap();
@@ -192,15 +195,13 @@ macro_rules! insert {
             .values(&row)
             .execute(c)
             .unwrap());
+        $expected.insert($id, value);
     }};
-}
-
-/// Updates row `id` to `value` through build `$model` (its row's `AsChangeset`).
-macro_rules! update {
-    ($f:expr, $model:ident, $table:path, $id:expr, $value:expr) => {{
+    ($f:expr, $expected:expr, update, $model:ident, $table:path, $id:expr) => {{
+        let value = format!("changed-{}@example.test", $id);
         let row = $model {
             id: $id,
-            email: $value,
+            email: value.clone(),
         }
         .seal_row(&$f.ring)
         .unwrap();
@@ -209,6 +210,7 @@ macro_rules! update {
             .execute(c)
             .unwrap());
         assert_eq!(n, 1);
+        $expected.insert($id, value);
     }};
 }
 
@@ -224,14 +226,17 @@ macro_rules! read {
     }};
 }
 
-/// Asserts that build `$model` reads `expected[id]` for every row.
+/// Asserts that each build `$model` (row `$row`, table `$table`) reads `$expected[id]` for
+/// every row.
 macro_rules! reads_all {
-    ($f:expr, $model:ident, $row:ident, $table:path, $expected:expr) => {{
-        for (id, value) in $expected.iter() {
-            let got = read!($f, $model, $row, $table, *id)
-                .unwrap_or_else(|e| panic!("{} reading row {id}: {e}", stringify!($model)));
-            assert_eq!(&got.email, value, "{} reading row {id}", stringify!($model));
-        }
+    ($f:expr, $expected:expr, $(($model:ident, $row:ident, $table:path)),+) => {{
+        $(
+            for (id, value) in $expected.iter() {
+                let got = read!($f, $model, $row, $table, *id)
+                    .unwrap_or_else(|e| panic!("{} reading row {id}: {e}", stringify!($model)));
+                assert_eq!(&got.email, value, "{} reading row {id}", stringify!($model));
+            }
+        )+
     }};
 }
 
@@ -332,9 +337,8 @@ fn keep_name(backend: Backend) {
 
     // Steps 2-5: the adoption stages, the legacy build beside stage 1.
     use adopting::customers::table as adopting_t;
-    reads_all!(&f, Stage1, Stage1Row, adopting_t, expected);
-    insert!(&f, Stage1, adopting_t, 5, email(5));
-    expected.insert(5, email(5));
+    reads_all!(&f, expected, (Stage1, Stage1Row, adopting_t));
+    writes!(&f, expected, insert, Stage1, adopting_t, 5);
     let legacy: Legacy = on_conn!(&f, |c| adopting_t
         .find(5)
         .select(Legacy::as_select())
@@ -345,11 +349,14 @@ fn keep_name(backend: Backend) {
         raw(&f, "email_sealed", 5).is_some(),
         "stage 1 writes the envelope"
     );
-    insert!(&f, Stage2, adopting_t, 6, email(6));
-    expected.insert(6, email(6));
+    writes!(&f, expected, insert, Stage2, adopting_t, 6);
     assert_eq!(raw(&f, "email", 6), None, "stage 2 writes no plaintext");
-    reads_all!(&f, Stage1, Stage1Row, adopting_t, expected);
-    reads_all!(&f, Stage2, Stage2Row, adopting_t, expected);
+    reads_all!(
+        &f,
+        expected,
+        (Stage1, Stage1Row, adopting_t),
+        (Stage2, Stage2Row, adopting_t)
+    );
 
     use_manifest(&f, Stage3::manifest());
     let out = run(
@@ -360,23 +367,19 @@ fn keep_name(backend: Backend) {
     assert!(out.contains("4 written"), "{out}");
     assert!(out.contains("0 mismatches"), "{out}");
     assert!(out.contains("DROP COLUMN"), "{out}");
-    update!(
+    writes!(&f, expected, update, Stage3, adopting_t, 2);
+    reads_all!(
         &f,
-        Stage3,
-        adopting_t,
-        2,
-        "changed-2@example.test".to_owned()
+        expected,
+        (Stage2, Stage2Row, adopting_t),
+        (Stage3, Stage3Row, adopting_t)
     );
-    expected.insert(2, "changed-2@example.test".to_owned());
-    reads_all!(&f, Stage2, Stage2Row, adopting_t, expected);
-    reads_all!(&f, Stage3, Stage3Row, adopting_t, expected);
 
     // Step 6: the build without adopt(...), beside stage 3.
     use adopted::customers::table as adopted_t;
-    reads_all!(&f, Stored, StoredRow, adopted_t, expected);
-    insert!(&f, Stored, adopted_t, 7, email(7));
-    expected.insert(7, email(7));
-    reads_all!(&f, Stage3, Stage3Row, adopting_t, expected);
+    reads_all!(&f, expected, (Stored, StoredRow, adopted_t));
+    writes!(&f, expected, insert, Stored, adopted_t, 7);
+    reads_all!(&f, expected, (Stage3, Stage3Row, adopting_t));
 
     // Step 7: the plaintext column goes; `email` comes back as a binary column.
     db.batch("ALTER TABLE customers DROP COLUMN email").unwrap();
@@ -384,30 +387,22 @@ fn keep_name(backend: Backend) {
         "ALTER TABLE customers ADD COLUMN email {bin} NULL"
     ))
     .unwrap();
-    reads_all!(&f, Stored, StoredRow, adopted_t, expected);
+    reads_all!(&f, expected, (Stored, StoredRow, adopted_t));
 
     // Step 8: the first moving build beside the step-6 build.
     use moving::customers::table as moving_t;
-    reads_all!(&f, ReadOld, ReadOldRow, moving_t, expected);
-    insert!(&f, ReadOld, moving_t, 8, email(8));
-    expected.insert(8, email(8));
+    reads_all!(&f, expected, (ReadOld, ReadOldRow, moving_t));
+    writes!(&f, expected, insert, ReadOld, moving_t, 8);
     assert_eq!(
         raw(&f, "email", 8),
         raw(&f, "email_sealed", 8),
         "one envelope, both columns"
     );
-    reads_all!(&f, Stored, StoredRow, adopted_t, expected);
+    reads_all!(&f, expected, (Stored, StoredRow, adopted_t));
     // The step-6 build updates only email_sealed: email goes stale, and nobody reads it yet.
-    update!(
-        &f,
-        Stored,
-        adopted_t,
-        8,
-        "changed-8@example.test".to_owned()
-    );
-    expected.insert(8, "changed-8@example.test".to_owned());
+    writes!(&f, expected, update, Stored, adopted_t, 8);
     assert_ne!(raw(&f, "email", 8), raw(&f, "email_sealed", 8));
-    reads_all!(&f, ReadOld, ReadOldRow, moving_t, expected);
+    reads_all!(&f, expected, (ReadOld, ReadOldRow, moving_t));
     // A row neither column reached: a typed error naming both columns, never a default.
     db.batch("INSERT INTO customers (id) VALUES (99)").unwrap();
     match read!(&f, ReadOld, ReadOldRow, moving_t, 99) {
@@ -494,38 +489,32 @@ fn keep_name(backend: Backend) {
     run(&f, &["verify"], 0);
 
     // Step 10: the second moving build beside the first.
-    reads_all!(&f, ReadNew, ReadNewRow, moving_t, expected);
-    insert!(&f, ReadNew, moving_t, 9, email(9));
-    expected.insert(9, email(9));
-    update!(
+    reads_all!(&f, expected, (ReadNew, ReadNewRow, moving_t));
+    writes!(&f, expected, insert, ReadNew, moving_t, 9);
+    writes!(&f, expected, update, ReadOld, moving_t, 4);
+    reads_all!(
         &f,
-        ReadOld,
-        moving_t,
-        4,
-        "changed-4@example.test".to_owned()
+        expected,
+        (ReadOld, ReadOldRow, moving_t),
+        (ReadNew, ReadNewRow, moving_t)
     );
-    expected.insert(4, "changed-4@example.test".to_owned());
-    reads_all!(&f, ReadOld, ReadOldRow, moving_t, expected);
-    reads_all!(&f, ReadNew, ReadNewRow, moving_t, expected);
 
     // Step 11: the final build beside the second moving build.
     use done::customers::table as done_t;
-    reads_all!(&f, Final, FinalRow, done_t, expected);
-    insert!(&f, Final, done_t, 10, email(10));
-    expected.insert(10, email(10));
-    update!(&f, Final, done_t, 1, "changed-1@example.test".to_owned());
-    expected.insert(1, "changed-1@example.test".to_owned());
+    reads_all!(&f, expected, (Final, FinalRow, done_t));
+    writes!(&f, expected, insert, Final, done_t, 10);
+    writes!(&f, expected, update, Final, done_t, 1);
     assert_eq!(
         raw(&f, "email_sealed", 10),
         None,
         "the final build writes only email"
     );
-    reads_all!(&f, ReadNew, ReadNewRow, moving_t, expected);
+    reads_all!(&f, expected, (ReadNew, ReadNewRow, moving_t));
 
     // Step 12: the old column goes; the final build reads every row, verify agrees.
     db.batch("ALTER TABLE customers DROP COLUMN email_sealed")
         .unwrap();
-    reads_all!(&f, Final, FinalRow, done_t, expected);
+    reads_all!(&f, expected, (Final, FinalRow, done_t));
     use_manifest(&f, Final::manifest());
     let out = run(&f, &["verify"], 0);
     assert!(out.contains("customers.email"), "{out}");

@@ -116,10 +116,38 @@ pub struct SealedColumn {
 /// see `docs/adoption.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdoptionColumn {
-    /// The legacy plaintext column the sealed one is backfilled from.
+    /// The legacy plaintext column the sealed one is backfilled from (of a pair, the first).
     pub from_column: String,
     /// The stage the application runs in.
     pub stage: AdoptionStage,
+    /// Set when the value is adopted from two numeric columns (a GPS point kept as latitude
+    /// and longitude, `adopt(pair(lat = gps_lat, lon = gps_lon), ...)`): the plaintext is the
+    /// JSON object `{"<first_key>": from_column, "<second_key>": second_column}`. `None`, and
+    /// absent from the JSON, for one column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<AdoptionPair>,
+}
+
+/// The two numeric columns of a pair adoption: `from_column` under `first_key`, and
+/// `second_column` under `second_key`, make the JSON object the sealed value holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptionPair {
+    /// The JSON key of [`AdoptionColumn::from_column`].
+    pub first_key: String,
+    /// The second legacy column.
+    pub second_column: String,
+    /// Its JSON key.
+    pub second_key: String,
+}
+
+impl AdoptionColumn {
+    /// Every legacy column the value is adopted from: `from_column`, and the pair's second.
+    #[must_use]
+    pub fn columns(&self) -> Vec<&str> {
+        std::iter::once(self.from_column.as_str())
+            .chain(self.pair.as_ref().map(|p| p.second_column.as_str()))
+            .collect()
+    }
 }
 
 /// Defines a field-less enum whose every variant has one spelling, used by the manifest's JSON
@@ -431,6 +459,25 @@ impl SchemaManifest {
                             c.column,
                             c.bound_name()
                         )));
+                    }
+                }
+                if let Some(p) = c.adoption.as_ref().and_then(|a| a.pair.as_ref()) {
+                    // The keys go into SQL string literals and JSON: plain names only.
+                    let plain = |k: &str| {
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    };
+                    let first = c.adoption.as_ref().map_or("", |a| a.from_column.as_str());
+                    let problem = if c.encoding != PlaintextEncoding::Json {
+                        Some("a pair adoption needs the json encoding (a `Json<T>` field)")
+                    } else if !plain(&p.first_key) || !plain(&p.second_key) {
+                        Some("pair keys must be non-empty ASCII letters, digits or `_`")
+                    } else if p.first_key == p.second_key || p.second_column == first {
+                        Some("a pair needs two different keys and two different columns")
+                    } else {
+                        None
+                    };
+                    if let Some(problem) = problem {
+                        return Err(invalid(format!("{}.{}: {problem}", t.table, c.column)));
                     }
                 }
                 if let Some(b) = &c.blind_index {

@@ -223,8 +223,8 @@ pub mod __private {
     pub use crate::key::KeyScope;
     pub use crate::keyring::{FieldPolicy, KeyRing};
     pub use crate::manifest::{
-        AdoptionColumn, AdoptionStage, BlindIndexColumn, PlaintextEncoding, RowIdKind, ScopeSource,
-        SealedColumn, SealedTable,
+        AdoptionColumn, AdoptionPair, AdoptionStage, BlindIndexColumn, PlaintextEncoding,
+        RowIdKind, ScopeSource, SealedColumn, SealedTable,
     };
     pub use crate::model::{AsRowId, Sealed};
     pub use crate::padding::PaddingPolicy;
@@ -333,7 +333,7 @@ pub mod __private {
             problem: format!(
                 "{table}.{column} of row {row} is NULL and stage `{stage}` reads no plaintext for \
                  it: the row was not backfilled; run `leakless-migrate adopt` for this column \
-                 (see docs/operations.md), or go back to stage `write_sealed_only`"
+                 (see docs/adoption.md), or go back to stage `write_sealed_only`"
             ),
         }
     }
@@ -369,6 +369,54 @@ pub mod __private {
     /// The legacy plaintext copy of a value for a binary column.
     pub fn plaintext_bytes<T: Sealable>(value: &T) -> Result<Vec<u8>, Error> {
         Ok(value.to_plaintext()?.to_vec())
+    }
+
+    fn pair_error(problem: String) -> Error {
+        Error::InvalidInput {
+            what: "adopted pair",
+            problem,
+        }
+    }
+
+    /// The legacy plaintext of a value adopted from two numeric columns (`adopt(pair(...))`):
+    /// the compact JSON object `{"<key 0>":<value 0>,"<key 1>":<value 1>}`, or `None` when
+    /// either column is NULL (the migrator's backfill reads a pair the same way). The keys are
+    /// plain names (the derive checks them).
+    pub fn pair_plaintext(
+        keys: [&str; 2],
+        values: [Option<f64>; 2],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let ([k0, k1], [Some(v0), Some(v1)]) = (keys, values) else {
+            return Ok(None);
+        };
+        let num = |k: &str, v: f64| {
+            serde_json::Number::from_f64(v).ok_or_else(|| {
+                pair_error(format!(
+                    "the column under `{k}` holds NaN or an infinity, which no JSON number is"
+                ))
+            })
+        };
+        let text = format!("{{\"{k0}\":{},\"{k1}\":{}}}", num(k0, v0)?, num(k1, v1)?);
+        Ok(Some(text.into_bytes()))
+    }
+
+    /// The two numbers a value adopted from a pair writes back to its legacy columns (stage
+    /// `read_plaintext`): the members `keys` of the value's JSON object.
+    pub fn plaintext_pair<T: Sealable>(value: &T, keys: [&str; 2]) -> Result<[f64; 2], Error> {
+        let bytes = value.to_plaintext()?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| pair_error("the value's plaintext is not JSON".to_owned()))?;
+        let get = |k: &str| {
+            json.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .ok_or_else(|| {
+                    pair_error(format!(
+                        "the value's JSON has no number under `{k}`: the pair's keys must name \
+                         two numeric fields of the type"
+                    ))
+                })
+        };
+        Ok([get(keys[0])?, get(keys[1])?])
     }
 }
 

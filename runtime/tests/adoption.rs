@@ -450,6 +450,7 @@ fn the_manifest_records_source_column_and_stage() {
         Some(AdoptionColumn {
             from_column: "address_plain".into(),
             stage: AdoptionStage::WriteSealedOnly,
+            pair: None,
         })
     );
     assert_eq!(

@@ -2,8 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers")]
 
 use leakless::manifest::{
-    BlindIndexColumn, PlaintextEncoding, RowIdKind, SchemaManifest, ScopeSource, SealedColumn,
-    SealedTable,
+    AdoptionColumn, AdoptionPair, AdoptionStage, BlindIndexColumn, PlaintextEncoding, RowIdKind,
+    SchemaManifest, ScopeSource, SealedColumn, SealedTable,
 };
 use leakless::{Algorithm, Error, Normalizer, PaddingPolicy};
 
@@ -62,6 +62,19 @@ fn sample() -> SchemaManifest {
     m
 }
 
+/// An adoption of `gps` from the pair `gps_lat` (under `k0`) and `gps_lon` (under `k1`).
+fn pair(k0: &str, k1: &str) -> AdoptionColumn {
+    AdoptionColumn {
+        from_column: "gps_lat".into(),
+        stage: AdoptionStage::ReadPlaintext,
+        pair: Some(AdoptionPair {
+            first_key: k0.into(),
+            second_column: "gps_lon".into(),
+            second_key: k1.into(),
+        }),
+    }
+}
+
 #[test]
 fn round_trips_through_json() {
     let m = sample();
@@ -118,6 +131,16 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
         ("another column binds the same name \"address\"", |m| {
             m.tables[0].columns[1].bound_as = Some("address".into())
         }),
+        (
+            "patients.address: a pair adoption needs the json encoding",
+            |m| m.tables[0].columns[0].adoption = Some(pair("lat", "lon")),
+        ),
+        ("patients.gps: pair keys must be", |m| {
+            m.tables[0].columns[1].adoption = Some(pair("lat'", "lon"))
+        }),
+        ("patients.gps: a pair needs two different keys", |m| {
+            m.tables[0].columns[1].adoption = Some(pair("lat", "lat"))
+        }),
         ("patients.gps: moving to \"nowhere\"", |m| {
             m.tables[0].columns[1].moving_to = Some("nowhere".into())
         }),
@@ -154,8 +177,10 @@ fn bound_names_and_moves_validate_and_round_trip() {
     old.moving_to = Some("address".into());
     old.blind_index = None;
     m.tables[0].columns.push(old);
+    m.tables[0].columns[1].adoption = Some(pair("lat", "lon"));
     let json = m.to_json().unwrap();
     assert!(json.contains("\"moving_to\": \"address\""), "{json}");
+    assert!(json.contains("\"second_column\": \"gps_lon\""), "{json}");
     assert_eq!(SchemaManifest::from_json(&json).unwrap(), m);
 }
 

@@ -15,6 +15,7 @@
 //!    anything itself.
 
 use leakless::FieldContext;
+use leakless::manifest::PlaintextEncoding;
 
 use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
 use crate::db::{Bind, IdTwo, OneInt, ident};
@@ -84,6 +85,41 @@ fn source_column(
     }
 }
 
+/// Whether an opened value equals the legacy plaintext read beside it: byte for byte, or for
+/// the JSON encoding as JSON (the database writes its own spacing and number forms, e.g. `51`
+/// where the application's serializer wrote `51.0`; numbers compare by value).
+fn same_plaintext(encoding: PlaintextEncoding, opened: &[u8], legacy: &[u8]) -> bool {
+    if opened == legacy {
+        return true;
+    }
+    if encoding != PlaintextEncoding::Json {
+        return false;
+    }
+    match (
+        serde_json::from_slice::<serde_json::Value>(opened),
+        serde_json::from_slice::<serde_json::Value>(legacy),
+    ) {
+        (Ok(a), Ok(b)) => json_equal(&a, &b),
+        _ => false,
+    }
+}
+
+fn json_equal(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_equal(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// Writes the re-sealed value (and its token) of row `id` if its sealed column still holds
 /// `old`; `false` when the row changed meanwhile.
 fn repair(
@@ -122,17 +158,7 @@ fn repair(
 /// [`Kind::Refused`] when the verification pass finds a mismatch or rows failed;
 /// [`Kind::Usage`], [`Kind::Database`], [`Kind::Keys`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    let (t, c) = env
-        .targets(Some(&args.table), Some(&args.column))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            Failure::new(
-                Kind::Usage,
-                "no such sealed column",
-                "check --table/--column",
-            )
-        })?;
+    let (t, c) = env.target(&args.table, &args.column)?;
     let from = source_column(&t.table, &c, args.from.as_deref())?;
     ident(&from)?;
     if from == c.column || from == t.row_id_column {
@@ -147,7 +173,8 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     }
     let mut db = env.connect()?;
     // The same read as the backfill and the verification: a dry run fails where they would.
-    let source = crate::engine::source_expr(&mut db, &t.table, &from)?;
+    let pair = c.adoption.as_ref().and_then(|a| a.pair.as_ref());
+    let source = crate::engine::adoption_source(&mut db, &t.table, &from, pair)?;
     if args.job.dry_run {
         let sql = format!(
             "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {source} IS NOT NULL",
@@ -223,7 +250,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
                             None => ring.open(&ctx, env_bytes),
                         };
                         match opened {
-                            Ok(p) if p.expose_secret() == plain.as_slice() => None,
+                            Ok(p) if same_plaintext(c.encoding, p.expose_secret(), plain) => None,
                             Ok(_) if args.repair_stale => {
                                 let Some(scope) = &expected else {
                                     return Err(Failure::new(
@@ -280,11 +307,16 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             break;
         }
     }
-    let drop_sql = format!(
-        "ALTER TABLE {} DROP COLUMN {};",
-        db.q(&t.table),
-        db.q(&from)
-    );
+    let drop_sql = std::iter::once(from.as_str())
+        .chain(pair.map(|p| p.second_column.as_str()))
+        .map(|col| format!("ALTER TABLE {} DROP COLUMN {};", db.q(&t.table), db.q(col)))
+        .collect::<Vec<_>>()
+        .join("\n  ");
+    // The legacy column, or a pair's two (`lat+lon`, as `status` names them).
+    let from = match pair {
+        Some(p) => format!("{from}+{}", p.second_column),
+        None => from,
+    };
     if env.global.json {
         out(serde_json::to_string_pretty(&serde_json::json!({
             "table": t.table, "column": c.column, "from": from,

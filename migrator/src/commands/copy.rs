@@ -36,14 +36,7 @@ pub struct Args {
 /// [`Kind::Usage`] when the manifest moves nothing into the column; [`Kind::Refused`] when rows
 /// failed (a value that does not open in its new place is not copied); see [`run_jobs`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    let targets = env.targets(Some(&args.table), Some(&args.column))?;
-    let Some((t, c)) = targets.into_iter().next() else {
-        return Err(Failure::new(
-            Kind::Usage,
-            "no such sealed column",
-            "check --table/--column",
-        ));
-    };
+    let (t, c) = env.target(&args.table, &args.column)?;
     let Some(from) = t
         .columns
         .iter()

@@ -96,7 +96,7 @@ pub struct IndexStatus {
 pub struct AdoptionStatus {
     /// The application's stage.
     pub stage: AdoptionStage,
-    /// The legacy plaintext column.
+    /// The legacy plaintext column (a pair adoption's two: `lat+lon`).
     pub from_column: String,
     /// Rows whose sealed column is NULL and whose plaintext column is not: what `adopt` would
     /// seal. They are counted here, not in `nulls` (nor in `plaintext` for a non-nullable
@@ -135,12 +135,12 @@ pub fn column_status(
     let adoption = match &c.adoption {
         None => None,
         Some(a) => {
-            crate::db::ident(&a.from_column)?;
+            let source =
+                crate::engine::adoption_source(db, &t.table, &a.from_column, a.pair.as_ref())?;
             let sql = format!(
-                "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {} IS NOT NULL",
+                "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {source} IS NOT NULL",
                 db.q(&t.table),
                 db.q(&c.column),
-                db.q(&a.from_column)
             );
             let n: Vec<OneInt> = db.load(&sql, &[])?;
             let pending = n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
@@ -152,7 +152,7 @@ pub fn column_status(
             }
             Some(AdoptionStatus {
                 stage: a.stage,
-                from_column: a.from_column.clone(),
+                from_column: a.columns().join("+"),
                 pending,
             })
         }
