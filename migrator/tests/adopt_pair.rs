@@ -14,12 +14,10 @@
     reason = "tests"
 )]
 
+#[macro_use]
 mod support;
 
-use diesel::mysql::MysqlConnection;
-use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
 use leakless::manifest::{AdoptionPair, SchemaManifest};
 use leakless::{Error, Json, Sealed};
 use serde::{Deserialize, Serialize};
@@ -75,30 +73,6 @@ struct Stage3 {
 
 fn point(lat: f64, lon: f64) -> GeoPoint {
     GeoPoint { lat, lon }
-}
-
-/// Runs `$body` with `$c` bound to a diesel connection of the fixture's backend.
-macro_rules! on_conn {
-    ($f:expr, |$c:ident| $body:expr) => {{
-        let f: &Fixture = $f;
-        match f.backend {
-            Backend::Sqlite => {
-                let mut conn = SqliteConnection::establish(&f.url).unwrap();
-                let $c = &mut conn;
-                $body
-            }
-            Backend::Postgres => {
-                let mut conn = PgConnection::establish(&f.url).unwrap();
-                let $c = &mut conn;
-                $body
-            }
-            Backend::Mysql => {
-                let mut conn = MysqlConnection::establish(&f.url).unwrap();
-                let $c = &mut conn;
-                $body
-            }
-        }
-    }};
 }
 
 /// Reads row `id` through build `$model`.
@@ -231,36 +205,22 @@ fn adopt_pair(backend: Backend) {
 
     // The verification compares by value: a pair changed behind the envelope's back is found
     // (positive control), a restored one passes.
+    const VERIFY: &[&str] = &[
+        "adopt",
+        "--table",
+        "places",
+        "--column",
+        "gps",
+        "--verify-only",
+    ];
     db.batch("UPDATE places SET latitude = 41 WHERE id = 2")
         .unwrap();
-    let out = run(
-        &f,
-        &[
-            "adopt",
-            "--table",
-            "places",
-            "--column",
-            "gps",
-            "--verify-only",
-        ],
-        1,
-    );
+    let out = run(&f, VERIFY, 1);
     assert!(out.contains("differs from the plaintext"), "{out}");
     assert!(out.contains("places.gps row 2"), "{out}");
     db.batch("UPDATE places SET latitude = 40 WHERE id = 2")
         .unwrap();
-    let out = run(
-        &f,
-        &[
-            "adopt",
-            "--table",
-            "places",
-            "--column",
-            "gps",
-            "--verify-only",
-        ],
-        0,
-    );
+    let out = run(&f, VERIFY, 0);
     assert!(out.contains("0 mismatches"), "{out}");
 
     // A non-Option field with a half-NULL pair and no envelope has no value: a typed error.

@@ -20,12 +20,10 @@
     reason = "tests"
 )]
 
+#[macro_use]
 mod support;
 
-use diesel::mysql::MysqlConnection;
-use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sqlite::SqliteConnection;
 use leakless::manifest::RowIdKind;
 use leakless::manifest::SchemaManifest;
 use leakless::{Error, FieldContext, KeyScope, RowId, Sealed};
@@ -152,31 +150,6 @@ struct Final {
 /// The legacy value of row `id` (fake).
 fn email(id: i64) -> String {
     format!("customer-{id}@example.test")
-}
-
-/// Runs `$body` with `$c` bound to a diesel connection of the fixture's backend (one
-/// instantiation per connection type).
-macro_rules! on_conn {
-    ($f:expr, |$c:ident| $body:expr) => {{
-        let f: &Fixture = $f;
-        match f.backend {
-            Backend::Sqlite => {
-                let mut conn = SqliteConnection::establish(&f.url).unwrap();
-                let $c = &mut conn;
-                $body
-            }
-            Backend::Postgres => {
-                let mut conn = PgConnection::establish(&f.url).unwrap();
-                let $c = &mut conn;
-                $body
-            }
-            Backend::Mysql => {
-                let mut conn = MysqlConnection::establish(&f.url).unwrap();
-                let $c = &mut conn;
-                $body
-            }
-        }
-    }};
 }
 
 /// Writes row `$id` through build `$model` and records the value in `$expected`: an insert

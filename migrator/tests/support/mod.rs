@@ -18,6 +18,42 @@ use leakless_migrator::db::{Bind, Db, DbUrl, IdBytes, OneInt};
 
 pub use services::TestDb;
 
+/// Runs `$body` with `$c` bound to a `&mut` diesel connection to the fixture's database: one
+/// instantiation per connection type, so generic diesel code (a derive model's row) runs on
+/// each backend. For the test files that drive `#[derive(Sealed)]` models (`#[macro_use]`).
+#[allow(
+    unused_macros,
+    reason = "used by the test files that drive derive models"
+)]
+macro_rules! on_conn {
+    ($f:expr, |$c:ident| $body:expr) => {{
+        let f: &$crate::support::Fixture = $f;
+        match f.backend {
+            $crate::support::Backend::Sqlite => {
+                let mut conn =
+                    <::diesel::sqlite::SqliteConnection as ::diesel::Connection>::establish(&f.url)
+                        .unwrap();
+                let $c = &mut conn;
+                $body
+            }
+            $crate::support::Backend::Postgres => {
+                let mut conn =
+                    <::diesel::pg::PgConnection as ::diesel::Connection>::establish(&f.url)
+                        .unwrap();
+                let $c = &mut conn;
+                $body
+            }
+            $crate::support::Backend::Mysql => {
+                let mut conn =
+                    <::diesel::mysql::MysqlConnection as ::diesel::Connection>::establish(&f.url)
+                        .unwrap();
+                let $c = &mut conn;
+                $body
+            }
+        }
+    }};
+}
+
 /// The scope of the test table.
 pub const SCOPE: &str = "patients";
 
