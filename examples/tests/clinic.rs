@@ -1,6 +1,7 @@
 //! The `clinic` example on PostgreSQL (cargo feature `postgres`): the binary runs end to end on
-//! a fresh database, its output holds no demo plaintext and no password of the server URL, it
-//! exports a valid schema manifest, and its migration set applies and reverts cleanly. Without
+//! a fresh database (its main path and its `--adopt` path), its output holds no demo plaintext
+//! and no password of the server URL, it exports a valid schema manifest, and its migration set
+//! applies and reverts cleanly. Without
 //! a server URL it fails with a hint, not a panic.
 //!
 //! Needs `LEAKLESS_PG_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`); the tests fail
@@ -131,6 +132,70 @@ fn runs_end_to_end_and_prints_no_plaintext_nor_password() {
     assert_eq!(read, clinic::manifest());
     assert_eq!(read.tables.len(), 1);
     assert_eq!(read.tables[0], Patient::manifest());
+}
+
+/// `--adopt`: the legacy plaintext table goes through the adoption stages, the legacy columns
+/// are dropped, and the scan that found their plaintext before the drop finds none after it.
+#[test]
+fn the_adopt_path_runs_end_to_end_and_prints_no_plaintext() {
+    let url = url_with_password(&pg_url());
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = dir.path().join("manifest.json");
+    let out = clinic(
+        &[
+            "--adopt",
+            "--database-url",
+            &url,
+            "--export-manifest",
+            manifest_path.to_str().unwrap(),
+        ],
+        None,
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "clinic --adopt failed:\n{stdout}\n{stderr}"
+    );
+    for line in [
+        "legacy table       patients",
+        "inserted           5 rows of plaintext",
+        "opened             5 rows from their legacy columns",
+        "backfill           5 rows sealed",
+        "inserted           1 row: envelopes only, its legacy columns NULL",
+        "opened             6 rows through stage 3 and through the build without adopt(...)",
+        "e-mail look-up     1 row",
+        POSITIVE_CONTROL_PASSED,
+        NO_PLAINTEXT_FOUND,
+        "6 rows still open",
+        "purge-residue",
+        "dropped database   leakless_clinic_",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let all = format!("{stdout}\n{stderr}");
+    for piece in plaintext_pieces() {
+        assert!(!all.contains(&piece), "output shows {piece:?}:\n{all}");
+    }
+    assert!(
+        !all.contains("Hunter2-secret-pw"),
+        "password printed:\n{all}"
+    );
+    // The manifest is stage 3's: every sealed column in adoption, the GPS point from a pair.
+    let read = SchemaManifest::read_file(&manifest_path).unwrap();
+    assert_eq!(read.tables[0], clinic::adopt::Stage3::manifest());
+    let gps = read.tables[0]
+        .columns
+        .iter()
+        .find(|c| c.column == "gps")
+        .unwrap();
+    let pair = gps.adoption.as_ref().unwrap().pair.as_ref().unwrap();
+    assert_eq!(pair.second_column, "lon");
+    let address = read.tables[0]
+        .columns
+        .iter()
+        .find(|c| c.column == "address_sealed")
+        .unwrap();
+    assert_eq!(address.bound_name(), "address");
 }
 
 #[test]

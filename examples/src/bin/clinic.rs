@@ -17,9 +17,15 @@
 //! about three seconds, and retires. Production rings keep the default (the KEK cache's
 //! 5 minutes) and retire later, from the migrator or a scheduler.
 //!
+//! With `--adopt` it shows the other start instead: a `patients` table that a legacy
+//! application filled with plaintext (text columns, a GPS point as two numbers) is brought
+//! under leakless through the adoption stages (`examples/src/clinic/adopt.rs`), each stage's
+//! build reading what the one before wrote, then its legacy columns are dropped; the table
+//! dump holds the plaintext before the drop (the positive control) and none after it.
+//!
 //! ```text
 //! cargo run -p leakless-examples --features postgres --bin clinic -- \
-//!     [--database-url postgres://USER@HOST:PORT/DB] [--keep] [--export-manifest PATH]
+//!     [--database-url postgres://USER@HOST:PORT/DB] [--keep] [--export-manifest PATH] [--adopt]
 //! ```
 //!
 //! The server URL comes from `--database-url` or `LEAKLESS_PG_URL`; it is printed with its
@@ -34,15 +40,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use leakless::kms::LocalKms;
+use leakless::manifest::SchemaManifest;
 use leakless::redact::redact_url;
 use leakless::store::sql::SqlKeyStore;
-use leakless::{AuditInfo, FieldContext, KeyRing, KeyScope, RowId, Sealed};
+use leakless::{AuditInfo, FieldContext, Json, KeyRing, KeyScope, RowId, Sealed};
 use leakless_examples::clinic::{
-    self, BIDX_SCOPE, FreshDatabase, Patient, PatientRow, SCOPE, schema::patients,
+    self, BIDX_SCOPE, FreshDatabase, Patient, PatientRow, SCOPE, adopt, schema::patients,
 };
 use leakless_examples::demo_data;
 use leakless_examples::leakscan::Needles;
@@ -56,7 +64,7 @@ macro_rules! say {
     };
 }
 
-const USAGE: &str = "usage: clinic [--database-url URL] [--keep] [--export-manifest PATH]\n\
+const USAGE: &str = "usage: clinic [--database-url URL] [--keep] [--export-manifest PATH] [--adopt]\n\
     The server URL comes from --database-url or LEAKLESS_PG_URL, e.g. \
     postgres://postgres@127.0.0.1:5432/postgres";
 const GRACE: Duration = Duration::from_secs(3600);
@@ -65,6 +73,7 @@ const GRACE: Duration = Duration::from_secs(3600);
 struct Args {
     url: Option<String>,
     keep: bool,
+    adopt: bool,
     export_manifest: Option<PathBuf>,
     help: bool,
 }
@@ -78,6 +87,7 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
     let mut args = Args {
         url: None,
         keep: false,
+        adopt: false,
         export_manifest: None,
         help: false,
     };
@@ -100,6 +110,7 @@ fn parse_args() -> Result<Args, Box<dyn Error>> {
                 args.export_manifest = Some(PathBuf::from(v));
             }
             Some("--keep") => args.keep = true,
+            Some("--adopt") => args.adopt = true,
             Some("-h" | "--help") => args.help = true,
             // Not echoed: if someone put a secret on the command line, the output will not
             // repeat it.
@@ -126,7 +137,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         say!("{USAGE}");
         return Ok(());
     }
-    let url = match args.url {
+    let url = match args.url.clone() {
         Some(u) => u,
         None => match std::env::var("LEAKLESS_PG_URL") {
             Ok(u) if !u.trim().is_empty() => u.trim().to_owned(),
@@ -139,7 +150,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     };
     let started = Instant::now();
 
-    // ----- a fresh database, migrated ------------------------------------------------------
+    // ----- a fresh database ------------------------------------------------------------------
     say!("[database]");
     say!("  server             {}", redact_url(&url));
     let mut db = FreshDatabase::create(&url)?;
@@ -149,12 +160,18 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("  created database   {}", db.name());
     let mut conn = PgConnection::establish(db.url())
         .map_err(|e| format!("connect to {}: {e}", redact_url(db.url())))?;
-    let applied = clinic::run_migrations(&mut conn).map_err(|e| format!("migrations: {e}"))?;
-    say!(
-        "  migrations         {} applied: {}",
-        applied.len(),
-        applied.join(", ")
-    );
+    if args.adopt {
+        // The legacy application's table instead of the migrations.
+        conn.batch_execute(adopt::LEGACY_DDL)?;
+        say!("  legacy table       patients: plaintext columns, GPS as lat/lon numbers");
+    } else {
+        let applied = clinic::run_migrations(&mut conn).map_err(|e| format!("migrations: {e}"))?;
+        say!(
+            "  migrations         {} applied: {}",
+            applied.len(),
+            applied.join(", ")
+        );
+    }
 
     // ----- keys: a root key file -> KMS, KEK records in the database ------------------------
     say!("[keys]");
@@ -178,6 +195,10 @@ fn run() -> Result<(), Box<dyn Error>> {
         "  cache window       {} s (one process; production keeps the default 5 min, and retire waits for it)",
         DEMO_CACHE_WINDOW.as_secs()
     );
+    if args.adopt {
+        adopt_existing_table(&mut conn, &ring)?;
+        return finish(conn, db, &args, started);
+    }
 
     // ----- insert: one, then the rest in one statement ---------------------------------------
     say!("[insert]");
@@ -337,9 +358,22 @@ fn run() -> Result<(), Box<dyn Error>> {
         dump.len()
     );
 
-    // ----- manifest and clean-up -------------------------------------------------------------------
+    finish(conn, db, &args, started)
+}
+
+/// Writes the manifest if asked, and drops the database unless `--keep`.
+fn finish(
+    conn: PgConnection,
+    db: FreshDatabase,
+    args: &Args,
+    started: Instant,
+) -> Result<(), Box<dyn Error>> {
     if let Some(path) = &args.export_manifest {
-        clinic::manifest().write_file(path)?;
+        if args.adopt {
+            SchemaManifest::from_tables([adopt::Stage3::manifest()]).write_file(path)?;
+        } else {
+            clinic::manifest().write_file(path)?;
+        }
         say!("[manifest]");
         say!("  written            {}", path.display());
     }
@@ -356,6 +390,139 @@ fn run() -> Result<(), Box<dyn Error>> {
         say!("  dropped database   {name}");
     }
     say!("  total              {} ms", started.elapsed().as_millis());
+    Ok(())
+}
+
+/// `--adopt`: the legacy table brought under leakless through the adoption stages while the
+/// older build could keep running, then the legacy columns dropped; a leak scan before the
+/// drop (the positive control: the legacy columns hold the plaintext) and after it.
+fn adopt_existing_table(conn: &mut PgConnection, ring: &KeyRing) -> Result<(), Box<dyn Error>> {
+    use adopt::schema::patients as legacy;
+
+    say!("[legacy]");
+    let demo = demo_data::patients();
+    let people: Vec<(String, &demo_data::DemoPatient)> =
+        demo.iter().map(|p| (clinic::random_uuid(), p)).collect();
+    let n = adopt::fill_legacy(conn, &people)?;
+    say!("  inserted           {n} rows of plaintext, as the legacy application did");
+    conn.batch_execute(adopt::ADD_SEALED_COLUMNS)?;
+    say!("  DBA                sealed columns added beside the legacy ones, which became nullable");
+    say!("[stage 1: read_plaintext]");
+    let opened = adopt::Stage1::load_all(conn, ring)?;
+    let all_back = opened.len() == people.len()
+        && people
+            .iter()
+            .all(|(id, p)| opened.iter().any(|o| &o.id == id && o.same_as(p)));
+    if !all_back {
+        return Err("stage 1 did not read the legacy rows back".into());
+    }
+    say!(
+        "  opened             {} rows from their legacy columns (no envelope yet)",
+        opened.len()
+    );
+    let sealed = adopt::backfill(conn, ring)?;
+    say!(
+        "  backfill           {sealed} rows sealed through the stage-1 model, legacy columns kept"
+    );
+    say!("                     (production: leakless-migrate adopt, online, resumable, verified)");
+
+    say!("[stage 2: write_sealed_only]");
+    let newcomer = adopt::Stage2 {
+        id: clinic::random_uuid(),
+        name: "Nova Newcomer".into(),
+        address: "9 Adoption Row, Newtown NT9 9AA".into(),
+        email: "nova.newcomer@example.test".into(),
+        gps: Json(clinic::GeoPoint {
+            lat: 52.2053,
+            lon: 0.1218,
+        }),
+        transcript: None,
+    };
+    diesel::insert_into(legacy::table)
+        .values(newcomer.seal_row(ring)?)
+        .execute(conn)?;
+    let (address, lat): (Option<String>, Option<f64>) = legacy::table
+        .find(&newcomer.id)
+        .select((legacy::address, legacy::lat))
+        .first(conn)?;
+    if address.is_some() || lat.is_some() {
+        return Err("stage 2 wrote the legacy columns".into());
+    }
+    say!("  inserted           1 row: envelopes only, its legacy columns NULL");
+
+    say!("[stage 3: sealed_only, then the build without adopt(...)]");
+    let stage3 = adopt::Stage3::load_all(conn, ring)?;
+    let adopted = adopt::Adopted::load_all(conn, ring)?;
+    if stage3.len() != people.len() + 1 || adopted.len() != stage3.len() {
+        return Err("stage 3 or the adopted build did not read every row".into());
+    }
+    for (id, p) in &people {
+        let ok = stage3.iter().any(|s| &s.id == id && s.same_as(p))
+            && adopted.iter().any(|a| &a.id == id && a.same_as(p));
+        if !ok {
+            return Err(format!("row {id} does not read back as it was").into());
+        }
+    }
+    let wanted = people.get(1).ok_or("too few demo patients")?;
+    let tokens = adopt::Adopted::email_lookup(ring, &wanted.1.email.to_uppercase())?;
+    let found: Vec<String> = adopt::adopted_schema::patients::table
+        .filter(adopt::adopted_schema::patients::email_bidx.eq_any(tokens))
+        .select(adopt::adopted_schema::patients::id)
+        .load(conn)?;
+    if found != [wanted.0.clone()] {
+        return Err(format!(
+            "blind-index look-up found {} rows, not the one",
+            found.len()
+        )
+        .into());
+    }
+    say!(
+        "  opened             {} rows through stage 3 and through the build without adopt(...)",
+        stage3.len()
+    );
+    say!("  e-mail look-up     1 row through the tokens the stages wrote");
+
+    say!("[drop the legacy columns]");
+    let mut needles = Needles::new();
+    for (i, (_, p)) in people.iter().enumerate() {
+        needles.add_text(&format!("patient {i} address"), &p.address)?;
+        needles.add_text(&format!("patient {i} email"), &p.email)?;
+        if let Some(t) = &p.transcript {
+            needles.add_text(&format!("patient {i} transcript"), t)?;
+        }
+    }
+    let before = needles.scan(clinic::dump_tables(conn)?.as_bytes());
+    if before.is_empty() {
+        return Err("positive control failed: the legacy columns' plaintext was not found".into());
+    }
+    say!(
+        "  {POSITIVE_CONTROL_PASSED}: before the drop the search finds {} plaintext hits in the legacy columns",
+        before.len()
+    );
+    conn.batch_execute(adopt::DROP_LEGACY_COLUMNS)?;
+    let after = adopt::Adopted::load_all(conn, ring)?;
+    if after.len() != stage3.len() {
+        return Err("the adopted build lost rows with the drop".into());
+    }
+    let dump = clinic::dump_tables(conn)?;
+    if let Some(f) = needles.scan(dump.as_bytes()).first() {
+        return Err(format!(
+            "plaintext left after the drop: {} as {}",
+            f.label,
+            f.encoding.name()
+        )
+        .into());
+    }
+    say!(
+        "  {NO_PLAINTEXT_FOUND}: {} values in {} bytes of every table; {} rows still open",
+        needles.values(),
+        dump.len(),
+        after.len()
+    );
+    say!("  residue            dead tuples, WAL and logs still hold the old plaintext: run");
+    say!(
+        "                     leakless-migrate purge-residue, expire older backups (docs/adoption.md)"
+    );
     Ok(())
 }
 

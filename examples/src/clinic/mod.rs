@@ -34,6 +34,8 @@ pub const SCOPE: &str = "clinic.patients";
 /// The key scope of the blind-index keys (never the data scope).
 pub const BIDX_SCOPE: &str = "clinic.bidx";
 
+pub mod adopt;
+
 /// The diesel schema of the migrated database.
 pub mod schema {
     diesel::table! {
