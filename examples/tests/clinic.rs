@@ -82,41 +82,29 @@ fn plaintext_pieces() -> Vec<String> {
     out
 }
 
-#[test]
-fn runs_end_to_end_and_prints_no_plaintext_nor_password() {
+/// Runs the binary with `extra` and `--export-manifest` on a URL holding a password; asserts
+/// success, every line of `lines` in stdout, and no demo plaintext nor the password anywhere in
+/// the output. Returns stdout and the manifest it wrote.
+fn run_clean(extra: &[&str], lines: &[&str]) -> (String, SchemaManifest) {
     let url = url_with_password(&pg_url());
     let dir = tempfile::tempdir().unwrap();
     let manifest_path = dir.path().join("manifest.json");
-    let out = clinic(
-        &[
-            "--database-url",
-            &url,
-            "--export-manifest",
-            manifest_path.to_str().unwrap(),
-        ],
-        None,
-    );
+    let mut args = extra.to_vec();
+    args.extend([
+        "--database-url",
+        &url,
+        "--export-manifest",
+        manifest_path.to_str().unwrap(),
+    ]);
+    let out = clinic(&args, None);
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "clinic failed:\n{stdout}\n{stderr}");
-    for line in [
-        "migrations         2 applied",
-        "inserted           1 row, then 4 rows in one statement",
-        "opened             5 rows",
-        "e-mail look-up     1 row",
-        "read back equal",
-        "re-wrapped",
-        "refused: KeyChangeTooEarly",
-        "until every cache can have noticed the rotation (allowed from ",
-        "retired            v1; all 5 rows still open under v2",
-        POSITIVE_CONTROL_PASSED,
-        NO_PLAINTEXT_FOUND,
-        "dropped database   leakless_clinic_",
-    ] {
+    assert!(
+        out.status.success(),
+        "clinic {extra:?} failed:\n{stdout}\n{stderr}"
+    );
+    for line in lines {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
-    // Positive control for this check: the unsealed name of the looked-up patient is shown
-    // (in its redacted Debug), so the search below does look at the right text.
-    assert!(stdout.contains(&demo_data::patients()[2].name), "{stdout}");
     let all = format!("{stdout}\n{stderr}");
     for piece in plaintext_pieces() {
         assert!(!all.contains(&piece), "output shows {piece:?}:\n{all}");
@@ -127,8 +115,31 @@ fn runs_end_to_end_and_prints_no_plaintext_nor_password() {
             "password printed:\n{all}"
         );
     }
+    (stdout, SchemaManifest::read_file(&manifest_path).unwrap())
+}
 
-    let read = SchemaManifest::read_file(&manifest_path).unwrap();
+#[test]
+fn runs_end_to_end_and_prints_no_plaintext_nor_password() {
+    let (stdout, read) = run_clean(
+        &[],
+        &[
+            "migrations         2 applied",
+            "inserted           1 row, then 4 rows in one statement",
+            "opened             5 rows",
+            "e-mail look-up     1 row",
+            "read back equal",
+            "re-wrapped",
+            "refused: KeyChangeTooEarly",
+            "until every cache can have noticed the rotation (allowed from ",
+            "retired            v1; all 5 rows still open under v2",
+            POSITIVE_CONTROL_PASSED,
+            NO_PLAINTEXT_FOUND,
+            "dropped database   leakless_clinic_",
+        ],
+    );
+    // Positive control for the output check: the unsealed name of the looked-up patient is
+    // shown (in its redacted Debug), so the search for plaintext does look at the right text.
+    assert!(stdout.contains(&demo_data::patients()[2].name), "{stdout}");
     assert_eq!(read, clinic::manifest());
     assert_eq!(read.tables.len(), 1);
     assert_eq!(read.tables[0], Patient::manifest());
@@ -138,50 +149,24 @@ fn runs_end_to_end_and_prints_no_plaintext_nor_password() {
 /// are dropped, and the scan that found their plaintext before the drop finds none after it.
 #[test]
 fn the_adopt_path_runs_end_to_end_and_prints_no_plaintext() {
-    let url = url_with_password(&pg_url());
-    let dir = tempfile::tempdir().unwrap();
-    let manifest_path = dir.path().join("manifest.json");
-    let out = clinic(
+    let (_, read) = run_clean(
+        &["--adopt"],
         &[
-            "--adopt",
-            "--database-url",
-            &url,
-            "--export-manifest",
-            manifest_path.to_str().unwrap(),
+            "legacy table       patients",
+            "inserted           5 rows of plaintext",
+            "opened             5 rows from their legacy columns",
+            "backfill           5 rows sealed",
+            "inserted           1 row: envelopes only, its legacy columns NULL",
+            "opened             6 rows through stage 3 and through the build without adopt(...)",
+            "e-mail look-up     1 row",
+            POSITIVE_CONTROL_PASSED,
+            NO_PLAINTEXT_FOUND,
+            "6 rows still open",
+            "purge-residue",
+            "dropped database   leakless_clinic_",
         ],
-        None,
-    );
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "clinic --adopt failed:\n{stdout}\n{stderr}"
-    );
-    for line in [
-        "legacy table       patients",
-        "inserted           5 rows of plaintext",
-        "opened             5 rows from their legacy columns",
-        "backfill           5 rows sealed",
-        "inserted           1 row: envelopes only, its legacy columns NULL",
-        "opened             6 rows through stage 3 and through the build without adopt(...)",
-        "e-mail look-up     1 row",
-        POSITIVE_CONTROL_PASSED,
-        NO_PLAINTEXT_FOUND,
-        "6 rows still open",
-        "purge-residue",
-        "dropped database   leakless_clinic_",
-    ] {
-        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
-    }
-    let all = format!("{stdout}\n{stderr}");
-    for piece in plaintext_pieces() {
-        assert!(!all.contains(&piece), "output shows {piece:?}:\n{all}");
-    }
-    assert!(
-        !all.contains("Hunter2-secret-pw"),
-        "password printed:\n{all}"
     );
     // The manifest is stage 3's: every sealed column in adoption, the GPS point from a pair.
-    let read = SchemaManifest::read_file(&manifest_path).unwrap();
     assert_eq!(read.tables[0], clinic::adopt::Stage3::manifest());
     let gps = read.tables[0]
         .columns

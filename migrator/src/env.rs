@@ -235,11 +235,15 @@ impl Env {
             .ok_or_else(|| Failure::new(Kind::Usage, "manifest not loaded", "pass --manifest PATH"))
     }
 
-    /// The manifest's column `column` of `table`.
+    /// The manifest's column `--table`/`--column`.
     ///
     /// # Errors
     /// [`Kind::Usage`] when the manifest does not list it.
-    pub fn target(&mut self, table: &str, column: &str) -> Result<(SealedTable, SealedColumn)> {
+    pub fn target(
+        &mut self,
+        which: &crate::commands::jobs::Column,
+    ) -> Result<(SealedTable, SealedColumn)> {
+        let (table, column) = (which.table.as_str(), which.column.as_str());
         self.targets(Some(table), Some(column))?
             .into_iter()
             .next()

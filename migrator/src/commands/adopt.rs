@@ -17,7 +17,7 @@
 use leakless::FieldContext;
 use leakless::manifest::PlaintextEncoding;
 
-use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
+use crate::commands::jobs::{Column, JobArgs, dry_run_line, run_jobs};
 use crate::db::{Bind, IdTwo, OneInt, ident};
 use crate::engine::{FailureCause, Mode, RowFailure, is_key_wide};
 use crate::env::{Env, out};
@@ -27,12 +27,9 @@ use crate::scan::{OwnedRowId, Range, page_sql};
 /// Options of `adopt`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The table.
-    #[arg(long)]
-    pub table: String,
-    /// The sealed column (listed in the manifest; NULL where not yet adopted).
-    #[arg(long)]
-    pub column: String,
+    /// Which column.
+    #[command(flatten)]
+    pub target: Column,
     /// The plaintext column to adopt from (default: the manifest's `adoption.from_column`).
     #[arg(long)]
     pub from: Option<String>,
@@ -158,7 +155,7 @@ fn repair(
 /// [`Kind::Refused`] when the verification pass finds a mismatch or rows failed;
 /// [`Kind::Usage`], [`Kind::Database`], [`Kind::Keys`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    let (t, c) = env.target(&args.table, &args.column)?;
+    let (t, c) = env.target(&args.target)?;
     let from = source_column(&t.table, &c, args.from.as_deref())?;
     ident(&from)?;
     if from == c.column || from == t.row_id_column {

@@ -9,7 +9,7 @@
 //! on the new column's value read (an application write meanwhile wins). It never drops
 //! anything.
 
-use crate::commands::jobs::{JobArgs, dry_run_line, run_jobs};
+use crate::commands::jobs::{Column, JobArgs, dry_run_line, run_jobs};
 use crate::db::OneInt;
 use crate::engine::Mode;
 use crate::env::{Env, out};
@@ -18,13 +18,9 @@ use crate::error::{Failure, Kind, Result};
 /// Options of `copy`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The table.
-    #[arg(long)]
-    pub table: String,
-    /// The column the envelopes move into (the field's column; the manifest lists the old one
-    /// as moving to it).
-    #[arg(long)]
-    pub column: String,
+    /// Which column.
+    #[command(flatten)]
+    pub target: Column,
     /// Batch, worker, throttle and job options.
     #[command(flatten)]
     pub job: JobArgs,
@@ -36,7 +32,7 @@ pub struct Args {
 /// [`Kind::Usage`] when the manifest moves nothing into the column; [`Kind::Refused`] when rows
 /// failed (a value that does not open in its new place is not copied); see [`run_jobs`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    let (t, c) = env.target(&args.table, &args.column)?;
+    let (t, c) = env.target(&args.target)?;
     let Some(from) = t
         .columns
         .iter()

@@ -33,6 +33,18 @@ impl Columns {
     }
 }
 
+/// The one manifest column a command works on (`adopt`: the sealed column being filled;
+/// `copy`: the column envelopes move into).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Column {
+    /// The table.
+    #[arg(long)]
+    pub table: String,
+    /// The sealed column, as the manifest lists it.
+    #[arg(long)]
+    pub column: String,
+}
+
 /// Options every batch command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobArgs {
