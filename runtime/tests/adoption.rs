@@ -14,7 +14,7 @@
 //! and a backfill driven by the manifest alone (what `leakless-migrate adopt` does) produces
 //! envelopes the stage-3 model opens.
 //!
-//! PostgreSQL and MariaDB come from the services of `support/services.rs` (never skipped: a
+//! PostgreSQL and MariaDB come from the services of `leakless-testkit` (never skipped: a
 //! missing server fails the test, naming it).
 #![cfg(feature = "sqlite")]
 #![allow(

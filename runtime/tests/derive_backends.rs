@@ -17,7 +17,7 @@
 //! * `debug_query` of the sealed insert showing no plaintext (with a positive control).
 //!
 //! Needs `cargo test -p leakless --all-features`; PostgreSQL and MariaDB come from the services
-//! of `support/services.rs` (never skipped: a missing server fails the test, naming it).
+//! of `leakless-testkit` (never skipped: a missing server fails the test, naming it).
 #![cfg(feature = "sql-store")]
 #![allow(
     clippy::unwrap_used,

@@ -5,7 +5,7 @@
 //! `Error::ConcurrentModification` with the whole transaction rolled back).
 //!
 //! Needs `cargo test -p leakless --all-features`; the servers come from `LEAKLESS_PG_URL` /
-//! `LEAKLESS_MYSQL_URL` or from throwaway servers (see `support/services.rs`), each test in a
+//! `LEAKLESS_MYSQL_URL` or from throwaway servers (see `leakless-testkit`), each test in a
 //! database of its own. A missing server fails the test; nothing is skipped.
 
 #![cfg(all(feature = "postgres", feature = "mysql"))]

@@ -2,7 +2,7 @@
 //! JSON file, SQLite, PostgreSQL and MariaDB. The database stores need
 //! `cargo test -p leakless --all-features`; PostgreSQL and MariaDB come from `LEAKLESS_PG_URL`
 //! / `LEAKLESS_MYSQL_URL` or from throwaway servers started by `scripts/` (see
-//! `support/services.rs`), each test in a database of its own.
+//! `leakless-testkit`), each test in a database of its own.
 
 #![allow(clippy::unwrap_used, reason = "test fixtures unwrap their set-up")]
 

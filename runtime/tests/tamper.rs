@@ -14,7 +14,7 @@
 //! verified a newer head.
 //!
 //! Needs `cargo test -p leakless --all-features --test tamper`; PostgreSQL and MariaDB come from
-//! `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL` or throwaway servers (`support/services.rs`), each
+//! `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL` or throwaway servers (`leakless-testkit`), each
 //! test in a database of its own. A missing server fails the test; nothing is skipped.
 
 #![cfg(all(

@@ -4,7 +4,11 @@
 
 #![allow(dead_code, unreachable_pub, reason = "each test file uses a part")]
 
-pub mod services;
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the support code"
+)]
+pub use leakless_testkit as services;
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

@@ -1,5 +1,6 @@
-//! Shared support for the runtime's integration tests: throwaway database services and the
-//! key-store and KMS backend conformance suites. Each test binary uses only part of it.
+//! Shared support for the runtime's integration tests: throwaway database services (from
+//! `leakless-testkit`, as `support::services`) and the key-store and KMS backend conformance
+//! suites. Each test binary uses only part of it.
 
 #![allow(
     dead_code,
@@ -16,5 +17,9 @@
 )]
 
 pub mod kms_suite;
-pub mod services;
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the support code"
+)]
+pub use leakless_testkit as services;
 pub mod store_suite;

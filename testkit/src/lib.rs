@@ -1,4 +1,5 @@
-//! Database services for tests.
+//! Test support shared by the workspace's test suites (a dev-dependency only): database
+//! services.
 //!
 //! [`pg_url`] and [`mysql_url`] give the admin URL of a PostgreSQL or MariaDB server: the one
 //! named by `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL` when set, otherwise a throwaway server
@@ -7,7 +8,23 @@
 //! service it cannot get panics naming the service and how to provide it; it never skips.
 //!
 //! [`TestDb`] gives each test its own database `leakless_t_<random>`, dropped again on drop,
-//! so tests can run in parallel against one server.
+//! so tests can run in parallel against one server. [`TestDb::postgres`] needs the cargo
+//! feature `postgres`, [`TestDb::mysql`] the feature `mysql`.
+
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    reason = "test support: a failed set-up must stop the test loudly"
+)]
+#![cfg_attr(
+    not(all(feature = "postgres", feature = "mysql")),
+    allow(
+        dead_code,
+        reason = "a backend's parts are unused with its feature off"
+    )
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -257,18 +274,23 @@ fn mysql_admin(url: &str, sql: &str) -> Result<(), String> {
     c.batch_execute(sql).map_err(|e| e.to_string())
 }
 
-#[test]
-fn with_database_replaces_only_the_path() {
-    assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5/postgres", "t1"),
-        "postgres://postgres@127.0.0.1:5/t1"
-    );
-    assert_eq!(
-        with_database("mysql://u:p/w@127.0.0.1:6/", "t2"),
-        "mysql://u:p/w@127.0.0.1:6/t2"
-    );
-    assert_eq!(
-        with_database("postgres://h:5/db?sslmode=disable", "t3"),
-        "postgres://h:5/t3?sslmode=disable"
-    );
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn with_database_replaces_only_the_path() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5/postgres", "t1"),
+            "postgres://postgres@127.0.0.1:5/t1"
+        );
+        assert_eq!(
+            with_database("mysql://u:p/w@127.0.0.1:6/", "t2"),
+            "mysql://u:p/w@127.0.0.1:6/t2"
+        );
+        assert_eq!(
+            with_database("postgres://h:5/db?sslmode=disable", "t3"),
+            "postgres://h:5/t3?sslmode=disable"
+        );
+    }
 }
