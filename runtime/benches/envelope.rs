@@ -38,7 +38,9 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use leakless_testkit::bench::paired_calibrated;
 
 use leakless::aead::{self, TAG_LEN};
 use leakless::kms::LocalKms;
@@ -163,8 +165,9 @@ fn measure_engines(ctx: &FieldContext<'_>, samples: usize) -> Vec<EngineRow> {
         for size in [32, 100, 4096, 8192, 65536] {
             let mut a = random_bytes(size);
             let mut b = a.clone();
-            let (p, w, r) = paired(
+            let (p, w, r) = paired_calibrated(
                 samples,
+                BATCH_TIME,
                 || {
                     black_box(
                         aead::portable::encrypt_in_place(alg, &key, &nonce, &aad, &mut a)
@@ -259,52 +262,6 @@ fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
-/// Runs `op` `n` times and returns the mean time per call in nanoseconds.
-fn time_batch(n: u32, mut op: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..n {
-        op();
-    }
-    start.elapsed().as_secs_f64() * 1e9 / f64::from(n)
-}
-
-/// How many calls of `op` fill [`BATCH_TIME`] (at least one).
-fn calibrate(mut op: impl FnMut()) -> u32 {
-    let start = Instant::now();
-    let mut n = 0u32;
-    while start.elapsed() < BATCH_TIME && n < 1_000_000 {
-        op();
-        n += 1;
-    }
-    n.max(1)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Times a baseline and a measured op in the same samples. Returns (baseline median, measured
-/// median, median of per-sample measured/baseline ratios).
-fn paired(samples: usize, mut base: impl FnMut(), mut measured: impl FnMut()) -> (f64, f64, f64) {
-    let n_base = calibrate(&mut base);
-    let n_meas = calibrate(&mut measured);
-    let (mut b, mut m, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..samples {
-        let (tb, tm) = if i % 2 == 0 {
-            let tb = time_batch(n_base, &mut base);
-            (tb, time_batch(n_meas, &mut measured))
-        } else {
-            let tm = time_batch(n_meas, &mut measured);
-            (time_batch(n_base, &mut base), tm)
-        };
-        b.push(tb);
-        m.push(tm);
-        r.push(tm / tb);
-    }
-    (median(&mut b), median(&mut m), median(&mut r))
-}
-
 fn measure_cell(alg: Algorithm, size: usize, ctx: &FieldContext<'_>, samples: usize) -> Row {
     let scope = KeyScope::new("patients").expect("scope name");
     let ring = ring_with_scope(&scope);
@@ -336,8 +293,9 @@ fn measure_cell(alg: Algorithm, size: usize, ctx: &FieldContext<'_>, samples: us
     let mut work = vec![0u8; size];
     assert_eq!(tag.len(), TAG_LEN);
 
-    let (raw_enc, seal, seal_ratio) = paired(
+    let (raw_enc, seal, seal_ratio) = paired_calibrated(
         samples,
+        BATCH_TIME,
         || {
             work.copy_from_slice(&plaintext);
             let t = aead::encrypt_in_place(alg, &key, &nonce, &aad, black_box(&mut work));
@@ -349,8 +307,9 @@ fn measure_cell(alg: Algorithm, size: usize, ctx: &FieldContext<'_>, samples: us
         },
     );
     let mut work = vec![0u8; size];
-    let (raw_dec, open, open_ratio) = paired(
+    let (raw_dec, open, open_ratio) = paired_calibrated(
         samples,
+        BATCH_TIME,
         || {
             work.copy_from_slice(&ciphertext);
             let r = aead::decrypt_in_place(alg, &key, &nonce, &aad, black_box(&mut work), &tag);
@@ -406,8 +365,9 @@ fn measure_rewrap(ctx: &FieldContext<'_>, samples: usize) -> RewrapRow {
     let aad = ctx.encode().expect("context encodes");
     // rewrap returns None once an envelope is on the active version, so always re-wrap the
     // original v1 envelope.
-    let (raw_wrap, rewrap, ratio) = paired(
+    let (raw_wrap, rewrap, ratio) = paired_calibrated(
         samples,
+        BATCH_TIME,
         || {
             work.copy_from_slice(&dek);
             let t = aead::encrypt_in_place(

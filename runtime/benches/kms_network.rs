@@ -31,6 +31,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
+use leakless_testkit::bench::{human_ns, median};
+
 use leakless::kms::{
     AwsCredentials, AwsKms, AwsKmsConfig, Kms, LocalKms, VaultConfig, VaultToken, VaultTransitKms,
 };
@@ -109,11 +111,6 @@ impl Subject {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Runs `op` on every subject `samples` times, rotating the order; returns the per-subject
 /// medians and the medians of per-sample ratios to subject 0.
 fn measure(subjects: &[Subject], samples: usize, op: impl Fn(&Subject) -> f64) -> Vec<(f64, f64)> {
@@ -141,14 +138,6 @@ fn measure(subjects: &[Subject], samples: usize, op: impl Fn(&Subject) -> f64) -
         .zip(ratios.iter_mut())
         .map(|(t, r)| (median(t), median(r)))
         .collect()
-}
-
-fn show(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else {
-        format!("{:.2} µs", ns / 1e3)
-    }
 }
 
 fn main() {
@@ -220,7 +209,7 @@ fn main() {
     ] {
         print!("| {label} |");
         for (t, _) in rows {
-            print!(" {} |", show(*t));
+            print!(" {} |", human_ns(*t));
         }
         for (_, r) in rows.iter().skip(1) {
             print!(" {r:.2}x |");

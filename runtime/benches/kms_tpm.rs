@@ -32,6 +32,7 @@ use std::time::Instant;
 use leakless::kms::{Kms, LocalKms, TpmConfig, TpmKms};
 use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+use leakless_testkit::bench::{human_ns as human, paired, paired_batched};
 
 const TCTI_ENV: &str = "LEAKLESS_TPM_TCTI";
 
@@ -163,63 +164,4 @@ fn row(name: &str, samples: usize, local: f64, tpm: f64, ratio: f64) {
         human(local),
         human(tpm)
     );
-}
-
-fn human(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.2} us", ns / 1e3)
-    } else {
-        format!("{ns:.0} ns")
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn time_batch(n: u32, mut op: impl FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..n {
-        op();
-    }
-    start.elapsed().as_secs_f64() * 1e9 / f64::from(n)
-}
-
-/// Times one call of each op per sample, alternating which goes first. Returns (local median,
-/// tpm median, median of per-sample tpm/local ratios).
-fn paired(samples: usize, base: impl FnMut(), measured: impl FnMut()) -> (f64, f64, f64) {
-    paired_n(samples, 1, base, measured)
-}
-
-/// Like [`paired`], with each sample a batch of 200 calls (for sub-microsecond ops).
-fn paired_batched(samples: usize, base: impl FnMut(), measured: impl FnMut()) -> (f64, f64, f64) {
-    paired_n(samples, 200, base, measured)
-}
-
-fn paired_n(
-    samples: usize,
-    n: u32,
-    mut base: impl FnMut(),
-    mut measured: impl FnMut(),
-) -> (f64, f64, f64) {
-    // One untimed round of each first: connections, caches and lazy statics.
-    base();
-    measured();
-    let (mut b, mut m, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..samples {
-        let (tb, tm) = if i % 2 == 0 {
-            let tb = time_batch(n, &mut base);
-            (tb, time_batch(n, &mut measured))
-        } else {
-            let tm = time_batch(n, &mut measured);
-            (time_batch(n, &mut base), tm)
-        };
-        b.push(tb);
-        m.push(tm);
-        r.push(tm / tb);
-    }
-    (median(&mut b), median(&mut m), median(&mut r))
 }

@@ -1,5 +1,5 @@
-//! Test support shared by the workspace's test suites (a dev-dependency only): database
-//! services.
+//! Test support shared by the workspace's test suites and benches (a dev-dependency only):
+//! database services, and the paired timing of the bench binaries ([`bench`]).
 //!
 //! [`pg_url`] and [`mysql_url`] give the admin URL of a PostgreSQL or MariaDB server: the one
 //! named by `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL` when set, otherwise a throwaway server
@@ -25,6 +25,8 @@
         reason = "a backend's parts are unused with its feature off"
     )
 )]
+
+pub mod bench;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
