@@ -241,19 +241,8 @@ fn use_manifest(f: &Fixture, table: leakless::manifest::SealedTable) {
     std::fs::write(&f.manifest, json).unwrap();
 }
 
-#[test]
-fn adopt_pair_sqlite() {
-    adopt_pair(Backend::Sqlite);
-}
-
-#[test]
-fn adopt_pair_postgres() {
-    adopt_pair(Backend::Postgres);
-}
-
-#[test]
-fn adopt_pair_mariadb() {
-    adopt_pair(Backend::Mysql);
+backend_tests! {
+    adopt_pair => [sqlite, postgres, mariadb],
 }
 
 /// The manifest records both columns and their keys; a value whose JSON lacks a key cannot be

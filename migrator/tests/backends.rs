@@ -10,6 +10,7 @@
 //! verify (also catching a planted bad envelope), the key lifecycle with destroy's refusal,
 //! reencrypt, and the full adopt sequence on a plaintext column.
 
+#[macro_use]
 mod support;
 
 use leakless::PaddingPolicy;
@@ -329,34 +330,9 @@ fn adopt(backend: Backend) {
     });
 }
 
-#[test]
-fn lifecycle_sqlite() {
-    lifecycle(Backend::Sqlite);
-}
-
-#[test]
-fn lifecycle_postgres() {
-    lifecycle(Backend::Postgres);
-}
-
-#[test]
-fn lifecycle_mariadb() {
-    lifecycle(Backend::Mysql);
-}
-
-#[test]
-fn adopt_sqlite() {
-    adopt(Backend::Sqlite);
-}
-
-#[test]
-fn adopt_postgres() {
-    adopt(Backend::Postgres);
-}
-
-#[test]
-fn adopt_mariadb() {
-    adopt(Backend::Mysql);
+backend_tests! {
+    lifecycle => [sqlite, postgres, mariadb],
+    adopt => [sqlite, postgres, mariadb],
 }
 
 /// `status` and `adopt` driven by the manifest's `adoption` field: status separates the rows
@@ -441,19 +417,8 @@ fn adopt_from_manifest(backend: Backend) {
     );
 }
 
-#[test]
-fn adopt_from_manifest_sqlite() {
-    adopt_from_manifest(Backend::Sqlite);
-}
-
-#[test]
-fn adopt_from_manifest_postgres() {
-    adopt_from_manifest(Backend::Postgres);
-}
-
-#[test]
-fn adopt_from_manifest_mariadb() {
-    adopt_from_manifest(Backend::Mysql);
+backend_tests! {
+    adopt_from_manifest => [sqlite, postgres, mariadb],
 }
 
 /// Without `--from` and without an adoption in the manifest, `adopt` is a usage error.
@@ -656,19 +621,8 @@ struct Sealed4 {
     d: Option<Vec<u8>>,
 }
 
-#[test]
-fn adopt_legacy_types_sqlite() {
-    adopt_legacy_types(Backend::Sqlite);
-}
-
-#[test]
-fn adopt_legacy_types_postgres() {
-    adopt_legacy_types(Backend::Postgres);
-}
-
-#[test]
-fn adopt_legacy_types_mariadb() {
-    adopt_legacy_types(Backend::Mysql);
+backend_tests! {
+    adopt_legacy_types => [sqlite, postgres, mariadb],
 }
 
 /// A manifest naming a column or table the database does not have (the application's
@@ -713,17 +667,6 @@ fn manifest_ahead_of_the_database(backend: Backend) {
     }
 }
 
-#[test]
-fn manifest_ahead_of_the_database_sqlite() {
-    manifest_ahead_of_the_database(Backend::Sqlite);
-}
-
-#[test]
-fn manifest_ahead_of_the_database_postgres() {
-    manifest_ahead_of_the_database(Backend::Postgres);
-}
-
-#[test]
-fn manifest_ahead_of_the_database_mariadb() {
-    manifest_ahead_of_the_database(Backend::Mysql);
+backend_tests! {
+    manifest_ahead_of_the_database => [sqlite, postgres, mariadb],
 }

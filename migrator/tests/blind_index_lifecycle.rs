@@ -12,6 +12,7 @@
 //! (and shown to miss rows exactly where the product refuses to go: tokens on a retired
 //! version). `adopt` on a column with a blind index computes the tokens too.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -279,19 +280,8 @@ fn lifecycle(backend: Backend) {
     assert_eq!(ix["reindex_work"], 0, "{ix}");
 }
 
-#[test]
-fn blind_index_lifecycle_sqlite() {
-    lifecycle(Backend::Sqlite);
-}
-
-#[test]
-fn blind_index_lifecycle_postgres() {
-    lifecycle(Backend::Postgres);
-}
-
-#[test]
-fn blind_index_lifecycle_mariadb() {
-    lifecycle(Backend::Mysql);
+backend_tests! {
+    lifecycle => [sqlite, postgres, mariadb],
 }
 
 /// `adopt` on a column with a blind index seals the plaintext and computes the tokens, so
@@ -313,14 +303,8 @@ fn adopt_computes_tokens(backend: Backend) {
     assert_eq!(token_versions(&f), vec![(1, ROWS as u64)]);
 }
 
-#[test]
-fn adopt_computes_tokens_sqlite() {
-    adopt_computes_tokens(Backend::Sqlite);
-}
-
-#[test]
-fn adopt_computes_tokens_postgres() {
-    adopt_computes_tokens(Backend::Postgres);
+backend_tests! {
+    adopt_computes_tokens => [sqlite, postgres],
 }
 
 /// `reindex` on a column without a blind index is a usage error naming it.

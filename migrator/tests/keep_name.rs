@@ -493,19 +493,8 @@ fn keep_name(backend: Backend) {
     assert!(out.contains("customers.email"), "{out}");
 }
 
-#[test]
-fn keep_name_sqlite() {
-    keep_name(Backend::Sqlite);
-}
-
-#[test]
-fn keep_name_postgres() {
-    keep_name(Backend::Postgres);
-}
-
-#[test]
-fn keep_name_mariadb() {
-    keep_name(Backend::Mysql);
+backend_tests! {
+    keep_name => [sqlite, postgres, mariadb],
 }
 
 /// The manifest of a moving build lists both columns, the old one as moving to the new one,

@@ -32,58 +32,11 @@ use leakless::store::KeyStore;
 use leakless::store::sql::SqlKeyStore;
 use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 use leakless_migrator::db::{Bind, DbUrl};
-use support::{TestDb, plain, stderr, stdout};
+use support::{CLI_VARS, TestDb, plain, random_hex, service_var, stderr, stdout};
 use zeroize::Zeroizing;
 
 const SCOPE: &str = "patients";
 const ROWS: i64 = 40;
-
-/// Every variable the migrator reads for its root of trust: removed from each child, so the
-/// developer's or CI's own settings never leak into a case.
-const KMS_VARS: &[&str] = &[
-    "LEAKLESS_KMS",
-    "LEAKLESS_ROOT_KEY",
-    "LEAKLESS_ROOT_KEY_FILE",
-    "LEAKLESS_KEY_STORE",
-    "LEAKLESS_PKCS11_MODULE",
-    "LEAKLESS_PKCS11_TOKEN",
-    "LEAKLESS_PKCS11_KEY_LABEL",
-    "LEAKLESS_PKCS11_PIN_FILE",
-    "LEAKLESS_PKCS11_PIN",
-    "LEAKLESS_AWS_KMS_KEY_ID",
-    "LEAKLESS_AWS_REGION",
-    "LEAKLESS_AWS_KMS_ENDPOINT",
-    "LEAKLESS_VAULT_ADDR",
-    "LEAKLESS_VAULT_KEY",
-    "LEAKLESS_VAULT_MOUNT",
-    "LEAKLESS_VAULT_NAMESPACE",
-    "LEAKLESS_VAULT_CACERT",
-    "LEAKLESS_VAULT_TOKEN_FILE",
-    "LEAKLESS_VAULT_TOKEN",
-    "LEAKLESS_TPM_TCTI",
-    "LEAKLESS_TPM_SEALED_FILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-];
-
-/// A variable a service prints, or a panic naming the service and how to start it.
-fn service_var(var: &str, service: &str, script: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!(
-            "{var} is not set: this test needs {service}. Start it with `scripts/services/{script} \
-             start DIR --owner-pid $$` and export the VAR=value lines it prints (scripts/test \
-             does this for you)"
-        )
-    })
-}
-
-fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
-    hex::encode(bytes)
-}
 
 /// One backend's case: a database with the `patients` table and its key store, the root key
 /// in-process (to seal the rows), and the settings the CLI gets for it.
@@ -191,7 +144,7 @@ impl Case {
     /// As [`Self::cmd`], without the case's flags (only its environment).
     fn cmd_env_only(&self, extra: &[(&str, OsString)]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
-        for v in KMS_VARS {
+        for v in CLI_VARS {
             c.env_remove(v);
         }
         c.env("LEAKLESS_DATABASE_URL", &self.url)
@@ -552,7 +505,7 @@ fn tpm_full_lifecycle_on_swtpm() {
 /// A bare migrator: no settings at all.
 fn bare(args: &[&str], extra: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
-    for v in KMS_VARS {
+    for v in CLI_VARS {
         c.env_remove(v);
     }
     c.env("LEAKLESS_DATABASE_URL", "/nonexistent-dir/x.db")

@@ -242,14 +242,7 @@ fn unseal_refuses_too_few_corrupted_and_foreign_shares() {
 /// Shares on the five SoftHSM2 custodian tokens of `scripts/services/softhsm`.
 #[test]
 fn split_to_custodian_tokens_and_unseal_from_three() {
-    let var = |v: &str| {
-        std::env::var(v).unwrap_or_else(|_| {
-            panic!(
-                "{v} is not set: this test needs SoftHSM2: run `scripts/services/softhsm start \
-                 DIR --owner-pid $$` and export the lines it prints (scripts/test does this)"
-            )
-        })
-    };
+    let var = |v: &str| leakless_testkit::service_var(v, "SoftHSM2 (PKCS#11)", "softhsm");
     var("SOFTHSM2_CONF");
     let module = var("LEAKLESS_PKCS11_MODULE");
     let tokens: Vec<String> = var("LEAKLESS_PKCS11_CUSTODIANS")

@@ -43,7 +43,10 @@ use leakless::kms::{
 use leakless::store::sql::SqlKeyStore;
 use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 use leakless_migrator::db::{Bind, DbUrl};
-use support::{Backend, TestDb, plain, stderr, stdout, wait_for_cache_window};
+use support::{
+    Backend, CLI_VARS, TestDb, plain, random_hex, service_var, stderr, stdout,
+    wait_for_cache_window,
+};
 use zeroize::Zeroizing;
 
 /// Scope A: the one that is shredded. Table `patients`, column `email`.
@@ -53,55 +56,6 @@ const B: &str = "visits";
 /// Rows per scope (different, so a mix-up of the two shows).
 const A_ROWS: u64 = 30;
 const B_ROWS: u64 = 20;
-
-/// Every variable the migrator reads for its database and root of trust: removed from each
-/// child, so the developer's or CI's own settings never leak into a case.
-const CLI_VARS: &[&str] = &[
-    "LEAKLESS_DATABASE_URL",
-    "LEAKLESS_KEY_STORE",
-    "LEAKLESS_MANIFEST",
-    "LEAKLESS_KMS",
-    "LEAKLESS_ROOT_KEY",
-    "LEAKLESS_ROOT_KEY_FILE",
-    "LEAKLESS_PKCS11_MODULE",
-    "LEAKLESS_PKCS11_TOKEN",
-    "LEAKLESS_PKCS11_KEY_LABEL",
-    "LEAKLESS_PKCS11_PIN_FILE",
-    "LEAKLESS_PKCS11_PIN",
-    "LEAKLESS_AWS_KMS_KEY_ID",
-    "LEAKLESS_AWS_REGION",
-    "LEAKLESS_AWS_KMS_ENDPOINT",
-    "LEAKLESS_VAULT_ADDR",
-    "LEAKLESS_VAULT_KEY",
-    "LEAKLESS_VAULT_MOUNT",
-    "LEAKLESS_VAULT_NAMESPACE",
-    "LEAKLESS_VAULT_CACERT",
-    "LEAKLESS_VAULT_TOKEN_FILE",
-    "LEAKLESS_VAULT_TOKEN",
-    "LEAKLESS_TPM_TCTI",
-    "LEAKLESS_TPM_SEALED_FILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-];
-
-/// A variable a service prints, or a panic naming the service and how to start it.
-fn service_var(var: &str, service: &str, script: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!(
-            "{var} is not set: this test needs {service}. Start it with `scripts/services/{script} \
-             start DIR --owner-pid $$` and export the VAR=value lines it prints (scripts/test \
-             does this for you)"
-        )
-    })
-}
-
-fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
-    hex::encode(bytes)
-}
 
 /// The plaintext of scope B's row `i` (fake, generated).
 fn visit_note(i: i64) -> String {

@@ -10,6 +10,7 @@
 //! sealed under another tenant's scope (for the right table, column and row), and a tenant
 //! column that is neither an integer nor text is refused up front.
 
+#[macro_use]
 mod support;
 
 use std::fmt::Display;
@@ -237,14 +238,8 @@ fn binary_tenant_is_refused(backend: Backend) {
     }
 }
 
-#[test]
-fn binary_tenant_refused_sqlite() {
-    binary_tenant_is_refused(Backend::Sqlite);
-}
-
-#[test]
-fn binary_tenant_refused_postgres() {
-    binary_tenant_is_refused(Backend::Postgres);
+backend_tests! {
+    binary_tenant_is_refused => [sqlite, postgres],
 }
 
 /// A blind index with an index key per tenant (`"per_tenant": true`, scope prefix `bidx:`):
@@ -373,12 +368,6 @@ fn per_tenant_index(backend: Backend) {
     );
 }
 
-#[test]
-fn per_tenant_index_sqlite() {
-    per_tenant_index(Backend::Sqlite);
-}
-
-#[test]
-fn per_tenant_index_postgres() {
-    per_tenant_index(Backend::Postgres);
+backend_tests! {
+    per_tenant_index => [sqlite, postgres],
 }

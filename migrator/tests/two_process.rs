@@ -19,6 +19,7 @@
 //! `--force` and shows the scan catching rows sealed under the destroyed version after it was
 //! destroyed. On SQLite and PostgreSQL.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -525,22 +526,7 @@ fn forced_destroy_loses_writes(backend: Backend) {
     assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
 }
 
-#[test]
-fn destroy_waits_for_warm_caches_sqlite() {
-    destroy_waits_for_warm_caches(Backend::Sqlite);
-}
-
-#[test]
-fn destroy_waits_for_warm_caches_postgres() {
-    destroy_waits_for_warm_caches(Backend::Postgres);
-}
-
-#[test]
-fn forced_destroy_loses_writes_sqlite() {
-    forced_destroy_loses_writes(Backend::Sqlite);
-}
-
-#[test]
-fn forced_destroy_loses_writes_postgres() {
-    forced_destroy_loses_writes(Backend::Postgres);
+backend_tests! {
+    destroy_waits_for_warm_caches => [sqlite, postgres],
+    forced_destroy_loses_writes => [sqlite, postgres],
 }

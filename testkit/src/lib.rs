@@ -60,6 +60,26 @@ const MARIADB: Service = Service {
     example: "mysql://root:PASSWORD@127.0.0.1:3306/",
 };
 
+/// The value of `var`, which a service script prints (`scripts/services/<script> start DIR
+/// --owner-pid PID` prints `VAR=value` lines), or a panic naming `service` and how to start it:
+/// a test that needs a service never skips.
+pub fn service_var(var: &str, service: &str, script: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set: this test needs {service}. Start it with `scripts/services/{script} \
+             start DIR --owner-pid $$` and export the VAR=value lines it prints (scripts/test \
+             does this for you)"
+        )
+    })
+}
+
+/// `n` random bytes as lowercase hex: unique names for keys, labels and tokens.
+#[must_use]
+pub fn random_hex(n: usize) -> String {
+    let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The admin URL of a PostgreSQL server (`LEAKLESS_PG_URL`, or a throwaway cluster).
 pub fn pg_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();

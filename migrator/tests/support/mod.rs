@@ -9,6 +9,11 @@
     reason = "each test binary uses a different part of the support code"
 )]
 pub use leakless_testkit as services;
+#[allow(
+    unused_imports,
+    reason = "each test binary uses a different part of the support code"
+)]
+pub use leakless_testkit::{random_hex, service_var};
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -21,6 +26,32 @@ use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 use leakless_migrator::db::{Bind, Db, DbUrl, IdBytes, OneInt};
 
 pub use services::TestDb;
+
+/// Defines, for each `check => [backends]`, a module `check` with one test per backend
+/// (`sqlite`, `postgres`, `mariadb`) calling `check(Backend::...)`: `adopt::postgres` runs
+/// `adopt(Backend::Postgres)`. For the test files that run one check on several databases
+/// (`#[macro_use]`).
+#[allow(
+    unused_macros,
+    reason = "used by the test files that run a check per backend"
+)]
+macro_rules! backend_tests {
+    ($($check:ident => [$($backend:ident),+ $(,)?]),+ $(,)?) => {
+        $(
+            mod $check {
+                $(
+                    #[test]
+                    fn $backend() {
+                        super::$check(backend_tests!(@backend $backend));
+                    }
+                )+
+            }
+        )+
+    };
+    (@backend sqlite) => { $crate::support::Backend::Sqlite };
+    (@backend postgres) => { $crate::support::Backend::Postgres };
+    (@backend mariadb) => { $crate::support::Backend::Mysql };
+}
 
 /// Runs `$body` with `$c` bound to a `&mut` diesel connection to the fixture's database: one
 /// instantiation per connection type, so generic diesel code (a derive model's row) runs on
@@ -57,6 +88,38 @@ macro_rules! on_conn {
         }
     }};
 }
+
+/// Every variable the migrator reads for its database and root of trust: a test removes them
+/// from each child it starts, so the developer's or CI's own settings never leak into a case.
+pub const CLI_VARS: &[&str] = &[
+    "LEAKLESS_DATABASE_URL",
+    "LEAKLESS_KEY_STORE",
+    "LEAKLESS_MANIFEST",
+    "LEAKLESS_KMS",
+    "LEAKLESS_ROOT_KEY",
+    "LEAKLESS_ROOT_KEY_FILE",
+    "LEAKLESS_PKCS11_MODULE",
+    "LEAKLESS_PKCS11_TOKEN",
+    "LEAKLESS_PKCS11_KEY_LABEL",
+    "LEAKLESS_PKCS11_PIN_FILE",
+    "LEAKLESS_PKCS11_PIN",
+    "LEAKLESS_AWS_KMS_KEY_ID",
+    "LEAKLESS_AWS_REGION",
+    "LEAKLESS_AWS_KMS_ENDPOINT",
+    "LEAKLESS_VAULT_ADDR",
+    "LEAKLESS_VAULT_KEY",
+    "LEAKLESS_VAULT_MOUNT",
+    "LEAKLESS_VAULT_NAMESPACE",
+    "LEAKLESS_VAULT_CACERT",
+    "LEAKLESS_VAULT_TOKEN_FILE",
+    "LEAKLESS_VAULT_TOKEN",
+    "LEAKLESS_TPM_TCTI",
+    "LEAKLESS_TPM_SEALED_FILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+];
 
 /// The scope of the test table.
 pub const SCOPE: &str = "patients";
