@@ -249,7 +249,13 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             let plain_bytes = if let Some(f1) = f1 {
                 seal_inits.push(quote!(#f0: #plain.map(|[v, _]| v)));
                 seal_inits.push(quote!(#f1: #plain.map(|[_, v]| v)));
-                quote!(#p::pair_plaintext([#(#keys),*], [row.#f0, row.#f1])?)
+                let Some([(k0, c0), (k1, c1)]) = &a.pair else {
+                    return Err(syn::Error::new(ident.span(), "a pair names two columns"));
+                };
+                let [k0, c0, k1, c1] = [k0, c0, k1, c1].map(ToString::to_string);
+                quote!(#p::pair_plaintext(#table, __row, [
+                    (#k0, #c0, row.#f0), (#k1, #c1, row.#f1),
+                ])?)
             } else {
                 seal_inits.push(quote!(#f0: #plain.map(|[v]| v)));
                 if text {

@@ -19,7 +19,7 @@ mod support;
 
 use diesel::prelude::*;
 use leakless::manifest::{AdoptionPair, SchemaManifest};
-use leakless::{Error, Json, Sealed};
+use leakless::{Error, Json, RowId, Sealed};
 use serde::{Deserialize, Serialize};
 use support::{Backend, Fixture, stderr, stdout};
 
@@ -265,15 +265,22 @@ fn the_manifest_records_the_pair_and_a_missing_key_is_an_error() {
         leakless::__private::plaintext_pair(&Json(serde_json::json!({"lat": 1.0})), ["lat", "lon"])
             .unwrap_err();
     assert!(e.to_string().contains("no number under `lon`"), "{e}");
+    let pair = |a: Option<f64>, b: Option<f64>| {
+        leakless::__private::pair_plaintext(
+            "places",
+            RowId::Int(7),
+            [("lat", "latitude", a), ("lon", "longitude", b)],
+        )
+    };
     assert_eq!(
-        leakless::__private::pair_plaintext(["lat", "lon"], [Some(1.5), Some(-2.0)]).unwrap(),
+        pair(Some(1.5), Some(-2.0)).unwrap(),
         Some(br#"{"lat":1.5,"lon":-2.0}"#.to_vec())
     );
-    assert_eq!(
-        leakless::__private::pair_plaintext(["lat", "lon"], [Some(1.5), None]).unwrap(),
-        None
-    );
+    assert_eq!(pair(Some(1.5), None).unwrap(), None);
+    let e = pair(Some(f64::NAN), Some(1.0)).unwrap_err();
     assert!(
-        leakless::__private::pair_plaintext(["lat", "lon"], [Some(f64::NAN), Some(1.0)]).is_err()
+        e.to_string()
+            .contains("places.latitude of row int:7 holds NaN"),
+        "{e}"
     );
 }

@@ -379,24 +379,29 @@ pub mod __private {
     }
 
     /// The legacy plaintext of a value adopted from two numeric columns (`adopt(pair(...))`):
-    /// the compact JSON object `{"<key 0>":<value 0>,"<key 1>":<value 1>}`, or `None` when
-    /// either column is NULL (the migrator's backfill reads a pair the same way). The keys are
-    /// plain names (the derive checks them).
+    /// the compact JSON object `{"<key 0>":<value 0>,"<key 1>":<value 1>}` of `members` (each
+    /// `(key, column, value)`), or `None` when either column is NULL (the migrator's backfill
+    /// reads a pair the same way). The keys are plain names (the derive checks them).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming table, column and row for a NaN or an infinity.
     pub fn pair_plaintext(
-        keys: [&str; 2],
-        values: [Option<f64>; 2],
+        table: &str,
+        row: RowId<'_>,
+        members: [(&str, &str, Option<f64>); 2],
     ) -> Result<Option<Vec<u8>>, Error> {
-        let ([k0, k1], [Some(v0), Some(v1)]) = (keys, values) else {
+        let [(k0, c0, Some(v0)), (k1, c1, Some(v1))] = members else {
             return Ok(None);
         };
-        let num = |k: &str, v: f64| {
+        let num = |column: &str, v: f64| {
             serde_json::Number::from_f64(v).ok_or_else(|| {
                 pair_error(format!(
-                    "the column under `{k}` holds NaN or an infinity, which no JSON number is"
+                    "{table}.{column} of row {row} holds NaN or an infinity, which no JSON \
+                     number is"
                 ))
             })
         };
-        let text = format!("{{\"{k0}\":{},\"{k1}\":{}}}", num(k0, v0)?, num(k1, v1)?);
+        let text = format!("{{\"{k0}\":{},\"{k1}\":{}}}", num(c0, v0)?, num(c1, v1)?);
         Ok(Some(text.into_bytes()))
     }
 
