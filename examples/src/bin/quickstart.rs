@@ -76,7 +76,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use leakless::envelope;
-use leakless::keyring::ShredStatus;
+use leakless::keyring::{ShredReport, ShredStatus};
 use leakless::kms::LocalKms;
 use leakless::store::FileKeyStore;
 use leakless::{AuditInfo, FieldContext, Json, KekVersion, KeyRing, KeyScope, RowId, Sealed};
@@ -407,109 +407,18 @@ fn run() -> Result<(), Box<dyn Error>> {
     );
 
     // ----- keys: root key file -> KMS, key store file -> KEK records ------------------------
-    let root_path = ws.join(ROOT_KEY_FILE);
-    let store_path = ws.join(KEY_STORE_FILE);
-    let kms = Arc::new(if root_path.exists() {
-        say!("  root key           {ROOT_KEY_FILE}: reused (LocalKms, single-host)");
-        LocalKms::from_key_file(&root_path)?
-    } else {
-        if store_path.exists() {
-            return Err(fail(
-                format!(
-                    "{} has a key store but no root key file: its KEKs cannot be unwrapped",
-                    ws.display()
-                ),
-                "use an empty --dir, or put back the root key file that made this key store",
-            ));
-        }
-        say!("  root key           {ROOT_KEY_FILE}: new, mode 0600 (LocalKms, single-host)");
-        LocalKms::generate_key_file(&root_path)?
-    });
-    let store = FileKeyStore::open(&store_path)?;
-    say!("  key store          {KEY_STORE_FILE}: wrapped KEKs and the audit log");
-    say!("                     a separate file from the database on purpose: destroying a");
-    say!("                     KEK version crypto-shreds old database backups only if the");
-    say!("                     key store is kept apart from those backups");
-    // The ring holds the same `LocalKms` that completes the shred below: when the shred
-    // moves the root key file to a new epoch, this ring follows it.
-    let ring = KeyRing::builder(kms.clone(), Arc::new(store))
-        .cache_window(DEMO_CACHE_WINDOW)
-        .build();
-    say!(
-        "  cache window       {} s: how long a running application may keep sealing under a",
-        DEMO_CACHE_WINDOW.as_secs()
-    );
-    say!("                     rotated-away KEK version, so retire/destroy wait that long; short");
-    say!("                     because this demo is one process (production: minutes, default 5)");
-    let scope = KeyScope::new(SCOPE)?;
+    let Keys {
+        kms,
+        ring,
+        scope,
+        first_version,
+        root_path,
+        store_path,
+    } = open_keys(ws)?;
     let audit = AuditInfo::new("quickstart", "demo rotation");
-    // Which scopes exist, from the store's list of names: listing a scope's versions verifies
-    // them against the store's integrity key, which a brand-new store does not have yet.
-    let known = ring.store().scopes()?;
-    if !known.contains(&scope) {
-        ring.create_scope(&scope, &AuditInfo::new("quickstart", "demo setup"))?;
-        say!("  key scope          {scope}: created with active KEK v1");
-    } else {
-        say!(
-            "  key scope          {scope}: reused, active KEK {}",
-            active_version(&ring, &scope)?
-        );
-    }
-    let bidx_scope = KeyScope::new(BIDX_SCOPE)?;
-    if !known.contains(&bidx_scope) {
-        ring.create_scope(
-            &bidx_scope,
-            &AuditInfo::new("quickstart", "blind-index keys"),
-        )?;
-        say!(
-            "  key scope          {bidx_scope}: created for the blind-index keys (never rotated here)"
-        );
-    } else {
-        say!("  key scope          {bidx_scope}: reused, blind-index keys");
-    }
-    let first_version = active_version(&ring, &scope)?;
 
     // ----- database ------------------------------------------------------------------------
-    let db_path = ws.join(DB_FILE);
-    let replaced = remove_database_files(&db_path)?;
-    let db_url = db_path.to_str().ok_or_else(|| {
-        fail(
-            "the folder path is not valid UTF-8",
-            "use a UTF-8 --dir path",
-        )
-    })?;
-    let mut conn = SqliteConnection::establish(db_url)?;
-    let mode: JournalMode = diesel::sql_query("PRAGMA journal_mode=WAL").get_result(&mut conn)?;
-    if mode.journal_mode != "wal" {
-        return Err(fail(
-            format!("SQLite refused WAL mode (got {:?})", mode.journal_mode),
-            "use a folder on a local file system",
-        ));
-    }
-    // No automatic checkpoints: every page this run writes stays in the -wal file until the
-    // connection closes, so the scan below sees the WAL with all of it.
-    conn.batch_execute("PRAGMA wal_autocheckpoint=0;")?;
-    diesel::sql_query(
-        "CREATE TABLE patients (
-            id TEXT PRIMARY KEY NOT NULL,
-            name TEXT NOT NULL,
-            address BLOB NOT NULL,
-            email BLOB NOT NULL,
-            email_bidx BLOB NOT NULL,
-            gps BLOB NOT NULL,
-            transcript BLOB
-        );
-        CREATE INDEX patients_email_bidx ON patients (email_bidx)",
-    )
-    .execute(&mut conn)?;
-    say!(
-        "  database           {DB_FILE}: SQLite through diesel, journal_mode=wal, no autocheckpoint{}",
-        if replaced {
-            " (replaced the previous run's)"
-        } else {
-            ""
-        }
-    );
+    let (mut conn, db_path) = open_database(ws)?;
 
     // ----- seal and insert --------------------------------------------------------------------
     say!();
@@ -531,39 +440,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         rows.len()
     );
     say!("  inserted {inserted} rows in one statement");
-    for c in Patient::manifest().columns {
-        let index = c
-            .blind_index
-            .map(|b| {
-                format!(
-                    ", blind index {} (scope {}, {} bytes, {})",
-                    b.column, b.scope, b.bytes, b.normalizer
-                )
-            })
-            .unwrap_or_default();
-        say!(
-            "  {:<11} {:<18} {}{}{index}",
-            c.column,
-            c.algorithm,
-            c.encoding,
-            if c.nullable { ", nullable" } else { "" }
-        );
-    }
-    say!("  padded lengths (what an attacker learns: the size class, never the value)");
-    for (n, row) in rows.iter().enumerate() {
-        let mut cells = Vec::new();
-        for column in Column::ALL {
-            match column.sealed(row) {
-                Some(env) => {
-                    let info = envelope::inspect(env)
-                        .map_err(|e| e.at(context(&row.id, column).location()))?;
-                    cells.push(format!("{} {}", column.name(), info.padded_len));
-                }
-                None => cells.push(format!("{} NULL", column.name())),
-            }
-        }
-        say!("    row {}: {}", n.saturating_add(1), cells.join(", "));
-    }
+    print_layout(&rows)?;
 
     // ----- read back and open ------------------------------------------------------------------
     say!();
@@ -625,26 +502,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         "  rotated: {new_version} active; {old_version} in grace for {} min (opens, never seals)",
         GRACE.as_secs() / 60
     );
-    let rewrapped = conn.transaction::<usize, Box<dyn Error>, _>(|conn| {
-        let mut count = 0usize;
-        for mut row in stored.clone() {
-            for column in Column::ALL {
-                let ctx = context(&row.id, column);
-                let new = match column.sealed(&row) {
-                    Some(env) => ring.rewrap(&ctx, env)?,
-                    None => None,
-                };
-                if let (Some(new), Some(slot)) = (new, column.sealed_mut(&mut row)) {
-                    *slot = new;
-                    count = count.saturating_add(1);
-                }
-            }
-            diesel::update(patients::table.filter(patients::id.eq(&row.id)))
-                .set(&row)
-                .execute(conn)?;
-        }
-        Ok(count)
-    })?;
+    let rewrapped = rewrap_all(&mut conn, &ring, &stored)?;
     timings.push(("rotate + re-wrap + update", t.elapsed()));
     say!(
         "  KeyRing::rewrap of the stored envelopes (contexts: table {TABLE}, column, row id, schema v{SCHEMA_VERSION}):"
@@ -680,68 +538,27 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!();
     say!("[cache window]");
     let t = Instant::now();
-    match ring.retire(&scope, old_version, &audit) {
-        Err(leakless::Error::KeyChangeTooEarly { allowed_at, .. }) => {
-            say!(
-                "  retire {old_version} right after the rotation: refused with KeyChangeTooEarly (allowed from {allowed_at});"
-            );
-            say!(
-                "  an application whose cache still holds {old_version} as active may seal under it until then"
-            );
-            say!(
-                "  waiting {} until every cache can have noticed the rotation (allowed from {allowed_at})",
-                seconds(time_until(allowed_at))
-            );
-            wait_until(allowed_at);
-            ring.retire(&scope, old_version, &audit)?;
-        }
-        // Only when the re-wrap itself outlasted the window (a very slow machine).
-        Ok(()) => say!(
-            "  retire {old_version}: allowed at once, the re-wrap took longer than the cache window"
-        ),
-        Err(e) => return Err(e.into()),
-    }
+    retire_after_cache_window(&ring, &scope, old_version, &audit)?;
     timings.push(("wait for the cache window", t.elapsed()));
 
     // ----- retire and destroy the old version: crypto-shredding -----------------------------
     say!();
     say!("[retire + destroy {old_version}]");
     let kept_ctx = context(&kept_id, Column::Address);
-    match ring.open(&kept_ctx, &kept_envelope) {
-        Err(leakless::Error::KeyWrongState { .. }) => {
-            say!(
-                "  retired {old_version}: an envelope kept from before the re-wrap is refused (KeyWrongState)"
-            );
-        }
-        Err(e) => {
-            return Err(fail(
-                format!("a retired version failed in an unexpected way: {e}"),
-                HINT_BUG,
-            ));
-        }
-        Ok(_) => return Err(fail("a retired KEK version still opened a value", HINT_BUG)),
-    }
+    expect_refusal(&ring, &kept_ctx, &kept_envelope, "retired", |e| {
+        matches!(e, leakless::Error::KeyWrongState { .. })
+    })?;
+    say!(
+        "  retired {old_version}: an envelope kept from before the re-wrap is refused (KeyWrongState)"
+    );
     ring.destroy(&scope, old_version, &audit)?;
     let (_, opened) = read_and_check(&mut conn, &ring, &patients)?;
     say!("  destroyed {old_version}: its wrapped material is erased from the key store");
     say!("  {opened} fields of the live rows still open (they are on {new_version}): ok");
-    match ring.open(&kept_ctx, &kept_envelope) {
-        Err(leakless::Error::KeyDestroyed { .. }) => {
-            say!("  the envelope kept from before the re-wrap now fails with KeyDestroyed");
-        }
-        Err(e) => {
-            return Err(fail(
-                format!("a destroyed version failed in an unexpected way: {e}"),
-                HINT_BUG,
-            ));
-        }
-        Ok(_) => {
-            return Err(fail(
-                "a destroyed KEK version still opened a value",
-                HINT_BUG,
-            ));
-        }
-    }
+    expect_refusal(&ring, &kept_ctx, &kept_envelope, "destroyed", |e| {
+        matches!(e, leakless::Error::KeyDestroyed { .. })
+    })?;
+    say!("  the envelope kept from before the re-wrap now fails with KeyDestroyed");
     say!("  but the shred is not complete: the old backup still holds {old_version}'s wrapped KEK");
 
     // The attacker: the old key-store backup, the old database rows, and today's root key file.
@@ -786,6 +603,299 @@ fn run() -> Result<(), Box<dyn Error>> {
         )?
         .ok_or_else(|| fail("complete_shred found no pending shred", HINT_BUG))?;
     timings.push(("complete_shred", t.elapsed()));
+    print_shred(&ring, &report)?;
+
+    // ----- the attacker again -------------------------------------------------------------
+    say!();
+    say!("[attacker after the shred]");
+    let after_shred = attack(&backup_path, &root_path, &stored, &patients)?;
+    if after_shred.opened != 0 {
+        return Err(fail(
+            format!(
+                "the old backup still opened {} {old_version} fields after the shred",
+                after_shred.opened
+            ),
+            HINT_BUG,
+        ));
+    }
+    let refusals: Vec<String> = after_shred
+        .errors
+        .iter()
+        .map(|(kind, n)| format!("{n} with {kind}"))
+        .collect();
+    say!(
+        "  the same attack ({BACKUP_DIR}/{KEY_STORE_FILE} + today's {ROOT_KEY_FILE}) opened 0 of {} {old_version} fields:",
+        after_shred.total
+    );
+    say!(
+        "  refused {} (the backup's KEKs are wrapped under a root key that no longer exists)",
+        refusals.join(", ")
+    );
+    ring.cache().clear();
+    let (_, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    say!(
+        "  the current key store and {ROOT_KEY_FILE} still open all {opened} fields of the live rows ({new_version}): ok"
+    );
+
+    // ----- key store integrity ----------------------------------------------------------------
+    say!();
+    say!("[key store]");
+    print_key_store(&ring, &scope)?;
+
+    // ----- scan the raw files for plaintext -------------------------------------------------
+    say!();
+    say!("[leak scan]");
+    let t = Instant::now();
+    leak_scan(conn, ws, &db_path, &root_path, &old_root_needles, &people)?;
+    timings.push(("leak scan", t.elapsed()));
+
+    // ----- summary ----------------------------------------------------------------------------
+    say!();
+    say!("[timings]");
+    for (what, d) in &timings {
+        say!("  {what:<28} {}", ms(*d));
+    }
+    say!("  {:<28} {}", "total", ms(started.elapsed()));
+    if let Workspace::Temp(_) = workspace {
+        say!();
+        say!("removing {}", ws.display());
+    }
+    drop(workspace);
+    Ok(())
+}
+
+/// What [`open_keys`] sets up.
+struct Keys {
+    kms: Arc<LocalKms>,
+    ring: KeyRing,
+    scope: KeyScope,
+    first_version: KekVersion,
+    root_path: PathBuf,
+    store_path: PathBuf,
+}
+
+/// The root key file (a `LocalKms`), the key store file and the key ring over them in `ws`,
+/// with the data and blind-index scopes (created, or reused from an earlier `--dir` run).
+fn open_keys(ws: &Path) -> Result<Keys, Box<dyn Error>> {
+    let root_path = ws.join(ROOT_KEY_FILE);
+    let store_path = ws.join(KEY_STORE_FILE);
+    let kms = Arc::new(if root_path.exists() {
+        say!("  root key           {ROOT_KEY_FILE}: reused (LocalKms, single-host)");
+        LocalKms::from_key_file(&root_path)?
+    } else {
+        if store_path.exists() {
+            return Err(fail(
+                format!(
+                    "{} has a key store but no root key file: its KEKs cannot be unwrapped",
+                    ws.display()
+                ),
+                "use an empty --dir, or put back the root key file that made this key store",
+            ));
+        }
+        say!("  root key           {ROOT_KEY_FILE}: new, mode 0600 (LocalKms, single-host)");
+        LocalKms::generate_key_file(&root_path)?
+    });
+    let store = FileKeyStore::open(&store_path)?;
+    say!("  key store          {KEY_STORE_FILE}: wrapped KEKs and the audit log");
+    say!("                     a separate file from the database on purpose: destroying a");
+    say!("                     KEK version crypto-shreds old database backups only if the");
+    say!("                     key store is kept apart from those backups");
+    // The ring holds the same `LocalKms` that completes the shred below: when the shred
+    // moves the root key file to a new epoch, this ring follows it.
+    let ring = KeyRing::builder(kms.clone(), Arc::new(store))
+        .cache_window(DEMO_CACHE_WINDOW)
+        .build();
+    say!(
+        "  cache window       {} s: how long a running application may keep sealing under a",
+        DEMO_CACHE_WINDOW.as_secs()
+    );
+    say!("                     rotated-away KEK version, so retire/destroy wait that long; short");
+    say!("                     because this demo is one process (production: minutes, default 5)");
+    let scope = KeyScope::new(SCOPE)?;
+    // Which scopes exist, from the store's list of names: listing a scope's versions verifies
+    // them against the store's integrity key, which a brand-new store does not have yet.
+    let known = ring.store().scopes()?;
+    if !known.contains(&scope) {
+        ring.create_scope(&scope, &AuditInfo::new("quickstart", "demo setup"))?;
+        say!("  key scope          {scope}: created with active KEK v1");
+    } else {
+        say!(
+            "  key scope          {scope}: reused, active KEK {}",
+            active_version(&ring, &scope)?
+        );
+    }
+    let bidx_scope = KeyScope::new(BIDX_SCOPE)?;
+    if !known.contains(&bidx_scope) {
+        ring.create_scope(
+            &bidx_scope,
+            &AuditInfo::new("quickstart", "blind-index keys"),
+        )?;
+        say!(
+            "  key scope          {bidx_scope}: created for the blind-index keys (never rotated here)"
+        );
+    } else {
+        say!("  key scope          {bidx_scope}: reused, blind-index keys");
+    }
+    let first_version = active_version(&ring, &scope)?;
+    Ok(Keys {
+        kms,
+        ring,
+        scope,
+        first_version,
+        root_path,
+        store_path,
+    })
+}
+
+/// The demo's SQLite file in `ws` (the previous run's removed), in WAL mode without automatic
+/// checkpoints, with the `patients` table.
+fn open_database(ws: &Path) -> Result<(SqliteConnection, PathBuf), Box<dyn Error>> {
+    let db_path = ws.join(DB_FILE);
+    let replaced = remove_database_files(&db_path)?;
+    let db_url = db_path.to_str().ok_or_else(|| {
+        fail(
+            "the folder path is not valid UTF-8",
+            "use a UTF-8 --dir path",
+        )
+    })?;
+    let mut conn = SqliteConnection::establish(db_url)?;
+    let mode: JournalMode = diesel::sql_query("PRAGMA journal_mode=WAL").get_result(&mut conn)?;
+    if mode.journal_mode != "wal" {
+        return Err(fail(
+            format!("SQLite refused WAL mode (got {:?})", mode.journal_mode),
+            "use a folder on a local file system",
+        ));
+    }
+    // No automatic checkpoints: every page this run writes stays in the -wal file until the
+    // connection closes, so the scan below sees the WAL with all of it.
+    conn.batch_execute("PRAGMA wal_autocheckpoint=0;")?;
+    diesel::sql_query(
+        "CREATE TABLE patients (
+            id TEXT PRIMARY KEY NOT NULL,
+            name TEXT NOT NULL,
+            address BLOB NOT NULL,
+            email BLOB NOT NULL,
+            email_bidx BLOB NOT NULL,
+            gps BLOB NOT NULL,
+            transcript BLOB
+        );
+        CREATE INDEX patients_email_bidx ON patients (email_bidx)",
+    )
+    .execute(&mut conn)?;
+    say!(
+        "  database           {DB_FILE}: SQLite through diesel, journal_mode=wal, no autocheckpoint{}",
+        if replaced {
+            " (replaced the previous run's)"
+        } else {
+            ""
+        }
+    );
+    Ok((conn, db_path))
+}
+
+/// The model's sealed columns, and the padded length of every stored envelope (what an
+/// attacker learns: the size class, never the value).
+fn print_layout(rows: &[PatientRow]) -> Result<(), Box<dyn Error>> {
+    for c in Patient::manifest().columns {
+        let index = c
+            .blind_index
+            .map(|b| {
+                format!(
+                    ", blind index {} (scope {}, {} bytes, {})",
+                    b.column, b.scope, b.bytes, b.normalizer
+                )
+            })
+            .unwrap_or_default();
+        say!(
+            "  {:<11} {:<18} {}{}{index}",
+            c.column,
+            c.algorithm,
+            c.encoding,
+            if c.nullable { ", nullable" } else { "" }
+        );
+    }
+    say!("  padded lengths (what an attacker learns: the size class, never the value)");
+    for (n, row) in rows.iter().enumerate() {
+        let mut cells = Vec::new();
+        for column in Column::ALL {
+            match column.sealed(row) {
+                Some(env) => {
+                    let info = envelope::inspect(env)
+                        .map_err(|e| e.at(context(&row.id, column).location()))?;
+                    cells.push(format!("{} {}", column.name(), info.padded_len));
+                }
+                None => cells.push(format!("{} NULL", column.name())),
+            }
+        }
+        say!("    row {}: {}", n.saturating_add(1), cells.join(", "));
+    }
+    Ok(())
+}
+
+/// Re-wraps every envelope of `stored` onto the active KEK version (`KeyRing::rewrap`; the
+/// data ciphertext stays) and updates the rows, in one transaction. Returns how many DEKs moved.
+fn rewrap_all(
+    conn: &mut SqliteConnection,
+    ring: &KeyRing,
+    stored: &[PatientRow],
+) -> Result<usize, Box<dyn Error>> {
+    conn.transaction::<usize, Box<dyn Error>, _>(|conn| {
+        let mut count = 0usize;
+        for mut row in stored.iter().cloned() {
+            for column in Column::ALL {
+                let ctx = context(&row.id, column);
+                let new = match column.sealed(&row) {
+                    Some(env) => ring.rewrap(&ctx, env)?,
+                    None => None,
+                };
+                if let (Some(new), Some(slot)) = (new, column.sealed_mut(&mut row)) {
+                    *slot = new;
+                    count = count.saturating_add(1);
+                }
+            }
+            diesel::update(patients::table.filter(patients::id.eq(&row.id)))
+                .set(&row)
+                .execute(conn)?;
+        }
+        Ok(count)
+    })
+}
+
+/// Retires `old`: refused with `KeyChangeTooEarly` until every application's KEK cache can
+/// have noticed the rotation, so it waits out the cache window and retires then.
+fn retire_after_cache_window(
+    ring: &KeyRing,
+    scope: &KeyScope,
+    old_version: KekVersion,
+    audit: &AuditInfo,
+) -> Result<(), Box<dyn Error>> {
+    match ring.retire(scope, old_version, audit) {
+        Err(leakless::Error::KeyChangeTooEarly { allowed_at, .. }) => {
+            say!(
+                "  retire {old_version} right after the rotation: refused with KeyChangeTooEarly (allowed from {allowed_at});"
+            );
+            say!(
+                "  an application whose cache still holds {old_version} as active may seal under it until then"
+            );
+            say!(
+                "  waiting {} until every cache can have noticed the rotation (allowed from {allowed_at})",
+                seconds(time_until(allowed_at))
+            );
+            wait_until(allowed_at);
+            ring.retire(scope, old_version, audit)?;
+        }
+        // Only when the re-wrap itself outlasted the window (a very slow machine).
+        Ok(()) => say!(
+            "  retire {old_version}: allowed at once, the re-wrap took longer than the cache window"
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// What `complete_shred` did: the versions shredded, the records moved, the old root epoch's
+/// fate and the copies it cannot reach, and every scope's shred state.
+fn print_shred(ring: &KeyRing, report: &ShredReport) -> Result<(), Box<dyn Error>> {
     let shredded: Vec<String> = report
         .shredded
         .iter()
@@ -833,42 +943,12 @@ fn run() -> Result<(), Box<dyn Error>> {
     if !report.destroyed.status.is_complete() {
         return Err(fail("the local root epoch was not destroyed", HINT_BUG));
     }
+    Ok(())
+}
 
-    // ----- the attacker again -------------------------------------------------------------
-    say!();
-    say!("[attacker after the shred]");
-    let after_shred = attack(&backup_path, &root_path, &stored, &patients)?;
-    if after_shred.opened != 0 {
-        return Err(fail(
-            format!(
-                "the old backup still opened {} {old_version} fields after the shred",
-                after_shred.opened
-            ),
-            HINT_BUG,
-        ));
-    }
-    let refusals: Vec<String> = after_shred
-        .errors
-        .iter()
-        .map(|(kind, n)| format!("{n} with {kind}"))
-        .collect();
-    say!(
-        "  the same attack ({BACKUP_DIR}/{KEY_STORE_FILE} + today's {ROOT_KEY_FILE}) opened 0 of {} {old_version} fields:",
-        after_shred.total
-    );
-    say!(
-        "  refused {} (the backup's KEKs are wrapped under a root key that no longer exists)",
-        refusals.join(", ")
-    );
-    ring.cache().clear();
-    let (_, opened) = read_and_check(&mut conn, &ring, &patients)?;
-    say!(
-        "  the current key store and {ROOT_KEY_FILE} still open all {opened} fields of the live rows ({new_version}): ok"
-    );
-
-    // ----- key store integrity ----------------------------------------------------------------
-    say!();
-    say!("[key store]");
+/// The key store's integrity (audit chain, authenticated records), the scope's versions and
+/// audit log, and the KMS calls so far.
+fn print_key_store(ring: &KeyRing, scope: &KeyScope) -> Result<(), Box<dyn Error>> {
     let verified = ring.verify_store()?;
     say!(
         "  verify_store: audit chain of {} entries verified unbroken{}, {} key records authenticated",
@@ -884,14 +964,14 @@ fn run() -> Result<(), Box<dyn Error>> {
         verified.records
     );
     let versions: Vec<String> = ring
-        .versions(&scope)?
+        .versions(scope)?
         .iter()
         .map(|r| format!("{} {}", r.version, r.state.name()))
         .collect();
     say!("  key versions: {}", versions.join(", "));
     say!(
         "  audit log of scope {scope}: {} entries, each with who, when and why",
-        ring.audit_log(Some(&scope))?.len()
+        ring.audit_log(Some(scope))?.len()
     );
     let calls = ring.kms_calls();
     say!(
@@ -899,23 +979,32 @@ fn run() -> Result<(), Box<dyn Error>> {
         calls.wraps,
         calls.unwraps
     );
+    Ok(())
+}
 
-    // ----- scan the raw files for plaintext -------------------------------------------------
-    say!();
-    say!("[leak scan]");
-    let t = Instant::now();
-    let needles = plaintext_needles(&people)?;
-    let root_needles = root_key_needles(&root_path)?;
+/// Scans every file of the demo for the plaintext values, today's root key and the destroyed
+/// root epoch's key, after a positive control: once with `conn` open (the -wal file holds every
+/// page of the run), once after closing it.
+fn leak_scan(
+    conn: SqliteConnection,
+    ws: &Path,
+    db_path: &Path,
+    root_path: &Path,
+    old_root_needles: &Needles,
+    people: &[DemoPatient],
+) -> Result<(), Box<dyn Error>> {
+    let needles = plaintext_needles(people)?;
+    let root_needles = root_key_needles(root_path)?;
     let mut name_needles = Needles::new();
     for (n, p) in people.iter().enumerate() {
         name_needles.add_text(&format!("patient {} name", n.saturating_add(1)), &p.name)?;
     }
     let targets = ScanTargets {
         ws,
-        db_path: &db_path,
+        db_path,
         needles: &needles,
         root_needles: &root_needles,
-        old_root_needles: &old_root_needles,
+        old_root_needles,
         name_needles: &name_needles,
         names: people.len(),
     };
@@ -927,7 +1016,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("  base64; the GPS point also as its JSON and as f64 bytes big- and little-endian),");
     say!("  plus today's root key, and the destroyed root epoch's key (also in {ROOT_KEY_FILE};");
     say!("  those needles found that key in {ROOT_KEY_FILE} before the shred)");
-    let planted = positive_control(&needles, &people)?;
+    let planted = positive_control(&needles, people)?;
     say!(
         "  {POSITIVE_CONTROL_PASSED}: a canary planted in {planted} encodings in throwaway files was found in each"
     );
@@ -939,7 +1028,6 @@ fn run() -> Result<(), Box<dyn Error>> {
     drop(conn);
     say!("  after closing the connection (SQLite checkpoints the WAL into {DB_FILE} on close):");
     leaks = leaks.saturating_add(scan_files(&targets, &mut scanned)?);
-    timings.push(("leak scan", t.elapsed()));
     if leaks > 0 {
         return Err(fail(
             format!("plaintext or key material found: {leaks} finding(s) listed above"),
@@ -947,20 +1035,29 @@ fn run() -> Result<(), Box<dyn Error>> {
         ));
     }
     say!("  result: {NO_PLAINTEXT_FOUND} in {scanned} file scans");
-
-    // ----- summary ----------------------------------------------------------------------------
-    say!();
-    say!("[timings]");
-    for (what, d) in &timings {
-        say!("  {what:<28} {}", ms(*d));
-    }
-    say!("  {:<28} {}", "total", ms(started.elapsed()));
-    if let Workspace::Temp(_) = workspace {
-        say!();
-        say!("removing {}", ws.display());
-    }
-    drop(workspace);
     Ok(())
+}
+
+/// Opens `envelope` and expects the refusal `expected` accepts (a `state` KEK version must
+/// not open it); anything else is a bug.
+fn expect_refusal(
+    ring: &KeyRing,
+    ctx: &FieldContext<'_>,
+    envelope: &[u8],
+    state: &str,
+    expected: impl Fn(&leakless::Error) -> bool,
+) -> Result<(), Box<dyn Error>> {
+    match ring.open(ctx, envelope) {
+        Err(e) if expected(&e) => Ok(()),
+        Err(e) => Err(fail(
+            format!("a {state} version failed in an unexpected way: {e}"),
+            HINT_BUG,
+        )),
+        Ok(_) => Err(fail(
+            format!("a {state} KEK version still opened a value"),
+            HINT_BUG,
+        )),
+    }
 }
 
 fn create_private_dir(path: &Path) -> Result<(), Box<dyn Error>> {
