@@ -12,36 +12,12 @@ mod support;
 
 use std::process::{Command, Output, Stdio};
 
-use support::{Backend, Fixture, stderr, stdout, wait_for_cache_window};
+use support::{Backend, CLI_VARS, Fixture, stderr, stdout, wait_for_cache_window};
 
 fn bare() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
-    for v in [
-        "LEAKLESS_DATABASE_URL",
-        "LEAKLESS_KEY_STORE",
-        "LEAKLESS_ROOT_KEY_FILE",
-        "LEAKLESS_ROOT_KEY",
-        "LEAKLESS_MANIFEST",
-        "LEAKLESS_ACTOR",
-        "LEAKLESS_KMS",
-        "LEAKLESS_PKCS11_MODULE",
-        "LEAKLESS_PKCS11_TOKEN",
-        "LEAKLESS_PKCS11_KEY_LABEL",
-        "LEAKLESS_PKCS11_PIN_FILE",
-        "LEAKLESS_PKCS11_PIN",
-        "LEAKLESS_AWS_KMS_KEY_ID",
-        "LEAKLESS_AWS_REGION",
-        "LEAKLESS_AWS_KMS_ENDPOINT",
-        "LEAKLESS_VAULT_ADDR",
-        "LEAKLESS_VAULT_KEY",
-        "LEAKLESS_VAULT_MOUNT",
-        "LEAKLESS_VAULT_NAMESPACE",
-        "LEAKLESS_VAULT_CACERT",
-        "LEAKLESS_VAULT_TOKEN_FILE",
-        "LEAKLESS_VAULT_TOKEN",
-        "LEAKLESS_TPM_TCTI",
-        "LEAKLESS_TPM_SEALED_FILE",
-    ] {
+    // The actor too: the snapshots show the default one.
+    for v in CLI_VARS.iter().chain(&["LEAKLESS_ACTOR"]) {
         c.env_remove(v);
     }
     c.env("COLUMNS", "100").stdin(Stdio::null());

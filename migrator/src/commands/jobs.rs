@@ -45,6 +45,50 @@ pub struct Column {
     pub column: String,
 }
 
+/// The options of the commands that run one job over manifest columns (`rewrap`,
+/// `reencrypt`, `reindex`).
+#[derive(Debug, clap::Args)]
+pub struct ColumnJobArgs {
+    /// Which columns.
+    #[command(flatten)]
+    pub columns: Columns,
+    /// Batch, worker, throttle and job options.
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// Runs `mode` over `args`' columns with [`run_jobs`]; under `--dry-run`, prints instead, per
+/// column, the rows `work` counts in its status ("would `what` N rows").
+///
+/// # Errors
+/// As [`run_jobs`], and [`crate::commands::status::column_status`] for a dry run.
+pub fn run_column_job(
+    env: &mut Env,
+    args: &ColumnJobArgs,
+    mode: &Mode,
+    what: &str,
+    work: impl Fn(&crate::commands::status::ColumnStatus) -> u64,
+) -> Result<()> {
+    if args.job.dry_run {
+        let targets = env.targets(args.columns.table(), args.columns.column())?;
+        let store = env.key_store()?;
+        let mut db = env.connect()?;
+        for (t, c) in &targets {
+            let s = crate::commands::status::column_status(&mut db, &*store, t, c)?;
+            dry_run_line(env, what, &t.table, &c.column, work(&s));
+        }
+        return Ok(());
+    }
+    run_jobs(
+        env,
+        mode,
+        args.columns.table(),
+        args.columns.column(),
+        &args.job,
+    )
+    .map(|_| ())
+}
+
 /// Options every batch command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobArgs {

@@ -3,45 +3,21 @@
 //! same online and resume guarantees as `rewrap`. Rotate the scope first (`keys rotate`), so
 //! the new values are under a new KEK too.
 
-use crate::commands::jobs::{Columns, JobArgs, dry_run_line, run_jobs};
-use crate::commands::status::column_status;
+use crate::commands::jobs::{ColumnJobArgs, run_column_job};
 use crate::engine::Mode;
 use crate::env::Env;
 use crate::error::Result;
 
 /// Options of `reencrypt`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Which columns.
-    #[command(flatten)]
-    pub columns: Columns,
-    /// Batch, worker, throttle and job options.
-    #[command(flatten)]
-    pub job: JobArgs,
-}
+pub type Args = ColumnJobArgs;
 
 /// Runs `reencrypt`.
 ///
 /// # Errors
-/// See [`run_jobs`].
+/// See [`crate::commands::jobs::run_jobs`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    if args.job.dry_run {
-        let targets = env.targets(args.columns.table(), args.columns.column())?;
-        let store = env.key_store()?;
-        let mut db = env.connect()?;
-        for (t, c) in &targets {
-            let s = column_status(&mut db, &*store, t, c)?;
-            let sealed: u64 = s.versions.iter().map(|v| v.rows).sum();
-            dry_run_line(env, "re-encrypt", &t.table, &c.column, sealed);
-        }
-        return Ok(());
-    }
-    run_jobs(
-        env,
-        &Mode::Reencrypt,
-        args.columns.table(),
-        args.columns.column(),
-        &args.job,
-    )
-    .map(|_| ())
+    // Every sealed value is opened and sealed again.
+    run_column_job(env, args, &Mode::Reencrypt, "re-encrypt", |s| {
+        s.versions.iter().map(|v| v.rows).sum()
+    })
 }

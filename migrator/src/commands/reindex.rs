@@ -5,22 +5,14 @@
 //! resumable (see [`crate::engine`]): each token is written with compare-and-swap on the old
 //! token and on the sealed value it was computed from, so an application write meanwhile wins.
 
-use crate::commands::jobs::{Columns, JobArgs, dry_run_line, run_jobs};
+use crate::commands::jobs::{ColumnJobArgs, dry_run_line, run_jobs};
 use crate::commands::status::index_status;
 use crate::engine::Mode;
 use crate::env::Env;
 use crate::error::{Failure, Kind, Result};
 
 /// Options of `reindex`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Which columns.
-    #[command(flatten)]
-    pub columns: Columns,
-    /// Batch, worker, throttle and job options.
-    #[command(flatten)]
-    pub job: JobArgs,
-}
+pub type Args = ColumnJobArgs;
 
 /// Runs `reindex`.
 ///
