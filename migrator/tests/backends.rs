@@ -41,6 +41,14 @@ fn lifecycle(backend: Backend) {
         "{}",
         stdout(&o)
     );
+    // reencrypt counts every sealed row, on any version.
+    let o = f.run(&["reencrypt", "--dry-run", "--table", "patients"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("would re-encrypt 1200 rows of patients.email"),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(f.versions().get(&1), Some(&1200));
 
     // destroy of v1 is refused: wrong state first (grace), then rows still on it.
