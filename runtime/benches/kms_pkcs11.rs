@@ -39,9 +39,7 @@ use std::time::Instant;
 use leakless::key::{KekVersion, KeyScope};
 use leakless::kms::{KekBinding, Kms, LocalKms, PinSource, Pkcs11Config, Pkcs11Kms};
 use leakless::secret::Kek;
-use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, RowId};
-use leakless_testkit::bench::{human_ns as human, paired, paired_batched};
+use leakless_testkit::bench::{human_ns as human, paired, ring_rows, ring_with_scope};
 
 fn env(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
@@ -133,60 +131,12 @@ fn main() {
     row("unwrap KEK", samples, l, p, r);
 
     let scope = KeyScope::new("patients").expect("scope");
-    let ctx = FieldContext::new("patients", "address", RowId::Int(42), 1);
-    let policy = FieldPolicy::default();
-    let plaintext = [0x5a_u8; 100];
-    let local_ring = ring(local.clone(), &scope);
-    let p11_ring = ring(pkcs11.clone(), &scope);
-    let local_env = local_ring
-        .seal(&scope, &ctx, &plaintext, &policy)
-        .expect("local seal");
-    let p11_env = p11_ring
-        .seal(&scope, &ctx, &plaintext, &policy)
-        .expect("pkcs11 seal");
-
-    let unwraps_before = p11_ring.kms_calls().unwraps;
-    let (l, p, r) = paired(
-        samples,
-        || {
-            local_ring.cache().clear();
-            black_box(local_ring.open(&ctx, &local_env).expect("local open"));
-        },
-        || {
-            p11_ring.cache().clear();
-            black_box(p11_ring.open(&ctx, &p11_env).expect("pkcs11 open"));
-        },
-    );
-    let cold_unwraps = p11_ring.kms_calls().unwraps - unwraps_before;
-    row("cold KEK fetch + open 100 B", samples, l, p, r);
-
-    // Warm the caches again, then count that the steady state never calls the backend.
-    black_box(local_ring.open(&ctx, &local_env).expect("local open"));
-    black_box(p11_ring.open(&ctx, &p11_env).expect("pkcs11 open"));
-    let unwraps_before = p11_ring.kms_calls().unwraps;
-    let (l, p, r) = paired_batched(
-        samples,
-        || {
-            let s = local_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
-            black_box(s.expect("local seal"));
-        },
-        || {
-            let s = p11_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
-            black_box(s.expect("pkcs11 seal"));
-        },
-    );
-    row("seal 100 B (warm cache)", samples, l, p, r);
-    let (l, p, r) = paired_batched(
-        samples,
-        || {
-            black_box(local_ring.open(&ctx, black_box(&local_env)).expect("open"));
-        },
-        || {
-            black_box(p11_ring.open(&ctx, black_box(&p11_env)).expect("open"));
-        },
-    );
-    row("open 100 B (warm cache)", samples, l, p, r);
-    let warm_unwraps = p11_ring.kms_calls().unwraps - unwraps_before;
+    let local_ring = ring_with_scope(local.clone(), &scope);
+    let p11_ring = ring_with_scope(pkcs11.clone(), &scope);
+    let (cold_unwraps, warm_unwraps) =
+        ring_rows(samples, &local_ring, &p11_ring, &scope, |name, l, m, r| {
+            row(name, samples, l, m, r);
+        });
 
     println!();
     println!(
@@ -194,13 +144,6 @@ fn main() {
          per cleared cache), {warm_unwraps} in the warm rows"
     );
     assert_eq!(warm_unwraps, 0, "a warm cache never calls the backend");
-}
-
-fn ring(kms: Arc<dyn Kms>, scope: &KeyScope) -> KeyRing {
-    let ring = KeyRing::builder(kms, Arc::new(MemoryKeyStore::new())).build();
-    ring.create_scope(scope, &AuditInfo::new("bench", "PKCS#11 benchmark"))
-        .expect("create scope");
-    ring
 }
 
 fn row(name: &str, samples: usize, local: f64, pkcs11: f64, ratio: f64) {

@@ -29,10 +29,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use leakless::kms::{Kms, LocalKms, TpmConfig, TpmKms};
-use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
-use leakless_testkit::bench::{human_ns as human, paired, paired_batched};
+use leakless::KeyScope;
+use leakless::kms::{LocalKms, TpmConfig, TpmKms};
+use leakless_testkit::bench::{human_ns as human, paired, ring_rows, ring_with_scope};
 
 const TCTI_ENV: &str = "LEAKLESS_TPM_TCTI";
 
@@ -82,66 +81,18 @@ fn main() {
     row("cold start (open backend)", cold_samples, l, t, r);
 
     let scope = KeyScope::new("patients").expect("scope");
-    let ctx = FieldContext::new("patients", "address", RowId::Int(42), 1);
-    let policy = FieldPolicy::default();
-    let plaintext = [0x5a_u8; 100];
-    let local_ring = ring(
+    let local_ring = ring_with_scope(
         Arc::new(LocalKms::from_key_file(&local_path).expect("local open")),
         &scope,
     );
-    let tpm_ring = ring(
+    let tpm_ring = ring_with_scope(
         Arc::new(TpmKms::open(&tpm_config).expect("tpm open")),
         &scope,
     );
-    let local_env = local_ring
-        .seal(&scope, &ctx, &plaintext, &policy)
-        .expect("local seal");
-    let tpm_env = tpm_ring
-        .seal(&scope, &ctx, &plaintext, &policy)
-        .expect("tpm seal");
-
-    let unwraps_before = tpm_ring.kms_calls().unwraps;
-    let (l, t, r) = paired(
-        samples,
-        || {
-            local_ring.cache().clear();
-            black_box(local_ring.open(&ctx, &local_env).expect("local open"));
-        },
-        || {
-            tpm_ring.cache().clear();
-            black_box(tpm_ring.open(&ctx, &tpm_env).expect("tpm open"));
-        },
-    );
-    let cold_unwraps = tpm_ring.kms_calls().unwraps - unwraps_before;
-    row("cold KEK fetch + open 100 B", samples, l, t, r);
-
-    // Warm the caches again, then count that the steady state never calls the backend.
-    black_box(local_ring.open(&ctx, &local_env).expect("local open"));
-    black_box(tpm_ring.open(&ctx, &tpm_env).expect("tpm open"));
-    let unwraps_before = tpm_ring.kms_calls().unwraps;
-    let (l, t, r) = paired_batched(
-        samples,
-        || {
-            let s = local_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
-            black_box(s.expect("local seal"));
-        },
-        || {
-            let s = tpm_ring.seal(&scope, &ctx, black_box(&plaintext), &policy);
-            black_box(s.expect("tpm seal"));
-        },
-    );
-    row("seal 100 B (warm cache)", samples, l, t, r);
-    let (l, t, r) = paired_batched(
-        samples,
-        || {
-            black_box(local_ring.open(&ctx, black_box(&local_env)).expect("open"));
-        },
-        || {
-            black_box(tpm_ring.open(&ctx, black_box(&tpm_env)).expect("open"));
-        },
-    );
-    row("open 100 B (warm cache)", samples, l, t, r);
-    let warm_unwraps = tpm_ring.kms_calls().unwraps - unwraps_before;
+    let (cold_unwraps, warm_unwraps) =
+        ring_rows(samples, &local_ring, &tpm_ring, &scope, |name, l, m, r| {
+            row(name, samples, l, m, r);
+        });
 
     println!();
     println!(
@@ -149,13 +100,6 @@ fn main() {
          {warm_unwraps} in the warm rows"
     );
     assert_eq!(warm_unwraps, 0, "a warm cache never calls the backend");
-}
-
-fn ring(kms: Arc<dyn Kms>, scope: &KeyScope) -> KeyRing {
-    let ring = KeyRing::builder(kms, Arc::new(MemoryKeyStore::new())).build();
-    ring.create_scope(scope, &AuditInfo::new("bench", "TPM benchmark"))
-        .expect("create scope");
-    ring
 }
 
 fn row(name: &str, samples: usize, local: f64, tpm: f64, ratio: f64) {

@@ -2,7 +2,13 @@
 //! and a measured operation timed in the same samples, alternating which runs first, so the
 //! ratio of the two survives a noisy machine; medians throughout.
 
+use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use leakless::kms::Kms;
+use leakless::store::MemoryKeyStore;
+use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 
 /// The median (upper median for an even count); NaN for no values. Sorts `v`.
 #[must_use]
@@ -82,6 +88,80 @@ pub fn paired_calibrated(
 ) -> (f64, f64, f64) {
     let n = (calibrate(batch, &mut base), calibrate(batch, &mut measured));
     paired_n(samples, n, base, measured)
+}
+
+/// A key ring over `kms` with an in-memory key store and `scope` created.
+///
+/// # Panics
+/// When the scope cannot be created (a bench set-up failure).
+#[must_use]
+pub fn ring_with_scope(kms: Arc<dyn Kms>, scope: &KeyScope) -> KeyRing {
+    let ring = KeyRing::builder(kms, Arc::new(MemoryKeyStore::new())).build();
+    ring.create_scope(scope, &AuditInfo::new("bench", "KMS benchmark"))
+        .expect("create scope");
+    ring
+}
+
+/// The value path of a KMS backend against a baseline ring, 100-byte values: a cold KEK fetch
+/// and open (each cache cleared first), then seal and open with warm caches. Each row goes to
+/// `row(name, base, measured, ratio)`. Returns the measured ring's KMS unwraps in the cold row
+/// and in the warm rows (which must be 0: a warm cache never calls the backend).
+///
+/// # Panics
+/// When a seal or open fails (a bench set-up failure).
+pub fn ring_rows(
+    samples: usize,
+    base: &KeyRing,
+    measured: &KeyRing,
+    scope: &KeyScope,
+    mut row: impl FnMut(&str, f64, f64, f64),
+) -> (u64, u64) {
+    let ctx = FieldContext::new("patients", "address", RowId::Int(42), 1);
+    let policy = FieldPolicy::default();
+    let plaintext = [0x5a_u8; 100];
+    let base_env = base.seal(scope, &ctx, &plaintext, &policy).expect("seal");
+    let measured_env = measured
+        .seal(scope, &ctx, &plaintext, &policy)
+        .expect("seal");
+
+    let unwraps_before = measured.kms_calls().unwraps;
+    let (b, m, r) = paired(
+        samples,
+        || {
+            base.cache().clear();
+            black_box(base.open(&ctx, &base_env).expect("open"));
+        },
+        || {
+            measured.cache().clear();
+            black_box(measured.open(&ctx, &measured_env).expect("open"));
+        },
+    );
+    let cold = measured.kms_calls().unwraps - unwraps_before;
+    row("cold KEK fetch + open 100 B", b, m, r);
+
+    // Warm the caches again, then count that the steady state never calls the backend.
+    black_box(base.open(&ctx, &base_env).expect("open"));
+    black_box(measured.open(&ctx, &measured_env).expect("open"));
+    let unwraps_before = measured.kms_calls().unwraps;
+    let seal = |ring: &KeyRing| {
+        black_box(
+            ring.seal(scope, &ctx, black_box(&plaintext), &policy)
+                .expect("seal"),
+        );
+    };
+    let (b, m, r) = paired_batched(samples, || seal(base), || seal(measured));
+    row("seal 100 B (warm cache)", b, m, r);
+    let (b, m, r) = paired_batched(
+        samples,
+        || {
+            black_box(base.open(&ctx, black_box(&base_env)).expect("open"));
+        },
+        || {
+            black_box(measured.open(&ctx, black_box(&measured_env)).expect("open"));
+        },
+    );
+    row("open 100 B (warm cache)", b, m, r);
+    (cold, measured.kms_calls().unwraps - unwraps_before)
 }
 
 /// Nanoseconds for a table cell: `1.23 ms`, `4.56 us` or `789 ns`.
