@@ -247,7 +247,8 @@ fn use_manifest(f: &Fixture, table: leakless::manifest::SealedTable) {
     std::fs::write(&f.manifest, json).unwrap();
 }
 
-/// Runs the migrator and asserts exit code `code`; returns stdout.
+/// Runs the migrator and asserts exit code `code` and no plaintext in its output; returns
+/// stdout and stderr.
 fn run(f: &Fixture, args: &[&str], code: i32) -> String {
     let o = f.run(args);
     assert_eq!(
@@ -262,7 +263,7 @@ fn run(f: &Fixture, args: &[&str], code: i32) -> String {
         !text.contains("@example.test"),
         "the CLI printed plaintext: {text}"
     );
-    stdout(&o)
+    text
 }
 
 fn keep_name(backend: Backend) {
@@ -491,6 +492,66 @@ fn keep_name(backend: Backend) {
     use_manifest(&f, Final::manifest());
     let out = run(&f, &["verify"], 0);
     assert!(out.contains("customers.email"), "{out}");
+}
+
+/// `copy` refuses to finish while a build without `moving(...)` still writes only the old
+/// column: a trigger plays that build, replacing row 2's old envelope (with another valid one)
+/// right after `copy` wrote the new column. The refusal names the rows left; once the old
+/// build is gone (the trigger dropped), a rerun finishes.
+#[test]
+fn copy_refuses_while_an_old_build_writes() {
+    let f = Fixture::new(Backend::Sqlite);
+    let db = &mut f.db();
+    db.batch(
+        "CREATE TABLE customers (id BIGINT NOT NULL PRIMARY KEY, email BLOB NULL, \
+         email_sealed BLOB NULL); CREATE TABLE spare (id BIGINT PRIMARY KEY, env BLOB)",
+    )
+    .unwrap();
+    use moving::customers::table as moving_t;
+    let mut expected = std::collections::BTreeMap::new();
+    for id in 1..=3 {
+        writes!(&f, expected, insert, ReadOld, moving_t, id);
+    }
+    // The old build's next write of row 2, kept aside; then the new column emptied.
+    let spare = ReadOld {
+        id: 2,
+        email: "changed-2@example.test".into(),
+    }
+    .seal_row(&f.ring)
+    .unwrap()
+    .email_sealed
+    .unwrap();
+    let sql = format!("INSERT INTO spare (id, env) VALUES (2, {})", db.ph(1));
+    db.exec(&sql, &[Bind::Bytes(Some(spare))]).unwrap();
+    db.batch(
+        "UPDATE customers SET email = NULL; \
+         CREATE TRIGGER old_build AFTER UPDATE OF email ON customers WHEN NEW.id = 2 BEGIN \
+         UPDATE customers SET email_sealed = (SELECT env FROM spare WHERE id = 2) WHERE id = 2; \
+         END",
+    )
+    .unwrap();
+    use_manifest(&f, ReadOld::manifest());
+    let out = run(
+        &f,
+        &["copy", "--table", "customers", "--column", "email"],
+        1,
+    );
+    assert!(
+        out.contains("1 rows of customers.email still differ from email_sealed"),
+        "{out}"
+    );
+    assert!(out.contains("then rerun `copy`"), "{out}");
+    assert_ne!(raw(&f, "email", 2), raw(&f, "email_sealed", 2));
+    db.batch("DROP TRIGGER old_build").unwrap();
+    let out = run(
+        &f,
+        &["copy", "--table", "customers", "--column", "email"],
+        0,
+    );
+    assert!(out.contains("DROP COLUMN"), "{out}");
+    assert_eq!(raw(&f, "email", 2), raw(&f, "email_sealed", 2));
+    expected.insert(2, "changed-2@example.test".to_owned());
+    reads_all!(&f, expected, (ReadNew, ReadNewRow, moving_t));
 }
 
 backend_tests! {
