@@ -99,8 +99,9 @@ impl<T: Serialize + DeserializeOwned> Sealable for Json<T> {
             what: "value to seal",
             problem: format!("cannot be encoded as JSON: {e}"),
         })?;
-        serde_json::to_vec(&self.0)
-            .map(Zeroizing::new)
+        let mut out = WipingWriter(Zeroizing::new(Vec::new()));
+        serde_json::to_writer(&mut out, &self.0)
+            .map(|()| out.0)
             .map_err(|e| Error::InvalidInput {
                 what: "value to seal",
                 // serde_json's messages name the problem (e.g. a non-finite float), not data.
@@ -121,6 +122,31 @@ impl<T: Serialize + DeserializeOwned> Sealable for Json<T> {
                     e.column()
                 ),
             })
+    }
+}
+
+/// A JSON output buffer that wipes every smaller buffer it outgrows: `serde_json::to_vec`
+/// grows a plain `Vec`, and each reallocation frees a copy of the plaintext written so far
+/// without wiping it (`runtime/tests/freed_copies.rs` finds those copies on the heap).
+struct WipingWriter(Zeroizing<Vec<u8>>);
+
+impl std::io::Write for WipingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let needed = self.0.len().saturating_add(buf.len());
+        if needed > self.0.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                needed.max(self.0.capacity().saturating_mul(2)).max(128),
+            ));
+            bigger.extend_from_slice(&self.0);
+            // The old buffer is wiped (its whole capacity) when it is dropped here.
+            self.0 = bigger;
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
