@@ -312,48 +312,132 @@ fn buf_mut(p: &mut crate::Plaintext) -> &mut [u8] {
 /// Nonce length of XAES-256-GCM.
 pub const XAES_NONCE_LEN: usize = 24;
 
-/// Derives the XAES-256-GCM subkey for `nonce[..12]` (C2SP XAES-256-GCM, section "Algorithm"):
-/// `L = AES-256_K(0^128)`, `K1 = L << 1` (xor `0x87` into the last byte if `L`'s top bit was
-/// set), `Kx = AES-256_K(M1 ^ K1) || AES-256_K(M2 ^ K1)` with `M1 = 00 01 58 00 || N[..12]` and
-/// `M2 = 00 02 58 00 || N[..12]`.
-fn xaes_subkey(key: &[u8], nonce: &[u8]) -> Result<[u8; 32], AeadFailure> {
-    let prefix = nonce.get(..12).ok_or(AeadFailure)?;
-    if nonce.len() != XAES_NONCE_LEN {
-        return Err(AeadFailure);
-    }
-    let cipher = Aes256::new_from_slice(key).map_err(|_| AeadFailure)?;
-    let mut block = GenericArray::from([0u8; 16]);
-    cipher.encrypt_block(&mut block);
-    let mut l = u128::from_be_bytes(block.into());
-    // Branch-free doubling in GF(2^128) with the CMAC polynomial.
-    let mut k1 = (l << 1) ^ (0u128.wrapping_sub(l >> 127) & 0x87);
-    l.zeroize();
-    let mut k1_bytes = k1.to_be_bytes();
-    k1.zeroize();
-    let mut out = [0u8; 32];
-    for (counter, half) in [1u8, 2].into_iter().zip(out.chunks_exact_mut(16)) {
-        let mut m = [0u8; 16];
-        m.get_mut(..4)
-            .ok_or(AeadFailure)?
-            .copy_from_slice(&[0x00, counter, b'X', 0x00]);
-        m.get_mut(4..).ok_or(AeadFailure)?.copy_from_slice(prefix);
-        for (a, b) in m.iter_mut().zip(k1_bytes) {
-            *a ^= b;
-        }
-        let mut block = GenericArray::from(m);
-        cipher.encrypt_block(&mut block);
-        half.copy_from_slice(&block);
-        block.zeroize();
-        m.zeroize();
-    }
-    k1_bytes.zeroize();
-    Ok(out)
+/// XAES-256-GCM (C2SP) under one key: AES-256-GCM under a subkey derived from the key and the
+/// first 12 bytes of a 24-byte nonce, keyed by the last 12. leakless wraps the DEKs of
+/// AES-256-GCM fields with it, so random 192-bit nonces are safe under one KEK for any
+/// realistic number of wraps.
+///
+/// The value keeps what the subkey derivation needs from the key alone, computed once: the
+/// key's AES-256 key schedule and `K1` (see [`Self::new`]). The KEK cache builds one per cached
+/// KEK, so a wrap or unwrap derives its subkey with two AES block encryptions. Both are
+/// zeroized on drop (the key schedule by the `aes` crate's `zeroize` feature). Its `Debug`
+/// prints no key material.
+pub struct Xaes256Gcm {
+    cipher: Aes256,
+    k1: [u8; 16],
 }
 
-/// XAES-256-GCM (C2SP): AES-256-GCM under a subkey derived from `key` and the first 12 bytes of
-/// a 24-byte nonce, keyed by the last 12. leakless wraps the DEKs of AES-256-GCM fields with it,
-/// so random 192-bit nonces are safe under one KEK for any realistic number of wraps.
-/// Encrypts `buffer` in place and returns the tag.
+impl Xaes256Gcm {
+    /// Expands `key` (C2SP XAES-256-GCM, section "Algorithm"): the AES-256 key schedule, and
+    /// `K1 = L << 1` with `L = AES-256_K(0^128)` (xor `0x87` into the last byte if `L`'s top
+    /// bit was set).
+    #[must_use]
+    pub fn new(key: &[u8; 32]) -> Self {
+        let cipher = Aes256::new(key.into());
+        let mut block = GenericArray::from([0u8; 16]);
+        cipher.encrypt_block(&mut block);
+        let mut l = u128::from_be_bytes(block.into());
+        block.zeroize();
+        // Branch-free doubling in GF(2^128) with the CMAC polynomial.
+        let mut k1 = (l << 1) ^ (0u128.wrapping_sub(l >> 127) & 0x87);
+        l.zeroize();
+        let k1_bytes = k1.to_be_bytes();
+        k1.zeroize();
+        Self {
+            cipher,
+            k1: k1_bytes,
+        }
+    }
+
+    /// The subkey for `nonce[..12]`: `Kx = AES-256_K(M1 ^ K1) || AES-256_K(M2 ^ K1)` with
+    /// `M1 = 00 01 58 00 || N[..12]` and `M2 = 00 02 58 00 || N[..12]`.
+    fn subkey(&self, nonce: &[u8]) -> Result<[u8; 32], AeadFailure> {
+        let prefix = nonce.get(..12).ok_or(AeadFailure)?;
+        if nonce.len() != XAES_NONCE_LEN {
+            return Err(AeadFailure);
+        }
+        let mut blocks = [GenericArray::from([0u8; 16]); 2];
+        for (counter, block) in [1u8, 2].into_iter().zip(blocks.iter_mut()) {
+            let (head, tail) = block.split_at_mut(4);
+            head.copy_from_slice(&[0x00, counter, b'X', 0x00]);
+            tail.copy_from_slice(prefix);
+            for (a, b) in block.iter_mut().zip(self.k1) {
+                *a ^= b;
+            }
+        }
+        self.cipher.encrypt_blocks(&mut blocks);
+        let mut out = [0u8; 32];
+        for (half, block) in out.chunks_exact_mut(16).zip(&blocks) {
+            half.copy_from_slice(block);
+        }
+        for block in &mut blocks {
+            block.zeroize();
+        }
+        Ok(out)
+    }
+
+    /// Encrypts `buffer` in place and returns the tag.
+    ///
+    /// # Errors
+    /// [`AeadFailure`] when the nonce is not 24 bytes.
+    pub fn encrypt_in_place(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        buffer: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadFailure> {
+        let mut subkey = self.subkey(nonce)?;
+        let result = encrypt_in_place(
+            Algorithm::Aes256Gcm,
+            &subkey,
+            nonce.get(12..).ok_or(AeadFailure)?,
+            aad,
+            buffer,
+        );
+        subkey.zeroize();
+        result
+    }
+
+    /// Decrypts in place what [`Self::encrypt_in_place`] produced, after checking `tag`. On
+    /// failure the buffer's contents are unspecified (the caller must zeroize or discard it).
+    ///
+    /// # Errors
+    /// [`AeadFailure`] when authentication fails or a length is wrong.
+    pub fn decrypt_in_place(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        buffer: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), AeadFailure> {
+        let mut subkey = self.subkey(nonce)?;
+        let result = decrypt_in_place(
+            Algorithm::Aes256Gcm,
+            &subkey,
+            nonce.get(12..).ok_or(AeadFailure)?,
+            aad,
+            buffer,
+            tag,
+        );
+        subkey.zeroize();
+        result
+    }
+}
+
+impl Drop for Xaes256Gcm {
+    fn drop(&mut self) {
+        self.k1.zeroize();
+    }
+}
+
+impl fmt::Debug for Xaes256Gcm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Xaes256Gcm(<redacted>)")
+    }
+}
+
+/// XAES-256-GCM encryption under `key` in one call (see [`Xaes256Gcm`], which keeps the key's
+/// expanded state for many calls). Encrypts `buffer` in place and returns the tag.
 ///
 /// # Errors
 /// [`AeadFailure`] when the key is not 32 bytes or the nonce not 24.
@@ -363,16 +447,8 @@ pub fn xaes256gcm_encrypt_in_place(
     aad: &[u8],
     buffer: &mut [u8],
 ) -> Result<[u8; TAG_LEN], AeadFailure> {
-    let mut subkey = xaes_subkey(key, nonce)?;
-    let result = encrypt_in_place(
-        Algorithm::Aes256Gcm,
-        &subkey,
-        nonce.get(12..).ok_or(AeadFailure)?,
-        aad,
-        buffer,
-    );
-    subkey.zeroize();
-    result
+    let key: &[u8; 32] = key.try_into().map_err(|_| AeadFailure)?;
+    Xaes256Gcm::new(key).encrypt_in_place(nonce, aad, buffer)
 }
 
 /// Decrypts in place what [`xaes256gcm_encrypt_in_place`] produced, after checking `tag`.
@@ -386,17 +462,8 @@ pub fn xaes256gcm_decrypt_in_place(
     buffer: &mut [u8],
     tag: &[u8],
 ) -> Result<(), AeadFailure> {
-    let mut subkey = xaes_subkey(key, nonce)?;
-    let result = decrypt_in_place(
-        Algorithm::Aes256Gcm,
-        &subkey,
-        nonce.get(12..).ok_or(AeadFailure)?,
-        aad,
-        buffer,
-        tag,
-    );
-    subkey.zeroize();
-    result
+    let key: &[u8; 32] = key.try_into().map_err(|_| AeadFailure)?;
+    Xaes256Gcm::new(key).decrypt_in_place(nonce, aad, buffer, tag)
 }
 
 #[cfg(test)]

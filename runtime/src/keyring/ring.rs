@@ -238,7 +238,7 @@ impl KeyRing {
         span.record("kek_version", cached.version.get());
         envelope::seal(
             &SealParams {
-                kek: &cached.kek,
+                kek: &cached.keys,
                 scope,
                 kek_version: cached.version,
                 ctx,
@@ -302,7 +302,7 @@ impl KeyRing {
         let cached = self
             .kek_for_open(parsed.scope, parsed.kek_version, "open")
             .map_err(|e| e.in_field(ctx.location()))?;
-        envelope::open(&cached.kek, &parsed, ctx)
+        envelope::open(&cached.keys, &parsed, ctx)
     }
 
     /// Moves an envelope's DEK onto the active KEK version of its scope, leaving the data
@@ -350,7 +350,15 @@ impl KeyRing {
         let old = self
             .kek_for_open(parsed.scope, parsed.kek_version, "rewrap")
             .map_err(|e| e.in_field(ctx.location()))?;
-        envelope::rewrap(&old.kek, &active.kek, &scope, active.version, &parsed, ctx).map(Some)
+        envelope::rewrap(
+            &old.keys,
+            &active.keys,
+            &scope,
+            active.version,
+            &parsed,
+            ctx,
+        )
+        .map(Some)
     }
 
     pub(crate) fn clock_now(&self) -> UnixTime {
