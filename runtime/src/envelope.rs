@@ -40,6 +40,9 @@ pub const MAGIC: [u8; 2] = *b"LK";
 pub const FORMAT_V1: u8 = 0x01;
 /// Length of the fixed header (magic, version, data AEAD id, padding id).
 pub const HEADER_LEN: usize = 5;
+/// Capacity that holds the associated data of a typical field without growing: the longest key
+/// prefix (header, scope length, a 64-byte scope, KEK version) and 64 bytes of context.
+pub(crate) const AAD_CAPACITY: usize = HEADER_LEN + 1 + KeyScope::MAX_LEN + 4 + 64;
 /// Length of the DEK wrap nonce (XChaCha20-Poly1305).
 pub const WRAP_NONCE_LEN: usize = 24;
 /// Length of the wrapped DEK: a 32-byte key plus a 16-byte tag.
@@ -545,7 +548,9 @@ pub(crate) fn unwrap_dek(
     unwrap_dek_with_aad(kek, parsed, &aad, ctx)
 }
 
-/// Opens a parsed envelope with `kek`.
+/// Opens a parsed envelope with `kek`, given `context`, the canonical encoding of `ctx` (its
+/// buffer becomes both associated data strings, so it should have room for the key prefix:
+/// [`AAD_CAPACITY`]).
 ///
 /// The data is decrypted in one buffer, the returned [`Plaintext`]'s: the ciphertext is copied
 /// into it once, decrypted in place, and the padding is cut by shortening it (the cut bytes,
@@ -555,12 +560,12 @@ pub(crate) fn open(
     kek: &KekKeys,
     parsed: &Parsed<'_>,
     ctx: &FieldContext<'_>,
+    context: Vec<u8>,
 ) -> Result<Plaintext, Error> {
     // One buffer serves both associated data strings: `key_prefix || context` for the DEK
     // wrap, then, with the scope and version cut out, `header || context` for the data.
-    let mut aad = Vec::with_capacity(parsed.key_prefix.len() + 64);
-    aad.extend_from_slice(parsed.key_prefix);
-    ctx.encode_into(&mut aad)?;
+    let mut aad = context;
+    aad.splice(0..0, parsed.key_prefix.iter().copied());
     let dek = unwrap_dek_with_aad(kek, parsed, &aad, ctx)?;
     aad.drain(HEADER_LEN..parsed.key_prefix.len());
     let mut pt = aead::decrypt(

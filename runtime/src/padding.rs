@@ -126,8 +126,7 @@ pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
         .copy_from_slice(rest);
     let mut last_block_index: u64 = 0;
     let mut last_block = [0u64; SCAN_WORDS];
-    // The zeroed tail block never counts as non-zero unless the partial block does.
-    for (k, block) in (0u64..).zip(blocks.iter().chain(std::iter::once(&tail))) {
+    let mut scan = |k: u64, block: &[u8; SCAN_BLOCK]| {
         let (chunks, _) = block.as_chunks::<8>();
         let mut words = [0u64; SCAN_WORDS];
         for (w, chunk) in words.iter_mut().zip(chunks) {
@@ -139,7 +138,14 @@ pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
         for (kept, w) in last_block.iter_mut().zip(words) {
             *kept ^= (*kept ^ w) & nz;
         }
+    };
+    let mut k = 0u64;
+    for block in blocks {
+        scan(k, block);
+        k += 1;
     }
+    // The zeroed tail block never counts as non-zero unless the partial block does.
+    scan(k, &tail);
     let mut word_index: u64 = 0;
     let mut last_word: u64 = 0;
     for (j, w) in (0u64..).zip(last_block) {
@@ -237,7 +243,9 @@ mod tests {
             Some(i) if buf[i] == 0x80 => Some(i),
             _ => None,
         };
-        for len in (0..200).chain([511, 512, 513, 4095, 4096, 4097, 8192, 8193, 69_631, 69_632]) {
+        for len in
+            (0usize..200).chain([511, 512, 513, 4095, 4096, 4097, 8192, 8193, 69_631, 69_632])
+        {
             let step = if len > 10_000 {
                 997
             } else if len > 300 {

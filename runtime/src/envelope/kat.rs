@@ -300,7 +300,9 @@ fn document_vectors_open_and_every_byte_flip_fails() {
 
         let p = parse(&envelope).unwrap();
         assert_eq!(
-            open(&kek, &p, &ctx).unwrap().expose_secret(),
+            open(&kek, &p, &ctx, ctx.encode().unwrap())
+                .unwrap()
+                .expose_secret(),
             &plaintext[..]
         );
         let info = inspect(&envelope).unwrap();
@@ -317,7 +319,7 @@ fn document_vectors_open_and_every_byte_flip_fails() {
                 bad[i] ^= mask;
                 let result = parse(&bad)
                     .map_err(|e| e.at(ctx.location()))
-                    .and_then(|p| open(&kek, &p, &ctx));
+                    .and_then(|p| open(&kek, &p, &ctx, ctx.encode().unwrap()));
                 assert!(
                     result.is_err(),
                     "{}: flipping byte {i} with {mask:#04x} still opened",
@@ -329,7 +331,7 @@ fn document_vectors_open_and_every_byte_flip_fails() {
         for len in 0..envelope.len() {
             let result = parse(&envelope[..len])
                 .map_err(|e| e.at(ctx.location()))
-                .and_then(|p| open(&kek, &p, &ctx));
+                .and_then(|p| open(&kek, &p, &ctx, ctx.encode().unwrap()));
             assert!(
                 result.is_err(),
                 "{}: truncation to {len} bytes still opened",

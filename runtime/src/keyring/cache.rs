@@ -192,14 +192,17 @@ impl KekCache {
     /// version is active" only within its record's cache window (`recheck_secs`), even when
     /// its KEK bytes could stay cached longer.
     pub(crate) fn get_active(&self, scope: &str, now: UnixTime) -> Option<Arc<CachedKek>> {
-        let version = {
-            let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-            slots.get(scope)?.active?
-        };
-        let entry = self.get(scope, version, now)?;
+        // One lock and one look-up of the scope: this runs once per sealed value.
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.get(scope)?;
+        let entry = slot.versions.get(&slot.active?)?;
+        if !self.fresh(entry, now) {
+            return None;
+        }
+        entry.uses.fetch_add(1, Ordering::Relaxed);
         let window = u64::from(entry.recheck_secs.max(1));
         let checked = UnixTime(entry.active_checked_at.load(Ordering::Relaxed));
-        (now.seconds_since(checked) < window).then_some(entry)
+        (now.seconds_since(checked) < window).then(|| Arc::clone(entry))
     }
 
     /// After the key store confirmed `version` as the active one of `scope`: the cached entry,
