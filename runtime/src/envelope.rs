@@ -391,7 +391,7 @@ pub(crate) fn seal_with_randomness(
     })?;
     let alg = params.algorithm;
     let nonce_len = alg.nonce_len();
-    let data_nonce = rnd.data_nonce.get(..nonce_len).ok_or(Error::SealFailed {
+    let data_nonce = rnd.data_nonce.get(..nonce_len).ok_or_else(|| Error::SealFailed {
         location: location(),
         problem: "data nonce length",
     })?;
