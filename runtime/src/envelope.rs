@@ -391,10 +391,13 @@ pub(crate) fn seal_with_randomness(
     })?;
     let alg = params.algorithm;
     let nonce_len = alg.nonce_len();
-    let data_nonce = rnd.data_nonce.get(..nonce_len).ok_or_else(|| Error::SealFailed {
-        location: location(),
-        problem: "data nonce length",
-    })?;
+    let data_nonce = rnd
+        .data_nonce
+        .get(..nonce_len)
+        .ok_or_else(|| Error::SealFailed {
+            location: location(),
+            problem: "data nonce length",
+        })?;
 
     let mut out = Vec::with_capacity(
         HEADER_LEN
