@@ -120,6 +120,10 @@ pub use engine::encrypt_in_place;
 /// Decrypts `buffer` in place after checking `tag`, on the engine [`ENGINE`] names.
 pub use engine::decrypt_in_place;
 
+/// Decrypts `ciphertext` into `out` (of the same length) after checking `tag`, on the engine
+/// [`ENGINE`] names.
+pub use engine::decrypt_into;
+
 /// The pure-Rust engine (RustCrypto's `aes-gcm` and `chacha20poly1305`), always built.
 pub mod portable {
     use super::{AeadFailure, Aes256Gcm, Algorithm, KeyInit, TAG_LEN, XChaCha20Poly1305};
@@ -177,6 +181,28 @@ pub mod portable {
                 .decrypt_in_place_detached(nonce.into(), aad, buffer, tag.into()),
         }
         .map_err(|_| AeadFailure)
+    }
+
+    /// Decrypts `ciphertext` into `out`, which must have its length, after checking `tag`
+    /// (RustCrypto decrypts in place only: this copies the ciphertext into `out` first). On
+    /// failure `out`'s contents are unspecified (the caller must zeroize or discard it).
+    ///
+    /// # Errors
+    /// [`AeadFailure`] when authentication fails or a length is wrong.
+    pub fn decrypt_into(
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AeadFailure> {
+        if out.len() != ciphertext.len() {
+            return Err(AeadFailure);
+        }
+        out.copy_from_slice(ciphertext);
+        decrypt_in_place(alg, key, nonce, aad, out, tag)
     }
 }
 
@@ -263,6 +289,29 @@ pub mod awslc {
             .map(|_| ())
             .map_err(|_| AeadFailure)
     }
+
+    /// Decrypts `ciphertext` into `out`, which must have its length, after checking `tag`,
+    /// without copying the ciphertext first. On failure `out`'s contents are unspecified (the
+    /// caller must zeroize or discard it).
+    ///
+    /// # Errors
+    /// [`AeadFailure`] when authentication fails or a length is wrong.
+    pub fn decrypt_into(
+        alg: Algorithm,
+        key: &[u8],
+        nonce: &[u8],
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), AeadFailure> {
+        if tag.len() != TAG_LEN || out.len() != ciphertext.len() {
+            return Err(AeadFailure);
+        }
+        let (key, nonce) = keyed(alg, key, nonce)?;
+        key.open_separate_gather(nonce, Aad::from(aad), ciphertext, tag, out)
+            .map_err(|_| AeadFailure)
+    }
 }
 
 /// Encrypts `plaintext` into a new `ciphertext || tag` vector.
@@ -299,9 +348,11 @@ pub fn decrypt(
         .checked_sub(TAG_LEN)
         .ok_or(AeadFailure)?;
     let (ct, tag) = ciphertext_and_tag.split_at(split);
-    let mut buf = crate::Plaintext::new(ct.to_vec());
-    // `Plaintext` zeroizes on drop, so a failed decryption leaves nothing behind.
-    decrypt_in_place(alg, key, nonce, aad, buf_mut(&mut buf), tag)?;
+    // Decrypted straight into the plaintext's own buffer (on AWS-LC without copying the
+    // ciphertext first). `Plaintext` zeroizes on drop, so a failed decryption leaves nothing
+    // behind.
+    let mut buf = crate::Plaintext::new(vec![0; ct.len()]);
+    decrypt_into(alg, key, nonce, aad, ct, tag, buf_mut(&mut buf))?;
     Ok(buf)
 }
 
@@ -513,5 +564,58 @@ mod tests {
         }
         assert!(xaes256gcm_encrypt_in_place(&[1; 32], &[0; 12], b"", &mut []).is_err());
         assert!(xaes256gcm_encrypt_in_place(&[1; 16], &[0; 24], b"", &mut []).is_err());
+    }
+}
+
+/// `decrypt_into` of each engine, named by its path (outside `tests`, whose glob import brings
+/// the build engine's `decrypt_into` into scope under its bare name).
+#[cfg(test)]
+mod decrypt_into_tests {
+    #[cfg(feature = "aws-lc")]
+    use super::awslc;
+    use super::{AeadFailure, Algorithm, encrypt_in_place, portable};
+
+    /// `decrypt_into` gives what `decrypt_in_place` gives, on both engines, refuses a flipped
+    /// tag or ciphertext byte and an output of another length.
+    #[test]
+    fn decrypt_into_matches_in_place() {
+        type DecryptInto =
+            fn(Algorithm, &[u8], &[u8], &[u8], &[u8], &[u8], &mut [u8]) -> Result<(), AeadFailure>;
+        #[cfg(feature = "aws-lc")]
+        let engines: [DecryptInto; 2] = [portable::decrypt_into, awslc::decrypt_into];
+        #[cfg(not(feature = "aws-lc"))]
+        let engines: [DecryptInto; 1] = [portable::decrypt_into];
+        for alg in [Algorithm::XChaCha20Poly1305, Algorithm::Aes256Gcm] {
+            for len in [0usize, 1, 31, 100, 4096, 70_000] {
+                let key = [7u8; 32];
+                let nonce = vec![9u8; alg.nonce_len()];
+                let plain: Vec<u8> = (0..len)
+                    .map(|i: usize| (i % 251).to_le_bytes()[0])
+                    .collect();
+                let mut ct = plain.clone();
+                let tag = encrypt_in_place(alg, &key, &nonce, b"aad", &mut ct).unwrap();
+                for decrypt_into in &engines {
+                    let mut out = vec![0xAA; len];
+                    decrypt_into(alg, &key, &nonce, b"aad", &ct, &tag, &mut out).unwrap();
+                    assert_eq!(out, plain, "{alg} {len}");
+                    let mut bad_tag = tag;
+                    bad_tag[0] ^= 1;
+                    assert!(
+                        decrypt_into(alg, &key, &nonce, b"aad", &ct, &bad_tag, &mut out).is_err()
+                    );
+                    if len > 0 {
+                        let mut bad = ct.clone();
+                        bad[len / 2] ^= 1;
+                        assert!(
+                            decrypt_into(alg, &key, &nonce, b"aad", &bad, &tag, &mut out).is_err()
+                        );
+                    }
+                    let mut short = vec![0u8; len + 1];
+                    assert!(
+                        decrypt_into(alg, &key, &nonce, b"aad", &ct, &tag, &mut short).is_err()
+                    );
+                }
+            }
+        }
     }
 }
