@@ -348,13 +348,26 @@ pub fn decrypt(
         .checked_sub(TAG_LEN)
         .ok_or(AeadFailure)?;
     let (ct, tag) = ciphertext_and_tag.split_at(split);
-    // Decrypted straight into the plaintext's own buffer (on AWS-LC without copying the
-    // ciphertext first). `Plaintext` zeroizes on drop, so a failed decryption leaves nothing
-    // behind.
-    let mut buf = crate::Plaintext::new(vec![0; ct.len()]);
-    decrypt_into(alg, key, nonce, aad, ct, tag, buf_mut(&mut buf))?;
-    Ok(buf)
+    // Decrypted in the plaintext's own buffer, which zeroizes on drop, so a failed decryption
+    // leaves nothing behind: a short value is copied there and decrypted in place; a long one
+    // is decrypted straight from `ciphertext_and_tag` into it (on AWS-LC without the copy,
+    // which is then what costs; for short values AWS-LC's separate-buffer open costs more
+    // than the copy).
+    if ct.len() < DECRYPT_INTO_FROM {
+        let mut buf = crate::Plaintext::new(ct.to_vec());
+        decrypt_in_place(alg, key, nonce, aad, buf_mut(&mut buf), tag)?;
+        Ok(buf)
+    } else {
+        let mut buf = crate::Plaintext::new(vec![0; ct.len()]);
+        decrypt_into(alg, key, nonce, aad, ct, tag, buf_mut(&mut buf))?;
+        Ok(buf)
+    }
 }
+
+/// From this many ciphertext bytes [`decrypt`] decrypts into a separate buffer rather than
+/// copying and decrypting in place (measured on the envelope bench: at 128 bytes the copy is
+/// about 40 ns cheaper, from 8 KiB the separate buffer is as fast or faster).
+const DECRYPT_INTO_FROM: usize = 4096;
 
 fn buf_mut(p: &mut crate::Plaintext) -> &mut [u8] {
     p.as_mut_slice()
