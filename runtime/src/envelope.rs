@@ -555,10 +555,11 @@ pub(crate) fn unwrap_dek(
 /// buffer becomes both associated data strings, so it should have room for the key prefix:
 /// [`AAD_CAPACITY`]).
 ///
-/// The data is decrypted in one buffer, the returned [`Plaintext`]'s: the ciphertext is copied
-/// into it once, decrypted in place, and the padding is cut by shortening it (the cut bytes,
-/// the marker and zeros, are wiped with the rest when the plaintext is dropped). Finding the
-/// marker takes time that depends only on the padded length.
+/// The data is decrypted into one buffer, the returned [`Plaintext`]'s ([`aead::decrypt`]:
+/// straight from the envelope's bytes, or for short values copied there and decrypted in
+/// place), and the padding is cut by shortening it (the cut bytes, the marker and zeros, are
+/// wiped with the rest when the plaintext is dropped). Finding the marker takes time that
+/// depends only on the padded length.
 pub(crate) fn open(
     kek: &KekKeys,
     parsed: &Parsed<'_>,
