@@ -25,7 +25,7 @@
 //! untouched.
 
 use rand::RngCore;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::aead::{self, Algorithm, TAG_LEN};
 use crate::context::{FieldContext, FieldLocation};
@@ -40,6 +40,9 @@ pub const MAGIC: [u8; 2] = *b"LK";
 pub const FORMAT_V1: u8 = 0x01;
 /// Length of the fixed header (magic, version, data AEAD id, padding id).
 pub const HEADER_LEN: usize = 5;
+/// Capacity that holds the associated data of a typical field without growing: the longest key
+/// prefix (header, scope length, a 64-byte scope, KEK version) and 64 bytes of context.
+pub(crate) const AAD_CAPACITY: usize = HEADER_LEN + 1 + KeyScope::MAX_LEN + 4 + 64;
 /// Length of the DEK wrap nonce (XChaCha20-Poly1305).
 pub const WRAP_NONCE_LEN: usize = 24;
 /// Length of the wrapped DEK: a 32-byte key plus a 16-byte tag.
@@ -282,27 +285,49 @@ pub(crate) struct SealRandomness {
 }
 
 impl SealRandomness {
-    fn fresh() -> Self {
-        let mut rng = rand::thread_rng();
-        let mut dek = [0u8; KEY_LEN];
-        rng.fill_bytes(&mut dek);
-        let mut wrap_nonce = [0u8; WRAP_NONCE_LEN];
-        rng.fill_bytes(&mut wrap_nonce);
-        let mut data_nonce = [0u8; 24];
-        rng.fill_bytes(&mut data_nonce);
-        let r = Self {
-            dek: Dek::from_bytes(dek),
-            wrap_nonce,
-            data_nonce,
-        };
-        dek.zeroize();
-        r
+    /// One fill of the thread's CSPRNG, split into the DEK and both nonces. `None` only if the
+    /// split went wrong, which the lengths rule out.
+    fn fresh() -> Option<Self> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN + WRAP_NONCE_LEN + 24]);
+        rand::thread_rng().fill_bytes(&mut bytes[..]);
+        let (dek, rest) = bytes.split_at(KEY_LEN);
+        let (wrap_nonce, data_nonce) = rest.split_at(WRAP_NONCE_LEN);
+        Some(Self {
+            dek: Dek::try_from_slice(dek)?,
+            wrap_nonce: wrap_nonce.try_into().ok()?,
+            data_nonce: data_nonce.try_into().ok()?,
+        })
+    }
+}
+
+/// A KEK with the cipher state its DEK wraps need, built once per cached KEK version (the
+/// [`KekCache`](crate::keyring::KekCache) keeps one in each entry): for XAES-256-GCM, the wrap
+/// of AES-256-GCM fields, the KEK's AES-256 key schedule and derived constant
+/// ([`aead::Xaes256Gcm`]), so a wrap or unwrap costs two AES block encryptions for its subkey
+/// instead of a key schedule and three. XChaCha20-Poly1305 has no key schedule to keep: each
+/// wrap's subkey is HChaCha20 of the KEK and that wrap's nonce. Everything here is zeroized on
+/// drop ([`Kek`] and [`aead::Xaes256Gcm`] both clear themselves); there is no `Debug`.
+pub(crate) struct KekKeys {
+    kek: Kek,
+    xaes: aead::Xaes256Gcm,
+}
+
+impl KekKeys {
+    /// Expands `kek` once.
+    pub(crate) fn new(kek: Kek) -> Self {
+        let xaes = aead::Xaes256Gcm::new(kek.expose_secret());
+        Self { kek, xaes }
+    }
+
+    /// The KEK itself (for the blind-index key derivation).
+    pub(crate) fn kek(&self) -> &Kek {
+        &self.kek
     }
 }
 
 /// Everything [`seal`] needs besides the plaintext and the randomness.
 pub(crate) struct SealParams<'a> {
-    pub(crate) kek: &'a Kek,
+    pub(crate) kek: &'a KekKeys,
     pub(crate) scope: &'a KeyScope,
     pub(crate) kek_version: KekVersion,
     pub(crate) ctx: &'a FieldContext<'a>,
@@ -312,7 +337,11 @@ pub(crate) struct SealParams<'a> {
 
 /// Seals `plaintext` with fresh randomness.
 pub(crate) fn seal(params: &SealParams<'_>, plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-    seal_with_randomness(params, plaintext, &SealRandomness::fresh())
+    let rnd = SealRandomness::fresh().ok_or_else(|| Error::SealFailed {
+        location: params.ctx.location(),
+        problem: "randomness",
+    })?;
+    seal_with_randomness(params, plaintext, &rnd)
 }
 
 /// Seals with the given randomness. Reusing randomness across values destroys the scheme's
@@ -362,10 +391,13 @@ pub(crate) fn seal_with_randomness(
     })?;
     let alg = params.algorithm;
     let nonce_len = alg.nonce_len();
-    let data_nonce = rnd.data_nonce.get(..nonce_len).ok_or(Error::SealFailed {
-        location: location(),
-        problem: "data nonce length",
-    })?;
+    let data_nonce = rnd
+        .data_nonce
+        .get(..nonce_len)
+        .ok_or_else(|| Error::SealFailed {
+            location: location(),
+            problem: "data nonce length",
+        })?;
 
     let mut out = Vec::with_capacity(
         HEADER_LEN
@@ -444,7 +476,7 @@ fn wrap_algorithm(data: Algorithm) -> WrapAlgorithm {
 /// Wraps `dek` under `kek`: 32 bytes of ciphertext, then the 16-byte tag.
 fn wrap_dek(
     data: Algorithm,
-    kek: &Kek,
+    kek: &KekKeys,
     nonce: &[u8; WRAP_NONCE_LEN],
     aad: &[u8],
     dek: &Dek,
@@ -455,14 +487,12 @@ fn wrap_dek(
     let tag = match wrap_algorithm(data) {
         WrapAlgorithm::XChaCha20Poly1305 => aead::encrypt_in_place(
             Algorithm::XChaCha20Poly1305,
-            kek.expose_secret(),
+            kek.kek.expose_secret(),
             nonce,
             aad,
             body,
         ),
-        WrapAlgorithm::Xaes256Gcm => {
-            aead::xaes256gcm_encrypt_in_place(kek.expose_secret(), nonce, aad, body)
-        }
+        WrapAlgorithm::Xaes256Gcm => kek.xaes.encrypt_in_place(nonce, aad, body),
     };
     match tag {
         Ok(tag) => {
@@ -479,7 +509,7 @@ fn wrap_dek(
 /// Unwraps the DEK of a parsed envelope with `kek`, given the wrap's associated data
 /// (`key_prefix || context`).
 fn unwrap_dek_with_aad(
-    kek: &Kek,
+    kek: &KekKeys,
     parsed: &Parsed<'_>,
     aad: &[u8],
     ctx: &FieldContext<'_>,
@@ -492,19 +522,16 @@ fn unwrap_dek_with_aad(
     let result = match wrap_algorithm(parsed.algorithm) {
         WrapAlgorithm::XChaCha20Poly1305 => aead::decrypt_in_place(
             Algorithm::XChaCha20Poly1305,
-            kek.expose_secret(),
+            kek.kek.expose_secret(),
             parsed.wrap_nonce,
             aad,
             &mut buf,
             tag,
         ),
-        WrapAlgorithm::Xaes256Gcm => aead::xaes256gcm_decrypt_in_place(
-            kek.expose_secret(),
-            parsed.wrap_nonce,
-            aad,
-            &mut buf,
-            tag,
-        ),
+        WrapAlgorithm::Xaes256Gcm => {
+            kek.xaes
+                .decrypt_in_place(parsed.wrap_nonce, aad, &mut buf, tag)
+        }
     };
     let dek = Dek::from_bytes(buf);
     buf.zeroize();
@@ -514,7 +541,7 @@ fn unwrap_dek_with_aad(
 
 /// Unwraps the DEK of a parsed envelope with `kek`.
 pub(crate) fn unwrap_dek(
-    kek: &Kek,
+    kek: &KekKeys,
     parsed: &Parsed<'_>,
     ctx: &FieldContext<'_>,
 ) -> Result<Dek, Error> {
@@ -524,17 +551,25 @@ pub(crate) fn unwrap_dek(
     unwrap_dek_with_aad(kek, parsed, &aad, ctx)
 }
 
-/// Opens a parsed envelope with `kek`.
+/// Opens a parsed envelope with `kek`, given `context`, the canonical encoding of `ctx` (its
+/// buffer becomes both associated data strings, so it should have room for the key prefix:
+/// [`AAD_CAPACITY`]).
+///
+/// The data is decrypted into one buffer, the returned [`Plaintext`]'s ([`aead::decrypt`]:
+/// straight from the envelope's bytes, or for short values copied there and decrypted in
+/// place), and the padding is cut by shortening it (the cut bytes, the marker and zeros, are
+/// wiped with the rest when the plaintext is dropped). Finding the marker takes time that
+/// depends only on the padded length.
 pub(crate) fn open(
-    kek: &Kek,
+    kek: &KekKeys,
     parsed: &Parsed<'_>,
     ctx: &FieldContext<'_>,
+    context: Vec<u8>,
 ) -> Result<Plaintext, Error> {
     // One buffer serves both associated data strings: `key_prefix || context` for the DEK
     // wrap, then, with the scope and version cut out, `header || context` for the data.
-    let mut aad = Vec::with_capacity(parsed.key_prefix.len() + 64);
-    aad.extend_from_slice(parsed.key_prefix);
-    ctx.encode_into(&mut aad)?;
+    let mut aad = context;
+    aad.splice(0..0, parsed.key_prefix.iter().copied());
     let dek = unwrap_dek_with_aad(kek, parsed, &aad, ctx)?;
     aad.drain(HEADER_LEN..parsed.key_prefix.len());
     let mut pt = aead::decrypt(
@@ -551,15 +586,15 @@ pub(crate) fn open(
         location: ctx.location(),
         problem: "padding marker missing",
     })?;
-    pt.truncate_zeroizing(len);
+    pt.truncate(len);
     Ok(pt)
 }
 
 /// Re-wraps the DEK of `parsed` (opened with `old_kek`) under `new_kek` as `new_scope`
 /// `new_version`, with a fresh wrap nonce. The data nonce and ciphertext are copied unchanged.
 pub(crate) fn rewrap(
-    old_kek: &Kek,
-    new_kek: &Kek,
+    old_kek: &KekKeys,
+    new_kek: &KekKeys,
     new_scope: &KeyScope,
     new_version: KekVersion,
     parsed: &Parsed<'_>,

@@ -169,7 +169,7 @@ fn build(spec: &Spec) -> (Value, Vec<u8>, Kek) {
     let scope = KeyScope::new(spec.scope).unwrap();
     let ctx = FieldContext::new(spec.table, spec.column, spec.row, spec.schema_version);
     let params = SealParams {
-        kek: &kek,
+        kek: &KekKeys::new(kek.clone()),
         scope: &scope,
         kek_version: KekVersion::new(spec.kek_version).unwrap(),
         ctx: &ctx,
@@ -280,8 +280,9 @@ fn document_vectors_open_and_every_byte_flip_fails() {
     let mut algorithms = std::collections::HashSet::new();
     let (mut saw_empty, mut saw_long) = (false, false);
     for v in vectors {
-        let kek =
-            Kek::try_from_slice(&hex::decode(v["kek_hex"].as_str().unwrap()).unwrap()).unwrap();
+        let kek = KekKeys::new(
+            Kek::try_from_slice(&hex::decode(v["kek_hex"].as_str().unwrap()).unwrap()).unwrap(),
+        );
         let c = &v["context"];
         let (mut storage, mut text) = (Vec::new(), String::new());
         let row = row_from_json(&c["row"], &mut storage, &mut text);
@@ -299,7 +300,9 @@ fn document_vectors_open_and_every_byte_flip_fails() {
 
         let p = parse(&envelope).unwrap();
         assert_eq!(
-            open(&kek, &p, &ctx).unwrap().expose_secret(),
+            open(&kek, &p, &ctx, ctx.encode().unwrap())
+                .unwrap()
+                .expose_secret(),
             &plaintext[..]
         );
         let info = inspect(&envelope).unwrap();
@@ -316,7 +319,7 @@ fn document_vectors_open_and_every_byte_flip_fails() {
                 bad[i] ^= mask;
                 let result = parse(&bad)
                     .map_err(|e| e.at(ctx.location()))
-                    .and_then(|p| open(&kek, &p, &ctx));
+                    .and_then(|p| open(&kek, &p, &ctx, ctx.encode().unwrap()));
                 assert!(
                     result.is_err(),
                     "{}: flipping byte {i} with {mask:#04x} still opened",
@@ -328,7 +331,7 @@ fn document_vectors_open_and_every_byte_flip_fails() {
         for len in 0..envelope.len() {
             let result = parse(&envelope[..len])
                 .map_err(|e| e.at(ctx.location()))
-                .and_then(|p| open(&kek, &p, &ctx));
+                .and_then(|p| open(&kek, &p, &ctx, ctx.encode().unwrap()));
             assert!(
                 result.is_err(),
                 "{}: truncation to {len} bytes still opened",

@@ -2,8 +2,10 @@
 //!
 //! The cache is what keeps KMS calls proportional to KEK versions rather than rows: a KEK is
 //! unwrapped once, then wraps and unwraps DEKs locally until it is `max_age` old or has been used
-//! `max_uses` times, whichever comes first. Evicted KEKs are zeroized as soon as the last
-//! in-flight operation holding them finishes ([`Kek`] zeroizes on drop).
+//! `max_uses` times, whichever comes first. Each entry also keeps the KEK's expanded cipher state
+//! for DEK wraps (the XAES-256-GCM key schedule, see `KekKeys` in the envelope module), so no
+//! value pays a KEK key schedule. Evicted KEKs and their state are zeroized as soon as the last
+//! in-flight operation holding them finishes ([`Kek`] and the cipher state zeroize on drop).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use crate::envelope::KekKeys;
 use crate::key::{KekState, KekVersion, KeyScope, UnixTime};
 use crate::secret::{KEY_LEN, Kek};
 
@@ -45,7 +48,8 @@ impl Default for CacheConfig {
 
 /// One unwrapped KEK in the cache.
 pub(crate) struct CachedKek {
-    pub(crate) kek: Kek,
+    /// The KEK with its expanded wrap cipher state, built once when the entry is made.
+    pub(crate) keys: KekKeys,
     pub(crate) version: KekVersion,
     /// The state when fetched; a `Grace` deadline is checked again on every use.
     pub(crate) state: KekState,
@@ -70,7 +74,7 @@ impl CachedKek {
         now: UnixTime,
     ) -> Self {
         Self {
-            kek,
+            keys: KekKeys::new(kek),
             version,
             state,
             recheck_secs,
@@ -94,7 +98,7 @@ impl CachedKek {
                 return Ok(Zeroizing::new(**k));
             }
         }
-        let key = derive(&self.kek)?;
+        let key = derive(self.keys.kek())?;
         let mut map = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() < MAX_DERIVED {
             map.insert(label.to_vec(), Zeroizing::new(*key));
@@ -188,14 +192,17 @@ impl KekCache {
     /// version is active" only within its record's cache window (`recheck_secs`), even when
     /// its KEK bytes could stay cached longer.
     pub(crate) fn get_active(&self, scope: &str, now: UnixTime) -> Option<Arc<CachedKek>> {
-        let version = {
-            let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-            slots.get(scope)?.active?
-        };
-        let entry = self.get(scope, version, now)?;
+        // One lock and one look-up of the scope: this runs once per sealed value.
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.get(scope)?;
+        let entry = slot.versions.get(&slot.active?)?;
+        if !self.fresh(entry, now) {
+            return None;
+        }
+        entry.uses.fetch_add(1, Ordering::Relaxed);
         let window = u64::from(entry.recheck_secs.max(1));
         let checked = UnixTime(entry.active_checked_at.load(Ordering::Relaxed));
-        (now.seconds_since(checked) < window).then_some(entry)
+        (now.seconds_since(checked) < window).then(|| Arc::clone(entry))
     }
 
     /// After the key store confirmed `version` as the active one of `scope`: the cached entry,

@@ -238,7 +238,7 @@ impl KeyRing {
         span.record("kek_version", cached.version.get());
         envelope::seal(
             &SealParams {
-                kek: &cached.kek,
+                kek: &cached.keys,
                 scope,
                 kek_version: cached.version,
                 ctx,
@@ -297,12 +297,12 @@ impl KeyRing {
             kek_version = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let parsed = parse_for(expected, ctx, envelope_bytes)?;
+        let (parsed, context) = parse_for(expected, ctx, envelope_bytes)?;
         span.record("kek_version", parsed.kek_version.get());
         let cached = self
             .kek_for_open(parsed.scope, parsed.kek_version, "open")
             .map_err(|e| e.in_field(ctx.location()))?;
-        envelope::open(&cached.kek, &parsed, ctx)
+        envelope::open(&cached.keys, &parsed, ctx, context)
     }
 
     /// Moves an envelope's DEK onto the active KEK version of its scope, leaving the data
@@ -341,7 +341,7 @@ impl KeyRing {
         ctx: &FieldContext<'_>,
         envelope_bytes: &[u8],
     ) -> Result<Option<Vec<u8>>, Error> {
-        let parsed = parse_for(expected, ctx, envelope_bytes)?;
+        let (parsed, _) = parse_for(expected, ctx, envelope_bytes)?;
         let scope = KeyScope::new(parsed.scope)?;
         let active = self.active_kek(&scope)?;
         if active.version == parsed.kek_version {
@@ -350,7 +350,15 @@ impl KeyRing {
         let old = self
             .kek_for_open(parsed.scope, parsed.kek_version, "rewrap")
             .map_err(|e| e.in_field(ctx.location()))?;
-        envelope::rewrap(&old.kek, &active.kek, &scope, active.version, &parsed, ctx).map(Some)
+        envelope::rewrap(
+            &old.keys,
+            &active.keys,
+            &scope,
+            active.version,
+            &parsed,
+            ctx,
+        )
+        .map(Some)
     }
 
     pub(crate) fn clock_now(&self) -> UnixTime {
@@ -1024,13 +1032,15 @@ impl KeyRing {
 /// The checks of opening that need no key, in the order `docs/envelope-format.md` § 6 gives:
 /// the expected context ([`Error::InvalidInput`]), the envelope's structure (parse errors),
 /// then, when the caller names the scope the row must use, the header's scope
-/// ([`Error::WrongKeyScope`]).
+/// ([`Error::WrongKeyScope`]). Returns the parsed envelope and the context's canonical
+/// encoding, in a buffer with room for the associated data [`envelope::open`] builds from it.
 fn parse_for<'a>(
     expected: Option<&KeyScope>,
     ctx: &FieldContext<'_>,
     envelope_bytes: &'a [u8],
-) -> Result<envelope::Parsed<'a>, Error> {
-    ctx.encode_into(&mut Vec::new())?;
+) -> Result<(envelope::Parsed<'a>, Vec<u8>), Error> {
+    let mut context = Vec::with_capacity(envelope::AAD_CAPACITY);
+    ctx.encode_into(&mut context)?;
     let parsed = envelope::parse(envelope_bytes).map_err(|e| e.at(ctx.location()))?;
     if let Some(expected) = expected
         && parsed.scope != expected.as_str()
@@ -1041,5 +1051,5 @@ fn parse_for<'a>(
             found: KeyScope::new(parsed.scope)?,
         });
     }
-    Ok(parsed)
+    Ok((parsed, context))
 }
