@@ -314,7 +314,7 @@ impl Env {
         if !std::io::stdin().is_terminal() {
             return Err(Failure::new(
                 Kind::Refused,
-                format!("{question}: needs confirmation, and stdin is not a terminal"),
+                format!("{question} It needs confirmation, and stdin is not a terminal"),
                 "rerun with --yes in automation, or run it in a terminal to confirm",
             ));
         }

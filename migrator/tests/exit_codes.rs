@@ -107,15 +107,20 @@ fn exit_1_a_row_fails_during_rewrap() {
     assert_eq!(f.versions().get(&2), Some(&9));
 }
 
+/// `keys destroy` without `--yes` and with no terminal to confirm on.
 #[test]
 fn exit_1_a_confirmation_is_missing() {
     let f = Fixture::new(Backend::Sqlite);
-    f.seed(0, 3, false);
-    let before = f.rows();
-    let o = f.run(&["reencrypt"]);
+    f.rotate();
+    support::wait_for_cache_window();
+    let o = f.run(&["keys", "retire", SCOPE, "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = f.run(&["keys", "destroy", SCOPE, "v1"]);
     let err = checked(&o, 1, Some(f.dir.path()));
     insta::assert_snapshot!("exit_1_no_confirmation", err);
-    assert_eq!(f.rows(), before, "nothing was rewritten");
+    // Nothing destroyed: the control, with --yes, does it.
+    let o = f.run(&["keys", "destroy", SCOPE, "v1", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]
@@ -168,14 +173,14 @@ fn exit_3_a_corrupt_key_store_row() {
     let f = Fixture::new(Backend::Sqlite);
     f.seed(0, 3, false);
     f.db()
-        .batch("UPDATE leakless_kek SET state = 'bogus' WHERE scope = 'patients' AND version = 1")
+        .batch("UPDATE leakless_kek SET tag = X'00' WHERE scope = 'patients' AND version = 1")
         .unwrap();
     for args in [&["keys", "list"][..], &["rewrap"]] {
         let o = f.run(args);
         let err = checked(&o, 3, Some(f.dir.path()));
         assert!(
             err.contains(
-                "error: key store sqlite: stored key record patients v1 is corrupt: state: "
+                "error: key store sqlite: stored key record patients v1 is corrupt: tag: 1 bytes"
             ),
             "{args:?}: {err}"
         );

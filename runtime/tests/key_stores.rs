@@ -188,16 +188,19 @@ mod sqlite {
         }
     }
 
-    /// A row holding values leakless never writes is a corrupt-store error naming the store,
-    /// the record and the column (once an invalid argument, exit 2 in the migrator).
+    /// A row holding values leakless never writes (and the schema's constraints let through)
+    /// is a corrupt-store error naming the store, the record and the column (once an invalid
+    /// argument, exit 2 in the migrator).
     #[test]
     fn rows_with_impossible_values_are_corrupt() {
         use diesel::{Connection as _, RunQueryDsl as _, SqliteConnection};
         let scope = leakless::KeyScope::new("patients").unwrap();
         for (edit, field) in [
-            ("state = 'bogus'", "state"),
+            // (The schema's CHECK constraints refuse an unknown state and half a wrapped key.)
             ("tag = X'00'", "tag"),
-            ("root_key_id = NULL", "root_key_id, wrapped_kek"),
+            ("seq = NULL", "seq, tag"),
+            ("seq = -5", "seq"),
+            ("recheck_secs = -1", "recheck_secs"),
         ] {
             let fixture = SqliteFixture::new();
             ring_with_scope(fixture.open());
