@@ -536,8 +536,8 @@ pub fn failure_help<'a>(failures: impl IntoIterator<Item = &'a RowFailure>) -> S
     help.join("; ")
 }
 
-/// Whether a runtime error met on one row is about the keys as a whole (a tampered key store,
-/// a KMS that refuses or cannot be reached, a wrong root key, a key file that cannot be read):
+/// Whether a runtime error met on one row is about the keys as a whole (a tampered or corrupt
+/// key store, a KMS that refuses or cannot be reached, a wrong root key, a key file that cannot be read):
 /// then the command stops with that one error instead of failing every row with it.
 #[must_use]
 pub fn is_key_wide(e: &leakless::Error) -> bool {
@@ -548,6 +548,7 @@ pub fn is_key_wide(e: &leakless::Error) -> bool {
             | E::Kms { .. }
             | E::KmsUnavailable { .. }
             | E::KeyStore { .. }
+            | E::KeyStoreCorrupt { .. }
             | E::KeyFile { .. }
     )
 }

@@ -214,12 +214,13 @@ impl Env {
                     "check the path given to --manifest",
                 )
             })?;
-            let m = SchemaManifest::from_json(&text).map_err(|e| {
-                Failure::new(
+            let m = SchemaManifest::from_json(&text).map_err(|e| match e {
+                leakless::Error::Manifest { problem, .. } => Failure::new(
                     Kind::Usage,
-                    format!("manifest {}: {e}", path.display()),
+                    format!("manifest {}: {problem}", path.display()),
                     "fix the manifest (docs/operations.md shows its shape)",
-                )
+                ),
+                other => Failure::from(other),
             })?;
             for t in &m.tables {
                 ident(&t.table)?;
@@ -313,7 +314,7 @@ impl Env {
         if !std::io::stdin().is_terminal() {
             return Err(Failure::new(
                 Kind::Refused,
-                format!("{question}: needs confirmation, and stdin is not a terminal"),
+                format!("{question} It needs confirmation, and stdin is not a terminal"),
                 "rerun with --yes in automation, or run it in a terminal to confirm",
             ));
         }

@@ -5,14 +5,16 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | a check failed or the migrator refused: `verify` found envelopes that do not open, `destroy` found rows still on the version, `retire`/`destroy`/`expire-grace` found blind-index tokens on the version, `retire`/`destroy` came inside the cache window, `keys audit --verify` found tampering, a confirmation was declined or missing, rows failed during `rewrap`/`adopt`/`reencrypt`/`reindex` |
+//! | 1 | a check failed or the migrator refused: `verify` found envelopes that do not open, `destroy` found rows still on the version, `retire`/`destroy`/`expire-grace` found blind-index tokens on the version, `retire`/`destroy` came inside the cache window, `keys audit --verify` found tampering, a confirmation was declined or missing, rows failed during `rewrap`/`adopt`/`copy`/`reencrypt`/`reindex`; an internal error (a bug) |
 //! | 2 | usage: bad arguments, a bad or missing manifest, an unknown table or column |
-//! | 3 | keys: the root key, KMS or key store failed, or the key state forbids the action |
+//! | 3 | keys: no root key given, the root key, KMS or key store failed, a key-store row cannot be read back (corrupt), or the key state forbids the action |
 //! | 4 | database: cannot connect, or a statement failed (rerunning is safe) |
 //! | 5 | a concurrent change won a race (another process rotated the same scope); nothing was written, rerun |
 
 use std::fmt;
 use std::process::ExitCode;
+
+use leakless::kms::shamir::ShamirError;
 
 use crate::kms::Backend;
 
@@ -162,11 +164,43 @@ impl From<leakless::Error> for Failure {
                  it is reachable",
             ),
             E::InvalidInput { .. } => Failure::new(Kind::Usage, what, "fix the argument named"),
+            E::Manifest { .. } => Failure::new(
+                Kind::Usage,
+                what,
+                "fix the manifest (--manifest or LEAKLESS_MANIFEST; docs/operations.md shows \
+                 its shape)",
+            ),
+            E::KeyStoreCorrupt { .. } => Failure::new(
+                Kind::Keys,
+                what,
+                "the key store holds a row leakless never writes (edited outside leakless, or \
+                 damaged); nothing was sealed or opened with it. Restore the row named from a \
+                 backup of the key store, then run `leakless-migrate keys audit --verify`",
+            ),
+            E::VersionsExhausted { .. } => Failure::new(
+                Kind::Keys,
+                what,
+                "create a new scope with `leakless-migrate keys create-scope` and seal new \
+                 values under it",
+            ),
+            E::NotBackfilled { .. } => Failure::new(
+                Kind::Refused,
+                what,
+                "finish the column's adoption step named (docs/adoption.md) before a build \
+                 that reads only the sealed column",
+            ),
+            E::Shamir(e) => Failure::from(e),
             E::SealFailed { .. } => Failure::new(
                 Kind::Refused,
                 what,
                 "the AEAD refused to seal this value; nothing was written. Report it as a bug \
                  with the error line (it holds no value)",
+            ),
+            E::Internal { .. } => Failure::new(
+                Kind::Refused,
+                what,
+                "nothing was written; report it as a bug with these two lines (they hold no \
+                 value or key material)",
             ),
             _ => Failure::new(
                 Kind::Keys,
@@ -174,6 +208,31 @@ impl From<leakless::Error> for Failure {
                 "see `leakless-migrate keys list` for the key states",
             ),
         }
+    }
+}
+
+impl From<ShamirError> for Failure {
+    fn from(e: ShamirError) -> Self {
+        let kind = match e {
+            ShamirError::InvalidParameters { .. } => Kind::Usage,
+            _ => Kind::Keys,
+        };
+        let help = match &e {
+            ShamirError::InvalidParameters { .. } => {
+                "pick 2 <= --threshold <= --shares <= 255".to_owned()
+            }
+            ShamirError::BelowThreshold { need, .. } => {
+                format!("collect at least {need} shares from their custodians and run again")
+            }
+            ShamirError::Io { .. } => "check the path and its permissions".to_owned(),
+            ShamirError::Token { .. } => {
+                "check the token label, its PIN file and --pkcs11-module".to_owned()
+            }
+            _ => "leave the named share out and use another custodian's, or ask its custodian \
+                  for an intact copy"
+                .to_owned(),
+        };
+        Failure::new(kind, e.to_string(), help)
     }
 }
 

@@ -227,11 +227,14 @@ fn adopt_pair(backend: Backend) {
     db.batch("INSERT INTO places (id, latitude) VALUES (5, 10)")
         .unwrap();
     match read!(&f, Stage1, Stage1Row, 5) {
-        Err(Error::InvalidInput { what, problem }) => {
-            assert_eq!(what, "adopted column");
-            assert!(problem.contains("places.gps of row int:5"), "{problem}");
+        Err(Error::NotBackfilled { location, .. }) => {
+            assert_eq!(
+                (location.table.as_str(), location.column.as_str()),
+                ("places", "gps")
+            );
+            assert_eq!(location.row, "int:5");
         }
-        other => panic!("expected InvalidInput, got {:?}", other.map(|p| p.id)),
+        other => panic!("expected NotBackfilled, got {:?}", other.map(|p| p.id)),
     }
 }
 

@@ -6,8 +6,21 @@
     clippy::print_stderr,
     reason = "tests"
 )]
-//! Exit code 5 ("another process changed the same key at the same time; nothing was written,
-//! rerun"), provoked for real and deterministically: two `leakless-migrate keys rotate`
+//! Every exit code of `leakless-migrate`'s table (docs/operations.md, "Exit codes"), each
+//! provoked by a real cause as a user meets it, with the code and a snapshot of stderr (the
+//! fixture's temporary folder shown as `[DIR]`). Every case also checks that stderr holds no
+//! database password and no plaintext of the table's rows.
+//!
+//! | code | causes tested here |
+//! |---|---|
+//! | 0 | `status` on a healthy database |
+//! | 1 | a row that fails during `rewrap`; a `reencrypt` without `--yes` and no terminal |
+//! | 2 | a bad argument; a database URL of unknown scheme; a manifest naming a column the database does not have |
+//! | 3 | no root key given; a corrupt key-store row; a wrong root key |
+//! | 4 | a database that cannot be reached |
+//! | 5 | two rotations racing on one scope (the loser) |
+//!
+//! Exit code 5 is provoked for real and deterministically: two `leakless-migrate keys rotate`
 //! processes on the same scope of a PostgreSQL key store, held at their compare-and-swap by a
 //! row lock the test takes on the active KEK record. Both read the scope (v1 active) before
 //! they block; when the test releases the lock, one rotates and the other finds the record
@@ -15,11 +28,214 @@
 
 mod support;
 
-use std::process::Stdio;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use leakless_migrator::db::OneInt;
-use support::{Backend, Fixture, SCOPE, stderr};
+use leakless_migrator::db::{Bind, OneInt};
+use support::{Backend, CLI_VARS, Fixture, SCOPE, stderr, stdout};
+
+/// A password planted in the database URLs of the cases: never in any output.
+const PASSWORD: &str = "hunter2-Secret";
+
+/// The binary with none of the developer's or CI's settings.
+fn bare() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
+    for v in CLI_VARS.iter().chain(&["LEAKLESS_ACTOR"]) {
+        c.env_remove(v);
+    }
+    c.env("COLUMNS", "100").stdin(Stdio::null());
+    c
+}
+
+/// Checks the exit code of `o` and that its output holds neither [`PASSWORD`] nor any row's
+/// plaintext, and returns stderr with `dir` (the fixture's folder) shown as `[DIR]`.
+fn checked(o: &Output, code: i32, dir: Option<&std::path::Path>) -> String {
+    let all = format!("{}{}", stdout(o), stderr(o));
+    assert_eq!(o.status.code(), Some(code), "{all}");
+    // The planted values are what a leak would show (see `support::plain`).
+    assert!(support::plain(3).contains("Baker") && PASSWORD.contains("hunter2"));
+    for secret in ["hunter2", "Secret", "Baker", "@example.test"] {
+        assert!(!all.contains(secret), "{secret:?} printed: {all}");
+    }
+    let err = stderr(o);
+    match dir {
+        Some(d) => err.replace(&d.display().to_string(), "[DIR]"),
+        None => err,
+    }
+}
+
+/// Flips a byte inside the wrapped DEK of row `id`: its unwrap fails authentication.
+fn corrupt_row(f: &Fixture, id: i64) {
+    let (_, env) = f.rows().into_iter().find(|(i, _)| *i == id).unwrap();
+    let mut env = env.unwrap();
+    let info = leakless::envelope::inspect(&env).unwrap();
+    let at = env.len() - (info.padded_len + 16 + info.algorithm.nonce_len()) - 5;
+    env[at] ^= 0x01;
+    f.db()
+        .exec(
+            &format!("UPDATE patients SET email = ? WHERE id = {id}"),
+            &[Bind::Bytes(Some(env))],
+        )
+        .unwrap();
+}
+
+#[test]
+fn exit_0_success() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 10, false);
+    let o = f.run(&["status"]);
+    let err = checked(&o, 0, Some(f.dir.path()));
+    assert!(stdout(&o).contains("patients.email"), "{}", stdout(&o));
+    insta::assert_snapshot!("exit_0_status", err);
+}
+
+#[test]
+fn exit_1_a_row_fails_during_rewrap() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 10, false);
+    f.rotate();
+    corrupt_row(&f, 4);
+    let o = f.run(&["rewrap"]);
+    let err = checked(&o, 1, Some(f.dir.path()));
+    assert!(
+        stdout(&o).contains("failed: patients.email row 4:"),
+        "{}",
+        stdout(&o)
+    );
+    insta::assert_snapshot!("exit_1_failed_row", err);
+    // The other rows moved.
+    assert_eq!(f.versions().get(&2), Some(&9));
+}
+
+/// `keys destroy` without `--yes` and with no terminal to confirm on.
+#[test]
+fn exit_1_a_confirmation_is_missing() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.rotate();
+    support::wait_for_cache_window();
+    let o = f.run(&["keys", "retire", SCOPE, "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = f.run(&["keys", "destroy", SCOPE, "v1"]);
+    let err = checked(&o, 1, Some(f.dir.path()));
+    insta::assert_snapshot!("exit_1_no_confirmation", err);
+    // Nothing destroyed: the control, with --yes, does it.
+    let o = f.run(&["keys", "destroy", SCOPE, "v1", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn exit_2_a_bad_argument() {
+    let o = bare().args(["rewrap", "--workers", "0"]).output().unwrap();
+    insta::assert_snapshot!("exit_2_bad_argument", checked(&o, 2, None));
+}
+
+#[test]
+fn exit_2_a_database_url_of_unknown_scheme() {
+    let f = Fixture::new(Backend::Sqlite);
+    let url = format!("pgsql://app:{PASSWORD}@127.0.0.1:1/app");
+    let o = f
+        .cmd()
+        .env("LEAKLESS_DATABASE_URL", &url)
+        .arg("rewrap")
+        .output()
+        .unwrap();
+    insta::assert_snapshot!("exit_2_unknown_scheme", checked(&o, 2, Some(f.dir.path())));
+}
+
+#[test]
+fn exit_2_a_manifest_naming_a_column_the_database_lacks() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 3, false);
+    let text = std::fs::read_to_string(&f.manifest).unwrap();
+    let renamed = text.replace("\"column\": \"email\"", "\"column\": \"e_mail\"");
+    assert_ne!(renamed, text);
+    std::fs::write(&f.manifest, renamed).unwrap();
+    let o = f.run(&["rewrap"]);
+    insta::assert_snapshot!("exit_2_unknown_column", checked(&o, 2, Some(f.dir.path())));
+}
+
+#[test]
+fn exit_3_no_root_key_given() {
+    let f = Fixture::new(Backend::Sqlite);
+    let o = f
+        .cmd()
+        .env_remove("LEAKLESS_ROOT_KEY_FILE")
+        .arg("rewrap")
+        .output()
+        .unwrap();
+    insta::assert_snapshot!("exit_3_no_root_key", checked(&o, 3, Some(f.dir.path())));
+}
+
+/// A key-store row holding a value leakless never writes is a key error naming the store, the
+/// record and the column, not a usage mistake (once exit 2, "fix the argument named").
+#[test]
+fn exit_3_a_corrupt_key_store_row() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 3, false);
+    f.db()
+        .batch("UPDATE leakless_kek SET tag = X'00' WHERE scope = 'patients' AND version = 1")
+        .unwrap();
+    for args in [&["keys", "list"][..], &["rewrap"]] {
+        let o = f.run(args);
+        let err = checked(&o, 3, Some(f.dir.path()));
+        assert!(
+            err.contains(
+                "error: key store sqlite: stored key record patients v1 is corrupt: tag: 1 bytes"
+            ),
+            "{args:?}: {err}"
+        );
+        if args == ["keys", "list"] {
+            insta::assert_snapshot!("exit_3_corrupt_key_store_row", err);
+        }
+    }
+}
+
+#[test]
+fn exit_3_a_wrong_root_key() {
+    let f = Fixture::new(Backend::Sqlite);
+    f.seed(0, 10, false);
+    f.rotate();
+    let other = f.dir.path().join("other.key");
+    leakless::kms::LocalKms::generate_key_file(&other).unwrap();
+    let before = f.rows();
+    let o = f
+        .cmd()
+        .env("LEAKLESS_ROOT_KEY_FILE", &other)
+        .arg("rewrap")
+        .output()
+        .unwrap();
+    let err = checked(&o, 3, Some(f.dir.path()));
+    // The root key ids are random: shown as [ROOT KEY ID].
+    let ids = [
+        leakless::kms::Kms::root_key_id(
+            &leakless::kms::LocalKms::from_key_file(&f.key_file).unwrap(),
+        )
+        .to_owned(),
+        leakless::kms::Kms::root_key_id(&leakless::kms::LocalKms::from_key_file(&other).unwrap())
+            .to_owned(),
+    ];
+    let err = ids
+        .iter()
+        .fold(err, |e, id| e.replace(id.as_str(), "[ROOT KEY ID]"));
+    insta::assert_snapshot!("exit_3_wrong_root_key", err);
+    assert_eq!(f.rows(), before, "nothing was written");
+}
+
+#[test]
+fn exit_4_an_unreachable_database() {
+    let f = Fixture::new(Backend::Sqlite);
+    let url = format!("postgres://app:{PASSWORD}@127.0.0.1:1/app");
+    let o = f
+        .cmd()
+        .env("LEAKLESS_DATABASE_URL", &url)
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    insta::assert_snapshot!(
+        "exit_4_unreachable_database",
+        checked(&o, 4, Some(f.dir.path()))
+    );
+}
 
 /// Rows of `sql` (one `n` column) on a fresh connection.
 fn count(f: &Fixture, sql: &str) -> i64 {
@@ -83,8 +299,8 @@ fn two_rotations_racing_on_one_scope_give_exit_5_to_the_loser_and_write_nothing_
         outs.iter().map(stderr).collect::<Vec<_>>()
     );
     let loser = outs.iter().find(|o| o.status.code() == Some(5)).unwrap();
-    let err = stderr(loser);
-    eprintln!("{err}");
+    let err = checked(loser, 5, Some(f.dir.path()));
+    insta::assert_snapshot!("exit_5_race", err);
     assert!(err.contains("error: "), "{err}");
     assert!(err.contains(SCOPE), "the error names the scope: {err}");
     assert!(

@@ -380,14 +380,14 @@ fn keep_name(backend: Backend) {
     // A row neither column reached: a typed error naming both columns, never a default.
     db.batch("INSERT INTO customers (id) VALUES (99)").unwrap();
     match read!(&f, ReadOld, ReadOldRow, moving_t, 99) {
-        Err(Error::InvalidInput { what, problem }) => {
-            assert_eq!(what, "moved column");
-            assert!(
-                problem.contains("customers.email and customers.email_sealed"),
-                "{problem}"
+        Err(Error::NotBackfilled { location, problem }) => {
+            assert_eq!(
+                (location.table.as_str(), location.column.as_str()),
+                ("customers", "email")
             );
+            assert!(problem.contains("customers.email_sealed"), "{problem}");
         }
-        other => panic!("expected InvalidInput, got {:?}", other.map(|m| m.id)),
+        other => panic!("expected NotBackfilled, got {:?}", other.map(|m| m.id)),
     }
     db.batch("DELETE FROM customers WHERE id = 99").unwrap();
 

@@ -136,7 +136,7 @@ impl Normalizer {
 }
 
 fn normalise_failed(n: Normalizer) -> Error {
-    Error::InvalidInput {
+    Error::Internal {
         what: "blind index input",
         problem: format!("normaliser {n} failed to write its output"),
     }
@@ -319,7 +319,7 @@ pub(crate) fn derive_field_key(
     let hk = Hkdf::<Sha256>::new(Some(SALT), index_key);
     let mut field_key = Zeroizing::new([0u8; KEY_LEN]);
     hk.expand(info, field_key.as_mut())
-        .map_err(|_| Error::InvalidInput {
+        .map_err(|_| Error::Internal {
             what: "blind index",
             problem: "key derivation failed".into(),
         })?;
@@ -333,7 +333,7 @@ pub(crate) fn token(
     normalised: &[u8],
 ) -> Result<BlindIndex, Error> {
     let mut mac =
-        <Hmac<Sha256> as Mac>::new_from_slice(field_key).map_err(|_| Error::InvalidInput {
+        <Hmac<Sha256> as Mac>::new_from_slice(field_key).map_err(|_| Error::Internal {
             what: "blind index",
             problem: "HMAC key setup failed".into(),
         })?;

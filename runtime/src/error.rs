@@ -1,9 +1,30 @@
-//! The one error type of the runtime.
+//! The runtime's error type, [`Error`], and how the few per-module errors reach it.
 //!
-//! Every variant names what failed and where (table, column and row for field operations; key
-//! scope and version for key operations). No variant carries plaintext or key bytes, and the
-//! decryption failure is deliberately opaque: it never says whether the tag, the key or the
-//! context was wrong, so it cannot serve as an oracle.
+//! Every public operation that can fail returns [`Error`]. Every variant names what failed and
+//! where (table, column and row for field operations; key scope and version for key
+//! operations; store, record and field for a key-store row). No variant carries plaintext or
+//! key bytes, and the decryption failure is deliberately opaque: it never says whether the tag,
+//! the key or the context was wrong, so it cannot serve as an oracle.
+//!
+//! Each failure class has its own variant, so a caller (the migrator's exit codes, an
+//! application's retry logic) matches on the variant, never on the message: a mistake in the
+//! caller's arguments is [`Error::InvalidInput`]; a key-store row that cannot be read back is
+//! [`Error::KeyStoreCorrupt`]; an unusable schema manifest is [`Error::Manifest`]; an adopted
+//! column's row with no value yet is [`Error::NotBackfilled`]; a broken invariant inside
+//! leakless is [`Error::Internal`].
+//!
+//! # Per-module errors
+//!
+//! As rustls keeps its `CertificateError` beside its `Error`, four modules have an error of
+//! their own, for callers that use the module on its own. Each has one documented way into
+//! [`Error`]:
+//!
+//! | error | returned by | into [`Error`] |
+//! |---|---|---|
+//! | [`ShamirError`](crate::kms::shamir::ShamirError) | [`kms::shamir`](crate::kms::shamir) (split, combine, share files) | `From`, as [`Error::Shamir`] |
+//! | [`ParseError`](crate::envelope::ParseError) | [`envelope::inspect`](crate::envelope::inspect), which knows no field | [`ParseError::at`](crate::envelope::ParseError::at) adds the field: [`Error::NotAnEnvelope`], [`Error::UnknownFormatVersion`], [`Error::UnknownAlgorithm`], [`Error::Truncated`], [`Error::Malformed`] |
+//! | [`AeadFailure`](crate::aead::AeadFailure) | the raw AEAD calls of [`aead`](crate::aead) | the key ring turns it into [`Error::DecryptionFailed`] (opening) or [`Error::SealFailed`] (sealing), naming the field and nothing more |
+//! | [`retry::Failure`](crate::kms::retry::Failure) | not returned: a KMS backend reports one failed attempt to [`RetryPolicy::run`](crate::kms::RetryPolicy::run) | the policy returns [`Error::Kms`] (a permanent failure) or [`Error::KmsUnavailable`] (retries used up) |
 
 use std::path::PathBuf;
 
@@ -231,12 +252,78 @@ pub enum Error {
         problem: String,
     },
 
-    /// An argument was invalid (scope name, context, policy).
+    /// The caller passed something unusable: an argument (a scope name, a context, a policy,
+    /// a KMS configuration, a key-store URL) or a value (one with no encoding, such as a NaN
+    /// inside JSON; opened bytes that are not the field's Rust type). Fixing the call fixes it.
     #[error("invalid {what}: {problem}")]
     InvalidInput {
         /// What was invalid.
         what: &'static str,
         /// Why.
+        problem: String,
+    },
+
+    /// A key-store row cannot be read back as the key record or audit entry it must be: a
+    /// column holds a value leakless never writes (a negative version, an unknown state name,
+    /// an authentication tag of the wrong length, one half of a pair of columns). Someone
+    /// edited the store outside leakless, or it was damaged; nothing was sealed or opened
+    /// with it.
+    #[error("key store {store}: stored {record} is corrupt: {field}: {problem}")]
+    KeyStoreCorrupt {
+        /// Store name (`"file"`, `"sqlite"`, `"postgres"`, `"mysql"`).
+        store: &'static str,
+        /// Which row, as far as it can be read: `"key record patients v3"`, `"audit entry of
+        /// patients v3"`.
+        record: String,
+        /// The column or field that holds the unusable value.
+        field: &'static str,
+        /// What is wrong with it (never key material).
+        problem: String,
+    },
+
+    /// The schema manifest cannot be used: its file is missing or unreadable, it is not JSON,
+    /// or it is not a valid manifest (unknown format, a name used twice, an invalid scope).
+    #[error("schema manifest{}: {problem}", in_file(path.as_deref()))]
+    Manifest {
+        /// The manifest's file, when it was read from one.
+        path: Option<PathBuf>,
+        /// The first problem, and where it is (table, column, JSON line and column).
+        problem: String,
+    },
+
+    /// A row of an adopted column has no value this build can read, and a default would be a
+    /// silent lie: the sealed column is NULL and the adoption stage reads no plaintext (the row
+    /// was not backfilled), or a field moving between columns is NULL in both (the copy has
+    /// not reached the row). `problem` names the step of `docs/adoption.md` that fills it.
+    #[error("{location}: {problem}")]
+    NotBackfilled {
+        /// The sealed column and row.
+        location: FieldLocation,
+        /// What is missing and what to run.
+        problem: String,
+    },
+
+    /// The scope has used every KEK version number; it cannot be rotated again. Seal new data
+    /// under a new scope.
+    #[error("key scope {scope}: has used every KEK version number; it cannot be rotated again")]
+    VersionsExhausted {
+        /// Key scope.
+        scope: KeyScope,
+    },
+
+    /// A split or a set of root-key shares failed ([`crate::kms::shamir`]); the inner error
+    /// names the share by its origin, never its value.
+    #[cfg(feature = "shamir")]
+    #[error(transparent)]
+    Shamir(#[from] crate::kms::shamir::ShamirError),
+
+    /// An invariant inside leakless broke: a bug, not a mistake in the caller's input or data.
+    /// Nothing was written. Report it with the message (it holds no value or key material).
+    #[error("internal error in {what}: {problem} (a bug in leakless; please report it)")]
+    Internal {
+        /// The operation whose invariant broke.
+        what: &'static str,
+        /// Which invariant.
         problem: String,
     },
 
@@ -277,6 +364,11 @@ fn describe_key(scope: Option<&KeyScope>, version: Option<KekVersion>) -> String
         (Some(s), None) => format!(" at {s}"),
         _ => String::new(),
     }
+}
+
+/// `" <path>"` for a manifest read from a file, else nothing.
+fn in_file(path: Option<&std::path::Path>) -> String {
+    path.map_or_else(String::new, |p| format!(" {}", p.display()))
 }
 
 /// `"<location>: "` for a key error raised while handling a field, else nothing.

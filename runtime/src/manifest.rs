@@ -287,8 +287,8 @@ impl SealedColumn {
 }
 
 fn invalid(problem: String) -> Error {
-    Error::InvalidInput {
-        what: "schema manifest",
+    Error::Manifest {
+        path: None,
         problem,
     }
 }
@@ -320,7 +320,7 @@ impl SchemaManifest {
     /// table described identically in both is kept once; the result is sorted by table name.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when the formats differ, or when one table is described
+    /// [`Error::Manifest`] when the formats differ, or when one table is described
     /// differently in the two manifests (naming the table); `self` is then unchanged.
     pub fn merge(&mut self, other: &SchemaManifest) -> Result<(), Error> {
         if other.format != self.format {
@@ -352,30 +352,33 @@ impl SchemaManifest {
     /// Writes the manifest as pretty JSON to `path` (after validating it), replacing the file.
     ///
     /// # Errors
-    /// As [`Self::validate`], or [`Error::InvalidInput`] naming the path when it cannot be
+    /// As [`Self::validate`], or [`Error::Manifest`] naming the path when it cannot be
     /// written.
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
         let mut json = self.to_json()?;
         json.push('\n');
-        std::fs::write(path, json)
-            .map_err(|e| invalid(format!("{}: cannot write it: {e}", path.display())))
+        std::fs::write(path, json).map_err(|e| Error::Manifest {
+            path: Some(path.to_path_buf()),
+            problem: format!("cannot write it: {e}"),
+        })
     }
 
     /// Reads and validates the manifest file at `path`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the path when it cannot be read, is not JSON (with line
+    /// [`Error::Manifest`] naming the path when it cannot be read, is not JSON (with line
     /// and column), or is not a valid manifest.
     pub fn read_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("{}: cannot read it: {e}", path.display())))?;
+        let in_file = |problem: String| Error::Manifest {
+            path: Some(path.to_path_buf()),
+            problem,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| in_file(format!("cannot read it: {e}")))?;
         Self::from_json(&text).map_err(|e| match e {
-            Error::InvalidInput { what, problem } => Error::InvalidInput {
-                what,
-                problem: format!("{}: {problem}", path.display()),
-            },
+            Error::Manifest { problem, .. } => in_file(problem),
             other => other,
         })
     }
@@ -386,7 +389,7 @@ impl SchemaManifest {
     /// when the JSON is read.)
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the first problem and where it is.
+    /// [`Error::Manifest`] naming the first problem and where it is.
     pub fn validate(&self) -> Result<(), Error> {
         if self.format != MANIFEST_FORMAT {
             return Err(invalid(format!(
@@ -526,7 +529,7 @@ impl SchemaManifest {
     /// Reads and validates a manifest.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for malformed JSON or an unknown name (with the field's path,
+    /// [`Error::Manifest`] for malformed JSON or an unknown name (with the field's path,
     /// line and column, e.g. `tables[0].columns[1].algorithm: unknown variant ...`) or an
     /// invalid manifest.
     pub fn from_json(text: &str) -> Result<Self, Error> {

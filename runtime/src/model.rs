@@ -73,9 +73,9 @@ pub trait Sealed: Sized {
         let opened = parallel_chunks_mut(&mut rest, |slot: &mut Option<Self::Row>| {
             match slot.take() {
                 Some(r) => Self::open_row(r, ring),
-                None => Err(Error::InvalidInput {
+                None => Err(Error::Internal {
                     what: "open_rows",
-                    problem: "internal: a row was taken twice".into(),
+                    problem: "a row was taken twice".into(),
                 }),
             }
         })?;
@@ -229,7 +229,7 @@ pub mod __private {
     pub use crate::model::{AsRowId, Sealed};
     pub use crate::padding::PaddingPolicy;
 
-    use crate::context::FieldContext;
+    use crate::context::{FieldContext, FieldLocation};
     use crate::secret::Plaintext;
 
     /// The key scope of a row: static, or a prefix plus the tenant value.
@@ -328,12 +328,16 @@ pub mod __private {
     /// The error for a non-`Option` adopted field whose sealed column is still NULL (and, in
     /// stage `sealed_only`, whose plaintext is no longer read): never a silent default.
     pub fn not_backfilled(table: &str, column: &str, row: RowId<'_>, stage: &str) -> Error {
-        Error::InvalidInput {
-            what: "adopted column",
+        Error::NotBackfilled {
+            location: FieldLocation {
+                table: table.to_owned(),
+                column: column.to_owned(),
+                row: row.to_string(),
+            },
             problem: format!(
-                "{table}.{column} of row {row} is NULL and stage `{stage}` reads no plaintext for \
-                 it: the row was not backfilled; run `leakless-migrate adopt` for this column \
-                 (see docs/adoption.md), or go back to stage `write_sealed_only`"
+                "NULL, and stage `{stage}` reads no plaintext for it: the row was not \
+                 backfilled; run `leakless-migrate adopt` for this column (see \
+                 docs/adoption.md), or go back to stage `write_sealed_only`"
             ),
         }
     }
@@ -341,12 +345,16 @@ pub mod __private {
     /// The error for a non-`Option` field moving between columns (`moving(...)`) whose new and
     /// old columns are both NULL: the copy has not reached the row.
     pub fn not_moved(table: &str, column: &str, from: &str, row: RowId<'_>) -> Error {
-        Error::InvalidInput {
-            what: "moved column",
+        Error::NotBackfilled {
+            location: FieldLocation {
+                table: table.to_owned(),
+                column: column.to_owned(),
+                row: row.to_string(),
+            },
             problem: format!(
-                "{table}.{column} and {table}.{from} of row {row} are both NULL: the envelopes \
-                 were not copied into `{column}` yet; copy them (docs/adoption.md, \
-                 \"Keeping the column's name\") before a build that reads only `{column}`"
+                "NULL, and so is the old column {table}.{from}: the envelopes were not copied \
+                 into `{column}` yet; copy them (docs/adoption.md, \"Keeping the column's \
+                 name\") before a build that reads only `{column}`"
             ),
         }
     }

@@ -308,21 +308,17 @@ macro_rules! stages_suite {
                 // A row not yet backfilled is a typed error naming the place, without its plaintext.
                 let err = load3(&mut conn, &ring, "p3").unwrap_err();
                 let msg = err.to_string();
-                assert!(
-                    matches!(
-                        err,
-                        Error::InvalidInput {
-                            what: "adopted column",
-                            ..
-                        }
-                    ),
-                    "{err:?}"
-                );
-                assert!(
-                    msg.contains("people.address") && msg.contains("text:p3"),
-                    "{msg}"
-                );
-                assert!(msg.contains("leakless-migrate adopt"), "{msg}");
+                match err {
+                    Error::NotBackfilled { location, problem } => {
+                        assert_eq!(
+                            (location.table.as_str(), location.column.as_str()),
+                            ("people", "address")
+                        );
+                        assert_eq!(location.row, "text:p3");
+                        assert!(problem.contains("leakless-migrate adopt"), "{problem}");
+                    }
+                    other => panic!("expected Error::NotBackfilled, got {other:?}"),
+                }
                 assert!(!msg.contains("Never Backfilled"), "{msg}");
                 // Stage 3, write: envelopes only.
                 let mut p1 = p1;

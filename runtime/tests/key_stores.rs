@@ -82,6 +82,50 @@ mod file {
     }
 
     all_checks!(FileFixture::new());
+
+    /// A record edited outside leakless (a state name it never writes) is a corrupt-store
+    /// error naming the store, the record and the field, not an invalid argument.
+    #[test]
+    fn a_record_with_an_unknown_state_is_corrupt() {
+        let f = FileFixture::new();
+        let path = f.dir.path().join("keys.json");
+        ring_with_scope(f.open());
+        // The positive control: the store opens before the edit.
+        FileKeyStore::open(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replacen("\"active\"", "\"bogus\"", 1);
+        assert_ne!(edited, text);
+        std::fs::write(&path, edited).unwrap();
+        match FileKeyStore::open(&path) {
+            Err(leakless::Error::KeyStoreCorrupt {
+                store: "file",
+                record,
+                field: "state",
+                problem,
+            }) => {
+                assert!(record.starts_with("key record "), "{record}");
+                assert!(problem.contains("\"bogus\""), "{problem}");
+            }
+            other => panic!("expected KeyStoreCorrupt, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// Creates scope `patients` on `store` through a key ring (with its integrity key).
+#[cfg(any(feature = "file-store", feature = "sqlite"))]
+fn ring_with_scope(store: Arc<dyn KeyStore>) {
+    let ring = leakless::KeyRing::builder(
+        Arc::new(leakless::kms::LocalKms::from_root_key(
+            leakless::secret::RootKey::generate(),
+        )),
+        store,
+    )
+    .build();
+    ring.create_scope(
+        &leakless::KeyScope::new("patients").unwrap(),
+        &leakless::AuditInfo::new("test", "corrupt-row"),
+    )
+    .unwrap();
 }
 
 #[cfg(feature = "sqlite")]
@@ -141,6 +185,46 @@ mod sqlite {
                 0,
                 "key store file readable by others: {mode:o}"
             );
+        }
+    }
+
+    /// A row holding values leakless never writes (and the schema's constraints let through)
+    /// is a corrupt-store error naming the store, the record and the column (once an invalid
+    /// argument, exit 2 in the migrator).
+    #[test]
+    fn rows_with_impossible_values_are_corrupt() {
+        use diesel::{Connection as _, RunQueryDsl as _, SqliteConnection};
+        let scope = leakless::KeyScope::new("patients").unwrap();
+        for (edit, field) in [
+            // (The schema's CHECK constraints refuse an unknown state and half a wrapped key.)
+            ("tag = X'00'", "tag"),
+            ("seq = NULL", "seq, tag"),
+            ("seq = -5", "seq"),
+            ("recheck_secs = -1", "recheck_secs"),
+        ] {
+            let fixture = SqliteFixture::new();
+            ring_with_scope(fixture.open());
+            // The positive control: the record reads before the edit.
+            assert_eq!(fixture.open().list(&scope).unwrap().len(), 1);
+            let mut conn =
+                SqliteConnection::establish(&fixture.path().display().to_string()).unwrap();
+            diesel::sql_query(format!(
+                "UPDATE leakless_kek SET {edit} WHERE scope = 'patients'"
+            ))
+            .execute(&mut conn)
+            .unwrap();
+            match fixture.open().list(&scope) {
+                Err(leakless::Error::KeyStoreCorrupt {
+                    store: "sqlite",
+                    record,
+                    field: f,
+                    ..
+                }) => {
+                    assert_eq!(record, "key record patients v1");
+                    assert_eq!(f, field);
+                }
+                other => panic!("{edit}: expected KeyStoreCorrupt, got {other:?}"),
+            }
         }
     }
 

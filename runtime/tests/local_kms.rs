@@ -148,11 +148,17 @@ fn a_wrapped_kek_is_bound_to_its_scope_version_and_root_key() {
             "{err}"
         );
     }
-    let err = other.unwrap_kek(&wrapped, &binding(&s1, 1)).unwrap_err();
-    assert!(
-        err.to_string().contains(kms.root_key_id()),
-        "names the root key it needs: {err}"
-    );
+    match other.unwrap_kek(&wrapped, &binding(&s1, 1)).unwrap_err() {
+        Error::Kms {
+            backend: "local",
+            detail,
+            ..
+        } => assert!(
+            detail.contains(kms.root_key_id()),
+            "names the root key it needs: {detail}"
+        ),
+        e => panic!("expected Error::Kms, got {e:?}"),
+    }
     let mut tampered = wrapped.clone();
     tampered.ciphertext[30] ^= 1;
     assert!(kms.unwrap_kek(&tampered, &binding(&s1, 1)).is_err());
@@ -197,16 +203,26 @@ fn linked_exposed_or_weak_key_files_are_refused() {
     LocalKms::from_key_file(&path).unwrap();
     let link = dir.path().join("link.key");
     std::os::unix::fs::symlink(&path, &link).unwrap();
-    let err = LocalKms::from_key_file(&link).unwrap_err();
-    assert!(err.to_string().contains("symbolic link"), "{err}");
+    /// The [`Error::KeyFile`] refusal of `path`: its problem text.
+    fn refusal(path: &std::path::Path) -> String {
+        match LocalKms::from_key_file(path).unwrap_err() {
+            Error::KeyFile { path: p, problem } => {
+                assert_eq!(p, path);
+                problem
+            }
+            e => panic!("expected Error::KeyFile, got {e:?}"),
+        }
+    }
+    let problem = refusal(&link);
+    assert!(problem.contains("symbolic link"), "{problem}");
 
     let open = dir.path().join("open");
     fs::create_dir(&open).unwrap();
     let exposed = open.join("root.key");
     LocalKms::generate_key_file(&exposed).unwrap();
     fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
-    let err = LocalKms::from_key_file(&exposed).unwrap_err();
-    assert!(err.to_string().contains("writable by others"), "{err}");
+    let problem = refusal(&exposed);
+    assert!(problem.contains("writable by others"), "{problem}");
     // The sticky bit (as on /tmp) keeps others from replacing the file: accepted.
     fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
     LocalKms::from_key_file(&exposed).unwrap();
@@ -219,9 +235,9 @@ fn linked_exposed_or_weak_key_files_are_refused() {
     ] {
         fs::write(&weak, &content).unwrap();
         fs::set_permissions(&weak, fs::Permissions::from_mode(0o600)).unwrap();
-        let err = LocalKms::from_key_file(&weak).unwrap_err();
-        assert!(err.to_string().contains(why), "{err}");
-        assert!(err.to_string().contains("keys init"), "{err}");
-        assert!(!err.to_string().contains("horse"), "{err}");
+        let problem = refusal(&weak);
+        assert!(problem.contains(why), "{problem}");
+        assert!(problem.contains("keys init"), "{problem}");
+        assert!(!problem.contains("horse"), "{problem}");
     }
 }

@@ -152,13 +152,19 @@ fn every_rule_is_enforced_with_a_message_naming_the_place() {
     for (needle, edit) in cases {
         let mut m = sample();
         edit(&mut m);
-        let err = m.validate().unwrap_err();
-        assert!(matches!(err, Error::InvalidInput { .. }));
-        assert!(err.to_string().contains(needle), "{needle}: {err}");
-        assert!(m.to_json().is_err());
+        match m.validate().unwrap_err() {
+            Error::Manifest {
+                path: None,
+                problem,
+            } => assert!(problem.contains(needle), "{needle}: {problem}"),
+            other => panic!("{needle}: expected Error::Manifest, got {other:?}"),
+        }
+        assert!(matches!(m.to_json(), Err(Error::Manifest { .. })));
     }
-    let err = SchemaManifest::from_json("{ not json").unwrap_err();
-    assert!(err.to_string().contains("line 1"), "{err}");
+    match SchemaManifest::from_json("{ not json").unwrap_err() {
+        Error::Manifest { problem, .. } => assert!(problem.contains("line 1"), "{problem}"),
+        other => panic!("expected Error::Manifest, got {other:?}"),
+    }
 }
 
 /// A column stored under another name, and one being moved out of, are valid; the fields are
@@ -227,9 +233,12 @@ fn unknown_names_are_refused_on_reading_with_the_path() {
         ),
     ];
     for (from, to, needle) in cases {
-        let err = SchemaManifest::from_json(&json.replacen(from, to, 1)).unwrap_err();
-        assert!(matches!(err, Error::InvalidInput { .. }));
-        assert!(err.to_string().contains(needle), "{needle}: {err}");
+        match SchemaManifest::from_json(&json.replacen(from, to, 1)).unwrap_err() {
+            Error::Manifest { problem, .. } => {
+                assert!(problem.contains(needle), "{needle}: {problem}");
+            }
+            other => panic!("{needle}: expected Error::Manifest, got {other:?}"),
+        }
     }
     let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
     v["tables"][0]["columns"][0]
@@ -306,13 +315,28 @@ fn write_file_and_read_file_round_trip_and_name_the_path() {
 
     // Reading names the file: a missing one, and one that is not a manifest.
     let missing = dir.path().join("missing.json");
-    let err = SchemaManifest::read_file(&missing).unwrap_err();
-    assert!(
-        err.to_string().contains("missing.json: cannot read it"),
-        "{err}"
-    );
+    match SchemaManifest::read_file(&missing).unwrap_err() {
+        Error::Manifest {
+            path: Some(path),
+            problem,
+        } => {
+            assert_eq!(path, missing);
+            assert!(problem.starts_with("cannot read it"), "{problem}");
+        }
+        other => panic!("expected Error::Manifest, got {other:?}"),
+    }
     std::fs::write(&bad_path, "{\"format\": 1, \"tables\": [").unwrap();
     let err = SchemaManifest::read_file(&bad_path).unwrap_err();
+    // The message names the file for a reader.
     assert!(err.to_string().contains("bad.json: "), "{err}");
-    assert!(err.to_string().contains("line 1"), "{err}");
+    match err {
+        Error::Manifest {
+            path: Some(path),
+            problem,
+        } => {
+            assert_eq!(path, bad_path);
+            assert!(problem.contains("line 1"), "{problem}");
+        }
+        other => panic!("expected Error::Manifest, got {other:?}"),
+    }
 }

@@ -385,8 +385,13 @@ fn share_files_are_private_never_overwritten_and_round_trip() {
     );
     // A loose share file is refused.
     fs::set_permissions(&paths[0], fs::Permissions::from_mode(0o644)).unwrap();
-    let err = Share::read_file(&paths[0]).unwrap_err();
-    assert!(err.to_string().contains("chmod 600"), "{err}");
+    match Share::read_file(&paths[0]).unwrap_err() {
+        ShamirError::Io { path, problem } => {
+            assert_eq!(path, paths[0]);
+            assert!(problem.contains("chmod 600"), "{problem}");
+        }
+        other => panic!("expected ShamirError::Io, got {other:?}"),
+    }
 }
 
 /// Shares kept on PKCS#11 tokens: one per custodian token (SoftHSM2's `custodian-1..5`,

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use leakless::kms::shamir::{self, ShamirError, Share};
+use leakless::kms::shamir::{self, Share};
 use leakless::kms::{KekBinding, Kms, LocalKms, PinSource, Pkcs11Token, ROOT_KEY_ENV};
 use leakless::secret::RootKey;
 use serde::Serialize;
@@ -58,29 +58,6 @@ pub struct UnsealArgs {
     /// file is a full copy of the key.
     #[arg(long)]
     pub out_key_file: Option<PathBuf>,
-}
-
-fn shamir_failure(e: ShamirError) -> Failure {
-    let kind = match e {
-        ShamirError::InvalidParameters { .. } => Kind::Usage,
-        _ => Kind::Keys,
-    };
-    let help = match &e {
-        ShamirError::InvalidParameters { .. } => {
-            "pick 2 <= --threshold <= --shares <= 255".to_owned()
-        }
-        ShamirError::BelowThreshold { need, .. } => {
-            format!("collect at least {need} shares from their custodians and run again")
-        }
-        ShamirError::Io { .. } => "check the path and its permissions".to_owned(),
-        ShamirError::Token { .. } => {
-            "check the token label, its PIN file and --pkcs11-module".to_owned()
-        }
-        _ => "leave the named share out and use another custodian's, or ask its custodian \
-              for an intact copy"
-            .to_owned(),
-    };
-    Failure::new(kind, e.to_string(), help)
 }
 
 fn read_root(env: &Env) -> Result<RootKey> {
@@ -171,11 +148,11 @@ pub fn split(env: &Env, args: &SplitArgs) -> Result<()> {
         ));
     }
     let root = read_root(env)?;
-    let shares = shamir::split(&root, args.threshold, args.shares).map_err(shamir_failure)?;
+    let shares = shamir::split(&root, args.threshold, args.shares).map_err(Failure::from)?;
     drop(root);
     let locations: Vec<String> = if let Some(dir) = &args.out_dir {
         shamir::write_shares(dir, &shares)
-            .map_err(shamir_failure)?
+            .map_err(Failure::from)?
             .iter()
             .map(|p| p.display().to_string())
             .collect()
@@ -183,7 +160,7 @@ pub fn split(env: &Env, args: &SplitArgs) -> Result<()> {
         let tokens = open_tokens(env.global.kms.pkcs11_module.as_deref(), &args.tokens)?;
         let mut locations = Vec::new();
         for (share, token) in shares.iter().zip(&tokens) {
-            let label = share.store_on_token(token).map_err(shamir_failure)?;
+            let label = share.store_on_token(token).map_err(Failure::from)?;
             locations.push(format!("token {}: {label}", token.label()));
         }
         locations
@@ -253,10 +230,10 @@ pub fn unseal(env: &Env, args: &UnsealArgs) -> Result<()> {
     }
     let mut shares = Vec::new();
     for path in &args.shares {
-        shares.push(Share::read_file(path).map_err(shamir_failure)?);
+        shares.push(Share::read_file(path).map_err(Failure::from)?);
     }
     for token in open_tokens(env.global.kms.pkcs11_module.as_deref(), &args.tokens)? {
-        let mut found = Share::load_from_token(&token).map_err(shamir_failure)?;
+        let mut found = Share::load_from_token(&token).map_err(Failure::from)?;
         if let Some(set) = &args.set {
             found.retain(|s| s.set_id().starts_with(set.as_str()));
         }
@@ -290,7 +267,7 @@ pub fn unseal(env: &Env, args: &UnsealArgs) -> Result<()> {
             }
         }
     }
-    let root = shamir::combine(&shares).map_err(shamir_failure)?;
+    let root = shamir::combine(&shares).map_err(Failure::from)?;
     let kms = LocalKms::from_root_key(root.clone());
     let key_id = kms.root_key_id().to_owned();
 

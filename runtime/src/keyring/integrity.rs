@@ -805,7 +805,7 @@ fn authenticate_change(
     for r in records {
         let s = *seq_of
             .get(&(r.scope.clone(), r.version))
-            .ok_or_else(|| Error::InvalidInput {
+            .ok_or_else(|| Error::Internal {
                 what: "key store change",
                 problem: format!(
                     "{} {} changes without an audit entry describing it",

@@ -639,8 +639,9 @@ impl KeyRing {
     /// ends do not open until it is reinstated).
     ///
     /// # Errors
-    /// [`Error::ScopeNotFound`], [`Error::NoActiveKey`], or [`Error::ConcurrentModification`]
-    /// when another process rotated at the same time (nothing is written; retry).
+    /// [`Error::ScopeNotFound`], [`Error::NoActiveKey`], [`Error::VersionsExhausted`], or
+    /// [`Error::ConcurrentModification`] when another process rotated at the same time
+    /// (nothing is written; retry).
     pub fn rotate(
         &self,
         scope: &KeyScope,
@@ -659,9 +660,8 @@ impl KeyRing {
             .ok_or_else(|| Error::NoActiveKey {
                 scope: scope.clone(),
             })?;
-        let next = latest.next().ok_or_else(|| Error::InvalidInput {
-            what: "KEK version",
-            problem: format!("{scope} has used every version number"),
+        let next = latest.next().ok_or_else(|| Error::VersionsExhausted {
+            scope: scope.clone(),
         })?;
         let now = self.now();
         let new = self.new_record(&*self.inner.kms, scope, next, now)?;

@@ -137,8 +137,8 @@ impl KeyRing {
     ///
     /// # Errors
     /// The backend's errors; [`Error::KeyStoreTampered`]; [`Error::ConcurrentModification`]
-    /// when another process changed a record meanwhile; [`Error::InvalidInput`] when a record
-    /// still sits on the old epoch after the move (nothing is destroyed then).
+    /// when another process changed a record meanwhile, or wrote one under the old epoch while
+    /// the move ran (nothing is destroyed then; run it again).
     pub fn complete_shred(
         &self,
         epochs: &dyn RootEpochs,
@@ -162,15 +162,11 @@ impl KeyRing {
                     .as_ref()
                     .is_some_and(|w| change.still_on_retiring(w))
                 {
-                    return Err(Error::InvalidInput {
-                        what: "shred",
-                        problem: format!(
-                            "{} {} is still wrapped under the old root epoch {} after the \
-                             move; nothing was destroyed, run it again",
-                            record.scope,
-                            record.version,
-                            change.retiring()
-                        ),
+                    // Written under the old epoch while the move ran (a concurrent rotation):
+                    // nothing was destroyed, and running it again moves this record too.
+                    return Err(Error::ConcurrentModification {
+                        scope: record.scope,
+                        version: record.version,
                     });
                 }
             }

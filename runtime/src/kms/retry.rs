@@ -33,7 +33,9 @@ pub enum FailureKind {
     Permanent,
 }
 
-/// One failed attempt, as a backend reports it to [`RetryPolicy::run`].
+/// One failed attempt, as a backend reports it to [`RetryPolicy::run`]. Not an error a caller
+/// of leakless ever sees: the policy retries it or turns it into [`Error::Kms`] (a permanent
+/// failure) or [`Error::KmsUnavailable`] (the retries ran out).
 ///
 /// `detail` must never hold key bytes, tokens, credentials or plaintext: it ends up in an
 /// error message.

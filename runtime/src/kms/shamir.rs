@@ -77,8 +77,10 @@ const SET_ID_LEN: usize = 16;
 /// The label prefix of share data objects on PKCS#11 tokens.
 pub const TOKEN_LABEL_PREFIX: &str = "leakless-share:";
 
-/// What went wrong with a split or a set of shares. No variant carries share values or key
-/// bytes; shares are named by their origin (a file path, a token label, or `share #i`).
+/// What went wrong with a split or a set of shares: this module's own error, which converts
+/// into the crate's [`Error`](crate::Error) with `From` (as [`Error::Shamir`](crate::Error::Shamir)).
+/// No variant carries share values or key bytes; shares are named by their origin (a file
+/// path, a token label, or `share #i`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShamirError {

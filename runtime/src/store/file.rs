@@ -81,20 +81,57 @@ struct AuditDto {
     tag_hex: Option<String>,
 }
 
-fn auth_from(seq: Option<u64>, tag_hex: Option<String>) -> Result<Option<Auth>, Error> {
+fn auth_from(
+    seq: Option<u64>,
+    tag_hex: Option<String>,
+    record: &str,
+) -> Result<Option<Auth>, Error> {
     match (seq, tag_hex) {
         (Some(seq), Some(h)) => {
             let mut tag = [0u8; 32];
             hex::decode_to_slice(h, &mut tag)
-                .map_err(|e| err("read", format!("authentication tag: {e}")))?;
+                .map_err(|e| corrupt(record, "tag_hex", e.to_string()))?;
             Ok(Some(Auth { seq, tag }))
         }
         (None, None) => Ok(None),
-        _ => Err(err(
-            "read",
-            "a sequence number without a tag, or a tag without one",
+        _ => Err(corrupt(
+            record,
+            "seq, tag_hex",
+            "must both be present or both absent".to_owned(),
         )),
     }
+}
+
+/// A stored record or audit entry that cannot be read back.
+fn corrupt(record: &str, field: &'static str, problem: String) -> Error {
+    Error::KeyStoreCorrupt {
+        store: STORE,
+        record: record.to_owned(),
+        field,
+        problem,
+    }
+}
+
+fn stored_scope(scope: &str, record: &str) -> Result<KeyScope, Error> {
+    KeyScope::new(scope).map_err(|e| match e {
+        Error::InvalidInput { problem, .. } => corrupt(record, "scope", problem),
+        other => other,
+    })
+}
+
+fn stored_version(version: u32, record: &str) -> Result<KekVersion, Error> {
+    KekVersion::new(version)
+        .map_err(|_| corrupt(record, "version", format!("{version} is not a KEK version")))
+}
+
+fn stored_state(
+    state: &str,
+    grace_until: Option<i64>,
+    record: &str,
+    field: &'static str,
+) -> Result<KekState, Error> {
+    KekState::from_parts(state, grace_until)
+        .map_err(|_| corrupt(record, field, super::state_problem(state, grace_until)))
 }
 
 fn err(operation: &'static str, detail: impl std::fmt::Display) -> Error {
@@ -265,37 +302,33 @@ fn record_to_dto(r: &KekRecord) -> RecordDto {
 }
 
 fn record_from_dto(r: RecordDto) -> Result<KekRecord, Error> {
+    let record = format!("key record {} v{}", r.scope.escape_debug(), r.version);
+    let record = record.as_str();
     let wrapped = match (r.root_key_id, r.wrapped_kek_hex) {
         (Some(root_key_id), Some(h)) => Some(WrappedKek {
             root_key_id,
-            ciphertext: hex::decode(h).map_err(|e| err("read", format!("wrapped KEK: {e}")))?,
+            ciphertext: hex::decode(h)
+                .map_err(|e| corrupt(record, "wrapped_kek_hex", e.to_string()))?,
         }),
         (None, None) => None,
         _ => {
-            return Err(err(
-                "read",
-                format!(
-                    "{} v{}: root_key_id and wrapped_kek_hex must both be present or both absent",
-                    r.scope, r.version
-                ),
+            return Err(corrupt(
+                record,
+                "root_key_id, wrapped_kek_hex",
+                "must both be present or both absent".to_owned(),
             ));
         }
     };
     Ok(KekRecord {
-        scope: KeyScope::new(&r.scope)?,
-        version: KekVersion::new(r.version)?,
-        state: KekState::from_parts(&r.state, r.grace_until).map_err(|e| {
-            err(
-                "read",
-                format!("record {} v{}: {e}", r.scope.escape_debug(), r.version),
-            )
-        })?,
+        scope: stored_scope(&r.scope, record)?,
+        version: stored_version(r.version, record)?,
+        state: stored_state(&r.state, r.grace_until, record, "state")?,
         wrapped,
         created_at: UnixTime(r.created_at),
         updated_at: UnixTime(r.updated_at),
         deactivated_at: r.deactivated_at.map(UnixTime),
         recheck_secs: r.recheck_secs,
-        auth: auth_from(r.seq, r.tag_hex)?,
+        auth: auth_from(r.seq, r.tag_hex, record)?,
     })
 }
 
@@ -317,20 +350,22 @@ fn audit_to_dto(a: &AuditRecord) -> AuditDto {
 }
 
 fn audit_from_dto(a: AuditDto) -> Result<AuditRecord, Error> {
+    let record = format!("audit entry of {} v{}", a.scope.escape_debug(), a.version);
+    let record = record.as_str();
     Ok(AuditRecord {
         at: UnixTime(a.at),
         actor: a.actor,
         reason: a.reason,
         action: KeyAction::from_name(&a.action)
-            .ok_or_else(|| err("read", format!("unknown audit action {:?}", a.action)))?,
-        scope: KeyScope::new(&a.scope)?,
-        version: KekVersion::new(a.version)?,
+            .ok_or_else(|| corrupt(record, "action", format!("unknown action {:?}", a.action)))?,
+        scope: stored_scope(&a.scope, record)?,
+        version: stored_version(a.version, record)?,
         from: a
             .from_state
-            .map(|s| KekState::from_parts(&s, a.from_grace_until))
+            .map(|s| stored_state(&s, a.from_grace_until, record, "from_state"))
             .transpose()?,
-        to: KekState::from_parts(&a.to_state, a.to_grace_until)?,
-        auth: auth_from(a.seq, a.tag_hex)?,
+        to: stored_state(&a.to_state, a.to_grace_until, record, "to_state")?,
+        auth: auth_from(a.seq, a.tag_hex, record)?,
     })
 }
 

@@ -26,6 +26,16 @@ use std::collections::BTreeMap;
 use crate::error::Error;
 use crate::key::{AuditRecord, KekRecord, KekState, KekVersion, KeyScope, StoreChange};
 
+/// Why a stored state name and grace deadline are not a [`KekState`], for
+/// [`Error::KeyStoreCorrupt`].
+#[cfg(any(feature = "file-store", feature = "sql-store"))]
+pub(crate) fn state_problem(state: &str, grace_until: Option<i64>) -> String {
+    match (state, grace_until) {
+        ("grace", None) => "\"grace\" without a grace deadline".to_owned(),
+        _ => format!("unknown state {state:?}"),
+    }
+}
+
 /// Persistent storage of KEK records and the audit log.
 ///
 /// # Contract

@@ -153,7 +153,9 @@ pub(crate) enum Failure {
     },
     /// The database said no.
     Db(DieselError),
-    /// A stored row or an argument is invalid.
+    /// A stored row cannot be decoded.
+    Corrupt(Corrupt),
+    /// An argument is invalid.
     Invalid(Error),
 }
 
@@ -280,6 +282,12 @@ impl SqlKeyStore {
                 Error::ConcurrentModification { scope, version }
             }
             Failure::Invalid(e) => e,
+            Failure::Corrupt(c) => Error::KeyStoreCorrupt {
+                store: self.backend.name(),
+                record: c.record,
+                field: c.field,
+                problem: c.problem,
+            },
             Failure::Db(e) => Error::KeyStore {
                 store: self.backend.name(),
                 operation,
@@ -379,40 +387,76 @@ pub(crate) type AuditRow = (
     Option<Vec<u8>>,
 );
 
-fn decode_auth(seq: Option<i64>, tag: Option<Vec<u8>>, what: &str) -> Result<Option<Auth>, Error> {
+/// A stored row that cannot be decoded, before the store's name is added.
+#[derive(Debug)]
+pub(crate) struct Corrupt {
+    record: String,
+    field: &'static str,
+    problem: String,
+}
+
+fn corrupt(record: &str, field: &'static str, problem: String) -> Failure {
+    Failure::Corrupt(Corrupt {
+        record: record.to_owned(),
+        field,
+        problem,
+    })
+}
+
+fn decode_auth(
+    seq: Option<i64>,
+    tag: Option<Vec<u8>>,
+    record: &str,
+) -> Result<Option<Auth>, Failure> {
     match (seq, tag) {
         (Some(seq), Some(tag)) => {
             let seq = u64::try_from(seq)
-                .map_err(|_| invalid_row(format!("{what}: sequence number {seq} is negative")))?;
-            let tag: [u8; 32] = tag.as_slice().try_into().map_err(|_| {
-                invalid_row(format!(
-                    "{what}: authentication tag of {} bytes, expected 32",
-                    tag.len()
-                ))
-            })?;
+                .map_err(|_| corrupt(record, "seq", format!("{seq} is negative")))?;
+            let tag: [u8; 32] = tag
+                .as_slice()
+                .try_into()
+                .map_err(|_| corrupt(record, "tag", format!("{} bytes, expected 32", tag.len())))?;
             Ok(Some(Auth { seq, tag }))
         }
         (None, None) => Ok(None),
-        _ => Err(invalid_row(format!(
-            "{what}: seq and tag must both be set or both be NULL"
-        ))),
+        _ => Err(corrupt(
+            record,
+            "seq, tag",
+            "must both be set or both be NULL".to_owned(),
+        )),
     }
 }
 
-fn invalid_row(problem: String) -> Error {
-    Error::InvalidInput {
-        what: "stored key-store row",
-        problem,
-    }
+fn decode_scope(scope: &str, record: &str) -> Result<KeyScope, Failure> {
+    KeyScope::new(scope).map_err(|e| match e {
+        Error::InvalidInput { problem, .. } => corrupt(record, "scope", problem),
+        other => Failure::Invalid(other),
+    })
 }
 
-fn decode_version(v: i64) -> Result<KekVersion, Error> {
-    KekVersion::new(
-        u32::try_from(v).map_err(|_| invalid_row(format!("KEK version {v} is out of range")))?,
-    )
+fn decode_version(v: i64, record: &str) -> Result<KekVersion, Failure> {
+    u32::try_from(v)
+        .ok()
+        .and_then(|v| KekVersion::new(v).ok())
+        .ok_or_else(|| corrupt(record, "version", format!("{v} is not a KEK version")))
 }
 
-pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Error> {
+fn decode_state(
+    state: &str,
+    grace_until: Option<i64>,
+    record: &str,
+    field: &'static str,
+) -> Result<KekState, Failure> {
+    KekState::from_parts(state, grace_until).map_err(|_| {
+        corrupt(
+            record,
+            field,
+            crate::store::state_problem(state, grace_until),
+        )
+    })
+}
+
+pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Failure> {
     let (
         scope,
         version,
@@ -427,12 +471,13 @@ pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Error> {
         seq,
         tag,
     ) = row;
-    let what = format!("{scope} v{version}");
-    let auth = decode_auth(seq, tag, &what)?;
+    let record = format!("key record {scope} v{version}");
+    let record = record.as_str();
+    let auth = decode_auth(seq, tag, record)?;
     let recheck_secs = match recheck_secs {
         None => crate::key::LEGACY_RECHECK_SECS,
         Some(v) => u32::try_from(v)
-            .map_err(|_| invalid_row(format!("{what}: recheck_secs {v} is out of range")))?,
+            .map_err(|_| corrupt(record, "recheck_secs", format!("{v} is out of range")))?,
     };
     let wrapped = match (root_key_id, wrapped) {
         (Some(root_key_id), Some(ciphertext)) => Some(WrappedKek {
@@ -441,15 +486,17 @@ pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Error> {
         }),
         (None, None) => None,
         _ => {
-            return Err(invalid_row(format!(
-                "{scope} v{version}: root_key_id and wrapped_kek must both be set or both be NULL"
-            )));
+            return Err(corrupt(
+                record,
+                "root_key_id, wrapped_kek",
+                "must both be set or both be NULL".to_owned(),
+            ));
         }
     };
     Ok(KekRecord {
-        scope: KeyScope::new(&scope)?,
-        version: decode_version(version)?,
-        state: KekState::from_parts(&state, grace_until)?,
+        scope: decode_scope(&scope, record)?,
+        version: decode_version(version, record)?,
+        state: decode_state(&state, grace_until, record, "state")?,
         wrapped,
         created_at: UnixTime(created_at),
         updated_at: UnixTime(updated_at),
@@ -459,7 +506,7 @@ pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Error> {
     })
 }
 
-pub(crate) fn decode_audit(row: AuditRow) -> Result<AuditRecord, Error> {
+pub(crate) fn decode_audit(row: AuditRow) -> Result<AuditRecord, Failure> {
     let (
         at,
         actor,
@@ -474,19 +521,21 @@ pub(crate) fn decode_audit(row: AuditRow) -> Result<AuditRecord, Error> {
         seq,
         tag,
     ) = row;
-    let auth = decode_auth(seq, tag, &format!("audit entry of {scope} v{version}"))?;
+    let record = format!("audit entry of {scope} v{version}");
+    let record = record.as_str();
+    let auth = decode_auth(seq, tag, record)?;
     Ok(AuditRecord {
         at: UnixTime(at),
         actor,
         reason,
         action: KeyAction::from_name(&action)
-            .ok_or_else(|| invalid_row(format!("unknown audit action {action:?}")))?,
-        scope: KeyScope::new(&scope)?,
-        version: decode_version(version)?,
+            .ok_or_else(|| corrupt(record, "action", format!("unknown action {action:?}")))?,
+        scope: decode_scope(&scope, record)?,
+        version: decode_version(version, record)?,
         from: from_state
-            .map(|s| KekState::from_parts(&s, from_grace))
+            .map(|s| decode_state(&s, from_grace, record, "from_state"))
             .transpose()?,
-        to: KekState::from_parts(&to_state, to_grace)?,
+        to: decode_state(&to_state, to_grace, record, "to_state")?,
         auth,
     })
 }
@@ -527,7 +576,7 @@ pub(crate) fn unique_is_conflict<T>(
 fn validate(change: &StoreChange) -> Result<(), Error> {
     for u in &change.updates {
         if u.before.scope != u.after.scope || u.before.version != u.after.version {
-            return Err(Error::InvalidInput {
+            return Err(Error::Internal {
                 what: "key store update",
                 problem: format!(
                     "an update of {} {} may not change the record's scope or version",
@@ -558,9 +607,9 @@ impl KeyStore for SqlKeyStore {
 
     fn get(&self, scope: &KeyScope, version: KekVersion) -> Result<Option<KekRecord>, Error> {
         self.with_conn("get", |c| {
-            Ok(c.get(scope.as_str(), i64::from(version.get()))?
+            c.get(scope.as_str(), i64::from(version.get()))?
                 .map(decode_record)
-                .transpose()?)
+                .transpose()
         })
     }
 
@@ -569,7 +618,7 @@ impl KeyStore for SqlKeyStore {
             let mut scopes = c
                 .scopes()?
                 .iter()
-                .map(|s| KeyScope::new(s))
+                .map(|s| decode_scope(s, &format!("key record of scope {s:?}")))
                 .collect::<Result<Vec<_>, _>>()?;
             scopes.sort();
             scopes.dedup();
@@ -598,10 +647,10 @@ impl KeyStore for SqlKeyStore {
 
     fn audit_log(&self, scope: Option<&KeyScope>) -> Result<Vec<AuditRecord>, Error> {
         self.with_conn("audit log", |c| {
-            Ok(c.audit(scope.map(KeyScope::as_str))?
+            c.audit(scope.map(KeyScope::as_str))?
                 .into_iter()
                 .map(decode_audit)
-                .collect::<Result<Vec<_>, _>>()?)
+                .collect::<Result<Vec<_>, _>>()
         })
     }
 
@@ -613,10 +662,10 @@ impl KeyStore for SqlKeyStore {
         }
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         self.with_conn("audit log", |c| {
-            Ok(c.audit_since(from)?
+            c.audit_since(from)?
                 .into_iter()
                 .map(decode_audit)
-                .collect::<Result<Vec<_>, _>>()?)
+                .collect::<Result<Vec<_>, _>>()
         })
     }
 }
