@@ -171,12 +171,12 @@ impl Report {
     }
 
     /// Asserts, in channel `name`, that every positive control planted into it was found (at
-    /// least one was planted) and that every artifact was read: the proof the detector works
-    /// on that channel. Returns the channel's report for further checks.
+    /// least one was planted): the proof the detector works on that channel. Returns the
+    /// channel's report for further checks (leaks, harness errors).
     ///
     /// # Panics
-    /// When the channel was not scanned, a control was missed or none was planted, or the
-    /// harness could not read an artifact; the message holds [`Self::human`].
+    /// When the channel was not scanned, or a control was missed or none was planted; the
+    /// message holds [`Self::human`].
     #[track_caller]
     #[allow(clippy::panic, reason = "a test assertion")]
     pub fn assert_controls_found(&self, name: &str) -> &ChannelReport {
@@ -191,9 +191,6 @@ impl Report {
                 "{name}: positive control not found, the detector is broken there:\n{}",
                 self.human()
             );
-        }
-        if !c.errors.is_empty() {
-            panic!("{name}: harness errors:\n{}", self.human());
         }
         c
     }

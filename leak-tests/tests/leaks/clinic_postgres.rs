@@ -15,7 +15,7 @@ use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
 use leakless_examples::clinic::{self, BIDX_SCOPE, GeoPoint, Patient, SCOPE, schema::patients};
 use leakless_leaktest::{CanarySet, LeakCheck};
-use leakless_testkit::{DumpFormat, PgServer};
+use leakless_testkit::DumpFormat;
 
 #[test]
 fn clinic_example_on_postgres_passes_the_leak_suite() {
@@ -121,5 +121,5 @@ fn clinic_example_on_postgres_passes_the_leak_suite() {
     }
     let report = check.report();
     report.assert_clean();
-    support::report.assert_control_seen_through("clinic/data-dir", &c.pglz.id, "[heap-pglz");
+    report.assert_control_seen_through("clinic/data-dir", &c.pglz.id, "[heap-pglz");
 }

@@ -12,7 +12,7 @@ use leakless_leaktest::encode::{mariadb_decimal, needles_for, pg_numeric, round_
 use leakless_leaktest::report::Report;
 use leakless_leaktest::scan::self_test;
 use leakless_leaktest::{Canary, CanarySet, Encoding, LeakCheck, Scanner};
-use leakless_testkit::{MariaServer, PgServer};
+use leakless_testkit::MariaServer;
 
 const CONTROL: &str = "Control LKNUMCTRL1, 7 Leaky Lane";
 
@@ -71,6 +71,7 @@ fn assert_seen(report: &Report, channel: &str, id: &str, encoding: Encoding, for
 /// The control is found, there are no harness errors, and `other` is never reported as a pair.
 fn assert_control_and_no_false_pair(report: &Report, channel: &str) {
     let c = report.assert_controls_found(channel);
+    assert!(c.errors.is_empty(), "{channel}: {:?}", c.errors);
     let false_pair = c
         .leaks
         .iter()

@@ -12,7 +12,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use leakless::Sealed;
 use leakless_leaktest::LeakCheck;
-use leakless_testkit::{DumpFormat, PgServer};
+use leakless_testkit::DumpFormat;
 
 #[test]
 fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found() {

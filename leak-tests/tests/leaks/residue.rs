@@ -12,7 +12,7 @@ use std::time::Instant;
 use leakless_leaktest::Status;
 use leakless_leaktest::residue::{ColumnSpec, DbControl, RealValue, ResidueReport, ResidueValues};
 use leakless_leaktest::scan::EncodingSet;
-use leakless_testkit::{MariaServer, PgServer};
+use leakless_testkit::MariaServer;
 use zeroize::Zeroizing;
 
 use crate::support::address;

@@ -123,7 +123,7 @@ fn sealed_app_on_sqlite_is_clean_and_every_control_is_found() {
             );
         }
     }
-    for id in support::KEY_CANARIES {
+    for id in crate::support::KEY_CANARIES {
         assert!(fx.set.get(id).is_some(), "{id} is a canary");
     }
 }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use leakless_leaktest::scan::{CHUNK, Hit};
 use leakless_leaktest::unescape::{decode_layer, escape_mixed, regions, unescape};
 use leakless_leaktest::{Canary, CanarySet, Encoding, LeakCheck, Report, Scanner};
-use leakless_testkit::{DumpFormat, MariaServer, PgServer};
+use leakless_testkit::{DumpFormat, MariaServer};
 
 /// Short enough (22 bytes) to be one needle, so offsets are exact.
 const SHORT: &str = "Flat 9, LKOFFSET01 Rd.";
