@@ -75,18 +75,17 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use leakless::envelope;
 use leakless::keyring::{ShredReport, ShredStatus};
 use leakless::kms::LocalKms;
 use leakless::store::FileKeyStore;
-use leakless::{AuditInfo, FieldContext, Json, KekVersion, KeyRing, KeyScope, RowId, Sealed};
+use leakless::{AuditInfo, FieldContext, KekVersion, KeyRing, KeyScope, RowId, Sealed};
 use leakless_examples::demo_data::{self, DemoPatient};
 use leakless_examples::lifecycle::{DEMO_CACHE_WINDOW, seconds, time_until, wait_until};
 use leakless_examples::patient::{
-    BIDX_SCOPE, GeoPoint, Patient, PatientRow, SCHEMA_VERSION, SCOPE, TABLE, patients, random_uuid,
+    BIDX_SCOPE, Patient, PatientRow, SCHEMA_VERSION, SCOPE, TABLE, patients,
 };
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
 use leakless_leaktest::scan::self_test;
@@ -968,19 +967,21 @@ fn leak_scan(
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     // With the connection open the -wal file holds every page of this run; SQLite checkpoints
     // it into the database file on close.
-    scan(
+    let files = scan(
         &mut check,
         "database (connection open)",
         database_files(db_path),
         &names,
     );
+    say!("  database (connection open): {files}");
     drop(conn);
-    scan(
+    let files = scan(
         &mut check,
         "database (closed)",
         database_files(db_path),
         &names,
     );
+    say!("  database (closed): {files}");
     let mut store_files = vec![ws.join(format!("{ROOT_KEY_FILE}.next"))];
     for store in [
         ws.join(KEY_STORE_FILE),
@@ -991,19 +992,20 @@ fn leak_scan(
         store_files.push(store);
         store_files.push(PathBuf::from(lock));
     }
-    scan(
+    let files = scan(
         &mut check,
         "key store and its backup",
         store_files,
         &[KEY_STORE_CONTROL],
     );
+    say!("  key store and its backup: {files}");
     let report = check.report();
 
     let mut own = CanarySet::new();
     own.push(Canary::real_bytes(DESTROYED_ROOT_KEY, old_root))?;
     own.push(Canary::real_bytes(ROOT_KEY, &today).as_control())?;
     let mut root_check = LeakCheck::new(own)?;
-    scan(
+    let _ = scan(
         &mut root_check,
         ROOT_KEY_FILE,
         vec![root_path.to_owned()],
@@ -1024,15 +1026,26 @@ fn leak_scan(
     Ok(())
 }
 
-/// Scans those of `files` that exist as `channel`, where every control of `controls` must be
-/// found.
-fn scan(check: &mut LeakCheck, channel: &str, files: Vec<PathBuf>, controls: &[&str]) {
+/// Scans those of `files` that exist and are not empty (the key store's lock files are) as
+/// `channel`, where every control of `controls` must be found; returns the file names scanned.
+fn scan(check: &mut LeakCheck, channel: &str, files: Vec<PathBuf>, controls: &[&str]) -> String {
     for id in controls {
         check.expect_control(channel, id);
     }
-    for f in files.iter().filter(|f| f.exists()) {
+    let mut names = Vec::new();
+    for f in files
+        .iter()
+        .filter(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0))
+    {
         check.scan_path(channel, f);
+        names.push(
+            f.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
+    names.join(", ")
 }
 
 /// The raw bytes of the root key file's key (it holds them as hex, or raw), read only for the
