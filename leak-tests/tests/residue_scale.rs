@@ -6,6 +6,7 @@
 #![allow(
     missing_docs,
     clippy::unwrap_used,
+    clippy::expect_used,
     clippy::indexing_slicing,
     clippy::print_stderr,
     reason = "tests: a failed step stops the test with its message"
