@@ -15,9 +15,11 @@
 //! bytes of the lengths a sealing of the same models gives), and its load stops at the rows.
 //!
 //! ```text
-//! LEAKLESS_PG_URL=postgres://postgres@127.0.0.1:5432/postgres \
-//!     cargo bench -p leakless-examples --features postgres --bench pg_models
+//! cargo bench -p leakless-examples --features postgres --bench pg_models
 //! ```
+//!
+//! It runs on the server of `LEAKLESS_PG_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`)
+//! when set, else on a throwaway one (`leakless-testkit`).
 //!
 //! `LEAKLESS_BENCH_ROUNDS=N` scales the number of rounds (default 1 = 300 single inserts,
 //! 9 bulk inserts, 7 loads and 300 look-ups per variant); `LEAKLESS_BENCH_ONLY=load` (or
@@ -406,14 +408,8 @@ struct Line {
 }
 
 fn main() {
-    let url = std::env::var("LEAKLESS_PG_URL").unwrap_or_else(|_| {
-        eprintln!(
-            "pg_models needs PostgreSQL with pgcrypto: set LEAKLESS_PG_URL, e.g. \
-             postgres://postgres@127.0.0.1:5432/postgres (or start one with \
-             `scripts/pg-cluster start DIR --owner-pid $$`)"
-        );
-        std::process::exit(2);
-    });
+    // LEAKLESS_PG_URL, or a throwaway server (with pgcrypto, from the contrib package).
+    let url = leakless_testkit::pg_url();
     let scale: usize = std::env::var("LEAKLESS_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use leakless_leaktest::{Canary, CanarySet};
+
 /// Length in bytes of an encoded GPS point (see [`encode_gps`]).
 pub const GPS_LEN: usize = 16;
 
@@ -37,7 +39,7 @@ impl DemoPatient {
     }
 
     /// The coordinates as decimal text, the way a careless log line would print them
-    /// (`"48.85837"`, `"2.294481"`). The leak scanner looks for these too.
+    /// (`"48.85837"`, `"2.294481"`). Tests look for these in the programs' output.
     #[must_use]
     pub fn gps_texts(&self) -> [String; 2] {
         [self.lat.to_string(), self.lon.to_string()]
@@ -60,6 +62,79 @@ impl fmt::Debug for DemoPatient {
             )
             .finish()
     }
+}
+
+/// The values of one patient as the leak scan sees them (a view of a [`DemoPatient`], or of a
+/// model loaded back from a database).
+#[derive(Clone, Copy)]
+pub struct ScanValues<'a> {
+    /// The display name, stored in the clear: a positive control.
+    pub name: &'a str,
+    /// The sealed postal address.
+    pub address: &'a str,
+    /// The sealed e-mail address.
+    pub email: &'a str,
+    /// The sealed transcript, if any.
+    pub transcript: Option<&'a str>,
+    /// The sealed GPS point (latitude, longitude).
+    pub gps: (f64, f64),
+}
+
+impl fmt::Debug for ScanValues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScanValues")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DemoPatient {
+    /// This patient's values for [`canaries`].
+    #[must_use]
+    pub fn scan_values(&self) -> ScanValues<'_> {
+        ScanValues {
+            name: &self.name,
+            address: &self.address,
+            email: &self.email,
+            transcript: self.transcript.as_deref(),
+            gps: (self.lat, self.lon),
+        }
+    }
+}
+
+/// The patients' values as canaries of the leak-test harness (`leakless-leaktest`): every
+/// sealed value a canary `patient N address` (`email`, `transcript`, `gps`; N from 1), which no
+/// stored file may hold in any encoding the harness searches, and every unsealed name a
+/// positive control `patient N name`, which a scan that reads the stored data must find.
+/// Reports name the canaries by these ids, never by value.
+///
+/// # Errors
+/// The harness's error when two patients share a value (ids must be unique).
+pub fn canaries<'a>(
+    people: impl IntoIterator<Item = ScanValues<'a>>,
+) -> Result<CanarySet, leakless_leaktest::Error> {
+    let mut set = CanarySet::new();
+    for (i, p) in people.into_iter().enumerate() {
+        let n = i.saturating_add(1);
+        set.push(Canary::real_text(
+            &format!("patient {n} address"),
+            p.address,
+        ))?;
+        set.push(Canary::real_text(&format!("patient {n} email"), p.email))?;
+        if let Some(t) = p.transcript {
+            set.push(Canary::real_text(&format!("patient {n} transcript"), t))?;
+        }
+        let gps = format!("patient {n} gps");
+        set.push(Canary::gps(&gps, &gps, p.gps.0, p.gps.1))?;
+        set.push(Canary::real_text(&format!("patient {n} name"), p.name).as_control())?;
+    }
+    Ok(set)
+}
+
+/// The ids of [`canaries`]' positive controls, one per patient.
+#[must_use]
+pub fn name_controls(count: usize) -> Vec<String> {
+    (1..=count).map(|n| format!("patient {n} name")).collect()
 }
 
 /// Encodes a GPS point as 16 bytes: the latitude then the longitude, each as an IEEE 754

@@ -1,11 +1,11 @@
 //! Shared parts of the leakless example programs.
 //!
-//! * [`demo_data`]: the fictional patients the `quickstart` binary seals, and the byte encoding
-//!   of their GPS points. Integration tests import them to check that no plaintext reaches the
-//!   program's output.
-//! * [`leakscan`]: a small plaintext scanner that looks for demo values in raw files, in several
-//!   encodings. The real leak-test harness is `leakless-leaktest`
-//!   (docs/leak-tests.md); this one only serves the demo.
+//! * [`demo_data`]: the fictional patients the `quickstart` binary seals, the byte encoding of
+//!   their GPS points, and their values as canaries of the leak-test harness
+//!   (`leakless-leaktest`, docs/leak-tests.md), which the examples' leak scans use. Integration
+//!   tests import them to check that no plaintext reaches the program's output.
+//! * [`patient`]: the sealed `Patient` model of `quickstart` (table, `GeoPoint`, derive), shared
+//!   with the leak suites of `leakless-leaktest` and the `clinic` example.
 //! * [`lifecycle`]: waiting out the cache window that `retire` and `destroy` wait for, with the
 //!   short window the one-process demos record.
 //! * `clinic` (cargo feature `postgres`): the migration set, sealed model and throwaway
@@ -16,9 +16,9 @@
 #[cfg(feature = "postgres")]
 pub mod clinic;
 pub mod demo_data;
-pub mod leakscan;
 pub mod lifecycle;
 pub mod medtech;
+pub mod patient;
 
 /// The README's Rust code blocks, compiled and run as doctests of this crate so that the
 /// "library in 20 lines" snippet cannot drift from the API.

@@ -1,11 +1,10 @@
 //! The `clinic` example on PostgreSQL (cargo feature `postgres`): the binary runs end to end on
 //! a fresh database (its main path and its `--adopt` path), its output holds no demo plaintext
 //! and no password of the server URL, it exports a valid schema manifest, and its migration set
-//! applies and reverts cleanly. Without
-//! a server URL it fails with a hint, not a panic.
+//! applies and reverts cleanly. Without a server URL it fails with a hint, not a panic.
 //!
-//! Needs `LEAKLESS_PG_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`); the tests fail
-//! loudly when it is unset.
+//! The server is `LEAKLESS_PG_URL` (e.g. `postgres://postgres@127.0.0.1:5432/postgres`), or a
+//! throwaway one that `leakless-testkit` starts; the tests fail loudly when neither works.
 #![cfg(feature = "postgres")]
 #![allow(
     clippy::unwrap_used,
@@ -24,17 +23,7 @@ use leakless::manifest::SchemaManifest;
 use leakless_examples::clinic::{self, FreshDatabase, Patient};
 use leakless_examples::demo_data;
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
-
-fn pg_url() -> String {
-    match std::env::var("LEAKLESS_PG_URL") {
-        Ok(u) if !u.trim().is_empty() => u.trim().to_owned(),
-        _ => panic!(
-            "the clinic tests need PostgreSQL: set LEAKLESS_PG_URL, e.g. \
-             postgres://postgres@127.0.0.1:5432/postgres (scripts/test sets it; \
-             scripts/pg-cluster start DIR --owner-pid $$ starts a throwaway server)"
-        ),
-    }
-}
+use leakless_testkit::pg_url;
 
 /// The URL with a password added (the local servers trust the user, so it is ignored by
 /// the server but must never be printed).

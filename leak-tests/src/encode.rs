@@ -414,16 +414,34 @@ impl Sink<'_> {
             Zeroizing::new(text.encode_utf16().flat_map(u16::to_be_bytes).collect());
         self.add(form, Encoding::Utf16Be, &be);
         self.binary(form, raw);
-        for (enc, bytes) in [
-            (Encoding::Percent, percent(raw, false)),
-            (Encoding::FormUrlencoded, percent(raw, true)),
-            (Encoding::Json, json_escape(text, false)),
-            (Encoding::JsonAscii, json_escape(text, true)),
-            (Encoding::SqlQuoted, sql_escape(text, false)),
-            (Encoding::SqlBackslash, sql_escape(text, true)),
-        ] {
-            let bytes = Zeroizing::new(bytes);
-            // Only when the escaping changed something; otherwise the raw needle covers it.
+        self.escaped(
+            form,
+            text,
+            &[
+                Encoding::Percent,
+                Encoding::FormUrlencoded,
+                Encoding::Json,
+                Encoding::JsonAscii,
+                Encoding::SqlQuoted,
+                Encoding::SqlBackslash,
+            ],
+        );
+    }
+
+    /// `text` in each escaping of `encodings` (percent, form, JSON, SQL) that changes it;
+    /// otherwise the raw needle covers it.
+    fn escaped(&mut self, form: Form, text: &str, encodings: &[Encoding]) {
+        let raw = text.as_bytes();
+        for &enc in encodings {
+            let bytes = Zeroizing::new(match enc {
+                Encoding::Percent => percent(raw, false),
+                Encoding::FormUrlencoded => percent(raw, true),
+                Encoding::Json => json_escape(text, false),
+                Encoding::JsonAscii => json_escape(text, true),
+                Encoding::SqlQuoted => sql_escape(text, false),
+                Encoding::SqlBackslash => sql_escape(text, true),
+                _ => continue,
+            });
             if bytes.as_slice() != raw {
                 self.add(form, enc, &bytes);
             }
@@ -441,17 +459,16 @@ impl Sink<'_> {
                 Zeroizing::new(text.encode_utf16().flat_map(u16::to_le_bytes).collect());
             self.add(form, Encoding::Utf16Le, &le);
         }
-        for (enc, bytes) in [
-            (Encoding::Percent, percent(raw, false)),
-            (Encoding::Json, json_escape(text, false)),
-            (Encoding::JsonAscii, json_escape(text, true)),
-            (Encoding::SqlQuoted, sql_escape(text, false)),
-        ] {
-            let bytes = Zeroizing::new(bytes);
-            if bytes.as_slice() != raw {
-                self.add(form, enc, &bytes);
-            }
-        }
+        self.escaped(
+            form,
+            text,
+            &[
+                Encoding::Percent,
+                Encoding::Json,
+                Encoding::JsonAscii,
+                Encoding::SqlQuoted,
+            ],
+        );
     }
 
     /// The wanted encodings of `text` other than raw, computing only those.

@@ -490,16 +490,8 @@ impl LeakCheck {
         name: &str,
         walk: impl FnOnce(&mut dyn FnMut(crate::mariadb::Decoded)) -> io::Result<Vec<String>>,
     ) {
-        let mut views = Vec::new();
-        let scanner = &self.scanner;
-        let result = walk(&mut |d| {
-            let mut col = Collector::new();
-            scanner.scan_bytes(&d.bytes, |h| col.add(h));
-            views.push((
-                format!("{name}[{}@{}]", d.view, d.offset),
-                d.bytes.len(),
-                col,
-            ));
+        let result = self.decoded_views(channel, name, |emit| {
+            walk(&mut |d| emit(d.view, d.offset, &d.bytes))
         });
         match result {
             Ok(problems) => {
@@ -509,9 +501,27 @@ impl LeakCheck {
             }
             Err(e) => self.error(channel, format!("{name}: cannot decode: read failed: {e}")),
         }
+    }
+
+    /// Scans every view `walk` decodes (`emit(view, offset, bytes)`) as the artifact
+    /// `name[view@offset]`; returns what `walk` returned.
+    fn decoded_views<T>(
+        &mut self,
+        channel: &str,
+        name: &str,
+        walk: impl FnOnce(&mut dyn FnMut(&str, u64, &[u8])) -> T,
+    ) -> T {
+        let mut views = Vec::new();
+        let scanner = &self.scanner;
+        let result = walk(&mut |view, offset, bytes| {
+            let mut col = Collector::new();
+            scanner.scan_bytes(bytes, |h| col.add(h));
+            views.push((format!("{name}[{view}@{offset}]"), bytes.len(), col));
+        });
         for (artifact, len, col) in views {
             self.record(channel, &artifact, len as u64, &col);
         }
+        result
     }
 
     fn open_source(
@@ -885,42 +895,22 @@ impl LeakCheck {
     }
 
     fn relation(&mut self, channel: &str, name: &str, reader: impl Read) {
-        let mut views = Vec::new();
-        let scanner = &self.scanner;
-        let result = walk_relation(reader, |d| {
-            let mut col = Collector::new();
-            scanner.scan_bytes(&d.bytes, |h| col.add(h));
-            views.push((
-                format!("{name}[{}@{}]", d.view, d.offset),
-                d.bytes.len(),
-                col,
-            ));
+        let result = self.decoded_views(channel, name, |emit| {
+            walk_relation(reader, |d| emit(&d.view, d.offset, &d.bytes))
         });
         if let Err(e) = result {
             self.error(channel, format!("{name}: heap pages unreadable: {e}"));
         }
-        for (artifact, len, col) in views {
-            self.record(channel, &artifact, len as u64, &col);
-        }
     }
 
     fn wal_compressed(&mut self, channel: &str, name: &str, reader: impl Read) {
-        let mut views = Vec::new();
-        let scanner = &self.scanner;
-        let result = sniff_compressed(WalRecords::new(reader), "wal", |d| {
-            let mut col = Collector::new();
-            scanner.scan_bytes(&d.bytes, |h| col.add(h));
-            views.push((
-                format!("{name}[{}@{}]", d.view, d.offset),
-                d.bytes.len(),
-                col,
-            ));
+        let result = self.decoded_views(channel, name, |emit| {
+            sniff_compressed(WalRecords::new(reader), "wal", |d| {
+                emit(&d.view, d.offset, &d.bytes)
+            })
         });
         if let Err(e) = result {
             self.error(channel, format!("{name}: WAL unreadable: {e}"));
-        }
-        for (artifact, len, col) in views {
-            self.record(channel, &artifact, len as u64, &col);
         }
     }
 

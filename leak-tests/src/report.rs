@@ -1,6 +1,12 @@
 //! The verdict: per channel, the leaks found, the positive controls expected and missed, and
 //! harness errors; a human summary ([`Report::human`]), JSON ([`Report::to_json`]) and an exit
 //! code ([`Report::exit_code`]: 0 clean, 1 leak, 2 detector broken or harness error).
+//!
+//! In a test, [`Report::assert_clean`] is the one leak assertion: it first checks that every
+//! channel found the positive controls planted into it (the detector works there), then that
+//! no canary leaked, and fails with the human report, which names canaries by id, marker,
+//! encoding and offset, never by value. [`Report::assert_controls_found`] is its first half
+//! for one channel, for tests that expect a leak or an error after the controls.
 
 use std::fmt::Write as _;
 
@@ -152,6 +158,96 @@ impl Report {
     #[must_use]
     pub fn channel(&self, name: &str) -> Option<&ChannelReport> {
         self.channels.iter().find(|c| c.channel == name)
+    }
+
+    /// The channels where the detector is not proven: a planted control was missed, or none
+    /// was planted (a waived channel counts as not proven: a test plants its controls).
+    fn unproven(&self) -> Vec<&str> {
+        self.channels
+            .iter()
+            .filter(|c| c.controls_expected.is_empty() || !c.controls_missed.is_empty())
+            .map(|c| c.channel.as_str())
+            .collect()
+    }
+
+    /// Asserts, in channel `name`, that every positive control planted into it was found (at
+    /// least one was planted): the proof the detector works on that channel. Returns the
+    /// channel's report for further checks (leaks, harness errors).
+    ///
+    /// # Panics
+    /// When the channel was not scanned, or a control was missed or none was planted; the
+    /// message holds [`Self::human`].
+    #[track_caller]
+    #[allow(clippy::panic, reason = "a test assertion")]
+    pub fn assert_controls_found(&self, name: &str) -> &ChannelReport {
+        let Some(c) = self.channel(name) else {
+            panic!("channel {name} was not scanned:\n{}", self.human());
+        };
+        if c.controls_expected.is_empty()
+            || !c.controls_missed.is_empty()
+            || c.control_findings.is_empty()
+        {
+            panic!(
+                "{name}: positive control not found, the detector is broken there:\n{}",
+                self.human()
+            );
+        }
+        c
+    }
+
+    /// Asserts that the run is clean: first that every channel found every positive control
+    /// planted into it (the detector finds a planted plaintext there), then that no canary was
+    /// found anywhere and every artifact was read.
+    ///
+    /// # Panics
+    /// With a message saying which of the two failed, then [`Self::human`] (canary ids,
+    /// markers, encodings, artifacts and offsets; never a value).
+    #[track_caller]
+    #[allow(clippy::panic, reason = "a test assertion")]
+    pub fn assert_clean(&self) {
+        let unproven = self.unproven();
+        if self.channels.is_empty() || !unproven.is_empty() {
+            panic!(
+                "positive control not found in {unproven:?}: the detector is not proven there, \
+                 so a clean result would prove nothing\n{}",
+                self.human()
+            );
+        }
+        let status = self.status();
+        if status != Status::Clean {
+            panic!(
+                "leak check is not clean ({}):\n{}",
+                status.name(),
+                self.human()
+            );
+        }
+    }
+
+    /// Asserts that control `id` was found in `channel` through a view whose artifact name
+    /// contains `view` (e.g. `[heap-pglz`): the detector sees through that decoding.
+    ///
+    /// # Panics
+    /// When it was not; the message lists the control findings of the channel (ids and
+    /// artifacts).
+    #[track_caller]
+    #[allow(clippy::panic, reason = "a test assertion")]
+    pub fn assert_control_seen_through(&self, channel: &str, id: &str, view: &str) {
+        let Some(c) = self.channel(channel) else {
+            panic!("channel {channel} was not scanned:\n{}", self.human());
+        };
+        if !c
+            .control_findings
+            .iter()
+            .any(|f| f.canary_id == id && f.artifact.contains(view))
+        {
+            panic!(
+                "{channel}: control {id} not found through {view}: {:?}",
+                c.control_findings
+                    .iter()
+                    .map(|f| (&f.canary_id, &f.artifact))
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 
     /// The report as JSON: status, exit code, counts, and per channel the findings (canary id,

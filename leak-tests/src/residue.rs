@@ -1019,6 +1019,13 @@ fn mask_quoted(text: &str, known: &[String]) -> String {
 // ---- database access ----
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    not(all(feature = "postgres", feature = "mysql")),
+    allow(
+        dead_code,
+        reason = "a backend left out of the build is never connected"
+    )
+)]
 enum Backend {
     Postgres,
     Mysql,
@@ -1026,10 +1033,35 @@ enum Backend {
 }
 
 enum Conn {
+    #[cfg(feature = "postgres")]
     Pg(PgConnection),
+    #[cfg(feature = "mysql")]
     My(MysqlConnection),
     Lite(SqliteConnection),
 }
+
+/// A row type every backend of this build can load (PostgreSQL and MariaDB are the cargo
+/// features `postgres` and `mysql`).
+trait Row: QueryableByName<diesel::sqlite::Sqlite> + PgRow + MyRow + 'static {}
+impl<T: QueryableByName<diesel::sqlite::Sqlite> + PgRow + MyRow + 'static> Row for T {}
+
+#[cfg(feature = "postgres")]
+trait PgRow: QueryableByName<diesel::pg::Pg> {}
+#[cfg(feature = "postgres")]
+impl<T: QueryableByName<diesel::pg::Pg>> PgRow for T {}
+#[cfg(not(feature = "postgres"))]
+trait PgRow {}
+#[cfg(not(feature = "postgres"))]
+impl<T> PgRow for T {}
+
+#[cfg(feature = "mysql")]
+trait MyRow: QueryableByName<diesel::mysql::Mysql> {}
+#[cfg(feature = "mysql")]
+impl<T: QueryableByName<diesel::mysql::Mysql>> MyRow for T {}
+#[cfg(not(feature = "mysql"))]
+trait MyRow {}
+#[cfg(not(feature = "mysql"))]
+impl<T> MyRow for T {}
 
 struct Db {
     backend: Backend,
@@ -1081,6 +1113,11 @@ struct TypeRow {
     t: String,
 }
 
+/// The refusal of a URL whose backend this build leaves out.
+#[cfg(not(all(feature = "postgres", feature = "mysql")))]
+const NO_BACKEND: &str = "this build of leakless-leaktest leaves that database out (cargo \
+                          features `postgres` and `mysql`)";
+
 impl Db {
     fn connect(url: &str) -> Result<Self, Error> {
         let lower = url.to_ascii_lowercase();
@@ -1092,23 +1129,33 @@ impl Db {
         let (backend, conn) = if lower.starts_with("postgres://")
             || lower.starts_with("postgresql://")
         {
-            (
-                Backend::Postgres,
-                Conn::Pg(PgConnection::establish(url).map_err(|e| fail(&e))?),
-            )
+            #[cfg(feature = "postgres")]
+            {
+                (
+                    Backend::Postgres,
+                    Conn::Pg(PgConnection::establish(url).map_err(|e| fail(&e))?),
+                )
+            }
+            #[cfg(not(feature = "postgres"))]
+            return Err(fail(&NO_BACKEND));
         } else if lower.starts_with("mysql://") || lower.starts_with("mariadb://") {
-            let target = match lower.strip_prefix("mariadb://") {
-                Some(_) => format!(
-                    "mysql://{}",
-                    url.get("mariadb://".len()..).unwrap_or_default()
-                ),
-                None => url.to_owned(),
-            };
-            let target = Zeroizing::new(target);
-            (
-                Backend::Mysql,
-                Conn::My(MysqlConnection::establish(&target).map_err(|e| fail(&e))?),
-            )
+            #[cfg(feature = "mysql")]
+            {
+                let target = match lower.strip_prefix("mariadb://") {
+                    Some(_) => format!(
+                        "mysql://{}",
+                        url.get("mariadb://".len()..).unwrap_or_default()
+                    ),
+                    None => url.to_owned(),
+                };
+                let target = Zeroizing::new(target);
+                (
+                    Backend::Mysql,
+                    Conn::My(MysqlConnection::establish(&target).map_err(|e| fail(&e))?),
+                )
+            }
+            #[cfg(not(feature = "mysql"))]
+            return Err(fail(&NO_BACKEND));
         } else {
             let path = url.strip_prefix("sqlite:").unwrap_or(url);
             let path = path.strip_prefix("//").unwrap_or(path);
@@ -1221,16 +1268,12 @@ impl Db {
         })
     }
 
-    fn load<T>(&mut self, sql: &str) -> Result<Vec<T>, Error>
-    where
-        T: QueryableByName<diesel::pg::Pg>
-            + QueryableByName<diesel::mysql::Mysql>
-            + QueryableByName<diesel::sqlite::Sqlite>
-            + 'static,
-    {
+    fn load<T: Row>(&mut self, sql: &str) -> Result<Vec<T>, Error> {
         let q = diesel::sql_query(sql);
         let r = match &mut self.conn {
+            #[cfg(feature = "postgres")]
             Conn::Pg(c) => q.load(c),
+            #[cfg(feature = "mysql")]
             Conn::My(c) => q.load(c),
             Conn::Lite(c) => q.load(c),
         };
@@ -1239,7 +1282,9 @@ impl Db {
 
     fn batch(&mut self, sql: &str) -> Result<(), Error> {
         let r = match &mut self.conn {
+            #[cfg(feature = "postgres")]
             Conn::Pg(c) => c.batch_execute(sql),
+            #[cfg(feature = "mysql")]
             Conn::My(c) => c.batch_execute(sql),
             Conn::Lite(c) => c.batch_execute(sql),
         };

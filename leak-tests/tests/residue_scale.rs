@@ -1,44 +1,34 @@
 //! The residue scan at scale: 1,000,000 real addresses (~40 bytes each) COPYed into a
 //! PostgreSQL table, read back through the database URL, and all of them found in the table's
 //! heap file and in the WAL, reported by row id, none printed. Prints the time of each phase
-//! and the process's peak memory (VmHWM; this test is alone in its binary so the figure is its
-//! own).
+//! and the process's peak memory (VmHWM; this test has a binary of its own, outside `leaks`,
+//! so the figure is its own).
 #![allow(
+    missing_docs,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
     clippy::print_stderr,
-    reason = "tests"
+    reason = "tests: a failed step stops the test with its message"
 )]
+
+#[path = "leaks/support.rs"]
+#[allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    reason = "the leaks suite's support: this binary uses two of its parts"
+)]
+mod support;
 
 use std::io::Write as _;
 use std::time::Instant;
 
-use leakless_leaktest::fixture::PgServer;
 use leakless_leaktest::residue::{ColumnSpec, DbControl, ResidueValues};
 use leakless_leaktest::scan::EncodingSet;
+use support::address;
 
 const ROWS: u64 = 1_000_000;
-
-fn address(n: u64) -> String {
-    const STREETS: [&str; 8] = [
-        "Lantern Row",
-        "Quarry Lane",
-        "Musterweg",
-        "Sample Close",
-        "Harbour View",
-        "Mill Street",
-        "Orchard Way",
-        "Kingsway",
-    ];
-    const TOWNS: [&str; 4] = ["Exampleton", "Beispielstadt", "Villefictive", "Sampletown"];
-    format!(
-        "{} {}, Flat {n}, {}",
-        n % 397 + 1,
-        STREETS[usize::try_from(n % 8).unwrap()],
-        TOWNS[usize::try_from(n / 8 % 4).unwrap()]
-    )
-}
 
 fn vm_hwm_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -51,7 +41,7 @@ fn vm_hwm_mib() -> u64 {
 
 #[test]
 fn a_million_real_values_are_found_in_the_heap_file_and_the_wal_by_row_id() {
-    let pg = PgServer::start().expect("PostgreSQL must start (scripts/pg-cluster)");
+    let pg = support::pg_server();
     // Keep every WAL segment of the load: the scan reads them after the control's CHECKPOINT.
     pg.sql(
         "postgres",
@@ -133,11 +123,7 @@ fn a_million_real_values_are_found_in_the_heap_file_and_the_wal_by_row_id() {
         vm_hwm_mib()
     );
     for ch in ["postgres/heap", "postgres/wal"] {
-        let c = report.report.channel(ch).unwrap();
-        assert!(
-            c.controls_missed.is_empty() && !c.controls_expected.is_empty(),
-            "{ch}"
-        );
+        report.report.assert_controls_found(ch);
         let found = report.channel(ch).unwrap();
         let col = found
             .columns

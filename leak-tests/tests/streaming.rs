@@ -1,12 +1,13 @@
 //! Streaming: a 256 MiB artifact, generated on the fly (never in memory), is scanned with the
 //! process's peak resident memory (VmHWM) growing by far less than the artifact, and a canary
-//! planted in its last kilobyte is still found at the right offset. One test in its own binary,
-//! so no other test shares the memory figure.
+//! planted in its last kilobyte is still found at the right offset. One test in its own binary
+//! (not in `leaks`), so no other test shares the memory figure.
 #![allow(
+    missing_docs,
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::indexing_slicing,
-    reason = "tests"
+    clippy::print_stderr,
+    reason = "tests: a failed step stops the test with its message"
 )]
 
 use std::io::Read;

@@ -17,9 +17,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use leakless_leaktest::fixture::{MariaServer, PgServer};
 use leakless_leaktest::residue::{DbControl, ResidueReport, ResidueValues};
 use leakless_leaktest::scan::EncodingSet;
+use leakless_testkit::{MariaServer, PgOptions, PgServer};
 use support::{Backend, Fixture, stderr, stdout};
 
 const ROWS: i64 = 120;
@@ -122,7 +122,8 @@ fn purge(f: &Fixture) -> String {
 
 #[test]
 fn postgres_adoption_leaves_nothing_after_purge_residue() {
-    let pg = PgServer::start().expect("PostgreSQL must start (scripts/pg-cluster)");
+    let pg = PgServer::start_with(&PgOptions::statement_logging())
+        .expect("PostgreSQL must start (scripts/pg-cluster)");
     pg.sql("postgres", "CREATE DATABASE app").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f = Fixture::on_url(Backend::Postgres, pg.url_for("app"), None, dir);

@@ -12,15 +12,16 @@
 //!   rewrap of 100,000 rows. After each kill the checkpoint table's done chunks account for
 //!   exactly the rows that moved to the new KEK version (the batch and its checkpoint commit
 //!   together); after the final resume every row opens to its original plaintext.
-//! * A throwaway cluster is stopped with `pg_ctl stop -m immediate` while a batch is half
-//!   written (a row lock held by the test stalls the batch), restarted, and the run resumed.
+//! * A throwaway cluster of the test's own is stopped at once (`PgServer::kill`: `pg_ctl stop
+//!   -m immediate`, as in a crash) while a batch is half written (a row lock held by the test
+//!   stalls the batch), restarted, and the run resumed.
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use leakless_testkit::PgServer;
 use rand::Rng;
 use support::{Backend, Fixture, plain, stdout};
 
@@ -96,47 +97,16 @@ fn sigkill_at_random_points_during_a_100k_row_rewrap() {
     f.assert_all_open(plain);
 }
 
-fn pg_ctl() -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)")
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
-    dirs.pop().unwrap().join("bin/pg_ctl")
-}
-
-fn as_server(dir: &Path, args: &[&str]) {
-    let ok = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(pg_ctl())
-        .args(args)
-        .arg("-D")
-        .arg(dir.join("data"))
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "pg_ctl {args:?} failed");
-}
-
 #[test]
 fn pg_ctl_stop_immediate_mid_batch_then_resume() {
-    let cluster = tempfile::tempdir().unwrap();
-    let cdir = cluster.path().join("pg");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-cluster");
-    let o = Command::new(&script)
-        .arg("start")
-        .arg(&cdir)
-        .args(["--owner-pid", &std::process::id().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "scripts/pg-cluster start failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+    // A cluster of its own: the test stops it as in a crash and starts it again.
+    let pg = PgServer::start().unwrap();
+    let f = Fixture::on_url(
+        Backend::Postgres,
+        pg.url().to_owned(),
+        None,
+        tempfile::tempdir().unwrap(),
     );
-    let url = String::from_utf8(o.stdout).unwrap().trim().to_owned();
-    let f = Fixture::on_url(Backend::Postgres, url, None, tempfile::tempdir().unwrap());
     f.seed(0, 20_000, false);
     f.rotate();
 
@@ -173,7 +143,7 @@ fn pg_ctl_stop_immediate_mid_batch_then_resume() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(watcher);
-    as_server(&cdir, &["stop", "-m", "immediate", "-w"]);
+    pg.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -183,15 +153,7 @@ fn pg_ctl_stop_immediate_mid_batch_then_resume() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("help: "), "{err}");
     drop(locker);
-    as_server(
-        &cdir,
-        &[
-            "start",
-            "-w",
-            "-l",
-            cdir.join("postgres.log").to_str().unwrap(),
-        ],
-    );
+    pg.restart().unwrap();
 
     // Whole chunks before the stalled one are done and moved, and nothing of the stalled one.
     // Usually both chunks before it; one run on a loaded host ended with 1,000 (cause not pinned

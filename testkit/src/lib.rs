@@ -3,8 +3,10 @@
 //!
 //! [`pg_url`] and [`mysql_url`] give the admin URL of a PostgreSQL or MariaDB server: the one
 //! named by `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL` when set, otherwise a throwaway server
-//! that `scripts/pg-cluster` / `scripts/mariadb-server` start once per test process (its
-//! watchdog stops it and removes its folder when the process exits). A test that needs a
+//! started once per test process ([`server`]: through `scripts/pg-cluster` /
+//! `scripts/mariadb-server`, whose watchdog stops it and removes its folder when the process
+//! exits). A test that needs a server of its own (statement logging, a data directory to
+//! inspect, a crash and restart) starts a [`PgServer`] or [`MariaServer`]. A test that needs a
 //! service it cannot get panics naming the service and how to provide it; it never skips.
 //!
 //! [`TestDb`] gives each test its own database `leakless_t_<random>`, dropped again on drop,
@@ -27,38 +29,11 @@
 )]
 
 pub mod bench;
-
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+pub mod server;
 
 use leakless::redact::redact_url;
 
-/// A service the tests can start.
-struct Service {
-    name: &'static str,
-    env: &'static str,
-    script: &'static str,
-    scheme: &'static str,
-    example: &'static str,
-}
-
-const POSTGRES: Service = Service {
-    name: "PostgreSQL",
-    env: "LEAKLESS_PG_URL",
-    script: "pg-cluster",
-    scheme: "postgres://",
-    example: "postgres://postgres@127.0.0.1:5432/postgres",
-};
-
-const MARIADB: Service = Service {
-    name: "MariaDB",
-    env: "LEAKLESS_MYSQL_URL",
-    script: "mariadb-server",
-    scheme: "mysql://",
-    example: "mysql://root:PASSWORD@127.0.0.1:3306/",
-};
+pub use server::{DumpFormat, MariaServer, PgOptions, PgServer, mysql_url, pg_url};
 
 /// The value of `var`, which a service script prints (`scripts/services/<script> start DIR
 /// --owner-pid PID` prints `VAR=value` lines), or a panic naming `service` and how to start it:
@@ -78,84 +53,6 @@ pub fn service_var(var: &str, service: &str, script: &str) -> String {
 pub fn random_hex(n: usize) -> String {
     let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The admin URL of a PostgreSQL server (`LEAKLESS_PG_URL`, or a throwaway cluster).
-pub fn pg_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| service_url(&POSTGRES)).clone()
-}
-
-/// The admin URL of a MariaDB server (`LEAKLESS_MYSQL_URL`, or a throwaway server).
-pub fn mysql_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| service_url(&MARIADB)).clone()
-}
-
-fn scripts_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts")
-}
-
-fn service_url(s: &Service) -> String {
-    match std::env::var(s.env) {
-        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-        _ => start(s),
-    }
-}
-
-/// Runs `scripts/<script> start <tempdir> --owner-pid <pid>` and reads the URL it prints.
-fn start(s: &Service) -> String {
-    let script = scripts_dir().join(s.script);
-    let how = format!(
-        "set {} to the URL of a running {} server (e.g. {}), or make `{} start DIR` work",
-        s.env,
-        s.name,
-        s.example,
-        script.display()
-    );
-    assert!(
-        script.is_file(),
-        "{} is needed by this test, but {} is missing: {how}",
-        s.name,
-        script.display()
-    );
-    // The script's watchdog removes the folder when this process exits.
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("leakless-{}-", s.script))
-        .tempdir()
-        .unwrap_or_else(|e| panic!("{}: cannot make a temporary folder: {e}", s.name))
-        .keep();
-    let mut child = Command::new(&script)
-        .arg("start")
-        .arg(&dir)
-        .arg("--owner-pid")
-        .arg(std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{} is needed by this test, but {} could not run ({e}): {how}",
-                s.name,
-                script.display()
-            )
-        });
-    let mut line = String::new();
-    let read = BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line);
-    let status = child.wait();
-    let url = line.trim();
-    let ok =
-        read.is_ok() && status.as_ref().is_ok_and(|st| st.success()) && url.starts_with(s.scheme);
-    assert!(
-        ok,
-        "{} is needed by this test, but `{} start` failed (exit: {status:?}, stdout: {:?}; its \
-         diagnostics are on stderr above): {how}",
-        s.name,
-        script.display(),
-        redact_url(url),
-    );
-    url.to_owned()
 }
 
 /// `url` with its database (path) replaced by `name`, keeping user, host and query.

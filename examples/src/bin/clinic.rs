@@ -53,9 +53,9 @@ use leakless_examples::clinic::{
     self, BIDX_SCOPE, FreshDatabase, Patient, PatientRow, SCOPE, adopt, schema::patients,
 };
 use leakless_examples::demo_data;
-use leakless_examples::leakscan::Needles;
 use leakless_examples::lifecycle::{DEMO_CACHE_WINDOW, seconds, time_until, wait_until};
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
+use leakless_leaktest::{LeakCheck, Status};
 
 /// `writeln!` to stdout, returning the error instead of panicking like `println!`.
 macro_rules! say {
@@ -321,40 +321,22 @@ fn run() -> Result<(), Box<dyn Error>> {
     // ----- what a thief with the database reads ------------------------------------------------
     say!("[leak scan]");
     let dump = clinic::dump_tables(&mut conn)?;
-    let mut control = Needles::new();
-    for (i, p) in people.iter().enumerate() {
-        control.add_text(&format!("patient {i} name"), &p.name)?;
+    let mut check = LeakCheck::new(demo_data::canaries(
+        people.iter().chain([&moved]).map(scan_values),
+    )?)?;
+    for id in demo_data::name_controls(people.len()) {
+        check.expect_control("tables", &id);
     }
-    if control.scan(dump.as_bytes()).is_empty() {
-        return Err("positive control failed: the unsealed names were not found".into());
+    check.scan_bytes("tables", "every table as text", dump.as_bytes());
+    let report = check.report();
+    if report.status() != Status::Clean {
+        return Err(format!("the leak scan is not clean:\n{}", report.human()).into());
     }
     say!("  {POSITIVE_CONTROL_PASSED}: the search finds the unsealed names in the table dump");
-    let mut needles = Needles::new();
-    for (i, p) in people.iter().chain([&moved]).enumerate() {
-        needles.add_text(&format!("patient {i} address"), &p.address)?;
-        needles.add_text(&format!("patient {i} email"), &p.email)?;
-        needles.add_text(
-            &format!("patient {i} gps"),
-            &serde_json::to_string(&p.gps.0)?,
-        )?;
-        if let Some(t) = &p.transcript {
-            needles.add_text(&format!("patient {i} transcript"), t)?;
-        }
-    }
-    let findings = needles.scan(dump.as_bytes());
-    if let Some(f) = findings.first() {
-        return Err(format!(
-            "{} plaintext values found in the database, e.g. {} as {}",
-            findings.len(),
-            f.label,
-            f.encoding.name()
-        )
-        .into());
-    }
     say!(
-        "  {NO_PLAINTEXT_FOUND}: {} values ({} needles over 7 encodings) in {} bytes of every table",
-        needles.values(),
-        needles.len(),
+        "  {NO_PLAINTEXT_FOUND}: {} values ({} needles) in {} bytes of every table",
+        check.scanner().canaries().len(),
+        check.scanner().needle_count(),
         dump.len()
     );
 
@@ -483,21 +465,29 @@ fn adopt_existing_table(conn: &mut PgConnection, ring: &KeyRing) -> Result<(), B
     say!("  e-mail look-up     1 row through the tokens the stages wrote");
 
     say!("[drop the legacy columns]");
-    let mut needles = Needles::new();
-    for (i, (_, p)) in people.iter().enumerate() {
-        needles.add_text(&format!("patient {i} address"), &p.address)?;
-        needles.add_text(&format!("patient {i} email"), &p.email)?;
-        if let Some(t) = &p.transcript {
-            needles.add_text(&format!("patient {i} transcript"), t)?;
-        }
+    let mut check = LeakCheck::new(demo_data::canaries(
+        people.iter().map(|(_, p)| p.scan_values()),
+    )?)?;
+    let names = demo_data::name_controls(people.len());
+    for id in &names {
+        check.expect_control("before the drop", id);
     }
-    let before = needles.scan(clinic::dump_tables(conn)?.as_bytes());
-    if before.is_empty() {
-        return Err("positive control failed: the legacy columns' plaintext was not found".into());
+    check.scan_bytes(
+        "before the drop",
+        "every table as text",
+        clinic::dump_tables(conn)?.as_bytes(),
+    );
+    let before = check.report();
+    let hits = before.leaks().count();
+    if hits == 0 || before.exit_code() != 1 {
+        return Err(format!(
+            "positive control failed: the legacy columns' plaintext was not found:\n{}",
+            before.human()
+        )
+        .into());
     }
     say!(
-        "  {POSITIVE_CONTROL_PASSED}: before the drop the search finds {} plaintext hits in the legacy columns",
-        before.len()
+        "  {POSITIVE_CONTROL_PASSED}: before the drop the search finds {hits} plaintext hits in the legacy columns"
     );
     conn.batch_execute(adopt::DROP_LEGACY_COLUMNS)?;
     let after = adopt::Adopted::load_all(conn, ring)?;
@@ -505,17 +495,20 @@ fn adopt_existing_table(conn: &mut PgConnection, ring: &KeyRing) -> Result<(), B
         return Err("the adopted build lost rows with the drop".into());
     }
     let dump = clinic::dump_tables(conn)?;
-    if let Some(f) = needles.scan(dump.as_bytes()).first() {
-        return Err(format!(
-            "plaintext left after the drop: {} as {}",
-            f.label,
-            f.encoding.name()
-        )
-        .into());
+    for id in &names {
+        check.expect_control("after the drop", id);
+    }
+    check.scan_bytes("after the drop", "every table as text", dump.as_bytes());
+    let report = check.report();
+    if report
+        .channel("after the drop")
+        .is_none_or(|c| c.status() != Status::Clean)
+    {
+        return Err(format!("plaintext left after the drop:\n{}", report.human()).into());
     }
     say!(
         "  {NO_PLAINTEXT_FOUND}: {} values in {} bytes of every table; {} rows still open",
-        needles.values(),
+        check.scanner().canaries().len(),
         dump.len(),
         after.len()
     );
@@ -524,6 +517,17 @@ fn adopt_existing_table(conn: &mut PgConnection, ring: &KeyRing) -> Result<(), B
         "                     leakless-migrate purge-residue, expire older backups (docs/adoption.md)"
     );
     Ok(())
+}
+
+/// A patient's values for the leak scan.
+fn scan_values(p: &Patient) -> demo_data::ScanValues<'_> {
+    demo_data::ScanValues {
+        name: &p.name,
+        address: &p.address,
+        email: &p.email,
+        transcript: p.transcript.as_deref(),
+        gps: (p.gps.0.lat, p.gps.0.lon),
+    }
 }
 
 fn load_all(conn: &mut PgConnection, ring: &KeyRing) -> Result<Vec<Patient>, Box<dyn Error>> {

@@ -33,12 +33,15 @@
 //!    `Error::Kms`), while the current key store still opens every live row, and
 //!    `KeyRing::verify_store` verifies the authenticated audit chain and every key record.
 //!
-//! Finally it scans the raw database, its WAL, the key store, the old backup copy (and a
-//! staged `root.key.next`, if one were left) for every plaintext in several encodings and for
-//! today's root key, and every one of those files and `root.key` itself for the destroyed
-//! root key, after proving with a planted canary that the scanner finds what it looks for. It
-//! exits non-zero if any plaintext or key material is found, or if the attacker's result is
-//! not the expected one.
+//! Finally it scans, with the leak-test harness (`leakless-leaktest`), the raw database, its
+//! WAL, the key store, the old backup copy (and a staged `root.key.next`, if one were left) for
+//! every plaintext in every encoding the harness searches and for today's and the destroyed
+//! root key, and `root.key` itself for the destroyed root key. Before trusting a clean result
+//! it proves the detector: the harness's self-test finds every value planted into a synthetic
+//! buffer in each encoding, and every channel must show its positive control (the unsealed
+//! names in the database files, the rotation's audit text in the key-store files, today's key
+//! in `root.key`). It exits non-zero if any plaintext or key material is found, or if the
+//! attacker's result is not the expected one.
 //!
 //! ```text
 //! cargo run --release -p leakless-examples --bin quickstart [-- --dir PATH]
@@ -72,18 +75,21 @@ use std::time::{Duration, Instant};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use leakless::envelope;
 use leakless::keyring::{ShredReport, ShredStatus};
 use leakless::kms::LocalKms;
 use leakless::store::FileKeyStore;
-use leakless::{AuditInfo, FieldContext, Json, KekVersion, KeyRing, KeyScope, RowId, Sealed};
+use leakless::{AuditInfo, FieldContext, KekVersion, KeyRing, KeyScope, RowId, Sealed};
 use leakless_examples::demo_data::{self, DemoPatient};
-use leakless_examples::leakscan::{Encoding, Finding, Needles, base64};
 use leakless_examples::lifecycle::{DEMO_CACHE_WINDOW, seconds, time_until, wait_until};
+use leakless_examples::patient::{
+    BIDX_SCOPE, Patient, PatientRow, SCHEMA_VERSION, SCOPE, TABLE, patients,
+};
 use leakless_examples::{NO_PLAINTEXT_FOUND, POSITIVE_CONTROL_PASSED};
+use leakless_leaktest::scan::self_test;
+use leakless_leaktest::{Canary, CanarySet, LeakCheck, Status};
 
 /// `writeln!` to stdout, returning the error (a closed pipe, say) instead of panicking the
 /// way `println!` does.
@@ -95,77 +101,18 @@ macro_rules! say {
 
 const ROOT_KEY_FILE: &str = "root.key";
 const KEY_STORE_FILE: &str = "keystore.json";
+/// The leak scan's canary ids of today's and the destroyed root key.
+const ROOT_KEY: &str = "root key";
+const DESTROYED_ROOT_KEY: &str = "destroyed root key";
+/// The reason the demo's rotation records in the key store's audit trail: plain text there, so
+/// the leak scan's positive control of the key-store files.
+const ROTATION_REASON: &str = "demo rotation";
+const KEY_STORE_CONTROL: &str = "key-store audit reason";
 /// The folder of the key-store copy taken before the destroy: the "old backup" an attacker
 /// holds.
 const BACKUP_DIR: &str = "old-backup";
 const DB_FILE: &str = "patients.db";
-const TABLE: &str = "patients";
-const SCOPE: &str = "patients";
-/// The dedicated key scope of the blind-index keys (never the data scope).
-const BIDX_SCOPE: &str = "bidx";
-const SCHEMA_VERSION: u32 = 1;
 const GRACE: Duration = Duration::from_secs(3600);
-
-diesel::table! {
-    /// The demo table: `id` and `name` in the clear, the sensitive fields as sealed envelopes.
-    patients (id) {
-        /// A random UUID as text; also the row identity bound into every envelope.
-        id -> Text,
-        /// A made-up display label, unsealed (the demo's visible column).
-        name -> Text,
-        /// Sealed postal address (AES-256-GCM).
-        address -> Binary,
-        /// Sealed e-mail address (XChaCha20-Poly1305).
-        email -> Binary,
-        /// Blind index of the e-mail address: HMAC tokens under the `bidx` scope.
-        email_bidx -> Binary,
-        /// Sealed GPS point, as JSON (XChaCha20-Poly1305).
-        gps -> Binary,
-        /// Sealed transcript (XChaCha20-Poly1305); NULL when there is none.
-        transcript -> Nullable<Binary>,
-    }
-}
-
-/// A point on the map, sealed as compact JSON. JSON of floats has no fixed length, so it
-/// keeps the default length-bucket padding.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-struct GeoPoint {
-    lat: f64,
-    lon: f64,
-}
-
-/// The model: the derive generates `PatientRow` (the stored form), sealing and opening,
-/// `Patient::email_lookup`, and a `Debug` that prints sealed fields as `<sealed>`.
-#[derive(Clone, PartialEq, Sealed)]
-#[leakless(table = patients, row_id = id, schema_version = 1, scope = "patients")]
-struct Patient {
-    id: String,
-    name: String,
-    #[leakless(seal(aead = "aes256gcm"))]
-    address: String,
-    #[leakless(seal(blind_index(column = email_bidx, scope = "bidx", normalize = "trim_lowercase")))]
-    email: String,
-    #[leakless(seal)]
-    gps: Json<GeoPoint>,
-    #[leakless(seal)]
-    transcript: Option<String>,
-}
-
-impl Patient {
-    fn from_demo(p: &DemoPatient) -> Self {
-        Patient {
-            id: random_uuid(),
-            name: p.name.clone(),
-            address: p.address.clone(),
-            email: p.email.clone(),
-            gps: Json(GeoPoint {
-                lat: p.lat,
-                lon: p.lon,
-            }),
-            transcript: p.transcript.clone(),
-        }
-    }
-}
 
 /// The one-row answer of `PRAGMA journal_mode`.
 #[derive(QueryableByName)]
@@ -415,7 +362,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         root_path,
         store_path,
     } = open_keys(ws)?;
-    let audit = AuditInfo::new("quickstart", "demo rotation");
+    let audit = AuditInfo::new("quickstart", ROTATION_REASON);
 
     // ----- database ------------------------------------------------------------------------
     let (mut conn, db_path) = open_database(ws)?;
@@ -587,14 +534,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!();
     say!("[complete shred]");
     // The old root key, read only to check below that its bytes are gone from every file;
-    // first proven to find the key where it still is.
-    let old_root_needles = root_key_needles(&root_path)?;
-    if old_root_needles.scan_file(&root_path)?.is_empty() {
-        return Err(fail(
-            "control failed: the root key needles do not find the root key in its own file",
-            HINT_BUG,
-        ));
-    }
+    // first proven to be found where it still is.
+    let old_root = root_key_bytes(&root_path)?;
+    prove_found_in_own_file(&root_path, &old_root)?;
     let t = Instant::now();
     let report = ring
         .complete_shred(
@@ -646,7 +588,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!();
     say!("[leak scan]");
     let t = Instant::now();
-    leak_scan(conn, ws, &db_path, &root_path, &old_root_needles, &people)?;
+    leak_scan(conn, ws, &db_path, &root_path, &old_root, &people)?;
     timings.push(("leak scan", t.elapsed()));
 
     // ----- summary ----------------------------------------------------------------------------
@@ -982,59 +924,161 @@ fn print_key_store(ring: &KeyRing, scope: &KeyScope) -> Result<(), Box<dyn Error
     Ok(())
 }
 
-/// Scans every file of the demo for the plaintext values, today's root key and the destroyed
-/// root epoch's key, after a positive control: once with `conn` open (the -wal file holds every
-/// page of the run), once after closing it.
+/// The leak scan, through the leak-test harness (`leakless-leaktest`): every sealed value a
+/// canary, today's and the destroyed root key too, every unsealed name a positive control.
+/// First the harness's self-test (every canary planted into a synthetic buffer in each of its
+/// encodings must be found), then the files: the database files with the connection open and
+/// after it is closed (the names must be found there: the scan reads the data), the key-store
+/// files and their old backup (the audit text of the rotation must be found there), and the
+/// root key file, for the destroyed root key only (today's key is its control). The report
+/// names canaries by id, never by value.
 fn leak_scan(
     conn: SqliteConnection,
     ws: &Path,
     db_path: &Path,
     root_path: &Path,
-    old_root_needles: &Needles,
+    old_root: &[u8],
     people: &[DemoPatient],
 ) -> Result<(), Box<dyn Error>> {
-    let needles = plaintext_needles(people)?;
-    let root_needles = root_key_needles(root_path)?;
-    let mut name_needles = Needles::new();
-    for (n, p) in people.iter().enumerate() {
-        name_needles.add_text(&format!("patient {} name", n.saturating_add(1)), &p.name)?;
-    }
-    let targets = ScanTargets {
-        ws,
-        db_path,
-        needles: &needles,
-        root_needles: &root_needles,
-        old_root_needles,
-        name_needles: &name_needles,
-        names: people.len(),
-    };
-    say!(
-        "  looking for {} plaintext values as {} needles (utf-8, lowercase, utf-16le, hex, HEX,",
-        needles.values(),
-        needles.len()
-    );
-    say!("  base64; the GPS point also as its JSON and as f64 bytes big- and little-endian),");
-    say!("  plus today's root key, and the destroyed root epoch's key (also in {ROOT_KEY_FILE};");
-    say!("  those needles found that key in {ROOT_KEY_FILE} before the shred)");
-    let planted = positive_control(&needles, people)?;
-    say!(
-        "  {POSITIVE_CONTROL_PASSED}: a canary planted in {planted} encodings in throwaway files was found in each"
-    );
-
-    let mut leaks = 0usize;
-    let mut scanned = 0usize;
-    say!("  with the connection open (the -wal file holds every page of this run):");
-    leaks = leaks.saturating_add(scan_files(&targets, &mut scanned)?);
-    drop(conn);
-    say!("  after closing the connection (SQLite checkpoints the WAL into {DB_FILE} on close):");
-    leaks = leaks.saturating_add(scan_files(&targets, &mut scanned)?);
-    if leaks > 0 {
+    let today = root_key_bytes(root_path)?;
+    let mut set = demo_data::canaries(people.iter().map(DemoPatient::scan_values))?;
+    set.push(Canary::real_bytes(ROOT_KEY, &today))?;
+    set.push(Canary::real_bytes(DESTROYED_ROOT_KEY, old_root))?;
+    set.push(Canary::real_text(KEY_STORE_CONTROL, ROTATION_REASON).as_control())?;
+    let mut check = LeakCheck::new(set)?;
+    let missed = self_test(check.scanner());
+    if !missed.is_empty() {
         return Err(fail(
-            format!("plaintext or key material found: {leaks} finding(s) listed above"),
+            format!("positive control failed: the scanner missed {missed:?}"),
+            "the leak-test harness is broken, so a clean scan would mean nothing; please report it",
+        ));
+    }
+    say!(
+        "  {POSITIVE_CONTROL_PASSED}: {} values, {} needles; each value planted into a synthetic",
+        check.scanner().canaries().len(),
+        check.scanner().needle_count()
+    );
+    say!(
+        "  buffer in each of its encodings (raw, UTF-16, hex, base64, JSON, and for the GPS points"
+    );
+    say!("  decimal pairs and f64/f32 bytes; escaped) was found");
+
+    let names = demo_data::name_controls(people.len());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // With the connection open the -wal file holds every page of this run; SQLite checkpoints
+    // it into the database file on close.
+    let files = scan(
+        &mut check,
+        "database (connection open)",
+        database_files(db_path),
+        &names,
+    );
+    say!("  database (connection open): {files}");
+    drop(conn);
+    let files = scan(
+        &mut check,
+        "database (closed)",
+        database_files(db_path),
+        &names,
+    );
+    say!("  database (closed): {files}");
+    let mut store_files = vec![ws.join(format!("{ROOT_KEY_FILE}.next"))];
+    for store in [
+        ws.join(KEY_STORE_FILE),
+        ws.join(BACKUP_DIR).join(KEY_STORE_FILE),
+    ] {
+        let mut lock = store.clone().into_os_string();
+        lock.push(".lock");
+        store_files.push(store);
+        store_files.push(PathBuf::from(lock));
+    }
+    let files = scan(
+        &mut check,
+        "key store and its backup",
+        store_files,
+        &[KEY_STORE_CONTROL],
+    );
+    say!("  key store and its backup: {files}");
+    let report = check.report();
+
+    let mut own = CanarySet::new();
+    own.push(Canary::real_bytes(DESTROYED_ROOT_KEY, old_root))?;
+    own.push(Canary::real_bytes(ROOT_KEY, &today).as_control())?;
+    let mut root_check = LeakCheck::new(own)?;
+    let _ = scan(
+        &mut root_check,
+        ROOT_KEY_FILE,
+        vec![root_path.to_owned()],
+        &[ROOT_KEY],
+    );
+    let root_report = root_check.report();
+
+    for line in report.human().lines().chain(root_report.human().lines()) {
+        say!("  {line}");
+    }
+    if report.status() != Status::Clean || root_report.status() != Status::Clean {
+        return Err(fail(
+            "the leak scan is not clean (report above: canary ids, never values)",
             "do not use this build; report it privately (see the Security section of the README)",
         ));
     }
-    say!("  result: {NO_PLAINTEXT_FOUND} in {scanned} file scans");
+    say!("  result: {NO_PLAINTEXT_FOUND} in any file, and every positive control was found");
+    Ok(())
+}
+
+/// Scans those of `files` that exist and are not empty (the key store's lock files are) as
+/// `channel`, where every control of `controls` must be found; returns the file names scanned.
+fn scan(check: &mut LeakCheck, channel: &str, files: Vec<PathBuf>, controls: &[&str]) -> String {
+    for id in controls {
+        check.expect_control(channel, id);
+    }
+    let mut names = Vec::new();
+    for f in files
+        .iter()
+        .filter(|f| fs::metadata(f).is_ok_and(|m| m.len() > 0))
+    {
+        check.scan_path(channel, f);
+        names.push(
+            f.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    names.join(", ")
+}
+
+/// The raw bytes of the root key file's key (it holds them as hex, or raw), read only for the
+/// leak scan; zeroized on drop.
+fn root_key_bytes(root_path: &Path) -> Result<Zeroizing<Vec<u8>>, Box<dyn Error>> {
+    let content = Zeroizing::new(fs::read(root_path)?);
+    let text = std::str::from_utf8(&content)
+        .map(str::trim)
+        .unwrap_or_default();
+    Ok(match hex::decode(text) {
+        Ok(bytes) if bytes.len() == 32 => Zeroizing::new(bytes),
+        _ => Zeroizing::new(content.to_vec()),
+    })
+}
+
+/// The positive control of the destroyed root key: before the shred, the harness finds that
+/// key in its own file.
+fn prove_found_in_own_file(root_path: &Path, key: &[u8]) -> Result<(), Box<dyn Error>> {
+    let mut set = CanarySet::new();
+    set.push(Canary::real_bytes(ROOT_KEY, key).as_control())?;
+    let mut check = LeakCheck::new(set)?;
+    check.expect_control(ROOT_KEY_FILE, ROOT_KEY);
+    check.scan_path(ROOT_KEY_FILE, root_path);
+    let report = check.report();
+    if report
+        .channel(ROOT_KEY_FILE)
+        .is_none_or(|c| c.control_findings.is_empty() || !c.errors.is_empty())
+    {
+        return Err(fail(
+            "control failed: the leak scan does not find the root key in its own file",
+            HINT_BUG,
+        ));
+    }
     Ok(())
 }
 
@@ -1111,22 +1155,6 @@ fn active_version(ring: &KeyRing, scope: &KeyScope) -> Result<KekVersion, Box<dy
                 "use an empty --dir",
             )
         })
-}
-
-/// A random (version 4) UUID in its usual text form; no need for the uuid crate.
-fn random_uuid() -> String {
-    let mut id: [u8; 16] = rand::random();
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    let h = hex::encode(id);
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..).unwrap_or_default()
-    )
 }
 
 /// How many envelopes a stored row holds (a NULL transcript holds none).
@@ -1296,236 +1324,6 @@ fn wrap_text(text: &str, width: usize) -> Vec<String> {
         lines.push(line);
     }
     lines
-}
-
-/// Every sensitive demo value as scanner needles, labelled without content.
-fn plaintext_needles(people: &[DemoPatient]) -> Result<Needles, Box<dyn Error>> {
-    let mut needles = Needles::new();
-    for (n, p) in people.iter().enumerate() {
-        let n = n.saturating_add(1);
-        needles.add_text(&format!("patient {n} address"), &p.address)?;
-        needles.add_text(&format!("patient {n} email"), &p.email)?;
-        if let Some(t) = &p.transcript {
-            needles.add_text(&format!("patient {n} transcript"), t)?;
-        }
-        needles.add_text(&format!("patient {n} gps json"), &gps_json(p)?)?;
-        needles.add_binary(&format!("patient {n} gps"), &p.gps_bytes())?;
-        for (axis, value) in [("latitude", p.lat), ("longitude", p.lon)] {
-            needles.add_binary(&format!("patient {n} {axis} f64 BE"), &value.to_be_bytes())?;
-            needles.add_binary(&format!("patient {n} {axis} f64 LE"), &value.to_le_bytes())?;
-            needles.add_text(&format!("patient {n} {axis} text"), &value.to_string())?;
-        }
-    }
-    Ok(needles)
-}
-
-/// The GPS point exactly as it is sealed: `Json<GeoPoint>`'s compact JSON.
-fn gps_json(p: &DemoPatient) -> Result<String, Box<dyn Error>> {
-    Ok(serde_json::to_string(&GeoPoint {
-        lat: p.lat,
-        lon: p.lon,
-    })?)
-}
-
-/// The root key as it rests in its file (hex) and as raw bytes, to check that it reached no
-/// other file. Read only for this check; zeroized when the needles drop.
-fn root_key_needles(root_path: &Path) -> Result<Needles, Box<dyn Error>> {
-    let content = Zeroizing::new(fs::read(root_path)?);
-    let mut needles = Needles::new();
-    let text = std::str::from_utf8(&content)
-        .map(str::trim)
-        .unwrap_or_default();
-    let raw: Zeroizing<Vec<u8>> = match hex::decode(text) {
-        Ok(bytes) if bytes.len() == 32 => Zeroizing::new(bytes),
-        _ => Zeroizing::new(content.to_vec()),
-    };
-    if text.len() == 64 {
-        needles.add_text("root key (hex)", text)?;
-    }
-    needles.add_binary("root key (raw)", &raw)?;
-    Ok(needles)
-}
-
-/// Plants a canary (patient 1's address, and its GPS point) in every encoding the scanner knows,
-/// each inside random bytes in its own throwaway file, and requires the scanner to find each
-/// one with the right label and encoding. Returns how many encodings were planted.
-fn positive_control(needles: &Needles, people: &[DemoPatient]) -> Result<usize, Box<dyn Error>> {
-    let canary = people
-        .first()
-        .ok_or_else(|| fail("no demo data", HINT_BUG))?;
-    let text = canary.address.as_str();
-    let utf16: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
-    // One byte before the value, so the base64 alignment is not the trivial one.
-    let shifted_base64 = base64(&[b"#".as_slice(), text.as_bytes()].concat());
-    let cases: Vec<(&str, Encoding, Vec<u8>)> = vec![
-        (
-            "patient 1 address",
-            Encoding::Utf8,
-            text.as_bytes().to_vec(),
-        ),
-        (
-            "patient 1 address",
-            Encoding::Lowercase,
-            text.to_lowercase().into_bytes(),
-        ),
-        ("patient 1 address", Encoding::Utf16Le, utf16),
-        (
-            "patient 1 address",
-            Encoding::HexLower,
-            hex::encode(text).into_bytes(),
-        ),
-        (
-            "patient 1 address",
-            Encoding::HexUpper,
-            hex::encode_upper(text).into_bytes(),
-        ),
-        (
-            "patient 1 address",
-            Encoding::Base64,
-            shifted_base64.into_bytes(),
-        ),
-        (
-            "patient 1 gps json",
-            Encoding::Utf8,
-            gps_json(canary)?.into_bytes(),
-        ),
-        (
-            "patient 1 gps",
-            Encoding::Binary,
-            canary.gps_bytes().to_vec(),
-        ),
-    ];
-    let scratch = tempfile::Builder::new()
-        .prefix("leakless-canary-")
-        .tempdir()?;
-    for (n, (label, encoding, payload)) in cases.iter().enumerate() {
-        let mut bytes: Vec<u8> = (0..4093).map(|_| rand::random::<u8>()).collect();
-        bytes.extend_from_slice(payload);
-        bytes.extend((0..777).map(|_| rand::random::<u8>()));
-        let path = scratch.path().join(format!("canary-{n}.bin"));
-        fs::write(&path, &bytes)?;
-        let found = needles.scan_file(&path)?;
-        if !found
-            .iter()
-            .any(|f| f.label == *label && f.encoding == *encoding)
-        {
-            return Err(fail(
-                format!(
-                    "positive control failed: the scanner missed a canary planted as {encoding}"
-                ),
-                "the example's scanner is broken, so a clean scan would mean nothing; please report it",
-            ));
-        }
-    }
-    Ok(cases.len())
-}
-
-/// What [`scan_files`] looks at and for.
-struct ScanTargets<'a> {
-    ws: &'a Path,
-    db_path: &'a Path,
-    needles: &'a Needles,
-    /// Today's root key: in no file but its own.
-    root_needles: &'a Needles,
-    /// The destroyed root epoch's key: in no file at all, its own former file included.
-    old_root_needles: &'a Needles,
-    /// The unsealed `name` values: they must be found, which proves the scan reads the data.
-    name_needles: &'a Needles,
-    names: usize,
-}
-
-/// Scans every file the demo made and prints one line per file: the database files, the key
-/// store and the old backup copy of it (with their lock files), and a staged `root.key.next`
-/// if one is left, for every plaintext, today's root key and the destroyed root key; the root
-/// key file itself for the destroyed root key only (it holds today's, of course). Also
-/// requires every unsealed name to show up in the database files: the same scan that finds
-/// no sealed value does find the one plaintext column. Returns the number of findings of
-/// sealed values or key material.
-fn scan_files(t: &ScanTargets<'_>, scanned: &mut usize) -> Result<usize, Box<dyn Error>> {
-    let mut files = database_files(t.db_path);
-    let db_files = files.len();
-    for store in [
-        t.ws.join(KEY_STORE_FILE),
-        t.ws.join(BACKUP_DIR).join(KEY_STORE_FILE),
-    ] {
-        let mut lock = store.clone().into_os_string();
-        lock.push(".lock");
-        files.push(store);
-        files.push(PathBuf::from(lock));
-    }
-    files.push(t.ws.join(format!("{ROOT_KEY_FILE}.next")));
-    let root_file = t.ws.join(ROOT_KEY_FILE);
-    files.push(root_file.clone());
-    let mut findings = 0usize;
-    let mut names_seen = std::collections::BTreeSet::new();
-    for (i, path) in files.iter().enumerate().filter(|(_, p)| p.exists()) {
-        let size = fs::metadata(path)?.len();
-        if i < db_files {
-            names_seen.extend(t.name_needles.scan_file(path)?.into_iter().map(|f| f.label));
-        }
-        let mut found: Vec<Finding> = t.old_root_needles.scan_file(path)?;
-        if *path != root_file {
-            found.extend(t.needles.scan_file(path)?);
-            found.extend(t.root_needles.scan_file(path)?);
-        }
-        *scanned = scanned.saturating_add(1);
-        let name = path
-            .strip_prefix(t.ws)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned();
-        let what = if *path == root_file {
-            "  (checked for the destroyed root key only)"
-        } else {
-            ""
-        };
-        if found.is_empty() {
-            say!("    {name:<30} {:>10}  clean{what}", human_size(size));
-        } else {
-            say!(
-                "    {name:<30} {:>10}  FOUND {} value(s):",
-                human_size(size),
-                found.len()
-            );
-            for f in &found {
-                say!(
-                    "      {} as {} ({} matches, first at byte {})",
-                    f.label,
-                    f.encoding,
-                    f.matches,
-                    f.first_offset
-                );
-            }
-            findings = findings.saturating_add(found.len());
-        }
-    }
-    if findings > 0 {
-        return Ok(findings); // the leak itself is the error to report
-    }
-    if names_seen.len() != t.names {
-        return Err(fail(
-            format!(
-                "control failed: only {} of {} unsealed names were found in the database files, \
-                 so the scan may not be reading the data",
-                names_seen.len(),
-                t.names
-            ),
-            HINT_BUG,
-        ));
-    }
-    say!(
-        "    control: all {} unsealed `name` values found in the database files, as expected",
-        t.names
-    );
-    Ok(findings)
-}
-
-fn human_size(bytes: u64) -> String {
-    if bytes < 10 * 1024 {
-        format!("{bytes} B")
-    } else {
-        format!("{}.{} KiB", bytes / 1024, (bytes % 1024) * 10 / 1024)
-    }
 }
 
 fn ms(d: Duration) -> String {

@@ -2,13 +2,14 @@
 //! a diesel migration set, the sealed `Patient` model, and the throwaway database the example
 //! and its tests run in.
 //!
-//! The model is quickstart's, on PostgreSQL: a plaintext id (an application-made UUID, bound
-//! into every envelope) and display name, a sealed postal address, a sealed e-mail address with
-//! a blind index under its own key scope, a sealed GPS point (`Json<GeoPoint>`) and a sealed,
-//! optional transcript. Every field uses AES-256-GCM, the faster AEAD on servers with AES
-//! instructions (x86-64 AES-NI, ARMv8 crypto extensions; see `docs/performance.md`), where
-//! quickstart shows both. The table comes from
-//! `examples/migrations/`, embedded into the binary with `diesel_migrations`.
+//! The model is quickstart's ([`crate::patient`]: the same table and [`GeoPoint`]) on
+//! PostgreSQL, under the clinic's own key scopes: a plaintext id (an application-made UUID,
+//! bound into every envelope) and display name, a sealed postal address, a sealed e-mail
+//! address with a blind index under its own key scope, a sealed GPS point (`Json<GeoPoint>`)
+//! and a sealed, optional transcript. Every field uses AES-256-GCM, the faster AEAD on servers
+//! with AES instructions (x86-64 AES-NI, ARMv8 crypto extensions; see `docs/performance.md`),
+//! where quickstart shows both. The table comes from `examples/migrations/`, embedded into the
+//! binary with `diesel_migrations`.
 
 use std::error::Error;
 use std::fmt;
@@ -17,7 +18,6 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use leakless::manifest::SchemaManifest;
@@ -36,44 +36,8 @@ pub const BIDX_SCOPE: &str = "clinic.bidx";
 
 pub mod adopt;
 
-/// The diesel schema of the migrated database.
-pub mod schema {
-    diesel::table! {
-        /// Patients: `id` and `name` in the clear, the sensitive fields as sealed envelopes.
-        patients (id) {
-            /// A random UUID as text; the row identity bound into every envelope.
-            id -> Text,
-            /// A display label, unsealed.
-            name -> Text,
-            /// Sealed postal address (AES-256-GCM).
-            address -> Binary,
-            /// Sealed e-mail address (AES-256-GCM).
-            email -> Binary,
-            /// Blind index of the e-mail address (HMAC tokens under `clinic.bidx`).
-            email_bidx -> Binary,
-            /// Sealed GPS point, as JSON.
-            gps -> Binary,
-            /// Sealed transcript; NULL when there is none.
-            transcript -> Nullable<Binary>,
-        }
-    }
-}
-
-/// A point on the map, sealed as compact JSON.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct GeoPoint {
-    /// Latitude in degrees (WGS 84).
-    pub lat: f64,
-    /// Longitude in degrees (WGS 84).
-    pub lon: f64,
-}
-
-/// Redacted: a location is sensitive, so `Debug` never prints the coordinates.
-impl fmt::Debug for GeoPoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GeoPoint(<redacted>)")
-    }
-}
+/// The diesel schema of the migrated database: the quickstart's patients table.
+pub use crate::patient::{GeoPoint, random_uuid, schema};
 
 /// A patient of the clinic. The derive makes `PatientRow` (the stored form), the seal and open
 /// conversions, `Patient::email_lookup`, and a `Debug` that prints sealed fields as `<sealed>`.
@@ -99,19 +63,25 @@ pub struct Patient {
 }
 
 impl Patient {
-    /// The model of a demo patient under a new random id.
+    /// The model of a demo patient under a new random id (the quickstart's, under the clinic's
+    /// key scopes).
     #[must_use]
     pub fn from_demo(p: &DemoPatient) -> Self {
+        let crate::patient::Patient {
+            id,
+            name,
+            address,
+            email,
+            gps,
+            transcript,
+        } = crate::patient::Patient::from_demo(p);
         Self {
-            id: random_uuid(),
-            name: p.name.clone(),
-            address: p.address.clone(),
-            email: p.email.clone(),
-            gps: Json(GeoPoint {
-                lat: p.lat,
-                lon: p.lon,
-            }),
-            transcript: p.transcript.clone(),
+            id,
+            name,
+            address,
+            email,
+            gps,
+            transcript,
         }
     }
 }
@@ -120,23 +90,6 @@ impl Patient {
 #[must_use]
 pub fn manifest() -> SchemaManifest {
     SchemaManifest::from_tables([Patient::manifest()])
-}
-
-/// A random version-4 UUID in its text form.
-#[must_use]
-pub fn random_uuid() -> String {
-    let mut id: [u8; 16] = rand::random();
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    let h = hex::encode(id);
-    format!(
-        "{}-{}-{}-{}-{}",
-        h.get(..8).unwrap_or_default(),
-        h.get(8..12).unwrap_or_default(),
-        h.get(12..16).unwrap_or_default(),
-        h.get(16..20).unwrap_or_default(),
-        h.get(20..).unwrap_or_default()
-    )
 }
 
 /// Runs every pending migration of [`MIGRATIONS`]; returns the versions it applied.

@@ -5,24 +5,15 @@
 //! key-shaped control planted as base64 and as uppercase hex proves that form is detected. Then the same
 //! pipeline with the app writing plaintext must report a leak (exit 1), and a channel whose
 //! control was never planted must report "detector broken" (exit 2).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
-
-mod support;
 
 use std::path::Path;
 
+use crate::support::{Fixture, Patient, PatientRow, fixture, lit, patients};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 use leakless::Sealed;
 use leakless_leaktest::{LeakCheck, Status};
-use support::{Fixture, Patient, PatientRow, assert_clean, fixture, lit, patients};
 
 const DDL: &str = "CREATE TABLE patients (
         id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, address BLOB NOT NULL,
@@ -118,7 +109,7 @@ fn sealed_app_on_sqlite_is_clean_and_every_control_is_found() {
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
     let report = run(dir.path(), &fx, true);
-    assert_clean(&report);
+    report.assert_clean();
     assert_eq!(report.channels.len(), 3);
     // The planted key was found in both its forms, so a leaked root key or KEK would be too.
     for ch in ["sqlite/wal", "sqlite/db", "sqlite/journal"] {
@@ -132,7 +123,7 @@ fn sealed_app_on_sqlite_is_clean_and_every_control_is_found() {
             );
         }
     }
-    for id in support::KEY_CANARIES {
+    for id in crate::support::KEY_CANARIES {
         assert!(fx.set.get(id).is_some(), "{id} is a canary");
     }
 }

@@ -4,22 +4,13 @@
 //! plaintext, and `mysqldump`, the binary log, the general query log and the data directory
 //! must each show every control and no canary. The canaries include the ring's root key and
 //! KEKs; a key-shaped control planted as base64 must be found in every channel.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 
-mod support;
-
+use crate::support::{Patient, fixture, lit, patients};
 use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use leakless::Sealed;
 use leakless_leaktest::LeakCheck;
-use leakless_leaktest::fixture::MariaServer;
-use support::{Patient, assert_clean, fixture, lit, patients};
+use leakless_testkit::MariaServer;
 
 #[test]
 fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() {
@@ -98,7 +89,7 @@ fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() 
     check.scan_path("mariadb/general-log", &my.general_log_path());
     check.scan_path("mariadb/data-dir", &my.data_dir());
     let report = check.report();
-    assert_clean(&report);
+    report.assert_clean();
     // The general log saw the app's statements (binary parameters, not plaintext).
     let log = std::fs::read(my.general_log_path()).unwrap();
     assert!(log.windows(19).any(|w| w == b"INSERT INTO `patien"));

@@ -4,20 +4,14 @@
 //! depth and decompression bounds, and "nothing readable is not clean". Each test plants a
 //! positive control next to the leak and requires it first. The test inputs are made here with
 //! the crates' encoders.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    reason = "tests"
-)]
 
 use std::io::{Cursor, Write as _};
 use std::path::Path;
 
 use leakless_leaktest::containers::Codec;
-use leakless_leaktest::fixture::{DumpFormat, PgOptions, PgServer};
 use leakless_leaktest::report::ChannelReport;
 use leakless_leaktest::{Canary, CanarySet, LeakCheck, Report, Status};
+use leakless_testkit::{DumpFormat, PgOptions, PgServer};
 
 const LEAK_MARKER: &str = "LKCONT7Q";
 const LEAK: &str = "Canary LKCONT7Q, 12 Archive Lane, Zipville";
@@ -146,18 +140,25 @@ fn channel(r: &Report) -> &ChannelReport {
 
 /// The positive control was found, and the leak was found in exactly `artifact`.
 fn assert_leak_in(r: &Report, artifact: &str) {
-    let c = channel(r);
-    assert!(
-        c.controls_missed.is_empty() && !c.control_findings.is_empty(),
-        "positive control not found:\n{}",
-        r.human()
-    );
+    let c = r.assert_controls_found(CH);
     assert!(
         c.leaks.iter().any(|f| f.artifact == artifact),
         "no leak in {artifact}:\n{}",
         r.human()
     );
     assert_eq!(r.status(), Status::Leak);
+}
+
+/// A leak was found in an artifact whose name starts with `prefix`.
+fn assert_leak_under(r: &Report, prefix: &str) {
+    assert!(
+        channel(r)
+            .leaks
+            .iter()
+            .any(|f| f.artifact.starts_with(prefix)),
+        "no leak inside {prefix}:\n{}",
+        r.human()
+    );
 }
 
 fn assert_error_contains(r: &Report, needle: &str) {
@@ -481,7 +482,7 @@ fn leaky_database(pg: &PgServer, tablespace: Option<&Path>) {
 
 #[test]
 fn pg_dumps_inside_a_tar_are_restored_and_scanned() {
-    let pg = PgServer::start().unwrap();
+    let pg = crate::support::pg_server();
     leaky_database(&pg, None);
     let dir = tempfile::tempdir().unwrap();
     let custom = dir.path().join("app.dump");
@@ -526,6 +527,7 @@ fn pg_dumps_inside_a_tar_are_restored_and_scanned() {
 fn a_pgdata_with_symlinked_wal_and_tablespace_shows_the_leaks_behind_both_links() {
     let pg = PgServer::start_with(&PgOptions {
         wal_outside_data: true,
+        ..PgOptions::statement_logging()
     })
     .unwrap();
     let data = pg.data_dir();
@@ -553,16 +555,8 @@ fn a_pgdata_with_symlinked_wal_and_tablespace_shows_the_leaks_behind_both_links(
     // The leak, in a WAL segment behind pg_wal and in the heap file behind pg_tblspc.
     let wal = data.join("pg_wal").display().to_string();
     let tblspc = data.join("pg_tblspc").display().to_string();
-    assert!(
-        c.leaks.iter().any(|f| f.artifact.starts_with(&wal)),
-        "{}",
-        r.human()
-    );
-    assert!(
-        c.leaks.iter().any(|f| f.artifact.starts_with(&tblspc)),
-        "{}",
-        r.human()
-    );
+    assert_leak_under(&r, &wal);
+    assert_leak_under(&r, &tblspc);
     assert_eq!(r.status(), Status::Leak);
     // Both links are reported.
     assert!(
@@ -685,29 +679,28 @@ fn scan_reader_keeps_the_findings_read_before_a_failure() {
 
 #[test]
 fn pg_basebackups_compressed_with_lz4_and_zstd_are_seen_through() {
-    let pg = PgServer::start().unwrap();
+    let pg = crate::support::pg_server();
     leaky_database(&pg, None);
     pg.checkpoint().unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (method, ext, view) in [("client-lz4", "lz4", "lz4"), ("server-zstd", "zst", "zstd")] {
         let out = dir.path().join(method);
-        let status =
-            std::process::Command::new(leakless_leaktest::fixture::pg_tool("pg_basebackup"))
-                .args([
-                    "-F",
-                    "t",
-                    "-X",
-                    "fetch",
-                    "--no-sync",
-                    "--compress",
-                    method,
-                    "-D",
-                ])
-                .arg(&out)
-                .arg("-d")
-                .arg(pg.url())
-                .status()
-                .unwrap();
+        let status = std::process::Command::new(leakless_testkit::server::pg_tool("pg_basebackup"))
+            .args([
+                "-F",
+                "t",
+                "-X",
+                "fetch",
+                "--no-sync",
+                "--compress",
+                method,
+                "-D",
+            ])
+            .arg(&out)
+            .arg("-d")
+            .arg(pg.url())
+            .status()
+            .unwrap();
         assert!(status.success(), "pg_basebackup --compress {method}");
         let tar = out.join(format!("base.tar.{ext}"));
         assert!(tar.is_file(), "{} missing", tar.display());
@@ -721,11 +714,7 @@ fn pg_basebackups_compressed_with_lz4_and_zstd_are_seen_through() {
             "control not found inside {prefix}:\n{}",
             r.human()
         );
-        assert!(
-            c.leaks.iter().any(|f| f.artifact.starts_with(&prefix)),
-            "leak not found inside {prefix}:\n{}",
-            r.human()
-        );
+        assert_leak_under(&r, &prefix);
         assert_clean_of_errors(&r);
     }
 }

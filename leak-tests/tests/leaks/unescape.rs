@@ -5,20 +5,13 @@
 //! lines) makes no region to rescan. Then on real servers, with positive controls: PostgreSQL
 //! (data directory, WAL, plain `pg_dump`), MariaDB (data directory, binary log, `mysqldump`)
 //! and SQLite.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 
 use std::fmt::Write as _;
 
-use leakless_leaktest::fixture::{DumpFormat, MariaServer, PgServer};
 use leakless_leaktest::scan::{CHUNK, Hit};
 use leakless_leaktest::unescape::{decode_layer, escape_mixed, regions, unescape};
 use leakless_leaktest::{Canary, CanarySet, Encoding, LeakCheck, Report, Scanner};
+use leakless_testkit::{DumpFormat, MariaServer};
 
 /// Short enough (22 bytes) to be one needle, so offsets are exact.
 const SHORT: &str = "Flat 9, LKOFFSET01 Rd.";
@@ -519,15 +512,28 @@ fn db_set(marker_suffix: &str) -> (CanarySet, Canary, Canary) {
     (set, control, escaped)
 }
 
+/// Scans each channel's paths (the control "control" expected in each), then
+/// [`assert_escaped_found`] with the channel's layer count.
+fn assert_escaped_found_in(set: CanarySet, channels: &[(&str, Vec<std::path::PathBuf>, u8)]) {
+    let mut check = LeakCheck::new(set).unwrap();
+    for (channel, paths, _) in channels {
+        check.expect_control(channel, "control");
+        for p in paths {
+            check.scan_path(channel, p);
+        }
+    }
+    let report = check.report();
+    eprintln!("{}", report.human());
+    for (channel, _, layers) in channels {
+        assert_escaped_found(&report, channel, *layers);
+    }
+}
+
 /// The channel showed its control, and the escaped canary only after unescaping, with at
 /// least `min_layers` layers.
 fn assert_escaped_found(report: &Report, channel: &str, min_layers: u8) {
     let human = report.human();
-    let c = report.channel(channel).expect("the channel was scanned");
-    assert!(
-        c.controls_missed.is_empty() && !c.control_findings.is_empty(),
-        "{channel}: positive control not found: {human}"
-    );
+    let c = report.assert_controls_found(channel);
     assert!(
         c.leaks
             .iter()
@@ -545,7 +551,7 @@ fn assert_escaped_found(report: &Report, channel: &str, min_layers: u8) {
 #[test]
 fn postgres_json_with_escaped_value_is_found_in_data_dir_wal_and_plain_dump() {
     let (set, control, escaped) = db_set("PG01");
-    let pg = PgServer::start().unwrap();
+    let pg = crate::support::pg_server();
     pg.sql("postgres", "CREATE DATABASE app").unwrap();
     pg.sql("app", "CREATE TABLE docs (id int, doc json, note text)")
         .unwrap();
@@ -573,20 +579,14 @@ fn postgres_json_with_escaped_value_is_found_in_data_dir_wal_and_plain_dump() {
         "COPY did not double the backslashes"
     );
 
-    let mut check = LeakCheck::new(set).unwrap();
-    for (channel, path) in [
-        ("pg/data-dir", pg.data_dir().join("base")),
-        ("pg/wal", pg.wal_dir()),
-        ("pg/pg_dump-plain", dump.clone()),
-    ] {
-        check.expect_control(channel, "control");
-        check.scan_path(channel, &path);
-    }
-    let report = check.report();
-    eprintln!("{}", report.human());
-    assert_escaped_found(&report, "pg/data-dir", 1);
-    assert_escaped_found(&report, "pg/wal", 1);
-    assert_escaped_found(&report, "pg/pg_dump-plain", 2);
+    assert_escaped_found_in(
+        set,
+        &[
+            ("pg/data-dir", vec![pg.data_dir().join("base")], 1),
+            ("pg/wal", vec![pg.wal_dir()], 1),
+            ("pg/pg_dump-plain", vec![dump], 2),
+        ],
+    );
 }
 
 #[test]
@@ -610,22 +610,16 @@ fn mariadb_escaped_value_is_found_in_data_dir_binlog_and_dump() {
     let dump = out.path().join("app.sql");
     my.dump("app", &dump).unwrap();
 
-    let mut check = LeakCheck::new(set).unwrap();
-    check.expect_control("my/mysqldump", "control");
-    check.scan_path("my/mysqldump", &dump);
-    check.expect_control("my/binlog", "control");
     let binlogs = my.binlogs();
     assert!(!binlogs.is_empty());
-    for b in &binlogs {
-        check.scan_path("my/binlog", b);
-    }
-    check.expect_control("my/data-dir", "control");
-    check.scan_path("my/data-dir", &my.data_dir());
-    let report = check.report();
-    eprintln!("{}", report.human());
-    assert_escaped_found(&report, "my/mysqldump", 2);
-    assert_escaped_found(&report, "my/binlog", 1);
-    assert_escaped_found(&report, "my/data-dir", 1);
+    assert_escaped_found_in(
+        set,
+        &[
+            ("my/mysqldump", vec![dump], 2),
+            ("my/binlog", binlogs, 1),
+            ("my/data-dir", vec![my.data_dir()], 1),
+        ],
+    );
 }
 
 #[test]
@@ -648,12 +642,7 @@ fn sqlite_escaped_value_is_found_in_the_database_file() {
     .execute(&mut conn)
     .unwrap();
     drop(conn);
-    let mut check = LeakCheck::new(set).unwrap();
-    check.expect_control("sqlite/file", "control");
-    check.scan_path("sqlite/file", &db);
-    let report = check.report();
-    eprintln!("{}", report.human());
-    assert_escaped_found(&report, "sqlite/file", 1);
+    assert_escaped_found_in(set, &[("sqlite/file", vec![db], 1)]);
 }
 
 #[test]

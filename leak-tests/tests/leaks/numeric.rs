@@ -4,22 +4,15 @@
 //! files, redo log and binary log; SQLite `REAL` in the database file. Each test first finds a
 //! plaintext control; a point sharing only its latitude with a stored one is not reported as
 //! the pair.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 
 use std::path::Path;
 
 use diesel::prelude::*;
 use leakless_leaktest::encode::{mariadb_decimal, needles_for, pg_numeric, round_decimal};
-use leakless_leaktest::fixture::{MariaServer, PgServer};
 use leakless_leaktest::report::Report;
 use leakless_leaktest::scan::self_test;
 use leakless_leaktest::{Canary, CanarySet, Encoding, LeakCheck, Scanner};
+use leakless_testkit::MariaServer;
 
 const CONTROL: &str = "Control LKNUMCTRL1, 7 Leaky Lane";
 
@@ -77,17 +70,8 @@ fn assert_seen(report: &Report, channel: &str, id: &str, encoding: Encoding, for
 
 /// The control is found, there are no harness errors, and `other` is never reported as a pair.
 fn assert_control_and_no_false_pair(report: &Report, channel: &str) {
-    let c = report
-        .channels
-        .iter()
-        .find(|c| c.channel == channel)
-        .expect("the channel was scanned");
+    let c = report.assert_controls_found(channel);
     assert!(c.errors.is_empty(), "{channel}: {:?}", c.errors);
-    assert!(
-        c.controls_missed.is_empty() && !c.control_findings.is_empty(),
-        "{channel}: the control was not found:\n{}",
-        report.human()
-    );
     let false_pair = c
         .leaks
         .iter()
@@ -160,7 +144,7 @@ fn scan_dir(check: &mut LeakCheck, channel: &str, path: &Path) {
 
 #[test]
 fn postgres_real_double_and_numeric_pairs_are_found_in_heap_wal_and_basebackup() {
-    let pg = PgServer::start().unwrap();
+    let pg = crate::support::pg_server();
     pg.sql("postgres", "CREATE DATABASE g").unwrap();
     let row = |(lat, lon): (f64, f64)| format!("('{lat}', '{lon}')");
     pg.sql(

@@ -3,18 +3,10 @@
 //! writing canaries generated from its own manifest, and a leaky control table. `pg_dump`
 //! (plain and custom), the data directory, the WAL and the server log must show every control
 //! and no canary.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
-
-mod support;
 
 use std::sync::Arc;
 
+use crate::support::{fixture, lit};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use leakless::kms::LocalKms;
@@ -22,9 +14,8 @@ use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
 use leakless_examples::clinic::{self, BIDX_SCOPE, GeoPoint, Patient, SCOPE, schema::patients};
-use leakless_leaktest::fixture::{DumpFormat, PgServer};
 use leakless_leaktest::{CanarySet, LeakCheck};
-use support::{assert_clean, fixture, lit};
+use leakless_testkit::DumpFormat;
 
 #[test]
 fn clinic_example_on_postgres_passes_the_leak_suite() {
@@ -54,7 +45,7 @@ fn clinic_example_on_postgres_passes_the_leak_suite() {
         })
         .collect();
 
-    let pg = PgServer::start().unwrap();
+    let pg = crate::support::pg_server();
     pg.sql("postgres", "CREATE DATABASE clinic").unwrap();
     let mut conn = PgConnection::establish(&pg.url_for("clinic")).unwrap();
     clinic::run_migrations(&mut conn).unwrap();
@@ -129,6 +120,6 @@ fn clinic_example_on_postgres_passes_the_leak_suite() {
         check.scan_path(name, &path);
     }
     let report = check.report();
-    assert_clean(&report);
-    support::assert_seen_through(&report, "clinic/data-dir", &c.pglz.id, "[heap-pglz");
+    report.assert_clean();
+    report.assert_control_seen_through("clinic/data-dir", &c.pglz.id, "[heap-pglz");
 }

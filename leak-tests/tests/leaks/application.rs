@@ -3,28 +3,18 @@
 //! user-named files and folders (an export folder and a backup archive). The sealed `Patient`
 //! app's output must hold no canary; a deliberately leaky control line in each channel must be
 //! found.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    clippy::panic,
-    reason = "tests"
-)]
-
-mod support;
 
 use std::io::Write as _;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use crate::support::{Patient, PatientRow, fixture, patients};
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::prelude::*;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use leakless::Sealed;
 use leakless_leaktest::LeakCheck;
 use leakless_leaktest::app::{capture_command, capture_panic, capture_tracing};
-use support::{Patient, PatientRow, assert_clean, fixture, patients};
 
 const DDL: &str = "CREATE TABLE patients (
     id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, address BLOB NOT NULL,
@@ -200,7 +190,7 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
     check.scan_path("app/user-files", &archive);
 
     let report = check.report();
-    assert_clean(&report);
+    report.assert_clean();
     assert!(
         report
             .channel("app/user-files")

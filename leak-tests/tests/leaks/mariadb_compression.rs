@@ -4,19 +4,13 @@
 //! (`log_bin_compress=ON`) only through the inflated event view. Pages and logs the harness cannot decode (other
 //! algorithms, encryption) are harness errors, never clean. Each test first finds a plaintext
 //! control in the same channel.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    reason = "tests"
-)]
 
 use std::io::Write as _;
 
-use leakless_leaktest::fixture::MariaServer;
 use leakless_leaktest::report::Report;
 use leakless_leaktest::scan::Finding;
 use leakless_leaktest::{Canary, CanarySet, LeakCheck, Status};
+use leakless_testkit::MariaServer;
 
 const CONTROL: &str = "Control LKMZCTRL01, 7 Leaky Lane";
 const PAGE: &str = "Page-compressed LKMZPAGE01, 12 Inflate Street, Zlibton";
@@ -69,20 +63,6 @@ fn leaks<'a>(report: &'a Report, channel: &str, id: &str) -> Vec<&'a Finding> {
         .collect()
 }
 
-fn assert_control(report: &Report, channel: &str) {
-    let c = report
-        .channels
-        .iter()
-        .find(|c| c.channel == channel)
-        .expect("the channel was scanned");
-    assert!(
-        c.controls_missed.is_empty() && !c.control_findings.is_empty(),
-        "{channel}: the control was not found:\n{}",
-        report.human()
-    );
-    assert!(c.errors.is_empty(), "{channel}: {:?}", c.errors);
-}
-
 #[test]
 fn compressed_innodb_pages_and_binlog_events_are_inflated_and_scanned() {
     let db = MariaServer::start().unwrap();
@@ -125,8 +105,10 @@ fn compressed_innodb_pages_and_binlog_events_are_inflated_and_scanned() {
         check.scan_path("binlog", &b);
     }
     let report = check.report();
-    assert_control(&report, "innodb");
-    assert_control(&report, "binlog");
+    for ch in ["innodb", "binlog"] {
+        let c = report.assert_controls_found(ch);
+        assert!(c.errors.is_empty(), "{ch}: {:?}", c.errors);
+    }
 
     // The page-compressed row: only in the inflated page view of pc.ibd.
     let page = leaks(&report, "innodb", "page");
@@ -152,28 +134,20 @@ fn compressed_innodb_pages_and_binlog_events_are_inflated_and_scanned() {
         zip.iter().all(|f| f.artifact.contains('[')),
         "the raw compressed file held it: {zip:?}"
     );
-    // The compressed rows event: not in the raw binlog, found in the inflated event.
-    let bin = leaks(&report, "binlog", "bin");
-    assert!(
-        bin.iter().any(|f| f.artifact.contains("[binlog-zlib@")),
-        "not found in the inflated binlog events: {bin:?}\n{}",
-        report.human()
-    );
-    assert!(
-        bin.iter().all(|f| f.artifact.contains("[binlog-zlib@")),
-        "the raw binlog held it (not compressed?): {bin:?}"
-    );
-    // The same for a statement-format insert (a QUERY_COMPRESSED event).
-    let stmt = leaks(&report, "binlog", "stmt");
-    assert!(
-        stmt.iter().any(|f| f.artifact.contains("[binlog-zlib@")),
-        "the statement was not found in the inflated binlog events: {stmt:?}\n{}",
-        report.human()
-    );
-    assert!(
-        stmt.iter().all(|f| f.artifact.contains("[binlog-zlib@")),
-        "the raw binlog held the statement (not compressed?): {stmt:?}"
-    );
+    // The compressed rows event, and a statement-format insert (a QUERY_COMPRESSED event): not
+    // in the raw binlog, found in the inflated events.
+    for id in ["bin", "stmt"] {
+        let found = leaks(&report, "binlog", id);
+        assert!(
+            found.iter().any(|f| f.artifact.contains("[binlog-zlib@")),
+            "{id} not found in the inflated binlog events: {found:?}\n{}",
+            report.human()
+        );
+        assert!(
+            found.iter().all(|f| f.artifact.contains("[binlog-zlib@")),
+            "the raw binlog held {id} (not compressed?): {found:?}"
+        );
+    }
 }
 
 fn zlib(bytes: &[u8]) -> Vec<u8> {

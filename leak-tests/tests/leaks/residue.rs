@@ -5,43 +5,17 @@
 //! human and JSON reports contain none of them. The harness's own control (planted through the
 //! same URL) must be found in every channel first. The scale test reads 1,000,000 addresses
 //! from PostgreSQL and finds all of them in the heap file and the WAL.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use leakless_leaktest::Status;
-use leakless_leaktest::fixture::{MariaServer, PgServer};
 use leakless_leaktest::residue::{ColumnSpec, DbControl, RealValue, ResidueReport, ResidueValues};
 use leakless_leaktest::scan::EncodingSet;
+use leakless_testkit::MariaServer;
 use zeroize::Zeroizing;
 
-/// A realistic address, ~40 bytes, unique per `n`.
-fn address(n: u64) -> String {
-    const STREETS: [&str; 8] = [
-        "Lantern Row",
-        "Quarry Lane",
-        "Musterweg",
-        "Sample Close",
-        "Harbour View",
-        "Mill Street",
-        "Orchard Way",
-        "Kingsway",
-    ];
-    const TOWNS: [&str; 4] = ["Exampleton", "Beispielstadt", "Villefictive", "Sampletown"];
-    format!(
-        "{} {}, Flat {n}, {}",
-        n % 397 + 1,
-        STREETS[usize::try_from(n % 8).unwrap()],
-        TOWNS[usize::try_from(n / 8 % 4).unwrap()]
-    )
-}
+use crate::support::address;
 
 fn email(n: u64) -> String {
     format!("customer.{n}.{}@mail.example", n * 7919 % 10007)
@@ -61,18 +35,15 @@ fn assert_no_values(report: &ResidueReport, values: &[String]) {
     }
 }
 
-/// The control was planted and found in `channel` (the detector works there).
-fn assert_control_found(report: &ResidueReport, channel: &str) {
-    let c = report.report.channel(channel).expect("channel scanned");
-    assert!(
-        !c.controls_expected.is_empty(),
-        "{channel}: no control expected"
-    );
-    assert!(
-        c.controls_missed.is_empty(),
-        "{channel}: the control was not found:\n{}",
-        report.human()
-    );
+/// In each of `channels`, the control was found (the detector works there), then `rows` rows
+/// of each of `columns`.
+fn assert_every_row_found(report: &ResidueReport, channels: &[&str], columns: &[&str], rows: u64) {
+    for ch in channels {
+        report.report.assert_controls_found(ch);
+        for col in columns {
+            assert_eq!(found_rows(report, ch, col).0, rows, "{ch}: {col}");
+        }
+    }
 }
 
 fn found_rows(report: &ResidueReport, channel: &str, column: &str) -> (u64, Vec<String>) {
@@ -176,7 +147,7 @@ fn sqlite_old_values_of_a_dropped_table_are_found_by_row_id_and_never_printed() 
     eprintln!("{}", report.human());
     eprintln!("sqlite residue: {:?}", t.elapsed());
 
-    assert_control_found(&report, "sqlite/file");
+    report.report.assert_controls_found("sqlite/file");
     assert_eq!(report.status(), Status::Leak);
     assert_eq!(report.exit_code(), 1);
     let (rows, ids) = found_rows(&report, "sqlite/file", "customers.address");
@@ -232,7 +203,7 @@ fn library_values_and_a_clean_channel() {
     let hay = format!("unrelated text; control {marker} value; more text");
     check.scan_bytes("mem", "buffer", hay.as_bytes());
     let report = check.report();
-    assert_control_found(&report, "mem");
+    report.report.assert_controls_found("mem");
     assert_eq!(report.status(), Status::Clean, "{}", report.human());
     assert!(report.human().contains("1 too short to scan (rows 99)"));
     // The same check finds a value planted as UTF-16LE, reported by row id.
@@ -253,7 +224,7 @@ fn library_values_and_a_clean_channel() {
 
 #[test]
 fn postgres_dead_tuples_and_wal_hold_the_old_values_by_row_id() {
-    let pg = PgServer::start().expect("PostgreSQL must start (scripts/pg-cluster)");
+    let pg = crate::support::pg_server();
     pg.sql("postgres", "CREATE DATABASE app").unwrap();
     let mut sql = String::from(
         "CREATE TABLE customers (id bigint PRIMARY KEY, address text, doc bytea, lat double precision,
@@ -302,17 +273,17 @@ fn postgres_dead_tuples_and_wal_hold_the_old_values_by_row_id() {
     let report = check.report();
     control.drop_table().unwrap();
     eprintln!("{}", report.human());
-    for ch in ["postgres/data-dir", "postgres/wal"] {
-        assert_control_found(&report, ch);
-        assert_eq!(found_rows(&report, ch, "customers.address").0, 30, "{ch}");
-        assert_eq!(found_rows(&report, ch, "customers.doc").0, 30, "{ch}");
-        assert_eq!(found_rows(&report, ch, "customers.lat+lon").0, 30, "{ch}");
-        assert_eq!(
-            found_rows(&report, ch, "customers.profile[json]").0,
-            30,
-            "{ch}"
-        );
-    }
+    assert_every_row_found(
+        &report,
+        &["postgres/data-dir", "postgres/wal"],
+        &[
+            "customers.address",
+            "customers.doc",
+            "customers.lat+lon",
+            "customers.profile[json]",
+        ],
+        30,
+    );
     assert_eq!(report.exit_code(), 1);
     assert_no_values(&report, &values);
 }
@@ -364,12 +335,12 @@ fn mariadb_binlog_and_data_dir_hold_the_old_values_by_row_id() {
     let report = check.report();
     control.drop_table().unwrap();
     eprintln!("{}", report.human());
-    for ch in ["mariadb/binlog", "mariadb/data-dir"] {
-        assert_control_found(&report, ch);
-        assert_eq!(found_rows(&report, ch, "customers.address").0, 25, "{ch}");
-        assert_eq!(found_rows(&report, ch, "customers.email").0, 25, "{ch}");
-        assert_eq!(found_rows(&report, ch, "customers.token").0, 25, "{ch}");
-    }
+    assert_every_row_found(
+        &report,
+        &["mariadb/binlog", "mariadb/data-dir"],
+        &["customers.address", "customers.email", "customers.token"],
+        25,
+    );
     assert_no_values(&report, &values);
 }
 
@@ -445,7 +416,7 @@ fn values_opened_from_sealed_columns_with_the_key_ring_are_found_by_row_id() {
     );
     check.scan_bytes("backup", "customers.copy", backup.as_bytes());
     let report = check.report();
-    assert_control_found(&report, "backup");
+    report.report.assert_controls_found("backup");
     let (rows, mut ids) = found_rows(&report, "backup", "customers.address");
     ids.sort();
     assert_eq!((rows, ids), (2, vec!["2".to_owned(), "5".to_owned()]));

@@ -6,27 +6,18 @@
 //! `pg_basebackup` tar and tar.gz, the data directory's heap and TOAST files, the WAL and the
 //! server log. The canaries include the ring's root key and KEKs; a key-shaped control
 //! planted as base64 must be found in every storage channel and the server log.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 
-mod support;
-
+use crate::support::{Patient, fixture, lit, patients};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use leakless::Sealed;
 use leakless_leaktest::LeakCheck;
-use leakless_leaktest::fixture::{DumpFormat, PgServer};
-use support::{Patient, assert_clean, assert_seen_through, fixture, lit, patients};
+use leakless_testkit::DumpFormat;
 
 #[test]
 fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found() {
     let fx = fixture();
-    let pg = PgServer::start().unwrap();
+    let pg = crate::support::pg_server();
     pg.sql("postgres", "CREATE DATABASE app").unwrap();
     pg.sql(
         "app",
@@ -140,25 +131,19 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
         check.scan_path(name, path);
     }
     let report = check.report();
-    assert_clean(&report);
+    report.assert_clean();
     // Proof that compressed values were seen through, not skipped.
-    assert_seen_through(
-        &report,
-        "postgres/pg_dump-custom",
-        &c.lz4.id,
-        "[pg_restore]",
-    );
-    assert_seen_through(&report, "postgres/pg_dump-directory", &c.lz4.id, "[gunzip]");
-    assert_seen_through(&report, "postgres/data-dir", &c.pglz.id, "[heap-pglz");
-    assert_seen_through(&report, "postgres/data-dir", &c.lz4.id, "[toast-lz4");
-    assert_seen_through(
-        &report,
-        "postgres/basebackup-tar-gz",
-        &c.lz4.id,
-        "[toast-lz4",
-    );
-    assert_seen_through(&report, "postgres/basebackup-tar", &c.pglz.id, "[heap-pglz");
-    assert_seen_through(&report, "postgres/wal", &c.pglz.id, "[wal-pglz");
+    for (channel, control, view) in [
+        ("pg_dump-custom", &c.lz4, "[pg_restore]"),
+        ("pg_dump-directory", &c.lz4, "[gunzip]"),
+        ("data-dir", &c.pglz, "[heap-pglz"),
+        ("data-dir", &c.lz4, "[toast-lz4"),
+        ("basebackup-tar-gz", &c.lz4, "[toast-lz4"),
+        ("basebackup-tar", &c.pglz, "[heap-pglz"),
+        ("wal", &c.pglz, "[wal-pglz"),
+    ] {
+        report.assert_control_seen_through(&format!("postgres/{channel}"), &control.id, view);
+    }
     // The error case reached the server log, with only the blind-index token as its key.
     let log = std::fs::read_to_string(pg.log_path()).unwrap();
     assert!(

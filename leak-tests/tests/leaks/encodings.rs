@@ -1,12 +1,6 @@
 //! Every encoding: a canary planted in that encoding, inside noise, at odd offsets and across a
 //! chunk boundary, is found and reported under that encoding; the sealed form (an envelope)
 //! and clean noise have no finding.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    reason = "tests"
-)]
 
 use std::sync::Arc;
 

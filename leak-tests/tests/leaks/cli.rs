@@ -1,12 +1,6 @@
 //! The `leakless-leakcheck` CLI: help text (snapshot), canary generation from a manifest, and
 //! the exit codes: 0 clean (controls found), 1 leak, 2 detector broken or harness error, with
 //! `--json` output that names canaries by id and marker only.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    reason = "tests"
-)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,78 +1,20 @@
-//! The sealed application under test: the quickstart's `Patient` model through
-//! `#[derive(Sealed)]` (the same fields and attributes as `examples/src/bin/quickstart.rs`),
-//! its canaries generated from the derive's manifest, and the positive-control canaries that
-//! the tests plant into deliberately leaky control tables, logs and files.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "test support; each test binary uses a part"
-)]
+//! The sealed application under test: the quickstart's `Patient` model
+//! (`leakless_examples::patient`), its canaries generated from the derive's manifest, and the
+//! positive-control canaries that the tests plant into deliberately leaky control tables, logs
+//! and files.
 
 use std::sync::Arc;
 
 use leakless::kms::{KekBinding, Kms as _, LocalKms};
-use leakless::manifest::SchemaManifest;
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
+use leakless::{AuditInfo, Json, KeyRing, KeyScope};
 use leakless_leaktest::canary::{Canary, CanarySet, fresh_marker};
-use serde::{Deserialize, Serialize};
 
-#[allow(
-    missing_docs,
-    reason = "diesel's table! macro generates undocumented items"
-)]
-pub mod schema {
-    diesel::table! {
-        patients (id) {
-            id -> Text,
-            name -> Text,
-            address -> Binary,
-            email -> Binary,
-            email_bidx -> Binary,
-            gps -> Binary,
-            transcript -> Nullable<Binary>,
-        }
-    }
-}
-pub use schema::patients;
-
-/// A point on the map, sealed as JSON (as in quickstart).
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct GeoPoint {
-    pub lat: f64,
-    pub lon: f64,
-}
-
-/// The quickstart's model.
-#[derive(Clone, PartialEq, Sealed)]
-#[leakless(table = patients, row_id = id, schema_version = 1, scope = "patients")]
-pub struct Patient {
-    pub id: String,
-    pub name: String,
-    #[leakless(seal(aead = "aes256gcm"))]
-    pub address: String,
-    #[leakless(seal(blind_index(column = email_bidx, scope = "bidx", normalize = "trim_lowercase")))]
-    pub email: String,
-    #[leakless(seal)]
-    pub gps: Json<GeoPoint>,
-    #[leakless(seal)]
-    pub transcript: Option<String>,
-}
+pub use leakless_examples::patient::{GeoPoint, Patient, PatientRow, manifest, patients};
 
 /// Rows per sealed column.
 pub const ROWS: usize = 3;
-
-/// The manifest of the sealed app, from the derive.
-pub fn manifest() -> SchemaManifest {
-    let mut m = SchemaManifest::new();
-    m.tables.push(Patient::manifest());
-    m
-}
 
 /// The app's canaries (from the manifest) plus the key-material canaries and the controls.
 pub struct Fixture {
@@ -278,39 +220,30 @@ pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// Asserts every channel of the report is clean (no leak, every control found), printing the
-/// human report on failure.
-pub fn assert_clean(report: &leakless_leaktest::Report) {
-    let human = report.human();
-    eprintln!("{human}");
-    for c in &report.channels {
-        assert_eq!(
-            c.status(),
-            leakless_leaktest::Status::Clean,
-            "channel {} is not clean:\n{human}",
-            c.channel
-        );
-    }
-    assert_eq!(report.exit_code(), 0, "{human}");
+/// A throwaway PostgreSQL cluster with statement logging on: the server log then holds every
+/// statement, its parameters and constraint-violation `DETAIL` lines.
+pub fn pg_server() -> leakless_testkit::PgServer {
+    leakless_testkit::PgServer::start_with(&leakless_testkit::PgOptions::statement_logging())
+        .expect("PostgreSQL must start (scripts/pg-cluster)")
 }
 
-/// Asserts a control of `channel` was found through a view whose artifact name contains
-/// `view` (e.g. `[heap-pglz`).
-pub fn assert_seen_through(
-    report: &leakless_leaktest::Report,
-    channel: &str,
-    id: &str,
-    view: &str,
-) {
-    let c = report.channel(channel).unwrap();
-    assert!(
-        c.control_findings
-            .iter()
-            .any(|f| f.canary_id == id && f.artifact.contains(view)),
-        "{channel}: control {id} not found through {view}: {:?}",
-        c.control_findings
-            .iter()
-            .map(|f| (&f.canary_id, &f.artifact))
-            .collect::<Vec<_>>()
-    );
+/// A realistic address, ~40 bytes, unique per `n`.
+pub fn address(n: u64) -> String {
+    const STREETS: [&str; 8] = [
+        "Lantern Row",
+        "Quarry Lane",
+        "Musterweg",
+        "Sample Close",
+        "Harbour View",
+        "Mill Street",
+        "Orchard Way",
+        "Kingsway",
+    ];
+    const TOWNS: [&str; 4] = ["Exampleton", "Beispielstadt", "Villefictive", "Sampletown"];
+    format!(
+        "{} {}, Flat {n}, {}",
+        n % 397 + 1,
+        STREETS[usize::try_from(n % 8).unwrap()],
+        TOWNS[usize::try_from(n / 8 % 4).unwrap()]
+    )
 }
