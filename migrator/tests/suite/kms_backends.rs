@@ -1,11 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! `leakless-migrate` with every root of trust, against the real peers: the local key file,
 //! SoftHSM2 (PKCS#11), `moto_server` (AWS KMS), OpenBao (Vault Transit) and `swtpm` (TPM 2.0),
 //! started by `scripts/services/NAME start DIR --owner-pid PID` (scripts/test does this and
@@ -16,8 +8,6 @@
 //! rows sealed by the runtime under the same root key, `keys rotate`, `rewrap`, `verify`,
 //! `keys retire`, `keys destroy --yes`, `keys rotate-root` (per backend), `verify` and
 //! `status` with the new root, and the old root refused where it is a different key.
-
-mod support;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -32,8 +22,11 @@ use leakless::store::KeyStore;
 use leakless::store::sql::SqlKeyStore;
 use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 use leakless_migrator::db::{Bind, DbUrl};
-use support::{CLI_VARS, TestDb, plain, random_hex, service_var, stderr, stdout};
 use zeroize::Zeroizing;
+
+use crate::support::{
+    CLI_VARS, PATIENTS_MANIFEST, TestDb, plain, random_hex, service_var, stderr, stdout,
+};
 
 const SCOPE: &str = "patients";
 const ROWS: i64 = 40;
@@ -65,15 +58,7 @@ impl Case {
             (path.display().to_string(), None)
         };
         let manifest = dir.path().join("manifest.json");
-        std::fs::write(
-            &manifest,
-            r#"{"format": 1, "tables": [{"table": "patients", "row_id_column": "id",
-                "row_id_kind": "int", "schema_version": 1,
-                "scope": {"kind": "static", "scope": "patients"},
-                "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                    "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#,
-        )
-        .unwrap();
+        std::fs::write(&manifest, PATIENTS_MANIFEST).unwrap();
         let bin = if postgres { "bytea" } else { "BLOB" };
         DbUrl::parse(&url)
             .unwrap()

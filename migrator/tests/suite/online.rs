@@ -1,18 +1,8 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! Online safety of `rewrap` on PostgreSQL and MariaDB: application writers keep updating
 //! sealed rows while the migrator runs with two workers. Half of the writers seal under a
 //! stale cached KEK (the old version, as an application that has not yet seen the rotation
 //! does). Afterwards no update is lost: every row opens to the last value written to it, and
 //! a second pass moves the stale writes onto the new version.
-
-mod support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +12,8 @@ use std::time::Duration;
 use leakless::{FieldContext, FieldPolicy, KeyScope, RowId};
 use leakless_migrator::db::Bind;
 use rand::Rng;
-use support::{Backend, Fixture, SCOPE, plain, stdout};
+
+use crate::support::{Backend, Fixture, SCOPE, plain, stdout};
 
 const N: i64 = 20_000;
 

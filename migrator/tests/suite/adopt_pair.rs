@@ -4,24 +4,11 @@
 //! counts what is pending, `leakless-migrate adopt` backfills from the JSON object the database
 //! builds and verifies every row (including rows the application sealed itself, whose JSON is
 //! spelled differently), and the verification catches a pair changed behind its back.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    clippy::float_cmp,
-    reason = "tests"
-)]
-
-#[macro_use]
-mod support;
 
 use diesel::prelude::*;
 use leakless::manifest::{AdoptionPair, SchemaManifest};
 use leakless::{Error, Json, RowId, Sealed};
 use serde::{Deserialize, Serialize};
-use support::{Backend, Fixture, stderr, stdout};
 
 #[allow(
     missing_docs,
@@ -41,6 +28,8 @@ mod schema {
     }
 }
 use schema::places;
+
+use crate::support::{Backend, Fixture, stderr, stdout};
 
 /// A point on the map (test data, fake).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

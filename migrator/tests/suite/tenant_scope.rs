@@ -1,27 +1,13 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! The key-scope check of per-tenant tables: `verify`, `rewrap` and `reencrypt` refuse a value
 //! sealed under another tenant's scope (for the right table, column and row), and a tenant
 //! column that is neither an integer nor text is refused up front.
-
-#[macro_use]
-mod support;
 
 use std::fmt::Display;
 
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyScope, RowId};
 use leakless_migrator::db::Bind;
-use support::{Backend, Fixture, stderr, stdout};
 
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap()
-}
+use crate::support::{Backend, Fixture, code, stderr, stdout};
 
 /// The plaintext of row `id` (fake).
 fn note(id: i64) -> String {
@@ -52,14 +38,6 @@ fn write_manifest(f: &Fixture) {
     .unwrap();
 }
 
-fn bin(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Postgres => "bytea",
-        Backend::Mysql => "VARBINARY(1024)",
-        Backend::Sqlite => "BLOB",
-    }
-}
-
 /// Rows 1..=4 of tenant `one`, 5..=8 of tenant `two`; the tenant column is `tenant_type`.
 /// Before the swap everything opens; a tenant-two envelope sealed for row 2 (a tenant-one row)
 /// fails verify, rewrap and reencrypt on row 2 only, and no plaintext is printed.
@@ -70,7 +48,7 @@ fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: B
     db.batch(&format!(
         "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id {tenant_type} NOT NULL, \
          note {} NULL)",
-        bin(backend)
+        backend.binary_type()
     ))
     .unwrap();
     let shown = |b: &Bind| -> String {
@@ -182,14 +160,15 @@ fn wrong_tenant_sqlite_int() {
     wrong_tenant_is_caught(Backend::Sqlite, "INTEGER", Bind::Int(1), Bind::Int(2));
 }
 
+/// The same with text tenant ids.
+fn wrong_text_tenant_is_caught(backend: Backend, tenant_type: &str) {
+    let [a, b] = ["acme", "globex"].map(|t| Bind::Text(Some(t.into())));
+    wrong_tenant_is_caught(backend, tenant_type, a, b);
+}
+
 #[test]
 fn wrong_tenant_sqlite_text() {
-    wrong_tenant_is_caught(
-        Backend::Sqlite,
-        "TEXT",
-        Bind::Text(Some("acme".into())),
-        Bind::Text(Some("globex".into())),
-    );
+    wrong_text_tenant_is_caught(Backend::Sqlite, "TEXT");
 }
 
 #[test]
@@ -199,12 +178,7 @@ fn wrong_tenant_postgres_int() {
 
 #[test]
 fn wrong_tenant_postgres_text() {
-    wrong_tenant_is_caught(
-        Backend::Postgres,
-        "VARCHAR(64)",
-        Bind::Text(Some("acme".into())),
-        Bind::Text(Some("globex".into())),
-    );
+    wrong_text_tenant_is_caught(Backend::Postgres, "VARCHAR(64)");
 }
 
 #[test]
@@ -220,7 +194,7 @@ fn binary_tenant_is_refused(backend: Backend) {
         .batch(&format!(
             "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id {b} NOT NULL, \
              note {b} NULL)",
-            b = bin(backend)
+            b = backend.binary_type()
         ))
         .unwrap();
     for args in [
@@ -264,7 +238,7 @@ fn per_tenant_index(backend: Backend) {
     db.batch(&format!(
         "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id VARCHAR(20) NOT NULL, \
          note {b} NULL, note_bidx {b} NULL)",
-        b = bin(backend)
+        b = backend.binary_type()
     ))
     .unwrap();
     let who = AuditInfo::new("test", "tenants");
@@ -358,7 +332,7 @@ fn per_tenant_index(backend: Backend) {
             &who,
         )
         .unwrap();
-    support::wait_for_cache_window();
+    crate::support::wait_for_cache_window();
     let o = f.run(&["keys", "retire", "bidx:one", "1"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(

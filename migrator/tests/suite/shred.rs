@@ -1,11 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! The shred-proof of invariant 4, played with the `leakless-migrate` binary only, as a DBA and
 //! then as the attacker. Two sealed tables under two key scopes, A (`patients`) and B
 //! (`visits`), are sealed by the runtime (the application); the operator takes every backup
@@ -29,8 +21,6 @@
 //! --owner-pid PID` (and `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL`, or the throwaway servers of
 //! `scripts/pg-cluster` / `scripts/mariadb-server`); a missing one fails the test by name.
 
-mod support;
-
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -43,11 +33,12 @@ use leakless::kms::{
 use leakless::store::sql::SqlKeyStore;
 use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
 use leakless_migrator::db::{Bind, DbUrl};
-use support::{
-    Backend, CLI_VARS, TestDb, plain, random_hex, service_var, stderr, stdout,
+use zeroize::Zeroizing;
+
+use crate::support::{
+    Backend, CLI_VARS, TestDb, plain, random_hex, service_var, stderr, stdout, store_url,
     wait_for_cache_window,
 };
-use zeroize::Zeroizing;
 
 /// Scope A: the one that is shredded. Table `patients`, column `email`.
 const A: &str = "patients";
@@ -107,17 +98,7 @@ impl Case {
         for sub in ["data", "keys", "backup"] {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
-        let (url, db) = match backend {
-            Backend::Sqlite => (dir.path().join("data/app.db").display().to_string(), None),
-            Backend::Postgres => {
-                let d = TestDb::postgres();
-                (d.url().to_owned(), Some(d))
-            }
-            Backend::Mysql => {
-                let d = TestDb::mysql();
-                (d.url().to_owned(), Some(d))
-            }
-        };
+        let (url, db) = backend.new_database(&dir.path().join("data/app.db"));
         let RootSettings {
             kms: app_kms,
             env,
@@ -139,11 +120,7 @@ impl Case {
             ),
         )
         .unwrap();
-        let bin = match backend {
-            Backend::Postgres => "bytea",
-            Backend::Mysql => "VARBINARY(1024)",
-            Backend::Sqlite => "BLOB",
-        };
+        let bin = backend.binary_type();
         if backend == Backend::Sqlite {
             // An empty file is an empty SQLite database; the migrator opens only existing ones.
             std::fs::File::create(&url).unwrap();
@@ -178,18 +155,11 @@ impl Case {
         }
     }
 
-    fn store_url(url: &str, backend: Backend) -> String {
-        match backend {
-            Backend::Sqlite => format!("sqlite://{url}"),
-            _ => url.to_owned(),
-        }
-    }
-
     /// The application: seals `A_ROWS` rows of `patients` under A and `B_ROWS` rows of
     /// `visits` under B, through the runtime, with its own root of trust. It keeps running
     /// (its connections open) while the returned value lives.
     fn seal_rows(&self) -> App {
-        let store = SqlKeyStore::connect(&Self::store_url(&self.url, self.backend)).unwrap();
+        let store = SqlKeyStore::connect(&store_url(self.backend, &self.url)).unwrap();
         let ring = KeyRing::builder(self.app_kms.clone(), Arc::new(store)).build();
         let mut db = DbUrl::parse(&self.url).unwrap().connect().unwrap();
         for (scope, table, column, rows, text) in [
@@ -331,7 +301,7 @@ impl Case {
             _ => "complete ",
         };
         assert!(line.contains(shown), "{line}");
-        (status, support::unix_secs(&v1["shred_at"]))
+        (status, crate::support::unix_secs(&v1["shred_at"]))
     }
 
     /// `keys audit --verify` passes on the live key store.
@@ -465,7 +435,7 @@ impl Case {
             v
         };
         let old_store = run(None, "key store from the backup");
-        let live = Self::store_url(&self.url, self.backend);
+        let live = store_url(self.backend, &self.url);
         let current_store = run(Some(&live), "current key store");
         Attack {
             old_store,

@@ -11,24 +11,12 @@
 //! started; a row the copy has not reached) and asserts that no build ever reads a stale or
 //! missing value, that `copy` refuses an envelope that does not open in its new place, and
 //! that the envelopes bind the column name `email` wherever they are stored.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
-
-#[macro_use]
-mod support;
 
 use diesel::prelude::*;
 use leakless::manifest::RowIdKind;
 use leakless::manifest::SchemaManifest;
 use leakless::{Error, FieldContext, KeyScope, RowId, Sealed};
 use leakless_migrator::db::{Bind, IdBytes};
-use support::{Backend, Fixture, SCOPE, stderr, stdout};
 
 #[allow(
     missing_docs,
@@ -75,6 +63,8 @@ mod schema {
     }
 }
 use schema::{adopted, adopting, done, moving};
+
+use crate::support::{Backend, Fixture, SCOPE, stderr, stdout};
 
 /// Step 0: the application before leakless.
 #[derive(Queryable, Selectable, Insertable)]

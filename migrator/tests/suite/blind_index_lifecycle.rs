@@ -1,35 +1,21 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! The life of a blind index, through the real binary on SQLite, PostgreSQL and MariaDB: an
 //! index added to a populated column is backfilled (`reindex`), its key rotated, the tokens
 //! re-keyed, the old version retired and destroyed, with look-ups asserted after every step
 //! (and shown to miss rows exactly where the product refuses to go: tokens on a retired
 //! version). `adopt` on a column with a blind index computes the tokens too.
 
-#[macro_use]
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use leakless::{AuditInfo, BlindIndexSpec, FieldContext, KeyRing, KeyScope, Normalizer, RowId};
 use leakless_migrator::db::{Bind, OneText};
-use support::{Backend, Fixture, plain, stderr, stdout, wait_for_cache_window};
+
+use crate::support::{Backend, Fixture, code, plain, stderr, stdout, wait_for_cache_window};
 
 const INDEX_SCOPE: &str = "bidx";
 const ROWS: i64 = 300;
 /// Rows checked by look-up after each step (first, last, and some between).
 const PROBES: [i64; 6] = [0, 1, 57, 150, 298, 299];
-
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap()
-}
 
 fn spec() -> BlindIndexSpec {
     let mut s = BlindIndexSpec::new("patients", "email", KeyScope::new(INDEX_SCOPE).unwrap());
@@ -229,7 +215,7 @@ fn lifecycle(backend: Backend) {
     let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
     let sealed = ring
         .seal(
-            &KeyScope::new(support::SCOPE).unwrap(),
+            &KeyScope::new(crate::support::SCOPE).unwrap(),
             &ctx,
             plain(id).as_bytes(),
             &leakless::FieldPolicy::default(),

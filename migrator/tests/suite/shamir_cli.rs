@@ -2,13 +2,6 @@
 //! files, unsealing from any three against the key store (no root key file given), and the
 //! typed refusals: too few shares, a corrupted share, shares of another deployment's key.
 //! Plus shares on five SoftHSM2 custodian tokens. No command prints key material.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    reason = "tests"
-)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,11 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! Destroying a KEK version cannot lose live writes, shown with two real processes: an
 //! application process (this test binary re-executed with `LEAKLESS_TWO_PROCESS_ROLE=app`)
 //! holds a warm `KeyRing` cache with the default five-minute KEK cache age and inserts a sealed
@@ -19,9 +11,6 @@
 //! `--force` and shows the scan catching rows sealed under the destroyed version after it was
 //! destroyed. On SQLite and PostgreSQL.
 
-#[macro_use]
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -30,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use leakless::KeyScope;
 use leakless::key::UnixTime;
 use leakless_migrator::db::{Bind, DbUrl};
-use support::{Backend, Fixture, SCOPE, app_ring, seal_row, stderr, stdout};
+
+use crate::support::{Backend, Fixture, SCOPE, app_ring, code, seal_row, stderr, stdout};
 
 /// Set to `app` in the application process.
 const ROLE: &str = "LEAKLESS_TWO_PROCESS_ROLE";
@@ -53,10 +43,6 @@ fn now_ms() -> i64 {
             .as_millis(),
     )
     .unwrap()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap()
 }
 
 fn ok(o: &Output) -> &Output {
@@ -218,8 +204,13 @@ impl App {
             Backend::Postgres => "postgres",
             Backend::Mysql => unreachable!("not run on MariaDB"),
         };
+        // The test's name in this binary: its module path without the crate's name.
+        let app_test = format!(
+            "{}::app_process",
+            module_path!().split_once("::").unwrap().1
+        );
         let child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "app_process", "--nocapture", "--test-threads=1"])
+            .args(["--exact", &app_test, "--nocapture", "--test-threads=1"])
             .env(ROLE, "app")
             .env("LEAKLESS_TWO_PROCESS_BACKEND", backend)
             .env("LEAKLESS_TWO_PROCESS_URL", &f.url)
@@ -349,13 +340,13 @@ fn rotate(f: &Fixture) -> (i64, serde_json::Value) {
         .clone();
     assert_eq!(v1["state"], "grace", "{v1}");
     assert_eq!(v1["cache_window_secs"], WINDOW_SECS, "{v1}");
-    let deact = support::unix_secs(&v1["deactivated_at"]).unwrap();
+    let deact = crate::support::unix_secs(&v1["deactivated_at"]).unwrap();
     assert!(
         deact == t_rot.div_euclid(1000) || deact == t_rot.div_euclid(1000) + 1,
         "v1 deactivated at {deact}, rotation started at {t_rot} ms"
     );
     assert_eq!(
-        support::unix_secs(&v1["retire_destroy_allowed_from"]),
+        crate::support::unix_secs(&v1["retire_destroy_allowed_from"]),
         Some(deact + WINDOW_SECS + MARGIN_SECS),
         "{v1}"
     );
@@ -371,7 +362,7 @@ fn destroy_waits_for_warm_caches(backend: Backend) {
     align_to_recheck(&app);
 
     let (t_rot, v1) = rotate(&f);
-    let allowed = support::unix_secs(&v1["retire_destroy_allowed_from"]).unwrap();
+    let allowed = crate::support::unix_secs(&v1["retire_destroy_allowed_from"]).unwrap();
     let allowed_ms = allowed * 1000;
 
     // First rewrap right away: the application's warm cache still seals under v1 after it.

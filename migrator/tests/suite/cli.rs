@@ -1,18 +1,9 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! CLI snapshots (help, errors, status output) and exit codes of `leakless-migrate`.
 
-mod support;
-
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use support::{Backend, CLI_VARS, Fixture, stderr, stdout, wait_for_cache_window};
+use crate::support::{Backend, CLI_VARS, Fixture, stderr, stdout, wait_for_cache_window};
 
 fn bare() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
@@ -26,6 +17,24 @@ fn bare() -> Command {
 
 fn run(args: &[&str]) -> Output {
     bare().args(args).output().unwrap()
+}
+
+/// A folder with a root key file `k` and a manifest `m.json` of one sealed column `t.c`, for
+/// the cases that fail before they reach a database: (folder, key file, manifest).
+fn key_and_manifest() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    leakless::kms::LocalKms::generate_key_file(&key).unwrap();
+    let m = dir.path().join("m.json");
+    std::fs::write(
+        &m,
+        r#"{"format": 1, "tables": [{"table": "t", "row_id_column": "id", "row_id_kind": "int",
+           "schema_version": 1, "scope": {"kind": "static", "scope": "s"},
+           "columns": [{"column": "c", "algorithm": "xchacha20poly1305", "encoding": "string",
+           "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": false, "blind_index": null}]}]}"#,
+    )
+    .unwrap();
+    (dir, key, m)
 }
 
 #[test]
@@ -84,18 +93,7 @@ fn key_errors_exit_3_and_database_errors_exit_4_without_the_password() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     insta::assert_snapshot!("no_root_key", stderr(&o));
 
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k");
-    leakless::kms::LocalKms::generate_key_file(&key).unwrap();
-    let m = dir.path().join("m.json");
-    std::fs::write(
-        &m,
-        r#"{"format": 1, "tables": [{"table": "t", "row_id_column": "id", "row_id_kind": "int",
-           "schema_version": 1, "scope": {"kind": "static", "scope": "s"},
-           "columns": [{"column": "c", "algorithm": "xchacha20poly1305", "encoding": "string",
-           "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": false, "blind_index": null}]}]}"#,
-    )
-    .unwrap();
+    let (dir, key, m) = key_and_manifest();
     // A planted password must be detectable in raw output...
     let url = "postgres://app:hunter2-secret@127.0.0.1:1/app";
     assert!(url.contains("hunter2"));
@@ -143,18 +141,7 @@ fn key_errors_exit_3_and_database_errors_exit_4_without_the_password() {
 /// bare path with no file there (a typo created an empty database).
 #[test]
 fn database_urls_that_would_leak_or_be_guessed_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k");
-    leakless::kms::LocalKms::generate_key_file(&key).unwrap();
-    let m = dir.path().join("m.json");
-    std::fs::write(
-        &m,
-        r#"{"format": 1, "tables": [{"table": "t", "row_id_column": "id", "row_id_kind": "int",
-           "schema_version": 1, "scope": {"kind": "static", "scope": "s"},
-           "columns": [{"column": "c", "algorithm": "xchacha20poly1305", "encoding": "string",
-           "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": false, "blind_index": null}]}]}"#,
-    )
-    .unwrap();
+    let (dir, key, m) = key_and_manifest();
     let cwd = tempfile::tempdir().unwrap();
     let password = "Secr3tPw@Tk?9#Zq";
     let cases = [

@@ -1,25 +1,11 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! Every command on SQLite, PostgreSQL and MariaDB through the real binary: status, rewrap,
 //! verify (also catching a planted bad envelope), the key lifecycle with destroy's refusal,
 //! reencrypt, and the full adopt sequence on a plaintext column.
 
-#[macro_use]
-mod support;
-
 use leakless::PaddingPolicy;
 use leakless_migrator::db::Bind;
-use support::{Backend, Fixture, SCOPE, plain, stderr, stdout, wait_for_cache_window};
 
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap()
-}
+use crate::support::{Backend, Fixture, SCOPE, code, plain, stderr, stdout, wait_for_cache_window};
 
 fn lifecycle(backend: Backend) {
     let f = Fixture::new(backend);
@@ -206,28 +192,10 @@ fn adopt(backend: Backend) {
         j[0]["nulls"], 700,
         "nullable sealed column, not adopted yet"
     );
-    let o = f.run(&[
-        "adopt",
-        "--table",
-        "patients",
-        "--column",
-        "email",
-        "--from",
-        "email_plain",
-        "--dry-run",
-    ]);
+    let o = f.adopt_email(&["--dry-run"]);
     assert!(stdout(&o).contains("would seal 700 rows"), "{}", stdout(&o));
     // Verify before the backfill fails and names rows.
-    let o = f.run(&[
-        "adopt",
-        "--table",
-        "patients",
-        "--column",
-        "email",
-        "--from",
-        "email_plain",
-        "--verify-only",
-    ]);
+    let o = f.adopt_email(&["--verify-only"]);
     assert_eq!(code(&o), 1);
     assert!(stdout(&o).contains("700 mismatches"), "{}", stdout(&o));
     // The application (stage 1) already wrote a sealed value for one row: it must survive.
@@ -244,17 +212,7 @@ fn adopt(backend: Backend) {
     let mut db = f.db();
     let sql = format!("UPDATE patients SET email = {} WHERE id = 5", db.ph(1));
     db.exec(&sql, &[Bind::Bytes(Some(app.clone()))]).unwrap();
-    let o = f.run(&[
-        "adopt",
-        "--table",
-        "patients",
-        "--column",
-        "email",
-        "--from",
-        "email_plain",
-        "--batch-size",
-        "250",
-    ]);
+    let o = f.adopt_email(&["--batch-size", "250"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("699 written"), "{out}");
@@ -291,16 +249,7 @@ fn adopt(backend: Backend) {
     );
     db.exec(&sql, &[Bind::Text(Some(changed.to_owned()))])
         .unwrap();
-    let args = [
-        "adopt",
-        "--table",
-        "patients",
-        "--column",
-        "email",
-        "--from",
-        "email_plain",
-    ];
-    let o = f.run(&[&args[..], &["--verify-only"]].concat());
+    let o = f.adopt_email(&["--verify-only"]);
     assert_eq!(code(&o), 1, "{}", stderr(&o));
     assert!(stdout(&o).contains("1 mismatches"), "{}", stdout(&o));
     assert!(
@@ -316,17 +265,17 @@ fn adopt(backend: Backend) {
     );
     assert!(!stderr(&o).contains("changed-later"), "{}", stderr(&o));
     // A plain rerun writes nothing and still fails; the repair re-seals row 7 only.
-    let o = f.run(&args);
+    let o = f.adopt_email(&[]);
     assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains(" 0 written"), "{}", stdout(&o));
-    let o = f.run(&[&args[..], &["--repair-stale"]].concat());
+    let o = f.adopt_email(&["--repair-stale"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert!(
         stdout(&o).contains("0 mismatches, 1 stale rows re-sealed"),
         "{}",
         stdout(&o)
     );
-    let o = f.run(&[&args[..], &["--verify-only"]].concat());
+    let o = f.adopt_email(&["--verify-only"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("0 mismatches"), "{}", stdout(&o));
     f.assert_all_open(|id| {
@@ -396,16 +345,7 @@ fn adopt_from_manifest(backend: Backend) {
         stderr(&o)
     );
     // An agreeing --from is fine (dry run), and no --from takes the manifest's column.
-    let o = f.run(&[
-        "adopt",
-        "--table",
-        "patients",
-        "--column",
-        "email",
-        "--from",
-        "email_plain",
-        "--dry-run",
-    ]);
+    let o = f.adopt_email(&["--dry-run"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("would seal 300 rows"), "{}", stdout(&o));
     let o = f.run(&["adopt", "--table", "patients", "--column", "email"]);

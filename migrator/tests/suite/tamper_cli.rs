@@ -1,11 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! The DBA's view of a tampered key store, on PostgreSQL with the CLI only. A writer with the
 //! application's database credential edits `leakless_kek` and `leakless_key_audit` directly:
 //! the retired version v1 made active again, the real active v2 demoted, audit rows deleted.
@@ -14,9 +6,7 @@
 //! --verify` names where. Positive control: the same commands succeed on the store before the
 //! edits.
 
-mod support;
-
-use support::{Backend, Fixture, SCOPE, stderr, stdout, wait_for_cache_window};
+use crate::support::{Backend, Fixture, SCOPE, stderr, stdout, wait_for_cache_window};
 
 fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)

@@ -1,11 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! Nothing left behind, on PostgreSQL, MariaDB and SQLite: a populated plaintext column is
 //! adopted with the real binary, dropped, and finished with `purge-residue`; the leak harness's residue scan, built from the column's
 //! real values read before the adoption, then finds none of them in the database files, the
@@ -13,20 +5,15 @@
 //! COLUMN` and before the finishing step, finds every value, and the harness's own planted
 //! value is found in every channel each time.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use leakless_leaktest::fixture::{MariaServer, PgServer};
 use leakless_leaktest::residue::{DbControl, ResidueReport, ResidueValues};
 use leakless_leaktest::scan::EncodingSet;
-use support::{Backend, Fixture, stderr, stdout};
+
+use crate::support::{Backend, Fixture, code, stderr, stdout};
 
 const ROWS: i64 = 120;
-
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap()
-}
 
 /// Rows of `column` found in `channel`.
 fn found(report: &ResidueReport, channel: &str, column: &str) -> u64 {
@@ -78,15 +65,7 @@ fn adopt_and_drop(f: &Fixture) -> (ResidueValues, ResidueValues) {
         v
     };
     let values = (read(), read());
-    let o = f.run(&[
-        "adopt",
-        "--table",
-        "patients",
-        "--column",
-        "email",
-        "--from",
-        "email_plain",
-    ]);
+    let o = f.adopt_email(&[]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     // Refused while the legacy column exists.
     let o = f.run(&[
@@ -101,7 +80,7 @@ fn adopt_and_drop(f: &Fixture) -> (ResidueValues, ResidueValues) {
     f.db()
         .batch("ALTER TABLE patients DROP COLUMN email_plain")
         .unwrap();
-    f.assert_all_open(support::plain);
+    f.assert_all_open(crate::support::plain);
     values
 }
 
