@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use leakless::Error;
 use leakless::key::KeyScope;
-use leakless::kms::{KekBinding, Kms, LocalKms};
+use leakless::kms::{Kms, LocalKms};
 use leakless::secret::{Kek, RootKey};
 
 use crate::support::peers::binding;

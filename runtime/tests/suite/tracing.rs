@@ -6,11 +6,8 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::tracing_redact::{RedactFields, RedactJsonWriter};
-use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+use leakless::{FieldContext, FieldPolicy, KeyScope, RowId};
 use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;

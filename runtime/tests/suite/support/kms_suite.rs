@@ -10,15 +10,10 @@
 //! checks), and asserts the two ids differ.
 //!
 //! ```ignore
-//! use crate::support::kms_suite;
-//!
 //! fn make() -> std::sync::Arc<dyn leakless::kms::Kms> { /* a new root key on the peer */ }
 //!
-//! // One #[test] per check (preferred: failures name the check):
+//! // One #[test] per check, so that a failure names the check:
 //! leakless_kms_suite!(make);
-//! // or everything in one test:
-//! #[test]
-//! fn suite() { kms_suite::run_all(&make); }
 //! ```
 //!
 //! The rings are built over a [`MemoryKeyStore`] and a [`ManualClock`], so only the KMS
@@ -84,18 +79,6 @@ macro_rules! leakless_kms_suite {
             $crate::support::kms_suite::concurrent_use(&$make);
         }
     };
-}
-
-/// Runs every check in order, in the calling thread.
-pub fn run_all(make: Factory<'_>) {
-    create_seal_open(make);
-    rotate_and_grace(make);
-    retire_reinstate_destroy(make);
-    rotate_root_to_second_root_key(make);
-    rotate_root_through_local_and_back(make);
-    wrong_binding_foreign_root_and_tamper_fail(make);
-    one_unwrap_per_kek_version(make);
-    concurrent_use(make);
 }
 
 /// A ring on one backend, a store and a clock that the checks can share with a second ring.
