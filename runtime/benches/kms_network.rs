@@ -27,6 +27,8 @@
     reason = "a bench setup failure should stop the bench with its message"
 )]
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,18 +41,10 @@ use leakless::kms::{
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+use support::{Samples, service_env};
 use zeroize::Zeroizing;
 
 const FIELD: [u8; 100] = [b'a'; 100];
-
-fn env(name: &str, service: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: start {service} with `scripts/services/{service} start DIR \
-             --owner-pid $$` and export the lines it prints"
-        )
-    })
-}
 
 struct Subject {
     name: &'static str,
@@ -141,26 +135,21 @@ fn measure(subjects: &[Subject], samples: usize, op: impl Fn(&Subject) -> f64) -
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let samples = std::env::var("LEAKLESS_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(if full { 501 } else { 5 });
-    let cold_samples = (samples / 5).max(3);
-    let batch = if full { 200 } else { 5 };
+    let run = Samples::from_env(5);
+    let (samples, cold_samples) = (run.fast, run.slow);
+    let batch = if run.full { 200 } else { 5 };
 
-    let _ = env("LEAKLESS_VAULT_ADDR", "openbao");
+    let _ = service_env("LEAKLESS_VAULT_ADDR", "openbao");
     let vault = VaultTransitKms::create_key(
         VaultConfig::from_env(format!("leakless-bench-{}", std::process::id()))
             .expect("Vault config"),
-        VaultToken::from_file(env("LEAKLESS_VAULT_TOKEN_FILE", "openbao")).expect("token"),
+        VaultToken::from_file(service_env("LEAKLESS_VAULT_TOKEN_FILE", "openbao")).expect("token"),
     )
     .expect("Vault Transit key");
     let aws = AwsKms::create_key(
         AwsKmsConfig {
-            region: Some(env("LEAKLESS_AWS_REGION", "moto")),
-            endpoint: Some(env("LEAKLESS_AWS_KMS_ENDPOINT", "moto")),
+            region: Some(service_env("LEAKLESS_AWS_REGION", "moto")),
+            endpoint: Some(service_env("LEAKLESS_AWS_KMS_ENDPOINT", "moto")),
             credentials: AwsCredentials::Static {
                 access_key_id: "AKIALEAKLESSBENCH".into(),
                 secret_access_key: Zeroizing::new(hex::encode(RootKey::generate().expose_secret())),
@@ -180,10 +169,7 @@ fn main() {
         Subject::new("aws-kms (moto)", Arc::new(aws)),
     ];
 
-    println!("leakless network KMS benchmark, medians, 100 B field");
-    if !full {
-        println!("smoke run (no --bench): checks that every op works; the timings mean nothing");
-    }
+    run.print_title("leakless network KMS benchmark, medians, 100 B field");
     println!("samples: {cold_samples} cold, {samples} warm (each warm sample: {batch} ops)\n");
     let cold = measure(&subjects, cold_samples, Subject::cold_open);
     // Warm the caches again after the cold rows.

@@ -31,6 +31,8 @@
     reason = "a bench setup failure should stop the bench with its message"
 )]
 
+mod support;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,25 +41,15 @@ use std::time::Instant;
 use leakless::key::{KekVersion, KeyScope};
 use leakless::kms::{KekBinding, Kms, LocalKms, PinSource, Pkcs11Config, Pkcs11Kms};
 use leakless::secret::Kek;
-use leakless_testkit::bench::{human_ns as human, paired, ring_rows, ring_with_scope};
+use leakless_testkit::bench::{human_ns, paired};
+use support::{Samples, print_table_header, ring_value_rows, row};
 
 fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!(
-            "{var} is not set: this benchmark needs SoftHSM2: run `scripts/services/softhsm \
-             start DIR --owner-pid $$` and export the lines it prints"
-        )
-    })
+    support::service_env(var, "softhsm")
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let samples = std::env::var("LEAKLESS_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(if full { 501 } else { 5 });
-    let cold_samples = (samples / 10).max(3);
+    let samples = Samples::from_env(10);
     env("SOFTHSM2_CONF");
     let config = Pkcs11Config {
         module: PathBuf::from(env("LEAKLESS_PKCS11_MODULE")),
@@ -72,26 +64,19 @@ fn main() {
     let local_path = dir.path().join("root.key");
     let local = Arc::new(LocalKms::generate_key_file(&local_path).expect("local key file"));
 
-    println!(
+    samples.print_title(&format!(
         "leakless PKCS#11 backend benchmark ({}, token {}), medians",
         config.module.display(),
         config.token_label
-    );
-    if !full {
-        println!("smoke run (no --bench): checks that every op works; the timings mean nothing");
-    }
+    ));
     println!(
         "Pkcs11Kms::create (load module, log in, generate the key), once: {}",
-        human(create_time)
+        human_ns(create_time)
     );
-    println!();
-    println!(
-        "{:<34} {:>8} {:>12} {:>12} {:>8}",
-        "operation", "samples", "local", "pkcs11", "p11/local"
-    );
+    print_table_header("pkcs11", "p11");
 
     let (l, p, r) = paired(
-        cold_samples,
+        samples.slow,
         || {
             black_box(LocalKms::from_key_file(&local_path).expect("local open"));
         },
@@ -99,7 +84,7 @@ fn main() {
             black_box(Pkcs11Kms::open(&config).expect("pkcs11 open"));
         },
     );
-    row("open backend (token logged in)", cold_samples, l, p, r);
+    row("open backend (token logged in)", samples.slow, l, p, r);
 
     let bind_scope = KeyScope::new("bench").expect("scope");
     let binding = KekBinding {
@@ -108,7 +93,7 @@ fn main() {
     };
     let kek = Kek::generate();
     let (l, p, r) = paired(
-        samples,
+        samples.fast,
         || {
             black_box(local.wrap_kek(&kek, &binding).expect("local wrap"));
         },
@@ -116,11 +101,11 @@ fn main() {
             black_box(pkcs11.wrap_kek(&kek, &binding).expect("pkcs11 wrap"));
         },
     );
-    row("wrap KEK", samples, l, p, r);
+    row("wrap KEK", samples.fast, l, p, r);
     let local_wrapped = local.wrap_kek(&kek, &binding).expect("local wrap");
     let p11_wrapped = pkcs11.wrap_kek(&kek, &binding).expect("pkcs11 wrap");
     let (l, p, r) = paired(
-        samples,
+        samples.fast,
         || {
             black_box(local.unwrap_kek(&local_wrapped, &binding).expect("unwrap"));
         },
@@ -128,28 +113,7 @@ fn main() {
             black_box(pkcs11.unwrap_kek(&p11_wrapped, &binding).expect("unwrap"));
         },
     );
-    row("unwrap KEK", samples, l, p, r);
+    row("unwrap KEK", samples.fast, l, p, r);
 
-    let scope = KeyScope::new("patients").expect("scope");
-    let local_ring = ring_with_scope(local.clone(), &scope);
-    let p11_ring = ring_with_scope(pkcs11.clone(), &scope);
-    let (cold_unwraps, warm_unwraps) =
-        ring_rows(samples, &local_ring, &p11_ring, &scope, |name, l, m, r| {
-            row(name, samples, l, m, r);
-        });
-
-    println!();
-    println!(
-        "PKCS#11 backend unwrap_kek calls through the ring: {cold_unwraps} in the cold row (one \
-         per cleared cache), {warm_unwraps} in the warm rows"
-    );
-    assert_eq!(warm_unwraps, 0, "a warm cache never calls the backend");
-}
-
-fn row(name: &str, samples: usize, local: f64, pkcs11: f64, ratio: f64) {
-    println!(
-        "{name:<34} {samples:>8} {:>12} {:>12} {ratio:>8.2}x",
-        human(local),
-        human(pkcs11)
-    );
+    ring_value_rows(samples.fast, local, pkcs11, "PKCS#11 backend");
 }

@@ -25,28 +25,19 @@
     reason = "a bench setup failure should stop the bench with its message"
 )]
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use leakless::KeyScope;
 use leakless::kms::{LocalKms, TpmConfig, TpmKms};
-use leakless_testkit::bench::{human_ns as human, paired, ring_rows, ring_with_scope};
-
-const TCTI_ENV: &str = "LEAKLESS_TPM_TCTI";
+use leakless_testkit::bench::{human_ns, paired};
+use support::{Samples, print_table_header, ring_value_rows, row};
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let samples = std::env::var("LEAKLESS_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(if full { 501 } else { 5 });
-    let cold_samples = (samples / 10).max(3);
-    let tcti = std::env::var(TCTI_ENV).expect(
-        "LEAKLESS_TPM_TCTI is not set: start a software TPM with `scripts/services/swtpm start \
-         DIR --owner-pid $$` and export the line it prints",
-    );
+    let samples = Samples::from_env(10);
+    let tcti = support::service_env("LEAKLESS_TPM_TCTI", "swtpm");
     let dir = tempfile::tempdir().expect("temporary folder");
     let tpm_config = TpmConfig::new(&tcti, dir.path().join("root.sealed"));
     let create_start = Instant::now();
@@ -55,22 +46,15 @@ fn main() {
     let local_path = dir.path().join("root.key");
     drop(LocalKms::generate_key_file(&local_path).expect("local key file"));
 
-    println!("leakless TPM backend benchmark ({tcti}), medians");
-    if !full {
-        println!("smoke run (no --bench): checks that every op works; the timings mean nothing");
-    }
+    samples.print_title(&format!("leakless TPM backend benchmark ({tcti}), medians"));
     println!(
         "TpmKms::create (seal a new root key), once: {}",
-        human(create_time)
+        human_ns(create_time)
     );
-    println!();
-    println!(
-        "{:<34} {:>8} {:>12} {:>12} {:>8}",
-        "operation", "samples", "local", "tpm", "tpm/local"
-    );
+    print_table_header("tpm", "tpm");
 
     let (l, t, r) = paired(
-        cold_samples,
+        samples.slow,
         || {
             black_box(LocalKms::from_key_file(&local_path).expect("local open"));
         },
@@ -78,34 +62,12 @@ fn main() {
             black_box(TpmKms::open(&tpm_config).expect("tpm open"));
         },
     );
-    row("cold start (open backend)", cold_samples, l, t, r);
+    row("cold start (open backend)", samples.slow, l, t, r);
 
-    let scope = KeyScope::new("patients").expect("scope");
-    let local_ring = ring_with_scope(
+    ring_value_rows(
+        samples.fast,
         Arc::new(LocalKms::from_key_file(&local_path).expect("local open")),
-        &scope,
-    );
-    let tpm_ring = ring_with_scope(
         Arc::new(TpmKms::open(&tpm_config).expect("tpm open")),
-        &scope,
-    );
-    let (cold_unwraps, warm_unwraps) =
-        ring_rows(samples, &local_ring, &tpm_ring, &scope, |name, l, m, r| {
-            row(name, samples, l, m, r);
-        });
-
-    println!();
-    println!(
-        "TPM backend unwrap_kek calls: {cold_unwraps} in the cold rows (one per cleared cache), \
-         {warm_unwraps} in the warm rows"
-    );
-    assert_eq!(warm_unwraps, 0, "a warm cache never calls the backend");
-}
-
-fn row(name: &str, samples: usize, local: f64, tpm: f64, ratio: f64) {
-    println!(
-        "{name:<34} {samples:>8} {:>12} {:>12} {ratio:>8.2}x",
-        human(local),
-        human(tpm)
+        "TPM backend",
     );
 }

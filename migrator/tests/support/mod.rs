@@ -140,6 +140,37 @@ pub enum Backend {
     Mysql,
 }
 
+impl Backend {
+    /// A new database: a SQLite file at `sqlite_file` (not created), or a database of its own
+    /// on the PostgreSQL or MariaDB server. Returns its URL and, for a server, the database
+    /// (dropped with it).
+    pub fn new_database(self, sqlite_file: &std::path::Path) -> (String, Option<TestDb>) {
+        let db = match self {
+            Self::Sqlite => return (sqlite_file.display().to_string(), None),
+            Self::Postgres => TestDb::postgres(),
+            Self::Mysql => TestDb::mysql(),
+        };
+        (db.url().to_owned(), Some(db))
+    }
+
+    /// The column type the tests store envelopes in.
+    pub fn binary_type(self) -> &'static str {
+        match self {
+            Self::Postgres => "bytea",
+            Self::Mysql => "VARBINARY(1024)",
+            Self::Sqlite => "BLOB",
+        }
+    }
+}
+
+/// The manifest of the fixture's `patients` table: `email` sealed under static scope
+/// `patients`.
+pub const PATIENTS_MANIFEST: &str = r#"{"format": 1, "tables": [{"table": "patients", "row_id_column": "id",
+                "row_id_kind": "int", "schema_version": 1,
+                "scope": {"kind": "static", "scope": "patients"},
+                "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
+                    "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#;
+
 /// A database with the `patients` table, keys and manifest.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -169,17 +200,7 @@ impl Fixture {
     /// fixture's ring and on the versions the CLI creates (`LEAKLESS_CACHE_WINDOW`).
     pub fn with_cache_window(backend: Backend, window: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (url, db) = match backend {
-            Backend::Sqlite => (dir.path().join("app.db").display().to_string(), None),
-            Backend::Postgres => {
-                let d = TestDb::postgres();
-                (d.url().to_owned(), Some(d))
-            }
-            Backend::Mysql => {
-                let d = TestDb::mysql();
-                (d.url().to_owned(), Some(d))
-            }
-        };
+        let (url, db) = backend.new_database(&dir.path().join("app.db"));
         Self::on_url_with_window(backend, url, db, dir, window)
     }
 
@@ -213,15 +234,7 @@ impl Fixture {
         )
         .unwrap();
         let manifest = dir.path().join("manifest.json");
-        std::fs::write(
-            &manifest,
-            r#"{"format": 1, "tables": [{"table": "patients", "row_id_column": "id",
-                "row_id_kind": "int", "schema_version": 1,
-                "scope": {"kind": "static", "scope": "patients"},
-                "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                    "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#,
-        )
-        .unwrap();
+        std::fs::write(&manifest, PATIENTS_MANIFEST).unwrap();
         let f = Self {
             dir,
             url,
@@ -232,11 +245,7 @@ impl Fixture {
             ring,
             cache_window,
         };
-        let bin = match backend {
-            Backend::Postgres => "bytea",
-            Backend::Mysql => "VARBINARY(1024)",
-            Backend::Sqlite => "BLOB",
-        };
+        let bin = backend.binary_type();
         f.db()
             .batch(&format!(
                 "CREATE TABLE patients (id BIGINT NOT NULL PRIMARY KEY, email {bin} NULL, \
@@ -377,6 +386,21 @@ impl Fixture {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Runs `adopt` of `patients.email` from its plaintext column `email_plain` (see
+    /// [`Fixture::seed`]), with `extra` arguments after them.
+    pub fn adopt_email(&self, extra: &[&str]) -> Output {
+        let adopt = [
+            "adopt",
+            "--table",
+            "patients",
+            "--column",
+            "email",
+            "--from",
+            "email_plain",
+        ];
+        self.run(&[&adopt[..], extra].concat())
+    }
+
     /// Rotates the scope (old version to grace for a day).
     pub fn rotate(&self) {
         self.ring
@@ -418,6 +442,11 @@ pub fn seal_row(ring: &KeyRing, scope: &KeyScope, id: i64) -> Result<Vec<u8>, le
 /// CLI through `LEAKLESS_CACHE_WINDOW`) and its margin, after a rotation.
 pub fn wait_for_cache_window() {
     std::thread::sleep(Duration::from_millis(2_100));
+}
+
+/// The exit code of a migrator that exited (a test fails if a signal killed it).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
 }
 
 /// stdout as text.

@@ -1,0 +1,19 @@
+//! The tests that hold both AEAD engines to the spec: envelope behaviour, the envelope fuzzer,
+//! Google's Wycheproof vectors and (with `aws-lc`) the two engines against each other. A test
+//! binary of its own because `scripts/test` runs it twice: with the default features (AWS-LC)
+//! in the workspace run, and again on the portable RustCrypto engine
+//! (`cargo test -p leakless --no-default-features --features file-store --lib --test engine`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests: a failed set-up or check must stop the test loudly and say why"
+)]
+
+mod aead_engines;
+mod envelope;
+mod fuzz_envelope;
+mod wycheproof;

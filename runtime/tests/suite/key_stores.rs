@@ -1,0 +1,423 @@
+//! Runs the key-store conformance suite (`support/store_suite.rs`) on every key store: memory,
+//! JSON file, SQLite, PostgreSQL and MariaDB. The database stores need
+//! `cargo test -p leakless --all-features`; PostgreSQL and MariaDB come from `LEAKLESS_PG_URL`
+//! / `LEAKLESS_MYSQL_URL` or from throwaway servers started by `scripts/` (see
+//! `leakless-testkit`), each test in a database of its own.
+
+use std::sync::Arc;
+
+use leakless::store::{KeyStore, MemoryKeyStore};
+
+use crate::support::store_suite::Fixture;
+
+/// Declares one `#[test]` per suite check for a store, each on a fresh fixture.
+macro_rules! conformance {
+    ($fixture:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let fixture = $fixture;
+                crate::support::store_suite::$check(&fixture);
+            }
+        )*
+    };
+}
+
+/// The checks every store must pass.
+macro_rules! all_checks {
+    ($fixture:expr) => {
+        conformance!($fixture;
+            empty_store,
+            round_trips_every_field,
+            scopes_sorted_and_deduplicated,
+            apply_is_atomic,
+            duplicate_insert_conflicts,
+            stale_cas_conflicts,
+            audit_log_order_and_filter,
+            racing_cas_has_one_winner,
+            keyring_round,
+        );
+    };
+}
+
+/// One in-memory store; every handle is the same store.
+struct MemoryFixture(Arc<MemoryKeyStore>);
+
+impl Fixture for MemoryFixture {
+    fn open(&self) -> Arc<dyn KeyStore> {
+        self.0.clone()
+    }
+}
+
+mod memory {
+    use super::*;
+    all_checks!(MemoryFixture(Arc::new(MemoryKeyStore::new())));
+}
+
+#[cfg(feature = "file-store")]
+mod file {
+    use super::*;
+    use leakless::store::FileKeyStore;
+
+    /// A JSON file in a temporary folder; each handle opens the same path.
+    struct FileFixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl FileFixture {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+    }
+
+    impl Fixture for FileFixture {
+        fn open(&self) -> Arc<dyn KeyStore> {
+            Arc::new(FileKeyStore::open(self.dir.path().join("keys.json")).unwrap())
+        }
+    }
+
+    all_checks!(FileFixture::new());
+
+    /// A record edited outside leakless (a state name it never writes) is a corrupt-store
+    /// error naming the store, the record and the field, not an invalid argument.
+    #[test]
+    fn a_record_with_an_unknown_state_is_corrupt() {
+        let f = FileFixture::new();
+        let path = f.dir.path().join("keys.json");
+        ring_with_scope(f.open());
+        // The positive control: the store opens before the edit.
+        FileKeyStore::open(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited = text.replacen("\"active\"", "\"bogus\"", 1);
+        assert_ne!(edited, text);
+        std::fs::write(&path, edited).unwrap();
+        match FileKeyStore::open(&path) {
+            Err(leakless::Error::KeyStoreCorrupt {
+                store: "file",
+                record,
+                field: "state",
+                problem,
+            }) => {
+                assert!(record.starts_with("key record "), "{record}");
+                assert!(problem.contains("\"bogus\""), "{problem}");
+            }
+            other => panic!("expected KeyStoreCorrupt, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// Creates scope `patients` on `store` through a key ring (with its integrity key).
+#[cfg(any(feature = "file-store", feature = "sqlite"))]
+fn ring_with_scope(store: Arc<dyn KeyStore>) {
+    let ring = leakless::KeyRing::builder(
+        Arc::new(leakless::kms::LocalKms::from_root_key(
+            leakless::secret::RootKey::generate(),
+        )),
+        store,
+    )
+    .build();
+    ring.create_scope(
+        &leakless::KeyScope::new("patients").unwrap(),
+        &leakless::AuditInfo::new("test", "corrupt-row"),
+    )
+    .unwrap();
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use leakless::store::sql::{SqlBackend, SqlKeyStore};
+
+    /// An SQLite file in a temporary folder; each handle is a new connection.
+    struct SqliteFixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl SqliteFixture {
+        fn new() -> Self {
+            let fixture = Self {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            let store = SqlKeyStore::sqlite(fixture.path()).unwrap();
+            store.create_schema().unwrap();
+            // Idempotent.
+            store.create_schema().unwrap();
+            fixture
+        }
+
+        fn path(&self) -> std::path::PathBuf {
+            self.dir.path().join("keys.sqlite")
+        }
+    }
+
+    impl Fixture for SqliteFixture {
+        fn open(&self) -> Arc<dyn KeyStore> {
+            Arc::new(SqlKeyStore::sqlite(self.path()).unwrap())
+        }
+    }
+
+    all_checks!(SqliteFixture::new());
+    conformance!(SqliteFixture::new(); schema_allows_one_active_version);
+
+    #[test]
+    fn connect_url_and_file_mode() {
+        let fixture = SqliteFixture::new();
+        let url = format!("sqlite://{}", fixture.path().display());
+        let store = SqlKeyStore::connect(&url).unwrap();
+        assert_eq!(store.backend(), SqlBackend::Sqlite);
+        assert_eq!(store.name(), "sqlite");
+        assert!(store.scopes().unwrap().is_empty());
+        assert!(format!("{store:?}").contains("backend: \"sqlite\""));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(fixture.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "key store file readable by others: {mode:o}"
+            );
+        }
+    }
+
+    /// A row holding values leakless never writes (and the schema's constraints let through)
+    /// is a corrupt-store error naming the store, the record and the column (once an invalid
+    /// argument, exit 2 in the migrator).
+    #[test]
+    fn rows_with_impossible_values_are_corrupt() {
+        use diesel::{Connection as _, RunQueryDsl as _, SqliteConnection};
+        let scope = leakless::KeyScope::new("patients").unwrap();
+        for (edit, field) in [
+            // (The schema's CHECK constraints refuse an unknown state and half a wrapped key.)
+            ("tag = X'00'", "tag"),
+            ("seq = NULL", "seq, tag"),
+            ("seq = -5", "seq"),
+            ("recheck_secs = -1", "recheck_secs"),
+        ] {
+            let fixture = SqliteFixture::new();
+            ring_with_scope(fixture.open());
+            // The positive control: the record reads before the edit.
+            assert_eq!(fixture.open().list(&scope).unwrap().len(), 1);
+            let mut conn =
+                SqliteConnection::establish(&fixture.path().display().to_string()).unwrap();
+            diesel::sql_query(format!(
+                "UPDATE leakless_kek SET {edit} WHERE scope = 'patients'"
+            ))
+            .execute(&mut conn)
+            .unwrap();
+            match fixture.open().list(&scope) {
+                Err(leakless::Error::KeyStoreCorrupt {
+                    store: "sqlite",
+                    record,
+                    field: f,
+                    ..
+                }) => {
+                    assert_eq!(record, "key record patients v1");
+                    assert_eq!(f, field);
+                }
+                other => panic!("{edit}: expected KeyStoreCorrupt, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_schema_is_a_key_store_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqlKeyStore::sqlite(dir.path().join("empty.sqlite")).unwrap();
+        let err = store
+            .list(&leakless::KeyScope::new("x").unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                leakless::Error::KeyStore {
+                    store: "sqlite",
+                    operation: "list",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_scheme_is_refused_without_the_password() {
+        let err = SqlKeyStore::connect("oracle://scott:tiger-pw@db/x").unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("tiger-pw"), "{text}");
+        assert!(
+            matches!(err, leakless::Error::InvalidInput { .. }),
+            "{err:?}"
+        );
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use crate::support::services::TestDb;
+    use leakless::redact::redact_url;
+    use leakless::store::sql::SqlKeyStore;
+
+    /// A PostgreSQL database of its own; each handle is a new connection.
+    struct PgFixture {
+        db: TestDb,
+    }
+
+    impl PgFixture {
+        fn new() -> Self {
+            let db = TestDb::postgres();
+            let store = SqlKeyStore::postgres(db.url()).unwrap();
+            store.create_schema().unwrap();
+            store.create_schema().unwrap();
+            Self { db }
+        }
+    }
+
+    impl Fixture for PgFixture {
+        fn open(&self) -> Arc<dyn KeyStore> {
+            Arc::new(SqlKeyStore::postgres(self.db.url()).unwrap())
+        }
+    }
+
+    all_checks!(PgFixture::new());
+    conformance!(PgFixture::new(); schema_allows_one_active_version);
+
+    #[test]
+    fn connect_dispatches_and_debug_is_redacted() {
+        let fixture = PgFixture::new();
+        let store = SqlKeyStore::connect(fixture.db.url()).unwrap();
+        assert_eq!(store.name(), "postgres");
+        assert!(store.scopes().unwrap().is_empty());
+        let debug = format!("{store:?}");
+        assert!(debug.contains(&redact_url(fixture.db.url())), "{debug}");
+    }
+
+    #[test]
+    fn bad_password_error_does_not_show_it() {
+        let fixture = PgFixture::new();
+        // Point at a database that does not exist, with a password in the URL.
+        let url = crate::support::services::with_database(fixture.db.url(), "leakless_no_such_db")
+            .replacen("postgres@", "postgres:pg-secret-pw@", 1);
+        let err = SqlKeyStore::postgres(&url).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("pg-secret-pw"), "{text}");
+        assert!(
+            matches!(
+                err,
+                leakless::Error::KeyStore {
+                    store: "postgres",
+                    operation: "connect",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mariadb {
+    use super::*;
+    use crate::support::services::TestDb;
+    use leakless::redact::{MASK, redact_url};
+    use leakless::store::sql::SqlKeyStore;
+
+    /// A MariaDB database of its own; each handle is a new connection.
+    struct MysqlFixture {
+        db: TestDb,
+    }
+
+    impl MysqlFixture {
+        fn new() -> Self {
+            let db = TestDb::mysql();
+            let store = SqlKeyStore::mysql(db.url()).unwrap();
+            store.create_schema().unwrap();
+            store.create_schema().unwrap();
+            Self { db }
+        }
+    }
+
+    impl Fixture for MysqlFixture {
+        fn open(&self) -> Arc<dyn KeyStore> {
+            Arc::new(SqlKeyStore::mysql(self.db.url()).unwrap())
+        }
+    }
+
+    all_checks!(MysqlFixture::new());
+    conformance!(MysqlFixture::new(); schema_allows_one_active_version);
+
+    #[test]
+    fn debug_and_errors_hide_the_password() {
+        let fixture = MysqlFixture::new();
+        let store = SqlKeyStore::connect(fixture.db.url()).unwrap();
+        assert_eq!(store.name(), "mysql");
+        let debug = format!("{store:?}");
+        assert!(debug.contains(&redact_url(fixture.db.url())), "{debug}");
+        // The throwaway server's URL carries a password; Debug must not.
+        if let Some(password) = password_of(fixture.db.url()) {
+            assert!(!debug.contains(password), "Debug shows the password");
+            assert!(debug.contains(MASK), "{debug}");
+        }
+
+        // A wrong password is refused without echoing it.
+        let url = fixture.db.url().to_owned();
+        let wrong = match password_of(&url) {
+            Some(p) => url.replacen(&format!(":{p}@"), ":my-wrong-secret-pw@", 1),
+            None => url.replacen("://root@", "://root:my-wrong-secret-pw@", 1),
+        };
+        let err = SqlKeyStore::mysql(&wrong).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("my-wrong-secret-pw"), "{text}");
+        assert!(
+            matches!(
+                err,
+                leakless::Error::KeyStore {
+                    store: "mysql",
+                    operation: "connect",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    fn password_of(url: &str) -> Option<&str> {
+        let rest = url.split_once("://")?.1;
+        let userinfo = rest.rsplit_once('@')?.0;
+        userinfo
+            .split_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.is_empty())
+    }
+
+    #[test]
+    fn scopes_are_case_sensitive() {
+        let fixture = MysqlFixture::new();
+        let ring = leakless::KeyRing::builder(
+            Arc::new(leakless::kms::LocalKms::from_root_key(
+                leakless::secret::RootKey::generate(),
+            )),
+            fixture.open(),
+        )
+        .build();
+        let who = leakless::AuditInfo::new("t", "case");
+        for name in ["Tenant", "tenant", "TENANT"] {
+            ring.create_scope(&leakless::KeyScope::new(name).unwrap(), &who)
+                .unwrap();
+        }
+        let names: Vec<String> = ring
+            .store()
+            .scopes()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, ["TENANT", "Tenant", "leakless:integrity", "tenant"]);
+    }
+}
