@@ -6,11 +6,19 @@
 //! * **baseline**: PostgreSQL rewrites the same column of the same table in one statement
 //!   (`UPDATE t SET email = email || ''::bytea`), the floor for touching every row;
 //! * **rewrap**: `keys rotate`, then the release `leakless-migrate rewrap` as a child process,
-//!   whose peak RSS (`VmHWM` from `/proc/PID/status`, sampled every 20 ms) and KMS calls (its
-//!   `--json` summary) are recorded.
+//!   whose peak RSS (`VmHWM` from `/proc/PID/status`, sampled every 20 ms), CPU time
+//!   (`/proc/PID/stat`) and KMS calls (its `--json` summary) are recorded.
 //!
-//! Prints a table of medians. Needs `LEAKLESS_PG_URL` (an admin URL; a database is created
-//! and dropped). Run: `cargo bench -p leakless-migrator --bench rewrap`.
+//! The seeding `adopt` (4 workers, batches of `LEAKLESS_BENCH_BATCH`) is timed too: the adopt
+//! throughput (seal a plaintext column into the sealed one, then the verification pass that
+//! opens every row again). After the first rotation, in this process, the CPU cost of the data
+//! check `rewrap` makes on each moved row (`KeyRing::rewrap_verified` against the DEK-only
+//! `KeyRing::rewrap_in_scope`) is measured on 20,000 of the rows.
+//!
+//! Prints a table of medians with the per-run ratios. Needs `LEAKLESS_PG_URL` (an admin URL; a
+//! database is created and dropped). `LEAKLESS_BENCH_MIGRATOR=PATH` measures another build of
+//! the migrator (an older commit's, for a before/after under the same load). Run:
+//! `cargo bench -p leakless-migrator --bench rewrap`.
 
 #![allow(
     clippy::print_stdout,
@@ -175,7 +183,12 @@ fn main() {
     let runs = env_num("LEAKLESS_BENCH_RUNS", 3).max(1);
     let workers = env_num("LEAKLESS_BENCH_WORKERS", 4).to_string();
     let batch = env_num("LEAKLESS_BENCH_BATCH", 5000).to_string();
-    let bin = env!("CARGO_BIN_EXE_leakless-migrate");
+    // Another build of the migrator can be measured against the same baseline (e.g. an older
+    // commit's binary, for a before/after on the same machine and load).
+    let bin_override = std::env::var("LEAKLESS_BENCH_MIGRATOR").ok();
+    let bin = bin_override
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_leakless-migrate"));
     let name = format!("leakless_bench_{:08x}", rand::random::<u32>());
     let mut admin_db = DbUrl::parse(&admin).unwrap().connect().unwrap();
     admin_db.batch(&format!("CREATE DATABASE {name}")).unwrap();
@@ -280,7 +293,12 @@ fn main() {
         .batch(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .unwrap();
 
-    let (b, r) = (median(base), median(rew));
+    let ratios: Vec<String> = base
+        .iter()
+        .zip(&rew)
+        .map(|(b, r)| format!("{:.2}", b / r))
+        .collect();
+    let (b, r) = (median(base.clone()), median(rew.clone()));
     let rows_f = rows as f64;
     println!(
         "\nleakless-migrate rewrap on PostgreSQL, {rows} rows, {runs} runs, medians, workers {workers}, batch {batch}"
@@ -303,8 +321,9 @@ fn main() {
         adopt_kb as f64 / 1024.0
     );
     println!(
-        "\nrewrap / baseline throughput: {:.2}x (target >= 0.7x)",
-        b / r
+        "\nrewrap / baseline throughput: {:.2}x (target >= 0.7x); per run: {}",
+        b / r,
+        ratios.join(", ")
     );
     let (dek_only, verified) = check;
     println!(
