@@ -10,7 +10,7 @@ use std::fmt;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Binary, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 use leakless::manifest::RowIdKind;
 use leakless::redact::{redact_url, scrub};
@@ -626,8 +626,15 @@ impl Db {
     }
 
     /// PostgreSQL bulk compare-and-swap: sets `col` to the new value for every `(id, old,
-    /// new)` whose row still holds `old` (or is still NULL when `old` is `None`), in one
-    /// statement over `unnest` arrays. Returns the ids that lost the race (not updated).
+    /// new)` whose row still holds `old` (or is still NULL when `old` is `None`). Returns the
+    /// ids that lost the race (not updated).
+    ///
+    /// The writes go in with one `COPY ... FROM STDIN (FORMAT binary)` into a temporary table
+    /// of this session (`pg_temp.leakless_migrate_cas`, emptied at every commit), then one
+    /// `UPDATE ... FROM` that joins it on each row's `ctid` (a TID scan, no index look-up) and
+    /// checks the id and the old value, so a row changed since it was read is left alone. The
+    /// COPY stream is parsed by the server as it arrives; no statement parameter holds the
+    /// batch's values.
     ///
     /// The statement returns only a row count, not the updated ids: when every row was
     /// updated (the common case) nothing else is sent back or decoded. Only when the count
@@ -649,55 +656,150 @@ impl Db {
         let Conn::Pg(c) = &mut self.conn else {
             return Err(Failure::new(
                 Kind::Usage,
-                "the unnest bulk path is PostgreSQL only",
+                "the COPY bulk path is PostgreSQL only",
                 "use Db::exec per row on other backends",
             ));
         };
+        let target = &self.target;
+        let fail = |what: &str, e: &diesel::result::Error| db_failure(what, e, target);
+        // Created once per session (a no-op afterwards, also after a rolled-back batch took
+        // its creation with it); emptied here in case an earlier page of the same transaction
+        // used it, and by every commit.
+        c.batch_execute(CAS_TABLE_DDL)
+            .map_err(|e| fail("bulk update (temporary table)", &e))?;
+        let copied = diesel::copy_from(cas_table::leakless_migrate_cas::table)
+            .from_raw_data(cas_table::leakless_migrate_cas::table, |w| {
+                write_copy_binary(w, rows)
+                    .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+            })
+            .with_format(diesel::pg::CopyFormat::Binary)
+            .execute(c)
+            .map_err(|e| fail("bulk update (COPY)", &e))?;
+        if copied != rows.len() {
+            return Err(Failure::new(
+                Kind::Database,
+                format!(
+                    "database: bulk update (COPY) took {copied} of {} rows",
+                    rows.len()
+                ),
+                "rerun; finished batches are checkpointed",
+            ));
+        }
         let (t, i, v) = (
             format!("\"{table}\""),
             format!("\"{id_col}\""),
             format!("\"{col}\""),
         );
-        let by_tid = rows.iter().all(|r| r.tid.is_some());
+        let by_tid = rows
+            .iter()
+            .all(|r| r.tid.as_deref().and_then(tid_binary).is_some());
         let tid_cond = if by_tid {
-            format!("{t}.ctid = CAST(u.tid AS tid) AND ")
+            format!("{t}.ctid = u.tid AND ")
         } else {
             String::new()
         };
         let guard_cond =
             guard_col.map_or_else(String::new, |g| format!(" AND {t}.\"{g}\" = u.guard"));
         let sql = format!(
-            "UPDATE {t} SET {v} = u.new \
-             FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::bytea[]) \
-             AS u(id, old, new, tid, guard) \
+            "UPDATE {t} SET {v} = u.new FROM pg_temp.leakless_migrate_cas u \
              WHERE {tid_cond}{t}.{i} = {id_expr} \
              AND ({t}.{v} = u.old OR ({t}.{v} IS NULL AND u.old IS NULL)){guard_cond}"
         );
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let olds: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.old.clone()).collect();
-        let news: Vec<Vec<u8>> = rows.iter().map(|r| r.new.clone()).collect();
-        let tids: Vec<Option<String>> = rows.iter().map(|r| r.tid.clone()).collect();
-        let guards: Vec<Option<Vec<u8>>> = rows.iter().map(|r| r.guard.clone()).collect();
         let updated = diesel::sql_query(sql)
-            .bind::<Array<Text>, _>(&ids)
-            .bind::<Array<Nullable<Binary>>, _>(olds)
-            .bind::<Array<Binary>, _>(&news)
-            .bind::<Array<Nullable<Text>>, _>(tids)
-            .bind::<Array<Nullable<Binary>>, _>(guards)
             .execute(c)
-            .map_err(|e| db_failure("bulk update", &e, &self.target))?;
+            .map_err(|e| fail("bulk update", &e))?;
         if updated == rows.len() {
             return Ok(Vec::new());
         }
         let lost = format!(
-            "SELECT u.id AS id FROM unnest($1::text[], $2::bytea[]) AS u(id, new) \
+            "SELECT u.id AS id FROM pg_temp.leakless_migrate_cas u \
              WHERE NOT EXISTS (SELECT 1 FROM {t} WHERE {t}.{i} = {id_expr} AND {t}.{v} = u.new)"
         );
         diesel::sql_query(lost)
-            .bind::<Array<Text>, _>(&ids)
-            .bind::<Array<Binary>, _>(&news)
             .load::<OneText>(c)
             .map(|v| v.into_iter().map(|r| r.id).collect())
-            .map_err(|e| db_failure("bulk update (lost rows)", &e, &self.target))
+            .map_err(|e| fail("bulk update (lost rows)", &e))
+    }
+}
+
+/// The session's temporary table the PostgreSQL bulk compare-and-swap copies its writes into
+/// (see [`Db::pg_bulk_cas`]): created if missing, emptied.
+const CAS_TABLE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS leakless_migrate_cas (id text NOT NULL, \
+     old bytea, new bytea NOT NULL, tid tid, guard bytea) ON COMMIT DELETE ROWS; \
+     DELETE FROM pg_temp.leakless_migrate_cas";
+
+mod cas_table {
+    diesel::table! {
+        // The column types only name the columns for `COPY`; the data is written raw.
+        pg_temp.leakless_migrate_cas (id) {
+            id -> Text,
+            old -> Nullable<Binary>,
+            new -> Binary,
+            tid -> Nullable<Binary>,
+            guard -> Nullable<Binary>,
+        }
+    }
+}
+
+/// A PostgreSQL `tid` in its binary form (block number, then offset, big-endian) from its
+/// text form `(block,offset)`.
+fn tid_binary(text: &str) -> Option<[u8; 6]> {
+    let (block, offset) = text.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    let block: u32 = block.parse().ok()?;
+    let offset: u16 = offset.parse().ok()?;
+    let mut out = [0u8; 6];
+    let (b, o) = out.split_at_mut(4);
+    b.copy_from_slice(&block.to_be_bytes());
+    o.copy_from_slice(&offset.to_be_bytes());
+    Some(out)
+}
+
+/// Writes `rows` as a binary `COPY` stream of `(id, old, new, tid, guard)`, buffered.
+fn write_copy_binary(w: &mut dyn std::io::Write, rows: &[CasWrite]) -> std::io::Result<()> {
+    use std::io::Write as _;
+
+    fn field(w: &mut impl std::io::Write, v: Option<&[u8]>) -> std::io::Result<()> {
+        match v {
+            None => w.write_all(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                let len = i32::try_from(v.len()).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "value over 2 GiB")
+                })?;
+                w.write_all(&len.to_be_bytes())?;
+                w.write_all(v)
+            }
+        }
+    }
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, w);
+    w.write_all(b"PGCOPY\n\xff\r\n\0")?;
+    w.write_all(&0i32.to_be_bytes())?; // flags
+    w.write_all(&0i32.to_be_bytes())?; // header extension length
+    for r in rows {
+        w.write_all(&5i16.to_be_bytes())?;
+        field(&mut w, Some(r.id.as_bytes()))?;
+        field(&mut w, r.old.as_deref())?;
+        field(&mut w, Some(&r.new))?;
+        let tid = r.tid.as_deref().and_then(tid_binary);
+        field(&mut w, tid.as_ref().map(|t| &t[..]))?;
+        field(&mut w, r.guard.as_deref())?;
+    }
+    w.write_all(&(-1i16).to_be_bytes())?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tid_binary;
+
+    #[test]
+    fn tid_text_to_binary() {
+        assert_eq!(tid_binary("(0,1)"), Some([0, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            tid_binary("(4294967295,65535)"),
+            Some([255, 255, 255, 255, 255, 255])
+        );
+        assert_eq!(tid_binary("(258,3)"), Some([0, 0, 1, 2, 0, 3]));
+        assert_eq!(tid_binary("1,2"), None);
+        assert_eq!(tid_binary("(1,70000)"), None);
     }
 }

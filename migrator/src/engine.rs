@@ -12,7 +12,8 @@
 //!    (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MariaDB, so workers in several processes
 //!    and machines never take the same chunk), reads its rows, computes the new values,
 //!    writes them with compare-and-swap on the old value (`... WHERE id = ? AND col = old`;
-//!    one `UPDATE ... FROM unnest(...)` per page on PostgreSQL), marks the chunk done with its
+//!    on PostgreSQL one binary `COPY` of the page's writes into a temporary table and one
+//!    `UPDATE ... FROM` it per page, see [`Db::pg_bulk_cas`]), marks the chunk done with its
 //!    counts, and commits. The rows and the checkpoint commit together or not at all, so a
 //!    `kill -9` or a server crash at any point loses nothing and redoes nothing.
 //! 3. **Online**: a row the application changed between the read and the write fails the
@@ -42,7 +43,8 @@ pub const RETRIES: usize = 5;
 /// What a job does to each row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Move the DEK onto the active KEK version; data ciphertext untouched.
+    /// Move the DEK onto the active KEK version; the data ciphertext is checked to open
+    /// (decrypted and discarded) and kept as it is.
     Rewrap,
     /// Open and seal again: new DEK, new data ciphertext.
     Reencrypt,
@@ -676,14 +678,15 @@ impl Work {
             },
             (_, None) => Outcome::Keep,
             (Mode::Reindex, Some(env)) => self.reindex_outcome(row, &ctx, expected.as_ref(), env),
-            (Mode::Rewrap, Some(env)) => match expected.map_or_else(
-                || self.ring.rewrap(&ctx, env),
-                |scope| self.ring.rewrap_in_scope(&scope, &ctx, env),
-            ) {
-                Ok(Some(v)) => Outcome::Write(v),
-                Ok(None) => Outcome::Keep,
-                Err(e) => row_error(e),
-            },
+            // The data part is authenticated too: a row whose DEK unwraps but whose data does
+            // not open fails (cause `data`) and keeps its value.
+            (Mode::Rewrap, Some(env)) => {
+                match self.ring.rewrap_verified(expected.as_ref(), &ctx, env) {
+                    Ok(Some(v)) => Outcome::Write(v),
+                    Ok(None) => Outcome::Keep,
+                    Err(e) => row_error(e),
+                }
+            }
             (Mode::Reencrypt, Some(env)) => {
                 let Some((scope, _)) = crate::scan::header(env) else {
                     return Outcome::Fail("not a leakless envelope".into(), FailureCause::Data);

@@ -129,7 +129,7 @@ fn pg_ctl_stop_immediate_mid_batch_then_resume() {
         let n: Vec<leakless_migrator::db::OneInt> = watcher
             .load(
                 "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE 'UPDATE%unnest%'",
+                 AND query LIKE 'UPDATE%leakless_migrate_cas%'",
                 &[],
             )
             .unwrap();

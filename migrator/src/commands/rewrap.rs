@@ -1,5 +1,8 @@
 //! `rewrap`: move every DEK onto the active KEK version of its scope, leaving the data
-//! ciphertext untouched. Online, batched, resumable (see [`crate::engine`]).
+//! ciphertext untouched. Each moved row's data is first checked to open (decrypted with the
+//! unwrapped DEK and discarded), so a row whose data is corrupt or tampered with is reported as
+//! a failed row (cause `data`) and keeps its value instead of being re-wrapped as if sound.
+//! Online, batched, resumable (see [`crate::engine`]).
 
 use crate::commands::jobs::{ColumnJobArgs, run_column_job};
 use crate::engine::Mode;

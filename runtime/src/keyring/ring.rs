@@ -318,7 +318,7 @@ impl KeyRing {
         ctx: &FieldContext<'_>,
         envelope_bytes: &[u8],
     ) -> Result<Option<Vec<u8>>, Error> {
-        self.rewrap_checked(None, ctx, envelope_bytes)
+        self.rewrap_checked(None, ctx, envelope_bytes, false)
     }
 
     /// As [`Self::rewrap`], refusing the envelope with [`Error::WrongKeyScope`] unless its
@@ -332,7 +332,30 @@ impl KeyRing {
         ctx: &FieldContext<'_>,
         envelope_bytes: &[u8],
     ) -> Result<Option<Vec<u8>>, Error> {
-        self.rewrap_checked(Some(scope), ctx, envelope_bytes)
+        self.rewrap_checked(Some(scope), ctx, envelope_bytes, false)
+    }
+
+    /// As [`Self::rewrap`] (or [`Self::rewrap_in_scope`] when `scope` is given), and before
+    /// re-wrapping, authenticates the data ciphertext too: the envelope is opened with the old
+    /// KEK version and the plaintext (a zeroizing buffer) dropped at once. An envelope whose
+    /// DEK unwraps but whose data part is corrupt or tampered with then fails with
+    /// [`Error::DecryptionFailed`] (or [`Error::Malformed`] for a missing padding marker)
+    /// instead of being re-wrapped as if it were sound. An envelope already on the active
+    /// version is not opened (`Ok(None)`, as in [`Self::rewrap`]).
+    ///
+    /// This costs one data decryption and a second DEK unwrap per moved envelope on top of
+    /// [`Self::rewrap`]; `leakless-migrate rewrap` uses it.
+    ///
+    /// # Errors
+    /// As [`Self::rewrap_in_scope`] (or [`Self::rewrap`]), plus the errors of [`Self::open`]
+    /// for the data part.
+    pub fn rewrap_verified(
+        &self,
+        scope: Option<&KeyScope>,
+        ctx: &FieldContext<'_>,
+        envelope_bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        self.rewrap_checked(scope, ctx, envelope_bytes, true)
     }
 
     fn rewrap_checked(
@@ -340,8 +363,9 @@ impl KeyRing {
         expected: Option<&KeyScope>,
         ctx: &FieldContext<'_>,
         envelope_bytes: &[u8],
+        verify_data: bool,
     ) -> Result<Option<Vec<u8>>, Error> {
-        let (parsed, _) = parse_for(expected, ctx, envelope_bytes)?;
+        let (parsed, context) = parse_for(expected, ctx, envelope_bytes)?;
         let scope = KeyScope::new(parsed.scope)?;
         let active = self.active_kek(&scope)?;
         if active.version == parsed.kek_version {
@@ -350,6 +374,10 @@ impl KeyRing {
         let old = self
             .kek_for_open(parsed.scope, parsed.kek_version, "rewrap")
             .map_err(|e| e.in_field(ctx.location()))?;
+        if verify_data {
+            // The plaintext is a zeroizing buffer, wiped as it drops here.
+            drop(envelope::open(&old.keys, &parsed, ctx, context)?);
+        }
         envelope::rewrap(
             &old.keys,
             &active.keys,
