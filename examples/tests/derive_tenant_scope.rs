@@ -191,7 +191,7 @@ pub struct Member {
 /// Per-tenant index keys: the same e-mail in two clinics has unrelated tokens (no linking
 /// across tenants), a clinic's look-up finds only its own row, and once the clinic's index key
 /// is destroyed its tokens cannot be recomputed, so they confirm no guess. (With one shared
-/// index key equal values have equal tokens: `runtime/tests/blind_index.rs`.)
+/// index key equal values have equal tokens: `runtime/tests/suite/blind_index.rs`.)
 #[test]
 fn per_tenant_index_keys_do_not_link_tenants_and_die_with_the_shred() {
     let ring = ring();
