@@ -31,6 +31,7 @@ mod cli;
 mod keep_name;
 mod kms_backends;
 mod online;
+mod rewrap_data_check;
 mod shamir_cli;
 mod shred;
 mod tamper_cli;

@@ -1,28 +1,15 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! `rewrap` authenticates each row's data ciphertext before moving its DEK: a row whose DEK
 //! unwraps but whose data does not open is reported as a failed row of cause `data` (exit 1,
 //! named, with the "restore from a backup" help and never `keys reinstate`), keeps its value,
-//! and the other rows move. On PostgreSQL (the bulk compare-and-swap path) and SQLite (the
-//! per-row path).
-
-mod support;
+//! and the other rows move. On SQLite, PostgreSQL (the bulk compare-and-swap path) and
+//! MariaDB.
 
 use leakless::{FieldContext, RowId};
-use support::{Backend, Fixture, stderr, stdout};
+
+use crate::support::{self, Backend, Fixture, code, stderr, stdout};
 
 const BAD: i64 = 7;
 const ROWS: i64 = 20;
-
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
 
 fn rewrap_reports_a_row_whose_data_fails_to_open(backend: Backend) {
     let f = Fixture::new(backend);
@@ -111,12 +98,6 @@ fn rewrap_reports_a_row_whose_data_fails_to_open(backend: Backend) {
     assert_eq!(stored(BAD), bad, "the corrupt row is still unchanged");
 }
 
-#[test]
-fn postgres_rewrap_reports_a_row_whose_data_fails_to_open() {
-    rewrap_reports_a_row_whose_data_fails_to_open(Backend::Postgres);
-}
-
-#[test]
-fn sqlite_rewrap_reports_a_row_whose_data_fails_to_open() {
-    rewrap_reports_a_row_whose_data_fails_to_open(Backend::Sqlite);
+backend_tests! {
+    rewrap_reports_a_row_whose_data_fails_to_open => [sqlite, postgres, mariadb],
 }
