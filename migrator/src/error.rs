@@ -189,7 +189,6 @@ impl From<leakless::Error> for Failure {
                 "finish the column's adoption step named (docs/adoption.md) before a build \
                  that reads only the sealed column",
             ),
-            E::Shamir(e) => Failure::from(e),
             E::SealFailed { .. } => Failure::new(
                 Kind::Refused,
                 what,

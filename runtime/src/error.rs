@@ -16,12 +16,12 @@
 //! # Per-module errors
 //!
 //! As rustls keeps its `CertificateError` beside its `Error`, four modules have an error of
-//! their own, for callers that use the module on its own. Each has one documented way into
-//! [`Error`]:
+//! their own, for callers that use the module on its own. Each says whether and how it becomes
+//! an [`Error`]:
 //!
 //! | error | returned by | into [`Error`] |
 //! |---|---|---|
-//! | [`ShamirError`](crate::kms::shamir::ShamirError) | [`kms::shamir`](crate::kms::shamir) (split, combine, share files) | `From`, as [`Error::Shamir`] |
+//! | [`ShamirError`](crate::kms::shamir::ShamirError) | [`kms::shamir`](crate::kms::shamir) (split, combine, share files) | none: the ceremony functions return it and no key-ring operation does (the error floor does not import the KMS floor, `runtime/tests/suite/layering.rs`); `leakless-migrate` maps it to its exit codes itself |
 //! | [`ParseError`](crate::envelope::ParseError) | [`envelope::inspect`](crate::envelope::inspect), which knows no field | [`ParseError::at`](crate::envelope::ParseError::at) adds the field: [`Error::NotAnEnvelope`], [`Error::UnknownFormatVersion`], [`Error::UnknownAlgorithm`], [`Error::Truncated`], [`Error::Malformed`] |
 //! | [`AeadFailure`](crate::aead::AeadFailure) | the raw AEAD calls of [`aead`](crate::aead) | the key ring turns it into [`Error::DecryptionFailed`] (opening) or [`Error::SealFailed`] (sealing), naming the field and nothing more |
 //! | [`retry::Failure`](crate::kms::retry::Failure) | not returned: a KMS backend reports one failed attempt to [`RetryPolicy::run`](crate::kms::RetryPolicy::run) | the policy returns [`Error::Kms`] (a permanent failure) or [`Error::KmsUnavailable`] (retries used up) |
@@ -310,12 +310,6 @@ pub enum Error {
         /// Key scope.
         scope: KeyScope,
     },
-
-    /// A split or a set of root-key shares failed ([`crate::kms::shamir`]); the inner error
-    /// names the share by its origin, never its value.
-    #[cfg(feature = "shamir")]
-    #[error(transparent)]
-    Shamir(#[from] crate::kms::shamir::ShamirError),
 
     /// An invariant inside leakless broke: a bug, not a mistake in the caller's input or data.
     /// Nothing was written. Report it with the message (it holds no value or key material).

@@ -77,8 +77,9 @@ const SET_ID_LEN: usize = 16;
 /// The label prefix of share data objects on PKCS#11 tokens.
 pub const TOKEN_LABEL_PREFIX: &str = "leakless-share:";
 
-/// What went wrong with a split or a set of shares: this module's own error, which converts
-/// into the crate's [`Error`](crate::Error) with `From` (as [`Error::Shamir`](crate::Error::Shamir)).
+/// What went wrong with a split or a set of shares: this module's own error, returned by the
+/// ceremony functions (split, combine, share files) and by no key-ring operation, so it has no
+/// conversion into the crate's [`Error`](crate::Error).
 /// No variant carries share values or key bytes; shares are named by their origin (a file
 /// path, a token label, or `share #i`).
 #[derive(Debug, thiserror::Error)]

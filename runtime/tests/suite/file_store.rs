@@ -54,6 +54,9 @@ fn refused(path: &Path) -> String {
             detail,
             ..
         }) => detail,
+        // A record the store never writes (a grace state without its deadline) is corrupt
+        // rather than inconsistent; the message names the record and the field.
+        Err(e @ Error::KeyStoreCorrupt { store: "file", .. }) => e.to_string(),
         Err(other) => panic!("expected a key-store error, got {other}"),
         Ok(_) => panic!("a broken store file was accepted"),
     }
