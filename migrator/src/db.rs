@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 use leakless::manifest::RowIdKind;
 use leakless::redact::{redact_url, scrub};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Failure, Kind};
 
@@ -331,6 +331,14 @@ pub struct IdTwo {
     /// NULL elsewhere.
     #[diesel(sql_type = Nullable<Text>)]
     pub tenant: Option<String>,
+}
+
+/// The values may be legacy plaintext (`adopt`, `verify`): wiped when the row is dropped.
+impl Drop for IdTwo {
+    fn drop(&mut self) {
+        self.a.zeroize();
+        self.b.zeroize();
+    }
 }
 
 impl fmt::Debug for IdTwo {

@@ -817,18 +817,18 @@ impl Work {
     }
 
     /// The compare-and-swap write of `new` into the row read as `row`.
-    fn cas_write(&self, row: IdTwo, new: Vec<u8>) -> CasWrite {
+    fn cas_write(&self, mut row: IdTwo, new: Vec<u8>) -> CasWrite {
         let (old, guard) = if self.index.is_some() {
-            (row.b, row.a)
+            (row.b.take(), row.a.take())
         } else {
-            (row.a, None)
+            (row.a.take(), None)
         };
         CasWrite {
-            id: row.id,
+            id: std::mem::take(&mut row.id),
             old,
             new,
             guard,
-            tid: row.tid,
+            tid: row.tid.take(),
         }
     }
 

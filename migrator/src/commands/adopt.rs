@@ -23,6 +23,7 @@ use crate::engine::{FailureCause, Mode, RowFailure, is_key_wide};
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
+use zeroize::Zeroize;
 
 /// Options of `adopt`.
 #[derive(Debug, clap::Args)]
@@ -96,8 +97,28 @@ fn same_plaintext(encoding: PlaintextEncoding, opened: &[u8], legacy: &[u8]) -> 
         serde_json::from_slice::<serde_json::Value>(opened),
         serde_json::from_slice::<serde_json::Value>(legacy),
     ) {
-        (Ok(a), Ok(b)) => json_equal(&a, &b),
-        _ => false,
+        (Ok(mut a), Ok(mut b)) => {
+            let same = json_equal(&a, &b);
+            wipe_json(&mut a);
+            wipe_json(&mut b);
+            same
+        }
+        (a, b) => {
+            a.into_iter().chain(b).for_each(|mut v| wipe_json(&mut v));
+            false
+        }
+    }
+}
+
+/// Wipes the strings of a parsed value (they are plaintext) before it is dropped. Object keys
+/// are field names, not values.
+fn wipe_json(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        Value::Object(map) => map.values_mut().for_each(wipe_json),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
