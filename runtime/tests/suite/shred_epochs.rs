@@ -23,6 +23,8 @@ use leakless::secret::Kek;
 use leakless::store::FileKeyStore;
 use leakless::{AuditInfo, Error, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope, RowId};
 
+use crate::support::peers::binding;
+
 const ROWS: i64 = 6;
 
 fn who() -> AuditInfo {
@@ -283,27 +285,110 @@ fn prove_shred(
     }
 }
 
-/// What every epoch backend must do once the retiring epoch is destroyed: a second destroy
-/// finds it gone; an instance opened before the change (`stale`, never rebuilt) refuses the
-/// record still on the destroyed epoch with a typed error and opens the moved one; and
-/// `destroy_epoch` refuses each epoch of `others` (another key's, another kind) as invalid.
-/// `records` are `kek`'s record on the retiring epoch and its moved copy, under `binding`.
+/// [`prove_shred`] for a backend whose attacker is refused, with a probe: a KEK the app's
+/// backend wraps directly on the first epoch before the shred, which that backend itself
+/// refuses afterwards with a typed error (the old root key is gone from the backend, not only
+/// from the key store's records).
+fn prove_refused_shred(
+    dir: &Path,
+    app: Arc<dyn Kms>,
+    epochs: &dyn RootEpochs,
+    fresh: &dyn Fn() -> Arc<dyn Kms>,
+) -> Outcome {
+    let scope = KeyScope::new("probe").unwrap();
+    let binding = binding(&scope, 1);
+    let probe = app.wrap_kek(&Kek::generate(), &binding).unwrap();
+    let out = prove_shred(dir, app.clone(), epochs, fresh, Attacker::Refused);
+    let err = app.unwrap_kek(&probe, &binding).unwrap_err();
+    assert!(matches!(err, Error::Kms { .. }), "{err:?}");
+    out
+}
+
+/// A KEK on the first epoch and its copy moved to the next, as [`begin_epoch_change`] leaves
+/// them.
+struct EpochMove {
+    first: RootEpoch,
+    next: RootEpoch,
+    kek: Kek,
+    on_first: WrappedKek,
+    moved: WrappedKek,
+}
+
+/// Begins an epoch change on `kms`, whose only epoch is current (destroying it is refused),
+/// and moves a new KEK of `binding` to the next epoch. Checks that the next epoch differs from
+/// the first, that the change tells the two records apart, that beginning again resumes onto
+/// the same next epoch instead of making another, and that the next epoch, now current,
+/// cannot be destroyed. `begun` runs right after the change begins.
+fn begin_epoch_change<K: Kms + RootEpochs>(
+    kms: &K,
+    binding: &KekBinding<'_>,
+    begun: &dyn Fn(),
+) -> EpochMove {
+    let first = kms.current_epoch().unwrap();
+    assert!(matches!(
+        kms.destroy_epoch(&first),
+        Err(Error::InvalidInput { .. })
+    ));
+    let kek = Kek::generate();
+    let on_first = kms.wrap_kek(&kek, binding).unwrap();
+
+    let change = kms.begin_next_epoch().unwrap();
+    begun();
+    let next = change.next().clone();
+    assert_eq!(change.retiring(), &first);
+    assert_ne!(next, first);
+    assert!(change.still_on_retiring(&on_first));
+    let moved = change.mover().rewrap(&on_first, binding).unwrap();
+    assert!(!change.still_on_retiring(&moved));
+    assert_eq!(moved.root_key_id, next.root_key_id);
+    drop(change);
+    let again = kms.begin_next_epoch().unwrap();
+    assert_eq!(again.next(), &next);
+    assert_eq!(again.retiring(), &first);
+    drop(again);
+    assert!(matches!(
+        kms.destroy_epoch(&next),
+        Err(Error::InvalidInput { .. })
+    ));
+    EpochMove {
+        first,
+        next,
+        kek,
+        on_first,
+        moved,
+    }
+}
+
+/// During the move, `kms` (an instance opened before the change, or while it runs) opens the
+/// KEK on either epoch, and its new wraps already go to the next epoch.
+fn follows_the_change(kms: &dyn Kms, m: &EpochMove, binding: &KekBinding<'_>) {
+    for w in [&m.on_first, &m.moved] {
+        let back = kms.unwrap_kek(w, binding).unwrap();
+        assert_eq!(back.expose_secret(), m.kek.expose_secret());
+    }
+    let fresh_wrap = kms.wrap_kek(&Kek::generate(), binding).unwrap();
+    assert_eq!(fresh_wrap.root_key_id, m.next.root_key_id);
+}
+
+/// What every epoch backend must do once the first epoch of `m` is destroyed: a second
+/// destroy finds it gone; an instance opened before the change (`stale`, never rebuilt)
+/// refuses the record still on the destroyed epoch with a typed error and opens the moved one;
+/// and `destroy_epoch` refuses each epoch of `others` (another key's, another kind) as invalid.
 fn after_epoch_destroy(
     epochs: &dyn RootEpochs,
-    retiring: &RootEpoch,
     stale: &dyn Kms,
-    (on_retiring, moved): (&WrappedKek, &WrappedKek),
-    (binding, kek): (&KekBinding<'_>, &Kek),
+    m: &EpochMove,
+    binding: &KekBinding<'_>,
     others: &[RootEpoch],
 ) {
     assert_eq!(
-        epochs.destroy_epoch(retiring).unwrap().status,
+        epochs.destroy_epoch(&m.first).unwrap().status,
         Destruction::AlreadyGone
     );
-    let err = stale.unwrap_kek(on_retiring, binding).unwrap_err();
+    let err = stale.unwrap_kek(&m.on_first, binding).unwrap_err();
     assert!(matches!(err, Error::Kms { .. }), "{err:?}");
-    let back = stale.unwrap_kek(moved, binding).unwrap();
-    assert_eq!(back.expose_secret(), kek.expose_secret());
+    let back = stale.unwrap_kek(&m.moved, binding).unwrap();
+    assert_eq!(back.expose_secret(), m.kek.expose_secret());
     for other in others {
         assert!(
             matches!(epochs.destroy_epoch(other), Err(Error::InvalidInput { .. })),
@@ -327,13 +412,7 @@ mod local {
         let orchestrator = LocalKms::from_key_file(&key_path).unwrap();
         let fresh = || -> Arc<dyn Kms> { Arc::new(LocalKms::from_key_file(&key_path).unwrap()) };
 
-        let out = prove_shred(
-            dir.path(),
-            app.clone(),
-            &orchestrator,
-            &fresh,
-            Attacker::Refused,
-        );
+        let out = prove_refused_shred(dir.path(), app.clone(), &orchestrator, &fresh);
         out.assert_destroyed(&["snapshots"], "wrapped under root key");
 
         // The key file holds a new key, nothing is staged, and the old key's bytes are in no
@@ -389,11 +468,10 @@ mod local {
 #[cfg(feature = "vault")]
 mod vault {
     use super::*;
-    use leakless::kms::{RootEpoch, VaultTransitKms};
-    use leakless::secret::Kek;
+    use leakless::kms::VaultTransitKms;
 
+    use crate::support::peers::unique_name;
     use crate::support::peers::vault::{config, token};
-    use crate::support::peers::{binding, unique_name};
 
     #[test]
     fn vault_transit_epoch_shred_trims_old_versions() {
@@ -403,19 +481,9 @@ mod vault {
         let fresh = || -> Arc<dyn Kms> {
             Arc::new(VaultTransitKms::connect(config(&name), token()).unwrap())
         };
-        // A ciphertext made directly under v1, to show Vault itself refuses it afterwards.
-        let scope = KeyScope::new("probe").unwrap();
-        let binding = binding(&scope, 1);
-        let probe = app.wrap_kek(&Kek::generate(), &binding).unwrap();
-
+        // Vault itself refuses the probe made under v1 (the ciphertext's version is trimmed).
         let dir = tempfile::tempdir().unwrap();
-        let out = prove_shred(
-            dir.path(),
-            app.clone(),
-            &orchestrator,
-            &fresh,
-            Attacker::Refused,
-        );
+        let out = prove_refused_shred(dir.path(), app.clone(), &orchestrator, &fresh);
         // Vault's own answer for the attacker: the version is gone.
         out.assert_destroyed(&[], "vault");
         assert_eq!(
@@ -428,8 +496,6 @@ mod vault {
         let info = app.key_info().unwrap();
         assert_eq!(info.latest_version, 2);
         assert_eq!(info.min_decryption_version, 2);
-        let err = app.unwrap_kek(&probe, &binding).unwrap_err();
-        assert!(matches!(err, Error::Kms { .. }), "{err:?}");
     }
 }
 
@@ -502,12 +568,10 @@ mod aws {
 #[cfg(feature = "pkcs11")]
 mod pkcs11 {
     use super::*;
-    use leakless::key::KeyScope;
-    use leakless::kms::{Pkcs11Kms, RootEpoch};
-    use leakless::secret::Kek;
+    use leakless::kms::Pkcs11Kms;
 
     use crate::support::peers::pkcs11::{config, env};
-    use crate::support::peers::{binding, unique_name};
+    use crate::support::peers::unique_name;
 
     fn id(label: &str) -> String {
         format!("pkcs11:{}/{label}", env("LEAKLESS_PKCS11_TOKEN"))
@@ -519,19 +583,9 @@ mod pkcs11 {
         let app = Arc::new(Pkcs11Kms::create(&config(&label)).unwrap());
         let orchestrator = Pkcs11Kms::open(&config(&label)).unwrap();
         let fresh = || -> Arc<dyn Kms> { Arc::new(Pkcs11Kms::open(&config(&label)).unwrap()) };
-        // A KEK wrapped directly under epoch 0, to show the token itself cannot open it after.
-        let scope = KeyScope::new("probe").unwrap();
-        let binding = binding(&scope, 1);
-        let probe = app.wrap_kek(&Kek::generate(), &binding).unwrap();
-
+        // The token itself refuses the probe wrapped under epoch 0.
         let dir = tempfile::tempdir().unwrap();
-        let out = prove_shred(
-            dir.path(),
-            app.clone(),
-            &orchestrator,
-            &fresh,
-            Attacker::Refused,
-        );
+        let out = prove_refused_shred(dir.path(), app.clone(), &orchestrator, &fresh);
         out.assert_destroyed(&["HSM", "tokendir"], "wrapped under root key");
         assert_eq!(out.destroyed.epoch, RootEpoch::of_key(id(&label)));
         // On the token: only the new epoch's object is left, and the app followed it without
@@ -543,8 +597,6 @@ mod pkcs11 {
         );
         assert_eq!(app.root_key_id(), id(&next));
         assert_eq!(app.current_object_label(), next);
-        let err = app.unwrap_kek(&probe, &binding).unwrap_err();
-        assert!(matches!(err, Error::Kms { .. }), "{err:?}");
         // A backend opened from the configured label now finds epoch 1, and it is protected.
         let reopened = Pkcs11Kms::open(&config(&label)).unwrap();
         assert_eq!(reopened.root_key_id(), id(&next));
@@ -557,52 +609,19 @@ mod pkcs11 {
         let kms = Pkcs11Kms::create(&config(&label)).unwrap();
         // Opened before the epoch change and never rebuilt.
         let stale = Pkcs11Kms::open(&config(&label)).unwrap();
-        let first = kms.current_epoch().unwrap();
-        assert_eq!(first, RootEpoch::of_key(id(&label)));
-        // The only epoch is the current one: refused.
-        assert!(matches!(
-            kms.destroy_epoch(&first),
-            Err(Error::InvalidInput { .. })
-        ));
         let scope = KeyScope::new("orders").unwrap();
         let binding = binding(&scope, 1);
-        let kek = Kek::generate();
-        let on_first = kms.wrap_kek(&kek, &binding).unwrap();
-
-        let change = kms.begin_next_epoch().unwrap();
-        let next = change.next().clone();
-        assert_eq!(change.retiring(), &first);
-        assert_eq!(next, RootEpoch::of_key(id(&format!("{label}@e1"))));
-        assert!(change.still_on_retiring(&on_first));
-        let moved = change.mover().rewrap(&on_first, &binding).unwrap();
-        assert!(!change.still_on_retiring(&moved));
-        assert_eq!(moved.root_key_id, next.root_key_id);
-        drop(change);
-        // An interrupted shred resumes onto the epoch it made instead of making another.
-        let again = kms.begin_next_epoch().unwrap();
-        assert_eq!(again.next(), &next);
-        assert_eq!(again.retiring(), &first);
-        drop(again);
+        let m = begin_epoch_change(&kms, &binding, &|| {});
+        assert_eq!(m.first, RootEpoch::of_key(id(&label)));
+        assert_eq!(m.next, RootEpoch::of_key(id(&format!("{label}@e1"))));
         assert_eq!(
             kms.epoch_object_labels().unwrap(),
             vec![label.clone(), format!("{label}@e1")]
         );
-        // The new epoch is current: it cannot be destroyed.
-        assert!(matches!(
-            kms.destroy_epoch(&next),
-            Err(Error::InvalidInput { .. })
-        ));
-        // During the move, the stale instance opens records on either epoch, and its new
-        // wraps already go to the new epoch.
-        for w in [&on_first, &moved] {
-            let back = stale.unwrap_kek(w, &binding).unwrap();
-            assert_eq!(back.expose_secret(), kek.expose_secret());
-        }
-        let fresh_wrap = stale.wrap_kek(&Kek::generate(), &binding).unwrap();
-        assert_eq!(fresh_wrap.root_key_id, next.root_key_id);
-        assert_eq!(stale.root_key_id(), next.root_key_id);
+        follows_the_change(&stale, &m, &binding);
+        assert_eq!(stale.root_key_id(), m.next.root_key_id);
 
-        let gone = kms.destroy_epoch(&first).unwrap();
+        let gone = kms.destroy_epoch(&m.first).unwrap();
         assert_eq!(gone.status, Destruction::Destroyed);
         // Epochs of other keys, and other kinds of epoch, are refused.
         let others = [
@@ -613,14 +632,7 @@ mod pkcs11 {
                 key_version: Some(1),
             },
         ];
-        after_epoch_destroy(
-            &kms,
-            &first,
-            &stale,
-            (&on_first, &moved),
-            (&binding, &kek),
-            &others,
-        );
+        after_epoch_destroy(&kms, &stale, &m, &binding, &others);
         // A configured label that names an epoch is refused: configure the base label.
         let err = Pkcs11Kms::open(&config(&format!("{label}@e1"))).unwrap_err();
         assert!(err.to_string().contains("base label"), "{err}");
@@ -632,12 +644,8 @@ mod pkcs11 {
 #[cfg(feature = "tpm")]
 mod tpm {
     use super::*;
+    use leakless::kms::{TpmConfig, TpmKms};
 
-    use leakless::key::KeyScope;
-    use leakless::kms::{RootEpoch, TpmConfig, TpmKms};
-    use leakless::secret::Kek;
-
-    use crate::support::peers::binding;
     use crate::support::peers::tpm::tcti;
 
     /// The persistent handles a version 2 sealed file names now.
@@ -717,13 +725,7 @@ mod tpm {
         let orchestrator = TpmKms::open(&config).unwrap();
         let fresh = || -> Arc<dyn Kms> { Arc::new(TpmKms::open(&config).unwrap()) };
 
-        let out = prove_shred(
-            dir.path(),
-            app.clone(),
-            &orchestrator,
-            &fresh,
-            Attacker::Refused,
-        );
+        let out = prove_refused_shred(dir.path(), app.clone(), &orchestrator, &fresh);
         evict.note();
         out.assert_destroyed(
             &["never held", "swtpm", "snapshot"],
@@ -765,47 +767,14 @@ mod tpm {
         evict.note();
         // Opened before the epoch change and never rebuilt.
         let stale = TpmKms::open(&config).unwrap();
-        let first = kms.current_epoch().unwrap();
-        assert!(matches!(
-            kms.destroy_epoch(&first),
-            Err(Error::InvalidInput { .. })
-        ));
         let scope = KeyScope::new("orders").unwrap();
         let binding = binding(&scope, 1);
-        let kek = Kek::generate();
-        let on_first = kms.wrap_kek(&kek, &binding).unwrap();
-
-        let change = kms.begin_next_epoch().unwrap();
-        evict.note();
-        let next = change.next().clone();
-        assert_eq!(change.retiring(), &first);
-        assert_ne!(next, first);
-        assert!(change.still_on_retiring(&on_first));
-        let moved = change.mover().rewrap(&on_first, &binding).unwrap();
-        assert!(!change.still_on_retiring(&moved));
-        assert_eq!(moved.root_key_id, next.root_key_id);
-        drop(change);
-        // An interrupted shred resumes onto the epoch it made instead of making another.
-        let again = kms.begin_next_epoch().unwrap();
-        assert_eq!(again.next(), &next);
-        assert_eq!(again.retiring(), &first);
-        drop(again);
+        let m = begin_epoch_change(&kms, &binding, &|| evict.note());
         assert_eq!(handles(config.sealed_path()).len(), 2);
-        // The new epoch is current: it cannot be destroyed.
-        assert!(matches!(
-            kms.destroy_epoch(&next),
-            Err(Error::InvalidInput { .. })
-        ));
-        // During the move, the stale instance opens records on either epoch, and its new
-        // wraps already go to the new epoch; a process started now does too.
+        // A process started during the move follows it too.
         let started_during = TpmKms::open(&config).unwrap();
         for k in [&stale, &started_during] {
-            for w in [&on_first, &moved] {
-                let back = k.unwrap_kek(w, &binding).unwrap();
-                assert_eq!(back.expose_secret(), kek.expose_secret());
-            }
-            let fresh_wrap = k.wrap_kek(&Kek::generate(), &binding).unwrap();
-            assert_eq!(fresh_wrap.root_key_id, next.root_key_id);
+            follows_the_change(k, &m, &binding);
         }
 
         // A copy of the file that names only the retiring epoch, as a backup could.
@@ -816,7 +785,7 @@ mod tpm {
         v.as_object_mut().unwrap().remove("previous");
         std::fs::write(&retiring_copy, v.to_string()).unwrap();
         assert!(TpmKms::open(&TpmConfig::new(tcti(), &retiring_copy)).is_ok());
-        let gone = kms.destroy_epoch(&first).unwrap();
+        let gone = kms.destroy_epoch(&m.first).unwrap();
         assert_eq!(gone.status, Destruction::Destroyed);
         assert!(TpmKms::open(&TpmConfig::new(tcti(), &retiring_copy)).is_err());
         assert!(!still_there(&retiring_copy));
@@ -825,27 +794,20 @@ mod tpm {
             RootEpoch::of_key("local:0011223344556677"),
             RootEpoch::of_key("tpm:00000000000000000000000000000000"),
             RootEpoch {
-                root_key_id: next.root_key_id.clone(),
+                root_key_id: m.next.root_key_id.clone(),
                 key_version: Some(1),
             },
         ];
-        after_epoch_destroy(
-            &kms,
-            &first,
-            &stale,
-            (&on_first, &moved),
-            (&binding, &kek),
-            &others,
-        );
+        after_epoch_destroy(&kms, &stale, &m, &binding, &others);
         // A second full cycle works too.
         let change = kms.begin_next_epoch().unwrap();
         evict.note();
         let third = change.next().clone();
-        let moved_again = change.mover().rewrap(&moved, &binding).unwrap();
+        let moved_again = change.mover().rewrap(&m.moved, &binding).unwrap();
         drop(change);
-        kms.destroy_epoch(&next).unwrap();
+        kms.destroy_epoch(&m.next).unwrap();
         let back = stale.unwrap_kek(&moved_again, &binding).unwrap();
-        assert_eq!(back.expose_secret(), kek.expose_secret());
+        assert_eq!(back.expose_secret(), m.kek.expose_secret());
         assert_eq!(stale.root_key_id(), third.root_key_id);
     }
 }
