@@ -252,8 +252,18 @@ fn v(n: u32) -> KekVersion {
     KekVersion::new(n).unwrap()
 }
 
-/// Sets up a store on a fresh database with scope `patients` at v1 (grace) and v2 (active).
-fn rotated_store(backend: Backend) -> (TestDb, String, Arc<SqlKeyStore>, KeyRing) {
+/// A store on a fresh database (its guard and URL), with scope `patients` at v1 made through
+/// `ring`, a key ring over `kms`.
+struct Scoped {
+    db: TestDb,
+    url: String,
+    store: Arc<SqlKeyStore>,
+    kms: Arc<LocalKms>,
+    ring: KeyRing,
+}
+
+/// Sets up a store on a fresh database with the schema and scope `patients` at v1 (active).
+fn scoped_store(backend: Backend) -> Scoped {
     let db = new_db(backend);
     let url = store_url(&db);
     let store = open_store(&url);
@@ -261,8 +271,20 @@ fn rotated_store(backend: Backend) -> (TestDb, String, Arc<SqlKeyStore>, KeyRing
     let kms = Arc::new(LocalKms::from_root_key(RootKey::generate()));
     let ring = ring(&kms, store.clone());
     ring.create_scope(&scope(), &who()).unwrap();
-    assert_eq!(ring.rotate(&scope(), GRACE, &who()).unwrap(), v(2));
-    (db, url, store, ring)
+    Scoped {
+        db,
+        url,
+        store,
+        kms,
+        ring,
+    }
+}
+
+/// Sets up a store on a fresh database with scope `patients` at v1 (grace) and v2 (active).
+fn rotated_store(backend: Backend) -> (TestDb, String, Arc<SqlKeyStore>, KeyRing) {
+    let s = scoped_store(backend);
+    assert_eq!(s.ring.rotate(&scope(), GRACE, &who()).unwrap(), v(2));
+    (s.db, s.url, s.store, s.ring)
 }
 
 // ----- reconnect ------------------------------------------------------------------------------
@@ -342,13 +364,13 @@ const ROTATIONS_PER_THREAD: usize = 8;
 /// `ConcurrentModification`; the versions stay contiguous with one active; the audit log has
 /// exactly the records of the winners.
 fn racing_rotations(backend: Backend) {
-    let db = new_db(backend);
-    let url = store_url(&db);
-    let store = open_store(&url);
-    store.create_schema().unwrap();
-    let kms = Arc::new(LocalKms::from_root_key(RootKey::generate()));
-    let ring0 = ring(&kms, store.clone());
-    ring0.create_scope(&scope(), &who()).unwrap();
+    let Scoped {
+        db: _db,
+        url,
+        kms,
+        ring: ring0,
+        ..
+    } = scoped_store(backend);
 
     let barrier = Arc::new(Barrier::new(THREADS));
     let workers: Vec<_> = (0..THREADS)
@@ -511,50 +533,34 @@ fn deadlock_in_apply(backend: Backend) {
     assert_eq!(ring.rotate(&scope(), GRACE, &who()).unwrap(), v(3));
 }
 
-mod postgres {
-    use super::*;
+/// The fault tests of one backend, as a module `$name` of tests running on `$backend`.
+macro_rules! fault_tests {
+    ($name:ident, $backend:expr) => {
+        mod $name {
+            use super::*;
 
-    #[test]
-    fn reconnects_after_the_server_kills_an_idle_connection_then_reads() {
-        reconnect_after_kill_on_read(Backend::Postgres);
-    }
+            #[test]
+            fn reconnects_after_the_server_kills_an_idle_connection_then_reads() {
+                reconnect_after_kill_on_read($backend);
+            }
 
-    #[test]
-    fn reconnects_after_the_server_kills_an_idle_connection_then_writes() {
-        reconnect_after_kill_on_write(Backend::Postgres);
-    }
+            #[test]
+            fn reconnects_after_the_server_kills_an_idle_connection_then_writes() {
+                reconnect_after_kill_on_write($backend);
+            }
 
-    #[test]
-    fn racing_rotations_have_contiguous_versions_and_one_active() {
-        racing_rotations(Backend::Postgres);
-    }
+            #[test]
+            fn racing_rotations_have_contiguous_versions_and_one_active() {
+                racing_rotations($backend);
+            }
 
-    #[test]
-    fn deadlock_in_apply_is_concurrent_modification_and_rolls_back() {
-        deadlock_in_apply(Backend::Postgres);
-    }
+            #[test]
+            fn deadlock_in_apply_is_concurrent_modification_and_rolls_back() {
+                deadlock_in_apply($backend);
+            }
+        }
+    };
 }
 
-mod mariadb {
-    use super::*;
-
-    #[test]
-    fn reconnects_after_the_server_kills_an_idle_connection_then_reads() {
-        reconnect_after_kill_on_read(Backend::Mysql);
-    }
-
-    #[test]
-    fn reconnects_after_the_server_kills_an_idle_connection_then_writes() {
-        reconnect_after_kill_on_write(Backend::Mysql);
-    }
-
-    #[test]
-    fn racing_rotations_have_contiguous_versions_and_one_active() {
-        racing_rotations(Backend::Mysql);
-    }
-
-    #[test]
-    fn deadlock_in_apply_is_concurrent_modification_and_rolls_back() {
-        deadlock_in_apply(Backend::Mysql);
-    }
-}
+fault_tests!(postgres, Backend::Postgres);
+fault_tests!(mariadb, Backend::Mysql);
