@@ -257,67 +257,102 @@ mod sqlite {
     }
 }
 
+/// A server database of its own (PostgreSQL or MariaDB); each handle is a new connection,
+/// made by `open` (`SqlKeyStore::postgres` or `SqlKeyStore::mysql`).
+/// A server database of its own (PostgreSQL or MariaDB); each handle is a new connection,
+/// made by `open` (`SqlKeyStore::postgres` or `SqlKeyStore::mysql`).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+struct ServerFixture {
+    db: crate::support::services::TestDb,
+    open: fn(&str) -> Result<leakless::store::sql::SqlKeyStore, leakless::Error>,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl ServerFixture {
+    /// The fixture over `db`, with the schema created (twice: creating it again is a no-op).
+    fn new(
+        db: crate::support::services::TestDb,
+        open: fn(&str) -> Result<leakless::store::sql::SqlKeyStore, leakless::Error>,
+    ) -> Self {
+        let store = open(db.url()).unwrap();
+        store.create_schema().unwrap();
+        store.create_schema().unwrap();
+        Self { db, open }
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl Fixture for ServerFixture {
+    fn open(&self) -> Arc<dyn KeyStore> {
+        Arc::new((self.open)(self.db.url()).unwrap())
+    }
+}
+
+/// Asserts `err` is the connect error of the `store` backend and shows nowhere the `password`
+/// its URL carried.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn assert_connect_error_hides(err: &leakless::Error, store: &str, password: &str) {
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(password), "{text}");
+    assert!(
+        matches!(
+            err,
+            leakless::Error::KeyStore {
+                store: s,
+                operation: "connect",
+                ..
+            } if *s == store
+        ),
+        "{err:?}"
+    );
+}
+
+/// The tests of a server store, on fresh fixtures (`fixture()`, which this defines, gives one
+/// over a new database `$db` of the backend named `$store`, opened by `$open`): the
+/// conformance suite, the one-active-version schema check, and `SqlKeyStore::connect` on the
+/// fixture's URL, which must pick that backend and show the URL only redacted in its Debug.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+macro_rules! server_checks {
+    ($db:expr, $open:expr, $store:literal) => {
+        /// A database of its own on the backend.
+        fn fixture() -> ServerFixture {
+            ServerFixture::new($db, $open)
+        }
+
+        all_checks!(fixture());
+        conformance!(fixture(); schema_allows_one_active_version);
+
+        #[test]
+        fn connect_dispatches_and_debug_is_redacted() {
+            let fixture = fixture();
+            let store = leakless::store::sql::SqlKeyStore::connect(fixture.db.url()).unwrap();
+            assert_eq!(store.name(), $store);
+            assert!(store.scopes().unwrap().is_empty());
+            let debug = format!("{store:?}");
+            assert!(
+                debug.contains(&leakless::redact::redact_url(fixture.db.url())),
+                "{debug}"
+            );
+        }
+    };
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
     use crate::support::services::TestDb;
-    use leakless::redact::redact_url;
     use leakless::store::sql::SqlKeyStore;
 
-    /// A PostgreSQL database of its own; each handle is a new connection.
-    struct PgFixture {
-        db: TestDb,
-    }
-
-    impl PgFixture {
-        fn new() -> Self {
-            let db = TestDb::postgres();
-            let store = SqlKeyStore::postgres(db.url()).unwrap();
-            store.create_schema().unwrap();
-            store.create_schema().unwrap();
-            Self { db }
-        }
-    }
-
-    impl Fixture for PgFixture {
-        fn open(&self) -> Arc<dyn KeyStore> {
-            Arc::new(SqlKeyStore::postgres(self.db.url()).unwrap())
-        }
-    }
-
-    all_checks!(PgFixture::new());
-    conformance!(PgFixture::new(); schema_allows_one_active_version);
-
-    #[test]
-    fn connect_dispatches_and_debug_is_redacted() {
-        let fixture = PgFixture::new();
-        let store = SqlKeyStore::connect(fixture.db.url()).unwrap();
-        assert_eq!(store.name(), "postgres");
-        assert!(store.scopes().unwrap().is_empty());
-        let debug = format!("{store:?}");
-        assert!(debug.contains(&redact_url(fixture.db.url())), "{debug}");
-    }
+    server_checks!(TestDb::postgres(), SqlKeyStore::postgres, "postgres");
 
     #[test]
     fn bad_password_error_does_not_show_it() {
-        let fixture = PgFixture::new();
+        let fixture = fixture();
         // Point at a database that does not exist, with a password in the URL.
         let url = crate::support::services::with_database(fixture.db.url(), "leakless_no_such_db")
             .replacen("postgres@", "postgres:pg-secret-pw@", 1);
         let err = SqlKeyStore::postgres(&url).unwrap_err();
-        let text = format!("{err} {err:?}");
-        assert!(!text.contains("pg-secret-pw"), "{text}");
-        assert!(
-            matches!(
-                err,
-                leakless::Error::KeyStore {
-                    store: "postgres",
-                    operation: "connect",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_connect_error_hides(&err, "postgres", "pg-secret-pw");
     }
 }
 
@@ -325,42 +360,18 @@ mod postgres {
 mod mariadb {
     use super::*;
     use crate::support::services::TestDb;
-    use leakless::redact::{MASK, redact_url};
+    use leakless::redact::MASK;
     use leakless::store::sql::SqlKeyStore;
 
-    /// A MariaDB database of its own; each handle is a new connection.
-    struct MysqlFixture {
-        db: TestDb,
-    }
-
-    impl MysqlFixture {
-        fn new() -> Self {
-            let db = TestDb::mysql();
-            let store = SqlKeyStore::mysql(db.url()).unwrap();
-            store.create_schema().unwrap();
-            store.create_schema().unwrap();
-            Self { db }
-        }
-    }
-
-    impl Fixture for MysqlFixture {
-        fn open(&self) -> Arc<dyn KeyStore> {
-            Arc::new(SqlKeyStore::mysql(self.db.url()).unwrap())
-        }
-    }
-
-    all_checks!(MysqlFixture::new());
-    conformance!(MysqlFixture::new(); schema_allows_one_active_version);
+    server_checks!(TestDb::mysql(), SqlKeyStore::mysql, "mysql");
 
     #[test]
     fn debug_and_errors_hide_the_password() {
-        let fixture = MysqlFixture::new();
-        let store = SqlKeyStore::connect(fixture.db.url()).unwrap();
-        assert_eq!(store.name(), "mysql");
-        let debug = format!("{store:?}");
-        assert!(debug.contains(&redact_url(fixture.db.url())), "{debug}");
+        let fixture = fixture();
         // The throwaway server's URL carries a password; Debug must not.
         if let Some(password) = password_of(fixture.db.url()) {
+            let store = SqlKeyStore::connect(fixture.db.url()).unwrap();
+            let debug = format!("{store:?}");
             assert!(!debug.contains(password), "Debug shows the password");
             assert!(debug.contains(MASK), "{debug}");
         }
@@ -372,19 +383,7 @@ mod mariadb {
             None => url.replacen("://root@", "://root:my-wrong-secret-pw@", 1),
         };
         let err = SqlKeyStore::mysql(&wrong).unwrap_err();
-        let text = format!("{err} {err:?}");
-        assert!(!text.contains("my-wrong-secret-pw"), "{text}");
-        assert!(
-            matches!(
-                err,
-                leakless::Error::KeyStore {
-                    store: "mysql",
-                    operation: "connect",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_connect_error_hides(&err, "mysql", "my-wrong-secret-pw");
     }
 
     fn password_of(url: &str) -> Option<&str> {
@@ -398,7 +397,7 @@ mod mariadb {
 
     #[test]
     fn scopes_are_case_sensitive() {
-        let fixture = MysqlFixture::new();
+        let fixture = fixture();
         let ring = leakless::KeyRing::builder(
             Arc::new(leakless::kms::LocalKms::from_root_key(
                 leakless::secret::RootKey::generate(),
