@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use leakless::kms::{KekBinding, Kms, LocalKms};
 use leakless::secret::{Kek, RootKey};
@@ -77,23 +76,15 @@ fn legacy_rows(kms: &LocalKms, kek: &Kek, hex: impl Fn(&[u8]) -> String) -> Stri
     )
 }
 
-/// Inserts `rows` after the old tables, on a diesel connection of type `C`.
-fn run_old<C: SimpleConnection>(conn: &mut C, ddl: &str, rows: &str) {
-    conn.batch_execute(ddl).unwrap();
-    conn.batch_execute(rows).unwrap();
-}
-
 #[test]
 fn sqlite_store_from_the_previous_release_upgrades_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.db");
-    let path_text = path.to_str().unwrap().to_owned();
-    upgrade_journey_with_hex(
+    let path_text = path.to_str().unwrap();
+    upgrade_journey::<SqliteConnection>(
         &format!("sqlite://{path_text}"),
-        |rows| {
-            let mut c = SqliteConnection::establish(&path_text).unwrap();
-            run_old(&mut c, OLD_SQLITE, rows);
-        },
+        path_text,
+        OLD_SQLITE,
         |b| format!("X'{}'", hex::encode(b)),
     );
 }
@@ -101,42 +92,36 @@ fn sqlite_store_from_the_previous_release_upgrades_in_place() {
 #[test]
 fn postgres_store_from_the_previous_release_upgrades_in_place() {
     let db = TestDb::postgres();
-    let url = db.url().to_owned();
-    upgrade_journey_with_hex(
-        &url,
-        |rows| {
-            let mut c = PgConnection::establish(&url).unwrap();
-            run_old(&mut c, OLD_POSTGRES, rows);
-        },
-        |b| format!("'\\x{}'::bytea", hex::encode(b)),
-    );
+    upgrade_journey::<PgConnection>(db.url(), db.url(), OLD_POSTGRES, |b| {
+        format!("'\\x{}'::bytea", hex::encode(b))
+    });
 }
 
 #[test]
 fn mariadb_store_from_the_previous_release_upgrades_in_place() {
     let db = TestDb::mysql();
-    let url = db.url().to_owned();
-    upgrade_journey_with_hex(
-        &url,
-        |rows| {
-            let mut c = MysqlConnection::establish(&url).unwrap();
-            run_old(&mut c, OLD_MYSQL, rows);
-        },
-        |b| format!("X'{}'", hex::encode(b)),
-    );
+    upgrade_journey::<MysqlConnection>(db.url(), db.url(), OLD_MYSQL, |b| {
+        format!("X'{}'", hex::encode(b))
+    });
 }
 
-/// The journey on one backend: old tables and rows written by `setup` (blobs in the backend's
-/// literal syntax), then the schema upgrade, the refusal, `upgrade_store`, and a working,
-/// verifying store.
-fn upgrade_journey_with_hex(
+/// The journey on one backend: the old tables (`ddl`) and rows written over a diesel
+/// connection of type `C` to `conn_url` (blobs in the backend's literal syntax, by
+/// `hex_literal`), then the schema upgrade, the refusal, `upgrade_store`, and a working,
+/// verifying store at `store_url`.
+fn upgrade_journey<C: Connection>(
     store_url: &str,
-    setup: impl FnOnce(&str),
+    conn_url: &str,
+    ddl: &str,
     hex_literal: impl Fn(&[u8]) -> String,
 ) {
     let kms = Arc::new(LocalKms::from_root_key(RootKey::generate()));
     let kek = Kek::generate();
-    setup(&legacy_rows(&kms, &kek, hex_literal));
+    let mut conn = C::establish(conn_url).unwrap();
+    conn.batch_execute(ddl).unwrap();
+    conn.batch_execute(&legacy_rows(&kms, &kek, hex_literal))
+        .unwrap();
+    drop(conn);
     upgrade_checks(store_url, kms);
 }
 
