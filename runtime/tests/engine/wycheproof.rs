@@ -377,49 +377,55 @@ fn run_file(
     counts
 }
 
-#[test]
-fn xchacha20_poly1305_vectors() {
-    let name = "xchacha20_poly1305_test.json";
-    let file = load(name, XCHACHA_SHA256);
-    assert_eq!(file.algorithm, "XCHACHA20-POLY1305");
-    // Every case runs: no parameter set of this file is refused up front; its cases with a wrong
-    // nonce size are `invalid`, and `run_supported` requires both operations to reject them.
+/// Runs the vector file `name` (which must hash to `sha256` and name `file_algorithm`) on
+/// every engine as `alg`, with `supported` as in [`run_file`], and asserts each engine's
+/// counts are `expected`: pinned from the file, so a changed file cannot silently shrink the
+/// run.
+fn run_vectors(
+    (name, sha256): (&str, &str),
+    file_algorithm: &str,
+    alg: Algorithm,
+    supported: fn(usize, usize, usize) -> bool,
+    expected: Counts,
+) {
+    let file = load(name, sha256);
+    assert_eq!(file.algorithm, file_algorithm);
     for &e in ENGINES {
-        let counts = run_file(e, name, &file, Algorithm::XChaCha20Poly1305, |_, _, _| true);
-        // Pinned from the file (sha256 above), so a changed file cannot silently shrink the run.
-        assert_eq!(
-            counts,
-            Counts {
-                valid: 246,
-                invalid: 69,
-                acceptable: 0,
-                refused: 0
-            },
-            "{}",
-            e.name
-        );
+        let counts = run_file(e, name, &file, alg, supported);
+        assert_eq!(counts, expected, "{}", e.name);
     }
 }
 
 #[test]
+fn xchacha20_poly1305_vectors() {
+    // Every case runs: no parameter set of this file is refused up front; its cases with a wrong
+    // nonce size are `invalid`, and `run_supported` requires both operations to reject them.
+    run_vectors(
+        ("xchacha20_poly1305_test.json", XCHACHA_SHA256),
+        "XCHACHA20-POLY1305",
+        Algorithm::XChaCha20Poly1305,
+        |_, _, _| true,
+        Counts {
+            valid: 246,
+            invalid: 69,
+            acceptable: 0,
+            refused: 0,
+        },
+    );
+}
+
+#[test]
 fn aes_gcm_vectors() {
-    let name = "aes_gcm_test.json";
-    let file = load(name, AES_GCM_SHA256);
-    assert_eq!(file.algorithm, "AES-GCM");
-    for &e in ENGINES {
-        let counts = run_file(e, name, &file, Algorithm::Aes256Gcm, |key, iv, tag| {
-            key == 256 && iv == 96 && tag == 128
-        });
-        assert_eq!(
-            counts,
-            Counts {
-                valid: 39,
-                invalid: 27,
-                acceptable: 0,
-                refused: 250
-            },
-            "{}",
-            e.name
-        );
-    }
+    run_vectors(
+        ("aes_gcm_test.json", AES_GCM_SHA256),
+        "AES-GCM",
+        Algorithm::Aes256Gcm,
+        |key, iv, tag| key == 256 && iv == 96 && tag == 128,
+        Counts {
+            valid: 39,
+            invalid: 27,
+            acceptable: 0,
+            refused: 250,
+        },
+    );
 }
