@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use leakless::kms::{KekBinding, Kms, LocalKms};
+use leakless::kms::{Kms, LocalKms};
 use leakless::secret::RootKey;
 use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, BlindIndexSpec, Error, KekVersion, KeyRing, KeyScope, Normalizer};
 use sha2::Sha256;
+
+use crate::support::peers::binding;
 
 fn setup() -> (KeyRing, Arc<LocalKms>, KeyScope) {
     let kms = Arc::new(LocalKms::from_root_key(RootKey::generate()));
@@ -36,10 +38,7 @@ fn token_matches_the_documented_construction() {
     let key = kms
         .unwrap_kek(
             record.wrapped.as_ref().unwrap(),
-            &KekBinding {
-                scope: &scope,
-                version: record.version,
-            },
+            &binding(&scope, record.version.get()),
         )
         .unwrap();
     let mut info = Vec::new();

@@ -314,27 +314,25 @@ fn write_file_and_read_file_round_trip_and_name_the_path() {
 
     // Reading names the file: a missing one, and one that is not a manifest.
     let missing = dir.path().join("missing.json");
-    match SchemaManifest::read_file(&missing).unwrap_err() {
-        Error::Manifest {
-            path: Some(path),
-            problem,
-        } => {
-            assert_eq!(path, missing);
-            assert!(problem.starts_with("cannot read it"), "{problem}");
-        }
-        other => panic!("expected Error::Manifest, got {other:?}"),
-    }
+    let problem = manifest_problem(SchemaManifest::read_file(&missing).unwrap_err(), &missing);
+    assert!(problem.starts_with("cannot read it"), "{problem}");
     std::fs::write(&bad_path, "{\"format\": 1, \"tables\": [").unwrap();
     let err = SchemaManifest::read_file(&bad_path).unwrap_err();
     // The message names the file for a reader.
     assert!(err.to_string().contains("bad.json: "), "{err}");
+    let problem = manifest_problem(err, &bad_path);
+    assert!(problem.contains("line 1"), "{problem}");
+}
+
+/// The problem of `err`, which must be a manifest error naming the file `expected`.
+fn manifest_problem(err: Error, expected: &std::path::Path) -> String {
     match err {
         Error::Manifest {
             path: Some(path),
             problem,
         } => {
-            assert_eq!(path, bad_path);
-            assert!(problem.contains("line 1"), "{problem}");
+            assert_eq!(path, expected);
+            problem
         }
         other => panic!("expected Error::Manifest, got {other:?}"),
     }
