@@ -219,6 +219,16 @@ impl FileAttacker {
     fn doc(&self) -> Value {
         serde_json::from_str(&std::fs::read_to_string(&self.path).unwrap()).unwrap()
     }
+
+    /// Each entry of the file's array `key`, read by `from_json`.
+    fn rows<T>(&self, key: &str, from_json: fn(&Value) -> T) -> Vec<T> {
+        self.doc()[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(from_json)
+            .collect()
+    }
 }
 
 fn position(items: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> usize {
@@ -233,20 +243,10 @@ impl Attacker for FileAttacker {
         Arc::new(FileKeyStore::open(&self.path).unwrap())
     }
     fn kek_rows(&self) -> Vec<KekRow> {
-        self.doc()["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(kek_from_json)
-            .collect()
+        self.rows("records", kek_from_json)
     }
     fn audit_rows(&self) -> Vec<AuditRow> {
-        self.doc()["audit"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(audit_from_json)
-            .collect()
+        self.rows("audit", audit_from_json)
     }
     fn update_kek(&self, scope: &str, version: i64, row: &KekRow) {
         self.edit(|records, _| {
@@ -544,6 +544,11 @@ fn billing() -> KeyScope {
     KeyScope::new("billing").unwrap()
 }
 
+/// `text` sealed by `ring` in `scope` at row `row` (under [`ctx_of`]) with the default policy.
+fn seal_at(ring: &KeyRing, scope: &KeyScope, row: i64, text: &[u8]) -> Result<Vec<u8>, Error> {
+    ring.seal(scope, &ctx_of(scope, row), text, &FieldPolicy::default())
+}
+
 fn ctx_of(scope: &KeyScope, row: i64) -> FieldContext<'static> {
     if *scope == patients() {
         FieldContext::new("patients", "address", RowId::Int(row), 1)
@@ -608,14 +613,7 @@ impl World {
             scope: scope.clone(),
             row,
             text,
-            envelope: ring
-                .seal(
-                    scope,
-                    &ctx_of(scope, row),
-                    text.as_bytes(),
-                    &FieldPolicy::default(),
-                )
-                .unwrap(),
+            envelope: seal_at(&ring, scope, row, text.as_bytes()).unwrap(),
         };
         let find = |scope: &str, version: i64| {
             attacker
@@ -694,9 +692,7 @@ impl World {
         let ring = self.cold_ring();
         assert_eq!(ring.verify_store().unwrap(), expected);
         for (s, want) in [(&patients(), 2), (&billing(), 3)] {
-            let env = ring
-                .seal(s, &ctx_of(s, 99), b"control", &FieldPolicy::default())
-                .unwrap();
+            let env = seal_at(&ring, s, 99, b"control").unwrap();
             assert_eq!(
                 leakless::envelope::inspect(&env).unwrap().kek_version,
                 v(want)
@@ -779,12 +775,7 @@ impl World {
     ) {
         let ring = self.cold_ring();
         assert_tampered(
-            ring.seal(
-                scope,
-                &ctx_of(scope, 50),
-                b"must not be sealed",
-                &FieldPolicy::default(),
-            ),
+            seal_at(&ring, scope, 50, b"must not be sealed"),
             seal,
             "seal",
         );
@@ -881,16 +872,7 @@ fn forged_version(w: World) {
     w.attacker.insert_kek(&forged);
     let p3 = at("patients", 3, FAILS_AUTH);
     let ring = w.cold_ring();
-    assert_tampered(
-        ring.seal(
-            &patients(),
-            &ctx_of(&patients(), 50),
-            b"x",
-            &FieldPolicy::default(),
-        ),
-        p3,
-        "seal",
-    );
+    assert_tampered(seal_at(&ring, &patients(), 50, b"x"), p3, "seal");
     assert_tampered(ring.verify_store(), p3, "verify_store");
 }
 
@@ -1015,15 +997,7 @@ fn replayed_active_row(w: World) {
     // The resurrected active v1 seals nothing: no envelope under v1 can be produced.
     let ring = w.cold_ring();
     for row in 0..5 {
-        assert!(
-            ring.seal(
-                &patients(),
-                &ctx_of(&patients(), row),
-                b"x",
-                &FieldPolicy::default()
-            )
-            .is_err()
-        );
+        assert!(seal_at(&ring, &patients(), row, b"x").is_err());
     }
 }
 
@@ -1058,12 +1032,7 @@ fn deleted_scope(w: World) {
         w.attacker.delete_kek("billing", version);
     }
     let ring = w.cold_ring();
-    match ring.seal(
-        &billing(),
-        &ctx_of(&billing(), 1),
-        b"x",
-        &FieldPolicy::default(),
-    ) {
+    match seal_at(&ring, &billing(), 1, b"x") {
         Err(Error::KeyStoreTampered { scope, what, .. }) => {
             assert_eq!(scope, Some(billing()));
             assert!(what.contains("gone (deleted)"), "{what}");
@@ -1173,14 +1142,7 @@ fn harmless_changes_verify(w: World) {
             records: 7,
         }
     );
-    let env = cold
-        .seal(
-            &patients(),
-            &ctx_of(&patients(), 7),
-            b"after",
-            &FieldPolicy::default(),
-        )
-        .unwrap();
+    let env = seal_at(&cold, &patients(), 7, b"after").unwrap();
     assert_eq!(leakless::envelope::inspect(&env).unwrap().kek_version, v(3));
     assert_eq!(
         cold.open(&ctx_of(&patients(), 7), &env)
@@ -1220,15 +1182,9 @@ fn legacy_store(attacker: Box<dyn Attacker>) {
         }
     };
     let audit = |r: &KekRecord, action: KeyAction, from: Option<KekState>| AuditRecord {
-        at: START,
         actor: "legacy".into(),
         reason: "before 0.2".into(),
-        action,
-        scope: r.scope.clone(),
-        version: r.version,
-        from,
-        to: r.state,
-        auth: None,
+        ..crate::support::store_suite::audit(r, action, from, START.0)
     };
     let grace = KekState::Grace {
         until: START.plus(DAY),
@@ -1263,7 +1219,7 @@ fn legacy_store(attacker: Box<dyn Attacker>) {
     let cold = ring();
     for s in [patients(), billing()] {
         assert_tampered(
-            cold.seal(&s, &ctx_of(&s, 1), b"x", &FieldPolicy::default()),
+            seal_at(&cold, &s, 1, b"x"),
             not_upgraded,
             "seal before upgrade",
         );
@@ -1287,9 +1243,7 @@ fn legacy_store(attacker: Box<dyn Attacker>) {
         }
     );
     for (s, want) in [(patients(), 2), (billing(), 1)] {
-        let env = cold
-            .seal(&s, &ctx_of(&s, 1), b"upgraded", &FieldPolicy::default())
-            .unwrap();
+        let env = seal_at(&cold, &s, 1, b"upgraded").unwrap();
         assert_eq!(
             leakless::envelope::inspect(&env).unwrap().kek_version,
             v(want)
@@ -1324,14 +1278,7 @@ fn whole_store_rollback(w: World) {
     let warm = w.cold_ring();
     assert_eq!(warm.rotate(&patients(), DAY, &who()).unwrap(), v(3));
     assert_eq!(warm.versions(&patients()).unwrap().len(), 3); // verifies up to #14
-    let env = warm
-        .seal(
-            &patients(),
-            &ctx_of(&patients(), 3),
-            b"x",
-            &FieldPolicy::default(),
-        )
-        .unwrap();
+    let env = seal_at(&warm, &patients(), 3, b"x").unwrap();
     assert_eq!(leakless::envelope::inspect(&env).unwrap().kek_version, v(3));
 
     w.attacker.replace_all(&old_kek, &old_audit);
@@ -1344,16 +1291,7 @@ fn whole_store_rollback(w: World) {
     };
     assert_tampered(warm.versions(&patients()), gone, "warm versions");
     warm.cache().clear();
-    assert_tampered(
-        warm.seal(
-            &patients(),
-            &ctx_of(&patients(), 4),
-            b"x",
-            &FieldPolicy::default(),
-        ),
-        gone,
-        "warm seal",
-    );
+    assert_tampered(seal_at(&warm, &patients(), 4, b"x"), gone, "warm seal");
     assert_tampered(open(&warm, &w.p1), gone, "warm open");
     assert_tampered(warm.verify_store(), gone, "warm verify_store");
 

@@ -58,7 +58,9 @@ fn record(s: &str, n: u32, state: KekState) -> KekRecord {
     }
 }
 
-fn audit(r: &KekRecord, action: KeyAction, from: Option<KekState>, at: i64) -> AuditRecord {
+/// An unauthenticated audit entry for `action` on record `r` (from state `from` to its
+/// current state) at Unix time `at`, by actor `suite`.
+pub fn audit(r: &KekRecord, action: KeyAction, from: Option<KekState>, at: i64) -> AuditRecord {
     AuditRecord {
         at: UnixTime(at),
         actor: "suite".into(),
@@ -71,6 +73,34 @@ fn audit(r: &KekRecord, action: KeyAction, from: Option<KekState>, at: i64) -> A
         auth: None,
     }
 }
+
+/// An audit entry as its action, KEK version, and the names of the states it left (if any)
+/// and entered.
+pub type Transition = (KeyAction, u32, Option<&'static str>, &'static str);
+
+/// Each entry of `log` as a [`Transition`].
+pub fn transitions(log: &[AuditRecord]) -> Vec<Transition> {
+    log.iter()
+        .map(|a| {
+            (
+                a.action,
+                a.version.get(),
+                a.from.map(|f| f.name()),
+                a.to.name(),
+            )
+        })
+        .collect()
+}
+
+/// The audit trail of a scope created, rotated with a grace period, and its v1 then retired
+/// and destroyed.
+pub const ROTATE_RETIRE_DESTROY: [Transition; 5] = [
+    (KeyAction::CreateScope, 1, None, "active"),
+    (KeyAction::Rotate, 2, None, "active"),
+    (KeyAction::Rotate, 1, Some("active"), "grace"),
+    (KeyAction::Retire, 1, Some("grace"), "retired"),
+    (KeyAction::Destroy, 1, Some("retired"), "destroyed"),
+];
 
 fn insert(store: &dyn KeyStore, records: Vec<KekRecord>) {
     let audit = records
@@ -483,6 +513,31 @@ pub fn audit_log_order_and_filter(f: &dyn Fixture) {
     }
 }
 
+/// Applies `change(0)` on `a` and `change(1)` on `b` at the same moment (two threads meeting
+/// at a barrier); the two results, in that order.
+fn race(
+    a: &Arc<dyn KeyStore>,
+    b: &Arc<dyn KeyStore>,
+    change: impl Fn(usize) -> StoreChange,
+) -> Vec<Result<(), Error>> {
+    let barrier = Barrier::new(2);
+    thread::scope(|t| {
+        let handles: Vec<_> = [a, b]
+            .into_iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let change = change(i);
+                let barrier = &barrier;
+                t.spawn(move || {
+                    barrier.wait();
+                    store.apply(change)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 /// Two handles racing the same change: exactly one wins, the other gets
 /// `ConcurrentModification`, and the store holds the winner's change once.
 pub fn racing_cas_has_one_winner(f: &dyn Fixture) {
@@ -509,21 +564,7 @@ pub fn racing_cas_has_one_winner(f: &dyn Fixture) {
                 audit(&demoted, KeyAction::Rotate, Some(KekState::Active), 1),
             ],
         };
-        let barrier = Barrier::new(2);
-        let results: Vec<Result<(), Error>> = thread::scope(|t| {
-            let handles: Vec<_> = [&a, &b]
-                .into_iter()
-                .map(|store| {
-                    let change = change.clone();
-                    let barrier = &barrier;
-                    t.spawn(move || {
-                        barrier.wait();
-                        store.apply(change)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let results = race(&a, &b, |_| change.clone());
         let wins = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "round {round}: {results:?}");
         // The loser's error names the record it lost on: the updated v1 or the inserted v2.
@@ -547,38 +588,26 @@ pub fn racing_cas_has_one_winner(f: &dyn Fixture) {
         let name = format!("race-update-{round}");
         let v1 = record(&name, 1, KekState::Active);
         insert(&*a, vec![v1.clone()]);
-        let barrier = Barrier::new(2);
-        let results: Vec<(usize, Result<(), Error>)> = thread::scope(|t| {
-            let handles: Vec<_> = [&a, &b]
-                .into_iter()
-                .enumerate()
-                .map(|(i, store)| {
-                    let mut after = v1.clone();
-                    after.wrapped = wrapped(&format!("new-root-{i}"), b"rewrapped");
-                    let change = StoreChange {
-                        inserts: vec![],
-                        updates: vec![RecordUpdate {
-                            before: v1.clone(),
-                            after: after.clone(),
-                        }],
-                        audit: vec![audit(&after, KeyAction::RewrapRoot, Some(v1.state), 1)],
-                    };
-                    let barrier = &barrier;
-                    t.spawn(move || {
-                        barrier.wait();
-                        (i, store.apply(change))
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let results = race(&a, &b, |i| {
+            let mut after = v1.clone();
+            after.wrapped = wrapped(&format!("new-root-{i}"), b"rewrapped");
+            StoreChange {
+                inserts: vec![],
+                updates: vec![RecordUpdate {
+                    before: v1.clone(),
+                    after: after.clone(),
+                }],
+                audit: vec![audit(&after, KeyAction::RewrapRoot, Some(v1.state), 1)],
+            }
         });
         let winners: Vec<usize> = results
             .iter()
+            .enumerate()
             .filter(|(_, r)| r.is_ok())
-            .map(|(i, _)| *i)
+            .map(|(i, _)| i)
             .collect();
         assert_eq!(winners.len(), 1, "round {round}: {results:?}");
-        for (_, r) in results.into_iter().filter(|(_, r)| r.is_err()) {
+        for r in results.into_iter().filter(Result::is_err) {
             assert_conflict(r, &name, 1);
         }
         let stored = b.get(&scope(&name), v(1)).unwrap().unwrap();
@@ -588,25 +617,11 @@ pub fn racing_cas_has_one_winner(f: &dyn Fixture) {
     }
 
     // Two handles creating the same scope: one wins.
-    let barrier = Barrier::new(2);
     let first = record("race-create", 1, KekState::Active);
-    let results: Vec<Result<(), Error>> = thread::scope(|t| {
-        let handles: Vec<_> = [&a, &b]
-            .into_iter()
-            .map(|store| {
-                let first = first.clone();
-                let barrier = &barrier;
-                t.spawn(move || {
-                    barrier.wait();
-                    store.apply(StoreChange {
-                        inserts: vec![first.clone()],
-                        updates: vec![],
-                        audit: vec![audit(&first, KeyAction::CreateScope, None, 1)],
-                    })
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let results = race(&a, &b, |_| StoreChange {
+        inserts: vec![first.clone()],
+        updates: vec![],
+        audit: vec![audit(&first, KeyAction::CreateScope, None, 1)],
     });
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
@@ -677,27 +692,9 @@ pub fn keyring_round(f: &dyn Fixture) {
         b"12 Grimmauld Place"
     );
 
-    let expected = [
-        (KeyAction::CreateScope, 1, None, "active"),
-        (KeyAction::Rotate, 2, None, "active"),
-        (KeyAction::Rotate, 1, Some("active"), "grace"),
-        (KeyAction::Retire, 1, Some("grace"), "retired"),
-        (KeyAction::Destroy, 1, Some("retired"), "destroyed"),
-    ];
     let check = |store: &dyn KeyStore| {
         let log = store.audit_log(Some(&s)).unwrap();
-        let got: Vec<_> = log
-            .iter()
-            .map(|a| {
-                (
-                    a.action,
-                    a.version.get(),
-                    a.from.map(|f| f.name()),
-                    a.to.name(),
-                )
-            })
-            .collect();
-        assert_eq!(got, expected);
+        assert_eq!(transitions(&log), ROTATE_RETIRE_DESTROY);
         assert!(
             log.iter()
                 .all(|a| a.actor == "suite" && a.reason == "key-store conformance")
