@@ -17,17 +17,15 @@
     reason = "test"
 )]
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
-
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, FieldContext, FieldPolicy, Json, KeyRing, KeyScope, RowId};
+use leakless::{FieldContext, FieldPolicy, Json, KeyRing, KeyScope, RowId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use zeroize::{Zeroize, Zeroizing};
+
+mod common;
+use common::local_ring;
 
 /// The mask the needle is kept under, so the needle itself never matches.
 const MASK: u8 = 0xA5;
@@ -204,16 +202,12 @@ impl MemoryScan {
     }
 }
 
+/// A key ring with one scope, `patients`, and that scope.
 fn ring() -> (KeyRing, KeyScope) {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
+    (
+        local_ring(&["patients"]),
+        KeyScope::new("patients").unwrap(),
     )
-    .build();
-    let scope = KeyScope::new("patients").unwrap();
-    ring.create_scope(&scope, &AuditInfo::new("test", "setup"))
-        .unwrap();
-    (ring, scope)
 }
 
 /// Whether `text` is the canary behind `needle`.

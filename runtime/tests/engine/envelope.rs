@@ -2,26 +2,30 @@
 //! contexts (proptest), the context-swap rule (another table, column, row or schema version
 //! fails to open), wrong keys, and the typed error for each kind of bad input.
 
-use std::sync::Arc;
-
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::{
-    Algorithm, AuditInfo, Error, FieldContext, FieldPolicy, KeyRing, KeyScope, PaddingPolicy, RowId,
+    Algorithm, Error, FieldContext, FieldPolicy, KeyRing, KeyScope, PaddingPolicy, RowId,
 };
 use proptest::prelude::*;
 
+use crate::common::local_ring;
+
+/// A key ring with one scope, `patients`, and that scope.
 fn ring() -> (KeyRing, KeyScope) {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
+    (
+        local_ring(&["patients"]),
+        KeyScope::new("patients").unwrap(),
     )
-    .build();
-    let scope = KeyScope::new("patients").unwrap();
-    ring.create_scope(&scope, &AuditInfo::new("test", "setup"))
-        .unwrap();
-    (ring, scope)
+}
+
+/// The context most tests seal under: `patients.address`, row 1, schema version 1.
+fn address_ctx() -> FieldContext<'static> {
+    FieldContext::new("patients", "address", RowId::Int(1), 1)
+}
+
+/// `plaintext` sealed by `ring` in `scope` under [`address_ctx`] with the default policy.
+fn seal(ring: &KeyRing, scope: &KeyScope, plaintext: &[u8]) -> Vec<u8> {
+    ring.seal(scope, &address_ctx(), plaintext, &FieldPolicy::default())
+        .unwrap()
 }
 
 fn policy(alg: Algorithm) -> FieldPolicy {
@@ -102,7 +106,7 @@ proptest! {
 fn copying_a_ciphertext_to_another_row_column_table_or_schema_fails() {
     let (ring, scope) = ring();
     for alg in ALGS {
-        let ctx = FieldContext::new("patients", "address", RowId::Int(1), 1);
+        let ctx = address_ctx();
         let sealed = ring
             .seal(&scope, &ctx, b"221B Baker Street", &policy(alg))
             .unwrap();
@@ -135,10 +139,8 @@ fn copying_a_ciphertext_to_another_row_column_table_or_schema_fails() {
 fn a_same_named_key_from_another_key_ring_fails_opaquely() {
     let (a, scope) = ring();
     let (b, _) = ring();
-    let ctx = FieldContext::new("patients", "address", RowId::Int(1), 1);
-    let sealed = a
-        .seal(&scope, &ctx, b"secret", &FieldPolicy::default())
-        .unwrap();
+    let ctx = address_ctx();
+    let sealed = seal(&a, &scope, b"secret");
     assert!(matches!(
         b.open(&ctx, &sealed),
         Err(Error::DecryptionFailed { .. })
@@ -148,10 +150,8 @@ fn a_same_named_key_from_another_key_ring_fails_opaquely() {
 #[test]
 fn each_kind_of_bad_input_gets_its_own_typed_error() {
     let (ring, scope) = ring();
-    let ctx = FieldContext::new("patients", "address", RowId::Int(1), 1);
-    let good = ring
-        .seal(&scope, &ctx, b"hello", &FieldPolicy::default())
-        .unwrap();
+    let ctx = address_ctx();
+    let good = seal(&ring, &scope, b"hello");
 
     let plaintext_err = ring.open(&ctx, b"221B Baker Street").unwrap_err();
     assert!(
@@ -160,27 +160,27 @@ fn each_kind_of_bad_input_gets_its_own_typed_error() {
     );
     assert!(!plaintext_err.to_string().contains("Baker"));
 
-    let mut v2 = good.clone();
-    v2[2] = 2;
+    // The good envelope with byte `at` set to `to`, opened.
+    let with_byte = |at: usize, to: u8| {
+        let mut changed = good.clone();
+        changed[at] = to;
+        ring.open(&ctx, &changed)
+    };
     assert!(matches!(
-        ring.open(&ctx, &v2),
+        with_byte(2, 2),
         Err(Error::UnknownFormatVersion { version: 2, .. })
     ));
 
-    let mut alg = good.clone();
-    alg[3] = 9;
     assert!(matches!(
-        ring.open(&ctx, &alg),
+        with_byte(3, 9),
         Err(Error::UnknownAlgorithm {
             kind: "data AEAD",
             id: 9,
             ..
         })
     ));
-    let mut pad = good.clone();
-    pad[4] = 7;
     assert!(matches!(
-        ring.open(&ctx, &pad),
+        with_byte(4, 7),
         Err(Error::UnknownAlgorithm {
             kind: "padding",
             ..
@@ -193,20 +193,14 @@ fn each_kind_of_bad_input_gets_its_own_typed_error() {
         assert!(matches!(err, Error::Truncated { .. }), "len {len}: {err}");
     }
 
-    let mut version = good.clone();
+    // KEK v9 does not exist.
     let vpos = 6 + "patients".len() + 3;
-    version[vpos] = 9; // KEK v9 does not exist
     assert!(matches!(
-        ring.open(&ctx, &version),
+        with_byte(vpos, 9),
         Err(Error::KeyVersionNotFound { .. })
     ));
 
-    let mut scope_name = good.clone();
-    scope_name[6] = b' ';
-    assert!(matches!(
-        ring.open(&ctx, &scope_name),
-        Err(Error::Malformed { .. })
-    ));
+    assert!(matches!(with_byte(6, b' '), Err(Error::Malformed { .. })));
 
     let mut last = good.clone();
     *last.last_mut().unwrap() ^= 1;
@@ -225,18 +219,9 @@ fn each_kind_of_bad_input_gets_its_own_typed_error() {
 #[test]
 fn padding_hides_length_within_a_bucket() {
     let (ring, scope) = ring();
-    let ctx = FieldContext::new("patients", "address", RowId::Int(1), 1);
-    let short = ring
-        .seal(&scope, &ctx, b"Elm St 1", &FieldPolicy::default())
-        .unwrap();
-    let long = ring
-        .seal(
-            &scope,
-            &ctx,
-            b"1600 Pennsylvania Avenue",
-            &FieldPolicy::default(),
-        )
-        .unwrap();
+    let ctx = address_ctx();
+    let short = seal(&ring, &scope, b"Elm St 1");
+    let long = seal(&ring, &scope, b"1600 Pennsylvania Avenue");
     assert_eq!(short.len(), long.len());
     let marker = FieldPolicy {
         algorithm: Algorithm::XChaCha20Poly1305,
@@ -258,13 +243,8 @@ fn padding_hides_length_within_a_bucket() {
 #[test]
 fn every_seal_uses_a_fresh_dek_and_nonces() {
     let (ring, scope) = ring();
-    let ctx = FieldContext::new("patients", "address", RowId::Int(1), 1);
-    let a = ring
-        .seal(&scope, &ctx, b"same", &FieldPolicy::default())
-        .unwrap();
-    let b = ring
-        .seal(&scope, &ctx, b"same", &FieldPolicy::default())
-        .unwrap();
+    let a = seal(&ring, &scope, b"same");
+    let b = seal(&ring, &scope, b"same");
     assert_eq!(a.len(), b.len());
     assert_ne!(a, b);
     // Nothing after the key prefix repeats between the two.
@@ -286,7 +266,7 @@ fn readers_and_writers_keep_to_the_size_limit() {
     assert_eq!(MAX_ENVELOPE_LEN, (1 << 30) + 186);
 
     let (ring, scope) = ring();
-    let ctx = FieldContext::new("patients", "address", RowId::Int(1), 1);
+    let ctx = address_ctx();
     // A writer refuses a policy that pads beyond the limit, before allocating anything.
     let huge = FieldPolicy {
         algorithm: Algorithm::XChaCha20Poly1305,
@@ -306,9 +286,7 @@ fn readers_and_writers_keep_to_the_size_limit() {
     // A reader takes the longest envelope's structure, and refuses one byte more as malformed
     // before any key is fetched. (`vec![0; n]` is not touched beyond the copied header, so the
     // gigabyte is never written.)
-    let good = ring
-        .seal(&scope, &ctx, b"hello", &FieldPolicy::default())
-        .unwrap();
+    let good = seal(&ring, &scope, b"hello");
     let prefix_len = good.len() - 32 - 16; // everything up to the data ciphertext
     let mut longest = vec![0u8; prefix_len + MAX_PADDED_LEN + 16];
     longest[..prefix_len].copy_from_slice(&good[..prefix_len]);

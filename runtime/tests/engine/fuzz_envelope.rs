@@ -20,19 +20,17 @@
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use leakless::envelope::{self, HEADER_LEN, WRAP_NONCE_LEN, WRAPPED_DEK_LEN};
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::{
     Algorithm, AuditInfo, Error, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope,
     PaddingPolicy, RowId,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+
+use crate::common::local_ring;
 
 /// Default total number of fuzz inputs: sized for well under 20 s in a debug build.
 const DEFAULT_CASES: u64 = 96_000;
@@ -94,11 +92,7 @@ fn plaintext(len: usize, fill: u8) -> Vec<u8> {
 
 /// A ring with scopes in every key state and envelopes of both AEADs and several sizes.
 fn fixture() -> Fixture {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let ring = local_ring(&[]);
     let who = AuditInfo::new("fuzz-test", "fuzz fixture");
     let ctx = ctx();
     let mut seeds = Vec::new();
@@ -142,28 +136,22 @@ fn fixture() -> Fixture {
         KeyCase::Active,
     );
 
-    // Scope `retired`: v1 retired by a rotation without grace.
-    let retired = KeyScope::new("retired").unwrap();
-    ring.create_scope(&retired, &who).unwrap();
-    seal_all(
-        &retired,
-        vec![(aes, pow2, plaintext(20, b'e'))],
-        KeyCase::Retired,
-    );
-    ring.rotate(&retired, Duration::ZERO, &who).unwrap();
-
-    // Scope `shredded`: v1 retired, then destroyed.
-    let shredded = KeyScope::new("shredded").unwrap();
-    ring.create_scope(&shredded, &who).unwrap();
-    seal_all(
-        &shredded,
-        vec![(xchacha, pow2, plaintext(20, b'f'))],
-        KeyCase::Destroyed,
-    );
-    ring.rotate(&shredded, Duration::ZERO, &who).unwrap();
-    // The fixture needs the destroyed state now, not after the cache window.
-    ring.destroy_ignoring_cache_window(&shredded, KekVersion::FIRST, &who)
-        .unwrap();
+    // Scope `retired`: v1 retired by a rotation without grace. Scope `shredded`: v1 retired,
+    // then destroyed.
+    for (name, algorithm, fill, case) in [
+        ("retired", aes, b'e', KeyCase::Retired),
+        ("shredded", xchacha, b'f', KeyCase::Destroyed),
+    ] {
+        let scope = KeyScope::new(name).unwrap();
+        ring.create_scope(&scope, &who).unwrap();
+        seal_all(&scope, vec![(algorithm, pow2, plaintext(20, fill))], case);
+        ring.rotate(&scope, Duration::ZERO, &who).unwrap();
+        if case == KeyCase::Destroyed {
+            // The fixture needs the destroyed state now, not after the cache window.
+            ring.destroy_ignoring_cache_window(&scope, KekVersion::FIRST, &who)
+                .unwrap();
+        }
+    }
 
     Fixture { ring, seeds }
 }

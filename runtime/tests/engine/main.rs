@@ -14,6 +14,8 @@
 )]
 
 mod aead_engines;
+#[path = "../common/mod.rs"]
+mod common;
 mod envelope;
 mod fuzz_envelope;
 mod wycheproof;

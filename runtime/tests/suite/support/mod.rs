@@ -4,18 +4,16 @@
 //! [`rerun_test`] for a test that needs a process of its own.
 
 use std::process::Command;
-use std::sync::Arc;
 
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, KeyRing, KeyScope};
-
+#[path = "../../common/mod.rs"]
+mod common;
 #[macro_use]
 pub mod kms_suite;
 pub mod peers;
 pub use leakless_testkit as services;
 pub mod store_suite;
+
+pub(crate) use common::local_ring;
 
 /// A command that runs one test of this binary again, alone, in a child process (`--exact`,
 /// one thread, output shown): for a test that needs environment variables of its own
@@ -33,18 +31,4 @@ pub fn rerun_test(module: &str, test: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command.args(["--exact", &name, "--test-threads=1", "--nocapture"]);
     command
-}
-
-/// A key ring over a new local root key and an in-memory key store, with `scopes` created.
-pub fn local_ring(scopes: &[&str]) -> KeyRing {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
-    for s in scopes {
-        ring.create_scope(&KeyScope::new(s).unwrap(), &AuditInfo::new("test", "setup"))
-            .unwrap();
-    }
-    ring
 }
