@@ -95,22 +95,28 @@ fn sqlite_db() -> ((), SqliteConnection) {
     ((), conn)
 }
 
+/// The server database `db` (its guard) and a connection of type `C` to it, with the
+/// `people` table made by `ddl`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn server_db<C: Connection>(
+    db: crate::support::services::TestDb,
+    ddl: &str,
+) -> (crate::support::services::TestDb, C) {
+    let mut conn = C::establish(db.url()).unwrap();
+    conn.batch_execute(ddl).unwrap();
+    (db, conn)
+}
+
 /// A PostgreSQL database of its own with the `people` table.
 #[cfg(feature = "postgres")]
 fn postgres_db() -> (crate::support::services::TestDb, PgConnection) {
-    let db = crate::support::services::TestDb::postgres();
-    let mut conn = PgConnection::establish(db.url()).unwrap();
-    diesel::sql_query(PG_DDL).execute(&mut conn).unwrap();
-    (db, conn)
+    server_db(crate::support::services::TestDb::postgres(), PG_DDL)
 }
 
 /// A MariaDB database of its own with the `people` table.
 #[cfg(feature = "mysql")]
 fn mariadb_db() -> (crate::support::services::TestDb, MysqlConnection) {
-    let db = crate::support::services::TestDb::mysql();
-    let mut conn = MysqlConnection::establish(db.url()).unwrap();
-    diesel::sql_query(MYSQL_DDL).execute(&mut conn).unwrap();
-    (db, conn)
+    server_db(crate::support::services::TestDb::mysql(), MYSQL_DDL)
 }
 
 /// The stage tests on one backend: `$setup` gives a guard (the throwaway database) and a
@@ -165,30 +171,15 @@ macro_rules! stages_suite {
             }
 
             fn load1(conn: &mut $conn, ring: &KeyRing, id: &str) -> Stage1 {
-                let row = people::table
-                    .find(id)
-                    .select(Stage1Row::as_select())
-                    .first(conn)
-                    .unwrap();
-                Stage1::open_row(row, ring).unwrap()
+                load_model!(conn, ring, people::table, id, Stage1Row, Stage1).unwrap()
             }
 
             fn load2(conn: &mut $conn, ring: &KeyRing, id: &str) -> Stage2 {
-                let row = people::table
-                    .find(id)
-                    .select(Stage2Row::as_select())
-                    .first(conn)
-                    .unwrap();
-                Stage2::open_row(row, ring).unwrap()
+                load_model!(conn, ring, people::table, id, Stage2Row, Stage2).unwrap()
             }
 
             fn load3(conn: &mut $conn, ring: &KeyRing, id: &str) -> Result<Stage3, Error> {
-                let row = people::table
-                    .find(id)
-                    .select(Stage3Row::as_select())
-                    .first(conn)
-                    .unwrap();
-                Stage3::open_row(row, ring)
+                load_model!(conn, ring, people::table, id, Stage3Row, Stage3)
             }
 
             #[test]
@@ -221,10 +212,7 @@ macro_rules! stages_suite {
                 // Stage 1, write: the envelope is written and the plaintext copy kept for old versions.
                 let mut p1 = p1;
                 p1.address = "10 New Road, Leeds".into();
-                diesel::update(people::table.find("p1"))
-                    .set(&p1.seal_row(&ring).unwrap())
-                    .execute(&mut conn)
-                    .unwrap();
+                save_model!(&mut conn, &ring, people::table, "p1", p1);
                 let (sealed, plain, photo, photo_plain) = raw(&mut conn, "p1");
                 let sealed = sealed.expect("stage 1 writes the envelope");
                 assert!(!contains(&sealed, b"New Road"));
@@ -256,10 +244,7 @@ macro_rules! stages_suite {
                 // Stage 2, write: the plaintext columns become NULL.
                 for id in ["p1", "p2"] {
                     let p = load2(&mut conn, &ring, id);
-                    diesel::update(people::table.find(id))
-                        .set(&p.seal_row(&ring).unwrap())
-                        .execute(&mut conn)
-                        .unwrap();
+                    save_model!(&mut conn, &ring, people::table, id, p);
                     let (sealed, plain, _, photo_plain) = raw(&mut conn, id);
                     assert!(sealed.is_some(), "{id}");
                     assert_eq!((plain, photo_plain), (None, None), "{id}");
@@ -298,10 +283,7 @@ macro_rules! stages_suite {
                 // Stage 3, write: envelopes only.
                 let mut p1 = p1;
                 p1.address = "11 Final Road".into();
-                diesel::update(people::table.find("p1"))
-                    .set(&p1.seal_row(&ring).unwrap())
-                    .execute(&mut conn)
-                    .unwrap();
+                save_model!(&mut conn, &ring, people::table, "p1", p1);
                 let (sealed, plain, _, photo_plain) = raw(&mut conn, "p1");
                 assert!(sealed.is_some());
                 assert_eq!((plain, photo_plain), (None, None));
@@ -317,10 +299,7 @@ macro_rules! stages_suite {
                 fill_legacy(&mut conn);
                 // p1's address is backfilled through stage 2; its photo_plain is then planted again.
                 let p = load2(&mut conn, &ring, "p1");
-                diesel::update(people::table.find("p1"))
-                    .set(&p.seal_row(&ring).unwrap())
-                    .execute(&mut conn)
-                    .unwrap();
+                save_model!(&mut conn, &ring, people::table, "p1", p);
                 diesel::update(people::table.find("p1"))
                     .set((
                         people::photo.eq(None::<Vec<u8>>),
@@ -348,12 +327,8 @@ macro_rules! stages_suite {
                     .set(people::address.eq(sealed_p2))
                     .execute(&mut conn)
                     .unwrap();
-                let row = people::table
-                    .find("p1")
-                    .select(Stage1Row::as_select())
-                    .first(&mut conn)
-                    .unwrap();
-                let err = Stage1::open_row(row, &ring).unwrap_err();
+                let err = load_model!(&mut conn, &ring, people::table, "p1", Stage1Row, Stage1)
+                    .unwrap_err();
                 assert!(!err.to_string().contains("Legacy"), "{err}");
             }
 

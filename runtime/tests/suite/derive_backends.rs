@@ -184,15 +184,23 @@ fn assert_no_plaintext(err: &Error, needles: &[&str]) {
     }
 }
 
-/// The suite, one module per backend: `$conn` is the connection type, `$db` makes a fresh
-/// database with the `patients` table, returning a value whose `conn()` opens a connection.
+/// The suite, one module per backend: `$conn` is the connection type, `$new` makes a fresh
+/// database with the `patients` table, a `$db` whose `conn()` opens a connection.
 macro_rules! behaviour_suite {
-    ($backend:ident, $conn:ty, $db:ty) => {
+    ($backend:ident, $conn:ty, $db:ty, $new:expr) => {
         mod $backend {
             use super::*;
 
             fn db() -> $db {
-                <$db>::new()
+                $new
+            }
+
+            /// A fresh database (its guard), a connection to it, and a key ring with the
+            /// `patients` and `bidx` scopes.
+            fn setup() -> ($db, $conn, KeyRing) {
+                let db = db();
+                let conn = db.conn();
+                (db, conn, local_ring(&["patients", "bidx"]))
             }
 
             fn insert_one(conn: &mut $conn, ring: &KeyRing, p: &Patient) {
@@ -203,12 +211,7 @@ macro_rules! behaviour_suite {
             }
 
             fn load_one(conn: &mut $conn, ring: &KeyRing, id: &str) -> Result<Patient, Error> {
-                let row = patients::table
-                    .find(id)
-                    .select(PatientRow::as_select())
-                    .first(conn)
-                    .unwrap();
-                Patient::open_row(row, ring)
+                load_model!(conn, ring, patients::table, id, PatientRow, Patient)
             }
 
             fn count(conn: &mut $conn) -> i64 {
@@ -217,9 +220,7 @@ macro_rules! behaviour_suite {
 
             #[test]
             fn round_trip_of_every_field_type_with_unicode_empty_values_and_nulls() {
-                let db = db();
-                let mut conn = db.conn();
-                let ring = local_ring(&["patients", "bidx"]);
+                let (_db, mut conn, ring) = setup();
                 let mut no_transcript = patient(3);
                 no_transcript.transcript = None;
                 let people = [
@@ -271,9 +272,7 @@ macro_rules! behaviour_suite {
 
             #[test]
             fn a_one_mib_transcript_round_trips() {
-                let db = db();
-                let mut conn = db.conn();
-                let ring = local_ring(&["patients", "bidx"]);
+                let (_db, mut conn, ring) = setup();
                 let mut p = patient(1);
                 p.transcript = Some(one_mib_transcript());
                 insert_one(&mut conn, &ring, &p);
@@ -288,9 +287,7 @@ macro_rules! behaviour_suite {
 
             #[test]
             fn bulk_insert_of_10000_rows_fetches_each_kek_once() {
-                let db = db();
-                let mut conn = db.conn();
-                let ring = local_ring(&["patients", "bidx"]);
+                let (_db, mut conn, ring) = setup();
                 let people: Vec<Patient> = (1..=10_000).map(patient).collect();
                 let rows = Patient::seal_rows(&people, &ring).unwrap();
                 assert_eq!(
@@ -324,17 +321,12 @@ macro_rules! behaviour_suite {
 
             #[test]
             fn changeset_updates_change_sealed_values_and_nulls() {
-                let db = db();
-                let mut conn = db.conn();
-                let ring = local_ring(&["patients", "bidx"]);
+                let (_db, mut conn, ring) = setup();
                 for i in 1..=3 {
                     insert_one(&mut conn, &ring, &patient(i));
                 }
                 let update = |conn: &mut $conn, p: &Patient| {
-                    let n = diesel::update(patients::table.find(&p.id))
-                        .set(p.seal_row(&ring).unwrap())
-                        .execute(conn)
-                        .unwrap();
+                    let n = save_model!(conn, &ring, patients::table, &p.id, p);
                     assert_eq!(n, 1);
                 };
                 let mut changed = patient(2);
@@ -374,9 +366,7 @@ macro_rules! behaviour_suite {
 
             #[test]
             fn blind_index_look_ups_also_after_the_index_key_rotates() {
-                let db = db();
-                let mut conn = db.conn();
-                let ring = local_ring(&["patients", "bidx"]);
+                let (_db, mut conn, ring) = setup();
                 let people: Vec<Patient> = (1..=50).map(patient).collect();
                 diesel::insert_into(patients::table)
                     .values(Patient::seal_rows(&people, &ring).unwrap())
@@ -416,50 +406,36 @@ macro_rules! behaviour_suite {
 
             #[test]
             fn a_ciphertext_copied_to_another_row_or_column_does_not_open() {
-                let db = db();
-                let mut conn = db.conn();
-                let ring = local_ring(&["patients", "bidx"]);
+                let (_db, mut conn, ring) = setup();
                 insert_one(&mut conn, &ring, &patient(1));
                 insert_one(&mut conn, &ring, &patient(2));
                 let secrets = ["Canary", "Person1", "Person2", "chest", "51.5"];
 
-                // Row 1's address envelope pasted into row 2.
-                let stolen: Vec<u8> = patients::table
+                // Loading `id` fails to decrypt, naming `place`, and shows no secret.
+                let refused = |conn: &mut $conn, id: &str, place: &str| {
+                    let err = load_one(conn, &ring, id).unwrap_err();
+                    assert!(matches!(err, Error::DecryptionFailed { .. }), "{err}");
+                    assert!(err.to_string().contains(place), "{err}");
+                    assert_no_plaintext(&err, &secrets);
+                };
+
+                let (address, name): (Vec<u8>, Vec<u8>) = patients::table
                     .find("p-00001")
-                    .select(patients::address)
+                    .select((patients::address, patients::name))
                     .first(&mut conn)
                     .unwrap();
+                // Row 1's address envelope pasted into row 2.
                 diesel::update(patients::table.find("p-00002"))
-                    .set(patients::address.eq(&stolen))
+                    .set(patients::address.eq(&address))
                     .execute(&mut conn)
                     .unwrap();
-                let err = load_one(&mut conn, &ring, "p-00002").unwrap_err();
-                assert!(matches!(err, Error::DecryptionFailed { .. }), "{err}");
-                assert!(
-                    err.to_string()
-                        .contains("patients.address row text:p-00002"),
-                    "{err}"
-                );
-                assert_no_plaintext(&err, &secrets);
-
+                refused(&mut conn, "p-00002", "patients.address row text:p-00002");
                 // Row 1's name envelope pasted into its own transcript column (same type).
-                let name: Vec<u8> = patients::table
-                    .find("p-00001")
-                    .select(patients::name)
-                    .first(&mut conn)
-                    .unwrap();
                 diesel::update(patients::table.find("p-00001"))
                     .set(patients::transcript.eq(Some(&name)))
                     .execute(&mut conn)
                     .unwrap();
-                let err = load_one(&mut conn, &ring, "p-00001").unwrap_err();
-                assert!(matches!(err, Error::DecryptionFailed { .. }), "{err}");
-                assert!(
-                    err.to_string()
-                        .contains("patients.transcript row text:p-00001"),
-                    "{err}"
-                );
-                assert_no_plaintext(&err, &secrets);
+                refused(&mut conn, "p-00001", "patients.transcript row text:p-00001");
 
                 // A whole row copied under a new id.
                 let mut row: PatientRow = patients::table
@@ -472,16 +448,12 @@ macro_rules! behaviour_suite {
                     .values(&row)
                     .execute(&mut conn)
                     .unwrap();
-                let err = load_one(&mut conn, &ring, "p-copy").unwrap_err();
-                assert!(matches!(err, Error::DecryptionFailed { .. }), "{err}");
-                assert_no_plaintext(&err, &secrets);
+                refused(&mut conn, "p-copy", "row text:p-copy");
             }
 
             #[test]
             fn rows_read_after_a_kek_rotation() {
-                let db = db();
-                let mut conn = db.conn();
-                let ring = local_ring(&["patients", "bidx"]);
+                let (_db, mut conn, ring) = setup();
                 let scope = KeyScope::new("patients").unwrap();
                 let who = AuditInfo::new("test", "rotation");
                 let old: Vec<Patient> = (1..=20).map(patient).collect();
@@ -657,46 +629,43 @@ impl SqliteDb {
 }
 
 #[cfg(feature = "sqlite")]
-behaviour_suite!(sqlite, SqliteConnection, SqliteDb);
+behaviour_suite!(sqlite, SqliteConnection, SqliteDb, SqliteDb::new());
 
-/// A PostgreSQL database of its own with the `patients` table.
-#[cfg(feature = "postgres")]
-struct PgDb(crate::support::services::TestDb);
+/// A server database of its own (PostgreSQL or MariaDB, reached through connections of type
+/// `C`) with the `patients` table. Shared by the suite's threads, so the connection type is
+/// only named, never held.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+struct ServerDb<C>(
+    crate::support::services::TestDb,
+    std::marker::PhantomData<fn() -> C>,
+);
 
-#[cfg(feature = "postgres")]
-impl PgDb {
-    fn new() -> Self {
-        let db = Self(crate::support::services::TestDb::postgres());
-        diesel::sql_query(PG_DDL).execute(&mut db.conn()).unwrap();
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl<C: Connection> ServerDb<C> {
+    /// `db` with the `patients` table made by `ddl`.
+    fn with_table(db: crate::support::services::TestDb, ddl: &str) -> Self {
+        let db = Self(db, std::marker::PhantomData);
+        db.conn().batch_execute(ddl).unwrap();
         db
     }
 
-    fn conn(&self) -> PgConnection {
-        PgConnection::establish(self.0.url()).unwrap()
+    fn conn(&self) -> C {
+        C::establish(self.0.url()).unwrap()
     }
 }
 
 #[cfg(feature = "postgres")]
-behaviour_suite!(postgres, PgConnection, PgDb);
-
-/// A MariaDB database of its own with the `patients` table.
-#[cfg(feature = "mysql")]
-struct MysqlDb(crate::support::services::TestDb);
-
-#[cfg(feature = "mysql")]
-impl MysqlDb {
-    fn new() -> Self {
-        let db = Self(crate::support::services::TestDb::mysql());
-        diesel::sql_query(MYSQL_DDL)
-            .execute(&mut db.conn())
-            .unwrap();
-        db
-    }
-
-    fn conn(&self) -> MysqlConnection {
-        MysqlConnection::establish(self.0.url()).unwrap()
-    }
-}
+behaviour_suite!(
+    postgres,
+    PgConnection,
+    ServerDb<PgConnection>,
+    ServerDb::with_table(crate::support::services::TestDb::postgres(), PG_DDL)
+);
 
 #[cfg(feature = "mysql")]
-behaviour_suite!(mariadb, MysqlConnection, MysqlDb);
+behaviour_suite!(
+    mariadb,
+    MysqlConnection,
+    ServerDb<MysqlConnection>,
+    ServerDb::with_table(crate::support::services::TestDb::mysql(), MYSQL_DDL)
+);

@@ -15,6 +15,34 @@ pub mod store_suite;
 
 pub(crate) use common::local_ring;
 
+/// Reads the row with primary key `$id` of the diesel table `$table` over the connection
+/// `$conn` as a `$row` (its `Selectable`), and opens it as the sealed model `$model` with the
+/// key ring `$ring`: the `Result` of `open_row`. Fails the test if the row cannot be read.
+#[cfg(feature = "sql-store")]
+macro_rules! load_model {
+    ($conn:expr, $ring:expr, $table:expr, $id:expr, $row:ident, $model:ident) => {{
+        let row = $table
+            .find($id)
+            .select($row::as_select())
+            .first($conn)
+            .unwrap();
+        $model::open_row(row, $ring)
+    }};
+}
+
+/// Seals the model `$model` with the key ring `$ring` and writes it over the row with primary
+/// key `$id` of the diesel table `$table`, over the connection `$conn`: the number of rows
+/// written. Fails the test if the model does not seal or the row cannot be written.
+#[cfg(feature = "sql-store")]
+macro_rules! save_model {
+    ($conn:expr, $ring:expr, $table:expr, $id:expr, $model:expr) => {
+        diesel::update($table.find($id))
+            .set($model.seal_row($ring).unwrap())
+            .execute($conn)
+            .unwrap()
+    };
+}
+
 /// A command that runs one test of this binary again, alone, in a child process (`--exact`,
 /// one thread, output shown): for a test that needs environment variables of its own
 /// (`std::env::set_var` is `unsafe`, and this workspace forbids `unsafe`) or changes state
