@@ -214,6 +214,15 @@ macro_rules! behaviour_suite {
                 load_model!(conn, ring, patients::table, id, PatientRow, Patient)
             }
 
+            /// The `transcript` column of row `id` as stored (an envelope, or NULL).
+            fn stored_transcript(conn: &mut $conn, id: &str) -> Option<Vec<u8>> {
+                patients::table
+                    .find(id)
+                    .select(patients::transcript)
+                    .first(conn)
+                    .unwrap()
+            }
+
             fn count(conn: &mut $conn) -> i64 {
                 patients::table.count().get_result(conn).unwrap()
             }
@@ -237,17 +246,9 @@ macro_rules! behaviour_suite {
                 }
 
                 // NULL stays NULL; an empty string is a sealed value, not NULL.
-                let raw: Option<Vec<u8>> = patients::table
-                    .find("p-00003")
-                    .select(patients::transcript)
-                    .first(&mut conn)
-                    .unwrap();
+                let raw = stored_transcript(&mut conn, "p-00003");
                 assert!(raw.is_none(), "None is stored as NULL");
-                let raw: Option<Vec<u8>> = patients::table
-                    .find("p-empty")
-                    .select(patients::transcript)
-                    .first(&mut conn)
-                    .unwrap();
+                let raw = stored_transcript(&mut conn, "p-empty");
                 assert!(leakless::envelope::looks_like_envelope(&raw.unwrap()));
 
                 // The stored row holds envelopes, none of the plaintext (positive control: the
@@ -276,11 +277,7 @@ macro_rules! behaviour_suite {
                 let mut p = patient(1);
                 p.transcript = Some(one_mib_transcript());
                 insert_one(&mut conn, &ring, &p);
-                let raw: Option<Vec<u8>> = patients::table
-                    .find(&p.id)
-                    .select(patients::transcript)
-                    .first(&mut conn)
-                    .unwrap();
+                let raw = stored_transcript(&mut conn, &p.id);
                 assert!(raw.unwrap().len() >= 1 << 20);
                 assert!(load_one(&mut conn, &ring, &p.id).unwrap() == p);
             }
@@ -336,11 +333,7 @@ macro_rules! behaviour_suite {
                 changed.photo = vec![9; 300];
                 update(&mut conn, &changed);
                 assert!(load_one(&mut conn, &ring, "p-00002").unwrap() == changed);
-                let raw: Option<Vec<u8>> = patients::table
-                    .find("p-00002")
-                    .select(patients::transcript)
-                    .first(&mut conn)
-                    .unwrap();
+                let raw = stored_transcript(&mut conn, "p-00002");
                 assert!(raw.is_none(), "the changeset wrote NULL for None");
 
                 // NULL back to a value, and a new e-mail that the blind index follows.
