@@ -288,32 +288,30 @@ impl Fixture for ServerFixture {
     }
 }
 
-/// Asserts `err` is the connect error of the `store` backend and shows nowhere the `password`
-/// its URL carried.
+/// The password in `url`, if it carries one.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-fn assert_connect_error_hides(err: &leakless::Error, store: &str, password: &str) {
-    let text = format!("{err} {err:?}");
-    assert!(!text.contains(password), "{text}");
-    assert!(
-        matches!(
-            err,
-            leakless::Error::KeyStore {
-                store: s,
-                operation: "connect",
-                ..
-            } if *s == store
-        ),
-        "{err:?}"
-    );
+fn password_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.rsplit_once('@')?.0;
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
 }
+
+/// The password the bad-password checks put in a store URL: no error may show it.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+const WRONG_PASSWORD: &str = "wrong-secret-pw";
 
 /// The tests of a server store, on fresh fixtures (`fixture()`, which this defines, gives one
 /// over a new database `$db` of the backend named `$store`, opened by `$open`): the
-/// conformance suite, the one-active-version schema check, and `SqlKeyStore::connect` on the
-/// fixture's URL, which must pick that backend and show the URL only redacted in its Debug.
+/// conformance suite, the one-active-version schema check, `SqlKeyStore::connect` on the
+/// fixture's URL, which must pick that backend and show the URL only redacted in its Debug
+/// (a password it carries masked), and a connect refused for the URL `$bad_url` makes of the fixture's (carrying
+/// [`WRONG_PASSWORD`]), with an error that does not show the password.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 macro_rules! server_checks {
-    ($db:expr, $open:expr, $store:literal) => {
+    ($db:expr, $open:expr, $store:literal, $bad_url:expr) => {
         /// A database of its own on the backend.
         fn fixture() -> ServerFixture {
             ServerFixture::new($db, $open)
@@ -333,6 +331,30 @@ macro_rules! server_checks {
                 debug.contains(&leakless::redact::redact_url(fixture.db.url())),
                 "{debug}"
             );
+            // A throwaway server's URL carries a password; Debug must not.
+            if let Some(password) = password_of(fixture.db.url()) {
+                assert!(!debug.contains(password), "Debug shows the password");
+                assert!(debug.contains(leakless::redact::MASK), "{debug}");
+            }
+        }
+
+        #[test]
+        fn bad_password_error_does_not_show_it() {
+            let fixture = fixture();
+            let err = ($open)(&$bad_url(fixture.db.url())).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains(WRONG_PASSWORD), "{text}");
+            assert!(
+                matches!(
+                    err,
+                    leakless::Error::KeyStore {
+                        store: $store,
+                        operation: "connect",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
         }
     };
 }
@@ -343,16 +365,20 @@ mod postgres {
     use crate::support::services::TestDb;
     use leakless::store::sql::SqlKeyStore;
 
-    server_checks!(TestDb::postgres(), SqlKeyStore::postgres, "postgres");
+    server_checks!(
+        TestDb::postgres(),
+        SqlKeyStore::postgres,
+        "postgres",
+        bad_password_url
+    );
 
-    #[test]
-    fn bad_password_error_does_not_show_it() {
-        let fixture = fixture();
-        // Point at a database that does not exist, with a password in the URL.
-        let url = crate::support::services::with_database(fixture.db.url(), "leakless_no_such_db")
-            .replacen("postgres@", "postgres:pg-secret-pw@", 1);
-        let err = SqlKeyStore::postgres(&url).unwrap_err();
-        assert_connect_error_hides(&err, "postgres", "pg-secret-pw");
+    /// `url` pointing at a database that does not exist, with [`WRONG_PASSWORD`] in it.
+    fn bad_password_url(url: &str) -> String {
+        crate::support::services::with_database(url, "leakless_no_such_db").replacen(
+            "postgres@",
+            &format!("postgres:{WRONG_PASSWORD}@"),
+            1,
+        )
     }
 }
 
@@ -360,39 +386,21 @@ mod postgres {
 mod mariadb {
     use super::*;
     use crate::support::services::TestDb;
-    use leakless::redact::MASK;
     use leakless::store::sql::SqlKeyStore;
 
-    server_checks!(TestDb::mysql(), SqlKeyStore::mysql, "mysql");
+    server_checks!(
+        TestDb::mysql(),
+        SqlKeyStore::mysql,
+        "mysql",
+        bad_password_url
+    );
 
-    #[test]
-    fn debug_and_errors_hide_the_password() {
-        let fixture = fixture();
-        // The throwaway server's URL carries a password; Debug must not.
-        if let Some(password) = password_of(fixture.db.url()) {
-            let store = SqlKeyStore::connect(fixture.db.url()).unwrap();
-            let debug = format!("{store:?}");
-            assert!(!debug.contains(password), "Debug shows the password");
-            assert!(debug.contains(MASK), "{debug}");
+    /// `url` with its password replaced by [`WRONG_PASSWORD`] (or given one).
+    fn bad_password_url(url: &str) -> String {
+        match password_of(url) {
+            Some(p) => url.replacen(&format!(":{p}@"), &format!(":{WRONG_PASSWORD}@"), 1),
+            None => url.replacen("://root@", &format!("://root:{WRONG_PASSWORD}@"), 1),
         }
-
-        // A wrong password is refused without echoing it.
-        let url = fixture.db.url().to_owned();
-        let wrong = match password_of(&url) {
-            Some(p) => url.replacen(&format!(":{p}@"), ":my-wrong-secret-pw@", 1),
-            None => url.replacen("://root@", "://root:my-wrong-secret-pw@", 1),
-        };
-        let err = SqlKeyStore::mysql(&wrong).unwrap_err();
-        assert_connect_error_hides(&err, "mysql", "my-wrong-secret-pw");
-    }
-
-    fn password_of(url: &str) -> Option<&str> {
-        let rest = url.split_once("://")?.1;
-        let userinfo = rest.rsplit_once('@')?.0;
-        userinfo
-            .split_once(':')
-            .map(|(_, p)| p)
-            .filter(|p| !p.is_empty())
     }
 
     #[test]
