@@ -508,7 +508,7 @@ fn wrap_dek(
 
 /// Unwraps the DEK of a parsed envelope with `kek`, given the wrap's associated data
 /// (`key_prefix || context`).
-fn unwrap_dek_with_aad(
+fn unwrap_dek(
     kek: &KekKeys,
     parsed: &Parsed<'_>,
     aad: &[u8],
@@ -539,18 +539,6 @@ fn unwrap_dek_with_aad(
     Ok(dek)
 }
 
-/// Unwraps the DEK of a parsed envelope with `kek`.
-pub(crate) fn unwrap_dek(
-    kek: &KekKeys,
-    parsed: &Parsed<'_>,
-    ctx: &FieldContext<'_>,
-) -> Result<Dek, Error> {
-    let mut aad = Vec::with_capacity(parsed.key_prefix.len() + 64);
-    aad.extend_from_slice(parsed.key_prefix);
-    ctx.encode_into(&mut aad)?;
-    unwrap_dek_with_aad(kek, parsed, &aad, ctx)
-}
-
 /// Opens a parsed envelope with `kek`, given `context`, the canonical encoding of `ctx` (its
 /// buffer becomes both associated data strings, so it should have room for the key prefix:
 /// [`AAD_CAPACITY`]).
@@ -570,13 +558,24 @@ pub(crate) fn open(
     // wrap, then, with the scope and version cut out, `header || context` for the data.
     let mut aad = context;
     aad.splice(0..0, parsed.key_prefix.iter().copied());
-    let dek = unwrap_dek_with_aad(kek, parsed, &aad, ctx)?;
+    let dek = unwrap_dek(kek, parsed, &aad, ctx)?;
     aad.drain(HEADER_LEN..parsed.key_prefix.len());
+    open_data(&dek, parsed, &aad, ctx)
+}
+
+/// Decrypts the data part of `parsed` with its unwrapped `dek`, given `header || context` as
+/// `aad`, and cuts the padding off the plaintext.
+fn open_data(
+    dek: &Dek,
+    parsed: &Parsed<'_>,
+    aad: &[u8],
+    ctx: &FieldContext<'_>,
+) -> Result<Plaintext, Error> {
     let mut pt = aead::decrypt(
         parsed.algorithm,
         dek.expose_secret(),
         parsed.data_nonce,
-        &aad,
+        aad,
         parsed.ciphertext_and_tag,
     )
     .map_err(|_| Error::DecryptionFailed {
@@ -590,20 +589,45 @@ pub(crate) fn open(
     Ok(pt)
 }
 
-/// Re-wraps the DEK of `parsed` (opened with `old_kek`) under `new_kek` as `new_scope`
-/// `new_version`, with a fresh wrap nonce. The data nonce and ciphertext are copied unchanged.
+/// Where [`rewrap`] moves a DEK: a KEK and the scope and version it is stored as.
+pub(crate) struct RewrapTarget<'a> {
+    /// The KEK that wraps the DEK anew.
+    pub(crate) kek: &'a KekKeys,
+    /// The scope the new header names.
+    pub(crate) scope: &'a KeyScope,
+    /// The KEK version the new header names.
+    pub(crate) version: KekVersion,
+}
+
+/// Re-wraps the DEK of `parsed` (opened with `old_kek`) under `to`, with a fresh wrap nonce.
+/// The data nonce and ciphertext are copied unchanged.
+///
+/// `context` is the canonical encoding of `ctx`, as [`open`] takes it. With `verify_data`,
+/// the data is opened with the same unwrapped DEK before it is re-wrapped (into a zeroizing
+/// buffer that is dropped at once), so a row whose data part is corrupt fails as [`open`]
+/// would fail instead of being re-wrapped.
 pub(crate) fn rewrap(
     old_kek: &KekKeys,
-    new_kek: &KekKeys,
-    new_scope: &KeyScope,
-    new_version: KekVersion,
+    to: &RewrapTarget<'_>,
     parsed: &Parsed<'_>,
     ctx: &FieldContext<'_>,
+    context: Vec<u8>,
+    verify_data: bool,
 ) -> Result<Vec<u8>, Error> {
-    let dek = unwrap_dek(old_kek, parsed, ctx)?;
+    let context_len = context.len();
+    // As in `open`, one buffer serves as `key_prefix || context` for the old wrap and then,
+    // with the scope and version cut out, as `header || context` for the data.
+    let mut aad = context;
+    aad.splice(0..0, parsed.key_prefix.iter().copied());
+    let dek = unwrap_dek(old_kek, parsed, &aad, ctx)?;
+    if verify_data {
+        aad.drain(HEADER_LEN..parsed.key_prefix.len());
+        // The plaintext is a zeroizing buffer, wiped as it drops here.
+        drop(open_data(&dek, parsed, &aad, ctx)?);
+    }
     let mut wrap_nonce = [0u8; WRAP_NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut wrap_nonce);
-    let scope = new_scope.as_str().as_bytes();
+    let scope = to.scope.as_str().as_bytes();
     let scope_len = u8::try_from(scope.len()).map_err(|_| Error::InvalidInput {
         what: "key scope",
         problem: "longer than 255 bytes".into(),
@@ -621,10 +645,10 @@ pub(crate) fn rewrap(
     out.extend_from_slice(parsed.header());
     out.push(scope_len);
     out.extend_from_slice(scope);
-    out.extend_from_slice(&new_version.get().to_be_bytes());
-    let mut aad = out.clone();
-    ctx.encode_into(&mut aad)?;
-    let wrapped = wrap_dek(parsed.algorithm, new_kek, &wrap_nonce, &aad, &dek).map_err(|_| {
+    out.extend_from_slice(&to.version.get().to_be_bytes());
+    // The new wrap's associated data: the new key prefix, then the same context.
+    aad.splice(..aad.len() - context_len, out.iter().copied());
+    let wrapped = wrap_dek(parsed.algorithm, to.kek, &wrap_nonce, &aad, &dek).map_err(|_| {
         Error::SealFailed {
             location: ctx.location(),
             problem: "DEK wrap failed",

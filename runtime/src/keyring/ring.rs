@@ -343,8 +343,9 @@ impl KeyRing {
     /// instead of being re-wrapped as if it were sound. An envelope already on the active
     /// version is not opened (`Ok(None)`, as in [`Self::rewrap`]).
     ///
-    /// This costs one data decryption and a second DEK unwrap per moved envelope on top of
-    /// [`Self::rewrap`]; `leakless-migrate rewrap` uses it.
+    /// The DEK is unwrapped once for both the check and the re-wrap, so this costs one data
+    /// decryption per moved envelope on top of [`Self::rewrap`]; `leakless-migrate rewrap`
+    /// uses it.
     ///
     /// # Errors
     /// As [`Self::rewrap_in_scope`] (or [`Self::rewrap`]), plus the errors of [`Self::open`]
@@ -374,19 +375,12 @@ impl KeyRing {
         let old = self
             .kek_for_open(parsed.scope, parsed.kek_version, "rewrap")
             .map_err(|e| e.in_field(ctx.location()))?;
-        if verify_data {
-            // The plaintext is a zeroizing buffer, wiped as it drops here.
-            drop(envelope::open(&old.keys, &parsed, ctx, context)?);
-        }
-        envelope::rewrap(
-            &old.keys,
-            &active.keys,
-            &scope,
-            active.version,
-            &parsed,
-            ctx,
-        )
-        .map(Some)
+        let to = envelope::RewrapTarget {
+            kek: &active.keys,
+            scope: &scope,
+            version: active.version,
+        };
+        envelope::rewrap(&old.keys, &to, &parsed, ctx, context, verify_data).map(Some)
     }
 
     pub(crate) fn clock_now(&self) -> UnixTime {
