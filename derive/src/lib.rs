@@ -113,41 +113,81 @@ mod tests {
         prettyplease::unparse(&syn::parse2(tokens).unwrap())
     }
 
-    /// The whole expansion for a model with every kind of field, as a reviewed snapshot.
+    /// Whole expansions as reviewed snapshots, one per model (each named as its snapshot file).
     #[test]
-    fn expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = schema::visits, row_id = id, schema_version = 2,
-                       scope_prefix = "tenant:", scope_from = clinic)]
-            pub struct Visit {
-                id: [u8; 16],
-                clinic: String,
-                #[leakless(seal(aead = "aes256gcm", blind_index(column = email_bidx, scope = "bidx", normalize = "trim", bytes = 8)))]
-                email: String,
-                #[leakless(seal(padding = "marker_only"))]
-                gps: leakless::Json<GeoPoint>,
-                #[leakless(seal)]
-                transcript: Option<String>,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
-    }
-
-    /// A model adopting two plaintext columns (text and binary, stages 1 and 3): extra
-    /// plaintext columns in the row, a redacting row `Debug`, and the manifest's adoption.
-    #[test]
-    fn adoption_expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
-            pub struct Person {
-                id: i64,
-                #[leakless(seal(adopt(from = address_plain, stage = "read_plaintext")))]
-                address: String,
-                #[leakless(seal(adopt(from = photo_plain, stage = "sealed_only")))]
-                photo: Option<Vec<u8>>,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
+    fn expansion_snapshots() {
+        let cases: [(&str, DeriveInput); 4] = [
+            (
+                // A model with every kind of field.
+                "expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = schema::visits, row_id = id, schema_version = 2,
+                               scope_prefix = "tenant:", scope_from = clinic)]
+                    pub struct Visit {
+                        id: [u8; 16],
+                        clinic: String,
+                        #[leakless(seal(aead = "aes256gcm", blind_index(column = email_bidx, scope = "bidx", normalize = "trim", bytes = 8)))]
+                        email: String,
+                        #[leakless(seal(padding = "marker_only"))]
+                        gps: leakless::Json<GeoPoint>,
+                        #[leakless(seal)]
+                        transcript: Option<String>,
+                    }
+                },
+            ),
+            (
+                // A model adopting two plaintext columns (text and binary, stages 1 and 3):
+                // extra plaintext columns in the row, a redacting row `Debug`, and the
+                // manifest's adoption.
+                "adoption_expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
+                    pub struct Person {
+                        id: i64,
+                        #[leakless(seal(adopt(from = address_plain, stage = "read_plaintext")))]
+                        address: String,
+                        #[leakless(seal(adopt(from = photo_plain, stage = "sealed_only")))]
+                        photo: Option<Vec<u8>>,
+                    }
+                },
+            ),
+            (
+                // The options that keep a column's name: `stored_in` with `adopt` from the
+                // field's own name (the plaintext row field is renamed and mapped), and `moving`
+                // (both columns written, the manifest listing the old one as moving to the new
+                // one).
+                "keep_name_expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = customers, row_id = id, schema_version = 1, scope = "c")]
+                    pub struct Customer {
+                        id: i64,
+                        #[leakless(seal(stored_in = email_sealed, adopt(from = email, stage = "read_plaintext")))]
+                        email: String,
+                        #[leakless(seal(moving(from = phone_sealed, stage = "read_old")))]
+                        phone: Option<String>,
+                        #[leakless(seal(column = "postcode"))]
+                        zip: String,
+                    }
+                },
+            ),
+            (
+                // A GPS point adopted from two numeric columns: two `Option<f64>` legacy
+                // fields, the JSON object built from them on read, both written back in stage 1,
+                // and the manifest's pair.
+                "pair_adoption_expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = places, row_id = id, schema_version = 1, scope = "p")]
+                    pub struct Place {
+                        id: i64,
+                        #[leakless(seal(adopt(pair(lat = latitude, lon = longitude), stage = "read_plaintext")))]
+                        gps: Option<leakless::Json<GeoPoint>>,
+                    }
+                },
+            ),
+        ];
+        for (name, input) in cases {
+            insta::assert_snapshot!(name, expand_str(input));
+        }
     }
 
     /// `adopt` and `blind_index` on one field: the token column is nullable in the row (rows
@@ -304,41 +344,5 @@ mod tests {
                 assert!(msg.contains(syntax), "{msg}");
             }
         }
-    }
-
-    /// The options that keep a column's name: `stored_in` with `adopt` from the field's own
-    /// name (the plaintext row field is renamed and mapped), and `moving` (both columns
-    /// written, the manifest listing the old one as moving to the new one).
-    #[test]
-    fn keep_name_expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = customers, row_id = id, schema_version = 1, scope = "c")]
-            pub struct Customer {
-                id: i64,
-                #[leakless(seal(stored_in = email_sealed, adopt(from = email, stage = "read_plaintext")))]
-                email: String,
-                #[leakless(seal(moving(from = phone_sealed, stage = "read_old")))]
-                phone: Option<String>,
-                #[leakless(seal(column = "postcode"))]
-                zip: String,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
-    }
-
-    /// A GPS point adopted from two numeric columns: two `Option<f64>` legacy fields, the
-    /// JSON object built from them on read, both written back in stage 1, and the manifest's
-    /// pair.
-    #[test]
-    fn pair_adoption_expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = places, row_id = id, schema_version = 1, scope = "p")]
-            pub struct Place {
-                id: i64,
-                #[leakless(seal(adopt(pair(lat = latitude, lon = longitude), stage = "read_plaintext")))]
-                gps: Option<leakless::Json<GeoPoint>>,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
     }
 }
