@@ -219,122 +219,83 @@ mod tests {
     /// option's syntax.
     #[test]
     fn bad_attributes_are_rejected() {
-        let cases: [(DeriveInput, &str, Option<&str>); 14] = [
+        let cases: [(proc_macro2::TokenStream, &str, Option<&str>); 14] = [
             (
-                syn::parse_quote! {
-                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(from = a_plain, stage = "later")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(from = a_plain, stage = "later")))] a: String),
                 "unknown adoption stage",
                 Some(ADOPT_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(stage = "sealed_only")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(stage = "sealed_only")))] a: String),
                 "adopt needs `from`",
                 Some(ADOPT_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(from = id, stage = "sealed_only")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(from = id, stage = "sealed_only")))] a: String),
                 "column `id` is used twice",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a, lon = b), stage = "read_plaintext")))] g: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(pair(lat = a, lon = b), stage = "read_plaintext")))] g: String),
                 "the field must be `Json<T>`",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a), stage = "read_plaintext")))] g: Json<G> }
-                },
+                quote::quote!(#[leakless(seal(adopt(pair(lat = a), stage = "read_plaintext")))] g: Json<G>),
                 "pair needs exactly two members",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a, lat = b), stage = "read_plaintext")))] g: Json<G> }
-                },
+                quote::quote!(#[leakless(seal(adopt(pair(lat = a, lat = b), stage = "read_plaintext")))] g: Json<G>),
                 "both `lat`",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(pair(lat = a, lon = b), stage = "read_old")))] g: Json<G> }
-                },
+                quote::quote!(#[leakless(seal(moving(pair(lat = a, lon = b), stage = "read_old")))] g: Json<G>),
                 "unknown moving option",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(from = a_old, stage = "later")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(moving(from = a_old, stage = "later")))] a: String),
                 "unknown moving stage",
                 Some(MOVE_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(stage = "read_old")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(moving(stage = "read_old")))] a: String),
                 "moving needs `from`",
                 Some(MOVE_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(from = a_plain, stage = "sealed_only"),
-                        moving(from = a_old, stage = "read_old")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(from = a_plain, stage = "sealed_only"), moving(from = a_old, stage = "read_old")))] a: String),
                 "conflicting options",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal)] a: String, #[leakless(seal(column = "a"))] b: String }
-                },
+                quote::quote!(#[leakless(seal)] a: String, #[leakless(seal(column = "a"))] b: String),
                 "two sealed fields bind the column name `a`",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(stored_in = b))] a: String, b: String }
-                },
+                quote::quote!(#[leakless(seal(stored_in = b))] a: String, b: String),
                 "column `b` is used twice",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(column = ""))] a: String }
-                },
+                quote::quote!(#[leakless(seal(column = ""))] a: String),
                 "`column` must not be empty",
                 None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(from = b, stage = "read_new")))] a: String, b: i64 }
-                },
+                quote::quote!(#[leakless(seal(moving(from = b, stage = "read_new")))] a: String, b: i64),
                 "column `b` is used twice",
                 None,
             ),
         ];
-        for (input, expected, quotes) in cases {
+        for (fields, expected, quotes) in cases {
+            let input: DeriveInput = syn::parse_quote! {
+                #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                struct P { id: i64, #fields }
+            };
             let Err(e) = parse(&input) else {
                 panic!("accepted: {expected}")
             };
