@@ -126,6 +126,20 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             )?)
         };
         let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, &__scope, #table, #bound, __row, #version, #e)?);
+        // `make` of the field's value, as an `Option` (the row field of a moving or adopted
+        // field): mapped over the value of an optional field, else `Some`.
+        let some_of = |make: &dyn Fn(TokenStream2) -> TokenStream2| {
+            if f.option_inner.is_some() {
+                let x = make(quote!(v));
+                quote!(match &self.#ident {
+                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#x),
+                    ::core::option::Option::None => ::core::option::Option::None,
+                })
+            } else {
+                let x = make(quote!(&self.#ident));
+                quote!(::core::option::Option::Some(#x))
+            }
+        };
         let local = format_ident!("__open_{}", ident);
         if let Some(mv) = moving {
             // Moving between columns: both hold the same envelope (it binds `bound`, not where
@@ -140,16 +154,8 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             );
             row_debug.push(quote!(.field(#mf_name, &self.#mf)));
             let sealed = format_ident!("__sealed_{}", ident);
-            if f.option_inner.is_some() {
-                let s = seal_one(quote!(v));
-                seal_lets.push(quote!(let #sealed = match &self.#ident {
-                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
-                    ::core::option::Option::None => ::core::option::Option::None,
-                };));
-            } else {
-                let s = seal_one(quote!(&self.#ident));
-                seal_lets.push(quote!(let #sealed = ::core::option::Option::Some(#s);));
-            }
+            let s = some_of(&seal_one);
+            seal_lets.push(quote!(let #sealed = #s;));
             seal_inits.push(quote!(#mf: ::core::clone::Clone::clone(&#sealed)));
             seal_inits.push(quote!(#ident: #sealed));
             let o = open_one(quote!(e));
@@ -220,29 +226,14 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             let plain = format_ident!("__plain_{}", ident);
             let kept = if a.stage != Stage::ReadPlaintext {
                 quote!(::core::option::Option::None)
-            } else if f.option_inner.is_some() {
-                let c = copy_of(quote!(v));
-                quote!(match &self.#ident {
-                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#c),
-                    ::core::option::Option::None => ::core::option::Option::None,
-                })
             } else {
-                let c = copy_of(quote!(&self.#ident));
-                quote!(::core::option::Option::Some(#c))
+                some_of(&copy_of)
             };
             let n = legacy.len();
             seal_lets.push(quote!(let #plain: ::core::option::Option<[#plain_ty; #n]> = #kept;));
             let reads = a.stage != Stage::SealedOnly;
-            if f.option_inner.is_some() {
-                let s = seal_one(quote!(v));
-                seal_inits.push(quote!(#ident: match &self.#ident {
-                    ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
-                    ::core::option::Option::None => ::core::option::Option::None,
-                }));
-            } else {
-                let s = seal_one(quote!(&self.#ident));
-                seal_inits.push(quote!(#ident: ::core::option::Option::Some(#s)));
-            }
+            let s = some_of(&seal_one);
+            seal_inits.push(quote!(#ident: #s));
             let (Some(f0), f1) = (legacy.first(), legacy.get(1)) else {
                 return Err(syn::Error::new(ident.span(), "an adoption names no column"));
             };
@@ -277,11 +268,8 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 };));
             }
         } else if f.option_inner.is_some() {
-            let s = seal_one(quote!(v));
-            seal_inits.push(quote!(#ident: match &self.#ident {
-                ::core::option::Option::Some(v) => ::core::option::Option::Some(#s),
-                ::core::option::Option::None => ::core::option::Option::None,
-            }));
+            let s = some_of(&seal_one);
+            seal_inits.push(quote!(#ident: #s));
             let o = open_one(quote!(e));
             open_lets.push(quote!(let #local = match &row.#ident {
                 ::core::option::Option::Some(e) => ::core::option::Option::Some(#o),

@@ -113,41 +113,81 @@ mod tests {
         prettyplease::unparse(&syn::parse2(tokens).unwrap())
     }
 
-    /// The whole expansion for a model with every kind of field, as a reviewed snapshot.
+    /// Whole expansions as reviewed snapshots, one per model (each named as its snapshot file).
     #[test]
-    fn expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = schema::visits, row_id = id, schema_version = 2,
-                       scope_prefix = "tenant:", scope_from = clinic)]
-            pub struct Visit {
-                id: [u8; 16],
-                clinic: String,
-                #[leakless(seal(aead = "aes256gcm", blind_index(column = email_bidx, scope = "bidx", normalize = "trim", bytes = 8)))]
-                email: String,
-                #[leakless(seal(padding = "marker_only"))]
-                gps: leakless::Json<GeoPoint>,
-                #[leakless(seal)]
-                transcript: Option<String>,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
-    }
-
-    /// A model adopting two plaintext columns (text and binary, stages 1 and 3): extra
-    /// plaintext columns in the row, a redacting row `Debug`, and the manifest's adoption.
-    #[test]
-    fn adoption_expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
-            pub struct Person {
-                id: i64,
-                #[leakless(seal(adopt(from = address_plain, stage = "read_plaintext")))]
-                address: String,
-                #[leakless(seal(adopt(from = photo_plain, stage = "sealed_only")))]
-                photo: Option<Vec<u8>>,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
+    fn expansion_snapshots() {
+        let cases: [(&str, DeriveInput); 4] = [
+            (
+                // A model with every kind of field.
+                "expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = schema::visits, row_id = id, schema_version = 2,
+                               scope_prefix = "tenant:", scope_from = clinic)]
+                    pub struct Visit {
+                        id: [u8; 16],
+                        clinic: String,
+                        #[leakless(seal(aead = "aes256gcm", blind_index(column = email_bidx, scope = "bidx", normalize = "trim", bytes = 8)))]
+                        email: String,
+                        #[leakless(seal(padding = "marker_only"))]
+                        gps: leakless::Json<GeoPoint>,
+                        #[leakless(seal)]
+                        transcript: Option<String>,
+                    }
+                },
+            ),
+            (
+                // A model adopting two plaintext columns (text and binary, stages 1 and 3):
+                // extra plaintext columns in the row, a redacting row `Debug`, and the
+                // manifest's adoption.
+                "adoption_expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "people")]
+                    pub struct Person {
+                        id: i64,
+                        #[leakless(seal(adopt(from = address_plain, stage = "read_plaintext")))]
+                        address: String,
+                        #[leakless(seal(adopt(from = photo_plain, stage = "sealed_only")))]
+                        photo: Option<Vec<u8>>,
+                    }
+                },
+            ),
+            (
+                // The options that keep a column's name: `stored_in` with `adopt` from the
+                // field's own name (the plaintext row field is renamed and mapped), and `moving`
+                // (both columns written, the manifest listing the old one as moving to the new
+                // one).
+                "keep_name_expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = customers, row_id = id, schema_version = 1, scope = "c")]
+                    pub struct Customer {
+                        id: i64,
+                        #[leakless(seal(stored_in = email_sealed, adopt(from = email, stage = "read_plaintext")))]
+                        email: String,
+                        #[leakless(seal(moving(from = phone_sealed, stage = "read_old")))]
+                        phone: Option<String>,
+                        #[leakless(seal(column = "postcode"))]
+                        zip: String,
+                    }
+                },
+            ),
+            (
+                // A GPS point adopted from two numeric columns: two `Option<f64>` legacy
+                // fields, the JSON object built from them on read, both written back in stage 1,
+                // and the manifest's pair.
+                "pair_adoption_expansion_snapshot",
+                syn::parse_quote! {
+                    #[leakless(table = places, row_id = id, schema_version = 1, scope = "p")]
+                    pub struct Place {
+                        id: i64,
+                        #[leakless(seal(adopt(pair(lat = latitude, lon = longitude), stage = "read_plaintext")))]
+                        gps: Option<leakless::Json<GeoPoint>>,
+                    }
+                },
+            ),
+        ];
+        for (name, input) in cases {
+            insta::assert_snapshot!(name, expand_str(input));
+        }
     }
 
     /// `adopt` and `blind_index` on one field: the token column is nullable in the row (rows
@@ -174,185 +214,95 @@ mod tests {
         );
     }
 
-    /// Bad `adopt` attributes are compile errors quoting the right syntax.
+    /// Bad `adopt`, pair-adoption and column-name attributes are compile errors naming what is
+    /// wrong; an unknown `adopt` or `moving` stage, or one without `from`, also quotes the
+    /// option's syntax.
     #[test]
-    fn bad_adopt_attributes_are_rejected() {
-        let cases: [(DeriveInput, &str); 3] = [
+    fn bad_attributes_are_rejected() {
+        let cases: [(proc_macro2::TokenStream, &str, Option<&str>); 14] = [
             (
-                syn::parse_quote! {
-                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(from = a_plain, stage = "later")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(from = a_plain, stage = "later")))] a: String),
                 "unknown adoption stage",
+                Some(ADOPT_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(stage = "sealed_only")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(stage = "sealed_only")))] a: String),
                 "adopt needs `from`",
+                Some(ADOPT_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = people, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(from = id, stage = "sealed_only")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(from = id, stage = "sealed_only")))] a: String),
                 "column `id` is used twice",
+                None,
             ),
-        ];
-        for (input, expected) in cases {
-            let Err(e) = parse(&input) else {
-                panic!("accepted: {expected}")
-            };
-            let msg = e.to_string();
-            assert!(msg.contains(expected), "{msg}");
-            if expected.starts_with("unknown") || expected.starts_with("adopt needs") {
-                assert!(msg.contains(ADOPT_SYNTAX), "{msg}");
-            }
-        }
-    }
-
-    /// The options that keep a column's name: `stored_in` with `adopt` from the field's own
-    /// name (the plaintext row field is renamed and mapped), and `moving` (both columns
-    /// written, the manifest listing the old one as moving to the new one).
-    #[test]
-    fn keep_name_expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = customers, row_id = id, schema_version = 1, scope = "c")]
-            pub struct Customer {
-                id: i64,
-                #[leakless(seal(stored_in = email_sealed, adopt(from = email, stage = "read_plaintext")))]
-                email: String,
-                #[leakless(seal(moving(from = phone_sealed, stage = "read_old")))]
-                phone: Option<String>,
-                #[leakless(seal(column = "postcode"))]
-                zip: String,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
-    }
-
-    /// A GPS point adopted from two numeric columns: two `Option<f64>` legacy fields, the
-    /// JSON object built from them on read, both written back in stage 1, and the manifest's
-    /// pair.
-    #[test]
-    fn pair_adoption_expansion_snapshot() {
-        let input: DeriveInput = syn::parse_quote! {
-            #[leakless(table = places, row_id = id, schema_version = 1, scope = "p")]
-            pub struct Place {
-                id: i64,
-                #[leakless(seal(adopt(pair(lat = latitude, lon = longitude), stage = "read_plaintext")))]
-                gps: Option<leakless::Json<GeoPoint>>,
-            }
-        };
-        insta::assert_snapshot!(expand_str(input));
-    }
-
-    /// Bad pair adoptions are compile errors quoting the right syntax.
-    #[test]
-    fn bad_pair_adoptions_are_rejected() {
-        let cases: [(DeriveInput, &str); 4] = [
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a, lon = b), stage = "read_plaintext")))] g: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(pair(lat = a, lon = b), stage = "read_plaintext")))] g: String),
                 "the field must be `Json<T>`",
+                None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a), stage = "read_plaintext")))] g: Json<G> }
-                },
+                quote::quote!(#[leakless(seal(adopt(pair(lat = a), stage = "read_plaintext")))] g: Json<G>),
                 "pair needs exactly two members",
+                None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(pair(lat = a, lat = b), stage = "read_plaintext")))] g: Json<G> }
-                },
+                quote::quote!(#[leakless(seal(adopt(pair(lat = a, lat = b), stage = "read_plaintext")))] g: Json<G>),
                 "both `lat`",
+                None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(pair(lat = a, lon = b), stage = "read_old")))] g: Json<G> }
-                },
+                quote::quote!(#[leakless(seal(moving(pair(lat = a, lon = b), stage = "read_old")))] g: Json<G>),
                 "unknown moving option",
+                None,
             ),
-        ];
-        for (input, expected) in cases {
-            let Err(e) = parse(&input) else {
-                panic!("accepted: {expected}")
-            };
-            let msg = e.to_string();
-            assert!(msg.contains(expected), "{msg}");
-        }
-    }
-
-    /// Bad column-name options are compile errors naming what clashes.
-    #[test]
-    fn bad_column_options_are_rejected() {
-        let cases: [(DeriveInput, &str); 7] = [
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(from = a_old, stage = "later")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(moving(from = a_old, stage = "later")))] a: String),
                 "unknown moving stage",
+                Some(MOVE_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(stage = "read_old")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(moving(stage = "read_old")))] a: String),
                 "moving needs `from`",
+                Some(MOVE_SYNTAX),
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(adopt(from = a_plain, stage = "sealed_only"),
-                        moving(from = a_old, stage = "read_old")))] a: String }
-                },
+                quote::quote!(#[leakless(seal(adopt(from = a_plain, stage = "sealed_only"), moving(from = a_old, stage = "read_old")))] a: String),
                 "conflicting options",
+                None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal)] a: String, #[leakless(seal(column = "a"))] b: String }
-                },
+                quote::quote!(#[leakless(seal)] a: String, #[leakless(seal(column = "a"))] b: String),
                 "two sealed fields bind the column name `a`",
+                None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(stored_in = b))] a: String, b: String }
-                },
+                quote::quote!(#[leakless(seal(stored_in = b))] a: String, b: String),
                 "column `b` is used twice",
+                None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(column = ""))] a: String }
-                },
+                quote::quote!(#[leakless(seal(column = ""))] a: String),
                 "`column` must not be empty",
+                None,
             ),
             (
-                syn::parse_quote! {
-                    #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
-                    struct P { id: i64, #[leakless(seal(moving(from = b, stage = "read_new")))] a: String, b: i64 }
-                },
+                quote::quote!(#[leakless(seal(moving(from = b, stage = "read_new")))] a: String, b: i64),
                 "column `b` is used twice",
+                None,
             ),
         ];
-        for (input, expected) in cases {
+        for (fields, expected, quotes) in cases {
+            let input: DeriveInput = syn::parse_quote! {
+                #[leakless(table = t, row_id = id, schema_version = 1, scope = "p")]
+                struct P { id: i64, #fields }
+            };
             let Err(e) = parse(&input) else {
                 panic!("accepted: {expected}")
             };
             let msg = e.to_string();
             assert!(msg.contains(expected), "{msg}");
-            if expected.starts_with("unknown moving") || expected.starts_with("moving needs") {
-                assert!(msg.contains(MOVE_SYNTAX), "{msg}");
+            if let Some(syntax) = quotes {
+                assert!(msg.contains(syntax), "{msg}");
             }
         }
     }

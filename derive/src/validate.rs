@@ -13,37 +13,21 @@ pub(crate) fn validate(
     fields: &[FieldModel],
 ) -> syn::Result<()> {
     let find = |name: &Ident| fields.iter().find(|f| &f.ident == name);
-    match find(row_id) {
-        None => {
-            return Err(syn::Error::new(
-                row_id.span(),
-                format!("`row_id = {row_id}` names no field of {}", input.ident),
-            ));
-        }
-        Some(f) if f.seal.is_some() => {
-            return Err(syn::Error::new(
-                row_id.span(),
-                "conflicting options: the row id cannot be sealed (it is bound into every envelope)",
-            ));
-        }
-        Some(_) => {}
-    }
+    unsealed_field(
+        input,
+        fields,
+        "row_id",
+        row_id,
+        "conflicting options: the row id cannot be sealed (it is bound into every envelope)",
+    )?;
     if let ScopeAttr::PerTenant { field, .. } = scope {
-        match find(field) {
-            None => {
-                return Err(syn::Error::new(
-                    field.span(),
-                    format!("`scope_from = {field}` names no field of {}", input.ident),
-                ));
-            }
-            Some(f) if f.seal.is_some() => {
-                return Err(syn::Error::new(
-                    field.span(),
-                    "conflicting options: the tenant field cannot be sealed (it picks the key)",
-                ));
-            }
-            Some(_) => {}
-        }
+        unsealed_field(
+            input,
+            fields,
+            "scope_from",
+            field,
+            "conflicting options: the tenant field cannot be sealed (it picks the key)",
+        )?;
     }
     if !fields.iter().any(|f| f.seal.is_some()) {
         return Err(syn::Error::new(
@@ -120,6 +104,25 @@ pub(crate) fn validate(
         }
     }
     Ok(())
+}
+
+/// Checks that the option `option = name` names a field of the struct and that the field is
+/// not sealed; `if_sealed` is the error when it is.
+fn unsealed_field(
+    input: &DeriveInput,
+    fields: &[FieldModel],
+    option: &str,
+    name: &Ident,
+    if_sealed: &str,
+) -> syn::Result<()> {
+    match fields.iter().find(|f| &f.ident == name) {
+        None => Err(syn::Error::new(
+            name.span(),
+            format!("`{option} = {name}` names no field of {}", input.ident),
+        )),
+        Some(f) if f.seal.is_some() => Err(syn::Error::new(name.span(), if_sealed)),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Every table column the row reads and writes appears once, every field of the generated row

@@ -440,6 +440,22 @@ impl Xaes256Gcm {
         Ok(out)
     }
 
+    /// `aes_gcm` under the subkey for `nonce` and with the AES-256-GCM nonce `nonce[12..]`;
+    /// the subkey is zeroized afterwards.
+    fn with_subkey<R>(
+        &self,
+        nonce: &[u8],
+        aes_gcm: impl FnOnce(&[u8], &[u8]) -> Result<R, AeadFailure>,
+    ) -> Result<R, AeadFailure> {
+        let mut subkey = self.subkey(nonce)?;
+        let result = nonce
+            .get(12..)
+            .ok_or(AeadFailure)
+            .and_then(|gcm_nonce| aes_gcm(&subkey, gcm_nonce));
+        subkey.zeroize();
+        result
+    }
+
     /// Encrypts `buffer` in place and returns the tag.
     ///
     /// # Errors
@@ -450,16 +466,9 @@ impl Xaes256Gcm {
         aad: &[u8],
         buffer: &mut [u8],
     ) -> Result<[u8; TAG_LEN], AeadFailure> {
-        let mut subkey = self.subkey(nonce)?;
-        let result = encrypt_in_place(
-            Algorithm::Aes256Gcm,
-            &subkey,
-            nonce.get(12..).ok_or(AeadFailure)?,
-            aad,
-            buffer,
-        );
-        subkey.zeroize();
-        result
+        self.with_subkey(nonce, |key, nonce| {
+            encrypt_in_place(Algorithm::Aes256Gcm, key, nonce, aad, buffer)
+        })
     }
 
     /// Decrypts in place what [`Self::encrypt_in_place`] produced, after checking `tag`. On
@@ -474,17 +483,9 @@ impl Xaes256Gcm {
         buffer: &mut [u8],
         tag: &[u8],
     ) -> Result<(), AeadFailure> {
-        let mut subkey = self.subkey(nonce)?;
-        let result = decrypt_in_place(
-            Algorithm::Aes256Gcm,
-            &subkey,
-            nonce.get(12..).ok_or(AeadFailure)?,
-            aad,
-            buffer,
-            tag,
-        );
-        subkey.zeroize();
-        result
+        self.with_subkey(nonce, |key, nonce| {
+            decrypt_in_place(Algorithm::Aes256Gcm, key, nonce, aad, buffer, tag)
+        })
     }
 }
 

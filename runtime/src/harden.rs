@@ -50,24 +50,30 @@ pub fn harden_process() -> HardeningReport {
     imp::harden()
 }
 
+/// Sets `RLIMIT_CORE` to 0 (soft and hard); whether that took effect.
+#[cfg(unix)]
+fn disable_core_dumps() -> bool {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )
+    .is_ok()
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use rustix::mm::{MlockAllFlags, mlockall};
-    use rustix::process::{
-        DumpableBehavior, Resource, Rlimit, geteuid, getrlimit, set_dumpable_behavior, setrlimit,
-    };
+    use rustix::process::{DumpableBehavior, Resource, geteuid, getrlimit, set_dumpable_behavior};
 
     use super::HardeningReport;
 
     pub(super) fn harden() -> HardeningReport {
-        let core_dumps_disabled = setrlimit(
-            Resource::Core,
-            Rlimit {
-                current: Some(0),
-                maximum: Some(0),
-            },
-        )
-        .is_ok();
+        let core_dumps_disabled = super::disable_core_dumps();
         let non_dumpable = set_dumpable_behavior(DumpableBehavior::NotDumpable).is_ok();
         let limit = getrlimit(Resource::Memlock).current;
         let memory_locked = if limit.is_none() || geteuid().is_root() {
@@ -90,19 +96,10 @@ mod imp {
 
 #[cfg(all(unix, not(target_os = "linux")))]
 mod imp {
-    use rustix::process::{Resource, Rlimit, setrlimit};
-
     use super::HardeningReport;
 
     pub(super) fn harden() -> HardeningReport {
-        let core_dumps_disabled = setrlimit(
-            Resource::Core,
-            Rlimit {
-                current: Some(0),
-                maximum: Some(0),
-            },
-        )
-        .is_ok();
+        let core_dumps_disabled = super::disable_core_dumps();
         HardeningReport {
             core_dumps_disabled,
             non_dumpable: false,

@@ -114,26 +114,8 @@ fn parallel_map<T: Sync, R: Send>(
     };
     let mut out = Vec::with_capacity(items.len());
     out.push(f(first)?);
-    let threads = threads_for(items.len());
-    let chunk = rest.len().div_ceil(threads).max(1);
-    let f = &f;
-    let results: Vec<Result<Vec<R>, Error>> = std::thread::scope(|s| {
-        let mut chunks = rest.chunks(chunk);
-        let own = chunks.next();
-        let handles: Vec<_> = chunks
-            .map(|c| s.spawn(move || c.iter().map(f).collect::<Result<Vec<R>, Error>>()))
-            .collect();
-        let mut results = Vec::with_capacity(threads);
-        results.push(own.map_or_else(|| Ok(Vec::new()), |c| c.iter().map(f).collect()));
-        for h in handles {
-            results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        results
-    });
-    for r in results {
-        out.extend(r?);
-    }
-    Ok(out)
+    let chunk = rest.len().div_ceil(threads_for(items.len())).max(1);
+    run_chunks(rest.chunks(chunk), out, |c| c.iter().map(&f).collect())
 }
 
 /// As [`parallel_map`], over mutable slots (so rows can be moved out of them), without the
@@ -148,21 +130,30 @@ fn parallel_chunks_mut<T: Send, R: Send>(
     }
     let len = items.len();
     let chunk = len.div_ceil(threads).max(1);
-    let f = &f;
+    run_chunks(items.chunks_mut(chunk), Vec::with_capacity(len), |c| {
+        c.iter_mut().map(&f).collect()
+    })
+}
+
+/// `work` over each of `chunks`, the first on this thread and each other one on a scoped thread
+/// of its own; appends their rows to `out` in chunk order. Returns the first error in that
+/// order (after every thread has finished); a panic in a thread resumes here.
+fn run_chunks<C: Send, R: Send>(
+    mut chunks: impl Iterator<Item = C>,
+    mut out: Vec<R>,
+    work: impl Fn(C) -> Result<Vec<R>, Error> + Sync,
+) -> Result<Vec<R>, Error> {
+    let work = &work;
     let results: Vec<Result<Vec<R>, Error>> = std::thread::scope(|s| {
-        let mut chunks = items.chunks_mut(chunk);
         let own = chunks.next();
-        let handles: Vec<_> = chunks
-            .map(|c| s.spawn(move || c.iter_mut().map(f).collect::<Result<Vec<R>, Error>>()))
-            .collect();
-        let mut results = Vec::with_capacity(threads);
-        results.push(own.map_or_else(|| Ok(Vec::new()), |c| c.iter_mut().map(f).collect()));
+        let handles: Vec<_> = chunks.map(|c| s.spawn(move || work(c))).collect();
+        let mut results = Vec::with_capacity(handles.len() + 1);
+        results.push(own.map_or_else(|| Ok(Vec::new()), work));
         for h in handles {
             results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         }
         results
     });
-    let mut out = Vec::with_capacity(len);
     for r in results {
         out.extend(r?);
     }
@@ -328,34 +319,43 @@ pub mod __private {
     /// The error for a non-`Option` adopted field whose sealed column is still NULL (and, in
     /// stage `sealed_only`, whose plaintext is no longer read): never a silent default.
     pub fn not_backfilled(table: &str, column: &str, row: RowId<'_>, stage: &str) -> Error {
-        Error::NotBackfilled {
-            location: FieldLocation {
-                table: table.to_owned(),
-                column: column.to_owned(),
-                row: row.to_string(),
-            },
-            problem: format!(
+        null_column(
+            table,
+            column,
+            row,
+            format!(
                 "NULL, and stage `{stage}` reads no plaintext for it: the row was not \
                  backfilled; run `leakless-migrate adopt` for this column (see \
                  docs/adoption.md), or go back to stage `write_sealed_only`"
             ),
-        }
+        )
     }
 
     /// The error for a non-`Option` field moving between columns (`moving(...)`) whose new and
     /// old columns are both NULL: the copy has not reached the row.
     pub fn not_moved(table: &str, column: &str, from: &str, row: RowId<'_>) -> Error {
+        null_column(
+            table,
+            column,
+            row,
+            format!(
+                "NULL, and so is the old column {table}.{from}: the envelopes were not copied \
+                 into `{column}` yet; copy them (docs/adoption.md, \"Keeping the column's \
+                 name\") before a build that reads only `{column}`"
+            ),
+        )
+    }
+
+    /// [`Error::NotBackfilled`] for `column` of `row` in `table`, which is NULL as `problem`
+    /// says.
+    fn null_column(table: &str, column: &str, row: RowId<'_>, problem: String) -> Error {
         Error::NotBackfilled {
             location: FieldLocation {
                 table: table.to_owned(),
                 column: column.to_owned(),
                 row: row.to_string(),
             },
-            problem: format!(
-                "NULL, and so is the old column {table}.{from}: the envelopes were not copied \
-                 into `{column}` yet; copy them (docs/adoption.md, \"Keeping the column's \
-                 name\") before a build that reads only `{column}`"
-            ),
+            problem,
         }
     }
 

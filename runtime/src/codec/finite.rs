@@ -43,9 +43,12 @@ fn float(v: f64) -> Result<(), NotFinite> {
     }
 }
 
-macro_rules! ok_scalar {
-    ($($name:ident: $t:ty),*) => {
-        $(fn $name(self, _v: $t) -> Result<(), NotFinite> { Ok(()) })*
+/// Serializer methods that ignore their arguments (`$arg`, their types) and return `Ok($ok)`:
+/// the values that hold no float, and the starts of compound values (whose parts the
+/// `compound!` impls check).
+macro_rules! accept {
+    ($ret:ty = $ok:expr; $($name:ident($($arg:ty),*)),* $(,)?) => {
+        $(fn $name(self, $(_: $arg),*) -> Result<$ret, NotFinite> { Ok($ok) })*
     };
 }
 
@@ -60,10 +63,21 @@ impl ser::Serializer for Checker {
     type SerializeStruct = Checker;
     type SerializeStructVariant = Checker;
 
-    ok_scalar!(serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
-        serialize_i64: i64, serialize_i128: i128, serialize_u8: u8, serialize_u16: u16,
-        serialize_u32: u32, serialize_u64: u64, serialize_u128: u128, serialize_char: char,
-        serialize_str: &str, serialize_bytes: &[u8]);
+    accept!(() = ();
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
+        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128), serialize_char(char),
+        serialize_str(&str), serialize_bytes(&[u8]), serialize_none(), serialize_unit(),
+        serialize_unit_struct(&'static str),
+        serialize_unit_variant(&'static str, u32, &'static str));
+    accept!(Checker = Checker;
+        serialize_seq(Option<usize>),
+        serialize_tuple(usize),
+        serialize_tuple_struct(&'static str, usize),
+        serialize_tuple_variant(&'static str, u32, &'static str, usize),
+        serialize_map(Option<usize>),
+        serialize_struct(&'static str, usize),
+        serialize_struct_variant(&'static str, u32, &'static str, usize));
 
     fn serialize_f32(self, v: f32) -> Result<(), NotFinite> {
         float(f64::from(v))
@@ -71,25 +85,8 @@ impl ser::Serializer for Checker {
     fn serialize_f64(self, v: f64) -> Result<(), NotFinite> {
         float(v)
     }
-    fn serialize_none(self) -> Result<(), NotFinite> {
-        Ok(())
-    }
     fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Result<(), NotFinite> {
         v.serialize(Checker)
-    }
-    fn serialize_unit(self) -> Result<(), NotFinite> {
-        Ok(())
-    }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), NotFinite> {
-        Ok(())
-    }
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-    ) -> Result<(), NotFinite> {
-        Ok(())
     }
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
@@ -106,39 +103,6 @@ impl ser::Serializer for Checker {
         v: &T,
     ) -> Result<(), NotFinite> {
         v.serialize(Checker)
-    }
-    fn serialize_seq(self, _: Option<usize>) -> Result<Checker, NotFinite> {
-        Ok(Checker)
-    }
-    fn serialize_tuple(self, _: usize) -> Result<Checker, NotFinite> {
-        Ok(Checker)
-    }
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Checker, NotFinite> {
-        Ok(Checker)
-    }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Checker, NotFinite> {
-        Ok(Checker)
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<Checker, NotFinite> {
-        Ok(Checker)
-    }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Checker, NotFinite> {
-        Ok(Checker)
-    }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Checker, NotFinite> {
-        Ok(Checker)
     }
 }
 

@@ -312,16 +312,18 @@ fn document_vectors_open_and_every_byte_flip_fails() {
             v["kek_version"].as_u64().unwrap()
         );
 
+        let parse_and_open = |bytes: &[u8]| {
+            parse(bytes)
+                .map_err(|e| e.at(ctx.location()))
+                .and_then(|p| open(&kek, &p, &ctx, ctx.encode().unwrap()))
+        };
         // Tamper: flip each byte (xor 0x01, and for the header also 0xff) and require an error.
         for i in 0..envelope.len() {
             for mask in [0x01u8, 0x80] {
                 let mut bad = envelope.clone();
                 bad[i] ^= mask;
-                let result = parse(&bad)
-                    .map_err(|e| e.at(ctx.location()))
-                    .and_then(|p| open(&kek, &p, &ctx, ctx.encode().unwrap()));
                 assert!(
-                    result.is_err(),
+                    parse_and_open(&bad).is_err(),
                     "{}: flipping byte {i} with {mask:#04x} still opened",
                     v["name"]
                 );
@@ -329,11 +331,8 @@ fn document_vectors_open_and_every_byte_flip_fails() {
         }
         // Truncation at every length fails too.
         for len in 0..envelope.len() {
-            let result = parse(&envelope[..len])
-                .map_err(|e| e.at(ctx.location()))
-                .and_then(|p| open(&kek, &p, &ctx, ctx.encode().unwrap()));
             assert!(
-                result.is_err(),
+                parse_and_open(&envelope[..len]).is_err(),
                 "{}: truncation to {len} bytes still opened",
                 v["name"]
             );

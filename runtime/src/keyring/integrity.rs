@@ -37,7 +37,6 @@ use crate::key::{
     AuditInfo, AuditRecord, Auth, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange,
 };
 use crate::keyring::KeyRing;
-use crate::kms::KekBinding;
 use crate::secret::{KEY_LEN, Kek};
 
 /// The reserved scope of the integrity key record.
@@ -229,15 +228,17 @@ impl KeyRing {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The store's integrity key, unwrapped once per ring and checked against its own tag.
-    pub(crate) fn integrity_key(&self) -> Result<Arc<IntegrityKey>, Error> {
-        if let Some(k) = self
-            .inner
+    /// The integrity key this ring has loaded, if any.
+    fn integrity_lock(&self) -> MutexGuard<'_, Option<Arc<IntegrityKey>>> {
+        self.inner
             .integrity
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
+    }
+
+    /// The store's integrity key, unwrapped once per ring and checked against its own tag.
+    pub(crate) fn integrity_key(&self) -> Result<Arc<IntegrityKey>, Error> {
+        if let Some(k) = self.integrity_lock().as_ref() {
             return Ok(Arc::clone(k));
         }
         let scope = integrity_scope();
@@ -258,11 +259,7 @@ impl KeyRing {
                 "the integrity key's record fails its own authentication".into(),
             ));
         }
-        *self
-            .inner
-            .integrity
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&key));
+        *self.integrity_lock() = Some(Arc::clone(&key));
         Ok(key)
     }
 
@@ -272,17 +269,13 @@ impl KeyRing {
         if self.inner.store.get(&scope, KekVersion::FIRST)?.is_some() {
             return self.integrity_key();
         }
-        if !self.inner.store.scopes()?.is_empty() || !self.inner.store.audit_log(None)?.is_empty() {
+        if !self.store_is_empty()? {
             return Err(not_upgraded());
         }
         match self.create_integrity_key(who, StoreChange::default(), 0) {
             Ok(key) => {
                 let key = Arc::new(key);
-                *self
-                    .inner
-                    .integrity
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&key));
+                *self.integrity_lock() = Some(Arc::clone(&key));
                 Ok(key)
             }
             // Another process made it first: use theirs.
@@ -307,25 +300,7 @@ impl KeyRing {
         let now = self.now();
         let kek = Kek::generate();
         let key = IntegrityKey::from_kek(&kek);
-        self.count_wrap();
-        let wrapped = self.inner.kms.wrap_kek(
-            &kek,
-            &KekBinding {
-                scope: &scope,
-                version: KekVersion::FIRST,
-            },
-        )?;
-        let record = KekRecord {
-            scope,
-            version: KekVersion::FIRST,
-            state: KekState::Active,
-            wrapped: Some(wrapped),
-            created_at: now,
-            updated_at: now,
-            deactivated_at: None,
-            recheck_secs: self.recheck_secs(),
-            auth: None,
-        };
+        let record = self.new_record(&kek, &scope, KekVersion::FIRST, now)?;
         let mut audit = self.audit(who, KeyAction::CreateScope, &record, None, now);
         if legacy_entries > 0 {
             audit.reason = format!("{}{LEGACY_MARK}{legacy_entries}]", audit.reason);
@@ -387,16 +362,16 @@ impl KeyRing {
         Ok(self.inner.store.scopes()?.is_empty() && self.inner.store.audit_log(None)?.is_empty())
     }
 
+    /// Whether this ring has not loaded an integrity key yet and the store is new
+    /// ([`Self::store_is_empty`]): then there is nothing to verify and reads find nothing.
+    fn unkeyed_and_empty(&self) -> Result<bool, Error> {
+        let unkeyed = self.integrity_lock().is_none();
+        Ok(unkeyed && self.store_is_empty()?)
+    }
+
     /// The records of `scope`, each verified against the integrity key and the audit chain.
     pub(crate) fn verified_list(&self, scope: &KeyScope) -> Result<Vec<KekRecord>, Error> {
-        if self
-            .inner
-            .integrity
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
-            && self.store_is_empty()?
-        {
+        if self.unkeyed_and_empty()? {
             return Ok(Vec::new());
         }
         let key = self.integrity_key()?;
@@ -439,14 +414,7 @@ impl KeyRing {
         scope: &KeyScope,
         version: KekVersion,
     ) -> Result<Option<KekRecord>, Error> {
-        if self
-            .inner
-            .integrity
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
-            && self.store_is_empty()?
-        {
+        if self.unkeyed_and_empty()? {
             return Ok(None);
         }
         let key = self.integrity_key()?;

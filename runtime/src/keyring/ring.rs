@@ -551,16 +551,20 @@ impl KeyRing {
         )
     }
 
-    fn new_record(
+    /// A new `Active` record of version `version` of `scope`, created `now`, holding `kek`
+    /// wrapped by this ring's KMS.
+    pub(crate) fn new_record(
         &self,
-        kms: &dyn Kms,
+        kek: &Kek,
         scope: &KeyScope,
         version: KekVersion,
         now: UnixTime,
     ) -> Result<KekRecord, Error> {
-        let kek = Kek::generate();
-        self.inner.wraps.fetch_add(1, Ordering::Relaxed);
-        let wrapped = kms.wrap_kek(&kek, &KekBinding { scope, version })?;
+        self.count_wrap();
+        let wrapped = self
+            .inner
+            .kms
+            .wrap_kek(kek, &KekBinding { scope, version })?;
         Ok(KekRecord {
             scope: scope.clone(),
             version,
@@ -640,7 +644,7 @@ impl KeyRing {
             });
         }
         let now = self.now();
-        let record = self.new_record(&*self.inner.kms, scope, KekVersion::FIRST, now)?;
+        let record = self.new_record(&Kek::generate(), scope, KekVersion::FIRST, now)?;
         let audit = self.audit(who, KeyAction::CreateScope, &record, None, now);
         self.apply(
             scope,
@@ -686,7 +690,7 @@ impl KeyRing {
             scope: scope.clone(),
         })?;
         let now = self.now();
-        let new = self.new_record(&*self.inner.kms, scope, next, now)?;
+        let new = self.new_record(&Kek::generate(), scope, next, now)?;
         let mut demoted = old.clone();
         // A grace period shorter than the cache window would let values that a warm cache
         // seals under the old version stop opening: it lasts at least until the window ends.
@@ -797,7 +801,7 @@ impl KeyRing {
         version: KekVersion,
         who: &AuditInfo,
     ) -> Result<(), Error> {
-        self.retire_checked(scope, version, who, true)
+        self.windowed_step(scope, version, who, &RETIRE, true)
     }
 
     /// As [`Self::retire`], but also inside the cache window. An application that still holds
@@ -812,26 +816,27 @@ impl KeyRing {
         version: KekVersion,
         who: &AuditInfo,
     ) -> Result<(), Error> {
-        self.retire_checked(scope, version, who, false)
+        self.windowed_step(scope, version, who, &RETIRE, false)
     }
 
-    fn retire_checked(
+    /// Takes `step` on a version: refused unless the version is in the state the step leaves
+    /// and, when `window` is set, inside the cache window.
+    fn windowed_step(
         &self,
         scope: &KeyScope,
         version: KekVersion,
         who: &AuditInfo,
+        step: &WindowedStep,
         window: bool,
     ) -> Result<(), Error> {
         let record = self.record(scope, version)?;
-        match record.state {
-            KekState::Grace { .. } => {
-                if window {
-                    self.check_cache_window(&record, "retire")?;
-                }
-                self.transition(record, KekState::Retired, KeyAction::Retire, who)
-            }
-            _ => Err(Self::wrong_state(&record, "retire")),
+        if !(step.leaves)(record.state) {
+            return Err(Self::wrong_state(&record, step.operation));
         }
+        if window {
+            self.check_cache_window(&record, step.operation)?;
+        }
+        self.transition(record, step.enters, step.action, who)
     }
 
     /// Puts a `Retired` version back into `Grace` until `now + grace`, or moves a `Grace`
@@ -881,7 +886,7 @@ impl KeyRing {
         version: KekVersion,
         who: &AuditInfo,
     ) -> Result<(), Error> {
-        self.destroy_checked(scope, version, who, true)
+        self.windowed_step(scope, version, who, &DESTROY, true)
     }
 
     /// As [`Self::destroy`], but also inside the cache window: values an application seals
@@ -896,26 +901,7 @@ impl KeyRing {
         version: KekVersion,
         who: &AuditInfo,
     ) -> Result<(), Error> {
-        self.destroy_checked(scope, version, who, false)
-    }
-
-    fn destroy_checked(
-        &self,
-        scope: &KeyScope,
-        version: KekVersion,
-        who: &AuditInfo,
-        window: bool,
-    ) -> Result<(), Error> {
-        let record = self.record(scope, version)?;
-        match record.state {
-            KekState::Retired => {
-                if window {
-                    self.check_cache_window(&record, "destroy")?;
-                }
-                self.transition(record, KekState::Destroyed, KeyAction::Destroy, who)
-            }
-            _ => Err(Self::wrong_state(&record, "destroy")),
-        }
+        self.windowed_step(scope, version, who, &DESTROY, false)
     }
 
     /// Retires every `Grace` version whose deadline has passed, in every scope, writing one
@@ -1050,6 +1036,32 @@ impl KeyRing {
         Ok(count)
     }
 }
+
+/// A lifecycle step that is refused inside the cache window ([`KeyRing::retire`],
+/// [`KeyRing::destroy`]): the one state it leaves, the state it enters, and how the audit log
+/// and errors name it.
+struct WindowedStep {
+    operation: &'static str,
+    leaves: fn(KekState) -> bool,
+    enters: KekState,
+    action: KeyAction,
+}
+
+/// A `Grace` version stops opening anything.
+const RETIRE: WindowedStep = WindowedStep {
+    operation: "retire",
+    leaves: |state| matches!(state, KekState::Grace { .. }),
+    enters: KekState::Retired,
+    action: KeyAction::Retire,
+};
+
+/// A `Retired` version's wrapped material is erased.
+const DESTROY: WindowedStep = WindowedStep {
+    operation: "destroy",
+    leaves: |state| state == KekState::Retired,
+    enters: KekState::Destroyed,
+    action: KeyAction::Destroy,
+};
 
 /// The checks of opening that need no key, in the order `docs/envelope-format.md` § 6 gives:
 /// the expected context ([`Error::InvalidInput`]), the envelope's structure (parse errors),

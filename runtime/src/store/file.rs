@@ -20,7 +20,7 @@ use crate::key::{
     AuditRecord, Auth, KekRecord, KekState, KekVersion, KeyAction, KeyScope, StoreChange, UnixTime,
     WrappedKek,
 };
-use crate::store::{KeyStore, StoreState};
+use crate::store::{KeyStore, StoreState, paired};
 
 const STORE: &str = "file";
 const FORMAT: &str = "leakless-keystore-v1";
@@ -86,20 +86,21 @@ fn auth_from(
     tag_hex: Option<String>,
     record: &str,
 ) -> Result<Option<Auth>, Error> {
-    match (seq, tag_hex) {
-        (Some(seq), Some(h)) => {
-            let mut tag = [0u8; 32];
-            hex::decode_to_slice(h, &mut tag)
-                .map_err(|e| corrupt(record, "tag_hex", e.to_string()))?;
-            Ok(Some(Auth { seq, tag }))
-        }
-        (None, None) => Ok(None),
-        _ => Err(corrupt(
-            record,
-            "seq, tag_hex",
-            "must both be present or both absent".to_owned(),
-        )),
-    }
+    let Some((seq, h)) = paired(seq, tag_hex, || unpaired(record, "seq, tag_hex"))? else {
+        return Ok(None);
+    };
+    let mut tag = [0u8; 32];
+    hex::decode_to_slice(h, &mut tag).map_err(|e| corrupt(record, "tag_hex", e.to_string()))?;
+    Ok(Some(Auth { seq, tag }))
+}
+
+/// Two fields of a stored record or audit entry of which only one is present.
+fn unpaired(record: &str, fields: &'static str) -> Error {
+    corrupt(
+        record,
+        fields,
+        "must both be present or both absent".to_owned(),
+    )
 }
 
 /// A stored record or audit entry that cannot be read back.
@@ -304,20 +305,15 @@ fn record_to_dto(r: &KekRecord) -> RecordDto {
 fn record_from_dto(r: RecordDto) -> Result<KekRecord, Error> {
     let record = format!("key record {} v{}", r.scope.escape_debug(), r.version);
     let record = record.as_str();
-    let wrapped = match (r.root_key_id, r.wrapped_kek_hex) {
-        (Some(root_key_id), Some(h)) => Some(WrappedKek {
+    let wrapped = match paired(r.root_key_id, r.wrapped_kek_hex, || {
+        unpaired(record, "root_key_id, wrapped_kek_hex")
+    })? {
+        Some((root_key_id, h)) => Some(WrappedKek {
             root_key_id,
             ciphertext: hex::decode(h)
                 .map_err(|e| corrupt(record, "wrapped_kek_hex", e.to_string()))?,
         }),
-        (None, None) => None,
-        _ => {
-            return Err(corrupt(
-                record,
-                "root_key_id, wrapped_kek_hex",
-                "must both be present or both absent".to_owned(),
-            ));
-        }
+        None => None,
     };
     Ok(KekRecord {
         scope: stored_scope(&r.scope, record)?,

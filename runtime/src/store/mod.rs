@@ -36,6 +36,21 @@ pub(crate) fn state_problem(state: &str, grace_until: Option<i64>) -> String {
     }
 }
 
+/// Two stored fields that are set together: `Some` of both, `None` when neither is set, or
+/// `unpaired()` when only one is.
+#[cfg(any(feature = "file-store", feature = "sql-store"))]
+pub(crate) fn paired<A, B, E>(
+    a: Option<A>,
+    b: Option<B>,
+    unpaired: impl FnOnce() -> E,
+) -> Result<Option<(A, B)>, E> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        _ => Err(unpaired()),
+    }
+}
+
 /// Persistent storage of KEK records and the audit log.
 ///
 /// # Contract

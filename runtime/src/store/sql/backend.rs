@@ -257,18 +257,7 @@ macro_rules! impl_store_conn {
                                     .filter(kek::scope.eq(a.scope.as_str()))
                                     .filter(kek::version.eq(version(a))),
                             )
-                            .set((
-                                kek::state.eq(a.state.name()),
-                                kek::grace_until.eq(grace(a)),
-                                kek::root_key_id.eq(root_key_id(a)),
-                                kek::wrapped_kek.eq(wrapped(a)),
-                                kek::created_at.eq(a.created_at.0),
-                                kek::updated_at.eq(a.updated_at.0),
-                                kek::deactivated_at.eq(a.deactivated_at.map(|t| t.0)),
-                                kek::recheck_secs.eq(Some(i64::from(a.recheck_secs))),
-                                kek::seq.eq(seq(a.auth)),
-                                kek::tag.eq(tag(&a.auth)),
-                            ))
+                            .set(kek_values(a))
                             .execute(c),
                             a,
                         )?;
@@ -283,16 +272,7 @@ macro_rules! impl_store_conn {
                                 .values((
                                     kek::scope.eq(r.scope.as_str()),
                                     kek::version.eq(version(r)),
-                                    kek::state.eq(r.state.name()),
-                                    kek::grace_until.eq(grace(r)),
-                                    kek::root_key_id.eq(root_key_id(r)),
-                                    kek::wrapped_kek.eq(wrapped(r)),
-                                    kek::created_at.eq(r.created_at.0),
-                                    kek::updated_at.eq(r.updated_at.0),
-                                    kek::deactivated_at.eq(r.deactivated_at.map(|t| t.0)),
-                                    kek::recheck_secs.eq(Some(i64::from(r.recheck_secs))),
-                                    kek::seq.eq(seq(r.auth)),
-                                    kek::tag.eq(tag(&r.auth)),
+                                    kek_values(r),
                                 ))
                                 .execute(c),
                             r,
@@ -320,6 +300,37 @@ macro_rules! impl_store_conn {
             }
         }
     };
+}
+
+/// The columns of a key record but its key (`scope`, `version`): what an update sets, and what
+/// an insert writes besides the key.
+type KekValues<'a> = (
+    diesel::dsl::Eq<kek::state, &'static str>,
+    diesel::dsl::Eq<kek::grace_until, Option<i64>>,
+    diesel::dsl::Eq<kek::root_key_id, Option<&'a str>>,
+    diesel::dsl::Eq<kek::wrapped_kek, Option<&'a [u8]>>,
+    diesel::dsl::Eq<kek::created_at, i64>,
+    diesel::dsl::Eq<kek::updated_at, i64>,
+    diesel::dsl::Eq<kek::deactivated_at, Option<i64>>,
+    diesel::dsl::Eq<kek::recheck_secs, Option<i64>>,
+    diesel::dsl::Eq<kek::seq, Option<i64>>,
+    diesel::dsl::Eq<kek::tag, Option<&'a [u8]>>,
+);
+
+/// The [`KekValues`] of `r`.
+fn kek_values(r: &KekRecord) -> KekValues<'_> {
+    (
+        kek::state.eq(r.state.name()),
+        kek::grace_until.eq(grace(r)),
+        kek::root_key_id.eq(root_key_id(r)),
+        kek::wrapped_kek.eq(wrapped(r)),
+        kek::created_at.eq(r.created_at.0),
+        kek::updated_at.eq(r.updated_at.0),
+        kek::deactivated_at.eq(r.deactivated_at.map(|t| t.0)),
+        kek::recheck_secs.eq(Some(i64::from(r.recheck_secs))),
+        kek::seq.eq(seq(r.auth)),
+        kek::tag.eq(tag(&r.auth)),
+    )
 }
 
 /// The values of one audit row, as diesel inserts them.
@@ -388,7 +399,7 @@ fn run_statements<C: SimpleConnection>(c: &mut C, statements: &[&str]) -> Result
 impl_store_conn!(
     SqliteConnection,
     schema: |c| c.immediate_transaction(|c| {
-        run_tolerant(c, super::schema::SQLITE_UPGRADE, &["no such table", "duplicate column name"])?;
+        run_tolerant(c, super::schema::ADD_AUTH_COLUMNS, &["no such table", "duplicate column name"])?;
         run_statements(c, super::schema::SQLITE)
     }),
     txn: immediate_transaction,
@@ -424,8 +435,13 @@ impl_store_conn!(
     schema: |c| {
         run_tolerant(
             c,
-            super::schema::MYSQL_UPGRADE,
-            &["doesn't exist", "Duplicate column name", "Duplicate key name"],
+            super::schema::ADD_AUTH_COLUMNS,
+            &["doesn't exist", "Duplicate column name"],
+        )?;
+        run_tolerant(
+            c,
+            &[super::schema::MYSQL_ADD_SEQ_INDEX],
+            &["doesn't exist", "Duplicate key name"],
         )?;
         run_statements(c, super::schema::MYSQL)
     },

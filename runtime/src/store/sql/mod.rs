@@ -65,7 +65,7 @@ use crate::key::{
     WrappedKek,
 };
 use crate::redact::{redact_url, scrub};
-use crate::store::{KeyStore, cas_matches};
+use crate::store::{KeyStore, cas_matches, paired};
 
 use backend::Conn;
 
@@ -408,23 +408,25 @@ fn decode_auth(
     tag: Option<Vec<u8>>,
     record: &str,
 ) -> Result<Option<Auth>, Failure> {
-    match (seq, tag) {
-        (Some(seq), Some(tag)) => {
-            let seq = u64::try_from(seq)
-                .map_err(|_| corrupt(record, "seq", format!("{seq} is negative")))?;
-            let tag: [u8; 32] = tag
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt(record, "tag", format!("{} bytes, expected 32", tag.len())))?;
-            Ok(Some(Auth { seq, tag }))
-        }
-        (None, None) => Ok(None),
-        _ => Err(corrupt(
-            record,
-            "seq, tag",
-            "must both be set or both be NULL".to_owned(),
-        )),
-    }
+    let Some((seq, tag)) = paired(seq, tag, || unpaired(record, "seq, tag"))? else {
+        return Ok(None);
+    };
+    let seq =
+        u64::try_from(seq).map_err(|_| corrupt(record, "seq", format!("{seq} is negative")))?;
+    let tag: [u8; 32] = tag
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt(record, "tag", format!("{} bytes, expected 32", tag.len())))?;
+    Ok(Some(Auth { seq, tag }))
+}
+
+/// Two columns of a stored row of which only one is set.
+fn unpaired(record: &str, fields: &'static str) -> Failure {
+    corrupt(
+        record,
+        fields,
+        "must both be set or both be NULL".to_owned(),
+    )
 }
 
 fn decode_scope(scope: &str, record: &str) -> Result<KeyScope, Failure> {
@@ -479,20 +481,13 @@ pub(crate) fn decode_record(row: KekRow) -> Result<KekRecord, Failure> {
         Some(v) => u32::try_from(v)
             .map_err(|_| corrupt(record, "recheck_secs", format!("{v} is out of range")))?,
     };
-    let wrapped = match (root_key_id, wrapped) {
-        (Some(root_key_id), Some(ciphertext)) => Some(WrappedKek {
-            root_key_id,
-            ciphertext,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(corrupt(
-                record,
-                "root_key_id, wrapped_kek",
-                "must both be set or both be NULL".to_owned(),
-            ));
-        }
-    };
+    let wrapped = paired(root_key_id, wrapped, || {
+        unpaired(record, "root_key_id, wrapped_kek")
+    })?
+    .map(|(root_key_id, ciphertext)| WrappedKek {
+        root_key_id,
+        ciphertext,
+    });
     Ok(KekRecord {
         scope: decode_scope(&scope, record)?,
         version: decode_version(version, record)?,

@@ -37,53 +37,87 @@ diesel::table! {
     }
 }
 
-/// SQLite: the partial unique index keeps one active version per scope.
-pub(crate) const SQLITE: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS leakless_kek (
-    scope TEXT NOT NULL CHECK (length(scope) BETWEEN 1 AND 64),
+/// The statements that make the two tables as SQLite and PostgreSQL create them, followed by
+/// `$more`: `$text` is the type of the scope column, `$binary` the type of byte columns, `$id`
+/// the audit log's auto-increment key.
+macro_rules! tables {
+    ($text:literal, $binary:literal, $id:literal, $($more:expr),* $(,)?) => {
+        &[
+            concat!(
+                "CREATE TABLE IF NOT EXISTS leakless_kek (
+    scope ",
+                $text,
+                " NOT NULL CHECK (length(scope) BETWEEN 1 AND 64),
     version BIGINT NOT NULL CHECK (version BETWEEN 1 AND 4294967295),
     state TEXT NOT NULL CHECK (state IN ('active', 'grace', 'retired', 'destroyed')),
     grace_until BIGINT NULL,
     root_key_id TEXT NULL,
-    wrapped_kek BLOB NULL,
+    wrapped_kek ",
+                $binary,
+                " NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     deactivated_at BIGINT NULL,
     recheck_secs BIGINT NULL,
     seq BIGINT NULL,
-    tag BLOB NULL,
+    tag ",
+                $binary,
+                " NULL,
     PRIMARY KEY (scope, version),
     CHECK (state <> 'grace' OR grace_until IS NOT NULL),
     CHECK (state <> 'destroyed' OR wrapped_kek IS NULL),
     CHECK ((root_key_id IS NULL) = (wrapped_kek IS NULL))
-)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_kek_one_active
+)"
+            ),
+            "CREATE UNIQUE INDEX IF NOT EXISTS leakless_kek_one_active
     ON leakless_kek (scope) WHERE state = 'active'",
-    "CREATE TABLE IF NOT EXISTS leakless_key_audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+            concat!(
+                "CREATE TABLE IF NOT EXISTS leakless_key_audit (
+    id ",
+                $id,
+                ",
     at BIGINT NOT NULL,
     actor TEXT NOT NULL,
     reason TEXT NOT NULL,
     action TEXT NOT NULL,
-    scope TEXT NOT NULL,
+    scope ",
+                $text,
+                " NOT NULL,
     version BIGINT NOT NULL,
     from_state TEXT NULL,
     from_grace_until BIGINT NULL,
     to_state TEXT NOT NULL,
     to_grace_until BIGINT NULL,
     seq BIGINT NULL,
-    tag BLOB NULL
-)",
-    "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
-    // The audit chain's compare-and-swap: one entry per sequence number.
-    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
-];
+    tag ",
+                $binary,
+                " NULL
+)"
+            ),
+            "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
+            $($more),*
+        ]
+    };
+}
 
-/// SQLite: the columns that authenticated key stores added, for tables made before them; run
-/// before [`SQLITE`]. SQLite has no `ADD COLUMN IF NOT EXISTS`: each statement runs on its own,
-/// and "no such table" (a new store) or "duplicate column name" (already there) is fine.
-#[cfg(feature = "sqlite")]
-pub(crate) const SQLITE_UPGRADE: &[&str] = &[
+/// The audit chain's compare-and-swap: one entry per sequence number (SQLite, PostgreSQL).
+const AUDIT_SEQ_INDEX: &str =
+    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)";
+
+/// SQLite: the partial unique index keeps one active version per scope.
+pub(crate) const SQLITE: &[&str] = tables!(
+    "TEXT",
+    "BLOB",
+    "INTEGER PRIMARY KEY AUTOINCREMENT",
+    AUDIT_SEQ_INDEX,
+);
+
+/// SQLite and MariaDB / MySQL: the columns that authenticated key stores added, for tables
+/// made before them; run before [`SQLITE`] or [`MYSQL`]. SQLite and MySQL have no `ADD COLUMN
+/// IF NOT EXISTS`: each statement runs on its own, and "no such table" / "doesn't exist" (a new
+/// store) or "duplicate column name" (already there) is fine.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) const ADD_AUTH_COLUMNS: &[&str] = &[
     "ALTER TABLE leakless_kek ADD COLUMN deactivated_at BIGINT NULL",
     "ALTER TABLE leakless_kek ADD COLUMN recheck_secs BIGINT NULL",
     "ALTER TABLE leakless_kek ADD COLUMN seq BIGINT NULL",
@@ -94,43 +128,10 @@ pub(crate) const SQLITE_UPGRADE: &[&str] = &[
 
 /// PostgreSQL: `COLLATE "C"` orders scopes bytewise, as [`KeyScope`](crate::KeyScope) does;
 /// the partial unique index keeps one active version per scope.
-pub(crate) const POSTGRES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS leakless_kek (
-    scope TEXT COLLATE \"C\" NOT NULL CHECK (length(scope) BETWEEN 1 AND 64),
-    version BIGINT NOT NULL CHECK (version BETWEEN 1 AND 4294967295),
-    state TEXT NOT NULL CHECK (state IN ('active', 'grace', 'retired', 'destroyed')),
-    grace_until BIGINT NULL,
-    root_key_id TEXT NULL,
-    wrapped_kek BYTEA NULL,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    deactivated_at BIGINT NULL,
-    recheck_secs BIGINT NULL,
-    seq BIGINT NULL,
-    tag BYTEA NULL,
-    PRIMARY KEY (scope, version),
-    CHECK (state <> 'grace' OR grace_until IS NOT NULL),
-    CHECK (state <> 'destroyed' OR wrapped_kek IS NULL),
-    CHECK ((root_key_id IS NULL) = (wrapped_kek IS NULL))
-)",
-    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_kek_one_active
-    ON leakless_kek (scope) WHERE state = 'active'",
-    "CREATE TABLE IF NOT EXISTS leakless_key_audit (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    at BIGINT NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    action TEXT NOT NULL,
-    scope TEXT COLLATE \"C\" NOT NULL,
-    version BIGINT NOT NULL,
-    from_state TEXT NULL,
-    from_grace_until BIGINT NULL,
-    to_state TEXT NOT NULL,
-    to_grace_until BIGINT NULL,
-    seq BIGINT NULL,
-    tag BYTEA NULL
-)",
-    "CREATE INDEX IF NOT EXISTS leakless_key_audit_scope ON leakless_key_audit (scope, id)",
+pub(crate) const POSTGRES: &[&str] = tables!(
+    "TEXT COLLATE \"C\"",
+    "BYTEA",
+    "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     // Tables made before authenticated key stores get the new columns.
     "ALTER TABLE leakless_kek ADD COLUMN IF NOT EXISTS deactivated_at BIGINT NULL,
     ADD COLUMN IF NOT EXISTS recheck_secs BIGINT NULL,
@@ -138,9 +139,8 @@ pub(crate) const POSTGRES: &[&str] = &[
     ADD COLUMN IF NOT EXISTS tag BYTEA NULL",
     "ALTER TABLE leakless_key_audit ADD COLUMN IF NOT EXISTS seq BIGINT NULL,
     ADD COLUMN IF NOT EXISTS tag BYTEA NULL",
-    // The audit chain's compare-and-swap: one entry per sequence number.
-    "CREATE UNIQUE INDEX IF NOT EXISTS leakless_key_audit_seq ON leakless_key_audit (seq)",
-];
+    AUDIT_SEQ_INDEX,
+);
 
 #[cfg(feature = "postgres")]
 /// PostgreSQL: true when [`POSTGRES`] has nothing left to do in the current schema: both
@@ -200,17 +200,9 @@ pub(crate) const MYSQL: &[&str] = &[
 ) ENGINE = InnoDB",
 ];
 
-/// MariaDB / MySQL: the columns and index that authenticated key stores added, for tables made
-/// before them; run before [`MYSQL`], each on its own, where "doesn't exist" (a new store),
-/// "Duplicate column name" and "Duplicate key name" (already there) are fine. (MySQL has no
-/// `ADD COLUMN IF NOT EXISTS`.)
+/// MariaDB / MySQL: the audit chain's unique index, for tables made before authenticated key
+/// stores; run after [`ADD_AUTH_COLUMNS`] and before [`MYSQL`], where "Duplicate key name"
+/// (already there) and "doesn't exist" (a new store) are fine.
 #[cfg(feature = "mysql")]
-pub(crate) const MYSQL_UPGRADE: &[&str] = &[
-    "ALTER TABLE leakless_kek ADD COLUMN deactivated_at BIGINT NULL",
-    "ALTER TABLE leakless_kek ADD COLUMN recheck_secs BIGINT NULL",
-    "ALTER TABLE leakless_kek ADD COLUMN seq BIGINT NULL",
-    "ALTER TABLE leakless_kek ADD COLUMN tag BLOB NULL",
-    "ALTER TABLE leakless_key_audit ADD COLUMN seq BIGINT NULL",
-    "ALTER TABLE leakless_key_audit ADD COLUMN tag BLOB NULL",
-    "ALTER TABLE leakless_key_audit ADD UNIQUE KEY leakless_key_audit_seq (seq)",
-];
+pub(crate) const MYSQL_ADD_SEQ_INDEX: &str =
+    "ALTER TABLE leakless_key_audit ADD UNIQUE KEY leakless_key_audit_seq (seq)";
