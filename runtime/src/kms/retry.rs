@@ -87,6 +87,24 @@ pub fn classify_http_status(status: u16) -> FailureKind {
     }
 }
 
+/// The most bytes of a failure's detail that quote what a server said.
+pub(crate) const MAX_DETAIL: usize = 300;
+
+/// `text` as one line of at most [`MAX_DETAIL`] bytes (cut at a character boundary and ended
+/// with `...` when longer), for a failure's detail.
+pub(crate) fn short_line(text: &str) -> String {
+    let mut line = text.replace(['\n', '\r'], " ");
+    if line.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
 /// What one attempt may use: its number (1 for the first) and how long it may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt {
