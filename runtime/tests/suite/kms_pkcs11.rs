@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -25,6 +25,7 @@ use leakless::key::KeyScope;
 use leakless::kms::{Kms, PinSource, Pkcs11Kms};
 use leakless::secret::Kek;
 
+use crate::support::kms_suite::{assert_unwraps_to, kms_error_parts, round_trip};
 use crate::support::peers::pkcs11::{config, custodian, env, module, pin_file};
 use crate::support::peers::{binding, unique_name};
 
@@ -104,21 +105,11 @@ fn root_key_id_names_token_and_key_and_a_second_instance_unwraps() {
     drop(a);
     // Found again by label, in a new instance: the key lives on the token.
     let b = Pkcs11Kms::open(&config(&label)).unwrap();
-    let back = b.unwrap_kek(&wrapped, &binding(&scope, 3)).unwrap();
-    assert_eq!(back.expose_secret(), kek.expose_secret());
+    assert_unwraps_to(&b, &wrapped, &scope, 3, &kek);
     // Creating the same label again is refused.
     let err = Pkcs11Kms::create(&config(&label)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                backend: "pkcs11",
-                operation: "create root key",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let (backend, operation, _) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("pkcs11", "create root key"), "{err}");
 }
 
 #[test]
@@ -168,18 +159,7 @@ fn root_key_is_sensitive_non_extractable_and_its_value_cannot_be_read_or_wrapped
         "the token returned the root key's value"
     );
     // Wrapping it out under a key we control is refused too.
-    let exporter = session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(false),
-                Attribute::Wrap(true),
-            ],
-        )
-        .unwrap();
+    let exporter = generate_aes_key(&session, [Attribute::Token(false), Attribute::Wrap(true)]);
     let err = session
         .wrap_key(&Mechanism::AesKeyWrapPad, exporter, key)
         .unwrap_err();
@@ -192,39 +172,38 @@ fn root_key_is_sensitive_non_extractable_and_its_value_cannot_be_read_or_wrapped
     assert!(flip.is_err(), "CKA_EXTRACTABLE was switched back on");
 }
 
+/// Generates an AES-256 key through `session` (not through leakless) with the `extra`
+/// attributes.
+fn generate_aes_key<const N: usize>(session: &Session, extra: [Attribute; N]) -> ObjectHandle {
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+    ];
+    template.extend(extra);
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .unwrap()
+}
+
 #[test]
 fn an_unprotected_key_with_the_label_is_refused() {
     let label = unique_name("weak");
-    let session = raw_session();
-    session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(false),
-                Attribute::Extractable(true),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ],
-        )
-        .unwrap();
-    let err = Pkcs11Kms::open(&config(&label)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                backend: "pkcs11",
-                operation: "open root key",
-                ..
-            }
-        ),
-        "{err}"
+    generate_aes_key(
+        &raw_session(),
+        [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ],
     );
+    let err = Pkcs11Kms::open(&config(&label)).unwrap_err();
+    let (backend, operation, _) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("pkcs11", "open root key"), "{err}");
     assert!(err.to_string().contains("not protected"), "{err}");
 }
 
@@ -237,17 +216,8 @@ fn wrong_pin_file(dir: &tempfile::TempDir) -> (PathBuf, String) {
 }
 
 fn assert_wrong_pin(err: &Error, pins: &[&str]) {
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                backend: "pkcs11",
-                operation: "log in",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let (backend, operation, _) = kms_error_parts(err);
+    assert_eq!((backend, operation), ("pkcs11", "log in"), "{err}");
     let shown = format!("{err} {err:?}");
     assert!(shown.contains("CKR_PIN_INCORRECT"), "{shown}");
     for pin in pins {
@@ -305,43 +275,16 @@ fn pin_file_rules_and_configuration_errors_name_what_failed() {
     let mut cfg = config("any");
     cfg.token_label = "no-such-token".into();
     let err = Pkcs11Kms::open(&cfg).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                operation: "find token",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(kms_error_parts(&err).1, "find token", "{err}");
     assert!(err.to_string().contains("no-such-token"), "{err}");
 
     let mut cfg = config("any");
     cfg.module = dir.path().join("libnothing.so");
     let err = Pkcs11Kms::open(&cfg).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                operation: "load module",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(kms_error_parts(&err).1, "load module", "{err}");
 
     let err = Pkcs11Kms::open(&config(&unique_name("absent"))).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                operation: "open root key",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(kms_error_parts(&err).1, "open root key", "{err}");
     // Debug of a backend and of its config shows no PIN.
     let kms = Pkcs11Kms::create(&config(&unique_name("debug"))).unwrap();
     let shown = format!("{kms:?} {:?}", config("x"));
@@ -430,14 +373,7 @@ fn relogin_child() {
     cfg.pin = PinSource::File(pin_file.clone());
     let kms = Pkcs11Kms::create(&cfg).unwrap();
     let scope = KeyScope::new("relogin").unwrap();
-    let kek = Kek::generate();
-    let wrapped = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
-    assert_eq!(
-        kms.unwrap_kek(&wrapped, &binding(&scope, 1))
-            .unwrap()
-            .expose_secret(),
-        kek.expose_secret()
-    );
+    let (kek, wrapped) = round_trip(&kms, &scope, 1);
     if !child {
         return;
     }
@@ -459,8 +395,7 @@ fn relogin_child() {
         .unwrap();
     assert!(visible.is_empty(), "still logged in after C_Logout");
     drop(session);
-    let back = kms.unwrap_kek(&wrapped, &binding(&scope, 1)).unwrap();
-    assert_eq!(back.expose_secret(), kek.expose_secret());
+    assert_unwraps_to(&kms, &wrapped, &scope, 1, &kek);
     kms.wrap_kek(&kek, &binding(&scope, 2)).unwrap();
     println!("relogin probe: ok");
 }
