@@ -437,29 +437,23 @@ impl AwsKms {
         destination: &str,
         destination_id: &str,
     ) -> Result<WrappedKek, Error> {
-        let (scope, version) = context_values(binding);
-        let (source, destination) = (source.to_owned(), destination.to_owned());
-        let blob = wrapped.ciphertext.clone();
-        let out = self
-            .call("re-encrypt KEK", |client| {
-                let (scope, version) = (scope.clone(), version.clone());
-                let (source, destination, blob) =
-                    (source.clone(), destination.clone(), blob.clone());
-                async move {
-                    client
-                        .re_encrypt()
-                        .ciphertext_blob(Blob::new(blob))
-                        .source_key_id(source)
-                        .source_encryption_context(CONTEXT_SCOPE, scope.clone())
-                        .source_encryption_context(CONTEXT_VERSION, version.clone())
-                        .destination_key_id(destination)
-                        .destination_encryption_context(CONTEXT_SCOPE, scope)
-                        .destination_encryption_context(CONTEXT_VERSION, version)
-                        .send()
-                        .await
-                }
-            })
-            .map_err(|e| binding.name_in(e))?;
+        let out = self.call_bound("re-encrypt KEK", binding, |client, scope, version| {
+            let (source, destination) = (source.to_owned(), destination.to_owned());
+            let blob = Blob::new(wrapped.ciphertext.clone());
+            async move {
+                client
+                    .re_encrypt()
+                    .ciphertext_blob(blob)
+                    .source_key_id(source)
+                    .source_encryption_context(CONTEXT_SCOPE, scope.clone())
+                    .source_encryption_context(CONTEXT_VERSION, version.clone())
+                    .destination_key_id(destination)
+                    .destination_encryption_context(CONTEXT_SCOPE, scope)
+                    .destination_encryption_context(CONTEXT_VERSION, version)
+                    .send()
+                    .await
+            }
+        })?;
         wrapped_from(
             out.ciphertext_blob(),
             "re-encrypt KEK",
@@ -524,6 +518,28 @@ impl AwsKms {
             }
         })?;
         arn_of(created.key_metadata(), "create key")
+    }
+
+    /// [`Self::call`] on the KEK of `binding`: `make` also gets the values of the binding's
+    /// encryption context (scope, version), and an error names the binding.
+    fn call_bound<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        binding: &KekBinding<'_>,
+        make: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Client, String, String) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, SdkError<E>>> + Send,
+        T: Send,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let scope = binding.scope.as_str().to_owned();
+        let version = binding.version.get().to_string();
+        self.call(operation, |client| {
+            make(client, scope.clone(), version.clone())
+        })
+        .map_err(|e| binding.name_in(e))
     }
 
     /// Runs one SDK call through the retry policy, on this backend's runtime.
@@ -604,13 +620,6 @@ where
     } else {
         runtime.block_on(fut)
     }
-}
-
-fn context_values(binding: &KekBinding<'_>) -> (String, String) {
-    (
-        binding.scope.as_str().to_owned(),
-        binding.version.get().to_string(),
-    )
 }
 
 /// The error of an answer to `operation` that lacks the key metadata it must hold.
@@ -902,49 +911,41 @@ impl Kms for AwsKms {
     fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
         let key = self.follow_alias()?;
         let id = format!("{ID_PREFIX}{key}");
-        let (scope, version) = context_values(binding);
-        let out = self
-            .call("wrap KEK", |client| {
-                let (scope, version, key) = (scope.clone(), version.clone(), key.clone());
-                // The SDK takes the plaintext as an owned buffer; it is dropped (not zeroized)
-                // by the SDK after the request is signed and sent.
-                let plaintext = Blob::new(kek.expose_secret().to_vec());
-                async move {
-                    client
-                        .encrypt()
-                        .key_id(key)
-                        .plaintext(plaintext)
-                        .encryption_context(CONTEXT_SCOPE, scope)
-                        .encryption_context(CONTEXT_VERSION, version)
-                        .send()
-                        .await
-                }
-            })
-            .map_err(|e| binding.name_in(e))?;
+        let out = self.call_bound("wrap KEK", binding, |client, scope, version| {
+            let key = key.clone();
+            // The SDK takes the plaintext as an owned buffer; it is dropped (not zeroized) by
+            // the SDK after the request is signed and sent.
+            let plaintext = Blob::new(kek.expose_secret().to_vec());
+            async move {
+                client
+                    .encrypt()
+                    .key_id(key)
+                    .plaintext(plaintext)
+                    .encryption_context(CONTEXT_SCOPE, scope)
+                    .encryption_context(CONTEXT_VERSION, version)
+                    .send()
+                    .await
+            }
+        })?;
         debug!(scope = %binding.scope, version = %binding.version, key = %id, "wrapped a KEK in AWS KMS");
         wrapped_from(out.ciphertext_blob(), "wrap KEK", id)
     }
 
     fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
         let key = self.check_own(wrapped, binding, "unwrap KEK")?;
-        let (scope, version) = context_values(binding);
-        let blob = wrapped.ciphertext.clone();
-        let out = self
-            .call("unwrap KEK", |client| {
-                let (scope, version, key, blob) =
-                    (scope.clone(), version.clone(), key.clone(), blob.clone());
-                async move {
-                    client
-                        .decrypt()
-                        .key_id(key)
-                        .ciphertext_blob(Blob::new(blob))
-                        .encryption_context(CONTEXT_SCOPE, scope)
-                        .encryption_context(CONTEXT_VERSION, version)
-                        .send()
-                        .await
-                }
-            })
-            .map_err(|e| binding.name_in(e))?;
+        let out = self.call_bound("unwrap KEK", binding, |client, scope, version| {
+            let (key, blob) = (key.clone(), Blob::new(wrapped.ciphertext.clone()));
+            async move {
+                client
+                    .decrypt()
+                    .key_id(key)
+                    .ciphertext_blob(blob)
+                    .encryption_context(CONTEXT_SCOPE, scope)
+                    .encryption_context(CONTEXT_VERSION, version)
+                    .send()
+                    .await
+            }
+        })?;
         let plaintext = out.plaintext().ok_or_else(|| {
             binding.error(BACKEND, "unwrap KEK", "KMS answered without a plaintext")
         })?;

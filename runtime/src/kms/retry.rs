@@ -368,22 +368,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn permanent_failure_is_not_retried() {
-        let stats = RetryStats::default();
+    /// Runs `operation` of `backend` under [`quick`] on a call that always fails with
+    /// `failure`, sleeping with `sleep`; returns how often it was called and the error.
+    fn always_failing(
+        (backend, operation): (&'static str, &'static str),
+        stats: &RetryStats,
+        failure: &Failure,
+        sleep: impl FnMut(Duration),
+    ) -> (u32, Error) {
         let mut calls = 0;
         let err = quick()
             .run_with_sleep(
-                "vault",
-                "unwrap KEK",
-                &stats,
+                backend,
+                operation,
+                stats,
                 |_| -> Result<(), _> {
                     calls += 1;
-                    Err(Failure::permanent("HTTP 400: bad context"))
+                    Err(failure.clone())
                 },
-                |_| panic!("must not sleep"),
+                sleep,
             )
             .unwrap_err();
+        (calls, err)
+    }
+
+    #[test]
+    fn permanent_failure_is_not_retried() {
+        let stats = RetryStats::default();
+        let (calls, err) = always_failing(
+            ("vault", "unwrap KEK"),
+            &stats,
+            &Failure::permanent("HTTP 400: bad context"),
+            |_| panic!("must not sleep"),
+        );
         assert_eq!(calls, 1);
         match err {
             Error::Kms {
@@ -401,19 +418,12 @@ mod tests {
     #[test]
     fn gives_up_after_max_attempts_with_a_typed_error() {
         let stats = RetryStats::default();
-        let mut calls = 0;
-        let err = quick()
-            .run_with_sleep(
-                "aws-kms",
-                "wrap KEK",
-                &stats,
-                |_| -> Result<(), _> {
-                    calls += 1;
-                    Err(Failure::throttled("ThrottlingException"))
-                },
-                |_| {},
-            )
-            .unwrap_err();
+        let (calls, err) = always_failing(
+            ("aws-kms", "wrap KEK"),
+            &stats,
+            &Failure::throttled("ThrottlingException"),
+            |_| {},
+        );
         assert_eq!(calls, 4);
         let msg = err.to_string();
         match err {
