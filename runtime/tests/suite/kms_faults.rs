@@ -204,25 +204,18 @@ fn write_batch(
     conn.transaction::<_, WriteError, _>(|conn| {
         for row in rows {
             let tenant = usize::try_from(row).unwrap();
-            let addr_scope = KeyScope::new(&format!("addr-{tenant}")).unwrap();
-            let notes_scope = KeyScope::new(&format!("notes-{tenant}")).unwrap();
-            let address = ring.seal(
-                &addr_scope,
-                &ctx("address", row),
-                b"4 Privet Drive",
-                &FieldPolicy::default(),
-            )?;
+            // Each column under its own scope of the row's tenant.
+            let seal = |scope: &str, column: &'static str, text: &[u8]| {
+                let scope = KeyScope::new(&format!("{scope}-{tenant}")).unwrap();
+                ring.seal(&scope, &ctx(column, row), text, &FieldPolicy::default())
+            };
+            let address = seal("addr", "address", b"4 Privet Drive")?;
             diesel::sql_query("INSERT INTO patients (id, address) VALUES (?, ?)")
                 .bind::<BigInt, _>(row)
                 .bind::<Binary, _>(&address)
                 .execute(conn)?;
             before_notes(row);
-            let notes = ring.seal(
-                &notes_scope,
-                &ctx("notes", row),
-                b"allergic to penicillin",
-                &FieldPolicy::default(),
-            )?;
+            let notes = seal("notes", "notes", b"allergic to penicillin")?;
             diesel::sql_query("UPDATE patients SET notes = ? WHERE id = ?")
                 .bind::<Nullable<Binary>, _>(Some(&notes))
                 .bind::<BigInt, _>(row)

@@ -291,24 +291,34 @@ fn pin_file_rules_and_configuration_errors_name_what_failed() {
     assert!(!shown.contains(&real_pin()), "{shown}");
 }
 
+/// Runs the test `child` of this module in a child process with `env` set, asserts that it
+/// passed and printed `probe`, and returns its stdout and stderr.
+fn run_child(child: &str, env: &[(&str, &str)], probe: &str) -> (String, String) {
+    let output = crate::support::rerun_test(module_path!(), child)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
+    assert!(stdout.contains(probe), "{stdout}");
+    (stdout, stderr)
+}
+
 /// `std::env::set_var` is `unsafe` in edition 2024 and this workspace forbids `unsafe`, so the
 /// PIN-from-environment case runs in a child process: this test re-runs the test binary
 /// filtered to [`env_pin_child`] (which never spawns anything) with the variable set.
 #[test]
 fn pin_from_an_environment_variable() {
-    let output = crate::support::rerun_test(module_path!(), "env_pin_child")
-        .env(
-            "LEAKLESS_TEST_PKCS11_PIN",
-            fs::read_to_string(custodian(0).1).unwrap().trim(),
-        )
-        .env("LEAKLESS_TEST_PKCS11_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
-    assert!(stdout.contains("env pin probe: ok"), "{stdout}");
     let pin = fs::read_to_string(custodian(0).1).unwrap();
+    let (stdout, stderr) = run_child(
+        "env_pin_child",
+        &[
+            ("LEAKLESS_TEST_PKCS11_PIN", pin.trim()),
+            ("LEAKLESS_TEST_PKCS11_CHILD", "1"),
+        ],
+        "env pin probe: ok",
+    );
     assert!(!stdout.contains(pin.trim()) && !stderr.contains(pin.trim()));
 }
 
@@ -335,10 +345,7 @@ fn env_pin_child() {
     }
     cfg.pin = PinSource::Env("LEAKLESS_TEST_PKCS11_PIN".into());
     let kms = Pkcs11Kms::create(&cfg).unwrap();
-    let scope = KeyScope::new("env").unwrap();
-    let kek = Kek::generate();
-    let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
-    kms.unwrap_kek(&w, &binding(&scope, 1)).unwrap();
+    round_trip(&kms, &KeyScope::new("env").unwrap(), 1);
     println!("env pin probe: ok");
 }
 
@@ -347,14 +354,11 @@ fn env_pin_child() {
 /// process-wide, so this runs in a child process of its own (see [`relogin_child`]).
 #[test]
 fn a_lost_login_is_recovered_by_logging_in_again() {
-    let output = crate::support::rerun_test(module_path!(), "relogin_child")
-        .env("LEAKLESS_TEST_PKCS11_RELOGIN_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
-    assert!(stdout.contains("relogin probe: ok"), "{stdout}");
+    run_child(
+        "relogin_child",
+        &[("LEAKLESS_TEST_PKCS11_RELOGIN_CHILD", "1")],
+        "relogin probe: ok",
+    );
 }
 
 /// The child half of [`a_lost_login_is_recovered_by_logging_in_again`]. Run on its own (among
