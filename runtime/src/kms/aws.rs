@@ -959,43 +959,28 @@ mod tests {
 
     #[test]
     fn service_errors_are_classified() {
-        // AWS KMS throttles with ThrottlingException (HTTP 400), sometimes plain 429.
-        assert_eq!(
-            classify_service("ThrottlingException", Some(400)),
-            FailureKind::Throttled
-        );
-        assert_eq!(
-            classify_service("Whatever", Some(429)),
-            FailureKind::Throttled
-        );
-        for code in [
-            "KMSInternalException",
-            "DependencyTimeoutException",
-            "KeyUnavailableException",
-        ] {
+        use FailureKind::{Permanent, Throttled, Transient};
+        let cases = [
+            // AWS KMS throttles with ThrottlingException (HTTP 400), sometimes plain 429.
+            ("ThrottlingException", 400, Throttled),
+            ("Whatever", 429, Throttled),
+            ("KMSInternalException", 400, Transient),
+            ("DependencyTimeoutException", 400, Transient),
+            ("KeyUnavailableException", 400, Transient),
+            ("InternalError", 503, Transient),
+            ("InvalidCiphertextException", 400, Permanent),
+            ("IncorrectKeyException", 400, Permanent),
+            ("NotFoundException", 400, Permanent),
+            ("DisabledException", 400, Permanent),
+            ("AccessDeniedException", 400, Permanent),
+            ("KMSInvalidStateException", 400, Permanent),
+            ("UnrecognizedClientException", 400, Permanent),
+        ];
+        for (code, status, kind) in cases {
             assert_eq!(
-                classify_service(code, Some(400)),
-                FailureKind::Transient,
-                "{code}"
-            );
-        }
-        assert_eq!(
-            classify_service("InternalError", Some(503)),
-            FailureKind::Transient
-        );
-        for code in [
-            "InvalidCiphertextException",
-            "IncorrectKeyException",
-            "NotFoundException",
-            "DisabledException",
-            "AccessDeniedException",
-            "KMSInvalidStateException",
-            "UnrecognizedClientException",
-        ] {
-            assert_eq!(
-                classify_service(code, Some(400)),
-                FailureKind::Permanent,
-                "{code}"
+                classify_service(code, Some(status)),
+                kind,
+                "{code} {status}"
             );
         }
     }

@@ -369,19 +369,20 @@ mod tests {
     }
 
     /// Runs `operation` of `backend` under [`quick`] on a call that always fails with
-    /// `failure`, sleeping with `sleep`; returns how often it was called and the error.
+    /// `failure`, sleeping with `sleep`; returns how often it was called, the error and the
+    /// counts.
     fn always_failing(
         (backend, operation): (&'static str, &'static str),
-        stats: &RetryStats,
         failure: &Failure,
         sleep: impl FnMut(Duration),
-    ) -> (u32, Error) {
+    ) -> (u32, Error, RetryCounts) {
+        let stats = RetryStats::default();
         let mut calls = 0;
         let err = quick()
             .run_with_sleep(
                 backend,
                 operation,
-                stats,
+                &stats,
                 |_| -> Result<(), _> {
                     calls += 1;
                     Err(failure.clone())
@@ -389,18 +390,15 @@ mod tests {
                 sleep,
             )
             .unwrap_err();
-        (calls, err)
+        (calls, err, stats.snapshot())
     }
 
     #[test]
     fn permanent_failure_is_not_retried() {
-        let stats = RetryStats::default();
-        let (calls, err) = always_failing(
-            ("vault", "unwrap KEK"),
-            &stats,
-            &Failure::permanent("HTTP 400: bad context"),
-            |_| panic!("must not sleep"),
-        );
+        let failure = Failure::permanent("HTTP 400: bad context");
+        let (calls, err, _) = always_failing(("vault", "unwrap KEK"), &failure, |_| {
+            panic!("must not sleep")
+        });
         assert_eq!(calls, 1);
         match err {
             Error::Kms {
@@ -417,13 +415,8 @@ mod tests {
 
     #[test]
     fn gives_up_after_max_attempts_with_a_typed_error() {
-        let stats = RetryStats::default();
-        let (calls, err) = always_failing(
-            ("aws-kms", "wrap KEK"),
-            &stats,
-            &Failure::throttled("ThrottlingException"),
-            |_| {},
-        );
+        let failure = Failure::throttled("ThrottlingException");
+        let (calls, err, counts) = always_failing(("aws-kms", "wrap KEK"), &failure, |_| {});
         assert_eq!(calls, 4);
         let msg = err.to_string();
         match err {
@@ -441,8 +434,8 @@ mod tests {
         }
         assert!(msg.contains("aws-kms") && msg.contains("wrap KEK") && msg.contains("4 attempt"));
         assert!(msg.contains("throttled"), "{msg}");
-        assert_eq!(stats.snapshot().exhausted, 1);
-        assert_eq!(stats.snapshot().retries, 3);
+        assert_eq!(counts.exhausted, 1);
+        assert_eq!(counts.retries, 3);
     }
 
     #[test]
