@@ -38,6 +38,8 @@
     reason = "a bench setup failure should stop the bench with its message"
 )]
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,12 +70,7 @@ const BATCH_TIME: Duration = Duration::from_micros(40);
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
-    let full = std::env::args().any(|a| a == "--bench");
-    let samples = std::env::var("LEAKLESS_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(if full { 1001 } else { 5 });
+    let (full, samples) = support::sample_count(1001);
 
     let ctx = FieldContext::new("patients", "address", RowId::Int(42), 1);
     let policy_padding = PaddingPolicy::default();

@@ -36,13 +36,13 @@ mod support;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
-use leakless::key::{KekVersion, KeyScope};
+use leakless::key::{KekVersion, KeyScope, WrappedKek};
 use leakless::kms::{KekBinding, Kms, LocalKms, PinSource, Pkcs11Config, Pkcs11Kms};
 use leakless::secret::Kek;
-use leakless_testkit::bench::{human_ns, paired};
-use support::{Samples, print_table_header, ring_value_rows, row};
+use support::{
+    Samples, open_backend_row, paired_row, print_table_header, ring_value_rows, timed_once,
+};
 
 fn env(var: &str) -> String {
     support::service_env(var, "softhsm")
@@ -57,9 +57,6 @@ fn main() {
         key_label: format!("bench-{:016x}", rand::random::<u64>()),
         pin: PinSource::File(PathBuf::from(env("LEAKLESS_PKCS11_PIN_FILE"))),
     };
-    let create_start = Instant::now();
-    let pkcs11 = Arc::new(Pkcs11Kms::create(&config).expect("create a root key on the token"));
-    let create_time = create_start.elapsed().as_secs_f64() * 1e9;
     let dir = tempfile::tempdir().expect("temporary folder");
     let local_path = dir.path().join("root.key");
     let local = Arc::new(LocalKms::generate_key_file(&local_path).expect("local key file"));
@@ -69,22 +66,20 @@ fn main() {
         config.module.display(),
         config.token_label
     ));
-    println!(
-        "Pkcs11Kms::create (load module, log in, generate the key), once: {}",
-        human_ns(create_time)
+    let pkcs11 = timed_once(
+        "Pkcs11Kms::create (load module, log in, generate the key)",
+        || Arc::new(Pkcs11Kms::create(&config).expect("create a root key on the token")),
     );
     print_table_header("pkcs11", "p11");
 
-    let (l, p, r) = paired(
+    open_backend_row(
+        "open backend (token logged in)",
         samples.slow,
-        || {
-            black_box(LocalKms::from_key_file(&local_path).expect("local open"));
-        },
+        &local_path,
         || {
             black_box(Pkcs11Kms::open(&config).expect("pkcs11 open"));
         },
     );
-    row("open backend (token logged in)", samples.slow, l, p, r);
 
     let bind_scope = KeyScope::new("bench").expect("scope");
     let binding = KekBinding {
@@ -92,28 +87,23 @@ fn main() {
         version: KekVersion::FIRST,
     };
     let kek = Kek::generate();
-    let (l, p, r) = paired(
-        samples.fast,
-        || {
-            black_box(local.wrap_kek(&kek, &binding).expect("local wrap"));
-        },
-        || {
-            black_box(pkcs11.wrap_kek(&kek, &binding).expect("pkcs11 wrap"));
-        },
-    );
-    row("wrap KEK", samples.fast, l, p, r);
     let local_wrapped = local.wrap_kek(&kek, &binding).expect("local wrap");
     let p11_wrapped = pkcs11.wrap_kek(&kek, &binding).expect("pkcs11 wrap");
-    let (l, p, r) = paired(
-        samples.fast,
-        || {
-            black_box(local.unwrap_kek(&local_wrapped, &binding).expect("unwrap"));
-        },
-        || {
-            black_box(pkcs11.unwrap_kek(&p11_wrapped, &binding).expect("unwrap"));
-        },
-    );
-    row("unwrap KEK", samples.fast, l, p, r);
+    // Each row times one backend call on both backends.
+    let kms_row = |name: &str, call: &dyn Fn(&dyn Kms, &WrappedKek)| {
+        paired_row(
+            name,
+            samples.fast,
+            || call(&*local, &local_wrapped),
+            || call(&*pkcs11, &p11_wrapped),
+        );
+    };
+    kms_row("wrap KEK", &|kms, _| {
+        black_box(kms.wrap_kek(&kek, &binding).expect("wrap"));
+    });
+    kms_row("unwrap KEK", &|kms, wrapped| {
+        black_box(kms.unwrap_kek(wrapped, &binding).expect("unwrap"));
+    });
 
     ring_value_rows(samples.fast, local, pkcs11, "PKCS#11 backend");
 }

@@ -29,40 +29,32 @@ mod support;
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
 use leakless::kms::{LocalKms, TpmConfig, TpmKms};
-use leakless_testkit::bench::{human_ns, paired};
-use support::{Samples, print_table_header, ring_value_rows, row};
+use support::{Samples, open_backend_row, print_table_header, ring_value_rows, timed_once};
 
 fn main() {
     let samples = Samples::from_env(10);
     let tcti = support::service_env("LEAKLESS_TPM_TCTI", "swtpm");
     let dir = tempfile::tempdir().expect("temporary folder");
     let tpm_config = TpmConfig::new(&tcti, dir.path().join("root.sealed"));
-    let create_start = Instant::now();
-    drop(TpmKms::create(&tpm_config).expect("seal a root key to the TPM"));
-    let create_time = create_start.elapsed().as_secs_f64() * 1e9;
     let local_path = dir.path().join("root.key");
     drop(LocalKms::generate_key_file(&local_path).expect("local key file"));
 
     samples.print_title(&format!("leakless TPM backend benchmark ({tcti}), medians"));
-    println!(
-        "TpmKms::create (seal a new root key), once: {}",
-        human_ns(create_time)
-    );
+    drop(timed_once("TpmKms::create (seal a new root key)", || {
+        TpmKms::create(&tpm_config).expect("seal a root key to the TPM")
+    }));
     print_table_header("tpm", "tpm");
 
-    let (l, t, r) = paired(
+    open_backend_row(
+        "cold start (open backend)",
         samples.slow,
-        || {
-            black_box(LocalKms::from_key_file(&local_path).expect("local open"));
-        },
+        &local_path,
         || {
             black_box(TpmKms::open(&tpm_config).expect("tpm open"));
         },
     );
-    row("cold start (open backend)", samples.slow, l, t, r);
 
     ring_value_rows(
         samples.fast,

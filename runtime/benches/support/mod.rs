@@ -1,5 +1,5 @@
-//! What the KMS backend benches share: the sample counts (`--bench` and
-//! `LEAKLESS_BENCH_SAMPLES`), the variables of the services they measure, and the table of one
+//! What the benches share: the sample counts (`--bench` and `LEAKLESS_BENCH_SAMPLES`); for the
+//! KMS backend benches, the variables of the services they measure and the table of one
 //! backend against the local baseline with its value-path rows through a key ring.
 
 #![allow(
@@ -15,11 +15,14 @@
               message"
 )]
 
+use std::hint::black_box;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use leakless::KeyScope;
-use leakless::kms::Kms;
-use leakless_testkit::bench::{human_ns, ring_rows, ring_with_scope};
+use leakless::kms::{Kms, LocalKms};
+use leakless_testkit::bench::{human_ns, paired, ring_rows, ring_with_scope};
 
 /// How much a bench measures.
 #[derive(Debug, Clone, Copy)]
@@ -36,12 +39,7 @@ pub struct Samples {
 impl Samples {
     /// The counts of this run; the slow rows take a `slow_divisor`th of the fast rows' count.
     pub fn from_env(slow_divisor: usize) -> Self {
-        let full = std::env::args().any(|a| a == "--bench");
-        let fast = std::env::var("LEAKLESS_BENCH_SAMPLES")
-            .ok()
-            .and_then(|s| s.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(if full { 501 } else { 5 });
+        let (full, fast) = sample_count(501);
         Self {
             full,
             fast,
@@ -58,6 +56,29 @@ impl Samples {
             );
         }
     }
+}
+
+/// Whether `--bench` was given (`cargo bench`; `cargo test --benches` does not give it), and the
+/// sample count: `LEAKLESS_BENCH_SAMPLES`, by default `full_default` (5 in a smoke pass).
+pub fn sample_count(full_default: usize) -> (bool, usize) {
+    let full = std::env::args().any(|a| a == "--bench");
+    let samples = std::env::var("LEAKLESS_BENCH_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(if full { full_default } else { 5 });
+    (full, samples)
+}
+
+/// Runs `make` once and prints how long it took as the line `{what}, once: ...`.
+pub fn timed_once<T>(what: &str, make: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let made = make();
+    println!(
+        "{what}, once: {}",
+        human_ns(start.elapsed().as_secs_f64() * 1e9)
+    );
+    made
 }
 
 /// The value of `var`, one of the lines `scripts/services/{service} start` prints; stops the
@@ -82,6 +103,26 @@ pub fn print_table_header(backend: &str, short: &str) {
         "local",
         backend,
         format!("{short}/local")
+    );
+}
+
+/// Times `local` and `measured` back to back `samples` times and prints them as the row
+/// `name`.
+pub fn paired_row(name: &str, samples: usize, local: impl FnMut(), measured: impl FnMut()) {
+    let (l, m, r) = paired(samples, local, measured);
+    row(name, samples, l, m, r);
+}
+
+/// The row `name` of opening the measured backend (`open`) against opening a local backend
+/// from the key file `local_path`.
+pub fn open_backend_row(name: &str, samples: usize, local_path: &Path, open: impl FnMut()) {
+    paired_row(
+        name,
+        samples,
+        || {
+            black_box(LocalKms::from_key_file(local_path).expect("local open"));
+        },
+        open,
     );
 }
 

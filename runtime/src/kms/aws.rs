@@ -59,7 +59,9 @@ use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::operation::describe_key::DescribeKeyOutput;
 use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::KeyMetadata;
 use tracing::debug;
 use zeroize::Zeroizing;
 
@@ -68,7 +70,9 @@ use crate::key::{UnixTime, WrappedKek};
 use crate::kms::epoch::{
     Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
 };
-use crate::kms::retry::{Attempt, Failure, FailureKind, RetryCounts, RetryPolicy, RetryStats};
+use crate::kms::retry::{
+    Attempt, Failure, FailureKind, RetryCounts, RetryPolicy, RetryStats, short_line,
+};
 use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::redact::redact_url;
 use crate::secret::Kek;
@@ -79,7 +83,6 @@ const CONTEXT_VERSION: &str = "leakless:kek-version";
 /// The tag on an epoch's KMS key naming the key of the epoch before it.
 pub const PREVIOUS_EPOCH_TAG: &str = "leakless:previous-epoch";
 const ID_PREFIX: &str = "aws-kms:";
-const MAX_DETAIL: usize = 300;
 
 /// Where the backend's AWS credentials come from.
 pub enum AwsCredentials {
@@ -177,15 +180,10 @@ impl AwsKms {
 
     /// Describes `key_id`, checks it is an enabled symmetric encryption key, and takes its ARN.
     fn resolve(mut self, key_id: String) -> Result<Self, Error> {
-        let described = self.call("describe key", |client| {
-            let key_id = key_id.clone();
-            async move { client.describe_key().key_id(key_id).send().await }
-        })?;
-        let meta = described.key_metadata().ok_or_else(|| Error::Kms {
-            backend: BACKEND,
-            operation: "describe key",
-            detail: "KMS answered without key metadata".into(),
-        })?;
+        let described = self.describe(&key_id)?;
+        let meta = described
+            .key_metadata()
+            .ok_or_else(|| no_metadata("describe key"))?;
         let arn = meta.arn().unwrap_or(meta.key_id()).to_owned();
         let fail = |detail: String| Error::Kms {
             backend: BACKEND,
@@ -218,28 +216,8 @@ impl AwsKms {
     /// # Errors
     /// As [`Self::connect`].
     pub fn create_key(config: AwsKmsConfig, description: &str) -> Result<Self, Error> {
-        let description = description.to_owned();
         let kms = Self::client_only(config)?;
-        let created = kms.call("create key", |client| {
-            let description = description.clone();
-            async move {
-                client
-                    .create_key()
-                    .description(description)
-                    .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
-                    .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
-                    .send()
-                    .await
-            }
-        })?;
-        let key_id = created
-            .key_metadata()
-            .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
-            .ok_or_else(|| Error::Kms {
-                backend: BACKEND,
-                operation: "create key",
-                detail: "KMS answered without key metadata".into(),
-            })?;
+        let key_id = kms.create_symmetric_key(description, None)?;
         kms.resolve(key_id)
     }
 
@@ -379,18 +357,7 @@ impl AwsKms {
         let Some(alias) = &self.alias else {
             return Ok(self.key_arn().to_owned());
         };
-        let described = self.call("describe key", |client| {
-            let alias = alias.clone();
-            async move { client.describe_key().key_id(alias).send().await }
-        })?;
-        let arn = described
-            .key_metadata()
-            .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
-            .ok_or_else(|| Error::Kms {
-                backend: BACKEND,
-                operation: "describe key",
-                detail: "KMS answered without key metadata".into(),
-            })?;
+        let arn = arn_of(self.describe(alias)?.key_metadata(), "describe key")?;
         let _guard = self
             .follow
             .lock()
@@ -443,17 +410,7 @@ impl AwsKms {
                 return Ok(node.data.clone());
             }
         }
-        Err(Error::Kms {
-            backend: BACKEND,
-            operation,
-            detail: format!(
-                "{} {} is wrapped under root key {}, but this backend holds {}",
-                binding.scope,
-                binding.version,
-                wrapped.root_key_id,
-                self.root_key_id()
-            ),
-        })
+        Err(binding.foreign_root(BACKEND, operation, &wrapped.root_key_id, self.root_key_id()))
     }
 
     /// Re-encrypts one wrapped KEK from this backend's key to `to`'s key inside KMS
@@ -480,38 +437,28 @@ impl AwsKms {
         destination: &str,
         destination_id: &str,
     ) -> Result<WrappedKek, Error> {
-        let (scope, version) = context_values(binding);
-        let (source, destination) = (source.to_owned(), destination.to_owned());
-        let blob = wrapped.ciphertext.clone();
-        let out = self
-            .call("re-encrypt KEK", |client| {
-                let (scope, version) = (scope.clone(), version.clone());
-                let (source, destination, blob) =
-                    (source.clone(), destination.clone(), blob.clone());
-                async move {
-                    client
-                        .re_encrypt()
-                        .ciphertext_blob(Blob::new(blob))
-                        .source_key_id(source)
-                        .source_encryption_context(CONTEXT_SCOPE, scope.clone())
-                        .source_encryption_context(CONTEXT_VERSION, version.clone())
-                        .destination_key_id(destination)
-                        .destination_encryption_context(CONTEXT_SCOPE, scope)
-                        .destination_encryption_context(CONTEXT_VERSION, version)
-                        .send()
-                        .await
-                }
-            })
-            .map_err(|e| name_binding(e, binding))?;
-        let ciphertext = out.ciphertext_blob().ok_or_else(|| Error::Kms {
-            backend: BACKEND,
-            operation: "re-encrypt KEK",
-            detail: "KMS answered without a ciphertext".into(),
+        let out = self.call_bound("re-encrypt KEK", binding, |client, scope, version| {
+            let (source, destination) = (source.to_owned(), destination.to_owned());
+            let blob = Blob::new(wrapped.ciphertext.clone());
+            async move {
+                client
+                    .re_encrypt()
+                    .ciphertext_blob(blob)
+                    .source_key_id(source)
+                    .source_encryption_context(CONTEXT_SCOPE, scope.clone())
+                    .source_encryption_context(CONTEXT_VERSION, version.clone())
+                    .destination_key_id(destination)
+                    .destination_encryption_context(CONTEXT_SCOPE, scope)
+                    .destination_encryption_context(CONTEXT_VERSION, version)
+                    .send()
+                    .await
+            }
         })?;
-        Ok(WrappedKek {
-            root_key_id: destination_id.to_owned(),
-            ciphertext: ciphertext.as_ref().to_vec(),
-        })
+        wrapped_from(
+            out.ciphertext_blob(),
+            "re-encrypt KEK",
+            destination_id.to_owned(),
+        )
     }
 
     /// The in-KMS re-wrap ([`InKmsRewrap`]) of every KEK wrapped under this backend's key onto
@@ -531,6 +478,68 @@ impl AwsKms {
         operation: &'static str,
     ) -> Result<String, Error> {
         self.accepted_arn(wrapped, binding, operation)
+    }
+
+    /// Describes the key `key_id` (`DescribeKey`).
+    fn describe(&self, key_id: &str) -> Result<DescribeKeyOutput, Error> {
+        self.call("describe key", |client| {
+            let key_id = key_id.to_owned();
+            async move { client.describe_key().key_id(key_id).send().await }
+        })
+    }
+
+    /// Creates a symmetric encryption key (`CreateKey`, `SYMMETRIC_DEFAULT`,
+    /// `ENCRYPT_DECRYPT`), tagged with the key of the epoch before it when there is one, and
+    /// returns its ARN.
+    fn create_symmetric_key(
+        &self,
+        description: &str,
+        previous_epoch: Option<&str>,
+    ) -> Result<String, Error> {
+        let created = self.call("create key", |client| {
+            let (description, previous_epoch) =
+                (description.to_owned(), previous_epoch.map(str::to_owned));
+            async move {
+                let mut request = client
+                    .create_key()
+                    .description(description)
+                    .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
+                    .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt);
+                if let Some(old) = previous_epoch {
+                    request = request.tags(
+                        aws_sdk_kms::types::Tag::builder()
+                            .tag_key(PREVIOUS_EPOCH_TAG)
+                            .tag_value(old)
+                            .build()
+                            .map_err(|e| SdkError::construction_failure(Box::new(e)))?,
+                    );
+                }
+                request.send().await
+            }
+        })?;
+        arn_of(created.key_metadata(), "create key")
+    }
+
+    /// [`Self::call`] on the KEK of `binding`: `make` also gets the values of the binding's
+    /// encryption context (scope, version), and an error names the binding.
+    fn call_bound<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        binding: &KekBinding<'_>,
+        make: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Client, String, String) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, SdkError<E>>> + Send,
+        T: Send,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let scope = binding.scope.as_str().to_owned();
+        let version = binding.version.get().to_string();
+        self.call(operation, |client| {
+            make(client, scope.clone(), version.clone())
+        })
+        .map_err(|e| binding.name_in(e))
     }
 
     /// Runs one SDK call through the retry policy, on this backend's runtime.
@@ -613,26 +622,36 @@ where
     }
 }
 
-fn context_values(binding: &KekBinding<'_>) -> (String, String) {
-    (
-        binding.scope.as_str().to_owned(),
-        binding.version.get().to_string(),
-    )
+/// The error of an answer to `operation` that lacks the key metadata it must hold.
+fn no_metadata(operation: &'static str) -> Error {
+    Error::Kms {
+        backend: BACKEND,
+        operation,
+        detail: "KMS answered without key metadata".into(),
+    }
 }
 
-fn name_binding(e: Error, binding: &KekBinding<'_>) -> Error {
-    match e {
-        Error::Kms {
-            backend,
-            operation,
-            detail,
-        } => Error::Kms {
-            backend,
-            operation,
-            detail: format!("{} {}: {detail}", binding.scope, binding.version),
-        },
-        other => other,
-    }
+/// The key ARN in the key metadata of an answer to `operation`.
+fn arn_of(meta: Option<&KeyMetadata>, operation: &'static str) -> Result<String, Error> {
+    meta.map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
+        .ok_or_else(|| no_metadata(operation))
+}
+
+/// The wrapped KEK under `root_key_id` whose ciphertext an answer to `operation` holds.
+fn wrapped_from(
+    ciphertext: Option<&Blob>,
+    operation: &'static str,
+    root_key_id: String,
+) -> Result<WrappedKek, Error> {
+    let ciphertext = ciphertext.ok_or_else(|| Error::Kms {
+        backend: BACKEND,
+        operation,
+        detail: "KMS answered without a ciphertext".into(),
+    })?;
+    Ok(WrappedKek {
+        root_key_id,
+        ciphertext: ciphertext.as_ref().to_vec(),
+    })
 }
 
 /// Service error codes that may pass if tried again.
@@ -678,7 +697,7 @@ where
         SdkError::ServiceError(service) => {
             let err = service.err();
             let code = err.code().unwrap_or("unknown error");
-            let detail = shorten(&format!(
+            let detail = short_line(&format!(
                 "KMS answered {code}{}: {}",
                 status.map(|s| format!(" (HTTP {s})")).unwrap_or_default(),
                 err.message().unwrap_or("no message")
@@ -691,14 +710,14 @@ where
         }
         SdkError::TimeoutError(_) => Failure::transient("KMS did not answer in time"),
         SdkError::DispatchFailure(failure) => {
-            let detail = shorten(&format!("cannot reach KMS: {}", DisplayErrorContext(e)));
+            let detail = short_line(&format!("cannot reach KMS: {}", DisplayErrorContext(e)));
             match failure.as_connector_error() {
                 Some(c) if c.is_user() => Failure::permanent(detail),
                 _ => Failure::transient(detail),
             }
         }
         SdkError::ResponseError(_) => {
-            let detail = shorten(&format!(
+            let detail = short_line(&format!(
                 "unreadable answer from KMS{}",
                 status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
             ));
@@ -708,24 +727,11 @@ where
                 _ => Failure::transient(detail),
             }
         }
-        _ => Failure::permanent(shorten(&format!(
+        _ => Failure::permanent(short_line(&format!(
             "cannot build the KMS request: {}",
             DisplayErrorContext(e)
         ))),
     }
-}
-
-fn shorten(s: &str) -> String {
-    let mut line = s.replace(['\n', '\r'], " ");
-    if line.len() > MAX_DETAIL {
-        let mut cut = MAX_DETAIL;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        line.truncate(cut);
-        line.push_str("...");
-    }
-    line
 }
 
 /// The re-encryption of stored KEKs from one AWS KMS key to another, inside KMS. Made by
@@ -798,33 +804,7 @@ impl RootEpochs for AwsKms {
     fn begin_next_epoch(&self) -> Result<EpochChange<'_>, Error> {
         let alias = self.epoch_alias("begin a root epoch")?.to_owned();
         let old = self.follow_alias()?;
-        let created = self.call("create key", |client| {
-            let old = old.clone();
-            async move {
-                client
-                    .create_key()
-                    .description("leakless root key (root epoch)")
-                    .key_spec(aws_sdk_kms::types::KeySpec::SymmetricDefault)
-                    .key_usage(aws_sdk_kms::types::KeyUsageType::EncryptDecrypt)
-                    .tags(
-                        aws_sdk_kms::types::Tag::builder()
-                            .tag_key(PREVIOUS_EPOCH_TAG)
-                            .tag_value(old)
-                            .build()
-                            .map_err(|e| SdkError::construction_failure(Box::new(e)))?,
-                    )
-                    .send()
-                    .await
-            }
-        })?;
-        let new = created
-            .key_metadata()
-            .map(|m| m.arn().unwrap_or(m.key_id()).to_owned())
-            .ok_or_else(|| Error::Kms {
-                backend: BACKEND,
-                operation: "create key",
-                detail: "KMS answered without key metadata".into(),
-            })?;
+        let new = self.create_symmetric_key("leakless root key (root epoch)", Some(&old))?;
         self.call("update alias", |client| {
             let (alias, new) = (alias.clone(), new.clone());
             async move {
@@ -877,10 +857,7 @@ impl RootEpochs for AwsKms {
                 ),
             });
         }
-        let described = self.call("describe key", |client| {
-            let arn = arn.clone();
-            async move { client.describe_key().key_id(arn).send().await }
-        })?;
+        let described = self.describe(&arn)?;
         let meta = described.key_metadata();
         let pending =
             meta.and_then(|m| m.key_state()).map(|s| s.as_str()) == Some("PendingDeletion");
@@ -934,76 +911,45 @@ impl Kms for AwsKms {
     fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
         let key = self.follow_alias()?;
         let id = format!("{ID_PREFIX}{key}");
-        let (scope, version) = context_values(binding);
-        let out = self
-            .call("wrap KEK", |client| {
-                let (scope, version, key) = (scope.clone(), version.clone(), key.clone());
-                // The SDK takes the plaintext as an owned buffer; it is dropped (not zeroized)
-                // by the SDK after the request is signed and sent.
-                let plaintext = Blob::new(kek.expose_secret().to_vec());
-                async move {
-                    client
-                        .encrypt()
-                        .key_id(key)
-                        .plaintext(plaintext)
-                        .encryption_context(CONTEXT_SCOPE, scope)
-                        .encryption_context(CONTEXT_VERSION, version)
-                        .send()
-                        .await
-                }
-            })
-            .map_err(|e| name_binding(e, binding))?;
-        let ciphertext = out.ciphertext_blob().ok_or_else(|| Error::Kms {
-            backend: BACKEND,
-            operation: "wrap KEK",
-            detail: "KMS answered without a ciphertext".into(),
+        let out = self.call_bound("wrap KEK", binding, |client, scope, version| {
+            let key = key.clone();
+            // The SDK takes the plaintext as an owned buffer; it is dropped (not zeroized) by
+            // the SDK after the request is signed and sent.
+            let plaintext = Blob::new(kek.expose_secret().to_vec());
+            async move {
+                client
+                    .encrypt()
+                    .key_id(key)
+                    .plaintext(plaintext)
+                    .encryption_context(CONTEXT_SCOPE, scope)
+                    .encryption_context(CONTEXT_VERSION, version)
+                    .send()
+                    .await
+            }
         })?;
         debug!(scope = %binding.scope, version = %binding.version, key = %id, "wrapped a KEK in AWS KMS");
-        Ok(WrappedKek {
-            root_key_id: id,
-            ciphertext: ciphertext.as_ref().to_vec(),
-        })
+        wrapped_from(out.ciphertext_blob(), "wrap KEK", id)
     }
 
     fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
         let key = self.check_own(wrapped, binding, "unwrap KEK")?;
-        let (scope, version) = context_values(binding);
-        let blob = wrapped.ciphertext.clone();
-        let out = self
-            .call("unwrap KEK", |client| {
-                let (scope, version, key, blob) =
-                    (scope.clone(), version.clone(), key.clone(), blob.clone());
-                async move {
-                    client
-                        .decrypt()
-                        .key_id(key)
-                        .ciphertext_blob(Blob::new(blob))
-                        .encryption_context(CONTEXT_SCOPE, scope)
-                        .encryption_context(CONTEXT_VERSION, version)
-                        .send()
-                        .await
-                }
-            })
-            .map_err(|e| name_binding(e, binding))?;
-        let plaintext = out
-            .plaintext()
-            .map(|p| Zeroizing::new(p.as_ref().to_vec()))
-            .ok_or_else(|| Error::Kms {
-                backend: BACKEND,
-                operation: "unwrap KEK",
-                detail: format!(
-                    "{} {}: KMS answered without a plaintext",
-                    binding.scope, binding.version
-                ),
-            })?;
-        Kek::try_from_slice(&plaintext).ok_or_else(|| Error::Kms {
-            backend: BACKEND,
-            operation: "unwrap KEK",
-            detail: format!(
-                "{} {}: unwrapped KEK has the wrong length",
-                binding.scope, binding.version
-            ),
-        })
+        let out = self.call_bound("unwrap KEK", binding, |client, scope, version| {
+            let (key, blob) = (key.clone(), Blob::new(wrapped.ciphertext.clone()));
+            async move {
+                client
+                    .decrypt()
+                    .key_id(key)
+                    .ciphertext_blob(blob)
+                    .encryption_context(CONTEXT_SCOPE, scope)
+                    .encryption_context(CONTEXT_VERSION, version)
+                    .send()
+                    .await
+            }
+        })?;
+        let plaintext = out.plaintext().ok_or_else(|| {
+            binding.error(BACKEND, "unwrap KEK", "KMS answered without a plaintext")
+        })?;
+        binding.kek_from(BACKEND, plaintext.as_ref())
     }
 }
 
@@ -1013,43 +959,28 @@ mod tests {
 
     #[test]
     fn service_errors_are_classified() {
-        // AWS KMS throttles with ThrottlingException (HTTP 400), sometimes plain 429.
-        assert_eq!(
-            classify_service("ThrottlingException", Some(400)),
-            FailureKind::Throttled
-        );
-        assert_eq!(
-            classify_service("Whatever", Some(429)),
-            FailureKind::Throttled
-        );
-        for code in [
-            "KMSInternalException",
-            "DependencyTimeoutException",
-            "KeyUnavailableException",
-        ] {
+        use FailureKind::{Permanent, Throttled, Transient};
+        let cases = [
+            // AWS KMS throttles with ThrottlingException (HTTP 400), sometimes plain 429.
+            ("ThrottlingException", 400, Throttled),
+            ("Whatever", 429, Throttled),
+            ("KMSInternalException", 400, Transient),
+            ("DependencyTimeoutException", 400, Transient),
+            ("KeyUnavailableException", 400, Transient),
+            ("InternalError", 503, Transient),
+            ("InvalidCiphertextException", 400, Permanent),
+            ("IncorrectKeyException", 400, Permanent),
+            ("NotFoundException", 400, Permanent),
+            ("DisabledException", 400, Permanent),
+            ("AccessDeniedException", 400, Permanent),
+            ("KMSInvalidStateException", 400, Permanent),
+            ("UnrecognizedClientException", 400, Permanent),
+        ];
+        for (code, status, kind) in cases {
             assert_eq!(
-                classify_service(code, Some(400)),
-                FailureKind::Transient,
-                "{code}"
-            );
-        }
-        assert_eq!(
-            classify_service("InternalError", Some(503)),
-            FailureKind::Transient
-        );
-        for code in [
-            "InvalidCiphertextException",
-            "IncorrectKeyException",
-            "NotFoundException",
-            "DisabledException",
-            "AccessDeniedException",
-            "KMSInvalidStateException",
-            "UnrecognizedClientException",
-        ] {
-            assert_eq!(
-                classify_service(code, Some(400)),
-                FailureKind::Permanent,
-                "{code}"
+                classify_service(code, Some(status)),
+                kind,
+                "{code} {status}"
             );
         }
     }
@@ -1057,9 +988,9 @@ mod tests {
     #[test]
     fn details_are_one_short_line() {
         let long = format!("a\nb{}", "x".repeat(1000));
-        let short = shorten(&long);
+        let short = short_line(&long);
         assert!(!short.contains('\n'));
-        assert!(short.len() <= MAX_DETAIL + 3);
+        assert!(short.len() <= crate::kms::retry::MAX_DETAIL + 3);
     }
 
     #[test]

@@ -37,7 +37,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Error;
 use crate::key::{UnixTime, WrappedKek};
-use crate::kms::InKmsRewrap;
+use crate::kms::{InKmsRewrap, KekBinding, Kms};
+use crate::secret::Kek;
 
 /// One generation of root material in a backend.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -206,6 +207,52 @@ pub trait RootEpochs: Send + Sync {
     /// refuses or cannot be reached; [`Error::InvalidInput`] for the current epoch or one
     /// that is not this backend's.
     fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error>;
+}
+
+/// A backend whose epochs are root keys of their own, and which moves a record between them by
+/// unwrapping its KEK ([`Kms::unwrap_kek`]) and wrapping it again under the next epoch's key.
+pub(crate) trait WrapUnderEpoch: Kms {
+    /// Wraps `kek` under the root key `id` (an epoch this backend holds), bound to `binding`.
+    fn wrap_under_epoch(
+        &self,
+        id: &str,
+        kek: &Kek,
+        binding: &KekBinding<'_>,
+    ) -> Result<WrappedKek, Error>;
+}
+
+impl<'a> EpochChange<'a> {
+    /// The change from the root key `retiring` to the root key `next` of `kms`, whose mover
+    /// unwraps each record under whichever epoch it is on and wraps it under `next`. The KEK
+    /// is in this process's memory in between (as on every unwrap), zeroized on drop.
+    pub(crate) fn rewrap_onto<K: WrapUnderEpoch>(
+        kms: &'a K,
+        retiring: String,
+        next: String,
+    ) -> Self {
+        Self::new(
+            RootEpoch::of_key(retiring),
+            RootEpoch::of_key(next.clone()),
+            Box::new(RewrapOnto { kms, to: next }),
+        )
+    }
+}
+
+/// The mover of [`EpochChange::rewrap_onto`].
+struct RewrapOnto<'a, K> {
+    kms: &'a K,
+    to: String,
+}
+
+impl<K: WrapUnderEpoch> InKmsRewrap for RewrapOnto<'_, K> {
+    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
+        wrapped.root_key_id != self.to
+    }
+
+    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+        let kek = self.kms.unwrap_kek(wrapped, binding)?;
+        self.kms.wrap_under_epoch(&self.to, &kek, binding)
+    }
 }
 
 /// An append-only list of root keys a backend knows, with the one new wraps use. Entries are

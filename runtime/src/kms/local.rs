@@ -33,9 +33,9 @@ use crate::aead::{self, Algorithm};
 use crate::error::Error;
 use crate::key::WrappedKek;
 use crate::kms::epoch::{
-    Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
+    Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs, WrapUnderEpoch,
 };
-use crate::kms::{InKmsRewrap, KekBinding, Kms};
+use crate::kms::{KekBinding, Kms, NOT_AUTHENTIC};
 use crate::secret::{KEY_LEN, Kek, RootKey};
 
 /// The environment variable [`LocalKms::from_env`] reads by default: 64 hex digits.
@@ -48,7 +48,7 @@ const WRAP_NONCE_LEN: usize = 24;
 pub struct LocalKms {
     /// Every root key this instance has held; the secret is `None` once it is no longer on
     /// disk (zeroized). The current entry is the one new wraps use.
-    keys: KeyChain<RwLock<Option<RootKey>>>,
+    keys: RootSlots,
     /// The key file it follows, when built from one.
     file: Option<KeyFileSource>,
 }
@@ -59,9 +59,10 @@ struct KeyFileSource {
     seen: Mutex<(Option<FileStamp>, Option<FileStamp>)>,
 }
 
-/// Enough of a file's metadata to notice that it was rewritten or replaced.
+/// Enough of a file's metadata to notice that it was rewritten or replaced. Shared with the TPM
+/// backend, which follows its sealed file the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
+pub(super) struct FileStamp {
     len: u64,
     modified: Option<std::time::SystemTime>,
     #[cfg(unix)]
@@ -69,7 +70,8 @@ struct FileStamp {
 }
 
 impl FileStamp {
-    fn of(path: &Path) -> Option<Self> {
+    /// The stamp of the file at `path` now; `None` when it cannot be read.
+    pub(super) fn of(path: &Path) -> Option<Self> {
         let meta = fs::metadata(path).ok()?;
         Some(Self {
             len: meta.len(),
@@ -245,53 +247,142 @@ impl LocalKms {
     /// [`Error::KeyFile`] when the file exists or cannot be written.
     pub fn generate_key_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let key_err = |problem: String| Error::KeyFile {
-            path: path.to_path_buf(),
-            problem,
-        };
         let root = RootKey::generate();
-        let mut hexed = Zeroizing::new(hex::encode(root.expose_secret()));
-        hexed.push('\n');
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts
-            .open(path)
-            .map_err(|e| key_err(format!("cannot create it: {e}")))?;
-        file.write_all(hexed.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| key_err(format!("cannot write it: {e}")))?;
+        write_new_key_file(path, &root)?;
         drop(root);
         Self::from_key_file(path)
     }
+}
 
-    fn wrap_with(
+/// How this backend wraps under the root keys it holds.
+const HELD: HeldRoots = HeldRoots {
+    backend: BACKEND,
+    aad_label: LOCAL_AAD_LABEL,
+    kept: "on disk",
+};
+
+/// The root keys a backend holds in this process, by root key id: one per epoch, `None` once
+/// the epoch's key is gone (zeroized). The current entry is the one new wraps use.
+pub(super) type RootSlots = KeyChain<RwLock<Option<RootKey>>>;
+
+/// How a backend that holds its root keys in this process (the local and the TPM backend)
+/// wraps KEKs under them: its name, its associated-data label, and where it keeps the keys
+/// (for the error about a key that is no longer there).
+pub(super) struct HeldRoots {
+    /// The backend's name, for errors.
+    pub(super) backend: &'static str,
+    /// The label of [`binding_aad`] (part of the backend's stored format).
+    pub(super) aad_label: &'static [u8],
+    /// Where the root keys are kept: "on disk", "in the sealed file".
+    pub(super) kept: &'static str,
+}
+
+/// Implements [`Kms`] and [`WrapUnderEpoch`] for a backend `$kms` that holds its root keys in
+/// this process: in its field `keys` ([`RootSlots`]), re-read by its method
+/// `refresh(&self) -> Result<(), Error>` before every wrap and unwrap, and wrapped under with
+/// `$held` (its [`HeldRoots`]).
+macro_rules! held_roots_kms {
+    ($kms:ty, $held:expr) => {
+        impl Kms for $kms {
+            fn backend(&self) -> &'static str {
+                $held.backend
+            }
+
+            fn root_key_id(&self) -> &str {
+                &self.keys.current().id
+            }
+
+            fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
+                self.refresh()?;
+                $held.wrap(&self.keys, &self.keys.current().id, kek, binding)
+            }
+
+            fn unwrap_kek(
+                &self,
+                wrapped: &WrappedKek,
+                binding: &KekBinding<'_>,
+            ) -> Result<Kek, Error> {
+                self.refresh()?;
+                $held.unwrap(&self.keys, wrapped, binding)
+            }
+        }
+
+        impl WrapUnderEpoch for $kms {
+            fn wrap_under_epoch(
+                &self,
+                id: &str,
+                kek: &Kek,
+                binding: &KekBinding<'_>,
+            ) -> Result<WrappedKek, Error> {
+                $held.wrap(&self.keys, id, kek, binding)
+            }
+        }
+    };
+}
+pub(super) use held_roots_kms;
+
+impl HeldRoots {
+    /// Wraps `kek` under the held root key `id`, bound to `binding`.
+    pub(super) fn wrap(
         &self,
+        keys: &RootSlots,
         id: &str,
         kek: &Kek,
         binding: &KekBinding<'_>,
     ) -> Result<WrappedKek, Error> {
-        let node = self.keys.find(id).ok_or_else(|| Error::Kms {
-            backend: BACKEND,
+        let fail = |detail: String| Error::Kms {
+            backend: self.backend,
             operation: "wrap KEK",
-            detail: format!("root key {id} is not held by this backend"),
-        })?;
+            detail,
+        };
+        let node = keys
+            .find(id)
+            .ok_or_else(|| fail(format!("root key {id} is not held by this backend")))?;
         let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
-        let root = guard.as_ref().ok_or_else(|| Error::Kms {
-            backend: BACKEND,
-            operation: "wrap KEK",
-            detail: format!("root key {id} is no longer on disk (destroyed or replaced)"),
+        let root = guard.as_ref().ok_or_else(|| {
+            fail(format!(
+                "root key {id} is no longer {} (its epoch was destroyed or replaced)",
+                self.kept
+            ))
         })?;
         wrap_under_root(
-            BACKEND,
+            self.backend,
             root,
             &node.id,
-            &binding_aad(LOCAL_AAD_LABEL, &node.id, binding),
+            &binding_aad(self.aad_label, &node.id, binding),
             kek,
+        )
+    }
+
+    /// Unwraps `wrapped` under the held root key it names, bound to `binding`.
+    pub(super) fn unwrap(
+        &self,
+        keys: &RootSlots,
+        wrapped: &WrappedKek,
+        binding: &KekBinding<'_>,
+    ) -> Result<Kek, Error> {
+        let held = keys
+            .find(&wrapped.root_key_id)
+            .filter(|n| n.data.read().is_ok_and(|k| k.is_some()));
+        // A root key id this instance does not hold (any more) is reported against the
+        // current key: "wrapped under X, but this backend holds Y".
+        let node = held.unwrap_or_else(|| keys.current());
+        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
+        let root = guard.as_ref().ok_or_else(|| Error::Kms {
+            backend: self.backend,
+            operation: "unwrap KEK",
+            detail: format!(
+                "{} {}: root key {} is no longer {}",
+                binding.scope, binding.version, node.id, self.kept
+            ),
+        })?;
+        unwrap_under_root(
+            self.backend,
+            root,
+            &node.id,
+            &binding_aad(self.aad_label, &node.id, binding),
+            wrapped,
+            binding,
         )
     }
 }
@@ -325,6 +416,24 @@ pub(crate) fn read_key_file(path: &Path) -> Result<RootKey, Error> {
     Ok(key)
 }
 
+/// The 64 hex digits of `root` and a newline: the text of a root key file.
+fn key_file_text(root: &RootKey) -> Zeroizing<String> {
+    let mut hexed = Zeroizing::new(hex::encode(root.expose_secret()));
+    hexed.push('\n');
+    hexed
+}
+
+/// Writes `root` as 64 hex digits to a new file at `path` with mode `0600` (the format
+/// [`LocalKms::from_key_file`] reads). Refuses to overwrite an existing file.
+pub(super) fn write_new_key_file(path: &Path, root: &RootKey) -> Result<(), Error> {
+    super::secret_file::write_new(path, key_file_text(root).as_bytes()).map_err(|problem| {
+        Error::KeyFile {
+            path: path.to_path_buf(),
+            problem,
+        }
+    })
+}
+
 /// Writes `root` as 64 hex digits to `target` atomically: a temporary file in the same folder
 /// (created exclusively, mode `0600`), synced, renamed over `target`, and the folder synced.
 fn write_key_atomically(target: &Path, root: &RootKey) -> Result<(), Error> {
@@ -333,31 +442,13 @@ fn write_key_atomically(target: &Path, root: &RootKey) -> Result<(), Error> {
         problem,
     };
     let dir = parent_dir(target);
-    let name = target
-        .file_name()
+    let tmp = super::secret_file::temp_beside(target)
         .ok_or_else(|| key_err("has no file name".into()))?;
-    let mut suffix = [0u8; 8];
-    rand_core::OsRng.fill_bytes(&mut suffix);
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", hex::encode(suffix)));
-    let tmp = dir.join(tmp_name);
-    let mut hexed = Zeroizing::new(hex::encode(root.expose_secret()));
-    hexed.push('\n');
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let written = opts.open(&tmp).and_then(|mut f| {
-        f.write_all(hexed.as_bytes())?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
+    if let Err(problem) = super::secret_file::write_new(&tmp, key_file_text(root).as_bytes()) {
         let _ = fs::remove_file(&tmp);
-        return Err(key_err(format!("cannot write a temporary key file: {e}")));
+        return Err(key_err(format!(
+            "cannot write a temporary key file beside it: {problem}"
+        )));
     }
     if let Err(e) = fs::rename(&tmp, target) {
         let _ = shred_file(&tmp);
@@ -409,8 +500,9 @@ fn is_all_zeros(path: &Path) -> bool {
 const LOCAL_AAD_LABEL: &[u8] = b"leakless.local-kms.kek-wrap.v1";
 
 /// The associated data that binds a wrapped KEK to `binding` and to the root key `id`, under a
-/// backend-specific `label`. Shared with the other backends that wrap KEKs in this process
-/// under a root key they fetched (the TPM backend).
+/// backend-specific `label`. Shared with the TPM backend (which wraps KEKs in this process
+/// under a root key it unsealed) and the PKCS#11 backend (whose token authenticates it as GCM
+/// associated data).
 pub(super) fn binding_aad(label: &[u8], id: &str, binding: &KekBinding<'_>) -> Vec<u8> {
     let scope = binding.scope.as_str().as_bytes();
     let mut aad = Vec::with_capacity(label.len() + 2 + scope.len() + 4 + id.len());
@@ -444,66 +536,7 @@ fn parse_hex_key(hexed: &[u8]) -> Option<RootKey> {
     ok.then_some(key)
 }
 
-impl Kms for LocalKms {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn root_key_id(&self) -> &str {
-        &self.keys.current().id
-    }
-
-    fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        self.refresh()?;
-        self.wrap_with(&self.keys.current().id, kek, binding)
-    }
-
-    fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
-        self.refresh()?;
-        let held = self
-            .keys
-            .find(&wrapped.root_key_id)
-            .filter(|n| n.data.read().is_ok_and(|k| k.is_some()));
-        // A root key id this instance does not hold (any more) is reported against the
-        // current key: "wrapped under X, but this backend holds Y".
-        let node = held.unwrap_or_else(|| self.keys.current());
-        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
-        let root = guard.as_ref().ok_or_else(|| Error::Kms {
-            backend: BACKEND,
-            operation: "unwrap KEK",
-            detail: format!(
-                "{} {}: root key {} is no longer on disk",
-                binding.scope, binding.version, node.id
-            ),
-        })?;
-        unwrap_under_root(
-            BACKEND,
-            root,
-            &node.id,
-            &binding_aad(LOCAL_AAD_LABEL, &node.id, binding),
-            wrapped,
-            binding,
-        )
-    }
-}
-
-/// Moves records onto the next local epoch: unwrap under whichever held key they are on,
-/// wrap under the new key, in this process.
-struct LocalMove<'a> {
-    kms: &'a LocalKms,
-    to: String,
-}
-
-impl InKmsRewrap for LocalMove<'_> {
-    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
-        wrapped.root_key_id != self.to
-    }
-
-    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        let kek = self.kms.unwrap_kek(wrapped, binding)?;
-        self.kms.wrap_with(&self.to, &kek, binding)
-    }
-}
+held_roots_kms!(LocalKms, HELD);
 
 impl LocalKms {
     fn epoch_file(&self, operation: &'static str) -> Result<&Path, Error> {
@@ -560,14 +593,7 @@ impl RootEpochs for LocalKms {
         };
         self.reload((FileStamp::of(path), FileStamp::of(&staged_path)))?;
         tracing::info!(retiring = %current_id, next = %next_id, "staged the next local root epoch");
-        Ok(EpochChange::new(
-            RootEpoch::of_key(current_id),
-            RootEpoch::of_key(next_id.clone()),
-            Box::new(LocalMove {
-                kms: self,
-                to: next_id,
-            }),
-        ))
+        Ok(EpochChange::rewrap_onto(self, current_id, next_id))
     }
 
     fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error> {
@@ -712,22 +738,12 @@ pub(super) fn unwrap_under_root(
     wrapped: &WrappedKek,
     binding: &KekBinding<'_>,
 ) -> Result<Kek, Error> {
-    let fail = |detail: String| Error::Kms {
-        backend,
-        operation: "unwrap KEK",
-        detail,
-    };
+    const OP: &str = "unwrap KEK";
     if wrapped.root_key_id != id {
-        return Err(fail(format!(
-            "{} {} is wrapped under root key {}, but this backend holds {}",
-            binding.scope, binding.version, wrapped.root_key_id, id
-        )));
+        return Err(binding.foreign_root(backend, OP, &wrapped.root_key_id, id));
     }
     if wrapped.ciphertext.len() < WRAP_NONCE_LEN {
-        return Err(fail(format!(
-            "{} {}: wrapped KEK is truncated",
-            binding.scope, binding.version
-        )));
+        return Err(binding.error(backend, OP, "wrapped KEK is truncated"));
     }
     let (nonce, ct) = wrapped.ciphertext.split_at(WRAP_NONCE_LEN);
     let kek = aead::decrypt(
@@ -737,19 +753,8 @@ pub(super) fn unwrap_under_root(
         aad,
         ct,
     )
-    .map_err(|_| {
-        fail(format!(
-            "{} {}: wrapped KEK does not authenticate (altered, or bound to another scope \
-                 or version)",
-            binding.scope, binding.version
-        ))
-    })?;
-    Kek::try_from_slice(kek.expose_secret()).ok_or_else(|| {
-        fail(format!(
-            "{} {}: unwrapped KEK has the wrong length",
-            binding.scope, binding.version
-        ))
-    })
+    .map_err(|_| binding.error(backend, OP, NOT_AUTHENTIC))?;
+    binding.kek_from(backend, kek.expose_secret())
 }
 
 impl LocalKms {

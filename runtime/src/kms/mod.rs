@@ -64,6 +64,66 @@ pub struct KekBinding<'a> {
     pub version: KekVersion,
 }
 
+impl KekBinding<'_> {
+    /// The [`Error::Kms`] of `backend`'s `operation` on the KEK of this binding: `detail`,
+    /// after the scope and version.
+    pub(crate) fn error(
+        &self,
+        backend: &'static str,
+        operation: &'static str,
+        detail: impl std::fmt::Display,
+    ) -> Error {
+        Error::Kms {
+            backend,
+            operation,
+            detail: format!("{} {}: {detail}", self.scope, self.version),
+        }
+    }
+
+    /// `e` with this binding's scope and version before its detail when it is an
+    /// [`Error::Kms`]; any other error as it is.
+    pub(crate) fn name_in(&self, e: Error) -> Error {
+        match e {
+            Error::Kms {
+                backend,
+                operation,
+                detail,
+            } => self.error(backend, operation, detail),
+            other => other,
+        }
+    }
+
+    /// The refusal of a KEK of this binding wrapped under the root key `wrapped_under` by a
+    /// backend that holds `held`.
+    pub(crate) fn foreign_root(
+        &self,
+        backend: &'static str,
+        operation: &'static str,
+        wrapped_under: &str,
+        held: &str,
+    ) -> Error {
+        Error::Kms {
+            backend,
+            operation,
+            detail: format!(
+                "{} {} is wrapped under root key {wrapped_under}, but this backend holds {held}",
+                self.scope, self.version
+            ),
+        }
+    }
+
+    /// The KEK of this binding in the bytes `backend` unwrapped (in an `unwrap KEK`); an error
+    /// when they are not a KEK's length.
+    pub(crate) fn kek_from(&self, backend: &'static str, unwrapped: &[u8]) -> Result<Kek, Error> {
+        Kek::try_from_slice(unwrapped)
+            .ok_or_else(|| self.error(backend, "unwrap KEK", "unwrapped KEK has the wrong length"))
+    }
+}
+
+/// What an unwrap says of a wrapped KEK whose authentication fails.
+pub(crate) const NOT_AUTHENTIC: &str =
+    "wrapped KEK does not authenticate (altered, or bound to another scope or version)";
+
 /// A holder of a root key that wraps and unwraps KEKs. Object-safe: the key ring holds an
 /// `Arc<dyn Kms>`.
 ///

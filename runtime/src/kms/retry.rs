@@ -87,6 +87,24 @@ pub fn classify_http_status(status: u16) -> FailureKind {
     }
 }
 
+/// The most bytes of a failure's detail that quote what a server said.
+pub(crate) const MAX_DETAIL: usize = 300;
+
+/// `text` as one line of at most [`MAX_DETAIL`] bytes (cut at a character boundary and ended
+/// with `...` when longer), for a failure's detail.
+pub(crate) fn short_line(text: &str) -> String {
+    let mut line = text.replace(['\n', '\r'], " ");
+    if line.len() > MAX_DETAIL {
+        let mut cut = MAX_DETAIL;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
 /// What one attempt may use: its number (1 for the first) and how long it may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempt {
@@ -350,22 +368,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn permanent_failure_is_not_retried() {
+    /// Runs `operation` of `backend` under [`quick`] on a call that always fails with
+    /// `failure`, sleeping with `sleep`; returns how often it was called, the error and the
+    /// counts.
+    fn always_failing(
+        (backend, operation): (&'static str, &'static str),
+        failure: &Failure,
+        sleep: impl FnMut(Duration),
+    ) -> (u32, Error, RetryCounts) {
         let stats = RetryStats::default();
         let mut calls = 0;
         let err = quick()
             .run_with_sleep(
-                "vault",
-                "unwrap KEK",
+                backend,
+                operation,
                 &stats,
                 |_| -> Result<(), _> {
                     calls += 1;
-                    Err(Failure::permanent("HTTP 400: bad context"))
+                    Err(failure.clone())
                 },
-                |_| panic!("must not sleep"),
+                sleep,
             )
             .unwrap_err();
+        (calls, err, stats.snapshot())
+    }
+
+    #[test]
+    fn permanent_failure_is_not_retried() {
+        let failure = Failure::permanent("HTTP 400: bad context");
+        let (calls, err, _) = always_failing(("vault", "unwrap KEK"), &failure, |_| {
+            panic!("must not sleep")
+        });
         assert_eq!(calls, 1);
         match err {
             Error::Kms {
@@ -382,20 +415,8 @@ mod tests {
 
     #[test]
     fn gives_up_after_max_attempts_with_a_typed_error() {
-        let stats = RetryStats::default();
-        let mut calls = 0;
-        let err = quick()
-            .run_with_sleep(
-                "aws-kms",
-                "wrap KEK",
-                &stats,
-                |_| -> Result<(), _> {
-                    calls += 1;
-                    Err(Failure::throttled("ThrottlingException"))
-                },
-                |_| {},
-            )
-            .unwrap_err();
+        let failure = Failure::throttled("ThrottlingException");
+        let (calls, err, counts) = always_failing(("aws-kms", "wrap KEK"), &failure, |_| {});
         assert_eq!(calls, 4);
         let msg = err.to_string();
         match err {
@@ -413,8 +434,8 @@ mod tests {
         }
         assert!(msg.contains("aws-kms") && msg.contains("wrap KEK") && msg.contains("4 attempt"));
         assert!(msg.contains("throttled"), "{msg}");
-        assert_eq!(stats.snapshot().exhausted, 1);
-        assert_eq!(stats.snapshot().retries, 3);
+        assert_eq!(counts.exhausted, 1);
+        assert_eq!(counts.retries, 3);
     }
 
     #[test]

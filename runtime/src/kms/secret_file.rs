@@ -1,10 +1,10 @@
 //! Secret files (a local root key, a token PIN): opened once without following a symbolic
 //! link, and checked on the opened file, so nothing can be swapped in between the check and
-//! the read.
+//! the read; written only as new files that group and others cannot access.
 
 use std::fs::File;
-use std::io::Read;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
@@ -29,6 +29,35 @@ pub(crate) fn read(path: &Path, max: usize) -> Result<Zeroizing<Vec<u8>>, String
         return Err(format!("is larger than {max} bytes"));
     }
     Ok(buf)
+}
+
+/// Creates the file `path`, which must not exist yet, with mode `0600` (owner only), writes
+/// `bytes` to it and syncs it. `Err` is a problem text (the caller names the file): it could
+/// not be created (it exists, or its folder is missing or not writable) or not written.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts
+        .open(path)
+        .map_err(|e| format!("cannot create it (it must not exist yet): {e}"))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write it: {e}"))
+}
+
+/// A fresh name for a temporary file beside `path` (`.NAME.tmp-` and 16 random hex digits),
+/// for writing a new version that is then renamed over `path`. `None` when `path` has no file
+/// name.
+pub(crate) fn temp_beside(path: &Path) -> Option<PathBuf> {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name()?);
+    name.push(format!(".tmp-{:016x}", rand::random::<u64>()));
+    Some(path.with_file_name(name))
 }
 
 #[cfg(unix)]

@@ -58,7 +58,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use blahaj::Sharks;
@@ -424,23 +423,12 @@ impl Share {
     /// # Errors
     /// [`ShamirError::Io`].
     pub fn write_file(&self, path: &Path) -> Result<(), ShamirError> {
-        let io = |problem: String| ShamirError::Io {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts
-            .open(path)
-            .map_err(|e| io(format!("cannot create it (it must not exist yet): {e}")))?;
-        file.write_all(self.to_text().as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io(format!("cannot write it: {e}")))
+        super::secret_file::write_new(path, self.to_text().as_bytes()).map_err(|problem| {
+            ShamirError::Io {
+                path: path.to_path_buf(),
+                problem,
+            }
+        })
     }
 
     /// Reads a share file written by [`Self::write_file`]. The file must not be accessible
@@ -753,25 +741,7 @@ pub fn read_root_key_env(var: &str) -> Result<RootKey, crate::Error> {
 /// # Errors
 /// [`crate::Error::KeyFile`] when the file exists or cannot be written.
 pub fn write_root_key_file(path: &Path, root: &RootKey) -> Result<(), crate::Error> {
-    let key_err = |problem: String| crate::Error::KeyFile {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let mut hexed = Zeroizing::new(hex::encode(root.expose_secret()));
-    hexed.push('\n');
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut file = opts
-        .open(path)
-        .map_err(|e| key_err(format!("cannot create it (it must not exist yet): {e}")))?;
-    file.write_all(hexed.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| key_err(format!("cannot write it: {e}")))
+    super::local::write_new_key_file(path, root)
 }
 
 fn parse_root_key(raw: &[u8]) -> Option<RootKey> {

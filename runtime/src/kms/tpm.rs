@@ -94,10 +94,9 @@
 use std::cell::Cell;
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -123,14 +122,20 @@ use zeroize::Zeroizing;
 use crate::error::Error;
 use crate::key::WrappedKek;
 use crate::kms::epoch::{
-    Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
+    Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs, WrapUnderEpoch,
 };
-use crate::kms::local::{binding_aad, unwrap_under_root, wrap_under_root};
-use crate::kms::{InKmsRewrap, KekBinding, Kms};
+use crate::kms::local::{FileStamp, HeldRoots, RootSlots, held_roots_kms};
+use crate::kms::{KekBinding, Kms};
 use crate::secret::{Kek, RootKey};
 
 const BACKEND: &str = "tpm";
 const AAD_LABEL: &[u8] = b"leakless.tpm-kms.kek-wrap.v1";
+/// How this backend wraps under the root keys it unsealed.
+const HELD: HeldRoots = HeldRoots {
+    backend: BACKEND,
+    aad_label: AAD_LABEL,
+    kept: "in the sealed file",
+};
 const FILE_FORMAT: &str = "leakless-tpm-sealed-root-key";
 /// The version of files written now: persistent sealed objects, no private blob.
 const FILE_VERSION: u32 = 2;
@@ -292,7 +297,7 @@ enum Sealed {
 pub struct TpmKms {
     /// Every root key this instance has held; the secret is `None` once its epoch is no longer
     /// in the sealed file (zeroized). The current entry is the one new wraps use.
-    keys: KeyChain<RwLock<Option<RootKey>>>,
+    keys: RootSlots,
     /// The version 2 sealed file it follows; `None` for a version 1 (blob) file.
     follow: Option<Follow>,
 }
@@ -303,31 +308,6 @@ struct Follow {
     seen: Mutex<Option<FileStamp>>,
     /// Serializes epoch changes made by this instance.
     changing: Mutex<()>,
-}
-
-/// Enough of a file's metadata to notice that it was replaced (the file is only ever replaced
-/// by an atomic rename).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    #[cfg(unix)]
-    ino: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<Self> {
-        let meta = fs::metadata(path).ok()?;
-        Some(Self {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-            #[cfg(unix)]
-            ino: {
-                use std::os::unix::fs::MetadataExt;
-                meta.ino()
-            },
-        })
-    }
 }
 
 impl fmt::Debug for TpmKms {
@@ -560,121 +540,22 @@ impl TpmKms {
         Ok(())
     }
 
-    fn wrap_with(
-        &self,
-        id: &str,
-        kek: &Kek,
-        binding: &KekBinding<'_>,
-    ) -> Result<WrappedKek, Error> {
-        let node = self.keys.find(id).ok_or_else(|| {
-            kms_err(
-                "wrap KEK",
-                format!("root key {id} is not held by this backend"),
-            )
-        })?;
-        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
-        let root = guard.as_ref().ok_or_else(|| {
-            kms_err(
-                "wrap KEK",
-                format!("root key {id} is no longer in the sealed file (its epoch was destroyed)"),
-            )
-        })?;
-        wrap_under_root(
-            BACKEND,
-            root,
-            &node.id,
-            &binding_aad(AAD_LABEL, &node.id, binding),
-            kek,
-        )
-    }
-
     fn epoch_follow(&self, operation: &'static str) -> Result<&Follow, Error> {
         self.follow.as_ref().ok_or_else(|| Error::InvalidInput {
             what: "TPM root key",
             problem: format!("cannot {operation}: {MIGRATE}"),
         })
     }
-}
 
-fn checked_pcrs(path: &Path, pcrs: &[u8]) -> Result<Option<PcrSelectionList>, Error> {
-    check_pcrs(pcrs).map_err(|d| Error::KeyFile {
-        path: path.to_path_buf(),
-        problem: format!("its PCR selection is invalid: {d}"),
-    })
-}
-
-impl Kms for TpmKms {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn root_key_id(&self) -> &str {
-        &self.keys.current().id
-    }
-
-    fn wrap_kek(&self, kek: &Kek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        self.refresh()?;
-        self.wrap_with(&self.keys.current().id, kek, binding)
-    }
-
-    fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
-        self.refresh()?;
-        let held = self
-            .keys
-            .find(&wrapped.root_key_id)
-            .filter(|n| n.data.read().is_ok_and(|k| k.is_some()));
-        // A root key id this instance does not hold (any more) is reported against the
-        // current key: "wrapped under X, but this backend holds Y".
-        let node = held.unwrap_or_else(|| self.keys.current());
-        let guard = node.data.read().unwrap_or_else(PoisonError::into_inner);
-        let root = guard.as_ref().ok_or_else(|| {
-            kms_err(
-                "unwrap KEK",
-                format!(
-                    "{} {}: root key {} is no longer in the sealed file",
-                    binding.scope, binding.version, node.id
-                ),
-            )
-        })?;
-        unwrap_under_root(
-            BACKEND,
-            root,
-            &node.id,
-            &binding_aad(AAD_LABEL, &node.id, binding),
-            wrapped,
-            binding,
-        )
-    }
-}
-
-/// Moves records onto the next TPM epoch: unwrap under whichever held key they are on, wrap
-/// under the new key, in this process.
-struct TpmMove<'a> {
-    kms: &'a TpmKms,
-    to: String,
-}
-
-impl InKmsRewrap for TpmMove<'_> {
-    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
-        wrapped.root_key_id != self.to
-    }
-
-    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        let kek = self.kms.unwrap_kek(wrapped, binding)?;
-        self.kms.wrap_with(&self.to, &kek, binding)
-    }
-}
-
-impl RootEpochs for TpmKms {
-    fn current_epoch(&self) -> Result<RootEpoch, Error> {
-        self.refresh()?;
-        Ok(RootEpoch::of_key(self.keys.current().id.clone()))
-    }
-
-    fn begin_next_epoch(&self) -> Result<EpochChange<'_>, Error> {
-        const OP: &str = "begin root epoch";
-        let follow = self.epoch_follow("begin a root epoch")?;
-        let _changing = follow
+    /// Takes this instance's epoch change lock and reads the version 2 sealed file, to
+    /// `operation` (as the invalid-input error says it) under the error name `op`.
+    fn lock_epoch_file(
+        &self,
+        operation: &'static str,
+        op: &'static str,
+    ) -> Result<EpochFile<'_>, Error> {
+        let follow = self.epoch_follow(operation)?;
+        let changing = follow
             .changing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
@@ -686,19 +567,60 @@ impl RootEpochs for TpmKms {
             previous,
         } = parse_persistent(path, &file)?
         else {
-            return Err(kms_err(OP, "not a version 2 sealed file"));
+            return Err(kms_err(op, "not a version 2 sealed file"));
         };
+        Ok(EpochFile {
+            follow,
+            _changing: changing,
+            file,
+            pcrs,
+            current,
+            previous,
+        })
+    }
+}
+
+/// The sealed file an epoch change works on, read while the change lock is held (as long as
+/// this lives).
+struct EpochFile<'a> {
+    follow: &'a Follow,
+    _changing: MutexGuard<'a, ()>,
+    file: PersistentFile,
+    pcrs: Vec<u8>,
+    current: Epoch,
+    previous: Option<Epoch>,
+}
+
+fn checked_pcrs(path: &Path, pcrs: &[u8]) -> Result<Option<PcrSelectionList>, Error> {
+    check_pcrs(pcrs).map_err(|d| Error::KeyFile {
+        path: path.to_path_buf(),
+        problem: format!("its PCR selection is invalid: {d}"),
+    })
+}
+
+held_roots_kms!(TpmKms, HELD);
+
+impl RootEpochs for TpmKms {
+    fn current_epoch(&self) -> Result<RootEpoch, Error> {
+        self.refresh()?;
+        Ok(RootEpoch::of_key(self.keys.current().id.clone()))
+    }
+
+    fn begin_next_epoch(&self) -> Result<EpochChange<'_>, Error> {
+        const OP: &str = "begin root epoch";
+        let EpochFile {
+            follow,
+            _changing,
+            file,
+            pcrs,
+            current,
+            previous,
+        } = self.lock_epoch_file("begin a root epoch", OP)?;
+        let path = follow.config.sealed_path();
         if let Some(previous) = previous {
             // Resume an interrupted shred: records may already be on the current epoch.
             self.refresh()?;
-            return Ok(EpochChange::new(
-                RootEpoch::of_key(previous.id),
-                RootEpoch::of_key(current.id.clone()),
-                Box::new(TpmMove {
-                    kms: self,
-                    to: current.id,
-                }),
-            ));
+            return Ok(EpochChange::rewrap_onto(self, previous.id, current.id));
         }
         let pcrs = checked_pcrs(path, &pcrs)?;
         let (root, entry, next) =
@@ -723,14 +645,7 @@ impl RootEpochs for TpmKms {
             .replace(root);
         self.refresh()?;
         tracing::info!(retiring = %current.id, next = %next.id, "made the next TPM root epoch");
-        Ok(EpochChange::new(
-            RootEpoch::of_key(current.id),
-            RootEpoch::of_key(next.id.clone()),
-            Box::new(TpmMove {
-                kms: self,
-                to: next.id,
-            }),
-        ))
+        Ok(EpochChange::rewrap_onto(self, current.id, next.id))
     }
 
     fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error> {
@@ -741,19 +656,9 @@ impl RootEpochs for TpmKms {
                 problem: format!("{epoch} is not a TPM root key"),
             });
         }
-        let follow = self.epoch_follow("destroy a root epoch")?;
-        let _changing = follow
-            .changing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let locked = self.lock_epoch_file("destroy a root epoch", OP)?;
+        let (follow, current) = (locked.follow, &locked.current);
         let path = follow.config.sealed_path();
-        let file = read_persistent_file(path)?;
-        let Sealed::Persistent {
-            current, previous, ..
-        } = parse_persistent(path, &file)?
-        else {
-            return Err(kms_err(OP, "not a version 2 sealed file"));
-        };
         let copies = format!(
             "no copy on disk: the sealed file {} never held the sealed object's private part, so \
              old copies of it and of the key store open nothing; but a TPM whose NV state is \
@@ -772,13 +677,13 @@ impl RootEpochs for TpmKms {
                 ),
             });
         }
-        let status = match previous {
+        let status = match &locked.previous {
             Some(previous) if previous.id == epoch.root_key_id => {
                 let gone = previous.clone();
                 let was_there = with_tpm(&follow.config, OP, move |tpm| tpm.evict(&gone))?;
                 let done = PersistentFile {
                     previous: None,
-                    ..file
+                    ..locked.file
                 };
                 write_file(path, &done, true)?;
                 if was_there {
@@ -842,29 +747,12 @@ fn write_file(path: &Path, file: &PersistentFile, replace: bool) -> Result<(), E
         .map_err(|e| key_err(format!("cannot encode it: {e}")))?;
     text.push('\n');
     let target = if replace {
-        let name = path
-            .file_name()
-            .ok_or_else(|| key_err("has no file name".into()))?;
-        let mut tmp = std::ffi::OsString::from(".");
-        tmp.push(name);
-        tmp.push(format!(".tmp-{:016x}", rand::random::<u64>()));
-        path.with_file_name(tmp)
+        crate::kms::secret_file::temp_beside(path)
+            .ok_or_else(|| key_err("has no file name".into()))?
     } else {
         path.to_path_buf()
     };
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut out = opts
-        .open(&target)
-        .map_err(|e| key_err(format!("cannot create it: {e}")))?;
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.sync_all())
-        .map_err(|e| key_err(format!("cannot write it: {e}")))?;
+    crate::kms::secret_file::write_new(&target, text.as_bytes()).map_err(key_err)?;
     if replace {
         fs::rename(&target, path).map_err(|e| {
             let _ = fs::remove_file(&target);

@@ -53,7 +53,7 @@ use zeroize::Zeroizing;
 use crate::error::Error;
 use crate::key::WrappedKek;
 use crate::kms::epoch::{Destruction, EpochChange, EpochDestroyed, RootEpoch, RootEpochs};
-use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats};
+use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats, short_line};
 use crate::kms::{InKmsRewrap, KekBinding, Kms};
 use crate::redact::redact_url;
 use crate::secret::Kek;
@@ -71,7 +71,6 @@ pub const VAULT_TOKEN_ENV: &str = "LEAKLESS_VAULT_TOKEN";
 
 const BACKEND: &str = "vault";
 const CONTEXT_LABEL: &[u8] = b"leakless.vault-transit.kek.v1";
-const MAX_DETAIL: usize = 300;
 
 /// A Vault token. Zeroized on drop; `Debug` prints no part of it.
 pub struct VaultToken(Zeroizing<String>);
@@ -330,20 +329,11 @@ impl VaultTransitKms {
     /// is not derived (create it with `bao write -f transit/keys/NAME derived=true`, or
     /// [`Self::create_key`]); [`Error::KmsUnavailable`] when Vault cannot be reached.
     pub fn connect(config: VaultConfig, token: VaultToken) -> Result<Self, Error> {
-        let kms = Self::new_unchecked(config, token)?;
-        let info = kms.key_info()?;
-        if !info.derived {
-            return Err(Error::Kms {
-                backend: BACKEND,
-                operation: "connect",
-                detail: format!(
-                    "Transit key {} is not derived, so Vault would not bind wrapped KEKs to \
-                     their scope and version; use a key created with derived=true",
-                    kms.id
-                ),
-            });
-        }
-        Ok(kms)
+        Self::new_unchecked(config, token)?.derived_only(
+            "connect",
+            "is not derived, so Vault would not bind wrapped KEKs to their scope and version; \
+             use a key created with derived=true",
+        )
     }
 
     /// Creates the Transit key (type `aes256-gcm96`, `derived=true`) if it does not exist, then
@@ -353,21 +343,28 @@ impl VaultTransitKms {
     /// As [`Self::connect`].
     pub fn create_key(config: VaultConfig, token: VaultToken) -> Result<Self, Error> {
         let kms = Self::new_unchecked(config, token)?;
-        let path = format!("keys/{}", kms.key);
-        let body = Zeroizing::new(r#"{"type":"aes256-gcm96","derived":true}"#.to_owned());
-        kms.request("create key", Method::Post, &path, Some(&body))?;
-        let info = kms.key_info()?;
-        if !info.derived {
-            return Err(Error::Kms {
-                backend: BACKEND,
-                operation: "create key",
-                detail: format!(
-                    "Transit key {} already exists and is not derived; pick another name",
-                    kms.id
-                ),
-            });
+        kms.post(
+            "create key",
+            &format!("keys/{}", kms.key),
+            r#"{"type":"aes256-gcm96","derived":true}"#.to_owned(),
+        )?;
+        kms.derived_only(
+            "create key",
+            "already exists and is not derived; pick another name",
+        )
+    }
+
+    /// `self` when its Transit key is derived; otherwise the error of `operation` saying the
+    /// key `problem`.
+    fn derived_only(self, operation: &'static str, problem: &str) -> Result<Self, Error> {
+        if self.key_info()?.derived {
+            return Ok(self);
         }
-        Ok(kms)
+        Err(Error::Kms {
+            backend: BACKEND,
+            operation,
+            detail: format!("Transit key {} {problem}", self.id),
+        })
     }
 
     fn new_unchecked(config: VaultConfig, token: VaultToken) -> Result<Self, Error> {
@@ -410,8 +407,43 @@ impl VaultTransitKms {
     /// # Errors
     /// [`Error::Kms`] (e.g. the key does not exist: HTTP 404), [`Error::KmsUnavailable`].
     pub fn key_info(&self) -> Result<TransitKeyInfo, Error> {
+        self.read_key()
+    }
+
+    /// Reads the Transit key (`MOUNT/keys/NAME`) as `T`.
+    fn read_key<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         let body = self.request("read key", Method::Get, &format!("keys/{}", self.key), None)?;
-        parse::<DataOf<TransitKeyInfo>>(&body, "read key").map(|d| d.data)
+        parse::<DataOf<T>>(&body, "read key").map(|d| d.data)
+    }
+
+    /// POSTs the JSON `body` to `MOUNT/{path}` (through [`Self::request`]) and returns the
+    /// answer. For bodies that hold no secret (a KEK's plaintext is written into a buffer
+    /// reserved up front, so no copy of it is left behind by a growing `String`).
+    fn post(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: String,
+    ) -> Result<Zeroizing<String>, Error> {
+        self.request(operation, Method::Post, path, Some(&Zeroizing::new(body)))
+    }
+
+    /// Sends one stored wrapped KEK of `binding` to `MOUNT/{verb}/NAME` (`decrypt`, `rewrap`)
+    /// and returns the answer. The body holds the ciphertext and the binding's context.
+    fn post_ciphertext(
+        &self,
+        operation: &'static str,
+        verb: &str,
+        wrapped: &WrappedKek,
+        binding: &KekBinding<'_>,
+    ) -> Result<Zeroizing<String>, Error> {
+        let ciphertext = self.own_ciphertext(wrapped, binding, operation)?;
+        let body = format!(
+            r#"{{"ciphertext":"{ciphertext}","context":"{}"}}"#,
+            B64.encode(context(binding))
+        );
+        self.post(operation, &format!("{verb}/{}", self.key), body)
+            .map_err(|e| binding.name_in(e))
     }
 
     /// Adds a new version to the Transit key (`MOUNT/keys/NAME/rotate`); new wraps use it.
@@ -421,12 +453,10 @@ impl VaultTransitKms {
     /// # Errors
     /// [`Error::Kms`], [`Error::KmsUnavailable`].
     pub fn rotate_key(&self) -> Result<u32, Error> {
-        let empty = Zeroizing::new(String::from("{}"));
-        self.request(
+        self.post(
             "rotate key",
-            Method::Post,
             &format!("keys/{}/rotate", self.key),
-            Some(&empty),
+            "{}".to_owned(),
         )?;
         Ok(self.key_info()?.latest_version)
     }
@@ -437,12 +467,10 @@ impl VaultTransitKms {
     /// # Errors
     /// [`Error::Kms`] (e.g. a version above the latest), [`Error::KmsUnavailable`].
     pub fn set_min_decryption_version(&self, version: u32) -> Result<(), Error> {
-        let body = Zeroizing::new(format!(r#"{{"min_decryption_version":{version}}}"#));
-        self.request(
+        self.post(
             "configure key",
-            Method::Post,
             &format!("keys/{}/config", self.key),
-            Some(&body),
+            format!(r#"{{"min_decryption_version":{version}}}"#),
         )?;
         Ok(())
     }
@@ -458,19 +486,7 @@ impl VaultTransitKms {
         wrapped: &WrappedKek,
         binding: &KekBinding<'_>,
     ) -> Result<WrappedKek, Error> {
-        let ciphertext = self.own_ciphertext(wrapped, binding, "rewrap KEK")?;
-        let mut body = Zeroizing::new(String::with_capacity(128 + ciphertext.len()));
-        let _ = write!(
-            body,
-            r#"{{"ciphertext":"{ciphertext}","context":"{}"}}"#,
-            B64.encode(context(binding))
-        );
-        let resp = self.request(
-            "rewrap KEK",
-            Method::Post,
-            &format!("rewrap/{}", self.key),
-            Some(&body),
-        )?;
+        let resp = self.post_ciphertext("rewrap KEK", "rewrap", wrapped, binding)?;
         let data = parse::<DataOf<CiphertextData>>(&resp, "rewrap KEK")?.data;
         Ok(WrappedKek {
             root_key_id: self.id.clone(),
@@ -495,16 +511,8 @@ impl VaultTransitKms {
         binding: &KekBinding<'_>,
         operation: &'static str,
     ) -> Result<&'w str, Error> {
-        let fail = |detail: String| Error::Kms {
-            backend: BACKEND,
-            operation,
-            detail,
-        };
         if wrapped.root_key_id != self.id {
-            return Err(fail(format!(
-                "{} {} is wrapped under root key {}, but this backend holds {}",
-                binding.scope, binding.version, wrapped.root_key_id, self.id
-            )));
+            return Err(binding.foreign_root(BACKEND, operation, &wrapped.root_key_id, &self.id));
         }
         std::str::from_utf8(&wrapped.ciphertext)
             .ok()
@@ -514,11 +522,30 @@ impl VaultTransitKms {
                         .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
             })
             .ok_or_else(|| {
-                fail(format!(
-                    "{} {}: stored wrapped KEK is not a Vault Transit ciphertext",
-                    binding.scope, binding.version
-                ))
+                binding.error(
+                    BACKEND,
+                    operation,
+                    "stored wrapped KEK is not a Vault Transit ciphertext",
+                )
             })
+    }
+
+    /// `req` with the timeout of `attempt`, the token and the namespace.
+    fn authed<B>(
+        &self,
+        req: ureq::RequestBuilder<B>,
+        attempt: Attempt,
+        token: &HeaderValue,
+    ) -> ureq::RequestBuilder<B> {
+        let req = req
+            .config()
+            .timeout_global(Some(attempt.timeout))
+            .build()
+            .header("X-Vault-Token", token.clone());
+        match &self.namespace {
+            Some(ns) => req.header("X-Vault-Namespace", ns.as_str()),
+            None => req,
+        }
     }
 
     /// One HTTP call through the retry policy. Returns the body of a 2xx answer.
@@ -534,33 +561,11 @@ impl VaultTransitKms {
         self.retry
             .run(BACKEND, operation, &self.stats, |attempt: Attempt| {
                 let result = match method {
-                    Method::Get => {
-                        let mut req = self
-                            .agent
-                            .get(&url)
-                            .config()
-                            .timeout_global(Some(attempt.timeout))
-                            .build()
-                            .header("X-Vault-Token", token.clone());
-                        if let Some(ns) = &self.namespace {
-                            req = req.header("X-Vault-Namespace", ns.as_str());
-                        }
-                        req.call()
-                    }
-                    Method::Post => {
-                        let mut req = self
-                            .agent
-                            .post(&url)
-                            .config()
-                            .timeout_global(Some(attempt.timeout))
-                            .build()
-                            .header("X-Vault-Token", token.clone())
-                            .content_type("application/json");
-                        if let Some(ns) = &self.namespace {
-                            req = req.header("X-Vault-Namespace", ns.as_str());
-                        }
-                        req.send(body.map_or("", |b| b.as_str()))
-                    }
+                    Method::Get => self.authed(self.agent.get(&url), attempt, &token).call(),
+                    Method::Post => self
+                        .authed(self.agent.post(&url), attempt, &token)
+                        .content_type("application/json")
+                        .send(body.map_or("", |b| b.as_str())),
                 };
                 let mut resp = result.map_err(|e| classify_transport(&e))?;
                 let status = resp.status().as_u16();
@@ -645,20 +650,11 @@ fn vault_errors(body: &str) -> String {
     let joined = serde_json::from_str::<VaultErrors>(body)
         .map(|e| e.errors.join("; "))
         .unwrap_or_default();
-    let mut line = if joined.is_empty() {
+    if joined.is_empty() {
         "(no error message)".to_owned()
     } else {
-        joined.replace(['\n', '\r'], " ")
-    };
-    if line.len() > MAX_DETAIL {
-        let mut cut = MAX_DETAIL;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        line.truncate(cut);
-        line.push_str("...");
+        short_line(&joined)
     }
-    line
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a str, operation: &'static str) -> Result<T, Error> {
@@ -704,8 +700,7 @@ struct KeyVersions {
 
 impl VaultTransitKms {
     fn key_versions(&self) -> Result<KeyVersions, Error> {
-        let body = self.request("read key", Method::Get, &format!("keys/{}", self.key), None)?;
-        parse::<DataOf<KeyVersions>>(&body, "read key").map(|d| d.data)
+        self.read_key()
     }
 
     /// Deletes every version of the Transit key below `first_kept` from Vault: raises
@@ -727,23 +722,19 @@ impl VaultTransitKms {
                 ),
             });
         }
-        let body = Zeroizing::new(format!(
-            r#"{{"min_decryption_version":{},"min_encryption_version":{}}}"#,
-            v.min_decryption_version.max(first_kept),
-            v.min_encryption_version.max(first_kept)
-        ));
-        self.request(
+        self.post(
             "configure key",
-            Method::Post,
             &format!("keys/{}/config", self.key),
-            Some(&body),
+            format!(
+                r#"{{"min_decryption_version":{},"min_encryption_version":{}}}"#,
+                v.min_decryption_version.max(first_kept),
+                v.min_encryption_version.max(first_kept)
+            ),
         )?;
-        let body = Zeroizing::new(format!(r#"{{"min_available_version":{first_kept}}}"#));
-        self.request(
+        self.post(
             "trim key",
-            Method::Post,
             &format!("keys/{}/trim", self.key),
-            Some(&body),
+            format!(r#"{{"min_available_version":{first_kept}}}"#),
         )?;
         let after = self.key_versions()?;
         let left: Vec<u32> = after
@@ -873,50 +864,17 @@ impl Kms for VaultTransitKms {
     }
 
     fn unwrap_kek(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<Kek, Error> {
-        let ciphertext = self.own_ciphertext(wrapped, binding, "unwrap KEK")?;
-        let mut body = Zeroizing::new(String::with_capacity(128 + ciphertext.len()));
-        let _ = write!(
-            body,
-            r#"{{"ciphertext":"{ciphertext}","context":"{}"}}"#,
-            B64.encode(context(binding))
-        );
-        let resp = self
-            .request(
-                "unwrap KEK",
-                Method::Post,
-                &format!("decrypt/{}", self.key),
-                Some(&body),
-            )
-            .map_err(|e| match e {
-                Error::Kms {
-                    backend,
-                    operation,
-                    detail,
-                } => Error::Kms {
-                    backend,
-                    operation,
-                    detail: format!("{} {}: {detail}", binding.scope, binding.version),
-                },
-                other => other,
-            })?;
+        let resp = self.post_ciphertext("unwrap KEK", "decrypt", wrapped, binding)?;
         let data = parse::<DataOf<PlaintextData>>(&resp, "unwrap KEK")?.data;
         let plaintext = Zeroizing::new(data.plaintext);
-        let raw = Zeroizing::new(B64.decode(plaintext.as_bytes()).map_err(|_| Error::Kms {
-            backend: BACKEND,
-            operation: "unwrap KEK",
-            detail: format!(
-                "{} {}: Vault returned a plaintext that is not base64",
-                binding.scope, binding.version
-            ),
+        let raw = Zeroizing::new(B64.decode(plaintext.as_bytes()).map_err(|_| {
+            binding.error(
+                BACKEND,
+                "unwrap KEK",
+                "Vault returned a plaintext that is not base64",
+            )
         })?);
-        Kek::try_from_slice(&raw).ok_or_else(|| Error::Kms {
-            backend: BACKEND,
-            operation: "unwrap KEK",
-            detail: format!(
-                "{} {}: unwrapped KEK has the wrong length",
-                binding.scope, binding.version
-            ),
-        })
+        binding.kek_from(BACKEND, &raw)
     }
 }
 
@@ -982,6 +940,6 @@ mod tests {
         assert_eq!(vault_errors(r#"{"errors":["a","b"]}"#), "a; b");
         assert_eq!(vault_errors("not json"), "(no error message)");
         let long = format!(r#"{{"errors":["{}"]}}"#, "x".repeat(1000));
-        assert!(vault_errors(&long).len() <= MAX_DETAIL + 3);
+        assert!(vault_errors(&long).len() <= crate::kms::retry::MAX_DETAIL + 3);
     }
 }

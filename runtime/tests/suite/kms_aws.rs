@@ -9,9 +9,12 @@ use std::time::Duration;
 use leakless::key::KeyAction;
 use leakless::kms::{AwsCredentials, AwsKms, AwsKmsConfig, Kms};
 use leakless::secret::Kek;
-use leakless::{AuditInfo, Error, KeyRing, KeyScope};
+use leakless::{Error, KeyRing, KeyScope};
 
-use crate::support::kms_suite::Fixture;
+use crate::support::kms_suite::{
+    Fixture, assert_move_keeps_the_binding, audited, kms_error_parts,
+    one_request_for_100_000_opens, round_trip, round_trip_between, who,
+};
 use crate::support::peers::aws::{config, dummy_secret};
 use crate::support::peers::{binding, service_env};
 
@@ -26,28 +29,16 @@ fn make() -> Arc<dyn Kms> {
 
 leakless_kms_suite!(make);
 
-fn who() -> AuditInfo {
-    AuditInfo::new("kms-aws-test", "move to another KMS key")
-}
-
 #[test]
 fn a_wrong_encryption_context_is_refused_by_kms() {
     let kms = new_kms();
     let scope = KeyScope::new("patients").unwrap();
-    let wrapped = kms.wrap_kek(&Kek::generate(), &binding(&scope, 1)).unwrap();
+    let (_, wrapped) = round_trip(&kms, &scope, 1);
     let err = kms.unwrap_kek(&wrapped, &binding(&scope, 2)).unwrap_err();
-    match &err {
-        Error::Kms {
-            backend,
-            operation,
-            detail,
-        } => {
-            assert_eq!((*backend, *operation), ("aws-kms", "unwrap KEK"));
-            assert!(detail.starts_with("patients v2:"), "{err}");
-            assert!(detail.contains("InvalidCiphertextException"), "{err}");
-        }
-        other => panic!("expected Error::Kms, got {other}"),
-    }
+    let (backend, operation, detail) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("aws-kms", "unwrap KEK"));
+    assert!(detail.starts_with("patients v2:"), "{err}");
+    assert!(detail.contains("InvalidCiphertextException"), "{err}");
     // Not retried: a refusal is permanent.
     assert_eq!(kms.retry_counts().retries, 0);
 }
@@ -63,31 +54,16 @@ fn connect_resolves_the_key_arn_and_refuses_unknown_keys() {
     assert_eq!(again.root_key_id(), kms.root_key_id());
     assert!(kms.root_key_id().starts_with("aws-kms:arn:aws:kms:"));
     // A KEK wrapped through one connection unwraps through the other.
-    let scope = KeyScope::new("s").unwrap();
-    let kek = Kek::generate();
-    let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
-    assert_eq!(
-        again
-            .unwrap_kek(&w, &binding(&scope, 1))
-            .unwrap()
-            .expose_secret(),
-        kek.expose_secret()
-    );
+    round_trip_between(&kms, &again, &KeyScope::new("s").unwrap(), 1);
 
     let err = AwsKms::connect(AwsKmsConfig {
         key_id: "11111111-2222-3333-4444-555555555555".into(),
         ..config("")
     })
     .unwrap_err();
-    match &err {
-        Error::Kms {
-            backend, detail, ..
-        } => {
-            assert_eq!(*backend, "aws-kms");
-            assert!(detail.contains("NotFoundException"), "{err}");
-        }
-        other => panic!("expected Error::Kms, got {other}"),
-    }
+    let (backend, _, detail) = kms_error_parts(&err);
+    assert_eq!(backend, "aws-kms");
+    assert!(detail.contains("NotFoundException"), "{err}");
 }
 
 /// Root-key move with ReEncrypt: the KEK records move to a second KMS key inside KMS, a ring on
@@ -122,14 +98,7 @@ fn re_encrypt_moves_every_kek_to_another_key() {
             record.version
         );
     }
-    let audit = f.ring.audit_log(Some(&f.scope)).unwrap();
-    assert_eq!(
-        audit
-            .iter()
-            .filter(|a| a.action == KeyAction::RewrapRoot)
-            .count(),
-        2
-    );
+    assert_eq!(audited(&f.ring, &f.scope, KeyAction::RewrapRoot), 2);
 
     let ring = KeyRing::builder(new.clone(), f.store.clone())
         .clock(f.clock.clone())
@@ -160,45 +129,17 @@ fn re_encrypt_keeps_the_binding() {
     let a = new_kms();
     let b = new_kms();
     let scope = KeyScope::new("tenant-9").unwrap();
-    let kek = Kek::generate();
-    let wrapped = a.wrap_kek(&kek, &binding(&scope, 5)).unwrap();
-    let err = a.re_encrypt(&wrapped, &binding(&scope, 6), &b).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                backend: "aws-kms",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let moved = a.re_encrypt(&wrapped, &binding(&scope, 5), &b).unwrap();
+    let (kek, wrapped) = round_trip(&a, &scope, 5);
+    let moved =
+        assert_move_keeps_the_binding(&kek, &scope, 5, &b, |to| a.re_encrypt(&wrapped, to, &b));
     assert_eq!(moved.root_key_id, b.root_key_id());
-    assert_eq!(
-        b.unwrap_kek(&moved, &binding(&scope, 5))
-            .unwrap()
-            .expose_secret(),
-        kek.expose_secret()
-    );
-    assert!(b.unwrap_kek(&moved, &binding(&scope, 6)).is_err());
 }
 
 /// The suite counts the ring's `unwrap_kek` calls for 100,000 opens; this counts the requests
 /// KMS actually got for 100,000 opens under one KEK version.
 #[test]
 fn one_decrypt_request_for_100_000_opens() {
-    let kms = Arc::new(new_kms());
-    let f = Fixture::new(kms.clone());
-    let env = f.seal(1, "x");
-    f.ring.cache().clear();
-    let before = kms.retry_counts();
-    for _ in 0..100_000 {
-        f.open(1, &env).unwrap();
-    }
-    let after = kms.retry_counts();
-    assert_eq!(after.attempts - before.attempts, 1, "one request in all");
-    assert_eq!(after.retries, 0);
+    one_request_for_100_000_opens(&Arc::new(new_kms()), AwsKms::retry_counts);
 }
 
 #[test]
@@ -254,15 +195,7 @@ fn default_credential_chain_from_the_environment() {
             "the region came from AWS_REGION: {}",
             kms.key_arn()
         );
-        let scope = KeyScope::new("chain").unwrap();
-        let kek = Kek::generate();
-        let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
-        assert_eq!(
-            kms.unwrap_kek(&w, &binding(&scope, 1))
-                .unwrap()
-                .expose_secret(),
-            kek.expose_secret()
-        );
+        round_trip(&kms, &KeyScope::new("chain").unwrap(), 1);
         return;
     }
     let region = service_env("LEAKLESS_AWS_REGION", "moto");
@@ -299,15 +232,7 @@ fn usable_and_droppable_inside_another_tokio_runtime() {
     let kms = new_kms();
     outer.block_on(async move {
         assert!(tokio::runtime::Handle::try_current().is_ok());
-        let scope = KeyScope::new("async").unwrap();
-        let kek = Kek::generate();
-        let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
-        assert_eq!(
-            kms.unwrap_kek(&w, &binding(&scope, 1))
-                .unwrap()
-                .expose_secret(),
-            kek.expose_secret()
-        );
+        round_trip(&kms, &KeyScope::new("async").unwrap(), 1);
         drop(kms);
     });
 }

@@ -204,25 +204,18 @@ fn write_batch(
     conn.transaction::<_, WriteError, _>(|conn| {
         for row in rows {
             let tenant = usize::try_from(row).unwrap();
-            let addr_scope = KeyScope::new(&format!("addr-{tenant}")).unwrap();
-            let notes_scope = KeyScope::new(&format!("notes-{tenant}")).unwrap();
-            let address = ring.seal(
-                &addr_scope,
-                &ctx("address", row),
-                b"4 Privet Drive",
-                &FieldPolicy::default(),
-            )?;
+            // Each column under its own scope of the row's tenant.
+            let seal = |scope: &str, column: &'static str, text: &[u8]| {
+                let scope = KeyScope::new(&format!("{scope}-{tenant}")).unwrap();
+                ring.seal(&scope, &ctx(column, row), text, &FieldPolicy::default())
+            };
+            let address = seal("addr", "address", b"4 Privet Drive")?;
             diesel::sql_query("INSERT INTO patients (id, address) VALUES (?, ?)")
                 .bind::<BigInt, _>(row)
                 .bind::<Binary, _>(&address)
                 .execute(conn)?;
             before_notes(row);
-            let notes = ring.seal(
-                &notes_scope,
-                &ctx("notes", row),
-                b"allergic to penicillin",
-                &FieldPolicy::default(),
-            )?;
+            let notes = seal("notes", "notes", b"allergic to penicillin")?;
             diesel::sql_query("UPDATE patients SET notes = ? WHERE id = ?")
                 .bind::<Nullable<Binary>, _>(Some(&notes))
                 .bind::<BigInt, _>(row)
@@ -390,6 +383,40 @@ fn pause_then_resume(peer: &Peer, kms: Arc<dyn Kms>, counts_of: &dyn Fn() -> Ret
     assert!(took < patient().deadline, "took {took:?}");
 }
 
+/// The signal tests of one network backend, in its module: `$peer` names its service script,
+/// and the module's `connect(peer, policy)` makes a backend on the started peer (returning it
+/// and the secret it must never show).
+macro_rules! signal_tests {
+    ($peer:literal) => {
+        #[test]
+        fn sigkill_mid_write_rolls_back_and_fails_typed() {
+            mid_write("KILL");
+        }
+
+        #[test]
+        fn sigstop_mid_write_times_out_within_the_deadline() {
+            mid_write("STOP");
+        }
+
+        #[test]
+        fn sigstop_then_sigcont_within_the_budget_succeeds() {
+            let peer = Peer::start($peer);
+            let (kms, _) = connect(&peer, patient());
+            let k = kms.clone();
+            pause_then_resume(&peer, kms, &|| k.retry_counts());
+        }
+
+        /// [`fault_mid_write`] with `signal` on a backend made by `connect` on a new peer,
+        /// with the tight budget.
+        fn mid_write(signal: &str) {
+            let peer = Peer::start($peer);
+            let (kms, secret) = connect(&peer, tight());
+            let k = kms.clone();
+            fault_mid_write(&peer, kms, &|| k.retry_counts(), &tight(), signal, &secret);
+        }
+    };
+}
+
 #[cfg(feature = "vault")]
 mod vault {
     use super::*;
@@ -411,29 +438,7 @@ mod vault {
         (Arc::new(kms), secret)
     }
 
-    #[test]
-    fn sigkill_mid_write_rolls_back_and_fails_typed() {
-        let peer = Peer::start("openbao");
-        let (kms, secret) = connect(&peer, tight());
-        let k = kms.clone();
-        fault_mid_write(&peer, kms, &|| k.retry_counts(), &tight(), "KILL", &secret);
-    }
-
-    #[test]
-    fn sigstop_mid_write_times_out_within_the_deadline() {
-        let peer = Peer::start("openbao");
-        let (kms, secret) = connect(&peer, tight());
-        let k = kms.clone();
-        fault_mid_write(&peer, kms, &|| k.retry_counts(), &tight(), "STOP", &secret);
-    }
-
-    #[test]
-    fn sigstop_then_sigcont_within_the_budget_succeeds() {
-        let peer = Peer::start("openbao");
-        let (kms, _) = connect(&peer, patient());
-        let k = kms.clone();
-        pause_then_resume(&peer, kms, &|| k.retry_counts());
-    }
+    signal_tests!("openbao");
 
     /// OpenBao's own rate-limit quota answers HTTP 429 once exceeded: the backend retries it
     /// as throttling, and with too small a budget says it was throttled.
@@ -545,27 +550,5 @@ mod aws {
         )
     }
 
-    #[test]
-    fn sigkill_mid_write_rolls_back_and_fails_typed() {
-        let peer = Peer::start("moto");
-        let (kms, secret) = connect(&peer, tight());
-        let k = kms.clone();
-        fault_mid_write(&peer, kms, &|| k.retry_counts(), &tight(), "KILL", &secret);
-    }
-
-    #[test]
-    fn sigstop_mid_write_times_out_within_the_deadline() {
-        let peer = Peer::start("moto");
-        let (kms, secret) = connect(&peer, tight());
-        let k = kms.clone();
-        fault_mid_write(&peer, kms, &|| k.retry_counts(), &tight(), "STOP", &secret);
-    }
-
-    #[test]
-    fn sigstop_then_sigcont_within_the_budget_succeeds() {
-        let peer = Peer::start("moto");
-        let (kms, _) = connect(&peer, patient());
-        let k = kms.clone();
-        pause_then_resume(&peer, kms, &|| k.retry_counts());
-    }
+    signal_tests!("moto");
 }

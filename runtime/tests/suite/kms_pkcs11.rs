@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -25,6 +25,7 @@ use leakless::key::KeyScope;
 use leakless::kms::{Kms, PinSource, Pkcs11Kms};
 use leakless::secret::Kek;
 
+use crate::support::kms_suite::{assert_unwraps_to, kms_error_parts, round_trip};
 use crate::support::peers::pkcs11::{config, custodian, env, module, pin_file};
 use crate::support::peers::{binding, unique_name};
 
@@ -104,21 +105,11 @@ fn root_key_id_names_token_and_key_and_a_second_instance_unwraps() {
     drop(a);
     // Found again by label, in a new instance: the key lives on the token.
     let b = Pkcs11Kms::open(&config(&label)).unwrap();
-    let back = b.unwrap_kek(&wrapped, &binding(&scope, 3)).unwrap();
-    assert_eq!(back.expose_secret(), kek.expose_secret());
+    assert_unwraps_to(&b, &wrapped, &scope, 3, &kek);
     // Creating the same label again is refused.
     let err = Pkcs11Kms::create(&config(&label)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                backend: "pkcs11",
-                operation: "create root key",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let (backend, operation, _) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("pkcs11", "create root key"), "{err}");
 }
 
 #[test]
@@ -168,18 +159,7 @@ fn root_key_is_sensitive_non_extractable_and_its_value_cannot_be_read_or_wrapped
         "the token returned the root key's value"
     );
     // Wrapping it out under a key we control is refused too.
-    let exporter = session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(false),
-                Attribute::Wrap(true),
-            ],
-        )
-        .unwrap();
+    let exporter = generate_aes_key(&session, [Attribute::Token(false), Attribute::Wrap(true)]);
     let err = session
         .wrap_key(&Mechanism::AesKeyWrapPad, exporter, key)
         .unwrap_err();
@@ -192,39 +172,38 @@ fn root_key_is_sensitive_non_extractable_and_its_value_cannot_be_read_or_wrapped
     assert!(flip.is_err(), "CKA_EXTRACTABLE was switched back on");
 }
 
+/// Generates an AES-256 key through `session` (not through leakless) with the `extra`
+/// attributes.
+fn generate_aes_key<const N: usize>(session: &Session, extra: [Attribute; N]) -> ObjectHandle {
+    let mut template = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+    ];
+    template.extend(extra);
+    session
+        .generate_key(&Mechanism::AesKeyGen, &template)
+        .unwrap()
+}
+
 #[test]
 fn an_unprotected_key_with_the_label_is_refused() {
     let label = unique_name("weak");
-    let session = raw_session();
-    session
-        .generate_key(
-            &Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::ValueLen(32.into()),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(false),
-                Attribute::Extractable(true),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ],
-        )
-        .unwrap();
-    let err = Pkcs11Kms::open(&config(&label)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                backend: "pkcs11",
-                operation: "open root key",
-                ..
-            }
-        ),
-        "{err}"
+    generate_aes_key(
+        &raw_session(),
+        [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ],
     );
+    let err = Pkcs11Kms::open(&config(&label)).unwrap_err();
+    let (backend, operation, _) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("pkcs11", "open root key"), "{err}");
     assert!(err.to_string().contains("not protected"), "{err}");
 }
 
@@ -237,17 +216,8 @@ fn wrong_pin_file(dir: &tempfile::TempDir) -> (PathBuf, String) {
 }
 
 fn assert_wrong_pin(err: &Error, pins: &[&str]) {
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                backend: "pkcs11",
-                operation: "log in",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let (backend, operation, _) = kms_error_parts(err);
+    assert_eq!((backend, operation), ("pkcs11", "log in"), "{err}");
     let shown = format!("{err} {err:?}");
     assert!(shown.contains("CKR_PIN_INCORRECT"), "{shown}");
     for pin in pins {
@@ -305,47 +275,34 @@ fn pin_file_rules_and_configuration_errors_name_what_failed() {
     let mut cfg = config("any");
     cfg.token_label = "no-such-token".into();
     let err = Pkcs11Kms::open(&cfg).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                operation: "find token",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(kms_error_parts(&err).1, "find token", "{err}");
     assert!(err.to_string().contains("no-such-token"), "{err}");
 
     let mut cfg = config("any");
     cfg.module = dir.path().join("libnothing.so");
     let err = Pkcs11Kms::open(&cfg).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                operation: "load module",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(kms_error_parts(&err).1, "load module", "{err}");
 
     let err = Pkcs11Kms::open(&config(&unique_name("absent"))).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Kms {
-                operation: "open root key",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_eq!(kms_error_parts(&err).1, "open root key", "{err}");
     // Debug of a backend and of its config shows no PIN.
     let kms = Pkcs11Kms::create(&config(&unique_name("debug"))).unwrap();
     let shown = format!("{kms:?} {:?}", config("x"));
     assert!(!shown.contains(&real_pin()), "{shown}");
+}
+
+/// Runs the test `child` of this module in a child process with `env` set, asserts that it
+/// passed and printed `probe`, and returns its stdout and stderr.
+fn run_child(child: &str, env: &[(&str, &str)], probe: &str) -> (String, String) {
+    let output = crate::support::rerun_test(module_path!(), child)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
+    assert!(stdout.contains(probe), "{stdout}");
+    (stdout, stderr)
 }
 
 /// `std::env::set_var` is `unsafe` in edition 2024 and this workspace forbids `unsafe`, so the
@@ -353,19 +310,15 @@ fn pin_file_rules_and_configuration_errors_name_what_failed() {
 /// filtered to [`env_pin_child`] (which never spawns anything) with the variable set.
 #[test]
 fn pin_from_an_environment_variable() {
-    let output = crate::support::rerun_test(module_path!(), "env_pin_child")
-        .env(
-            "LEAKLESS_TEST_PKCS11_PIN",
-            fs::read_to_string(custodian(0).1).unwrap().trim(),
-        )
-        .env("LEAKLESS_TEST_PKCS11_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
-    assert!(stdout.contains("env pin probe: ok"), "{stdout}");
     let pin = fs::read_to_string(custodian(0).1).unwrap();
+    let (stdout, stderr) = run_child(
+        "env_pin_child",
+        &[
+            ("LEAKLESS_TEST_PKCS11_PIN", pin.trim()),
+            ("LEAKLESS_TEST_PKCS11_CHILD", "1"),
+        ],
+        "env pin probe: ok",
+    );
     assert!(!stdout.contains(pin.trim()) && !stderr.contains(pin.trim()));
 }
 
@@ -392,10 +345,7 @@ fn env_pin_child() {
     }
     cfg.pin = PinSource::Env("LEAKLESS_TEST_PKCS11_PIN".into());
     let kms = Pkcs11Kms::create(&cfg).unwrap();
-    let scope = KeyScope::new("env").unwrap();
-    let kek = Kek::generate();
-    let w = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
-    kms.unwrap_kek(&w, &binding(&scope, 1)).unwrap();
+    round_trip(&kms, &KeyScope::new("env").unwrap(), 1);
     println!("env pin probe: ok");
 }
 
@@ -404,14 +354,11 @@ fn env_pin_child() {
 /// process-wide, so this runs in a child process of its own (see [`relogin_child`]).
 #[test]
 fn a_lost_login_is_recovered_by_logging_in_again() {
-    let output = crate::support::rerun_test(module_path!(), "relogin_child")
-        .env("LEAKLESS_TEST_PKCS11_RELOGIN_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "child failed: {stdout}\n{stderr}");
-    assert!(stdout.contains("relogin probe: ok"), "{stdout}");
+    run_child(
+        "relogin_child",
+        &[("LEAKLESS_TEST_PKCS11_RELOGIN_CHILD", "1")],
+        "relogin probe: ok",
+    );
 }
 
 /// The child half of [`a_lost_login_is_recovered_by_logging_in_again`]. Run on its own (among
@@ -430,14 +377,7 @@ fn relogin_child() {
     cfg.pin = PinSource::File(pin_file.clone());
     let kms = Pkcs11Kms::create(&cfg).unwrap();
     let scope = KeyScope::new("relogin").unwrap();
-    let kek = Kek::generate();
-    let wrapped = kms.wrap_kek(&kek, &binding(&scope, 1)).unwrap();
-    assert_eq!(
-        kms.unwrap_kek(&wrapped, &binding(&scope, 1))
-            .unwrap()
-            .expose_secret(),
-        kek.expose_secret()
-    );
+    let (kek, wrapped) = round_trip(&kms, &scope, 1);
     if !child {
         return;
     }
@@ -459,8 +399,7 @@ fn relogin_child() {
         .unwrap();
     assert!(visible.is_empty(), "still logged in after C_Logout");
     drop(session);
-    let back = kms.unwrap_kek(&wrapped, &binding(&scope, 1)).unwrap();
-    assert_eq!(back.expose_secret(), kek.expose_secret());
+    assert_unwraps_to(&kms, &wrapped, &scope, 1, &kek);
     kms.wrap_kek(&kek, &binding(&scope, 2)).unwrap();
     println!("relogin probe: ok");
 }

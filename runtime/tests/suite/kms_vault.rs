@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use leakless::kms::{Kms, VaultConfig, VaultToken, VaultTransitKms};
 use leakless::secret::Kek;
-use leakless::{AuditInfo, Error, KeyScope};
+use leakless::{Error, KeyScope};
 
-use crate::support::kms_suite::Fixture;
+use crate::support::kms_suite::{
+    Fixture, assert_move_keeps_the_binding, audited, kms_error_parts,
+    one_request_for_100_000_opens, round_trip, who,
+};
 use crate::support::peers::vault::{config, token, token_text};
 use crate::support::peers::{binding, service_env, unique_name};
 
@@ -26,15 +29,11 @@ fn make() -> Arc<dyn Kms> {
 
 leakless_kms_suite!(make);
 
-fn who() -> AuditInfo {
-    AuditInfo::new("kms-vault-test", "transit key versions")
-}
-
 #[test]
 fn wrapped_keks_name_their_transit_key_version() {
     let kms = new_kms();
     let scope = KeyScope::new("patients").unwrap();
-    let wrapped = kms.wrap_kek(&Kek::generate(), &binding(&scope, 1)).unwrap();
+    let (_, wrapped) = round_trip(&kms, &scope, 1);
     assert!(wrapped.ciphertext.starts_with(b"vault:v1:"));
     assert_eq!(kms.rotate_key().unwrap(), 2);
     let wrapped2 = kms.wrap_kek(&Kek::generate(), &binding(&scope, 2)).unwrap();
@@ -68,16 +67,10 @@ fn rotate_rewrap_and_min_decryption_version() {
     let err = kms
         .unwrap_kek(&v1_before, &binding(&f.scope, 1))
         .unwrap_err();
-    match &err {
-        Error::Kms {
-            backend, detail, ..
-        } => {
-            assert_eq!(*backend, "vault");
-            assert!(detail.contains("patients v1"), "{err}");
-            assert!(detail.contains("HTTP 400"), "{err}");
-        }
-        other => panic!("expected Error::Kms, got {other}"),
-    }
+    let (backend, _, detail) = kms_error_parts(&err);
+    assert_eq!(backend, "vault");
+    assert!(detail.contains("patients v1"), "{err}");
+    assert!(detail.contains("HTTP 400"), "{err}");
     kms.set_min_decryption_version(1).unwrap();
 
     let changed = f
@@ -103,12 +96,8 @@ fn rotate_rewrap_and_min_decryption_version() {
         0,
         "repeatable"
     );
-    let audit = f.ring.audit_log(Some(&f.scope)).unwrap();
     assert_eq!(
-        audit
-            .iter()
-            .filter(|a| a.action == leakless::key::KeyAction::RewrapRoot)
-            .count(),
+        audited(&f.ring, &f.scope, leakless::key::KeyAction::RewrapRoot),
         2
     );
 
@@ -145,43 +134,19 @@ fn rotate_rewrap_and_min_decryption_version() {
 fn rewrap_keeps_the_binding() {
     let kms = new_kms();
     let scope = KeyScope::new("tenant-7").unwrap();
-    let kek = Kek::generate();
-    let wrapped = kms.wrap_kek(&kek, &binding(&scope, 3)).unwrap();
+    let (kek, wrapped) = round_trip(&kms, &scope, 3);
     kms.rotate_key().unwrap();
     // A re-wrap under the wrong binding is refused inside Vault.
-    assert!(matches!(
-        kms.rewrap(&wrapped, &binding(&scope, 4)),
-        Err(Error::Kms {
-            backend: "vault",
-            ..
-        })
-    ));
-    let rewrapped = kms.rewrap(&wrapped, &binding(&scope, 3)).unwrap();
+    let rewrapped =
+        assert_move_keeps_the_binding(&kek, &scope, 3, &kms, |to| kms.rewrap(&wrapped, to));
     assert!(rewrapped.ciphertext.starts_with(b"vault:v2:"));
-    let back = kms.unwrap_kek(&rewrapped, &binding(&scope, 3)).unwrap();
-    assert_eq!(back.expose_secret(), kek.expose_secret());
-    assert!(kms.unwrap_kek(&rewrapped, &binding(&scope, 4)).is_err());
 }
 
 /// The shared suite counts the ring's `unwrap_kek` calls for 100,000 opens; this counts the
 /// HTTP requests Vault actually got for 100,000 opens under one KEK version.
 #[test]
 fn one_decrypt_request_for_100_000_opens() {
-    let kms = Arc::new(new_kms());
-    let f = Fixture::new(kms.clone());
-    let env = f.seal(1, "x");
-    f.ring.cache().clear();
-    let before = kms.retry_counts();
-    for _ in 0..100_000 {
-        f.open(1, &env).unwrap();
-    }
-    let after = kms.retry_counts();
-    assert_eq!(
-        after.attempts - before.attempts,
-        1,
-        "one HTTP request in all"
-    );
-    assert_eq!(after.retries, 0);
+    one_request_for_100_000_opens(&Arc::new(new_kms()), VaultTransitKms::retry_counts);
 }
 
 #[test]
@@ -210,12 +175,8 @@ fn a_key_that_is_not_derived_is_refused() {
 #[test]
 fn a_missing_key_is_a_typed_error() {
     let err = VaultTransitKms::connect(config(&unique_name("leakless-test")), token()).unwrap_err();
-    match &err {
-        Error::Kms {
-            backend, operation, ..
-        } => assert_eq!((*backend, *operation), ("vault", "read key")),
-        other => panic!("expected Error::Kms, got {other}"),
-    }
+    let (backend, operation, _) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("vault", "read key"));
 }
 
 #[test]
@@ -269,15 +230,10 @@ fn https_without_the_run_ca_is_refused_at_once() {
         token(),
     )
     .unwrap_err();
-    match &err {
-        Error::Kms {
-            backend, detail, ..
-        } => {
-            assert_eq!(*backend, "vault");
-            assert!(detail.to_lowercase().contains("certificate"), "{err}");
-        }
-        other => panic!("expected Error::Kms (not retried), got {other}"),
-    }
+    // An Error::Kms, not Error::KmsUnavailable: not retried.
+    let (backend, _, detail) = kms_error_parts(&err);
+    assert_eq!(backend, "vault");
+    assert!(detail.to_lowercase().contains("certificate"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(2), "not retried");
 }
 

@@ -8,8 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use leakless::Error;
 use leakless::key::KeyScope;
 use leakless::kms::{Kms, LocalKms};
-use leakless::secret::{Kek, RootKey};
+use leakless::secret::RootKey;
 
+use crate::support::kms_suite::{refusals, round_trip, round_trip_between};
 use crate::support::peers::binding;
 
 #[test]
@@ -22,9 +23,7 @@ fn generated_key_file_is_private_reloads_to_the_same_key_and_is_never_overwritte
     let b = LocalKms::from_key_file(&path).unwrap();
     assert_eq!(a.root_key_id(), b.root_key_id());
     assert!(a.root_key_id().starts_with("local:"));
-    let scope = KeyScope::new("s").unwrap();
-    let wrapped = a.wrap_kek(&Kek::generate(), &binding(&scope, 1)).unwrap();
-    b.unwrap_kek(&wrapped, &binding(&scope, 1)).unwrap();
+    round_trip_between(&a, &b, &KeyScope::new("s").unwrap(), 1);
     assert!(matches!(
         LocalKms::generate_key_file(&path),
         Err(Error::KeyFile { .. })
@@ -122,21 +121,8 @@ fn a_wrapped_kek_is_bound_to_its_scope_version_and_root_key() {
     let other = LocalKms::from_root_key(RootKey::generate());
     let s1 = KeyScope::new("a").unwrap();
     let s2 = KeyScope::new("b").unwrap();
-    let wrapped = kms.wrap_kek(&Kek::generate(), &binding(&s1, 1)).unwrap();
-    kms.unwrap_kek(&wrapped, &binding(&s1, 1)).unwrap();
-    for (scope, v) in [(&s2, 1), (&s1, 2)] {
-        let err = kms.unwrap_kek(&wrapped, &binding(scope, v)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Kms {
-                    backend: "local",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-    }
+    let (_, wrapped) = round_trip(&kms, &s1, 1);
+    refusals(&kms, &wrapped, &[(&s2, 1), (&s1, 2)]);
     match other.unwrap_kek(&wrapped, &binding(&s1, 1)).unwrap_err() {
         Error::Kms {
             backend: "local",

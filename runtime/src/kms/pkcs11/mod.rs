@@ -105,8 +105,9 @@ use crate::error::Error;
 use crate::key::WrappedKek;
 use crate::kms::epoch::{
     ChainNode, Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
+    WrapUnderEpoch,
 };
-use crate::kms::{InKmsRewrap, KekBinding, Kms};
+use crate::kms::{KekBinding, Kms, NOT_AUTHENTIC};
 use crate::secret::{KEY_LEN, Kek};
 
 const BACKEND: &str = "pkcs11";
@@ -246,12 +247,7 @@ impl Pkcs11Kms {
     /// ambiguous, the token lacks `CKM_AES_GCM`, or the key is not protected (sensitive and
     /// not extractable).
     pub fn open(config: &Pkcs11Config) -> Result<Self, Error> {
-        let token = Arc::new(Pkcs11Token::open(
-            &config.module,
-            &config.token_label,
-            &config.pin,
-        )?);
-        Self::open_on(token, &config.key_label)
+        Self::open_on(config.open_token()?, &config.key_label)
     }
 
     /// Finds the root key labelled `key_label` (and its root epochs) on an open token.
@@ -321,12 +317,7 @@ impl Pkcs11Kms {
     /// [`Error::Kms`] when a key with this label (or a root epoch of it) exists already, or
     /// as [`Self::open`].
     pub fn create(config: &Pkcs11Config) -> Result<Self, Error> {
-        let token = Arc::new(Pkcs11Token::open(
-            &config.module,
-            &config.token_label,
-            &config.pin,
-        )?);
-        Self::create_on(token, &config.key_label)
+        Self::create_on(config.open_token()?, &config.key_label)
     }
 
     /// Generates a new root key labelled `key_label` on an open token.
@@ -671,28 +662,26 @@ impl Pkcs11Kms {
         wrapped: &WrappedKek,
         binding: &KekBinding<'_>,
     ) -> Result<Kek, Error> {
-        let fail = |detail: String| kms_err("unwrap KEK", detail);
+        let fail = |detail: String| binding.error(BACKEND, "unwrap KEK", detail);
         let bytes = &wrapped.ciphertext;
         if bytes.len() != WRAPPED_LEN {
             return Err(fail(format!(
-                "{} {}: wrapped KEK is {} bytes, expected {WRAPPED_LEN} (truncated or not made \
-                 by this backend)",
-                binding.scope,
-                binding.version,
+                "wrapped KEK is {} bytes, expected {WRAPPED_LEN} (truncated or not made by this \
+                 backend)",
                 bytes.len()
             )));
         }
         let (format, rest) = bytes.split_at(1);
         if format != [FORMAT_V1] {
             return Err(fail(format!(
-                "{} {}: unknown wrapped-KEK format {:#04x}",
-                binding.scope,
-                binding.version,
+                "unknown wrapped-KEK format {:#04x}",
                 format.first().copied().unwrap_or(0)
             )));
         }
         let (iv, ct) = rest.split_at(IV_LEN);
-        let mut iv: [u8; IV_LEN] = iv.try_into().map_err(|_| fail("bad IV length".into()))?;
+        let mut iv: [u8; IV_LEN] = iv
+            .try_into()
+            .map_err(|_| kms_err("unwrap KEK", "bad IV length".into()))?;
         let aad = aad(&node.id, binding);
         let plain = self.with_key(node, "unwrap KEK", |s, key| {
             let params = GcmParams::new(&mut iv, &aad, 128.into())?; // 128-bit tag
@@ -707,19 +696,8 @@ impl Pkcs11Kms {
                 Err(e) => Err(e),
             }
         })?;
-        let plain = plain.ok_or_else(|| {
-            fail(format!(
-                "{} {}: wrapped KEK does not authenticate (altered, or bound to another scope \
-                 or version)",
-                binding.scope, binding.version
-            ))
-        })?;
-        Kek::try_from_slice(&plain).ok_or_else(|| {
-            fail(format!(
-                "{} {}: unwrapped KEK has the wrong length",
-                binding.scope, binding.version
-            ))
-        })
+        let plain = plain.ok_or_else(|| binding.error(BACKEND, "unwrap KEK", NOT_AUTHENTIC))?;
+        binding.kek_from(BACKEND, &plain)
     }
 }
 
@@ -898,18 +876,10 @@ fn generate_root_object(
     }
 }
 
-/// The GCM associated data of a wrap under the root key `id`.
+/// The GCM associated data of a wrap under the root key `id`: the binding and the id, under
+/// this backend's label (the same layout as the in-process backends').
 fn aad(id: &str, binding: &KekBinding<'_>) -> Vec<u8> {
-    let scope = binding.scope.as_str().as_bytes();
-    let mut aad = Vec::with_capacity(32 + scope.len() + id.len());
-    aad.extend_from_slice(b"leakless.pkcs11.kek-wrap.v1");
-    // Scope names are at most 64 bytes; token and key labels are short.
-    aad.push(u8::try_from(scope.len()).unwrap_or(u8::MAX));
-    aad.extend_from_slice(scope);
-    aad.extend_from_slice(&binding.version.get().to_be_bytes());
-    aad.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
-    aad.extend_from_slice(id.as_bytes());
-    aad
+    crate::kms::local::binding_aad(b"leakless.pkcs11.kek-wrap.v1", id, binding)
 }
 
 fn key_template(label: &str) -> Vec<Attribute> {
@@ -944,43 +914,33 @@ impl Kms for Pkcs11Kms {
             node = self.live(&wrapped.root_key_id);
         }
         let Some(node) = node else {
-            return Err(kms_err(
+            return Err(binding.foreign_root(
+                BACKEND,
                 "unwrap KEK",
-                format!(
-                    "{} {} is wrapped under root key {}, but this backend holds {}",
-                    binding.scope,
-                    binding.version,
-                    wrapped.root_key_id,
-                    self.epochs.current().id
-                ),
+                &wrapped.root_key_id,
+                &self.epochs.current().id,
             ));
         };
         self.unwrap_under(node, wrapped, binding)
     }
 }
 
-/// Moves records onto the next PKCS#11 epoch: `C_Decrypt` under whichever epoch object they
-/// are on, `C_Encrypt` under the new one, both on the token. The KEK is in this process's
-/// memory in between (as on every unwrap), zeroized on drop.
-struct Pkcs11Move<'a> {
-    kms: &'a Pkcs11Kms,
-    to: String,
-}
-
-impl InKmsRewrap for Pkcs11Move<'_> {
-    fn needs_rewrap(&self, wrapped: &WrappedKek) -> bool {
-        wrapped.root_key_id != self.to
-    }
-
-    fn rewrap(&self, wrapped: &WrappedKek, binding: &KekBinding<'_>) -> Result<WrappedKek, Error> {
-        let kek = self.kms.unwrap_kek(wrapped, binding)?;
-        let to = self.kms.live(&self.to).ok_or_else(|| {
+/// Records move onto the next PKCS#11 epoch by `C_Decrypt` under whichever epoch object they
+/// are on and `C_Encrypt` under the new one, both on the token.
+impl WrapUnderEpoch for Pkcs11Kms {
+    fn wrap_under_epoch(
+        &self,
+        id: &str,
+        kek: &Kek,
+        binding: &KekBinding<'_>,
+    ) -> Result<WrappedKek, Error> {
+        let to = self.live(id).ok_or_else(|| {
             kms_err(
                 "move to root epoch",
-                format!("the next root epoch {} is not on the token", self.to),
+                format!("the next root epoch {id} is not on the token"),
             )
         })?;
-        self.kms.wrap_under(to, &kek, binding)
+        self.wrap_under(to, kek, binding)
     }
 }
 
@@ -1067,14 +1027,7 @@ impl RootEpochs for Pkcs11Kms {
             // may have moved there). Destroying the retiring epoch destroys every older one.
             [.., retiring, next] => (retiring.id.clone(), next.id.clone()),
         };
-        Ok(EpochChange::new(
-            RootEpoch::of_key(retiring),
-            RootEpoch::of_key(next.clone()),
-            Box::new(Pkcs11Move {
-                kms: self,
-                to: next,
-            }),
-        ))
+        Ok(EpochChange::rewrap_onto(self, retiring, next))
     }
 
     fn destroy_epoch(&self, epoch: &RootEpoch) -> Result<EpochDestroyed, Error> {

@@ -136,6 +136,11 @@ impl Pkcs11Config {
             pin,
         })
     }
+
+    /// Loads the module and logs in to the configured token ([`Pkcs11Token::open`]).
+    pub(crate) fn open_token(&self) -> Result<std::sync::Arc<Pkcs11Token>, Error> {
+        Pkcs11Token::open(&self.module, &self.token_label, &self.pin).map(std::sync::Arc::new)
+    }
 }
 
 /// A PKCS#11 failure as text: the function and the `CKR_` code, never arguments.

@@ -26,8 +26,8 @@ use std::thread;
 use std::time::Duration;
 
 use super::peers::binding;
-use leakless::key::{KeyAction, ManualClock, UnixTime};
-use leakless::kms::{Kms, LocalKms};
+use leakless::key::{KekRecord, KeyAction, ManualClock, UnixTime, WrappedKek};
+use leakless::kms::{KekBinding, Kms, LocalKms, RetryCounts};
 use leakless::secret::{Kek, RootKey};
 use leakless::store::MemoryKeyStore;
 use leakless::{
@@ -42,41 +42,32 @@ const WINDOW: Duration = Duration::from_secs(330);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Generates one `#[test]` per suite check, each calling `$make` (a `fn() -> Arc<dyn Kms>` or
-/// a closure expression) as its factory. Use it once per test module.
+/// a closure expression) as its factory, in a module `kms_suite` of the invoking module (so a
+/// test is named `kms_suite::CHECK`). Use it once per test module.
 #[macro_export]
 macro_rules! leakless_kms_suite {
     ($make:expr) => {
-        #[test]
-        fn kms_suite_create_seal_open() {
-            $crate::support::kms_suite::create_seal_open(&$make);
-        }
-        #[test]
-        fn kms_suite_rotate_and_grace() {
-            $crate::support::kms_suite::rotate_and_grace(&$make);
-        }
-        #[test]
-        fn kms_suite_retire_reinstate_destroy() {
-            $crate::support::kms_suite::retire_reinstate_destroy(&$make);
-        }
-        #[test]
-        fn kms_suite_rotate_root_to_second_root_key() {
-            $crate::support::kms_suite::rotate_root_to_second_root_key(&$make);
-        }
-        #[test]
-        fn kms_suite_rotate_root_through_local_and_back() {
-            $crate::support::kms_suite::rotate_root_through_local_and_back(&$make);
-        }
-        #[test]
-        fn kms_suite_wrong_binding_foreign_root_and_tamper_fail() {
-            $crate::support::kms_suite::wrong_binding_foreign_root_and_tamper_fail(&$make);
-        }
-        #[test]
-        fn kms_suite_one_unwrap_per_kek_version() {
-            $crate::support::kms_suite::one_unwrap_per_kek_version(&$make);
-        }
-        #[test]
-        fn kms_suite_concurrent_use() {
-            $crate::support::kms_suite::concurrent_use(&$make);
+        $crate::leakless_kms_suite!(
+            @checks $make;
+            create_seal_open,
+            rotate_and_grace,
+            retire_reinstate_destroy,
+            rotate_root_to_second_root_key,
+            rotate_root_through_local_and_back,
+            wrong_binding_foreign_root_and_tamper_fail,
+            one_unwrap_per_kek_version,
+            concurrent_use,
+        );
+    };
+    (@checks $make:expr; $($check:ident,)+) => {
+        mod kms_suite {
+            use super::*;
+            $(
+                #[test]
+                fn $check() {
+                    $crate::support::kms_suite::$check(&$make);
+                }
+            )+
         }
     };
 }
@@ -122,15 +113,19 @@ impl Fixture {
         open_on(&self.ring, row, env)
     }
 
-    /// The state of `version`.
-    pub fn state(&self, version: u32) -> KekState {
+    /// The stored record of `version`.
+    pub fn record(&self, version: u32) -> KekRecord {
         self.ring
             .versions(&self.scope)
             .unwrap()
             .into_iter()
             .find(|r| r.version == v(version))
             .unwrap()
-            .state
+    }
+
+    /// The state of `version`.
+    pub fn state(&self, version: u32) -> KekState {
+        self.record(version).state
     }
 }
 
@@ -150,7 +145,8 @@ fn open_on(ring: &KeyRing, row: i64, env: &[u8]) -> Result<Vec<u8>, Error> {
         .map(|p| p.expose_secret().to_vec())
 }
 
-fn who() -> AuditInfo {
+/// Who the KMS tests' key ring changes are made by, for the audit log.
+pub fn who() -> AuditInfo {
     AuditInfo::new("kms-suite", "conformance")
 }
 
@@ -160,6 +156,116 @@ fn ctx(row: i64) -> FieldContext<'static> {
 
 fn v(n: u32) -> KekVersion {
     KekVersion::new(n).unwrap()
+}
+
+/// Wraps a new KEK for `scope` v`version` on `wrap_on`, asserts that `unwrap_on` (the same
+/// root key, possibly through another instance) unwraps it to the same key under that
+/// binding, and returns the KEK and its wrapped form.
+pub fn round_trip_between(
+    wrap_on: &dyn Kms,
+    unwrap_on: &dyn Kms,
+    scope: &KeyScope,
+    version: u32,
+) -> (Kek, WrappedKek) {
+    let kek = Kek::generate();
+    let wrapped = wrap_on.wrap_kek(&kek, &binding(scope, version)).unwrap();
+    assert_unwraps_to(unwrap_on, &wrapped, scope, version, &kek);
+    (kek, wrapped)
+}
+
+/// [`round_trip_between`] on one backend.
+pub fn round_trip(kms: &dyn Kms, scope: &KeyScope, version: u32) -> (Kek, WrappedKek) {
+    round_trip_between(kms, kms, scope, version)
+}
+
+/// Asserts that `kms` unwraps `wrapped` under `scope` v`version` to `kek`.
+pub fn assert_unwraps_to(
+    kms: &dyn Kms,
+    wrapped: &WrappedKek,
+    scope: &KeyScope,
+    version: u32,
+    kek: &Kek,
+) {
+    let back = kms.unwrap_kek(wrapped, &binding(scope, version)).unwrap();
+    assert_eq!(back.expose_secret(), kek.expose_secret());
+}
+
+/// Asserts that `kms` refuses `wrapped` under each of `bindings` (scope, version) with an
+/// [`Error::Kms`] of its backend kind from `unwrap KEK`, and returns the errors' details.
+pub fn refusals(kms: &dyn Kms, wrapped: &WrappedKek, bindings: &[(&KeyScope, u32)]) -> Vec<String> {
+    bindings
+        .iter()
+        .map(|&(scope, version)| {
+            let err = kms
+                .unwrap_kek(wrapped, &binding(scope, version))
+                .unwrap_err();
+            let (backend, operation, detail) = kms_error_parts(&err);
+            assert_eq!(
+                (backend, operation),
+                (kms.backend(), "unwrap KEK"),
+                "{scope} v{version}: {err}"
+            );
+            detail.to_owned()
+        })
+        .collect()
+}
+
+/// Checks a move inside the KMS (`move_under(binding)` moves one wrap of `kek`, made for
+/// `scope` v`version`, onto `to`'s key): under the next version it is refused with an error
+/// of `to`'s backend kind; under its own binding it gives a wrap that `to` unwraps to `kek`
+/// under that binding and under no other. Returns the moved wrap.
+pub fn assert_move_keeps_the_binding(
+    kek: &Kek,
+    scope: &KeyScope,
+    version: u32,
+    to: &dyn Kms,
+    move_under: impl Fn(&KekBinding<'_>) -> Result<WrappedKek, Error>,
+) -> WrappedKek {
+    let err = move_under(&binding(scope, version + 1)).unwrap_err();
+    assert_kms_error(&err, to, "a move under another binding");
+    let moved = move_under(&binding(scope, version)).unwrap();
+    assert_unwraps_to(to, &moved, scope, version, kek);
+    assert!(to.unwrap_kek(&moved, &binding(scope, version + 1)).is_err());
+    moved
+}
+
+/// Asserts that 100,000 opens under one KEK version cost `kms`'s peer one request in all
+/// (`counts` reads the backend's request counters), not retried.
+pub fn one_request_for_100_000_opens<K: Kms + 'static>(
+    kms: &Arc<K>,
+    counts: impl Fn(&K) -> RetryCounts,
+) {
+    let f = Fixture::new(kms.clone());
+    let env = f.seal(1, "x");
+    f.ring.cache().clear();
+    let before = counts(kms);
+    for _ in 0..100_000 {
+        f.open(1, &env).unwrap();
+    }
+    let after = counts(kms);
+    assert_eq!(after.attempts - before.attempts, 1, "one request in all");
+    assert_eq!(after.retries, 0);
+}
+
+/// The backend, operation and detail of `err`, which must be an [`Error::Kms`].
+pub fn kms_error_parts(err: &Error) -> (&'static str, &'static str, &str) {
+    match err {
+        Error::Kms {
+            backend,
+            operation,
+            detail,
+        } => (backend, operation, detail),
+        other => panic!("expected Error::Kms, got {other}"),
+    }
+}
+
+/// How many audit records of `scope` in `ring`'s store record `action`.
+pub fn audited(ring: &KeyRing, scope: &KeyScope, action: KeyAction) -> usize {
+    ring.audit_log(Some(scope))
+        .unwrap()
+        .iter()
+        .filter(|a| a.action == action)
+        .count()
 }
 
 /// Asserts `err` is a KMS error from `kms`'s backend kind.
@@ -267,13 +373,7 @@ pub fn retire_reinstate_destroy(make: Factory<'_>) {
     );
     f.ring.retire(&f.scope, v(1), &who()).unwrap();
     f.ring.destroy(&f.scope, v(1), &who()).unwrap();
-    let record = f
-        .ring
-        .versions(&f.scope)
-        .unwrap()
-        .into_iter()
-        .find(|r| r.version == v(1))
-        .unwrap();
+    let record = f.record(1);
     assert_eq!(record.state, KekState::Destroyed);
     assert!(record.wrapped.is_none(), "destroy erases the wrapped KEK");
     assert!(matches!(f.open(1, &old), Err(Error::KeyDestroyed { .. })));
@@ -321,13 +421,7 @@ pub fn rotate_root_to_second_root_key(make: Factory<'_>) {
     f.ring.cache().clear();
     let err = f.open(3, &r3).unwrap_err();
     assert_kms_error(&err, &*f.kms, "old root unwrapping a re-wrapped KEK");
-    let rewraps = ring2
-        .audit_log(Some(&f.scope))
-        .unwrap()
-        .into_iter()
-        .filter(|a| a.action == KeyAction::RewrapRoot)
-        .count();
-    assert_eq!(rewraps, 2);
+    assert_eq!(audited(&ring2, &f.scope, KeyAction::RewrapRoot), 2);
 }
 
 /// Migration between backend kinds: from this backend to a local root key and back again,
