@@ -10,7 +10,6 @@
 //! anything.
 
 use crate::commands::jobs::{Column, JobArgs, dry_run_line, run_jobs};
-use crate::db::OneInt;
 use crate::engine::Mode;
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
@@ -58,8 +57,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             c = db.q(&c.column),
             f = db.q(&from),
         );
-        let n: Vec<OneInt> = db.load(&sql, &[])?;
-        Ok(n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+        db.count(&sql, &[])
     };
     if args.job.dry_run {
         let rows = pending(&mut db)?;

@@ -4,11 +4,12 @@
 use serde::Serialize;
 
 use crate::engine::{self, Mode, Options, Summary};
-use crate::env::{Env, note, out};
+use crate::env::{Env, note, out, out_json};
 use crate::error::{Failure, Kind, Result};
 use crate::progress::Progress;
 
-/// The manifest columns a batch command works on (`rewrap`, `reencrypt`, `reindex`).
+/// The manifest columns a command works on (`rewrap`, `reencrypt`, `reindex`, `status`,
+/// `verify`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Columns {
     /// Only this table (default: every sealed table in the manifest).
@@ -192,13 +193,7 @@ pub fn run_jobs(
             },
             failed_rows: failed,
         };
-        out(serde_json::to_string_pretty(&r).map_err(|e| {
-            Failure::new(
-                Kind::Usage,
-                format!("cannot encode JSON: {e}"),
-                "report a bug",
-            )
-        })?);
+        out_json(&r)?;
     } else {
         for s in &summaries {
             out(format!(
@@ -243,11 +238,10 @@ pub fn run_jobs(
 
 fn estimate(env: &Env, t: &leakless::manifest::SealedTable) -> Result<u64> {
     let mut db = env.connect()?;
-    let rows: Vec<crate::db::OneInt> = db.load(
+    db.count(
         &format!("SELECT COUNT(*) AS n FROM {}", db.q(&t.table)),
         &[],
-    )?;
-    Ok(rows.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+    )
 }
 
 /// Prints a dry-run line.
