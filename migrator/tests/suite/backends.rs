@@ -48,12 +48,10 @@ fn lifecycle(backend: Backend) {
     wait_for_cache_window();
     let o = f.run(&["keys", "retire", SCOPE, "v1"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = f.run(&["keys", "destroy", SCOPE, "1", "--yes"]);
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("1200 rows still use it"),
-        "{}",
-        stderr(&o)
+    let o = f.assert_fails(
+        &["keys", "destroy", SCOPE, "1", "--yes"],
+        1,
+        "1200 rows still use it",
     );
     assert!(stderr(&o).contains("help: "), "{}", stderr(&o));
 
@@ -168,12 +166,7 @@ fn lifecycle(backend: Backend) {
         "--generate",
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = f
-        .cmd()
-        .env("LEAKLESS_ROOT_KEY_FILE", &new_key)
-        .args(["verify"])
-        .output()
-        .unwrap();
+    let o = f.run_with("LEAKLESS_ROOT_KEY_FILE", &new_key, &["verify"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let o = f.run(&["verify"]);
     assert_eq!(
@@ -335,14 +328,12 @@ fn adopt_from_manifest(backend: Backend) {
     assert!(!out.contains("patient-"), "status printed plaintext");
 
     // A conflicting --from is refused before anything is written.
-    let o = f.run(&[
-        "adopt", "--table", "patients", "--column", "email", "--from", "id2",
-    ]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("conflicts with the manifest"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &[
+            "adopt", "--table", "patients", "--column", "email", "--from", "id2",
+        ],
+        2,
+        "conflicts with the manifest",
     );
     // An agreeing --from is fine (dry run), and no --from takes the manifest's column.
     let o = f.adopt_email(&["--dry-run"]);
@@ -373,12 +364,10 @@ backend_tests! {
 #[test]
 fn adopt_without_source_is_refused() {
     let f = Fixture::new(Backend::Sqlite);
-    let o = f.run(&["adopt", "--table", "patients", "--column", "email"]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("no plaintext column to adopt"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &["adopt", "--table", "patients", "--column", "email"],
+        2,
+        "no plaintext column to adopt",
     );
 }
 
@@ -543,14 +532,12 @@ fn adopt_legacy_types(backend: Backend) {
     );
     check(&resealed);
     // A source column that is not there: a usage error before anything runs.
-    let o = f.run(&[
-        "adopt", "--table", "legacy", "--column", "note", "--from", "nope",
-    ]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("legacy.nope: no such column to adopt from"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &[
+            "adopt", "--table", "legacy", "--column", "note", "--from", "nope",
+        ],
+        2,
+        "legacy.nope: no such column to adopt from",
     );
 }
 
