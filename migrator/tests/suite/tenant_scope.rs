@@ -8,7 +8,7 @@ use leakless::manifest::RowIdKind;
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyScope, RowId};
 use leakless_migrator::db::{Bind, Db, IdBytes};
 
-use crate::support::{Backend, Fixture, code, stderr, stdout};
+use crate::support::{Backend, Fixture, assert_says, code, stderr, stdout};
 
 /// The plaintext of row `id` (fake).
 fn note(id: i64) -> String {
@@ -108,12 +108,7 @@ fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: B
 
     // Positive control: every row opens under its own tenant's scope.
     let o = f.run(&["verify"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("visits.note: 8 opened, 0 null, 0 failed"),
-        "{}",
-        stdout(&o)
-    );
+    assert_says(&o, 0, "visits.note: 8 opened, 0 null, 0 failed");
     let o = f.run(&["verify", "--sample", "8"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 
@@ -143,8 +138,7 @@ fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: B
         "verify printed plaintext: {out}"
     );
     let o = f.run(&["verify", "--sample", "8"]);
-    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("row 2: "), "{}", stdout(&o));
+    assert_says(&o, 1, "row 2: ");
 
     // rewrap and reencrypt fail that row (and only it), leaving it as it was.
     for cmd in ["rewrap", "reencrypt"] {
@@ -261,8 +255,7 @@ fn per_tenant_index(backend: Backend) {
         .unwrap();
     }
     let o = f.run(&["reindex"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("8 written"), "{}", stdout(&o));
+    assert_says(&o, 0, "8 written");
 
     // Each token is the one the application computes with its tenant's index key.
     let manifest = leakless::manifest::SchemaManifest::from_json(

@@ -549,6 +549,12 @@ pub fn run_logged(c: &mut Command, args: &[&str]) -> Output {
     o
 }
 
+/// Asserts that the migrator exited with `code` and that its stdout says `said`.
+pub fn assert_says(o: &Output, code: i32, said: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}{}", stdout(o), stderr(o));
+    assert!(stdout(o).contains(said), "{}", stdout(o));
+}
+
 /// Asserts that `o`, the output of the migrator run with `args`, exited 0; returns its stdout.
 pub fn assert_ok(args: &[&str], o: &Output) -> String {
     assert_eq!(
