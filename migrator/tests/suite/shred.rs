@@ -327,11 +327,7 @@ impl Case {
                         .arg(file),
                     "pg_restore",
                 );
-                Restored {
-                    url: db.url().to_owned(),
-                    _db: Some(db),
-                    _dir: None,
-                }
+                Restored::server(db)
             }
             Backup::Mysql(file) => {
                 let db = TestDb::mysql();
@@ -342,11 +338,7 @@ impl Case {
                         .stdin(input),
                     "mariadb (loading the dump)",
                 );
-                Restored {
-                    url: db.url().to_owned(),
-                    _db: Some(db),
-                    _dir: None,
-                }
+                Restored::server(db)
             }
             Backup::Sqlite(dir) => {
                 let to = tempfile::tempdir().unwrap();
@@ -523,6 +515,17 @@ struct Restored {
     url: String,
     _db: Option<TestDb>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Restored {
+    /// A backup restored into the new database `db` of a server.
+    fn server(db: TestDb) -> Self {
+        Self {
+            url: db.url().to_owned(),
+            _db: Some(db),
+            _dir: None,
+        }
+    }
 }
 
 /// What `verify --json` opened, per scope (each scope is one table here).
@@ -768,41 +771,29 @@ fn shred_proof(backend: Backend, root: Root) {
     }
 }
 
-#[test]
-fn postgres_local_key_file_shred_defeats_old_pg_dump() {
-    shred_proof(Backend::Postgres, Root::Local);
+/// One test per `name: database, root`, each running [`shred_proof`] on that pair.
+macro_rules! shred_tests {
+    ($($(#[$doc:meta])* $name:ident: $backend:ident, $root:ident;)+) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                shred_proof(Backend::$backend, Root::$root);
+            }
+        )+
+    };
 }
 
-#[test]
-fn mariadb_local_key_file_shred_defeats_old_mysqldump() {
-    shred_proof(Backend::Mysql, Root::Local);
-}
-
-#[test]
-fn sqlite_local_key_file_shred_defeats_old_file_copies() {
-    shred_proof(Backend::Sqlite, Root::Local);
-}
-
-#[test]
-fn sqlite_vault_transit_shred_defeats_old_file_copies() {
-    shred_proof(Backend::Sqlite, Root::Vault);
-}
-
-#[test]
-fn sqlite_aws_kms_shred_is_scheduled_with_its_date() {
-    shred_proof(Backend::Sqlite, Root::Aws);
-}
-
-#[test]
-fn sqlite_tpm_shred_defeats_old_file_copies() {
-    // The old epoch's sealed object is evicted from the TPM; a copy of the sealed file from
-    // before names a handle that no longer holds it.
-    shred_proof(Backend::Sqlite, Root::Tpm);
-}
-
-#[test]
-fn sqlite_pkcs11_shred_defeats_old_file_copies() {
-    // The CLI makes the new epoch's key object and destroys the old one on the token (the
-    // application process only reads it after sealing its rows).
-    shred_proof(Backend::Sqlite, Root::Pkcs11);
+shred_tests! {
+    postgres_local_key_file_shred_defeats_old_pg_dump: Postgres, Local;
+    mariadb_local_key_file_shred_defeats_old_mysqldump: Mysql, Local;
+    sqlite_local_key_file_shred_defeats_old_file_copies: Sqlite, Local;
+    sqlite_vault_transit_shred_defeats_old_file_copies: Sqlite, Vault;
+    sqlite_aws_kms_shred_is_scheduled_with_its_date: Sqlite, Aws;
+    /// The old epoch's sealed object is evicted from the TPM; a copy of the sealed file from
+    /// before names a handle that no longer holds it.
+    sqlite_tpm_shred_defeats_old_file_copies: Sqlite, Tpm;
+    /// The CLI makes the new epoch's key object and destroys the old one on the token (the
+    /// application process only reads it after sealing its rows).
+    sqlite_pkcs11_shred_defeats_old_file_copies: Sqlite, Pkcs11;
 }
