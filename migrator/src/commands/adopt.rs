@@ -17,7 +17,7 @@
 use leakless::FieldContext;
 use leakless::manifest::PlaintextEncoding;
 
-use crate::commands::jobs::{Column, JobArgs, dry_run_line, run_jobs};
+use crate::commands::jobs::{Column, Columns, JobArgs, dry_run_line, run_jobs};
 use crate::db::{Bind, IdTwo, ident};
 use crate::engine::{FailureCause, Mode, RowFailure, is_key_wide};
 use crate::env::{Env, out, out_json};
@@ -199,18 +199,13 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         return Ok(());
     }
     if !args.verify_only {
-        run_jobs(
-            env,
-            &Mode::Adopt { from: from.clone() },
-            Some(&t.table),
-            Some(&c.column),
-            &args.job,
-        )?;
+        let only = Columns::one(&t.table, &c.column);
+        run_jobs(env, &Mode::Adopt { from: from.clone() }, &only, &args.job)?;
         if c.blind_index.is_some() {
             // The sealed values get their tokens, so look-ups find the adopted rows.
             let mut job = args.job.clone();
             job.job = None;
-            run_jobs(env, &Mode::Reindex, Some(&t.table), Some(&c.column), &job)?;
+            run_jobs(env, &Mode::Reindex, &only, &job)?;
         }
     }
     // Verification pass.

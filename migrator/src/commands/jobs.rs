@@ -21,6 +21,15 @@ pub struct Columns {
 }
 
 impl Columns {
+    /// Only the column `table.column`.
+    #[must_use]
+    pub fn one(table: &str, column: &str) -> Self {
+        Self {
+            table: Some(table.to_owned()),
+            column: Some(column.to_owned()),
+        }
+    }
+
     /// `--table`, if given.
     #[must_use]
     pub fn table(&self) -> Option<&str> {
@@ -80,14 +89,7 @@ pub fn run_column_job(
         }
         return Ok(());
     }
-    run_jobs(
-        env,
-        mode,
-        args.columns.table(),
-        args.columns.column(),
-        &args.job,
-    )
-    .map(|_| ())
+    run_jobs(env, mode, &args.columns, &args.job).map(|_| ())
 }
 
 /// Options every batch command takes.
@@ -139,7 +141,7 @@ struct Report<'a> {
     failed_rows: u64,
 }
 
-/// Runs `mode` over the given columns and prints the summary. Rows that failed make it
+/// Runs `mode` over the manifest's `columns` and prints the summary. Rows that failed make it
 /// return [`Kind::Refused`] (exit 1) after everything else was done.
 ///
 /// # Errors
@@ -147,11 +149,10 @@ struct Report<'a> {
 pub fn run_jobs(
     env: &mut Env,
     mode: &Mode,
-    table: Option<&str>,
-    column: Option<&str>,
+    columns: &Columns,
     args: &JobArgs,
 ) -> Result<Vec<Summary>> {
-    let mut targets = env.targets(table, column)?;
+    let mut targets = env.targets(columns.table(), columns.column())?;
     if *mode == Mode::Reindex {
         targets.retain(|(_, c)| c.blind_index.is_some());
     }
