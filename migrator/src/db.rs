@@ -601,6 +601,27 @@ impl Db {
         let _ = self.batch("ROLLBACK");
     }
 
+    /// Runs `f` in one transaction: commits when it returns `Ok`, rolls back when it fails.
+    ///
+    /// # Errors
+    /// [`Kind::Database`] from `BEGIN` or `COMMIT`, or the error of `f`.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        self.begin()?;
+        match f(self) {
+            Ok(v) => {
+                self.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
     /// Runs one statement with parameters; returns the affected row count.
     ///
     /// # Errors
@@ -612,6 +633,16 @@ impl Db {
             Conn::Lite(c) => bind_all!(diesel::sql_query(sql).into_boxed(), binds).execute(c),
         };
         r.map_err(|e| db_failure("update", &e, &self.target))
+    }
+
+    /// Runs `sql`, a query of one count `n` (`SELECT COUNT(*) AS n ...`), and returns it: 0
+    /// when there is no row.
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn count(&mut self, sql: &str, binds: &[Bind]) -> Result<u64, Failure> {
+        let rows: Vec<OneInt> = self.load(sql, binds)?;
+        Ok(rows.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
     }
 
     /// Runs one query with parameters and loads rows of type `T`.

@@ -32,7 +32,7 @@ use leakless::{
 };
 use serde::Serialize;
 
-use crate::db::{Backend, Bind, CasWrite, ChunkRow, Db, DbUrl, IdTwo, OneInt, OneText};
+use crate::db::{Backend, Bind, CasWrite, ChunkRow, Db, DbUrl, IdTwo, OneText};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
 use crate::tenant::TenantScope;
@@ -208,10 +208,6 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
 /// The default job name.
 #[must_use]
 pub fn job_name(mode: &Mode, t: &SealedTable, c: &SealedColumn) -> String {
@@ -243,157 +239,128 @@ pub fn plan(
     batch: usize,
 ) -> Result<(u64, u64)> {
     ensure_tables(db)?;
-    db.begin()?;
-    let r = plan_in_tx(db, job, mode, t, c, batch);
-    match r {
-        Ok(v) => {
-            db.commit()?;
-            Ok(v)
-        }
-        Err(e) => {
-            db.rollback();
-            Err(e)
-        }
-    }
-}
-
-fn plan_in_tx(
-    db: &mut Db,
-    job: &str,
-    mode: &Mode,
-    t: &SealedTable,
-    c: &SealedColumn,
-    batch: usize,
-) -> Result<(u64, u64)> {
-    let insert = match db.backend() {
-        Backend::Postgres => {
-            "INSERT INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
-             VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT DO NOTHING"
-        }
-        Backend::Mysql => {
-            "INSERT IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
-             VALUES (?, ?, ?, ?, ?, 0)"
-        }
-        Backend::Sqlite => {
-            "INSERT OR IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
-             VALUES (?, ?, ?, ?, ?, 0)"
-        }
-    };
-    let inserted = db.exec(
-        insert,
-        &[
-            Bind::Text(Some(job.to_owned())),
-            Bind::Text(Some(mode.name().to_owned())),
-            Bind::Text(Some(t.table.clone())),
-            Bind::Text(Some(c.column.clone())),
-            Bind::Int(now_secs()),
-        ],
-    )?;
-    let lock = if db.backend() == Backend::Sqlite {
-        ""
-    } else {
-        " FOR UPDATE"
-    };
-    let _: Vec<OneText> = db.load(
-        &format!(
-            "SELECT job AS id FROM leakless_migrate_job WHERE job = {}{lock}",
-            db.ph(1)
-        ),
-        &[Bind::Text(Some(job.to_owned()))],
-    )?;
-    let counts = |db: &mut Db| -> Result<(u64, u64)> {
-        let total: Vec<OneInt> = db.load(
-            &format!(
-                "SELECT COUNT(*) AS n FROM leakless_migrate_chunk WHERE job = {}",
-                db.ph(1)
-            ),
-            &[Bind::Text(Some(job.to_owned()))],
-        )?;
-        let done: Vec<OneInt> = db.load(
-            &format!(
-                "SELECT COUNT(*) AS n FROM leakless_migrate_chunk WHERE job = {} AND done = 1",
-                db.ph(1)
-            ),
-            &[Bind::Text(Some(job.to_owned()))],
-        )?;
-        Ok((
-            to_u64(total.first().map_or(0, |r| r.n)),
-            to_u64(done.first().map_or(0, |r| r.n)),
-        ))
-    };
-    if inserted == 0 {
-        let (total, done) = counts(db)?;
-        if total > 0 && done < total {
-            return Ok((total, done));
-        }
-        db.exec(
-            &format!(
-                "DELETE FROM leakless_migrate_chunk WHERE job = {}",
-                db.ph(1)
-            ),
-            &[Bind::Text(Some(job.to_owned()))],
-        )?;
-    }
-    // Chunk boundaries: every `batch`-th id in id order.
-    let id = db.q(&t.row_id_column);
-    let sql = format!(
-        "SELECT idt AS id FROM (SELECT {} AS idt, ROW_NUMBER() OVER (ORDER BY {id}) AS rn \
-         FROM {}) s WHERE (rn - 1) % {batch} = 0 ORDER BY rn",
-        db.id_text(t.row_id_kind, &t.row_id_column),
-        db.q(&t.table)
-    );
-    let bounds: Vec<OneText> = db.load(&sql, &[])?;
-    // Chunk i covers [bound_i, bound_{i+1}); the first is open below, the last open above,
-    // so rows inserted later at either end still belong to a chunk.
-    let n = bounds.len().max(1);
-    let mut rows = Vec::with_capacity(n);
-    for i in 0..n {
-        let lo = if i == 0 {
-            None
-        } else {
-            bounds.get(i).map(|b| b.id.clone())
+    db.transaction(|db| {
+        let insert = match db.backend() {
+            Backend::Postgres => {
+                "INSERT INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+                 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT DO NOTHING"
+            }
+            Backend::Mysql => {
+                "INSERT IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+                 VALUES (?, ?, ?, ?, ?, 0)"
+            }
+            Backend::Sqlite => {
+                "INSERT OR IGNORE INTO leakless_migrate_job (job, kind, tbl, col, created_at, chunks) \
+                 VALUES (?, ?, ?, ?, ?, 0)"
+            }
         };
-        let hi = bounds.get(i + 1).map(|b| b.id.clone());
-        rows.push((i, lo, hi));
-    }
-    for group in rows.chunks(200) {
-        let mut values = Vec::new();
-        let mut binds = Vec::new();
-        let mut k = 0usize;
-        for (i, lo, hi) in group {
-            values.push(format!(
-                "({}, {}, {}, {})",
-                db.ph(k + 1),
-                db.ph(k + 2),
-                db.ph(k + 3),
-                db.ph(k + 4)
-            ));
-            k += 4;
-            binds.push(Bind::Text(Some(job.to_owned())));
-            binds.push(Bind::Int(i64::try_from(*i).unwrap_or(i64::MAX)));
-            binds.push(Bind::Text(lo.clone()));
-            binds.push(Bind::Text(hi.clone()));
+        let inserted = db.exec(
+            insert,
+            &[
+                Bind::Text(Some(job.to_owned())),
+                Bind::Text(Some(mode.name().to_owned())),
+                Bind::Text(Some(t.table.clone())),
+                Bind::Text(Some(c.column.clone())),
+                Bind::Int(now_secs()),
+            ],
+        )?;
+        let lock = if db.backend() == Backend::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let this_job = [Bind::Text(Some(job.to_owned()))];
+        let _: Vec<OneText> = db.load(
+            &format!(
+                "SELECT job AS id FROM leakless_migrate_job WHERE job = {}{lock}",
+                db.ph(1)
+            ),
+            &this_job,
+        )?;
+        // The job's chunks, those matching `filter` (an SQL condition after `AND`, or none).
+        let chunks = |db: &mut Db, filter: &str| {
+            db.count(
+                &format!(
+                    "SELECT COUNT(*) AS n FROM leakless_migrate_chunk WHERE job = {}{filter}",
+                    db.ph(1)
+                ),
+                &this_job,
+            )
+        };
+        if inserted == 0 {
+            let (total, done) = (chunks(db, "")?, chunks(db, " AND done = 1")?);
+            if total > 0 && done < total {
+                return Ok((total, done));
+            }
+            db.exec(
+                &format!(
+                    "DELETE FROM leakless_migrate_chunk WHERE job = {}",
+                    db.ph(1)
+                ),
+                &this_job,
+            )?;
+        }
+        // Chunk boundaries: every `batch`-th id in id order.
+        let id = db.q(&t.row_id_column);
+        let sql = format!(
+            "SELECT idt AS id FROM (SELECT {} AS idt, ROW_NUMBER() OVER (ORDER BY {id}) AS rn \
+             FROM {}) s WHERE (rn - 1) % {batch} = 0 ORDER BY rn",
+            db.id_text(t.row_id_kind, &t.row_id_column),
+            db.q(&t.table)
+        );
+        let bounds: Vec<OneText> = db.load(&sql, &[])?;
+        // Chunk i covers [bound_i, bound_{i+1}); the first is open below, the last open above,
+        // so rows inserted later at either end still belong to a chunk.
+        let n = bounds.len().max(1);
+        let mut rows = Vec::with_capacity(n);
+        for i in 0..n {
+            let lo = if i == 0 {
+                None
+            } else {
+                bounds.get(i).map(|b| b.id.clone())
+            };
+            let hi = bounds.get(i + 1).map(|b| b.id.clone());
+            rows.push((i, lo, hi));
+        }
+        for group in rows.chunks(200) {
+            let mut values = Vec::new();
+            let mut binds = Vec::new();
+            let mut k = 0usize;
+            for (i, lo, hi) in group {
+                values.push(format!(
+                    "({}, {}, {}, {})",
+                    db.ph(k + 1),
+                    db.ph(k + 2),
+                    db.ph(k + 3),
+                    db.ph(k + 4)
+                ));
+                k += 4;
+                binds.push(Bind::Text(Some(job.to_owned())));
+                binds.push(Bind::Int(i64::try_from(*i).unwrap_or(i64::MAX)));
+                binds.push(Bind::Text(lo.clone()));
+                binds.push(Bind::Text(hi.clone()));
+            }
+            db.exec(
+                &format!(
+                    "INSERT INTO leakless_migrate_chunk (job, chunk_no, lo, hi) VALUES {}",
+                    values.join(", ")
+                ),
+                &binds,
+            )?;
         }
         db.exec(
             &format!(
-                "INSERT INTO leakless_migrate_chunk (job, chunk_no, lo, hi) VALUES {}",
-                values.join(", ")
+                "UPDATE leakless_migrate_job SET chunks = {} WHERE job = {}",
+                db.ph(1),
+                db.ph(2)
             ),
-            &binds,
+            &[
+                Bind::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+                Bind::Text(Some(job.to_owned())),
+            ],
         )?;
-    }
-    db.exec(
-        &format!(
-            "UPDATE leakless_migrate_job SET chunks = {} WHERE job = {}",
-            db.ph(1),
-            db.ph(2)
-        ),
-        &[
-            Bind::Int(i64::try_from(n).unwrap_or(i64::MAX)),
-            Bind::Text(Some(job.to_owned())),
-        ],
-    )?;
-    Ok((u64::try_from(n).unwrap_or(u64::MAX), 0))
+        Ok((u64::try_from(n).unwrap_or(u64::MAX), 0))
+    })
 }
 
 /// Everything a worker needs.
@@ -942,28 +909,18 @@ impl Work {
         let started = Instant::now();
         let mut my_rows = 0u64;
         loop {
-            db.begin()?;
-            let r = self.one_chunk(&mut db, adopt_scope.as_ref(), counters, failures);
-            match r {
-                Ok(None) => {
-                    db.commit()?;
-                    return Ok(());
-                }
-                Ok(Some(seen)) => {
-                    db.commit()?;
-                    counters.chunks.fetch_add(1, Ordering::Relaxed);
-                    my_rows += seen;
-                    if let Some(rate) = self.per_worker_rate {
-                        #[allow(clippy::cast_precision_loss, reason = "a rate")]
-                        let due = Duration::from_secs_f64(my_rows as f64 / rate);
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            std::thread::sleep(wait);
-                        }
-                    }
-                }
-                Err(e) => {
-                    db.rollback();
-                    return Err(e);
+            let claimed =
+                db.transaction(|db| self.one_chunk(db, adopt_scope.as_ref(), counters, failures))?;
+            let Some(seen) = claimed else {
+                return Ok(());
+            };
+            counters.chunks.fetch_add(1, Ordering::Relaxed);
+            my_rows += seen;
+            if let Some(rate) = self.per_worker_rate {
+                #[allow(clippy::cast_precision_loss, reason = "a rate")]
+                let due = Duration::from_secs_f64(my_rows as f64 / rate);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
                 }
             }
         }
@@ -1110,6 +1067,20 @@ pub fn adoption_source(
     Ok(format!(
         "CASE WHEN {a} IS NULL OR {b} IS NULL THEN NULL ELSE {object} END"
     ))
+}
+
+/// The rows of `table` still to adopt: its sealed `column` NULL and the plaintext `source` (an
+/// [`adoption_source`] expression) not.
+///
+/// # Errors
+/// [`Kind::Database`].
+pub fn adoption_pending(db: &mut Db, table: &str, column: &str, source: &str) -> Result<u64> {
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {source} IS NOT NULL",
+        db.q(table),
+        db.q(column),
+    );
+    db.count(&sql, &[])
 }
 
 /// Plans and runs a job with `opts.workers` threads; `tick` is called about twice a second

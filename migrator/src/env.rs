@@ -9,6 +9,7 @@ use leakless::manifest::{SchemaManifest, SealedColumn, SealedTable};
 use leakless::store::sql::SqlKeyStore;
 use leakless::store::{FileKeyStore, KeyStore};
 use leakless::{AuditInfo, KeyRing};
+use serde::Serialize;
 
 use crate::cli::Global;
 use crate::db::{Db, DbUrl, ident};
@@ -30,6 +31,22 @@ pub struct Env {
 pub fn out(line: impl AsRef<str>) {
     let mut o = std::io::stdout().lock();
     let _ = writeln!(o, "{}", line.as_ref());
+}
+
+/// Writes `value` to stdout as pretty-printed JSON (the output of `--json`).
+///
+/// # Errors
+/// [`Kind::Usage`] when `value` cannot be encoded (a bug).
+pub fn out_json(value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| {
+        Failure::new(
+            Kind::Usage,
+            format!("cannot encode JSON: {e}"),
+            "report a bug",
+        )
+    })?;
+    out(text);
+    Ok(())
 }
 
 /// Writes a table to stdout: `header` then `rows`, every column as wide as its widest cell

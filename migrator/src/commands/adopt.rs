@@ -17,10 +17,10 @@
 use leakless::FieldContext;
 use leakless::manifest::PlaintextEncoding;
 
-use crate::commands::jobs::{Column, JobArgs, dry_run_line, run_jobs};
-use crate::db::{Bind, IdTwo, OneInt, ident};
+use crate::commands::jobs::{Column, Columns, JobArgs, dry_run_line, run_jobs};
+use crate::db::{Bind, IdTwo, ident};
 use crate::engine::{FailureCause, Mode, RowFailure, is_key_wide};
-use crate::env::{Env, out};
+use crate::env::{Env, out, out_json};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
 use zeroize::Zeroize;
@@ -194,29 +194,18 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     let pair = c.adoption.as_ref().and_then(|a| a.pair.as_ref());
     let source = crate::engine::adoption_source(&mut db, &t.table, &from, pair)?;
     if args.job.dry_run {
-        let sql = format!(
-            "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {source} IS NOT NULL",
-            db.q(&t.table),
-            db.q(&c.column),
-        );
-        let n: Vec<OneInt> = db.load(&sql, &[])?;
-        let rows = n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
+        let rows = crate::engine::adoption_pending(&mut db, &t.table, &c.column, &source)?;
         dry_run_line(env, "seal", &t.table, &c.column, rows);
         return Ok(());
     }
     if !args.verify_only {
-        run_jobs(
-            env,
-            &Mode::Adopt { from: from.clone() },
-            Some(&t.table),
-            Some(&c.column),
-            &args.job,
-        )?;
+        let only = Columns::one(&t.table, &c.column);
+        run_jobs(env, &Mode::Adopt { from: from.clone() }, &only, &args.job)?;
         if c.blind_index.is_some() {
             // The sealed values get their tokens, so look-ups find the adopted rows.
             let mut job = args.job.clone();
             job.job = None;
-            run_jobs(env, &Mode::Reindex, Some(&t.table), Some(&c.column), &job)?;
+            run_jobs(env, &Mode::Reindex, &only, &job)?;
         }
     }
     // Verification pass.
@@ -336,19 +325,12 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         None => from,
     };
     if env.global.json {
-        out(serde_json::to_string_pretty(&serde_json::json!({
+        out_json(&serde_json::json!({
             "table": t.table, "column": c.column, "from": from,
             "rows_checked": checked, "mismatches": failed_n, "repaired": repaired,
             "failures": failed,
             "drop_statement": if failed_n == 0 { Some(&drop_sql) } else { None },
-        }))
-        .map_err(|e| {
-            Failure::new(
-                Kind::Usage,
-                format!("cannot encode JSON: {e}"),
-                "report a bug",
-            )
-        })?);
+        }))?;
     } else {
         out(format!(
             "verify {}.{} against {}: {checked} rows checked, {failed_n} mismatches{}",

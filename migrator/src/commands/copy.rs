@@ -9,8 +9,7 @@
 //! on the new column's value read (an application write meanwhile wins). It never drops
 //! anything.
 
-use crate::commands::jobs::{Column, JobArgs, dry_run_line, run_jobs};
-use crate::db::OneInt;
+use crate::commands::jobs::{Column, Columns, JobArgs, dry_run_line, run_jobs};
 use crate::engine::Mode;
 use crate::env::{Env, out};
 use crate::error::{Failure, Kind, Result};
@@ -58,8 +57,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
             c = db.q(&c.column),
             f = db.q(&from),
         );
-        let n: Vec<OneInt> = db.load(&sql, &[])?;
-        Ok(n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+        db.count(&sql, &[])
     };
     if args.job.dry_run {
         let rows = pending(&mut db)?;
@@ -72,13 +70,8 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         db.q(&from)
     );
     drop(db);
-    run_jobs(
-        env,
-        &Mode::Copy { from: from.clone() },
-        Some(&t.table),
-        Some(&c.column),
-        &args.job,
-    )?;
+    let only = Columns::one(&t.table, &c.column);
+    run_jobs(env, &Mode::Copy { from: from.clone() }, &only, &args.job)?;
     let left = pending(&mut env.connect()?)?;
     if left > 0 {
         return Err(Failure::new(

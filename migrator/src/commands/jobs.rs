@@ -4,11 +4,12 @@
 use serde::Serialize;
 
 use crate::engine::{self, Mode, Options, Summary};
-use crate::env::{Env, note, out};
+use crate::env::{Env, note, out, out_json};
 use crate::error::{Failure, Kind, Result};
 use crate::progress::Progress;
 
-/// The manifest columns a batch command works on (`rewrap`, `reencrypt`, `reindex`).
+/// The manifest columns a command works on (`rewrap`, `reencrypt`, `reindex`, `status`,
+/// `verify`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Columns {
     /// Only this table (default: every sealed table in the manifest).
@@ -20,6 +21,15 @@ pub struct Columns {
 }
 
 impl Columns {
+    /// Only the column `table.column`.
+    #[must_use]
+    pub fn one(table: &str, column: &str) -> Self {
+        Self {
+            table: Some(table.to_owned()),
+            column: Some(column.to_owned()),
+        }
+    }
+
     /// `--table`, if given.
     #[must_use]
     pub fn table(&self) -> Option<&str> {
@@ -79,14 +89,7 @@ pub fn run_column_job(
         }
         return Ok(());
     }
-    run_jobs(
-        env,
-        mode,
-        args.columns.table(),
-        args.columns.column(),
-        &args.job,
-    )
-    .map(|_| ())
+    run_jobs(env, mode, &args.columns, &args.job).map(|_| ())
 }
 
 /// Options every batch command takes.
@@ -138,7 +141,7 @@ struct Report<'a> {
     failed_rows: u64,
 }
 
-/// Runs `mode` over the given columns and prints the summary. Rows that failed make it
+/// Runs `mode` over the manifest's `columns` and prints the summary. Rows that failed make it
 /// return [`Kind::Refused`] (exit 1) after everything else was done.
 ///
 /// # Errors
@@ -146,11 +149,10 @@ struct Report<'a> {
 pub fn run_jobs(
     env: &mut Env,
     mode: &Mode,
-    table: Option<&str>,
-    column: Option<&str>,
+    columns: &Columns,
     args: &JobArgs,
 ) -> Result<Vec<Summary>> {
-    let mut targets = env.targets(table, column)?;
+    let mut targets = env.targets(columns.table(), columns.column())?;
     if *mode == Mode::Reindex {
         targets.retain(|(_, c)| c.blind_index.is_some());
     }
@@ -192,13 +194,7 @@ pub fn run_jobs(
             },
             failed_rows: failed,
         };
-        out(serde_json::to_string_pretty(&r).map_err(|e| {
-            Failure::new(
-                Kind::Usage,
-                format!("cannot encode JSON: {e}"),
-                "report a bug",
-            )
-        })?);
+        out_json(&r)?;
     } else {
         for s in &summaries {
             out(format!(
@@ -243,11 +239,10 @@ pub fn run_jobs(
 
 fn estimate(env: &Env, t: &leakless::manifest::SealedTable) -> Result<u64> {
     let mut db = env.connect()?;
-    let rows: Vec<crate::db::OneInt> = db.load(
+    db.count(
         &format!("SELECT COUNT(*) AS n FROM {}", db.q(&t.table)),
         &[],
-    )?;
-    Ok(rows.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+    )
 }
 
 /// Prints a dry-run line.

@@ -15,7 +15,7 @@ use leakless::{KekVersion, KeyRing, KeyScope};
 use serde::Serialize;
 
 use crate::commands::status::{VersionRows, column_status, index_status};
-use crate::env::{Env, out, out_table};
+use crate::env::{Env, out, out_json, out_table};
 use crate::error::{Failure, Kind, Result};
 use crate::kms::Root;
 
@@ -232,17 +232,6 @@ impl From<&AuditRecord> for AuditJson {
     }
 }
 
-fn json(v: &impl Serialize) -> Result<()> {
-    out(serde_json::to_string_pretty(v).map_err(|e| {
-        Failure::new(
-            Kind::Usage,
-            format!("cannot encode JSON: {e}"),
-            "report a bug",
-        )
-    })?);
-    Ok(())
-}
-
 fn scope(name: &str) -> Result<KeyScope> {
     Ok(KeyScope::new(name)?)
 }
@@ -254,7 +243,7 @@ fn print_audit(
 ) -> Result<()> {
     let log = ring_store.audit_log(s)?;
     if env.global.json {
-        return json(&log.iter().map(AuditJson::from).collect::<Vec<_>>());
+        return out_json(&log.iter().map(AuditJson::from).collect::<Vec<_>>());
     }
     let rows: Vec<Vec<String>> = log
         .iter()
@@ -381,7 +370,7 @@ fn refuse_if_tokens(env: &mut Env, scope: &KeyScope, version: KekVersion) -> Res
 
 fn done(env: &Env, what: String) -> Result<()> {
     if env.global.json {
-        json(&serde_json::json!({ "ok": true, "done": what }))
+        out_json(&serde_json::json!({ "ok": true, "done": what }))
     } else {
         out(what);
         Ok(())
@@ -428,7 +417,7 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
                         }
                     })
                     .collect();
-                return json(&rows);
+                return out_json(&rows);
             }
             let log = store.audit_log(None)?;
             let rows: Vec<Vec<String>> = records
@@ -482,7 +471,7 @@ pub fn run(env: &mut Env, cmd: &KeysCommand) -> Result<()> {
             let ring = env.ring()?;
             let report = ring.verify_store()?;
             if env.global.json {
-                return json(&serde_json::json!({
+                return out_json(&serde_json::json!({
                     "ok": true,
                     "audit_entries": report.audit_entries,
                     "legacy_audit_entries": report.legacy_audit_entries,
@@ -792,7 +781,7 @@ fn complete_shred(env: &mut Env) -> Result<()> {
         ),
     };
     if env.global.json {
-        return json(&serde_json::json!({
+        return out_json(&serde_json::json!({
             "ok": true,
             "shredded": versions,
             "records_moved": report.records_moved,

@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use crate::db::{Backend, Db, OneInt, OneText, ident};
-use crate::env::{Env, out};
+use crate::env::{Env, out, out_json};
 use crate::error::{Failure, Kind, Result};
 
 /// Options of `purge-residue`.
@@ -80,13 +80,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         Backend::Sqlite => sqlite(&mut db)?,
     };
     if env.global.json {
-        out(serde_json::to_string_pretty(&outcome).map_err(|e| {
-            Failure::new(
-                Kind::Usage,
-                format!("cannot encode JSON: {e}"),
-                "report a bug",
-            )
-        })?);
+        out_json(&outcome)?;
     } else {
         for d in &outcome.done {
             out(format!("done: {d}"));

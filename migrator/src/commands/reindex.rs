@@ -51,12 +51,5 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         }
         return Ok(());
     }
-    run_jobs(
-        env,
-        &Mode::Reindex,
-        args.columns.table(),
-        args.columns.column(),
-        &args.job,
-    )
-    .map(|_| ())
+    run_jobs(env, &Mode::Reindex, &args.columns, &args.job).map(|_| ())
 }

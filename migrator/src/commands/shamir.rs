@@ -19,7 +19,7 @@ use leakless::kms::{KekBinding, Kms, LocalKms, PinSource, Pkcs11Token, ROOT_KEY_
 use leakless::secret::RootKey;
 use serde::Serialize;
 
-use crate::env::{Env, out};
+use crate::env::{Env, out, out_json};
 use crate::error::{Failure, Kind, Result};
 use crate::kms::Backend;
 
@@ -186,7 +186,7 @@ pub fn split(env: &Env, args: &SplitArgs) -> Result<()> {
                 })
                 .collect(),
         };
-        return json(&report);
+        return out_json(&report);
     }
     out(format!(
         "split root key {} into {} shares; any {} rebuild it (set {})",
@@ -337,7 +337,7 @@ pub fn unseal(env: &Env, args: &UnsealArgs) -> Result<()> {
     drop(kms);
     drop(root);
     if env.global.json {
-        return json(&UnsealJson {
+        return out_json(&UnsealJson {
             key_id,
             shares_used: shares.len(),
             records_under_key: under_key,
@@ -357,16 +357,5 @@ pub fn unseal(env: &Env, args: &UnsealArgs) -> Result<()> {
         )),
         None => out("the key was held in memory only and is now erased"),
     }
-    Ok(())
-}
-
-fn json(v: &impl Serialize) -> Result<()> {
-    out(serde_json::to_string_pretty(v).map_err(|e| {
-        Failure::new(
-            Kind::Usage,
-            format!("cannot encode JSON: {e}"),
-            "report a bug",
-        )
-    })?);
     Ok(())
 }

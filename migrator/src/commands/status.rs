@@ -14,21 +14,14 @@ use leakless::store::KeyStore;
 use leakless::{BlindIndex, KekVersion, KeyScope};
 use serde::Serialize;
 
-use crate::db::{BytesCount, Db, OneInt};
-use crate::env::{Env, out};
-use crate::error::{Failure, Kind, Result};
+use crate::commands::jobs::Columns;
+use crate::db::{BytesCount, Db};
+use crate::env::{Env, out, out_json};
+use crate::error::Result;
 use crate::scan::{Range, for_each_page, header, prefix_expr};
 
-/// Options of `status`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Only this table.
-    #[arg(long)]
-    pub table: Option<String>,
-    /// Only this column (with --table).
-    #[arg(long, requires = "table")]
-    pub column: Option<String>,
-}
+/// Options of `status`: the columns it reports on.
+pub type Args = Columns;
 
 /// Rows under one KEK version.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -107,7 +100,8 @@ pub struct AdoptionStatus {
 /// Counts one column.
 ///
 /// # Errors
-/// [`Kind::Database`], [`Kind::Keys`]; [`Kind::Usage`] when the database lacks the column.
+/// [`Kind::Database`](crate::error::Kind::Database), [`Kind::Keys`](crate::error::Kind::Keys);
+/// [`Kind::Usage`](crate::error::Kind::Usage) when the database lacks the column.
 pub fn column_status(
     db: &mut Db,
     store: &dyn KeyStore,
@@ -137,13 +131,7 @@ pub fn column_status(
         Some(a) => {
             let source =
                 crate::engine::adoption_source(db, &t.table, &a.from_column, a.pair.as_ref())?;
-            let sql = format!(
-                "SELECT COUNT(*) AS n FROM {} WHERE {} IS NULL AND {source} IS NOT NULL",
-                db.q(&t.table),
-                db.q(&c.column),
-            );
-            let n: Vec<OneInt> = db.load(&sql, &[])?;
-            let pending = n.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
+            let pending = crate::engine::adoption_pending(db, &t.table, &c.column, &source)?;
             // These rows were counted as NULL (or, non-nullable, as plaintext) above.
             if c.nullable {
                 nulls = nulls.saturating_sub(pending);
@@ -175,36 +163,48 @@ pub fn column_status(
         index,
     };
     for ((scope, version), n) in by {
-        let state = state_of(store, &scope, version)?;
+        let (state, rows) = version_rows(store, scope, version, n)?;
         match state {
             Some(KekState::Grace { .. }) => s.rewrap_work += n,
             Some(KekState::Retired) => s.on_retired += n,
             Some(KekState::Destroyed) | None => s.on_destroyed += n,
             Some(KekState::Active) => {}
         }
-        s.versions.push(VersionRows {
-            scope,
-            version,
-            state: state.map_or("unknown", |st| st.name()).to_owned(),
-            rows: n,
-        });
+        s.versions.push(rows);
     }
     Ok(s)
 }
 
-/// The state of `scope` `version` in the key store; `None` when it is not there.
-fn state_of(store: &dyn KeyStore, scope: &str, version: u32) -> Result<Option<KekState>> {
-    Ok(match (KeyScope::new(scope), KekVersion::new(version)) {
+/// The `rows` under `scope` `version`, with the version's state in the key store (`None`,
+/// shown as `unknown`, when it is not there).
+fn version_rows(
+    store: &dyn KeyStore,
+    scope: String,
+    version: u32,
+    rows: u64,
+) -> Result<(Option<KekState>, VersionRows)> {
+    let state = match (KeyScope::new(&scope), KekVersion::new(version)) {
         (Ok(sc), Ok(v)) => store.get(&sc, v)?.map(|r| r.state),
         _ => None,
-    })
+    };
+    let shown = state.map_or("unknown", |st| st.name()).to_owned();
+    Ok((
+        state,
+        VersionRows {
+            scope,
+            version,
+            state: shown,
+            rows,
+        },
+    ))
 }
 
 /// Counts the tokens of the blind index `b` beside `c`, per index key version (read from the
 /// first four bytes of each token: no key needed).
 ///
 /// # Errors
-/// [`Kind::Database`], [`Kind::Keys`]; [`Kind::Usage`] when the database lacks the column.
+/// [`Kind::Database`](crate::error::Kind::Database), [`Kind::Keys`](crate::error::Kind::Keys);
+/// [`Kind::Usage`](crate::error::Kind::Usage) when the database lacks the column.
 pub fn index_status(
     db: &mut Db,
     store: &dyn KeyStore,
@@ -235,16 +235,13 @@ pub fn index_status(
         ),
         &[],
     )?;
-    let missing: Vec<OneInt> = db.load(
+    let missing = db.count(
         &format!(
             "SELECT COUNT(*) AS n FROM {tq} WHERE {} IS NOT NULL AND {iq} IS NULL",
             db.q(&c.column)
         ),
         &[],
     )?;
-    let missing = missing
-        .first()
-        .map_or(0, |r| u64::try_from(r.n).unwrap_or(0));
     let mut by: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let mut invalid = 0u64;
     for g in groups {
@@ -275,26 +272,42 @@ pub fn index_status(
         reindex_work: missing + invalid,
     };
     for ((scope, version), n) in by {
-        let state = state_of(store, &scope, version)?;
+        let (state, rows) = version_rows(store, scope, version, n)?;
         if state != Some(KekState::Active) {
             s.reindex_work += n;
         }
-        s.versions.push(VersionRows {
-            scope,
-            version,
-            state: state.map_or("unknown", |st| st.name()).to_owned(),
-            rows: n,
-        });
+        s.versions.push(rows);
     }
     Ok(s)
+}
+
+/// One line of the `status` table.
+fn table_line(name: &str, scope: &str, version: &str, state: &str, rows: impl std::fmt::Display) {
+    out(format!(
+        "{name:<28} {scope:<20} {version:>7} {state:<10} {rows:>10}"
+    ));
+}
+
+/// The lines of one column or index in the `status` table: a line per KEK version, then a
+/// line per `(scope, state, rows)` count that is not zero.
+fn table_lines(name: &str, versions: &[VersionRows], counts: &[(&str, &str, u64)]) {
+    for v in versions {
+        table_line(name, &v.scope, &format!("v{}", v.version), &v.state, v.rows);
+    }
+    for &(scope, state, rows) in counts {
+        if rows > 0 {
+            table_line(name, scope, "-", state, rows);
+        }
+    }
 }
 
 /// Runs `status`.
 ///
 /// # Errors
-/// As [`column_status`]; [`Kind::Usage`] for an unknown table or column.
+/// As [`column_status`]; [`Kind::Usage`](crate::error::Kind::Usage) for an unknown table or
+/// column.
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    let targets = env.targets(args.table.as_deref(), args.column.as_deref())?;
+    let targets = env.targets(args.table(), args.column())?;
     let store = env.key_store()?;
     let mut db = env.connect()?;
     let mut all = Vec::new();
@@ -302,75 +315,30 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         all.push(column_status(&mut db, &*store, t, c)?);
     }
     if env.global.json {
-        let text = serde_json::to_string_pretty(&all).map_err(|e| {
-            Failure::new(
-                Kind::Usage,
-                format!("cannot encode JSON: {e}"),
-                "report a bug",
-            )
-        })?;
-        out(text);
-        return Ok(());
+        return out_json(&all);
     }
-    out(format!(
-        "{:<28} {:<20} {:>7} {:<10} {:>10}",
-        "TABLE.COLUMN", "SCOPE", "VERSION", "STATE", "ROWS"
-    ));
+    table_line("TABLE.COLUMN", "SCOPE", "VERSION", "STATE", "ROWS");
     for s in &all {
-        let name = format!("{}.{}", s.table, s.column);
-        for v in &s.versions {
-            out(format!(
-                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
-                v.scope,
-                format!("v{}", v.version),
-                v.state,
-                v.rows
-            ));
-        }
-        if s.plaintext > 0 {
-            out(format!(
-                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
-                "-", "-", "unsealed", s.plaintext
-            ));
-        }
-        if let Some(a) = s.adoption.as_ref().filter(|a| a.pending > 0) {
-            out(format!(
-                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
-                format!("(in {})", a.from_column),
-                "-",
-                "to adopt",
-                a.pending
-            ));
-        }
-        if s.nulls > 0 {
-            out(format!(
-                "{name:<28} {:<20} {:>7} {:<10} {:>10}",
-                "-", "-", "null", s.nulls
-            ));
-        }
+        let adopting = s.adoption.as_ref();
+        table_lines(
+            &format!("{}.{}", s.table, s.column),
+            &s.versions,
+            &[
+                ("-", "unsealed", s.plaintext),
+                (
+                    &adopting.map_or_else(String::new, |a| format!("(in {})", a.from_column)),
+                    "to adopt",
+                    adopting.map_or(0, |a| a.pending),
+                ),
+                ("-", "null", s.nulls),
+            ],
+        );
         if let Some(ix) = &s.index {
-            let iname = format!("{}.{} (index)", s.table, ix.column);
-            for v in &ix.versions {
-                out(format!(
-                    "{iname:<28} {:<20} {:>7} {:<10} {:>10}",
-                    v.scope,
-                    format!("v{}", v.version),
-                    v.state,
-                    v.rows
-                ));
-            }
-            if ix.missing > 0 {
-                out(format!(
-                    "{iname:<28} {:<20} {:>7} {:<10} {:>10}",
-                    "-", "-", "missing", ix.missing
-                ));
-            }
-            if ix.invalid > 0 {
-                out(format!(
-                    "{iname:<28} {:<20} {:>7} {:<10} {:>10}",
-                    "-", "-", "invalid", ix.invalid
-                ));
-            }
+            table_lines(
+                &format!("{}.{} (index)", s.table, ix.column),
+                &ix.versions,
+                &[("-", "missing", ix.missing), ("-", "invalid", ix.invalid)],
+            );
         }
     }
     out("");

@@ -5,9 +5,10 @@ use leakless::FieldContext;
 use leakless::manifest::{SealedColumn, SealedTable};
 use serde::Serialize;
 
+use crate::commands::jobs::Columns;
 use crate::db::{Db, IdBytesTenant};
 use crate::engine::{FailureCause, RowFailure, is_key_wide};
-use crate::env::{Env, out};
+use crate::env::{Env, out, out_json};
 use crate::error::{Failure, Kind, Result};
 use crate::scan::{OwnedRowId, Range, page_sql};
 use crate::tenant::TenantScope;
@@ -15,12 +16,9 @@ use crate::tenant::TenantScope;
 /// Options of `verify`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only this table.
-    #[arg(long)]
-    pub table: Option<String>,
-    /// Only this column (with --table).
-    #[arg(long, requires = "table")]
-    pub column: Option<String>,
+    /// Which columns.
+    #[command(flatten)]
+    pub columns: Columns,
     /// Open a random sample of N rows per column instead of every row.
     #[arg(long)]
     pub sample: Option<u64>,
@@ -167,7 +165,7 @@ pub fn verify_column(
 /// # Errors
 /// [`Kind::Refused`] when any envelope failed; [`Kind::Database`], [`Kind::Keys`].
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
-    let targets = env.targets(args.table.as_deref(), args.column.as_deref())?;
+    let targets = env.targets(args.columns.table(), args.columns.column())?;
     let ring = env.ring()?;
     let mut db = env.connect()?;
     // Refuse a per-tenant table whose tenant cannot give the scope before reading any row.
@@ -181,13 +179,7 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     }
     let failed: u64 = all.iter().map(|v| v.failed).sum();
     if env.global.json {
-        out(serde_json::to_string_pretty(&all).map_err(|e| {
-            Failure::new(
-                Kind::Usage,
-                format!("cannot encode JSON: {e}"),
-                "report a bug",
-            )
-        })?);
+        out_json(&all)?;
     } else {
         for v in &all {
             out(format!(

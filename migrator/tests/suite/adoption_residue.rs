@@ -51,13 +51,8 @@ fn scan(url: &str, values: ResidueValues, channels: &[(&str, PathBuf)]) -> Resid
 fn adopt_and_drop(f: &Fixture) -> (ResidueValues, ResidueValues) {
     f.seed(0, ROWS, true);
     // Updates leave the earlier row versions (with the plaintext) behind as dead tuples.
-    f.db()
-        .batch("UPDATE patients SET id = id + 0 WHERE id % 2 = 0")
-        .unwrap();
-    let url = match f.backend {
-        Backend::Sqlite => format!("sqlite://{}", f.url),
-        _ => f.url.clone(),
-    };
+    f.batch("UPDATE patients SET id = id + 0 WHERE id % 2 = 0");
+    let url = crate::support::store_url(f.backend, &f.url);
     let read = || {
         let v =
             ResidueValues::read(&url, &["patients.email_plain".parse().unwrap()], "id").unwrap();
@@ -68,30 +63,27 @@ fn adopt_and_drop(f: &Fixture) -> (ResidueValues, ResidueValues) {
     let o = f.adopt_email(&[]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     // Refused while the legacy column exists.
-    let o = f.run(&[
-        "purge-residue",
-        "--table",
-        "patients",
-        "--dropped-column",
-        "email_plain",
-    ]);
+    let o = purge_residue(f);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("still exists"), "{}", stderr(&o));
-    f.db()
-        .batch("ALTER TABLE patients DROP COLUMN email_plain")
-        .unwrap();
+    f.batch("ALTER TABLE patients DROP COLUMN email_plain");
     f.assert_all_open(crate::support::plain);
     values
 }
 
-fn purge(f: &Fixture) -> String {
-    let o = f.run(&[
+/// Runs `purge-residue` for the legacy column `patients.email_plain`.
+fn purge_residue(f: &Fixture) -> std::process::Output {
+    f.run(&[
         "purge-residue",
         "--table",
         "patients",
         "--dropped-column",
         "email_plain",
-    ]);
+    ])
+}
+
+fn purge(f: &Fixture) -> String {
+    let o = purge_residue(f);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     assert!(!out.contains("patient-"), "the command printed a value");
@@ -149,7 +141,7 @@ fn postgres_adoption_leaves_nothing_after_purge_residue() {
 #[test]
 fn sqlite_adoption_leaves_nothing_after_purge_residue() {
     let f = Fixture::new(Backend::Sqlite);
-    f.db().batch("PRAGMA secure_delete = OFF").unwrap();
+    f.batch("PRAGMA secure_delete = OFF");
     let (values, values_again) = adopt_and_drop(&f);
     let url = format!("sqlite://{}", f.url);
     // The directory holds the database file and its -wal, -shm or -journal files.

@@ -5,7 +5,9 @@
 use leakless::PaddingPolicy;
 use leakless_migrator::db::Bind;
 
-use crate::support::{Backend, Fixture, SCOPE, code, plain, stderr, stdout, wait_for_cache_window};
+use crate::support::{
+    Backend, Fixture, SCOPE, assert_says, code, plain, stderr, stdout, wait_for_cache_window,
+};
 
 fn lifecycle(backend: Backend) {
     let f = Fixture::new(backend);
@@ -48,12 +50,10 @@ fn lifecycle(backend: Backend) {
     wait_for_cache_window();
     let o = f.run(&["keys", "retire", SCOPE, "v1"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = f.run(&["keys", "destroy", SCOPE, "1", "--yes"]);
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("1200 rows still use it"),
-        "{}",
-        stderr(&o)
+    let o = f.assert_fails(
+        &["keys", "destroy", SCOPE, "1", "--yes"],
+        1,
+        "1200 rows still use it",
     );
     assert!(stderr(&o).contains("help: "), "{}", stderr(&o));
 
@@ -168,12 +168,7 @@ fn lifecycle(backend: Backend) {
         "--generate",
     ]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let o = f
-        .cmd()
-        .env("LEAKLESS_ROOT_KEY_FILE", &new_key)
-        .args(["verify"])
-        .output()
-        .unwrap();
+    let o = f.run_with("LEAKLESS_ROOT_KEY_FILE", &new_key, &["verify"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let o = f.run(&["verify"]);
     assert_eq!(
@@ -266,18 +261,11 @@ fn adopt(backend: Backend) {
     assert!(!stderr(&o).contains("changed-later"), "{}", stderr(&o));
     // A plain rerun writes nothing and still fails; the repair re-seals row 7 only.
     let o = f.adopt_email(&[]);
-    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains(" 0 written"), "{}", stdout(&o));
+    assert_says(&o, 1, " 0 written");
     let o = f.adopt_email(&["--repair-stale"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("0 mismatches, 1 stale rows re-sealed"),
-        "{}",
-        stdout(&o)
-    );
+    assert_says(&o, 0, "0 mismatches, 1 stale rows re-sealed");
     let o = f.adopt_email(&["--verify-only"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("0 mismatches"), "{}", stdout(&o));
+    assert_says(&o, 0, "0 mismatches");
     f.assert_all_open(|id| {
         if id == 7 {
             changed.to_owned()
@@ -335,22 +323,19 @@ fn adopt_from_manifest(backend: Backend) {
     assert!(!out.contains("patient-"), "status printed plaintext");
 
     // A conflicting --from is refused before anything is written.
-    let o = f.run(&[
-        "adopt", "--table", "patients", "--column", "email", "--from", "id2",
-    ]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("conflicts with the manifest"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &[
+            "adopt", "--table", "patients", "--column", "email", "--from", "id2",
+        ],
+        2,
+        "conflicts with the manifest",
     );
     // An agreeing --from is fine (dry run), and no --from takes the manifest's column.
     let o = f.adopt_email(&["--dry-run"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("would seal 300 rows"), "{}", stdout(&o));
     let o = f.run(&["adopt", "--table", "patients", "--column", "email"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("300 written"), "{}", stdout(&o));
+    assert_says(&o, 0, "300 written");
     assert!(stdout(&o).contains("0 mismatches"), "{}", stdout(&o));
 
     let o = f.run(&["status", "--json"]);
@@ -373,12 +358,10 @@ backend_tests! {
 #[test]
 fn adopt_without_source_is_refused() {
     let f = Fixture::new(Backend::Sqlite);
-    let o = f.run(&["adopt", "--table", "patients", "--column", "email"]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("no plaintext column to adopt"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &["adopt", "--table", "patients", "--column", "email"],
+        2,
+        "no plaintext column to adopt",
     );
 }
 
@@ -543,14 +526,12 @@ fn adopt_legacy_types(backend: Backend) {
     );
     check(&resealed);
     // A source column that is not there: a usage error before anything runs.
-    let o = f.run(&[
-        "adopt", "--table", "legacy", "--column", "note", "--from", "nope",
-    ]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("legacy.nope: no such column to adopt from"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &[
+            "adopt", "--table", "legacy", "--column", "note", "--from", "nope",
+        ],
+        2,
+        "legacy.nope: no such column to adopt from",
     );
 }
 

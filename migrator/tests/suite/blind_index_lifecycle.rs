@@ -54,11 +54,9 @@ fn add_index_column(f: &Fixture) {
         Backend::Mysql => "VARBINARY(64)",
         Backend::Sqlite => "BLOB",
     };
-    f.db()
-        .batch(&format!(
-            "ALTER TABLE patients ADD COLUMN email_bidx {bin} NULL"
-        ))
-        .unwrap();
+    f.batch(&format!(
+        "ALTER TABLE patients ADD COLUMN email_bidx {bin} NULL"
+    ));
     f.ring
         .create_scope(
             &KeyScope::new(INDEX_SCOPE).unwrap(),
@@ -297,11 +295,9 @@ backend_tests! {
 #[test]
 fn reindex_needs_an_index() {
     let f = Fixture::new(Backend::Sqlite);
-    let o = f.run(&["reindex", "--table", "patients", "--column", "email"]);
-    assert_eq!(code(&o), 2, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("patients.email has no blind index"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &["reindex", "--table", "patients", "--column", "email"],
+        2,
+        "patients.email has no blind index",
     );
 }

@@ -23,44 +23,38 @@ use leakless_migrator::db::{Bind, IdBytes};
     reason = "diesel's table! macro generates undocumented items"
 )]
 mod schema {
-    /// Steps 1-5: the plaintext `email`, the sealed `email_sealed` (NULL until adopted).
-    pub(crate) mod adopting {
-        diesel::table! {
-            customers (id) {
-                id -> BigInt,
-                email -> Nullable<Text>,
-                email_sealed -> Nullable<Binary>,
+    /// A module `$step` holding the table `customers (id)` as that step's builds see it: `id`
+    /// and the given columns.
+    macro_rules! customers {
+        ($(#[$doc:meta])* $step:ident { $($column:ident -> $type:ident $(<$inner:ident>)?),+ }) => {
+            $(#[$doc])*
+            pub(crate) mod $step {
+                diesel::table! {
+                    customers (id) {
+                        id -> BigInt,
+                        $($column -> $type $(<$inner>)?,)+
+                    }
+                }
             }
-        }
+        };
     }
-    /// Steps 6-8: every row holds `email_sealed`.
-    pub(crate) mod adopted {
-        diesel::table! {
-            customers (id) {
-                id -> BigInt,
-                email_sealed -> Binary,
-            }
-        }
-    }
-    /// Steps 8-11: the binary `email` beside `email_sealed`.
-    pub(crate) mod moving {
-        diesel::table! {
-            customers (id) {
-                id -> BigInt,
-                email -> Nullable<Binary>,
-                email_sealed -> Nullable<Binary>,
-            }
-        }
-    }
-    /// Steps 11-12: the sealed `email`, in every row.
-    pub(crate) mod done {
-        diesel::table! {
-            customers (id) {
-                id -> BigInt,
-                email -> Binary,
-            }
-        }
-    }
+
+    customers!(
+        /// Steps 1-5: the plaintext `email`, the sealed `email_sealed` (NULL until adopted).
+        adopting { email -> Nullable<Text>, email_sealed -> Nullable<Binary> }
+    );
+    customers!(
+        /// Steps 6-8: every row holds `email_sealed`.
+        adopted { email_sealed -> Binary }
+    );
+    customers!(
+        /// Steps 8-11: the binary `email` beside `email_sealed`.
+        moving { email -> Nullable<Binary>, email_sealed -> Nullable<Binary> }
+    );
+    customers!(
+        /// Steps 11-12: the sealed `email`, in every row.
+        done { email -> Binary }
+    );
 }
 use schema::{adopted, adopting, done, moving};
 
@@ -137,6 +131,9 @@ struct Final {
     email: String,
 }
 
+/// The `copy` of the envelopes into the column that takes the legacy column's name.
+const COPY: [&str; 5] = ["copy", "--table", "customers", "--column", "email"];
+
 /// The legacy value of row `id` (fake).
 fn email(id: i64) -> String {
     format!("customer-{id}@example.test")
@@ -177,25 +174,25 @@ macro_rules! writes {
     }};
 }
 
-/// Reads row `id` through build `$model`: `Result<$model, Error>`.
+/// Reads row `id` through build `$model` (its stored row type from `$table`):
+/// `Result<$model, Error>`.
 macro_rules! read {
-    ($f:expr, $model:ident, $row:ident, $table:path, $id:expr) => {{
-        let row: $row = on_conn!($f, |c| $table
+    ($f:expr, $model:ident, $table:path, $id:expr) => {{
+        let row: <$model as Sealed>::Row = on_conn!($f, |c| $table
             .find($id)
-            .select($row::as_select())
+            .select(<$model as Sealed>::Row::as_select())
             .first(c)
             .unwrap());
         $model::open_row(row, &$f.ring)
     }};
 }
 
-/// Asserts that each build `$model` (row `$row`, table `$table`) reads `$expected[id]` for
-/// every row.
+/// Asserts that each build `$model` (table `$table`) reads `$expected[id]` for every row.
 macro_rules! reads_all {
-    ($f:expr, $expected:expr, $(($model:ident, $row:ident, $table:path)),+) => {{
+    ($f:expr, $expected:expr, $(($model:ident, $table:path)),+) => {{
         $(
             for (id, value) in $expected.iter() {
-                let got = read!($f, $model, $row, $table, *id)
+                let got = read!($f, $model, $table, *id)
                     .unwrap_or_else(|e| panic!("{} reading row {id}: {e}", stringify!($model)));
                 assert_eq!(&got.email, value, "{} reading row {id}", stringify!($model));
             }
@@ -301,7 +298,7 @@ fn keep_name(backend: Backend) {
 
     // Steps 2-5: the adoption stages, the legacy build beside stage 1.
     use adopting::customers::table as adopting_t;
-    reads_all!(&f, expected, (Stage1, Stage1Row, adopting_t));
+    reads_all!(&f, expected, (Stage1, adopting_t));
     writes!(&f, expected, insert, Stage1, adopting_t, 5);
     let legacy: Legacy = on_conn!(&f, |c| adopting_t
         .find(5)
@@ -315,12 +312,7 @@ fn keep_name(backend: Backend) {
     );
     writes!(&f, expected, insert, Stage2, adopting_t, 6);
     assert_eq!(raw(&f, "email", 6), None, "stage 2 writes no plaintext");
-    reads_all!(
-        &f,
-        expected,
-        (Stage1, Stage1Row, adopting_t),
-        (Stage2, Stage2Row, adopting_t)
-    );
+    reads_all!(&f, expected, (Stage1, adopting_t), (Stage2, adopting_t));
 
     use_manifest(&f, Stage3::manifest());
     let out = run(
@@ -332,18 +324,13 @@ fn keep_name(backend: Backend) {
     assert!(out.contains("0 mismatches"), "{out}");
     assert!(out.contains("DROP COLUMN"), "{out}");
     writes!(&f, expected, update, Stage3, adopting_t, 2);
-    reads_all!(
-        &f,
-        expected,
-        (Stage2, Stage2Row, adopting_t),
-        (Stage3, Stage3Row, adopting_t)
-    );
+    reads_all!(&f, expected, (Stage2, adopting_t), (Stage3, adopting_t));
 
     // Step 6: the build without adopt(...), beside stage 3.
     use adopted::customers::table as adopted_t;
-    reads_all!(&f, expected, (Stored, StoredRow, adopted_t));
+    reads_all!(&f, expected, (Stored, adopted_t));
     writes!(&f, expected, insert, Stored, adopted_t, 7);
-    reads_all!(&f, expected, (Stage3, Stage3Row, adopting_t));
+    reads_all!(&f, expected, (Stage3, adopting_t));
 
     // Step 7: the plaintext column goes; `email` comes back as a binary column.
     db.batch("ALTER TABLE customers DROP COLUMN email").unwrap();
@@ -351,25 +338,25 @@ fn keep_name(backend: Backend) {
         "ALTER TABLE customers ADD COLUMN email {bin} NULL"
     ))
     .unwrap();
-    reads_all!(&f, expected, (Stored, StoredRow, adopted_t));
+    reads_all!(&f, expected, (Stored, adopted_t));
 
     // Step 8: the first moving build beside the step-6 build.
     use moving::customers::table as moving_t;
-    reads_all!(&f, expected, (ReadOld, ReadOldRow, moving_t));
+    reads_all!(&f, expected, (ReadOld, moving_t));
     writes!(&f, expected, insert, ReadOld, moving_t, 8);
     assert_eq!(
         raw(&f, "email", 8),
         raw(&f, "email_sealed", 8),
         "one envelope, both columns"
     );
-    reads_all!(&f, expected, (Stored, StoredRow, adopted_t));
+    reads_all!(&f, expected, (Stored, adopted_t));
     // The step-6 build updates only email_sealed: email goes stale, and nobody reads it yet.
     writes!(&f, expected, update, Stored, adopted_t, 8);
     assert_ne!(raw(&f, "email", 8), raw(&f, "email_sealed", 8));
-    reads_all!(&f, expected, (ReadOld, ReadOldRow, moving_t));
+    reads_all!(&f, expected, (ReadOld, moving_t));
     // A row neither column reached: a typed error naming both columns, never a default.
     db.batch("INSERT INTO customers (id) VALUES (99)").unwrap();
-    match read!(&f, ReadOld, ReadOldRow, moving_t, 99) {
+    match read!(&f, ReadOld, moving_t, 99) {
         Err(Error::NotBackfilled { location, problem }) => {
             assert_eq!(
                 (location.table.as_str(), location.column.as_str()),
@@ -387,34 +374,19 @@ fn keep_name(backend: Backend) {
     // Both copies are sealed columns to the migrator while the move runs.
     let out = run(&f, &["status"], 0);
     assert!(out.contains("customers.email_sealed"), "{out}");
-    let out = run(
-        &f,
-        &[
-            "copy",
-            "--table",
-            "customers",
-            "--column",
-            "email",
-            "--dry-run",
-        ],
-        0,
-    );
+    let out = run(&f, &[&COPY[..], &["--dry-run"]].concat(), 0);
     // Rows 1-7 were never copied, row 8 is stale.
     assert!(out.contains("8 rows"), "{out}");
     let row3 = raw(&f, "email_sealed", 3).unwrap();
     set_old(&f, 3, raw(&f, "email_sealed", 1).unwrap());
-    let o = f.run(&["copy", "--table", "customers", "--column", "email"]);
+    let o = f.run(&COPY);
     let text = format!("{}{}", stdout(&o), stderr(&o));
     assert_eq!(o.status.code(), Some(1), "{text}");
     assert!(text.contains("customers.email row 3"), "{text}");
     assert!(!text.contains("@example.test"), "{text}");
     assert_eq!(raw(&f, "email", 3), None, "a foreign envelope was copied");
     set_old(&f, 3, row3);
-    let out = run(
-        &f,
-        &["copy", "--table", "customers", "--column", "email"],
-        0,
-    );
+    let out = run(&f, &COPY, 0);
     assert!(out.contains("DROP COLUMN"), "{out}");
     for id in expected.keys() {
         let new = raw(&f, "email", *id).expect("copied");
@@ -437,35 +409,19 @@ fn keep_name(backend: Backend) {
             "plaintext in the envelope of row {id}"
         );
     }
-    let out = run(
-        &f,
-        &[
-            "copy",
-            "--table",
-            "customers",
-            "--column",
-            "email",
-            "--dry-run",
-        ],
-        0,
-    );
+    let out = run(&f, &[&COPY[..], &["--dry-run"]].concat(), 0);
     assert!(out.contains("0 rows"), "{out}");
     run(&f, &["verify"], 0);
 
     // Step 10: the second moving build beside the first.
-    reads_all!(&f, expected, (ReadNew, ReadNewRow, moving_t));
+    reads_all!(&f, expected, (ReadNew, moving_t));
     writes!(&f, expected, insert, ReadNew, moving_t, 9);
     writes!(&f, expected, update, ReadOld, moving_t, 4);
-    reads_all!(
-        &f,
-        expected,
-        (ReadOld, ReadOldRow, moving_t),
-        (ReadNew, ReadNewRow, moving_t)
-    );
+    reads_all!(&f, expected, (ReadOld, moving_t), (ReadNew, moving_t));
 
     // Step 11: the final build beside the second moving build.
     use done::customers::table as done_t;
-    reads_all!(&f, expected, (Final, FinalRow, done_t));
+    reads_all!(&f, expected, (Final, done_t));
     writes!(&f, expected, insert, Final, done_t, 10);
     writes!(&f, expected, update, Final, done_t, 1);
     assert_eq!(
@@ -473,12 +429,12 @@ fn keep_name(backend: Backend) {
         None,
         "the final build writes only email"
     );
-    reads_all!(&f, expected, (ReadNew, ReadNewRow, moving_t));
+    reads_all!(&f, expected, (ReadNew, moving_t));
 
     // Step 12: the old column goes; the final build reads every row, verify agrees.
     db.batch("ALTER TABLE customers DROP COLUMN email_sealed")
         .unwrap();
-    reads_all!(&f, expected, (Final, FinalRow, done_t));
+    reads_all!(&f, expected, (Final, done_t));
     use_manifest(&f, Final::manifest());
     let out = run(&f, &["verify"], 0);
     assert!(out.contains("customers.email"), "{out}");
@@ -521,11 +477,7 @@ fn copy_refuses_while_an_old_build_writes() {
     )
     .unwrap();
     use_manifest(&f, ReadOld::manifest());
-    let out = run(
-        &f,
-        &["copy", "--table", "customers", "--column", "email"],
-        1,
-    );
+    let out = run(&f, &COPY, 1);
     assert!(
         out.contains("1 rows of customers.email still differ from email_sealed"),
         "{out}"
@@ -533,15 +485,11 @@ fn copy_refuses_while_an_old_build_writes() {
     assert!(out.contains("then rerun `copy`"), "{out}");
     assert_ne!(raw(&f, "email", 2), raw(&f, "email_sealed", 2));
     db.batch("DROP TRIGGER old_build").unwrap();
-    let out = run(
-        &f,
-        &["copy", "--table", "customers", "--column", "email"],
-        0,
-    );
+    let out = run(&f, &COPY, 0);
     assert!(out.contains("DROP COLUMN"), "{out}");
     assert_eq!(raw(&f, "email", 2), raw(&f, "email_sealed", 2));
     expected.insert(2, "changed-2@example.test".to_owned());
-    reads_all!(&f, expected, (ReadNew, ReadNewRow, moving_t));
+    reads_all!(&f, expected, (ReadNew, moving_t));
 }
 
 backend_tests! {

@@ -11,7 +11,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use leakless::kms::{
@@ -20,12 +20,13 @@ use leakless::kms::{
 };
 use leakless::store::KeyStore;
 use leakless::store::sql::SqlKeyStore;
-use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
-use leakless_migrator::db::{Bind, DbUrl};
+use leakless::{KeyRing, KeyScope};
+use leakless_migrator::db::DbUrl;
 use zeroize::Zeroizing;
 
 use crate::support::{
-    CLI_VARS, PATIENTS_MANIFEST, TestDb, plain, random_hex, service_var, stderr, stdout,
+    PATIENTS_MANIFEST, RootArgs, TestDb, assert_ok, insert_sealed, plain, random_hex, root_cmd,
+    run_logged, service_var, stderr, stdout,
 };
 
 const SCOPE: &str = "patients";
@@ -39,10 +40,8 @@ struct Case {
     _db: Option<TestDb>,
     manifest: PathBuf,
     kms: Arc<dyn Kms>,
-    /// Settings given through the environment.
-    env: Vec<(String, OsString)>,
-    /// Settings given as flags (before the subcommand's own arguments).
-    flags: Vec<String>,
+    /// The CLI's settings for the root key.
+    root: RootArgs,
 }
 
 impl Case {
@@ -74,19 +73,17 @@ impl Case {
             _db: db,
             manifest,
             kms,
-            env: Vec::new(),
-            flags: Vec::new(),
+            root: RootArgs::default(),
         }
     }
 
     fn env(mut self, var: &str, value: impl Into<OsString>) -> Self {
-        self.env.push((var.to_owned(), value.into()));
+        self.root.env(var, value);
         self
     }
 
     fn flag(mut self, flag: &str, value: impl Into<String>) -> Self {
-        self.flags.push(flag.to_owned());
-        self.flags.push(value.into());
+        self.root.flag(flag, value);
         self
     }
 
@@ -105,42 +102,27 @@ impl Case {
         let scope = KeyScope::new(SCOPE).unwrap();
         let mut db = DbUrl::parse(&self.url).unwrap().connect().unwrap();
         for id in 0..ROWS {
-            let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
-            let env = ring
-                .seal(&scope, &ctx, plain(id).as_bytes(), &FieldPolicy::default())
-                .unwrap();
-            let sql = format!(
-                "INSERT INTO patients (id, email) VALUES ({}, {})",
-                db.ph(1),
-                db.ph(2)
+            insert_sealed(
+                &mut db,
+                &ring,
+                &scope,
+                ("patients", "email"),
+                id,
+                &plain(id),
             );
-            db.exec(&sql, &[Bind::Int(id), Bind::Bytes(Some(env))])
-                .unwrap();
         }
     }
 
     /// The migrator with only this case's settings; `extra` overrides them.
     fn cmd(&self, extra: &[(&str, OsString)]) -> Command {
         let mut c = self.cmd_env_only(extra);
-        c.args(&self.flags);
+        c.args(&self.root.flags);
         c
     }
 
     /// As [`Self::cmd`], without the case's flags (only its environment).
     fn cmd_env_only(&self, extra: &[(&str, OsString)]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
-        for v in CLI_VARS {
-            c.env_remove(v);
-        }
-        c.env("LEAKLESS_DATABASE_URL", &self.url)
-            .env("LEAKLESS_MANIFEST", &self.manifest)
-            .env("LEAKLESS_ACTOR", "kms-backends-test")
-            .env("LEAKLESS_CACHE_WINDOW", "1s")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null());
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
+        let mut c = root_cmd(&self.url, &self.manifest, "kms-backends-test", &self.root);
         for (k, v) in extra {
             c.env(k, v);
         }
@@ -148,14 +130,7 @@ impl Case {
     }
 
     fn run_with(&self, extra: &[(&str, OsString)], args: &[&str]) -> Output {
-        let o = self.cmd(extra).args(args).output().unwrap();
-        eprintln!(
-            "$ leakless-migrate {}\n{}{}",
-            args.join(" "),
-            stdout(&o),
-            stderr(&o)
-        );
-        o
+        run_logged(&mut self.cmd(extra), args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -164,15 +139,7 @@ impl Case {
 
     /// Runs `args` and asserts exit 0; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{args:?}: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stdout(&o)
+        assert_ok(args, &self.run(args))
     }
 }
 
@@ -489,12 +456,8 @@ fn tpm_full_lifecycle_on_swtpm() {
 
 /// A bare migrator: no settings at all.
 fn bare(args: &[&str], extra: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
-    for v in CLI_VARS {
-        c.env_remove(v);
-    }
-    c.env("LEAKLESS_DATABASE_URL", "/nonexistent-dir/x.db")
-        .stdin(Stdio::null());
+    let mut c = crate::support::bare();
+    c.env("LEAKLESS_DATABASE_URL", "/nonexistent-dir/x.db");
     for (k, v) in extra {
         c.env(k, v);
     }

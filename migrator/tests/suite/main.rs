@@ -3,8 +3,8 @@
 //! real `leakless-migrate` binary against a fixture database (`support`); run one subject with
 //! a filter: `cargo test -p leakless-migrator --all-features --test suite backends::`.
 //!
-//! `tests/crash.rs` (SIGKILLs migrators and stops its own PostgreSQL cluster mid-run) and
-//! `tests/exit_codes.rs` are binaries of their own that share `tests/support` with this one.
+//! `tests/crash.rs` (SIGKILLs migrators and stops its own PostgreSQL cluster mid-run) is a
+//! binary of its own that shares `tests/support` with this one.
 //!
 //! PostgreSQL and MariaDB come from `leakless-testkit`; SoftHSM2, moto, OpenBao and swtpm from
 //! `scripts/services/` (`scripts/test` starts them and exports their variables). A missing
@@ -28,6 +28,7 @@ mod adoption_residue;
 mod backends;
 mod blind_index_lifecycle;
 mod cli;
+mod exit_codes;
 mod keep_name;
 mod kms_backends;
 mod online;

@@ -61,6 +61,22 @@ impl Deployment {
         o
     }
 
+    /// Runs `keys split` of the root key into five shares, `threshold` of which unseal it,
+    /// written to `to` (`--out-dir DIR`, or a PKCS#11 module and tokens).
+    fn split(&self, threshold: &str, to: &[&str]) -> Output {
+        let split = ["keys", "split", "--threshold", threshold, "--shares", "5"];
+        self.run(&[&split[..], to].concat(), true)
+    }
+
+    /// Splits the root key 3-of-5 into share files in the folder `shares`, asserting success;
+    /// returns the output and the files.
+    fn split_to_files(&self) -> (Output, Vec<String>) {
+        let out_dir = self.path("shares");
+        let o = self.split("3", &["--out-dir", out_dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", text(&o));
+        (o, share_files(&out_dir))
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -86,23 +102,8 @@ fn share_files(dir: &Path) -> Vec<String> {
 #[test]
 fn split_then_unseal_from_any_three_shares() {
     let d = Deployment::new();
-    let out_dir = d.path("shares");
-    let o = d.run(
-        &[
-            "keys",
-            "split",
-            "--threshold",
-            "3",
-            "--shares",
-            "5",
-            "--out-dir",
-            out_dir.to_str().unwrap(),
-        ],
-        true,
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    let (o, files) = d.split_to_files();
     assert!(text(&o).contains(&d.key_id), "{}", text(&o));
-    let files = share_files(&out_dir);
     assert_eq!(files.len(), 5);
     for f in &files {
         assert_eq!(fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
@@ -158,19 +159,7 @@ fn split_then_unseal_from_any_three_shares() {
 #[test]
 fn unseal_refuses_too_few_corrupted_and_foreign_shares() {
     let d = Deployment::new();
-    let out_dir = d.path("shares");
-    let split = [
-        "keys",
-        "split",
-        "--threshold",
-        "3",
-        "--shares",
-        "5",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-    ];
-    assert!(d.run(&split, true).status.success());
-    let files = share_files(&out_dir);
+    let (_, files) = d.split_to_files();
 
     let o = d.run(&["keys", "unseal", "--share", &files[0], &files[1]], false);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
@@ -216,19 +205,7 @@ fn unseal_refuses_too_few_corrupted_and_foreign_shares() {
     assert!(text(&o).contains(&other.key_id), "{}", text(&o));
 
     // Bad parameters are a usage error.
-    let o = d.run(
-        &[
-            "keys",
-            "split",
-            "--threshold",
-            "6",
-            "--shares",
-            "5",
-            "--out-dir",
-            d.path("x").to_str().unwrap(),
-        ],
-        true,
-    );
+    let o = d.split("6", &["--out-dir", d.path("x").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
@@ -244,20 +221,11 @@ fn split_to_custodian_tokens_and_unseal_from_three() {
         .collect();
     assert_eq!(tokens.len(), 5);
     let d = Deployment::new();
-    let mut args = vec![
-        "keys",
-        "split",
-        "--threshold",
-        "3",
-        "--shares",
-        "5",
-        "--pkcs11-module",
-        &module,
-    ];
+    let mut to = vec!["--pkcs11-module", module.as_str()];
     for t in &tokens {
-        args.extend(["--token", t.as_str()]);
+        to.extend(["--token", t.as_str()]);
     }
-    let o = d.run(&args, true);
+    let o = d.split("3", &to);
     assert!(o.status.success(), "{}", text(&o));
     let set = String::from_utf8_lossy(&o.stdout)
         .split("(set ")

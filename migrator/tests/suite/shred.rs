@@ -21,7 +21,6 @@
 //! --owner-pid PID` (and `LEAKLESS_PG_URL` / `LEAKLESS_MYSQL_URL`, or the throwaway servers of
 //! `scripts/pg-cluster` / `scripts/mariadb-server`); a missing one fails the test by name.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -31,13 +30,13 @@ use leakless::kms::{
     TpmConfig, TpmKms, VaultConfig, VaultToken, VaultTransitKms,
 };
 use leakless::store::sql::SqlKeyStore;
-use leakless::{FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
-use leakless_migrator::db::{Bind, DbUrl};
+use leakless::{KeyRing, KeyScope};
+use leakless_migrator::db::DbUrl;
 use zeroize::Zeroizing;
 
 use crate::support::{
-    Backend, CLI_VARS, TestDb, plain, random_hex, service_var, stderr, stdout, store_url,
-    wait_for_cache_window,
+    Backend, RootArgs, TestDb, assert_ok, insert_sealed, plain, random_hex, root_cmd, run_logged,
+    service_var, stderr, stdout, store_url, wait_for_cache_window,
 };
 
 /// Scope A: the one that is shredded. Table `patients`, column `email`.
@@ -73,10 +72,8 @@ struct Case {
     _db: Option<TestDb>,
     manifest: PathBuf,
     app_kms: Arc<dyn Kms>,
-    /// Root-of-trust settings given through the environment.
-    env: Vec<(String, OsString)>,
-    /// Root-of-trust settings given as flags (before the subcommand).
-    flags: Vec<String>,
+    /// The CLI's root-of-trust settings.
+    cli: RootArgs,
     /// A TPM root's sealed file: its persistent objects are evicted when the case ends, so
     /// reruns do not fill the TPM's few persistent handles.
     tpm: Option<TpmConfig>,
@@ -99,11 +96,7 @@ impl Case {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
         let (url, db) = backend.new_database(&dir.path().join("data/app.db"));
-        let RootSettings {
-            kms: app_kms,
-            env,
-            flags,
-        } = root_of_trust(root, &dir.path().join("keys"));
+        let RootSettings { kms: app_kms, cli } = root_of_trust(root, &dir.path().join("keys"));
         let manifest = dir.path().join("manifest.json");
         std::fs::write(
             &manifest,
@@ -150,8 +143,7 @@ impl Case {
                 )
             }),
             dir,
-            env,
-            flags,
+            cli,
         }
     }
 
@@ -168,17 +160,7 @@ impl Case {
         ] {
             let s = KeyScope::new(scope).unwrap();
             for id in 0..i64::try_from(rows).unwrap() {
-                let ctx = FieldContext::new(table, column, RowId::Int(id), 1);
-                let env = ring
-                    .seal(&s, &ctx, text(id).as_bytes(), &FieldPolicy::default())
-                    .unwrap();
-                let sql = format!(
-                    "INSERT INTO {table} (id, {column}) VALUES ({}, {})",
-                    db.ph(1),
-                    db.ph(2)
-                );
-                db.exec(&sql, &[Bind::Int(id), Bind::Bytes(Some(env))])
-                    .unwrap();
+                insert_sealed(&mut db, &ring, &s, (table, column), id, &text(id));
             }
         }
         App {
@@ -191,48 +173,21 @@ impl Case {
     /// case's root-of-trust settings as they are now; `key_store` overrides the default (the
     /// database's own tables).
     fn cmd_on(&self, url: &str, key_store: Option<&str>) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
-        for v in CLI_VARS {
-            c.env_remove(v);
-        }
-        c.env("LEAKLESS_DATABASE_URL", url)
-            .env("LEAKLESS_MANIFEST", &self.manifest)
-            .env("LEAKLESS_ACTOR", "dba")
-            .env("LEAKLESS_CACHE_WINDOW", "1s")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null());
+        let mut c = root_cmd(url, &self.manifest, "dba", &self.cli);
         if let Some(ks) = key_store {
             c.env("LEAKLESS_KEY_STORE", ks);
         }
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        c.args(&self.flags);
+        c.args(&self.cli.flags);
         c
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let o = self.cmd_on(&self.url, None).args(args).output().unwrap();
-        eprintln!(
-            "$ leakless-migrate {}\n{}{}",
-            args.join(" "),
-            stdout(&o),
-            stderr(&o)
-        );
-        o
+        run_logged(&mut self.cmd_on(&self.url, None), args)
     }
 
     /// Runs `args` as the DBA on the live database and asserts exit 0; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{args:?}: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stdout(&o)
+        assert_ok(args, &self.run(args))
     }
 
     /// The DBA's set-up: both scopes through the CLI, then the application seals the rows (and
@@ -372,11 +327,7 @@ impl Case {
                         .arg(file),
                     "pg_restore",
                 );
-                Restored {
-                    url: db.url().to_owned(),
-                    _db: Some(db),
-                    _dir: None,
-                }
+                Restored::server(db)
             }
             Backup::Mysql(file) => {
                 let db = TestDb::mysql();
@@ -387,11 +338,7 @@ impl Case {
                         .stdin(input),
                     "mariadb (loading the dump)",
                 );
-                Restored {
-                    url: db.url().to_owned(),
-                    _db: Some(db),
-                    _dir: None,
-                }
+                Restored::server(db)
             }
             Backup::Sqlite(dir) => {
                 let to = tempfile::tempdir().unwrap();
@@ -447,8 +394,7 @@ impl Case {
 /// The application's root of trust in-process, and the CLI's settings for it.
 struct RootSettings {
     kms: Arc<dyn Kms>,
-    env: Vec<(String, OsString)>,
-    flags: Vec<String>,
+    cli: RootArgs,
 }
 
 /// Where a TPM root's sealed file lives in a case's folder.
@@ -458,13 +404,12 @@ fn dir_sealed(dir: &tempfile::TempDir) -> PathBuf {
 
 /// Makes the root of trust `root` (a key file under `keys`, or a key in the service).
 fn root_of_trust(root: Root, keys: &Path) -> RootSettings {
-    let mut env: Vec<(String, OsString)> = Vec::new();
-    let mut flags: Vec<String> = Vec::new();
+    let mut cli = RootArgs::default();
     let kms: Arc<dyn Kms> = match root {
         Root::Local => {
             let key = keys.join("root.key");
             let kms = Arc::new(LocalKms::generate_key_file(&key).unwrap());
-            env.push(("LEAKLESS_ROOT_KEY_FILE".into(), key.into()));
+            cli.env("LEAKLESS_ROOT_KEY_FILE", key);
             kms
         }
         Root::Vault => {
@@ -477,17 +422,12 @@ fn root_of_trust(root: Root, keys: &Path) -> RootSettings {
                 VaultTransitKms::create_key(config.clone(), VaultToken::from_env().unwrap())
                     .unwrap(),
             );
-            flags.extend([
-                "--kms".to_owned(),
-                "vault".to_owned(),
-                "--vault-addr".to_owned(),
-                config.addr.clone(),
-                "--vault-key".to_owned(),
-                name,
-            ]);
-            env.push(("LEAKLESS_VAULT_TOKEN_FILE".into(), token_file.into()));
+            cli.flag("--kms", "vault")
+                .flag("--vault-addr", config.addr.clone())
+                .flag("--vault-key", name)
+                .env("LEAKLESS_VAULT_TOKEN_FILE", token_file);
             if let Some(ca) = &config.ca_cert {
-                env.push(("LEAKLESS_VAULT_CACERT".into(), ca.into()));
+                cli.env("LEAKLESS_VAULT_CACERT", ca);
             }
             kms
         }
@@ -520,7 +460,7 @@ fn root_of_trust(root: Root, keys: &Path) -> RootSettings {
                 ("AWS_ACCESS_KEY_ID", access.as_str()),
                 ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
             ] {
-                env.push((k.into(), v.into()));
+                cli.env(k, v);
             }
             kms
         }
@@ -528,9 +468,9 @@ fn root_of_trust(root: Root, keys: &Path) -> RootSettings {
             let tcti = service_var("LEAKLESS_TPM_TCTI", "a TPM 2.0 (swtpm)", "swtpm");
             let sealed = keys.join("root.sealed");
             let kms = Arc::new(TpmKms::create(&TpmConfig::new(&tcti, &sealed)).unwrap());
-            flags.extend(["--kms".to_owned(), "tpm".to_owned()]);
-            env.push(("LEAKLESS_TPM_TCTI".into(), tcti.into()));
-            env.push(("LEAKLESS_TPM_SEALED_FILE".into(), sealed.into()));
+            cli.flag("--kms", "tpm")
+                .env("LEAKLESS_TPM_TCTI", tcti)
+                .env("LEAKLESS_TPM_SEALED_FILE", sealed);
             kms
         }
         Root::Pkcs11 => {
@@ -543,22 +483,15 @@ fn root_of_trust(root: Root, keys: &Path) -> RootSettings {
                 pin: PinSource::File(svc("LEAKLESS_PKCS11_PIN_FILE").into()),
             };
             let kms = Arc::new(Pkcs11Kms::create(&config).unwrap());
-            flags.extend([
-                "--kms".to_owned(),
-                "pkcs11".to_owned(),
-                "--pkcs11-token".to_owned(),
-                config.token_label.clone(),
-            ]);
-            env.push(("LEAKLESS_PKCS11_MODULE".into(), config.module.into()));
-            env.push((
-                "LEAKLESS_PKCS11_PIN_FILE".into(),
-                svc("LEAKLESS_PKCS11_PIN_FILE").into(),
-            ));
-            env.push(("LEAKLESS_PKCS11_KEY_LABEL".into(), label.into()));
+            cli.flag("--kms", "pkcs11")
+                .flag("--pkcs11-token", config.token_label.clone())
+                .env("LEAKLESS_PKCS11_MODULE", config.module)
+                .env("LEAKLESS_PKCS11_PIN_FILE", svc("LEAKLESS_PKCS11_PIN_FILE"))
+                .env("LEAKLESS_PKCS11_KEY_LABEL", label);
             kms
         }
     };
-    RootSettings { kms, env, flags }
+    RootSettings { kms, cli }
 }
 
 /// The running application: its key ring and database connection.
@@ -582,6 +515,17 @@ struct Restored {
     url: String,
     _db: Option<TestDb>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Restored {
+    /// A backup restored into the new database `db` of a server.
+    fn server(db: TestDb) -> Self {
+        Self {
+            url: db.url().to_owned(),
+            _db: Some(db),
+            _dir: None,
+        }
+    }
 }
 
 /// What `verify --json` opened, per scope (each scope is one table here).
@@ -827,41 +771,29 @@ fn shred_proof(backend: Backend, root: Root) {
     }
 }
 
-#[test]
-fn postgres_local_key_file_shred_defeats_old_pg_dump() {
-    shred_proof(Backend::Postgres, Root::Local);
+/// One test per `name: database, root`, each running [`shred_proof`] on that pair.
+macro_rules! shred_tests {
+    ($($(#[$doc:meta])* $name:ident: $backend:ident, $root:ident;)+) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                shred_proof(Backend::$backend, Root::$root);
+            }
+        )+
+    };
 }
 
-#[test]
-fn mariadb_local_key_file_shred_defeats_old_mysqldump() {
-    shred_proof(Backend::Mysql, Root::Local);
-}
-
-#[test]
-fn sqlite_local_key_file_shred_defeats_old_file_copies() {
-    shred_proof(Backend::Sqlite, Root::Local);
-}
-
-#[test]
-fn sqlite_vault_transit_shred_defeats_old_file_copies() {
-    shred_proof(Backend::Sqlite, Root::Vault);
-}
-
-#[test]
-fn sqlite_aws_kms_shred_is_scheduled_with_its_date() {
-    shred_proof(Backend::Sqlite, Root::Aws);
-}
-
-#[test]
-fn sqlite_tpm_shred_defeats_old_file_copies() {
-    // The old epoch's sealed object is evicted from the TPM; a copy of the sealed file from
-    // before names a handle that no longer holds it.
-    shred_proof(Backend::Sqlite, Root::Tpm);
-}
-
-#[test]
-fn sqlite_pkcs11_shred_defeats_old_file_copies() {
-    // The CLI makes the new epoch's key object and destroys the old one on the token (the
-    // application process only reads it after sealing its rows).
-    shred_proof(Backend::Sqlite, Root::Pkcs11);
+shred_tests! {
+    postgres_local_key_file_shred_defeats_old_pg_dump: Postgres, Local;
+    mariadb_local_key_file_shred_defeats_old_mysqldump: Mysql, Local;
+    sqlite_local_key_file_shred_defeats_old_file_copies: Sqlite, Local;
+    sqlite_vault_transit_shred_defeats_old_file_copies: Sqlite, Vault;
+    sqlite_aws_kms_shred_is_scheduled_with_its_date: Sqlite, Aws;
+    /// The old epoch's sealed object is evicted from the TPM; a copy of the sealed file from
+    /// before names a handle that no longer holds it.
+    sqlite_tpm_shred_defeats_old_file_copies: Sqlite, Tpm;
+    /// The CLI makes the new epoch's key object and destroys the old one on the token (the
+    /// application process only reads it after sealing its rows).
+    sqlite_pkcs11_shred_defeats_old_file_copies: Sqlite, Pkcs11;
 }

@@ -4,10 +4,11 @@
 
 use std::fmt::Display;
 
+use leakless::manifest::RowIdKind;
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyScope, RowId};
-use leakless_migrator::db::Bind;
+use leakless_migrator::db::{Bind, Db, IdBytes};
 
-use crate::support::{Backend, Fixture, code, stderr, stdout};
+use crate::support::{Backend, Fixture, assert_says, code, stderr, stdout};
 
 /// The plaintext of row `id` (fake).
 fn note(id: i64) -> String {
@@ -26,16 +27,30 @@ fn seal(f: &Fixture, scope: &KeyScope, id: i64) -> Vec<u8> {
         .unwrap()
 }
 
-fn write_manifest(f: &Fixture) {
-    std::fs::write(
-        &f.manifest,
-        r#"{"format": 1, "tables": [{"table": "visits", "row_id_column": "id",
+/// Writes the fixture's manifest: `visits.note` sealed per tenant (`tenant:<tenant_id>`), with
+/// `blind_index` (a JSON object, or `null`).
+fn write_manifest(f: &Fixture, blind_index: &str) {
+    let manifest = r#"{"format": 1, "tables": [{"table": "visits", "row_id_column": "id",
             "row_id_kind": "int", "schema_version": 1,
             "scope": {"kind": "per_tenant", "column": "tenant_id", "prefix": "tenant:"},
             "columns": [{"column": "note", "algorithm": "xchacha20poly1305",
-                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#,
-    )
-    .unwrap();
+                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096},
+                "nullable": true, "blind_index": BLIND_INDEX}]}]}"#;
+    std::fs::write(&f.manifest, manifest.replace("BLIND_INDEX", blind_index)).unwrap();
+}
+
+/// The value of `column` in row `id` of `visits`.
+fn stored(db: &mut Db, column: &str, id: i64) -> Option<Vec<u8>> {
+    let rows: Vec<IdBytes> = db
+        .load(
+            &format!(
+                "SELECT {} AS id, {column} AS val FROM visits WHERE id = {id}",
+                db.id_text(RowIdKind::Int, "id")
+            ),
+            &[],
+        )
+        .unwrap();
+    rows.into_iter().next().unwrap().val
 }
 
 /// Rows 1..=4 of tenant `one`, 5..=8 of tenant `two`; the tenant column is `tenant_type`.
@@ -43,7 +58,7 @@ fn write_manifest(f: &Fixture) {
 /// fails verify, rewrap and reencrypt on row 2 only, and no plaintext is printed.
 fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: Bind) {
     let f = Fixture::new(backend);
-    write_manifest(&f);
+    write_manifest(&f, "null");
     let mut db = f.db();
     db.batch(&format!(
         "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id {tenant_type} NOT NULL, \
@@ -93,12 +108,7 @@ fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: B
 
     // Positive control: every row opens under its own tenant's scope.
     let o = f.run(&["verify"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(
-        stdout(&o).contains("visits.note: 8 opened, 0 null, 0 failed"),
-        "{}",
-        stdout(&o)
-    );
+    assert_says(&o, 0, "visits.note: 8 opened, 0 null, 0 failed");
     let o = f.run(&["verify", "--sample", "8"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 
@@ -128,8 +138,7 @@ fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: B
         "verify printed plaintext: {out}"
     );
     let o = f.run(&["verify", "--sample", "8"]);
-    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("row 2: "), "{}", stdout(&o));
+    assert_says(&o, 1, "row 2: ");
 
     // rewrap and reencrypt fail that row (and only it), leaving it as it was.
     for cmd in ["rewrap", "reencrypt"] {
@@ -143,60 +152,42 @@ fn wrong_tenant_is_caught(backend: Backend, tenant_type: &str, one: Bind, two: B
             "{cmd} printed plaintext: {out}"
         );
     }
-    let rows: Vec<leakless_migrator::db::IdBytes> = db
-        .load(
-            &format!(
-                "SELECT {} AS id, note AS val FROM visits WHERE id = 2",
-                db.id_text(leakless::manifest::RowIdKind::Int, "id")
-            ),
-            &[],
-        )
-        .unwrap();
-    assert_eq!(rows[0].val.as_deref(), Some(planted.as_slice()));
+    assert_eq!(stored(&mut db, "note", 2), Some(planted));
 }
 
-#[test]
-fn wrong_tenant_sqlite_int() {
-    wrong_tenant_is_caught(Backend::Sqlite, "INTEGER", Bind::Int(1), Bind::Int(2));
+/// The same with integer tenant ids (`INTEGER` on SQLite, `BIGINT` elsewhere).
+fn wrong_int_tenant_is_caught(backend: Backend) {
+    let tenant_type = match backend {
+        Backend::Sqlite => "INTEGER",
+        _ => "BIGINT",
+    };
+    wrong_tenant_is_caught(backend, tenant_type, Bind::Int(1), Bind::Int(2));
 }
 
-/// The same with text tenant ids.
-fn wrong_text_tenant_is_caught(backend: Backend, tenant_type: &str) {
+/// The same with text tenant ids (`TEXT` on SQLite, `VARCHAR(64)` elsewhere).
+fn wrong_text_tenant_is_caught(backend: Backend) {
+    let tenant_type = match backend {
+        Backend::Sqlite => "TEXT",
+        _ => "VARCHAR(64)",
+    };
     let [a, b] = ["acme", "globex"].map(|t| Bind::Text(Some(t.into())));
     wrong_tenant_is_caught(backend, tenant_type, a, b);
 }
 
-#[test]
-fn wrong_tenant_sqlite_text() {
-    wrong_text_tenant_is_caught(Backend::Sqlite, "TEXT");
-}
-
-#[test]
-fn wrong_tenant_postgres_int() {
-    wrong_tenant_is_caught(Backend::Postgres, "BIGINT", Bind::Int(1), Bind::Int(2));
-}
-
-#[test]
-fn wrong_tenant_postgres_text() {
-    wrong_text_tenant_is_caught(Backend::Postgres, "VARCHAR(64)");
-}
-
-#[test]
-fn wrong_tenant_mariadb_int() {
-    wrong_tenant_is_caught(Backend::Mysql, "BIGINT", Bind::Int(1), Bind::Int(2));
+backend_tests! {
+    wrong_int_tenant_is_caught => [sqlite, postgres, mariadb],
+    wrong_text_tenant_is_caught => [sqlite, postgres],
 }
 
 /// A binary tenant column cannot give the scope's text: refused before any row is read.
 fn binary_tenant_is_refused(backend: Backend) {
     let f = Fixture::new(backend);
-    write_manifest(&f);
-    f.db()
-        .batch(&format!(
-            "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id {b} NOT NULL, \
+    write_manifest(&f, "null");
+    f.batch(&format!(
+        "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id {b} NOT NULL, \
              note {b} NULL)",
-            b = backend.binary_type()
-        ))
-        .unwrap();
+        b = backend.binary_type()
+    ));
     for args in [
         &["verify"][..],
         &["rewrap", "--table", "visits", "--column", "note"][..],
@@ -222,18 +213,11 @@ backend_tests! {
 /// while its tokens use it, naming that tenant's count only.
 fn per_tenant_index(backend: Backend) {
     let f = Fixture::new(backend);
-    std::fs::write(
-        &f.manifest,
-        r#"{"format": 1, "tables": [{"table": "visits", "row_id_column": "id",
-            "row_id_kind": "int", "schema_version": 1,
-            "scope": {"kind": "per_tenant", "column": "tenant_id", "prefix": "tenant:"},
-            "columns": [{"column": "note", "algorithm": "xchacha20poly1305",
-                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096},
-                "nullable": true,
-                "blind_index": {"column": "note_bidx", "scope": "bidx:", "bytes": 16,
-                                "normalizer": "none", "per_tenant": true}}]}]}"#,
-    )
-    .unwrap();
+    write_manifest(
+        &f,
+        r#"{"column": "note_bidx", "scope": "bidx:", "bytes": 16, "normalizer": "none",
+            "per_tenant": true}"#,
+    );
     let mut db = f.db();
     db.batch(&format!(
         "CREATE TABLE visits (id BIGINT NOT NULL PRIMARY KEY, tenant_id VARCHAR(20) NOT NULL, \
@@ -271,8 +255,7 @@ fn per_tenant_index(backend: Backend) {
         .unwrap();
     }
     let o = f.run(&["reindex"]);
-    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("8 written"), "{}", stdout(&o));
+    assert_says(&o, 0, "8 written");
 
     // Each token is the one the application computes with its tenant's index key.
     let manifest = leakless::manifest::SchemaManifest::from_json(
@@ -283,16 +266,11 @@ fn per_tenant_index(backend: Backend) {
     for (id, t) in [(1i64, "one"), (8, "two")] {
         let spec = index.spec("visits", "note", Some(t)).unwrap();
         let want = f.ring.blind_index(&spec, note(id).as_bytes()).unwrap();
-        let rows: Vec<leakless_migrator::db::IdBytes> = db
-            .load(
-                &format!(
-                    "SELECT {} AS id, note_bidx AS val FROM visits WHERE id = {id}",
-                    db.id_text(leakless::manifest::RowIdKind::Int, "id")
-                ),
-                &[],
-            )
-            .unwrap();
-        assert_eq!(rows[0].val.as_deref(), Some(want.as_bytes()), "row {id}");
+        assert_eq!(
+            stored(&mut db, "note_bidx", id).as_deref(),
+            Some(want.as_bytes()),
+            "row {id}"
+        );
         let other = index
             .spec(
                 "visits",
@@ -333,12 +311,10 @@ fn per_tenant_index(backend: Backend) {
         )
         .unwrap();
     crate::support::wait_for_cache_window();
-    let o = f.run(&["keys", "retire", "bidx:one", "1"]);
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("4 blind-index tokens still use it (visits.note_bidx: 4)"),
-        "{}",
-        stderr(&o)
+    f.assert_fails(
+        &["keys", "retire", "bidx:one", "1"],
+        1,
+        "4 blind-index tokens still use it (visits.note_bidx: 4)",
     );
 }
 

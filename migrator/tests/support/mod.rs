@@ -61,29 +61,22 @@ macro_rules! backend_tests {
     reason = "used by the test files that drive derive models"
 )]
 macro_rules! on_conn {
+    (@on $conn:ty, $f:expr, |$c:ident| $body:expr) => {{
+        let mut conn = <$conn as ::diesel::Connection>::establish(&$f.url).unwrap();
+        let $c = &mut conn;
+        $body
+    }};
     ($f:expr, |$c:ident| $body:expr) => {{
         let f: &$crate::support::Fixture = $f;
         match f.backend {
             $crate::support::Backend::Sqlite => {
-                let mut conn =
-                    <::diesel::sqlite::SqliteConnection as ::diesel::Connection>::establish(&f.url)
-                        .unwrap();
-                let $c = &mut conn;
-                $body
+                on_conn!(@on ::diesel::sqlite::SqliteConnection, f, |$c| $body)
             }
             $crate::support::Backend::Postgres => {
-                let mut conn =
-                    <::diesel::pg::PgConnection as ::diesel::Connection>::establish(&f.url)
-                        .unwrap();
-                let $c = &mut conn;
-                $body
+                on_conn!(@on ::diesel::pg::PgConnection, f, |$c| $body)
             }
             $crate::support::Backend::Mysql => {
-                let mut conn =
-                    <::diesel::mysql::MysqlConnection as ::diesel::Connection>::establish(&f.url)
-                        .unwrap();
-                let $c = &mut conn;
-                $body
+                on_conn!(@on ::diesel::mysql::MysqlConnection, f, |$c| $body)
             }
         }
     }};
@@ -120,6 +113,17 @@ pub const CLI_VARS: &[&str] = &[
     "AWS_SESSION_TOKEN",
     "AWS_PROFILE",
 ];
+
+/// The migrator binary with none of the developer's or CI's settings (not even the actor:
+/// the snapshots show the default one), 100 columns wide, stdin closed.
+pub fn bare() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
+    for v in CLI_VARS.iter().chain(&["LEAKLESS_ACTOR"]) {
+        c.env_remove(v);
+    }
+    c.env("COLUMNS", "100").stdin(Stdio::null());
+    c
+}
 
 /// The scope of the test table.
 pub const SCOPE: &str = "patients";
@@ -246,18 +250,21 @@ impl Fixture {
             cache_window,
         };
         let bin = backend.binary_type();
-        f.db()
-            .batch(&format!(
-                "CREATE TABLE patients (id BIGINT NOT NULL PRIMARY KEY, email {bin} NULL, \
+        f.batch(&format!(
+            "CREATE TABLE patients (id BIGINT NOT NULL PRIMARY KEY, email {bin} NULL, \
                  email_plain TEXT NULL)"
-            ))
-            .unwrap();
+        ));
         f
     }
 
     /// A connection through the migrator's own layer.
     pub fn db(&self) -> Db {
         DbUrl::parse(&self.url).unwrap().connect().unwrap()
+    }
+
+    /// Runs `sql` (one or more statements) on a fresh connection.
+    pub fn batch(&self, sql: &str) {
+        self.db().batch(sql).unwrap();
     }
 
     /// Inserts rows `from..to`, sealed under the active version (or as plaintext in
@@ -386,6 +393,21 @@ impl Fixture {
         self.cmd().args(args).output().unwrap()
     }
 
+    /// Runs the migrator with `args` and the variable `var` set to `value` in place of the
+    /// fixture's own setting.
+    pub fn run_with(&self, var: &str, value: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+        self.cmd().env(var, value).args(args).output().unwrap()
+    }
+
+    /// Runs the migrator with `args` and asserts that it exits with `code` and says `message`
+    /// on stderr; returns its output.
+    pub fn assert_fails(&self, args: &[&str], code: i32, message: &str) -> Output {
+        let o = self.run(args);
+        assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{}", stderr(&o));
+        o
+    }
+
     /// Runs `adopt` of `patients.email` from its plaintext column `email_plain` (see
     /// [`Fixture::seed`]), with `extra` arguments after them.
     pub fn adopt_email(&self, extra: &[&str]) -> Output {
@@ -399,6 +421,20 @@ impl Fixture {
             "email_plain",
         ];
         self.run(&[&adopt[..], extra].concat())
+    }
+
+    /// Flips a byte inside the wrapped DEK of row `id`: its unwrap fails authentication.
+    pub fn corrupt_row(&self, id: i64) {
+        let (_, env) = self.rows().into_iter().find(|(i, _)| *i == id).unwrap();
+        let mut env = env.unwrap();
+        // The envelope ends with the wrapped DEK, the data nonce and the ciphertext with its
+        // tag.
+        let info = leakless::envelope::inspect(&env).unwrap();
+        let at = env.len() - (info.padded_len + 16 + info.algorithm.nonce_len()) - 5;
+        env[at] ^= 0x01;
+        let mut db = self.db();
+        let sql = format!("UPDATE patients SET email = {} WHERE id = {id}", db.ph(1));
+        db.exec(&sql, &[Bind::Bytes(Some(env))]).unwrap();
     }
 
     /// Rotates the scope (old version to grace for a day).
@@ -436,6 +472,99 @@ pub fn app_ring(backend: Backend, url: &str, key_file: &std::path::Path) -> KeyR
 pub fn seal_row(ring: &KeyRing, scope: &KeyScope, id: i64) -> Result<Vec<u8>, leakless::Error> {
     let ctx = FieldContext::new("patients", "email", RowId::Int(id), 1);
     ring.seal(scope, &ctx, plain(id).as_bytes(), &FieldPolicy::default())
+}
+
+/// Seals `text` for `table.column` of row `id` under the active version of `scope` and inserts
+/// the row (`id`, envelope) into `table`.
+pub fn insert_sealed(
+    db: &mut Db,
+    ring: &KeyRing,
+    scope: &KeyScope,
+    (table, column): (&str, &str),
+    id: i64,
+    text: &str,
+) {
+    let ctx = FieldContext::new(table, column, RowId::Int(id), 1);
+    let env = ring
+        .seal(scope, &ctx, text.as_bytes(), &FieldPolicy::default())
+        .unwrap();
+    let sql = format!(
+        "INSERT INTO {table} (id, {column}) VALUES ({}, {})",
+        db.ph(1),
+        db.ph(2)
+    );
+    db.exec(&sql, &[Bind::Int(id), Bind::Bytes(Some(env))])
+        .unwrap();
+}
+
+/// The root-of-trust settings a test gives the migrator: variables, and flags that go before
+/// the subcommand.
+#[derive(Default)]
+pub struct RootArgs {
+    /// Variables and their values.
+    pub env: Vec<(String, std::ffi::OsString)>,
+    /// Flags, each followed by its value.
+    pub flags: Vec<String>,
+}
+
+impl RootArgs {
+    /// Sets the variable `var` to `value`.
+    pub fn env(&mut self, var: &str, value: impl Into<std::ffi::OsString>) -> &mut Self {
+        self.env.push((var.to_owned(), value.into()));
+        self
+    }
+
+    /// Passes `flag` with `value`.
+    pub fn flag(&mut self, flag: &str, value: impl Into<String>) -> &mut Self {
+        self.flags.push(flag.to_owned());
+        self.flags.push(value.into());
+        self
+    }
+}
+
+/// The migrator on the database `url` with the manifest `manifest`, as `actor`, a one-second
+/// cache window and no AWS instance metadata, with none of the developer's settings but the
+/// variables of `root` (its flags are the caller's to place).
+pub fn root_cmd(url: &str, manifest: &std::path::Path, actor: &str, root: &RootArgs) -> Command {
+    let mut c = bare();
+    c.env("LEAKLESS_DATABASE_URL", url)
+        .env("LEAKLESS_MANIFEST", manifest)
+        .env("LEAKLESS_ACTOR", actor)
+        .env("LEAKLESS_CACHE_WINDOW", "1s")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(root.env.iter().map(|(k, v)| (k, v)));
+    c
+}
+
+/// Runs `c` with `args`, echoing the command line and its output on stderr (shown when the
+/// test fails).
+pub fn run_logged(c: &mut Command, args: &[&str]) -> Output {
+    let o = c.args(args).output().unwrap();
+    eprintln!(
+        "$ leakless-migrate {}\n{}{}",
+        args.join(" "),
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// Asserts that the migrator exited with `code` and that its stdout says `said`.
+pub fn assert_says(o: &Output, code: i32, said: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}{}", stdout(o), stderr(o));
+    assert!(stdout(o).contains(said), "{}", stdout(o));
+}
+
+/// Asserts that `o`, the output of the migrator run with `args`, exited 0; returns its stdout.
+pub fn assert_ok(args: &[&str], o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{args:?}: {}{}",
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
 }
 
 /// Sleeps past the tests' one-second cache window (recorded by the fixture's ring and by the

@@ -1,11 +1,3 @@
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    reason = "tests"
-)]
 //! Every exit code of `leakless-migrate`'s table (docs/operations.md, "Exit codes"), each
 //! provoked by a real cause as a user meets it, with the code and a snapshot of stderr (the
 //! fixture's temporary folder shown as `[DIR]`). Every case also checks that stderr holds no
@@ -26,26 +18,15 @@
 //! they block; when the test releases the lock, one rotates and the other finds the record
 //! changed under it.
 
-mod support;
-
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use leakless_migrator::db::{Bind, OneInt};
-use support::{Backend, CLI_VARS, Fixture, SCOPE, stderr, stdout};
+use leakless_migrator::db::OneInt;
+
+use crate::support::{Backend, Fixture, SCOPE, bare, stderr, stdout};
 
 /// A password planted in the database URLs of the cases: never in any output.
 const PASSWORD: &str = "hunter2-Secret";
-
-/// The binary with none of the developer's or CI's settings.
-fn bare() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leakless-migrate"));
-    for v in CLI_VARS.iter().chain(&["LEAKLESS_ACTOR"]) {
-        c.env_remove(v);
-    }
-    c.env("COLUMNS", "100").stdin(Stdio::null());
-    c
-}
 
 /// Checks the exit code of `o` and that its output holds neither [`PASSWORD`] nor any row's
 /// plaintext, and returns stderr with `dir` (the fixture's folder) shown as `[DIR]`.
@@ -53,7 +34,7 @@ fn checked(o: &Output, code: i32, dir: Option<&std::path::Path>) -> String {
     let all = format!("{}{}", stdout(o), stderr(o));
     assert_eq!(o.status.code(), Some(code), "{all}");
     // The planted values are what a leak would show (see `support::plain`).
-    assert!(support::plain(3).contains("Baker") && PASSWORD.contains("hunter2"));
+    assert!(crate::support::plain(3).contains("Baker") && PASSWORD.contains("hunter2"));
     for secret in ["hunter2", "Secret", "Baker", "@example.test"] {
         assert!(!all.contains(secret), "{secret:?} printed: {all}");
     }
@@ -62,21 +43,6 @@ fn checked(o: &Output, code: i32, dir: Option<&std::path::Path>) -> String {
         Some(d) => err.replace(&d.display().to_string(), "[DIR]"),
         None => err,
     }
-}
-
-/// Flips a byte inside the wrapped DEK of row `id`: its unwrap fails authentication.
-fn corrupt_row(f: &Fixture, id: i64) {
-    let (_, env) = f.rows().into_iter().find(|(i, _)| *i == id).unwrap();
-    let mut env = env.unwrap();
-    let info = leakless::envelope::inspect(&env).unwrap();
-    let at = env.len() - (info.padded_len + 16 + info.algorithm.nonce_len()) - 5;
-    env[at] ^= 0x01;
-    f.db()
-        .exec(
-            &format!("UPDATE patients SET email = ? WHERE id = {id}"),
-            &[Bind::Bytes(Some(env))],
-        )
-        .unwrap();
 }
 
 #[test]
@@ -89,12 +55,14 @@ fn exit_0_success() {
     insta::assert_snapshot!("exit_0_status", err);
 }
 
+/// A row whose stored value is corrupt fails `rewrap` with help that points at `verify` and a
+/// backup, never at reinstating a key (which cannot open it).
 #[test]
 fn exit_1_a_row_fails_during_rewrap() {
     let f = Fixture::new(Backend::Sqlite);
     f.seed(0, 10, false);
     f.rotate();
-    corrupt_row(&f, 4);
+    f.corrupt_row(4);
     let o = f.run(&["rewrap"]);
     let err = checked(&o, 1, Some(f.dir.path()));
     assert!(
@@ -102,6 +70,11 @@ fn exit_1_a_row_fails_during_rewrap() {
         "{}",
         stdout(&o)
     );
+    assert!(
+        err.contains("`leakless-migrate verify` lists them all"),
+        "{err}"
+    );
+    assert!(!err.contains("reinstate"), "{err}");
     insta::assert_snapshot!("exit_1_failed_row", err);
     // The other rows moved.
     assert_eq!(f.versions().get(&2), Some(&9));
@@ -112,7 +85,7 @@ fn exit_1_a_row_fails_during_rewrap() {
 fn exit_1_a_confirmation_is_missing() {
     let f = Fixture::new(Backend::Sqlite);
     f.rotate();
-    support::wait_for_cache_window();
+    crate::support::wait_for_cache_window();
     let o = f.run(&["keys", "retire", SCOPE, "1"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = f.run(&["keys", "destroy", SCOPE, "v1"]);
@@ -133,12 +106,7 @@ fn exit_2_a_bad_argument() {
 fn exit_2_a_database_url_of_unknown_scheme() {
     let f = Fixture::new(Backend::Sqlite);
     let url = format!("pgsql://app:{PASSWORD}@127.0.0.1:1/app");
-    let o = f
-        .cmd()
-        .env("LEAKLESS_DATABASE_URL", &url)
-        .arg("rewrap")
-        .output()
-        .unwrap();
+    let o = f.run_with("LEAKLESS_DATABASE_URL", &url, &["rewrap"]);
     insta::assert_snapshot!("exit_2_unknown_scheme", checked(&o, 2, Some(f.dir.path())));
 }
 
@@ -172,9 +140,7 @@ fn exit_3_no_root_key_given() {
 fn exit_3_a_corrupt_key_store_row() {
     let f = Fixture::new(Backend::Sqlite);
     f.seed(0, 3, false);
-    f.db()
-        .batch("UPDATE leakless_kek SET tag = X'00' WHERE scope = 'patients' AND version = 1")
-        .unwrap();
+    f.batch("UPDATE leakless_kek SET tag = X'00' WHERE scope = 'patients' AND version = 1");
     for args in [&["keys", "list"][..], &["rewrap"]] {
         let o = f.run(args);
         let err = checked(&o, 3, Some(f.dir.path()));
@@ -190,21 +156,20 @@ fn exit_3_a_corrupt_key_store_row() {
     }
 }
 
+/// A wrong root key (another installation's, or a mistyped path to an old one) is one key
+/// error with exit 3 for every command that unwraps KEKs, not a failure per row with exit 1,
+/// and nothing is written. The control: the right key moves every row.
 #[test]
 fn exit_3_a_wrong_root_key() {
     let f = Fixture::new(Backend::Sqlite);
-    f.seed(0, 10, false);
+    f.seed(0, 40, false);
     f.rotate();
     let other = f.dir.path().join("other.key");
-    leakless::kms::LocalKms::generate_key_file(&other).unwrap();
-    let before = f.rows();
-    let o = f
-        .cmd()
-        .env("LEAKLESS_ROOT_KEY_FILE", &other)
-        .arg("rewrap")
+    let o = bare()
+        .args(["keys", "init", other.to_str().unwrap()])
         .output()
         .unwrap();
-    let err = checked(&o, 3, Some(f.dir.path()));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // The root key ids are random: shown as [ROOT KEY ID].
     let ids = [
         leakless::kms::Kms::root_key_id(
@@ -214,23 +179,35 @@ fn exit_3_a_wrong_root_key() {
         leakless::kms::Kms::root_key_id(&leakless::kms::LocalKms::from_key_file(&other).unwrap())
             .to_owned(),
     ];
-    let err = ids
-        .iter()
-        .fold(err, |e, id| e.replace(id.as_str(), "[ROOT KEY ID]"));
-    insta::assert_snapshot!("exit_3_wrong_root_key", err);
-    assert_eq!(f.rows(), before, "nothing was written");
+    let before = f.rows();
+    for args in [&["rewrap"][..], &["reencrypt", "--yes"], &["verify"]] {
+        let o = f.run_with("LEAKLESS_ROOT_KEY_FILE", &other, args);
+        let err = checked(&o, 3, Some(f.dir.path()));
+        let all = format!("{}{err}", stdout(&o));
+        assert!(all.contains("KMS local"), "{args:?}: {all}");
+        assert!(
+            !all.contains("failed: patients.email row"),
+            "{args:?}: a per-row failure instead of one key error: {all}"
+        );
+        assert_eq!(f.rows(), before, "{args:?} wrote something");
+        if args == ["rewrap"] {
+            let err = ids
+                .iter()
+                .fold(err, |e, id| e.replace(id.as_str(), "[ROOT KEY ID]"));
+            insta::assert_snapshot!("exit_3_wrong_root_key", err);
+        }
+    }
+    // Control: with the right key the same rewrap moves all 40 rows.
+    let o = f.run(&["rewrap"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(f.versions().get(&2), Some(&40));
 }
 
 #[test]
 fn exit_4_an_unreachable_database() {
     let f = Fixture::new(Backend::Sqlite);
     let url = format!("postgres://app:{PASSWORD}@127.0.0.1:1/app");
-    let o = f
-        .cmd()
-        .env("LEAKLESS_DATABASE_URL", &url)
-        .args(["keys", "list"])
-        .output()
-        .unwrap();
+    let o = f.run_with("LEAKLESS_DATABASE_URL", &url, &["keys", "list"]);
     insta::assert_snapshot!(
         "exit_4_unreachable_database",
         checked(&o, 4, Some(f.dir.path()))
