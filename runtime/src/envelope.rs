@@ -384,11 +384,6 @@ pub(crate) fn seal_with_randomness(
             ),
         });
     }
-    let scope = params.scope.as_str().as_bytes();
-    let scope_len = u8::try_from(scope.len()).map_err(|_| Error::InvalidInput {
-        what: "key scope",
-        problem: "longer than 255 bytes".into(),
-    })?;
     let alg = params.algorithm;
     let nonce_len = alg.nonce_len();
     let data_nonce = rnd
@@ -399,24 +394,13 @@ pub(crate) fn seal_with_randomness(
             problem: "data nonce length",
         })?;
 
-    let mut out = Vec::with_capacity(
-        HEADER_LEN
-            + 1
-            + scope.len()
-            + 4
-            + WRAP_NONCE_LEN
-            + WRAPPED_DEK_LEN
-            + nonce_len
-            + padded_len
-            + TAG_LEN,
-    );
-    out.extend_from_slice(&MAGIC);
-    out.push(FORMAT_V1);
-    out.push(alg.id());
-    out.push(PADDING_ISO7816);
-    out.push(scope_len);
-    out.extend_from_slice(scope);
-    out.extend_from_slice(&params.kek_version.get().to_be_bytes());
+    let header = [MAGIC[0], MAGIC[1], FORMAT_V1, alg.id(), PADDING_ISO7816];
+    let mut out = start_envelope(
+        &header,
+        params.scope,
+        params.kek_version,
+        nonce_len + padded_len + TAG_LEN,
+    )?;
     let key_prefix_len = out.len();
 
     // Associated data: key prefix (or header) followed by the canonical context.
@@ -453,6 +437,30 @@ pub(crate) fn seal_with_randomness(
         }
     };
     out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Starts an envelope: its key prefix (`header || scope_len || scope || kek_version`) in a
+/// buffer with room for the wrap nonce, the wrapped DEK and `data_len` bytes of data part
+/// (data nonce, ciphertext and tag) after it.
+fn start_envelope(
+    header: &[u8],
+    scope: &KeyScope,
+    version: KekVersion,
+    data_len: usize,
+) -> Result<Vec<u8>, Error> {
+    let scope = scope.as_str().as_bytes();
+    let scope_len = u8::try_from(scope.len()).map_err(|_| Error::InvalidInput {
+        what: "key scope",
+        problem: "longer than 255 bytes".into(),
+    })?;
+    let mut out = Vec::with_capacity(
+        header.len() + 1 + scope.len() + 4 + WRAP_NONCE_LEN + WRAPPED_DEK_LEN + data_len,
+    );
+    out.extend_from_slice(header);
+    out.push(scope_len);
+    out.extend_from_slice(scope);
+    out.extend_from_slice(&version.get().to_be_bytes());
     Ok(out)
 }
 
@@ -627,25 +635,12 @@ pub(crate) fn rewrap(
     }
     let mut wrap_nonce = [0u8; WRAP_NONCE_LEN];
     rand::thread_rng().fill_bytes(&mut wrap_nonce);
-    let scope = to.scope.as_str().as_bytes();
-    let scope_len = u8::try_from(scope.len()).map_err(|_| Error::InvalidInput {
-        what: "key scope",
-        problem: "longer than 255 bytes".into(),
-    })?;
-    let mut out = Vec::with_capacity(
-        HEADER_LEN
-            + 1
-            + scope.len()
-            + 4
-            + WRAP_NONCE_LEN
-            + WRAPPED_DEK_LEN
-            + parsed.data_nonce.len()
-            + parsed.ciphertext_and_tag.len(),
-    );
-    out.extend_from_slice(parsed.header());
-    out.push(scope_len);
-    out.extend_from_slice(scope);
-    out.extend_from_slice(&to.version.get().to_be_bytes());
+    let mut out = start_envelope(
+        parsed.header(),
+        to.scope,
+        to.version,
+        parsed.data_nonce.len() + parsed.ciphertext_and_tag.len(),
+    )?;
     // The new wrap's associated data: the new key prefix, then the same context.
     aad.splice(..aad.len() - context_len, out.iter().copied());
     let wrapped = wrap_dek(parsed.algorithm, to.kek, &wrap_nonce, &aad, &dek).map_err(|_| {
