@@ -8,11 +8,13 @@
 //!   with the leak suites of `leakless-leaktest` and the `clinic` example.
 //! * [`lifecycle`]: waiting out the cache window that `retire` and `destroy` wait for, with the
 //!   short window the one-process demos record.
+//! * [`cli`]: the error exit of the example programs (`error:` and a `hint:` on stderr).
 //! * `clinic` (cargo feature `postgres`): the migration set, sealed model and throwaway
 //!   database of the `clinic` example on PostgreSQL.
 //!
 //! Everything here is demo material: the data is made up, and nothing here handles real keys.
 
+pub mod cli;
 #[cfg(feature = "postgres")]
 pub mod clinic;
 pub mod demo_data;
