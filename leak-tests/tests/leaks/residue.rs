@@ -30,6 +30,18 @@ fn read_columns(url: &str, columns: &[&str]) -> ResidueValues {
     ResidueValues::read(url, &specs, "id").unwrap()
 }
 
+/// The check of `values` with a control canary of the test's own (no database to plant it
+/// through), and the control's text, for the test to plant where it scans.
+fn check_with_own_control(values: ResidueValues) -> (ResidueCheck, String) {
+    let marker = leakless_leaktest::canary::fresh_marker();
+    let text = format!("control {marker} value");
+    let mut controls = leakless_leaktest::CanarySet::new();
+    controls
+        .push(leakless_leaktest::Canary::text("ctl", &marker, &text).unwrap())
+        .unwrap();
+    (values.check(controls, &EncodingSet::Residue).unwrap(), text)
+}
+
 /// The harness's control planted through `url` (it reached the disk: no notes), and the check
 /// of `read`'s values with it.
 fn check_with_control(url: &str, read: ResidueValues) -> (DbControl, ResidueCheck) {
@@ -203,16 +215,8 @@ fn library_values_and_a_clean_channel() {
         RealValue::Text(Zeroizing::new("short".into())),
     )
     .unwrap();
-    let mut controls = leakless_leaktest::CanarySet::new();
-    let marker = leakless_leaktest::canary::fresh_marker();
-    controls
-        .push(
-            leakless_leaktest::Canary::text("ctl", &marker, &format!("control {marker} value"))
-                .unwrap(),
-        )
-        .unwrap();
-    let mut check = v.check(controls, &EncodingSet::Residue).unwrap();
-    let hay = format!("unrelated text; control {marker} value; more text");
+    let (mut check, control) = check_with_own_control(v);
+    let hay = format!("unrelated text; {control}; more text");
     check.scan_bytes("mem", "buffer", hay.as_bytes());
     let report = check.report();
     report.report.assert_controls_found("mem");
@@ -223,7 +227,7 @@ fn library_values_and_a_clean_channel() {
         .encode_utf16()
         .flat_map(u16::to_le_bytes)
         .collect();
-    let mut hay2 = format!("control {marker} value ").into_bytes();
+    let mut hay2 = format!("{control} ").into_bytes();
     hay2.extend_from_slice(&planted);
     check.scan_bytes("mem2", "buffer", &hay2);
     let report = check.report();
@@ -387,18 +391,10 @@ fn values_opened_from_sealed_columns_with_the_key_ring_are_found_by_row_id() {
     assert!(e.contains("customers.address#row=2"), "{e}");
     assert!(!e.contains(&address(1)));
 
-    let marker = leakless_leaktest::canary::fresh_marker();
-    let mut controls = leakless_leaktest::CanarySet::new();
-    controls
-        .push(
-            leakless_leaktest::Canary::text("ctl", &marker, &format!("control {marker} here"))
-                .unwrap(),
-        )
-        .unwrap();
-    let mut check = values.check(controls, &EncodingSet::Residue).unwrap();
+    let (mut check, control) = check_with_own_control(values);
     // A backup of the table from before adoption: plaintext of rows 2 and 5, lower-cased.
     let backup = format!(
-        "control {marker} here\n2\t{}\n5\t{}\n",
+        "{control}\n2\t{}\n5\t{}\n",
         address(2).to_lowercase(),
         address(5).to_lowercase()
     );
