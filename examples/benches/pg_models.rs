@@ -36,7 +36,6 @@
     reason = "a benchmark binary: prints its table, stops loudly on a broken set-up"
 )]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -44,9 +43,6 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Nullable, Text};
 
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
 use leakless_examples::clinic::{
     self, BIDX_SCOPE, FreshDatabase, GeoPoint, Patient, PatientRow, SCOPE, schema::patients,
@@ -391,11 +387,7 @@ fn main() {
     clinic::run_migrations(&mut conn).unwrap();
     conn.batch_execute(SETUP_SQL)
         .expect("pgcrypto must be installable (Debian: the postgresql package ships it)");
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let ring = leakless_examples::throwaway_ring_builder().build();
     let who = AuditInfo::new("bench", "setup");
     ring.create_scope(&KeyScope::new(SCOPE).unwrap(), &who)
         .unwrap();

@@ -22,6 +22,19 @@ pub mod lifecycle;
 pub mod medtech;
 pub mod patient;
 
+/// A key-ring builder over a fresh random root key (`LocalKms`) and an in-memory key store:
+/// the throwaway keys of the examples' tests and benchmarks and of the leak suites, nothing on
+/// disk.
+#[must_use]
+pub fn throwaway_ring_builder() -> leakless::keyring::KeyRingBuilder {
+    leakless::KeyRing::builder(
+        std::sync::Arc::new(leakless::kms::LocalKms::from_root_key(
+            leakless::secret::RootKey::generate(),
+        )),
+        std::sync::Arc::new(leakless::store::MemoryKeyStore::new()),
+    )
+}
+
 /// The README's Rust code blocks, compiled and run as doctests of this crate so that the
 /// "library in 20 lines" snippet cannot drift from the API.
 #[cfg(doctest)]

@@ -9,9 +9,6 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 use leakless::key::{Clock, ManualClock, SystemClock, UnixTime};
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, Json, KeyRing, KeyScope, PaddingPolicy, Sealed};
 use serde::{Deserialize, Serialize};
 
@@ -66,12 +63,9 @@ fn ring() -> KeyRing {
 /// A ring with both scopes, reading the time from `clock` (a [`ManualClock`] lets a test move
 /// past the cache window that retire and destroy wait for, without sleeping).
 fn ring_with_clock(clock: Arc<dyn Clock>) -> KeyRing {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .clock(clock)
-    .build();
+    let ring = leakless_examples::throwaway_ring_builder()
+        .clock(clock)
+        .build();
     let who = AuditInfo::new("test", "setup");
     ring.create_scope(&KeyScope::new("patients").unwrap(), &who)
         .unwrap();
@@ -447,11 +441,7 @@ fn error_messages_show_no_plaintext() {
     );
     errors.push(("NaN", nan_err));
     // A scope that was never created.
-    let bare = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let bare = leakless_examples::throwaway_ring_builder().build();
     errors.push(("no scope", p.seal_row(&bare).unwrap_err()));
     errors.push((
         "no index scope",

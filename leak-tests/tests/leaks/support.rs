@@ -92,11 +92,7 @@ pub fn set_with_control(id: &str, marker: &str, value: &str) -> CanarySet {
 /// A key ring over a fresh local KMS (random root key) and an in-memory key store, with the
 /// scope `scope` created: for tests that seal values and keep no key canary.
 pub fn ring_with_scope(scope: &str) -> (KeyRing, KeyScope) {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let ring = leakless_examples::throwaway_ring_builder().build();
     let scope = KeyScope::new(scope).unwrap();
     ring.create_scope(&scope, &AuditInfo::new("leak test", "setup"))
         .unwrap();
