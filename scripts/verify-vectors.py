@@ -692,18 +692,17 @@ def verify_vector(vec: dict) -> Checks:
     row = encode_row(kind, value)
     c.equal_bytes("row value re-encoded from its typed value", row[3:], h(ctx["row"]["value_hex"]))
     context = encode_context(ctx["table"], ctx["column"], row, ctx["schema_version"])
-    sealed, got = seal(
-        plaintext,
-        context,
-        scope,
-        kek,
-        version,
-        aead_id,
-        policy,
-        h(vec["dek_hex"]),
-        h(vec["wrap_nonce_hex"]),
-        h(vec["data_nonce_hex"]),
-    )
+
+    def seal_with(
+        dek: bytes, wrap_nonce: bytes, data_nonce: bytes
+    ) -> tuple[bytes, dict[str, bytes]]:
+        """seal() of this vector's plaintext, context, scope, KEK and policy, with the given
+        DEK and nonces."""
+        return seal(
+            plaintext, context, scope, kek, version, aead_id, policy, dek, wrap_nonce, data_nonce
+        )
+
+    sealed, got = seal_with(h(vec["dek_hex"]), h(vec["wrap_nonce_hex"]), h(vec["data_nonce_hex"]))
     first_mismatch = None
     for field in (
         "context_encoding",
@@ -742,18 +741,7 @@ def verify_vector(vec: dict) -> Checks:
         c.check("open(envelope)", False, str(err))
 
     # A fresh seal with random DEK and nonces opens too (and differs from the vector).
-    fresh, _ = seal(
-        plaintext,
-        context,
-        scope,
-        kek,
-        version,
-        aead_id,
-        policy,
-        os.urandom(KEY_LEN),
-        os.urandom(WRAP_NONCE_LEN),
-        os.urandom(nd),
-    )
+    fresh, _ = seal_with(os.urandom(KEY_LEN), os.urandom(WRAP_NONCE_LEN), os.urandom(nd))
     c.check("fresh random seal differs", fresh != envelope and len(fresh) == len(envelope))
     try:
         c.equal_bytes("open(fresh seal)", open_envelope(fresh, context, lookup), plaintext)
@@ -983,42 +971,24 @@ def verify_vector(vec: dict) -> Checks:
         b[pos] = value
         return bytes(b)
 
-    c.expect_error(
-        "format version 0x02",
-        lambda: open_envelope(with_byte(2, 0x02), context, lookup),
-        {E_UNKNOWN_VERSION},
-    )
-    c.expect_error(
-        "format version 0x00",
-        lambda: open_envelope(with_byte(2, 0x00), context, lookup),
-        {E_UNKNOWN_VERSION},
-    )
-    c.expect_error(
-        "AEAD id 0x03",
-        lambda: open_envelope(with_byte(3, 0x03), context, lookup),
-        {E_UNKNOWN_ALGORITHM},
-    )
-    c.expect_error(
-        "AEAD id 0x00",
-        lambda: open_envelope(with_byte(3, 0x00), context, lookup),
-        {E_UNKNOWN_ALGORITHM},
-    )
-    c.expect_error(
-        "padding id 0x02",
-        lambda: open_envelope(with_byte(4, 0x02), context, lookup),
-        {E_UNKNOWN_ALGORITHM},
-    )
+    for label, pos, value, kind in (
+        ("format version 0x02", 2, 0x02, E_UNKNOWN_VERSION),
+        ("format version 0x00", 2, 0x00, E_UNKNOWN_VERSION),
+        ("AEAD id 0x03", 3, 0x03, E_UNKNOWN_ALGORITHM),
+        ("AEAD id 0x00", 3, 0x00, E_UNKNOWN_ALGORITHM),
+        ("padding id 0x02", 4, 0x02, E_UNKNOWN_ALGORITHM),
+    ):
+        c.expect_error(
+            label,
+            lambda e=with_byte(pos, value): open_envelope(e, context, lookup),
+            {kind},
+        )
     # Check order: an unknown version wins over an unknown algorithm and a truncated body.
-    c.expect_error(
-        "version 0x02 with AEAD 0x03 and no body",
-        lambda: open_envelope(b"LK\x02\x03\x01", context, lookup),
-        {E_UNKNOWN_VERSION},
-    )
-    c.expect_error(
-        "AEAD 0x03 with no body",
-        lambda: open_envelope(b"LK\x01\x03\x01", context, lookup),
-        {E_UNKNOWN_ALGORITHM},
-    )
+    for label, short, kind in (
+        ("version 0x02 with AEAD 0x03 and no body", b"LK\x02\x03\x01", E_UNKNOWN_VERSION),
+        ("AEAD 0x03 with no body", b"LK\x01\x03\x01", E_UNKNOWN_ALGORITHM),
+    ):
+        c.expect_error(label, lambda e=short: open_envelope(e, context, lookup), {kind})
     # Step 5: malformed scope / version 0 (with the rest long enough to pass step 4).
     c.expect_error(
         "scope with a forbidden character",

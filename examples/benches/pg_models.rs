@@ -36,7 +36,6 @@
     reason = "a benchmark binary: prints its table, stops loudly on a broken set-up"
 )]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -44,9 +43,6 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Nullable, Text};
 
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
 use leakless_examples::clinic::{
     self, BIDX_SCOPE, FreshDatabase, GeoPoint, Patient, PatientRow, SCOPE, schema::patients,
@@ -88,8 +84,9 @@ fn opaque_row(p: &Patient, ring: &KeyRing) -> PatientRow {
     }
 }
 
-/// The same model stored in plaintext: the GPS point as JSON text.
-#[derive(Insertable, Queryable, Selectable)]
+/// The same model stored in plaintext: the GPS point as JSON text. Also a row of the pgcrypto
+/// table decrypted by PostgreSQL (`PGC_SELECT`), whose columns have the same names and types.
+#[derive(Insertable, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = patients_plain)]
 struct PlainRow {
     id: String,
@@ -124,34 +121,12 @@ impl PlainRow {
     }
 }
 
-/// A row of the pgcrypto table, decrypted by PostgreSQL.
-#[derive(QueryableByName)]
-struct PgcRow {
-    #[diesel(sql_type = Text)]
-    id: String,
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Text)]
-    address: String,
-    #[diesel(sql_type = Text)]
-    email: String,
-    #[diesel(sql_type = Text)]
-    gps: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    transcript: Option<String>,
-}
-
-impl PgcRow {
-    fn into_model(self) -> Patient {
-        Patient {
-            id: self.id,
-            name: self.name,
-            address: self.address,
-            email: self.email,
-            gps: Json(serde_json::from_str(&self.gps).unwrap()),
-            transcript: self.transcript,
-        }
-    }
+/// The models of plaintext rows loaded by `rows`.
+fn models(rows: QueryResult<Vec<PlainRow>>) -> Vec<Patient> {
+    rows.unwrap()
+        .into_iter()
+        .map(PlainRow::into_model)
+        .collect()
 }
 
 const PGC_SELECT: &str = "SELECT id, name, pgp_sym_decrypt(address, $1) AS address, \
@@ -316,22 +291,18 @@ impl Bench {
             )
             .unwrap()
             .len(),
-            Variant::Plain => patients_plain::table
-                .select(PlainRow::as_select())
-                .load(conn)
-                .unwrap()
-                .into_iter()
-                .map(PlainRow::into_model)
-                .collect::<Vec<_>>()
-                .len(),
-            Variant::Pgcrypto => diesel::sql_query(PGC_SELECT)
-                .bind::<Text, _>(&self.pgc_key)
-                .load::<PgcRow>(conn)
-                .unwrap()
-                .into_iter()
-                .map(PgcRow::into_model)
-                .collect::<Vec<_>>()
-                .len(),
+            Variant::Plain => models(
+                patients_plain::table
+                    .select(PlainRow::as_select())
+                    .load(conn),
+            )
+            .len(),
+            Variant::Pgcrypto => models(
+                diesel::sql_query(PGC_SELECT)
+                    .bind::<Text, _>(&self.pgc_key)
+                    .load(conn),
+            )
+            .len(),
         }
     }
 
@@ -354,25 +325,21 @@ impl Bench {
             Variant::Plain => {
                 diesel::define_sql_function!(fn lower(x: Text) -> Text);
                 diesel::define_sql_function!(fn trim(x: Text) -> Text);
-                patients_plain::table
-                    .filter(lower(trim(patients_plain::email)).eq(email.trim().to_lowercase()))
-                    .select(PlainRow::as_select())
-                    .load(conn)
-                    .unwrap()
-                    .into_iter()
-                    .map(PlainRow::into_model)
-                    .collect()
+                models(
+                    patients_plain::table
+                        .filter(lower(trim(patients_plain::email)).eq(email.trim().to_lowercase()))
+                        .select(PlainRow::as_select())
+                        .load(conn),
+                )
             }
-            Variant::Pgcrypto => diesel::sql_query(format!(
-                "{PGC_SELECT} WHERE email_hmac = hmac(lower(trim($2)), $1, 'sha256')"
-            ))
-            .bind::<Text, _>(&self.pgc_key)
-            .bind::<Text, _>(email)
-            .load::<PgcRow>(conn)
-            .unwrap()
-            .into_iter()
-            .map(PgcRow::into_model)
-            .collect(),
+            Variant::Pgcrypto => models(
+                diesel::sql_query(format!(
+                    "{PGC_SELECT} WHERE email_hmac = hmac(lower(trim($2)), $1, 'sha256')"
+                ))
+                .bind::<Text, _>(&self.pgc_key)
+                .bind::<Text, _>(email)
+                .load(conn),
+            ),
         }
     }
 
@@ -420,11 +387,7 @@ fn main() {
     clinic::run_migrations(&mut conn).unwrap();
     conn.batch_execute(SETUP_SQL)
         .expect("pgcrypto must be installable (Debian: the postgresql package ships it)");
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let ring = leakless_examples::throwaway_ring_builder().build();
     let who = AuditInfo::new("bench", "setup");
     ring.create_scope(&KeyScope::new(SCOPE).unwrap(), &who)
         .unwrap();

@@ -9,9 +9,6 @@ use std::sync::Arc;
 
 use diesel::prelude::*;
 use leakless::key::{Clock, ManualClock, SystemClock, UnixTime};
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, Json, KeyRing, KeyScope, PaddingPolicy, Sealed};
 use serde::{Deserialize, Serialize};
 
@@ -66,12 +63,9 @@ fn ring() -> KeyRing {
 /// A ring with both scopes, reading the time from `clock` (a [`ManualClock`] lets a test move
 /// past the cache window that retire and destroy wait for, without sleeping).
 fn ring_with_clock(clock: Arc<dyn Clock>) -> KeyRing {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .clock(clock)
-    .build();
+    let ring = leakless_examples::throwaway_ring_builder()
+        .clock(clock)
+        .build();
     let who = AuditInfo::new("test", "setup");
     ring.create_scope(&KeyScope::new("patients").unwrap(), &who)
         .unwrap();
@@ -90,6 +84,30 @@ fn db() -> SqliteConnection {
     .execute(&mut conn)
     .unwrap();
     conn
+}
+
+/// The stored row of patient `id`.
+fn stored(conn: &mut SqliteConnection, id: &str) -> PatientRow {
+    patients::table
+        .find(id)
+        .select(PatientRow::as_select())
+        .first(conn)
+        .unwrap()
+}
+
+/// Inserts `row` into the empty table of `conn` and reads the table back: the one row, as
+/// stored.
+fn store_and_read_back(conn: &mut SqliteConnection, row: PatientRow) -> PatientRow {
+    diesel::insert_into(patients::table)
+        .values(row)
+        .execute(conn)
+        .unwrap();
+    let mut loaded = patients::table
+        .select(PatientRow::as_select())
+        .load(conn)
+        .unwrap();
+    assert_eq!(loaded.len(), 1, "the table held other rows");
+    loaded.remove(0)
 }
 
 fn patient(i: u32) -> Patient {
@@ -134,12 +152,10 @@ fn insert_load_update_and_look_up_through_diesel() {
     );
 
     // Load one and many.
-    let row = patients::table
-        .find("p-1")
-        .select(PatientRow::as_select())
-        .first(&mut conn)
-        .unwrap();
-    assert_eq!(Patient::open_row(row, &ring).unwrap(), one);
+    assert_eq!(
+        Patient::open_row(stored(&mut conn, "p-1"), &ring).unwrap(),
+        one
+    );
     let loaded = patients::table
         .order(patients::id)
         .select(PatientRow::as_select())
@@ -165,12 +181,10 @@ fn insert_load_update_and_look_up_through_diesel() {
         .set(changed.seal_row(&ring).unwrap())
         .execute(&mut conn)
         .unwrap();
-    let row = patients::table
-        .find("p-2")
-        .select(PatientRow::as_select())
-        .first(&mut conn)
-        .unwrap();
-    assert_eq!(Patient::open_row(row, &ring).unwrap(), changed);
+    assert_eq!(
+        Patient::open_row(stored(&mut conn, "p-2"), &ring).unwrap(),
+        changed
+    );
 
     // Look-up by blind index, with the normaliser: case and spaces do not matter.
     let tokens = Patient::email_lookup(&ring, &"  person42@EXAMPLE.org ".to_owned()).unwrap();
@@ -319,14 +333,7 @@ fn debug_query_and_instrumentation_show_no_plaintext() {
     let log = Log::default();
     let mut conn = db();
     conn.set_instrumentation(log.clone());
-    diesel::insert_into(patients::table)
-        .values(row)
-        .execute(&mut conn)
-        .unwrap();
-    let loaded = patients::table
-        .select(PatientRow::as_select())
-        .load(&mut conn)
-        .unwrap();
+    let loaded = vec![store_and_read_back(&mut conn, row)];
     assert_eq!(Patient::open_rows(loaded, &ring).unwrap(), vec![p.clone()]);
     // Positive control on the same log: a plaintext bind is visible.
     diesel::update(patients::table.find("nobody"))
@@ -434,11 +441,7 @@ fn error_messages_show_no_plaintext() {
     );
     errors.push(("NaN", nan_err));
     // A scope that was never created.
-    let bare = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let bare = leakless_examples::throwaway_ring_builder().build();
     errors.push(("no scope", p.seal_row(&bare).unwrap_err()));
     errors.push((
         "no index scope",
@@ -466,14 +469,7 @@ fn error_messages_show_no_plaintext() {
     ));
 
     // The same failures through diesel: a row read back from the database.
-    diesel::insert_into(patients::table)
-        .values(row)
-        .execute(&mut conn)
-        .unwrap();
-    let loaded = patients::table
-        .select(PatientRow::as_select())
-        .first(&mut conn)
-        .unwrap();
+    let loaded = store_and_read_back(&mut conn, row);
     errors.push(("loaded", Patient::open_row(loaded, &ring).unwrap_err()));
 
     let mut kinds = std::collections::BTreeSet::new();

@@ -10,12 +10,7 @@
     reason = "test helpers"
 )]
 
-use std::sync::Arc;
-
 use diesel::prelude::*;
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
 use leakless::{AuditInfo, Error, KeyRing, KeyScope, Sealed};
 
 #[allow(
@@ -50,11 +45,7 @@ pub struct Visit {
 const B_SECRET: &str = "clinic B transcript: chest pain since Tuesday";
 
 fn ring() -> KeyRing {
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let ring = leakless_examples::throwaway_ring_builder().build();
     let who = AuditInfo::new("test", "setup");
     for t in ["tenant:a", "tenant:b"] {
         ring.create_scope(&KeyScope::new(t).unwrap(), &who).unwrap();

@@ -340,6 +340,15 @@ fn expansion(e: Encoding) -> (usize, usize) {
     }
 }
 
+/// `text` as UTF-16, little-endian when `le`, else big-endian.
+fn utf16_bytes(text: &str, le: bool) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(
+        text.encode_utf16()
+            .flat_map(|u| if le { u.to_le_bytes() } else { u.to_be_bytes() })
+            .collect(),
+    )
+}
+
 /// Collects needles for one canary.
 struct Sink<'a> {
     canary: usize,
@@ -393,46 +402,45 @@ impl Sink<'_> {
         self.only.is_none_or(|o| o.contains(&e))
     }
 
-    /// Every text encoding of `text`.
+    /// Every text encoding of `text`, computing only the wanted ones.
     fn text(&mut self, form: Form, text: &str) {
         let raw = text.as_bytes();
         self.add(form, Encoding::Raw, raw);
-        if self.only.is_some() {
-            self.text_only(form, text);
-            return;
-        }
-        for folded in [text.to_lowercase(), text.to_uppercase()] {
-            let folded = Zeroizing::new(folded);
-            if folded.as_str() != text {
-                self.add(form, Encoding::CaseFolded, folded.as_bytes());
+        if self.wants(Encoding::CaseFolded) {
+            for folded in [text.to_lowercase(), text.to_uppercase()] {
+                let folded = Zeroizing::new(folded);
+                if folded.as_str() != text {
+                    self.add(form, Encoding::CaseFolded, folded.as_bytes());
+                }
             }
         }
-        let le: Zeroizing<Vec<u8>> =
-            Zeroizing::new(text.encode_utf16().flat_map(u16::to_le_bytes).collect());
-        self.add(form, Encoding::Utf16Le, &le);
-        let be: Zeroizing<Vec<u8>> =
-            Zeroizing::new(text.encode_utf16().flat_map(u16::to_be_bytes).collect());
-        self.add(form, Encoding::Utf16Be, &be);
-        self.binary(form, raw);
-        self.escaped(
-            form,
-            text,
-            &[
-                Encoding::Percent,
-                Encoding::FormUrlencoded,
-                Encoding::Json,
-                Encoding::JsonAscii,
-                Encoding::SqlQuoted,
-                Encoding::SqlBackslash,
-            ],
-        );
+        for (encoding, le) in [(Encoding::Utf16Le, true), (Encoding::Utf16Be, false)] {
+            if self.wants(encoding) {
+                self.add(form, encoding, &utf16_bytes(text, le));
+            }
+        }
+        if [
+            Encoding::HexLower,
+            Encoding::HexUpper,
+            Encoding::Base64,
+            Encoding::Base64Url,
+        ]
+        .iter()
+        .any(|&e| self.wants(e))
+        {
+            self.binary(form, raw);
+        }
+        self.escaped(form, text, &Encoding::ALL);
     }
 
-    /// `text` in each escaping of `encodings` (percent, form, JSON, SQL) that changes it;
-    /// otherwise the raw needle covers it.
+    /// `text` in each wanted escaping among `encodings` (percent, form, JSON, SQL; the others
+    /// are passed over) that changes it; otherwise the raw needle covers it.
     fn escaped(&mut self, form: Form, text: &str, encodings: &[Encoding]) {
         let raw = text.as_bytes();
         for &enc in encodings {
+            if !self.wants(enc) {
+                continue;
+            }
             let bytes = Zeroizing::new(match enc {
                 Encoding::Percent => percent(raw, false),
                 Encoding::FormUrlencoded => percent(raw, true),
@@ -455,9 +463,7 @@ impl Sink<'_> {
         let raw = text.as_bytes();
         self.add(form, Encoding::Raw, raw);
         if utf16 {
-            let le: Zeroizing<Vec<u8>> =
-                Zeroizing::new(text.encode_utf16().flat_map(u16::to_le_bytes).collect());
-            self.add(form, Encoding::Utf16Le, &le);
+            self.add(form, Encoding::Utf16Le, &utf16_bytes(text, true));
         }
         self.escaped(
             form,
@@ -469,63 +475,6 @@ impl Sink<'_> {
                 Encoding::SqlQuoted,
             ],
         );
-    }
-
-    /// The wanted encodings of `text` other than raw, computing only those.
-    fn text_only(&mut self, form: Form, text: &str) {
-        if self.wants(Encoding::CaseFolded) {
-            for folded in [text.to_lowercase(), text.to_uppercase()] {
-                let folded = Zeroizing::new(folded);
-                if folded.as_str() != text {
-                    self.add(form, Encoding::CaseFolded, folded.as_bytes());
-                }
-            }
-        }
-        if self.wants(Encoding::Utf16Le) {
-            let le: Zeroizing<Vec<u8>> =
-                Zeroizing::new(text.encode_utf16().flat_map(u16::to_le_bytes).collect());
-            self.add(form, Encoding::Utf16Le, &le);
-        }
-        if self.wants(Encoding::Utf16Be) {
-            let be: Zeroizing<Vec<u8>> =
-                Zeroizing::new(text.encode_utf16().flat_map(u16::to_be_bytes).collect());
-            self.add(form, Encoding::Utf16Be, &be);
-        }
-        if [
-            Encoding::HexLower,
-            Encoding::HexUpper,
-            Encoding::Base64,
-            Encoding::Base64Url,
-        ]
-        .iter()
-        .any(|&e| self.wants(e))
-        {
-            self.binary(form, text.as_bytes());
-        }
-        let raw = text.as_bytes();
-        for enc in [
-            Encoding::Percent,
-            Encoding::FormUrlencoded,
-            Encoding::Json,
-            Encoding::JsonAscii,
-            Encoding::SqlQuoted,
-            Encoding::SqlBackslash,
-        ] {
-            if !self.wants(enc) {
-                continue;
-            }
-            let bytes = Zeroizing::new(match enc {
-                Encoding::Percent => percent(raw, false),
-                Encoding::FormUrlencoded => percent(raw, true),
-                Encoding::Json => json_escape(text, false),
-                Encoding::JsonAscii => json_escape(text, true),
-                Encoding::SqlQuoted => sql_escape(text, false),
-                _ => sql_escape(text, true),
-            });
-            if bytes.as_slice() != raw {
-                self.add(form, enc, &bytes);
-            }
-        }
     }
 
     /// The numeric forms of a GPS point beyond the f64 bytes and the 4..7-decimal text: decimal
@@ -797,13 +746,23 @@ pub fn f32_of(v: f64) -> Option<f32> {
     v.to_string().parse::<f32>().ok()
 }
 
+/// `|v|` degrees counted in `1 / per_degree` degree at `places` decimals, rounded:
+/// `(count times 10^places, 10^places)`.
+fn scaled_count(v: f64, per_degree: u32, places: u8) -> Option<(u64, u64)> {
+    let scale = 10u64.checked_pow(u32::from(places))?;
+    let units: u64 = format!(
+        "{:.0}",
+        v.abs() * f64::from(per_degree) * 10f64.powi(i32::from(places))
+    )
+    .parse()
+    .ok()?;
+    Some((units, scale))
+}
+
 /// Degrees, minutes and seconds of `|v|` with seconds at `places` decimals, as
 /// `(degrees, minutes, seconds text)` (seconds zero-padded to 2 integer digits).
 fn dms(v: f64, places: u8) -> Option<(u64, u64, String)> {
-    let scale = 10u64.checked_pow(u32::from(places))?;
-    let units: u64 = format!("{:.0}", v.abs() * 3600.0 * 10f64.powi(i32::from(places)))
-        .parse()
-        .ok()?;
+    let (units, scale) = scaled_count(v, 3600, places)?;
     let deg = units / (3600 * scale);
     let rem = units % (3600 * scale);
     let min = rem / (60 * scale);
@@ -824,10 +783,7 @@ fn dms(v: f64, places: u8) -> Option<(u64, u64, String)> {
 /// Degrees and decimal minutes of `|v|` at `places` decimals: `(degrees, minutes text)`
 /// (minutes zero-padded to 2 integer digits).
 fn deg_min(v: f64, places: u8) -> Option<(u64, String)> {
-    let scale = 10u64.checked_pow(u32::from(places))?;
-    let units: u64 = format!("{:.0}", v.abs() * 60.0 * 10f64.powi(i32::from(places)))
-        .parse()
-        .ok()?;
+    let (units, scale) = scaled_count(v, 60, places)?;
     let deg = units / (60 * scale);
     let min = units % (60 * scale);
     Some((

@@ -66,6 +66,17 @@ fn is_zlib_header(cmf: u8, flg: u8) -> bool {
         && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
 }
 
+/// The page at `offset` seen through its zlib stream `src` (inflated up to `limit` bytes) as
+/// the view `view`.
+fn inflated_page(view: &'static str, offset: u64, src: &[u8], limit: usize) -> Decoded {
+    let (bytes, _) = inflate(src, limit);
+    Decoded {
+        view,
+        offset,
+        bytes,
+    }
+}
+
 /// Inflates a zlib stream from the start of `src` as far as it goes (trailing bytes and a
 /// stream cut short are accepted), up to `limit` bytes of output. Returns the output and
 /// whether the stream ended cleanly.
@@ -187,12 +198,7 @@ pub fn walk_tablespace(
             );
             let data = p.get(FIL_PAGE_DATA + 2..).unwrap_or_default();
             if algo == 1 && data.len() >= 2 {
-                let (bytes, _) = inflate(data, ps);
-                emit(Decoded {
-                    view: "innodb-page-zlib",
-                    offset,
-                    bytes,
-                });
+                emit(inflated_page("innodb-page-zlib", offset, data, ps));
             } else {
                 problem(
                     format!(
@@ -213,12 +219,7 @@ pub fn walk_tablespace(
             let flg = p.get(FIL_PAGE_FILE_FLUSH_LSN + 1).copied().unwrap_or(0);
             let data = p.get(FIL_PAGE_FILE_FLUSH_LSN..).unwrap_or_default();
             if fcrc32_algo.is_none_or(|a| a == 1) && is_zlib_header(cmf, flg) {
-                let (bytes, _) = inflate(data, ps);
-                emit(Decoded {
-                    view: "innodb-page-zlib",
-                    offset,
-                    bytes,
-                });
+                emit(inflated_page("innodb-page-zlib", offset, data, ps));
             } else {
                 let kind = match fcrc32_algo {
                     Some(a) if a != 1 => format!(
@@ -237,13 +238,10 @@ pub fn walk_tablespace(
             && let (Some(&cmf), Some(&flg)) = (p.get(PAGE_ZIP_DATA), p.get(PAGE_ZIP_DATA + 1))
             && is_zlib_header(cmf, flg)
         {
-            let (bytes, _) = inflate(p.get(PAGE_ZIP_DATA..).unwrap_or_default(), 4 * 65536);
-            if !bytes.is_empty() {
-                emit(Decoded {
-                    view: "innodb-zip-zlib",
-                    offset,
-                    bytes,
-                });
+            let zip = p.get(PAGE_ZIP_DATA..).unwrap_or_default();
+            let decoded = inflated_page("innodb-zip-zlib", offset, zip, 4 * 65536);
+            if !decoded.bytes.is_empty() {
+                emit(decoded);
             }
         }
         offset += filled as u64;

@@ -153,18 +153,7 @@ pub fn walk_relation(
     let mut toast: BTreeMap<u32, (u64, BTreeMap<u32, Vec<u8>>)> = BTreeMap::new();
     let mut toast_bytes = 0usize;
     loop {
-        let mut filled = 0;
-        while filled < BLCKSZ {
-            let Some(space) = page.get_mut(filled..) else {
-                break;
-            };
-            match reader.read(space) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = crate::containers::read_up_to(&mut reader, &mut page)?;
         if filled < BLCKSZ {
             break;
         }

@@ -1045,23 +1045,23 @@ enum Conn {
 trait Row: QueryableByName<diesel::sqlite::Sqlite> + PgRow + MyRow + 'static {}
 impl<T: QueryableByName<diesel::sqlite::Sqlite> + PgRow + MyRow + 'static> Row for T {}
 
-#[cfg(feature = "postgres")]
-trait PgRow: QueryableByName<diesel::pg::Pg> {}
-#[cfg(feature = "postgres")]
-impl<T: QueryableByName<diesel::pg::Pg>> PgRow for T {}
-#[cfg(not(feature = "postgres"))]
-trait PgRow {}
-#[cfg(not(feature = "postgres"))]
-impl<T> PgRow for T {}
+/// The trait `$name`: a row type `$backend` can load when the cargo feature `$feature` is on,
+/// and any type when it is off.
+macro_rules! row_on_backend {
+    ($name:ident, $feature:literal, $backend:ty) => {
+        #[cfg(feature = $feature)]
+        trait $name: QueryableByName<$backend> {}
+        #[cfg(feature = $feature)]
+        impl<T: QueryableByName<$backend>> $name for T {}
+        #[cfg(not(feature = $feature))]
+        trait $name {}
+        #[cfg(not(feature = $feature))]
+        impl<T> $name for T {}
+    };
+}
 
-#[cfg(feature = "mysql")]
-trait MyRow: QueryableByName<diesel::mysql::Mysql> {}
-#[cfg(feature = "mysql")]
-impl<T: QueryableByName<diesel::mysql::Mysql>> MyRow for T {}
-#[cfg(not(feature = "mysql"))]
-trait MyRow {}
-#[cfg(not(feature = "mysql"))]
-impl<T> MyRow for T {}
+row_on_backend!(PgRow, "postgres", diesel::pg::Pg);
+row_on_backend!(MyRow, "mysql", diesel::mysql::Mysql);
 
 struct Db {
     backend: Backend,

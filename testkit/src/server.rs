@@ -112,14 +112,14 @@ struct Script {
     scheme: &'static str,
 }
 
-const PG_CLUSTER: Script = Script {
+static PG_CLUSTER: Script = Script {
     name: "pg-cluster",
     service: "PostgreSQL",
     env: "LEAKLESS_PG_URL",
     scheme: "postgres://",
 };
 
-const MARIADB_SERVER: Script = Script {
+static MARIADB_SERVER: Script = Script {
     name: "mariadb-server",
     service: "MariaDB",
     env: "LEAKLESS_MYSQL_URL",
@@ -132,8 +132,8 @@ impl Script {
     }
 
     /// `<script> start DIR --owner-pid <this process>` in a new temporary folder, with `env`;
-    /// returns the folder and the URL line the script prints.
-    fn start(&self, env: &[(&str, PathBuf)]) -> Result<(PathBuf, String), Error> {
+    /// returns the server, with the folder and the URL line the script prints.
+    fn start(&'static self, env: &[(&str, PathBuf)]) -> Result<Running, Error> {
         let path = self.path();
         let how = format!(
             "make `{} start DIR` work (its diagnostics are on stderr above), or set \
@@ -180,7 +180,11 @@ impl Script {
                 ),
             ));
         }
-        Ok((dir, url.to_owned()))
+        Ok(Running {
+            script: self,
+            dir,
+            url: url.to_owned(),
+        })
     }
 
     /// `<script> <command> DIR`.
@@ -206,6 +210,37 @@ impl Script {
                 )
             }),
         }
+    }
+}
+
+/// A server one of the scripts started: its folder and its URL (which may hold a generated
+/// password). Its `Debug` shows the URL redacted; dropping it stops the server and removes the
+/// folder (`<script> stop DIR`).
+struct Running {
+    script: &'static Script,
+    dir: PathBuf,
+    url: String,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("dir", &self.dir)
+            .field("url", &redact_url(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// The data directory, `data` in the folder (for both scripts).
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.script.call("stop", &self.dir);
     }
 }
 
@@ -278,18 +313,9 @@ impl PgOptions {
 }
 
 /// A throwaway PostgreSQL cluster (`scripts/pg-cluster`: trust auth on 127.0.0.1, fsync off).
+#[derive(Debug)]
 pub struct PgServer {
-    dir: PathBuf,
-    url: String,
-}
-
-impl fmt::Debug for PgServer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgServer")
-            .field("dir", &self.dir)
-            .field("url", &redact_url(&self.url))
-            .finish()
-    }
+    server: Running,
 }
 
 impl PgServer {
@@ -311,8 +337,9 @@ impl PgServer {
         } else {
             Vec::new()
         };
-        let (dir, url) = PG_CLUSTER.start(&env)?;
-        let server = Self { dir, url };
+        let server = Self {
+            server: PG_CLUSTER.start(&env)?,
+        };
         if !options.settings.is_empty() {
             let mut sql: String = options
                 .settings
@@ -328,28 +355,28 @@ impl PgServer {
     /// The admin URL (database `postgres`).
     #[must_use]
     pub fn url(&self) -> &str {
-        &self.url
+        &self.server.url
     }
 
     /// The URL of database `db` on this server.
     #[must_use]
     pub fn url_for(&self, db: &str) -> String {
-        match self.url.rsplit_once('/') {
+        match self.server.url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{db}"),
-            None => self.url.clone(),
+            None => self.server.url.clone(),
         }
     }
 
     /// The cluster's folder (data directory, server log; removed with the cluster).
     #[must_use]
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.server.dir
     }
 
     /// The data directory (heap, TOAST, WAL).
     #[must_use]
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.server.data_dir()
     }
 
     /// The WAL folder.
@@ -361,7 +388,7 @@ impl PgServer {
     /// The server log.
     #[must_use]
     pub fn log_path(&self) -> PathBuf {
-        self.dir.join("postgres.log")
+        self.server.dir.join("postgres.log")
     }
 
     /// A new empty folder `name` inside the cluster's folder (outside the data directory),
@@ -371,7 +398,7 @@ impl PgServer {
     /// # Errors
     /// [`Error`] when it cannot be made or handed to the server's user.
     pub fn make_dir(&self, name: &str) -> Result<PathBuf, Error> {
-        let path = self.dir.join(name);
+        let path = self.server.dir.join(name);
         std::fs::create_dir(&path).map_err(|e| err("make_dir", e))?;
         run(
             "chown",
@@ -390,7 +417,7 @@ impl PgServer {
     /// # Errors
     /// [`Error`] with the script's message.
     pub fn kill(&self) -> Result<(), Error> {
-        PG_CLUSTER.call("kill", &self.dir)
+        PG_CLUSTER.call("kill", &self.server.dir)
     }
 
     /// Starts a stopped server again on the same port (after crash recovery); [`Self::url`]
@@ -399,7 +426,7 @@ impl PgServer {
     /// # Errors
     /// [`Error`] with the script's message.
     pub fn restart(&self) -> Result<(), Error> {
-        PG_CLUSTER.call("restart", &self.dir)
+        PG_CLUSTER.call("restart", &self.server.dir)
     }
 
     /// Runs SQL through `psql` (stop on the first error) in database `db`; returns stdout
@@ -470,7 +497,7 @@ impl PgServer {
         cmd.args(["-F", "t", "-X", "fetch", "--no-sync", "-D"])
             .arg(out)
             .arg("-d")
-            .arg(&self.url);
+            .arg(&self.server.url);
         if gzip {
             cmd.arg("-z");
         }
@@ -478,16 +505,9 @@ impl PgServer {
     }
 }
 
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        let _ = PG_CLUSTER.call("stop", &self.dir);
-    }
-}
-
 /// A throwaway MariaDB server (`scripts/mariadb-server`: binary log in ROW format).
 pub struct MariaServer {
-    dir: PathBuf,
-    url: String,
+    server: Running,
     user: String,
     password: String,
     host: String,
@@ -497,8 +517,7 @@ pub struct MariaServer {
 impl fmt::Debug for MariaServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MariaServer")
-            .field("dir", &self.dir)
-            .field("url", &redact_url(&self.url))
+            .field("server", &self.server)
             .finish_non_exhaustive()
     }
 }
@@ -526,9 +545,9 @@ impl MariaServer {
     /// # Errors
     /// [`Error`] naming the step that failed.
     pub fn start_plain() -> Result<Self, Error> {
-        let (dir, url) = MARIADB_SERVER.start(&[])?;
+        let server = MARIADB_SERVER.start(&[])?;
         let parse = || -> Option<(String, String, String, String)> {
-            let rest = url.strip_prefix("mysql://")?;
+            let rest = server.url.strip_prefix("mysql://")?;
             let (cred, host) = rest.split_once('@')?;
             let (user, pw) = cred.split_once(':')?;
             let host = host.trim_end_matches('/');
@@ -536,12 +555,11 @@ impl MariaServer {
             Some((user.into(), pw.into(), h.into(), p.into()))
         };
         let Some((user, password, host, port)) = parse() else {
-            let _ = MARIADB_SERVER.call("stop", &dir);
+            // Dropping `server` stops it.
             return Err(err("mariadb-server", "unexpected URL form"));
         };
         Ok(Self {
-            dir,
-            url,
+            server,
             user,
             password,
             host,
@@ -553,19 +571,19 @@ impl MariaServer {
     /// `redact_url`).
     #[must_use]
     pub fn url_for(&self, db: &str) -> String {
-        format!("{}/{db}", self.url.trim_end_matches('/'))
+        format!("{}/{db}", self.server.url.trim_end_matches('/'))
     }
 
     /// The server's folder (data directory, logs; removed with the server).
     #[must_use]
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.server.dir
     }
 
     /// The data directory (binary logs are `binlog.*` in it).
     #[must_use]
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.server.data_dir()
     }
 
     /// The binary log files.
@@ -589,7 +607,7 @@ impl MariaServer {
     /// The general query log.
     #[must_use]
     pub fn general_log_path(&self) -> PathBuf {
-        self.dir.join("general.log")
+        self.server.dir.join("general.log")
     }
 
     fn client(&self, tool: &[&str]) -> Command {
@@ -649,11 +667,5 @@ impl MariaServer {
     pub fn flush_logs(&self) -> Result<(), Error> {
         self.sql("", "FLUSH BINARY LOGS; FLUSH GENERAL LOGS;")
             .map(|_| ())
-    }
-}
-
-impl Drop for MariaServer {
-    fn drop(&mut self) {
-        let _ = MARIADB_SERVER.call("stop", &self.dir);
     }
 }

@@ -22,6 +22,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use leakless_examples::cli;
 use leakless_examples::medtech::channel::{self, ChannelError, ServerHandshake};
 use leakless_examples::medtech::device::{DeviceError, DeviceKey, Gateway, Pacemaker};
 use leakless_examples::medtech::hospital::{HospitalError, HospitalServer};
@@ -38,34 +39,15 @@ macro_rules! say {
 const DEVICES: usize = 3;
 const READINGS_PER_DEVICE: u64 = 4;
 
-/// A failure of the demo itself, with the hint to print.
-#[derive(Debug)]
-struct Failure {
-    message: String,
-    hint: &'static str,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl Error for Failure {}
-
 const HINT_BUG: &str = "this is a bug in the example; please report it";
 
+/// A failure of the demo itself: a bug, whatever it says.
 fn fail(message: impl Into<String>) -> Box<dyn Error> {
-    Box::new(Failure {
-        message: message.into(),
-        hint: HINT_BUG,
-    })
+    cli::fail(message, HINT_BUG)
 }
 
+/// The hint for an error that is not a [`cli::Failure`].
 fn hint_for(e: &(dyn Error + 'static)) -> &'static str {
-    if let Some(f) = e.downcast_ref::<Failure>() {
-        return f.hint;
-    }
     if e.downcast_ref::<DeviceError>().is_some() || e.downcast_ref::<ChannelError>().is_some() {
         return "a message was refused where it should have passed; please report it";
     }
@@ -87,15 +69,7 @@ fn hint_for(e: &(dyn Error + 'static)) -> &'static str {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "error: {e}");
-            let _ = writeln!(err, "hint: {}", hint_for(&*e));
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(run(), hint_for)
 }
 
 /// Flips one bit in the middle of a ciphertext.
@@ -106,6 +80,27 @@ fn tamper(bytes: &mut [u8]) -> Result<(), Box<dyn Error>> {
         .ok_or_else(|| fail("an empty ciphertext"))?;
     *b ^= 0x01;
     Ok(())
+}
+
+/// Checks that a forged message was refused the expected way: `refusal` gives the text of the
+/// expected error (`None` for any other). Prints it after `label` and counts the one refusal;
+/// an acceptance or another error is a failure, `failure` and what happened.
+fn rejected<T, E: std::fmt::Debug>(
+    result: Result<T, E>,
+    refusal: impl FnOnce(&E) -> Option<String>,
+    label: &str,
+    failure: &str,
+) -> Result<usize, Box<dyn Error>> {
+    if let Err(e) = &result
+        && let Some(shown) = refusal(e)
+    {
+        say!("  {label:<19}rejected: {shown}");
+        return Ok(1);
+    }
+    Err(fail(format!(
+        "{failure} ({:?})",
+        result.map(|_| "accepted")
+    )))
 }
 
 fn run() -> Result<(), Box<dyn Error>> {
@@ -174,7 +169,6 @@ fn run() -> Result<(), Box<dyn Error>> {
     }
 
     // ----- attacks on hop 1: device -> gateway ---------------------------------------------
-    let (mut hop1_replays, mut hop1_tampers) = (0usize, 0usize);
     let first = devices.first_mut().ok_or_else(|| fail("no devices"))?;
     let reading = Reading {
         device_id: first.id().to_owned(),
@@ -185,65 +179,46 @@ fn run() -> Result<(), Box<dyn Error>> {
     let genuine = first.send(&reading)?;
     let mut forged = genuine.clone();
     tamper(&mut forged.ciphertext)?;
-    match gateway.receive(&forged) {
-        Err(e @ DeviceError::Tampered { .. }) => {
-            say!("  hop 1 tamper       rejected: {e}");
-            hop1_tampers = hop1_tampers.saturating_add(1);
-        }
-        other => {
-            return Err(fail(format!(
-                "a tampered device message was not rejected as tampered ({:?})",
-                other.map(|_| "accepted")
-            )));
-        }
-    }
+    let hop1_tampers = rejected(
+        gateway.receive(&forged),
+        |e| matches!(e, DeviceError::Tampered { .. }).then(|| e.to_string()),
+        "hop 1 tamper",
+        "a tampered device message was not rejected as tampered",
+    )?;
     let at_gateway = gateway.receive(&genuine)?;
     hop1_ok = hop1_ok.saturating_add(1);
-    match gateway.receive(&genuine) {
-        Err(e @ DeviceError::Replay { .. }) => {
-            say!("  hop 1 replay       rejected: {e}");
-            hop1_replays = hop1_replays.saturating_add(1);
-        }
-        other => {
-            return Err(fail(format!(
-                "a replayed device message was not rejected as a replay ({:?})",
-                other.map(|_| "accepted")
-            )));
-        }
-    }
+    let hop1_replays = rejected(
+        gateway.receive(&genuine),
+        |e| matches!(e, DeviceError::Replay { .. }).then(|| e.to_string()),
+        "hop 1 replay",
+        "a replayed device message was not rejected as a replay",
+    )?;
 
     // ----- attacks on hop 2: gateway -> hospital -------------------------------------------
-    let (mut hop2_replays, mut hop2_tampers) = (0usize, 0usize);
     let frame = to_server.seal(&serde_json::to_vec(&at_gateway)?)?;
     let mut forged = frame.clone();
     tamper(&mut forged.ciphertext)?;
-    match hospital.receive(&forged) {
-        Err(HospitalError::Channel(e @ ChannelError::Tampered { .. })) => {
-            say!("  hop 2 tamper       rejected: {e}");
-            hop2_tampers = hop2_tampers.saturating_add(1);
-        }
-        other => {
-            return Err(fail(format!(
-                "a tampered frame was not rejected as tampered ({:?})",
-                other.map(|_| "accepted")
-            )));
-        }
-    }
+    let hop2_tampers = rejected(
+        hospital.receive(&forged),
+        |e| match e {
+            HospitalError::Channel(c @ ChannelError::Tampered { .. }) => Some(c.to_string()),
+            _ => None,
+        },
+        "hop 2 tamper",
+        "a tampered frame was not rejected as tampered",
+    )?;
     hospital.receive(&frame)?;
     hop2_ok = hop2_ok.saturating_add(1);
     sent.push(reading);
-    match hospital.receive(&frame) {
-        Err(HospitalError::Channel(e @ ChannelError::Replay { .. })) => {
-            say!("  hop 2 replay       rejected: {e}");
-            hop2_replays = hop2_replays.saturating_add(1);
-        }
-        other => {
-            return Err(fail(format!(
-                "a replayed frame was not rejected as a replay ({:?})",
-                other.map(|_| "accepted")
-            )));
-        }
-    }
+    let hop2_replays = rejected(
+        hospital.receive(&frame),
+        |e| match e {
+            HospitalError::Channel(c @ ChannelError::Replay { .. }) => Some(c.to_string()),
+            _ => None,
+        },
+        "hop 2 replay",
+        "a replayed frame was not rejected as a replay",
+    )?;
 
     // ----- read back and compare -----------------------------------------------------------
     let stored = hospital.load_all()?;

@@ -64,7 +64,6 @@
 
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::fmt;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -82,6 +81,7 @@ use leakless::keyring::{ShredReport, ShredStatus};
 use leakless::kms::LocalKms;
 use leakless::store::FileKeyStore;
 use leakless::{AuditInfo, FieldContext, KekVersion, KeyRing, KeyScope, RowId, Sealed};
+use leakless_examples::cli::{self, fail};
 use leakless_examples::demo_data::{self, DemoPatient};
 use leakless_examples::lifecycle::{DEMO_CACHE_WINDOW, seconds, time_until, wait_until};
 use leakless_examples::patient::{
@@ -176,37 +176,8 @@ fn context(id: &str, column: Column) -> FieldContext<'_> {
 
 const HINT_BUG: &str = "this should not happen; please report it with the full output";
 
-/// A failure of the demo itself, with a hint on what to do.
-struct Failure {
-    message: String,
-    hint: &'static str,
-}
-
-impl fmt::Debug for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl Error for Failure {}
-
-fn fail(message: impl Into<String>, hint: &'static str) -> Box<dyn Error> {
-    Box::new(Failure {
-        message: message.into(),
-        hint,
-    })
-}
-
+/// The hint for an error that is not a [`cli::Failure`] (made by `fail`).
 fn hint_for(e: &(dyn Error + 'static)) -> &'static str {
-    if let Some(f) = e.downcast_ref::<Failure>() {
-        return f.hint;
-    }
     if let Some(e) = e.downcast_ref::<leakless::Error>() {
         return match e {
             leakless::Error::KeyFile { .. } => {
@@ -237,16 +208,7 @@ fn hint_for(e: &(dyn Error + 'static)) -> &'static str {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // If even stderr is gone there is nobody left to tell; the exit code still says it.
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "error: {e}");
-            let _ = writeln!(err, "hint: {}", hint_for(&*e));
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit(run(), hint_for)
 }
 
 // ----- the demo -------------------------------------------------------------------------------

@@ -67,21 +67,14 @@ impl Patient {
     /// key scopes).
     #[must_use]
     pub fn from_demo(p: &DemoPatient) -> Self {
-        let crate::patient::Patient {
-            id,
-            name,
-            address,
-            email,
-            gps,
-            transcript,
-        } = crate::patient::Patient::from_demo(p);
+        let q = crate::patient::Patient::from_demo(p);
         Self {
-            id,
-            name,
-            address,
-            email,
-            gps,
-            transcript,
+            id: q.id,
+            name: q.name,
+            address: q.address,
+            email: q.email,
+            gps: q.gps,
+            transcript: q.transcript,
         }
     }
 }

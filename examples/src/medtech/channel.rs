@@ -364,27 +364,56 @@ fn frame_aad(direction: Direction, seq: u64) -> Vec<u8> {
     a
 }
 
-/// The sending end of one direction; sequence numbers start at 1.
-pub struct FrameSender {
+/// The AES-256-GCM key of one direction, with that direction: frame number `seq` is sealed
+/// under the nonce and associated data of `seq` and the direction. `Debug` shows the direction
+/// only.
+struct DirectionKey {
     cipher: Aes256Gcm,
     direction: Direction,
-    next: u64,
 }
 
-impl std::fmt::Debug for FrameSender {
+impl std::fmt::Debug for DirectionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameSender")
+        f.debug_struct("DirectionKey")
             .field("direction", &self.direction)
-            .field("next", &self.next)
             .finish_non_exhaustive()
     }
+}
+
+impl DirectionKey {
+    fn new(key: &[u8; 32], direction: Direction) -> Self {
+        Self {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
+            direction,
+        }
+    }
+
+    /// Seals (`open` false) or opens (`open` true) `msg` as frame number `seq`.
+    fn apply(&self, open: bool, seq: u64, msg: &[u8]) -> Result<Vec<u8>, ChannelError> {
+        let aad = frame_aad(self.direction, seq);
+        let nonce = frame_nonce(seq);
+        let payload = Payload { msg, aad: &aad };
+        let nonce = Nonce::from_slice(&nonce);
+        let out = if open {
+            self.cipher.decrypt(nonce, payload)
+        } else {
+            self.cipher.encrypt(nonce, payload)
+        };
+        out.map_err(|_| ChannelError::Tampered { seq })
+    }
+}
+
+/// The sending end of one direction; sequence numbers start at 1.
+#[derive(Debug)]
+pub struct FrameSender {
+    key: DirectionKey,
+    next: u64,
 }
 
 impl FrameSender {
     fn new(key: &[u8; 32], direction: Direction) -> Self {
         Self {
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
-            direction,
+            key: DirectionKey::new(key, direction),
             next: 1,
         }
     }
@@ -396,43 +425,23 @@ impl FrameSender {
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Frame, ChannelError> {
         let seq = self.next;
         let next = seq.checked_add(1).ok_or(ChannelError::SequenceExhausted)?;
-        let aad = frame_aad(self.direction, seq);
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                Nonce::from_slice(&frame_nonce(seq)),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| ChannelError::Tampered { seq })?;
+        let ciphertext = self.key.apply(false, seq, plaintext)?;
         self.next = next;
         Ok(Frame { seq, ciphertext })
     }
 }
 
 /// The receiving end of one direction: accepts strictly increasing sequence numbers only.
+#[derive(Debug)]
 pub struct FrameReceiver {
-    cipher: Aes256Gcm,
-    direction: Direction,
+    key: DirectionKey,
     last: u64,
-}
-
-impl std::fmt::Debug for FrameReceiver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameReceiver")
-            .field("direction", &self.direction)
-            .field("last", &self.last)
-            .finish_non_exhaustive()
-    }
 }
 
 impl FrameReceiver {
     fn new(key: &[u8; 32], direction: Direction) -> Self {
         Self {
-            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)),
-            direction,
+            key: DirectionKey::new(key, direction),
             last: 0,
         }
     }
@@ -450,17 +459,7 @@ impl FrameReceiver {
                 last: self.last,
             });
         }
-        let aad = frame_aad(self.direction, seq);
-        let plaintext = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(&frame_nonce(seq)),
-                Payload {
-                    msg: &frame.ciphertext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| ChannelError::Tampered { seq })?;
+        let plaintext = self.key.apply(true, seq, &frame.ciphertext)?;
         self.last = seq;
         Ok(Zeroizing::new(plaintext))
     }

@@ -112,6 +112,28 @@ fn channel_of(p: &str) -> (String, &str) {
     }
 }
 
+/// The text of the file `path`, or an error naming it.
+fn read_text(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Prints a report on stdout, as JSON (`to_json`) when `json`, else in its human form
+/// (`human`); returns `exit_code`, the report's.
+fn print_report(
+    json: bool,
+    to_json: impl FnOnce() -> Result<String, serde_json::Error>,
+    human: impl FnOnce() -> String,
+    exit_code: u8,
+) -> Result<u8, String> {
+    let out = if json {
+        to_json().map_err(|e| e.to_string())? + "\n"
+    } else {
+        human()
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    Ok(exit_code)
+}
+
 fn run(cli: Cli) -> Result<u8, String> {
     match cli.command {
         Cmd::Residue {
@@ -150,13 +172,12 @@ fn run(cli: Cli) -> Result<u8, String> {
                 &encodings,
             )
             .map_err(|e| e.to_string())?;
-            let out = if json {
-                report.to_json().map_err(|e| e.to_string())? + "\n"
-            } else {
-                report.human()
-            };
-            let _ = std::io::stdout().write_all(out.as_bytes());
-            Ok(report.exit_code())
+            print_report(
+                json,
+                || report.to_json(),
+                || report.human(),
+                report.exit_code(),
+            )
         }
         Cmd::Canaries {
             manifest,
@@ -164,8 +185,7 @@ fn run(cli: Cli) -> Result<u8, String> {
             controls,
             out,
         } => {
-            let text = std::fs::read_to_string(&manifest)
-                .map_err(|e| format!("{}: {e}", manifest.display()))?;
+            let text = read_text(&manifest)?;
             let m = SchemaManifest::from_json(&text)
                 .map_err(|e| format!("{}: {e}", manifest.display()))?;
             let mut set = CanarySet::from_manifest(&m, rows).map_err(|e| e.to_string())?;
@@ -195,8 +215,7 @@ fn run(cli: Cli) -> Result<u8, String> {
             json,
             no_controls,
         } => {
-            let text = std::fs::read_to_string(&canaries)
-                .map_err(|e| format!("{}: {e}", canaries.display()))?;
+            let text = read_text(&canaries)?;
             let set = CanarySet::from_json(&text).map_err(|e| e.to_string())?;
             if set.canaries.iter().all(|c| c.control) {
                 return Err(format!(
@@ -234,13 +253,12 @@ fn run(cli: Cli) -> Result<u8, String> {
                 check.scan_path(&name, std::path::Path::new(path));
             }
             let report = check.report();
-            let out = if json {
-                report.to_json().map_err(|e| e.to_string())? + "\n"
-            } else {
-                report.human()
-            };
-            let _ = std::io::stdout().write_all(out.as_bytes());
-            Ok(report.exit_code())
+            print_report(
+                json,
+                || report.to_json(),
+                || report.human(),
+                report.exit_code(),
+            )
         }
     }
 }

@@ -8,7 +8,9 @@ use std::io::Write as _;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use crate::support::{Patient, PatientRow, fixture, patients};
+use crate::support::{
+    Patient, PatientRow, fixture, insert_and_refuse_duplicate, patients, tar_append,
+};
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::prelude::*;
 use diesel::sqlite::{Sqlite, SqliteConnection};
@@ -79,14 +81,12 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
     let mut conn = SqliteConnection::establish(":memory:").unwrap();
     conn.set_instrumentation(Recorder(events.clone()));
     diesel::sql_query(DDL).execute(&mut conn).unwrap();
-    q.execute(&mut conn).unwrap();
-    // Error case: duplicate blind index.
-    let mut dup = rows[0].clone();
-    dup.id = "dup".into();
-    let err = diesel::insert_into(patients::table)
-        .values(&dup)
-        .execute(&mut conn)
-        .unwrap_err();
+    // The insert `q` shows, then the error case: a duplicate blind index.
+    let err = insert_and_refuse_duplicate(&rows, |r| {
+        diesel::insert_into(patients::table)
+            .values(r)
+            .execute(&mut conn)
+    });
     diesel::sql_query(format!(
         "SELECT '{}' AS leaky_control",
         control.replace('\'', "''")
@@ -177,12 +177,7 @@ fn sealed_app_output_is_clean_in_every_application_channel() {
         let mut tar = tar::Builder::new(gz);
         tar.append_dir_all("export", &export).unwrap();
         let body = format!("notes: {}\n", c.pglz.text_value().unwrap());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        tar.append_data(&mut h, "control/notes.txt", body.as_bytes())
-            .unwrap();
+        tar_append(&mut tar, "control/notes.txt", body.as_bytes());
         tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
     }
     check.expect_control("app/user-files", &c.pglz.id);

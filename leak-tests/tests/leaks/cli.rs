@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::tar_of;
 use leakless_leaktest::CanarySet;
 
 fn cli(args: &[&str], dir: &Path) -> Output {
@@ -229,13 +230,7 @@ fn no_controls_never_turns_nothing_or_a_nested_leak_into_clean() {
     gz.write_all(format!("INSERT INTO t VALUES ('{value}');\n").as_bytes())
         .unwrap();
     let gz = gz.finish().unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(gz.len() as u64);
-    h.set_mode(0o600);
-    h.set_cksum();
-    b.append_data(&mut h, "db.sql.gz", gz.as_slice()).unwrap();
-    std::fs::write(d.join("backup.tar"), b.into_inner().unwrap()).unwrap();
+    std::fs::write(d.join("backup.tar"), tar_of(&[("db.sql.gz", &gz)])).unwrap();
     let out = cli(
         &["scan", "-c", "canaries.json", "--no-controls", "backup.tar"],
         d,

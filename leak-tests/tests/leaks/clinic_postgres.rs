@@ -4,15 +4,10 @@
 //! (plain and custom), the data directory, the WAL and the server log must show every control
 //! and no canary.
 
-use std::sync::Arc;
-
 use crate::support::{fixture, lit};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, Json, KeyRing, KeyScope, Sealed};
+use leakless::{AuditInfo, Json, KeyScope, Sealed};
 use leakless_examples::clinic::{self, BIDX_SCOPE, GeoPoint, Patient, SCOPE, schema::patients};
 use leakless_leaktest::{CanarySet, LeakCheck};
 use leakless_testkit::DumpFormat;
@@ -49,11 +44,7 @@ fn clinic_example_on_postgres_passes_the_leak_suite() {
     pg.sql("postgres", "CREATE DATABASE clinic").unwrap();
     let mut conn = PgConnection::establish(&pg.url_for("clinic")).unwrap();
     clinic::run_migrations(&mut conn).unwrap();
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
+    let ring = leakless_examples::throwaway_ring_builder().build();
     for s in [SCOPE, BIDX_SCOPE] {
         ring.create_scope(
             &KeyScope::new(s).unwrap(),

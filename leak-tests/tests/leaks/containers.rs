@@ -8,9 +8,10 @@
 use std::io::{Cursor, Write as _};
 use std::path::Path;
 
+use crate::support::{set_with_control, tar_append, tar_of};
 use leakless_leaktest::containers::Codec;
 use leakless_leaktest::report::ChannelReport;
-use leakless_leaktest::{Canary, CanarySet, LeakCheck, Report, Status};
+use leakless_leaktest::{Canary, LeakCheck, Report, Status};
 use leakless_testkit::{DumpFormat, PgOptions, PgServer};
 
 const LEAK_MARKER: &str = "LKCONT7Q";
@@ -19,15 +20,9 @@ const CONTROL: &str = "Control LKCTRL5W, 1 Known Street, Testtown";
 const CH: &str = "c";
 
 fn check() -> LeakCheck {
-    let mut set = CanarySet::new();
+    let mut set = set_with_control("ctl", "LKCTRL5W", CONTROL);
     set.push(Canary::text("addr", LEAK_MARKER, LEAK).unwrap())
         .unwrap();
-    set.push(
-        Canary::text("ctl", "LKCTRL5W", CONTROL)
-            .unwrap()
-            .as_control(),
-    )
-    .unwrap();
     let mut c = LeakCheck::new(set).unwrap();
     c.expect_all_controls(CH);
     c
@@ -106,18 +101,6 @@ const CODECS: [Codec; 5] = [
     Codec::Lz4,
 ];
 
-fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
 fn zip_of(members: &[(&str, &[u8], zip::CompressionMethod)]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for (name, data, method) in members {
@@ -173,6 +156,15 @@ fn assert_clean_of_errors(r: &Report) {
     assert!(channel(r).errors.is_empty(), "{}", r.human());
 }
 
+/// [`assert_leak_in`] for `base` followed by each of `members`, then
+/// [`assert_clean_of_errors`].
+fn assert_leaks_in_members(r: &Report, base: &str, members: &[&str]) {
+    for member in members {
+        assert_leak_in(r, &format!("{base}{member}"));
+    }
+    assert_clean_of_errors(r);
+}
+
 #[test]
 fn every_compressor_is_seen_through() {
     let dir = tempfile::tempdir().unwrap();
@@ -215,11 +207,11 @@ fn zip_members_stored_deflated_bzip2_and_xz_are_seen_through() {
     .unwrap();
     let r = scan(&path);
     let base = path.display().to_string();
-    assert_leak_in(&r, &format!("{base}!stored.sql"));
-    assert_leak_in(&r, &format!("{base}!deflated.sql"));
-    assert_leak_in(&r, &format!("{base}!bzip2.sql"));
-    assert_leak_in(&r, &format!("{base}!xz.sql"));
-    assert_clean_of_errors(&r);
+    assert_leaks_in_members(
+        &r,
+        &base,
+        &["!stored.sql", "!deflated.sql", "!bzip2.sql", "!xz.sql"],
+    );
     // The deflated member hides the value from the raw scan: only the member view sees it.
     assert!(
         !channel(&r)
@@ -239,10 +231,11 @@ fn tar_in_tar_and_sql_gz_in_tar_are_seen_through() {
     let path = dir.path().join("backup.tar");
     std::fs::write(&path, tar_of(&[("db.sql.gz", &gz), ("inner.tar", &inner)])).unwrap();
     let r = scan(&path);
-    let base = path.display().to_string();
-    assert_leak_in(&r, &format!("{base}!db.sql.gz[gunzip]"));
-    assert_leak_in(&r, &format!("{base}!inner.tar!inner/db.sql"));
-    assert_clean_of_errors(&r);
+    assert_leaks_in_members(
+        &r,
+        &path.display().to_string(),
+        &["!db.sql.gz[gunzip]", "!inner.tar!inner/db.sql"],
+    );
 }
 
 #[test]
@@ -297,21 +290,28 @@ fn long_streams() -> &'static [(Codec, Vec<u8>)] {
     })
 }
 
+/// Writes `stream`, a damaged `codec` stream, to `path` and scans it: the leak in the prefix
+/// that still decodes is found in the codec's view, and the damage is a harness error naming
+/// that view. Returns the report.
+fn scan_damaged_stream(path: &Path, codec: Codec, stream: &[u8]) -> Report {
+    std::fs::write(path, stream).unwrap();
+    let r = scan(path);
+    let view = format!("{}[{}]", path.display(), codec.view());
+    assert_leak_in(&r, &view);
+    assert_error_contains(
+        &r,
+        &format!("{view}: corrupt or truncated {} stream", codec.view()),
+    );
+    r
+}
+
 #[test]
 fn truncated_streams_keep_the_findings_of_their_prefix() {
     let dir = tempfile::tempdir().unwrap();
     for (codec, full) in long_streams() {
-        let codec = *codec;
         let cut = full.len() * 3 / 5;
-        let path = dir.path().join(format!("cut.sql.{}", ext(codec)));
-        std::fs::write(&path, &full[..cut]).unwrap();
-        let r = scan(&path);
-        let view = format!("{}[{}]", path.display(), codec.view());
-        assert_leak_in(&r, &view);
-        assert_error_contains(
-            &r,
-            &format!("{view}: corrupt or truncated {} stream", codec.view()),
-        );
+        let path = dir.path().join(format!("cut.sql.{}", ext(*codec)));
+        let r = scan_damaged_stream(&path, *codec, &full[..cut]);
         assert!(r.human().contains("LEAK") && r.human().contains("HARNESS ERROR"));
     }
 }
@@ -320,19 +320,11 @@ fn truncated_streams_keep_the_findings_of_their_prefix() {
 fn bit_flipped_streams_keep_the_findings_of_their_prefix() {
     let dir = tempfile::tempdir().unwrap();
     for (codec, full) in long_streams() {
-        let codec = *codec;
         let mut bad = full.clone();
         let at = bad.len() * 7 / 10;
         bad[at] ^= 0x10;
-        let path = dir.path().join(format!("flipped.sql.{}", ext(codec)));
-        std::fs::write(&path, &bad).unwrap();
-        let r = scan(&path);
-        let view = format!("{}[{}]", path.display(), codec.view());
-        assert_leak_in(&r, &view);
-        assert_error_contains(
-            &r,
-            &format!("{view}: corrupt or truncated {} stream", codec.view()),
-        );
+        let path = dir.path().join(format!("flipped.sql.{}", ext(*codec)));
+        scan_damaged_stream(&path, *codec, &bad);
     }
 }
 
@@ -494,12 +486,7 @@ fn pg_dumps_inside_a_tar_are_restored_and_scanned() {
     b.append_dir_all("dumps/app.dir", &dirdump).unwrap();
     // A custom dump compressed again (as backup tools store it): spooled, then restored.
     let zst = compress(Codec::Zstd, &std::fs::read(&custom).unwrap());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(zst.len() as u64);
-    h.set_mode(0o600);
-    h.set_cksum();
-    b.append_data(&mut h, "dumps/app.dump.zst", zst.as_slice())
-        .unwrap();
+    tar_append(&mut b, "dumps/app.dump.zst", &zst);
     let tar = b.into_inner().unwrap();
     // The same tar, and the same tar gzip'd inside another tar (two levels deeper).
     let path = dir.path().join("backup.tar");
@@ -510,17 +497,17 @@ fn pg_dumps_inside_a_tar_are_restored_and_scanned() {
         tar_of(&[("nightly/backup.tar.gz", &compress(Codec::Gzip, &tar))]),
     )
     .unwrap();
-    let r = scan(&path);
-    let base = path.display().to_string();
-    assert_leak_in(&r, &format!("{base}!dumps/app.dump[pg_restore]"));
-    assert_leak_in(&r, &format!("{base}!dumps/app.dir[pg_restore]"));
-    assert_leak_in(&r, &format!("{base}!dumps/app.dump.zst[zstd][pg_restore]"));
-    assert_clean_of_errors(&r);
-    let r = scan(&outer);
-    let base = format!("{}!nightly/backup.tar.gz[gunzip]", outer.display());
-    assert_leak_in(&r, &format!("{base}!dumps/app.dump[pg_restore]"));
-    assert_leak_in(&r, &format!("{base}!dumps/app.dir[pg_restore]"));
-    assert_clean_of_errors(&r);
+    let restored = [
+        "!dumps/app.dump[pg_restore]",
+        "!dumps/app.dir[pg_restore]",
+        "!dumps/app.dump.zst[zstd][pg_restore]",
+    ];
+    assert_leaks_in_members(&scan(&path), &path.display().to_string(), &restored);
+    assert_leaks_in_members(
+        &scan(&outer),
+        &format!("{}!nightly/backup.tar.gz[gunzip]", outer.display()),
+        &restored[..2],
+    );
 }
 
 #[test]
@@ -559,20 +546,13 @@ fn a_pgdata_with_symlinked_wal_and_tablespace_shows_the_leaks_behind_both_links(
     assert_leak_under(&r, &tblspc);
     assert_eq!(r.status(), Status::Leak);
     // Both links are reported.
-    assert!(
-        c.links_followed
-            .iter()
-            .any(|l| l.starts_with(&format!("{wal} -> "))),
-        "{:?}",
-        c.links_followed
-    );
-    assert!(
-        c.links_followed
-            .iter()
-            .any(|l| l.starts_with(&format!("{tblspc}/"))),
-        "{:?}",
-        c.links_followed
-    );
+    for link in [format!("{wal} -> "), format!("{tblspc}/")] {
+        assert!(
+            c.links_followed.iter().any(|l| l.starts_with(&link)),
+            "no link {link:?} in {:?}",
+            c.links_followed
+        );
+    }
 }
 
 #[test]

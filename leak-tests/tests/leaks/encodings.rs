@@ -2,12 +2,8 @@
 //! chunk boundary, is found and reported under that encoding; the sealed form (an envelope)
 //! and clean noise have no finding.
 
-use std::sync::Arc;
-
-use leakless::kms::LocalKms;
-use leakless::secret::RootKey;
-use leakless::store::MemoryKeyStore;
-use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
+use crate::support::ring_with_scope;
+use leakless::{FieldContext, FieldPolicy, RowId};
 use leakless_leaktest::encode::{base64, json_escape, percent, sql_escape};
 use leakless_leaktest::scan::{CHUNK, Collector, Engine, Hit};
 use leakless_leaktest::{Canary, CanarySet, Encoding, Scanner};
@@ -107,13 +103,18 @@ fn planted(payload: &[u8], prefix: usize) -> Vec<u8> {
     v
 }
 
-fn assert_found(scanner: &Scanner, canary: &str, encoding: Encoding, payload: &[u8]) {
-    let idx = scanner
+/// The index of the canary `id` in the scanner's set (what a [`Hit`] names).
+fn canary_index(scanner: &Scanner, id: &str) -> usize {
+    scanner
         .canaries()
         .canaries
         .iter()
-        .position(|c| c.id == canary)
-        .unwrap();
+        .position(|c| c.id == id)
+        .unwrap()
+}
+
+fn assert_found(scanner: &Scanner, canary: &str, encoding: Encoding, payload: &[u8]) {
+    let idx = canary_index(scanner, canary);
     for prefix in [0, 1, 2, 3, 1001] {
         let hay = planted(payload, prefix);
         let found = hits(scanner, &hay);
@@ -218,12 +219,7 @@ fn any_window_of_a_transcript_is_found() {
 
 fn assert_found_once(scanner: &Scanner, canary: &str, window: &[u8]) {
     let hay = planted(window, 33);
-    let idx = scanner
-        .canaries()
-        .canaries
-        .iter()
-        .position(|c| c.id == canary)
-        .unwrap();
+    let idx = canary_index(scanner, canary);
     assert!(hits(scanner, &hay).iter().any(|h| h.canary == idx));
 }
 
@@ -337,14 +333,7 @@ fn sealed_values_and_noise_are_clean() {
     let scanner = scanner();
     assert!(hits(scanner, &noise(3 * CHUNK + 17, 99)).is_empty());
     // The same values sealed by leakless, in every binary encoding a dump would use.
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
-    let scope = KeyScope::new("patients").unwrap();
-    ring.create_scope(&scope, &AuditInfo::new("test", "setup"))
-        .unwrap();
+    let (ring, scope) = ring_with_scope("patients");
     let mut hay = Vec::new();
     for (i, c) in set.canaries.iter().enumerate() {
         let plain = match c.gps_value() {
@@ -479,12 +468,7 @@ fn threads_split_a_chunk_without_losing_or_repeating_a_match() {
         v
     };
     let one = run(1);
-    let address = scanner()
-        .canaries()
-        .canaries
-        .iter()
-        .position(|c| c.id == "addr")
-        .unwrap();
+    let address = canary_index(scanner(), "addr");
     for p in &plants {
         assert!(
             one.iter()

@@ -5,7 +5,7 @@
 //! must each show every control and no canary. The canaries include the ring's root key and
 //! KEKs; a key-shaped control planted as base64 must be found in every channel.
 
-use crate::support::{Patient, fixture, lit, patients};
+use crate::support::{Patient, fixture, insert_and_refuse_duplicate, lit, patients};
 use diesel::mysql::MysqlConnection;
 use diesel::prelude::*;
 use leakless::Sealed;
@@ -32,16 +32,11 @@ fn sealed_app_on_mariadb_is_clean_in_every_channel_and_every_control_is_found() 
 
     let mut conn = MysqlConnection::establish(&my.url_for("app")).unwrap();
     let rows = Patient::seal_rows(&fx.patients, &fx.ring).unwrap();
-    diesel::insert_into(patients::table)
-        .values(&rows)
-        .execute(&mut conn)
-        .unwrap();
-    let mut dup = rows[0].clone();
-    dup.id = "duplicate".into();
-    let err = diesel::insert_into(patients::table)
-        .values(&dup)
-        .execute(&mut conn)
-        .unwrap_err();
+    let err = insert_and_refuse_duplicate(&rows, |r| {
+        diesel::insert_into(patients::table)
+            .values(r)
+            .execute(&mut conn)
+    });
     assert!(err.to_string().contains("Duplicate"), "{err}");
     drop(conn);
 

@@ -7,6 +7,7 @@
 
 use std::io::Write as _;
 
+use crate::support::{set_with_control, tar_of};
 use leakless_leaktest::report::Report;
 use leakless_leaktest::scan::Finding;
 use leakless_leaktest::{Canary, CanarySet, LeakCheck, Status};
@@ -35,13 +36,7 @@ fn long_text(start: &str) -> String {
 }
 
 fn canaries() -> CanarySet {
-    let mut set = CanarySet::new();
-    set.push(
-        Canary::text("control", "LKMZCTRL01", CONTROL)
-            .unwrap()
-            .as_control(),
-    )
-    .unwrap();
+    let mut set = set_with_control("control", "LKMZCTRL01", CONTROL);
     set.push(Canary::text("page", "LKMZPAGE01", PAGE).unwrap())
         .unwrap();
     set.push(Canary::text("zip", "LKMZZIP001", ZIP).unwrap())
@@ -110,42 +105,27 @@ fn compressed_innodb_pages_and_binlog_events_are_inflated_and_scanned() {
         assert!(c.errors.is_empty(), "{ch}: {:?}", c.errors);
     }
 
-    // The page-compressed row: only in the inflated page view of pc.ibd.
-    let page = leaks(&report, "innodb", "page");
-    assert!(
-        page.iter()
-            .any(|f| f.artifact.contains("pc.ibd[innodb-page-zlib@")),
-        "not found in the page view: {page:?}\n{}",
-        report.human()
-    );
-    assert!(
-        page.iter().all(|f| f.artifact.contains('[')),
-        "the raw page-compressed file held it (the test proves nothing): {page:?}"
-    );
-    // The ROW_FORMAT=COMPRESSED row, after the table was rebuilt: in the inflated stream.
-    let zip = leaks(&report, "innodb", "zip");
-    assert!(
-        zip.iter()
-            .any(|f| f.artifact.contains("zc.ibd[innodb-zip-zlib@")),
-        "not found in the zip view: {zip:?}\n{}",
-        report.human()
-    );
-    assert!(
-        zip.iter().all(|f| f.artifact.contains('[')),
-        "the raw compressed file held it: {zip:?}"
-    );
-    // The compressed rows event, and a statement-format insert (a QUERY_COMPRESSED event): not
-    // in the raw binlog, found in the inflated events.
-    for id in ["bin", "stmt"] {
-        let found = leaks(&report, "binlog", id);
+    // Each compressed value is found in its decoded view (`found_in`), and only in decoded
+    // views (`only_in`): were it in the raw file, the test would prove nothing.
+    for (channel, id, found_in, only_in) in [
+        // The page-compressed row: only in the inflated page view of pc.ibd.
+        ("innodb", "page", "pc.ibd[innodb-page-zlib@", "["),
+        // The ROW_FORMAT=COMPRESSED row, after the table was rebuilt: in the inflated stream.
+        ("innodb", "zip", "zc.ibd[innodb-zip-zlib@", "["),
+        // The compressed rows event, and a statement-format insert (a QUERY_COMPRESSED
+        // event): not in the raw binlog, found in the inflated events.
+        ("binlog", "bin", "[binlog-zlib@", "[binlog-zlib@"),
+        ("binlog", "stmt", "[binlog-zlib@", "[binlog-zlib@"),
+    ] {
+        let found = leaks(&report, channel, id);
         assert!(
-            found.iter().any(|f| f.artifact.contains("[binlog-zlib@")),
-            "{id} not found in the inflated binlog events: {found:?}\n{}",
+            found.iter().any(|f| f.artifact.contains(found_in)),
+            "{id} not found in {found_in}: {found:?}\n{}",
             report.human()
         );
         assert!(
-            found.iter().all(|f| f.artifact.contains("[binlog-zlib@")),
-            "the raw binlog held {id} (not compressed?): {found:?}"
+            found.iter().all(|f| f.artifact.contains(only_in)),
+            "{id} found outside {only_in} (not compressed?): {found:?}"
         );
     }
 }
@@ -168,11 +148,41 @@ fn page(n: u32, ty: u16, algo: u64, data: &[u8]) -> Vec<u8> {
     p
 }
 
+/// An uncompressed 16 KiB page body holding [`CONTROL`] at byte 100.
+fn control_page_body() -> Vec<u8> {
+    let mut inner = vec![b'.'; 16384];
+    inner[100..100 + CONTROL.len()].copy_from_slice(CONTROL.as_bytes());
+    inner
+}
+
+/// A binary log event of type `ty` with `body` (a 19-byte header holding the type and the
+/// event's length).
+fn binlog_event(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut e = vec![0u8; 19];
+    e[4] = ty;
+    e[9..13].copy_from_slice(&u32::try_from(19 + body.len()).unwrap().to_le_bytes());
+    e.extend_from_slice(body);
+    e
+}
+
+/// A binary log: the magic, a format description event, then a compressed query event
+/// holding [`CONTROL`] (`0x82`, the length, a zlib stream), then the events `more`.
+fn binlog_with_compressed_control(more: &[Vec<u8>]) -> Vec<u8> {
+    let mut log = b"\xfebin".to_vec();
+    log.extend(binlog_event(15, &[0u8; 40]));
+    let mut q = vec![0u8; 13];
+    q.push(0x82);
+    q.extend_from_slice(&u16::try_from(CONTROL.len()).unwrap().to_be_bytes());
+    q.extend(zlib(CONTROL.as_bytes()));
+    log.extend(binlog_event(165, &q));
+    log.extend(more.concat());
+    log
+}
+
 #[test]
 fn pages_and_binlogs_that_cannot_be_decoded_are_harness_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let mut inner = vec![b'.'; 16384];
-    inner[100..100 + CONTROL.len()].copy_from_slice(CONTROL.as_bytes());
+    let inner = control_page_body();
     let ibd = dir.path().join("t.ibd");
     let file = [
         page(0, 8, 0, &[]),
@@ -210,26 +220,16 @@ fn pages_and_binlogs_that_cannot_be_decoded_are_harness_errors() {
     page0[54..58].copy_from_slice(&(0x10u32 | (1 << 5) | 5).to_be_bytes());
     let zlib_ibd = dir.path().join("zlib.ibd");
     std::fs::write(&zlib_ibd, [page0, fcrc32(1, &zlib(&inner))].concat()).unwrap();
-    // A binlog: format description, then START_ENCRYPTION.
-    let event = |ty: u8, body: &[u8]| {
-        let mut e = vec![0u8; 19];
-        e[4] = ty;
-        e[9..13].copy_from_slice(&u32::try_from(19 + body.len()).unwrap().to_le_bytes());
-        e.extend_from_slice(body);
-        e
-    };
+    // A binlog: the compressed control, then START_ENCRYPTION and an event past it.
     let binlog = dir.path().join("binlog.000001");
-    let mut log = b"\xfebin".to_vec();
-    log.extend(event(15, &[0u8; 40]));
-    // A compressed query event holding the control: `0x82`, the length, a zlib stream.
-    let mut q = vec![0u8; 13];
-    q.push(0x82);
-    q.extend_from_slice(&u16::try_from(CONTROL.len()).unwrap().to_be_bytes());
-    q.extend(zlib(CONTROL.as_bytes()));
-    log.extend(event(165, &q));
-    log.extend(event(164, &[1u8; 17]));
-    log.extend(event(2, &[0u8; 30]));
-    std::fs::write(&binlog, log).unwrap();
+    std::fs::write(
+        &binlog,
+        binlog_with_compressed_control(&[
+            binlog_event(164, &[1u8; 17]),
+            binlog_event(2, &[0u8; 30]),
+        ]),
+    )
+    .unwrap();
 
     let mut check = LeakCheck::new(canaries()).unwrap();
     for (channel, path) in [
@@ -297,34 +297,15 @@ fn pages_and_binlogs_that_cannot_be_decoded_are_harness_errors() {
 /// there.
 #[test]
 fn tablespaces_and_binlogs_inside_archives_are_inflated_too() {
-    let mut inner = vec![b'.'; 16384];
-    inner[100..100 + CONTROL.len()].copy_from_slice(CONTROL.as_bytes());
-    let ibd = [page(0, 8, 0, &[]), page(1, 34354, 1, &zlib(&inner))].concat();
-    let event = |ty: u8, body: &[u8]| {
-        let mut e = vec![0u8; 19];
-        e[4] = ty;
-        e[9..13].copy_from_slice(&u32::try_from(19 + body.len()).unwrap().to_le_bytes());
-        e.extend_from_slice(body);
-        e
-    };
-    let mut log = b"\xfebin".to_vec();
-    log.extend(event(15, &[0u8; 40]));
-    let mut q = vec![0u8; 13];
-    q.push(0x82);
-    q.extend_from_slice(&u16::try_from(CONTROL.len()).unwrap().to_be_bytes());
-    q.extend(zlib(CONTROL.as_bytes()));
-    log.extend(event(165, &q));
-    log.extend(event(2, &[0u8; 30]));
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, data) in [("mysql/app/t.ibd", &ibd), ("mysql/binlog.000001", &log)] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        tar.append_data(&mut h, name, data.as_slice()).unwrap();
-    }
+    let ibd = [
+        page(0, 8, 0, &[]),
+        page(1, 34354, 1, &zlib(&control_page_body())),
+    ]
+    .concat();
+    let log = binlog_with_compressed_control(&[binlog_event(2, &[0u8; 30])]);
+    let tar = tar_of(&[("mysql/app/t.ibd", &ibd), ("mysql/binlog.000001", &log)]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    gz.write_all(&tar).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("datadir.tar.gz");
     std::fs::write(&backup, gz.finish().unwrap()).unwrap();

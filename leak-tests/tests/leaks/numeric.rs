@@ -27,13 +27,7 @@ const OTHER: (f64, f64) = (48.858_370_1, 2.352_221_9);
 const F8: (f64, f64) = (12.345_678_912_345_678, -61.234_567_891_234_57);
 
 fn canaries() -> CanarySet {
-    let mut set = CanarySet::new();
-    set.push(
-        Canary::text("control", "LKNUMCTRL1", CONTROL)
-            .unwrap()
-            .as_control(),
-    )
-    .unwrap();
+    let mut set = crate::support::set_with_control("control", "LKNUMCTRL1", CONTROL);
     for (id, (lat, lon)) in [
         ("real", REAL),
         ("double", DOUBLE),

@@ -7,7 +7,7 @@
 //! server log. The canaries include the ring's root key and KEKs; a key-shaped control
 //! planted as base64 must be found in every storage channel and the server log.
 
-use crate::support::{Patient, fixture, lit, patients};
+use crate::support::{Patient, fixture, insert_and_refuse_duplicate, lit, patients};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use leakless::Sealed;
@@ -35,18 +35,13 @@ fn sealed_app_on_postgres_is_clean_in_every_channel_and_every_control_is_found()
     // The app, through diesel, with bound parameters (logged by log_statement = all).
     let mut conn = PgConnection::establish(&pg.url_for("app")).unwrap();
     let rows = Patient::seal_rows(&fx.patients, &fx.ring).unwrap();
-    diesel::insert_into(patients::table)
-        .values(&rows)
-        .execute(&mut conn)
-        .unwrap();
     // Error case: the same e-mail again violates the blind-index unique constraint, and the
     // server log's DETAIL prints the key: it must be the token, not the address.
-    let mut dup = rows[0].clone();
-    dup.id = "duplicate".into();
-    let err = diesel::insert_into(patients::table)
-        .values(&dup)
-        .execute(&mut conn)
-        .unwrap_err();
+    let err = insert_and_refuse_duplicate(&rows, |r| {
+        diesel::insert_into(patients::table)
+            .values(r)
+            .execute(&mut conn)
+    });
     assert!(err.to_string().contains("duplicate key"), "{err}");
     drop(conn);
 

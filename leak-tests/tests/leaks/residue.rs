@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use leakless_leaktest::Status;
-use leakless_leaktest::residue::{ColumnSpec, DbControl, RealValue, ResidueReport, ResidueValues};
+use leakless_leaktest::residue::{
+    ColumnSpec, DbControl, RealValue, ResidueCheck, ResidueReport, ResidueValues,
+};
 use leakless_leaktest::scan::EncodingSet;
 use leakless_testkit::MariaServer;
 use zeroize::Zeroizing;
@@ -21,8 +23,32 @@ fn email(n: u64) -> String {
     format!("customer.{n}.{}@mail.example", n * 7919 % 10007)
 }
 
-fn spec(s: &str) -> ColumnSpec {
-    s.parse().unwrap()
+/// The values of `columns` (`table.column` specs) read from the database at `url`, by the row
+/// id column `id`.
+fn read_columns(url: &str, columns: &[&str]) -> ResidueValues {
+    let specs: Vec<ColumnSpec> = columns.iter().map(|c| c.parse().unwrap()).collect();
+    ResidueValues::read(url, &specs, "id").unwrap()
+}
+
+/// The check of `values` with a control canary of the test's own (no database to plant it
+/// through), and the control's text, for the test to plant where it scans.
+fn check_with_own_control(values: ResidueValues) -> (ResidueCheck, String) {
+    let marker = leakless_leaktest::canary::fresh_marker();
+    let text = format!("control {marker} value");
+    let mut controls = leakless_leaktest::CanarySet::new();
+    controls
+        .push(leakless_leaktest::Canary::text("ctl", &marker, &text).unwrap())
+        .unwrap();
+    (values.check(controls, &EncodingSet::Residue).unwrap(), text)
+}
+
+/// The harness's control planted through `url` (it reached the disk: no notes), and the check
+/// of `read`'s values with it.
+fn check_with_control(url: &str, read: ResidueValues) -> (DbControl, ResidueCheck) {
+    let control = DbControl::plant(url).unwrap();
+    assert!(control.notes().is_empty(), "{:?}", control.notes());
+    let check = read.check(control.canary(), &EncodingSet::Residue).unwrap();
+    (control, check)
 }
 
 /// The report mentions none of `values`, in its human or its JSON form.
@@ -90,19 +116,17 @@ fn sqlite_old_values_of_a_dropped_table_are_found_by_row_id_and_never_printed() 
     }
 
     let t = Instant::now();
-    let read = ResidueValues::read(
+    let read = read_columns(
         &url,
         &[
-            spec("customers.address"),
-            spec("customers.email"),
-            spec("customers.token"),
-            spec("customers.code"),
-            spec("customers.lat+lon"),
-            spec("customers.profile"),
+            "customers.address",
+            "customers.email",
+            "customers.token",
+            "customers.code",
+            "customers.lat+lon",
+            "customers.profile",
         ],
-        "id",
-    )
-    .unwrap();
+    );
     let codes = read
         .columns()
         .iter()
@@ -191,16 +215,8 @@ fn library_values_and_a_clean_channel() {
         RealValue::Text(Zeroizing::new("short".into())),
     )
     .unwrap();
-    let mut controls = leakless_leaktest::CanarySet::new();
-    let marker = leakless_leaktest::canary::fresh_marker();
-    controls
-        .push(
-            leakless_leaktest::Canary::text("ctl", &marker, &format!("control {marker} value"))
-                .unwrap(),
-        )
-        .unwrap();
-    let mut check = v.check(controls, &EncodingSet::Residue).unwrap();
-    let hay = format!("unrelated text; control {marker} value; more text");
+    let (mut check, control) = check_with_own_control(v);
+    let hay = format!("unrelated text; {control}; more text");
     check.scan_bytes("mem", "buffer", hay.as_bytes());
     let report = check.report();
     report.report.assert_controls_found("mem");
@@ -211,7 +227,7 @@ fn library_values_and_a_clean_channel() {
         .encode_utf16()
         .flat_map(u16::to_le_bytes)
         .collect();
-    let mut hay2 = format!("control {marker} value ").into_bytes();
+    let mut hay2 = format!("{control} ").into_bytes();
     hay2.extend_from_slice(&planted);
     check.scan_bytes("mem2", "buffer", &hay2);
     let report = check.report();
@@ -246,17 +262,15 @@ fn postgres_dead_tuples_and_wal_hold_the_old_values_by_row_id() {
     }
     pg.sql("app", &sql).unwrap();
     let url = pg.url_for("app");
-    let read = ResidueValues::read(
+    let read = read_columns(
         &url,
         &[
-            spec("customers.address"),
-            spec("customers.doc"),
-            spec("customers.lat+lon"),
-            spec("customers.profile"),
+            "customers.address",
+            "customers.doc",
+            "customers.lat+lon",
+            "customers.profile",
         ],
-        "id",
-    )
-    .unwrap();
+    );
     assert_eq!(read.columns()[0].values, 30);
     // Adoption: the plaintext is overwritten (the sealed copy would go elsewhere); the old
     // tuples are dead but still on disk, and in the WAL.
@@ -265,9 +279,7 @@ fn postgres_dead_tuples_and_wal_hold_the_old_values_by_row_id() {
         "UPDATE customers SET address = md5(address), doc = NULL, lat = 0, lon = 0, profile = '{}';",
     )
     .unwrap();
-    let control = DbControl::plant(&url).unwrap();
-    assert!(control.notes().is_empty(), "{:?}", control.notes());
-    let mut check = read.check(control.canary(), &EncodingSet::Residue).unwrap();
+    let (control, mut check) = check_with_control(&url, read);
     check.scan_path("postgres/data-dir", &pg.data_dir().join("base"));
     check.scan_path("postgres/wal", &pg.wal_dir());
     let report = check.report();
@@ -308,24 +320,16 @@ fn mariadb_binlog_and_data_dir_hold_the_old_values_by_row_id() {
     }
     my.sql("", &sql).unwrap();
     let url = my.url_for("app");
-    let read = ResidueValues::read(
+    let read = read_columns(
         &url,
-        &[
-            spec("customers.address"),
-            spec("customers.email"),
-            spec("customers.token"),
-        ],
-        "id",
-    )
-    .unwrap();
+        &["customers.address", "customers.email", "customers.token"],
+    );
     my.sql(
         "app",
         "UPDATE customers SET address = SHA2(address, 256), email = NULL, token = NULL;",
     )
     .unwrap();
-    let control = DbControl::plant(&url).unwrap();
-    assert!(control.notes().is_empty(), "{:?}", control.notes());
-    let mut check = read.check(control.canary(), &EncodingSet::Residue).unwrap();
+    let (control, mut check) = check_with_control(&url, read);
     let binlogs: Vec<PathBuf> = my.binlogs();
     assert!(!binlogs.is_empty());
     for b in &binlogs {
@@ -346,21 +350,9 @@ fn mariadb_binlog_and_data_dir_hold_the_old_values_by_row_id() {
 
 #[test]
 fn values_opened_from_sealed_columns_with_the_key_ring_are_found_by_row_id() {
-    use std::sync::Arc;
+    use leakless::{FieldContext, FieldPolicy, RowId};
 
-    use leakless::kms::LocalKms;
-    use leakless::secret::RootKey;
-    use leakless::store::MemoryKeyStore;
-    use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId};
-
-    let ring = KeyRing::builder(
-        Arc::new(LocalKms::from_root_key(RootKey::generate())),
-        Arc::new(MemoryKeyStore::new()),
-    )
-    .build();
-    let scope = KeyScope::new("customers").unwrap();
-    ring.create_scope(&scope, &AuditInfo::new("residue test", "setup"))
-        .unwrap();
+    let (ring, scope) = crate::support::ring_with_scope("customers");
     let sealed: Vec<(i64, Vec<u8>)> = (1..=6i64)
         .map(|n| {
             let ctx = FieldContext::new("customers", "address", RowId::Int(n), 1);
@@ -399,18 +391,10 @@ fn values_opened_from_sealed_columns_with_the_key_ring_are_found_by_row_id() {
     assert!(e.contains("customers.address#row=2"), "{e}");
     assert!(!e.contains(&address(1)));
 
-    let marker = leakless_leaktest::canary::fresh_marker();
-    let mut controls = leakless_leaktest::CanarySet::new();
-    controls
-        .push(
-            leakless_leaktest::Canary::text("ctl", &marker, &format!("control {marker} here"))
-                .unwrap(),
-        )
-        .unwrap();
-    let mut check = values.check(controls, &EncodingSet::Residue).unwrap();
+    let (mut check, control) = check_with_own_control(values);
     // A backup of the table from before adoption: plaintext of rows 2 and 5, lower-cased.
     let backup = format!(
-        "control {marker} here\n2\t{}\n5\t{}\n",
+        "{control}\n2\t{}\n5\t{}\n",
         address(2).to_lowercase(),
         address(5).to_lowercase()
     );

@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use crate::support::{Fixture, Patient, PatientRow, fixture, lit, patients};
+use crate::support::{
+    Fixture, Patient, PatientRow, fixture, insert_and_refuse_duplicate, lit, patients,
+};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -45,17 +47,10 @@ fn write_app(conn: &mut SqliteConnection, fx: &Fixture, sealed: bool) {
             row.transcript = p.transcript.clone().map(String::into_bytes);
         }
     }
-    diesel::insert_into(patients::table)
-        .values(&rows)
-        .execute(conn)
-        .unwrap();
     // The error path: a duplicate e-mail (same blind index) is refused.
-    let mut dup = rows[0].clone();
-    dup.id = "duplicate".into();
-    let err = diesel::insert_into(patients::table)
-        .values(&dup)
-        .execute(conn)
-        .unwrap_err();
+    let err = insert_and_refuse_duplicate(&rows, |r| {
+        diesel::insert_into(patients::table).values(r).execute(conn)
+    });
     assert!(err.to_string().contains("UNIQUE"), "{err}");
 }
 

@@ -80,6 +80,25 @@ fn keyed_ring() -> (KeyRing, Arc<LocalKms>, Arc<MemoryKeyStore>, Vec<Canary>) {
     (ring, kms, store, canaries)
 }
 
+/// A canary set holding one positive control: the text canary `id` with `marker`, whose value
+/// `value` the test plants where it must be found.
+pub fn set_with_control(id: &str, marker: &str, value: &str) -> CanarySet {
+    let mut set = CanarySet::new();
+    set.push(Canary::text(id, marker, value).unwrap().as_control())
+        .unwrap();
+    set
+}
+
+/// A key ring over a fresh local KMS (random root key) and an in-memory key store, with the
+/// scope `scope` created: for tests that seal values and keep no key canary.
+pub fn ring_with_scope(scope: &str) -> (KeyRing, KeyScope) {
+    let ring = leakless_examples::throwaway_ring_builder().build();
+    let scope = KeyScope::new(scope).unwrap();
+    ring.create_scope(&scope, &AuditInfo::new("leak test", "setup"))
+        .unwrap();
+    (ring, scope)
+}
+
 /// Positive-control values, planted on purpose.
 pub struct Controls {
     /// A short address-like text.
@@ -213,6 +232,37 @@ pub fn fixture() -> Fixture {
         kms,
         store,
     }
+}
+
+/// Inserts `rows` through `insert`, then the first of them again under another id: the same
+/// e-mail, so the same blind index, which the unique constraint on `email_bidx` must refuse.
+/// Returns that refusal, for the caller to check its message (and scan it).
+pub fn insert_and_refuse_duplicate<E: std::fmt::Debug>(
+    rows: &[PatientRow],
+    mut insert: impl FnMut(&[PatientRow]) -> Result<usize, E>,
+) -> E {
+    insert(rows).unwrap();
+    let mut dup = rows[0].clone();
+    dup.id = "duplicate".into();
+    insert(std::slice::from_ref(&dup)).expect_err("a second row with the same e-mail was accepted")
+}
+
+/// Appends a regular file `name` holding `data` (mode 0600) to the archive `b`.
+pub fn tar_append<W: std::io::Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o600);
+    h.set_cksum();
+    b.append_data(&mut h, name, data).unwrap();
+}
+
+/// A tar archive of the regular files `members` (name, contents).
+pub fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        tar_append(&mut b, name, data);
+    }
+    b.into_inner().unwrap()
 }
 
 /// SQL string literal (standard quoting).
