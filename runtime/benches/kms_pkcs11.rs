@@ -23,12 +23,8 @@
 
 #![allow(
     clippy::print_stdout,
-    reason = "a bench binary's job is to print its table"
-)]
-#![allow(
     clippy::expect_used,
-    clippy::panic,
-    reason = "a bench setup failure should stop the bench with its message"
+    reason = "a bench binary prints its table, and a set-up failure stops it with its message"
 )]
 
 mod support;

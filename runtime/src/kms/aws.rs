@@ -73,7 +73,7 @@ use crate::kms::epoch::{
 use crate::kms::retry::{
     Attempt, Failure, FailureKind, RetryCounts, RetryPolicy, RetryStats, short_line,
 };
-use crate::kms::{InKmsRewrap, KekBinding, Kms};
+use crate::kms::{InKmsRewrap, KekBinding, Kms, debug_fields};
 use crate::redact::redact_url;
 use crate::secret::Kek;
 
@@ -156,15 +156,11 @@ pub struct AwsKms {
     shown_endpoint: String,
 }
 
-impl std::fmt::Debug for AwsKms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsKms")
-            .field("endpoint", &self.shown_endpoint)
-            .field("root_key_id", &self.keys.current().id)
-            .field("retry", &self.retry)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(AwsKms, |kms| {
+    "endpoint": kms.shown_endpoint,
+    "root_key_id": kms.keys.current().id,
+    "retry": kms.retry,
+});
 
 impl AwsKms {
     /// Connects to an existing symmetric KMS key and resolves it to its ARN (`DescribeKey`).

@@ -35,7 +35,7 @@ use crate::key::WrappedKek;
 use crate::kms::epoch::{
     Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs, WrapUnderEpoch,
 };
-use crate::kms::{KekBinding, Kms, NOT_AUTHENTIC};
+use crate::kms::{KekBinding, Kms, NOT_AUTHENTIC, debug_fields};
 use crate::secret::{KEY_LEN, Kek, RootKey};
 
 /// The environment variable [`LocalKms::from_env`] reads by default: 64 hex digits.
@@ -85,13 +85,9 @@ impl FileStamp {
     }
 }
 
-impl std::fmt::Debug for LocalKms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalKms")
-            .field("root_key_id", &self.keys.current().id)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(LocalKms, |kms| {
+    "root_key_id": kms.keys.current().id,
+});
 
 /// The local backend's public root-key id of `root`: a one-way derivation, stable across
 /// restarts.

@@ -56,7 +56,6 @@
 //! Rebuilt keys and every intermediate buffer (parsed values, the interpolation output) are
 //! zeroized when dropped.
 
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -65,7 +64,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::kms::{Kms, LocalKms};
+use crate::kms::{Kms, LocalKms, debug_fields};
 use crate::secret::{KEY_LEN, RootKey};
 
 /// The first line of every share.
@@ -210,18 +209,14 @@ pub struct Share {
     origin: String,
 }
 
-impl fmt::Debug for Share {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Share")
-            .field("key_id", &self.key_id)
-            .field("set", &hex::encode(self.set_id))
-            .field("index", &self.index)
-            .field("threshold", &self.threshold)
-            .field("count", &self.count)
-            .field("origin", &self.origin)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Share, |share| {
+    "key_id": share.key_id,
+    "set": hex::encode(share.set_id),
+    "index": share.index,
+    "threshold": share.threshold,
+    "count": share.count,
+    "origin": share.origin,
+});
 
 impl Share {
     /// The id of the root key this share belongs to (`local:...`).

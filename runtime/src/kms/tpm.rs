@@ -92,7 +92,6 @@
 //! unrecoverable, so keep a backup path (a second root via `rotate_root`, or Shamir shares).
 
 use std::cell::Cell;
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -125,7 +124,7 @@ use crate::kms::epoch::{
     Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs, WrapUnderEpoch,
 };
 use crate::kms::local::{FileStamp, HeldRoots, RootSlots, held_roots_kms};
-use crate::kms::{KekBinding, Kms};
+use crate::kms::{KekBinding, Kms, debug_fields};
 use crate::secret::{Kek, RootKey};
 
 const BACKEND: &str = "tpm";
@@ -310,13 +309,9 @@ struct Follow {
     changing: Mutex<()>,
 }
 
-impl fmt::Debug for TpmKms {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TpmKms")
-            .field("root_key_id", &self.keys.current().id)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(TpmKms, |kms| {
+    "root_key_id": kms.keys.current().id,
+});
 
 fn kms_err(operation: &'static str, detail: impl Into<String>) -> Error {
     Error::Kms {

@@ -54,7 +54,7 @@ use crate::error::Error;
 use crate::key::WrappedKek;
 use crate::kms::epoch::{Destruction, EpochChange, EpochDestroyed, RootEpoch, RootEpochs};
 use crate::kms::retry::{Attempt, Failure, RetryCounts, RetryPolicy, RetryStats, short_line};
-use crate::kms::{InKmsRewrap, KekBinding, Kms};
+use crate::kms::{InKmsRewrap, KekBinding, Kms, debug_fields};
 use crate::redact::redact_url;
 use crate::secret::Kek;
 
@@ -285,15 +285,11 @@ pub struct VaultTransitKms {
     shown_addr: String,
 }
 
-impl std::fmt::Debug for VaultTransitKms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultTransitKms")
-            .field("addr", &self.shown_addr)
-            .field("root_key_id", &self.id)
-            .field("retry", &self.retry)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(VaultTransitKms, |kms| {
+    "addr": kms.shown_addr,
+    "root_key_id": kms.id,
+    "retry": kms.retry,
+});
 
 #[derive(Deserialize)]
 struct DataOf<T> {

@@ -88,7 +88,6 @@
 //! the session pool, data objects) is the submodule `token`; this module is the KMS backend
 //! over it.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -107,7 +106,7 @@ use crate::kms::epoch::{
     ChainNode, Destruction, EpochChange, EpochDestroyed, KeyChain, RootEpoch, RootEpochs,
     WrapUnderEpoch,
 };
-use crate::kms::{KekBinding, Kms, NOT_AUTHENTIC};
+use crate::kms::{KekBinding, Kms, NOT_AUTHENTIC, debug_fields};
 use crate::secret::{KEY_LEN, Kek};
 
 const BACKEND: &str = "pkcs11";
@@ -188,14 +187,10 @@ pub struct TokenCalls {
     pub unwraps: u64,
 }
 
-impl fmt::Debug for Pkcs11Kms {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pkcs11Kms")
-            .field("root_key_id", &self.epochs.current().id)
-            .field("module", &self.token.module)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Pkcs11Kms, |kms| {
+    "root_key_id": kms.epochs.current().id,
+    "module": kms.token.module,
+});
 
 /// The object label of epoch `number` of the root key configured as `base`.
 fn epoch_label(base: &str, number: u64) -> String {

@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use crate::error::Error;
 
 use super::{BACKEND, kms_err};
+use crate::kms::debug_fields;
 
 /// Idle sessions kept per token; more are opened under load and closed when returned.
 const POOL_IDLE_MAX: usize = 8;
@@ -334,14 +335,10 @@ pub struct Pkcs11Token {
     pool: Mutex<Vec<Session>>,
 }
 
-impl fmt::Debug for Pkcs11Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pkcs11Token")
-            .field("module", &self.module)
-            .field("label", &self.label)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Pkcs11Token, |token| {
+    "module": token.module,
+    "label": token.label,
+});
 
 impl Pkcs11Token {
     /// Loads `module` (once per process), finds the token labelled `token_label`, and logs in
