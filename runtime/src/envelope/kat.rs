@@ -8,31 +8,19 @@
 //! `LEAKLESS_WRITE_VECTORS=1 cargo test -p leakless --lib envelope::kat`.
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::context::RowId;
 use crate::padding::PaddingPolicy;
 
+#[path = "../../tests/common/test_bytes.rs"]
+mod test_bytes;
+use test_bytes::derive;
+
 const DOC: &str = include_str!("../../../docs/envelope-format.md");
 const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/envelope-format.md");
 const BEGIN: &str = "<!-- vectors:begin -->\n```json\n";
 const END: &str = "```\n<!-- vectors:end -->";
-
-/// Deterministic test bytes: SHA-256 of a label, repeated as needed. Not secret.
-fn derive(label: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut counter = 0u32;
-    while out.len() < len {
-        let mut h = Sha256::new();
-        h.update(label.as_bytes());
-        h.update(counter.to_be_bytes());
-        out.extend_from_slice(&h.finalize());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
-}
 
 struct Spec {
     name: &'static str,

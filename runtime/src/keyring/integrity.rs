@@ -105,14 +105,20 @@ fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-fn put_opt_i64(out: &mut Vec<u8>, v: Option<i64>) {
+/// An optional value: a presence byte (1 or 0), then, when present, the value as `put`
+/// writes it.
+fn put_opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
     match v {
         Some(v) => {
             out.push(1);
-            out.extend_from_slice(&v.to_be_bytes());
+            put(out, v);
         }
         None => out.push(0),
     }
+}
+
+fn put_opt_i64(out: &mut Vec<u8>, v: Option<i64>) {
+    put_opt(out, v, |out, v| out.extend_from_slice(&v.to_be_bytes()));
 }
 
 fn put_state(out: &mut Vec<u8>, state: KekState) {
@@ -132,14 +138,10 @@ pub(crate) fn record_tag_input(r: &KekRecord, seq: u64) -> Vec<u8> {
     out.extend_from_slice(&r.recheck_secs.to_be_bytes());
     out.extend_from_slice(&r.created_at.0.to_be_bytes());
     out.extend_from_slice(&r.updated_at.0.to_be_bytes());
-    match &r.wrapped {
-        Some(w) => {
-            out.push(1);
-            put_bytes32(&mut out, w.root_key_id.as_bytes());
-            put_bytes32(&mut out, &w.ciphertext);
-        }
-        None => out.push(0),
-    }
+    put_opt(&mut out, r.wrapped.as_ref(), |out, w| {
+        put_bytes32(out, w.root_key_id.as_bytes());
+        put_bytes32(out, &w.ciphertext);
+    });
     out
 }
 
@@ -155,13 +157,7 @@ pub(crate) fn audit_tag_input(prev: &[u8; 32], a: &AuditRecord, seq: u64) -> Vec
     put_str8(&mut out, a.action.name());
     put_str8(&mut out, a.scope.as_str());
     out.extend_from_slice(&a.version.get().to_be_bytes());
-    match a.from {
-        Some(s) => {
-            out.push(1);
-            put_state(&mut out, s);
-        }
-        None => out.push(0),
-    }
+    put_opt(&mut out, a.from, put_state);
     put_state(&mut out, a.to);
     out
 }

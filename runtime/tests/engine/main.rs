@@ -8,8 +8,6 @@
     clippy::expect_used,
     clippy::panic,
     clippy::indexing_slicing,
-    clippy::print_stdout,
-    clippy::print_stderr,
     reason = "tests: a failed set-up or check must stop the test loudly and say why"
 )]
 
@@ -17,5 +15,13 @@ mod aead_engines;
 #[path = "../common/mod.rs"]
 mod common;
 mod envelope;
+#[allow(
+    clippy::print_stdout,
+    reason = "the fuzzer prints what its inputs reached, for a run with --nocapture"
+)]
 mod fuzz_envelope;
+#[allow(
+    clippy::print_stderr,
+    reason = "each vector file prints its case counts, for a run with --nocapture"
+)]
 mod wycheproof;

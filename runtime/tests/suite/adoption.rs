@@ -23,10 +23,6 @@ use diesel::sqlite::SqliteConnection;
 use leakless::manifest::{AdoptionColumn, AdoptionStage, SchemaManifest};
 use leakless::{Error, FieldContext, FieldPolicy, KeyRing, KeyScope, RowId, Sealed};
 
-#[allow(
-    missing_docs,
-    reason = "diesel's table! macro generates undocumented items"
-)]
 mod schema {
     diesel::table! {
         people (id) {

@@ -26,10 +26,6 @@ use diesel::prelude::*;
 use leakless::{AuditInfo, Error, Json, KeyRing, KeyScope, Sealed};
 use serde::{Deserialize, Serialize};
 
-#[allow(
-    missing_docs,
-    reason = "diesel's table! macro generates undocumented items"
-)]
 mod schema {
     diesel::table! {
         patients (id) {

@@ -33,7 +33,11 @@ use leakless::secret::{Kek, RootKey};
 use leakless::store::FileKeyStore;
 use leakless::{Error, KeyRing};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+#[path = "../common/test_bytes.rs"]
+mod test_bytes;
+use test_bytes::derive;
 
 const DOC: &str = include_str!("../../../docs/key-store-format.md");
 const DOC_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/key-store-format.md");
@@ -45,22 +49,6 @@ const FILE: (&str, &str) = (
     "<!-- key-store-file:begin -->\n```json\n",
     "```\n<!-- key-store-file:end -->",
 );
-
-/// Deterministic test bytes: SHA-256 of a label and a big-endian counter, repeated as needed
-/// (the same derivation as the envelope vectors). Not secret.
-fn derive(label: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut counter = 0u32;
-    while out.len() < len {
-        let mut h = Sha256::new();
-        h.update(label.as_bytes());
-        h.update(counter.to_be_bytes());
-        out.extend_from_slice(&h.finalize());
-        counter += 1;
-    }
-    out.truncate(len);
-    out
-}
 
 fn root_key() -> RootKey {
     RootKey::try_from_slice(&derive("key-store-format root key", 32)).unwrap()
