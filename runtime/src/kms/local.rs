@@ -315,6 +315,7 @@ macro_rules! held_roots_kms {
         }
     };
 }
+#[cfg(feature = "tpm")]
 pub(super) use held_roots_kms;
 
 impl HeldRoots {

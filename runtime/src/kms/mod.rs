@@ -100,6 +100,7 @@ impl KekBinding<'_> {
 
     /// `e` with this binding's scope and version before its detail when it is an
     /// [`Error::Kms`]; any other error as it is.
+    #[cfg(any(feature = "aws-kms", feature = "vault"))]
     pub(crate) fn name_in(&self, e: Error) -> Error {
         match e {
             Error::Kms {

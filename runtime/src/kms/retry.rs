@@ -88,10 +88,12 @@ pub fn classify_http_status(status: u16) -> FailureKind {
 }
 
 /// The most bytes of a failure's detail that quote what a server said.
+#[cfg(any(feature = "aws-kms", feature = "vault"))]
 pub(crate) const MAX_DETAIL: usize = 300;
 
 /// `text` as one line of at most [`MAX_DETAIL`] bytes (cut at a character boundary and ended
 /// with `...` when longer), for a failure's detail.
+#[cfg(any(feature = "aws-kms", feature = "vault"))]
 pub(crate) fn short_line(text: &str) -> String {
     let mut line = text.replace(['\n', '\r'], " ");
     if line.len() > MAX_DETAIL {
