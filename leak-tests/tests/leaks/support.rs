@@ -247,6 +247,22 @@ pub fn insert_and_refuse_duplicate<E: std::fmt::Debug>(
     insert(std::slice::from_ref(&dup)).expect_err("a second row with the same e-mail was accepted")
 }
 
+/// A new SQLite database file `name` in a fresh temporary folder (removed when the returned
+/// folder is dropped), its path, and a connection to it.
+pub fn sqlite_in_tempdir(
+    name: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    diesel::sqlite::SqliteConnection,
+) {
+    use diesel::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(name);
+    let conn = diesel::sqlite::SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    (dir, db, conn)
+}
+
 /// Appends a regular file `name` holding `data` (mode 0600) to the archive `b`.
 pub fn tar_append<W: std::io::Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) {
     let mut h = tar::Header::new_gnu();

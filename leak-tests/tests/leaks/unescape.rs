@@ -625,12 +625,9 @@ fn mariadb_escaped_value_is_found_in_data_dir_binlog_and_dump() {
 #[test]
 fn sqlite_escaped_value_is_found_in_the_database_file() {
     use diesel::prelude::*;
-    use diesel::sqlite::SqliteConnection;
 
     let (set, control, escaped) = db_set("SQ01");
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    let (_dir, db, mut conn) = crate::support::sqlite_in_tempdir("app.db");
     diesel::sql_query("CREATE TABLE docs (id INTEGER PRIMARY KEY, doc TEXT, note TEXT)")
         .execute(&mut conn)
         .unwrap();
