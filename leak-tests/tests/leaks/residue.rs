@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use leakless_leaktest::Status;
 use leakless_leaktest::residue::{
-    ColumnSpec, DbControl, RealValue, ResidueCheck, ResidueReport, ResidueValues,
+    ColumnSpec, ColumnSummary, DbControl, RealValue, ResidueCheck, ResidueReport, ResidueValues,
 };
 use leakless_leaktest::scan::EncodingSet;
 use leakless_testkit::MariaServer;
@@ -83,6 +83,14 @@ fn finish_with_every_row_found(
     report
 }
 
+/// The summary of `column` (a `table.column` spec) among the values read.
+fn column_summary<'a>(read: &'a ResidueValues, column: &str) -> &'a ColumnSummary {
+    read.columns()
+        .iter()
+        .find(|c| c.column == column)
+        .unwrap_or_else(|| panic!("no column {column} was read"))
+}
+
 fn found_rows(report: &ResidueReport, channel: &str, column: &str) -> (u64, Vec<String>) {
     report
         .channel(channel)
@@ -138,21 +146,13 @@ fn sqlite_old_values_of_a_dropped_table_are_found_by_row_id_and_never_printed() 
             "customers.profile",
         ],
     );
-    let codes = read
-        .columns()
-        .iter()
-        .find(|c| c.column == "customers.code")
-        .unwrap();
+    let codes = column_summary(&read, "customers.code");
     assert_eq!(
         codes.skipped_short, 40,
         "short codes are counted as skipped"
     );
     assert_eq!(codes.skipped_rows.len(), 20, "with a sample of their rows");
-    let emails = read
-        .columns()
-        .iter()
-        .find(|c| c.column == "customers.email")
-        .unwrap();
+    let emails = column_summary(&read, "customers.email");
     assert_eq!(
         (emails.rows, emails.values),
         (40, 38),
