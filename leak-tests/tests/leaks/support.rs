@@ -13,6 +13,9 @@ use leakless_leaktest::canary::{Canary, CanarySet, fresh_marker};
 
 pub use leakless_examples::patient::{GeoPoint, Patient, PatientRow, manifest, patients};
 
+/// The value of the tests' binary canaries (kind bytes).
+pub const CANARY_BYTES: [u8; 10] = [7, 1, 250, 3, 4, 99, 5, 6, 42, 17];
+
 /// Rows per sealed column.
 pub const ROWS: usize = 3;
 

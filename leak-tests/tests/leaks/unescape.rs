@@ -13,6 +13,8 @@ use leakless_leaktest::unescape::{decode_layer, escape_mixed, regions, unescape}
 use leakless_leaktest::{Canary, CanarySet, Encoding, LeakCheck, Report, Scanner};
 use leakless_testkit::{DumpFormat, MariaServer};
 
+use crate::support::CANARY_BYTES;
+
 /// Short enough (22 bytes) to be one needle, so offsets are exact.
 const SHORT: &str = "Flat 9, LKOFFSET01 Rd.";
 /// Every 24-byte window (needle) holds a non-ASCII letter, a space and one of `&<>'`, so each
@@ -474,12 +476,8 @@ fn self_test_plants_escaped_forms_and_finds_them() {
     let mut s = set();
     s.push(Canary::gps("gps", "LKGPS00009", 48.858_37, 2.294_481))
         .unwrap();
-    s.push(Canary::bytes(
-        "bin",
-        "LKBYTES009",
-        &[7, 1, 250, 3, 4, 99, 5, 6, 42, 17],
-    ))
-    .unwrap();
+    s.push(Canary::bytes("bin", "LKBYTES009", &CANARY_BYTES))
+        .unwrap();
     let scanner = Scanner::new(s).unwrap();
     let missed = leakless_leaktest::scan::self_test(&scanner);
     assert!(missed.is_empty(), "{missed:?}");
