@@ -28,7 +28,6 @@
 
 #![allow(
     clippy::print_stdout,
-    clippy::print_stderr,
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,

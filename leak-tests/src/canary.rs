@@ -91,16 +91,13 @@ pub struct Canary {
     pub control: bool,
 }
 
-impl fmt::Debug for Canary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Canary")
-            .field("id", &self.id)
-            .field("marker", &self.marker)
-            .field("kind", &self.kind)
-            .field("control", &self.control)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Canary {
+    id,
+    marker,
+    kind,
+    control,
+    ..
+});
 
 impl Canary {
     /// A text canary (kind [`CanaryKind::Text`]). The marker must occur in the value.
@@ -333,13 +330,7 @@ pub struct CanarySet {
     indexed: usize,
 }
 
-impl fmt::Debug for CanarySet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CanarySet")
-            .field("canaries", &self.canaries)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(CanarySet { canaries, .. });
 
 impl PartialEq for CanarySet {
     fn eq(&self, other: &Self) -> bool {

@@ -217,16 +217,12 @@ pub struct Needle {
     pub bytes: Zeroizing<Vec<u8>>,
 }
 
-impl fmt::Debug for Needle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Needle")
-            .field("canary", &self.canary)
-            .field("form", &self.form)
-            .field("encoding", &self.encoding)
-            .field("len", &self.bytes.len())
-            .finish()
-    }
-}
+debug_fields!(Needle {
+    canary,
+    form,
+    encoding,
+    len = bytes.len()
+});
 
 const B64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const B64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

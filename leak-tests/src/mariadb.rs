@@ -35,15 +35,11 @@ pub struct Decoded {
     pub bytes: Zeroizing<Vec<u8>>,
 }
 
-impl std::fmt::Debug for Decoded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decoded")
-            .field("view", &self.view)
-            .field("offset", &self.offset)
-            .field("len", &self.bytes.len())
-            .finish()
-    }
-}
+debug_fields!(Decoded {
+    view,
+    offset,
+    len = bytes.len()
+});
 
 /// A file name InnoDB uses for tablespaces: `*.ibd`, `ibdata*`, `undo*` (`ibtmp*` holds only
 /// temporary tables and is a tablespace too).

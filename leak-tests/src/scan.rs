@@ -23,7 +23,6 @@
 //! decoded up to three layers deep ([`crate::unescape`]); such hits carry [`Hit::layers`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::sync::atomic::AtomicU64;
@@ -372,14 +371,11 @@ pub struct Scanner {
     threads: usize,
 }
 
-impl fmt::Debug for Scanner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scanner")
-            .field("canaries", &self.set.len())
-            .field("needles", &self.needles.len())
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Scanner {
+    canaries = set.len(),
+    needles = needles.len(),
+    ..
+});
 
 /// One raw match, before aggregation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -393,13 +393,10 @@ pub struct Layer {
     pub decoded: Vec<bool>,
 }
 
-impl std::fmt::Debug for Layer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Layer")
-            .field("len", &self.bytes.len())
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Layer {
+    len = bytes.len(),
+    ..
+});
 
 /// Decodes one layer of escapes of `input`, left to right; `None` when nothing in it decodes.
 #[must_use]

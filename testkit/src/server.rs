@@ -74,6 +74,17 @@ pub fn pg_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// The first of `names` that is a file in a folder of `PATH`: a client tool known by more
+/// than one name (`mariadb` or `mysql`). `None` when none is there.
+#[must_use]
+pub fn first_on_path<'a>(names: &[&'a str]) -> Option<&'a str> {
+    let path = std::env::var_os("PATH")?;
+    names
+        .iter()
+        .copied()
+        .find(|t| std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+}
+
 /// Runs a command, returning its stdout; a failure names the tool and shows its stderr.
 fn run(what: &str, cmd: &mut Command, stdin: Option<&[u8]>) -> Result<Vec<u8>, Error> {
     cmd.stdin(if stdin.is_some() {
@@ -611,14 +622,8 @@ impl MariaServer {
     }
 
     fn client(&self, tool: &[&str]) -> Command {
-        let name = tool
-            .iter()
-            .find(|t| {
-                std::env::var_os("PATH")
-                    .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-            })
-            .copied()
-            .unwrap_or_else(|| tool.first().copied().unwrap_or("mariadb"));
+        let name =
+            first_on_path(tool).unwrap_or_else(|| tool.first().copied().unwrap_or("mariadb"));
         let mut cmd = Command::new(name);
         // The password goes through the environment, never the command line.
         cmd.env("MYSQL_PWD", &self.password).args([

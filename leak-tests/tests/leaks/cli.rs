@@ -243,10 +243,7 @@ fn no_controls_never_turns_nothing_or_a_nested_leak_into_clean() {
 #[test]
 fn residue_reports_old_values_by_row_id_with_exit_1_and_prints_no_value() {
     use diesel::connection::SimpleConnection as _;
-    use diesel::prelude::*;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("legacy.db");
-    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    let (dir, db, mut conn) = crate::support::sqlite_in_tempdir("legacy.db");
     let values: Vec<String> = (1..=5)
         .map(|n| format!("{n} Residue Road, Flat {n}{n}{n}, Oldtown"))
         .collect();

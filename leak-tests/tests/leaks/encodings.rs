@@ -2,7 +2,7 @@
 //! chunk boundary, is found and reported under that encoding; the sealed form (an envelope)
 //! and clean noise have no finding.
 
-use crate::support::ring_with_scope;
+use crate::support::{CANARY_BYTES, ring_with_scope};
 use leakless::{FieldContext, FieldPolicy, RowId};
 use leakless_leaktest::encode::{base64, json_escape, percent, sql_escape};
 use leakless_leaktest::scan::{CHUNK, Collector, Engine, Hit};
@@ -43,12 +43,8 @@ fn make_set() -> CanarySet {
         .unwrap();
     set.push(Canary::gps("gps", "LKGPS00001", 51.507_412_3, -0.127_691_7))
         .unwrap();
-    set.push(Canary::bytes(
-        "bin",
-        "LKBYTES001",
-        &[7, 1, 250, 3, 4, 99, 5, 6, 42, 17],
-    ))
-    .unwrap();
+    set.push(Canary::bytes("bin", "LKBYTES001", &CANARY_BYTES))
+        .unwrap();
     set
 }
 
@@ -311,7 +307,7 @@ fn a_value_across_a_chunk_boundary_is_found_once_per_position() {
 #[test]
 fn byte_values_are_found() {
     let scanner = scanner();
-    let b = [7u8, 1, 250, 3, 4, 99, 5, 6, 42, 17];
+    let b = CANARY_BYTES;
     assert_found(scanner, "bin", Encoding::Raw, &b);
     assert_found(
         scanner,

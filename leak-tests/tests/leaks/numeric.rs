@@ -203,9 +203,7 @@ fn postgres_real_double_and_numeric_pairs_are_found_in_heap_wal_and_basebackup()
 
 #[test]
 fn sqlite_real_pair_is_found_in_the_database_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("g.db");
-    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    let (_dir, db, mut conn) = crate::support::sqlite_in_tempdir("g.db");
     diesel::sql_query("CREATE TABLE leaky (v TEXT)")
         .execute(&mut conn)
         .unwrap();

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use leakless_leaktest::Status;
 use leakless_leaktest::residue::{
-    ColumnSpec, DbControl, RealValue, ResidueCheck, ResidueReport, ResidueValues,
+    ColumnSpec, ColumnSummary, DbControl, RealValue, ResidueCheck, ResidueReport, ResidueValues,
 };
 use leakless_leaktest::scan::EncodingSet;
 use leakless_testkit::MariaServer;
@@ -61,15 +61,34 @@ fn assert_no_values(report: &ResidueReport, values: &[String]) {
     }
 }
 
-/// In each of `channels`, the control was found (the detector works there), then `rows` rows
-/// of each of `columns`.
-fn assert_every_row_found(report: &ResidueReport, channels: &[&str], columns: &[&str], rows: u64) {
+/// The report of `check` once its scans are done: the control's table is dropped, the human
+/// report printed, and in each of `channels` the control must have been found (the detector
+/// works there), then `rows` rows of each of `columns`.
+fn finish_with_every_row_found(
+    control: DbControl,
+    check: ResidueCheck,
+    channels: &[&str],
+    columns: &[&str],
+    rows: u64,
+) -> ResidueReport {
+    let report = check.report();
+    control.drop_table().unwrap();
+    eprintln!("{}", report.human());
     for ch in channels {
         report.report.assert_controls_found(ch);
         for col in columns {
-            assert_eq!(found_rows(report, ch, col).0, rows, "{ch}: {col}");
+            assert_eq!(found_rows(&report, ch, col).0, rows, "{ch}: {col}");
         }
     }
+    report
+}
+
+/// The summary of `column` (a `table.column` spec) among the values read.
+fn column_summary<'a>(read: &'a ResidueValues, column: &str) -> &'a ColumnSummary {
+    read.columns()
+        .iter()
+        .find(|c| c.column == column)
+        .unwrap_or_else(|| panic!("no column {column} was read"))
 }
 
 fn found_rows(report: &ResidueReport, channel: &str, column: &str) -> (u64, Vec<String>) {
@@ -127,21 +146,13 @@ fn sqlite_old_values_of_a_dropped_table_are_found_by_row_id_and_never_printed() 
             "customers.profile",
         ],
     );
-    let codes = read
-        .columns()
-        .iter()
-        .find(|c| c.column == "customers.code")
-        .unwrap();
+    let codes = column_summary(&read, "customers.code");
     assert_eq!(
         codes.skipped_short, 40,
         "short codes are counted as skipped"
     );
     assert_eq!(codes.skipped_rows.len(), 20, "with a sample of their rows");
-    let emails = read
-        .columns()
-        .iter()
-        .find(|c| c.column == "customers.email")
-        .unwrap();
+    let emails = column_summary(&read, "customers.email");
     assert_eq!(
         (emails.rows, emails.values),
         (40, 38),
@@ -282,11 +293,9 @@ fn postgres_dead_tuples_and_wal_hold_the_old_values_by_row_id() {
     let (control, mut check) = check_with_control(&url, read);
     check.scan_path("postgres/data-dir", &pg.data_dir().join("base"));
     check.scan_path("postgres/wal", &pg.wal_dir());
-    let report = check.report();
-    control.drop_table().unwrap();
-    eprintln!("{}", report.human());
-    assert_every_row_found(
-        &report,
+    let report = finish_with_every_row_found(
+        control,
+        check,
         &["postgres/data-dir", "postgres/wal"],
         &[
             "customers.address",
@@ -336,11 +345,9 @@ fn mariadb_binlog_and_data_dir_hold_the_old_values_by_row_id() {
         check.scan_path("mariadb/binlog", b);
     }
     check.scan_path("mariadb/data-dir", &my.data_dir());
-    let report = check.report();
-    control.drop_table().unwrap();
-    eprintln!("{}", report.human());
-    assert_every_row_found(
-        &report,
+    let report = finish_with_every_row_found(
+        control,
+        check,
         &["mariadb/binlog", "mariadb/data-dir"],
         &["customers.address", "customers.email", "customers.token"],
         25,

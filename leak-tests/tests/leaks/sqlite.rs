@@ -154,9 +154,7 @@ fn plaintext_app_on_sqlite_is_reported_as_a_leak() {
 #[test]
 fn a_missing_control_is_detector_broken_not_clean() {
     let fx = fixture();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("nocontrol.db");
-    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    let (dir, db, mut conn) = crate::support::sqlite_in_tempdir("nocontrol.db");
     conn.batch_execute(DDL).unwrap();
     write_app(&mut conn, &fx, true);
     drop(conn);

@@ -13,6 +13,9 @@ use leakless_leaktest::canary::{Canary, CanarySet, fresh_marker};
 
 pub use leakless_examples::patient::{GeoPoint, Patient, PatientRow, manifest, patients};
 
+/// The value of the tests' binary canaries (kind bytes).
+pub const CANARY_BYTES: [u8; 10] = [7, 1, 250, 3, 4, 99, 5, 6, 42, 17];
+
 /// Rows per sealed column.
 pub const ROWS: usize = 3;
 
@@ -245,6 +248,22 @@ pub fn insert_and_refuse_duplicate<E: std::fmt::Debug>(
     let mut dup = rows[0].clone();
     dup.id = "duplicate".into();
     insert(std::slice::from_ref(&dup)).expect_err("a second row with the same e-mail was accepted")
+}
+
+/// A new SQLite database file `name` in a fresh temporary folder (removed when the returned
+/// folder is dropped), its path, and a connection to it.
+pub fn sqlite_in_tempdir(
+    name: &str,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    diesel::sqlite::SqliteConnection,
+) {
+    use diesel::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(name);
+    let conn = diesel::sqlite::SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    (dir, db, conn)
 }
 
 /// Appends a regular file `name` holding `data` (mode 0600) to the archive `b`.

@@ -13,6 +13,8 @@ use leakless_leaktest::unescape::{decode_layer, escape_mixed, regions, unescape}
 use leakless_leaktest::{Canary, CanarySet, Encoding, LeakCheck, Report, Scanner};
 use leakless_testkit::{DumpFormat, MariaServer};
 
+use crate::support::CANARY_BYTES;
+
 /// Short enough (22 bytes) to be one needle, so offsets are exact.
 const SHORT: &str = "Flat 9, LKOFFSET01 Rd.";
 /// Every 24-byte window (needle) holds a non-ASCII letter, a space and one of `&<>'`, so each
@@ -474,12 +476,8 @@ fn self_test_plants_escaped_forms_and_finds_them() {
     let mut s = set();
     s.push(Canary::gps("gps", "LKGPS00009", 48.858_37, 2.294_481))
         .unwrap();
-    s.push(Canary::bytes(
-        "bin",
-        "LKBYTES009",
-        &[7, 1, 250, 3, 4, 99, 5, 6, 42, 17],
-    ))
-    .unwrap();
+    s.push(Canary::bytes("bin", "LKBYTES009", &CANARY_BYTES))
+        .unwrap();
     let scanner = Scanner::new(s).unwrap();
     let missed = leakless_leaktest::scan::self_test(&scanner);
     assert!(missed.is_empty(), "{missed:?}");
@@ -625,12 +623,9 @@ fn mariadb_escaped_value_is_found_in_data_dir_binlog_and_dump() {
 #[test]
 fn sqlite_escaped_value_is_found_in_the_database_file() {
     use diesel::prelude::*;
-    use diesel::sqlite::SqliteConnection;
 
     let (set, control, escaped) = db_set("SQ01");
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    let (_dir, db, mut conn) = crate::support::sqlite_in_tempdir("app.db");
     diesel::sql_query("CREATE TABLE docs (id INTEGER PRIMARY KEY, doc TEXT, note TEXT)")
         .execute(&mut conn)
         .unwrap();

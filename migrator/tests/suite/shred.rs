@@ -634,13 +634,7 @@ fn percent_decode(s: &str) -> String {
 /// A MariaDB client tool (the first of `names` on `PATH`) connected to the server of `url`;
 /// the password goes through the environment, never the command line.
 fn mariadb_client(url: &str, names: &[&str]) -> Command {
-    let name = names
-        .iter()
-        .find(|t| {
-            std::env::var_os("PATH")
-                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-        })
-        .copied()
+    let name = leakless_testkit::server::first_on_path(names)
         .unwrap_or_else(|| panic!("MariaDB client tools ({names:?}) are not on PATH"));
     let rest = url.split_once("://").unwrap().1;
     let authority = rest.split('/').next().unwrap();
