@@ -60,19 +60,29 @@ fn seal_open_and_kek_fetch_spans_carry_where_but_never_what() {
     tracing::subscriber::with_default(subscriber(&capture, None), || {
         // Positive control: a value logged on purpose is visible in this capture.
         tracing::info!(address = ADDRESS, "control");
-        let ring = local_ring(&["patients"]);
-        let scope = KeyScope::new("patients").unwrap();
-        let ctx = FieldContext::new("patients", "address", RowId::Int(7), 1);
-        let sealed = ring
-            .seal(&scope, &ctx, ADDRESS.as_bytes(), &FieldPolicy::default())
-            .unwrap();
-        ring.cache().clear();
-        let opened = ring.open(&ctx, &sealed).unwrap();
-        assert_eq!(opened.expose_secret(), ADDRESS.as_bytes());
-        let _ = ring.open(
-            &FieldContext::new("patients", "address", RowId::Int(8), 1),
-            &sealed,
-        );
+        let exercise = || {
+            let ring = local_ring(&["patients"]);
+            let scope = KeyScope::new("patients").unwrap();
+            let ctx = FieldContext::new("patients", "address", RowId::Int(7), 1);
+            let sealed = ring
+                .seal(&scope, &ctx, ADDRESS.as_bytes(), &FieldPolicy::default())
+                .unwrap();
+            ring.cache().clear();
+            let opened = ring.open(&ctx, &sealed).unwrap();
+            assert_eq!(opened.expose_secret(), ADDRESS.as_bytes());
+            let _ = ring.open(
+                &FieldContext::new("patients", "address", RowId::Int(8), 1),
+                &sealed,
+            );
+        };
+        // tracing caches each callsite's interest process-wide, and a test thread without a
+        // subscriber that registers one of leakless's span callsites first (while this is the
+        // only subscriber) caches "nobody listens" for every thread. So: run the operations once
+        // to register every callsite, recompute every callsite's interest with this subscriber
+        // in place, then run them again; the second run is seen whatever the other tests did.
+        exercise();
+        tracing::callsite::rebuild_interest_cache();
+        exercise();
     });
     let out = capture.text();
     let (control, rest) = out.split_once("control").unwrap();
