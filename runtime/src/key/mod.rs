@@ -221,8 +221,8 @@ impl fmt::Debug for WrappedKek {
 }
 
 /// One KEK version as a key store keeps it. `Debug` shows the wrapped material only as its
-/// root key id and length ([`WrappedKek`]'s own `Debug`); no other field is secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// root key id and length.
+#[derive(Clone, PartialEq, Eq)]
 pub struct KekRecord {
     /// Its scope.
     pub scope: KeyScope,
@@ -427,4 +427,21 @@ pub struct StoreChange {
     pub updates: Vec<RecordUpdate>,
     /// The audit records describing the change.
     pub audit: Vec<AuditRecord>,
+}
+
+impl fmt::Debug for KekRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KekRecord")
+            .field("scope", &self.scope)
+            .field("version", &self.version)
+            .field("state", &self.state)
+            // WrappedKek's own Debug prints the root key id and a length, never bytes.
+            .field("wrapped", &self.wrapped)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("deactivated_at", &self.deactivated_at)
+            .field("recheck_secs", &self.recheck_secs)
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
