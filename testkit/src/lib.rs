@@ -33,7 +33,7 @@ pub mod server;
 
 use leakless::redact::redact_url;
 
-pub use server::{DumpFormat, MariaServer, PgOptions, PgServer, mysql_url, pg_url};
+pub use server::{DumpFormat, MariaServer, PgOptions, PgServer, Running, mysql_url, pg_url};
 
 /// The value of `var`, which a service script prints (`scripts/services/<script> start DIR
 /// --owner-pid PID` prints `VAR=value` lines), or a panic naming `service` and how to start it:

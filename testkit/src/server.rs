@@ -226,8 +226,9 @@ impl Script {
 
 /// A server one of the scripts started: its folder and its URL (which may hold a generated
 /// password). Its `Debug` shows the URL redacted; dropping it stops the server and removes the
-/// folder (`<script> stop DIR`).
-struct Running {
+/// folder (`<script> stop DIR`). [`PgServer`] and [`MariaServer`] dereference to it for what
+/// both have: the folder and the data directory.
+pub struct Running {
     script: &'static Script,
     dir: PathBuf,
     url: String,
@@ -243,8 +244,16 @@ impl fmt::Debug for Running {
 }
 
 impl Running {
-    /// The data directory, `data` in the folder (for both scripts).
-    fn data_dir(&self) -> PathBuf {
+    /// The server's folder: the data directory and the logs. Removed with the server.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data directory, `data` in the folder: PostgreSQL's heap, TOAST and WAL, MariaDB's
+    /// InnoDB files and binary logs (`binlog.*`).
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 }
@@ -378,18 +387,6 @@ impl PgServer {
         }
     }
 
-    /// The cluster's folder (data directory, server log; removed with the cluster).
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        &self.server.dir
-    }
-
-    /// The data directory (heap, TOAST, WAL).
-    #[must_use]
-    pub fn data_dir(&self) -> PathBuf {
-        self.server.data_dir()
-    }
-
     /// The WAL folder.
     #[must_use]
     pub fn wal_dir(&self) -> PathBuf {
@@ -516,6 +513,14 @@ impl PgServer {
     }
 }
 
+impl std::ops::Deref for PgServer {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.server
+    }
+}
+
 /// A throwaway MariaDB server (`scripts/mariadb-server`: binary log in ROW format).
 pub struct MariaServer {
     server: Running,
@@ -523,6 +528,14 @@ pub struct MariaServer {
     password: String,
     host: String,
     port: String,
+}
+
+impl std::ops::Deref for MariaServer {
+    type Target = Running;
+
+    fn deref(&self) -> &Running {
+        &self.server
+    }
 }
 
 impl fmt::Debug for MariaServer {
@@ -583,18 +596,6 @@ impl MariaServer {
     #[must_use]
     pub fn url_for(&self, db: &str) -> String {
         format!("{}/{db}", self.server.url.trim_end_matches('/'))
-    }
-
-    /// The server's folder (data directory, logs; removed with the server).
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        &self.server.dir
-    }
-
-    /// The data directory (binary logs are `binlog.*` in it).
-    #[must_use]
-    pub fn data_dir(&self) -> PathBuf {
-        self.server.data_dir()
     }
 
     /// The binary log files.
