@@ -316,14 +316,8 @@ fn run() -> Result<(), Box<dyn Error>> {
     );
 
     // ----- keys: root key file -> KMS, key store file -> KEK records ------------------------
-    let Keys {
-        kms,
-        ring,
-        scope,
-        first_version,
-        root_path,
-        store_path,
-    } = open_keys(ws)?;
+    let keys = open_keys(ws)?;
+    let Keys { ring, scope, .. } = &keys;
     let audit = AuditInfo::new("quickstart", ROTATION_REASON);
 
     // ----- database ------------------------------------------------------------------------
@@ -335,7 +329,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let people = demo_data::patients();
     let patients: Vec<Patient> = people.iter().map(Patient::from_demo).collect();
     let t = Instant::now();
-    let rows = Patient::seal_rows(&patients, &ring)?;
+    let rows = Patient::seal_rows(&patients, ring)?;
     timings.push(("seal_rows", t.elapsed()));
     let t = Instant::now();
     let inserted = diesel::insert_into(patients::table)
@@ -355,7 +349,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!();
     say!("[read back + open]");
     let t = Instant::now();
-    let (stored, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    let (stored, opened) = read_and_check(&mut conn, ring, &patients)?;
     timings.push(("read + open_rows", t.elapsed()));
     say!(
         "  .select(PatientRow::as_select()) + Patient::open_rows: {opened} sealed fields in {} rows opened and equal to what was written: ok",
@@ -372,12 +366,12 @@ fn run() -> Result<(), Box<dyn Error>> {
     // As a user would type it: other case, stray spaces; the index normalises both.
     let typed = format!("  {}  ", wanted.email.to_uppercase());
     let t = Instant::now();
-    let tokens = Patient::email_lookup(&ring, &typed)?;
+    let tokens = Patient::email_lookup(ring, &typed)?;
     let found: Vec<PatientRow> = patients::table
         .filter(patients::email_bidx.eq_any(&tokens))
         .select(PatientRow::as_select())
         .load(&mut conn)?;
-    let found = Patient::open_rows(found, &ring)?;
+    let found = Patient::open_rows(found, ring)?;
     timings.push(("blind-index look-up", t.elapsed()));
     if found.len() != 1 || found.first() != Some(wanted) {
         return Err(fail(
@@ -405,13 +399,13 @@ fn run() -> Result<(), Box<dyn Error>> {
     let kept_id = kept_row.id.clone();
     let kept_envelope = kept_row.address.clone(); // sealed under the old version, kept aside
     let t = Instant::now();
-    let old_version = first_version;
-    let new_version = ring.rotate(&scope, GRACE, &audit)?;
+    let old_version = keys.first_version;
+    let new_version = ring.rotate(scope, GRACE, &audit)?;
     say!(
         "  rotated: {new_version} active; {old_version} in grace for {} min (opens, never seals)",
         GRACE.as_secs() / 60
     );
-    let rewrapped = rewrap_all(&mut conn, &ring, &stored)?;
+    let rewrapped = rewrap_all(&mut conn, ring, &stored)?;
     timings.push(("rotate + re-wrap + update", t.elapsed()));
     say!(
         "  KeyRing::rewrap of the stored envelopes (contexts: table {TABLE}, column, row id, schema v{SCHEMA_VERSION}):"
@@ -420,7 +414,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         "  re-wrapped {rewrapped} DEKs onto {new_version} (data ciphertext untouched, NULLs stay NULL), updated {} rows",
         stored.len()
     );
-    let (after, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    let (after, opened) = read_and_check(&mut conn, ring, &patients)?;
     say!("  {opened} sealed fields opened and equal after the re-wrap: ok");
     print_census("  fields per KEK version:", &after)?;
 
@@ -433,7 +427,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     let backup_dir = ws.join(BACKUP_DIR);
     create_private_dir(&backup_dir)?;
     let backup_path = backup_dir.join(KEY_STORE_FILE);
-    fs::copy(&store_path, &backup_path)?;
+    fs::copy(&keys.store_path, &backup_path)?;
     say!(
         "  copied {KEY_STORE_FILE} to {BACKUP_DIR}/{KEY_STORE_FILE}: a key-store backup from before the"
     );
@@ -447,31 +441,31 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!();
     say!("[cache window]");
     let t = Instant::now();
-    retire_after_cache_window(&ring, &scope, old_version, &audit)?;
+    retire_after_cache_window(ring, scope, old_version, &audit)?;
     timings.push(("wait for the cache window", t.elapsed()));
 
     // ----- retire and destroy the old version: crypto-shredding -----------------------------
     say!();
     say!("[retire + destroy {old_version}]");
     let kept_ctx = context(&kept_id, Column::Address);
-    expect_refusal(&ring, &kept_ctx, &kept_envelope, "retired", |e| {
+    expect_refusal(ring, &kept_ctx, &kept_envelope, "retired", |e| {
         matches!(e, leakless::Error::KeyWrongState { .. })
     })?;
     say!(
         "  retired {old_version}: an envelope kept from before the re-wrap is refused (KeyWrongState)"
     );
-    ring.destroy(&scope, old_version, &audit)?;
-    let (_, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    ring.destroy(scope, old_version, &audit)?;
+    let (_, opened) = read_and_check(&mut conn, ring, &patients)?;
     say!("  destroyed {old_version}: its wrapped material is erased from the key store");
     say!("  {opened} fields of the live rows still open (they are on {new_version}): ok");
-    expect_refusal(&ring, &kept_ctx, &kept_envelope, "destroyed", |e| {
+    expect_refusal(ring, &kept_ctx, &kept_envelope, "destroyed", |e| {
         matches!(e, leakless::Error::KeyDestroyed { .. })
     })?;
     say!("  the envelope kept from before the re-wrap now fails with KeyDestroyed");
     say!("  but the shred is not complete: the old backup still holds {old_version}'s wrapped KEK");
 
     // The attacker: the old key-store backup, the old database rows, and today's root key file.
-    let before = attack(&backup_path, &root_path, &stored, &patients)?;
+    let before = attack(&backup_path, &keys.root_path, &stored, &patients)?;
     if before.opened != before.total || !before.rows_equal {
         return Err(fail(
             format!(
@@ -497,22 +491,22 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("[complete shred]");
     // The old root key, read only to check below that its bytes are gone from every file;
     // first proven to be found where it still is.
-    let old_root = root_key_bytes(&root_path)?;
-    prove_found_in_own_file(&root_path, &old_root)?;
+    let old_root = root_key_bytes(&keys.root_path)?;
+    prove_found_in_own_file(&keys.root_path, &old_root)?;
     let t = Instant::now();
     let report = ring
         .complete_shred(
-            &*kms,
+            &*keys.kms,
             &AuditInfo::new("quickstart", "complete the demo's shred"),
         )?
         .ok_or_else(|| fail("complete_shred found no pending shred", HINT_BUG))?;
     timings.push(("complete_shred", t.elapsed()));
-    print_shred(&ring, &report)?;
+    print_shred(ring, &report)?;
 
     // ----- the attacker again -------------------------------------------------------------
     say!();
     say!("[attacker after the shred]");
-    let after_shred = attack(&backup_path, &root_path, &stored, &patients)?;
+    let after_shred = attack(&backup_path, &keys.root_path, &stored, &patients)?;
     if after_shred.opened != 0 {
         return Err(fail(
             format!(
@@ -522,21 +516,16 @@ fn run() -> Result<(), Box<dyn Error>> {
             HINT_BUG,
         ));
     }
-    let refusals: Vec<String> = after_shred
-        .errors
-        .iter()
-        .map(|(kind, n)| format!("{n} with {kind}"))
-        .collect();
     say!(
         "  the same attack ({BACKUP_DIR}/{KEY_STORE_FILE} + today's {ROOT_KEY_FILE}) opened 0 of {} {old_version} fields:",
         after_shred.total
     );
     say!(
         "  refused {} (the backup's KEKs are wrapped under a root key that no longer exists)",
-        refusals.join(", ")
+        listed(&after_shred.errors, |(kind, n)| format!("{n} with {kind}"))
     );
     ring.cache().clear();
-    let (_, opened) = read_and_check(&mut conn, &ring, &patients)?;
+    let (_, opened) = read_and_check(&mut conn, ring, &patients)?;
     say!(
         "  the current key store and {ROOT_KEY_FILE} still open all {opened} fields of the live rows ({new_version}): ok"
     );
@@ -544,13 +533,13 @@ fn run() -> Result<(), Box<dyn Error>> {
     // ----- key store integrity ----------------------------------------------------------------
     say!();
     say!("[key store]");
-    print_key_store(&ring, &scope)?;
+    print_key_store(ring, scope)?;
 
     // ----- scan the raw files for plaintext -------------------------------------------------
     say!();
     say!("[leak scan]");
     let t = Instant::now();
-    leak_scan(conn, ws, &db_path, &root_path, &old_root, &people)?;
+    leak_scan(conn, ws, &db_path, &keys.root_path, &old_root, &people)?;
     timings.push(("leak scan", t.elapsed()));
 
     // ----- summary ----------------------------------------------------------------------------
@@ -797,17 +786,20 @@ fn retire_after_cache_window(
     Ok(())
 }
 
+/// `items`, each shown by `show`, joined with commas.
+fn listed<'a, C, T>(items: &'a C, show: impl Fn(T) -> String) -> String
+where
+    &'a C: IntoIterator<Item = T>,
+{
+    items.into_iter().map(show).collect::<Vec<_>>().join(", ")
+}
+
 /// What `complete_shred` did: the versions shredded, the records moved, the old root epoch's
 /// fate and the copies it cannot reach, and every scope's shred state.
 fn print_shred(ring: &KeyRing, report: &ShredReport) -> Result<(), Box<dyn Error>> {
-    let shredded: Vec<String> = report
-        .shredded
-        .iter()
-        .map(|(s, v)| format!("{s} {v}"))
-        .collect();
     say!(
         "  KeyRing::complete_shred(&LocalKms): shredded {}; staged a new root key, moved {} KEK",
-        shredded.join(", "),
+        listed(&report.shredded, |(s, v)| format!("{s} {v}")),
         report.records_moved
     );
     say!("  records onto it (the integrity key's included; no DEK and no row touched)");
@@ -867,12 +859,10 @@ fn print_key_store(ring: &KeyRing, scope: &KeyScope) -> Result<(), Box<dyn Error
         },
         verified.records
     );
-    let versions: Vec<String> = ring
-        .versions(scope)?
-        .iter()
-        .map(|r| format!("{} {}", r.version, r.state.name()))
-        .collect();
-    say!("  key versions: {}", versions.join(", "));
+    let versions = listed(&ring.versions(scope)?, |r| {
+        format!("{} {}", r.version, r.state.name())
+    });
+    say!("  key versions: {versions}");
     say!(
         "  audit log of scope {scope}: {} entries, each with who, when and why",
         ring.audit_log(Some(scope))?.len()
@@ -1184,18 +1174,10 @@ fn print_census(title: &str, rows: &[PatientRow]) -> Result<(), Box<dyn Error>> 
             *n = n.saturating_add(1);
         }
     }
-    let versions: Vec<String> = by_version
-        .iter()
-        .map(|(v, n)| format!("{v}: {n}"))
-        .collect();
-    let algorithms: Vec<String> = by_algorithm
-        .iter()
-        .map(|(a, n)| format!("{a}: {n}"))
-        .collect();
     say!(
         "{title} {}  ({})",
-        versions.join(", "),
-        algorithms.join(", ")
+        listed(&by_version, |(v, n)| format!("{v}: {n}")),
+        listed(&by_algorithm, |(a, n)| format!("{a}: {n}"))
     );
     Ok(())
 }
