@@ -120,12 +120,14 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
         let stored_attr = column_attr(ident, stored);
         row_fields.push(quote!(#[doc = #doc_sealed] #stored_attr pub #ident: #stored_ty));
         row_debug.push(quote!(.field(#column, &self.#ident)));
+        // Where the field's envelope lives, bound into it: table, column, row, schema version.
+        let at = quote!(#p::FieldContext::new(#table, #bound, __row, #version));
         let seal_one = |v: TokenStream2| {
-            quote!(#p::seal_field::<#value_ty>(
-                ring, &__scope, #table, #bound, __row, #version, #v, &#policy,
+            quote!(#p::KeyRing::seal_value::<#value_ty>(
+                ring, &__scope, &#at, #v, &#policy,
             )?)
         };
-        let open_one = |e: TokenStream2| quote!(#p::open_field::<#value_ty>(ring, &__scope, #table, #bound, __row, #version, #e)?);
+        let open_one = |e: TokenStream2| quote!(#p::KeyRing::open_value::<#value_ty>(ring, &__scope, &#at, #e)?);
         // `make` of the field's value, as an `Option` (the row field of a moving or adopted
         // field): mapped over the value of an optional field, else `Some`.
         let some_of = |make: &dyn Fn(TokenStream2) -> TokenStream2| {
@@ -256,7 +258,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 }
             };
             let opened = quote!(#p::open_adopting::<#value_ty>(
-                ring, &__scope, #table, #bound, __row, #version, row.#ident.as_deref(), #plain_bytes, #reads,
+                ring, &__scope, &#at, row.#ident.as_deref(), #plain_bytes, #reads,
             )?);
             if f.option_inner.is_some() {
                 open_lets.push(quote!(let #local = #opened;));

@@ -220,7 +220,9 @@ pub mod __private {
     pub use crate::model::{AsRowId, Sealed};
     pub use crate::padding::PaddingPolicy;
 
-    use crate::context::{FieldContext, FieldLocation};
+    pub use crate::context::FieldContext;
+
+    use crate::context::FieldLocation;
     use crate::secret::Plaintext;
 
     /// The key scope of a row: static, or a prefix plus the tenant value.
@@ -231,45 +233,16 @@ pub mod __private {
         }
     }
 
-    /// Seals one field value.
-    #[allow(clippy::too_many_arguments, reason = "called only by generated code")]
-    pub fn seal_field<T: Sealable>(
-        ring: &KeyRing,
-        scope: &KeyScope,
-        table: &str,
-        column: &str,
-        row: RowId<'_>,
-        schema_version: u32,
-        value: &T,
-        policy: &FieldPolicy,
-    ) -> Result<Vec<u8>, Error> {
-        let ctx = FieldContext::new(table, column, row, schema_version);
-        ring.seal_value(scope, &ctx, value, policy)
-    }
-
-    /// Opens one field value, which must be sealed under `scope` (the row's scope).
-    #[allow(clippy::too_many_arguments, reason = "called only by generated code")]
-    pub fn open_field<T: Sealable>(
-        ring: &KeyRing,
-        scope: &KeyScope,
-        table: &str,
-        column: &str,
-        row: RowId<'_>,
-        schema_version: u32,
-        envelope: &[u8],
-    ) -> Result<T, Error> {
-        let ctx = FieldContext::new(table, column, row, schema_version);
-        ring.open_value(scope, &ctx, envelope)
-    }
-
     /// The blind-index token of one field value.
     pub fn blind_index<T: Sealable>(
         ring: &KeyRing,
         spec: &BlindIndexSpec,
         value: &T,
     ) -> Result<Vec<u8>, Error> {
-        let plaintext = value.to_plaintext()?;
-        Ok(ring.blind_index(spec, &plaintext)?.as_bytes().to_vec())
+        Ok(ring
+            .blind_index(spec, &value.to_plaintext()?)?
+            .as_bytes()
+            .to_vec())
     }
 
     /// The look-up tokens of one value (every index-key version that still opens).
@@ -278,32 +251,24 @@ pub mod __private {
         spec: &BlindIndexSpec,
         value: &T,
     ) -> Result<Vec<Vec<u8>>, Error> {
-        let plaintext = value.to_plaintext()?;
-        Ok(ring
-            .blind_index_candidates(spec, &plaintext)?
-            .into_iter()
-            .map(|t| t.as_bytes().to_vec())
-            .collect())
+        let tokens = ring.blind_index_candidates(spec, &value.to_plaintext()?)?;
+        Ok(tokens.iter().map(|t| t.as_bytes().to_vec()).collect())
     }
-    /// Opens one field being adopted from a plaintext column. The envelope wins when present;
-    /// otherwise, only when `plaintext_reads` (stages `read_plaintext` and `write_sealed_only`),
-    /// the legacy plaintext value is decoded through [`Plaintext`] (wiped on drop), as an
-    /// opened value would be. `Ok(None)` when neither gives a value. An envelope must be
-    /// sealed under `scope` (the row's scope), as in [`open_field`].
-    #[allow(clippy::too_many_arguments, reason = "called only by generated code")]
+    /// Opens one field being adopted from a plaintext column. The envelope wins when present
+    /// (opened at `at`, under `scope`: the row's scope); otherwise, only when `plaintext_reads`
+    /// (stages `read_plaintext` and `write_sealed_only`), the legacy plaintext value is decoded
+    /// through [`Plaintext`] (wiped on drop), as an opened value would be. `Ok(None)` when
+    /// neither gives a value.
     pub fn open_adopting<T: Sealable>(
         ring: &KeyRing,
         scope: &KeyScope,
-        table: &str,
-        column: &str,
-        row: RowId<'_>,
-        schema_version: u32,
+        at: &FieldContext<'_>,
         envelope: Option<&[u8]>,
         plaintext: Option<Vec<u8>>,
         plaintext_reads: bool,
     ) -> Result<Option<T>, Error> {
         if let Some(e) = envelope {
-            return open_field(ring, scope, table, column, row, schema_version, e).map(Some);
+            return ring.open_value(scope, at, e).map(Some);
         }
         match plaintext {
             Some(p) if plaintext_reads => T::from_plaintext(Plaintext::new(p)).map(Some),
