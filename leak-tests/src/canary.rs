@@ -91,12 +91,11 @@ pub struct Canary {
     pub control: bool,
 }
 
-debug_fields!(Canary {
-    id,
-    marker,
-    kind,
-    control,
-    ..
+leakless::debug_fields!(Canary, |c| {
+    "id": c.id,
+    "marker": c.marker,
+    "kind": c.kind,
+    "control": c.control,
 });
 
 impl Canary {
@@ -330,7 +329,7 @@ pub struct CanarySet {
     indexed: usize,
 }
 
-debug_fields!(CanarySet { canaries, .. });
+leakless::debug_fields!(CanarySet, |s| { "canaries": s.canaries });
 
 impl PartialEq for CanarySet {
     fn eq(&self, other: &Self) -> bool {

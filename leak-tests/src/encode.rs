@@ -217,11 +217,11 @@ pub struct Needle {
     pub bytes: Zeroizing<Vec<u8>>,
 }
 
-debug_fields!(Needle {
-    canary,
-    form,
-    encoding,
-    len = bytes.len()
+leakless::debug_fields!(Needle, |n| {
+    "canary": n.canary,
+    "form": n.form,
+    "encoding": n.encoding,
+    "len": n.bytes.len(),
 });
 
 const B64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

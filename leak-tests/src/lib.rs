@@ -31,34 +31,6 @@
 //!
 //! See `docs/leak-tests.md` for a worked example of a user's own `cargo test`.
 
-/// Implements `Debug` for a type that holds secret bytes or values as a struct of the listed
-/// fields only, so nothing else it holds can reach a log: `name` shows `self.name`,
-/// `name = field.method()` shows `self.field.method()` (a length or a count in place of the
-/// bytes), and a trailing `..` marks that fields were left out (`finish_non_exhaustive`).
-macro_rules! debug_fields {
-    ($ty:ident { $($name:ident $(= $field:ident . $method:ident ())?),+ , .. }) => {
-        debug_fields!(@impl $ty finish_non_exhaustive { $($name $(= $field . $method ())?),+ });
-    };
-    ($ty:ident { $($name:ident $(= $field:ident . $method:ident ())?),+ $(,)? }) => {
-        debug_fields!(@impl $ty finish { $($name $(= $field . $method ())?),+ });
-    };
-    (@impl $ty:ident $finish:ident { $($name:ident $(= $field:ident . $method:ident ())?),+ }) => {
-        impl ::std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.debug_struct(stringify!($ty))
-                    $(.field(stringify!($name), debug_fields!(@value self $name $($field $method)?)))+
-                    .$finish()
-            }
-        }
-    };
-    (@value $this:ident $name:ident) => {
-        &$this.$name
-    };
-    (@value $this:ident $name:ident $field:ident $method:ident) => {
-        &$this.$field.$method()
-    };
-}
-
 pub mod app;
 pub mod canary;
 pub mod containers;
@@ -100,46 +72,4 @@ pub enum Error {
         /// What went wrong.
         problem: String,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    struct Held {
-        id: u32,
-        bytes: Vec<u8>,
-        secret: String,
-    }
-    debug_fields!(Held {
-        id,
-        len = bytes.len(),
-        ..
-    });
-
-    struct Shown {
-        id: u32,
-        kind: &'static str,
-    }
-    debug_fields!(Shown { id, kind });
-
-    #[test]
-    fn debug_fields_shows_the_listed_fields_only() {
-        let held = Held {
-            id: 7,
-            bytes: b"LKSECRET".to_vec(),
-            secret: "LKHIDDEN".to_owned(),
-        };
-        let text = format!("{held:?}");
-        assert_eq!(text, "Held { id: 7, len: 8, .. }");
-        assert!(!text.contains(&held.secret));
-        assert_eq!(
-            format!(
-                "{:?}",
-                Shown {
-                    id: 1,
-                    kind: "text"
-                }
-            ),
-            r#"Shown { id: 1, kind: "text" }"#
-        );
-    }
 }

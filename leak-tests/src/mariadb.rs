@@ -35,10 +35,10 @@ pub struct Decoded {
     pub bytes: Zeroizing<Vec<u8>>,
 }
 
-debug_fields!(Decoded {
-    view,
-    offset,
-    len = bytes.len()
+leakless::debug_fields!(Decoded, |d| {
+    "view": d.view,
+    "offset": d.offset,
+    "len": d.bytes.len(),
 });
 
 /// A file name InnoDB uses for tablespaces: `*.ibd`, `ibdata*`, `undo*` (`ibtmp*` holds only

@@ -371,10 +371,9 @@ pub struct Scanner {
     threads: usize,
 }
 
-debug_fields!(Scanner {
-    canaries = set.len(),
-    needles = needles.len(),
-    ..
+leakless::debug_fields!(Scanner, |s| {
+    "canaries": s.set.len(),
+    "needles": s.needles.len(),
 });
 
 /// One raw match, before aggregation.

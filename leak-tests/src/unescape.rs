@@ -393,10 +393,7 @@ pub struct Layer {
     pub decoded: Vec<bool>,
 }
 
-debug_fields!(Layer {
-    len = bytes.len(),
-    ..
-});
+leakless::debug_fields!(Layer, |l| { "len": l.bytes.len() });
 
 /// Decodes one layer of escapes of `input`, left to right; `None` when nothing in it decodes.
 #[must_use]

@@ -5,6 +5,28 @@
 //! is ambiguous (an unencoded `@` or `/` in the password), more than the password may be
 //! hidden, never less.
 
+/// Implements [`Debug`](std::fmt::Debug) for a type `$ty` that holds secrets: it shows only the
+/// named fields (ids, addresses, settings, lengths) and marks the rest as left out
+/// (`finish_non_exhaustive`), so that no key material, share, token, credential or plaintext
+/// it holds can reach a log. `|$s| { "name": value, ... }` binds `$s` to `&self` for the
+/// values, which may be any expression (`s.bytes.len()` in place of the bytes).
+///
+/// For leakless's own crates (the runtime and the leak-test harness); not a stable API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! debug_fields {
+    ($ty:ident, |$s:ident| { $($name:literal: $value:expr),+ $(,)? }) => {
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let $s = self;
+                f.debug_struct(stringify!($ty))
+                    $(.field($name, &$value))+
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 /// What a password is replaced with.
 pub const MASK: &str = "***";
 
@@ -202,6 +224,27 @@ fn redact_keywords(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Held {
+        id: u32,
+        bytes: Vec<u8>,
+        secret: String,
+    }
+    crate::debug_fields!(Held, |h| { "id": h.id, "len": h.bytes.len() });
+
+    /// `debug_fields!` shows the listed values only (a length in place of the bytes) and marks
+    /// the rest as left out.
+    #[test]
+    fn debug_fields_shows_the_listed_fields_only() {
+        let held = Held {
+            id: 7,
+            bytes: b"LKSECRET".to_vec(),
+            secret: "LKHIDDEN".to_owned(),
+        };
+        let text = format!("{held:?}");
+        assert_eq!(text, "Held { id: 7, len: 8, .. }");
+        assert!(!text.contains(&held.secret) && !text.contains("LKSECRET"));
+    }
 
     /// Each URL or keyword string is masked as expected, and its password appears nowhere in
     /// the result: plain; holding `@` and `:`, or `/`, `?` and `#`; percent-encoded; after an

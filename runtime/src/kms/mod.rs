@@ -55,23 +55,7 @@ use crate::error::Error;
 use crate::key::{KekVersion, KeyScope, WrappedKek};
 use crate::secret::Kek;
 
-/// Implements [`Debug`](std::fmt::Debug) for a type `$ty` that holds secrets: it shows only the
-/// named fields (ids, addresses, settings) and marks the rest as left out, so that no key
-/// material, share, token or credential it holds can reach a log. `|$s| { "name": value, ... }` binds `$s` to
-/// `&self` for the field values.
-macro_rules! debug_fields {
-    ($ty:ident, |$s:ident| { $($name:literal: $value:expr),+ $(,)? }) => {
-        impl std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let $s = self;
-                f.debug_struct(stringify!($ty))
-                    $(.field($name, &$value))+
-                    .finish_non_exhaustive()
-            }
-        }
-    };
-}
-pub(crate) use debug_fields;
+pub(crate) use crate::debug_fields;
 
 /// What a wrapped KEK is bound to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
