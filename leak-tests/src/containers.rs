@@ -356,6 +356,22 @@ pub(crate) struct Latch<R> {
     pub(crate) failed: bool,
 }
 
+impl<R> Latch<R> {
+    /// A latch over `inner`, the artifact `name`, whose read errors are plain read failures
+    /// recorded in `faults`.
+    pub(crate) fn new(inner: R, name: &str, faults: &Faults) -> Self {
+        Self {
+            inner,
+            name: name.to_owned(),
+            what: "read failed".to_owned(),
+            delivered: 0,
+            input: None,
+            faults: Rc::clone(faults),
+            failed: false,
+        }
+    }
+}
+
 impl<R: Read> Read for Latch<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.failed {

@@ -89,22 +89,36 @@ pub enum Encoding {
 
 impl Encoding {
     /// Every encoding, in report order.
-    pub const ALL: [Encoding; 21] = [
-        Encoding::Raw,
-        Encoding::CaseFolded,
-        Encoding::Utf16Le,
-        Encoding::Utf16Be,
-        Encoding::HexLower,
-        Encoding::HexUpper,
-        Encoding::PgBytea,
-        Encoding::Base64,
-        Encoding::Base64Url,
-        Encoding::Percent,
-        Encoding::FormUrlencoded,
-        Encoding::Json,
-        Encoding::JsonAscii,
-        Encoding::SqlQuoted,
-        Encoding::SqlBackslash,
+    pub const ALL: [Encoding; 21] = {
+        let [f64_le, f64_be, f32_le, f32_be, pg_numeric, mariadb_decimal] = Self::NUMBER_FORMS;
+        [
+            Encoding::Raw,
+            Encoding::CaseFolded,
+            Encoding::Utf16Le,
+            Encoding::Utf16Be,
+            Encoding::HexLower,
+            Encoding::HexUpper,
+            Encoding::PgBytea,
+            Encoding::Base64,
+            Encoding::Base64Url,
+            Encoding::Percent,
+            Encoding::FormUrlencoded,
+            Encoding::Json,
+            Encoding::JsonAscii,
+            Encoding::SqlQuoted,
+            Encoding::SqlBackslash,
+            f64_le,
+            f64_be,
+            f32_le,
+            f32_be,
+            pg_numeric,
+            mariadb_decimal,
+        ]
+    };
+
+    /// The binary forms of a number (a GPS coordinate pair): IEEE-754 both ways and both
+    /// widths, and the two databases' on-disk decimals. The last entries of [`Self::ALL`].
+    pub const NUMBER_FORMS: [Encoding; 6] = [
         Encoding::F64Le,
         Encoding::F64Be,
         Encoding::F32Le,

@@ -225,15 +225,7 @@ impl LeakCheck {
         reader: impl Read,
     ) -> io::Result<()> {
         let faults: Faults = Rc::new(RefCell::new(Vec::new()));
-        let latch = Latch {
-            inner: reader,
-            name: artifact.to_owned(),
-            what: "read failed".to_owned(),
-            delivered: 0,
-            input: None,
-            faults: Rc::clone(&faults),
-            failed: false,
-        };
+        let latch = Latch::new(reader, artifact, &faults);
         let mut col = Collector::new();
         let result = self.scanner.scan_reader(latch, |h| col.add(h));
         let n = result.as_ref().map_or(0, |n| *n);
@@ -267,6 +259,7 @@ impl LeakCheck {
     pub fn scan_path(&mut self, channel: &str, path: &Path) {
         let before = self.channel_mut(channel).bytes;
         let mut walk = Walk {
+            channel: Rc::from(channel),
             dirs: HashSet::new(),
             files: HashSet::new(),
             budget: Budget {
@@ -277,7 +270,7 @@ impl LeakCheck {
             spool: None,
             seq: 0,
         };
-        self.walk_path(&mut walk, channel, path);
+        self.walk_path(&mut walk, path);
         if self.channel_mut(channel).bytes == before {
             self.error(
                 channel,
@@ -296,7 +289,9 @@ impl LeakCheck {
         self.decompressed_limit = bytes;
     }
 
-    fn walk_path(&mut self, walk: &mut Walk, channel: &str, path: &Path) {
+    fn walk_path(&mut self, walk: &mut Walk, path: &Path) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -332,9 +327,9 @@ impl LeakCheck {
                     .symlink_metadata()
                     .is_ok_and(|m| m.file_type().is_symlink());
                 if is_link {
-                    self.follow_link(walk, channel, &p);
+                    self.follow_link(walk, &p);
                 } else {
-                    self.walk_path(walk, channel, &p);
+                    self.walk_path(walk, &p);
                 }
             }
             return;
@@ -349,10 +344,12 @@ impl LeakCheck {
         walk.budget.used.set(0);
         let name = path.display().to_string();
         let src = Rc::new(Source::File(path.to_path_buf()));
-        self.scan_node(walk, channel, &name, path, &src, 0);
+        self.scan_node(walk, &name, path, &src, 0);
     }
 
-    fn follow_link(&mut self, walk: &mut Walk, channel: &str, link: &Path) {
+    fn follow_link(&mut self, walk: &mut Walk, link: &Path) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         let target = std::fs::read_link(link)
             .map(|t| t.display().to_string())
             .unwrap_or_else(|_| "?".to_owned());
@@ -388,7 +385,7 @@ impl LeakCheck {
         };
         self.channel_mut(channel).links_followed.push(line);
         if !seen {
-            self.walk_path(walk, channel, link);
+            self.walk_path(walk, link);
         }
     }
 
@@ -397,19 +394,20 @@ impl LeakCheck {
     fn scan_node(
         &mut self,
         walk: &mut Walk,
-        channel: &str,
         name: &str,
         logical: &Path,
         src: &Rc<Source>,
         depth: u32,
     ) {
-        let Some(mut reader) = self.open_source(walk, channel, name, src) else {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
+        let Some(mut reader) = self.open_source(walk, name, src) else {
             return;
         };
         let mut head = vec![0u8; 512];
         let n = read_up_to(&mut reader, &mut head).unwrap_or(0);
         head.truncate(n);
-        self.scan_stream(walk, channel, name, io::Cursor::new(&head).chain(reader));
+        self.scan_stream(walk, name, io::Cursor::new(&head).chain(reader));
         let too_deep = |s: &mut Self| {
             s.error(
                 channel,
@@ -427,19 +425,19 @@ impl LeakCheck {
                     name: child_name.clone(),
                 });
                 let logical = strip_compression_suffix(logical);
-                self.scan_node(walk, channel, &child_name, &logical, &child, depth + 1);
+                self.scan_node(walk, &child_name, &logical, &child, depth + 1);
             }
         } else if is_tar(&head) || is_zip(&head) {
             if depth >= MAX_DEPTH {
                 too_deep(self);
             } else if is_tar(&head) {
-                self.tar_members(walk, channel, name, src, depth);
+                self.tar_members(walk, name, src, depth);
             } else {
-                self.zip_members(walk, channel, name, src, depth);
+                self.zip_members(walk, name, src, depth);
             }
         } else if is_pg_custom_dump(&head) && logical.file_name().is_none_or(|n| n != "toc.dat") {
             let restore = format!("{name}[pg_restore]");
-            if let Some((path, spooled)) = self.materialize(walk, channel, name, src) {
+            if let Some((path, spooled)) = self.materialize(walk, name, src) {
                 self.pg_restore(channel, &restore, &path);
                 if spooled {
                     let _ = std::fs::remove_file(&path);
@@ -447,38 +445,33 @@ impl LeakCheck {
             }
         }
         if is_relation_path(logical)
-            && let Some(r) = self.open_source(walk, channel, name, src)
+            && let Some(r) = self.open_source(walk, name, src)
         {
             self.relation(channel, name, r);
-            self.drain_faults(walk, channel);
+            self.drain_faults(walk);
         }
         if is_wal_path(logical) {
-            if let Some(r) = self.open_source(walk, channel, name, src) {
-                self.scan_stream(
-                    walk,
-                    channel,
-                    &format!("{name}[wal-records]"),
-                    WalRecords::new(r),
-                );
+            if let Some(r) = self.open_source(walk, name, src) {
+                self.scan_stream(walk, &format!("{name}[wal-records]"), WalRecords::new(r));
             }
-            if let Some(r) = self.open_source(walk, channel, name, src) {
+            if let Some(r) = self.open_source(walk, name, src) {
                 self.wal_compressed(channel, name, r);
-                self.drain_faults(walk, channel);
+                self.drain_faults(walk);
             }
         }
         if crate::mariadb::is_innodb_path(logical)
-            && let Some(r) = self.open_source(walk, channel, name, src)
+            && let Some(r) = self.open_source(walk, name, src)
         {
             self.mariadb_views(channel, name, |emit| {
                 crate::mariadb::walk_tablespace(r, emit)
             });
-            self.drain_faults(walk, channel);
+            self.drain_faults(walk);
         }
         if head.starts_with(crate::mariadb::BINLOG_MAGIC)
-            && let Some(r) = self.open_source(walk, channel, name, src)
+            && let Some(r) = self.open_source(walk, name, src)
         {
             self.mariadb_views(channel, name, |emit| crate::mariadb::walk_binlog(r, emit));
-            self.drain_faults(walk, channel);
+            self.drain_faults(walk);
         }
     }
 
@@ -524,13 +517,9 @@ impl LeakCheck {
         result
     }
 
-    fn open_source(
-        &mut self,
-        walk: &Walk,
-        channel: &str,
-        name: &str,
-        src: &Source,
-    ) -> Option<Box<dyn Read>> {
+    fn open_source(&mut self, walk: &Walk, name: &str, src: &Source) -> Option<Box<dyn Read>> {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         match src.open(walk) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -542,26 +531,22 @@ impl LeakCheck {
 
     /// Scans a stream as one artifact; a read error ends it (what was read still counts) and
     /// is recorded with the faults met below it.
-    fn scan_stream(&mut self, walk: &Walk, channel: &str, artifact: &str, reader: impl Read) {
-        let latch = Latch {
-            inner: reader,
-            name: artifact.to_owned(),
-            what: "read failed".to_owned(),
-            delivered: 0,
-            input: None,
-            faults: Rc::clone(&walk.faults),
-            failed: false,
-        };
+    fn scan_stream(&mut self, walk: &Walk, artifact: &str, reader: impl Read) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
+        let latch = Latch::new(reader, artifact, &walk.faults);
         let mut col = Collector::new();
         let n = self
             .scanner
             .scan_reader(latch, |h| col.add(h))
             .unwrap_or_default();
         self.record(channel, artifact, n, &col);
-        self.drain_faults(walk, channel);
+        self.drain_faults(walk);
     }
 
-    fn drain_faults(&mut self, walk: &Walk, channel: &str) {
+    fn drain_faults(&mut self, walk: &Walk) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         let faults: Vec<String> = walk.faults.borrow_mut().drain(..).collect();
         for f in faults {
             let f = self.withhold_canaries(f);
@@ -577,14 +562,15 @@ impl LeakCheck {
     fn materialize(
         &mut self,
         walk: &mut Walk,
-        channel: &str,
         name: &str,
         src: &Source,
     ) -> Option<(PathBuf, bool)> {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         if let Source::File(p) = src {
             return Some((p.clone(), false));
         }
-        let reader = self.open_source(walk, channel, name, src)?;
+        let reader = self.open_source(walk, name, src)?;
         let path = match walk.spool_path("artifact") {
             Ok(p) => p,
             Err(e) => {
@@ -603,19 +589,14 @@ impl LeakCheck {
             let _ = std::fs::remove_file(&path);
             return None;
         }
-        self.drain_faults(walk, channel);
+        self.drain_faults(walk);
         Some((path, true))
     }
 
-    fn tar_members(
-        &mut self,
-        walk: &mut Walk,
-        channel: &str,
-        outer: &str,
-        src: &Rc<Source>,
-        depth: u32,
-    ) {
-        let Some(reader) = self.open_source(walk, channel, outer, src) else {
+    fn tar_members(&mut self, walk: &mut Walk, outer: &str, src: &Rc<Source>, depth: u32) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
+        let Some(reader) = self.open_source(walk, outer, src) else {
             return;
         };
         let mut archive = tar::Archive::new(reader);
@@ -644,32 +625,27 @@ impl LeakCheck {
                 .map(|p| p.to_path_buf())
                 .unwrap_or_else(|_| PathBuf::from("?"));
             let name = format!("{outer}!{}", member.display());
-            self.member(walk, channel, &name, &member, entry, depth + 1, &mut dumps);
+            self.member(walk, &name, &member, entry, depth + 1, &mut dumps);
         }
-        self.drain_faults(walk, channel);
-        self.restore_dir_dumps(walk, channel, outer, dumps);
+        self.drain_faults(walk);
+        self.restore_dir_dumps(walk, outer, dumps);
     }
 
-    fn zip_members(
-        &mut self,
-        walk: &mut Walk,
-        channel: &str,
-        outer: &str,
-        src: &Rc<Source>,
-        depth: u32,
-    ) {
+    fn zip_members(&mut self, walk: &mut Walk, outer: &str, src: &Rc<Source>, depth: u32) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         let result = match &**src {
             Source::Memory(bytes) => {
                 zip::ZipArchive::new(io::Cursor::new(Shared(Rc::clone(bytes))))
-                    .map(|a| self.zip_walk(walk, channel, outer, a, depth))
+                    .map(|a| self.zip_walk(walk, outer, a, depth))
             }
             _ => {
-                let Some((path, spooled)) = self.materialize(walk, channel, outer, src) else {
+                let Some((path, spooled)) = self.materialize(walk, outer, src) else {
                     return;
                 };
                 let r = match File::open(&path) {
                     Ok(f) => zip::ZipArchive::new(BufReader::new(f))
-                        .map(|a| self.zip_walk(walk, channel, outer, a, depth)),
+                        .map(|a| self.zip_walk(walk, outer, a, depth)),
                     Err(e) => Err(zip::result::ZipError::Io(e)),
                 };
                 if spooled {
@@ -688,19 +664,14 @@ impl LeakCheck {
                      local headers, as far as they go"
                 ),
             );
-            self.zip_stream(walk, channel, outer, src, depth);
+            self.zip_stream(walk, outer, src, depth);
         }
     }
 
-    fn zip_stream(
-        &mut self,
-        walk: &mut Walk,
-        channel: &str,
-        outer: &str,
-        src: &Rc<Source>,
-        depth: u32,
-    ) {
-        let Some(mut reader) = self.open_source(walk, channel, outer, src) else {
+    fn zip_stream(&mut self, walk: &mut Walk, outer: &str, src: &Rc<Source>, depth: u32) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
+        let Some(mut reader) = self.open_source(walk, outer, src) else {
             return;
         };
         let mut dumps = BTreeMap::new();
@@ -710,9 +681,7 @@ impl LeakCheck {
                     if !file.is_file() {
                         continue;
                     }
-                    let member =
-                        PathBuf::from(file.name().map_or_else(|_| "?".into(), |n| n.into_owned()));
-                    self.zip_member(walk, channel, outer, &member, file, depth, &mut dumps);
+                    self.zip_member(walk, outer, file, depth, &mut dumps);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -724,17 +693,18 @@ impl LeakCheck {
                 }
             }
         }
-        self.restore_dir_dumps(walk, channel, outer, dumps);
+        self.restore_dir_dumps(walk, outer, dumps);
     }
 
     fn zip_walk<R: Read + io::Seek>(
         &mut self,
         walk: &mut Walk,
-        channel: &str,
         outer: &str,
         mut archive: zip::ZipArchive<R>,
         depth: u32,
     ) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         let mut dumps = BTreeMap::new();
         for i in 0..archive.len() {
             let file = match archive.by_index(i) {
@@ -747,59 +717,45 @@ impl LeakCheck {
             if !file.is_file() {
                 continue;
             }
-            let member = PathBuf::from(file.name().map_or_else(|_| "?".into(), |n| n.into_owned()));
-            self.zip_member(walk, channel, outer, &member, file, depth, &mut dumps);
+            self.zip_member(walk, outer, file, depth, &mut dumps);
         }
-        self.restore_dir_dumps(walk, channel, outer, dumps);
+        self.restore_dir_dumps(walk, outer, dumps);
     }
 
     /// One zip member (from the central directory or from a local header), charged to the
     /// decompression budget.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the walk state, the channel and the member's place"
-    )]
-    fn zip_member(
+    fn zip_member<R: Read>(
         &mut self,
         walk: &mut Walk,
-        channel: &str,
         outer: &str,
-        member: &Path,
-        file: impl Read,
+        file: zip::read::ZipFile<'_, R>,
         depth: u32,
         dumps: &mut BTreeMap<PathBuf, PathBuf>,
     ) {
+        let member = PathBuf::from(file.name().map_or_else(|_| "?".into(), |n| n.into_owned()));
         let name = format!("{outer}!{}", member.display());
         let charged = Charged {
             inner: file,
             budget: walk.budget.clone(),
         };
-        self.member(walk, channel, &name, member, charged, depth + 1, dumps);
+        self.member(walk, &name, &member, charged, depth + 1, dumps);
     }
 
     /// One archive member: streamed once when it holds nothing to descend into, otherwise
     /// kept (in memory up to [`MEMORY_SPOOL`], else in the private spool folder) and scanned
     /// as a node. Directory-dump members are gathered per folder for `pg_restore`.
-    #[allow(clippy::too_many_arguments, reason = "one walk step, private")]
     fn member(
         &mut self,
         walk: &mut Walk,
-        channel: &str,
         name: &str,
         member: &Path,
         reader: impl Read,
         depth: u32,
         dumps: &mut BTreeMap<PathBuf, PathBuf>,
     ) {
-        let mut reader = Latch {
-            inner: reader,
-            name: name.to_owned(),
-            what: "read failed".to_owned(),
-            delivered: 0,
-            input: None,
-            faults: Rc::clone(&walk.faults),
-            failed: false,
-        };
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
+        let mut reader = Latch::new(reader, name, &walk.faults);
         if depth > MAX_DEPTH {
             self.error(
                 channel,
@@ -834,7 +790,7 @@ impl LeakCheck {
                 return;
             }
             let src = Rc::new(Source::File(path));
-            self.scan_node(walk, channel, name, member, &src, depth);
+            self.scan_node(walk, name, member, &src, depth);
             return;
         }
         let descend = Codec::sniff(&head).is_some()
@@ -846,7 +802,7 @@ impl LeakCheck {
             || crate::mariadb::is_innodb_path(member)
             || head.starts_with(crate::mariadb::BINLOG_MAGIC);
         if !descend {
-            self.scan_stream(walk, channel, name, rest);
+            self.scan_stream(walk, name, rest);
             return;
         }
         // Kept in memory when small; the size in the member's header is not trusted.
@@ -857,7 +813,7 @@ impl LeakCheck {
         }
         if bytes.len() as u64 <= MEMORY_SPOOL {
             let src = Rc::new(Source::Memory(Rc::new(bytes)));
-            self.scan_node(walk, channel, name, member, &src, depth);
+            self.scan_node(walk, name, member, &src, depth);
             return;
         }
         let path = match walk.spool_path("member") {
@@ -872,18 +828,14 @@ impl LeakCheck {
         } else {
             drop(bytes);
             let src = Rc::new(Source::File(path.clone()));
-            self.scan_node(walk, channel, name, member, &src, depth);
+            self.scan_node(walk, name, member, &src, depth);
         }
         let _ = std::fs::remove_file(&path);
     }
 
-    fn restore_dir_dumps(
-        &mut self,
-        walk: &Walk,
-        channel: &str,
-        outer: &str,
-        dumps: BTreeMap<PathBuf, PathBuf>,
-    ) {
+    fn restore_dir_dumps(&mut self, walk: &Walk, outer: &str, dumps: BTreeMap<PathBuf, PathBuf>) {
+        let channel = Rc::clone(&walk.channel);
+        let channel: &str = &channel;
         for (parent, dir) in dumps {
             if dir.join("toc.dat").is_file() {
                 let name = format!("{outer}!{}[pg_restore]", parent.display());
@@ -891,7 +843,7 @@ impl LeakCheck {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
-        self.drain_faults(walk, channel);
+        self.drain_faults(walk);
     }
 
     fn relation(&mut self, channel: &str, name: &str, reader: impl Read) {
@@ -1006,6 +958,8 @@ const MEMORY_SPOOL: u64 = 64 << 20;
 
 /// The state of one [`LeakCheck::scan_path`] walk.
 struct Walk {
+    /// The channel the findings and errors of this walk are recorded under.
+    channel: Rc<str>,
     /// Folders walked, by (device, inode): a link back into the tree is not walked again.
     dirs: HashSet<(u64, u64)>,
     /// Files scanned, by (device, inode).

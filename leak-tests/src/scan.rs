@@ -90,20 +90,18 @@ impl EncodingSet {
                     &[Encoding::Raw, Encoding::CaseFolded, Encoding::Utf16Le]
                 }
                 CanaryKind::Bytes => &[Encoding::Raw, Encoding::HexLower],
-                CanaryKind::Gps => &[
-                    Encoding::Raw,
-                    Encoding::Utf16Le,
-                    Encoding::F64Le,
-                    Encoding::F64Be,
-                    Encoding::F32Le,
-                    Encoding::F32Be,
-                    Encoding::PgNumeric,
-                    Encoding::MariadbDecimal,
-                ],
+                CanaryKind::Gps => &GPS_RESIDUE,
             }),
         }
     }
 }
+
+/// The residue set's encodings of a GPS point: its decimal text (raw, UTF-16LE) and every
+/// binary number form.
+const GPS_RESIDUE: [Encoding; 8] = {
+    let [a, b, c, d, e, f] = Encoding::NUMBER_FORMS;
+    [Encoding::Raw, Encoding::Utf16Le, a, b, c, d, e, f]
+};
 
 /// What a needle stands for, and where its bytes are in the arena.
 #[derive(Clone, Copy)]
