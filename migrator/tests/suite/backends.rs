@@ -6,7 +6,8 @@ use leakless::PaddingPolicy;
 use leakless_migrator::db::Bind;
 
 use crate::support::{
-    Backend, Fixture, SCOPE, assert_says, code, plain, stderr, stdout, wait_for_cache_window,
+    Backend, DEFAULT_PADDING, Fixture, PATIENTS_SCOPE, SCOPE, adopting, assert_says, code,
+    column_json, plain, stderr, stdout, table_manifest, wait_for_cache_window,
 };
 
 fn lifecycle(backend: Backend) {
@@ -285,14 +286,11 @@ backend_tests! {
 /// manifest (an explicit `--from` that agrees still works, one that conflicts is refused).
 fn adopt_from_manifest(backend: Backend) {
     let f = Fixture::new(backend);
+    let email = column_json("email", "string", DEFAULT_PADDING, "null");
+    let email = adopting(&email, "email_plain", "read_plaintext");
     std::fs::write(
         &f.manifest,
-        r#"{"format": 1, "tables": [{"table": "patients", "row_id_column": "id",
-            "row_id_kind": "int", "schema_version": 1,
-            "scope": {"kind": "static", "scope": "patients"},
-            "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null,
-                "adoption": {"from_column": "email_plain", "stage": "read_plaintext"}}]}]}"#,
+        table_manifest("patients", PATIENTS_SCOPE, &[email]),
     )
     .unwrap();
     f.seed(0, 300, true);
@@ -354,17 +352,6 @@ backend_tests! {
     adopt_from_manifest => [sqlite, postgres, mariadb],
 }
 
-/// Without `--from` and without an adoption in the manifest, `adopt` is a usage error.
-#[test]
-fn adopt_without_source_is_refused() {
-    let f = Fixture::new(Backend::Sqlite);
-    f.assert_fails(
-        &["adopt", "--table", "patients", "--column", "email"],
-        2,
-        "no plaintext column to adopt",
-    );
-}
-
 /// The legacy column types a model's fields are adopted from: a `Json<T>` field from `bytea`
 /// (what the derive maps `Json<T>` to) and from `jsonb`/`JSON`, a `Vec<u8>` field from a binary
 /// column holding bytes that are not UTF-8, a `String` field from `varchar`. Every value opens
@@ -399,24 +386,22 @@ fn adopt_legacy_types(backend: Backend) {
     ];
     let col = |name: &str, encoding: &str| {
         let padding = policies.iter().find(|(c, _)| *c == name).unwrap().1;
-        format!(
-            r#"{{"column": "{name}", "algorithm": "xchacha20poly1305", "encoding": "{encoding}",
-                "padding": {}, "nullable": true, "blind_index": null}}"#,
-            serde_json::to_string(&padding).unwrap()
+        column_json(
+            name,
+            encoding,
+            &serde_json::to_string(&padding).unwrap(),
+            "null",
         )
     };
+    let columns = [
+        col("doc", "json"),
+        col("meta", "json"),
+        col("raw", "bytes"),
+        col("note", "string"),
+    ];
     std::fs::write(
         &f.manifest,
-        format!(
-            r#"{{"format": 1, "tables": [{{"table": "legacy", "row_id_column": "id",
-                "row_id_kind": "int", "schema_version": 1,
-                "scope": {{"kind": "static", "scope": "patients"}},
-                "columns": [{}, {}, {}, {}]}}]}}"#,
-            col("doc", "json"),
-            col("meta", "json"),
-            col("raw", "bytes"),
-            col("note", "string"),
-        ),
+        table_manifest("legacy", PATIENTS_SCOPE, &columns),
     )
     .unwrap();
     let doc = |i: i64| format!(r#"{{"street":"{i} Rue de l'Église","lat":48.85,"lon":2.35}}"#);
@@ -559,24 +544,9 @@ backend_tests! {
 /// the column, not a database error.
 fn manifest_ahead_of_the_database(backend: Backend) {
     let f = Fixture::new(backend);
-    let col = |name: &str| {
-        format!(
-            r#"{{"column": "{name}", "algorithm": "xchacha20poly1305", "encoding": "string",
-                "padding": {{"kind": "power_of_two", "min": 32, "cap": 4096}}, "nullable": true, "blind_index": null}}"#
-        )
-    };
     for (table, column) in [("patients", "phone"), ("ghosts", "email")] {
-        std::fs::write(
-            &f.manifest,
-            format!(
-                r#"{{"format": 1, "tables": [{{"table": "{table}", "row_id_column": "id",
-                    "row_id_kind": "int", "schema_version": 1,
-                    "scope": {{"kind": "static", "scope": "patients"}},
-                    "columns": [{}]}}]}}"#,
-                col(column)
-            ),
-        )
-        .unwrap();
+        let columns = [column_json(column, "string", DEFAULT_PADDING, "null")];
+        std::fs::write(&f.manifest, table_manifest(table, PATIENTS_SCOPE, &columns)).unwrap();
         for args in [
             &["status"][..],
             &["verify"],

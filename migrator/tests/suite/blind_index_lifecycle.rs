@@ -10,7 +10,10 @@ use std::time::Duration;
 use leakless::{AuditInfo, BlindIndexSpec, FieldContext, KeyRing, KeyScope, Normalizer, RowId};
 use leakless_migrator::db::{Bind, OneText};
 
-use crate::support::{Backend, Fixture, code, plain, stderr, stdout, wait_for_cache_window};
+use crate::support::{
+    Backend, DEFAULT_PADDING, Fixture, PATIENTS_SCOPE, adopting, code, column_json, plain, stderr,
+    stdout, table_manifest, wait_for_cache_window,
+};
 
 const INDEX_SCOPE: &str = "bidx";
 const ROWS: i64 = 300;
@@ -26,24 +29,15 @@ fn spec() -> BlindIndexSpec {
 /// The manifest of the fixture's table with a blind index on `email` (and, when `adopt`, the
 /// adoption from `email_plain`).
 fn write_manifest(f: &Fixture, adopt: bool) {
-    let adoption = if adopt {
-        r#", "adoption": {"from_column": "email_plain", "stage": "read_plaintext"}"#
-    } else {
-        ""
-    };
+    let index = r#"{"column": "email_bidx", "scope": "bidx", "bytes": 16,
+                    "normalizer": "trim_lowercase"}"#;
+    let mut email = column_json("email", "string", DEFAULT_PADDING, index);
+    if adopt {
+        email = adopting(&email, "email_plain", "read_plaintext");
+    }
     std::fs::write(
         &f.manifest,
-        format!(
-            r#"{{"format": 1, "tables": [{{"table": "patients", "row_id_column": "id",
-                "row_id_kind": "int", "schema_version": 1,
-                "scope": {{"kind": "static", "scope": "patients"}},
-                "columns": [{{"column": "email", "algorithm": "xchacha20poly1305",
-                    "encoding": "string",
-                    "padding": {{"kind": "power_of_two", "min": 32, "cap": 4096}},
-                    "nullable": true,
-                    "blind_index": {{"column": "email_bidx", "scope": "bidx", "bytes": 16,
-                                     "normalizer": "trim_lowercase"}}{adoption}}}]}}]}}"#
-        ),
+        table_manifest("patients", PATIENTS_SCOPE, &[email]),
     )
     .unwrap();
 }
@@ -289,15 +283,4 @@ fn adopt_computes_tokens(backend: Backend) {
 
 backend_tests! {
     adopt_computes_tokens => [sqlite, postgres],
-}
-
-/// `reindex` on a column without a blind index is a usage error naming it.
-#[test]
-fn reindex_needs_an_index() {
-    let f = Fixture::new(Backend::Sqlite);
-    f.assert_fails(
-        &["reindex", "--table", "patients", "--column", "email"],
-        2,
-        "patients.email has no blind index",
-    );
 }

@@ -122,6 +122,23 @@ fn exit_2_a_manifest_naming_a_column_the_database_lacks() {
     insta::assert_snapshot!("exit_2_unknown_column", checked(&o, 2, Some(f.dir.path())));
 }
 
+/// A command the manifest gives nothing to work on is a usage error naming the column: `adopt`
+/// with no `--from` and no adoption recorded, `reindex` of a column without a blind index.
+#[test]
+fn exit_2_a_command_the_manifest_does_not_allow() {
+    let f = Fixture::new(Backend::Sqlite);
+    for (command, message) in [
+        ("adopt", "no plaintext column to adopt"),
+        ("reindex", "patients.email has no blind index"),
+    ] {
+        f.assert_fails(
+            &[command, "--table", "patients", "--column", "email"],
+            2,
+            message,
+        );
+    }
+}
+
 #[test]
 fn exit_3_no_root_key_given() {
     let f = Fixture::new(Backend::Sqlite);

@@ -25,7 +25,7 @@ use leakless_migrator::db::DbUrl;
 use zeroize::Zeroizing;
 
 use crate::support::{
-    PATIENTS_MANIFEST, RootArgs, TestDb, assert_ok, insert_sealed, plain, random_hex, root_cmd,
+    RootArgs, TestDb, assert_ok, insert_sealed, patients_manifest, plain, random_hex, root_cmd,
     run_logged, service_var, stderr, stdout,
 };
 
@@ -57,7 +57,7 @@ impl Case {
             (path.display().to_string(), None)
         };
         let manifest = dir.path().join("manifest.json");
-        std::fs::write(&manifest, PATIENTS_MANIFEST).unwrap();
+        std::fs::write(&manifest, patients_manifest()).unwrap();
         let bin = if postgres { "bytea" } else { "BLOB" };
         DbUrl::parse(&url)
             .unwrap()

@@ -8,7 +8,10 @@ use leakless::manifest::RowIdKind;
 use leakless::{AuditInfo, FieldContext, FieldPolicy, KeyScope, RowId};
 use leakless_migrator::db::{Bind, Db, IdBytes};
 
-use crate::support::{Backend, Fixture, assert_says, code, stderr, stdout};
+use crate::support::{
+    Backend, DEFAULT_PADDING, Fixture, assert_says, code, column_json, stderr, stdout,
+    table_manifest,
+};
 
 /// The plaintext of row `id` (fake).
 fn note(id: i64) -> String {
@@ -30,13 +33,9 @@ fn seal(f: &Fixture, scope: &KeyScope, id: i64) -> Vec<u8> {
 /// Writes the fixture's manifest: `visits.note` sealed per tenant (`tenant:<tenant_id>`), with
 /// `blind_index` (a JSON object, or `null`).
 fn write_manifest(f: &Fixture, blind_index: &str) {
-    let manifest = r#"{"format": 1, "tables": [{"table": "visits", "row_id_column": "id",
-            "row_id_kind": "int", "schema_version": 1,
-            "scope": {"kind": "per_tenant", "column": "tenant_id", "prefix": "tenant:"},
-            "columns": [{"column": "note", "algorithm": "xchacha20poly1305",
-                "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096},
-                "nullable": true, "blind_index": BLIND_INDEX}]}]}"#;
-    std::fs::write(&f.manifest, manifest.replace("BLIND_INDEX", blind_index)).unwrap();
+    let scope = r#"{"kind": "per_tenant", "column": "tenant_id", "prefix": "tenant:"}"#;
+    let note = column_json("note", "string", DEFAULT_PADDING, blind_index);
+    std::fs::write(&f.manifest, table_manifest("visits", scope, &[note])).unwrap();
 }
 
 /// The value of `column` in row `id` of `visits`.

@@ -167,13 +167,47 @@ impl Backend {
     }
 }
 
+/// The manifest JSON of a column's default padding.
+pub const DEFAULT_PADDING: &str = r#"{"kind": "power_of_two", "min": 32, "cap": 4096}"#;
+
+/// The manifest JSON of a nullable column sealed with XChaCha20-Poly1305: `encoding`,
+/// `padding` and `blind_index` (JSON texts, `null` for none).
+pub fn column_json(column: &str, encoding: &str, padding: &str, blind_index: &str) -> String {
+    format!(
+        r#"{{"column": "{column}", "algorithm": "xchacha20poly1305", "encoding": "{encoding}",
+            "padding": {padding}, "nullable": true, "blind_index": {blind_index}}}"#
+    )
+}
+
+/// `column` (from [`column_json`]) adopted from the plaintext column `from` at `stage`.
+pub fn adopting(column: &str, from: &str, stage: &str) -> String {
+    let open = column.strip_suffix('}').unwrap();
+    format!(r#"{open}, "adoption": {{"from_column": "{from}", "stage": "{stage}"}}}}"#)
+}
+
+/// A manifest of one table with integer row ids in `id`, schema version 1, key scope `scope`
+/// (JSON) and `columns` (from [`column_json`]).
+pub fn table_manifest(table: &str, scope: &str, columns: &[String]) -> String {
+    format!(
+        r#"{{"format": 1, "tables": [{{"table": "{table}", "row_id_column": "id",
+            "row_id_kind": "int", "schema_version": 1, "scope": {scope},
+            "columns": [{}]}}]}}"#,
+        columns.join(", ")
+    )
+}
+
+/// The manifest JSON of the fixture's static key scope `patients`.
+pub const PATIENTS_SCOPE: &str = r#"{"kind": "static", "scope": "patients"}"#;
+
 /// The manifest of the fixture's `patients` table: `email` sealed under static scope
 /// `patients`.
-pub const PATIENTS_MANIFEST: &str = r#"{"format": 1, "tables": [{"table": "patients", "row_id_column": "id",
-                "row_id_kind": "int", "schema_version": 1,
-                "scope": {"kind": "static", "scope": "patients"},
-                "columns": [{"column": "email", "algorithm": "xchacha20poly1305",
-                    "encoding": "string", "padding": {"kind": "power_of_two", "min": 32, "cap": 4096}, "nullable": true, "blind_index": null}]}]}"#;
+pub fn patients_manifest() -> String {
+    table_manifest(
+        "patients",
+        PATIENTS_SCOPE,
+        &[column_json("email", "string", DEFAULT_PADDING, "null")],
+    )
+}
 
 /// A database with the `patients` table, keys and manifest.
 pub struct Fixture {
@@ -238,7 +272,7 @@ impl Fixture {
         )
         .unwrap();
         let manifest = dir.path().join("manifest.json");
-        std::fs::write(&manifest, PATIENTS_MANIFEST).unwrap();
+        std::fs::write(&manifest, patients_manifest()).unwrap();
         let f = Self {
             dir,
             url,
