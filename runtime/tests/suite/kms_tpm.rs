@@ -48,6 +48,15 @@ impl Drop for Evict {
     }
 }
 
+/// Creates a root key sealed to the TPM at `tcti`, in file `name` of `dir`, with the guard
+/// that evicts its persistent object when dropped.
+fn create_in(tcti: &str, dir: &Path, name: &str) -> (TpmConfig, Evict, TpmKms) {
+    let config = TpmConfig::new(tcti, dir.join(name));
+    let evict = Evict(config.clone());
+    let kms = TpmKms::create(&config).unwrap();
+    (config, evict, kms)
+}
+
 /// A backend holding a new root key sealed to the shared TPM, with its sealed file's folder;
 /// evicts its persistent object when dropped.
 #[derive(Debug)]
@@ -167,9 +176,7 @@ fn assert_kms_error(result: Result<TpmKms, Error>, operation: &str, needle: &str
 #[test]
 fn created_root_key_reopens_to_the_same_key_in_a_new_tpm_context() {
     let dir = tempfile::tempdir().unwrap();
-    let config = TpmConfig::new(tcti(), dir.path().join("root.sealed"));
-    let _evict = Evict(config.clone());
-    let a = TpmKms::create(&config).unwrap();
+    let (config, _evict, a) = create_in(&tcti(), dir.path(), "root.sealed");
     assert_eq!(a.backend(), "tpm");
     assert!(a.root_key_id().starts_with("tpm:"), "{}", a.root_key_id());
     assert_eq!(a.root_key_id().len(), "tpm:".len() + 32);
@@ -267,9 +274,7 @@ fn a_local_backend_with_any_root_key_cannot_open_a_tpm_wrapped_kek() {
 #[test]
 fn sealed_root_key_is_useless_on_another_tpm_and_kek_ops_never_touch_the_tpm() {
     let dir = tempfile::tempdir().unwrap();
-    let here = TpmConfig::new(tcti(), dir.path().join("here.sealed"));
-    let _evict = Evict(here.clone());
-    let sealed_here = TpmKms::create(&here).unwrap();
+    let (here, _evict, sealed_here) = create_in(&tcti(), dir.path(), "here.sealed");
 
     let other = PrivateTpm::start();
     let there = TpmConfig::new(&other.tcti, here.sealed_path());
@@ -833,12 +838,8 @@ fn a_version_2_file_names_a_persistent_object_and_refuses_any_other() {
     let tpm = PrivateTpm::start();
     let tcti = || tpm.tcti.as_str();
     let dir = tempfile::tempdir().unwrap();
-    let config = TpmConfig::new(tcti(), dir.path().join("root.sealed"));
-    let _evict = Evict(config.clone());
-    let kms = TpmKms::create(&config).unwrap();
-    let other_config = TpmConfig::new(tcti(), dir.path().join("other.sealed"));
-    let _evict_other = Evict(other_config.clone());
-    let other = TpmKms::create(&other_config).unwrap();
+    let (config, _evict, kms) = create_in(tcti(), dir.path(), "root.sealed");
+    let (other_config, _evict_other, other) = create_in(tcti(), dir.path(), "other.sealed");
     assert_ne!(other.root_key_id(), kms.root_key_id());
     let text = fs::read_to_string(config.sealed_path()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -166,10 +166,14 @@ fn a_key_that_is_not_derived_is_refused() {
         .expect("run bao (installed by scripts/services/openbao install)");
     assert!(status.success());
     let err = VaultTransitKms::connect(config(&name), token()).unwrap_err();
-    assert!(err.to_string().contains("not derived"), "{err}");
+    let (backend, operation, detail) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("vault", "connect"), "{err}");
+    assert!(detail.contains("is not derived"), "{err}");
     // create_key on an existing non-derived key refuses too, rather than using it.
     let err = VaultTransitKms::create_key(config(&name), token()).unwrap_err();
-    assert!(err.to_string().contains("not derived"), "{err}");
+    let (backend, operation, detail) = kms_error_parts(&err);
+    assert_eq!((backend, operation), ("vault", "create key"), "{err}");
+    assert!(detail.contains("not derived; pick another name"), "{err}");
 }
 
 #[test]
