@@ -10,7 +10,7 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use leakless::key::{Clock, ManualClock, SystemClock, UnixTime};
 use leakless::{AuditInfo, Json, KeyRing, KeyScope, PaddingPolicy, Sealed};
-use serde::{Deserialize, Serialize};
+use leakless_examples::patient::GeoPoint;
 
 #[allow(
     missing_docs,
@@ -31,13 +31,6 @@ mod schema {
     }
 }
 use schema::patients;
-
-/// A point on the map.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GeoPoint {
-    lat: f64,
-    lon: f64,
-}
 
 /// A patient with sealed fields.
 #[derive(Clone, PartialEq, Sealed)]
