@@ -96,6 +96,33 @@ impl Peer {
             .unwrap()
             .success();
         assert!(ok, "kill -{sig} {} failed", self.pid);
+        // A signal is delivered asynchronously: wait until the peer is in the state it asks
+        // for, so that the next call meets a stopped (or running) peer, not a race.
+        let stopped = match sig {
+            "STOP" => Some(true),
+            "CONT" => Some(false),
+            _ => None,
+        };
+        if let Some(want) = stopped {
+            let started = Instant::now();
+            while self.is_stopped() != want {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "kill -{sig} {}: the peer did not change state within 5 s",
+                    self.pid
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// Whether the peer's process is stopped (state `T` in `/proc/PID/stat`).
+    fn is_stopped(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T")
     }
 }
 
@@ -376,7 +403,7 @@ fn pause_then_resume(peer: &Peer, kms: Arc<dyn Kms>, counts_of: &dyn Fn() -> Ret
     let after = counts_of();
     assert!(
         after.retries - before.retries >= 1,
-        "{before:?} -> {after:?}"
+        "{before:?} -> {after:?} in {took:?}"
     );
     assert_eq!(after.exhausted, before.exhausted);
     assert!(took >= Duration::from_millis(1400), "took {took:?}");
