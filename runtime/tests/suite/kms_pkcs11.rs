@@ -260,16 +260,22 @@ fn pin_file_rules_and_configuration_errors_name_what_failed() {
     let mut cfg = config("any");
     cfg.pin = PinSource::File(loose);
     let err = Pkcs11Kms::open(&cfg).unwrap_err();
-    assert!(err.to_string().contains("chmod 600"), "{err}");
+    let (backend, _, detail) = kms_error_parts(&err);
+    assert_eq!(backend, "pkcs11", "{err}");
+    assert!(
+        detail.contains("PIN file") && detail.contains("chmod 600"),
+        "{err}"
+    );
     assert!(!err.to_string().contains(&real_pin()));
 
     let mut cfg = config("any");
     cfg.pin = PinSource::File(dir.path().join("missing.pin"));
+    let err = Pkcs11Kms::open(&cfg).unwrap_err();
+    let (backend, _, detail) = kms_error_parts(&err);
+    assert_eq!(backend, "pkcs11", "{err}");
     assert!(
-        Pkcs11Kms::open(&cfg)
-            .unwrap_err()
-            .to_string()
-            .contains("PIN file")
+        detail.contains("PIN file") && detail.contains("missing.pin"),
+        "{err}"
     );
 
     let mut cfg = config("any");
@@ -336,10 +342,9 @@ fn env_pin_child() {
     }
     cfg.pin = PinSource::Env("LEAKLESS_TEST_PKCS11_PIN_UNSET".into());
     let err = Pkcs11Kms::create(&cfg).unwrap_err();
-    assert!(
-        err.to_string().contains("LEAKLESS_TEST_PKCS11_PIN_UNSET"),
-        "{err}"
-    );
+    let (backend, _, detail) = kms_error_parts(&err);
+    assert_eq!(backend, "pkcs11", "{err}");
+    assert!(detail.contains("LEAKLESS_TEST_PKCS11_PIN_UNSET"), "{err}");
     if !child {
         return;
     }

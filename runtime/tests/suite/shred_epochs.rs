@@ -23,6 +23,7 @@ use leakless::secret::Kek;
 use leakless::store::FileKeyStore;
 use leakless::{AuditInfo, Error, FieldContext, FieldPolicy, KekVersion, KeyRing, KeyScope, RowId};
 
+use crate::support::kms_suite::kms_error_parts;
 use crate::support::peers::binding;
 
 const ROWS: i64 = 6;
@@ -560,8 +561,10 @@ mod aws {
         assert_ne!(app.key_arn(), old_arn, "the app followed the alias");
         assert!(out.attacker_errors.is_empty());
         // KMS reports the old key as pending deletion, so it cannot be a root key any more.
-        let err = AwsKms::connect(config(&old_arn)).unwrap_err().to_string();
-        assert!(err.contains("PendingDeletion"), "{err}");
+        let err = AwsKms::connect(config(&old_arn)).unwrap_err();
+        let (backend, _, detail) = kms_error_parts(&err);
+        assert_eq!(backend, "aws-kms", "{err}");
+        assert!(detail.contains("PendingDeletion"), "{err}");
     }
 }
 
@@ -635,7 +638,9 @@ mod pkcs11 {
         after_epoch_destroy(&kms, &stale, &m, &binding, &others);
         // A configured label that names an epoch is refused: configure the base label.
         let err = Pkcs11Kms::open(&config(&format!("{label}@e1"))).unwrap_err();
-        assert!(err.to_string().contains("base label"), "{err}");
+        let (backend, operation, detail) = kms_error_parts(&err);
+        assert_eq!((backend, operation), ("pkcs11", "open root key"), "{err}");
+        assert!(detail.contains("configure the base label"), "{err}");
         // Creating the label again is refused while any of its epochs exists.
         assert!(Pkcs11Kms::create(&config(&label)).is_err());
     }
