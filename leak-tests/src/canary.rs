@@ -606,9 +606,14 @@ pub fn generate(id: &str, column: &str, encoding: PlaintextEncoding) -> Canary {
             rng.gen_range(10..99)
         )
     } else {
+        // A house number with a letter (`1742c`) opens the value and the marker sits in its
+        // middle, so each of the value's fragments (see `encode::WINDOW`) holds random
+        // characters: two canaries that share a street and a town share no fragment, and a
+        // leak of one is never reported as the other.
         format!(
-            "{} {}, Flat {marker}, {}",
-            rng.gen_range(1..300),
+            "{}{} {}, Flat {marker}, {}",
+            rng.gen_range(1..10_000),
+            char::from(b'a' + rng.gen_range(0..26u8)),
             pick(&STREETS, &mut rng),
             pick(&TOWNS, &mut rng)
         )
