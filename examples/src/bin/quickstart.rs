@@ -287,7 +287,6 @@ fn run() -> Result<(), Box<dyn Error>> {
         Args::Run(dir) => dir,
     };
     let started = Instant::now();
-    let mut timings: Vec<(&str, Duration)> = Vec::new();
 
     say!("leakless quickstart: sealed patient records in an embedded SQLite file");
     say!();
@@ -317,25 +316,82 @@ fn run() -> Result<(), Box<dyn Error>> {
 
     // ----- keys: root key file -> KMS, key store file -> KEK records ------------------------
     let keys = open_keys(ws)?;
-    let Keys { ring, scope, .. } = &keys;
-    let audit = AuditInfo::new("quickstart", ROTATION_REASON);
-
     // ----- database ------------------------------------------------------------------------
-    let (mut conn, db_path) = open_database(ws)?;
+    let (conn, db_path) = open_database(ws)?;
+    let people = demo_data::patients();
+    let mut demo = Demo {
+        patients: people.iter().map(Patient::from_demo).collect(),
+        keys,
+        audit: AuditInfo::new("quickstart", ROTATION_REASON),
+        conn,
+        timings: Vec::new(),
+    };
 
-    // ----- seal and insert --------------------------------------------------------------------
+    seal_and_insert(&mut demo)?;
+    let stored = read_back(&mut demo)?;
+    look_up(&mut demo)?;
+    let (old_version, new_version) = rotate_and_rewrap(&mut demo, &stored)?;
+    let backup_path = back_up_key_store(&demo, ws, old_version, &stored)?;
+    retire_and_destroy(&mut demo, &stored, old_version, new_version)?;
+    let old_root = shred_and_attack(&mut demo, &backup_path, &stored, old_version, new_version)?;
+
+    // ----- key store integrity ----------------------------------------------------------------
+    say!();
+    say!("[key store]");
+    print_key_store(&demo.keys.ring, &demo.keys.scope)?;
+
+    // ----- scan the raw files for plaintext -------------------------------------------------
+    say!();
+    say!("[leak scan]");
+    let Demo {
+        keys,
+        conn,
+        mut timings,
+        ..
+    } = demo;
+    let t = Instant::now();
+    leak_scan(conn, ws, &db_path, &keys.root_path, &old_root, &people)?;
+    timings.push(("leak scan", t.elapsed()));
+
+    // ----- summary ----------------------------------------------------------------------------
+    say!();
+    say!("[timings]");
+    for (what, d) in &timings {
+        say!("  {what:<28} {}", ms(*d));
+    }
+    say!("  {:<28} {}", "total", ms(started.elapsed()));
+    if let Workspace::Temp(_) = workspace {
+        say!();
+        say!("removing {}", ws.display());
+    }
+    drop(workspace);
+    Ok(())
+}
+
+/// What the demo carries from stage to stage: the keys, the database connection, the patients
+/// it wrote, and how long each timed step took.
+struct Demo {
+    keys: Keys,
+    audit: AuditInfo,
+    conn: SqliteConnection,
+    patients: Vec<Patient>,
+    timings: Vec<(&'static str, Duration)>,
+}
+
+/// `[seal + insert]`: seals every patient with `Patient::seal_rows` and inserts the rows in one
+/// statement, then shows the stored layout.
+fn seal_and_insert(demo: &mut Demo) -> Result<(), Box<dyn Error>> {
     say!();
     say!("[seal + insert]");
-    let people = demo_data::patients();
-    let patients: Vec<Patient> = people.iter().map(Patient::from_demo).collect();
     let t = Instant::now();
-    let rows = Patient::seal_rows(&patients, ring)?;
-    timings.push(("seal_rows", t.elapsed()));
+    let rows = Patient::seal_rows(&demo.patients, &demo.keys.ring)?;
+    demo.timings.push(("seal_rows", t.elapsed()));
     let t = Instant::now();
     let inserted = diesel::insert_into(patients::table)
         .values(&rows)
-        .execute(&mut conn)?;
-    timings.push(("insert (one bulk statement)", t.elapsed()));
+        .execute(&mut demo.conn)?;
+    demo.timings
+        .push(("insert (one bulk statement)", t.elapsed()));
     let envelopes: usize = rows.iter().map(sealed_count).sum();
     let nulls = rows.iter().filter(|r| r.transcript.is_none()).count();
     say!(
@@ -343,24 +399,32 @@ fn run() -> Result<(), Box<dyn Error>> {
         rows.len()
     );
     say!("  inserted {inserted} rows in one statement");
-    print_layout(&rows)?;
+    print_layout(&rows)
+}
 
-    // ----- read back and open ------------------------------------------------------------------
+/// `[read back + open]`: loads every row and opens it with `Patient::open_rows`; returns the
+/// stored rows (the envelopes as they are before the rotation).
+fn read_back(demo: &mut Demo) -> Result<Vec<PatientRow>, Box<dyn Error>> {
     say!();
     say!("[read back + open]");
     let t = Instant::now();
-    let (stored, opened) = read_and_check(&mut conn, ring, &patients)?;
-    timings.push(("read + open_rows", t.elapsed()));
+    let (stored, opened) = read_and_check(&mut demo.conn, &demo.keys.ring, &demo.patients)?;
+    demo.timings.push(("read + open_rows", t.elapsed()));
     say!(
         "  .select(PatientRow::as_select()) + Patient::open_rows: {opened} sealed fields in {} rows opened and equal to what was written: ok",
         stored.len()
     );
     print_census("  fields per KEK version:", &stored)?;
+    Ok(stored)
+}
 
-    // ----- look up by blind index ---------------------------------------------------------------
+/// `[blind-index look-up]`: finds one patient by e-mail as a user would type it.
+fn look_up(demo: &mut Demo) -> Result<(), Box<dyn Error>> {
     say!();
     say!("[blind-index look-up]");
-    let wanted = patients
+    let ring = &demo.keys.ring;
+    let wanted = demo
+        .patients
         .get(2)
         .ok_or_else(|| fail("no demo data", HINT_BUG))?;
     // As a user would type it: other case, stray spaces; the index normalises both.
@@ -370,9 +434,9 @@ fn run() -> Result<(), Box<dyn Error>> {
     let found: Vec<PatientRow> = patients::table
         .filter(patients::email_bidx.eq_any(&tokens))
         .select(PatientRow::as_select())
-        .load(&mut conn)?;
+        .load(&mut demo.conn)?;
     let found = Patient::open_rows(found, ring)?;
-    timings.push(("blind-index look-up", t.elapsed()));
+    demo.timings.push(("blind-index look-up", t.elapsed()));
     if found.len() != 1 || found.first() != Some(wanted) {
         return Err(fail(
             format!(
@@ -389,24 +453,28 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("  the right patient (e-mail typed in upper case with spaces; normaliser trim_lowercase)");
     say!("  Debug of that patient (sealed fields print as <sealed>):");
     say!("    {wanted:?}");
+    Ok(())
+}
 
-    // ----- rotate the KEK and re-wrap every row ----------------------------------------------
+/// `[rotate KEK + re-wrap]`: rotates the scope's KEK and re-wraps every stored envelope onto
+/// the new version; returns the old and the new version.
+fn rotate_and_rewrap(
+    demo: &mut Demo,
+    stored: &[PatientRow],
+) -> Result<(KekVersion, KekVersion), Box<dyn Error>> {
     say!();
     say!("[rotate KEK + re-wrap]");
-    let kept_row = stored
-        .first()
-        .ok_or_else(|| fail("no row came back", HINT_BUG))?;
-    let kept_id = kept_row.id.clone();
-    let kept_envelope = kept_row.address.clone(); // sealed under the old version, kept aside
+    let Keys { ring, scope, .. } = &demo.keys;
     let t = Instant::now();
-    let old_version = keys.first_version;
-    let new_version = ring.rotate(scope, GRACE, &audit)?;
+    let old_version = demo.keys.first_version;
+    let new_version = ring.rotate(scope, GRACE, &demo.audit)?;
     say!(
         "  rotated: {new_version} active; {old_version} in grace for {} min (opens, never seals)",
         GRACE.as_secs() / 60
     );
-    let rewrapped = rewrap_all(&mut conn, ring, &stored)?;
-    timings.push(("rotate + re-wrap + update", t.elapsed()));
+    let rewrapped = rewrap_all(&mut demo.conn, ring, stored)?;
+    demo.timings
+        .push(("rotate + re-wrap + update", t.elapsed()));
     say!(
         "  KeyRing::rewrap of the stored envelopes (contexts: table {TABLE}, column, row id, schema v{SCHEMA_VERSION}):"
     );
@@ -414,11 +482,20 @@ fn run() -> Result<(), Box<dyn Error>> {
         "  re-wrapped {rewrapped} DEKs onto {new_version} (data ciphertext untouched, NULLs stay NULL), updated {} rows",
         stored.len()
     );
-    let (after, opened) = read_and_check(&mut conn, ring, &patients)?;
+    let (after, opened) = read_and_check(&mut demo.conn, ring, &demo.patients)?;
     say!("  {opened} sealed fields opened and equal after the re-wrap: ok");
     print_census("  fields per KEK version:", &after)?;
+    Ok((old_version, new_version))
+}
 
-    // ----- the backup an attacker will hold ------------------------------------------------
+/// `[old backup]`: copies the key store as a backup an attacker will hold, taken while the
+/// old version is in grace; returns its path.
+fn back_up_key_store(
+    demo: &Demo,
+    ws: &Path,
+    old_version: KekVersion,
+    stored: &[PatientRow],
+) -> Result<PathBuf, Box<dyn Error>> {
     // A key-store backup taken now, while the old version is in grace (a nightly backup, say).
     // With the database backups of the same night it holds every value sealed under the old
     // version, and the wrapped KEK that opens them.
@@ -427,45 +504,80 @@ fn run() -> Result<(), Box<dyn Error>> {
     let backup_dir = ws.join(BACKUP_DIR);
     create_private_dir(&backup_dir)?;
     let backup_path = backup_dir.join(KEY_STORE_FILE);
-    fs::copy(&keys.store_path, &backup_path)?;
+    fs::copy(&demo.keys.store_path, &backup_path)?;
     say!(
         "  copied {KEY_STORE_FILE} to {BACKUP_DIR}/{KEY_STORE_FILE}: a key-store backup from before the"
     );
     say!(
         "  destroy ({old_version} still in grace), and the {} envelopes under {old_version} read",
-        count_sealed(&stored)
+        count_sealed(stored)
     );
     say!("  before the re-wrap stand for the database backups of the same time");
+    Ok(backup_path)
+}
 
-    // ----- wait for the cache window ----------------------------------------------------------
+/// `[cache window]` and `[retire + destroy]`: waits until every cache can have noticed the
+/// rotation, retires and destroys the old version, and shows an envelope kept from before the
+/// re-wrap refused at each step while the live rows still open.
+fn retire_and_destroy(
+    demo: &mut Demo,
+    stored: &[PatientRow],
+    old_version: KekVersion,
+    new_version: KekVersion,
+) -> Result<(), Box<dyn Error>> {
+    let Keys { ring, scope, .. } = &demo.keys;
     say!();
     say!("[cache window]");
     let t = Instant::now();
-    retire_after_cache_window(ring, scope, old_version, &audit)?;
-    timings.push(("wait for the cache window", t.elapsed()));
+    retire_after_cache_window(ring, scope, old_version, &demo.audit)?;
+    demo.timings
+        .push(("wait for the cache window", t.elapsed()));
 
-    // ----- retire and destroy the old version: crypto-shredding -----------------------------
     say!();
     say!("[retire + destroy {old_version}]");
-    let kept_ctx = context(&kept_id, Column::Address);
-    expect_refusal(ring, &kept_ctx, &kept_envelope, "retired", |e| {
+    let kept_row = stored
+        .first()
+        .ok_or_else(|| fail("no row came back", HINT_BUG))?;
+    // Sealed under the old version, kept aside before the re-wrap.
+    let kept_ctx = context(&kept_row.id, Column::Address);
+    let kept_envelope = &kept_row.address;
+    expect_refusal(ring, &kept_ctx, kept_envelope, "retired", |e| {
         matches!(e, leakless::Error::KeyWrongState { .. })
     })?;
     say!(
         "  retired {old_version}: an envelope kept from before the re-wrap is refused (KeyWrongState)"
     );
-    ring.destroy(scope, old_version, &audit)?;
-    let (_, opened) = read_and_check(&mut conn, ring, &patients)?;
+    ring.destroy(scope, old_version, &demo.audit)?;
+    let (_, opened) = read_and_check(&mut demo.conn, ring, &demo.patients)?;
     say!("  destroyed {old_version}: its wrapped material is erased from the key store");
     say!("  {opened} fields of the live rows still open (they are on {new_version}): ok");
-    expect_refusal(ring, &kept_ctx, &kept_envelope, "destroyed", |e| {
+    expect_refusal(ring, &kept_ctx, kept_envelope, "destroyed", |e| {
         matches!(e, leakless::Error::KeyDestroyed { .. })
     })?;
     say!("  the envelope kept from before the re-wrap now fails with KeyDestroyed");
     say!("  but the shred is not complete: the old backup still holds {old_version}'s wrapped KEK");
+    Ok(())
+}
 
+/// The attacker with the old key-store backup before and after `[complete shred]`: opens every
+/// old value first (the positive control), none after the new root epoch replaced the old one;
+/// the live rows still open. Returns the old root key's bytes, for the leak scan to prove them
+/// gone from every file.
+fn shred_and_attack(
+    demo: &mut Demo,
+    backup_path: &Path,
+    stored: &[PatientRow],
+    old_version: KekVersion,
+    new_version: KekVersion,
+) -> Result<Zeroizing<Vec<u8>>, Box<dyn Error>> {
+    let Keys {
+        kms,
+        ring,
+        root_path,
+        ..
+    } = &demo.keys;
     // The attacker: the old key-store backup, the old database rows, and today's root key file.
-    let before = attack(&backup_path, &keys.root_path, &stored, &patients)?;
+    let before = attack(backup_path, root_path, stored, &demo.patients)?;
     if before.opened != before.total || !before.rows_equal {
         return Err(fail(
             format!(
@@ -491,22 +603,22 @@ fn run() -> Result<(), Box<dyn Error>> {
     say!("[complete shred]");
     // The old root key, read only to check below that its bytes are gone from every file;
     // first proven to be found where it still is.
-    let old_root = root_key_bytes(&keys.root_path)?;
-    prove_found_in_own_file(&keys.root_path, &old_root)?;
+    let old_root = root_key_bytes(root_path)?;
+    prove_found_in_own_file(root_path, &old_root)?;
     let t = Instant::now();
     let report = ring
         .complete_shred(
-            &*keys.kms,
+            &**kms,
             &AuditInfo::new("quickstart", "complete the demo's shred"),
         )?
         .ok_or_else(|| fail("complete_shred found no pending shred", HINT_BUG))?;
-    timings.push(("complete_shred", t.elapsed()));
+    demo.timings.push(("complete_shred", t.elapsed()));
     print_shred(ring, &report)?;
 
     // ----- the attacker again -------------------------------------------------------------
     say!();
     say!("[attacker after the shred]");
-    let after_shred = attack(&backup_path, &keys.root_path, &stored, &patients)?;
+    let after_shred = attack(backup_path, root_path, stored, &demo.patients)?;
     if after_shred.opened != 0 {
         return Err(fail(
             format!(
@@ -525,36 +637,11 @@ fn run() -> Result<(), Box<dyn Error>> {
         listed(&after_shred.errors, |(kind, n)| format!("{n} with {kind}"))
     );
     ring.cache().clear();
-    let (_, opened) = read_and_check(&mut conn, ring, &patients)?;
+    let (_, opened) = read_and_check(&mut demo.conn, ring, &demo.patients)?;
     say!(
         "  the current key store and {ROOT_KEY_FILE} still open all {opened} fields of the live rows ({new_version}): ok"
     );
-
-    // ----- key store integrity ----------------------------------------------------------------
-    say!();
-    say!("[key store]");
-    print_key_store(ring, scope)?;
-
-    // ----- scan the raw files for plaintext -------------------------------------------------
-    say!();
-    say!("[leak scan]");
-    let t = Instant::now();
-    leak_scan(conn, ws, &db_path, &keys.root_path, &old_root, &people)?;
-    timings.push(("leak scan", t.elapsed()));
-
-    // ----- summary ----------------------------------------------------------------------------
-    say!();
-    say!("[timings]");
-    for (what, d) in &timings {
-        say!("  {what:<28} {}", ms(*d));
-    }
-    say!("  {:<28} {}", "total", ms(started.elapsed()));
-    if let Workspace::Temp(_) = workspace {
-        say!();
-        say!("removing {}", ws.display());
-    }
-    drop(workspace);
-    Ok(())
+    Ok(old_root)
 }
 
 /// What [`open_keys`] sets up.
