@@ -10,7 +10,10 @@
 //!   done before measuring) and the default [`FieldPolicy`] padding; `open/seal` is the ratio of
 //!   their medians, and the 64 KiB rows' throughput (GB/s of plaintext) is printed under the
 //!   table next to the raw calls';
-//! * `rewrap`: [`KeyRing::rewrap`] of a 100 B envelope from KEK v1 (in grace) to the active v2.
+//! * `rewrap`: [`KeyRing::rewrap`] of a 100 B envelope from KEK v1 (in grace) to the active v2;
+//! * `parallel`: opens of 100 B AES-256-GCM envelopes under one warm KEK, on one thread and on
+//!   one thread per core at once (one ring), paired per sample; the scaling is how many times
+//!   the one-thread rate all threads reach together (the core count if nothing is shared).
 //!
 //! A second table compares the two AEAD engines of [`aead`] on the same calls (one encryption
 //! with a fresh key schedule, as leakless does per value): RustCrypto ([`aead::portable`])
@@ -41,7 +44,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leakless_testkit::bench::paired_calibrated;
+use leakless_testkit::bench::{median, paired_calibrated};
 
 use leakless::aead::{self, TAG_LEN};
 use leakless::kms::LocalKms;
@@ -97,6 +100,8 @@ fn main() {
         }
     }
     let rewrap = (only.is_empty() || only == "rewrap").then(|| measure_rewrap(&ctx, samples));
+    let parallel =
+        (only.is_empty() || only == "parallel").then(|| measure_parallel(&ctx, samples, full));
     #[cfg(feature = "aws-lc")]
     let engines = (only.is_empty() || only == "engines").then(|| measure_engines(&ctx, samples));
 
@@ -168,10 +173,19 @@ fn main() {
             rewrap.rewrap, rewrap.raw_wrap, rewrap.ratio
         );
     }
+    if let Some(p) = &parallel {
+        println!(
+            "parallel opens (100 B, aes256gcm, one warm KEK): 1 thread {:.0} ns per open; \
+             {} threads {:.0} ns per open each; together {:.2}x the 1-thread rate \
+             ({} would be no contention)",
+            p.one, p.threads, p.each, p.scaling, p.threads
+        );
+    }
     println!(
         "KMS unwraps during measurement (warm cache => 0 expected): {}",
         rows.iter().map(|r| r.kms_unwraps).sum::<u64>()
             + rewrap.as_ref().map_or(0, |r| r.kms_unwraps)
+            + parallel.as_ref().map_or(0, |p| p.kms_unwraps)
     );
     #[cfg(feature = "aws-lc")]
     if let Some(engines) = &engines {
@@ -418,6 +432,81 @@ fn measure_rewrap(ctx: &FieldContext<'_>, samples: usize) -> RewrapRow {
         rewrap,
         raw_wrap,
         ratio,
+        kms_unwraps: ring.kms_calls().unwraps - unwraps_before,
+    }
+}
+
+/// Opens on one thread against opens on every core at once.
+struct ParallelRow {
+    threads: usize,
+    /// Median ns per open on one thread.
+    one: f64,
+    /// Median ns per open on each of `threads` threads running together.
+    each: f64,
+    /// Median of the per-sample `threads * one / each`.
+    scaling: f64,
+    kms_unwraps: u64,
+}
+
+fn measure_parallel(ctx: &FieldContext<'_>, samples: usize, full: bool) -> ParallelRow {
+    let scope = KeyScope::new("patients").expect("scope name");
+    let ring = ring_with_scope(&scope);
+    let policy = FieldPolicy {
+        algorithm: Algorithm::Aes256Gcm,
+        padding: PaddingPolicy::default(),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // Each thread opens its own envelopes (the same field context), so only the ring is shared.
+    let sets: Vec<Vec<Vec<u8>>> = (0..threads)
+        .map(|_| {
+            (0..64)
+                .map(|_| {
+                    ring.seal(&scope, ctx, &random_bytes(TARGET_SIZE), &policy)
+                        .expect("seal")
+                })
+                .collect()
+        })
+        .collect();
+    let unwraps_before = ring.kms_calls().unwraps;
+    let per_batch = if full { 20_000 } else { 64 };
+    let open_all = |set: &[Vec<u8>]| {
+        for envelope in set.iter().cycle().take(per_batch) {
+            black_box(ring.open(ctx, black_box(envelope)).expect("open"));
+        }
+    };
+    let (mut one, mut each, mut scaling) = (Vec::new(), Vec::new(), Vec::new());
+    // Each sample takes tens of milliseconds, so fewer of them.
+    for i in 0..samples.div_ceil(20).max(3) {
+        let time_one = || {
+            let t = std::time::Instant::now();
+            open_all(sets.first().expect("one thread at least"));
+            t.elapsed().as_secs_f64() * 1e9 / per_batch as f64
+        };
+        let time_all = || {
+            let t = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for set in &sets {
+                    s.spawn(|| open_all(set));
+                }
+            });
+            t.elapsed().as_secs_f64() * 1e9 / per_batch as f64
+        };
+        let (a, b) = if i % 2 == 0 {
+            let a = time_one();
+            (a, time_all())
+        } else {
+            let b = time_all();
+            (time_one(), b)
+        };
+        one.push(a);
+        each.push(b);
+        scaling.push(threads as f64 * a / b);
+    }
+    ParallelRow {
+        threads,
+        one: median(&mut one),
+        each: median(&mut each),
+        scaling: median(&mut scaling),
         kms_unwraps: ring.kms_calls().unwraps - unwraps_before,
     }
 }

@@ -234,19 +234,20 @@ impl KeyRing {
             kek_version = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let cached = self.active_kek(scope)?;
-        span.record("kek_version", cached.version.get());
-        envelope::seal(
-            &SealParams {
-                kek: &cached.keys,
-                scope,
-                kek_version: cached.version,
-                ctx,
-                algorithm: policy.algorithm,
-                padding: policy.padding,
-            },
-            plaintext,
-        )
+        self.with_active_kek(scope, |cached| {
+            span.record("kek_version", cached.version.get());
+            envelope::seal(
+                &SealParams {
+                    kek: &cached.keys,
+                    scope,
+                    kek_version: cached.version,
+                    ctx,
+                    algorithm: policy.algorithm,
+                    padding: policy.padding,
+                },
+                plaintext,
+            )
+        })
     }
 
     /// Opens an envelope sealed for the field at `ctx`, whatever key scope its header names.
@@ -299,10 +300,10 @@ impl KeyRing {
         let _entered = span.enter();
         let (parsed, context) = parse_for(expected, ctx, envelope_bytes)?;
         span.record("kek_version", parsed.kek_version.get());
-        let cached = self
-            .kek_for_open(parsed.scope, parsed.kek_version, "open")
-            .map_err(|e| e.in_field(ctx.location()))?;
-        envelope::open(&cached.keys, &parsed, ctx, context)
+        self.with_kek_for_open(parsed.scope, parsed.kek_version, "open", |cached| {
+            envelope::open(&cached.keys, &parsed, ctx, context)
+        })
+        .map_err(|e| e.in_field(ctx.location()))
     }
 
     /// Moves an envelope's DEK onto the active KEK version of its scope, leaving the data
@@ -398,9 +399,10 @@ impl KeyRing {
             &[u8; crate::secret::KEY_LEN],
         ) -> Result<zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>, Error>,
     ) -> Result<(KekVersion, zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>), Error> {
-        let cached = self.active_kek(scope)?;
-        let key = cached.derived_key(label, |kek| derive(kek.expose_secret()))?;
-        Ok((cached.version, key))
+        self.with_active_kek(scope, |cached| {
+            let key = cached.derived_key(label, |kek| derive(kek.expose_secret()))?;
+            Ok((cached.version, key))
+        })
     }
 
     /// As [`Self::active_derived_key`] for version `version` of `scope`, if it can still open.
@@ -413,8 +415,47 @@ impl KeyRing {
             &[u8; crate::secret::KEY_LEN],
         ) -> Result<zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>, Error>,
     ) -> Result<zeroize::Zeroizing<[u8; crate::secret::KEY_LEN]>, Error> {
-        let cached = self.kek_for_open(scope.as_str(), version, "blind index")?;
-        cached.derived_key(label, |kek| derive(kek.expose_secret()))
+        self.with_kek_for_open(scope.as_str(), version, "blind index", |cached| {
+            cached.derived_key(label, |kek| derive(kek.expose_secret()))
+        })
+    }
+
+    /// `f` on the active KEK of `scope`: borrowed from the cache when it is there (no shared
+    /// counter written), else fetched as [`Self::active_kek`] does.
+    fn with_active_kek<R>(
+        &self,
+        scope: &KeyScope,
+        f: impl FnOnce(&Arc<CachedKek>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        match self.inner.cache.with_active(scope.as_str(), self.now(), f) {
+            Ok(done) => done,
+            Err(f) => f(&self.active_kek(scope)?),
+        }
+    }
+
+    /// `f` on version `version` of `scope` if that version can still open: borrowed from the
+    /// cache when it is there (no shared counter written), else fetched as
+    /// [`Self::kek_for_open`] does.
+    fn with_kek_for_open<R>(
+        &self,
+        scope: &str,
+        version: KekVersion,
+        operation: &'static str,
+        f: impl FnOnce(&Arc<CachedKek>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let now = self.now();
+        let mut f = Some(f);
+        let cached = self.inner.cache.with(scope, version, now, |c| {
+            if !c.state.opens_at(now) {
+                return Err(wrong_state(scope, version, c.state, operation));
+            }
+            f.take().map_or_else(|| Err(taken_twice()), |f| f(c))
+        });
+        if let Ok(done) = cached {
+            return done;
+        }
+        let c = self.kek_for_open(scope, version, operation)?;
+        f.take().map_or_else(|| Err(taken_twice()), |f| f(&c))
     }
 
     fn active_kek(&self, scope: &KeyScope) -> Result<Arc<CachedKek>, Error> {
@@ -471,13 +512,7 @@ impl KeyRing {
             if c.state.opens_at(now) {
                 return Ok(c);
             }
-            return Err(Error::KeyWrongState {
-                location: None,
-                scope: KeyScope::new(scope)?,
-                version,
-                state: c.state,
-                operation,
-            });
+            return Err(wrong_state(scope, version, c.state, operation));
         }
         let scope = KeyScope::new(scope)?;
         let flight = self.flight(scope.as_str(), version.get());
@@ -1086,4 +1121,33 @@ fn parse_for<'a>(
         });
     }
     Ok((parsed, context))
+}
+
+/// [`Error::KeyWrongState`] for `operation` on version `version` of `scope`, without a field
+/// (the caller adds it with [`Error::in_field`]).
+fn wrong_state(
+    scope: &str,
+    version: KekVersion,
+    state: KekState,
+    operation: &'static str,
+) -> Error {
+    match KeyScope::new(scope) {
+        Ok(scope) => Error::KeyWrongState {
+            location: None,
+            scope,
+            version,
+            state,
+            operation,
+        },
+        Err(e) => e,
+    }
+}
+
+/// The error for a key operation's closure found already spent, which the code paths that
+/// call it exactly once cannot produce.
+fn taken_twice() -> Error {
+    Error::Internal {
+        what: "key ring",
+        problem: "a key operation ran twice".into(),
+    }
 }
