@@ -266,6 +266,18 @@ impl KekCache {
         age_ok && entry.take_use(self.config.max_uses)
     }
 
+    /// The entry of `scope`/`version` in `slots` if it is fresh, counting one use.
+    fn fresh_entry<'a>(
+        &self,
+        slots: &'a Slots,
+        scope: &str,
+        version: KekVersion,
+        now: UnixTime,
+    ) -> Option<&'a Arc<CachedKek>> {
+        let entry = slots.get(scope)?.versions.get(&version)?;
+        self.fresh(entry, now).then_some(entry)
+    }
+
     /// Applies `change` to a copy of the current snapshot and makes the copy current.
     fn change<R>(&self, change: impl FnOnce(&mut Slots) -> R) -> R {
         let _one = self.write.lock().unwrap_or_else(PoisonError::into_inner);
@@ -289,9 +301,29 @@ impl KekCache {
         F: FnOnce(&Arc<CachedKek>) -> R,
     {
         let slots = self.slots.load();
-        match slots.get(scope).and_then(|s| s.versions.get(&version)) {
-            Some(entry) if self.fresh(entry, now) => Ok(f(entry)),
-            _ => Err(f),
+        match self.fresh_entry(&slots, scope, version, now) {
+            Some(entry) => Ok(f(entry)),
+            None => Err(f),
+        }
+    }
+
+    /// As [`Self::with`], for an operation that needs the version to still open: `f` runs only
+    /// when the entry's state opens at `now`, and otherwise the state is returned.
+    pub(crate) fn with_opening<F, R>(
+        &self,
+        scope: &str,
+        version: KekVersion,
+        now: UnixTime,
+        f: F,
+    ) -> Result<Result<R, KekState>, F>
+    where
+        F: FnOnce(&Arc<CachedKek>) -> R,
+    {
+        let slots = self.slots.load();
+        match self.fresh_entry(&slots, scope, version, now) {
+            Some(entry) if entry.state.opens_at(now) => Ok(Ok(f(entry))),
+            Some(entry) => Ok(Err(entry.state)),
+            None => Err(f),
         }
     }
 

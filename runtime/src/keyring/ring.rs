@@ -444,18 +444,11 @@ impl KeyRing {
         f: impl FnOnce(&Arc<CachedKek>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         let now = self.now();
-        let mut f = Some(f);
-        let cached = self.inner.cache.with(scope, version, now, |c| {
-            if !c.state.opens_at(now) {
-                return Err(wrong_state(scope, version, c.state, operation));
-            }
-            f.take().map_or_else(|| Err(taken_twice()), |f| f(c))
-        });
-        if let Ok(done) = cached {
-            return done;
+        match self.inner.cache.with_opening(scope, version, now, f) {
+            Ok(Ok(done)) => done,
+            Ok(Err(state)) => Err(wrong_state(scope, version, state, operation)),
+            Err(f) => f(&self.kek_for_open(scope, version, operation)?),
         }
-        let c = self.kek_for_open(scope, version, operation)?;
-        f.take().map_or_else(|| Err(taken_twice()), |f| f(&c))
     }
 
     fn active_kek(&self, scope: &KeyScope) -> Result<Arc<CachedKek>, Error> {
@@ -1140,14 +1133,5 @@ fn wrong_state(
             operation,
         },
         Err(e) => e,
-    }
-}
-
-/// The error for a key operation's closure found already spent, which the code paths that
-/// call it exactly once cannot produce.
-fn taken_twice() -> Error {
-    Error::Internal {
-        what: "key ring",
-        problem: "a key operation ran twice".into(),
     }
 }
