@@ -645,6 +645,27 @@ impl Db {
         Ok(rows.first().map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
     }
 
+    /// Whether a table named `table` exists (in the connection's schema search path on
+    /// PostgreSQL, in the current database on MariaDB/MySQL, in the main database on SQLite).
+    ///
+    /// # Errors
+    /// [`Kind::Database`].
+    pub fn table_exists(&mut self, table: &str) -> Result<bool, Failure> {
+        let sql = match self.backend() {
+            Backend::Postgres => {
+                "SELECT COUNT(*) AS n FROM pg_class WHERE oid = to_regclass(quote_ident($1))"
+            }
+            Backend::Mysql => {
+                "SELECT COUNT(*) AS n FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_name = ?"
+            }
+            Backend::Sqlite => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?"
+            }
+        };
+        Ok(self.count(sql, &[Bind::Text(Some(table.to_owned()))])? > 0)
+    }
+
     /// Runs one query with parameters and loads rows of type `T`.
     ///
     /// # Errors

@@ -49,7 +49,7 @@ pub struct Outcome {
 pub fn run(env: &mut Env, args: &Args) -> Result<()> {
     ident(&args.table)?;
     let mut db = env.connect()?;
-    if !table_exists(&mut db, &args.table)? {
+    if !db.table_exists(&args.table)? {
         return Err(Failure::new(
             Kind::Usage,
             format!("no table {} in the database", args.table),
@@ -90,23 +90,6 @@ pub fn run(env: &mut Env, args: &Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn table_exists(db: &mut Db, table: &str) -> Result<bool> {
-    let sql = match db.backend() {
-        Backend::Postgres => {
-            "SELECT COUNT(*) AS n FROM pg_class WHERE oid = to_regclass(quote_ident($1))"
-        }
-        Backend::Mysql => {
-            "SELECT COUNT(*) AS n FROM information_schema.tables \
-             WHERE table_schema = DATABASE() AND table_name = ?"
-        }
-        Backend::Sqlite => {
-            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?"
-        }
-    };
-    let n: Vec<OneInt> = db.load(sql, &[crate::db::Bind::Text(Some(table.to_owned()))])?;
-    Ok(n.first().is_some_and(|r| r.n > 0))
 }
 
 fn text(db: &mut Db, sql: &str) -> Result<String> {
