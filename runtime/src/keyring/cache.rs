@@ -31,9 +31,9 @@ use crate::secret::{KEY_LEN, Kek};
 /// derived again on every use rather than cached.
 const MAX_DERIVED: usize = 1024;
 
-/// How many uses of an entry one thread reserves at a time (see [`CacheConfig::max_uses`]). A block is taken from the entry's
-/// budget (`max_uses`) before any of its uses, never beyond it, so an entry serves at most
-/// `max_uses` operations; a thread that stops using an entry leaves the rest of its block
+/// How many uses of an entry one thread reserves at a time (see [`CacheConfig::max_uses`]). A
+/// block is taken from the entry's budget before any of its uses, never beyond it, so an entry
+/// serves at most `max_uses` operations; a thread that stops using an entry leaves the rest of its block
 /// unspent, which can only make the entry expire sooner.
 const USE_BLOCK: u64 = 64;
 
@@ -140,7 +140,7 @@ impl CachedKek {
                 return true;
             }
             let mut handed = self.uses.load(Ordering::Relaxed);
-            loop {
+            let block = loop {
                 if handed >= max_uses {
                     return false;
                 }
@@ -151,11 +151,10 @@ impl CachedKek {
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => break,
+                    Ok(_) => break block,
                     Err(now) => handed = now,
                 }
-            }
-            let block = (max_uses - handed).min(USE_BLOCK);
+            };
             // Replace this entry's spent block, else an empty or spent slot, else the first.
             let slot = blocks
                 .iter()

@@ -447,7 +447,7 @@ impl KeyRing {
         match self.inner.cache.with_opening(scope, version, now, f) {
             Ok(Ok(done)) => done,
             Ok(Err(state)) => Err(wrong_state(scope, version, state, operation)),
-            Err(f) => f(&self.kek_for_open(scope, version, operation)?),
+            Err(f) => f(&self.fetch_for_open(scope, version, operation, now)?),
         }
     }
 
@@ -500,13 +500,18 @@ impl KeyRing {
         version: KekVersion,
         operation: &'static str,
     ) -> Result<Arc<CachedKek>, Error> {
-        let now = self.now();
-        if let Some(c) = self.inner.cache.get(scope, version, now) {
-            if c.state.opens_at(now) {
-                return Ok(c);
-            }
-            return Err(wrong_state(scope, version, c.state, operation));
-        }
+        self.with_kek_for_open(scope, version, operation, |c| Ok(Arc::clone(c)))
+    }
+
+    /// The cache miss of [`Self::with_kek_for_open`]: fetches version `version` of `scope` from
+    /// the key store (one caller per version at a time) and caches it, if it can still open.
+    fn fetch_for_open(
+        &self,
+        scope: &str,
+        version: KekVersion,
+        operation: &'static str,
+        now: UnixTime,
+    ) -> Result<Arc<CachedKek>, Error> {
         let scope = KeyScope::new(scope)?;
         let flight = self.flight(scope.as_str(), version.get());
         let _one = flight.lock().unwrap_or_else(PoisonError::into_inner);
