@@ -421,21 +421,22 @@ impl KeyRing {
     }
 
     /// `f` on the active KEK of `scope`: borrowed from the cache when it is there (no shared
-    /// counter written), else fetched as [`Self::active_kek`] does.
+    /// counter written), else fetched by [`Self::fetch_active`].
     fn with_active_kek<R>(
         &self,
         scope: &KeyScope,
         f: impl FnOnce(&Arc<CachedKek>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        match self.inner.cache.with_active(scope.as_str(), self.now(), f) {
+        let now = self.now();
+        match self.inner.cache.with_active(scope.as_str(), now, f) {
             Ok(done) => done,
-            Err(f) => f(&self.active_kek(scope)?),
+            Err(f) => f(&self.fetch_active(scope, now)?),
         }
     }
 
     /// `f` on version `version` of `scope` if that version can still open: borrowed from the
-    /// cache when it is there (no shared counter written), else fetched as
-    /// [`Self::kek_for_open`] does.
+    /// cache when it is there (no shared counter written), else fetched by
+    /// [`Self::fetch_for_open`].
     fn with_kek_for_open<R>(
         &self,
         scope: &str,
@@ -452,10 +453,13 @@ impl KeyRing {
     }
 
     fn active_kek(&self, scope: &KeyScope) -> Result<Arc<CachedKek>, Error> {
-        let now = self.now();
-        if let Some(c) = self.inner.cache.get_active(scope.as_str(), now) {
-            return Ok(c);
-        }
+        self.with_active_kek(scope, |c| Ok(Arc::clone(c)))
+    }
+
+    /// The cache miss of [`Self::with_active_kek`]: asks the key store which version of `scope`
+    /// is active (one caller per scope at a time), and either starts a new cache window for
+    /// the cached entry or fetches and caches the version.
+    fn fetch_active(&self, scope: &KeyScope, now: UnixTime) -> Result<Arc<CachedKek>, Error> {
         let flight = self.flight(scope.as_str(), 0);
         let _one = flight.lock().unwrap_or_else(PoisonError::into_inner);
         // Another thread may have fetched it while this one waited.
