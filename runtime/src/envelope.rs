@@ -555,7 +555,7 @@ fn unwrap_dek(
 /// straight from the envelope's bytes, or for short values copied there and decrypted in
 /// place), and the padding is cut by shortening it (the cut bytes, the marker and zeros, are
 /// wiped with the rest when the plaintext is dropped). Finding the marker takes time that
-/// depends only on the padded length.
+/// depends only on the padded length, for padding of up to 4 KiB ([`padding::unpadded_len`]).
 pub(crate) fn open(
     kek: &KekKeys,
     parsed: &Parsed<'_>,

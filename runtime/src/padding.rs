@@ -107,18 +107,40 @@ fn nonzero_mask(x: u64) -> u64 {
 const SCAN_BLOCK: usize = 64;
 /// 64-bit words per scan block.
 const SCAN_WORDS: usize = SCAN_BLOCK / 8;
+/// How many bytes at the end of a padded buffer [`unpadded_len`] searches first: the default
+/// policy's `cap`, the most padding that policy, `MarkerOnly`, and any policy whose buckets are
+/// at most 4 KiB apart ever add, so their marker is always in this window.
+pub(crate) const SCAN_WINDOW: usize = 4096;
 
 /// Finds the plaintext length inside a padded buffer: the index of the last non-zero byte,
 /// which must be the `0x80` marker. Returns `None` otherwise.
+///
+/// It searches the last [`SCAN_WINDOW`] bytes first; only when they are all zero (padding
+/// longer than the window, which only a custom policy with larger buckets writes) does it
+/// search the bytes before them. Each search runs in time that depends only on the length it
+/// searches, with no load at a data-dependent address (see [`last_nonzero`]). So the time
+/// depends only on the buffer's length, except that for a value padded by more than the
+/// window it also tells that the padding is that long.
+pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
+    let start = buf.len().saturating_sub(SCAN_WINDOW);
+    let (head, window) = buf.split_at(start);
+    let (index, byte) = match last_nonzero(window) {
+        Some((i, b)) => (start + i, b),
+        None => last_nonzero(head)?,
+    };
+    (byte == 0x80).then_some(index)
+}
+
+/// The index and value of the last non-zero byte of `buf`, or `None` when every byte is zero.
 ///
 /// Runs in time that depends only on the buffer's length, with no load at a data-dependent
 /// address: it reads the buffer in whole 64-byte blocks (the last, partial one copied into a
 /// zeroed block first) and keeps a masked copy of the last block that holds a non-zero byte,
 /// with its index (one optimisation barrier per block keeps the compiler from turning the masks
 /// into an early exit); then it finds the last non-zero word of that block and the last
-/// non-zero byte of that word the same way. Reading fixed-size blocks lets the compiler keep
-/// the words in registers, so the pass costs a fraction of decrypting the same bytes.
-pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
+/// non-zero byte of that word the same way. The block loop is written as operations on whole
+/// arrays, which the compiler turns into SSE2 vector code on baseline x86-64.
+fn last_nonzero(buf: &[u8]) -> Option<(usize, u8)> {
     let (blocks, rest) = buf.as_chunks::<SCAN_BLOCK>();
     let mut tail = [0u8; SCAN_BLOCK];
     tail.get_mut(..rest.len())
@@ -126,26 +148,25 @@ pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
         .copy_from_slice(rest);
     let mut last_block_index: u64 = 0;
     let mut last_block = [0u64; SCAN_WORDS];
-    let mut scan = |k: u64, block: &[u8; SCAN_BLOCK]| {
+    // The zeroed tail block never counts as non-zero unless the partial block does.
+    for (k, block) in (0u64..).zip(blocks.iter().chain([&tail])) {
         let (chunks, _) = block.as_chunks::<8>();
         let mut words = [0u64; SCAN_WORDS];
         for (w, chunk) in words.iter_mut().zip(chunks) {
             *w = u64::from_le_bytes(*chunk);
         }
-        let any = words.iter().fold(0, |acc, w| acc | w);
-        let nz = std::hint::black_box(nonzero_mask(any));
+        // Two running ORs (one vector register's worth) instead of one chain of seven.
+        let mut any = [0u64; 2];
+        for pair in words.as_chunks::<2>().0 {
+            any[0] |= pair[0];
+            any[1] |= pair[1];
+        }
+        let nz = std::hint::black_box(nonzero_mask(any[0] | any[1]));
         last_block_index ^= (last_block_index ^ k) & nz;
         for (kept, w) in last_block.iter_mut().zip(words) {
-            *kept ^= (*kept ^ w) & nz;
+            *kept = (*kept & !nz) | (w & nz);
         }
-    };
-    let mut k = 0u64;
-    for block in blocks {
-        scan(k, block);
-        k += 1;
     }
-    // The zeroed tail block never counts as non-zero unless the partial block does.
-    scan(k, &tail);
     let mut word_index: u64 = 0;
     let mut last_word: u64 = 0;
     for (j, w) in (0u64..).zip(last_block) {
@@ -161,16 +182,15 @@ pub(crate) fn unpadded_len(buf: &[u8]) -> Option<usize> {
         offset ^= (offset ^ j) & nz;
         last_byte ^= (last_byte ^ b) & nz;
     }
-    if last_byte == 0x80 {
-        let index = last_block_index
-            .checked_mul(SCAN_WORDS as u64)?
-            .checked_add(word_index)?
-            .checked_mul(8)?
-            .checked_add(offset)?;
-        usize::try_from(index).ok()
-    } else {
-        None
+    if last_byte == 0 {
+        return None;
     }
+    let index = last_block_index
+        .checked_mul(SCAN_WORDS as u64)?
+        .checked_add(word_index)?
+        .checked_mul(8)?
+        .checked_add(offset)?;
+    Some((usize::try_from(index).ok()?, u8::try_from(last_byte).ok()?))
 }
 
 #[cfg(test)]
@@ -234,18 +254,19 @@ mod tests {
     }
 
     /// The constant-time scan agrees with the obvious one for every marker position and
-    /// buffer length around the block and word boundaries (and at sampled positions of large
-    /// buffers, including the default policy's 8 KiB and 68 KiB buckets), and for buffers
-    /// without a marker or with another last non-zero byte.
+    /// buffer length around the block and word boundaries and around the start of the search
+    /// window (so markers inside it and, for longer padding, before it), at sampled positions
+    /// of large buffers, including the default policy's 8 KiB and 68 KiB buckets, and for
+    /// buffers without a marker or with another last non-zero byte.
     #[test]
     fn unpadded_len_matches_a_plain_scan() {
         let plain = |buf: &[u8]| match buf.iter().rposition(|&b| b != 0) {
             Some(i) if buf[i] == 0x80 => Some(i),
             _ => None,
         };
-        for len in
-            (0usize..200).chain([511, 512, 513, 4095, 4096, 4097, 8192, 8193, 69_631, 69_632])
-        {
+        for len in (0usize..200).chain([
+            511, 512, 513, 4095, 4096, 4097, 4160, 4161, 8192, 8193, 69_631, 69_632,
+        ]) {
             let step = if len > 10_000 {
                 997
             } else if len > 300 {
@@ -253,8 +274,15 @@ mod tests {
             } else {
                 1
             };
-            // Every step-th position, and every position in the last two blocks.
-            for marker in (0..len).step_by(step).chain(len.saturating_sub(130)..len) {
+            // Every step-th position, every position in the last two blocks, and every
+            // position around where the search window begins.
+            let window_start = len.saturating_sub(SCAN_WINDOW);
+            let around_window = window_start.saturating_sub(130)..(window_start + 130).min(len);
+            for marker in (0..len)
+                .step_by(step)
+                .chain(len.saturating_sub(130)..len)
+                .chain(around_window)
+            {
                 for tail in [0x80u8, 0x01, 0x00] {
                     let mut buf: Vec<u8> = (0..len)
                         .map(|i: usize| (i.to_le_bytes()[0] % 251) | 1)
