@@ -58,6 +58,9 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
     let mut open_lets = Vec::new();
     let mut seal_lets = Vec::new();
     let mut open_inits = Vec::new();
+    // Row fields that hold envelopes or blind-index tokens: once opened, handed to the caller's
+    // `SpentBuffers` (see `Sealed::open_rows`).
+    let mut spent_fields: Vec<Ident> = Vec::new();
     let mut debug_fields = Vec::new();
     let mut manifest_columns = Vec::new();
     let mut lookups = Vec::new();
@@ -284,6 +287,10 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             open_lets.push(quote!(let #local = #o;));
         }
         open_inits.push(quote!(#ident: #local));
+        spent_fields.push(ident.clone());
+        if let Some(mv) = moving {
+            spent_fields.push(mv.from.clone());
+        }
         debug_fields.push(quote!(.field(#column, &::core::format_args!("<sealed>"))));
 
         let (bidx_manifest, bidx) = match &seal.blind_index {
@@ -318,6 +325,7 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
                 });
                 let doc_b = format!("Blind index of `{column}` (HMAC tokens, no plaintext).");
                 row_fields.push(quote!(#[doc = #doc_b] pub #bcol: #stored_ty));
+                spent_fields.push(bcol.clone());
                 row_debug.push(quote!(.field(#bcol_name, &self.#bcol)));
                 let (doc_lookup, tenant_param, tenant_arg) = match &tenant_ty {
                     Some(ty) => (
@@ -500,12 +508,22 @@ pub(crate) fn expand(input: &DeriveInput, m: &Model) -> syn::Result<TokenStream2
             }
 
             fn open_row(row: #row_name, #ring: &#p::KeyRing) -> ::core::result::Result<Self, #p::Error> {
+                <Self as #p::Sealed>::open_row_spending(row, #ring, &mut #p::SpentBuffers::free_now())
+            }
+
+            fn open_row_spending(
+                row: #row_name,
+                #ring: &#p::KeyRing,
+                __spent: &mut #p::SpentBuffers,
+            ) -> ::core::result::Result<Self, #p::Error> {
                 let __scope = #open_scope_expr;
                 let __row = #p::AsRowId::row_id(&row.#row_id);
                 #(#open_lets)*
-                ::core::result::Result::Ok(Self {
+                let __model = Self {
                     #(#open_inits,)*
-                })
+                };
+                #(__spent.keep(row.#spent_fields);)*
+                ::core::result::Result::Ok(__model)
             }
 
             fn manifest() -> #p::SealedTable {
