@@ -7,6 +7,9 @@
 //! There is no other way from a model to a row, so a sealed field cannot be stored unsealed by
 //! mistake.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
 use crate::context::RowId;
 use crate::error::Error;
 use crate::keyring::KeyRing;
@@ -66,12 +69,13 @@ pub trait Sealed: Sized {
         parallel_map(items, |m: &Self| m.seal_row(ring))
     }
 
-    /// Opens many loaded rows, in order; from 256 rows on on several threads,
-    /// as [`Sealed::seal_rows`] describes.
+    /// Opens many loaded rows, in order; from 256 rows on on several threads, one per available
+    /// core, as [`Sealed::seal_rows`] describes, except that the threads take blocks of 64 rows
+    /// in turn until none is left (so a core the host slows down opens fewer of them).
     ///
     /// The worker threads do not free the rows' envelope buffers: they hand them back, and
     /// this thread, which allocated them (diesel loads rows on the calling thread), frees them
-    /// after the workers finish. Freed on a worker, each buffer would go back to this thread's
+    /// between its own blocks and after the workers finish. Freed on a worker, each buffer would go back to this thread's
     /// allocator arena under its lock, against this thread's own allocations: measured on two
     /// cores, that made opening 10,000 rows on both slower than on one.
     ///
@@ -146,10 +150,18 @@ fn parallel_map<T: Sync, R: Send>(
     Ok(out)
 }
 
+/// How many rows a thread of [`parallel_chunks_mut`] takes at a time: few enough that a thread
+/// the host slows down leaves little for the others to wait for, enough that taking a block
+/// (an atomic add and an uncontended lock) costs nothing next to opening its rows.
+const BLOCK_ROWS: usize = 64;
+
 /// As [`parallel_map`], over mutable slots (so rows can be moved out of them), without the
-/// first-row-alone step (the caller does it). `f` gets the [`SpentBuffers`] of its chunk: on
-/// the calling thread they free at once, on a worker they are kept and freed here, on the
-/// calling thread, after every worker has finished.
+/// first-row-alone step (the caller does it). The threads take blocks of [`BLOCK_ROWS`] rows in
+/// order until none is left, so a slower core gets fewer of them.
+///
+/// `f` gets the [`SpentBuffers`] of its block: on the calling thread they free at once; a
+/// worker keeps them and hands them back, and the calling thread frees them between its own
+/// blocks and, for the last ones, after every worker has finished.
 fn parallel_chunks_mut<T: Send, R: Send>(
     items: &mut [T],
     f: impl Fn(&mut T, &mut SpentBuffers) -> Result<R, Error> + Sync,
@@ -160,25 +172,60 @@ fn parallel_chunks_mut<T: Send, R: Send>(
         return items.iter_mut().map(|t| f(t, &mut spent)).collect();
     }
     let len = items.len();
-    let chunk = len.div_ceil(threads).max(1);
-    let chunks = run_chunks(items.chunks_mut(chunk), |c, on_caller| {
-        let mut spent = if on_caller {
-            SpentBuffers::free_now()
-        } else {
-            SpentBuffers::keep_for_caller()
-        };
-        let rows = c
-            .iter_mut()
-            .map(|t| f(t, &mut spent))
-            .collect::<Result<Vec<R>, Error>>();
-        (rows, spent)
+    let blocks: Vec<Mutex<Option<&mut [T]>>> = items
+        .chunks_mut(BLOCK_ROWS)
+        .map(|b| Mutex::new(Some(b)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let handed_back: Mutex<Vec<SpentBuffers>> = Mutex::new(Vec::new());
+    let per_thread = run_chunks(0..threads, |_, on_caller| {
+        let mut opened: Vec<(usize, Result<Vec<R>, Error>)> = Vec::new();
+        // Blocks are taken in order and each one taken is finished, so every block before a
+        // failed one is opened: its first error in row order is found without the rest.
+        while !failed.load(Ordering::Relaxed) {
+            if on_caller {
+                let returned = std::mem::take(&mut *lock(&handed_back));
+                drop(returned);
+            }
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(block) = blocks.get(i).and_then(|b| lock(b).take()) else {
+                break;
+            };
+            let mut spent = if on_caller {
+                SpentBuffers::free_now()
+            } else {
+                SpentBuffers::keep_for_caller()
+            };
+            let rows = block
+                .iter_mut()
+                .map(|t| f(t, &mut spent))
+                .collect::<Result<Vec<R>, Error>>();
+            if rows.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            if !on_caller {
+                lock(&handed_back).push(spent);
+            }
+            opened.push((i, rows));
+        }
+        opened
     });
+    drop(handed_back);
+    let mut by_block: Vec<(usize, Result<Vec<R>, Error>)> =
+        per_thread.into_iter().flatten().collect();
+    by_block.sort_unstable_by_key(|&(i, _)| i);
     let mut out = Vec::with_capacity(len);
-    for (rows, spent) in chunks {
-        drop(spent);
+    for (_, rows) in by_block {
         out.extend(rows?);
     }
     Ok(out)
+}
+
+/// Locks `m`, also after a panic on another thread (the data here stays consistent: a block is
+/// either taken or not, a list of buffers either has one more or not).
+fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `work` over each of `chunks`, the first on this thread (`work` is told so with `true`) and
@@ -488,6 +535,9 @@ pub mod __private {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
     use super::{SpentBuffers, parallel_chunks_mut, parallel_map, threads_for};
     use crate::error::Error;
 
@@ -541,13 +591,27 @@ mod tests {
 
     /// Rows opened on a worker thread keep their spent buffers for the calling thread to free;
     /// rows opened on the calling thread free them at once. (On a one-core machine every row
-    /// runs on the calling thread, and nothing is kept.)
+    /// runs on the calling thread, and nothing is kept.) The calling thread's rows wait until
+    /// a worker has opened one, so that both kinds occur however the threads are scheduled.
     #[test]
     fn only_worker_threads_keep_spent_buffers_for_the_caller() {
         let caller = std::thread::current().id();
+        let multi = threads_for(778) > 1;
+        let worker_ran = AtomicBool::new(false);
         let mut slots: Vec<Option<Vec<u8>>> = (0..777).map(|i| Some(vec![0u8; i % 50])).collect();
         let seen = parallel_chunks_mut(&mut slots, |s, spent: &mut SpentBuffers| {
             let here = std::thread::current().id() == caller;
+            if !here {
+                worker_ran.store(true, Ordering::Relaxed);
+            }
+            let waited = Instant::now();
+            while multi && here && !worker_ran.load(Ordering::Relaxed) {
+                assert!(
+                    waited.elapsed() < Duration::from_secs(30),
+                    "no worker started"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let keeps = spent.keeps();
             spent.keep(s.take());
             Ok((here, keeps))
@@ -555,7 +619,7 @@ mod tests {
         .unwrap();
         assert!(seen.iter().all(|&(here, keeps)| here != keeps));
         let on_workers = seen.iter().filter(|&&(here, _)| !here).count();
-        if threads_for(778) > 1 {
+        if multi {
             assert!(on_workers > 0, "no row ran on a worker thread");
         } else {
             assert_eq!(on_workers, 0);
@@ -567,5 +631,32 @@ mod tests {
         kept.keep(None);
         kept.keep(vec![1]);
         assert_eq!(kept.kept.as_ref().map(Vec::len), Some(1));
+    }
+
+    /// The threads take blocks as they go: a thread that is slow on every row opens fewer of
+    /// them, and the rows still come back in order.
+    #[test]
+    fn a_slow_thread_takes_fewer_blocks() {
+        if threads_for(2_001) < 2 {
+            return;
+        }
+        let caller = std::thread::current().id();
+        let mut slots: Vec<Option<usize>> = (0..2_000).map(Some).collect();
+        let seen = parallel_chunks_mut(&mut slots, |s, _| {
+            let here = std::thread::current().id() == caller;
+            if here {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            s.take()
+                .map(|i| (i, here))
+                .ok_or_else(|| fail_at(usize::MAX))
+        })
+        .unwrap();
+        assert!(seen.iter().map(|&(i, _)| i).eq(0..2_000));
+        let on_caller = seen.iter().filter(|&&(_, here)| here).count();
+        assert!(
+            on_caller < 1_000,
+            "the slow calling thread opened {on_caller} of 2,000 rows"
+        );
     }
 }
