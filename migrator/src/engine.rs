@@ -3,11 +3,11 @@
 //!
 //! # How a run works
 //!
-//! 1. **Plan** (once per job): the table's ids are cut into chunks of `batch` rows by a window
-//!    query; one row per chunk goes into `leakless_migrate_chunk`, under a job row in
-//!    `leakless_migrate_job`, in one transaction. A second process planning the same job at
-//!    the same time waits on the job row and then uses the first one's plan. A job whose
-//!    chunks are all done is planned afresh (a new pass).
+//! 1. **Plan** (once per job): the table's ids are cut into chunks of `batch` rows by one
+//!    query (`chunk_bounds_sql`); one row per chunk goes into `leakless_migrate_chunk`, under
+//!    a job row in `leakless_migrate_job`, in one transaction. A second process planning the
+//!    same job at the same time waits on the job row and then uses the first one's plan. A
+//!    job whose chunks are all done is planned afresh (a new pass).
 //! 2. **Work**: each worker, in one transaction, claims the first undone chunk
 //!    (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MariaDB, so workers in several processes
 //!    and machines never take the same chunk), reads its rows, computes the new values,
@@ -22,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -300,15 +301,7 @@ pub fn plan(
                 &this_job,
             )?;
         }
-        // Chunk boundaries: every `batch`-th id in id order.
-        let id = db.q(&t.row_id_column);
-        let sql = format!(
-            "SELECT idt AS id FROM (SELECT {} AS idt, ROW_NUMBER() OVER (ORDER BY {id}) AS rn \
-             FROM {}) s WHERE (rn - 1) % {batch} = 0 ORDER BY rn",
-            db.id_text(t.row_id_kind, &t.row_id_column),
-            db.q(&t.table)
-        );
-        let bounds: Vec<OneText> = db.load(&sql, &[])?;
+        let bounds: Vec<OneText> = db.load(&chunk_bounds_sql(db, t, batch), &[])?;
         // Chunk i covers [bound_i, bound_{i+1}); the first is open below, the last open above,
         // so rows inserted later at either end still belong to a chunk.
         let n = bounds.len().max(1);
@@ -998,6 +991,40 @@ impl Work {
     }
 }
 
+/// The query listing the job's chunk boundaries as text, in id order: the first id and every
+/// `batch`-th one after it (the ids at positions 1, 1 + `batch`, 1 + 2 `batch`, ... in id order).
+///
+/// On PostgreSQL a recursive query steps from one boundary to the next through the primary
+/// key's index (`OFFSET batch - 1` past the last boundary), converting only the boundaries to
+/// text: on 1,000,000 rows about 80 ms with the visibility map set (300 ms without), where
+/// numbering every row with `ROW_NUMBER()` took 330 ms (630 ms), time in which no worker runs.
+/// MariaDB caps recursion at 1,000 steps by default (`cte_max_recursion_depth`), so it and
+/// SQLite keep the window query.
+fn chunk_bounds_sql(db: &Db, t: &SealedTable, batch: usize) -> String {
+    let id = db.q(&t.row_id_column);
+    let table = db.q(&t.table);
+    let id_text = db.id_text(t.row_id_kind, &t.row_id_column);
+    if db.backend() == Backend::Postgres {
+        let skip = batch.max(1) - 1;
+        // The walk's column has its own name: ordered by a column called `id`, the outer
+        // query would sort by its text output, not by the id.
+        let bound_text = db.id_text(t.row_id_kind, "leakless_bound");
+        format!(
+            "WITH RECURSIVE b(leakless_bound) AS (\
+             SELECT (SELECT r.{id} FROM {table} r ORDER BY r.{id} LIMIT 1) \
+             UNION ALL SELECT (SELECT r.{id} FROM {table} r WHERE r.{id} > b.leakless_bound \
+             ORDER BY r.{id} OFFSET {skip} LIMIT 1) FROM b WHERE b.leakless_bound IS NOT NULL) \
+             SELECT {bound_text} AS id FROM b WHERE b.leakless_bound IS NOT NULL \
+             ORDER BY b.leakless_bound"
+        )
+    } else {
+        format!(
+            "SELECT idt AS id FROM (SELECT {id_text} AS idt, ROW_NUMBER() OVER (ORDER BY {id}) \
+             AS rn FROM {table}) s WHERE (rn - 1) % {batch} = 0 ORDER BY rn"
+        )
+    }
+}
+
 /// The SQL expression that reads the legacy plaintext column `from` of `table` as the bytes
 /// adoption seals and verifies: a bytes column (`bytea`) as stored; any other type through its
 /// text form in UTF-8 (so `text`, `varchar`, `json` and `jsonb` all work; a `jsonb` document
@@ -1146,21 +1173,31 @@ pub fn run(
         index,
     });
     let counters = Arc::new(Counters::default());
+    // Each worker holds a sender that nothing is ever sent on; the channel disconnects when the
+    // last worker has ended (returned or panicked), which wakes the progress loop at once
+    // instead of at its next 200 ms tick.
+    let (alive, ended) = std::sync::mpsc::channel::<std::convert::Infallible>();
     let handles: Vec<_> = (0..workers)
         .map(|_| {
             let work = Arc::clone(&work);
             let counters = Arc::clone(&counters);
             let url = url.clone();
+            let alive = alive.clone();
             std::thread::spawn(move || {
+                let _alive = alive;
                 let mut failures = Vec::new();
                 let r = work.run_worker(&url, &counters, &mut failures);
                 (r, failures)
             })
         })
         .collect();
-    while !handles.iter().all(std::thread::JoinHandle::is_finished) {
+    drop(alive);
+    loop {
         tick(&counters, total, done_before);
-        std::thread::sleep(Duration::from_millis(200));
+        if let Err(RecvTimeoutError::Disconnected) = ended.recv_timeout(Duration::from_millis(200))
+        {
+            break;
+        }
     }
     tick(&counters, total, done_before);
     let mut failures = Vec::new();

@@ -32,6 +32,7 @@ mod exit_codes;
 mod keep_name;
 mod kms_backends;
 mod online;
+mod plan;
 mod rewrap_data_check;
 mod shamir_cli;
 mod shred;
