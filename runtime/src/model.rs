@@ -75,9 +75,14 @@ pub trait Sealed: Sized {
     ///
     /// The worker threads do not free the rows' envelope buffers: they hand them back, and
     /// this thread, which allocated them (diesel loads rows on the calling thread), frees them
-    /// between its own blocks and after the workers finish. Freed on a worker, each buffer would go back to this thread's
-    /// allocator arena under its lock, against this thread's own allocations: measured on two
-    /// cores, that made opening 10,000 rows on both slower than on one.
+    /// between its own blocks and after the workers finish. Freed on a worker, each buffer
+    /// would go back to this thread's allocator arena under its lock, against this thread's
+    /// own allocations: measured on two cores, that made opening 10,000 rows on both slower
+    /// than on one.
+    ///
+    /// On PostgreSQL, a large result loads faster through diesel's row-by-row mode: collect
+    /// `load_iter::<Row, diesel::pg::PgRowByRowLoadingMode>` into a `Vec` and pass it here
+    /// (libpq then never holds every row at once; figures in `docs/performance.md`).
     ///
     /// # Errors
     /// The first error of [`Sealed::open_row`] in row order.
