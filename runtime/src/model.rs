@@ -53,11 +53,13 @@ pub trait Sealed: Sized {
 
     /// Seals many models in one pass (for a bulk `insert_into(...).values(&rows)`), in order.
     ///
-    /// From 256 rows on, the batch is split into one contiguous chunk per
-    /// available core (`std::thread::available_parallelism`) and sealed on scoped threads. The
-    /// first row is sealed before the threads start, so the KEKs it uses are in the cache and
-    /// fetched once; a KEK version that first appears later in the batch may be fetched once per
-    /// thread. Tracing spans of the worker threads are not children of the caller's span.
+    /// From 256 rows on, the batch is sealed on scoped threads, one per available core
+    /// (`std::thread::available_parallelism`), the calling thread among them, which take
+    /// blocks of 64 rows in turn until none is left (so a core the host slows down seals fewer
+    /// of them). The first row is sealed before the threads start, so the KEKs it uses are in
+    /// the cache and fetched once; a KEK version that first appears later in the batch may be
+    /// fetched once per thread. Tracing spans of the worker threads are not children of the
+    /// caller's span.
     ///
     /// # Errors
     /// The first error of [`Sealed::seal_row`] in row order; nothing is returned partially.
@@ -70,8 +72,7 @@ pub trait Sealed: Sized {
     }
 
     /// Opens many loaded rows, in order; from 256 rows on on several threads, one per available
-    /// core, as [`Sealed::seal_rows`] describes, except that the threads take blocks of 64 rows
-    /// in turn until none is left (so a core the host slows down opens fewer of them).
+    /// core, which take blocks of 64 rows in turn, as [`Sealed::seal_rows`] describes.
     ///
     /// The worker threads do not free the rows' envelope buffers: they hand them back, and
     /// this thread, which allocated them (diesel loads rows on the calling thread), frees them
@@ -132,13 +133,14 @@ fn threads_for(len: usize) -> usize {
     cores.min(len / (PARALLEL_MIN_ROWS / 2)).max(1)
 }
 
-/// `f` over `items` in order, on several scoped threads for large batches; the first row runs
-/// first, alone. Returns the first error in row order.
+/// `f` over `items` in order, on several scoped threads for large batches (see
+/// [`parallel_blocks`]); the first row runs first, alone. Returns the first error in row order.
 fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R, Error> + Sync,
 ) -> Result<Vec<R>, Error> {
-    if threads_for(items.len()) <= 1 {
+    let threads = threads_for(items.len());
+    if threads <= 1 {
         return items.iter().map(&f).collect();
     }
     let Some((first, rest)) = items.split_first() else {
@@ -146,23 +148,22 @@ fn parallel_map<T: Sync, R: Send>(
     };
     let mut out = Vec::with_capacity(items.len());
     out.push(f(first)?);
-    let chunk = rest.len().div_ceil(threads_for(items.len())).max(1);
-    for rows in run_chunks(rest.chunks(chunk), |c, _| {
-        c.iter().map(&f).collect::<Result<Vec<R>, Error>>()
-    }) {
-        out.extend(rows?);
-    }
+    out.extend(parallel_blocks(
+        rest.chunks(BLOCK_ROWS).collect(),
+        threads,
+        |block, _| block.iter().map(&f).collect(),
+        || {},
+    )?);
     Ok(out)
 }
 
-/// How many rows a thread of [`parallel_chunks_mut`] takes at a time: few enough that a thread
-/// the host slows down leaves little for the others to wait for, enough that taking a block
-/// (an atomic add and an uncontended lock) costs nothing next to opening its rows.
+/// How many rows a thread of [`parallel_blocks`] takes at a time: few enough that a thread the
+/// host slows down leaves little for the others to wait for, enough that taking a block (an
+/// atomic add and an uncontended lock) costs nothing next to sealing or opening its rows.
 const BLOCK_ROWS: usize = 64;
 
 /// As [`parallel_map`], over mutable slots (so rows can be moved out of them), without the
-/// first-row-alone step (the caller does it). The threads take blocks of [`BLOCK_ROWS`] rows in
-/// order until none is left, so a slower core gets fewer of them.
+/// first-row-alone step (the caller does it).
 ///
 /// `f` gets the [`SpentBuffers`] of its block: on the calling thread they free at once; a
 /// worker keeps them and hands them back, and the calling thread frees them between its own
@@ -176,51 +177,72 @@ fn parallel_chunks_mut<T: Send, R: Send>(
         let mut spent = SpentBuffers::free_now();
         return items.iter_mut().map(|t| f(t, &mut spent)).collect();
     }
-    let len = items.len();
-    let blocks: Vec<Mutex<Option<&mut [T]>>> = items
-        .chunks_mut(BLOCK_ROWS)
-        .map(|b| Mutex::new(Some(b)))
-        .collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     let handed_back: Mutex<Vec<SpentBuffers>> = Mutex::new(Vec::new());
-    let per_thread = run_chunks(0..threads, |_, on_caller| {
-        let mut opened: Vec<(usize, Result<Vec<R>, Error>)> = Vec::new();
-        // Blocks are taken in order and each one taken is finished, so every block before a
-        // failed one is opened: its first error in row order is found without the rest.
-        while !failed.load(Ordering::Relaxed) {
-            if on_caller {
-                let returned = std::mem::take(&mut *lock(&handed_back));
-                drop(returned);
-            }
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(block) = blocks.get(i).and_then(|b| lock(b).take()) else {
-                break;
-            };
+    let out = parallel_blocks(
+        items.chunks_mut(BLOCK_ROWS).collect(),
+        threads,
+        |block, on_caller| {
             let mut spent = if on_caller {
                 SpentBuffers::free_now()
             } else {
                 SpentBuffers::keep_for_caller()
             };
-            let rows = block
-                .iter_mut()
-                .map(|t| f(t, &mut spent))
-                .collect::<Result<Vec<R>, Error>>();
-            if rows.is_err() {
-                failed.store(true, Ordering::Relaxed);
-            }
+            let rows = block.iter_mut().map(|t| f(t, &mut spent)).collect();
             if !on_caller {
                 lock(&handed_back).push(spent);
             }
-            opened.push((i, rows));
-        }
-        opened
-    });
+            rows
+        },
+        || drop(std::mem::take(&mut *lock(&handed_back))),
+    );
     drop(handed_back);
+    out
+}
+
+/// `work` over `blocks` on `threads` scoped threads, the calling thread among them: each
+/// thread takes the next block in order until none is left, so a thread the host slows down
+/// takes fewer. `work` is told whether it runs on the calling thread, and `between` runs there
+/// before each block it takes. Returns the blocks' rows in block order, or the first error in
+/// row order: blocks are taken in order and each one taken is finished, so every block before
+/// a failed one is done and its error found without the rest; after an error no thread takes
+/// another block.
+fn parallel_blocks<B: Send, R: Send>(
+    blocks: Vec<B>,
+    threads: usize,
+    work: impl Fn(B, bool) -> Result<Vec<R>, Error> + Sync,
+    between: impl Fn() + Sync,
+) -> Result<Vec<R>, Error> {
+    // One uncontended lock per block hands it to exactly one thread (a `&mut` slice cannot be
+    // shared otherwise without `unsafe`).
+    let slots: Vec<Mutex<Option<B>>> = blocks.into_iter().map(|b| Mutex::new(Some(b))).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let per_thread = run_chunks(0..threads, |_, on_caller| {
+        let mut done: Vec<(usize, Result<Vec<R>, Error>)> = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            if on_caller {
+                between();
+            }
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(block) = slots.get(i).and_then(|b| lock(b).take()) else {
+                break;
+            };
+            let rows = work(block, on_caller);
+            if rows.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            done.push((i, rows));
+        }
+        done
+    });
     let mut by_block: Vec<(usize, Result<Vec<R>, Error>)> =
         per_thread.into_iter().flatten().collect();
     by_block.sort_unstable_by_key(|&(i, _)| i);
-    let mut out = Vec::with_capacity(len);
+    let rows = by_block
+        .iter()
+        .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(rows);
     for (_, rows) in by_block {
         out.extend(rows?);
     }
@@ -664,6 +686,35 @@ mod tests {
         } else {
             assert_eq!(
                 on_caller, 2_000,
+                "one core: every row on the calling thread"
+            );
+        }
+    }
+
+    /// The same for [`parallel_map`] (`seal_rows`): with one fixed chunk per thread, the
+    /// calling thread would take the first row and half of the rest, 1,001 of 2,001.
+    #[test]
+    fn a_slow_thread_seals_fewer_blocks() {
+        let caller = std::thread::current().id();
+        let items: Vec<usize> = (0..2_001).collect();
+        let seen = parallel_map(&items, |&i| {
+            let here = std::thread::current().id() == caller;
+            if here {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            Ok((i, here))
+        })
+        .unwrap();
+        assert!(seen.iter().map(|&(i, _)| i).eq(0..2_001));
+        let on_caller = seen.iter().filter(|&&(_, here)| here).count();
+        if threads_for(2_001) > 1 {
+            assert!(
+                on_caller < 1_000,
+                "the slow calling thread sealed {on_caller} of 2,001 rows"
+            );
+        } else {
+            assert_eq!(
+                on_caller, 2_001,
                 "one core: every row on the calling thread"
             );
         }
