@@ -186,6 +186,23 @@ fn bench_patient(i: u32) -> Patient {
     p
 }
 
+/// The rows `query` returns, loaded with diesel's default `load` or, with `row_by_row`,
+/// collected from `load_iter` in `PgRowByRowLoadingMode`.
+fn fetch<Q, U>(query: Q, conn: &mut PgConnection, row_by_row: bool) -> QueryResult<Vec<U>>
+where
+    Q: RunQueryDsl<PgConnection>
+        + diesel::query_dsl::LoadQuery<'static, PgConnection, U>
+        + diesel::query_dsl::LoadQuery<'static, PgConnection, U, PgRowByRowLoadingMode>
+        + 'static,
+    U: 'static,
+{
+    if row_by_row {
+        query.load_iter::<U, PgRowByRowLoadingMode>(conn)?.collect()
+    } else {
+        query.load(conn)
+    }
+}
+
 impl Bench {
     fn fresh(&mut self, n: u32) -> Vec<Patient> {
         let people = (self.next_id..self.next_id + n)
@@ -244,71 +261,37 @@ impl Bench {
         assert_eq!(n.unwrap(), people.len());
     }
 
-    /// Loads every row as models, and returns how many there are.
-    fn load_all(&mut self, v: Variant) -> usize {
+    /// Loads every row as models, and returns how many there are: with diesel's default
+    /// `load`, or with `row_by_row` through its row-by-row mode (libpq's single-row mode: no
+    /// result set of every row in libpq's memory before the first row is decoded; pgcrypto is
+    /// measured in the default mode only).
+    fn load_all(&mut self, v: Variant, row_by_row: bool) -> usize {
         let conn = &mut self.conn;
+        let sealed = || patients::table.select(PatientRow::as_select());
         match v {
-            Variant::Bytes => patients::table
-                .select(PatientRow::as_select())
-                .load(&mut self.opaque_conn)
+            Variant::Bytes => fetch(sealed(), &mut self.opaque_conn, row_by_row)
                 .unwrap()
                 .len(),
-            Variant::Sealed => Patient::open_rows(
-                patients::table
-                    .select(PatientRow::as_select())
-                    .load(conn)
-                    .unwrap(),
-                &self.ring,
-            )
-            .unwrap()
-            .len(),
-            Variant::Plain => models(
-                patients_plain::table
-                    .select(PlainRow::as_select())
-                    .load(conn),
-            )
-            .len(),
-            Variant::Pgcrypto => models(
-                diesel::sql_query(PGC_SELECT)
-                    .bind::<Text, _>(&self.pgc_key)
-                    .load(conn),
-            )
-            .len(),
-        }
-    }
-
-    /// The same, through diesel's row-by-row mode (libpq's single-row mode: no result set of
-    /// every row in libpq's memory before the first row is decoded); pgcrypto is not measured.
-    fn load_all_row_by_row(&mut self, v: Variant) -> usize {
-        let conn = &mut self.conn;
-        match v {
-            Variant::Bytes => patients::table
-                .select(PatientRow::as_select())
-                .load_iter::<PatientRow, PgRowByRowLoadingMode>(&mut self.opaque_conn)
-                .unwrap()
-                .collect::<QueryResult<Vec<_>>>()
-                .unwrap()
-                .len(),
-            Variant::Sealed => Patient::open_rows(
-                patients::table
-                    .select(PatientRow::as_select())
-                    .load_iter::<PatientRow, PgRowByRowLoadingMode>(conn)
+            Variant::Sealed => {
+                Patient::open_rows(fetch(sealed(), conn, row_by_row).unwrap(), &self.ring)
                     .unwrap()
-                    .collect::<QueryResult<Vec<_>>>()
-                    .unwrap(),
-                &self.ring,
-            )
-            .unwrap()
+                    .len()
+            }
+            Variant::Plain => models(fetch(
+                patients_plain::table.select(PlainRow::as_select()),
+                conn,
+                row_by_row,
+            ))
             .len(),
-            Variant::Plain => models(
-                patients_plain::table
-                    .select(PlainRow::as_select())
-                    .load_iter::<PlainRow, PgRowByRowLoadingMode>(conn)
-                    .unwrap()
-                    .collect(),
-            )
-            .len(),
-            Variant::Pgcrypto => unreachable!("pgcrypto is loaded in the default mode only"),
+            Variant::Pgcrypto => {
+                assert!(!row_by_row, "pgcrypto is loaded in the default mode only");
+                models(
+                    diesel::sql_query(PGC_SELECT)
+                        .bind::<Text, _>(&self.pgc_key)
+                        .load(conn),
+                )
+                .len()
+            }
         }
     }
 
@@ -417,9 +400,9 @@ fn main() {
         let many = b.fresh(100);
         let o = b.opaque(v, &many);
         b.insert(v, &many, o);
-        assert!(b.load_all(v) == 101);
+        assert!(b.load_all(v, false) == 101);
         if v != Variant::Pgcrypto {
-            assert!(b.load_all_row_by_row(v) == 101);
+            assert!(b.load_all(v, true) == 101);
         }
         if v != Variant::Bytes {
             assert!(b.lookup(v, &many[7].email) == vec![many[7].clone()]);
@@ -477,39 +460,29 @@ fn main() {
         }
     }
     b.conn.batch_execute("VACUUM ANALYZE").unwrap();
-    let mut times: [Vec<Duration>; 4] = Default::default();
-    for _ in 0..if run("load") { 7 * scale } else { 1 } {
-        for (k, v) in VARIANTS.into_iter().enumerate() {
-            let t = Instant::now();
-            let loaded = b.load_all(v);
-            times[k].push(t.elapsed());
-            assert_eq!(loaded, 10_000);
-        }
-    }
-    lines.push(Line {
-        op: "load 10,000 rows",
-        target: Some(1.5),
-        bytes_target: Some(1.15),
-        times,
-    });
-    let mut times: [Vec<Duration>; 4] = Default::default();
-    for _ in 0..if run("load") { 7 * scale } else { 1 } {
-        for (k, v) in VARIANTS.into_iter().enumerate() {
-            if v == Variant::Pgcrypto {
-                continue;
+    for (op, row_by_row, target, bytes_target) in [
+        ("load 10,000 rows", false, Some(1.5), Some(1.15)),
+        ("load, row by row", true, None, None),
+    ] {
+        let mut times: [Vec<Duration>; 4] = Default::default();
+        for _ in 0..if run("load") { 7 * scale } else { 1 } {
+            for (k, v) in VARIANTS.into_iter().enumerate() {
+                if row_by_row && v == Variant::Pgcrypto {
+                    continue;
+                }
+                let t = Instant::now();
+                let loaded = b.load_all(v, row_by_row);
+                times[k].push(t.elapsed());
+                assert_eq!(loaded, 10_000);
             }
-            let t = Instant::now();
-            let loaded = b.load_all_row_by_row(v);
-            times[k].push(t.elapsed());
-            assert_eq!(loaded, 10_000);
         }
+        lines.push(Line {
+            op,
+            target,
+            bytes_target,
+            times,
+        });
     }
-    lines.push(Line {
-        op: "load, row by row",
-        target: None,
-        bytes_target: None,
-        times,
-    });
 
     // Look-ups by e-mail among the 10,000 rows.
     let mut times: [Vec<Duration>; 4] = Default::default();
