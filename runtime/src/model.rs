@@ -217,7 +217,7 @@ fn parallel_blocks<B: Send, R: Send>(
     let slots: Vec<Mutex<Option<B>>> = blocks.into_iter().map(|b| Mutex::new(Some(b))).collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let per_thread = run_chunks(0..threads, |_, on_caller| {
+    let per_thread = on_threads(threads, |on_caller| {
         let mut done: Vec<(usize, Result<Vec<R>, Error>)> = Vec::new();
         while !failed.load(Ordering::Relaxed) {
             if on_caller {
@@ -255,21 +255,15 @@ fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `work` over each of `chunks`, the first on this thread (`work` is told so with `true`) and
-/// each other one on a scoped thread of its own; returns their outputs in chunk order, after
+/// `work` on `threads` threads: once on this thread (`work` is told so with `true`) and once
+/// on each of `threads - 1` scoped threads; returns their outputs, this thread's first, after
 /// every thread has finished. A panic in a thread resumes here.
-fn run_chunks<C: Send, O: Send>(
-    mut chunks: impl Iterator<Item = C>,
-    work: impl Fn(C, bool) -> O + Sync,
-) -> Vec<O> {
+fn on_threads<O: Send>(threads: usize, work: impl Fn(bool) -> O + Sync) -> Vec<O> {
     let work = &work;
     std::thread::scope(|s| {
-        let own = chunks.next();
-        let handles: Vec<_> = chunks.map(|c| s.spawn(move || work(c, false))).collect();
-        let mut outputs = Vec::with_capacity(handles.len() + 1);
-        if let Some(c) = own {
-            outputs.push(work(c, true));
-        }
+        let handles: Vec<_> = (1..threads).map(|_| s.spawn(move || work(false))).collect();
+        let mut outputs = Vec::with_capacity(threads);
+        outputs.push(work(true));
         for h in handles {
             outputs.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         }
