@@ -54,8 +54,9 @@ const START: UnixTime = UnixTime(1_796_342_400); // 2026-12-04
 
 // ----- the attacker's view of the two tables ----------------------------------------------------
 
-/// A `leakless_kek` row (or a record object of the JSON file), column by column.
-#[derive(QueryableByName, Clone, Debug, PartialEq, Eq)]
+/// A `leakless_kek` row (or a record object of the JSON file), column by column. No `Debug`:
+/// it holds a wrapped KEK, which no test output should print.
+#[derive(QueryableByName, Clone, PartialEq, Eq)]
 struct KekRow {
     #[diesel(sql_type = Text)]
     scope: String,
